@@ -1,0 +1,120 @@
+"""The validated configuration: frozen dataclasses that the rest of the daemon reads.
+
+:mod:`receiver.config` turns the technician's YAML file into these; nothing else parses YAML.
+Defaults here are the documented defaults of ``config/receiver.example.yaml``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+ROLES = ("operator", "emergency", "root")
+PIN_FACTORIES = ("mock", "lgpio", "rpigpio", "pigpio", "native")
+AUDIO_OUTPUTS = ("alsa", "pulse", "file")
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    """Server verification is always on; a client certificate turns on mutual TLS."""
+
+    ca_file: Path | None = None  # None: the system's CA store
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+
+@dataclass(frozen=True)
+class BrokerConfig:
+    host: str
+    port: int = 1883
+    tls: TlsConfig | None = None
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    keepalive_s: int = 30
+    topic_prefix: str = "loa/v1"
+    session_expiry_s: int = 7 * 24 * 3600
+    reconnect_min_s: float = 1.0
+    reconnect_max_s: float = 120.0
+
+
+@dataclass(frozen=True)
+class TrustedKey:
+    id: str
+    ed25519: bytes  # the 32-byte raw public key
+    roles: tuple[str, ...]
+    scopes: tuple[str, ...]
+    not_after: datetime | None = None
+
+
+@dataclass(frozen=True)
+class TrustConfig:
+    keys: tuple[TrustedKey, ...]
+    thresholds: dict[str, int] = field(
+        default_factory=lambda: {"operator": 1, "emergency": 1, "root": 2}
+    )
+
+
+@dataclass(frozen=True)
+class PlayerConfig:
+    output: str = "alsa"  # alsa | pulse | file
+    alsa_device: str | None = None  # e.g. "default" or "hw:CARD=Headphones"; None: libVLC's choice
+    wav_file: Path | None = None  # where output "file" writes
+    vlc_args: tuple[str, ...] = ()
+    default_volume: int = 70
+    max_volume: int = 100
+    max_play_duration_s: int = 3600
+
+
+@dataclass(frozen=True)
+class GpioConfig:
+    pin_factory: str = "mock"  # mock | lgpio | rpigpio | pigpio | native
+    amp_pin: str = "GPIO17"
+    active_high: bool = True
+    warm_up_s: float = 1.0
+    tail_s: float = 5.0
+
+
+@dataclass(frozen=True)
+class MediaConfig:
+    allowed_schemes: tuple[str, ...] = ("https",)
+    allowed_hosts: tuple[str, ...] = ()
+    max_file_bytes: int = 200 * 1024 * 1024
+    fetch_deadline_s: float = 600.0
+    cache_quota_bytes: int = 1024 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    state_dir: Path = Path("/var/lib/loa-receiver")
+    cache_dir: Path = Path("/var/cache/loa-receiver")
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    level: str = "info"  # debug | info | warning | error
+    format: str = "auto"  # auto (console on a terminal, JSON otherwise) | json | console
+
+
+@dataclass(frozen=True)
+class ClockConfig:
+    # auto: trust the wall clock only while the kernel says it is synchronised (NTP);
+    # always: trust it (a board with a battery-backed RTC); never: only signed message times.
+    trust_system_clock: str = "auto"
+    max_skew_s: int = 300
+
+
+@dataclass(frozen=True)
+class Config:
+    device_id: str
+    env: str
+    groups: tuple[str, ...]
+    broker: BrokerConfig
+    trust: TrustConfig
+    player: PlayerConfig = PlayerConfig()
+    gpio: GpioConfig = GpioConfig()
+    media: MediaConfig = MediaConfig()
+    storage: StorageConfig = StorageConfig()
+    logging: LoggingConfig = LoggingConfig()
+    clock: ClockConfig = ClockConfig()
+    source: Path | None = None  # the file it was read from

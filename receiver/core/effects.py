@@ -1,0 +1,78 @@
+"""Effects: what the core asks the shell to do, in order. Plain frozen data, imperative mood.
+
+The shell executes a step's effects in the order given; the core relies on that, e.g. a
+``PersistFloors`` placed before the ``Play`` it allows is durable before any sound comes out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Fetch:
+    """Make the pinned file available in the cache (the fetcher answers with an event)."""
+
+    url: str
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True)
+class Play:
+    """Start playing ``media`` (a cached file path) at ``volume``; events carry ``token``."""
+
+    token: int
+    media: str
+    volume: int
+
+
+@dataclass(frozen=True)
+class StopPlayback:
+    """Stop whatever the player is playing."""
+
+
+@dataclass(frozen=True)
+class SetVolume:
+    """Change the volume of what is playing now."""
+
+    level: int
+
+
+@dataclass(frozen=True)
+class SwitchRelay:
+    """Power the amplifier on or off."""
+
+    on: bool
+
+
+@dataclass(frozen=True)
+class PersistFloors:
+    """Durably store replay floors before the action they allow takes effect.
+
+    ``floors`` maps a stream name to ``(seq, digest)``; ``time_floor`` is the newest trusted UTC.
+    """
+
+    floors: dict[str, tuple[int, str]]
+    time_floor: float
+
+
+@dataclass(frozen=True)
+class Emit:
+    """Report an event on the events topic (the shell numbers it and adds the device and time)."""
+
+    kind: str
+    ref: str | None = None
+    reason: str | None = None
+    detail: str | None = None
+
+
+@dataclass(frozen=True)
+class PublishState:
+    """Publish the retained device state; ``fields`` are the parts the core owns."""
+
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
+Effect = Fetch | Play | StopPlayback | SetVolume | SwitchRelay | PersistFloors | Emit | PublishState

@@ -1,0 +1,77 @@
+"""Events: what happened, told to the core by the shell. Plain frozen data, past tense."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class MessageReceived:
+    """An MQTT message arrived on one of our subscriptions."""
+
+    topic: str
+    payload: bytes
+    retained: bool = False
+
+
+@dataclass(frozen=True)
+class PlaybackStarted:
+    """libVLC reports the item with this token as playing."""
+
+    token: int
+
+
+@dataclass(frozen=True)
+class PlaybackEnded:
+    """The item with this token reached its end."""
+
+    token: int
+
+
+@dataclass(frozen=True)
+class PlaybackFailed:
+    """libVLC could not play the item with this token."""
+
+    token: int
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class FetchFinished:
+    """A pinned file is in the cache, verified, at ``path``."""
+
+    sha256: str
+    path: str
+
+
+@dataclass(frozen=True)
+class FetchFailed:
+    """A pinned file could not be fetched; ``reason`` is a PROTOCOL.md reason code."""
+
+    sha256: str
+    reason: str
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class TimerFired:
+    """The deadline the core asked for has passed (the shell sends this; the core checks what)."""
+
+
+@dataclass(frozen=True)
+class LinkChanged:
+    """The broker connection went up or down."""
+
+    up: bool
+
+
+Event = (
+    MessageReceived
+    | PlaybackStarted
+    | PlaybackEnded
+    | PlaybackFailed
+    | FetchFinished
+    | FetchFailed
+    | TimerFired
+    | LinkChanged
+)

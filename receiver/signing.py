@@ -1,0 +1,109 @@
+"""The central side of the wire format: building and signing messages for receivers.
+
+Used by ``receiver-admin`` and by the tests; the receiver itself only verifies. Payload bytes
+are produced once and signed as they are: the receiver never needs a canonical JSON form.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from receiver.core.envelope import COMMAND_TYPE, pae
+
+
+@dataclass(frozen=True)
+class SigningKey:
+    """A private key and the key id receivers know it by."""
+
+    id: str
+    private: Ed25519PrivateKey
+
+    @classmethod
+    def generate(cls, key_id: str) -> SigningKey:
+        return cls(key_id, Ed25519PrivateKey.generate())
+
+    @property
+    def public_b64(self) -> str:
+        raw = self.private.public_key().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        )
+        return base64.b64encode(raw).decode("ascii")
+
+    def save(self, path: Path) -> None:
+        """Write the key as PKCS#8 PEM, readable by its owner only; the key id goes alongside."""
+        pem = self.private.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        path.touch(mode=0o600, exist_ok=False)
+        path.write_bytes(pem)
+        path.with_suffix(path.suffix + ".id").write_text(self.id + "\n", encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: Path, key_id: str | None = None) -> SigningKey:
+        private = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        if not isinstance(private, Ed25519PrivateKey):
+            raise ValueError(f"{path}: not an Ed25519 private key")
+        if key_id is None:
+            id_file = path.with_suffix(path.suffix + ".id")
+            key_id = id_file.read_text(encoding="utf-8").strip() if id_file.exists() else path.stem
+        return cls(key_id, private)
+
+
+def rfc3339(utc: float) -> str:
+    return datetime.fromtimestamp(utc, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def sign(payload_type: str, body: bytes, keys: Sequence[SigningKey]) -> bytes:
+    """A DSSE envelope over ``body`` signed by every key given."""
+    message = pae(payload_type, body)
+    envelope = {
+        "payloadType": payload_type,
+        "payload": base64.b64encode(body).decode("ascii"),
+        "signatures": [
+            {"keyid": key.id, "sig": base64.b64encode(key.private.sign(message)).decode("ascii")}
+            for key in keys
+        ],
+    }
+    return json.dumps(envelope, separators=(",", ":")).encode("utf-8")
+
+
+def command_payload(
+    kind: str,
+    body: dict[str, Any],
+    *,
+    env: str,
+    aud: Sequence[str],
+    message_id: str | None = None,
+    seq: int | None = None,
+    iat: float | None = None,
+    ttl_s: float = 300.0,
+) -> dict[str, Any]:
+    """A command payload; ``seq`` defaults to the signer's UTC millisecond clock."""
+    issued = time.time() if iat is None else iat
+    sequence = int(issued * 1000) if seq is None else seq
+    return {
+        "id": message_id or f"cmd-{sequence}",
+        "seq": sequence,
+        "iat": rfc3339(issued),
+        "exp": rfc3339(issued + ttl_s),
+        "env": env,
+        "aud": list(aud),
+        "type": kind,
+        "body": body,
+    }
+
+
+def sign_command(payload: dict[str, Any], keys: Sequence[SigningKey]) -> bytes:
+    return sign(COMMAND_TYPE, json.dumps(payload).encode("utf-8"), keys)
