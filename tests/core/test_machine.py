@@ -1,4 +1,4 @@
-"""The core's decisions, with a fake clock: acceptance, every rejection, relay timing, stop, volume."""
+"""The core's decisions with a fake clock: acceptance, each rejection, relay timing, stop, volume."""
 
 from __future__ import annotations
 
@@ -166,7 +166,7 @@ def test_an_exact_duplicate_is_acknowledged_and_does_nothing() -> None:
     raw = world.signed("play", play_body())
     world.send(raw)
     effects = world.send(raw)
-    assert [(e.kind, e.detail) for e in effects if hasattr(e, "kind")] == [
+    assert [(e.kind, e.detail) for e in emitted(effects)] == [
         ("accepted", "duplicate of the last accepted")
     ]
     assert len(effects) == 1
@@ -187,7 +187,7 @@ def test_the_replay_floor_survives_a_restart() -> None:
     assert restarted.state.volume == 70
 
 
-def _resigned_envelope(world: World, mutate: Callable[[dict[str, object]], None]) -> bytes:
+def _resigned_envelope(world: World, mutate: Callable[[dict[str, object]], object]) -> bytes:
     env = json.loads(world.signed("volume", {"level": 10}))
     mutate(env)
     return json.dumps(env).encode()
