@@ -1,4 +1,4 @@
-"""The core's decisions with a fake clock: acceptance, each rejection, relay timing, stop, volume."""
+"""The core with a fake clock: acceptance, each rejection, relay timing, stop, volume."""
 
 from __future__ import annotations
 
