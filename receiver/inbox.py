@@ -1,0 +1,60 @@
+"""The loop's inbox: where adapter callbacks drop events, and the one place the loop waits.
+
+Two lanes. Reports from our own adapters (player, fetcher, link) are few and must never be lost.
+Messages from the broker are untrusted and can arrive in floods, so their lane is bounded: when
+it is full the newest is dropped and counted. The loop drains our own reports first, so a flood
+of junk can delay but never hide the end of a track.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from typing import Final
+
+from receiver.core.events import Event, MessageReceived
+
+DEFAULT_MESSAGE_CAPACITY: Final = 256
+
+
+class Inbox:
+    def __init__(self, message_capacity: int = DEFAULT_MESSAGE_CAPACITY) -> None:
+        self._reports: deque[Event] = deque()
+        self._messages: deque[MessageReceived] = deque()
+        self._capacity = message_capacity
+        self._ready = threading.Condition()
+        self._woken = False
+        self.dropped = 0
+
+    def put_report(self, event: Event) -> None:
+        """From an adapter thread: never blocks, never drops."""
+        with self._ready:
+            self._reports.append(event)
+            self._ready.notify()
+
+    def put_message(self, event: MessageReceived) -> None:
+        """From the MQTT thread: never blocks; drops (and counts) when the lane is full."""
+        with self._ready:
+            if len(self._messages) >= self._capacity:
+                self.dropped += 1
+                return
+            self._messages.append(event)
+            self._ready.notify()
+
+    def wake(self) -> None:
+        """Make a waiting ``get`` return None at once (shutdown, signals)."""
+        with self._ready:
+            self._woken = True
+            self._ready.notify()
+
+    def get(self, timeout: float | None) -> Event | None:
+        """The next event, or None when ``timeout`` passes or ``wake`` was called."""
+        with self._ready:
+            if not (self._reports or self._messages or self._woken):
+                self._ready.wait(timeout)
+            self._woken = False
+            if self._reports:
+                return self._reports.popleft()
+            if self._messages:
+                return self._messages.popleft()
+            return None

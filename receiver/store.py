@@ -1,0 +1,126 @@
+"""Durable state on the SD card: replay floors, the trusted-time floor, the event counter.
+
+SQLite in WAL mode with ``synchronous=FULL``: a committed transaction survives a power cut, a
+half-written one is rolled back on the next open. A store that SQLite cannot read is moved
+aside (never deleted) and a fresh one started; the caller learns of it through
+``recovered_from`` and reports it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Final
+
+SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS floors (stream TEXT PRIMARY KEY, seq INTEGER NOT NULL,
+                                   digest TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+# Event numbers are reserved in blocks so that a busy day costs few writes; after a crash the
+# numbering jumps to the next block, which keeps "n never goes back" true.
+EVENT_BLOCK: Final = 100
+
+
+class StoreError(RuntimeError):
+    """The state directory cannot be used at all (permissions, disk full)."""
+
+
+class Store:
+    def __init__(self, state_dir: Path) -> None:
+        self.path = state_dir / "state.db"
+        self.recovered_from: Path | None = None
+        try:
+            state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self._db = self._open()
+        except sqlite3.DatabaseError:
+            self.recovered_from = self._move_aside()
+            self._db = self._open()
+        except OSError as exc:
+            raise StoreError(f"cannot use state directory {state_dir}: {exc}") from exc
+        self._event_next = 0
+        self._event_reserved = 0
+
+    def _open(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            (verdict,) = db.execute("PRAGMA quick_check").fetchone()
+            if verdict != "ok":
+                raise sqlite3.DatabaseError(f"quick_check: {verdict}")
+            db.executescript(SCHEMA)
+        except sqlite3.DatabaseError:
+            db.close()
+            raise
+        return db
+
+    def _move_aside(self) -> Path:
+        aside = self.path.with_name(f"state.db.corrupt-{int(time.time())}")
+        for suffix in ("", "-wal", "-shm"):
+            source = Path(str(self.path) + suffix)
+            if source.exists():
+                os.replace(source, Path(str(aside) + suffix))
+        return aside
+
+    def close(self) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            self._db.close()
+
+    # --- replay floors and trusted time ---------------------------------------------------
+
+    def floors(self) -> dict[str, tuple[int, str]]:
+        rows = self._db.execute("SELECT stream, seq, digest FROM floors").fetchall()
+        return {stream: (int(seq), str(digest)) for stream, seq, digest in rows}
+
+    def time_floor(self) -> float:
+        return float(self._get("time_floor") or 0.0)
+
+    def save_floors(self, changed: dict[str, tuple[int, str]], time_floor: float) -> None:
+        """One durable transaction; returns only after it is on disk."""
+        with self._transaction():
+            self._db.executemany(
+                "INSERT INTO floors (stream, seq, digest) VALUES (?, ?, ?) "
+                "ON CONFLICT(stream) DO UPDATE SET seq = excluded.seq, digest = excluded.digest "
+                "WHERE excluded.seq >= floors.seq",
+                [(stream, seq, digest) for stream, (seq, digest) in changed.items()],
+            )
+            self._put("time_floor", repr(max(time_floor, self.time_floor())))
+
+    # --- event numbers --------------------------------------------------------------------
+
+    def next_event_number(self) -> int:
+        if self._event_next >= self._event_reserved:
+            start = max(int(self._get("event_reserved") or 0), self._event_next)
+            with self._transaction():
+                self._put("event_reserved", str(start + EVENT_BLOCK))
+            self._event_next, self._event_reserved = start, start + EVENT_BLOCK
+        self._event_next += 1
+        return self._event_next
+
+    # --- plumbing -------------------------------------------------------------------------
+
+    def _get(self, key: str) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def _put(self, key: str, value: str) -> None:
+        self._db.execute(
+            "INSERT INTO meta (key, value) VALUES (?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")

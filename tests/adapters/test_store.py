@@ -1,0 +1,46 @@
+"""The durable store: floors survive reopening, a corrupt file is moved aside, n never goes back."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from receiver.store import EVENT_BLOCK, Store
+
+
+def test_floors_and_time_floor_survive_reopening(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    store.save_floors({"cmd:aa": (5, "d5")}, 1000.0)
+    store.save_floors({"cmd:aa": (7, "d7"), "cmd:bb": (1, "x")}, 900.0)
+    store.close()
+    again = Store(tmp_path)
+    assert again.floors() == {"cmd:aa": (7, "d7"), "cmd:bb": (1, "x")}
+    assert again.time_floor() == 1000.0  # the floor never goes back
+    assert again.recovered_from is None
+
+
+def test_a_floor_never_moves_down(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    store.save_floors({"cmd:aa": (9, "d9")}, 0.0)
+    store.save_floors({"cmd:aa": (3, "d3")}, 0.0)
+    assert store.floors() == {"cmd:aa": (9, "d9")}
+
+
+def test_a_corrupt_store_is_moved_aside_and_a_fresh_one_started(tmp_path: Path) -> None:
+    (tmp_path / "state.db").write_bytes(b"this is not sqlite" * 100)
+    store = Store(tmp_path)
+    assert store.recovered_from is not None
+    assert store.recovered_from.read_bytes().startswith(b"this is not sqlite")
+    assert store.floors() == {}
+    store.save_floors({"cmd:aa": (1, "d")}, 0.0)
+    assert Store(tmp_path).floors() == {"cmd:aa": (1, "d")}
+
+
+def test_event_numbers_only_go_up_across_restarts(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    first = [store.next_event_number() for _ in range(3)]
+    store.close()  # as after a crash: the rest of the reserved block is skipped
+    again = Store(tmp_path)
+    later = [again.next_event_number() for _ in range(EVENT_BLOCK + 2)]
+    assert first == [1, 2, 3]
+    assert later[0] == EVENT_BLOCK + 1
+    assert later == sorted(set(later))
