@@ -1,0 +1,896 @@
+"""Load the technician's YAML config file into the frozen dataclasses of ``config_model``.
+
+This module owns the file format of ``receiver.yaml``: reading it, parsing it, every rule a local
+setting must follow, and the messages a technician sees when one is broken. Nothing else in the
+daemon parses YAML; everything else reads :class:`~receiver.config_model.Config`.
+
+How it works:
+
+- PyYAML's *safe* loader only composes the file into nodes (``yaml.compose``); nothing is ever
+  constructed from a tag. Walking the nodes ourselves keeps the line and column of every key and
+  value, so each problem points at its place in the file.
+- Each section is described declaratively (:class:`_Section`: field name, converter, default)
+  plus one small ``finish`` step for the rules that join fields (``default_volume <= max_volume``,
+  ``cert_file`` with ``key_file``, ...). A converter is ``(node, ctx, path) -> value``; it raises
+  :class:`_BadValueError` for a bad value and the walker records it at that value's position.
+- Every problem in the file is collected, then raised together as one :class:`ConfigError`, each
+  as ``file:line:col: dotted.key: what is wrong`` (lines and columns count from 1; list items
+  are written ``trust.keys[0].id``; problems with the whole file carry no key).
+- Scalars are read from their source text with a few deliberate differences from YAML 1.1, so
+  that the file means what a technician sees: a string setting takes the text as written
+  (``password: 0123`` is ``"0123"``, not 83; ``env: no`` is ``"no"``), integers are plain decimal
+  (``070`` is 70), and booleans are only ``true``/``false`` (``yes``/``on`` are refused: they are
+  too easy to write by accident).
+- A key left out takes the default of the dataclass in ``config_model`` (the single source of the
+  defaults), except ``broker.port``, which defaults to 8883 when ``broker.tls`` is set.
+- Relative paths are resolved against the directory of the config file.
+- Secrets (``broker.password`` or the content of ``broker.password_file``) are never put into a
+  message; as a second guard, any message that would contain one has it masked.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import difflib
+import ipaddress
+import math
+import re
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Generic, TypeAlias, TypeVar
+
+import yaml
+
+from receiver.config_model import (
+    AUDIO_OUTPUTS,
+    PIN_FACTORIES,
+    ROLES,
+    BrokerConfig,
+    ClockConfig,
+    Config,
+    GpioConfig,
+    LoggingConfig,
+    MediaConfig,
+    PlayerConfig,
+    StorageConfig,
+    TlsConfig,
+    TrustConfig,
+    TrustedKey,
+)
+
+__all__ = ["ConfigError", "load_config", "parse_config"]
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """The config file cannot be used; ``problems`` lists every reason, one line each."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        self.problems: list[str] = list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+def load_config(path: Path) -> Config:
+    """Read and validate the config file at ``path``; raise :class:`ConfigError` if unusable."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError([f"{path}: config file not found"]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{path}: not UTF-8 text (bad byte at offset {exc.start})"]) from None
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read the config file: {exc.strerror}"]) from None
+    return parse_config(text, str(path))
+
+
+def parse_config(text: str, source: str) -> Config:
+    """Validate YAML ``text`` that was read from ``source`` (a path, used in messages).
+
+    Relative paths in the file resolve against the directory of ``source``, and
+    ``broker.password_file`` is read from there.
+    """
+    ctx = _Context(source, Path(source).absolute().parent)
+    root = _compose(text, ctx)
+    if root is not None:
+        try:
+            config = _CONFIG(root, ctx, "")
+        except _BadValueError as exc:
+            ctx.report(root, "", exc.message)
+        except _ReportedError:
+            pass
+        else:
+            if not ctx.failed:
+                return config
+    raise ConfigError(ctx.problems())
+
+
+# --- problems and where they are ------------------------------------------------------------
+
+
+class _BadValueError(Exception):
+    """The value at hand is wrong; the walker reports ``message`` at the value's position."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class _ReportedError(Exception):
+    """The value at hand is wrong and its problems are already recorded in the context."""
+
+
+class _Context:
+    """What every converter may need: where relative paths start, and the list of problems."""
+
+    def __init__(self, source: str, base_dir: Path) -> None:
+        self.source = source
+        self.base_dir = base_dir
+        self.secrets: list[str] = []
+        self._problems: list[tuple[int, int, str]] = []
+
+    @property
+    def failed(self) -> bool:
+        return bool(self._problems)
+
+    def report(self, where: yaml.Node | yaml.Mark | None, path: str, message: str) -> None:
+        mark = where.start_mark if isinstance(where, yaml.Node) else where
+        line, col = (mark.line + 1, mark.column + 1) if mark is not None else (1, 1)
+        self.report_at(line, col, path, message)
+
+    def report_at(self, line: int, col: int, path: str, message: str) -> None:
+        key = f"{path}: " if path else ""
+        self._problems.append((line, col, f"{self.source}:{line}:{col}: {key}{message}"))
+
+    def problems(self) -> list[str]:
+        lines = [text for _, _, text in sorted(self._problems, key=lambda p: (p[0], p[1]))]
+        # Messages never quote a secret; this is the second guard. Secrets shorter than 4
+        # characters would mask ordinary words and are no secret anyway.
+        for secret in self.secrets:
+            if len(secret) >= 4:
+                lines = [line.replace(secret, "********") for line in lines]
+        return lines
+
+
+def _compose(text: str, ctx: _Context) -> yaml.Node | None:
+    """Parse ``text`` into nodes; report a syntax error or an empty file and return None."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        # str(exc) would quote the offending line, which may hold the password: build our own.
+        mark = exc.problem_mark or exc.context_mark
+        message = f"YAML syntax error: {exc.problem or exc.context or 'cannot parse'}"
+        if exc.context and exc.problem and exc.context_mark is not None:
+            where = f"line {exc.context_mark.line + 1}, column {exc.context_mark.column + 1}"
+            message += f" ({exc.context} at {where})"
+        ctx.report(mark, "", message)
+        return None
+    except yaml.reader.ReaderError as exc:
+        before = text[: exc.position]
+        line, col = before.count("\n") + 1, len(before) - (before.rfind("\n") + 1) + 1
+        char = exc.character if isinstance(exc.character, int) else ord(exc.character)
+        ctx.report_at(line, col, "", f"character U+{char:04X} is not allowed in YAML")
+        return None
+    except yaml.YAMLError as exc:  # pragma: no cover - PyYAML raises the two kinds above
+        ctx.report_at(1, 1, "", f"cannot parse YAML ({type(exc).__name__})")
+        return None
+    except RecursionError:
+        ctx.report_at(1, 1, "", "YAML nested too deeply")
+        return None
+    if root is None:
+        ctx.report_at(1, 1, "", "the file holds no settings (see config/receiver.example.yaml)")
+    return root
+
+
+# --- scalars -------------------------------------------------------------------------------
+
+_TAG = "tag:yaml.org,2002:"
+_NULL, _BOOL, _INT, _FLOAT, _STR, _TIMESTAMP = (
+    _TAG + name for name in ("null", "bool", "int", "float", "str", "timestamp")
+)
+_KINDS = {
+    _NULL: "nothing",
+    _BOOL: "a boolean",
+    _INT: "an integer",
+    _FLOAT: "a number",
+    _STR: "a string",
+    _TIMESTAMP: "a date",
+}
+_DECIMAL = re.compile(r"[-+]?[0-9][0-9_]*")
+_FLOAT_TEXT = re.compile(r"[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)?")
+_TRUE, _FALSE = ("true", "True", "TRUE"), ("false", "False", "FALSE")  # YAML 1.2 core schema
+
+Converter: TypeAlias = Callable[[yaml.Node, _Context, str], T]
+
+
+def _describe(node: yaml.Node) -> str:
+    if isinstance(node, yaml.MappingNode):
+        return "a mapping"
+    if isinstance(node, yaml.SequenceNode):
+        return "a list"
+    return _KINDS.get(node.tag, f"a value tagged {node.tag}")
+
+
+def _show(text: str) -> str:
+    """Quote a (non-secret) value for a message, escaped and bounded."""
+    return repr(text if len(text) <= 60 else text[:57] + "...")
+
+
+def _scalar(node: yaml.Node, expected: str) -> yaml.ScalarNode:
+    if not isinstance(node, yaml.ScalarNode) or node.tag not in _KINDS:
+        raise _BadValueError(f"expected {expected}, got {_describe(node)}")
+    return node
+
+
+def _is_null(node: yaml.Node) -> bool:
+    return isinstance(node, yaml.ScalarNode) and node.tag == _NULL
+
+
+def _text(node: yaml.Node, ctx: _Context, path: str) -> str:
+    """Any non-empty string, taken as written (``0123`` stays ``"0123"``)."""
+    scalar = _scalar(node, "a string")
+    if scalar.tag == _NULL or scalar.value == "":
+        raise _BadValueError("is empty")
+    return str(scalar.value)
+
+
+def _decimal(text: str) -> int:
+    """A plain decimal integer (already matched by ``_DECIMAL``), bounded before conversion."""
+    digits = text.replace("_", "")
+    if len(digits) > 20:  # no setting is near 10**19; int() of huge text is slow or refused
+        raise _BadValueError(f"{_show(text)} is too large")
+    return int(digits)
+
+
+def _integer(node: yaml.Node) -> int:
+    scalar = _scalar(node, "an integer")
+    value = str(scalar.value)
+    if scalar.style is None and _DECIMAL.fullmatch(value):
+        return _decimal(value)
+    if scalar.tag == _INT:  # 0x1f, 0o17, 1:30 ... are YAML 1.1 integers nobody means here
+        raise _BadValueError(f"write {_show(value)} as a plain decimal integer")
+    if scalar.style is not None and _DECIMAL.fullmatch(value):
+        raise _BadValueError(
+            f"expected an integer, got a string ({_show(value)}): remove the quotes"
+        )
+    raise _BadValueError(f"expected an integer, got {_describe(scalar)}")
+
+
+def _number(node: yaml.Node) -> float:
+    scalar = _scalar(node, "a number")
+    value = str(scalar.value)
+    if scalar.style is None and _FLOAT_TEXT.fullmatch(value):
+        number = float(value.replace("_", ""))
+        if math.isfinite(number):
+            return number
+        raise _BadValueError(f"{_show(value)} is too large")
+    if scalar.tag == _FLOAT:  # .inf, .nan
+        raise _BadValueError("must be a finite number")
+    raise _BadValueError(f"expected a number, got {_describe(scalar)}")
+
+
+def _in_range(value: float, lo: float | None, hi: float | None, unit: str) -> None:
+    def show(number: float) -> str:
+        return str(number) if isinstance(number, int) else f"{number:g}"
+
+    unit = f" {unit}" if unit else ""
+    if lo is not None and hi is not None and not lo <= value <= hi:
+        raise _BadValueError(f"{show(value)} is out of range: use {show(lo)} to {show(hi)}{unit}")
+    if lo is not None and value < lo:
+        raise _BadValueError(f"{show(value)} is too small: use at least {show(lo)}{unit}")
+    if hi is not None and value > hi:
+        raise _BadValueError(f"{show(value)} is too large: use at most {show(hi)}{unit}")
+
+
+def _int_range(lo: int | None, hi: int | None = None, unit: str = "") -> Converter[int]:
+    def convert(node: yaml.Node, ctx: _Context, path: str) -> int:
+        value = _integer(node)
+        _in_range(value, lo, hi, unit)
+        return value
+
+    return convert
+
+
+def _number_range(lo: float, hi: float, unit: str = "") -> Converter[float]:
+    def convert(node: yaml.Node, ctx: _Context, path: str) -> float:
+        value = _number(node)
+        _in_range(value, lo, hi, unit)
+        return value
+
+    return convert
+
+
+def _boolean(node: yaml.Node, ctx: _Context, path: str) -> bool:
+    scalar = _scalar(node, "true or false")
+    if scalar.style is None and scalar.value in _TRUE + _FALSE:
+        return scalar.value in _TRUE
+    if scalar.tag == _BOOL:
+        raise _BadValueError(f"write true or false, not {_show(scalar.value)}")
+    raise _BadValueError(f"expected true or false, got {_describe(scalar)}")
+
+
+def _choice(*options: str) -> Converter[str]:
+    def convert(node: yaml.Node, ctx: _Context, path: str) -> str:
+        value = _text(node, ctx, path)
+        if value in options:
+            return value
+        message = f"{_show(value)} is not one of: {', '.join(options)}"
+        raise _BadValueError(message + _did_you_mean(value.lower(), options))
+
+    return convert
+
+
+def _did_you_mean(word: str, options: Sequence[str]) -> str:
+    close = difflib.get_close_matches(word, options, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+_ID = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+_ID_RULE = "use 1 to 64 of a-z 0-9 . _ - (lowercase, starting with a letter or digit)"
+
+
+def _ident(node: yaml.Node, ctx: _Context, path: str) -> str:
+    """A device, group or environment id as in the protocol: ``[a-z0-9][a-z0-9._-]{0,63}``."""
+    value = _text(node, ctx, path)
+    if not _ID.fullmatch(value):
+        raise _BadValueError(f"{_show(value)} is not a valid id: {_ID_RULE}")
+    return value
+
+
+def _scope(node: yaml.Node, ctx: _Context, path: str) -> str:
+    value = _text(node, ctx, path)
+    if value != "*" and not _ID.fullmatch(value):
+        raise _BadValueError(f"{_show(value)} is not a device or group id nor '*': {_ID_RULE}")
+    return value
+
+
+def _key_id(node: yaml.Node, ctx: _Context, path: str) -> str:
+    value = _text(node, ctx, path)
+    if len(value) > 64:
+        raise _BadValueError(f"is {len(value)} characters long: use at most 64")
+    if not value.isprintable() or any(c.isspace() for c in value):
+        raise _BadValueError(f"{_show(value)} must not contain spaces or control characters")
+    return value
+
+
+def _secret(node: yaml.Node, ctx: _Context, path: str) -> str:
+    """A string that is never quoted back, not even in a type error."""
+    if not isinstance(node, yaml.ScalarNode) or node.tag not in _KINDS:
+        raise _BadValueError(f"expected a string, got {_describe(node)}")
+    if node.tag == _NULL or node.value == "":
+        raise _BadValueError("is empty")
+    value = str(node.value)
+    ctx.secrets.append(value)
+    return value
+
+
+def _path(node: yaml.Node, ctx: _Context, path: str) -> Path:
+    """A file or directory; a relative one is taken from the config file's directory."""
+    value = _text(node, ctx, path)
+    if "\0" in value:
+        raise _BadValueError("must not contain a NUL character")
+    if value.startswith("~"):
+        raise _BadValueError(f"{_show(value)}: '~' is not expanded here, write the full path")
+    return ctx.base_dir / value
+
+
+_RFC3339 = re.compile(
+    r"\d{4}-\d\d-\d\d[Tt ]\d\d:\d\d:\d\d(?:\.\d+)?(?:[Zz]|[+-]\d\d:\d\d)", re.ASCII
+)
+
+
+def _timestamp(node: yaml.Node, ctx: _Context, path: str) -> datetime:
+    value = _text(node, ctx, path)
+    example = "e.g. 2027-12-31T23:59:59Z or 2027-12-31T23:59:59+07:00"
+    if not _RFC3339.fullmatch(value):
+        raise _BadValueError(f"{_show(value)} is not an RFC 3339 time with a time zone ({example})")
+    try:
+        return datetime.fromisoformat(value.upper().replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise _BadValueError(f"{_show(value)} is not a valid time: {exc}") from None
+
+
+_SPKI_ED25519_PREFIX = bytes.fromhex("302a300506032b6570032100")
+
+
+def _ed25519(node: yaml.Node, ctx: _Context, path: str) -> bytes:
+    """Standard base64 (with padding) of a raw 32-byte Ed25519 public key."""
+    value = _text(node, ctx, path)
+    wanted = "base64 of the raw 32-byte Ed25519 public key"
+    if value.startswith(("ssh-ed25519", "-----BEGIN")):
+        raise _BadValueError(f"looks like an OpenSSH or PEM key: write the {wanted}")
+    try:
+        raw = base64.b64decode(value, validate=True)
+    except binascii.Error:
+        raise _BadValueError(f"is not valid base64: write the {wanted}") from None
+    if base64.b64encode(raw).decode("ascii") != value:
+        raise _BadValueError(f"is not canonical base64: write the {wanted}")
+    if len(raw) == 44 and raw.startswith(_SPKI_ED25519_PREFIX):
+        raise _BadValueError(f"is a DER SubjectPublicKeyInfo (44 bytes): write the {wanted}")
+    if len(raw) != 32:
+        raise _BadValueError(f"decodes to {len(raw)} bytes: write the {wanted}")
+    return raw
+
+
+_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
+
+
+def _valid_host(host: str) -> bool:
+    """A DNS name or an IP address (already lowercased)."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    else:
+        return True
+    labels = host.split(".")
+    return len(host) <= 253 and not labels[-1].isdigit() and all(map(_LABEL.fullmatch, labels))
+
+
+def _host(node: yaml.Node, ctx: _Context, path: str) -> str:
+    value = _text(node, ctx, path).lower()
+    if "://" in value:
+        raise _BadValueError(f"{_show(value)}: write the host name alone, without a scheme")
+    if value.count(":") == 1:
+        raise _BadValueError(
+            f"{_show(value)}: write the host name alone; the port goes in broker.port"
+        )
+    if not _valid_host(value):
+        raise _BadValueError(f"{_show(value)} is not a host name or IP address")
+    return value
+
+
+_HOST_PORT = re.compile(r"(?P<host>\[[0-9a-f:.]+\]|[^:\[\]]+)(?::(?P<port>[0-9]{1,5}))?")
+
+
+def _host_port(node: yaml.Node, ctx: _Context, path: str) -> str:
+    """``host`` or ``host:port`` (IPv6 in brackets), lowercased."""
+    value = _text(node, ctx, path).lower()
+    match = _HOST_PORT.fullmatch(value)
+    if "://" in value or "/" in value:
+        raise _BadValueError(f"{_show(value)}: write only a host name or host:port, not a URL")
+    if match is None:
+        raise _BadValueError(f"{_show(value)} is not a host name or host:port")
+    host, port = match["host"], match["port"]
+    if not _valid_host(host.strip("[]")) or (host.startswith("[") and ":" not in host):
+        raise _BadValueError(f"{_show(value)} is not a host name or host:port")
+    if port is not None and not 1 <= int(port) <= 65535:
+        raise _BadValueError(f"{_show(value)}: the port must be 1 to 65535")
+    return value
+
+
+# Pins of the 40-pin header that are GPIOs (the others are power and ground).
+_BOARD_GPIO_PINS = frozenset(range(1, 41)) - {1, 2, 4, 6, 9, 14, 17, 20, 25, 30, 34, 39}
+_PIN_NAME = re.compile(r"(GPIO|BCM|BOARD)([0-9]{1,2})")
+
+
+def _amp_pin(node: yaml.Node, ctx: _Context, path: str) -> str:
+    """A BCM number (``17``) or a gpiozero pin name: ``GPIO17``, ``BCM17``, ``BOARD11``."""
+    wanted = "a BCM number (17) or a pin name like GPIO17, BCM17 or BOARD11"
+    scalar = _scalar(node, wanted)
+    if scalar.tag == _NULL:
+        raise _BadValueError(f"expected {wanted}, got nothing")
+    if scalar.style is None and _DECIMAL.fullmatch(scalar.value):
+        kind, number = "GPIO", _decimal(scalar.value)
+    elif match := _PIN_NAME.fullmatch(str(scalar.value).upper()):
+        kind, number = match[1], int(match[2])
+    else:
+        raise _BadValueError(f"expected {wanted}, got {_show(str(scalar.value))}")
+    if kind == "BOARD":
+        if number not in _BOARD_GPIO_PINS:
+            raise _BadValueError(f"header pin {number} is not a GPIO pin (it is power or ground)")
+        return f"BOARD{number}"
+    if not 0 <= number <= 27:
+        raise _BadValueError(f"GPIO{number} is not on the 40-pin header: use GPIO0 to GPIO27")
+    return f"GPIO{number}"
+
+
+_TOPIC_PREFIX = re.compile(r"[A-Za-z0-9._-]+(?:/[A-Za-z0-9._-]+)*")
+
+
+def _topic_prefix(node: yaml.Node, ctx: _Context, path: str) -> str:
+    value = _text(node, ctx, path)
+    if not _TOPIC_PREFIX.fullmatch(value) or len(value) > 128:
+        raise _BadValueError(
+            f"{_show(value)} is not a topic prefix: use levels of A-Z a-z 0-9 . _ - "
+            "joined by '/', no wildcards and no leading or trailing '/'"
+        )
+    return value
+
+
+# --- combinators ---------------------------------------------------------------------------
+
+
+def _optional(convert: Converter[T]) -> Converter[T | None]:
+    """``~``/``null``/nothing means None (off, or "let the library choose")."""
+
+    def optional(node: yaml.Node, ctx: _Context, path: str) -> T | None:
+        return None if _is_null(node) else convert(node, ctx, path)
+
+    return optional
+
+
+@dataclass(frozen=True)
+class _Distinct(Generic[T]):
+    """Items of a list must differ in ``key``; ``what`` names it in the message."""
+
+    key: Callable[[T], Hashable]
+    what: str
+
+
+def _list_of(
+    item: Converter[T], *, min_items: int = 0, distinct: Sequence[_Distinct[T]] = ()
+) -> Converter[tuple[T, ...]]:
+    """A YAML list (nothing means an empty one), every item converted and reported."""
+
+    def convert(node: yaml.Node, ctx: _Context, path: str) -> tuple[T, ...]:
+        if _is_null(node):
+            nodes: list[yaml.Node] = []
+        elif isinstance(node, yaml.SequenceNode):
+            nodes = list(node.value)
+        else:
+            raise _BadValueError(
+                f"expected a list, got {_describe(node)} (write [a, b] or '- a' lines)"
+            )
+        failed = False
+        items: list[T] = []
+        seen: list[dict[Hashable, int]] = [{} for _ in distinct]
+        for index, item_node in enumerate(nodes):
+            item_path = f"{path}[{index}]"
+            try:
+                value = item(item_node, ctx, item_path)
+            except _BadValueError as exc:
+                ctx.report(item_node, item_path, exc.message)
+                failed = True
+                continue
+            except _ReportedError:
+                failed = True
+                continue
+            for rule, firsts in zip(distinct, seen, strict=True):
+                first = firsts.setdefault(rule.key(value), index)
+                if first != index:
+                    ctx.report(item_node, item_path, f"{rule.what} as {path}[{first}]")
+                    failed = True
+            items.append(value)
+        if len(nodes) < min_items:
+            raise _BadValueError(f"needs at least {min_items} item{'s' if min_items > 1 else ''}")
+        if failed:
+            raise _ReportedError
+        return tuple(items)
+
+    return convert
+
+
+_SAME_VALUE: _Distinct[Any] = _Distinct(lambda value: value, "same value")
+
+_REQUIRED: Any = object()  # a field default: the key must be present
+_MODEL_DEFAULT: Any = object()  # a field default: leave it out, the dataclass default applies
+
+
+@dataclass(frozen=True)
+class _Field:
+    name: str
+    convert: Converter[Any]
+    default: Any = _MODEL_DEFAULT
+
+
+class _Checker:
+    """Lets a section's ``finish`` step report a problem at a field (or the section)."""
+
+    def __init__(
+        self, ctx: _Context, mapping: yaml.Node, path: str, nodes: dict[str, yaml.Node]
+    ) -> None:
+        self.ctx = ctx
+        self.failed = False
+        self._mapping, self._path, self._nodes = mapping, path, nodes
+
+    def __call__(self, name: str, message: str) -> None:
+        self.ctx.report(self._nodes.get(name, self._mapping), _join(self._path, name), message)
+        self.failed = True
+
+
+def _join(path: str, name: str) -> str:
+    return f"{path}.{name}" if path else name
+
+
+def _build(cls: Callable[..., T]) -> Callable[[dict[str, Any], _Checker], T]:
+    """A ``finish`` step with no rules across fields: just build the dataclass."""
+    return lambda values, check: cls(**values)
+
+
+@dataclass(frozen=True)
+class _Section(Generic[T]):
+    """A YAML mapping whose keys are ``fields``; ``finish`` checks across fields and builds."""
+
+    fields: tuple[_Field, ...]
+    finish: Callable[[dict[str, Any], _Checker], T]
+
+    def __call__(self, node: yaml.Node, ctx: _Context, path: str) -> T:
+        if _is_null(node):  # "player:" with every key commented out: all defaults
+            pairs: list[tuple[yaml.Node, yaml.Node]] = []
+        elif isinstance(node, yaml.MappingNode):
+            pairs = list(node.value)
+        else:
+            raise _BadValueError(f"expected a mapping of settings, got {_describe(node)}")
+        nodes, keys_ok = self._value_nodes(pairs, ctx, path)
+        values, values_ok = self._values(node, nodes, ctx, path)
+        if not (keys_ok and values_ok):  # rules across fields would only repeat what is said
+            raise _ReportedError
+        check = _Checker(ctx, node, path, nodes)
+        result = self.finish(values, check)
+        if check.failed:
+            raise _ReportedError
+        return result
+
+    def _value_nodes(
+        self, pairs: list[tuple[yaml.Node, yaml.Node]], ctx: _Context, path: str
+    ) -> tuple[dict[str, yaml.Node], bool]:
+        """The value node of each known key; report unknown and duplicate keys."""
+        names = [f.name for f in self.fields]
+        keys: dict[str, yaml.Node] = {}
+        nodes: dict[str, yaml.Node] = {}
+        ok = True
+        for key_node, value_node in pairs:
+            if not isinstance(key_node, yaml.ScalarNode):
+                ctx.report(key_node, path, "keys must be plain names")
+                ok = False
+                continue
+            name = str(key_node.value)
+            key_path = _join(path, name)
+            if name in keys:
+                first = keys[name].start_mark.line + 1
+                ctx.report(key_node, key_path, f"duplicate key (first set on line {first})")
+                ok = False
+            elif name not in names:
+                ctx.report(key_node, key_path, "unknown key" + _did_you_mean(name, names))
+                ok = False
+            else:
+                nodes[name] = value_node
+            keys.setdefault(name, key_node)
+        return nodes, ok
+
+    def _values(
+        self, node: yaml.Node, nodes: dict[str, yaml.Node], ctx: _Context, path: str
+    ) -> tuple[dict[str, Any], bool]:
+        """Convert every field that is present; report missing required ones."""
+        values: dict[str, Any] = {}
+        ok = True
+        for fld in self.fields:
+            field_path = _join(path, fld.name)
+            if fld.name not in nodes:
+                if fld.default is _REQUIRED:
+                    ctx.report(node, field_path, "missing (required)")
+                    ok = False
+                elif fld.default is not _MODEL_DEFAULT:
+                    values[fld.name] = fld.default
+                continue
+            value_node = nodes[fld.name]
+            try:
+                values[fld.name] = fld.convert(value_node, ctx, field_path)
+            except _BadValueError as exc:
+                ctx.report(value_node, field_path, exc.message)
+                ok = False
+            except _ReportedError:
+                ok = False
+        return values, ok
+
+
+# --- the sections --------------------------------------------------------------------------
+
+
+def _finish_tls(values: dict[str, Any], check: _Checker) -> TlsConfig:
+    tls = TlsConfig(**values)
+    if (tls.cert_file is None) != (tls.key_file is None):
+        missing = "key_file" if tls.key_file is None else "cert_file"
+        check(missing, "cert_file and key_file go together: set both or neither")
+    return tls
+
+
+_TLS = _Section(
+    (
+        _Field("ca_file", _optional(_path)),
+        _Field("cert_file", _optional(_path)),
+        _Field("key_file", _optional(_path)),
+    ),
+    _finish_tls,
+)
+
+
+def _tls(node: yaml.Node, ctx: _Context, path: str) -> TlsConfig | None:
+    if isinstance(node, yaml.ScalarNode) and node.tag == _BOOL:
+        raise _BadValueError("write 'tls: {}' for TLS with the system's CAs, or leave tls out")
+    return _optional(_TLS)(node, ctx, path)
+
+
+def _read_secret_file(path: Path, check: _Checker) -> str | None:
+    try:
+        secret = path.read_text(encoding="utf-8").rstrip("\r\n")
+    except FileNotFoundError:
+        check("password_file", f"file not found: {path}")
+    except UnicodeDecodeError:
+        check("password_file", f"{path} is not UTF-8 text")
+    except OSError as exc:
+        check("password_file", f"cannot read {path}: {exc.strerror}")
+    else:
+        if secret:
+            check.ctx.secrets.append(secret)
+            return secret
+        check("password_file", f"{path} is empty")
+    return None
+
+
+def _finish_broker(values: dict[str, Any], check: _Checker) -> BrokerConfig:
+    password_file: Path | None = values.pop("password_file")
+    if password_file is not None:
+        if values["password"] is not None:
+            check("password_file", "set broker.password or broker.password_file, not both")
+        else:
+            values["password"] = _read_secret_file(password_file, check)
+    if values["port"] is None:
+        values["port"] = 1883 if values["tls"] is None else 8883
+    broker = BrokerConfig(**values)
+    if broker.password is not None and broker.username is None:
+        check("username", "required when a password is set")
+    if broker.reconnect_max_s < broker.reconnect_min_s:
+        check("reconnect_max_s", "must not be below broker.reconnect_min_s")
+    return broker
+
+
+_BROKER = _Section(
+    (
+        _Field("host", _host, _REQUIRED),
+        _Field("port", _int_range(1, 65535), None),
+        _Field("tls", _tls, None),
+        _Field("username", _optional(_text)),
+        _Field("password", _optional(_secret), None),
+        _Field("password_file", _optional(_path), None),
+        _Field("keepalive_s", _int_range(5, 65535, "seconds")),
+        _Field("topic_prefix", _topic_prefix),
+        _Field("session_expiry_s", _int_range(0, 2**32 - 1, "seconds")),
+        _Field("reconnect_min_s", _number_range(0.1, 3600, "seconds")),
+        _Field("reconnect_max_s", _number_range(0.1, 3600, "seconds")),
+    ),
+    _finish_broker,
+)
+
+_DEFAULT_THRESHOLDS = TrustConfig(keys=()).thresholds
+
+_THRESHOLDS = _Section(
+    tuple(_Field(role, _int_range(1, 100), _DEFAULT_THRESHOLDS[role]) for role in ROLES),
+    lambda values, check: dict(values),
+)
+
+_TRUSTED_KEY = _Section(
+    (
+        _Field("id", _key_id, _REQUIRED),
+        _Field("ed25519", _ed25519, _REQUIRED),
+        _Field("roles", _list_of(_choice(*ROLES), min_items=1, distinct=[_SAME_VALUE]), _REQUIRED),
+        _Field("scopes", _list_of(_scope, min_items=1, distinct=[_SAME_VALUE]), _REQUIRED),
+        _Field("not_after", _optional(_timestamp)),
+    ),
+    _build(TrustedKey),
+)
+
+_TRUST = _Section(
+    (
+        _Field(
+            "keys",
+            _list_of(
+                _TRUSTED_KEY,
+                min_items=1,
+                distinct=[
+                    _Distinct(lambda key: key.id, "same id"),
+                    _Distinct(lambda key: key.ed25519, "same public key"),
+                ],
+            ),
+            _REQUIRED,
+        ),
+        _Field("thresholds", _THRESHOLDS),
+    ),
+    _build(TrustConfig),
+)
+
+
+def _finish_player(values: dict[str, Any], check: _Checker) -> PlayerConfig:
+    player = PlayerConfig(**values)
+    if player.default_volume > player.max_volume:
+        check("default_volume", f"must not be above player.max_volume ({player.max_volume})")
+    if player.output == "file" and player.wav_file is None:
+        check("wav_file", "required when player.output is 'file'")
+    return player
+
+
+_PLAYER = _Section(
+    (
+        _Field("output", _choice(*AUDIO_OUTPUTS)),
+        _Field("alsa_device", _optional(_text)),
+        _Field("wav_file", _optional(_path)),
+        _Field("vlc_args", _list_of(_text)),
+        _Field("default_volume", _int_range(0, 100, "percent")),
+        _Field("max_volume", _int_range(0, 100, "percent")),
+        _Field("max_play_duration_s", _int_range(1, 86400, "seconds")),
+    ),
+    _finish_player,
+)
+
+_GPIO = _Section(
+    (
+        _Field("pin_factory", _choice(*PIN_FACTORIES)),
+        _Field("amp_pin", _amp_pin),
+        _Field("active_high", _boolean),
+        _Field("warm_up_s", _number_range(0, 60, "seconds")),
+        _Field("tail_s", _number_range(0, 60, "seconds")),
+    ),
+    _build(GpioConfig),
+)
+
+
+def _finish_media(values: dict[str, Any], check: _Checker) -> MediaConfig:
+    media = MediaConfig(**values)
+    if media.cache_quota_bytes < media.max_file_bytes:
+        check("cache_quota_bytes", "must not be below media.max_file_bytes")
+    return media
+
+
+_MEDIA = _Section(
+    (
+        _Field("allowed_schemes", _list_of(_choice("http", "https"), distinct=[_SAME_VALUE])),
+        _Field("allowed_hosts", _list_of(_host_port, distinct=[_SAME_VALUE])),
+        _Field("max_file_bytes", _int_range(1, None, "bytes")),
+        _Field("fetch_deadline_s", _number_range(1, 86400, "seconds")),
+        _Field("cache_quota_bytes", _int_range(1, None, "bytes")),
+    ),
+    _finish_media,
+)
+
+
+def _finish_storage(values: dict[str, Any], check: _Checker) -> StorageConfig:
+    storage = StorageConfig(**values)
+    state, cache = storage.state_dir, storage.cache_dir
+    if state == cache or state.is_relative_to(cache) or cache.is_relative_to(state):
+        # The cache is trimmed to its quota by deleting files: it must never hold the state.
+        check("cache_dir", "must be apart from storage.state_dir (neither inside the other)")
+    return storage
+
+
+_STORAGE = _Section(
+    (_Field("state_dir", _path), _Field("cache_dir", _path)),
+    _finish_storage,
+)
+
+_LOGGING = _Section(
+    (
+        _Field("level", _choice("debug", "info", "warning", "error")),
+        _Field("format", _choice("auto", "json", "console")),
+    ),
+    _build(LoggingConfig),
+)
+
+_CLOCK = _Section(
+    (
+        _Field("trust_system_clock", _choice("auto", "always", "never")),
+        _Field("max_skew_s", _int_range(0, 86400, "seconds")),
+    ),
+    _build(ClockConfig),
+)
+
+_CONFIG = _Section(
+    (
+        _Field("device_id", _ident, _REQUIRED),
+        _Field("env", _ident, _REQUIRED),
+        # Required on purpose: a forgotten list would silently ignore group broadcasts.
+        _Field("groups", _list_of(_ident, distinct=[_SAME_VALUE]), _REQUIRED),
+        _Field("broker", _BROKER, _REQUIRED),
+        _Field("trust", _TRUST, _REQUIRED),
+        _Field("player", _PLAYER),
+        _Field("gpio", _GPIO),
+        _Field("media", _MEDIA),
+        _Field("storage", _STORAGE),
+        _Field("logging", _LOGGING),
+        _Field("clock", _CLOCK),
+    ),
+    lambda values, check: Config(**values, source=Path(check.ctx.source)),
+)
