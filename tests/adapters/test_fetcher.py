@@ -1,0 +1,722 @@
+"""The media fetcher against a real HTTP server on 127.0.0.1 (no mocks).
+
+The ``server`` fixture is a ThreadingHTTPServer whose behaviour per path is set by each test and
+which records every request it receives, so "no request was made" can be asserted.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import ipaddress
+import queue
+import ssl
+import threading
+import time
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from receiver.config_model import MediaConfig
+from receiver.core.events import Event, FetchFailed, FetchFinished
+from receiver.fetcher import Fetcher, FetchError, check_url, copy_limited, host_allowed
+
+BODY = b"loa-receiver test tone " * 1000  # 23,000 bytes
+SHA = hashlib.sha256(BODY).hexdigest()
+EVENT_TIMEOUT_S = 5.0
+
+Behaviour = Callable[[BaseHTTPRequestHandler, threading.Event], None]
+
+
+class QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # clients that hang up are part of these tests
+
+
+class Server:
+    """A local HTTP server; ``routes[path]`` decides what a GET of ``path`` gets."""
+
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
+        self.routes: dict[str, Behaviour] = {}
+        self.requests: list[str] = []
+        self.stopping = threading.Event()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                server.requests.append(self.path)
+                behaviour = server.routes.get(self.path)
+                try:
+                    if behaviour is None:
+                        send(self, 404, b"not found")
+                    else:
+                        behaviour(self, server.stopping)
+                except OSError:
+                    pass  # the client went away: expected in several tests
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.httpd = QuietServer(("127.0.0.1", 0), Handler)
+        if tls is not None:
+            self.httpd.socket = tls.wrap_socket(self.httpd.socket, server_side=True)
+        self.scheme = "http" if tls is None else "https"
+        self.port = self.httpd.server_address[1]
+        self.thread = threading.Thread(
+            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+        self.thread.start()
+
+    def url(self, path: str, host: str = "127.0.0.1") -> str:
+        return f"{self.scheme}://{host}:{self.port}{path}"
+
+    def close(self) -> None:
+        self.stopping.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def send(
+    handler: BaseHTTPRequestHandler,
+    status: int,
+    body: bytes,
+    headers: dict[str, str] | None = None,
+) -> None:
+    handler.send_response(status)
+    handler.send_header("Content-Length", str(len(body)))
+    for name, value in (headers or {}).items():
+        handler.send_header(name, value)
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
+def serve(body: bytes, delay_s: float = 0.0) -> Behaviour:
+    def behaviour(handler: BaseHTTPRequestHandler, stopping: threading.Event) -> None:
+        stopping.wait(delay_s)
+        send(handler, 200, body)
+
+    return behaviour
+
+
+def redirect(location: str, status: int = 302) -> Behaviour:
+    def behaviour(handler: BaseHTTPRequestHandler, stopping: threading.Event) -> None:
+        send(handler, status, b"", {"Location": location})
+
+    return behaviour
+
+
+@pytest.fixture
+def server() -> Iterator[Server]:
+    s = Server()
+    yield s
+    s.close()
+
+
+class Events:
+    """Collects what the fetcher posts, and from which thread."""
+
+    def __init__(self) -> None:
+        self.queue: queue.Queue[tuple[Event, str]] = queue.Queue()
+
+    def __call__(self, event: Event) -> None:
+        self.queue.put((event, threading.current_thread().name))
+
+    def get(self, timeout: float = EVENT_TIMEOUT_S) -> Event:
+        return self.queue.get(timeout=timeout)[0]
+
+    def now(self) -> Event:
+        """The event posted synchronously by the fetch() that just returned."""
+        event, thread = self.queue.get_nowait()
+        assert thread == threading.current_thread().name
+        return event
+
+    def assert_none(self, wait_s: float = 0.2) -> None:
+        with pytest.raises(queue.Empty):
+            self.queue.get(timeout=wait_s)
+
+
+def media(**overrides: Any) -> MediaConfig:
+    settings: dict[str, Any] = {
+        "allowed_schemes": ("http",),
+        "allowed_hosts": ("127.0.0.1",),
+        "fetch_deadline_s": 5.0,
+        "max_file_bytes": 1_000_000,
+    }
+    settings.update(overrides)
+    return MediaConfig(**settings)
+
+
+@pytest.fixture
+def events() -> Events:
+    return Events()
+
+
+@pytest.fixture
+def make_fetcher(tmp_path: Path, events: Events) -> Iterator[Callable[..., Fetcher]]:
+    made: list[Fetcher] = []
+
+    def make(**overrides: Any) -> Fetcher:
+        fetcher = Fetcher(media(**overrides), tmp_path / "cache", events)
+        made.append(fetcher)
+        return fetcher
+
+    yield make
+    for fetcher in made:
+        fetcher.close()
+
+
+def cache_contents(tmp_path: Path) -> list[str]:
+    """Every file under the cache, partial ones included, relative to it."""
+    root = tmp_path / "cache"
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+def failed(reason: str, sha: str = SHA) -> Callable[[Event], bool]:
+    def check(event: Event) -> bool:
+        assert isinstance(event, FetchFailed), event
+        assert event.sha256 == sha
+        assert event.reason == reason, event
+        assert event.detail and len(event.detail) <= 160
+        return True
+
+    return check
+
+
+# -- downloads ---------------------------------------------------------------------------------
+
+
+def test_ok_then_served_from_cache(
+    server: Server, make_fetcher: Callable[..., Fetcher], events: Events, tmp_path: Path
+) -> None:
+    server.routes["/tone.ogg"] = serve(BODY)
+    fetcher = make_fetcher()
+    assert fetcher.cached_path(SHA) is None
+
+    fetcher.fetch(server.url("/tone.ogg"), SHA, len(BODY))
+    event = events.get()
+    path = tmp_path / "cache" / SHA
+    assert event == FetchFinished(SHA, str(path))
+    assert path.read_bytes() == BODY
+    assert fetcher.cached_path(SHA) == path
+    assert cache_contents(tmp_path) == [SHA]
+    assert server.requests == ["/tone.ogg"]
+
+    fetcher.fetch(server.url("/tone.ogg"), SHA, len(BODY))
+    assert events.now() == FetchFinished(SHA, str(path))  # posted before fetch() returned
+    assert server.requests == ["/tone.ogg"]
+
+    # A new fetcher on the same directory finds the file too.
+    fetcher.close()
+    again = make_fetcher()
+    again.fetch(server.url("/elsewhere"), SHA, len(BODY))
+    assert events.now() == FetchFinished(SHA, str(path))
+    assert server.requests == ["/tone.ogg"]
+
+
+def test_cached_file_with_another_size_than_the_pin(
+    server: Server, make_fetcher: Callable[..., Fetcher], events: Events
+) -> None:
+    server.routes["/tone.ogg"] = serve(BODY)
+    fetcher = make_fetcher()
+    fetcher.fetch(server.url("/tone.ogg"), SHA, len(BODY))
+    assert isinstance(events.get(), FetchFinished)
+    fetcher.fetch(server.url("/tone.ogg"), SHA, len(BODY) + 1)
+    assert failed("hash_mismatch")(events.now())
+    assert server.requests == ["/tone.ogg"]
+
+
+def test_chunked_transfer(
+    server: Server, make_fetcher: Callable[..., Fetcher], events: Events
+) -> None:
+    def chunked(handler: BaseHTTPRequestHandler, stopping: threading.Event) -> None:
+        handler.protocol_version = "HTTP/1.1"
+        handler.send_response(200)
+        handler.send_header("Transfer-Encoding", "chunked")
+        handler.send_header("Connection", "close")
+        handler.end_headers()
+        for start in range(0, len(BODY), 5000):
+            piece = BODY[start : start + 5000]
+            handler.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+        handler.wfile.write(b"0\r\n\r\n")
+
+    server.routes["/chunked"] = chunked
+    make_fetcher().fetch(server.url("/chunked"), SHA, len(BODY))
+    assert isinstance(events.get(), FetchFinished)
+
+
+def test_not_found(
+    server: Server, make_fetcher: Callable[..., Fetcher], events: Events, tmp_path: Path
+) -> None:
+    make_fetcher().fetch(server.url("/missing"), SHA, len(BODY))
+    event = events.get()
+    assert failed("download_failed")(event)
+    assert isinstance(event, FetchFailed)
+    assert "404" in event.detail
+    assert cache_contents(tmp_path) == []
+
+
+def test_connection_refused(make_fetcher: Callable[..., Fetcher], events: Events) -> None:
+    # A port that was just free: nothing listens there.
+    closed = Server()
+    closed.close()
+    make_fetcher().fetch(closed.url("/tone.ogg"), SHA, len(BODY))
+    assert failed("download_failed")(events.get())
+
+
+def test_wrong_bytes_are_not_kept(
+    server: Server, make_fetcher: Callable[..., Fetcher], events: Events, tmp_path: Path
+) -> None:
+    forged = bytes(len(BODY))  # right size, wrong bytes
+    server.routes["/tone.ogg"] = serve(forged)
+    fetcher = make_fetcher()
+    fetcher.fetch(server.url("/tone.ogg"), SHA, len(BODY))
+    assert failed("hash_mismatch")(events.get())
+    assert cache_contents(tmp_path) == []
+    assert fetcher.cached_path(SHA) is None
+
+
+@pytest.mark.parametrize("served", [BODY[:-1], BODY + b"!"])
+def test_announced_length_differs_from_pin(
+    server: Server,
+    make_fetcher: Callable[..., Fetcher],
+    events: Events,
+    tmp_path: Path,
+    served: bytes,
+) -> None:
+    server.routes["/tone.ogg"] = serve(served)
+    make_fetcher().fetch(server.url("/tone.ogg"), SHA, len(BODY))
+    assert failed("hash_mismatch")(events.get())
+    assert cache_contents(tmp_path) == []
+
+
+def test_body_shorter_than_pin_without_length(
+    server: Server, make_fetcher: Callable[..., Fetcher], events: Events, tmp_path: Path
+) -> None:
+    def short(handler: BaseHTTPRequestHandler, stopping: threading.Event) -> None:
+        handler.send_response(200)
+        handler.end_headers()  # HTTP/1.0, no length: the body ends when the connection closes
+        handler.wfile.write(BODY[:1000])
+
+    server.routes["/short"] = short
+    make_fetcher().fetch(server.url("/short"), SHA, len(BODY))
+    assert failed("hash_mismatch")(events.get())
+    assert cache_contents(tmp_path) == []
+
+
+def test_connection_cut_before_announced_length(
+    server: Server, make_fetcher: Callable[..., Fetcher], events: Events, tmp_path: Path
+) -> None:
+    def cut(handler: BaseHTTPRequestHandler, stopping: threading.Event) -> None:
+        handler.send_response(200)
+        handler.send_header("Content-Length", str(len(BODY)))
+        handler.end_headers()
+        handler.wfile.write(BODY[:1000])  # then the handler returns and the server closes
+
+    server.routes["/cut"] = cut
+    make_fetcher().fetch(server.url("/cut"), SHA, len(BODY))
+    assert failed("download_failed")(events.get())
+    assert cache_contents(tmp_path) == []
+
+
+def test_endless_body_stops_after_size_plus_one(
+    server: Server, make_fetcher: Callable[..., Fetcher], events: Events, tmp_path: Path
+) -> None:
+    sent = [0]
+
+    def endless(handler: BaseHTTPRequestHandler, stopping: threading.Event) -> None:
+        handler.send_response(200)
+        handler.end_headers()
+        block = BODY[:4096]
+        while not stopping.is_set():
+            handler.wfile.write(block)
+            sent[0] += len(block)
+
+    server.routes["/endless"] = endless
+    started = time.monotonic()
+    make_fetcher().fetch(server.url("/endless"), SHA, len(BODY))
+    event = events.get()
+    assert failed("hash_mismatch")(event)
+    assert isinstance(event, FetchFailed)
+    assert f"more than {len(BODY)} bytes" in event.detail
+    assert time.monotonic() - started < 2.0  # stopped at once, not at the 5 s deadline
+    assert cache_contents(tmp_path) == []
+
+
+def test_copy_limited_never_asks_for_more_than_the_limit() -> None:
+    asked: list[int] = []
+
+    def endless(n: int) -> bytes:
+        asked.append(n)
+        return b"x" * (n + 10)  # a reader that even returns more than asked for
+
+    written: list[bytes] = []
+    limit = 200_001
+    assert copy_limited(endless, written.append, limit) == limit
+    assert sum(asked) == limit
+    assert sum(len(w) for w in written) == limit
+
+
+def test_trickling_body_fails_by_the_deadline(
+    server: Server, make_fetcher: Callable[..., Fetcher], events: Events, tmp_path: Path
+) -> None:
+    def trickle(handler: BaseHTTPRequestHandler, stopping: threading.Event) -> None:
+        handler.send_response(200)
+        handler.send_header("Content-Length", str(len(BODY)))
+        handler.end_headers()
+        for byte in BODY:
+            handler.wfile.write(bytes([byte]))
+            handler.wfile.flush()
+            if stopping.wait(0.5):
+                return
+
+    server.routes["/trickle"] = trickle
+    started = time.monotonic()
+    make_fetcher(fetch_deadline_s=1.5).fetch(server.url("/trickle"), SHA, len(BODY))
+    event = events.get()
+    elapsed = time.monotonic() - started
+    assert failed("download_failed")(event)
+    assert isinstance(event, FetchFailed)
+    assert "deadline" in event.detail
+    assert 1.4 < elapsed < 3.0
+    assert cache_contents(tmp_path) == []
+
+
+def test_trickling_headers_fail_by_the_deadline(
+    server: Server, make_fetcher: Callable[..., Fetcher], events: Events
+) -> None:
+    def trickle_headers(handler: BaseHTTPRequestHandler, stopping: threading.Event) -> None:
+        handler.wfile.write(b"HTTP/1.0 200 OK\r\n")
+        handler.wfile.flush()
+        for byte in b"X-Slow: " + b"a" * 1000:
+            handler.wfile.write(bytes([byte]))
+            handler.wfile.flush()
+            if stopping.wait(0.2):
+                return
+
+    server.routes["/slow-headers"] = trickle_headers
+    started = time.monotonic()
+    make_fetcher(fetch_deadline_s=1.0).fetch(server.url("/slow-headers"), SHA, len(BODY))
+    event = events.get()
+    assert failed("download_failed")(event)
+    assert isinstance(event, FetchFailed)
+    assert "deadline" in event.detail
+    assert time.monotonic() - started < 2.5
+
+
+# -- TLS ---------------------------------------------------------------------------------------
+
+
+def make_pki(directory: Path) -> tuple[Path, Path, Path]:
+    """A CA and a server certificate for 127.0.0.1 signed by it: (ca, cert, key) PEM files."""
+    now = datetime.datetime.now(datetime.UTC)
+
+    def certificate(
+        subject: str, key: ec.EllipticCurvePrivateKey, issuer: x509.Name, signer: Any, ca: bool
+    ) -> x509.Certificate:
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+            .issuer_name(issuer)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )
+        if ca:
+            builder = builder.add_extension(
+                x509.KeyUsage(False, False, False, False, False, True, True, False, False),
+                critical=True,
+            )
+        else:
+            san = x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
+            builder = builder.add_extension(san, critical=False)
+        return builder.sign(signer, hashes.SHA256())
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test CA")])
+    ca_cert = certificate("test CA", ca_key, ca_name, ca_key, ca=True)
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = certificate("127.0.0.1", key, ca_name, ca_key, ca=False)
+    paths = (directory / "ca.pem", directory / "cert.pem", directory / "key.pem")
+    paths[0].write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return paths
+
+
+@pytest.fixture
+def tls_server(tmp_path: Path) -> Iterator[tuple[Server, Path]]:
+    ca, cert, key = make_pki(tmp_path)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    s = Server(tls=context)
+    yield s, ca
+    s.close()
+
+
+def test_https_with_a_trusted_ca(
+    tls_server: tuple[Server, Path], events: Events, tmp_path: Path
+) -> None:
+    server, ca = tls_server
+    server.routes["/tone.ogg"] = serve(BODY)
+    context = ssl.create_default_context(cafile=str(ca))
+    fetcher = Fetcher(
+        media(allowed_schemes=("https",)), tmp_path / "cache", events, tls_context=context
+    )
+    try:
+        fetcher.fetch(server.url("/tone.ogg"), SHA, len(BODY))
+        assert events.get() == FetchFinished(SHA, str(tmp_path / "cache" / SHA))
+    finally:
+        fetcher.close()
+
+
+def test_https_with_an_unknown_ca(
+    tls_server: tuple[Server, Path], make_fetcher: Callable[..., Fetcher], events: Events
+) -> None:
+    server, _ = tls_server
+    server.routes["/tone.ogg"] = serve(BODY)
+    make_fetcher(allowed_schemes=("https",)).fetch(server.url("/tone.ogg"), SHA, len(BODY))
+    event = events.get()
+    assert failed("download_failed")(event)
+    assert isinstance(event, FetchFailed)
+    assert "certificate" in event.detail
+    assert server.requests == []
+
+
+# -- policy ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("file:///etc/passwd", "policy"),
+        ("ftp://127.0.0.1/tone.ogg", "policy"),
+        ("https://127.0.0.1/tone.ogg", "policy"),  # scheme not on this device's list
+        ("http://localhost/tone.ogg", "policy"),  # the same machine, but not the allowed name
+        ("http://user:pw@127.0.0.1/tone.ogg", "policy"),
+        ("http://127.0.0.1@evil.example/tone.ogg", "policy"),
+        ("http://127.0.0.1\n.evil.example/", "bad_body"),
+        ("http:///tone.ogg", "bad_body"),
+        ("http://127.0.0.1:99999/tone.ogg", "bad_body"),
+        ("http://127.0.0.1/" + "a" * 3000, "bad_body"),
+    ],
+)
+def test_refused_urls_make_no_request(
+    *,
+    server: Server,
+    make_fetcher: Callable[..., Fetcher],
+    events: Events,
+    tmp_path: Path,
+    url: str,
+    reason: str,
+) -> None:
+    make_fetcher().fetch(url, SHA, len(BODY))
+    event = events.now()
+    assert failed(reason)(event)
+    assert isinstance(event, FetchFailed)
+    assert "\n" not in event.detail
+    assert server.requests == []
+    assert cache_contents(tmp_path) == []
+
+
+def test_host_with_port_allows_only_that_port(
+    server: Server, make_fetcher: Callable[..., Fetcher], events: Events
+) -> None:
+    server.routes["/tone.ogg"] = serve(BODY)
+    other_port = make_fetcher(allowed_hosts=(f"127.0.0.1:{server.port + 1}",))
+    other_port.fetch(server.url("/tone.ogg"), SHA, len(BODY))
+    assert failed("policy")(events.now())
+    assert server.requests == []
+
+    this_port = make_fetcher(allowed_hosts=(f"127.0.0.1:{server.port}",))
+    this_port.fetch(server.url("/tone.ogg"), SHA, len(BODY))
+    assert isinstance(events.get(), FetchFinished)
+
+
+def test_redirect_to_a_disallowed_host(
+    server: Server, make_fetcher: Callable[..., Fetcher], events: Events, tmp_path: Path
+) -> None:
+    server.routes["/tone.ogg"] = serve(BODY)
+    server.routes["/moved"] = redirect(server.url("/tone.ogg", host="localhost"))
+    make_fetcher().fetch(server.url("/moved"), SHA, len(BODY))
+    assert failed("policy")(events.get())
+    assert server.requests == ["/moved"]
+    assert cache_contents(tmp_path) == []
+
+
+def test_redirect_to_a_disallowed_scheme(
+    server: Server, make_fetcher: Callable[..., Fetcher], events: Events
+) -> None:
+    server.routes["/moved"] = redirect("file:///etc/passwd", status=301)
+    make_fetcher().fetch(server.url("/moved"), SHA, len(BODY))
+    assert failed("policy")(events.get())
+
+
+def test_redirects_within_the_allowlist_are_followed(
+    server: Server, make_fetcher: Callable[..., Fetcher], events: Events
+) -> None:
+    server.routes["/tone.ogg"] = serve(BODY)
+    server.routes["/a"] = redirect("/b", status=301)
+    server.routes["/b"] = redirect(server.url("/c"), status=307)
+    server.routes["/c"] = redirect("tone.ogg", status=308)
+    make_fetcher().fetch(server.url("/a"), SHA, len(BODY))
+    assert isinstance(events.get(), FetchFinished)
+    assert server.requests == ["/a", "/b", "/c", "/tone.ogg"]
+
+
+def test_redirect_loop(
+    server: Server, make_fetcher: Callable[..., Fetcher], events: Events
+) -> None:
+    server.routes["/loop"] = redirect("/loop")
+    make_fetcher().fetch(server.url("/loop"), SHA, len(BODY))
+    assert failed("download_failed")(events.get())
+    assert server.requests == ["/loop"] * 4  # the request and three redirects
+
+
+# -- pins --------------------------------------------------------------------------------------
+
+
+def test_pinned_size_above_the_limit(
+    server: Server, make_fetcher: Callable[..., Fetcher], events: Events
+) -> None:
+    server.routes["/tone.ogg"] = serve(BODY)
+    make_fetcher(max_file_bytes=len(BODY) - 1).fetch(server.url("/tone.ogg"), SHA, len(BODY))
+    assert failed("too_large")(events.now())
+    assert server.requests == []
+
+
+@pytest.mark.parametrize(
+    ("sha", "size"),
+    [
+        (SHA.upper(), len(BODY)),
+        (SHA[:-1], len(BODY)),
+        ("../../etc/passwd", len(BODY)),
+        (SHA + "\n", len(BODY)),
+        (SHA, -1),
+    ],
+)
+def test_malformed_pin(
+    *,
+    server: Server,
+    make_fetcher: Callable[..., Fetcher],
+    events: Events,
+    tmp_path: Path,
+    sha: str,
+    size: int,
+) -> None:
+    server.routes["/tone.ogg"] = serve(BODY)
+    fetcher = make_fetcher()
+    fetcher.fetch(server.url("/tone.ogg"), sha, size)
+    assert failed("bad_body", sha=sha)(events.now())
+    assert server.requests == []
+    assert fetcher.cached_path(sha) is None
+    assert cache_contents(tmp_path) == []
+
+
+# -- concurrency and shutdown ------------------------------------------------------------------
+
+
+def test_same_file_twice_in_flight_shares_one_download(
+    server: Server, make_fetcher: Callable[..., Fetcher], events: Events, tmp_path: Path
+) -> None:
+    server.routes["/tone.ogg"] = serve(BODY, delay_s=0.3)
+    server.routes["/mirror.ogg"] = serve(BODY)
+    fetcher = make_fetcher()
+    fetcher.fetch(server.url("/tone.ogg"), SHA, len(BODY))
+    fetcher.fetch(server.url("/mirror.ogg"), SHA, len(BODY))  # joins the first download
+    assert events.queue.empty()
+    finished = FetchFinished(SHA, str(tmp_path / "cache" / SHA))
+    assert events.get() == finished
+    assert events.get() == finished
+    events.assert_none()
+    assert server.requests == ["/tone.ogg"]
+
+
+def test_close_abandons_a_download(
+    server: Server, make_fetcher: Callable[..., Fetcher], events: Events, tmp_path: Path
+) -> None:
+    started = threading.Event()
+
+    def slow(handler: BaseHTTPRequestHandler, stopping: threading.Event) -> None:
+        handler.send_response(200)
+        handler.send_header("Content-Length", str(len(BODY)))
+        handler.end_headers()
+        handler.wfile.write(BODY[:100])
+        handler.wfile.flush()
+        started.set()
+        stopping.wait(10)
+
+    server.routes["/slow"] = slow
+    fetcher = make_fetcher()
+    fetcher.fetch(server.url("/slow"), SHA, len(BODY))
+    assert started.wait(EVENT_TIMEOUT_S)
+    time.sleep(0.1)  # let the worker block in its next read
+    begun = time.monotonic()
+    fetcher.close()
+    assert time.monotonic() - begun < 1.0
+    events.assert_none()
+    assert cache_contents(tmp_path) == []
+    with pytest.raises(RuntimeError):
+        fetcher.fetch(server.url("/slow"), SHA, len(BODY))
+
+
+def test_stale_partial_files_are_removed_at_start(
+    make_fetcher: Callable[..., Fetcher], tmp_path: Path
+) -> None:
+    partial = tmp_path / "cache" / ".partial"
+    partial.mkdir(parents=True)
+    (partial / f"{SHA}.part").write_bytes(b"half")
+    make_fetcher()
+    assert cache_contents(tmp_path) == []
+
+
+# -- the allowlist, as a table -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("host", "port", "allowed", "expected"),
+    [
+        ("media.example", 443, ("media.example",), True),
+        ("media.example", 8443, ("media.example",), True),  # a bare host allows any port
+        ("media.example", 443, ("MEDIA.Example.",), True),  # case and trailing dot ignored
+        ("media.example", 443, ("media.example:443",), True),
+        ("media.example", 8443, ("media.example:443",), False),
+        ("cdn.media.example", 443, ("media.example",), False),  # no implicit subdomains
+        ("media.example.evil", 443, ("media.example",), False),
+        ("::1", 8080, ("[::1]:8080",), True),
+        ("::1", 8081, ("[::1]:8080",), False),
+        ("::1", 8081, ("::1",), True),
+        ("media.example", 443, ("media.example:notaport",), False),
+        ("media.example", 443, (), False),
+    ],
+)
+def test_host_allowed(host: str, port: int, allowed: tuple[str, ...], expected: bool) -> None:
+    assert host_allowed(host, port, allowed) is expected
+
+
+def test_check_url_normalises() -> None:
+    config = MediaConfig(allowed_schemes=("https",), allowed_hosts=("media.example",))
+    target = check_url("HTTPS://Media.Example./a/b.ogg?v=1#frag", config)
+    assert (target.scheme, target.host, target.port, target.path) == (
+        "https",
+        "media.example",
+        443,
+        "/a/b.ogg?v=1",
+    )
+    with pytest.raises(FetchError) as info:
+        check_url("http://media.example/a.ogg", config)
+    assert info.value.reason == "policy"
