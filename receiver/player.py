@@ -1,0 +1,363 @@
+"""The libVLC adapter: plays one item at a time and reports what happened to it.
+
+This module owns the daemon's only ``vlc.Instance`` and its only ``vlc.MediaPlayer`` (creating
+players per item leaks in libVLC 3), and the ``vlc.Media`` of the current item (the previous one is
+released as soon as the next one replaces it). It is called from the loop thread only; libVLC calls
+it back on its own threads, and those callbacks only copy fields and hand a plain event to
+``on_event`` (the daemon's inbox: it must not block and must not call back into the player).
+
+Events contract, per token (``play(token, ...)``):
+
+* ``PlaybackStarted(token)``: libVLC opened the item and is playing it. At most once. For a
+  network stream this comes before any audio is heard; it need not precede ``PlaybackFailed``.
+* then exactly one terminal event, unless the item is superseded first (below):
+
+  - ``PlaybackEnded(token)``: the item reached its end (for a stream: the server closed it).
+  - ``PlaybackFailed(token, detail)``: libVLC could not open it (missing file, refused or failed
+    connection: libVLC's ``Error`` state) or it held no audio track at all. libVLC 3 "plays" a
+    text file or random bytes happily (``Playing``, then ``EndReached``, no error); the adapter
+    tells that apart by the audio elementary stream libVLC announces (``MediaPlayerESAdded``)
+    before ``Playing`` for anything it can decode, and reports an item that never had one as
+    failed instead of as a silent success.
+
+* ``stop()``, ``close()`` and a new ``play()`` supersede the current item: once they return,
+  nothing more is reported for its token (a terminal event that was already sent stays sent).
+  The caller asked for the stop, so it knows; the states libVLC gives a stopped or replaced
+  Media (``Stopped``, ``NothingSpecial``) are not reported.
+
+Attribution: each Media gets its own ``MediaStateChanged`` listener that carries its token, so a
+late ``EndReached`` of the previous item can never be reported under the new token. The one
+player-level listener (``ESAdded``) marks the current item; libVLC 3 joins the old input thread
+inside ``set_media``, so no player event of an old item arrives after it returns.
+
+``play`` and ``set_volume`` raise :class:`PlayerError` when libVLC refuses something synchronously
+(no Media could be made, the volume could not be applied, ``play`` returned -1); nothing starts and
+no event follows for that token. Out-of-range volumes raise ``ValueError`` (the core caps them).
+
+Volume: ``audio_set_volume`` 0-100, applied before ``play`` so no audio leaves at the previous
+level. libVLC's software volume (ALSA, and the core's mixer) is cubic: 50 is 0.125 in amplitude
+(-18 dB), 100 is 0 dB. ``position_ms`` is ``get_time()``, or -1 when no item is live.
+
+Facts about libVLC 3.0.24 found by experiment (see ``tests/adapters/test_player.py``):
+
+* ``--aout=afile`` (output ``file``) writes 16-bit PCM WAV by default (``audiofile-wav`` on,
+  ``audiofile-format`` s16, channels as the source); we pass both explicitly. It opens the file
+  with ``wb`` each time the audio output starts, i.e. for each item: a second item **overwrites**
+  the WAV, it does not append. The header's sizes are written when the output stops: a moment
+  *after* ``EndReached`` (when the input thread dies), or inside our ``stop()``. An item with no
+  audio never starts the output and leaves the previous file untouched. afile paces itself at
+  about real time after running ~1 s ahead, so a 1.5 s clip "ends" after ~0.4 s. (Its RIFF size
+  field is 4 bytes too large; readers that check only the data chunk do not mind.)
+* afile implements **no volume control**: ``audio_set_volume`` returns 0 and changes nothing. So
+  that output ``file`` still shows the level a speaker would get, the adapter reproduces the
+  cubic software-volume law there with the equalizer's preamp (flat bands: VLC's equalizer is
+  then a plain gain of 0.25, so a +12.04 dB preamp is unity). The preamp bottoms out at -20 dB,
+  so in ``file`` mode every volume below about 29 sounds like 29 (-32 dB), 0 included.
+* With no usable sound card, ALSA output still "plays" (no error event, ``EndReached`` at the
+  end): a missing device is silent success as far as libVLC's events go. ``audio_set_volume``
+  returns -1 when no audio output module loaded at all (e.g. ``--aout=pulse,none`` without a
+  server); we treat that as a failure to start rather than play at an unknown level.
+* ``libvlc_media_player_stop()`` destroys the audio output as well as the input; until the next
+  item has created a new output, ``audio_set_volume`` returns -1, so that item could not get its
+  volume before its first sample (ALSA happens to restore the last level from its ``alsa-gain``
+  setting; nothing promises that for other outputs). ``stop()`` and ``close()`` therefore use
+  ``set_media(None)``, which stops and joins the input and keeps the output and its volume.
+  Either way, stopping gives the Media the ``Stopped`` (or ``NothingSpecial``) state, never
+  ``EndReached``.
+* ``vlc.Instance(bad_args)`` returns None (and prints to stderr); we raise :class:`PlayerError`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib
+import math
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from receiver.config_model import PlayerConfig
+from receiver.core.events import Event, PlaybackEnded, PlaybackFailed, PlaybackStarted
+
+__all__ = ["Player", "PlayerError", "instance_args"]
+
+# libvlc_state_t (MediaStateChanged's new_state)
+_NOTHING_SPECIAL, _OPENING, _BUFFERING, _PLAYING, _PAUSED, _STOPPED, _ENDED, _ERROR = range(8)
+_STATE_NAMES = (
+    "NothingSpecial",
+    "Opening",
+    "Buffering",
+    "Playing",
+    "Paused",
+    "Stopped",
+    "Ended",
+    "Error",
+)
+_TRACK_AUDIO = 0  # libvlc_track_type_t: libvlc_track_audio
+
+# VLC's equalizer with flat bands scales by 0.25 (-12.04 dB); the preamp range is +-20 dB.
+_EQ_UNITY_DB = 20.0 * math.log10(4.0)
+_EQ_PREAMP_MIN_DB = -20.0
+_EQ_PREAMP_MAX_DB = 20.0
+
+
+class PlayerError(RuntimeError):
+    """libVLC is missing, refused its arguments, or refused to do what was asked."""
+
+
+class _EsChanged(ctypes.Structure):
+    """``libvlc_event_t.u.media_player_es_changed``, which python-vlc's EventUnion lacks."""
+
+    _fields_ = (("i_type", ctypes.c_int), ("i_id", ctypes.c_int))
+
+
+@dataclass(eq=False)
+class _Item:
+    """One ``play()``: its token, its Media, and what its callbacks have seen (under the lock)."""
+
+    token: int
+    media: Any  # vlc.Media; ours until released
+    events: Any  # the Media's EventManager: python-vlc keeps our callback alive in it
+    audio_seen: bool = False
+    started: bool = False
+    closed: bool = False  # terminal event sent, or superseded: report nothing more
+
+
+def instance_args(config: PlayerConfig) -> list[str]:
+    """The ``vlc.Instance`` arguments for ``config``: output selection, then ``vlc_args``."""
+    args = ["--intf=dummy", "--no-video", "--quiet"]
+    if config.output == "alsa":
+        args.append("--aout=alsa")
+        if config.alsa_device:
+            args.append(f"--alsa-audio-device={config.alsa_device}")
+    elif config.output == "pulse":
+        args.append("--aout=pulse")
+    elif config.output == "file":
+        if config.wav_file is None:
+            raise PlayerError("player.output is 'file' but player.wav_file is not set")
+        args += [
+            "--aout=afile",
+            f"--audiofile-file={os.fspath(config.wav_file)}",
+            "--audiofile-wav",
+            "--audiofile-format=s16",
+        ]
+    else:
+        raise PlayerError(f"unknown player.output {config.output!r} (alsa, pulse or file)")
+    args.extend(config.vlc_args)
+    return args
+
+
+def _import_vlc() -> Any:
+    try:
+        return importlib.import_module("vlc")
+    except (ImportError, OSError, NotImplementedError) as exc:
+        raise PlayerError(
+            f"cannot load libVLC through python-vlc ({exc}); install libvlc5 and vlc-plugin-base"
+        ) from exc
+
+
+def _check_volume(level: int) -> None:
+    if isinstance(level, bool) or not isinstance(level, int) or not 0 <= level <= 100:
+        raise ValueError(f"volume must be an int 0..100, not {level!r}")
+
+
+def _file_preamp_db(level: int) -> float:
+    """Equalizer preamp that gives ``(level/100)**3`` in amplitude, VLC's software-volume law."""
+    if level <= 0:
+        return _EQ_PREAMP_MIN_DB
+    db = _EQ_UNITY_DB + 60.0 * math.log10(level / 100.0)
+    return max(_EQ_PREAMP_MIN_DB, min(_EQ_PREAMP_MAX_DB, db))
+
+
+class Player:
+    """One libVLC player for the life of the daemon. Call it from one thread only."""
+
+    def __init__(self, config: PlayerConfig, on_event: Callable[[Event], None]) -> None:
+        args = instance_args(config)
+        self._vlc = _import_vlc()
+        self._on_event = on_event
+        self._file_output = config.output == "file"
+        self._log: Any = structlog.get_logger(component="player")
+        self._lock = threading.Lock()  # guards _item and the _Item flags; never held into libVLC
+        self._item: _Item | None = None
+        self._closed = False
+
+        self._instance = self._vlc.Instance(args)
+        if self._instance is None:
+            raise PlayerError(
+                f"libVLC refused its arguments {args!r}; check player.vlc_args "
+                "(libVLC printed the reason on stderr)"
+            )
+        self._mp = self._instance.media_player_new()
+        if self._mp is None:
+            self._instance.release()
+            raise PlayerError("libVLC could not create a media player")
+        self._mp_events = self._vlc.libvlc_media_player_event_manager(self._mp)  # not memoized
+        self._mp_events.event_attach(self._vlc.EventType.MediaPlayerESAdded, self._on_es_added)
+
+    # --- the loop thread's API ---------------------------------------------------------------
+
+    def play(self, token: int, media: str, volume: int) -> None:
+        """Start ``media`` (a local path or an http(s) URL) at ``volume``, replacing any item."""
+        self._check_open()
+        _check_volume(volume)
+        if "://" in media:
+            vlc_media = self._instance.media_new_location(media)
+        else:
+            vlc_media = self._instance.media_new_path(os.path.abspath(media))
+        if vlc_media is None:  # the current item, if any, plays on
+            raise PlayerError(f"libVLC could not make a media of {media!r}")
+        self._supersede()
+        # Not vlc_media.event_manager(): python-vlc memoizes that in a class-level dict, which
+        # would keep every Media wrapper, its callbacks and its _Item alive for ever.
+        events = self._vlc.libvlc_media_event_manager(vlc_media)
+        item = _Item(token=token, media=vlc_media, events=events)
+        item.events.event_attach(self._vlc.EventType.MediaStateChanged, self._on_media_state, item)
+        # set_media stops the previous input and joins its thread: after it, the old item's
+        # callbacks have all returned, and its Media can be released.
+        self._mp.set_media(vlc_media)
+        with self._lock:
+            previous, self._item = self._item, item
+        self._release(previous)
+        try:
+            self._apply_volume(volume)
+            if self._mp.play() != 0:
+                raise PlayerError(f"libVLC refused to start {media!r}")
+        except PlayerError:
+            with self._lock:
+                item.closed = True
+            raise
+
+    def stop(self) -> None:
+        """Stop the current item; nothing more is reported for its token. No-op when closed."""
+        if self._closed:
+            return
+        self._stop_and_release()
+
+    def set_volume(self, level: int) -> None:
+        """Change the volume (0..100) now; it also stays for the next item."""
+        self._check_open()
+        _check_volume(level)
+        self._apply_volume(level)
+
+    def position_ms(self) -> int:
+        """libVLC's ``get_time()`` for the live item, -1 when nothing plays."""
+        if self._closed:
+            return -1
+        with self._lock:
+            live = self._item is not None and not self._item.closed
+        if not live:
+            return -1
+        return int(self._mp.get_time())
+
+    def close(self) -> None:
+        """Stop and release the Media, the player and the instance. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._stop_and_release()
+        self._mp_events.event_detach(self._vlc.EventType.MediaPlayerESAdded)
+        self._mp.release()
+        self._instance.release()
+
+    # --- helpers (loop thread) ---------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise PlayerError("the player is closed")
+
+    def _supersede(self) -> None:
+        with self._lock:
+            if self._item is not None:
+                self._item.closed = True
+
+    def _stop_and_release(self) -> None:
+        # Not libvlc_media_player_stop(): in libVLC 3 that also destroys the audio output, and
+        # until the next item has created a new one, audio_set_volume fails (-1), so that item
+        # would start at whatever level the new output remembers. set_media(None) stops the input
+        # (joining its thread, like stop) and keeps the output and its volume.
+        self._supersede()
+        self._mp.set_media(None)
+        with self._lock:
+            previous, self._item = self._item, None
+        self._release(previous)
+
+    def _release(self, item: _Item | None) -> None:
+        if item is not None:
+            item.events.event_detach(self._vlc.EventType.MediaStateChanged)
+            item.media.release()
+
+    def _apply_volume(self, level: int) -> None:
+        if self._mp.audio_set_volume(level) != 0:
+            raise PlayerError(f"libVLC could not set the volume to {level} (no audio output?)")
+        if self._file_output:
+            equalizer = self._vlc.AudioEqualizer()
+            try:
+                equalizer.set_preamp(_file_preamp_db(level))
+                failed = self._mp.set_equalizer(equalizer) != 0
+            finally:
+                equalizer.release()
+            if failed:
+                raise PlayerError(f"libVLC could not apply volume {level} to the file output")
+
+    # --- libVLC callbacks (libVLC's threads, or ours inside set_media/stop) --------------------
+    # Never call libVLC here; copy the fields, decide under the lock, hand over a plain event.
+
+    def _on_media_state(self, event: Any, item: _Item) -> None:
+        try:
+            state = int(event.u.new_state)
+            with self._lock:
+                if item.closed:
+                    return
+                if state == _PLAYING:
+                    if not item.started:
+                        item.started = True
+                        self._on_event(PlaybackStarted(item.token))
+                    return
+                if state in (_OPENING, _BUFFERING, _PAUSED):
+                    return
+                item.closed = True
+                self._on_event(self._terminal(item, state))
+        except Exception:
+            self._callback_failed(item)
+
+    def _on_es_added(self, event: Any) -> None:
+        try:
+            es = _EsChanged.from_address(ctypes.addressof(event.u))
+            if es.i_type != _TRACK_AUDIO:
+                return
+            with self._lock:
+                if self._item is not None and not self._item.closed:
+                    self._item.audio_seen = True
+        except Exception:
+            self._log.exception("player_callback_failed", callback="es_added")
+
+    @staticmethod
+    def _terminal(item: _Item, state: int) -> Event:
+        if state == _ENDED:
+            if item.audio_seen:
+                return PlaybackEnded(item.token)
+            return PlaybackFailed(item.token, "no audio track: not an audio file or stream")
+        if state == _ERROR:
+            return PlaybackFailed(
+                item.token,
+                "libVLC could not open or play it (missing file, unreachable URL, bad format)",
+            )
+        name = _STATE_NAMES[state] if 0 <= state < len(_STATE_NAMES) else str(state)
+        return PlaybackFailed(item.token, f"libVLC left the item unasked (state {name})")
+
+    def _callback_failed(self, item: _Item) -> None:
+        """Last resort inside a callback: log, and fail the item rather than go silent."""
+        try:
+            self._log.exception("player_callback_failed", token=item.token)
+            with self._lock:
+                if item.closed:
+                    return
+                item.closed = True
+                self._on_event(PlaybackFailed(item.token, "internal error in the player callback"))
+        except Exception:  # noqa: S110 - nothing may escape into libVLC's thread
+            pass

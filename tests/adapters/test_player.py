@@ -1,0 +1,402 @@
+"""The libVLC adapter against real libVLC, with output ``file`` (afile) writing a WAV into tmp_path.
+
+No mocks: every test plays real audio through libVLC 3 and reads the WAV back (``tests.audio``).
+Events are awaited on a queue with timeouts; afile runs ahead of real time, so nothing here
+asserts timing. What these tests found out about libVLC 3.0.24 (also in ``receiver/player.py``):
+
+* afile reopens its file (``wb``) for every item: the second item **overwrites** the WAV. The
+  header's sizes are filled in when the output stops, a moment after ``EndReached``, hence
+  :func:`tests.audio.wait_for_final_wav`. ``stop()`` and ``close()`` stop it synchronously.
+* afile ignores ``audio_set_volume``; the adapter emulates VLC's cubic volume law there with the
+  equalizer preamp, so volume 50 measures 0.125 (0.5 cubed, -18 dB) of volume 100.
+* A missing file, a refused connection or an HTTP 404 is libVLC's ``Error`` state (no
+  ``Playing``). A text file or random bytes give ``Playing`` then ``EndReached`` and no error;
+  the adapter reports those as ``PlaybackFailed`` because no audio track was ever announced.
+* Stopping never gives ``EndReached``; the adapter reports nothing more for a stopped or
+  superseded token. ``libvlc_media_player_stop`` would also destroy the audio output, so that
+  ``audio_set_volume`` fails until the next item is already playing; the adapter stops with
+  ``set_media(None)`` instead, and the item after a stop still starts at its own volume.
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from queue import Empty, Queue
+
+import pytest
+
+from receiver.config_model import PlayerConfig
+from receiver.core.events import Event, PlaybackEnded, PlaybackFailed, PlaybackStarted
+from receiver.player import Player, PlayerError, instance_args
+from tests.audio import (
+    FULL_SCALE,
+    dominant_of,
+    read_wav,
+    rms,
+    trim_silence,
+    wait_for_final_wav,
+    wav_is_final,
+    write_tone,
+    zero_crossing_freq,
+)
+
+TIMEOUT_S = 10.0
+AMPLITUDE = 0.5  # of full scale, for every generated tone
+SINE_RMS = AMPLITUDE * FULL_SCALE / 2**0.5
+CANDIDATES = (440.0, 1000.0)
+
+
+class Recorder:
+    """The ``on_event`` callback: a queue, as the daemon's inbox is."""
+
+    def __init__(self) -> None:
+        self.queue: Queue[Event] = Queue()
+
+    def __call__(self, event: Event) -> None:
+        self.queue.put(event)
+
+    def until_terminal(self, token: int) -> list[Event]:
+        """Every event up to and including the terminal event (Ended/Failed) of ``token``."""
+        events: list[Event] = []
+        while True:
+            try:
+                event = self.queue.get(timeout=TIMEOUT_S)
+            except Empty:
+                raise AssertionError(
+                    f"no terminal event for {token} within {TIMEOUT_S} s: {events}"
+                ) from None
+            events.append(event)
+            if isinstance(event, PlaybackEnded | PlaybackFailed) and event.token == token:
+                return events
+
+    def next(self) -> Event:
+        try:
+            return self.queue.get(timeout=TIMEOUT_S)
+        except Empty:
+            raise AssertionError(f"no event within {TIMEOUT_S} s") from None
+
+
+@dataclass
+class Rig:
+    player: Player
+    events: Recorder
+    wav: Path
+
+
+@dataclass(frozen=True)
+class Tones:
+    a440: Path  # 1.5 s
+    b1000: Path  # 1.0 s
+    mid: Path  # 4 s of 440 Hz, for a volume change while playing
+    long: Path  # 10 s of 400 Hz at 8 kHz, to be stopped
+
+
+@pytest.fixture(scope="module")
+def tones(tmp_path_factory: pytest.TempPathFactory) -> Tones:
+    d = tmp_path_factory.mktemp("tones")
+    return Tones(
+        a440=write_tone(d / "a440.wav", 440, 1.5, amplitude=AMPLITUDE),
+        b1000=write_tone(d / "b1000.wav", 1000, 1.0, amplitude=AMPLITUDE),
+        mid=write_tone(d / "mid.wav", 440, 4.0, amplitude=AMPLITUDE),
+        long=write_tone(d / "long.wav", 400, 10.0, rate=8000, amplitude=AMPLITUDE),
+    )
+
+
+@pytest.fixture
+def rig(tmp_path: Path) -> Iterator[Rig]:
+    wav = tmp_path / "out.wav"
+    events = Recorder()
+    player = Player(PlayerConfig(output="file", wav_file=wav), events)
+    yield Rig(player, events, wav)
+    player.close()
+
+
+def wait_until(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + TIMEOUT_S
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting until {what}")
+        time.sleep(0.01)
+
+
+def audio_flows(wav: Path) -> bool:
+    return wav.exists() and wav.stat().st_size > 1000
+
+
+def tokens(events: list[Event]) -> set[int]:
+    return {
+        e.token for e in events if isinstance(e, PlaybackStarted | PlaybackEnded | PlaybackFailed)
+    }
+
+
+# --- configuration ---------------------------------------------------------------------------
+
+
+def test_instance_args_select_the_output(tmp_path: Path) -> None:
+    base = ["--intf=dummy", "--no-video", "--quiet"]
+    alsa = PlayerConfig(output="alsa", alsa_device="hw:CARD=Headphones", vlc_args=("-v",))
+    assert instance_args(alsa) == [
+        *base,
+        "--aout=alsa",
+        "--alsa-audio-device=hw:CARD=Headphones",
+        "-v",
+    ]
+    assert instance_args(PlayerConfig(output="alsa")) == [*base, "--aout=alsa"]
+    assert instance_args(PlayerConfig(output="pulse")) == [*base, "--aout=pulse"]
+    wav = tmp_path / "o.wav"
+    assert instance_args(PlayerConfig(output="file", wav_file=wav)) == [
+        *base,
+        "--aout=afile",
+        f"--audiofile-file={wav}",
+        "--audiofile-wav",
+        "--audiofile-format=s16",
+    ]
+    with pytest.raises(PlayerError, match="wav_file"):
+        instance_args(PlayerConfig(output="file"))
+    with pytest.raises(PlayerError, match=r"unknown player\.output"):
+        instance_args(PlayerConfig(output="jack"))
+
+
+def test_bad_vlc_args_raise_player_error(tmp_path: Path) -> None:
+    config = PlayerConfig(output="file", wav_file=tmp_path / "o.wav", vlc_args=("--no-such-opt",))
+    with pytest.raises(PlayerError, match="vlc_args"):
+        Player(config, Recorder())
+
+
+# --- playing ---------------------------------------------------------------------------------
+
+
+def test_a_tone_is_started_ended_and_lands_in_the_wav(rig: Rig, tones: Tones) -> None:
+    assert rig.player.position_ms() == -1
+    rig.player.play(1, str(tones.a440), 100)
+
+    assert rig.events.until_terminal(1) == [PlaybackStarted(1), PlaybackEnded(1)]
+    info = wait_for_final_wav(rig.wav)
+    assert info.duration_s == pytest.approx(1.5, abs=0.05)
+    sound = trim_silence(info.samples)
+    assert zero_crossing_freq(sound, info.rate) == pytest.approx(440, abs=2)
+    assert dominant_of(sound, info.rate, CANDIDATES) == 440
+    assert rms(sound) == pytest.approx(SINE_RMS, rel=0.02)  # volume 100 is 0 dB
+    assert rig.player.position_ms() == -1
+
+
+def test_the_next_item_has_its_own_token_and_overwrites_the_wav(rig: Rig, tones: Tones) -> None:
+    rig.player.play(1, str(tones.a440), 100)
+    rig.events.until_terminal(1)
+    wait_for_final_wav(rig.wav)
+
+    rig.player.play(2, str(tones.b1000), 100)
+
+    assert rig.events.until_terminal(2) == [PlaybackStarted(2), PlaybackEnded(2)]
+    info = wait_for_final_wav(rig.wav)
+    assert info.duration_s == pytest.approx(1.0, abs=0.05)  # not 2.5: afile does not append
+    sound = trim_silence(info.samples)
+    assert zero_crossing_freq(sound, info.rate) == pytest.approx(1000, abs=3)
+    assert dominant_of(sound, info.rate, CANDIDATES) == 1000
+
+
+def test_volume_50_is_cubic_and_applies_from_the_first_sample(rig: Rig, tones: Tones) -> None:
+    rig.player.play(1, str(tones.a440), 100)
+    rig.events.until_terminal(1)
+    loud = wait_for_final_wav(rig.wav)
+
+    rig.player.play(2, str(tones.a440), 50)
+    rig.events.until_terminal(2)
+    quiet = wait_for_final_wav(rig.wav)
+
+    ratio = rms(trim_silence(quiet.samples)) / rms(trim_silence(loud.samples))
+    assert 0.11 <= ratio <= 0.14  # measured 0.125 = 0.5 ** 3 (-18 dB), VLC's software law
+    first_20ms = quiet.samples[: quiet.rate // 50]
+    loud_peak = max(abs(s) for s in loud.samples)
+    assert max(abs(s) for s in first_20ms) <= 0.14 * loud_peak  # no burst at the old level
+
+
+def test_set_volume_while_playing_lowers_the_rest(rig: Rig, tones: Tones) -> None:
+    rig.player.play(1, str(tones.mid), 100)
+    assert rig.events.next() == PlaybackStarted(1)
+    wait_until(lambda: rig.player.position_ms() >= 200, "some audio has been written")
+
+    rig.player.set_volume(50)
+
+    assert rig.events.until_terminal(1) == [PlaybackEnded(1)]
+    info = wait_for_final_wav(rig.wav)
+    rate = info.rate
+    head = rms(info.samples[: rate // 10])
+    tail = rms(info.samples[-rate // 2 : -rate // 20])
+    assert head == pytest.approx(SINE_RMS, rel=0.02)
+    assert 0.11 <= tail / head <= 0.14
+
+
+def test_volume_out_of_range_is_refused(rig: Rig, tones: Tones) -> None:
+    with pytest.raises(ValueError, match=r"0\.\.100"):
+        rig.player.play(1, str(tones.a440), 101)
+    with pytest.raises(ValueError, match=r"0\.\.100"):
+        rig.player.set_volume(-1)
+    assert rig.events.queue.empty()
+
+
+# --- failures --------------------------------------------------------------------------------
+
+
+def test_a_missing_file_fails_without_starting(rig: Rig, tmp_path: Path) -> None:
+    rig.player.play(3, str(tmp_path / "missing.mp3"), 100)
+
+    events = rig.events.until_terminal(3)
+    assert len(events) == 1
+    assert isinstance(events[0], PlaybackFailed)
+    assert "could not open" in events[0].detail
+
+
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [
+        ("notes.mp3", b"this is a text file, not an announcement\n" * 50),
+        ("noise.wav", random.Random(1234).randbytes(64_000)),  # noqa: S311 - test noise
+    ],
+)
+def test_a_file_without_audio_is_a_failure_not_silence(
+    rig: Rig, tmp_path: Path, name: str, content: bytes
+) -> None:
+    path = tmp_path / name
+    path.write_bytes(content)
+    rig.player.play(4, str(path), 100)
+
+    events = rig.events.until_terminal(4)
+    # libVLC itself says Playing, then EndReached: the adapter turns that into a failure.
+    assert events[-1] == PlaybackFailed(4, "no audio track: not an audio file or stream")
+    assert not any(isinstance(e, PlaybackEnded) for e in events)
+    assert not rig.wav.exists()  # afile never started
+
+
+# --- stopping and superseding ---------------------------------------------------------------
+
+
+def test_stop_while_playing_reports_nothing_more_for_that_token(rig: Rig, tones: Tones) -> None:
+    rig.player.play(7, str(tones.long), 100)
+    assert rig.events.next() == PlaybackStarted(7)
+    wait_until(lambda: audio_flows(rig.wav), "samples reach the WAV")
+    assert rig.player.position_ms() >= 0
+
+    rig.player.stop()
+
+    assert rig.player.position_ms() == -1
+    assert wav_is_final(rig.wav)  # stop() stopped the output synchronously
+    assert read_wav(rig.wav).duration_s < 9.0  # cut short (afile runs ~1 s ahead)
+    # The next item still gets its volume before its first sample (libvlc_media_player_stop
+    # would have destroyed the audio output, and audio_set_volume would fail until too late).
+    rig.player.play(8, str(tones.a440), 50)
+    events = rig.events.until_terminal(8)
+    assert events == [PlaybackStarted(8), PlaybackEnded(8)]  # nothing at all for 7
+    info = wait_for_final_wav(rig.wav)
+    assert 0.11 <= rms(info.samples[: info.rate // 10]) / SINE_RMS <= 0.14
+
+
+def test_stop_when_idle_is_harmless(rig: Rig) -> None:
+    rig.player.stop()
+    rig.player.stop()
+    assert rig.events.queue.empty()
+    assert rig.player.position_ms() == -1
+
+
+def test_play_while_playing_supersedes_the_previous_item(rig: Rig, tones: Tones) -> None:
+    rig.player.play(1, str(tones.long), 100)
+    assert rig.events.next() == PlaybackStarted(1)
+
+    rig.player.play(2, str(tones.a440), 100)
+
+    events = rig.events.until_terminal(2)
+    assert events == [PlaybackStarted(2), PlaybackEnded(2)]
+    info = wait_for_final_wav(rig.wav)
+    assert info.rate == 44100  # the 440 Hz tone's own file, not the 8 kHz one
+    assert dominant_of(trim_silence(info.samples), info.rate, CANDIDATES) == 440
+
+
+def test_close_is_idempotent_and_final(rig: Rig, tones: Tones) -> None:
+    rig.player.play(1, str(tones.long), 100)
+    assert rig.events.next() == PlaybackStarted(1)
+    wait_until(lambda: audio_flows(rig.wav), "samples reach the WAV")
+
+    rig.player.close()
+    rig.player.close()
+
+    assert rig.events.queue.empty()  # close() joined libVLC's threads: nothing can follow
+    assert wav_is_final(rig.wav)
+    assert rig.player.position_ms() == -1
+    rig.player.stop()  # a no-op
+    with pytest.raises(PlayerError, match="closed"):
+        rig.player.play(2, str(tones.a440), 100)
+    with pytest.raises(PlayerError, match="closed"):
+        rig.player.set_volume(10)
+
+
+# --- http(s) ---------------------------------------------------------------------------------
+
+
+class _Files(BaseHTTPRequestHandler):
+    def __init__(self, files: dict[str, bytes], *args: object) -> None:
+        self.files = files
+        super().__init__(*args)  # type: ignore[arg-type]
+
+    def do_GET(self) -> None:
+        body = self.files.get(self.path)
+        if body is None:
+            self.send_error(404)
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "audio/wav")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+class _QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        pass  # libVLC hangs up early on 404s; that is not the test's business
+
+
+@pytest.fixture
+def http_base(tones: Tones) -> Iterator[str]:
+    files = {"/tone.wav": tones.a440.read_bytes()}
+    server = _QuietServer(("127.0.0.1", 0), functools.partial(_Files, files))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+    thread.join()
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port
+
+
+def test_an_http_url_plays_and_http_failures_fail(rig: Rig, http_base: str) -> None:
+    rig.player.play(1, f"{http_base}/tone.wav", 100)
+    assert rig.events.until_terminal(1) == [PlaybackStarted(1), PlaybackEnded(1)]
+    info = wait_for_final_wav(rig.wav)
+    assert dominant_of(trim_silence(info.samples), info.rate, CANDIDATES) == 440
+
+    rig.player.play(2, f"{http_base}/missing.mp3", 100)
+    (failed,) = rig.events.until_terminal(2)
+    assert isinstance(failed, PlaybackFailed)
+
+    rig.player.play(3, f"http://127.0.0.1:{closed_port()}/x.mp3", 100)
+    (refused,) = rig.events.until_terminal(3)
+    assert isinstance(refused, PlaybackFailed)
+    assert tokens([failed, refused]) == {2, 3}
