@@ -1,0 +1,248 @@
+"""``receiver-admin``: the central side's tool — make keys, sign commands, publish, watch.
+
+Operators and the demo use it to drive receivers; the tests use it too, so it is exercised the
+way an operator would run it. It never needs the receiver's config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import queue
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from receiver import __version__
+from receiver.signing import SigningKey, command_payload, sign_command
+
+DEFAULT_PREFIX = "loa/v1"
+
+
+def _keygen(args: argparse.Namespace) -> int:
+    key = SigningKey.generate(args.id)
+    out = Path(args.out)
+    try:
+        key.save(out)
+    except FileExistsError:
+        print(f"{out} exists already; not overwriting a key", file=sys.stderr)
+        return 1
+    print(f"private key written to {out} (keep it secret; key id in {out}.id)")
+    print("add this to the receivers' config under trust.keys:")
+    roles = ", ".join(args.roles)
+    scopes = ", ".join(f'"{s}"' for s in args.scopes)
+    print(
+        f"  - id: {args.id}\n    ed25519: {key.public_b64}\n"
+        f"    roles: [{roles}]\n    scopes: [{scopes}]"
+    )
+    return 0
+
+
+def _file_entry(args: argparse.Namespace) -> dict[str, Any]:
+    if args.file:
+        data = Path(args.file).read_bytes()
+        sha256, size = hashlib.sha256(data).hexdigest(), len(data)
+    elif args.sha256 and args.size:
+        sha256, size = args.sha256, args.size
+    else:
+        raise SystemExit("play needs --file (to pin its hash and size) or --sha256 and --size")
+    entry: dict[str, Any] = {"url": args.url, "sha256": sha256, "size": size}
+    if args.title:
+        entry["title"] = args.title
+    return entry
+
+
+def _body(args: argparse.Namespace) -> dict[str, Any]:
+    if args.command == "play":
+        body: dict[str, Any] = {
+            "priority": args.priority,
+            "source": {"files": [_file_entry(args)]},
+            "max_duration_s": args.max_duration,
+        }
+    elif args.command == "stream":
+        body = {
+            "priority": args.priority,
+            "source": {"stream": {"url": args.url}},
+            "max_duration_s": args.max_duration,
+        }
+    elif args.command == "stop":
+        return {"target": args.target}
+    elif args.command == "volume":
+        return {"level": args.level}
+    else:
+        return {}
+    if args.volume is not None:
+        body["volume"] = args.volume
+    if args.repeat is not None:
+        body["repeat"] = args.repeat
+    if args.start_at:
+        body["start_at"] = args.start_at
+    return body
+
+
+def _topic_for(args: argparse.Namespace) -> str:
+    if args.topic:
+        return str(args.topic)
+    kind, _, ident = args.aud[0].partition(":")
+    return f"{args.prefix}/{'dev' if kind == 'dev' else 'grp'}/{ident}/cmd"
+
+
+def _connect(args: argparse.Namespace, client_id: str = "") -> mqtt.Client:
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5
+    )
+    if args.cafile:
+        client.tls_set(ca_certs=args.cafile, certfile=args.certfile, keyfile=args.keyfile)
+    if args.username:
+        password = Path(args.password_file).read_text().strip() if args.password_file else None
+        client.username_pw_set(args.username, password)
+    client.connect(args.host, args.port)
+    return client
+
+
+def _sign_and_send(args: argparse.Namespace) -> int:
+    keys = [SigningKey.load(Path(path)) for path in args.key]
+    kind = "play" if args.command == "stream" else args.command
+    payload = command_payload(
+        kind,
+        _body(args),
+        env=args.env,
+        aud=args.aud,
+        message_id=args.id,
+        seq=args.seq,
+        ttl_s=args.ttl,
+    )
+    envelope = sign_command(payload, keys)
+    if not args.host:
+        sys.stdout.write(envelope.decode("utf-8") + "\n")
+        return 0
+    topic = _topic_for(args)
+    client = _connect(args)
+    client.loop_start()
+    try:
+        info = client.publish(topic, envelope, qos=1)
+        info.wait_for_publish(timeout=10)
+        if not info.is_published():
+            print(f"not acknowledged by {args.host}:{args.port}", file=sys.stderr)
+            return 1
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    print(f"sent {payload['type']} {payload['id']} (seq {payload['seq']}) to {topic}")
+    return 0
+
+
+def _watch(args: argparse.Namespace) -> int:
+    """Print a device's state and events as they arrive (JSON lines)."""
+    messages: queue.Queue[tuple[str, bytes]] = queue.Queue()
+    client = _connect(args)
+
+    def on_message(_c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
+        messages.put((msg.topic, bytes(msg.payload)))
+
+    client.on_message = on_message
+    base = f"{args.prefix}/dev/{args.device}"
+    client.subscribe([(f"{base}/events", 1), (f"{base}/state", 1)])
+    client.loop_start()
+    deadline = time.monotonic() + args.timeout if args.timeout else None
+    seen = 0
+    try:
+        while deadline is None or time.monotonic() < deadline:
+            try:
+                topic, payload = messages.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            print(f"{topic.rsplit('/', 1)[-1]:6} {payload.decode('utf-8', 'replace')}", flush=True)
+            if topic.endswith("/events"):
+                kind = json.loads(payload).get("kind")
+                seen += 1
+                if kind in args.until or (args.count and seen >= args.count):
+                    break
+    except KeyboardInterrupt:
+        pass
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    return 0
+
+
+def _broker_options(parser: argparse.ArgumentParser, required: bool) -> None:
+    parser.add_argument("--host", required=required, help="broker host (omit to print only)")
+    parser.add_argument("--port", type=int, default=1883)
+    parser.add_argument("--prefix", default=DEFAULT_PREFIX, help="topic prefix")
+    parser.add_argument("--cafile", help="CA certificate: turns TLS on")
+    parser.add_argument("--certfile", help="client certificate for mutual TLS")
+    parser.add_argument("--keyfile", help="client private key for mutual TLS")
+    parser.add_argument("--username")
+    parser.add_argument("--password-file")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="receiver-admin", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"loa-receiver {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    keygen = sub.add_parser("keygen", help="make an Ed25519 key pair")
+    keygen.add_argument("--id", required=True, help="the key id receivers will know it by")
+    keygen.add_argument("--out", required=True, help="where to write the private key (PEM)")
+    keygen.add_argument("--roles", nargs="+", default=["operator"])
+    keygen.add_argument("--scopes", nargs="+", default=["*"])
+    keygen.set_defaults(func=_keygen)
+
+    for name, text in (
+        ("play", "play pinned files"),
+        ("stream", "relay a live stream"),
+        ("stop", "stop playback"),
+        ("volume", "set the volume"),
+        ("report", "ask for the state now"),
+    ):
+        cmd = sub.add_parser(name, help=text)
+        cmd.add_argument("--key", required=True, action="append", help="private key (repeatable)")
+        cmd.add_argument("--env", required=True, help="deployment environment, e.g. prod")
+        cmd.add_argument("--aud", required=True, action="append", help="dev:<id> or grp:<id>")
+        cmd.add_argument("--id", help="message id (default: cmd-<seq>)")
+        cmd.add_argument("--seq", type=int, help="sequence number (default: UTC milliseconds)")
+        cmd.add_argument("--ttl", type=float, default=300.0, help="seconds until it expires")
+        cmd.add_argument("--topic", help="publish here instead of the first audience's topic")
+        _broker_options(cmd, required=False)
+        if name in ("play", "stream"):
+            cmd.add_argument("--url", required=True)
+            cmd.add_argument("--priority", default="normal")
+            cmd.add_argument("--volume", type=int)
+            cmd.add_argument("--repeat", type=int)
+            cmd.add_argument("--max-duration", type=int, default=3600)
+            cmd.add_argument("--start-at", help="RFC 3339 instant to start at")
+        if name == "play":
+            cmd.add_argument("--file", help="local copy of the file, to pin its hash and size")
+            cmd.add_argument("--sha256")
+            cmd.add_argument("--size", type=int)
+            cmd.add_argument("--title")
+        if name == "stop":
+            cmd.add_argument("--target", default="all")
+        if name == "volume":
+            cmd.add_argument("--level", type=int, required=True)
+        cmd.set_defaults(func=_sign_and_send)
+
+    watch = sub.add_parser("watch", help="print a device's state and events")
+    watch.add_argument("--device", required=True)
+    watch.add_argument("--timeout", type=float, default=0.0, help="seconds (0: until Ctrl-C)")
+    watch.add_argument("--count", type=int, default=0, help="stop after this many events")
+    watch.add_argument("--until", nargs="*", default=[], help="stop after an event of a kind")
+    _broker_options(watch, required=True)
+    watch.set_defaults(func=_watch)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,90 @@
+"""``receiver``: the device-side command line (run the daemon, check a config, force the relay off).
+
+Exit status 78 (EX_CONFIG) means the configuration is wrong; the systemd unit lists it in
+``RestartPreventExitStatus`` so a bad file is reported once instead of restarted forever.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import structlog
+
+from receiver import __version__, logs
+from receiver.config import ConfigError, load_config
+from receiver.config_model import Config
+
+EX_CONFIG = 78
+
+
+def _load(path: str) -> Config | None:
+    try:
+        return load_config(Path(path))
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        print(f"{path}: configuration has errors, see above", file=sys.stderr)
+        return None
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if config is None:
+        return EX_CONFIG
+    print(
+        f"{args.config}: OK — device {config.device_id} in {config.env}, "
+        f"groups {', '.join(config.groups) or '(none)'}, {len(config.trust.keys)} trusted keys, "
+        f"broker {config.broker.host}:{config.broker.port}"
+    )
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if config is None:
+        return EX_CONFIG
+    from receiver.runtime import run_forever  # imports libVLC: only when running
+
+    logs.configure(config.logging.level, config.logging.format)
+    log = structlog.get_logger("receiver").bind(device=config.device_id)
+    try:
+        run_forever(config)
+    except Exception as exc:
+        log.critical("daemon_failed", error=str(exc), error_type=type(exc).__name__)
+        return 1
+    return 0
+
+
+def cmd_relay_off(args: argparse.Namespace) -> int:
+    """For systemd's ExecStopPost: whatever happened to the daemon, the amplifier goes off."""
+    config = _load(args.config)
+    if config is None:
+        return EX_CONFIG
+    from receiver.gpio import force_off
+
+    force_off(config.gpio)
+    print("amplifier relay forced off")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="receiver", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"loa-receiver {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the daemon")
+    run.add_argument("--config", "-c", required=True, help="the YAML config file")
+    run.set_defaults(func=cmd_run)
+    check = sub.add_parser("check-config", help="validate a config file and exit")
+    check.add_argument("config", help="the YAML config file")
+    check.set_defaults(func=cmd_check_config)
+    relay = sub.add_parser("relay-off", help="force the amplifier relay off (stop helper)")
+    relay.add_argument("--config", "-c", required=True, help="the YAML config file")
+    relay.set_defaults(func=cmd_relay_off)
+    args = parser.parse_args(argv)
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

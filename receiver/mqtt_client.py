@@ -1,0 +1,659 @@
+"""The MQTT link: one paho-mqtt 2.x client, driven by our own network thread.
+
+:class:`MqttLink` is the adapter between the broker and the daemon. It turns incoming
+messages into :class:`~receiver.core.events.MessageReceived` and link transitions into
+:class:`~receiver.core.events.LinkChanged`, handed to two callables that must only put the event
+on the daemon's queue and return. Everything it decides is transport: no message is interpreted.
+
+What the wire protocol (``docs/protocol.md``, Transport) asks for, and how it is done here:
+
+- **MQTT 5, persistent session.** The client id is the device id; every CONNECT carries
+  ``clean_start=False`` and a ``SessionExpiryInterval``. (paho's default,
+  ``MQTT_CLEAN_START_FIRST_ONLY``, starts clean on the first connect of every process, which would
+  throw away the QoS 1 commands queued for us while the daemon was restarting.)
+- **Will.** Retained, QoS 1, set before the first connect; the broker publishes it when the
+  connection dies without a DISCONNECT. On a clean :meth:`MqttLink.stop` the daemon's final
+  (offline) state is published by us instead, because a clean disconnect discards the will.
+- **Retained commands are never delivered.** Subscriptions flagged ``ignore_retained`` use
+  retain-handling 2 (the broker sends no retained message on subscribe) *and* retain-as-published,
+  so that a command that someone publishes with the retain flag while we are connected still
+  arrives marked ``retained=True`` and the core can reject it. (With retain-as-published off, a
+  broker clears the flag on live delivery and the core could not tell.)
+- **Reconnect with backoff and jitter, also after "accepted, then dropped".** paho's own
+  ``reconnect_delay_set`` resets its delay after every successful CONNACK, so a broker that
+  accepts and then kicks us (a duplicate client id, an overloaded cluster node, an ACL reload)
+  would be hammered in a tight loop. We therefore never use ``loop_start``/``loop_forever``:
+  our thread calls ``reconnect()`` and ``loop()`` itself, waits
+  ``uniform(min, min(max, min * 2**(n+1)))`` seconds after the n-th consecutive failure
+  (full jitter above a floor of ``reconnect_min_s``: a fleet that lost its broker at the same second
+  does not come back at the same second), and resets ``n`` only after a connection that stayed
+  up for ``stable_after_s`` (30 s).
+- **TLS** verifies the server always (the configured CA file or the system store, hostname
+  checked); a client certificate turns on mutual TLS. There is no switch to turn checks off.
+
+Threading contract (see DESIGN.md, "a pure core inside a thin shell"):
+
+- Every paho callback is wrapped so that an exception is logged and swallowed: an exception
+  escaping a paho callback would otherwise end the network thread, silently.
+- Callbacks never take this module's lock (paho calls some of them while holding its own
+  message lock, and :meth:`MqttLink.publish` takes ours and then paho's: the other order would
+  deadlock) and never wait for a publish.
+- :meth:`MqttLink.publish` may be called from any thread and never touches the network: the
+  client has an ``on_socket_register_write`` callback, which stops paho from writing to the socket
+  from the caller's thread (it otherwise does so whenever no ``loop_start`` thread exists); the
+  write is done by our thread, which paho wakes through its internal socket pair. From the moment
+  our thread calls ``reconnect()`` until the CONNACK has been processed, messages wait in a list
+  of ours: no PUBLISH can then overtake the CONNECT on the new socket, nor the messages paho
+  re-sends after the CONNACK (an older retained state would otherwise overwrite a newer one).
+  Everything else is queued by paho itself (bounded by ``max_queued_messages_set``) and sent in
+  order after the next CONNACK.
+- ``on_link(LinkChanged(True))`` is called from ``on_connect``, so it comes before any message
+  of that connection (a persistent session delivers queued commands right after the CONNACK).
+  ``on_connected_publish`` runs in our thread once the SUBACK is in as well: by then paho has
+  re-sent the messages that were in flight when the link dropped, so the fresh "online" state is
+  published after any older retained state and is the one the broker keeps.
+  ``on_link(LinkChanged(False))`` is called once the connection has ended, also on :meth:`stop`.
+"""
+
+from __future__ import annotations
+
+import random
+import socket
+import ssl
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, ParamSpec
+
+import paho.mqtt.client as mqtt
+import structlog
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from receiver.config_model import BrokerConfig, TlsConfig
+from receiver.core.events import LinkChanged, MessageReceived
+
+__all__ = [
+    "LinkError",
+    "MqttLink",
+    "Subscription",
+    "backoff_delay",
+    "describe_connect_error",
+]
+
+_P = ParamSpec("_P")
+
+#: Messages paho keeps for us (in flight plus waiting for a connection) before it drops new ones.
+DEFAULT_MAX_QUEUED = 1000
+#: A connection must stay up this long before the reconnect backoff starts again from the minimum.
+DEFAULT_STABLE_AFTER_S = 30.0
+#: TCP connect plus TLS handshake (paho's ``connect_timeout``).
+DEFAULT_CONNECT_TIMEOUT_S = 10.0
+#: After the socket is up: CONNACK and SUBACK must arrive within this, or we drop and retry.
+DEFAULT_HANDSHAKE_TIMEOUT_S = 10.0
+#: How long :meth:`MqttLink.stop` waits for the broker to acknowledge the final message.
+DEFAULT_FINAL_TIMEOUT_S = 2.0
+#: ``select()`` timeout of one ``loop()`` turn; publishing and stopping wake it at once anyway.
+_LOOP_TIMEOUT_S = 1.0
+
+_CONNACK_REASONS: dict[int, str] = {
+    0x80: "unspecified error",
+    0x81: "malformed packet",
+    0x82: "protocol error",
+    0x83: "implementation specific error",
+    0x84: "unsupported protocol version",
+    0x85: "client id rejected",
+    0x86: "bad credentials (user name or password)",
+    0x87: "not authorised",
+    0x88: "server unavailable",
+    0x89: "server busy",
+    0x8A: "banned",
+    0x8C: "bad authentication method",
+    0x90: "will topic name invalid",
+    0x95: "packet too large",
+    0x97: "quota exceeded",
+    0x99: "payload format invalid",
+    0x9A: "retain not supported",
+    0x9B: "QoS not supported",
+    0x9C: "use another server",
+    0x9D: "server moved",
+    0x9F: "connection rate exceeded",
+}
+
+
+class LinkError(RuntimeError):
+    """The MQTT link was misused or cannot be set up (bad TLS files, invalid topic, ...)."""
+
+
+@dataclass(frozen=True)
+class Subscription:
+    """One topic filter the link subscribes to (QoS 1) on every connect.
+
+    ``ignore_retained`` is for command topics: the broker must not hand us a retained message
+    when we subscribe (MQTT 5 retain-handling 2), and a retained publish made while we are
+    subscribed keeps its retain flag (retain-as-published) so the core can refuse it.
+    """
+
+    topic: str
+    ignore_retained: bool
+
+
+def backoff_delay(failures: int, min_s: float, max_s: float, rng: random.Random) -> float:
+    """Seconds to wait before the next attempt after ``failures`` consecutive failures (0-based).
+
+    Full jitter above a floor: ``uniform(min_s, min(max_s, min_s * 2**(failures+1)))``. The
+    floor keeps a refusing broker from being hit faster than ``min_s``; the jitter spreads a
+    fleet that lost the broker at the same instant.
+    """
+    low = max(0.0, min_s)
+    high = max(low, min(max_s, low * 2.0 ** min(failures + 1, 32)))
+    return rng.uniform(low, high)
+
+
+def describe_connect_error(exc: BaseException, host: str, port: int) -> str:
+    """A technician-readable reason for an exception raised while opening the connection."""
+    where = f"{host}:{port}"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        detail = exc.verify_message or exc.reason or str(exc)
+        return f"TLS verification failed for {where}: {detail}"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS handshake with {where} failed: {exc.reason or exc}"
+    if isinstance(exc, ConnectionRefusedError):
+        return f"unreachable: connection refused by {where} (is the broker running?)"
+    if isinstance(exc, socket.gaierror):
+        return f"unreachable: cannot resolve {host!r} ({exc.strerror or exc})"
+    if isinstance(exc, TimeoutError):
+        return f"unreachable: no answer from {where} (timed out)"
+    if isinstance(exc, OSError):
+        return f"unreachable: {where}: {exc.strerror or exc}"
+    return f"cannot connect to {where}: {exc!r}"
+
+
+def _connack_reason(reason: ReasonCode) -> str:
+    text = _CONNACK_REASONS.get(reason.value, reason.getName())
+    return f"refused by broker: {text} ({reason.getName()}, 0x{reason.value:02x})"
+
+
+def _check_topic(topic: str) -> None:
+    encoded = topic.encode("utf-8")
+    if not encoded or len(encoded) > 65535 or b"+" in encoded or b"#" in encoded:
+        raise LinkError(f"cannot publish to {topic!r}: not a valid MQTT topic name")
+    if b"\x00" in encoded:
+        raise LinkError(f"cannot publish to {topic!r}: contains a NUL character")
+
+
+def _tls_context(tls: TlsConfig) -> ssl.SSLContext:
+    """Server verification always on; the system store when no CA file is configured."""
+    try:
+        context = ssl.create_default_context(
+            ssl.Purpose.SERVER_AUTH,
+            cafile=str(tls.ca_file) if tls.ca_file is not None else None,
+        )
+        if tls.cert_file is not None:
+            context.load_cert_chain(
+                str(tls.cert_file), str(tls.key_file) if tls.key_file is not None else None
+            )
+    except (OSError, ssl.SSLError) as exc:
+        raise LinkError(f"cannot load TLS files: {exc}") from exc
+    if not context.check_hostname or context.verify_mode != ssl.CERT_REQUIRED:
+        raise LinkError("TLS context does not verify the server")  # pragma: no cover
+    return context
+
+
+class MqttLink:
+    """The daemon's connection to the broker: subscribe, receive, publish, reconnect."""
+
+    def __init__(  # noqa: PLR0917 - the positional signature is the daemon's contract
+        self,
+        config: BrokerConfig,
+        client_id: str,
+        subscriptions: Sequence[Subscription],
+        will_topic: str,
+        will_payload: bytes,
+        on_message: Callable[[MessageReceived], None],
+        on_link: Callable[[LinkChanged], None],
+        on_connected_publish: Callable[[], None] | None = None,
+        *,
+        max_queued: int = DEFAULT_MAX_QUEUED,
+        stable_after_s: float = DEFAULT_STABLE_AFTER_S,
+        connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
+        handshake_timeout_s: float = DEFAULT_HANDSHAKE_TIMEOUT_S,
+        final_timeout_s: float = DEFAULT_FINAL_TIMEOUT_S,
+    ) -> None:
+        self._config = config
+        self._client_id = client_id
+        self._subscriptions = tuple(subscriptions)
+        self._on_message_cb = on_message
+        self._on_link_cb = on_link
+        self._on_connected_publish_cb = on_connected_publish
+        self._max_queued = max_queued
+        self._stable_after_s = stable_after_s
+        self._connect_timeout_s = connect_timeout_s
+        self._handshake_timeout_s = handshake_timeout_s
+        self._final_timeout_s = final_timeout_s
+        # A lazy proxy: picks up the daemon's structlog configuration whenever that happens.
+        self._log: Any = structlog.get_logger(component="mqtt", device=client_id)
+        self._rng = random.SystemRandom()
+
+        # Guarded by _lock: which thread may call client.publish()/disconnect() right now.
+        self._lock = threading.Lock()
+        self._holding = False  # reconnect() .. CONNACK: publishes wait in _pending
+        self._pending: deque[tuple[str, bytes, bool]] = deque()
+        self._disconnect_requested = False
+        self._disconnect_deadline = 0.0
+
+        # Plain attributes; each written by one thread only (reads elsewhere are atomic).
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._up = False
+        self._last_error: str | None = None
+        self._attempt_error: str | None = None  # reason the current attempt failed
+        self._ready = False  # CONNACK accepted and SUBACK received in the current attempt
+        self._up_since = 0.0
+        self._ever_up = False
+        self._sub_mid: int | None = None
+        self._dropped = 0
+
+        _check_topic(will_topic)
+        client = mqtt.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=mqtt.MQTTv5,
+            reconnect_on_failure=False,
+        )
+        client.max_queued_messages_set(max_queued)
+        client.connect_timeout = connect_timeout_s
+        if config.username is not None:
+            client.username_pw_set(config.username, config.password)
+        if config.tls is not None:
+            client.tls_set_context(_tls_context(config.tls))
+        client.will_set(will_topic, will_payload, qos=1, retain=True)
+        client.on_connect = self._guard("on_connect", self._handle_connect)
+        client.on_disconnect = self._guard("on_disconnect", self._handle_disconnect)
+        client.on_subscribe = self._guard("on_subscribe", self._handle_subscribe)
+        client.on_message = self._guard("on_message", self._handle_message)
+        client.on_publish = self._guard("on_publish", self._handle_publish)
+        # Present only so that publish() from another thread never writes to the socket itself.
+        client.on_socket_register_write = self._guard("on_socket_register_write", _ignore_socket)
+        connect_properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        connect_properties.SessionExpiryInterval = config.session_expiry_s
+        # Only stores the parameters; every reconnect() reuses them, properties included.
+        client.connect_async(
+            config.host,
+            config.port,
+            keepalive=config.keepalive_s,
+            clean_start=False,
+            properties=connect_properties,
+        )
+        self._client = client
+
+    # ------------------------------------------------------------------ public API
+
+    @property
+    def connected(self) -> bool:
+        """True from an accepted CONNACK until that connection is gone."""
+        return self._up
+
+    @property
+    def last_error(self) -> str | None:
+        """Why the link last failed (kept after it recovers; None if it never failed)."""
+        return self._last_error
+
+    def start(self) -> None:
+        """Start the network thread; it connects, and keeps reconnecting until :meth:`stop`."""
+        if self._thread is not None:
+            raise LinkError("the MQTT link was already started; make a new MqttLink")
+        self._thread = threading.Thread(
+            target=self._run, name=f"mqtt-{self._client_id}", daemon=True
+        )
+        self._thread.start()
+
+    def publish(self, topic: str, payload: bytes, retain: bool = False) -> None:
+        """Queue a QoS 1 message; never blocks on the network. Safe from any thread.
+
+        While the link is down the message is kept (at most ``max_queued`` messages in all)
+        and sent after the next connect, in order; publishing before :meth:`start` is fine too.
+        A full queue, or a link being stopped, drops the message with a warning. An invalid
+        topic name raises :class:`LinkError`.
+        """
+        _check_topic(topic)
+        if self._stopping.is_set():
+            self._log.warning("mqtt_publish_after_stop", topic=topic)
+            return
+        with self._lock:
+            if self._holding:
+                self._hold_locked(topic, payload, retain)
+            else:
+                self._publish_locked(topic, payload, retain)
+
+    def stop(self, final_topic: str | None = None, final_payload: bytes | None = None) -> None:
+        """Publish the final message (retained) if connected, disconnect cleanly, join the thread.
+
+        A clean disconnect discards the will, so the daemon passes its offline state here. A
+        ``final_topic`` without a payload publishes an empty retained message, which clears the
+        retained message on that topic. Waits at most ``final_timeout_s`` for the broker's
+        acknowledgement. Calling stop() again, or before start(), does nothing.
+        """
+        thread = self._thread
+        if thread is None or self._stopping.is_set():
+            self._stopping.set()
+            return
+        self._stopping.set()
+        if final_topic is not None and self._up:
+            self._publish_final(final_topic, final_payload if final_payload is not None else b"")
+        with self._lock:
+            self._disconnect_requested = True
+            self._disconnect_deadline = time.monotonic() + self._final_timeout_s
+            if not self._holding:
+                self._client.disconnect()
+        if thread is threading.current_thread():
+            return  # called from one of our callbacks: the thread ends by itself
+        thread.join(timeout=self._connect_timeout_s + self._final_timeout_s + 5.0)
+        if thread.is_alive():
+            self._log.error("mqtt_thread_did_not_stop")
+        else:
+            self._log.info("mqtt_stopped")
+
+    # ------------------------------------------------------------------ publishing helpers
+
+    def _publish_locked(self, topic: str, payload: bytes, retain: bool) -> mqtt.MQTTMessageInfo:
+        """client.publish(); the caller holds ``_lock`` and the link is not holding messages."""
+        try:
+            info = self._client.publish(topic, payload, qos=1, retain=retain)
+        except ValueError as exc:
+            raise LinkError(f"cannot publish to {topic!r}: {exc}") from exc
+        if info.rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:
+            self._note_dropped(topic)
+        return info
+
+    def _hold_locked(self, topic: str, payload: bytes, retain: bool) -> None:
+        if len(self._pending) >= self._max_queued:
+            self._note_dropped(topic)
+        else:
+            self._pending.append((topic, payload, retain))
+
+    def _note_dropped(self, topic: str) -> None:
+        self._dropped += 1
+        self._log.warning(
+            "mqtt_publish_dropped",
+            topic=topic,
+            reason=f"outgoing queue full ({self._max_queued} messages)",
+            dropped_total=self._dropped,
+        )
+
+    def _publish_final(self, topic: str, payload: bytes) -> None:
+        try:
+            with self._lock:
+                if self._holding:  # the CONNACK is being processed: sent right after it
+                    self._hold_locked(topic, payload, True)
+                    return
+                info = self._publish_locked(topic, payload, True)
+            # Not a paho callback and not paho's thread: waiting here is allowed.
+            info.wait_for_publish(timeout=self._final_timeout_s)
+            confirmed = info.is_published()
+        except (LinkError, ValueError, RuntimeError) as exc:
+            self._log.warning("mqtt_final_publish_failed", topic=topic, reason=str(exc))
+            return
+        if not confirmed:
+            self._log.warning(
+                "mqtt_final_publish_unconfirmed", topic=topic, timeout_s=self._final_timeout_s
+            )
+
+    # ------------------------------------------------------------------ network thread
+
+    def _run(self) -> None:
+        failures = 0
+        while not self._stopping.is_set():
+            try:
+                up_for = self._attempt()
+            except Exception as exc:  # never let the network thread die
+                self._log.exception("mqtt_thread_error")
+                self._attempt_error = self._attempt_error or f"internal error: {exc!r}"
+                up_for = None
+                self._set_down()
+            if self._stopping.is_set():
+                break
+            if up_for is not None and up_for >= self._stable_after_s:
+                failures = 0
+            cfg = self._config
+            delay = backoff_delay(failures, cfg.reconnect_min_s, cfg.reconnect_max_s, self._rng)
+            failures += 1
+            reason = self._attempt_error or "connection closed"
+            self._last_error = reason
+            self._log.warning(
+                "mqtt_link_lost" if up_for is not None else "mqtt_connect_failed",
+                reason=reason,
+                up_for_s=None if up_for is None else round(up_for, 1),
+                failures=failures,
+                retry_in_s=round(delay, 2),
+            )
+            self._stopping.wait(delay)
+        self._close_socket()
+
+    def _attempt(self) -> float | None:
+        """One connection: open it, run it until it ends. Returns how long it was up, if it was."""
+        self._attempt_error = None
+        self._ready = False
+        self._sub_mid = None
+        with self._lock:
+            self._holding = True
+        try:
+            try:
+                self._client.reconnect()
+            except Exception as exc:
+                self._attempt_error = describe_connect_error(
+                    exc, self._config.host, self._config.port
+                )
+                return None
+            return self._run_session()
+        finally:
+            self._release_hold()
+
+    def _release_hold(self) -> None:
+        """Hand the held messages to paho (behind its re-sends); disconnect if stop() asked."""
+        with self._lock:
+            if not self._holding:
+                return
+            self._holding = False
+            self._drain_pending_locked()
+            if self._disconnect_requested:
+                self._client.disconnect()
+
+    def _drain_pending_locked(self) -> None:
+        while self._pending:
+            topic, payload, retain = self._pending.popleft()
+            try:
+                self._publish_locked(topic, payload, retain)
+            except LinkError as exc:
+                self._log.error("mqtt_publish_failed", topic=topic, reason=str(exc))
+
+    def _run_session(self) -> float | None:
+        handshake_deadline = time.monotonic() + self._handshake_timeout_s
+        ready_handled = False
+        try:
+            while True:
+                # Short turns until the CONNACK: stop() must not wait long on a mute broker.
+                rc = self._client.loop(timeout=0.1 if self._holding else _LOOP_TIMEOUT_S)
+                if self._holding and (self._up or self._disconnect_requested):
+                    self._release_hold()
+                if self._ready and not ready_handled:
+                    # After CONNACK (paho has re-sent what was in flight) and SUBACK.
+                    ready_handled = True
+                    if self._on_connected_publish_cb is not None:
+                        self._call_user("on_connected_publish", self._on_connected_publish_cb)
+                if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                    if self._attempt_error is None:
+                        self._attempt_error = f"connection lost ({mqtt.error_string(rc)})"
+                    break
+                now = time.monotonic()
+                if self._disconnect_requested:
+                    if now > self._disconnect_deadline:
+                        break  # the DISCONNECT could not be written; the socket is closed below
+                elif not ready_handled and now > handshake_deadline:
+                    self._attempt_error = (
+                        "no answer from broker: "
+                        f"{'SUBACK' if self._up else 'CONNACK'} not received within "
+                        f"{self._handshake_timeout_s:g} s"
+                    )
+                    break
+        finally:
+            up_for = time.monotonic() - self._up_since if self._up else None
+            self._set_down()
+        return up_for
+
+    def _set_up(self, session_present: bool) -> None:
+        """CONNACK accepted (called from on_connect, before any message of this connection)."""
+        self._up = True
+        self._up_since = time.monotonic()
+        self._log.info("mqtt_connected", session_present=session_present)
+        if not session_present and self._ever_up:
+            self._log.warning(
+                "mqtt_session_lost",
+                detail="the broker no longer had our session: "
+                "commands sent to us while the link was down are lost",
+            )
+        self._ever_up = True
+        self._call_user("on_link", self._on_link_cb, LinkChanged(up=True))
+
+    def _set_down(self) -> None:
+        if not self._up:
+            return
+        self._up = False
+        self._call_user("on_link", self._on_link_cb, LinkChanged(up=False))
+
+    def _close_socket(self) -> None:
+        """At thread exit: make sure no socket stays open (normally the DISCONNECT closed it)."""
+        try:
+            sock = self._client.socket()
+            if sock is not None:
+                sock.close()
+        except Exception:
+            self._log.exception("mqtt_close_failed")
+
+    def _call_user(
+        self, name: str, fn: Callable[_P, None], *args: _P.args, **kw: _P.kwargs
+    ) -> None:
+        try:
+            fn(*args, **kw)
+        except Exception:
+            self._log.exception("mqtt_callback_failed", callback=name)
+
+    def _guard(self, name: str, fn: Callable[_P, None]) -> Callable[_P, None]:
+        """Wrap a paho callback: an exception is logged, never propagated into paho's loop."""
+
+        def guarded(*args: _P.args, **kwargs: _P.kwargs) -> None:
+            try:
+                fn(*args, **kwargs)
+            except Exception:
+                self._log.exception("mqtt_callback_failed", callback=name)
+
+        return guarded
+
+    # ------------------------------------------------------------------ paho callbacks
+    # All run in our network thread, inside client.loop() or client.reconnect().
+
+    def _handle_connect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.ConnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        if reason_code.is_failure:
+            self._attempt_error = _connack_reason(reason_code)
+            return
+        self._set_up(flags.session_present)
+        if not self._subscriptions:
+            self._ready = True
+            return
+        topics = [
+            (
+                sub.topic,
+                SubscribeOptions(
+                    qos=1,
+                    retainAsPublished=sub.ignore_retained,
+                    retainHandling=(
+                        SubscribeOptions.RETAIN_DO_NOT_SEND
+                        if sub.ignore_retained
+                        else SubscribeOptions.RETAIN_SEND_ON_SUBSCRIBE
+                    ),
+                ),
+            )
+            for sub in self._subscriptions
+        ]
+        rc, mid = client.subscribe(topics)
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            self._attempt_error = f"subscribe failed: {mqtt.error_string(rc)}"
+        self._sub_mid = mid
+
+    def _handle_subscribe(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        mid: int,
+        reason_codes: list[ReasonCode],
+        properties: Properties,
+    ) -> None:
+        if mid != self._sub_mid:
+            return
+        refused = []
+        for sub, code in zip(self._subscriptions, reason_codes, strict=False):
+            if code.is_failure:
+                refused.append(f"{sub.topic} ({code.getName()})")
+            elif code.value < 1:
+                self._log.warning("mqtt_subscription_downgraded", topic=sub.topic, granted_qos=0)
+        if refused:
+            self._last_error = "subscription refused by broker: " + ", ".join(refused)
+            self._log.error("mqtt_subscription_refused", refused=refused)
+        self._ready = True
+
+    def _handle_message(
+        self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage
+    ) -> None:
+        self._on_message_cb(
+            MessageReceived(
+                topic=message.topic, payload=bytes(message.payload), retained=bool(message.retain)
+            )
+        )
+
+    def _handle_publish(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        mid: int,
+        reason_code: ReasonCode,
+        properties: Properties,
+    ) -> None:
+        if reason_code.is_failure:
+            self._last_error = f"publish refused by broker: {reason_code.getName()}"
+            self._log.warning("mqtt_publish_refused", mid=mid, reason=reason_code.getName())
+
+    def _handle_disconnect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.DisconnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        if self._attempt_error is not None:
+            return  # a better reason (refused CONNACK, ...) is already known
+        if flags.is_disconnect_packet_from_server:
+            self._attempt_error = f"disconnected by broker: {reason_code.getName()}"
+        elif reason_code.value == 0:
+            if not self._disconnect_requested:
+                self._attempt_error = "disconnected"
+        elif reason_code.getName() == "Keep alive timeout":
+            self._attempt_error = "connection lost: no answer from broker within the keepalive"
+        else:
+            self._attempt_error = "connection lost"
+
+
+def _ignore_socket(client: mqtt.Client, userdata: Any, sock: Any) -> None:
+    """paho's on_socket_register_write: nothing to do, our thread's select() is woken by paho."""

@@ -1,0 +1,478 @@
+"""MqttLink against a real Mosquitto (tests/broker.py): no mocks stand in for paho or the broker."""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import random
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import pytest
+
+from receiver.config_model import BrokerConfig, TlsConfig
+from receiver.core.events import LinkChanged, MessageReceived
+from receiver.mqtt_client import LinkError, MqttLink, Subscription, backoff_delay
+from tests.broker import (
+    MosquittoBroker,
+    Subscriber,
+    TestCa,
+    password_config,
+    read_stream_lines,
+    tls_listener_config,
+)
+
+PREFIX = "loa/v1"
+DEVICE = "dev-test-01"
+CMD = f"{PREFIX}/dev/{DEVICE}/cmd"
+GROUP_CMD = f"{PREFIX}/grp/commune-25-07873/cmd"
+TRUST = f"{PREFIX}/trust"
+STATE = f"{PREFIX}/dev/{DEVICE}/state"
+EVENTS = f"{PREFIX}/dev/{DEVICE}/events"
+ONLINE = b'{"online": true}'
+OFFLINE = b'{"online": false}'
+SUBSCRIPTIONS = (
+    Subscription(CMD, ignore_retained=True),
+    Subscription(GROUP_CMD, ignore_retained=True),
+    Subscription(TRUST, ignore_retained=False),
+)
+TIMEOUT = 5.0
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = TIMEOUT, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what or condition}")
+        time.sleep(0.01)
+
+
+class Recorder:
+    """What the daemon's queue would receive from the link."""
+
+    def __init__(self) -> None:
+        self.messages: queue.Queue[MessageReceived] = queue.Queue()
+        self.all: list[MessageReceived] = []  # everything, whatever the waits consumed
+        self.links: list[bool] = []
+        self._lock = threading.Lock()
+
+    def on_message(self, event: MessageReceived) -> None:
+        self.all.append(event)
+        self.messages.put(event)
+
+    def on_link(self, event: LinkChanged) -> None:
+        with self._lock:
+            self.links.append(event.up)
+
+    def next_message(self, timeout: float = TIMEOUT) -> MessageReceived:
+        try:
+            return self.messages.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError("the link delivered no message") from None
+
+    def wait_message(
+        self, predicate: Callable[[MessageReceived], bool], timeout: float = TIMEOUT
+    ) -> MessageReceived:
+        deadline = time.monotonic() + timeout
+        seen = []
+        while time.monotonic() < deadline:
+            try:
+                message = self.messages.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            if predicate(message):
+                return message
+            seen.append(message)
+        raise AssertionError(f"no matching message; the link delivered {seen!r}")
+
+
+def broker_config(broker: MosquittoBroker, **overrides: object) -> BrokerConfig:
+    settings: dict[str, object] = {
+        "host": broker.host,
+        "port": broker.port,
+        "keepalive_s": 5,
+        "reconnect_min_s": 0.05,
+        "reconnect_max_s": 0.3,
+    }
+    settings.update(overrides)
+    return BrokerConfig(**settings)  # type: ignore[arg-type]
+
+
+LinkFactory = Callable[..., tuple[MqttLink, Recorder]]
+
+
+@pytest.fixture
+def make_link() -> Iterator[LinkFactory]:
+    """Builds started links; every link is stopped at teardown even if the test failed."""
+    made: list[MqttLink] = []
+
+    def factory(
+        broker: MosquittoBroker,
+        *,
+        subscriptions: Sequence[Subscription] = SUBSCRIPTIONS,
+        on_connected_publish: Callable[[MqttLink], None] | None = None,
+        recorder: Recorder | None = None,
+        start: bool = True,
+        **config: object,
+    ) -> tuple[MqttLink, Recorder]:
+        rec = recorder or Recorder()
+        holder: list[MqttLink] = []
+        link = MqttLink(
+            broker_config(broker, **config),
+            DEVICE,
+            subscriptions,
+            STATE,
+            OFFLINE,
+            on_message=rec.on_message,
+            on_link=rec.on_link,
+            on_connected_publish=(
+                None if on_connected_publish is None else lambda: on_connected_publish(holder[0])
+            ),
+        )
+        holder.append(link)
+        made.append(link)
+        if start:
+            link.start()
+        return link, rec
+
+    yield factory
+    for link in made:
+        link.stop()
+
+
+def publish_online(link: MqttLink) -> None:
+    link.publish(STATE, ONLINE, retain=True)
+
+
+def test_connects_subscribes_and_receives_commands(
+    broker: MosquittoBroker, make_link: LinkFactory
+) -> None:
+    link, rec = make_link(broker)
+    wait_until(lambda: link.connected, what="connected")
+    assert rec.links == [True]
+
+    with Subscriber(broker) as central:
+        central.publish(CMD, b"for the device")
+        central.publish(GROUP_CMD, b"for the group")
+    first, second = rec.next_message(), rec.next_message()
+    assert first == MessageReceived(CMD, b"for the device", retained=False)
+    assert second == MessageReceived(GROUP_CMD, b"for the group", retained=False)
+
+
+def test_retained_commands_are_not_delivered_but_retained_documents_are(
+    broker: MosquittoBroker, make_link: LinkFactory
+) -> None:
+    with Subscriber(broker) as central:
+        central.publish(CMD, b"stale retained command", retain=True)
+        central.publish(TRUST, b"retained keyring", retain=True)
+
+        link, rec = make_link(broker)
+        # Retained messages come in subscription order, so a stale command would come first.
+        assert rec.next_message() == MessageReceived(TRUST, b"retained keyring", retained=True)
+
+        # Same topic, same publisher: order is kept, so the marker proves "stale" never came.
+        central.publish(CMD, b"marker")
+        assert rec.next_message() == MessageReceived(CMD, b"marker")
+
+        # A retained publish made while subscribed keeps its flag (retain-as-published), so the
+        # core can refuse it; on a non-command topic a live message arrives unretained.
+        central.publish(CMD, b"retained live", retain=True)
+        central.publish(TRUST, b"newer keyring", retain=True)
+        assert rec.next_message() == MessageReceived(CMD, b"retained live", retained=True)
+        assert rec.next_message() == MessageReceived(TRUST, b"newer keyring", retained=False)
+    assert rec.messages.empty()
+    assert all(m.payload != b"stale retained command" for m in rec.all)
+    assert link.connected
+
+
+def test_publish_reaches_the_broker_and_online_state_is_published_on_connect(
+    broker: MosquittoBroker, make_link: LinkFactory
+) -> None:
+    with Subscriber(broker, [STATE, EVENTS]) as central:
+        link, _rec = make_link(broker, on_connected_publish=publish_online)
+        online = central.wait_for(lambda m: m.topic == STATE)
+        assert online.payload == ONLINE
+
+        link.publish(EVENTS, b'{"kind": "accepted"}')
+        event = central.wait_for(lambda m: m.topic == EVENTS)
+        assert (event.payload, event.retain, event.qos) == (b'{"kind": "accepted"}', False, 1)
+
+    with Subscriber(broker, [STATE]) as late:  # the online state is retained
+        retained = late.wait_for(lambda m: m.topic == STATE)
+        assert (retained.payload, retained.retain) == (ONLINE, True)
+
+
+_CHILD = textwrap.dedent(
+    """
+    import sys, time
+    import structlog
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
+    from receiver.config_model import BrokerConfig, TlsConfig
+    from receiver.mqtt_client import MqttLink
+
+    port, device, state = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+    link = MqttLink(
+        BrokerConfig(host="127.0.0.1", port=port, reconnect_min_s=0.05, reconnect_max_s=0.3),
+        device, [], state, b'{"online": false}',
+        on_message=lambda message: None,
+        on_link=lambda event: print("up" if event.up else "down", flush=True),
+        on_connected_publish=lambda: link.publish(state, b'{"online": true}', retain=True),
+    )
+    link.start()
+    time.sleep(60)
+    """
+)
+
+
+def test_will_is_published_retained_when_the_process_dies(broker: MosquittoBroker) -> None:
+    root = Path(__file__).resolve().parents[2]
+    with Subscriber(broker, [STATE]) as central:
+        child = subprocess.Popen(
+            [sys.executable, "-c", _CHILD, str(broker.port), DEVICE, STATE],
+            cwd=root,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        try:
+            assert child.stdout is not None
+            lines: queue.Queue[str] = queue.Queue()
+            read_stream_lines(child.stdout, lines)
+            assert lines.get(timeout=TIMEOUT) == "up"
+            assert central.wait_for(lambda m: m.topic == STATE).payload == ONLINE
+        finally:
+            child.kill()  # SIGKILL: no DISCONNECT, the kernel just closes the socket
+            child.wait(timeout=TIMEOUT)
+            if child.stdout is not None:
+                child.stdout.close()
+        assert central.wait_for(lambda m: m.topic == STATE).payload == OFFLINE
+
+    with Subscriber(broker, [STATE]) as late:
+        will = late.wait_for(lambda m: m.topic == STATE)
+        assert (will.payload, will.retain) == (OFFLINE, True)
+
+
+def test_clean_stop_publishes_the_final_state_and_no_will(
+    broker: MosquittoBroker, make_link: LinkFactory
+) -> None:
+    final = b'{"online": false, "why": "stopped"}'
+    with Subscriber(broker, [STATE, EVENTS]) as central:
+        link, rec = make_link(broker, on_connected_publish=publish_online)
+        assert central.wait_for(lambda m: m.topic == STATE).payload == ONLINE
+
+        link.stop(STATE, final)
+        assert not link.connected
+        assert rec.links == [True, False]
+        assert central.wait_for(lambda m: m.topic == STATE).payload == final
+        time.sleep(0.3)  # a will, had one been sent, would come right after the disconnect
+        central.publish(EVENTS, b"marker")
+        central.wait_for(lambda m: m.topic == EVENTS)
+        assert [m.payload for m in central.seen if m.topic == STATE] == [ONLINE, final]
+
+    with Subscriber(broker, [STATE]) as late:
+        retained = late.wait_for(lambda m: m.topic == STATE)
+        assert (retained.payload, retained.retain) == (final, True)
+    link.stop()  # a second stop does nothing
+
+
+def test_qos1_command_sent_while_stopped_arrives_after_start(
+    broker: MosquittoBroker, make_link: LinkFactory
+) -> None:
+    first, _ = make_link(broker)
+    wait_until(lambda: first.connected, what="first link connected")
+    first.stop()
+
+    with Subscriber(broker) as central:
+        central.publish(CMD, b"sent while the receiver was off", qos=1)
+        central.publish(GROUP_CMD, b"group, while off", qos=1)
+
+    second, rec = make_link(broker)  # same client id: the broker kept the session
+    assert rec.next_message() == MessageReceived(CMD, b"sent while the receiver was off")
+    assert rec.next_message() == MessageReceived(GROUP_CMD, b"group, while off")
+    assert second.connected
+
+
+def test_reconnects_after_a_broker_restart(broker: MosquittoBroker, make_link: LinkFactory) -> None:
+    link, rec = make_link(broker)
+    wait_until(lambda: link.connected, what="connected")
+
+    broker.stop()
+    wait_until(lambda: not link.connected, what="link down")
+    # Published while the broker is away: kept by the link and sent after the reconnect.
+    link.publish(EVENTS, b"while down", retain=True)
+    broker.start()
+    wait_until(lambda: rec.links == [True, False, True], what=f"up/down/up, got {rec.links}")
+    assert link.last_error is not None
+
+    with Subscriber(broker, [EVENTS]) as central:
+        kept = central.wait_for(lambda m: m.topic == EVENTS)
+        assert (kept.payload, kept.retain) == (b"while down", True)
+        central.publish(CMD, b"after the restart")
+    assert rec.next_message() == MessageReceived(CMD, b"after the restart")
+
+
+def test_accepted_then_kicked_backs_off_instead_of_hammering(
+    broker: MosquittoBroker, make_link: LinkFactory
+) -> None:
+    # Two receivers configured with the same device id: each CONNECT takes the session over and
+    # the broker kicks the other one right after accepting it. paho's own reconnect delay would
+    # reset on every CONNACK and the pair would fight at the minimum delay forever.
+    first, first_rec = make_link(broker, reconnect_max_s=1.0)
+    second, second_rec = make_link(broker, reconnect_max_s=1.0)
+    time.sleep(3.0)
+    connects = first_rec.links.count(True) + second_rec.links.count(True)
+    # At the minimum delay (50-100 ms) that would be about 40; with the backoff growing to
+    # 1 s it is about 15.
+    assert 3 <= connects <= 25, connects
+    # Mosquitto 2.0.11 just closes the old connection (no DISCONNECT "Session taken over").
+    errors = [first.last_error, second.last_error]
+    assert all(e is not None and ("lost" in e or "taken over" in e) for e in errors), errors
+
+
+def test_keeps_retrying_until_the_broker_appears(
+    stopped_broker: MosquittoBroker, make_link: LinkFactory
+) -> None:
+    link, rec = make_link(stopped_broker)
+    wait_until(lambda: link.last_error is not None, what="a connect failure")
+    error = link.last_error
+    assert error is not None
+    assert "unreachable" in error
+    assert "refused" in error
+    time.sleep(0.5)  # several more attempts with these tiny backoff settings
+    assert not link.connected
+    assert rec.links == []
+
+    stopped_broker.start()
+    wait_until(lambda: link.connected, what="connected once the broker is up")
+    assert rec.links == [True]
+    with Subscriber(stopped_broker) as central:
+        central.publish(CMD, b"hello")
+    assert rec.next_message() == MessageReceived(CMD, b"hello")
+
+
+def test_a_server_that_accepts_but_never_answers_is_given_up_on() -> None:
+    silent = socket.create_server(("127.0.0.1", 0))
+    accepted: list[socket.socket] = []
+
+    def accept_forever() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                accepted.append(silent.accept()[0])
+
+    threading.Thread(target=accept_forever, daemon=True).start()
+    rec = Recorder()
+    link = MqttLink(
+        BrokerConfig(host="127.0.0.1", port=silent.getsockname()[1], reconnect_min_s=0.05),
+        DEVICE,
+        SUBSCRIPTIONS,
+        STATE,
+        OFFLINE,
+        on_message=rec.on_message,
+        on_link=rec.on_link,
+        handshake_timeout_s=0.3,
+    )
+    try:
+        link.start()
+        wait_until(lambda: len(accepted) >= 2, what="a second attempt")
+        assert link.last_error is not None
+        assert "CONNACK not received" in link.last_error
+        assert rec.links == []
+    finally:
+        link.stop()
+        silent.close()
+        for conn in accepted:
+            conn.close()
+
+
+def test_an_exception_in_the_message_callback_does_not_kill_the_link(
+    broker: MosquittoBroker, make_link: LinkFactory
+) -> None:
+    class Exploding(Recorder):
+        def on_message(self, event: MessageReceived) -> None:
+            if event.payload == b"boom":
+                raise RuntimeError("a bug in the daemon")
+            super().on_message(event)
+
+    link, rec = make_link(broker, recorder=Exploding())
+    wait_until(lambda: link.connected, what="connected")
+    with Subscriber(broker) as central:
+        central.publish(CMD, b"boom")
+        central.publish(CMD, b"still alive")
+    assert rec.next_message() == MessageReceived(CMD, b"still alive")
+    assert link.connected
+
+
+def test_misuse_is_reported(broker: MosquittoBroker, make_link: LinkFactory) -> None:
+    link, _ = make_link(broker, start=False)
+    with pytest.raises(LinkError):
+        link.publish("loa/v1/+/cmd", b"x")
+    link.start()
+    with pytest.raises(LinkError):
+        link.start()
+
+
+def test_backoff_grows_with_jitter_and_stays_within_bounds() -> None:
+    rng = random.Random(7)  # noqa: S311 - test determinism
+    for failures in range(40):
+        delays = [backoff_delay(failures, 1.0, 120.0, rng) for _ in range(200)]
+        cap = min(120.0, 2.0 ** (failures + 1))
+        assert all(1.0 <= d <= cap for d in delays)
+        if failures >= 1:
+            assert max(delays) - min(delays) > 0.3 * (cap - 1.0)  # spread, not a fixed step
+
+
+def test_tls_verifies_the_server_and_presents_a_client_certificate(
+    tmp_path: Path, make_link: LinkFactory
+) -> None:
+    ca = TestCa(tmp_path / "pki")
+    server = ca.issue("broker", server_hosts=["127.0.0.1", "localhost"])
+    device = ca.issue(DEVICE)
+    impostor_ca = TestCa(tmp_path / "other", name="someone else")
+    config = tls_listener_config(ca, server, require_client_cert=True)
+    with MosquittoBroker(tmp_path / "mosquitto", extra_config=config) as tls_broker:
+        good, rec = make_link(
+            tls_broker,
+            tls=TlsConfig(ca_file=ca.cert_file, cert_file=device.cert, key_file=device.key),
+        )
+        wait_until(lambda: good.connected, what="mutual TLS connection")
+        assert rec.links == [True]
+
+        wrong_ca, _ = make_link(
+            tls_broker,
+            tls=TlsConfig(
+                ca_file=impostor_ca.cert_file, cert_file=device.cert, key_file=device.key
+            ),
+        )
+        wait_until(lambda: wrong_ca.last_error is not None, what="a TLS failure")
+        assert "TLS verification failed" in (wrong_ca.last_error or "")
+        assert not wrong_ca.connected
+
+        bad_file = tmp_path / "missing.crt"
+        with pytest.raises(LinkError, match="TLS"):
+            make_link(tls_broker, tls=TlsConfig(ca_file=bad_file), start=False)
+
+
+def test_refused_credentials_are_reported(tmp_path: Path, make_link: LinkFactory) -> None:
+    workdir = tmp_path / "mosquitto"
+    workdir.mkdir()
+    config = password_config(workdir, {DEVICE: "right password"})
+    with MosquittoBroker(workdir, extra_config=config) as auth_broker:
+        wrong, _ = make_link(auth_broker, username=DEVICE, password="wrong password")
+        anonymous, _ = make_link(auth_broker)
+        right, rec = make_link(auth_broker, username=DEVICE, password="right password")
+        wait_until(lambda: right.connected, what="connected with the right password")
+        wait_until(lambda: None not in (wrong.last_error, anonymous.last_error), what="refusals")
+        for refused in (wrong, anonymous):
+            assert refused.last_error is not None
+            assert "refused by broker" in refused.last_error
+            assert not refused.connected
+        assert "bad credentials" in (wrong.last_error or "") or "not authorised" in (
+            wrong.last_error or ""
+        )
+        assert rec.links == [True]

@@ -1,0 +1,27 @@
+"""Shared fixtures: a real Mosquitto per test (see :mod:`tests.broker`)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.broker import MosquittoBroker
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[MosquittoBroker]:
+    """A running Mosquitto on a free loopback port, stopped at teardown."""
+    with MosquittoBroker(tmp_path / "mosquitto") as running:
+        yield running
+
+
+@pytest.fixture
+def stopped_broker(tmp_path: Path) -> Iterator[MosquittoBroker]:
+    """A Mosquitto with its port and config chosen but not started (the test starts it)."""
+    idle = MosquittoBroker(tmp_path / "mosquitto")
+    try:
+        yield idle
+    finally:
+        idle.stop()
