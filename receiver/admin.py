@@ -93,9 +93,7 @@ def _topic_for(args: argparse.Namespace) -> str:
 
 
 def _connect(args: argparse.Namespace, client_id: str = "") -> mqtt.Client:
-    client = mqtt.Client(
-        CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5
-    )
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
     if args.cafile:
         client.tls_set(ca_certs=args.cafile, certfile=args.certfile, keyfile=args.keyfile)
     if args.username:

@@ -21,8 +21,17 @@ _LEVELS: Final = {"debug": 10, "info": 20, "warning": 30, "error": 40}
 # journald reads a leading "<N>" as the syslog priority of the line.
 _PRIORITY: Final = {"debug": 7, "info": 6, "warning": 4, "warn": 4, "error": 3, "critical": 2}
 _UNSAFE: Final = frozenset(
-    [*range(0x00, 0x20), 0x7F, *range(0x80, 0xA0), 0x2028, 0x2029, *range(0x202A, 0x202F)]
-    + [*range(0x2066, 0x206A), 0xFEFF]
+    # C0 and C1 controls, DEL, line/paragraph separators, bidi overrides and isolates, BOM
+    (
+        *range(0x00, 0x20),
+        0x7F,
+        *range(0x80, 0xA0),
+        0x2028,
+        0x2029,
+        *range(0x202A, 0x202F),
+        *range(0x2066, 0x206A),
+        0xFEFF,
+    )
 )
 
 

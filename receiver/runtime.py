@@ -140,7 +140,9 @@ class Runtime:
             deadline = first.deadline
             self.link.start()
             systemd.notify("READY=1")
-            self.log.info("started", version=__version__, groups=",".join(self.config.groups))
+            self.log.info(
+                "daemon_started", version=__version__, groups=",".join(self.config.groups)
+            )
             last_ping = 0.0
             while not self._stopping.is_set():
                 now_mono = time.monotonic()
@@ -175,12 +177,12 @@ class Runtime:
         ):
             try:
                 close()
-            except Exception as exc:  # noqa: BLE001 - shutting down: report and go on
+            except Exception as exc:
                 self.log.error("close_failed", part=name, error=str(exc))
         self.log.info("relay_switched", on=False, why="shutdown")
         self.link.stop(self.topics.state, self._offline_payload())
         self.store.close()
-        self.log.info("stopped")
+        self.log.info("daemon_stopped")
 
     # --- events in ------------------------------------------------------------------------
 
@@ -209,7 +211,7 @@ class Runtime:
                 continue
             try:
                 self._execute_one(effect, now)
-            except Exception as exc:  # noqa: BLE001 - an adapter failure must not stop the loop
+            except Exception as exc:
                 self.log.error("effect_failed", effect=type(effect).__name__, error=str(exc))
                 if isinstance(effect, Play):
                     self.inbox.put_report(PlaybackFailed(effect.token, str(exc)))

@@ -1,0 +1,157 @@
+"""The receiver as a separate process, for end-to-end tests: config, start, logs, stop."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from receiver.signing import SigningKey
+
+DEVICE = "e2e-dev-01"
+GROUP = "commune-e2e"
+
+
+class QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+class MediaServer:
+    """A plain HTTP server on loopback serving one directory."""
+
+    def __init__(self, directory: Path) -> None:
+        handler = functools.partial(QuietHandler, directory=str(directory))
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.port = int(self.server.server_address[1])
+        self.directory = directory
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.port}/{name}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def write_config(
+    path: Path,
+    *,
+    broker_port: int,
+    media_port: int,
+    keys: list[tuple[SigningKey, list[str], list[str]]],
+    wav: Path,
+    state_dir: Path,
+    cache_dir: Path,
+) -> Path:
+    key_lines = "".join(
+        f"    - id: {key.id}\n      ed25519: {key.public_b64}\n"
+        f"      roles: [{', '.join(roles)}]\n      scopes: {json.dumps(scopes)}\n"
+        for key, roles, scopes in keys
+    )
+    path.write_text(
+        f"""device_id: {DEVICE}
+env: lab
+groups: [{GROUP}]
+broker:
+  host: 127.0.0.1
+  port: {broker_port}
+  reconnect_min_s: 0.2
+  reconnect_max_s: 2.0
+trust:
+  keys:
+{key_lines}player:
+  output: file
+  wav_file: {wav}
+  default_volume: 100
+gpio:
+  pin_factory: mock
+  warm_up_s: 0.3
+  tail_s: 0.5
+media:
+  allowed_schemes: [http]
+  allowed_hosts: ["127.0.0.1:{media_port}"]
+storage:
+  state_dir: {state_dir}
+  cache_dir: {cache_dir}
+logging:
+  level: debug
+  format: json
+clock:
+  trust_system_clock: always
+""",
+        encoding="utf-8",
+    )
+    return path
+
+
+@dataclass
+class Daemon:
+    """``receiver run`` in a child process; its JSON log lines are collected as they come."""
+
+    config: Path
+    lines: list[dict[str, Any]] = field(default_factory=list)
+    raw: list[str] = field(default_factory=list)
+    process: subprocess.Popen[str] | None = None
+
+    def start(self) -> Daemon:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "receiver.cli", "run", "--config", str(self.config)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+        )
+        threading.Thread(target=self._pump, daemon=True).start()
+        return self
+
+    def _pump(self) -> None:
+        assert self.process is not None
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.raw.append(line)
+            text = line.strip()
+            if text.startswith("<") and ">" in text[:4]:
+                text = text[text.index(">") + 1 :]
+            try:
+                self.lines.append(json.loads(text))
+            except ValueError:
+                continue
+
+    def wait_log(
+        self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 10
+    ) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in list(self.lines):
+                if predicate(line):
+                    return line
+            time.sleep(0.05)
+        raise AssertionError("no such log line; the daemon said:\n" + "".join(self.raw[-40:]))
+
+    def logged(self, event: str) -> list[dict[str, Any]]:
+        return [line for line in self.lines if line.get("event") == event]
+
+    def stop(self, timeout: float = 15) -> int:
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=timeout)
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
