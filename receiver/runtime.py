@@ -249,13 +249,13 @@ class Runtime:
         if effect.detail:
             event["detail"] = effect.detail[:MAX_DETAIL_CHARS]
         log = self.log.warning if effect.kind in ("rejected", "failed") else self.log.info
+        extra = {k: v for k, v in (("ref", effect.ref), ("reason", effect.reason)) if v}
         log(
             effect.kind,
             n=event["n"],
-            ref=effect.ref,
-            reason=effect.reason,
             detail=bounded(effect.detail or ""),
             mono=round(now.mono, 3),
+            **extra,
         )
         self.link.publish(self.topics.events, _json(event))
 

@@ -187,6 +187,7 @@ def main() -> int:
                 check=True,
             )
             watcher.wait(timeout=40)
+            time.sleep(2.0)  # let the amplifier's tail run out, as it would on a pole
         finally:
             daemon.send_signal(signal.SIGTERM)
             daemon.wait(timeout=15)
