@@ -102,6 +102,9 @@ class ClockConfig:
     # always: trust it (a board with a battery-backed RTC); never: only signed message times.
     trust_system_clock: str = "auto"
     max_skew_s: int = 300
+    # Commands issued longer ago than this are refused even if their exp is later, so a backlog
+    # queued while the link was down does not play hours late.
+    max_command_age_s: int = 3600
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,8 @@ from receiver.core.effects import (
     Emit,
     Fetch,
     PersistFloors,
+    PersistResetFloor,
+    PersistTrust,
     Play,
     PublishState,
     SetVolume,
@@ -36,7 +38,10 @@ from receiver.core.effects import (
     SwitchRelay,
 )
 from receiver.core.events import Event, LinkChanged, MessageReceived, PlaybackFailed, TimerFired
+from receiver.core.reasons import Rejection
+from receiver.core.strict_json import StrictJsonError, loads_strict
 from receiver.core.trust import Keyring, key_from_config
+from receiver.core.trustdoc import parse_trust
 from receiver.fetcher import Fetcher
 from receiver.gpio import AmpRelay, make_pin_factory
 from receiver.inbox import Inbox
@@ -50,15 +55,19 @@ IDLE_WAKE_S = 5.0  # the loop turns at least this often, so the watchdog sees it
 MAX_DETAIL_CHARS = 200
 
 
-def settings_from_config(config: Config) -> machine.Settings:
+def keyring_from_config(config: Config) -> Keyring:
+    """The first keyring (version 0): the keys the technician put in the config."""
     keys = tuple(
         key_from_config(k.id, k.ed25519, k.roles, k.scopes, k.not_after) for k in config.trust.keys
     )
+    return Keyring(keys, dict(config.trust.thresholds), version=0)
+
+
+def settings_from_config(config: Config) -> machine.Settings:
     return machine.Settings(
         device_id=config.device_id,
         env=config.env,
         groups=config.groups,
-        keyring=Keyring(keys, dict(config.trust.thresholds)),
         topic_prefix=config.broker.topic_prefix,
         default_volume=config.player.default_volume,
         max_volume=config.player.max_volume,
@@ -68,6 +77,7 @@ def settings_from_config(config: Config) -> machine.Settings:
         allowed_schemes=config.media.allowed_schemes,
         allowed_hosts=config.media.allowed_hosts,
         max_skew_s=float(config.clock.max_skew_s),
+        max_command_age_s=float(config.clock.max_command_age_s),
     )
 
 
@@ -75,6 +85,7 @@ class Topics:
     def __init__(self, prefix: str, device_id: str) -> None:
         self.device_cmd = f"{prefix}/dev/{device_id}/cmd"
         self.state = f"{prefix}/dev/{device_id}/state"
+        self.trust = f"{prefix}/trust"
         self.events = f"{prefix}/dev/{device_id}/events"
         self.prefix = prefix
 
@@ -100,9 +111,11 @@ class Runtime:
         self.relay = AmpRelay(config.gpio, pin_factory or make_pin_factory(config.gpio.pin_factory))
         self.player = Player(config.player, self.inbox.put_report)
         self.fetcher = Fetcher(config.media, config.storage.cache_dir, self.inbox.put_report)
-        subscriptions = [Subscription(self.topics.device_cmd, ignore_retained=True)] + [
-            Subscription(self.topics.group_cmd(g), ignore_retained=True) for g in config.groups
-        ]
+        subscriptions = (
+            [Subscription(self.topics.device_cmd, ignore_retained=True)]
+            + [Subscription(self.topics.group_cmd(g), ignore_retained=True) for g in config.groups]
+            + [Subscription(self.topics.trust, ignore_retained=False)]
+        )
         self.link = MqttLink(
             config.broker,
             config.device_id,
@@ -113,9 +126,32 @@ class Runtime:
             on_link=self.inbox.put_report,
             on_connected_publish=self._republish_state,
         )
+        keyring, trust_digest = self._keyring()
         self.state = machine.initial_state(
-            settings_from_config(config), self.store.floors(), self.store.time_floor()
+            settings_from_config(config),
+            keyring,
+            floors=self.store.floors(),
+            time_floor=self.store.time_floor(),
+            reset_floor=self.store.reset_floor(),
+            trust_digest=trust_digest,
         )
+        if self.state.reset_floor is None:
+            self.log.warning(
+                "fresh_store",
+                why="new or reset state: commands wait for a synchronised clock, and any "
+                "issued before that moment are refused",
+            )
+
+    def _keyring(self) -> tuple[Keyring, str]:
+        """The stored trust document's keyring if one was accepted, else the config's."""
+        stored = self.store.trust()
+        if stored is not None:
+            version, body, digest = stored
+            try:
+                return parse_trust(loads_strict(body)).keyring, digest
+            except (Rejection, StrictJsonError) as exc:
+                self.log.error("stored_trust_unreadable", version=version, error=str(exc))
+        return keyring_from_config(self.config), ""
 
     # --- life cycle -------------------------------------------------------------------------
 
@@ -205,9 +241,18 @@ class Runtime:
     def _execute(self, effects: tuple[Effect, ...], now: Instant | None = None) -> None:
         now = now or self.clock.now()
         for effect in effects:
+            # No try around the Persist effects: if the store cannot record a floor, the action
+            # it would allow must not happen, so the error stops the daemon (systemd restarts).
             if isinstance(effect, PersistFloors):
-                # No try: an action whose replay floor is not durable must not happen.
                 self.store.save_floors(effect.floors, effect.time_floor)
+                continue
+            if isinstance(effect, PersistTrust):
+                self.store.save_trust(effect.version, effect.body, effect.digest)
+                self.log.warning("trust_replaced", version=effect.version)
+                continue
+            if isinstance(effect, PersistResetFloor):
+                self.store.save_reset_floor(effect.utc)
+                self.log.info("reset_floor_set", utc=rfc3339(effect.utc))
                 continue
             try:
                 self._execute_one(effect, now)
@@ -267,7 +312,6 @@ class Runtime:
             "sw": __version__,
             **fields,
             "schedules": {},
-            "trust_version": self.state.settings.keyring.version,
             "clock_synced": now.utc_trusted,
             "cache": _cache_summary(self.config.storage.cache_dir),
             "uptime_s": int(now.mono - self.started_mono),

@@ -91,6 +91,40 @@ class Store:
             )
             self._put("time_floor", repr(max(time_floor, self.time_floor())))
 
+    def reset_floor(self) -> float | None:
+        """The first trusted instant after this store was created; None until there is one."""
+        value = self._get("reset_floor")
+        return None if value is None else float(value)
+
+    def save_reset_floor(self, utc: float) -> None:
+        with self._transaction():
+            if self._get("reset_floor") is None:
+                self._put("reset_floor", repr(utc))
+
+    def save_time_floor(self, utc: float) -> None:
+        """Remember a trusted time, so that after a reboot without a clock it is the floor."""
+        self.save_floors({}, utc)
+
+    # --- the keyring ----------------------------------------------------------------------
+
+    def trust(self) -> tuple[int, bytes, str] | None:
+        """The accepted trust document's (version, verified payload, digest), if any."""
+        version = self._get("trust_version")
+        body = self._get("trust_body")
+        digest = self._get("trust_digest")
+        if version is None or body is None or digest is None:
+            return None
+        return int(version), bytes.fromhex(body), digest
+
+    def save_trust(self, version: int, body: bytes, digest: str) -> None:
+        with self._transaction():
+            current = self._get("trust_version")
+            if current is not None and int(current) >= version:
+                return  # a trust version never goes back
+            self._put("trust_version", str(version))
+            self._put("trust_body", body.hex())
+            self._put("trust_digest", digest)
+
     # --- event numbers --------------------------------------------------------------------
 
     def next_event_number(self) -> int:

@@ -59,6 +59,22 @@ class PersistFloors:
 
 
 @dataclass(frozen=True)
+class PersistTrust:
+    """Durably store an accepted trust document (its verified payload) before it takes effect."""
+
+    version: int
+    body: bytes
+    digest: str
+
+
+@dataclass(frozen=True)
+class PersistResetFloor:
+    """Durably store the first trusted instant of a fresh store (SECURITY.md property 10)."""
+
+    utc: float
+
+
+@dataclass(frozen=True)
 class Emit:
     """Report an event on the events topic (the shell numbers it and adds the device and time)."""
 
@@ -75,4 +91,15 @@ class PublishState:
     fields: dict[str, Any] = field(default_factory=dict)
 
 
-Effect = Fetch | Play | StopPlayback | SetVolume | SwitchRelay | PersistFloors | Emit | PublishState
+Effect = (
+    Fetch
+    | Play
+    | StopPlayback
+    | SetVolume
+    | SwitchRelay
+    | PersistFloors
+    | PersistTrust
+    | PersistResetFloor
+    | Emit
+    | PublishState
+)

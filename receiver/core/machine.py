@@ -8,30 +8,25 @@ order and calls ``step`` again with ``TimerFired`` once ``deadline`` (monotonic)
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Final
 from urllib.parse import urlsplit
 
-from receiver.core import commands, reasons
+from receiver.core import admission, commands, reasons
 from receiver.core.clock import Instant
 from receiver.core.effects import (
     Effect,
     Emit,
     Fetch,
     PersistFloors,
+    PersistResetFloor,
+    PersistTrust,
     Play,
     PublishState,
     SetVolume,
     StopPlayback,
     SwitchRelay,
-)
-from receiver.core.envelope import (
-    COMMAND_TYPE,
-    authorized_signers,
-    parse_envelope,
-    verified_signers,
 )
 from receiver.core.events import (
     Event,
@@ -45,10 +40,10 @@ from receiver.core.events import (
     TimerFired,
 )
 from receiver.core.reasons import Rejection
-from receiver.core.strict_json import StrictJsonError, loads_strict
-from receiver.core.trust import Key, Keyring
+from receiver.core.trust import Keyring
 
 PRIORITY_RANK: Final = {"normal": 0, "priority": 1, "emergency": 2}
+MAX_STOPPED_IDS: Final = 64  # ids named by recent stops, refused if their play comes later
 
 
 @dataclass(frozen=True)
@@ -58,7 +53,6 @@ class Settings:
     device_id: str
     env: str
     groups: tuple[str, ...]
-    keyring: Keyring
     topic_prefix: str = "loa/v1"
     default_volume: int = 70
     max_volume: int = 100
@@ -68,6 +62,7 @@ class Settings:
     allowed_schemes: tuple[str, ...] = ("https",)
     allowed_hosts: tuple[str, ...] = ()
     max_skew_s: float = 300.0
+    max_command_age_s: float = 3600.0
 
 
 @dataclass(frozen=True)
@@ -101,9 +96,15 @@ class Item:
 @dataclass(frozen=True)
 class State:
     settings: Settings
+    keyring: Keyring
     floors: Mapping[str, tuple[int, str]]
     time_floor: float
     volume: int
+    # None until the first synchronised clock after the store was empty (a new or reset
+    # device): commands issued before that instant are refused (SECURITY.md property 10).
+    reset_floor: float | None = None
+    trust_digest: str = ""
+    stopped_ids: tuple[str, ...] = ()
     relay_on: bool = False
     relay_off_mono: float | None = None
     item: Item | None = None
@@ -118,13 +119,22 @@ class Step:
 
 
 def initial_state(
-    settings: Settings, floors: Mapping[str, tuple[int, str]], time_floor: float
+    settings: Settings,
+    keyring: Keyring,
+    *,
+    floors: Mapping[str, tuple[int, str]],
+    time_floor: float,
+    reset_floor: float | None = None,
+    trust_digest: str = "",
 ) -> State:
     return State(
         settings=settings,
+        keyring=keyring,
         floors=dict(floors),
         time_floor=time_floor,
         volume=min(settings.default_volume, settings.max_volume),
+        reset_floor=reset_floor,
+        trust_digest=trust_digest,
     )
 
 
@@ -136,6 +146,10 @@ def boot(state: State, now: Instant) -> Step:
 
 def step(state: State, event: Event, now: Instant) -> Step:
     effects: list[Effect] = []
+    if state.reset_floor is None and now.utc_trusted:
+        # The first trusted instant of a fresh store: from now on, older commands are stale.
+        state = replace(state, reset_floor=now.utc)
+        effects.append(PersistResetFloor(now.utc))
     if isinstance(event, MessageReceived):
         state = _on_message(state, event, now, effects)
     elif isinstance(event, FetchFinished | FetchFailed):
@@ -151,29 +165,46 @@ def step(state: State, event: Event, now: Instant) -> Step:
 # --- messages ------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Admitted:
-    command: commands.Command
-    signers: tuple[Key, ...]
-    digest: str
-    duplicate: bool
+def _context(state: State) -> admission.Context:
+    settings = state.settings
+    return admission.Context(
+        device_id=settings.device_id,
+        env=settings.env,
+        groups=settings.groups,
+        keyring=state.keyring,
+        floors=state.floors,
+        time_floor=state.time_floor,
+        reset_floor=state.reset_floor,
+        trust_digest=state.trust_digest,
+        stopped_ids=state.stopped_ids,
+        max_skew_s=settings.max_skew_s,
+        max_command_age_s=settings.max_command_age_s,
+    )
 
 
 def _on_message(state: State, event: MessageReceived, now: Instant, out: list[Effect]) -> State:
     try:
-        admitted = _admit(state, event, now)
+        admitted = admission.admit(_context(state), event.topic, event.payload, event.retained, now)
+        if isinstance(admitted, admission.AdmittedCommand) and not admitted.duplicate:
+            _check_policy(state, admitted.command, now)
     except Rejection as rejection:
         out.append(
             Emit("rejected", ref=rejection.ref, reason=rejection.reason, detail=rejection.detail)
         )
         return state
+    if isinstance(admitted, admission.AdmittedTrust):
+        return _accept_trust(state, admitted, out)
     header = admitted.command.header
     if admitted.duplicate:
         out.append(Emit("accepted", ref=header.id, detail="duplicate of the last accepted"))
         return state
-    floors = dict(state.floors)
-    changed = {_stream(key): (header.seq, admitted.digest) for key in admitted.signers}
-    floors.update(changed)
+    changed = {
+        admission.command_stream(key): (header.seq, admitted.digest) for key in admitted.signers
+    }
+    body = admitted.command.body
+    if isinstance(body, commands.Stop):
+        changed.update(_stop_floor(state, header, body))
+    floors = {**state.floors, **changed}
     time_floor = max(state.time_floor, header.iat, now.utc if now.utc_trusted else 0.0)
     state = replace(state, floors=floors, time_floor=time_floor)
     # Durable before the action: a power cut after this line can no longer let it replay.
@@ -182,85 +213,29 @@ def _on_message(state: State, event: MessageReceived, now: Instant, out: list[Ef
     return _act(state, admitted.command, now, out)
 
 
-def _stream(key: Key) -> str:
-    return "cmd:" + key.public.hex()
+def _stop_floor(
+    state: State, header: commands.Header, body: commands.Stop
+) -> dict[str, tuple[int, str]]:
+    """A stop of everything raises the floor below which older plays are refused."""
+    if body.target != "all":
+        return {}
+    issued_ms = int(header.iat * 1000)
+    current = state.floors.get(admission.STOP_ALL_STREAM)
+    if current is not None and current[0] >= issued_ms:
+        return {}
+    return {admission.STOP_ALL_STREAM: (issued_ms, header.id)}
 
 
-def _trusted_utc(state: State, now: Instant) -> float:
-    return max(state.time_floor, now.utc) if now.utc_trusted else state.time_floor
-
-
-def _admit(state: State, event: MessageReceived, now: Instant) -> _Admitted:
-    """Every check a message must pass, cheapest first; raises Rejection."""
-    settings = state.settings
-    if event.retained:
-        raise Rejection(reasons.POLICY, "a retained command is never acted on")
-    envelope = parse_envelope(event.payload)
-    if envelope.payload_type != COMMAND_TYPE:
-        raise Rejection(reasons.BAD_TYPE, "only commands are accepted on a command topic")
-    signers = verified_signers(envelope, settings.keyring)
-    trusted_utc = _trusted_utc(state, now)
-
-    def holding(role: str) -> tuple[Key, ...]:
-        return authorized_signers(signers, role, settings.device_id, settings.groups, trusted_utc)
-
-    operators, emergency = holding("operator"), holding("emergency")
-    keyring = settings.keyring
-    if len(operators) < keyring.threshold("operator") and len(emergency) < keyring.threshold(
-        "emergency"
-    ):
-        raise Rejection(reasons.NOT_AUTHORIZED, "no key authorised for commands on this device")
-    try:
-        doc = loads_strict(envelope.body)
-    except StrictJsonError as exc:
-        raise Rejection(reasons.MALFORMED, f"payload: {exc}") from exc
-    header = commands.parse_header(doc)
-    ref = header.id
-    if header.env != settings.env:
-        raise Rejection(reasons.WRONG_ENV, "for another environment", ref)
-    if not commands.addressed_to(header, settings.device_id, settings.groups):
-        raise Rejection(reasons.NOT_FOR_ME, "not addressed to this device or its groups", ref)
-    if header.exp <= trusted_utc:
-        raise Rejection(reasons.EXPIRED, "past its exp", ref)
-    if now.utc_trusted and header.iat > now.utc + settings.max_skew_s:
-        raise Rejection(reasons.NOT_YET_VALID, "issued in the future", ref)
-    try:
-        command = commands.parse_command(doc, header)
-    except Rejection as rejection:
-        raise Rejection(rejection.reason, rejection.detail, ref) from rejection
-    counted = _signers_for(command, operators, emergency, keyring)
-    digest = hashlib.sha256(envelope.body).hexdigest()
-    floors = [state.floors.get(_stream(key)) for key in counted]
-    if all(floor is not None and floor == (header.seq, digest) for floor in floors):
-        return _Admitted(command, counted, digest, duplicate=True)
-    if any(floor is not None and floor[0] >= header.seq for floor in floors):
-        raise Rejection(reasons.REPLAYED, "seq is not above the last accepted", ref)
-    _check_policy(state, command, now)
-    return _Admitted(command, counted, digest, duplicate=False)
-
-
-def _signers_for(
-    command: commands.Command,
-    operators: tuple[Key, ...],
-    emergency: tuple[Key, ...],
-    keyring: Keyring,
-) -> tuple[Key, ...]:
-    """The keys that authorise this command, or NOT_AUTHORIZED.
-
-    Emergency plays need the emergency role. An emergency key may also sign ``stop``, so the
-    one who sent a warning by mistake can end it; everything else is the operator's.
-    """
-    body = command.body
-    ref = command.header.id
-    if isinstance(body, commands.Play) and body.priority == "emergency":
-        if len(emergency) >= keyring.threshold("emergency"):
-            return emergency
-        raise Rejection(reasons.NOT_AUTHORIZED, "an emergency play needs the emergency role", ref)
-    if len(operators) >= keyring.threshold("operator"):
-        return operators
-    if isinstance(body, commands.Stop) and len(emergency) >= keyring.threshold("emergency"):
-        return emergency
-    raise Rejection(reasons.NOT_AUTHORIZED, f"{command.header.type} needs the operator role", ref)
+def _accept_trust(state: State, admitted: admission.AdmittedTrust, out: list[Effect]) -> State:
+    document = admitted.document
+    if admitted.duplicate:
+        out.append(Emit("accepted", ref=document.id, detail="duplicate of the last accepted"))
+        return state
+    out.append(PersistTrust(document.version, admitted.body, admitted.digest))
+    state = replace(state, keyring=document.keyring, trust_digest=admitted.digest)
+    out.append(Emit("accepted", ref=document.id, detail=f"trust version {document.version}"))
+    out.append(_state_effect(state))
+    return state
 
 
 def _url_allowed(settings: Settings, url: str) -> bool:
@@ -299,6 +274,10 @@ def _act(state: State, command: commands.Command, now: Instant, out: list[Effect
     if isinstance(body, commands.Play):
         return _start_item(state, ref, body, now, out)
     if isinstance(body, commands.Stop):
+        if body.target != "all":
+            state = replace(
+                state, stopped_ids=(*state.stopped_ids[-(MAX_STOPPED_IDS - 1) :], body.target)
+            )
         item = state.item
         if item is not None and body.target in ("all", item.ref):
             state = _end_item(state, now, out, "stopped", detail=f"by {ref}")
@@ -488,6 +467,7 @@ def state_fields(state: State) -> dict[str, Any]:
         "state": "playing" if item is not None and item.since_utc is not None else "idle",
         "volume": state.volume,
         "relays": {"amp": "on" if state.relay_on else "off"},
+        "trust_version": state.keyring.version,
     }
     if item is not None and item.since_utc is not None:
         fields["playing"] = {

@@ -63,14 +63,16 @@ class World:
             device_id=DEVICE,
             env="prod",
             groups=GROUPS,
-            keyring=keyring,
             warm_up_s=self.warm_up_s,
             tail_s=self.tail_s,
             max_volume=self.max_volume,
             allowed_schemes=("https",),
             allowed_hosts=("media.example",),
         )
-        self.state = machine.initial_state(settings, {}, 0.0)
+        # A device whose store has known a synchronised clock for ten days.
+        self.state = machine.initial_state(
+            settings, keyring, floors={}, time_floor=0.0, reset_floor=T0 - 10 * 86400
+        )
         self.deadline: float | None = None
 
     @property

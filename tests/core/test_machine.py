@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Callable
+from dataclasses import replace
 
 import pytest
 
@@ -365,14 +366,9 @@ def test_a_payload_flip_breaks_the_signature() -> None:
 
 def test_one_key_listed_twice_counts_once_toward_a_threshold() -> None:
     world = World()
-    keyring = world.state.settings.keyring
-    settings = type(world.state.settings)(
-        **{
-            **world.state.settings.__dict__,
-            "keyring": type(keyring)(keyring.keys, {"operator": 2, "emergency": 1, "root": 2}),
-        }
-    )
-    world.state = type(world.state)(**{**world.state.__dict__, "settings": settings})
+    keyring = world.state.keyring
+    stricter = type(keyring)(keyring.keys, {"operator": 2, "emergency": 1, "root": 2})
+    world.state = replace(world.state, keyring=stricter)
     payload = world.payload("volume", {"level": 9})
     raw = sign_command(payload, [world.operator, world.operator])
     assert only_rejection(world.send(raw)).reason == "not_authorized"

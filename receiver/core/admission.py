@@ -1,0 +1,211 @@
+"""Whether a message may act: signature, role, scope, environment, audience, freshness, replay.
+
+The checks run cheapest first (size, JSON shape, type, key id before any Ed25519 work) and stop
+at the first failure with a stable reason code. Nothing here acts; ``machine`` does that once a
+message is admitted. Policy limits (allowlists, priorities) are the machine's, checked after.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Final
+
+from receiver.core import commands, reasons
+from receiver.core.clock import Instant
+from receiver.core.envelope import (
+    COMMAND_TYPE,
+    TRUST_TYPE,
+    Envelope,
+    authorized_signers,
+    parse_envelope,
+    verified_signers,
+)
+from receiver.core.reasons import Rejection
+from receiver.core.strict_json import StrictJsonError, loads_strict
+from receiver.core.trust import Key, Keyring
+from receiver.core.trustdoc import TrustDocument, parse_trust
+
+STOP_ALL_STREAM: Final = "stop:all"
+# Which payload type each kind of topic carries; the topic grants nothing beyond routing.
+TYPE_FOR_TOPIC: Final = {"cmd": COMMAND_TYPE, "trust": TRUST_TYPE}
+
+
+@dataclass(frozen=True)
+class Context:
+    """What admission needs to know about the device and its durable floors."""
+
+    device_id: str
+    env: str
+    groups: tuple[str, ...]
+    keyring: Keyring
+    floors: Mapping[str, tuple[int, str]]
+    time_floor: float
+    reset_floor: float | None
+    trust_digest: str
+    stopped_ids: tuple[str, ...]
+    max_skew_s: float
+    max_command_age_s: float
+
+    def trusted_utc(self, now: Instant) -> float:
+        """The newest time the device can vouch for: never less than its saved floor."""
+        return max(self.time_floor, now.utc) if now.utc_trusted else self.time_floor
+
+
+@dataclass(frozen=True)
+class AdmittedCommand:
+    command: commands.Command
+    signers: tuple[Key, ...]  # the keys that authorised it: one replay stream each
+    digest: str
+    duplicate: bool
+
+
+@dataclass(frozen=True)
+class AdmittedTrust:
+    document: TrustDocument
+    body: bytes
+    digest: str
+    duplicate: bool
+
+
+def command_stream(key: Key) -> str:
+    return "cmd:" + key.public.hex()
+
+
+def admit(
+    ctx: Context, topic: str, payload: bytes, retained: bool, now: Instant
+) -> AdmittedCommand | AdmittedTrust:
+    """Admit a message or raise Rejection."""
+    kind = topic.rsplit("/", 1)[-1]
+    if kind == "cmd" and retained:
+        raise Rejection(reasons.POLICY, "a retained command is never acted on")
+    envelope = parse_envelope(payload)
+    expected = TYPE_FOR_TOPIC.get(kind)
+    if envelope.payload_type != expected:
+        raise Rejection(reasons.BAD_TYPE, f"{envelope.payload_type} is not taken on a {kind} topic")
+    if expected == TRUST_TYPE:
+        return _admit_trust(ctx, envelope, now)
+    return _admit_command(ctx, envelope, now)
+
+
+def _holding(ctx: Context, signers: tuple[Key, ...], role: str, now: Instant) -> tuple[Key, ...]:
+    return authorized_signers(signers, role, ctx.device_id, ctx.groups, ctx.trusted_utc(now))
+
+
+def _decode(envelope: Envelope) -> object:
+    try:
+        return loads_strict(envelope.body)
+    except StrictJsonError as exc:
+        raise Rejection(reasons.MALFORMED, f"payload: {exc}") from exc
+
+
+def _admit_command(ctx: Context, envelope: Envelope, now: Instant) -> AdmittedCommand:
+    signers = verified_signers(envelope, ctx.keyring)
+    operators = _holding(ctx, signers, "operator", now)
+    emergency = _holding(ctx, signers, "emergency", now)
+    keyring = ctx.keyring
+    if len(operators) < keyring.threshold("operator") and len(emergency) < keyring.threshold(
+        "emergency"
+    ):
+        raise Rejection(reasons.NOT_AUTHORIZED, "no key authorised for commands on this device")
+    doc = _decode(envelope)
+    header = commands.parse_header(doc)
+    ref = header.id
+    if header.env != ctx.env:
+        raise Rejection(reasons.WRONG_ENV, "for another environment", ref)
+    if not commands.addressed_to(header, ctx.device_id, ctx.groups):
+        raise Rejection(reasons.NOT_FOR_ME, "not addressed to this device or its groups", ref)
+    _check_fresh(ctx, header, now)
+    try:
+        command = commands.parse_command(doc, header)  # type: ignore[arg-type]
+    except Rejection as rejection:
+        raise Rejection(rejection.reason, rejection.detail, ref) from rejection
+    counted = _signers_for(command, operators, emergency, keyring)
+    digest = hashlib.sha256(envelope.body).hexdigest()
+    floors = [ctx.floors.get(command_stream(key)) for key in counted]
+    if all(floor is not None and floor == (header.seq, digest) for floor in floors):
+        return AdmittedCommand(command, counted, digest, duplicate=True)
+    if any(floor is not None and floor[0] >= header.seq for floor in floors):
+        raise Rejection(reasons.REPLAYED, "seq is not above the last accepted", ref)
+    if isinstance(command.body, commands.Play):
+        _check_not_stopped(ctx, header)
+    return AdmittedCommand(command, counted, digest, duplicate=False)
+
+
+def _check_fresh(ctx: Context, header: commands.Header, now: Instant) -> None:
+    ref = header.id
+    trusted = ctx.trusted_utc(now)
+    if ctx.reset_floor is None:
+        raise Rejection(
+            reasons.CLOCK_UNTRUSTED, "new or reset store: waiting for a synchronised clock", ref
+        )
+    if header.iat < ctx.reset_floor - ctx.max_skew_s:
+        raise Rejection(reasons.REPLAYED, "issued before this device's store was reset", ref)
+    if header.exp <= trusted:
+        raise Rejection(reasons.EXPIRED, "past its exp", ref)
+    if header.iat < trusted - ctx.max_command_age_s:
+        raise Rejection(reasons.EXPIRED, "older than the local maximum command age", ref)
+    if now.utc_trusted and header.iat > now.utc + ctx.max_skew_s:
+        raise Rejection(reasons.NOT_YET_VALID, "issued in the future", ref)
+
+
+def _check_not_stopped(ctx: Context, header: commands.Header) -> None:
+    """A later stop beats an older play that arrives after it (SECURITY.md property 8)."""
+    stop_all = ctx.floors.get(STOP_ALL_STREAM)
+    if stop_all is not None and header.iat * 1000 < stop_all[0]:
+        raise Rejection(reasons.REPLAYED, "issued before a later stop of everything", header.id)
+    if header.id in ctx.stopped_ids:
+        raise Rejection(reasons.REPLAYED, "a stop for this id was accepted already", header.id)
+
+
+def _signers_for(
+    command: commands.Command,
+    operators: tuple[Key, ...],
+    emergency: tuple[Key, ...],
+    keyring: Keyring,
+) -> tuple[Key, ...]:
+    """The keys that authorise this command, or NOT_AUTHORIZED.
+
+    Emergency plays need the emergency role. An emergency key may also sign ``stop``, so the
+    one who sent a warning by mistake can end it; everything else is the operator's.
+    """
+    body = command.body
+    ref = command.header.id
+    if isinstance(body, commands.Play) and body.priority == "emergency":
+        if len(emergency) >= keyring.threshold("emergency"):
+            return emergency
+        raise Rejection(reasons.NOT_AUTHORIZED, "an emergency play needs the emergency role", ref)
+    if len(operators) >= keyring.threshold("operator"):
+        return operators
+    if isinstance(body, commands.Stop) and len(emergency) >= keyring.threshold("emergency"):
+        return emergency
+    raise Rejection(reasons.NOT_AUTHORIZED, f"{command.header.type} needs the operator role", ref)
+
+
+def _admit_trust(ctx: Context, envelope: Envelope, now: Instant) -> AdmittedTrust:
+    current = ctx.keyring
+    signers = verified_signers(envelope, current)
+    if len(_holding(ctx, signers, "root", now)) < current.threshold("root"):
+        raise Rejection(reasons.NOT_AUTHORIZED, "not signed by enough current root keys")
+    document = parse_trust(_decode(envelope))
+    ref = document.id
+    digest = hashlib.sha256(envelope.body).hexdigest()
+    if document.env != ctx.env:
+        raise Rejection(reasons.WRONG_ENV, "for another environment", ref)
+    if document.version == current.version and digest == ctx.trust_digest:
+        return AdmittedTrust(document, envelope.body, digest, duplicate=True)
+    if document.version <= current.version:
+        raise Rejection(
+            reasons.STALE_VERSION, f"version {document.version} is not above {current.version}", ref
+        )
+    if document.exp <= ctx.trusted_utc(now):
+        raise Rejection(reasons.EXPIRED, "past its exp", ref)
+    new_keyring = document.keyring
+    try:
+        new_signers = verified_signers(envelope, new_keyring)
+    except Rejection:
+        new_signers = ()
+    if len(_holding(ctx, new_signers, "root", now)) < new_keyring.threshold("root"):
+        raise Rejection(reasons.NOT_AUTHORIZED, "not signed by enough of its own root keys", ref)
+    return AdmittedTrust(document, envelope.body, digest, duplicate=False)
