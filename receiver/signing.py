@@ -18,7 +18,7 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from receiver.core.envelope import COMMAND_TYPE, pae
+from receiver.core.envelope import COMMAND_TYPE, TRUST_TYPE, pae
 
 
 @dataclass(frozen=True)
@@ -107,3 +107,39 @@ def command_payload(
 
 def sign_command(payload: dict[str, Any], keys: Sequence[SigningKey]) -> bytes:
     return sign(COMMAND_TYPE, json.dumps(payload).encode("utf-8"), keys)
+
+
+def key_entry(
+    key: SigningKey, roles: Sequence[str], scopes: Sequence[str] = ("*",)
+) -> dict[str, Any]:
+    """A keyring entry for a trust document (or, as YAML, for the receiver's config)."""
+    return {"id": key.id, "ed25519": key.public_b64, "roles": list(roles), "scopes": list(scopes)}
+
+
+def trust_payload(
+    version: int,
+    keys: Sequence[dict[str, Any]],
+    *,
+    env: str,
+    thresholds: dict[str, int] | None = None,
+    doc_id: str | None = None,
+    iat: float | None = None,
+    ttl_s: float = 30 * 86400.0,
+) -> dict[str, Any]:
+    """A trust document replacing the whole keyring; receivers need ``version`` to go up."""
+    issued = time.time() if iat is None else iat
+    payload: dict[str, Any] = {
+        "id": doc_id or f"trust-v{version}",
+        "version": version,
+        "iat": rfc3339(issued),
+        "exp": rfc3339(issued + ttl_s),
+        "env": env,
+        "keys": list(keys),
+    }
+    if thresholds is not None:
+        payload["thresholds"] = thresholds
+    return payload
+
+
+def sign_trust(payload: dict[str, Any], keys: Sequence[SigningKey]) -> bytes:
+    return sign(TRUST_TYPE, json.dumps(payload).encode("utf-8"), keys)

@@ -16,6 +16,7 @@ from receiver.signing import SigningKey, command_payload, sign_command
 DEVICE = "dev-001"
 GROUPS = ("prov-25", "commune-25-07873")
 TOPIC = f"loa/v1/dev/{DEVICE}/cmd"
+TRUST_TOPIC = "loa/v1/trust"
 T0 = 1_800_000_000.0  # 2027-01-15, a trusted wall clock at the start of each test
 SHA = "a" * 64
 
@@ -41,6 +42,9 @@ def play_body(
 class World:
     operator: SigningKey = field(default_factory=lambda: SigningKey.generate("op-1"))
     emergency: SigningKey = field(default_factory=lambda: SigningKey.generate("em-1"))
+    roots: tuple[SigningKey, ...] = field(
+        default_factory=lambda: tuple(SigningKey.generate(f"root-{i}") for i in range(3))
+    )
     extra_keys: tuple[Key, ...] = ()
     mono: float = 100.0
     utc: float = T0
@@ -56,6 +60,7 @@ class World:
             (
                 trusted_key(self.operator, ["operator"]),
                 trusted_key(self.emergency, ["emergency"]),
+                *(trusted_key(root, ["root"]) for root in self.roots),
                 *self.extra_keys,
             )
         )

@@ -1,0 +1,155 @@
+"""Freshness without a reliable clock, a later stop beating an older play, and key rotation."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from receiver.core.effects import Effect, PersistResetFloor, PersistTrust, PublishState
+from receiver.signing import SigningKey, key_entry, sign_trust, trust_payload
+from tests.core.harness import (
+    T0,
+    TRUST_TOPIC,
+    World,
+    emitted,
+    only_rejection,
+    play_body,
+    trusted_key,
+)
+
+DAY = 86400.0
+
+
+def accepted(effects: list[Effect]) -> bool:
+    return bool(emitted(effects, "accepted"))
+
+
+def test_a_fresh_store_waits_for_a_synchronised_clock_then_refuses_older_commands() -> None:
+    world = World(utc_trusted=False)
+    world.state = replace(world.state, reset_floor=None)
+    captured = world.signed("volume", {"level": 5}, iat=T0 - 600)  # before the reset
+    assert only_rejection(world.send(captured)).reason == "clock_untrusted"
+    world.utc_trusted = True
+    world.advance(1.0)
+    effects = world.send(captured)
+    assert PersistResetFloor(T0 + 1.0) == effects[0]
+    assert [e.reason for e in emitted(effects, "rejected")] == ["replayed"]
+    assert world.state.volume == 70
+    assert accepted(world.send(world.signed("volume", {"level": 6})))
+    assert world.state.volume == 6
+
+
+def test_a_stale_backlog_does_not_play_even_with_a_long_exp() -> None:
+    world = World()
+    queued = world.signed("play", play_body(), iat=T0 - 2 * 3600, ttl_s=7 * DAY)
+    assert only_rejection(world.send(queued)).reason == "expired"
+
+
+def test_a_clock_set_back_a_month_cannot_revive_an_old_message() -> None:
+    other = SigningKey.generate("op-2")
+    world = World(extra_keys=(trusted_key(other, ["operator"]),))
+    # Captured a month ago from another operator's key: its seq stream has no floor here.
+    world.state = replace(world.state, reset_floor=T0 - 60 * DAY)
+    old = world.signed("volume", {"level": 9}, other, iat=T0 - 30 * DAY)
+    world.send(world.signed("volume", {"level": 50}))  # the floor moves to T0
+    world.utc = T0 - 30 * DAY + 10  # spoofed NTP: the clock claims to be synchronised
+    assert only_rejection(world.send(old)).reason == "expired"
+    assert world.state.volume == 50
+
+
+def test_a_later_stop_beats_an_older_play_that_arrives_after_it() -> None:
+    other = SigningKey.generate("op-2")
+    world = World(extra_keys=(trusted_key(other, ["operator"]),))
+    play = world.signed("play", play_body(), other, iat=T0 - 30)  # signed first ...
+    stop = world.signed("stop", {"target": "all"}, iat=T0 - 10)
+    assert accepted(world.send(stop))
+    assert only_rejection(world.send(play)).reason == "replayed"  # ... delivered last
+
+
+def test_a_stop_naming_an_id_refuses_that_play_if_it_comes_later() -> None:
+    world = World()
+    world.send(world.signed("stop", {"target": "bulletin-7"}))
+    late = world.signed("play", play_body(), message_id="bulletin-7")
+    assert only_rejection(world.send(late)).reason == "replayed"
+
+
+def rotate(
+    world: World, version: int, keys: list[dict[str, object]], *signers: SigningKey
+) -> list[Effect]:
+    payload = trust_payload(version, keys, env="prod", iat=world.utc)
+    return world.send(sign_trust(payload, signers), topic=TRUST_TOPIC)
+
+
+def test_key_rotation_removes_a_stolen_operator_key() -> None:
+    world = World()
+    stolen = world.operator
+    fresh = SigningKey.generate("op-2027")
+    roots = world.roots
+    keys = [
+        key_entry(fresh, ["operator"]),
+        key_entry(world.emergency, ["emergency"]),
+        *(key_entry(r, ["root"]) for r in roots),
+    ]
+    v1 = trust_payload(1, [key_entry(stolen, ["operator"]), *keys[1:]], env="prod", iat=world.utc)
+    v1_signed = sign_trust(v1, roots[:2])
+    effects = world.send(v1_signed, topic=TRUST_TOPIC)
+    assert isinstance(effects[0], PersistTrust) and effects[0].version == 1
+    effects = rotate(world, 2, keys, roots[0], roots[2])  # 2 of 3 roots
+    assert accepted(effects)
+    assert any(isinstance(e, PublishState) and e.fields["trust_version"] == 2 for e in effects)
+    assert world.state.keyring.version == 2
+
+    stolen_cmd = world.signed("volume", {"level": 99}, stolen)
+    assert only_rejection(world.send(stolen_cmd)).reason == "unknown_key"
+    assert accepted(world.send(world.signed("volume", {"level": 30}, fresh)))
+    assert only_rejection(world.send(v1_signed, topic=TRUST_TOPIC)).reason == "stale_version"
+
+
+def test_trust_documents_need_the_root_threshold_of_old_and_new_keys() -> None:
+    world = World()
+    roots = world.roots
+    same = [key_entry(world.operator, ["operator"]), *(key_entry(r, ["root"]) for r in roots)]
+    before = world.state
+    assert only_rejection(rotate(world, 2, same, roots[0])).reason == "not_authorized"
+    assert only_rejection(rotate(world, 2, same, world.operator)).reason == "not_authorized"
+    usurper = [SigningKey.generate(f"evil-{i}") for i in range(2)]
+    takeover = [key_entry(k, ["root", "operator"]) for k in usurper]
+    assert only_rejection(rotate(world, 3, takeover, roots[0], roots[1])).reason == (
+        "not_authorized"
+    )
+    assert world.state == before
+
+
+def test_an_operator_key_cannot_sign_a_trust_document() -> None:
+    world = World()
+    keys = [key_entry(world.operator, ["operator", "root"])]
+    result = only_rejection(rotate(world, 2, keys, world.operator))
+    assert result.reason == "not_authorized"
+
+
+def test_trust_for_another_environment_or_expired_is_refused() -> None:
+    world = World()
+    roots = world.roots
+    keys = [key_entry(r, ["root"]) for r in roots]
+    lab = sign_trust(trust_payload(2, keys, env="lab", iat=world.utc), roots)
+    assert only_rejection(world.send(lab, topic=TRUST_TOPIC)).reason == "wrong_env"
+    old = sign_trust(trust_payload(2, keys, env="prod", iat=T0 - 40 * DAY), roots)
+    assert only_rejection(world.send(old, topic=TRUST_TOPIC)).reason == "expired"
+
+
+def test_the_same_trust_document_again_is_acknowledged_and_changes_nothing() -> None:
+    world = World()
+    keys = [key_entry(world.operator, ["operator"]), *(key_entry(r, ["root"]) for r in world.roots)]
+    signed = sign_trust(trust_payload(4, keys, env="prod", iat=world.utc), world.roots)
+    world.send(signed, topic=TRUST_TOPIC)
+    state = world.state
+    effects = world.send(signed, topic=TRUST_TOPIC)
+    assert [(e.kind, e.detail) for e in emitted(effects)] == [
+        ("accepted", "duplicate of the last accepted")
+    ]
+    assert world.state == state
+
+
+def test_a_command_on_the_trust_topic_is_refused() -> None:
+    world = World()
+    raw = world.signed("volume", {"level": 1})
+    assert only_rejection(world.send(raw, topic=TRUST_TOPIC)).reason == "bad_type"
