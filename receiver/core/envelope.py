@@ -48,8 +48,16 @@ def pae(payload_type: str, body: bytes) -> bytes:
 
 
 def _b64decode(text: str) -> bytes:
-    # Standard alphabet with padding, nothing else: one spelling per byte string.
-    return base64.b64decode(text.encode("ascii"), validate=True)
+    """Standard alphabet with padding, in its one canonical spelling.
+
+    Unused low bits in the last character must be zero: otherwise two different envelopes
+    would carry the same bytes, and a changed message could pass as the signed one.
+    """
+    encoded = text.encode("ascii")
+    raw = base64.b64decode(encoded, validate=True)
+    if base64.b64encode(raw) != encoded:
+        raise ValueError("non-canonical base64")
+    return raw
 
 
 def parse_envelope(raw: bytes) -> Envelope:
@@ -75,8 +83,8 @@ def parse_envelope(raw: bytes) -> Envelope:
         raise Rejection(reasons.MALFORMED, "payload missing or not a string")
     try:
         body = _b64decode(payload)
-    except (binascii.Error, ValueError) as exc:
-        raise Rejection(reasons.MALFORMED, "payload is not base64") from exc
+    except (binascii.Error, ValueError) as exc:  # UnicodeEncodeError is a ValueError
+        raise Rejection(reasons.MALFORMED, "payload is not canonical base64") from exc
     signatures = doc.get("signatures")
     if signatures is None or signatures == []:
         raise Rejection(reasons.UNSIGNED, "no signatures")
