@@ -23,7 +23,7 @@ unit: bootstrap
 test: lint types unit
 
 bench: bootstrap
-	$(PY) -m bench.latency
+	$(PY) -m bench
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache
