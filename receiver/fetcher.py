@@ -1,48 +1,77 @@
-"""The media fetcher: downloads pinned files into a content-addressed cache.
+"""The media fetcher: downloads pinned files into a content-addressed cache with a quota.
 
 This module owns ``cache_dir`` (the verified files, one per SHA-256, named by the hash alone) and
-``cache_dir/.partial`` (downloads in progress), and the worker threads that fill them. It decides
-nothing about *when* to fetch: the core emits ``Fetch`` effects, the runtime calls
-:meth:`Fetcher.fetch`, and the outcome comes back as one
+``cache_dir/.partial`` (downloads in progress or interrupted), and the worker threads that fill
+them. It decides nothing about *when* to fetch: the core emits ``Fetch`` effects, the runtime
+calls :meth:`Fetcher.fetch`, and the outcome comes back as one
 :class:`~receiver.core.events.FetchFinished` or :class:`~receiver.core.events.FetchFailed` per
-call, through the ``on_event`` callback.
+call, through the ``on_event`` callback. The runtime also tells the fetcher which files must stay
+(:meth:`Fetcher.set_protected`) and which were just used (:meth:`Fetcher.touch`), and reads
+:meth:`Fetcher.usage` and :meth:`Fetcher.missing` for the device state.
 
-Security properties (SECURITY.md, Media, 12-13), and where they are enforced:
+Security properties (SECURITY.md, Media, 12-14), and where they are enforced:
 
-* A file is pinned by SHA-256 and size. At most ``size + 1`` body bytes are ever read; the bytes
+* A file is pinned by SHA-256 and size. At most ``size + 1`` body bytes are ever held; the bytes
   are hashed while they are written to ``.partial/<sha256>.part``, fsynced, checked, and only then
   renamed to ``<sha256>`` (and the directory fsynced). Bytes that do not match are deleted; they
   never appear under a cache name.
+* Resuming: a ``.part`` file left by an interrupted download of the same SHA-256 is continued
+  with ``Range: bytes=N-``. Only a ``206`` whose ``Content-Range`` is exactly ``N-(size-1)`` (and
+  whose total, if given, is the pinned size) is appended to; a ``200`` is written from byte zero
+  (the part file is truncated); a ``416`` or any other ``Content-Range`` starts a new request from
+  zero. The SHA-256 always covers the whole file: the kept bytes are re-read into the hash before
+  the new ones are added. A resumed file that fails the hash is deleted and downloaded once more
+  from zero (within the same deadline), since the fault may lie in the old bytes (say, a power
+  cut before they reached the card); only a download from zero that fails the hash is reported
+  as ``hash_mismatch``. A part file already as long as the pin is checked locally, without a
+  request.
+* What is kept: a part file survives a deadline, a dropped connection, an HTTP error status and
+  :meth:`Fetcher.close` (that is what resuming needs); it is deleted after a hash mismatch, when it
+  is empty, when it is longer than its pin, and when its modification time is more than
+  :data:`PART_MAX_AGE_S` away from now (at start-up, when its hash is fetched again, and when room
+  is made).
+* Quota (``cache_quota_bytes``): verified files, leftover part files and the pinned size of every
+  download under way count against it. Before a download starts, room for its pinned size is made
+  by deleting leftover part files (oldest first), then verified files, least recently used first;
+  files whose hash is in the protected set are never deleted. If that cannot make room, the
+  download fails with ``policy`` ("cache quota full of protected files") and nothing is deleted.
+  The order of use is kept in memory: seeded from the files' modification times at start-up,
+  moved by cache hits and :meth:`Fetcher.touch`; ``touch`` also sets the file's modification time
+  so the order survives a restart (atime is not used: SD cards are often mounted ``noatime``).
+* Disk: the cache never takes the space the state store needs. Before a request, and every
+  :data:`DISK_CHECK_EVERY_BYTES` while writing, the free space of the cache's filesystem
+  (``os.statvfs``) minus what is still to be written must stay above a reserve
+  (:data:`DISK_RESERVE_BYTES`, :data:`DISK_RESERVE_FRACTION`); otherwise the download fails with
+  ``download_failed`` ("disk nearly full").
 * Only ``http``/``https`` URLs whose scheme and host are on the local allowlist are fetched, and
   every redirect target is checked again (:func:`check_url`). An allowlist entry ``host`` allows
   any port, ``host:port`` (``[v6addr]:port``) only that port; hosts are compared lowercase with a
   trailing dot removed; there are no wildcards.
 * Nothing from a URL, a header or the body becomes a path: the file name is the hash, and the hash
   must be 64 lowercase hex digits.
-* Each download has a total deadline (``fetch_deadline_s``) and a per-read socket timeout. The
-  deadline is enforced by a timer that shuts the socket down, so a server trickling its headers, a
-  chunk header or the body one byte at a time still fails on time. (Name resolution is the one
-  step a socket shutdown cannot interrupt; the system resolver's own timeouts bound it.)
+* Each download has a total deadline (``fetch_deadline_s``, shared by a resumed attempt and a
+  restart from zero) and a per-read socket timeout. The deadline is enforced by a timer that
+  shuts the socket down, so a server trickling its headers, a chunk header or the body one byte
+  at a time still fails on time. (Name resolution is the one step a socket shutdown cannot
+  interrupt; the system resolver's own timeouts bound it.)
 * ``detail`` strings are built from our own words and numbers (status codes, byte counts, hosts
   that passed validation), never from exception messages or other server-supplied text.
 
 Reason codes (PROTOCOL.md): ``bad_body`` (malformed sha256, negative size, unparseable URL),
-``too_large`` (pinned size above ``max_file_bytes``), ``policy`` (scheme or host not allowed,
-credentials in the URL, a redirect leaving the allowlist), ``download_failed`` (HTTP status other
-than 200, connection or TLS error, transfer cut short, deadline, more than 3 redirects, cannot
-write the cache), ``hash_mismatch`` (a completed transfer whose length or SHA-256 differs from
-the pin).
+``too_large`` (pinned size above ``max_file_bytes`` or above the whole cache quota), ``policy``
+(scheme or host not allowed, credentials in the URL, a redirect leaving the allowlist, no room
+under the quota because protected files fill it), ``download_failed`` (HTTP status other than
+200/206, connection or TLS error, transfer cut short, deadline, more than 3 redirects, cannot
+write the cache, disk nearly full), ``hash_mismatch`` (a completed transfer whose length or
+SHA-256 differs from the pin).
 
 Threads: :meth:`Fetcher.fetch` is meant for the loop thread. Checks that need no network (format,
 size, allowlist, cache hit) post their event *synchronously*, before ``fetch`` returns, on the
 caller's thread; everything else posts from a worker thread. ``on_event`` must therefore be
 thread-safe and must not block (or call back into the fetcher). After :meth:`Fetcher.close`
-returns, ``on_event`` is not called again.
-
-Not yet here (a later issue): resuming with HTTP ``Range`` (see ``_download``: a partial file
-would be kept, ``Range: bytes=N-`` sent, a 206 appended to and a 200 restarted from zero) and the
-cache quota with LRU eviction (see ``_download``, before the body is written). Today a stale
-``.part`` file is simply deleted, at start-up and on every failure.
+returns, ``on_event`` is not called again. :meth:`~Fetcher.set_protected`,
+:meth:`~Fetcher.touch`, :meth:`~Fetcher.usage` and :meth:`~Fetcher.missing` may be called from any
+thread; they never wait for the network.
 """
 
 from __future__ import annotations
@@ -61,16 +90,25 @@ import ssl
 import stat
 import threading
 import time
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 from urllib.parse import urljoin, urlsplit
 
 from receiver.config_model import MediaConfig
 from receiver.core.events import Event, FetchFailed, FetchFinished
 
-__all__ = ["FetchError", "Fetcher", "Target", "check_url", "copy_limited", "host_allowed"]
+__all__ = [
+    "CacheUsage",
+    "FetchError",
+    "Fetcher",
+    "Target",
+    "check_url",
+    "copy_limited",
+    "host_allowed",
+]
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -81,14 +119,28 @@ MAX_REDIRECTS = 3
 MAX_URL_CHARS = 2048
 MAX_DETAIL_CHARS = 160
 JOIN_TIMEOUT_S = 5.0  # how long close() waits for each worker
+# A part file whose modification time is further than this from now (either way: the wall clock
+# of a board without an RTC jumps when NTP syncs) is deleted rather than resumed: a day-old
+# download is most likely for a file nobody needs any more, and it holds quota.
+PART_MAX_AGE_S = 24 * 3600
+# Free space that the cache leaves on its filesystem for everything else that writes there, above
+# all the state store (SQLite: replay floors must always be persistable, or the daemon cannot act)
+# and the journal. The larger of a fixed floor, ample for the store on the smallest card, and a
+# share of the filesystem, so a big card keeps room for apt and logs too. ``f_bavail`` already
+# leaves out ext4's root-reserved blocks, which this unprivileged daemon could not use anyway.
+DISK_RESERVE_BYTES = 64 * 1024 * 1024
+DISK_RESERVE_FRACTION = 0.02
+DISK_CHECK_EVERY_BYTES = 1024 * 1024  # free space is checked again after this many bytes written
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _HOSTNAME = re.compile(r"[a-z0-9_-]+(\.[a-z0-9_-]+)*")
+_CONTENT_RANGE = re.compile(r"bytes +([0-9]{1,20})-([0-9]{1,20})/([0-9]{1,20}|\*)", re.IGNORECASE)
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 _PARTIAL_DIR = ".partial"
 _PARTIAL_SUFFIX = ".part"
 _HEADERS = {"User-Agent": "loa-receiver", "Accept-Encoding": "identity", "Connection": "close"}
+_MIB = 1024 * 1024
 
 
 class FetchError(Exception):
@@ -100,6 +152,11 @@ class FetchError(Exception):
         self.detail = detail[:MAX_DETAIL_CHARS]
 
 
+class _RestartError(FetchError):
+    """A resumed transfer that cannot go on: the part file is dropped and a request from zero
+    follows. Only raised by an attempt that resumed (offset > 0), so it cannot loop."""
+
+
 @dataclass(frozen=True)
 class Target:
     """Where one HTTP request goes: a URL that passed :func:`check_url`."""
@@ -108,6 +165,16 @@ class Target:
     host: str  # lowercase, no trailing dot, no brackets around an IPv6 address
     port: int
     path: str  # path and query, as sent in the request line; the fragment is dropped
+
+
+@dataclass(frozen=True)
+class CacheUsage:
+    """What the cache holds: verified files (``bytes``, ``files``) and part files kept for
+    resuming (``partial_bytes``, which counts against the quota too)."""
+
+    bytes: int
+    files: int
+    partial_bytes: int = 0
 
 
 def check_url(url: str, media: MediaConfig) -> Target:
@@ -185,6 +252,14 @@ class _Job:
     waiter_sizes: list[int] = field(default_factory=list)  # one entry per fetch() call
 
 
+class _PartFile(NamedTuple):
+    sha256: str
+    path: Path
+    size: int
+    mtime: float
+    usable: bool  # a regular file, named by a hash, not too big, not stale
+
+
 class _Abort:
     """Lets another thread cut a download short: shuts the socket down so a blocked read returns."""
 
@@ -212,7 +287,7 @@ class _Abort:
 
 
 class Fetcher:
-    """Downloads pinned media into ``cache_dir`` on ``workers`` threads."""
+    """Downloads pinned media into ``cache_dir`` on ``workers`` threads, within a quota."""
 
     def __init__(
         self,
@@ -222,26 +297,40 @@ class Fetcher:
         workers: int = 2,
         *,
         tls_context: ssl.SSLContext | None = None,
+        disk_reserve_bytes: int | None = None,
     ) -> None:
-        """``tls_context`` defaults to the system's CA store with certificate checks on."""
+        """``tls_context`` defaults to the system's CA store with certificate checks on.
+
+        ``disk_reserve_bytes`` overrides the free space kept on the cache's filesystem (default:
+        the larger of :data:`DISK_RESERVE_BYTES` and :data:`DISK_RESERVE_FRACTION` of it).
+        """
         if workers < 1:
             raise ValueError("workers must be at least 1")
+        if disk_reserve_bytes is not None and disk_reserve_bytes < 0:
+            raise ValueError("disk_reserve_bytes must not be negative")
         self._config = config
         self._cache_dir = Path(cache_dir)
         self._partial_dir = self._cache_dir / _PARTIAL_DIR
         self._on_event = on_event
         self._tls = tls_context or ssl.create_default_context()
+        self._disk_reserve = disk_reserve_bytes
         self._lock = threading.Lock()
         self._inflight: dict[str, _Job] = {}
         self._active: set[_Abort] = set()
         self._closed = False
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        # Guarded by _lock: the verified files (sha256 -> size), least recently used first; the
+        # pinned sizes of the downloads under way (their room is taken); the protected hashes.
+        self._files: OrderedDict[str, int] = OrderedDict()
+        self._reserved: dict[str, int] = {}
+        self._protected: frozenset[str] = frozenset()
 
         self._partial_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
-        # No resume yet: whatever a previous run left half-done is useless.
-        for stale in self._partial_dir.glob(f"*{_PARTIAL_SUFFIX}"):
-            with contextlib.suppress(FileNotFoundError):
-                stale.unlink()
+        # Part files are kept for resuming, except those that can never be resumed.
+        for part in self._scan_parts():
+            if not part.usable:
+                _remove_quietly(part.path)
+        self._index_cache()
 
         self._threads = [
             threading.Thread(target=self._work, name=f"fetcher-{i}", daemon=True)
@@ -253,7 +342,8 @@ class Fetcher:
     def fetch(self, url: str, sha256: str, size: int) -> None:
         """Fetch ``url``, pinned to ``sha256`` and ``size``; the outcome comes as one event.
 
-        Refusals that need no network, and cache hits, are posted before this returns.
+        Refusals that need no network, and cache hits, are posted before this returns; a cache
+        hit counts as a use (see :meth:`touch`), but does not change the file's mtime.
         Concurrent calls for the same ``sha256`` share one download (the first call's URL);
         each call gets its own event.
         """
@@ -286,8 +376,42 @@ class Fetcher:
         path = self._cache_dir / sha256
         return path if path.is_file() else None
 
+    def set_protected(self, hashes: Iterable[str]) -> None:
+        """Replace the set of files that eviction must never delete (the files that upcoming
+        schedule entries, pending commands and the current playback need). Thread-safe."""
+        protected = frozenset(hashes)
+        with self._lock:
+            self._protected = protected
+
+    def touch(self, sha256: str) -> None:
+        """Mark a cached file as just used (call it when the file is played): it becomes the last
+        to be evicted. Its mtime is set too, so the order survives a restart. No-op for a file
+        that is not cached."""
+        if not isinstance(sha256, str) or not _SHA256.fullmatch(sha256):
+            return
+        with self._lock:
+            if sha256 not in self._files:
+                return
+            self._files.move_to_end(sha256)
+        with contextlib.suppress(OSError):  # evicted meanwhile, or a read-only card: order only
+            os.utime(self._cache_dir / sha256, follow_symlinks=False)
+
+    def usage(self) -> CacheUsage:
+        """What the cache holds now (verified files, and part files kept for resuming)."""
+        with self._lock:
+            total = sum(self._files.values())
+            files = len(self._files)
+        partial = sum(part.size for part in self._scan_parts())
+        return CacheUsage(bytes=total, files=files, partial_bytes=partial)
+
+    def missing(self, hashes: Iterable[str]) -> int:
+        """How many of the distinct ``hashes`` have no verified file in the cache."""
+        wanted = set(hashes)
+        with self._lock:
+            return sum(1 for sha256 in wanted if sha256 not in self._files)
+
     def close(self) -> None:
-        """Stop the workers; downloads in progress are abandoned and their partial files removed.
+        """Stop the workers; downloads in progress are abandoned, their part files kept.
 
         Calls whose download had not finished get no event. Idempotent.
         """
@@ -316,21 +440,151 @@ class Fetcher:
                 f"pinned size {size} bytes is above the limit of "
                 f"{self._config.max_file_bytes} bytes",
             )
+        if size > self._config.cache_quota_bytes:  # config.py forbids it; MediaConfig does not
+            raise FetchError(
+                "too_large",
+                f"pinned size {size} bytes is above the cache quota of "
+                f"{self._config.cache_quota_bytes} bytes",
+            )
 
     def _cache_hit(self, sha256: str, size: int) -> Event | None:
-        """The event for a file already in the cache, or ``None`` if it is not there."""
+        """The event for a file already in the cache, or ``None`` if it is not there.
+
+        Called with ``_lock`` held; keeps the index in step with what is on disk.
+        """
         path = self._cache_dir / sha256
         try:
             info = path.stat()
         except OSError:
+            self._files.pop(sha256, None)
             return None
         if not stat.S_ISREG(info.st_mode):
+            self._files.pop(sha256, None)
             return None
+        self._files[sha256] = info.st_size
+        self._files.move_to_end(sha256)
         if info.st_size != size:
             # The cached bytes hash to sha256 and have another length: no bytes fit this pin.
             detail = f"the cached file has {info.st_size} bytes, the pin says {size}"
             return FetchFailed(sha256, "hash_mismatch", detail)
         return FetchFinished(sha256, str(path))
+
+    # -- the cache -----------------------------------------------------------------------------
+
+    def _index_cache(self) -> None:
+        """Seed the order of use from the verified files' modification times."""
+        found: list[tuple[float, str, int]] = []
+        with os.scandir(self._cache_dir) as entries:
+            for entry in entries:
+                if not _SHA256.fullmatch(entry.name):
+                    continue
+                try:
+                    info = entry.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                if stat.S_ISREG(info.st_mode):
+                    found.append((info.st_mtime, entry.name, info.st_size))
+        with self._lock:
+            for _, sha256, size in sorted(found):
+                self._files[sha256] = size
+
+    def _scan_parts(self) -> list[_PartFile]:
+        """The part files in ``.partial`` (other names and directories are not ours: left)."""
+        parts: list[_PartFile] = []
+        now = time.time()
+        try:
+            with os.scandir(self._partial_dir) as entries:
+                for entry in entries:
+                    if not entry.name.endswith(_PARTIAL_SUFFIX):
+                        continue
+                    try:
+                        info = entry.stat(follow_symlinks=False)
+                    except OSError:
+                        continue
+                    if stat.S_ISDIR(info.st_mode):
+                        continue
+                    sha256 = entry.name.removesuffix(_PARTIAL_SUFFIX)
+                    usable = (
+                        _SHA256.fullmatch(sha256) is not None
+                        and stat.S_ISREG(info.st_mode)
+                        and info.st_size <= self._config.max_file_bytes
+                        and abs(now - info.st_mtime) <= PART_MAX_AGE_S
+                    )
+                    path = Path(entry.path)
+                    parts.append(_PartFile(sha256, path, info.st_size, info.st_mtime, usable))
+        except OSError:
+            pass
+        return parts
+
+    def _make_room(self, job: _Job) -> None:
+        """Take room for ``job`` under the quota, evicting if need be. Called with ``_lock``."""
+        quota = self._config.cache_quota_bytes
+        leftovers: list[_PartFile] = []
+        for part in self._scan_parts():
+            if part.sha256 in self._reserved or part.sha256 == job.sha256:
+                continue  # a download under way (its pinned size is reserved), or this one's
+            if part.usable:
+                leftovers.append(part)
+            else:
+                _remove_quietly(part.path)
+        used = (
+            sum(self._files.values())
+            + sum(self._reserved.values())
+            + sum(part.size for part in leftovers)
+        )
+        excess = used + job.size - quota
+        victims: list[tuple[str, Path, int, bool]] = []  # (sha256, path, size, is a part file)
+        if excess > 0:
+            protected = self._protected
+            candidates = [
+                (part.sha256, part.path, part.size, True)
+                for part in sorted(leftovers, key=lambda part: part.mtime)
+                if part.sha256 not in protected
+            ]
+            candidates += [
+                (sha256, self._cache_dir / sha256, size, False)
+                for sha256, size in self._files.items()
+                if sha256 not in protected
+            ]
+            for candidate in candidates:
+                if excess <= 0:
+                    break
+                victims.append(candidate)
+                excess -= candidate[2]
+            if excess > 0:
+                raise FetchError(
+                    "policy",
+                    f"cache quota full of protected files ({job.size} bytes needed, "
+                    f"{quota - used} of {quota} bytes free)",
+                )
+        for sha256, path, size, is_part in victims:
+            try:
+                _remove(path)
+            except OSError as exc:
+                raise FetchError(
+                    "download_failed", f"cannot evict from the cache ({_errno_name(exc)})"
+                ) from exc
+            if not is_part:
+                del self._files[sha256]
+            kind = "partial download" if is_part else "file"
+            log.info("fetcher: evicted %s %s (%d bytes) to make room", kind, sha256[:12], size)
+        self._reserved[job.sha256] = job.size
+
+    def _check_disk(self, to_write: int) -> None:
+        """Refuse to write ``to_write`` more bytes if the filesystem would drop below the
+        reserve."""
+        fs = _disk(lambda: os.statvfs(self._cache_dir))
+        free = fs.f_bavail * fs.f_frsize
+        reserve = self._disk_reserve
+        if reserve is None:
+            share = int(fs.f_blocks * fs.f_frsize * DISK_RESERVE_FRACTION)
+            reserve = max(DISK_RESERVE_BYTES, share)
+        if free - to_write < reserve:
+            raise FetchError(
+                "download_failed",
+                f"disk nearly full ({free // _MIB} MiB free, {to_write} bytes to write, "
+                f"{reserve // _MIB} MiB kept in reserve)",
+            )
 
     # -- workers -------------------------------------------------------------------------------
 
@@ -358,21 +612,34 @@ class Fetcher:
             timer = threading.Timer(deadline_s, handle.abort, args=("deadline",))
             timer.daemon = True
             timer.start()
+            bytes_wrong = False
             try:
+                with self._lock:
+                    self._make_room(job)
                 self._download(job, part, handle, deadline)
                 outcome = None
             except Exception as exc:
                 outcome = _classify(exc)
+                # A transfer cut by our own deadline or close() can look like a short body:
+                # those bytes are not proven wrong, and are kept for resuming.
+                bytes_wrong = outcome.reason == "hash_mismatch" and handle.reason is None
                 if handle.reason == "deadline" or time.monotonic() >= deadline:
                     outcome = FetchError("download_failed", f"deadline of {deadline_s:g} s passed")
             finally:
                 timer.cancel()
                 with self._lock:
                     self._active.discard(handle)
+                    self._reserved.pop(job.sha256, None)
+                    if outcome is None:
+                        self._files[job.sha256] = job.size
+                        self._files.move_to_end(job.sha256)
                 if outcome is not None:
-                    with contextlib.suppress(OSError):
-                        part.unlink()
+                    _drop_part(part, always=bytes_wrong)
 
+        self._report(job, handle, outcome)
+
+    def _report(self, job: _Job, handle: _Abort, outcome: FetchError | None) -> None:
+        """One event per fetch() call that joined ``job``."""
         with self._lock:
             self._inflight.pop(job.sha256, None)
             sizes = job.waiter_sizes
@@ -399,6 +666,63 @@ class Fetcher:
     # -- one download --------------------------------------------------------------------------
 
     def _download(self, job: _Job, part: Path, handle: _Abort, deadline: float) -> None:
+        """Resume from the part file if there is a usable one, else download from zero."""
+        offset = self._usable_part(job, part)
+        if offset and offset == job.size:
+            if self._finish_kept(job, part):
+                return
+            offset = 0
+        self._check_disk(job.size - offset)
+        if offset:
+            try:
+                self._attempt(job, part, handle, deadline, offset)
+                return
+            except _RestartError as restart:
+                log.info(
+                    "fetcher: resuming %s failed (%s): from zero", job.sha256[:12], restart.detail
+                )
+                _disk(lambda: _remove(part))
+                self._check_disk(job.size)
+        self._attempt(job, part, handle, deadline, 0)
+
+    def _usable_part(self, job: _Job, part: Path) -> int:
+        """How many bytes of ``part`` can be resumed from (a part that cannot is deleted)."""
+        try:
+            info = os.lstat(part)
+        except FileNotFoundError:
+            return 0
+        except OSError as exc:
+            raise FetchError(
+                "download_failed", f"cannot read the cache ({_errno_name(exc)})"
+            ) from exc
+        fresh = abs(time.time() - info.st_mtime) <= PART_MAX_AGE_S
+        if stat.S_ISREG(info.st_mode) and info.st_size <= job.size and fresh:
+            return info.st_size
+        log.info("fetcher: dropping a stale or oversized partial download of %s", job.sha256[:12])
+        _disk(lambda: _remove(part))
+        return 0
+
+    def _finish_kept(self, job: _Job, part: Path) -> bool:
+        """A part file as long as the pin (say, cut off just before its rename): checked locally
+        and moved into the cache if it matches, deleted if not."""
+        digest = hashlib.sha256()
+        fd = _disk(lambda: os.open(part, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC))
+        with os.fdopen(fd, "rb") as kept:
+            length = _disk(lambda: copy_limited(kept.read, digest.update, job.size + 1))
+            matches = length == job.size and digest.hexdigest() == job.sha256
+            if matches:
+                _disk(lambda: os.fsync(kept.fileno()))
+        if not matches:
+            _disk(lambda: _remove(part))
+            return False
+        self._commit(job, part)
+        return True
+
+    def _attempt(self, job: _Job, part: Path, handle: _Abort, deadline: float, offset: int) -> None:
+        """One request (following redirects) asking for the bytes from ``offset`` on."""
+        headers = dict(_HEADERS)
+        if offset:
+            headers["Range"] = f"bytes={offset}-"
         url = job.url
         for hop in range(MAX_REDIRECTS + 1):
             try:
@@ -415,7 +739,7 @@ class Fetcher:
             conn, sock = self._connect(target, handle, deadline)
             response: http.client.HTTPResponse | None = None
             try:
-                conn.request("GET", target.path, headers=_HEADERS)
+                conn.request("GET", target.path, headers=headers)
                 response = conn.getresponse()
                 if response.status in _REDIRECT_STATUSES:
                     location = response.getheader("Location")
@@ -425,11 +749,11 @@ class Fetcher:
                         )
                     url = urljoin(url, location.strip())
                     continue
-                if response.status != 200:
+                if response.status == 416 and offset:
+                    raise _RestartError("download_failed", "HTTP 416 to a resumed request")
+                if response.status not in (200, 206):
                     raise FetchError("download_failed", f"HTTP {response.status}")
-                # Later issue: resume from an existing .part with Range (206 appends, 200
-                # restarts from zero), and make room under the cache quota before writing.
-                self._receive(response, sock, job, part, deadline)
+                self._receive(response, sock, job, part, deadline=deadline, offset=offset)
                 return
             finally:
                 handle.detach()
@@ -473,28 +797,43 @@ class Fetcher:
         sock: socket.socket,
         job: _Job,
         part: Path,
+        *,
         deadline: float,
+        offset: int,
     ) -> None:
+        """Write the body of a 200 (from byte zero) or a 206 (after the ``offset`` kept bytes)
+        to ``part``, check the whole file against the pin and move it into the cache."""
         announced = response.length  # None: chunked, or the body ends when the connection does
-        if announced is not None and announced != job.size:
-            raise FetchError(
-                "hash_mismatch", f"server announces {announced} bytes, the pin says {job.size}"
-            )
+        start = _body_start(response, job, offset)
 
         def read(n: int) -> bytes:
             sock.settimeout(_timeout(deadline))
             return response.read1(n)
 
         digest = hashlib.sha256()
-        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
         fd = _disk(lambda: os.open(part, flags, 0o640))
-        with os.fdopen(fd, "wb") as out:
+        with os.fdopen(fd, "r+b") as out:
+            if start:  # the hash covers the whole file: the kept bytes go in first
+                kept = _disk(lambda: copy_limited(out.read, digest.update, start))
+                if kept != start:
+                    raise _RestartError("download_failed", "the partial file shrank")
+            _disk(lambda: out.seek(start))
+            _disk(lambda: out.truncate(start))  # a 200 while resuming starts again from zero
+            position = start
+            unchecked = 0
 
             def write(data: bytes) -> None:
+                nonlocal position, unchecked
                 digest.update(data)
                 _disk(lambda: out.write(data))
+                position += len(data)
+                unchecked += len(data)
+                if unchecked >= DISK_CHECK_EVERY_BYTES:
+                    unchecked = 0
+                    self._check_disk(max(0, job.size - position))
 
-            received = copy_limited(read, write, job.size + 1)
+            received = start + copy_limited(read, write, job.size - start + 1)
             if received > job.size:
                 raise FetchError("hash_mismatch", f"server sent more than {job.size} bytes")
             if received < job.size:
@@ -507,9 +846,17 @@ class Fetcher:
                     "hash_mismatch", f"server sent {received} bytes, the pin says {job.size}"
                 )
             if digest.hexdigest() != job.sha256:
+                if start:
+                    raise _RestartError(
+                        "hash_mismatch", "the resumed file does not match its sha256"
+                    )
                 raise FetchError("hash_mismatch", "the bytes do not match the pinned sha256")
             _disk(out.flush)
             _disk(lambda: os.fsync(out.fileno()))
+        self._commit(job, part)
+
+    def _commit(self, job: _Job, part: Path) -> None:
+        """Move a verified, fsynced part file to its cache name."""
         _disk(lambda: os.replace(part, self._cache_dir / job.sha256))
         _disk(lambda: _fsync_dir(self._cache_dir))
 
@@ -603,3 +950,58 @@ def _errno_name(exc: OSError) -> str:
     if exc.errno is not None and exc.errno in errno.errorcode:
         return errno.errorcode[exc.errno]
     return type(exc).__name__
+
+
+def _body_start(response: http.client.HTTPResponse, job: _Job, offset: int) -> int:
+    """Where the body of ``response`` goes in the file: 0 for a 200, ``offset`` for a 206 that
+    answers the ``Range: bytes={offset}-`` asked for. Raises :class:`_RestartError` for a 206
+    that does not."""
+    announced = response.length
+    if response.status != 206:
+        if announced is not None and announced != job.size:
+            raise FetchError(
+                "hash_mismatch", f"server announces {announced} bytes, the pin says {job.size}"
+            )
+        return 0
+    if not offset:
+        raise FetchError("download_failed", "HTTP 206 to a request without Range")
+    span = _content_range(response.getheader("Content-Range"))
+    if span is None or span[:2] != (offset, job.size - 1) or span[2] not in (None, job.size):
+        raise _RestartError("download_failed", "HTTP 206 with another Content-Range than asked")
+    if announced is not None and announced != job.size - offset:
+        raise _RestartError("download_failed", "HTTP 206 whose length is not the range's")
+    return offset
+
+
+def _content_range(value: str | None) -> tuple[int, int, int | None] | None:
+    """``Content-Range: bytes first-last/total`` as numbers (total ``None`` for ``*``)."""
+    if value is None:
+        return None
+    match = _CONTENT_RANGE.fullmatch(value.strip())
+    if match is None:
+        return None
+    first, last, total = match.groups()
+    return int(first), int(last), None if total == "*" else int(total)
+
+
+def _remove(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+def _remove_quietly(path: Path) -> None:
+    try:
+        _remove(path)
+    except OSError as exc:
+        log.warning("fetcher: cannot remove a partial file (%s)", _errno_name(exc))
+
+
+def _drop_part(part: Path, *, always: bool) -> None:
+    """After a failed download: delete the part file if its bytes are wrong or it is empty."""
+    try:
+        if always or os.lstat(part).st_size == 0:
+            _remove(part)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        log.warning("fetcher: cannot remove a partial file (%s)", _errno_name(exc))

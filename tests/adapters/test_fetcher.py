@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import ipaddress
+import os
 import queue
 import ssl
 import threading
@@ -189,6 +190,62 @@ def failed(reason: str, sha: str = SHA) -> Callable[[Event], bool]:
     return check
 
 
+PART = f".partial/{SHA}.part"
+
+
+def part_path(tmp_path: Path, sha: str = SHA) -> Path:
+    return tmp_path / "cache" / ".partial" / f"{sha}.part"
+
+
+def keep_part(tmp_path: Path, data: bytes, sha: str = SHA) -> Path:
+    """A part file as an interrupted download would have left it."""
+    path = part_path(tmp_path, sha)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+class Ranged:
+    """Serves ``body``, answering ``Range: bytes=N-`` with a 206 unless told otherwise.
+
+    Records the Range header and the body bytes sent for every request. ``cut_at``: the first
+    request's body stops after that many bytes (the connection then closes). ``on_range``:
+    "206" (honour it), "200" (ignore it, send everything), "416", or "bad-range" (a 206 whose
+    Content-Range starts elsewhere than asked).
+    """
+
+    def __init__(self, body: bytes, cut_at: int | None = None, on_range: str = "206") -> None:
+        self.body = body
+        self.cut_at = cut_at
+        self.on_range = on_range
+        self.ranges: list[str | None] = []
+        self.sent: list[int] = []
+
+    def __call__(self, handler: BaseHTTPRequestHandler, stopping: threading.Event) -> None:
+        header = handler.headers.get("Range")
+        self.ranges.append(header)
+        body, status, headers = self.body, 200, {}
+        if header is not None and self.on_range != "200":
+            first = int(header.removeprefix("bytes=").removesuffix("-"))
+            if self.on_range == "416":
+                self.sent.append(0)
+                send(handler, 416, b"", {"Content-Range": f"bytes */{len(self.body)}"})
+                return
+            if self.on_range == "bad-range":
+                first = max(0, first - 10)
+            body, status = self.body[first:], 206
+            headers = {"Content-Range": f"bytes {first}-{len(self.body) - 1}/{len(self.body)}"}
+        handler.send_response(status)
+        handler.send_header("Content-Length", str(len(body)))
+        for name, value in headers.items():
+            handler.send_header(name, value)
+        handler.end_headers()
+        if self.cut_at is not None and len(self.sent) == 0:
+            body = body[: self.cut_at]
+        handler.wfile.write(body)
+        self.sent.append(len(body))
+
+
 # -- downloads ---------------------------------------------------------------------------------
 
 
@@ -322,7 +379,9 @@ def test_connection_cut_before_announced_length(
     server.routes["/cut"] = cut
     make_fetcher().fetch(server.url("/cut"), SHA, len(BODY))
     assert failed("download_failed")(events.get())
-    assert cache_contents(tmp_path) == []
+    # Interrupted, not wrong: the bytes so far are kept for resuming, under no cache name.
+    assert cache_contents(tmp_path) == [PART]
+    assert part_path(tmp_path).read_bytes() == BODY[:1000]
 
 
 def test_endless_body_stops_after_size_plus_one(
@@ -385,7 +444,10 @@ def test_trickling_body_fails_by_the_deadline(
     assert isinstance(event, FetchFailed)
     assert "deadline" in event.detail
     assert 1.4 < elapsed < 3.0
-    assert cache_contents(tmp_path) == []
+    assert cache_contents(tmp_path) == [PART]  # kept for resuming
+    kept = part_path(tmp_path).read_bytes()
+    assert 0 < len(kept) < len(BODY)
+    assert BODY.startswith(kept)
 
 
 def test_trickling_headers_fail_by_the_deadline(
@@ -408,6 +470,146 @@ def test_trickling_headers_fail_by_the_deadline(
     assert isinstance(event, FetchFailed)
     assert "deadline" in event.detail
     assert time.monotonic() - started < 2.5
+
+
+# -- resuming ----------------------------------------------------------------------------------
+
+
+def test_resume_after_a_dropped_connection(
+    server: Server, make_fetcher: Callable[..., Fetcher], events: Events, tmp_path: Path
+) -> None:
+    ranged = Ranged(BODY, cut_at=9000)
+    server.routes["/tone.ogg"] = ranged
+    fetcher = make_fetcher()
+    fetcher.fetch(server.url("/tone.ogg"), SHA, len(BODY))
+    assert failed("download_failed")(events.get())
+    assert part_path(tmp_path).read_bytes() == BODY[:9000]
+
+    fetcher.fetch(server.url("/tone.ogg"), SHA, len(BODY))
+    path = tmp_path / "cache" / SHA
+    assert events.get() == FetchFinished(SHA, str(path))
+    assert path.read_bytes() == BODY
+    assert cache_contents(tmp_path) == [SHA]
+    assert ranged.ranges == [None, "bytes=9000-"]
+    assert ranged.sent == [9000, len(BODY) - 9000]  # the second time, only the rest
+
+
+def test_resume_across_a_restart(
+    server: Server, make_fetcher: Callable[..., Fetcher], events: Events, tmp_path: Path
+) -> None:
+    keep_part(tmp_path, BODY[:20_000])
+    ranged = Ranged(BODY)
+    server.routes["/tone.ogg"] = ranged
+    make_fetcher().fetch(server.url("/tone.ogg"), SHA, len(BODY))
+    assert isinstance(events.get(), FetchFinished)
+    assert (tmp_path / "cache" / SHA).read_bytes() == BODY
+    assert ranged.ranges == ["bytes=20000-"]
+    assert ranged.sent == [len(BODY) - 20_000]
+
+
+def test_server_that_ignores_range_restarts_from_zero(
+    server: Server, make_fetcher: Callable[..., Fetcher], events: Events, tmp_path: Path
+) -> None:
+    keep_part(tmp_path, BODY[:5000])
+    ranged = Ranged(BODY, on_range="200")
+    server.routes["/tone.ogg"] = ranged
+    make_fetcher().fetch(server.url("/tone.ogg"), SHA, len(BODY))
+    assert isinstance(events.get(), FetchFinished)
+    assert (tmp_path / "cache" / SHA).read_bytes() == BODY  # not the kept bytes + the whole body
+    assert ranged.ranges == ["bytes=5000-"]
+    assert cache_contents(tmp_path) == [SHA]
+
+
+@pytest.mark.parametrize("on_range", ["416", "bad-range"])
+def test_416_or_another_range_restarts_from_zero(
+    *,
+    server: Server,
+    make_fetcher: Callable[..., Fetcher],
+    events: Events,
+    tmp_path: Path,
+    on_range: str,
+) -> None:
+    keep_part(tmp_path, BODY[:5000])
+    ranged = Ranged(BODY, on_range=on_range)
+    server.routes["/tone.ogg"] = ranged
+    make_fetcher().fetch(server.url("/tone.ogg"), SHA, len(BODY))
+    assert isinstance(events.get(), FetchFinished)
+    assert (tmp_path / "cache" / SHA).read_bytes() == BODY
+    assert ranged.ranges == ["bytes=5000-", None]  # a second request, from zero
+    assert cache_contents(tmp_path) == [SHA]
+
+
+def test_corrupt_kept_bytes_are_dropped_and_downloaded_again(
+    server: Server, make_fetcher: Callable[..., Fetcher], events: Events, tmp_path: Path
+) -> None:
+    keep_part(tmp_path, bytes(5000))  # say, zeros left by a power cut
+    ranged = Ranged(BODY)
+    server.routes["/tone.ogg"] = ranged
+    make_fetcher().fetch(server.url("/tone.ogg"), SHA, len(BODY))
+    assert isinstance(events.get(), FetchFinished)
+    assert (tmp_path / "cache" / SHA).read_bytes() == BODY
+    assert ranged.ranges == ["bytes=5000-", None]
+
+
+def test_wrong_bytes_from_zero_after_a_resume_fail_and_are_deleted(
+    server: Server, make_fetcher: Callable[..., Fetcher], events: Events, tmp_path: Path
+) -> None:
+    keep_part(tmp_path, BODY[:5000])
+    ranged = Ranged(bytes(len(BODY)))  # a server with other bytes of the same length
+    server.routes["/tone.ogg"] = ranged
+    make_fetcher().fetch(server.url("/tone.ogg"), SHA, len(BODY))
+    assert failed("hash_mismatch")(events.get())
+    assert ranged.ranges == ["bytes=5000-", None]
+    assert cache_contents(tmp_path) == []  # not kept: the bytes are proven wrong
+
+
+def test_part_file_as_long_as_the_pin_needs_no_request(
+    server: Server, make_fetcher: Callable[..., Fetcher], events: Events, tmp_path: Path
+) -> None:
+    keep_part(tmp_path, BODY)  # finished, but cut off before its rename
+    make_fetcher().fetch(server.url("/tone.ogg"), SHA, len(BODY))
+    assert events.get() == FetchFinished(SHA, str(tmp_path / "cache" / SHA))
+    assert server.requests == []
+    assert cache_contents(tmp_path) == [SHA]
+
+
+def test_part_file_longer_than_the_pin_is_removed(
+    server: Server, make_fetcher: Callable[..., Fetcher], events: Events, tmp_path: Path
+) -> None:
+    keep_part(tmp_path, BODY + b"extra bytes")
+    ranged = Ranged(BODY)
+    server.routes["/tone.ogg"] = ranged
+    make_fetcher().fetch(server.url("/tone.ogg"), SHA, len(BODY))
+    assert isinstance(events.get(), FetchFinished)
+    assert ranged.ranges == [None]  # not resumed
+    assert cache_contents(tmp_path) == [SHA]
+
+
+def test_day_old_part_file_is_not_resumed(
+    server: Server, make_fetcher: Callable[..., Fetcher], events: Events, tmp_path: Path
+) -> None:
+    fetcher = make_fetcher()
+    part = keep_part(tmp_path, BODY[:5000])  # appears after start-up, then ages
+    two_days_ago = time.time() - 2 * 86400
+    os.utime(part, (two_days_ago, two_days_ago))
+    ranged = Ranged(BODY)
+    server.routes["/tone.ogg"] = ranged
+    fetcher.fetch(server.url("/tone.ogg"), SHA, len(BODY))
+    assert isinstance(events.get(), FetchFinished)
+    assert ranged.ranges == [None]
+
+
+def test_resume_keeps_asking_for_the_range_across_redirects(
+    server: Server, make_fetcher: Callable[..., Fetcher], events: Events, tmp_path: Path
+) -> None:
+    keep_part(tmp_path, BODY[:5000])
+    ranged = Ranged(BODY)
+    server.routes["/tone.ogg"] = ranged
+    server.routes["/moved"] = redirect("/tone.ogg")
+    make_fetcher().fetch(server.url("/moved"), SHA, len(BODY))
+    assert isinstance(events.get(), FetchFinished)
+    assert ranged.ranges == ["bytes=5000-"]
+    assert (tmp_path / "cache" / SHA).read_bytes() == BODY
 
 
 # -- TLS ---------------------------------------------------------------------------------------
@@ -669,19 +871,29 @@ def test_close_abandons_a_download(
     fetcher.close()
     assert time.monotonic() - begun < 1.0
     events.assert_none()
-    assert cache_contents(tmp_path) == []
+    assert cache_contents(tmp_path) == [PART]  # kept for resuming
+    assert part_path(tmp_path).read_bytes() == BODY[:100]
     with pytest.raises(RuntimeError):
         fetcher.fetch(server.url("/slow"), SHA, len(BODY))
 
 
-def test_stale_partial_files_are_removed_at_start(
-    make_fetcher: Callable[..., Fetcher], tmp_path: Path
-) -> None:
+def test_partial_files_at_start(make_fetcher: Callable[..., Fetcher], tmp_path: Path) -> None:
     partial = tmp_path / "cache" / ".partial"
     partial.mkdir(parents=True)
-    (partial / f"{SHA}.part").write_bytes(b"half")
-    make_fetcher()
-    assert cache_contents(tmp_path) == []
+    fresh = partial / f"{SHA}.part"
+    fresh.write_bytes(BODY[:500])
+    old_sha = "a" * 64
+    old = partial / f"{old_sha}.part"
+    old.write_bytes(b"old")
+    two_days_ago = time.time() - 2 * 86400
+    os.utime(old, (two_days_ago, two_days_ago))
+    huge = partial / f"{'b' * 64}.part"
+    huge.write_bytes(bytes(2001))  # above max_file_bytes: no pin could ever want it
+    (partial / "not-a-hash.part").write_bytes(b"x")
+    (partial / f"{'c' * 64}.part").symlink_to(fresh)
+    make_fetcher(max_file_bytes=2000)
+    assert cache_contents(tmp_path) == [PART]  # a fresh one is kept: resuming needs it
+    assert fresh.read_bytes() == BODY[:500]
 
 
 # -- the allowlist, as a table -----------------------------------------------------------------
