@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Generic, TypeAlias, TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 
@@ -55,6 +56,7 @@ from receiver.config_model import (
     LoggingConfig,
     MediaConfig,
     PlayerConfig,
+    PolicyConfig,
     StorageConfig,
     TlsConfig,
     TrustConfig,
@@ -812,9 +814,30 @@ _PLAYER = _Section(
         _Field("default_volume", _int_range(0, 100, "percent")),
         _Field("max_volume", _int_range(0, 100, "percent")),
         _Field("max_play_duration_s", _int_range(1, 86400, "seconds")),
+        _Field("stall_timeout_s", _number_range(5, 300, "seconds")),
+        _Field("stream_max_restarts", _int_range(0, 100)),
+        _Field("fallback_file", _optional(_path)),
     ),
     _finish_player,
 )
+
+
+def _finish_gpio(values: dict[str, Any], check: _Checker) -> GpioConfig:
+    gpio = GpioConfig(**values)
+    pins = [
+        ("amp_pin", gpio.amp_pin),
+        ("mic_pin", gpio.mic_pin),
+        ("amp_fault_pin", gpio.amp_fault_pin),
+    ]
+    seen: dict[str, str] = {}
+    for key, pin in pins:
+        if pin is None:
+            continue
+        if pin in seen:
+            check(key, f"{pin} is already used by gpio.{seen[pin]}")
+        seen[pin] = key
+    return gpio
+
 
 _GPIO = _Section(
     (
@@ -823,8 +846,49 @@ _GPIO = _Section(
         _Field("active_high", _boolean),
         _Field("warm_up_s", _number_range(0, 60, "seconds")),
         _Field("tail_s", _number_range(0, 60, "seconds")),
+        _Field("mic_pin", _optional(_amp_pin)),
+        _Field("amp_fault_pin", _optional(_amp_pin)),
+        _Field("inputs_active_high", _boolean),
     ),
-    _build(GpioConfig),
+    _finish_gpio,
+)
+
+
+_HHMM = re.compile(r"([01][0-9]|2[0-3]):([0-5][0-9])-([01][0-9]|2[0-3]):([0-5][0-9])")
+
+
+def _quiet_period(node: yaml.Node, ctx: _Context, path: str) -> tuple[int, int]:
+    value = _text(node, ctx, path)
+    match = _HHMM.fullmatch(value)
+    if match is None:
+        raise _BadValueError(f"{_show(value)} is not a period like 21:30-05:00")
+    hour1, min1, hour2, min2 = (int(g) for g in match.groups())
+    start, end = hour1 * 60 + min1, hour2 * 60 + min2
+    if start == end:
+        raise _BadValueError("a quiet period must not start and end at the same minute")
+    return start, end
+
+
+def _timezone(node: yaml.Node, ctx: _Context, path: str) -> str:
+    value = _text(node, ctx, path)
+    try:
+        ZoneInfo(value)
+    except (ValueError, ZoneInfoNotFoundError) as exc:
+        raise _BadValueError(
+            f"{_show(value)} is not an IANA time zone such as Asia/Ho_Chi_Minh"
+        ) from exc
+    return value
+
+
+_POLICY = _Section(
+    (
+        _Field("timezone", _timezone),
+        _Field("quiet_hours", _list_of(_quiet_period)),
+        _Field("emergency_volume", _int_range(0, 100, "percent")),
+        _Field("relay_max_toggles_per_min", _int_range(2, 60)),
+        _Field("late_join_s", _number_range(0, 3600, "seconds")),
+    ),
+    _build(PolicyConfig),
 )
 
 
@@ -889,6 +953,7 @@ _CONFIG = _Section(
         _Field("player", _PLAYER),
         _Field("gpio", _GPIO),
         _Field("media", _MEDIA),
+        _Field("policy", _POLICY),
         _Field("storage", _STORAGE),
         _Field("logging", _LOGGING),
         _Field("clock", _CLOCK),

@@ -64,6 +64,12 @@ class PlayerConfig:
     default_volume: int = 70
     max_volume: int = 100
     max_play_duration_s: int = 3600
+    # Live relays: a stream whose position does not advance for this long is restarted (libVLC
+    # keeps saying "playing" when a source stops sending); after this many restarts the
+    # fallback file plays for the rest of the window, or the relay is reported failed.
+    stall_timeout_s: float = 8.0
+    stream_max_restarts: int = 3
+    fallback_file: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -73,6 +79,9 @@ class GpioConfig:
     active_high: bool = True
     warm_up_s: float = 1.0
     tail_s: float = 5.0
+    mic_pin: str | None = None  # the office microphone's priority switch (input), if wired
+    amp_fault_pin: str | None = None  # the amplifier's fault contact (input), if wired
+    inputs_active_high: bool = False  # inputs pulled up, switch to ground: active low
 
 
 @dataclass(frozen=True)
@@ -82,6 +91,17 @@ class MediaConfig:
     max_file_bytes: int = 200 * 1024 * 1024
     fetch_deadline_s: float = 600.0
     cache_quota_bytes: int = 1024 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    """Local limits that no signed message can exceed (SECURITY.md property 15)."""
+
+    timezone: str = "Asia/Ho_Chi_Minh"
+    quiet_hours: tuple[tuple[int, int], ...] = ()  # (from, to) minutes after local midnight
+    emergency_volume: int = 100
+    relay_max_toggles_per_min: int = 6
+    late_join_s: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -117,6 +137,7 @@ class Config:
     player: PlayerConfig = PlayerConfig()
     gpio: GpioConfig = GpioConfig()
     media: MediaConfig = MediaConfig()
+    policy: PolicyConfig = PolicyConfig()
     storage: StorageConfig = StorageConfig()
     logging: LoggingConfig = LoggingConfig()
     clock: ClockConfig = ClockConfig()

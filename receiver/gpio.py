@@ -26,9 +26,10 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+from collections.abc import Callable
 from typing import Any
 
-from gpiozero import OutputDevice
+from gpiozero import DigitalInputDevice, OutputDevice
 from gpiozero.pins import Factory
 from gpiozero.pins.mock import MockFactory
 
@@ -202,3 +203,57 @@ def force_off(config: GpioConfig, pin_factory: Factory | None = None) -> None:
 def _describe(exc: BaseException) -> str:
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+class LocalInputs:
+    """The optional input pins: the office microphone's priority switch and the amplifier's
+    fault contact. gpiozero calls back on its own thread; ``on_change(name, active)`` must only
+    queue an event (the daemon's inbox does)."""
+
+    def __init__(
+        self,
+        config: GpioConfig,
+        pin_factory: Factory,
+        on_change: Callable[[str, bool], None],
+    ) -> None:
+        self._devices: list[Any] = []
+        wanted = (("mic", config.mic_pin), ("amp_fault", config.amp_fault_pin))
+        for name, pin in wanted:
+            if pin is None:
+                continue
+            try:
+                device = DigitalInputDevice(
+                    pin,
+                    pull_up=not config.inputs_active_high,
+                    bounce_time=0.05,
+                    pin_factory=pin_factory,
+                )
+            except Exception as exc:
+                self.close()
+                raise GpioError(
+                    f"cannot open input pin {pin!r} ({name}): {_describe(exc)}"
+                ) from exc
+            device.when_activated = _reporter(on_change, name, True)
+            device.when_deactivated = _reporter(on_change, name, False)
+            self._devices.append((name, device))
+
+    def current(self) -> list[tuple[str, bool]]:
+        """Each input's state now, so the daemon starts from the truth, not from an edge."""
+        return [(name, bool(device.is_active)) for name, device in self._devices]
+
+    def close(self) -> None:
+        for _, device in self._devices:
+            with contextlib.suppress(Exception):
+                device.close()
+        self._devices = []
+
+
+def _reporter(
+    on_change: Callable[[str, bool], None], name: str, active: bool
+) -> Callable[[], None]:
+    def report() -> None:
+        # Never let an error escape into gpiozero's thread.
+        with contextlib.suppress(Exception):
+            on_change(name, active)
+
+    return report

@@ -18,7 +18,7 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from receiver.core.envelope import COMMAND_TYPE, TRUST_TYPE, pae
+from receiver.core.envelope import COMMAND_TYPE, SCHEDULE_TYPE, TRUST_TYPE, pae
 
 
 @dataclass(frozen=True)
@@ -143,3 +143,33 @@ def trust_payload(
 
 def sign_trust(payload: dict[str, Any], keys: Sequence[SigningKey]) -> bytes:
     return sign(TRUST_TYPE, json.dumps(payload).encode("utf-8"), keys)
+
+
+def schedule_payload(
+    schedule_id: str,
+    version: int,
+    entries: Sequence[dict[str, Any]],
+    *,
+    env: str,
+    aud: Sequence[str],
+    tz: str = "Asia/Ho_Chi_Minh",
+    iat: float | None = None,
+    ttl_s: float = 30 * 86400.0,
+) -> dict[str, Any]:
+    """A schedule document: a newer version replaces the older one whole."""
+    issued = time.time() if iat is None else iat
+    return {
+        "id": schedule_id,
+        "version": version,
+        "seq": int(issued * 1000),
+        "iat": rfc3339(issued),
+        "exp": rfc3339(issued + ttl_s),
+        "env": env,
+        "aud": list(aud),
+        "tz": tz,
+        "entries": list(entries),
+    }
+
+
+def sign_schedule(payload: dict[str, Any], keys: Sequence[SigningKey]) -> bytes:
+    return sign(SCHEDULE_TYPE, json.dumps(payload).encode("utf-8"), keys)

@@ -20,7 +20,11 @@ SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS floors (stream TEXT PRIMARY KEY, seq INTEGER NOT NULL,
                                    digest TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS schedules (id TEXT PRIMARY KEY, version INTEGER NOT NULL,
+                                      body BLOB NOT NULL, digest TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS done (key TEXT PRIMARY KEY, at REAL NOT NULL);
 """
+DONE_KEEP_S: Final = 7 * 86400.0
 # Event numbers are reserved in blocks so that a busy day costs few writes; after a crash the
 # numbering jumps to the next block, which keeps "n never goes back" true.
 EVENT_BLOCK: Final = 100
@@ -124,6 +128,42 @@ class Store:
             self._put("trust_version", str(version))
             self._put("trust_body", body.hex())
             self._put("trust_digest", digest)
+
+    # --- schedules -------------------------------------------------------------------------
+
+    def schedules(self) -> dict[str, tuple[int, bytes, str]]:
+        """Schedules in force: id -> (version, verified payload, digest)."""
+        rows = self._db.execute("SELECT id, version, body, digest FROM schedules").fetchall()
+        return {
+            sid: (int(version), bytes(body), str(digest)) for sid, version, body, digest in rows
+        }
+
+    def save_schedule(self, schedule_id: str, version: int, body: bytes, digest: str) -> None:
+        """The schedule and its replay floor, in one transaction; never to an older version."""
+        with self._transaction():
+            row = self._db.execute(
+                "SELECT version FROM schedules WHERE id = ?", (schedule_id,)
+            ).fetchone()
+            if row is not None and int(row[0]) >= version:
+                return
+            self._db.execute(
+                "INSERT OR REPLACE INTO schedules (id, version, body, digest) VALUES (?, ?, ?, ?)",
+                (schedule_id, version, body, digest),
+            )
+            self._db.execute(
+                "INSERT OR REPLACE INTO floors (stream, seq, digest) VALUES (?, ?, ?)",
+                (f"schedule:{schedule_id}", version, digest),
+            )
+
+    def done(self) -> frozenset[str]:
+        rows = self._db.execute("SELECT key FROM done").fetchall()
+        return frozenset(str(key) for (key,) in rows)
+
+    def save_done(self, key: str) -> None:
+        now = time.time()
+        with self._transaction():
+            self._db.execute("INSERT OR REPLACE INTO done (key, at) VALUES (?, ?)", (key, now))
+            self._db.execute("DELETE FROM done WHERE at < ?", (now - DONE_KEEP_S,))
 
     # --- event numbers --------------------------------------------------------------------
 

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 from receiver.core import commands, reasons
 from receiver.core.clock import Instant
 from receiver.core.envelope import (
     COMMAND_TYPE,
+    SCHEDULE_TYPE,
     TRUST_TYPE,
     Envelope,
     authorized_signers,
@@ -23,13 +24,14 @@ from receiver.core.envelope import (
     verified_signers,
 )
 from receiver.core.reasons import Rejection
+from receiver.core.schedule import Schedule, parse_schedule
 from receiver.core.strict_json import StrictJsonError, loads_strict
 from receiver.core.trust import Key, Keyring
 from receiver.core.trustdoc import TrustDocument, parse_trust
 
 STOP_ALL_STREAM: Final = "stop:all"
 # Which payload type each kind of topic carries; the topic grants nothing beyond routing.
-TYPE_FOR_TOPIC: Final = {"cmd": COMMAND_TYPE, "trust": TRUST_TYPE}
+TYPE_FOR_TOPIC: Final = {"cmd": COMMAND_TYPE, "trust": TRUST_TYPE, "schedule": SCHEDULE_TYPE}
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,7 @@ class Context:
     stopped_ids: tuple[str, ...]
     max_skew_s: float
     max_command_age_s: float
+    staged_versions: Mapping[str, tuple[int, str]] = field(default_factory=dict)
 
     def trusted_utc(self, now: Instant) -> float:
         """The newest time the device can vouch for: never less than its saved floor."""
@@ -69,13 +72,21 @@ class AdmittedTrust:
     duplicate: bool
 
 
+@dataclass(frozen=True)
+class AdmittedSchedule:
+    schedule: Schedule
+    body: bytes
+    digest: str
+    duplicate: bool
+
+
 def command_stream(key: Key) -> str:
     return "cmd:" + key.public.hex()
 
 
 def admit(
     ctx: Context, topic: str, payload: bytes, retained: bool, now: Instant
-) -> AdmittedCommand | AdmittedTrust:
+) -> AdmittedCommand | AdmittedTrust | AdmittedSchedule:
     """Admit a message or raise Rejection."""
     kind = topic.rsplit("/", 1)[-1]
     if kind == "cmd" and retained:
@@ -86,6 +97,8 @@ def admit(
         raise Rejection(reasons.BAD_TYPE, f"{envelope.payload_type} is not taken on a {kind} topic")
     if expected == TRUST_TYPE:
         return _admit_trust(ctx, envelope, now)
+    if expected == SCHEDULE_TYPE:
+        return _admit_schedule(ctx, envelope, now)
     return _admit_command(ctx, envelope, now)
 
 
@@ -118,7 +131,7 @@ def _admit_command(ctx: Context, envelope: Envelope, now: Instant) -> AdmittedCo
         raise Rejection(reasons.NOT_FOR_ME, "not addressed to this device or its groups", ref)
     _check_fresh(ctx, header, now)
     try:
-        command = commands.parse_command(doc, header)  # type: ignore[arg-type]
+        command = commands.parse_command(doc, header)
     except Rejection as rejection:
         raise Rejection(rejection.reason, rejection.detail, ref) from rejection
     counted = _signers_for(command, operators, emergency, keyring)
@@ -209,3 +222,41 @@ def _admit_trust(ctx: Context, envelope: Envelope, now: Instant) -> AdmittedTrus
     if len(_holding(ctx, new_signers, "root", now)) < new_keyring.threshold("root"):
         raise Rejection(reasons.NOT_AUTHORIZED, "not signed by enough of its own root keys", ref)
     return AdmittedTrust(document, envelope.body, digest, duplicate=False)
+
+
+def _admit_schedule(ctx: Context, envelope: Envelope, now: Instant) -> AdmittedSchedule:
+    """Schedules: operator role (and the emergency role for emergency entries), their own
+    version stream, and no maximum age: a retained schedule may be weeks old and still good."""
+    signers = verified_signers(envelope, ctx.keyring)
+    keyring = ctx.keyring
+    if len(_holding(ctx, signers, "operator", now)) < keyring.threshold("operator"):
+        raise Rejection(reasons.NOT_AUTHORIZED, "schedules need the operator role")
+    schedule = parse_schedule(_decode(envelope))
+    ref = schedule.id
+    if any(entry.priority == "emergency" for entry in schedule.entries) and len(
+        _holding(ctx, signers, "emergency", now)
+    ) < keyring.threshold("emergency"):
+        raise Rejection(reasons.NOT_AUTHORIZED, "emergency entries need the emergency role", ref)
+    if schedule.env != ctx.env:
+        raise Rejection(reasons.WRONG_ENV, "for another environment", ref)
+    if not any(
+        a == f"dev:{ctx.device_id}" or a in {f"grp:{g}" for g in ctx.groups} for a in schedule.aud
+    ):
+        raise Rejection(reasons.NOT_FOR_ME, "not addressed to this device or its groups", ref)
+    digest = hashlib.sha256(envelope.body).hexdigest()
+    floor = ctx.floors.get(f"schedule:{schedule.id}")
+    if floor == (schedule.version, digest) or ctx.staged_versions.get(schedule.id) == (
+        schedule.version,
+        digest,
+    ):
+        return AdmittedSchedule(schedule, envelope.body, digest, duplicate=True)
+    newest = max((floor[0] if floor else 0), ctx.staged_versions.get(schedule.id, (0, ""))[0])
+    if schedule.version <= newest:
+        raise Rejection(
+            reasons.STALE_VERSION, f"version {schedule.version} is not above {newest}", ref
+        )
+    if schedule.exp <= ctx.trusted_utc(now):
+        raise Rejection(reasons.EXPIRED, "past its exp", ref)
+    if now.utc_trusted and schedule.iat > now.utc + ctx.max_skew_s:
+        raise Rejection(reasons.NOT_YET_VALID, "issued in the future", ref)
+    return AdmittedSchedule(schedule, envelope.body, digest, duplicate=False)

@@ -28,7 +28,8 @@ MAX_URL_CHARS: Final = 2048
 MAX_TITLE_CHARS: Final = 200
 MAX_DURATION_S: Final = 86_400
 MAX_REPEAT: Final = 20
-HEADER_FIELDS: Final = frozenset({"id", "seq", "iat", "exp", "env", "aud", "type", "body"})
+COMMON_FIELDS: Final = frozenset({"id", "seq", "iat", "exp", "env", "aud"})
+HEADER_FIELDS: Final = COMMON_FIELDS | {"type", "body"}
 
 
 @dataclass(frozen=True)
@@ -132,8 +133,10 @@ def _object(value: Any, what: str, allowed: frozenset[str], reason: str) -> dict
     return value
 
 
-def parse_header(doc: Any) -> Header:
-    payload = _object(doc, "payload", HEADER_FIELDS, reasons.MALFORMED)
+def parse_header(doc: Any, *, document_fields: frozenset[str] | None = None) -> Header:
+    """The common header. ``document_fields`` replaces type/body for schedule documents."""
+    allowed = HEADER_FIELDS if document_fields is None else COMMON_FIELDS | document_fields
+    payload = _object(doc, "payload", allowed, reasons.MALFORMED)
     message_id = _str(payload.get("id"), "id", reasons.MALFORMED, 64)
     if not MESSAGE_ID_PATTERN.fullmatch(message_id):
         raise Rejection(reasons.MALFORMED, "id has characters outside [A-Za-z0-9._:-]")
@@ -149,7 +152,7 @@ def parse_header(doc: Any) -> Header:
     for entry in aud:
         if not isinstance(entry, str) or not _is_audience(entry):
             raise Rejection(reasons.MALFORMED, "aud entries are dev:<id> or grp:<id>")
-    kind = payload.get("type")
+    kind = payload.get("type") if document_fields is None else "document"
     if not isinstance(kind, str):
         raise Rejection(reasons.MALFORMED, "type missing")
     return Header(message_id, seq, iat, exp, env, tuple(aud), kind)
@@ -164,11 +167,11 @@ def addressed_to(header: Header, device_id: str, groups: tuple[str, ...]) -> boo
     return f"dev:{device_id}" in header.aud or any(f"grp:{g}" in header.aud for g in groups)
 
 
-def parse_command(doc: dict[str, Any], header: Header) -> Command:
+def parse_command(doc: Any, header: Header) -> Command:
     """Validate the body of a command whose header already passed ``parse_header``."""
     body = doc.get("body")
     parsers: dict[str, Callable[[Any], Body]] = {
-        "play": _parse_play,
+        "play": parse_play_body,
         "stop": _parse_stop,
         "volume": _parse_volume,
         "relay": _parse_relay,
@@ -180,7 +183,7 @@ def parse_command(doc: dict[str, Any], header: Header) -> Command:
     return Command(header, parser(body))
 
 
-def _parse_play(value: Any) -> Play:
+def parse_play_body(value: Any) -> Play:
     body = _object(
         value,
         "body",

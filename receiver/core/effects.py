@@ -21,11 +21,13 @@ class Fetch:
 
 @dataclass(frozen=True)
 class Play:
-    """Start playing ``media`` (a cached file path) at ``volume``; events carry ``token``."""
+    """Start playing ``media`` (a cached file path or a stream URL) at ``volume``, from
+    ``start_ms`` into it; the player's events about it carry ``token``."""
 
     token: int
     media: str
     volume: int
+    start_ms: int = 0
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,23 @@ class PersistResetFloor:
 
 
 @dataclass(frozen=True)
+class PersistSchedule:
+    """Durably store a schedule version now in force (and its replay floor)."""
+
+    schedule_id: str
+    version: int
+    body: bytes
+    digest: str
+
+
+@dataclass(frozen=True)
+class PersistDone:
+    """Durably note a schedule occurrence as played or given up, so a reboot does not repeat it."""
+
+    key: str
+
+
+@dataclass(frozen=True)
 class Emit:
     """Report an event on the events topic (the shell numbers it and adds the device and time)."""
 
@@ -100,6 +119,8 @@ Effect = (
     | PersistFloors
     | PersistTrust
     | PersistResetFloor
+    | PersistSchedule
+    | PersistDone
     | Emit
     | PublishState
 )

@@ -37,6 +37,23 @@ class PlaybackFailed:
 
 
 @dataclass(frozen=True)
+class PlaybackProgress:
+    """Where the player is in the item with this token (polled while a live stream plays)."""
+
+    token: int
+    position_ms: int
+
+
+@dataclass(frozen=True)
+class LocalInputChanged:
+    """A local input changed: ``mic`` (the office microphone's priority switch) or
+    ``amp_fault`` (the amplifier's fault contact)."""
+
+    name: str
+    active: bool
+
+
+@dataclass(frozen=True)
 class FetchFinished:
     """A pinned file is in the cache, verified, at ``path``."""
 
@@ -70,6 +87,8 @@ Event = (
     | PlaybackStarted
     | PlaybackEnded
     | PlaybackFailed
+    | PlaybackProgress
+    | LocalInputChanged
     | FetchFinished
     | FetchFailed
     | TimerFired

@@ -23,6 +23,9 @@ HASH_MISMATCH: Final = "hash_mismatch"
 DOWNLOAD_FAILED: Final = "download_failed"
 POLICY: Final = "policy"
 PLAYBACK_FAILED: Final = "playback_failed"
+STREAM_FAILED: Final = "stream_failed"
+MISSED: Final = "missed"
+QUIET_HOURS: Final = "quiet_hours"
 
 ALL_REASONS: Final = frozenset(
     {
@@ -45,6 +48,9 @@ ALL_REASONS: Final = frozenset(
         DOWNLOAD_FAILED,
         POLICY,
         PLAYBACK_FAILED,
+        STREAM_FAILED,
+        MISSED,
+        QUIET_HOURS,
     }
 )
 

@@ -79,6 +79,8 @@ class World:
             settings, keyring, floors={}, time_floor=0.0, reset_floor=T0 - 10 * 86400
         )
         self.deadline: float | None = None
+        self.feed(TimerFired())  # settle: the first step plans the schedule checks
+        self.effects.clear()
 
     @property
     def now(self) -> Instant:

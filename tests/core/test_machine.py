@@ -120,7 +120,7 @@ def test_stop_of_another_id_leaves_playback_alone() -> None:
     world.advance(1.0)
     effects = world.send(world.signed("stop", {"target": "c-other"}))
     assert StopPlayback() not in effects
-    assert world.state.item is not None
+    assert world.state.active is not None
 
 
 def test_volume_is_capped_and_applied_live() -> None:
@@ -144,22 +144,6 @@ def test_download_failure_is_reported_and_nothing_plays() -> None:
         ("failed", "download_failed", "HTTP 404")
     ]
     assert not plays(world.effects) and relay_switches(world.effects) == []
-
-
-def test_a_higher_priority_preempts_and_a_lower_one_is_refused() -> None:
-    world = World()
-    world.send(world.signed("play", play_body(priority="priority")))
-    first = f"c{world.seq}"
-    world.feed(FetchFinished(SHA, "/c/a"))
-    world.advance(1.0)
-    world.feed(PlaybackStarted(1))
-    lower = world.send(world.signed("play", play_body(priority="normal")))
-    assert only_rejection(lower).reason == "policy"
-    effects = world.send(world.signed("play", play_body(priority="emergency"), world.emergency))
-    assert ("preempted", first) in [(e.kind, e.ref) for e in emitted(effects)]
-    assert StopPlayback() in effects
-    # The fetcher answers from its cache at once; the amplifier is still on: no warm-up.
-    assert plays(world.feed(FetchFinished(SHA, "/c/a"))) == [Play(2, "/c/a", 70)]
 
 
 def test_an_exact_duplicate_is_acknowledged_and_does_nothing() -> None:
@@ -288,7 +272,11 @@ REJECTIONS: list[tuple[str, Callable[[World], bytes], str]] = [
         lambda w: w.signed("play", play_body(url="http://media.example/a.mp3")),
         "policy",
     ),
-    ("relay command", lambda w: w.signed("relay", {"name": "amp", "state": "off"}), "policy"),
+    (
+        "relay on without a duration",
+        lambda w: w.signed("relay", {"name": "amp", "state": "on"}),
+        "bad_body",
+    ),
 ]
 
 

@@ -1,0 +1,390 @@
+"""The broadcast engine: what plays now, what waits, what resumes, and the amplifier relay.
+
+Rules (docs/behaviour.md tells them for operators):
+- At most one item sounds. Among items whose media are ready and whose start has come, the
+  highest priority wins; at equal priority a command beats a schedule entry, then an interrupted
+  item beats a new one, then the earlier arrival. Only a strictly higher priority interrupts
+  what is playing; the interrupted item is ``preempted`` and resumes where it was (files: the
+  same file at the same offset; streams: rejoined) if its window is still open when it is
+  next in line, else it is ``stopped`` when its window closes.
+- The amplifier is on while any item is active (warming, playing, reconnecting), during the
+  tail after the last one, while the local microphone is keyed, and while a manual ``on``
+  override lasts; a manual ``off`` holds it off except for emergencies.
+- A live stream whose position stops advancing for ``stall_timeout_s``, ends or fails is
+  restarted with backoff; after ``stream_max_restarts`` the fallback file plays, or it fails.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from typing import Final
+
+from receiver.core import reasons
+from receiver.core.clock import Instant
+from receiver.core.effects import (
+    Effect,
+    Emit,
+    Fetch,
+    PersistDone,
+    Play,
+    PublishState,
+    StopPlayback,
+    SwitchRelay,
+)
+from receiver.core.events import FetchFailed
+from receiver.core.state import ORIGIN_RANK, PRIORITY_RANK, Item, State, state_fields
+
+RELAY_WINDOW_S: Final = 60.0
+RECONNECT_BACKOFF_MAX_S: Final = 30.0
+STREAM_PROGRESS_GRACE_S: Final = 2.0
+
+
+def publish_state(state: State) -> PublishState:
+    return PublishState(state_fields(state))
+
+
+def position_ms(item: Item, now: Instant) -> int:
+    """Where a file item is now: the offset it started from plus the time it has sounded."""
+    if item.played_since_mono is None:
+        return item.offset_ms
+    return item.offset_ms + int((now.mono - item.played_since_mono) * 1000)
+
+
+def add_item(state: State, item: Item, out: list[Effect]) -> State:
+    """Queue a new item and ask for its media."""
+    requested: set[str] = set()
+    for media in item.files:
+        if media.sha256 not in requested:
+            requested.add(media.sha256)
+            out.append(Fetch(media.url, media.sha256, media.size))
+    return replace(
+        state, queue=(*state.queue, replace(item, seq=state.next_seq)), next_seq=state.next_seq + 1
+    )
+
+
+def media_arrived(state: State, sha256: str, path: str) -> State:
+    def update(item: Item) -> Item:
+        if any(f.sha256 == sha256 for f in item.files) and sha256 not in item.ready:
+            return replace(item, ready={**item.ready, sha256: path})
+        return item
+
+    active = update(state.active) if state.active is not None else None
+    return replace(state, active=active, queue=tuple(update(i) for i in state.queue))
+
+
+def media_failed(state: State, failure: FetchFailed, now: Instant, out: list[Effect]) -> State:
+    """Every item that needed this file and does not have it yet fails."""
+    sha256 = failure.sha256
+    for item in state.items():
+        if any(f.sha256 == sha256 for f in item.files) and sha256 not in item.ready:
+            state = finish(
+                state, item, now, out, "failed", reason=failure.reason, detail=failure.detail
+            )
+    return state
+
+
+def finish(
+    state: State,
+    item: Item,
+    now: Instant,
+    out: list[Effect],
+    kind: str,
+    *,
+    reason: str | None = None,
+    detail: str | None = None,
+) -> State:
+    """Take ``item`` out for good, reporting ``kind``; the tail starts if nothing else plays."""
+    is_active = state.active is not None and state.active.ref == item.ref
+    if is_active and item.phase == "playing":
+        out.append(StopPlayback())
+    out.append(Emit(kind, ref=item.ref, reason=reason, detail=detail))
+    done = state.done
+    if item.occurrence is not None:
+        done = done | {item.occurrence}
+        out.append(PersistDone(item.occurrence))
+    if is_active:
+        state = replace(state, active=None, relay_off_mono=now.mono + state.settings.tail_s)
+    else:
+        state = replace(state, queue=tuple(i for i in state.queue if i.ref != item.ref))
+    state = replace(state, done=done)
+    out.append(publish_state(state))
+    return state
+
+
+def suspend_active(state: State, now: Instant, out: list[Effect], why: str) -> State:
+    """Interrupt the active item; it waits in the queue to resume where it was."""
+    item = state.active
+    if item is None:
+        return state
+    if item.phase == "playing":
+        out.append(StopPlayback())
+    offset = 0 if item.is_stream else position_ms(item, now)
+    paused = replace(
+        item, phase="suspended", offset_ms=offset, played_since_mono=None, retry_mono=None
+    )
+    out.append(Emit("preempted", ref=item.ref, detail=why))
+    state = replace(state, active=None, queue=(*state.queue, paused))
+    out.append(publish_state(state))
+    return state
+
+
+def _rank(item: Item) -> tuple[int, int, int, int]:
+    return (
+        PRIORITY_RANK[item.priority],
+        ORIGIN_RANK[item.origin],
+        1 if item.phase == "suspended" else 0,
+        -item.seq,
+    )
+
+
+def _eligible(state: State, item: Item, now: Instant) -> bool:
+    if not item.media_ready:
+        return False
+    if state.mic_active and item.priority != "emergency":
+        return False
+    lead = 0.0 if state.relay_on else state.settings.warm_up_s
+    return now.mono >= item.not_before_mono - lead
+
+
+def select(state: State, now: Instant, out: list[Effect]) -> State:
+    """Close expired windows, then make the best eligible item the active one."""
+    for item in state.queue:
+        if now.mono >= item.window_end_mono:
+            why = (
+                "window closed while preempted"
+                if item.phase == "suspended"
+                else ("window closed before it could play")
+            )
+            state = finish(state, item, now, out, "stopped", detail=why)
+    active = state.active
+    if active is not None and state.mic_active and active.priority != "emergency":
+        state = suspend_active(state, now, out, "local microphone keyed")
+        active = None
+    candidates = [i for i in state.queue if _eligible(state, i, now)]
+    if not candidates:
+        return state
+    best = max(candidates, key=_rank)
+    if active is not None:
+        if PRIORITY_RANK[best.priority] <= PRIORITY_RANK[active.priority]:
+            return state
+        state = suspend_active(state, now, out, f"by {best.ref}")
+    queue = tuple(i for i in state.queue if i.ref != best.ref)
+    return replace(state, queue=queue, active=replace(best, phase="warming", retry_mono=None))
+
+
+def _start_sound(state: State, item: Item, now: Instant, out: list[Effect]) -> State:
+    token = state.next_token
+    if item.on_fallback and state.settings.fallback_file is not None:
+        media, start_ms = state.settings.fallback_file, 0
+    elif item.stream_url is not None:
+        media, start_ms = item.stream_url, 0
+    else:
+        media, start_ms = item.ready[item.files[item.index].sha256], item.offset_ms
+    stop = item.stop_mono
+    if stop is None:
+        stop = min(item.window_end_mono, now.mono + item.max_duration_s)
+    item = replace(
+        item,
+        phase="playing",
+        token=token,
+        stop_mono=stop,
+        played_since_mono=None,
+        progress_ms=-1,
+        progress_mono=now.mono,
+    )
+    out.append(Play(token, media, item.volume, start_ms))
+    return replace(state, active=item, next_token=token + 1)
+
+
+def sound_started(state: State, token: int, now: Instant, out: list[Effect]) -> State:
+    item = state.active
+    if item is None or item.token != token or item.phase != "playing":
+        return state
+    first = item.since_utc is None
+    item = replace(item, played_since_mono=now.mono, progress_mono=now.mono)
+    if first:
+        item = replace(item, since_utc=now.utc)
+        detail = item.title
+        if item.late_by_s >= 1:
+            detail = f"{item.title} (late join +{int(item.late_by_s)} s)"
+        out.append(Emit("started", ref=item.ref, detail=detail))
+    elif item.offset_ms or item.restarts or item.on_fallback:
+        if item.on_fallback:
+            what = "fallback file"
+        elif item.is_stream:
+            what = "stream rejoined"
+        else:
+            what = f"resumed at {item.offset_ms // 1000} s"
+        out.append(Emit("started", ref=item.ref, detail=what))
+    state = replace(state, active=item)
+    out.append(publish_state(state))
+    return state
+
+
+def sound_ended(state: State, token: int, now: Instant, out: list[Effect]) -> State:
+    item = state.active
+    if item is None or item.token != token or item.phase != "playing":
+        return state
+    if item.is_stream and not item.on_fallback:
+        return _stream_dropped(state, item, now, out, "the stream ended")
+    if item.on_fallback:
+        return _start_sound(state, replace(item, offset_ms=0), now, out)  # loop the fallback
+    if item.index + 1 < len(item.files):
+        return _start_sound(state, replace(item, index=item.index + 1, offset_ms=0), now, out)
+    if item.repeats_left > 0:
+        nxt = replace(item, index=0, offset_ms=0, repeats_left=item.repeats_left - 1)
+        return _start_sound(state, nxt, now, out)
+    return finish(state, replace(item, phase="ended"), now, out, "finished", detail=item.title)
+
+
+def sound_failed(state: State, token: int, detail: str, now: Instant, out: list[Effect]) -> State:
+    item = state.active
+    if item is None or item.token != token or item.phase != "playing":
+        return state
+    if item.is_stream and not item.on_fallback:
+        return _stream_dropped(state, item, now, out, f"the stream failed: {detail}")
+    ended = replace(item, phase="ended")
+    return finish(state, ended, now, out, "failed", reason=reasons.PLAYBACK_FAILED, detail=detail)
+
+
+def progress(state: State, token: int, position: int, now: Instant) -> State:
+    item = state.active
+    if item is None or item.token != token or position <= item.progress_ms:
+        return state
+    return replace(state, active=replace(item, progress_ms=position, progress_mono=now.mono))
+
+
+def _stream_dropped(state: State, item: Item, now: Instant, out: list[Effect], why: str) -> State:
+    settings = state.settings
+    if item.phase == "playing":
+        out.append(StopPlayback())
+    restarts = item.restarts + 1
+    if restarts <= settings.stream_max_restarts:
+        delay = min(2.0 ** (restarts - 1), RECONNECT_BACKOFF_MAX_S)
+        out.append(
+            Emit(
+                "fault",
+                ref=item.ref,
+                detail=f"{why}; reconnect {restarts} of "
+                f"{settings.stream_max_restarts} in {delay:g} s",
+            )
+        )
+        waiting = replace(
+            item, phase="reconnecting", restarts=restarts, retry_mono=now.mono + delay
+        )
+        return replace(state, active=waiting)
+    if settings.fallback_file is not None:
+        out.append(Emit("fault", ref=item.ref, detail=f"{why}; playing the fallback file"))
+        return _start_sound(state, replace(item, on_fallback=True, restarts=restarts), now, out)
+    ended = replace(item, phase="ended")
+    detail = f"{why}; gave up after {settings.stream_max_restarts} reconnects"
+    return finish(state, ended, now, out, "failed", reason=reasons.STREAM_FAILED, detail=detail)
+
+
+def run_active(state: State, now: Instant, out: list[Effect]) -> State:
+    """Move the active item along its phases as time passes."""
+    item = state.active
+    if item is None:
+        return state
+    if item.stop_mono is not None and now.mono >= item.stop_mono:
+        if item.is_stream:
+            return finish(
+                state,
+                replace(item, phase="ended"),
+                now,
+                out,
+                "finished",
+                detail="relay ended at its planned time",
+            )
+        return finish(state, item, now, out, "stopped", detail="max_duration_s reached")
+    if item.phase == "warming" and state.relay_on:
+        ready_at = max(item.not_before_mono, state.relay_on_mono + state.settings.warm_up_s)
+        if now.mono >= ready_at:
+            return _start_sound(state, item, now, out)
+    if item.phase == "reconnecting" and item.retry_mono is not None and now.mono >= item.retry_mono:
+        return _start_sound(state, item, now, out)
+    if (
+        item.phase == "playing"
+        and item.is_stream
+        and not item.on_fallback
+        and now.mono - item.progress_mono >= state.settings.stall_timeout_s
+    ):
+        stalled = f"no progress for {state.settings.stall_timeout_s:g} s"
+        return _stream_dropped(state, item, now, out, f"the stream stalled ({stalled})")
+    return state
+
+
+def _relay_wanted(state: State, now: Instant) -> bool:
+    override = state.relay_override
+    active = state.active
+    if override is not None and override[0] == "on":
+        return True
+    if override is not None and override[0] == "off":
+        return active is not None and active.priority == "emergency"
+    if active is not None or state.mic_active:
+        return True
+    return state.relay_off_mono is not None and now.mono < state.relay_off_mono
+
+
+def toggles_in_window(state: State, now: Instant) -> int:
+    return sum(1 for t in state.relay_toggles if now.mono - t < RELAY_WINDOW_S)
+
+
+def reconcile_relay(state: State, now: Instant, out: list[Effect]) -> State:
+    override = state.relay_override
+    if override is not None and override[1] is not None and now.mono >= override[1]:
+        state = replace(state, relay_override=None)  # a manual override lapses back to auto
+    wanted = _relay_wanted(state, now)
+    if wanted == state.relay_on:
+        return state
+    limit = state.settings.relay_max_toggles_per_min
+    if not wanted and toggles_in_window(state, now) >= limit:
+        return state  # too many switches this minute: staying on is the safe side
+    toggles = (*(t for t in state.relay_toggles if now.mono - t < RELAY_WINDOW_S), now.mono)
+    out.append(SwitchRelay(on=wanted))
+    state = replace(
+        state,
+        relay_on=wanted,
+        relay_on_mono=now.mono if wanted else state.relay_on_mono,
+        relay_toggles=toggles[-limit * 2 :],
+        relay_off_mono=None if not wanted else state.relay_off_mono,
+    )
+    out.append(publish_state(state))
+    return state
+
+
+def next_deadline(state: State, now: Instant) -> float | None:
+    """The earliest future instant at which time alone changes something."""
+    future = [t for t in _deadlines(state) if now.mono < t < math.inf]
+    return min(future) if future else None
+
+
+def _deadlines(state: State) -> list[float]:
+    settings = state.settings
+    candidates: list[float] = [state.next_schedule_check_mono]
+    item = state.active
+    if item is not None:
+        if item.stop_mono is not None:
+            candidates.append(item.stop_mono)
+        if item.phase == "warming":
+            candidates.append(max(item.not_before_mono, state.relay_on_mono + settings.warm_up_s))
+        if item.phase == "reconnecting" and item.retry_mono is not None:
+            candidates.append(item.retry_mono)
+        if item.phase == "playing" and item.is_stream and not item.on_fallback:
+            candidates.append(item.progress_mono + settings.stall_timeout_s)
+    lead = 0.0 if state.relay_on else settings.warm_up_s
+    for queued in state.queue:
+        candidates.append(queued.window_end_mono)
+        if queued.media_ready:
+            candidates.append(queued.not_before_mono - lead)
+    if state.relay_off_mono is not None and state.relay_on:
+        candidates.append(state.relay_off_mono)
+    if state.relay_override is not None and state.relay_override[1] is not None:
+        candidates.append(state.relay_override[1])
+    if state.relay_on and state.relay_toggles:
+        candidates.append(state.relay_toggles[0] + RELAY_WINDOW_S)
+    for staged in state.staged.values():
+        if staged.retry_mono is not None:
+            candidates.append(staged.retry_mono)
+    return candidates

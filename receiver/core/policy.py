@@ -1,0 +1,46 @@
+"""Local limits from the technician's config that even a valid signed message cannot pass:
+allowed media hosts, quiet hours, volume caps (SECURITY.md property 15)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo
+
+from receiver.core.state import Settings
+
+
+def url_allowed(settings: Settings, url: str) -> bool:
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower()
+    try:
+        port = parts.port
+    except ValueError:
+        return False
+    return parts.scheme in settings.allowed_schemes and (
+        host in settings.allowed_hosts or f"{host}:{port}" in settings.allowed_hosts
+    )
+
+
+def in_quiet_hours(settings: Settings, utc: float) -> bool:
+    """Whether ``utc`` falls in a quiet period (local time; a period may wrap midnight)."""
+    if not settings.quiet_hours:
+        return False
+    local = datetime.fromtimestamp(utc, ZoneInfo(settings.timezone))
+    minute = local.hour * 60 + local.minute
+    for start, end in settings.quiet_hours:
+        if start <= end:
+            if start <= minute < end:
+                return True
+        elif minute >= start or minute < end:
+            return True
+    return False
+
+
+def volume_for(settings: Settings, priority: str, requested: int | None, device_volume: int) -> int:
+    """Emergencies use the emergency level (a request can only lower it); else the cap holds."""
+    if priority == "emergency":
+        wanted = settings.emergency_volume if requested is None else requested
+        return min(wanted, settings.emergency_volume)
+    wanted = device_volume if requested is None else requested
+    return min(wanted, settings.max_volume)

@@ -1,0 +1,203 @@
+"""The core's state: settings fixed by the config, and everything the receiver knows now.
+
+All frozen: ``step`` returns a new state rather than changing one, so a test can hold any
+state it saw and compare it with the next.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from receiver.core import commands
+from receiver.core.schedule import Schedule
+from receiver.core.trust import Keyring
+
+PRIORITY_RANK: Final = {"normal": 0, "priority": 1, "emergency": 2}
+ORIGIN_RANK: Final = {"schedule": 0, "command": 1}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the technician's config fixes for the life of the process."""
+
+    device_id: str
+    env: str
+    groups: tuple[str, ...]
+    topic_prefix: str = "loa/v1"
+    default_volume: int = 70
+    max_volume: int = 100
+    emergency_volume: int = 100
+    max_play_duration_s: int = 3600
+    warm_up_s: float = 1.0
+    tail_s: float = 5.0
+    relay_max_toggles_per_min: int = 6
+    allowed_schemes: tuple[str, ...] = ("https",)
+    allowed_hosts: tuple[str, ...] = ()
+    max_skew_s: float = 300.0
+    max_command_age_s: float = 3600.0
+    timezone: str = "Asia/Ho_Chi_Minh"
+    quiet_hours: tuple[tuple[int, int], ...] = ()  # (from, to) minutes after local midnight
+    late_join_s: float = 300.0
+    stall_timeout_s: float = 8.0
+    stream_max_restarts: int = 3
+    fallback_file: str | None = None
+    prefetch_s: float = 48 * 3600.0
+
+
+@dataclass(frozen=True)
+class Item:
+    """One thing to play: from a command or a schedule occurrence.
+
+    Phases: ``pending`` (waiting for media or its start), ``warming`` (amplifier warming up),
+    ``playing``, ``reconnecting`` (a live stream dropped; retry at ``retry_mono``),
+    ``suspended`` (preempted; resumes at ``index``/``offset_ms`` while its window is open).
+    """
+
+    ref: str
+    origin: str  # command | schedule
+    priority: str
+    title: str
+    files: tuple[commands.MediaFile, ...]
+    stream_url: str | None
+    volume: int
+    max_duration_s: int
+    not_before_mono: float
+    window_end_mono: float
+    seq: int  # arrival order, for ties
+    repeats_left: int = 0
+    occurrence: str | None = None
+    late_by_s: float = 0.0
+    ready: Mapping[str, str] = field(default_factory=dict)  # sha256 -> cached path
+    phase: str = "pending"
+    index: int = 0
+    offset_ms: int = 0
+    token: int = 0
+    played_since_mono: float | None = None  # when the current file started sounding
+    since_utc: float | None = None  # when it first started sounding
+    stop_mono: float | None = None
+    restarts: int = 0
+    retry_mono: float | None = None
+    progress_ms: int = -1
+    progress_mono: float = 0.0
+    on_fallback: bool = False
+
+    @property
+    def is_stream(self) -> bool:
+        return self.stream_url is not None
+
+    @property
+    def media_ready(self) -> bool:
+        return self.is_stream or all(f.sha256 in self.ready for f in self.files)
+
+
+@dataclass(frozen=True)
+class Staged:
+    """A schedule version accepted but not yet in force: its media are being fetched."""
+
+    schedule: Schedule
+    body: bytes
+    digest: str
+    ready: frozenset[str] = frozenset()
+    attempts: int = 1
+    retry_mono: float | None = None
+
+    @property
+    def needed(self) -> frozenset[str]:
+        return frozenset(f.sha256 for e in self.schedule.entries for f in e.files)
+
+
+@dataclass(frozen=True)
+class State:
+    settings: Settings
+    keyring: Keyring
+    floors: Mapping[str, tuple[int, str]]
+    time_floor: float
+    volume: int
+    # None until the first synchronised clock after the store was empty (a new or reset
+    # device): commands issued before that instant are refused (SECURITY.md property 10).
+    reset_floor: float | None = None
+    trust_digest: str = ""
+    stopped_ids: tuple[str, ...] = ()
+    schedules: Mapping[str, Schedule] = field(default_factory=dict)
+    schedule_digests: Mapping[str, str] = field(default_factory=dict)
+    staged: Mapping[str, Staged] = field(default_factory=dict)
+    done: frozenset[str] = frozenset()  # schedule occurrences already played or given up
+    next_schedule_check_mono: float = 0.0
+    prefetched: frozenset[str] = frozenset()
+    active: Item | None = None
+    queue: tuple[Item, ...] = ()
+    next_seq: int = 1
+    next_token: int = 1
+    relay_on: bool = False
+    relay_on_mono: float = 0.0
+    relay_off_mono: float | None = None  # end of the tail after the last item
+    relay_toggles: tuple[float, ...] = ()
+    relay_override: tuple[str, float | None] | None = None  # ("on"|"off", until mono)
+    mic_active: bool = False
+    faults: frozenset[str] = frozenset()
+
+    def items(self) -> tuple[Item, ...]:
+        return ((self.active,) if self.active is not None else ()) + self.queue
+
+
+def initial_state(
+    settings: Settings,
+    keyring: Keyring,
+    *,
+    floors: Mapping[str, tuple[int, str]],
+    time_floor: float,
+    reset_floor: float | None = None,
+    trust_digest: str = "",
+    schedules: Mapping[str, tuple[Schedule, str]] | None = None,
+    done: frozenset[str] = frozenset(),
+) -> State:
+    stored = schedules or {}
+    return State(
+        settings=settings,
+        keyring=keyring,
+        floors=dict(floors),
+        time_floor=time_floor,
+        volume=min(settings.default_volume, settings.max_volume),
+        reset_floor=reset_floor,
+        trust_digest=trust_digest,
+        schedules={sid: schedule for sid, (schedule, _) in stored.items()},
+        schedule_digests={sid: digest for sid, (_, digest) in stored.items()},
+        done=done,
+    )
+
+
+def state_fields(state: State) -> dict[str, Any]:
+    """The parts of the published device state that the core owns."""
+    item = state.active
+    sounding = item is not None and item.since_utc is not None and item.phase == "playing"
+    fields: dict[str, Any] = {
+        "state": "playing" if sounding else "idle",
+        "volume": state.volume,
+        "relays": {"amp": "on" if state.relay_on else "off"},
+        "trust_version": state.keyring.version,
+        "schedules": {sid: s.version for sid, s in sorted(state.schedules.items())},
+    }
+    if sounding and item is not None:
+        fields["playing"] = {
+            "ref": item.ref,
+            "title": item.title,
+            "priority": item.priority,
+            "since": item.since_utc,
+        }
+    if state.faults:
+        fields["faults"] = sorted(state.faults)
+    if state.relay_override is not None:
+        fields["relay_override"] = state.relay_override[0]
+    return fields
+
+
+def needed_media(state: State) -> frozenset[str]:
+    """Files that upcoming plays need: never to be evicted from the cache."""
+    hashes = {f.sha256 for item in state.items() for f in item.files}
+    for schedule in state.schedules.values():
+        hashes.update(f.sha256 for entry in schedule.entries for f in entry.files)
+    for staged in state.staged.values():
+        hashes.update(staged.needed)
+    return frozenset(hashes)
