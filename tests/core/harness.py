@@ -54,6 +54,7 @@ class World:
     max_volume: int = 100
     effects: list[Effect] = field(default_factory=list)
     seq: int = 1000
+    sim: Any = None  # a tests.core.sim.Sim driving this world, if any
 
     def __post_init__(self) -> None:
         keyring = Keyring(

@@ -33,6 +33,9 @@ class Sim:
     pending: list[Event] = field(default_factory=list)
     stream_tokens: set[int] = field(default_factory=set)
 
+    def __post_init__(self) -> None:
+        self.world.sim = self
+
     def handle(self, effects: list[Effect]) -> None:
         for effect in effects:
             if isinstance(effect, Emit):
