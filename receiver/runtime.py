@@ -2,25 +2,26 @@
 
 Adapters call back on their own threads and only drop plain events into the inbox. The loop
 takes one event at a time, asks the core what to do (``machine.step``), and carries out the
-effects in order. It feeds the systemd watchdog only while it turns.
+effects in order. It feeds the systemd watchdog only while it turns, and polls the player's
+position (the only way to see a stalled stream) while a live relay plays.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import signal
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, Final
 
 import structlog
 
 from receiver import __version__, systemd
-from receiver.clock import SystemClock
+from receiver.assembly import Topics, restore_state
+from receiver.clock import make_clock
 from receiver.config_model import Config
 from receiver.core import machine
 from receiver.core.clock import Instant
@@ -28,8 +29,10 @@ from receiver.core.effects import (
     Effect,
     Emit,
     Fetch,
+    PersistDone,
     PersistFloors,
     PersistResetFloor,
+    PersistSchedule,
     PersistTrust,
     Play,
     PublishState,
@@ -37,104 +40,65 @@ from receiver.core.effects import (
     StopPlayback,
     SwitchRelay,
 )
-from receiver.core.events import Event, LinkChanged, MessageReceived, PlaybackFailed, TimerFired
-from receiver.core.reasons import Rejection
-from receiver.core.strict_json import StrictJsonError, loads_strict
-from receiver.core.trust import Keyring, key_from_config
-from receiver.core.trustdoc import parse_trust
+from receiver.core.events import (
+    Event,
+    LinkChanged,
+    LocalInputChanged,
+    MessageReceived,
+    PlaybackFailed,
+    PlaybackProgress,
+    TimerFired,
+)
 from receiver.fetcher import Fetcher
-from receiver.gpio import AmpRelay, make_pin_factory
+from receiver.gpio import AmpRelay, LocalInputs, make_pin_factory
 from receiver.inbox import Inbox
 from receiver.logs import bounded
-from receiver.mqtt_client import MqttLink, Subscription
+from receiver.mqtt_client import MqttLink
 from receiver.player import Player
 from receiver.signing import rfc3339
 from receiver.store import Store
 
-IDLE_WAKE_S = 5.0  # the loop turns at least this often, so the watchdog sees it alive
-MAX_DETAIL_CHARS = 200
-
-
-def keyring_from_config(config: Config) -> Keyring:
-    """The first keyring (version 0): the keys the technician put in the config."""
-    keys = tuple(
-        key_from_config(k.id, k.ed25519, k.roles, k.scopes, k.not_after) for k in config.trust.keys
-    )
-    return Keyring(keys, dict(config.trust.thresholds), version=0)
-
-
-def settings_from_config(config: Config) -> machine.Settings:
-    return machine.Settings(
-        device_id=config.device_id,
-        env=config.env,
-        groups=config.groups,
-        topic_prefix=config.broker.topic_prefix,
-        default_volume=config.player.default_volume,
-        max_volume=config.player.max_volume,
-        max_play_duration_s=config.player.max_play_duration_s,
-        warm_up_s=config.gpio.warm_up_s,
-        tail_s=config.gpio.tail_s,
-        allowed_schemes=config.media.allowed_schemes,
-        allowed_hosts=config.media.allowed_hosts,
-        max_skew_s=float(config.clock.max_skew_s),
-        max_command_age_s=float(config.clock.max_command_age_s),
-    )
-
-
-class Topics:
-    def __init__(self, prefix: str, device_id: str) -> None:
-        self.device_cmd = f"{prefix}/dev/{device_id}/cmd"
-        self.state = f"{prefix}/dev/{device_id}/state"
-        self.trust = f"{prefix}/trust"
-        self.events = f"{prefix}/dev/{device_id}/events"
-        self.prefix = prefix
-
-    def group_cmd(self, group: str) -> str:
-        return f"{self.prefix}/grp/{group}/cmd"
+IDLE_WAKE_S: Final = 5.0  # the loop turns at least this often, so the watchdog sees it alive
+PROGRESS_POLL_S: Final = 1.0  # how often a live stream's position is read
+TIME_FLOOR_SAVE_S: Final = 3600.0  # how often a trusted time is saved (an SD card wears out)
+MAX_DETAIL_CHARS: Final = 200
+SHA256_HEX_CHARS: Final = 64
 
 
 class Runtime:
     def __init__(self, config: Config, pin_factory: Any = None) -> None:
         self.config = config
         self.log = structlog.get_logger("receiver").bind(device=config.device_id)
-        self.clock = SystemClock(config.clock.trust_system_clock)
+        self.clock = make_clock(config.clock.trust_system_clock)
         self.inbox = Inbox()
         self.topics = Topics(config.broker.topic_prefix, config.device_id)
-        self.started_mono = time.monotonic()
+        self.started_mono = self.clock.now().mono
         self._stopping = threading.Event()
         self._state_payload: bytes | None = None
         self._link_up = False
+        self._protected: frozenset[str] = frozenset()
+        self._next_poll = 0.0
+        self._next_time_save = 0.0
 
         self.store = Store(config.storage.state_dir)
         if self.store.recovered_from is not None:
             self.log.error("store_corrupt_moved_aside", moved_to=str(self.store.recovered_from))
-        self.relay = AmpRelay(config.gpio, pin_factory or make_pin_factory(config.gpio.pin_factory))
+        factory = pin_factory or make_pin_factory(config.gpio.pin_factory)
+        self.relay = AmpRelay(config.gpio, factory)
+        self.inputs = LocalInputs(config.gpio, factory, self._input_changed)
         self.player = Player(config.player, self.inbox.put_report)
         self.fetcher = Fetcher(config.media, config.storage.cache_dir, self.inbox.put_report)
-        subscriptions = (
-            [Subscription(self.topics.device_cmd, ignore_retained=True)]
-            + [Subscription(self.topics.group_cmd(g), ignore_retained=True) for g in config.groups]
-            + [Subscription(self.topics.trust, ignore_retained=False)]
-        )
         self.link = MqttLink(
             config.broker,
             config.device_id,
-            subscriptions,
+            self.topics.subscriptions(config.groups),
             will_topic=self.topics.state,
             will_payload=self._offline_payload(),
             on_message=self.inbox.put_message,
             on_link=self.inbox.put_report,
             on_connected_publish=self._republish_state,
         )
-        keyring, trust_digest = self._keyring()
-        self.state = machine.initial_state(
-            settings_from_config(config),
-            keyring,
-            floors=self.store.floors(),
-            time_floor=self.store.time_floor(),
-            reset_floor=self.store.reset_floor(),
-            trust_digest=trust_digest,
-        )
+        self.state = restore_state(config, self.store)
         if self.state.reset_floor is None:
             self.log.warning(
                 "fresh_store",
@@ -142,16 +106,8 @@ class Runtime:
                 "issued before that moment are refused",
             )
 
-    def _keyring(self) -> tuple[Keyring, str]:
-        """The stored trust document's keyring if one was accepted, else the config's."""
-        stored = self.store.trust()
-        if stored is not None:
-            version, body, digest = stored
-            try:
-                return parse_trust(loads_strict(body)).keyring, digest
-            except (Rejection, StrictJsonError) as exc:
-                self.log.error("stored_trust_unreadable", version=version, error=str(exc))
-        return keyring_from_config(self.config), ""
+    def _input_changed(self, name: str, active: bool) -> None:
+        self.inbox.put_report(LocalInputChanged(name, active))
 
     # --- life cycle -------------------------------------------------------------------------
 
@@ -174,46 +130,81 @@ class Runtime:
             self.state = first.state
             self._execute(first.effects)
             deadline = first.deadline
+            for name, active in self.inputs.current():
+                self.inbox.put_report(LocalInputChanged(name, active))
             self.link.start()
             systemd.notify("READY=1")
             self.log.info(
                 "daemon_started", version=__version__, groups=",".join(self.config.groups)
             )
-            last_ping = 0.0
+            last_ping = -1e9
             while not self._stopping.is_set():
-                now_mono = time.monotonic()
-                wait = IDLE_WAKE_S if watchdog is None else min(IDLE_WAKE_S, watchdog)
-                if deadline is not None:
-                    wait = max(0.0, min(wait, deadline - now_mono))
-                event = self.inbox.get(wait)
+                event = self.inbox.get(self._wait_s(deadline, watchdog))
                 if self._stopping.is_set():
                     break
                 now = self.clock.now()
-                if watchdog is not None and now.mono - last_ping >= watchdog:
+                if watchdog is not None and time.monotonic() - last_ping >= watchdog:
                     systemd.notify("WATCHDOG=1")
-                    last_ping = now.mono
+                    last_ping = time.monotonic()
                 if event is None:
-                    if deadline is None or now.mono < deadline:
+                    event = self._poll_progress(now) or self._timer(now, deadline)
+                    if event is None:
                         continue
-                    event = TimerFired()
-                self._note(event)
+                self._note(event, now)
                 result = machine.step(self.state, event, now)
                 self.state = result.state
                 deadline = result.deadline
                 self._execute(result.effects, now)
+                self._after_step(now)
         finally:
             self._shutdown()
+
+    def _wait_s(self, deadline: float | None, watchdog: float | None) -> float:
+        """Real seconds to wait: until the core's deadline, a stream poll, or the watchdog."""
+        wait = IDLE_WAKE_S if watchdog is None else min(IDLE_WAKE_S, watchdog)
+        now = self.clock.now().mono
+        if deadline is not None:
+            wait = min(wait, (deadline - now) / self.clock.speed)
+        if self._streaming():
+            wait = min(wait, (self._next_poll - now) / self.clock.speed)
+        return max(0.0, wait)
+
+    def _streaming(self) -> bool:
+        item = self.state.active
+        return item is not None and item.is_stream and item.phase == "playing"
+
+    def _poll_progress(self, now: Instant) -> Event | None:
+        if not self._streaming() or now.mono < self._next_poll:
+            return None
+        self._next_poll = now.mono + PROGRESS_POLL_S
+        active = self.state.active
+        token = active.token if active is not None else 0
+        return PlaybackProgress(token, self.player.position_ms())
+
+    @staticmethod
+    def _timer(now: Instant, deadline: float | None) -> Event | None:
+        return TimerFired() if deadline is not None and now.mono >= deadline else None
+
+    def _after_step(self, now: Instant) -> None:
+        needed = machine.needed_media(self.state)
+        if needed != self._protected:
+            self._protected = needed
+            self.fetcher.set_protected(needed)
+        if now.utc_trusted and now.mono >= self._next_time_save:
+            self._next_time_save = now.mono + TIME_FLOOR_SAVE_S
+            self.store.save_time_floor(now.utc)
 
     def _shutdown(self) -> None:
         systemd.notify("STOPPING=1")
         for name, close in (
             ("player", self.player.close),
             ("relay", self.relay.close),
+            ("inputs", self.inputs.close),
             ("fetcher", self.fetcher.close),
         ):
             try:
                 close()
-            except Exception as exc:
+            except Exception as exc:  # shutting down: report and go on
                 self.log.error("close_failed", part=name, error=str(exc))
         self.log.info("relay_switched", on=False, why="shutdown")
         self.link.stop(self.topics.state, self._offline_payload())
@@ -222,7 +213,7 @@ class Runtime:
 
     # --- events in ------------------------------------------------------------------------
 
-    def _note(self, event: Event) -> None:
+    def _note(self, event: Event, now: Instant) -> None:
         if isinstance(event, MessageReceived):
             self.log.debug("message", topic=event.topic, size=len(event.payload))
         elif isinstance(event, LinkChanged):
@@ -232,6 +223,8 @@ class Runtime:
                 self.log.info("broker_connected")
             else:
                 self.log.warning("broker_disconnected", why=self.link.last_error or "unknown")
+        elif isinstance(event, LocalInputChanged):
+            self.log.info("local_input", input=event.name, active=event.active)
         if self.inbox.dropped:
             self.log.warning("inbound_messages_dropped", count=self.inbox.dropped)
             self.inbox.dropped = 0
@@ -241,33 +234,53 @@ class Runtime:
     def _execute(self, effects: tuple[Effect, ...], now: Instant | None = None) -> None:
         now = now or self.clock.now()
         for effect in effects:
-            # No try around the Persist effects: if the store cannot record a floor, the action
-            # it would allow must not happen, so the error stops the daemon (systemd restarts).
-            if isinstance(effect, PersistFloors):
-                self.store.save_floors(effect.floors, effect.time_floor)
-                continue
-            if isinstance(effect, PersistTrust):
-                self.store.save_trust(effect.version, effect.body, effect.digest)
-                self.log.warning("trust_replaced", version=effect.version)
-                continue
-            if isinstance(effect, PersistResetFloor):
-                self.store.save_reset_floor(effect.utc)
-                self.log.info("reset_floor_set", utc=rfc3339(effect.utc))
+            # No try around storing: if the store cannot record a floor, the action it would
+            # allow must not happen, so the error stops the daemon (and systemd restarts it).
+            if self._persist(effect):
                 continue
             try:
                 self._execute_one(effect, now)
-            except Exception as exc:
+            except Exception as exc:  # an adapter failure must not stop the loop
                 self.log.error("effect_failed", effect=type(effect).__name__, error=str(exc))
                 if isinstance(effect, Play):
                     self.inbox.put_report(PlaybackFailed(effect.token, str(exc)))
+
+    def _persist(self, effect: Effect) -> bool:
+        match effect:
+            case PersistFloors(floors=floors, time_floor=time_floor):
+                self.store.save_floors(floors, time_floor)
+            case PersistTrust(version=version, body=body, digest=digest):
+                self.store.save_trust(version, body, digest)
+                self.log.warning("trust_replaced", version=version)
+            case PersistResetFloor(utc=utc):
+                self.store.save_reset_floor(utc)
+                self.log.info("reset_floor_set", utc=rfc3339(utc))
+            case PersistSchedule(schedule_id=sid, version=version, body=body, digest=digest):
+                self.store.save_schedule(sid, version, body, digest)
+                self.log.info("schedule_in_force", schedule=sid, version=version)
+            case PersistDone(key=key):
+                self.store.save_done(key)
+            case _:
+                return False
+        return True
 
     def _execute_one(self, effect: Effect, now: Instant) -> None:
         match effect:
             case Fetch(url=url, sha256=sha256, size=size):
                 self.fetcher.fetch(url, sha256, size)
-            case Play(token=token, media=media, volume=volume):
-                self.log.info("play", token=token, media=media, volume=volume)
-                self.player.play(token, media, volume)
+            case Play(token=token, media=media, volume=volume, start_ms=start_ms):
+                self.log.info(
+                    "play",
+                    token=token,
+                    media=media,
+                    volume=volume,
+                    start_ms=start_ms,
+                    mono=round(now.mono, 3),
+                )
+                self.player.play(token, media, volume, start_ms)
+                name = Path(media).name
+                if len(name) == SHA256_HEX_CHARS:  # a cached file: keep it fresh in the LRU
+                    self.fetcher.touch(name)
             case StopPlayback():
                 self.player.stop()
             case SetVolume(level=level):
@@ -293,7 +306,7 @@ class Runtime:
             event["reason"] = effect.reason
         if effect.detail:
             event["detail"] = effect.detail[:MAX_DETAIL_CHARS]
-        log = self.log.warning if effect.kind in ("rejected", "failed") else self.log.info
+        log = self.log.warning if effect.kind in ("rejected", "failed", "fault") else self.log.info
         extra = {k: v for k, v in (("ref", effect.ref), ("reason", effect.reason)) if v}
         log(
             effect.kind,
@@ -305,15 +318,19 @@ class Runtime:
         self.link.publish(self.topics.events, _json(event))
 
     def _publish_state(self, fields: dict[str, Any], now: Instant) -> None:
+        usage = self.fetcher.usage()
         state: dict[str, Any] = {
             "device": self.config.device_id,
             "online": True,
             "ts": rfc3339(now.utc),
             "sw": __version__,
             **fields,
-            "schedules": {},
             "clock_synced": now.utc_trusted,
-            "cache": _cache_summary(self.config.storage.cache_dir),
+            "cache": {
+                "bytes": usage.bytes,
+                "files": usage.files,
+                "missing": self.fetcher.missing(machine.needed_media(self.state)),
+            },
             "uptime_s": int(now.mono - self.started_mono),
         }
         if "playing" in state:
@@ -333,20 +350,6 @@ class Runtime:
 
 def _json(value: dict[str, Any]) -> bytes:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-
-
-def _cache_summary(cache_dir: Path) -> dict[str, int]:
-    files = 0
-    size = 0
-    try:
-        with os.scandir(cache_dir) as entries:
-            for entry in entries:
-                if entry.is_file() and len(entry.name) == 64:
-                    files += 1
-                    size += entry.stat().st_size
-    except OSError:
-        pass
-    return {"bytes": size, "files": files, "missing": 0}
 
 
 def run_forever(config: Config, on_ready: Callable[[Runtime], None] | None = None) -> None:

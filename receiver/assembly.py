@@ -1,0 +1,121 @@
+"""From the config to what the loop needs: the core's settings, the first keyring, topics, and
+the state restored from the store."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import structlog
+
+from receiver.config_model import Config
+from receiver.core import machine
+from receiver.core.reasons import Rejection
+from receiver.core.schedule import Schedule, parse_schedule
+from receiver.core.strict_json import StrictJsonError, loads_strict
+from receiver.core.trust import Keyring, key_from_config
+from receiver.core.trustdoc import parse_trust
+from receiver.mqtt_client import Subscription
+from receiver.store import Store
+
+
+def keyring_from_config(config: Config) -> Keyring:
+    """The first keyring (version 0): the keys the technician put in the config."""
+    keys = tuple(
+        key_from_config(k.id, k.ed25519, k.roles, k.scopes, k.not_after) for k in config.trust.keys
+    )
+    return Keyring(keys, dict(config.trust.thresholds), version=0)
+
+
+def settings_from_config(config: Config) -> machine.Settings:
+    policy = config.policy
+    return machine.Settings(
+        device_id=config.device_id,
+        env=config.env,
+        groups=config.groups,
+        topic_prefix=config.broker.topic_prefix,
+        default_volume=config.player.default_volume,
+        max_volume=config.player.max_volume,
+        emergency_volume=policy.emergency_volume,
+        max_play_duration_s=config.player.max_play_duration_s,
+        warm_up_s=config.gpio.warm_up_s,
+        tail_s=config.gpio.tail_s,
+        relay_max_toggles_per_min=policy.relay_max_toggles_per_min,
+        allowed_schemes=config.media.allowed_schemes,
+        allowed_hosts=config.media.allowed_hosts,
+        max_skew_s=float(config.clock.max_skew_s),
+        max_command_age_s=float(config.clock.max_command_age_s),
+        timezone=policy.timezone,
+        quiet_hours=policy.quiet_hours,
+        late_join_s=policy.late_join_s,
+        stall_timeout_s=config.player.stall_timeout_s,
+        stream_max_restarts=config.player.stream_max_restarts,
+        fallback_file=str(config.player.fallback_file) if config.player.fallback_file else None,
+    )
+
+
+@dataclass(frozen=True)
+class Topics:
+    prefix: str
+    device_id: str
+
+    @property
+    def device_cmd(self) -> str:
+        return f"{self.prefix}/dev/{self.device_id}/cmd"
+
+    @property
+    def state(self) -> str:
+        return f"{self.prefix}/dev/{self.device_id}/state"
+
+    @property
+    def events(self) -> str:
+        return f"{self.prefix}/dev/{self.device_id}/events"
+
+    @property
+    def trust(self) -> str:
+        return f"{self.prefix}/trust"
+
+    def group_cmd(self, group: str) -> str:
+        return f"{self.prefix}/grp/{group}/cmd"
+
+    def group_schedule(self, group: str) -> str:
+        return f"{self.prefix}/grp/{group}/schedule"
+
+    def subscriptions(self, groups: tuple[str, ...]) -> list[Subscription]:
+        """Commands never from retained messages; schedules and trust are retained on purpose."""
+        return [
+            Subscription(self.device_cmd, ignore_retained=True),
+            *(Subscription(self.group_cmd(g), ignore_retained=True) for g in groups),
+            *(Subscription(self.group_schedule(g), ignore_retained=False) for g in groups),
+            Subscription(self.trust, ignore_retained=False),
+        ]
+
+
+def restore_state(config: Config, store: Store) -> machine.State:
+    """The core's state after a restart: floors, keyring, schedules and done occurrences."""
+    log = structlog.get_logger("receiver").bind(device=config.device_id)
+    keyring, trust_digest = keyring_from_config(config), ""
+    stored_trust = store.trust()
+    if stored_trust is not None:
+        version, body, digest = stored_trust
+        try:
+            keyring, trust_digest = parse_trust(loads_strict(body)).keyring, digest
+        except (Rejection, StrictJsonError) as exc:
+            log.error("stored_trust_unreadable", version=version, error=str(exc))
+    schedules: dict[str, tuple[Schedule, str]] = {}
+    for schedule_id, (version, body, digest) in store.schedules().items():
+        try:
+            schedules[schedule_id] = (parse_schedule(loads_strict(body)), digest)
+        except (Rejection, StrictJsonError) as exc:
+            log.error(
+                "stored_schedule_unreadable", schedule=schedule_id, version=version, error=str(exc)
+            )
+    return machine.initial_state(
+        settings_from_config(config),
+        keyring,
+        floors=store.floors(),
+        time_floor=store.time_floor(),
+        reset_floor=store.reset_floor(),
+        trust_digest=trust_digest,
+        schedules=schedules,
+        done=store.done(),
+    )

@@ -1,0 +1,118 @@
+"""sd_notify and the watchdog with the real runtime in this process: READY once started,
+WATCHDOG pings while the loop turns, none while the loop is wedged, again once it is free."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from gpiozero.pins.mock import MockFactory
+
+from receiver.config import load_config
+from receiver.runtime import Runtime
+from receiver.signing import command_payload, sign_command
+from tests.broker import MosquittoBroker, Subscriber
+from tests.e2e.conftest import Site
+from tests.e2e.daemon import DEVICE
+
+
+class NotifyListener:
+    """The systemd side of sd_notify: a datagram socket collecting what the daemon says."""
+
+    def __init__(self, path: Path) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.settimeout(0.2)
+        self.messages: list[tuple[float, str]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data = self.sock.recv(4096)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.messages.append((time.monotonic(), data.decode()))
+
+    def pings_between(self, start: float, end: float) -> int:
+        return sum(1 for t, m in self.messages if start <= t < end and "WATCHDOG=1" in m)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)
+        self.sock.close()
+
+
+@pytest.fixture
+def listener(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[NotifyListener]:
+    path = tmp_path / "notify.sock"
+    notify = NotifyListener(path)
+    monkeypatch.setenv("NOTIFY_SOCKET", str(path))
+    monkeypatch.setenv("WATCHDOG_USEC", "200000")  # systemd would want a ping every 0.1 s
+    yield notify
+    notify.close()
+
+
+def test_watchdog_pings_stop_while_the_loop_is_wedged(
+    site: Site, broker: MosquittoBroker, listener: NotifyListener
+) -> None:
+    runtime = Runtime(load_config(site.config), pin_factory=MockFactory())
+    wedge = threading.Event()
+    entered = threading.Event()
+    real_set_volume = runtime.player.set_volume
+
+    def wedged_set_volume(level: int) -> None:  # stands in for a libVLC call that hangs
+        entered.set()
+        wedge.wait(timeout=30)
+        real_set_volume(level)
+
+    thread = threading.Thread(target=runtime.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not any("READY=1" in m for _, m in listener.messages):
+            assert time.monotonic() < deadline, listener.messages
+            time.sleep(0.05)
+        time.sleep(1.0)
+        now = time.monotonic()
+        assert listener.pings_between(now - 1.0, now) >= 5  # alive: about ten a second
+
+        # A volume command while an item is active makes the loop call into the "player".
+        runtime.player.set_volume = wedged_set_volume  # type: ignore[method-assign]
+        with Subscriber(broker, [site.events_topic]) as sub:
+            play = command_payload(
+                "play",
+                {
+                    "priority": "normal",
+                    "max_duration_s": 60,
+                    "source": {"stream": {"url": site.media.url("tone440.wav")}},
+                },
+                env="lab",
+                aud=[f"dev:{DEVICE}"],
+            )
+            sub.publish(site.cmd_topic, sign_command(play, [site.operator]))
+            time.sleep(1.0)
+            volume = command_payload("volume", {"level": 10}, env="lab", aud=[f"dev:{DEVICE}"])
+            sub.publish(site.cmd_topic, sign_command(volume, [site.operator]))
+            assert entered.wait(10), "the loop never reached the player"
+            time.sleep(1.5)
+            now = time.monotonic()
+            assert listener.pings_between(now - 1.2, now) == 0  # wedged: no pings
+            wedge.set()
+            time.sleep(1.0)
+            now = time.monotonic()
+            assert listener.pings_between(now - 0.8, now) >= 3  # free again
+    finally:
+        wedge.set()
+        runtime.request_stop()
+        thread.join(timeout=15)
+    assert any("STOPPING=1" in m for _, m in listener.messages)
+    assert any(m.startswith("STATUS=") for _, m in listener.messages)
