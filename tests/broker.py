@@ -45,6 +45,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
@@ -279,8 +280,12 @@ class Subscriber:
         *,
         client_id: str | None = None,
         timeout_s: float = 5.0,
+        persistent: bool = False,
     ) -> None:
+        """``persistent``: an MQTT 5 session that outlives disconnects and broker restarts, so
+        QoS 1 messages published while this subscriber was away are delivered when it is back."""
         self.broker = broker
+        self.persistent = persistent
         self.topics = tuple(topics)
         self.timeout_s = timeout_s
         self.messages: queue.Queue[Received] = queue.Queue()
@@ -298,7 +303,18 @@ class Subscriber:
         self._client.on_message = self._on_message
 
     def start(self) -> Self:
-        self._client.connect(self.broker.host, self.broker.port, keepalive=30)
+        if self.persistent:
+            properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            properties.SessionExpiryInterval = 600
+            self._client.connect(
+                self.broker.host,
+                self.broker.port,
+                keepalive=30,
+                clean_start=False,
+                properties=properties,
+            )
+        else:
+            self._client.connect(self.broker.host, self.broker.port, keepalive=30)
         self._client.loop_start()
         if not self._connected.wait(self.timeout_s):
             self.close()
