@@ -2,6 +2,14 @@
 
 Operators and the demo use it to drive receivers; the tests use it too, so it is exercised the
 way an operator would run it. It never needs the receiver's config.
+
+``receiver-admin fleet`` shows every device under a prefix as a table, one row per device, from
+the retained state messages (``{prefix}/dev/+/state``): the broker hands them over at once on
+subscribe, so a short collection window (``--timeout``, 2 s) is enough for a snapshot;
+``--watch`` keeps the subscription and redraws every second until Ctrl-C. "Last seen" is the
+age of the state's ``ts`` by this machine's clock (marked ``?`` when the device says its own
+clock is not synchronised); an offline state has no ``ts``, so it shows when this tool saw the
+device go offline, or ``-`` for an offline state that was already retained.
 """
 
 from __future__ import annotations
@@ -12,11 +20,16 @@ import json
 import queue
 import sys
 import time
+import unicodedata
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 from receiver import __version__
 from receiver.signing import SigningKey, command_payload, sign_command
@@ -169,6 +182,178 @@ def _watch(args: argparse.Namespace) -> int:
     return 0
 
 
+@dataclass(frozen=True)
+class DeviceRow:
+    """What the fleet table knows of one device: its last state and when that arrived."""
+
+    device: str
+    state: dict[str, Any] | None  # None: the payload was not a JSON object
+    received_utc: float
+    retained: bool
+
+
+FLEET_COLUMNS = ("DEVICE", "ONLINE", "STATE", "VOL", "RELAY", "SCHEDULES", "TRUST", "LAST SEEN")
+_TITLE_CHARS = 32
+_SCHEDULE_CHARS = 40
+
+
+def _parse_state(payload: bytes) -> dict[str, Any] | None:
+    try:
+        value = json.loads(payload.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _short(text: str, limit: int) -> str:
+    text = " ".join(unicodedata.normalize("NFC", text).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _age(seconds: float) -> str:
+    if seconds < -5:
+        return "future"
+    seconds = max(0.0, seconds)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit}"
+    return f"{int(seconds)}s"
+
+
+def _ts_utc(value: Any) -> float | None:
+    if not isinstance(value, str) or len(value) > 40:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return None if moment.tzinfo is None else moment.timestamp()
+
+
+def fleet_row(row: DeviceRow, now_utc: float) -> tuple[str, ...]:
+    """The table cells for one device (see FLEET_COLUMNS)."""
+    state = row.state
+    if state is None:
+        return (row.device, "?", "(not a state message)", "", "", "", "", "")
+    online = state.get("online")
+    if online is not True:
+        seen = "-" if row.retained else _age(now_utc - row.received_utc)
+        return (row.device, "no" if online is False else "?", "-", "-", "-", "-", "-", seen)
+    playing = state.get("playing")
+    what = str(state.get("state", "?"))
+    if what == "playing" and isinstance(playing, dict):
+        what = "playing: " + _short(str(playing.get("title", "?")), _TITLE_CHARS)
+    relays = state.get("relays")
+    relay = str(relays.get("amp", "?")) if isinstance(relays, dict) else "?"
+    if state.get("relay_override") is not None:
+        relay += " (manual)"
+    schedules = state.get("schedules")
+    if isinstance(schedules, dict):
+        compact = ",".join(f"{sid}:{version}" for sid, version in sorted(schedules.items()))
+        schedule_text = _short(compact, _SCHEDULE_CHARS) or "-"
+    else:
+        schedule_text = "?"
+    made = _ts_utc(state.get("ts"))
+    seen = "?" if made is None else _age(now_utc - made)
+    if made is not None and state.get("clock_synced") is False:
+        seen += "?"
+    return (
+        row.device,
+        "yes",
+        what,
+        str(state.get("volume", "?")),
+        relay,
+        schedule_text,
+        str(state.get("trust_version", "?")),
+        seen,
+    )
+
+
+def format_fleet(rows: dict[str, DeviceRow], now_utc: float) -> str:
+    """The whole table, devices in id order, and a summary line."""
+    cells = [FLEET_COLUMNS] + [fleet_row(rows[name], now_utc) for name in sorted(rows)]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(FLEET_COLUMNS))]
+    lines = [
+        "  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip()
+        for line in cells
+    ]
+    if any(len(line[7]) > 1 and line[7].endswith("?") for line in cells[1:]):
+        lines.append("(an age ending in ? comes from a device whose clock is not synchronised)")
+    online = sum(1 for line in cells[1:] if line[1] == "yes")
+    playing = sum(1 for line in cells[1:] if line[2].startswith("playing"))
+    lines.append(
+        f"{len(rows)} device{'' if len(rows) == 1 else 's'}: {online} online, "
+        f"{len(rows) - online} offline or unknown, {playing} playing"
+    )
+    return "\n".join(lines)
+
+
+def _fleet(args: argparse.Namespace) -> int:
+    """A table of the devices' retained states: once, or redrawn every second (--watch)."""
+    arrivals: queue.Queue[tuple[str, bytes, bool, float]] = queue.Queue()
+    topic_filter = f"{args.prefix}/dev/+/state"
+
+    def on_connect(
+        client: mqtt.Client,
+        _u: object,
+        _flags: mqtt.ConnectFlags,
+        reason_code: ReasonCode,
+        _p: Properties | None,
+    ) -> None:
+        if not reason_code.is_failure:  # (again) after every reconnect in --watch
+            client.subscribe(topic_filter, qos=1)
+
+    def on_message(_c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
+        arrivals.put((msg.topic, bytes(msg.payload), bool(msg.retain), time.time()))
+
+    try:
+        client = _connect(args)
+    except OSError as exc:
+        print(f"cannot connect to {args.host}:{args.port}: {exc}", file=sys.stderr)
+        return 1
+    client.on_connect = on_connect
+    client.on_message = on_message
+    client.loop_start()
+    rows: dict[str, DeviceRow] = {}
+
+    def collect(until: float) -> None:
+        while (remaining := until - time.monotonic()) > 0:
+            try:
+                topic, payload, retained, received = arrivals.get(timeout=remaining)
+            except queue.Empty:
+                return
+            device = topic.rsplit("/", 2)[-2]
+            if payload:
+                rows[device] = DeviceRow(device, _parse_state(payload), received, retained)
+            else:
+                rows.pop(device, None)  # the retained state was cleared
+
+    try:
+        if not args.watch:
+            collect(time.monotonic() + args.timeout)
+            _print_fleet(sys.stdout, rows, topic_filter, clear=False)
+            return 0
+        clear = sys.stdout.isatty()
+        while True:
+            collect(time.monotonic() + 1.0)
+            _print_fleet(sys.stdout, rows, topic_filter, clear=clear)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def _print_fleet(out: TextIO, rows: dict[str, DeviceRow], where: str, clear: bool) -> None:
+    now = time.time()
+    stamp = datetime.fromtimestamp(now).astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
+    if clear:
+        out.write("\x1b[H\x1b[2J")
+    out.write(f"{where} at {stamp}\n")
+    out.write((format_fleet(rows, now) if rows else "no device has a retained state here") + "\n")
+    out.flush()
+
+
 def _broker_options(parser: argparse.ArgumentParser, required: bool) -> None:
     parser.add_argument("--host", required=required, help="broker host (omit to print only)")
     parser.add_argument("--port", type=int, default=1883)
@@ -233,6 +418,14 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument("--until", nargs="*", default=[], help="stop after an event of a kind")
     _broker_options(watch, required=True)
     watch.set_defaults(func=_watch)
+
+    fleet = sub.add_parser("fleet", help="a table of every device's state")
+    fleet.add_argument(
+        "--timeout", type=float, default=2.0, help="seconds to collect states (default 2)"
+    )
+    fleet.add_argument("--watch", action="store_true", help="redraw every second until Ctrl-C")
+    _broker_options(fleet, required=True)
+    fleet.set_defaults(func=_fleet)
     return parser
 
 

@@ -44,6 +44,8 @@ def settings_from_config(config: Config) -> machine.Settings:
         allowed_hosts=config.media.allowed_hosts,
         max_skew_s=float(config.clock.max_skew_s),
         max_command_age_s=float(config.clock.max_command_age_s),
+        sync_grace_s=float(config.clock.sync_grace_s),
+        max_file_bytes=config.media.max_file_bytes,
         timezone=policy.timezone,
         quiet_hours=policy.quiet_hours,
         late_join_s=policy.late_join_s,
@@ -100,7 +102,15 @@ def restore_state(config: Config, store: Store) -> machine.State:
         try:
             keyring, trust_digest = parse_trust(loads_strict(body)).keyring, digest
         except (Rejection, StrictJsonError) as exc:
-            log.error("stored_trust_unreadable", version=version, error=str(exc))
+            # Fail closed: going back to the config's keys could re-trust a key that a
+            # rotation removed. Nothing is trusted until the state directory is cleared.
+            keyring = Keyring((), version=version)
+            log.error(
+                "stored_trust_unreadable",
+                version=version,
+                error=str(exc),
+                action="no key is trusted; clear the state directory to start over",
+            )
     schedules: dict[str, tuple[Schedule, str]] = {}
     for schedule_id, (version, body, digest) in store.schedules().items():
         try:

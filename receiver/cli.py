@@ -1,14 +1,20 @@
-"""``receiver``: the device-side command line (run the daemon, check a config, force the relay off).
+"""``receiver``: the device-side command line (run the daemon, check a config, force the relay off,
+show the device's status).
 
 Exit status 78 (EX_CONFIG) means the configuration is wrong; the systemd unit lists it in
 ``RestartPreventExitStatus`` so a bad file is reported once instead of restarted forever.
+``receiver status`` reads only local files (the daemon's last state, and the board's health
+now), so it works with the network down; it exits 1 when there is no state to show.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
+from datetime import UTC, tzinfo
 from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import structlog
 
@@ -68,6 +74,49 @@ def cmd_relay_off(args: argparse.Namespace) -> int:
     return 0
 
 
+def _zone(name: str) -> tzinfo:
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return UTC
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """The daemon's last state from its status file, and the board's health now."""
+    config = _load(args.config)
+    if config is None:
+        return EX_CONFIG
+    from receiver.health import read_health
+    from receiver.status import StatusError, format_health, format_status, read_status, status_path
+
+    state_dir = config.storage.state_dir
+    path = status_path(state_dir)
+    try:
+        status = read_status(state_dir)
+        written = path.stat().st_mtime if status is not None else None
+    except (StatusError, OSError) as exc:
+        print(f"{exc} (try sudo if it is a permission problem)", file=sys.stderr)
+        return 1
+    if status is None:
+        print(
+            f"no status yet: {path} does not exist "
+            f"(the daemon writes it each time it publishes the device's state; has it run?)"
+        )
+        return 1
+    print(
+        format_status(
+            status,
+            time.time(),
+            now_mono=time.monotonic(),
+            written_utc=written,
+            tz=_zone(config.policy.timezone),
+        )
+    )
+    board = format_health(read_health(state_dir, config.storage.cache_dir))
+    print(f"{'board now':<11}{board}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="receiver", description=__doc__)
     parser.add_argument("--version", action="version", version=f"loa-receiver {__version__}")
@@ -81,6 +130,9 @@ def main(argv: list[str] | None = None) -> int:
     relay = sub.add_parser("relay-off", help="force the amplifier relay off (stop helper)")
     relay.add_argument("--config", "-c", required=True, help="the YAML config file")
     relay.set_defaults(func=cmd_relay_off)
+    status = sub.add_parser("status", help="show the device's last state (works offline)")
+    status.add_argument("--config", "-c", required=True, help="the YAML config file")
+    status.set_defaults(func=cmd_status)
     args = parser.parse_args(argv)
     result: int = args.func(args)
     return result

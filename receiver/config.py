@@ -938,6 +938,7 @@ _CLOCK = _Section(
         _Field("trust_system_clock", _choice("auto", "always", "never")),
         _Field("max_skew_s", _int_range(0, 86400, "seconds")),
         _Field("max_command_age_s", _int_range(60, 30 * 86400, "seconds")),
+        _Field("sync_grace_s", _int_range(0, 600, "seconds")),
     ),
     _build(ClockConfig),
 )

@@ -125,6 +125,9 @@ class ClockConfig:
     # Commands issued longer ago than this are refused even if their exp is later, so a backlog
     # queued while the link was down does not play hours late.
     max_command_age_s: int = 3600
+    # After start-up, commands wait up to this long for NTP before they are judged without a
+    # synchronised clock.
+    sync_grace_s: int = 30
 
 
 @dataclass(frozen=True)

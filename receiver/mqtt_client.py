@@ -53,6 +53,33 @@ Threading contract (see DESIGN.md, "a pure core inside a thin shell"):
   re-sent the messages that were in flight when the link dropped, so the fresh "online" state is
   published after any older retained state and is the one the broker keeps.
   ``on_link(LinkChanged(False))`` is called once the connection has ended, also on :meth:`stop`.
+
+Acknowledgements (``publish(..., on_ack=...)``), for the events outbox:
+
+- paho gives a QoS 1 message its message id (mid) inside ``client.publish()``, connected or not,
+  keeps it in its own queue under that mid until the PUBACK, and after a reconnect sends it
+  again *with the same mid* (DUP set; it never drops a queued QoS 1 message by itself). So a
+  mid -> callback map, filled when the message is handed to paho, stays valid across any number
+  of reconnects. The one place where a message has no mid yet is our own hold list (from
+  ``reconnect()`` to the CONNACK): such a message gets its mid, and its callback its map entry,
+  when our thread hands it to paho right after the CONNACK.
+- paho calls ``on_publish`` from ``loop()`` while holding its message lock, so the handler only
+  appends the mid to a deque. Our thread, after every ``loop()`` turn and holding no paho lock,
+  takes ``_lock``, pops the callbacks of the acknowledged mids and calls them (outside the lock).
+  :meth:`MqttLink.publish` registers the callback under ``_lock`` in the same critical section as
+  ``client.publish()``, so a PUBACK that arrives before the registration cannot be missed.
+- ``on_ack`` fires once per message, for any PUBACK, also one with a failure reason code (the
+  broker answered for good: sending it again would be refused again; the refusal is logged and
+  kept in ``last_error``). It never fires for a message that was dropped (queue full, link being
+  stopped: :meth:`~MqttLink.publish` returns False, or logs when a held message is dropped at
+  the CONNACK), nor for messages still unacknowledged when the link is stopped or the process
+  ends: those are the outbox's to send again. QoS 1 is at least once: a message whose PUBACK was
+  lost with the connection is sent again, and the broker may pass on both copies.
+
+Maximum Packet Size: every CONNECT carries the MQTT 5 property (``max_packet_size``, 32 KiB), so
+the broker never sends us a bigger packet: it drops such a message for us (Mosquitto 2.0 does so
+silently and the connection stays up) instead of making us read it. Everything central sends is
+at most 16 KiB of payload (protocol §4), so 32 KiB leaves room for the topic and properties.
 """
 
 from __future__ import annotations
@@ -65,7 +92,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, ParamSpec
+from typing import Any, ParamSpec, TypedDict
 
 import paho.mqtt.client as mqtt
 import structlog
@@ -80,6 +107,7 @@ from receiver.core.events import LinkChanged, MessageReceived
 
 __all__ = [
     "LinkError",
+    "LinkStatus",
     "MqttLink",
     "Subscription",
     "backoff_delay",
@@ -98,6 +126,11 @@ DEFAULT_CONNECT_TIMEOUT_S = 10.0
 DEFAULT_HANDSHAKE_TIMEOUT_S = 10.0
 #: How long :meth:`MqttLink.stop` waits for the broker to acknowledge the final message.
 DEFAULT_FINAL_TIMEOUT_S = 2.0
+#: MQTT 5 Maximum Packet Size we announce: the broker sends us nothing bigger (commands, schedules
+#: and trust documents are at most 16 KiB, protocol §4; the rest is room for topic and header).
+DEFAULT_MAX_PACKET_SIZE = 32 * 1024
+#: The largest value the property may take (MQTT 5, 3.1.2.11.4: the largest packet there is).
+_MQTT_MAX_PACKET_SIZE = 268_435_460
 #: ``select()`` timeout of one ``loop()`` turn; publishing and stopping wake it at once anyway.
 _LOOP_TIMEOUT_S = 1.0
 
@@ -128,6 +161,20 @@ _CONNACK_REASONS: dict[int, str] = {
 
 class LinkError(RuntimeError):
     """The MQTT link was misused or cannot be set up (bad TLS files, invalid topic, ...)."""
+
+
+class LinkStatus(TypedDict):
+    """:attr:`MqttLink.status`: the link, as the device reports it in its state message."""
+
+    #: True from an accepted CONNACK until that connection is gone.
+    up: bool
+    #: ``time.monotonic()`` when the link entered its current state (up: the CONNACK; down: the
+    #: end of the connection, or :meth:`MqttLink.start`); None before start().
+    since: float | None
+    #: Why the link last failed; kept after it recovers (None if it never failed).
+    last_error: str | None
+    #: Accepted connections after the first one: how often the link came back.
+    reconnects: int
 
 
 @dataclass(frozen=True)
@@ -187,6 +234,19 @@ def _check_topic(topic: str) -> None:
         raise LinkError(f"cannot publish to {topic!r}: contains a NUL character")
 
 
+def _connect_properties(config: BrokerConfig, max_packet_size: int) -> Properties:
+    """The CONNECT properties sent on every (re)connect: session expiry, Maximum Packet Size."""
+    if not 1 <= max_packet_size <= _MQTT_MAX_PACKET_SIZE:
+        raise LinkError(
+            f"max_packet_size {max_packet_size} is not an MQTT packet size "
+            f"(1 to {_MQTT_MAX_PACKET_SIZE})"
+        )
+    properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+    properties.SessionExpiryInterval = config.session_expiry_s
+    properties.MaximumPacketSize = max_packet_size
+    return properties
+
+
 def _tls_context(tls: TlsConfig) -> ssl.SSLContext:
     """Server verification always on; the system store when no CA file is configured."""
     try:
@@ -224,7 +284,9 @@ class MqttLink:
         connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
         handshake_timeout_s: float = DEFAULT_HANDSHAKE_TIMEOUT_S,
         final_timeout_s: float = DEFAULT_FINAL_TIMEOUT_S,
+        max_packet_size: int = DEFAULT_MAX_PACKET_SIZE,
     ) -> None:
+        connect_properties = _connect_properties(config, max_packet_size)
         self._config = config
         self._client_id = client_id
         self._subscriptions = tuple(subscriptions)
@@ -243,9 +305,12 @@ class MqttLink:
         # Guarded by _lock: which thread may call client.publish()/disconnect() right now.
         self._lock = threading.Lock()
         self._holding = False  # reconnect() .. CONNACK: publishes wait in _pending
-        self._pending: deque[tuple[str, bytes, bool]] = deque()
+        self._pending: deque[tuple[str, bytes, bool, Callable[[], None] | None]] = deque()
         self._disconnect_requested = False
         self._disconnect_deadline = 0.0
+        self._ack_callbacks: dict[int, Callable[[], None]] = {}  # mid -> on_ack
+        # Appended by on_publish (inside paho's lock: no lock of ours), emptied by our thread.
+        self._acked: deque[int] = deque()
 
         # Plain attributes; each written by one thread only (reads elsewhere are atomic).
         self._stopping = threading.Event()
@@ -258,6 +323,8 @@ class MqttLink:
         self._ever_up = False
         self._sub_mid: int | None = None
         self._dropped = 0
+        self._since: float | None = None
+        self._reconnects = 0
 
         _check_topic(will_topic)
         client = mqtt.Client(
@@ -273,15 +340,7 @@ class MqttLink:
         if config.tls is not None:
             client.tls_set_context(_tls_context(config.tls))
         client.will_set(will_topic, will_payload, qos=1, retain=True)
-        client.on_connect = self._guard("on_connect", self._handle_connect)
-        client.on_disconnect = self._guard("on_disconnect", self._handle_disconnect)
-        client.on_subscribe = self._guard("on_subscribe", self._handle_subscribe)
-        client.on_message = self._guard("on_message", self._handle_message)
-        client.on_publish = self._guard("on_publish", self._handle_publish)
-        # Present only so that publish() from another thread never writes to the socket itself.
-        client.on_socket_register_write = self._guard("on_socket_register_write", _ignore_socket)
-        connect_properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        connect_properties.SessionExpiryInterval = config.session_expiry_s
+        self._set_callbacks(client)
         # Only stores the parameters; every reconnect() reuses them, properties included.
         client.connect_async(
             config.host,
@@ -291,6 +350,15 @@ class MqttLink:
             properties=connect_properties,
         )
         self._client = client
+
+    def _set_callbacks(self, client: mqtt.Client) -> None:
+        client.on_connect = self._guard("on_connect", self._handle_connect)
+        client.on_disconnect = self._guard("on_disconnect", self._handle_disconnect)
+        client.on_subscribe = self._guard("on_subscribe", self._handle_subscribe)
+        client.on_message = self._guard("on_message", self._handle_message)
+        client.on_publish = self._guard("on_publish", self._handle_publish)
+        # Present only so that publish() from another thread never writes to the socket itself.
+        client.on_socket_register_write = self._guard("on_socket_register_write", _ignore_socket)
 
     # ------------------------------------------------------------------ public API
 
@@ -304,6 +372,20 @@ class MqttLink:
         """Why the link last failed (kept after it recovers; None if it never failed)."""
         return self._last_error
 
+    @property
+    def status(self) -> LinkStatus:
+        """A snapshot for the state message: up, since (monotonic), last_error, reconnects.
+
+        Safe from any thread; the fields are read one by one, so a transition happening at the
+        same moment may show in some of them only.
+        """
+        return LinkStatus(
+            up=self._up,
+            since=self._since,
+            last_error=self._last_error,
+            reconnects=self._reconnects,
+        )
+
     def start(self) -> None:
         """Start the network thread; it connects, and keeps reconnecting until :meth:`stop`."""
         if self._thread is not None:
@@ -311,25 +393,38 @@ class MqttLink:
         self._thread = threading.Thread(
             target=self._run, name=f"mqtt-{self._client_id}", daemon=True
         )
+        self._since = time.monotonic()
         self._thread.start()
 
-    def publish(self, topic: str, payload: bytes, retain: bool = False) -> None:
+    def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        retain: bool = False,
+        on_ack: Callable[[], None] | None = None,
+    ) -> bool:
         """Queue a QoS 1 message; never blocks on the network. Safe from any thread.
 
         While the link is down the message is kept (at most ``max_queued`` messages in all)
         and sent after the next connect, in order; publishing before :meth:`start` is fine too.
-        A full queue, or a link being stopped, drops the message with a warning. An invalid
-        topic name raises :class:`LinkError`.
+        A full queue, or a link being stopped, drops the message with a warning and returns
+        False; otherwise returns True. An invalid topic name raises :class:`LinkError`.
+
+        ``on_ack`` is called once, from the link's network thread, when the broker has
+        acknowledged the message (its PUBACK), also if that happens only after one or more
+        reconnects. It must only queue (put an event on the daemon's inbox) and return. It is
+        not called for a dropped message, nor if the link is stopped or the process ends before
+        the PUBACK: see the module's notes on acknowledgements.
         """
         _check_topic(topic)
         if self._stopping.is_set():
             self._log.warning("mqtt_publish_after_stop", topic=topic)
-            return
+            return False
         with self._lock:
             if self._holding:
-                self._hold_locked(topic, payload, retain)
-            else:
-                self._publish_locked(topic, payload, retain)
+                return self._hold_locked(topic, payload, retain, on_ack)
+            info = self._publish_locked(topic, payload, retain, on_ack)
+            return info.rc != MQTTErrorCode.MQTT_ERR_QUEUE_SIZE
 
     def stop(self, final_topic: str | None = None, final_payload: bytes | None = None) -> None:
         """Publish the final message (retained) if connected, disconnect cleanly, join the thread.
@@ -361,21 +456,37 @@ class MqttLink:
 
     # ------------------------------------------------------------------ publishing helpers
 
-    def _publish_locked(self, topic: str, payload: bytes, retain: bool) -> mqtt.MQTTMessageInfo:
-        """client.publish(); the caller holds ``_lock`` and the link is not holding messages."""
+    def _publish_locked(
+        self,
+        topic: str,
+        payload: bytes,
+        retain: bool,
+        on_ack: Callable[[], None] | None = None,
+    ) -> mqtt.MQTTMessageInfo:
+        """client.publish(); the caller holds ``_lock`` and the link is not holding messages.
+
+        paho assigns the mid here, connected or not, and keeps it across reconnects; the
+        callback is registered before ``_lock`` is released, and acknowledgements are matched
+        only under ``_lock`` (:meth:`_deliver_acks`), so an early PUBACK cannot be missed.
+        """
         try:
             info = self._client.publish(topic, payload, qos=1, retain=retain)
         except ValueError as exc:
             raise LinkError(f"cannot publish to {topic!r}: {exc}") from exc
         if info.rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:
             self._note_dropped(topic)
+        elif on_ack is not None:
+            self._ack_callbacks[info.mid] = on_ack
         return info
 
-    def _hold_locked(self, topic: str, payload: bytes, retain: bool) -> None:
+    def _hold_locked(
+        self, topic: str, payload: bytes, retain: bool, on_ack: Callable[[], None] | None = None
+    ) -> bool:
         if len(self._pending) >= self._max_queued:
             self._note_dropped(topic)
-        else:
-            self._pending.append((topic, payload, retain))
+            return False
+        self._pending.append((topic, payload, retain, on_ack))
+        return True
 
     def _note_dropped(self, topic: str) -> None:
         self._dropped += 1
@@ -433,6 +544,7 @@ class MqttLink:
                 retry_in_s=round(delay, 2),
             )
             self._stopping.wait(delay)
+        self._deliver_acks()
         self._close_socket()
 
     def _attempt(self) -> float | None:
@@ -477,9 +589,9 @@ class MqttLink:
 
     def _drain_pending_locked(self) -> None:
         while self._pending:
-            topic, payload, retain = self._pending.popleft()
+            topic, payload, retain, on_ack = self._pending.popleft()
             try:
-                self._publish_locked(topic, payload, retain)
+                self._publish_locked(topic, payload, retain, on_ack)
             except LinkError as exc:
                 self._log.error("mqtt_publish_failed", topic=topic, reason=str(exc))
 
@@ -490,6 +602,7 @@ class MqttLink:
             while True:
                 # Short turns until the CONNACK: stop() must not wait long on a mute broker.
                 rc = self._client.loop(timeout=0.1 if self._holding else _LOOP_TIMEOUT_S)
+                self._deliver_acks()
                 if self._holding and (self._up or self._disconnect_requested):
                     self._release_hold()
                 if self._ready and not ready_handled:
@@ -517,10 +630,26 @@ class MqttLink:
             self._set_down()
         return up_for
 
+    def _deliver_acks(self) -> None:
+        """Call the ``on_ack`` of every message acknowledged so far (our thread, no paho lock)."""
+        if not self._acked:
+            return
+        ready: list[Callable[[], None]] = []
+        with self._lock:
+            while self._acked:
+                callback = self._ack_callbacks.pop(self._acked.popleft(), None)
+                if callback is not None:
+                    ready.append(callback)
+        for callback in ready:
+            self._call_user("on_ack", callback)
+
     def _set_up(self, session_present: bool) -> None:
         """CONNACK accepted (called from on_connect, before any message of this connection)."""
         self._up = True
         self._up_since = time.monotonic()
+        self._since = self._up_since
+        if self._ever_up:
+            self._reconnects += 1
         self._log.info("mqtt_connected", session_present=session_present)
         if not session_present and self._ever_up:
             self._log.warning(
@@ -535,6 +664,7 @@ class MqttLink:
         if not self._up:
             return
         self._up = False
+        self._since = time.monotonic()
         self._call_user("on_link", self._on_link_cb, LinkChanged(up=False))
 
     def _close_socket(self) -> None:
@@ -641,6 +771,9 @@ class MqttLink:
         reason_code: ReasonCode,
         properties: Properties,
     ) -> None:
+        # Called inside paho's message lock: only note the mid (deque.append is thread-safe);
+        # the callback runs from _deliver_acks once loop() has returned.
+        self._acked.append(mid)
         if reason_code.is_failure:
             self._last_error = f"publish refused by broker: {reason_code.getName()}"
             self._log.warning("mqtt_publish_refused", mid=mid, reason=reason_code.getName())

@@ -99,6 +99,11 @@ _STATE_NAMES = (
 )
 _TRACK_AUDIO = 0  # libvlc_track_type_t: libvlc_track_audio
 
+# How much a URL's input buffers before it plays: the audio a stream hiccup can last without a
+# gap. libVLC's default is 1000 ms; Wi-Fi on a Pi and a distant Icecast deserve more. It does not
+# delay the start of a stream from Icecast, whose burst-on-connect fills it at once.
+NETWORK_CACHING_MS = 3000
+
 # VLC's equalizer with flat bands scales by 0.25 (-12.04 dB); the preamp range is +-20 dB.
 _EQ_UNITY_DB = 20.0 * math.log10(4.0)
 _EQ_PREAMP_MIN_DB = -20.0
@@ -125,6 +130,8 @@ class _Item:
     audio_seen: bool = False
     started: bool = False
     closed: bool = False  # terminal event sent, or superseded: report nothing more
+    raw_time: int = -1  # the last get_time() that position_ms() saw (loop thread only)
+    position: int = 0  # what position_ms() reports: monotonic (loop thread only)
 
 
 def instance_args(config: PlayerConfig) -> list[str]:
@@ -165,6 +172,26 @@ def _check_volume(level: int) -> None:
         raise ValueError(f"volume must be an int 0..100, not {level!r}")
 
 
+def _check_start(start_ms: int, *, live: bool) -> None:
+    if isinstance(start_ms, bool) or not isinstance(start_ms, int) or start_ms < 0:
+        raise ValueError(f"start_ms must be an int >= 0, not {start_ms!r}")
+    if live and start_ms:
+        raise ValueError("a live stream cannot start at an offset (start_ms must be 0)")
+
+
+def _media_options(media: str, start_ms: int, *, live: bool) -> list[str]:
+    """The per-item libVLC options: an offset for a file, buffering for anything from a URL."""
+    options = []
+    if start_ms:
+        # A float option: libVLC reads it in the C locale whatever ours is, so no ',' here.
+        options.append(f":start-time={start_ms // 1000}.{start_ms % 1000:03d}")
+    if "://" in media:
+        options.append(f":network-caching={NETWORK_CACHING_MS}")
+    if live:
+        options.append(":http-continuous")
+    return options
+
+
 def _file_preamp_db(level: int) -> float:
     """Equalizer preamp that gives ``(level/100)**3`` in amplitude, VLC's software-volume law."""
     if level <= 0:
@@ -201,16 +228,27 @@ class Player:
 
     # --- the loop thread's API ---------------------------------------------------------------
 
-    def play(self, token: int, media: str, volume: int) -> None:
-        """Start ``media`` (a local path or an http(s) URL) at ``volume``, replacing any item."""
+    def play(
+        self, token: int, media: str, volume: int, start_ms: int = 0, *, live: bool = False
+    ) -> None:
+        """Start ``media`` (a local path or an http(s) URL) at ``volume``, replacing any item.
+
+        ``start_ms`` starts a file that far into it (to resume an interrupted item where it
+        was). ``live`` says that ``media`` is a live stream rather than a file; it makes a
+        plain-HTTP stream reconnect once when the server closes it, as an Icecast one does
+        anyway (never pass it for a file served over HTTP: libVLC would replay it for ever).
+        """
         self._check_open()
         _check_volume(volume)
+        _check_start(start_ms, live=live)
         if "://" in media:
             vlc_media = self._instance.media_new_location(media)
         else:
             vlc_media = self._instance.media_new_path(os.path.abspath(media))
         if vlc_media is None:  # the current item, if any, plays on
             raise PlayerError(f"libVLC could not make a media of {media!r}")
+        for option in _media_options(media, start_ms, live=live):
+            vlc_media.add_option(option)
         self._supersede()
         # Not vlc_media.event_manager(): python-vlc memoizes that in a class-level dict, which
         # would keep every Media wrapper, its callbacks and its _Item alive for ever.
@@ -245,14 +283,29 @@ class Player:
         self._apply_volume(level)
 
     def position_ms(self) -> int:
-        """libVLC's ``get_time()`` for the live item, -1 when nothing plays."""
+        """Where the live item is, in ms; -1 when nothing plays. Never goes backwards.
+
+        It is libVLC's ``get_time()`` while that only grows (always, for a file: with
+        ``start_ms``, it starts there). A live stream's ``get_time()`` can jump back (Ogg: it is
+        the stream's own timestamp, and a reconnect that rejoins a little earlier sets it back
+        by as much); then this goes on from where it was, by 1 ms for the jump and then by
+        ``get_time()``'s own steps. So it moves exactly when ``get_time()`` moves: while audio
+        arrives, and not while the stream is stalled. 0 until the first audio.
+        """
         if self._closed:
             return -1
+        raw = int(self._mp.get_time())
         with self._lock:
-            live = self._item is not None and not self._item.closed
-        if not live:
-            return -1
-        return int(self._mp.get_time())
+            item = self._item
+            if item is None or item.closed:
+                return -1
+            if raw >= 0 and raw != item.raw_time:
+                if item.raw_time < 0 or raw > item.raw_time:
+                    item.position += raw - max(item.raw_time, 0)
+                else:
+                    item.position += 1
+                item.raw_time = raw
+            return item.position
 
     def close(self) -> None:
         """Stop and release the Media, the player and the instance. Idempotent."""

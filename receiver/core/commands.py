@@ -19,6 +19,11 @@ from receiver.core.reasons import Rejection
 ID_PATTERN: Final = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 MESSAGE_ID_PATTERN: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
 SHA256_PATTERN: Final = re.compile(r"[0-9a-f]{64}")
+RFC3339_PATTERN: Final = re.compile(
+    r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})"
+)
+URL_PATTERN: Final = re.compile(r"[\x21-\x7e]+")  # printable ASCII, no spaces
+MAX_TARGET_CHARS: Final = 200  # a stop may name a schedule occurrence: schedule/entry/date
 PRIORITIES: Final = ("normal", "priority", "emergency")
 COMMAND_TYPES: Final = ("play", "stop", "volume", "relay", "report")
 MAX_SEQ: Final = 2**63 - 1
@@ -99,10 +104,10 @@ class Command:
 
 def parse_time(value: Any, what: str, reason: str) -> float:
     """An RFC 3339 timestamp with an explicit offset, as seconds since the epoch."""
-    if not isinstance(value, str) or len(value) > 40:
+    if not isinstance(value, str) or not RFC3339_PATTERN.fullmatch(value):
         raise Rejection(reason, f"{what} is not an RFC 3339 time")
     try:
-        parsed = datetime.fromisoformat(value)
+        parsed = datetime.fromisoformat(value.upper())
     except ValueError as exc:
         raise Rejection(reason, f"{what} is not an RFC 3339 time") from exc
     if parsed.tzinfo is None:
@@ -146,6 +151,8 @@ def parse_header(doc: Any, *, document_fields: frozenset[str] | None = None) -> 
     if exp <= iat:
         raise Rejection(reasons.MALFORMED, "exp is not after iat")
     env = _str(payload.get("env"), "env", reasons.MALFORMED, 64)
+    if not ID_PATTERN.fullmatch(env):
+        raise Rejection(reasons.MALFORMED, "env has characters outside [a-z0-9._-]")
     aud = payload.get("aud")
     if not isinstance(aud, list) or not 0 < len(aud) <= MAX_AUDIENCE:
         raise Rejection(reasons.MALFORMED, f"aud must be a list of 1 to {MAX_AUDIENCE} entries")
@@ -232,7 +239,13 @@ def _parse_file(value: Any) -> MediaFile:
 
 def _parse_url(value: Any) -> str:
     url = _str(value, "url", reasons.BAD_BODY, MAX_URL_CHARS)
+    if not URL_PATTERN.fullmatch(url):
+        raise Rejection(reasons.BAD_BODY, "url must be printable ASCII without spaces")
     parts = urlsplit(url)
+    try:
+        parts.port  # noqa: B018 - raises on a malformed port
+    except ValueError as exc:
+        raise Rejection(reasons.BAD_BODY, "url has an invalid port") from exc
     if not parts.scheme or not parts.hostname:
         raise Rejection(reasons.BAD_BODY, "url needs a scheme and a host")
     return url
@@ -240,7 +253,7 @@ def _parse_url(value: Any) -> str:
 
 def _parse_stop(value: Any) -> Stop:
     body = _object(value, "body", frozenset({"target"}), reasons.BAD_BODY)
-    target = _str(body.get("target"), "target", reasons.BAD_BODY, 64)
+    target = _str(body.get("target"), "target", reasons.BAD_BODY, MAX_TARGET_CHARS)
     return Stop(target)
 
 

@@ -26,13 +26,6 @@ SCHEDULE_TYPE: Final = "application/vnd.loa.schedule.v1+json"
 TRUST_TYPE: Final = "application/vnd.loa.trust.v1+json"
 PAYLOAD_TYPES: Final = frozenset({COMMAND_TYPE, SCHEDULE_TYPE, TRUST_TYPE})
 
-# Which roles may sign which payload type (SECURITY.md property 2).
-ROLES_FOR_TYPE: Final = {
-    COMMAND_TYPE: frozenset({"operator", "emergency"}),
-    SCHEDULE_TYPE: frozenset({"operator", "emergency"}),
-    TRUST_TYPE: frozenset({"root"}),
-}
-
 
 @dataclass(frozen=True)
 class Envelope:

@@ -57,6 +57,7 @@ __all__ = [
 
 MAX_STOPPED_IDS: Final = 64  # ids named by recent stops, refused if their play comes later
 MAX_SETTLE_ROUNDS: Final = 4
+MAX_HELD: Final = 64
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,7 @@ class Step:
 
 def boot(state: State, now: Instant) -> Step:
     """The first step: the relay is forced off and the state is published."""
-    state = replace(state, relay_on=False, relay_off_mono=None)
+    state = replace(state, relay_on=False, relay_off_mono=None, booted_mono=now.mono)
     return Step(state, (SwitchRelay(on=False), engine.publish_state(state)), now.mono)
 
 
@@ -78,7 +79,9 @@ def step(state: State, event: Event, now: Instant) -> Step:
         # The first trusted instant of a fresh store: from now on, older commands are stale.
         state = replace(state, reset_floor=now.utc)
         out.append(PersistResetFloor(now.utc))
-    if isinstance(event, MessageReceived):
+    if isinstance(event, MessageReceived) and _should_hold(state, event, now):
+        state = replace(state, held=(*state.held, event)[-MAX_HELD:])
+    elif isinstance(event, MessageReceived):
         state = _on_message(state, event, now, out)
     elif isinstance(event, FetchFinished):
         state = engine.media_arrived(state, event.sha256, event.path)
@@ -96,10 +99,28 @@ def step(state: State, event: Event, now: Instant) -> Step:
         state = engine.progress(state, event.token, event.position_ms, now)
     elif isinstance(event, LocalInputChanged):
         state = _on_local_input(state, event, out)
+    if state.held and not _in_grace(state, now):
+        held, state = state.held, replace(state, held=())
+        for message in held:
+            state = _on_message(state, message, now, out)
     state = programme.retry_staged(state, now, out)
     state = programme.evaluate(state, now, out)
     state = _settle(state, now, out)
-    return Step(state, tuple(out), engine.next_deadline(state, now))
+    deadline = engine.next_deadline(state, now)
+    if state.held:
+        grace_end = state.booted_mono + state.settings.sync_grace_s
+        deadline = grace_end if deadline is None else min(deadline, grace_end)
+    return Step(state, tuple(out), deadline)
+
+
+def _in_grace(state: State, now: Instant) -> bool:
+    return not now.utc_trusted and now.mono < state.booted_mono + state.settings.sync_grace_s
+
+
+def _should_hold(state: State, event: MessageReceived, now: Instant) -> bool:
+    """Commands arriving before NTP has answered wait a little: a backlog queued during an
+    outage is then judged against a synchronised clock rather than an old saved floor."""
+    return _in_grace(state, now) and event.topic.endswith("/cmd") and not event.retained
 
 
 def _settle(state: State, now: Instant, out: list[Effect]) -> State:
@@ -162,12 +183,26 @@ def _on_message(state: State, event: MessageReceived, now: Instant, out: list[Ef
     if isinstance(body, commands.Stop):
         changed.update(_stop_floor(state, header, body))
     floors = {**state.floors, **changed}
-    time_floor = max(state.time_floor, header.iat, now.utc if now.utc_trusted else 0.0)
+    time_floor = _raised_floor(state, header.iat, now)
     state = replace(state, floors=floors, time_floor=time_floor)
     # Durable before the action: a power cut after this line can no longer let it replay.
     out.append(PersistFloors(changed, time_floor))
     out.append(Emit("accepted", ref=header.id, detail=header.type))
     return _act(state, admitted.command, now, out)
+
+
+def _raised_floor(state: State, iat: float, now: Instant) -> float:
+    """The trusted-time floor after a verified message issued at ``iat``.
+
+    With a synchronised clock ``iat`` was already checked against it. Without one, a single
+    message may move the floor at most ``max_skew_s`` ahead, so one command with a wrong
+    far-future ``iat`` cannot make every later command look expired.
+    """
+    if now.utc_trusted:
+        return max(state.time_floor, min(iat, now.utc + state.settings.max_skew_s), now.utc)
+    if state.time_floor > 0:
+        iat = min(iat, state.time_floor + state.settings.max_skew_s)
+    return max(state.time_floor, iat)
 
 
 def _stop_floor(
@@ -226,6 +261,8 @@ def _check_policy(state: State, command: commands.Command, now: Instant) -> None
     for url in urls:
         if not url_allowed(settings, url):
             raise Rejection(reasons.POLICY, "url scheme or host not on the allowlist", ref)
+    if any(f.size > settings.max_file_bytes for f in body.files):
+        raise Rejection(reasons.TOO_LARGE, "a file is larger than media.max_file_bytes", ref)
     if body.start_at is not None and not now.utc_trusted:
         raise Rejection(reasons.CLOCK_UNTRUSTED, "start_at needs a synchronised clock", ref)
     starts = body.start_at if body.start_at is not None else now.utc

@@ -18,6 +18,7 @@ from receiver.core.reasons import Rejection
 
 DAYS: Final = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 MAX_ENTRIES: Final = 200
+DATE_PATTERN: Final = re.compile(r"\d{4}-\d{2}-\d{2}")
 TIME_PATTERN: Final = re.compile(r"([01][0-9]|2[0-3]):([0-5][0-9])")
 ENTRY_FIELDS: Final = frozenset(
     {
@@ -114,8 +115,15 @@ def _parse_entry(value: Any) -> Entry:
     if not isinstance(entry_id, str) or not commands.MESSAGE_ID_PATTERN.fullmatch(entry_id):
         raise Rejection(reasons.BAD_BODY, "an entry id is missing or invalid")
     days = value.get("days")
-    if not isinstance(days, list) or not days or not all(d in DAYS for d in days):
-        raise Rejection(reasons.BAD_BODY, f"entry {entry_id}: days must list {', '.join(DAYS)}")
+    if (
+        not isinstance(days, list)
+        or not days
+        or not all(d in DAYS for d in days)
+        or len(set(days)) != len(days)
+    ):
+        raise Rejection(
+            reasons.BAD_BODY, f"entry {entry_id}: days must list some of {', '.join(DAYS)} once"
+        )
     at = value.get("at")
     match = TIME_PATTERN.fullmatch(at) if isinstance(at, str) else None
     if match is None:
@@ -125,8 +133,8 @@ def _parse_entry(value: Any) -> Entry:
     )
     if play.start_at is not None or play.repeat != 1:
         raise Rejection(reasons.BAD_BODY, f"entry {entry_id}: no start_at or repeat in entries")
-    valid_from = _date(value.get("valid_from"), entry_id, "valid_from")
-    valid_until = _date(value.get("valid_until"), entry_id, "valid_until")
+    valid_from = _date(value, entry_id, "valid_from")
+    valid_until = _date(value, entry_id, "valid_until")
     if valid_from and valid_until and valid_until < valid_from:
         raise Rejection(reasons.BAD_BODY, f"entry {entry_id}: valid_until before valid_from")
     return Entry(
@@ -143,11 +151,12 @@ def _parse_entry(value: Any) -> Entry:
     )
 
 
-def _date(value: Any, entry_id: str, what: str) -> date | None:
-    if value is None:
+def _date(entry: dict[str, Any], entry_id: str, what: str) -> date | None:
+    if what not in entry:
         return None
+    value = entry[what]
     try:
-        if not isinstance(value, str) or len(value) != 10:
+        if not isinstance(value, str) or not DATE_PATTERN.fullmatch(value):
             raise ValueError(value)
         return date.fromisoformat(value)
     except ValueError as exc:

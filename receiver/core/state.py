@@ -44,6 +44,10 @@ class Settings:
     stream_max_restarts: int = 3
     fallback_file: str | None = None
     prefetch_s: float = 48 * 3600.0
+    max_file_bytes: int = 200 * 1024 * 1024
+    # After start-up, commands wait this long for NTP before they are judged without a
+    # trusted clock: a backlog queued during an outage then meets a synchronised clock.
+    sync_grace_s: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -137,6 +141,8 @@ class State:
     relay_override: tuple[str, float | None] | None = None  # ("on"|"off", until mono)
     mic_active: bool = False
     faults: frozenset[str] = frozenset()
+    booted_mono: float = 0.0
+    held: tuple[Any, ...] = ()  # commands waiting for a synchronised clock (MessageReceived)
 
     def items(self) -> tuple[Item, ...]:
         return ((self.active,) if self.active is not None else ()) + self.queue

@@ -153,3 +153,44 @@ def test_a_command_on_the_trust_topic_is_refused() -> None:
     world = World()
     raw = world.signed("volume", {"level": 1})
     assert only_rejection(world.send(raw, topic=TRUST_TOPIC)).reason == "bad_type"
+
+
+def test_commands_before_ntp_wait_for_the_clock_and_a_stale_backlog_then_expires() -> None:
+    world = World(utc_trusted=False)
+    world.state = replace(world.state, booted_mono=world.mono, time_floor=T0 - 3 * DAY)
+    world.utc = T0 - 5 * DAY  # the board's clock after a power cut, before NTP
+    backlog = world.signed("volume", {"level": 11}, iat=T0 - 2 * DAY, ttl_s=7 * DAY)
+    assert world.send(backlog) == []  # held, not judged by the old saved floor
+    world.mono += 5.0
+    world.utc, world.utc_trusted = T0, True  # NTP answers
+    from receiver.core.events import TimerFired
+
+    effects = world.feed(TimerFired())
+    assert [e.reason for e in emitted(effects, "rejected")] == ["expired"]
+    assert world.state.volume == 70
+
+
+def test_held_commands_are_judged_without_a_clock_once_the_grace_ends() -> None:
+    world = World(utc_trusted=False)
+    world.state = replace(world.state, booted_mono=world.mono, time_floor=T0 - 60)
+    world.utc = 0.0
+    assert world.send(world.signed("volume", {"level": 12}, iat=T0)) == []
+    assert world.deadline == world.mono + 30.0
+    effects = world.advance(30.0)
+    assert emitted(effects, "accepted") and world.state.volume == 12
+
+
+def test_one_far_future_iat_cannot_push_the_floor_past_every_later_command() -> None:
+    world = World(utc_trusted=False)
+    world.state = replace(world.state, time_floor=T0)
+    world.utc = 0.0
+    world.send(world.signed("volume", {"level": 1}, iat=T0 + 365 * DAY, ttl_s=400 * DAY))
+    assert world.state.time_floor == T0 + 300  # moved at most the allowed skew
+    assert emitted(world.send(world.signed("volume", {"level": 2}, iat=T0 + 60)), "accepted")
+
+
+def test_a_file_larger_than_the_local_limit_is_refused_before_it_is_accepted() -> None:
+    world = World()
+    body = play_body()
+    body["source"]["files"][0]["size"] = 300 * 1024 * 1024
+    assert only_rejection(world.send(world.signed("play", body))).reason == "too_large"

@@ -1,0 +1,329 @@
+"""The device's last state on local disk, and ``receiver status``: what a technician reads over SSH.
+
+The daemon calls :func:`write_status` after each state publish with the exact bytes it
+published, so the file holds the same JSON as the retained ``{p}/dev/{device}/state`` message
+(``docs/protocol.md`` §10), whether or not the broker could be reached. ``receiver status``
+reads only this file (:func:`read_status`) and prints :func:`format_status`: it works with the
+network down and never talks to the daemon.
+
+The write is atomic (a temporary file in the same directory, then ``rename``), so a reader sees
+the old or the new state, never half of one. There is no fsync: the file is informational, the
+next state publish rewrites it, and a power cut that loses the last write only makes it older.
+Mode 0640: readable by the daemon's group (the state directory itself is usually 0700, so a
+technician runs ``sudo receiver status``).
+
+:func:`format_status` is pure (the caller passes the times) and tolerant: the file may come from
+an older or newer daemon, so a member that is missing or of an unexpected type is shown as
+``?`` or left out, never an exception. Members it knows beyond the protocol's list, if the
+daemon adds them: ``link`` (:class:`receiver.mqtt_client.LinkStatus`), ``faults`` (a list of
+strings), ``relay_override``, ``health`` (:func:`receiver.health.read_health`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from datetime import UTC, datetime, tzinfo
+from pathlib import Path
+from typing import Any, Final, TypeGuard
+
+__all__ = [
+    "STALE_AFTER_S",
+    "STATUS_FILE",
+    "StatusError",
+    "format_status",
+    "read_status",
+    "status_path",
+    "write_status",
+]
+
+STATUS_FILE: Final = "status.json"
+FILE_MODE: Final = 0o640
+#: The protocol has the state published at least every 60 s: older information is flagged.
+STALE_AFTER_S: Final = 180.0
+_MAX_BYTES: Final = 1024 * 1024  # a state message is about 500 bytes
+_LABEL_WIDTH: Final = 11
+
+
+class StatusError(ValueError):
+    """The status file exists but cannot be read or is not a state message."""
+
+
+def status_path(state_dir: Path) -> Path:
+    return state_dir / STATUS_FILE
+
+
+def write_status(state_dir: Path, state_message: bytes) -> None:
+    """Replace the status file with ``state_message`` atomically (no fsync; mode 0640).
+
+    Raises OSError (disk full, read-only file system, ...); the daemon should log it and go
+    on: the file is only informational. No temporary file is left behind.
+    """
+    fd, temp_name = tempfile.mkstemp(dir=state_dir, prefix=f".{STATUS_FILE}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            os.fchmod(handle.fileno(), FILE_MODE)
+            handle.write(state_message)
+        os.replace(temp_name, status_path(state_dir))
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp_name)
+        raise
+
+
+def read_status(state_dir: Path) -> dict[str, Any] | None:
+    """The last state the daemon wrote, or None if there is no status file (yet).
+
+    Raises :class:`StatusError` if the file cannot be read or is not a JSON object.
+    """
+    path = status_path(state_dir)
+    try:
+        with path.open("rb") as handle:
+            raw = handle.read(_MAX_BYTES + 1)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise StatusError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    if len(raw) > _MAX_BYTES:
+        raise StatusError(f"{path} is larger than {_MAX_BYTES} bytes: not a state message")
+    try:
+        value = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise StatusError(f"{path} is not valid JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise StatusError(f"{path} does not hold a JSON object")
+    return value
+
+
+# --- formatting ------------------------------------------------------------------------------
+
+
+def format_status(
+    status: dict[str, Any],
+    now_utc: float,
+    *,
+    now_mono: float | None = None,
+    written_utc: float | None = None,
+    tz: tzinfo = UTC,
+) -> str:
+    """A block of ``label  value`` lines for a technician; never raises on odd content.
+
+    ``now_utc`` is the current wall-clock time (epoch seconds) for "updated 12 s ago".
+    ``now_mono`` (``time.monotonic()`` of this machine) turns the link's monotonic ``since``
+    into "for 5 min" (as of the update; left out if the machine rebooted since);
+    ``written_utc`` (the file's mtime) dates a state without ``ts`` (the
+    offline state). Times are shown in ``tz``.
+    """
+    lines: list[str] = []
+
+    def add(label: str, value: str) -> None:
+        lines.append(f"{label:<{_LABEL_WIDTH}}{value}".rstrip())
+
+    device = _text(status.get("device"))
+    made = _parse_time(status.get("ts"))
+    if made is None:
+        made = written_utc
+    add("device", device)
+    add(
+        "updated",
+        "unknown" if made is None else f"{_ago(now_utc - made)} ({_clock_time(made, tz)})",
+    )
+    if status.get("online") is False:
+        add("daemon", "stopped (its last message was the offline state)")
+        return "\n".join(lines)
+    if made is not None and now_utc - made > STALE_AFTER_S:
+        add("", "WARNING: old; a running daemon rewrites this file at least every minute.")
+        add("", "Is it running? systemctl status loa-receiver")
+
+    # The link's "since" is this machine's monotonic clock: measured up to when the state was
+    # made (now minus its age), so an old file does not claim a link that is up "for 3 h".
+    state_mono = None if now_mono is None else now_mono - max(0.0, now_utc - (made or now_utc))
+    add("broker", _link(status.get("link"), state_mono))
+    add("software", _text(status.get("sw")))
+    uptime = status.get("uptime_s")
+    add("uptime", _duration(uptime) if _is_number(uptime) else "?")
+    add("playing", _playing(status, now_utc, tz))
+    volume = status.get("volume")
+    add("volume", f"{volume} %" if _is_number(volume) else "?")
+    add("relay", _relay(status))
+    add("schedules", _schedules(status.get("schedules")))
+    trust = status.get("trust_version")
+    if _is_number(trust):
+        add("trust", f"version {trust}" + (" (the config's keyring)" if trust == 0 else ""))
+    else:
+        add("trust", "?")
+    add("clock", _clock_synced(status.get("clock_synced")))
+    add("cache", _cache(status.get("cache")))
+    add("faults", _faults(status.get("faults")))
+    health = status.get("health")
+    if isinstance(health, dict):
+        add("health", format_health(health))
+    return "\n".join(lines)
+
+
+def format_health(health: dict[str, Any]) -> str:
+    """One line from :func:`receiver.health.read_health`'s dict (None values left out)."""
+    parts: list[str] = []
+    temp = health.get("cpu_temp_c")
+    if _is_number(temp):
+        parts.append(f"CPU {temp:.1f} °C")
+    load = health.get("load_1m")
+    if _is_number(load):
+        parts.append(f"load {load:.2f}")
+    mem = health.get("mem_available_bytes")
+    if _is_number(mem):
+        parts.append(f"memory {_size(mem)} available")
+    disks = health.get("disk_free_bytes")
+    if isinstance(disks, dict):
+        free = [f"{name} {_size(v)}" for name, v in disks.items() if _is_number(v)]
+        if free:
+            parts.append("disk free: " + ", ".join(free))
+    return ", ".join(parts) or "?"
+
+
+def _link(link: Any, state_mono: float | None) -> str:
+    if not isinstance(link, dict):
+        return "? (this daemon does not report its link in the state)"
+    up = link.get("up")
+    text = "connected" if up is True else "NOT connected" if up is False else "?"
+    since = link.get("since")
+    if _is_number(since) and state_mono is not None and state_mono >= since:
+        text += f" for {_duration(state_mono - since)}"
+    elif isinstance(since, str) and since:
+        text += f" since {since}"
+    reconnects = link.get("reconnects")
+    if _is_number(reconnects):
+        text += f", {reconnects} reconnect{'' if reconnects == 1 else 's'}"
+    error = link.get("last_error")
+    if isinstance(error, str) and error:
+        text += f"; last error: {error}"
+    return text
+
+
+def _playing(status: dict[str, Any], now_utc: float, tz: tzinfo) -> str:
+    state = status.get("state")
+    playing = status.get("playing")
+    if state != "playing" or not isinstance(playing, dict):
+        return "nothing (idle)" if state == "idle" else f"? (state {_text(state)})"
+    text = f'"{_text(playing.get("title"))}", {_text(playing.get("priority"))}'
+    ref = playing.get("ref")
+    if isinstance(ref, str):
+        text += f", ref {ref}"
+    since = _parse_time(playing.get("since"))
+    if since is not None:
+        text += f", since {_clock_time(since, tz)} ({_ago(now_utc - since)})"
+    return text
+
+
+def _relay(status: dict[str, Any]) -> str:
+    relays = status.get("relays")
+    if not isinstance(relays, dict) or not relays:
+        return "?"
+    text = ", ".join(f"{name} {_text(value)}" for name, value in sorted(relays.items()))
+    override = status.get("relay_override")
+    if isinstance(override, str):
+        text += f" (manual override: {override})"
+    return text
+
+
+def _schedules(schedules: Any) -> str:
+    if not isinstance(schedules, dict):
+        return "?"
+    if not schedules:
+        return "none"
+    return ", ".join(f"{sid} v{version}" for sid, version in sorted(schedules.items()))
+
+
+def _clock_synced(synced: Any) -> str:
+    if synced is True:
+        return "synchronised"
+    if synced is False:
+        return "NOT synchronised (times shown come from an unsynchronised clock)"
+    return "?"
+
+
+def _cache(cache: Any) -> str:
+    if not isinstance(cache, dict):
+        return "?"
+    size, files, missing = cache.get("bytes"), cache.get("files"), cache.get("missing")
+    text = _size(size) if _is_number(size) else "?"
+    if _is_number(files):
+        text += f" in {files} file{'' if files == 1 else 's'}"
+    if _is_number(missing):
+        text += f", {missing} missing" + (" (still to fetch)" if missing else "")
+    return text
+
+
+def _faults(faults: Any) -> str:
+    if faults is None:
+        return "none"
+    if isinstance(faults, list):
+        return ", ".join(_text(f) for f in faults) or "none"
+    if isinstance(faults, dict):
+        return ", ".join(f"{k}: {_text(v)}" for k, v in sorted(faults.items())) or "none"
+    return _text(faults)
+
+
+# --- small helpers ---------------------------------------------------------------------------
+
+
+def _is_number(value: object) -> TypeGuard[int | float]:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return "?"
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    # A title is at most 2048 characters and may hold anything printable: keep one line.
+    return " ".join(text.split())[:200] or "?"
+
+
+def _parse_time(value: Any) -> float | None:
+    if not isinstance(value, str) or len(value) > 40:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        return None
+    return moment.timestamp()
+
+
+def _clock_time(utc: float, tz: tzinfo) -> str:
+    try:
+        return datetime.fromtimestamp(utc, tz).strftime("%Y-%m-%d %H:%M:%S %Z")
+    except (OverflowError, OSError, ValueError):
+        return "?"
+
+
+def _ago(seconds: float) -> str:
+    if seconds < -1:
+        return f"{_duration(-seconds)} in the future (clock?)"
+    return f"{_duration(max(0.0, seconds))} ago"
+
+
+def _duration(seconds: float) -> str:
+    whole = int(seconds)
+    if whole < 60:
+        return f"{whole} s"
+    minutes, secs = divmod(whole, 60)
+    if minutes < 60:
+        return f"{minutes} min {secs} s" if secs else f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 24:
+        return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+    days, hours = divmod(hours, 24)
+    return f"{days} d {hours} h" if hours else f"{days} d"
+
+
+def _size(count: float) -> str:
+    value = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{int(value)} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GiB"  # pragma: no cover - the loop always returns
