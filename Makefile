@@ -27,3 +27,16 @@ bench: bootstrap
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache
+
+# Install on this machine (Raspberry Pi OS / Debian 12, as root): Debian packages, the system user,
+# the program in /opt/loa-receiver, the unit, and the example config if there is none yet.
+# Options go through INSTALL_FLAGS, e.g. `sudo make install INSTALL_FLAGS=--upgrade`.
+# `make uninstall` keeps /etc/loa-receiver and /var/lib/loa-receiver.
+.PHONY: install uninstall
+INSTALL_FLAGS ?=
+
+install:
+	bash scripts/install.sh $(INSTALL_FLAGS)
+
+uninstall:
+	bash scripts/install.sh --uninstall $(INSTALL_FLAGS)
