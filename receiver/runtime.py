@@ -60,7 +60,8 @@ from receiver.store import Store
 
 IDLE_WAKE_S: Final = 5.0  # the loop turns at least this often, so the watchdog sees it alive
 PROGRESS_POLL_S: Final = 1.0  # how often a live stream's position is read
-TIME_FLOOR_SAVE_S: Final = 3600.0  # how often a trusted time is saved (an SD card wears out)
+TIME_FLOOR_SAVE_S: Final = 3600.0
+STATE_EVERY_S: Final = 60.0  # the retained state is also refreshed this often (PROTOCOL.md)  # how often a trusted time is saved (an SD card wears out)
 MAX_DETAIL_CHARS: Final = 200
 SHA256_HEX_CHARS: Final = 64
 
@@ -79,6 +80,7 @@ class Runtime:
         self._protected: frozenset[str] = frozenset()
         self._next_poll = 0.0
         self._next_time_save = 0.0
+        self._next_state = 0.0
 
         self.store = Store(config.storage.state_dir)
         if self.store.recovered_from is not None:
@@ -146,6 +148,8 @@ class Runtime:
                 if watchdog is not None and time.monotonic() - last_ping >= watchdog:
                     systemd.notify("WATCHDOG=1")
                     last_ping = time.monotonic()
+                if now.mono >= self._next_state:
+                    self._publish_state(machine.state_fields(self.state), now)
                 if event is None:
                     event = self._poll_progress(now) or self._timer(now, deadline)
                     if event is None:
@@ -167,6 +171,7 @@ class Runtime:
             wait = min(wait, (deadline - now) / self.clock.speed)
         if self._streaming():
             wait = min(wait, (self._next_poll - now) / self.clock.speed)
+        wait = min(wait, (self._next_state - now) / self.clock.speed)
         return max(0.0, wait)
 
     def _streaming(self) -> bool:
@@ -336,7 +341,11 @@ class Runtime:
         if "playing" in state:
             state["playing"] = {**state["playing"], "since": rfc3339(state["playing"]["since"])}
         self._state_payload = _json(state)
-        self.link.publish(self.topics.state, self._state_payload, retain=True)
+        self._next_state = now.mono + STATE_EVERY_S
+        if self.link.connected:
+            # Offline, only the newest state matters: it is sent on reconnect, and queueing a
+            # day of states would crowd out the events.
+            self.link.publish(self.topics.state, self._state_payload, retain=True)
 
     def _republish_state(self) -> None:
         """From the link's thread after each connect: the last state, marked online."""
