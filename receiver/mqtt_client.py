@@ -78,8 +78,17 @@ Acknowledgements (``publish(..., on_ack=...)``), for the events outbox:
 
 Maximum Packet Size: every CONNECT carries the MQTT 5 property (``max_packet_size``, 32 KiB), so
 the broker never sends us a bigger packet: it drops such a message for us (Mosquitto 2.0 does so
-silently and the connection stays up) instead of making us read it. Everything central sends is
-at most 16 KiB of payload (protocol §4), so 32 KiB leaves room for the topic and properties.
+silently and the connection stays up) instead of making us read it (without it, one 200 MB
+message would be read whole into the memory of a 512 MB board). Everything central sends is at
+most 16 KiB of payload (protocol §4), so 32 KiB leaves room for the topic and properties.
+A broker-side hazard, measured with Mosquitto 2.0.11 (Debian 12) in its default configuration: a
+QoS 1 message it drops for being over our limit keeps one of our in-flight slots
+(``max_inflight_messages``, 20) until we reconnect, since no PUBACK can ever come for it. After 20
+of them (19 are harmless) the broker sends us nothing more, commands included, while the link
+looks healthy; the next reconnect frees the slots and the queued messages arrive. A broker
+configured with ``max_packet_size`` (or ``message_size_limit``) at or below our limit refuses
+such messages from the publisher instead, and ``max_inflight_messages 0`` removes the cap: with
+any of the three (each checked against 2.0.11), 25 oversized messages no longer cut us off.
 """
 
 from __future__ import annotations

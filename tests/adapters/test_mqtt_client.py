@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import queue
 import random
+import signal
 import socket
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -119,6 +121,7 @@ def make_link() -> Iterator[LinkFactory]:
         on_connected_publish: Callable[[MqttLink], None] | None = None,
         recorder: Recorder | None = None,
         start: bool = True,
+        link_options: dict[str, Any] | None = None,
         **config: object,
     ) -> tuple[MqttLink, Recorder]:
         rec = recorder or Recorder()
@@ -134,6 +137,7 @@ def make_link() -> Iterator[LinkFactory]:
             on_connected_publish=(
                 None if on_connected_publish is None else lambda: on_connected_publish(holder[0])
             ),
+            **(link_options or {}),
         )
         holder.append(link)
         made.append(link)
@@ -476,3 +480,172 @@ def test_refused_credentials_are_reported(tmp_path: Path, make_link: LinkFactory
             wrong.last_error or ""
         )
         assert rec.links == [True]
+
+
+# --- acknowledgements (on_ack), status, Maximum Packet Size ----------------------------------
+
+
+class Acks:
+    """Collects on_ack calls as the daemon's inbox would: label and the calling thread."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str]] = []
+        self._lock = threading.Lock()
+
+    def callback(self, label: str) -> Callable[[], None]:
+        def on_ack() -> None:
+            with self._lock:
+                self.calls.append((label, threading.current_thread().name))
+
+        return on_ack
+
+    @property
+    def labels(self) -> list[str]:
+        with self._lock:
+            return [label for label, _thread in self.calls]
+
+
+def test_on_ack_fires_from_the_network_thread_when_the_broker_acknowledges(
+    broker: MosquittoBroker, make_link: LinkFactory
+) -> None:
+    acks = Acks()
+    with Subscriber(broker, [EVENTS]) as central:
+        link, _rec = make_link(broker)
+        wait_until(lambda: link.connected, what="connected")
+        assert link.publish(EVENTS, b'{"n": 1}', on_ack=acks.callback("n1")) is True
+        assert link.publish(EVENTS, b'{"n": 2}') is True  # no callback: nothing to call
+        assert link.publish(EVENTS, b'{"n": 3}', on_ack=acks.callback("n3")) is True
+        wait_until(lambda: acks.labels == ["n1", "n3"], what=f"two acks, got {acks.calls}")
+        assert {thread for _label, thread in acks.calls} == {f"mqtt-{DEVICE}"}
+        for n in (1, 2, 3):
+            assert central.wait_for(lambda m: m.topic == EVENTS).payload == b'{"n": %d}' % n
+    time.sleep(0.2)
+    assert acks.labels == ["n1", "n3"]  # once each
+
+
+def test_on_ack_of_messages_published_while_the_broker_is_down_fires_once_it_is_back(
+    broker: MosquittoBroker, make_link: LinkFactory
+) -> None:
+    acks = Acks()
+    link, rec = make_link(broker)
+    wait_until(lambda: link.connected, what="connected")
+    assert link.status["reconnects"] == 0
+    broker.stop()
+    wait_until(lambda: not link.connected, what="link down")
+    down = link.status
+    assert down["up"] is False
+    assert down["since"] is not None
+    assert down["since"] <= time.monotonic()
+
+    # paho gives each message its mid now, queues it and sends it after the CONNACK with that
+    # same mid, so the callbacks registered now match the PUBACKs of the next connection.
+    for n in range(3):
+        assert link.publish(EVENTS, b"while down %d" % n, on_ack=acks.callback(f"d{n}"))
+    time.sleep(0.3)
+    assert acks.labels == []
+    broker.start()
+    wait_until(lambda: acks.labels == ["d0", "d1", "d2"], what=f"acks, got {acks.calls}")
+    status = link.status
+    assert status["up"] is True
+    assert status["reconnects"] == 1
+    assert status["since"] is not None
+    assert status["since"] > down["since"]
+    assert status["last_error"] is not None  # the failure is kept after the recovery
+    assert rec.links == [True, False, True]
+
+
+def test_on_ack_of_a_message_in_flight_when_the_connection_died_fires_after_the_resend(
+    broker: MosquittoBroker, make_link: LinkFactory
+) -> None:
+    acks = Acks()
+    link, _rec = make_link(broker)
+    wait_until(lambda: link.connected, what="connected")
+    process = broker._process  # the test freezes the broker: no public handle for that
+    assert process is not None
+    process.send_signal(signal.SIGSTOP)  # it reads nothing more, so it acknowledges nothing
+    try:
+        link.publish(EVENTS, b"in flight", on_ack=acks.callback("in flight"))
+        time.sleep(0.3)  # written to the socket by the link's thread, never answered
+        assert acks.labels == []
+    finally:
+        broker.kill()  # a power cut of the broker: the unread PUBLISH is gone with it
+    wait_until(lambda: not link.connected, what="link down")
+    broker.start()
+    wait_until(lambda: acks.labels == ["in flight"], what="the ack after the resend")
+    # paho sent it again after the CONNACK, as a duplicate (DUP flag) with its old mid.
+    assert "Received PUBLISH from dev-test-01 (d1, q1" in broker.log_tail(200)
+    time.sleep(0.2)
+    assert acks.labels == ["in flight"]
+
+
+def test_on_ack_of_a_message_held_during_the_connack_fires(
+    broker: MosquittoBroker, make_link: LinkFactory
+) -> None:
+    # From reconnect() until the CONNACK is processed the link holds messages itself (they get
+    # a mid only when handed to paho right after it). on_link(up) runs inside that window.
+    acks = Acks()
+    holder: list[MqttLink] = []
+
+    class PublishOnConnect(Recorder):
+        def on_link(self, event: LinkChanged) -> None:
+            super().on_link(event)
+            if event.up:
+                holder[0].publish(EVENTS, b"held", on_ack=acks.callback("held"))
+
+    with Subscriber(broker, [EVENTS]) as central:
+        link, _rec = make_link(broker, recorder=PublishOnConnect(), start=False)
+        holder.append(link)
+        link.start()
+        wait_until(lambda: acks.labels == ["held"], what="the ack of the held message")
+        assert central.wait_for(lambda m: m.topic == EVENTS).payload == b"held"
+
+
+def test_publish_says_when_a_message_is_dropped_and_no_ack_comes_for_it(
+    broker: MosquittoBroker, make_link: LinkFactory
+) -> None:
+    acks = Acks()
+    link, _rec = make_link(broker, start=False, link_options={"max_queued": 2})
+    assert link.status == {"up": False, "since": None, "last_error": None, "reconnects": 0}
+    assert link.publish(EVENTS, b"one", on_ack=acks.callback("one")) is True
+    assert link.publish(EVENTS, b"two", on_ack=acks.callback("two")) is True
+    assert link.publish(EVENTS, b"three", on_ack=acks.callback("three")) is False  # queue full
+    link.start()
+    wait_until(lambda: acks.labels == ["one", "two"], what=f"two acks, got {acks.calls}")
+    link.stop()
+    assert link.publish(EVENTS, b"after stop", on_ack=acks.callback("late")) is False
+    time.sleep(0.2)
+    assert acks.labels == ["one", "two"]
+
+
+def test_an_oversized_message_is_dropped_by_the_broker_and_the_link_stays_up(
+    broker: MosquittoBroker, make_link: LinkFactory
+) -> None:
+    link, rec = make_link(broker)
+    wait_until(lambda: link.connected, what="connected")
+    largest_command = b"c" * 16384  # the protocol's cap for a whole command (§4)
+    with Subscriber(broker) as central:
+        central.publish(CMD, largest_command)
+        central.publish(CMD, b"x" * 40000)  # over the 32 KiB we announced in CONNECT
+        central.publish(CMD, b"marker")
+    assert rec.next_message() == MessageReceived(CMD, largest_command)
+    assert rec.next_message() == MessageReceived(CMD, b"marker")
+    assert "Dropping too large outgoing PUBLISH for dev-test-01" in broker.log_tail(200)
+    assert link.connected
+    assert rec.links == [True]
+    assert link.last_error is None
+    assert all(len(m.payload) != 40000 for m in rec.all)
+
+
+def test_max_packet_size_must_be_an_mqtt_packet_size(broker: MosquittoBroker) -> None:
+    for size in (0, 268_435_461):
+        with pytest.raises(LinkError, match="max_packet_size"):
+            MqttLink(
+                broker_config(broker),
+                DEVICE,
+                SUBSCRIPTIONS,
+                STATE,
+                OFFLINE,
+                on_message=lambda message: None,
+                on_link=lambda event: None,
+                max_packet_size=size,
+            )

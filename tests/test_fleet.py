@@ -1,0 +1,201 @@
+"""``receiver-admin fleet`` against a real Mosquitto holding retained device states."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from receiver import admin
+from receiver.signing import rfc3339
+from tests.broker import MosquittoBroker, Subscriber, read_stream_lines
+
+ROOT = Path(__file__).resolve().parents[1]
+PREFIX = "loa/v1"
+
+
+def state(device: str, now: float, **fields: Any) -> bytes:
+    message: dict[str, Any] = {
+        "device": device,
+        "online": True,
+        "ts": rfc3339(now - 5.0),
+        "sw": "0.2.0",
+        "state": "idle",
+        "volume": 70,
+        "relays": {"amp": "off"},
+        "schedules": {},
+        "trust_version": 0,
+        "clock_synced": True,
+        "cache": {"bytes": 0, "files": 0, "missing": 0},
+        "uptime_s": 100,
+    }
+    message.update(fields)
+    return json.dumps(message, ensure_ascii=False).encode("utf-8")
+
+
+def publish_fleet(broker: MosquittoBroker) -> None:
+    now = time.time()
+    with Subscriber(broker) as central:
+        central.publish(
+            f"{PREFIX}/dev/loa-001/state",
+            state(
+                "loa-001",
+                now,
+                state="playing",
+                playing={
+                    "ref": "cmd-1",
+                    "title": "Bản tin sáng",
+                    "priority": "normal",
+                    "since": rfc3339(now - 30),
+                },
+                relays={"amp": "on"},
+                schedules={"morning": 12, "evening": 3},
+                trust_version=3,
+                volume=80,
+            ),
+            retain=True,
+        )
+        central.publish(
+            f"{PREFIX}/dev/loa-002/state",
+            state("loa-002", now - 7200, clock_synced=False),
+            retain=True,
+        )
+        central.publish(
+            f"{PREFIX}/dev/loa-003/state",
+            b'{"device": "loa-003", "online": false}',
+            retain=True,
+        )
+        # Another prefix and another topic of a device: not part of this fleet's table.
+        central.publish("loa/lab/dev/loa-999/state", state("loa-999", now), retain=True)
+        central.publish(f"{PREFIX}/dev/loa-001/events", b'{"n": 1}', retain=True)
+
+
+def rows_of(output: str) -> dict[str, list[str]]:
+    """Device -> cells, from the table (columns are separated by at least two spaces)."""
+    lines = output.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("DEVICE"))
+    starts = [lines[header].index(name) for name in admin.FLEET_COLUMNS]
+    found: dict[str, list[str]] = {}
+    for line in lines[header + 1 :]:
+        if not line.startswith("loa-"):
+            continue
+        bounds = [*starts[1:], len(line) + 1]
+        cells = [line[a:b].strip() for a, b in zip(starts, bounds, strict=True)]
+        found[cells[0]] = cells
+    return found
+
+
+def test_fleet_prints_one_row_per_device(
+    broker: MosquittoBroker, capsys: pytest.CaptureFixture[str]
+) -> None:
+    publish_fleet(broker)
+    started = time.monotonic()
+    code = admin.main(
+        ["fleet", "--host", broker.host, "--port", str(broker.port), "--timeout", "1"]
+    )
+    assert code == 0
+    assert 1.0 <= time.monotonic() - started < 5.0
+    output = capsys.readouterr().out
+    assert f"{PREFIX}/dev/+/state" in output.splitlines()[0]
+    rows = rows_of(output)
+    assert set(rows) == {"loa-001", "loa-002", "loa-003"}
+    *cells, last_seen = rows["loa-001"]
+    assert cells == [
+        "loa-001",
+        "yes",
+        "playing: Bản tin sáng",
+        "80",
+        "on",
+        "evening:3,morning:12",
+        "3",
+    ]
+    assert last_seen in {"5s", "6s", "7s", "8s"}  # ts was 5 s old, plus the 1 s window
+    assert rows["loa-002"] == ["loa-002", "yes", "idle", "70", "off", "-", "0", "2h?"]
+    assert rows["loa-003"] == ["loa-003", "no", "-", "-", "-", "-", "-", "-"]
+    assert output.splitlines()[-2:] == [
+        "(an age ending in ? comes from a device whose clock is not synchronised)",
+        "3 devices: 2 online, 1 offline or unknown, 1 playing",
+    ]
+
+
+def test_fleet_with_nothing_retained_says_so(
+    broker: MosquittoBroker, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["fleet", "--host", broker.host, "--port", str(broker.port), "--timeout", "0.3"]
+    assert admin.main(args) == 0
+    assert "no device has a retained state here" in capsys.readouterr().out
+
+
+def test_fleet_cannot_connect_exits_1(
+    stopped_broker: MosquittoBroker, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["fleet", "--host", stopped_broker.host, "--port", str(stopped_broker.port)]
+    assert admin.main(args) == 1
+    assert "cannot connect" in capsys.readouterr().err
+
+
+def test_fleet_watch_redraws_and_follows_changes_until_ctrl_c(broker: MosquittoBroker) -> None:
+    publish_fleet(broker)
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "receiver.admin",
+            "fleet",
+            "--watch",
+            "--host",
+            broker.host,
+            "--port",
+            str(broker.port),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONIOENCODING": "utf-8"},
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    try:
+        assert child.stdout is not None
+        read_stream_lines(child.stdout, lines)
+
+        def next_summary(timeout: float = 5.0) -> str:
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                try:
+                    line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    break
+                if " devices: " in line or " device: " in line:
+                    return line
+            raise AssertionError("no table was drawn")
+
+        # The first draw can come before every retained message is in: wait for all three.
+        deadline = time.monotonic() + 5.0
+        while "3 devices" not in next_summary():
+            assert time.monotonic() < deadline
+        with Subscriber(broker) as central:  # loa-003 comes back, loa-002 is decommissioned
+            central.publish(f"{PREFIX}/dev/loa-003/state", state("loa-003", time.time()))
+            central.publish(f"{PREFIX}/dev/loa-002/state", b"", retain=True)
+        deadline = time.monotonic() + 5.0
+        while next_summary() != "2 devices: 2 online, 0 offline or unknown, 1 playing":
+            assert time.monotonic() < deadline
+        child.send_signal(signal.SIGINT)
+        assert child.wait(timeout=10) == 0
+        assert child.stderr is not None
+        assert "Traceback" not in child.stderr.read()
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(timeout=10)
+        for stream in (child.stdout, child.stderr):
+            if stream is not None:
+                stream.close()

@@ -1,0 +1,202 @@
+"""``receiver status``: the status file written by the daemon, read back as a technician would."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from receiver.signing import rfc3339
+from receiver.status import (
+    STATUS_FILE,
+    StatusError,
+    format_status,
+    read_status,
+    status_path,
+    write_status,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+KEY = base64.b64encode(bytes(range(32))).decode()
+
+
+def write_config(tmp_path: Path) -> Path:
+    path = tmp_path / "receiver.yaml"
+    path.write_text(
+        "device_id: loa-25-07873-001\nenv: lab\ngroups: [commune-25-07873]\n"
+        "broker:\n  host: 192.0.2.1\n"  # TEST-NET: never reached, status must not try
+        f"trust:\n  keys:\n    - {{id: k1, ed25519: '{KEY}', roles: [operator], scopes: ['*']}}\n"
+        "storage: {state_dir: state, cache_dir: cache}\n",
+        encoding="utf-8",
+    )
+    return path
+
+
+def state_message(now: float, **changes: Any) -> dict[str, Any]:
+    state: dict[str, Any] = {
+        "device": "loa-25-07873-001",
+        "online": True,
+        "ts": rfc3339(now - 12.0),
+        "sw": "0.2.0",
+        "state": "playing",
+        "playing": {
+            "ref": "cmd-1772343000000",
+            "title": "Bản tin sáng",
+            "priority": "priority",
+            "since": rfc3339(now - 95.0),
+        },
+        "volume": 70,
+        "relays": {"amp": "on"},
+        "schedules": {"morning": 12, "evening": 3},
+        "trust_version": 3,
+        "clock_synced": True,
+        "cache": {"bytes": 3 * 1024 * 1024, "files": 4, "missing": 1},
+        "uptime_s": 90061,
+        "link": {"up": True, "since": 1.0, "last_error": None, "reconnects": 2},
+        "faults": ["amp"],
+    }
+    state.update(changes)
+    return state
+
+
+def encode(state: dict[str, Any]) -> bytes:
+    return json.dumps(state, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def run_status(config: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "receiver.cli", "status", "--config", str(config)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "PYTHONIOENCODING": "utf-8"},
+    )
+
+
+def as_lines(output: str) -> dict[str, str]:
+    """label -> value of ``receiver status``'s block (continuation lines left out)."""
+    found = {}
+    for line in output.splitlines():
+        label, value = line[:11].strip(), line[11:]
+        if label:
+            found[label] = value
+    return found
+
+
+def test_status_prints_the_last_state_and_the_board_health(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    now = time.time()
+    write_status(state_dir, encode(state_message(now)))
+
+    result = run_status(config)
+    assert result.returncode == 0, result.stderr
+    lines = as_lines(result.stdout)
+    assert lines["device"] == "loa-25-07873-001"
+    updated = re.fullmatch(r"(\d+) s ago \(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \+07\)", lines["updated"])
+    assert updated is not None, lines["updated"]
+    assert 12 <= int(updated.group(1)) < 60  # the state was made 12 s before the run
+    assert lines["broker"].startswith("connected")
+    assert lines["broker"].endswith("2 reconnects")
+    assert lines["software"] == "0.2.0"
+    assert lines["uptime"] == "1 d 1 h"
+    assert lines["playing"].startswith('"Bản tin sáng", priority, ref cmd-1772343000000, since ')
+    since = re.search(r"\(1 min (\d+) s ago\)$", lines["playing"])
+    assert since is not None, lines["playing"]
+    assert int(since.group(1)) >= 35  # sound started 95 s before the state was written
+    assert lines["volume"] == "70 %"
+    assert lines["relay"] == "amp on"
+    assert lines["schedules"] == "evening v3, morning v12"
+    assert lines["trust"] == "version 3"
+    assert lines["clock"] == "synchronised"
+    assert lines["cache"] == "3.0 MiB in 4 files, 1 missing (still to fetch)"
+    assert lines["faults"] == "amp"
+    assert "board now" in lines
+    assert "disk free: state " in lines["board now"]
+    assert "WARNING" not in result.stdout
+
+
+def test_without_a_status_file_it_says_so_and_exits_1(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    result = run_status(config)
+    assert result.returncode == 1
+    assert "no status yet" in result.stdout
+    assert str(tmp_path / "state" / STATUS_FILE) in result.stdout
+
+
+def test_a_bad_config_exits_78(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("device_id: loa-1\n", encoding="utf-8")
+    result = run_status(bad)
+    assert result.returncode == 78
+    assert "configuration has errors" in result.stderr
+
+
+def test_write_status_is_atomic_and_mode_0640(tmp_path: Path) -> None:
+    old_umask = os.umask(0o077)  # the daemon's umask must not matter
+    try:
+        write_status(tmp_path, b'{"device":"a","online":false}')
+        write_status(tmp_path, b'{"device":"b","online":false}')
+    finally:
+        os.umask(old_umask)
+    path = status_path(tmp_path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
+    assert read_status(tmp_path) == {"device": "b", "online": False}
+    assert sorted(p.name for p in tmp_path.iterdir()) == [STATUS_FILE]  # no temp file left
+
+    with pytest.raises(OSError):
+        write_status(tmp_path / "missing-dir", b"{}")
+
+
+def test_read_status_none_or_error(tmp_path: Path) -> None:
+    assert read_status(tmp_path) is None
+    status_path(tmp_path).write_bytes(b"{not json")
+    with pytest.raises(StatusError, match="not valid JSON"):
+        read_status(tmp_path)
+    status_path(tmp_path).write_bytes(b"[1, 2]")
+    with pytest.raises(StatusError, match="JSON object"):
+        read_status(tmp_path)
+
+
+def test_format_offline_old_and_odd_states() -> None:
+    now = 1_800_000_000.0
+    offline = format_status({"device": "d1", "online": False}, now, written_utc=now - 7200)
+    assert as_lines(offline) == {
+        "device": "d1",
+        "updated": "2 h ago (2027-01-15 06:00:00 UTC)",
+        "daemon": "stopped (its last message was the offline state)",
+    }
+
+    old = format_status(state_message(now, ts=rfc3339(now - 600), state="idle"), now)
+    assert "WARNING: old" in old
+    lines = as_lines(old)
+    assert lines["updated"].startswith("10 min ago")
+    assert lines["playing"] == "nothing (idle)"
+
+    # Down link, monotonic "since" measured up to the update (now_mono minus the age).
+    down = state_message(now, link={"up": False, "since": 100.0, "last_error": "refused"})
+    assert as_lines(format_status(down, now, now_mono=212.0))["broker"] == (
+        "NOT connected for 1 min 40 s; last error: refused"
+    )
+    rebooted = format_status(down, now, now_mono=50.0)  # since is ahead: another boot
+    assert as_lines(rebooted)["broker"] == "NOT connected; last error: refused"
+
+    odd = format_status({"state": 3, "volume": "loud", "cache": [], "faults": [], "ts": 9}, now)
+    lines = as_lines(odd)
+    assert lines["device"] == "?"
+    assert lines["updated"] == "unknown"
+    assert lines["volume"] == "?"
+    assert lines["faults"] == "none"
+    assert lines["broker"].startswith("?")
