@@ -12,6 +12,7 @@ import json
 import signal
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
@@ -51,18 +52,23 @@ from receiver.core.events import (
 )
 from receiver.fetcher import Fetcher
 from receiver.gpio import AmpRelay, LocalInputs, make_pin_factory
+from receiver.health import read_health
 from receiver.inbox import Inbox
 from receiver.logs import bounded
 from receiver.mqtt_client import MqttLink
+from receiver.outbox import Outbox
 from receiver.player import Player
 from receiver.signing import rfc3339
+from receiver.status import write_status
 from receiver.store import Store
 
 IDLE_WAKE_S: Final = 5.0  # the loop turns at least this often, so the watchdog sees it alive
 PROGRESS_POLL_S: Final = 1.0  # how often a live stream's position is read
-TIME_FLOOR_SAVE_S: Final = 3600.0
-STATE_EVERY_S: Final = 60.0  # the retained state is also refreshed this often (PROTOCOL.md)  # how often a trusted time is saved (an SD card wears out)
+TIME_FLOOR_SAVE_S: Final = 3600.0  # how often a trusted time is saved (an SD card wears out)
+STATE_EVERY_S: Final = 60.0  # the retained state is also refreshed this often (PROTOCOL.md)
 MAX_DETAIL_CHARS: Final = 200
+MAX_IN_FLIGHT: Final = 500  # events handed to the link at once (paho queues at most 1000)
+MAX_PACKET_BYTES: Final = 32 * 1024  # commands are capped at 16 KiB; the broker sends no more
 SHA256_HEX_CHARS: Final = 64
 
 
@@ -83,6 +89,11 @@ class Runtime:
         self._next_state = 0.0
 
         self.store = Store(config.storage.state_dir)
+        self.outbox = Outbox(config.storage.state_dir / "outbox.db")
+        if self.outbox.recovered_from is not None:
+            self.log.error("outbox_corrupt_moved_aside", moved_to=str(self.outbox.recovered_from))
+        self._acked: deque[int] = deque()
+        self._in_flight: set[int] = set()
         if self.store.recovered_from is not None:
             self.log.error("store_corrupt_moved_aside", moved_to=str(self.store.recovered_from))
         factory = pin_factory or make_pin_factory(config.gpio.pin_factory)
@@ -97,6 +108,7 @@ class Runtime:
             will_topic=self.topics.state,
             will_payload=self._offline_payload(),
             on_message=self.inbox.put_message,
+            max_packet_size=MAX_PACKET_BYTES,
             on_link=self.inbox.put_report,
             on_connected_publish=self._republish_state,
         )
@@ -134,6 +146,7 @@ class Runtime:
             deadline = first.deadline
             for name, active in self.inputs.current():
                 self.inbox.put_report(LocalInputChanged(name, active))
+            self._send_outbox()
             self.link.start()
             systemd.notify("READY=1")
             self.log.info(
@@ -144,6 +157,7 @@ class Runtime:
                 event = self.inbox.get(self._wait_s(deadline, watchdog))
                 if self._stopping.is_set():
                     break
+                self._settle_acks()
                 now = self.clock.now()
                 if watchdog is not None and time.monotonic() - last_ping >= watchdog:
                     systemd.notify("WATCHDOG=1")
@@ -199,6 +213,37 @@ class Runtime:
             self._next_time_save = now.mono + TIME_FLOOR_SAVE_S
             self.store.save_time_floor(now.utc)
 
+    # --- the outbox ---------------------------------------------------------------------------
+
+    def _on_ack(self, n: int) -> None:
+        """From the link's thread: the broker has the event; the loop forgets it."""
+        self._acked.append(n)
+        self.inbox.wake()
+
+    def _ack_callback(self, n: int) -> Callable[[], None]:
+        return lambda: self._on_ack(n)
+
+    def _settle_acks(self) -> None:
+        acked = False
+        while self._acked:
+            n = self._acked.popleft()
+            self._in_flight.discard(n)
+            self.outbox.ack(n)
+            acked = True
+        if acked:
+            self._send_outbox()
+
+    def _send_outbox(self) -> None:
+        """Hand the link what the outbox holds, oldest first, a bounded number at a time."""
+        room = MAX_IN_FLIGHT - len(self._in_flight)
+        if room <= 0:
+            return
+        for n, payload in self.outbox.pending(limit=room + len(self._in_flight)):
+            if n in self._in_flight:
+                continue
+            self._in_flight.add(n)
+            self.link.publish(self.topics.events, payload, on_ack=self._ack_callback(n))
+
     def _shutdown(self) -> None:
         systemd.notify("STOPPING=1")
         for name, close in (
@@ -213,6 +258,8 @@ class Runtime:
                 self.log.error("close_failed", part=name, error=str(exc))
         self.log.info("relay_switched", on=False, why="shutdown")
         self.link.stop(self.topics.state, self._offline_payload())
+        self._settle_acks()
+        self.outbox.close()
         self.store.close()
         self.log.info("daemon_stopped")
 
@@ -320,7 +367,12 @@ class Runtime:
             mono=round(now.mono, 3),
             **extra,
         )
-        self.link.publish(self.topics.events, _json(event))
+        payload = _json(event)
+        # On disk first; it leaves the outbox only when the broker has acknowledged it.
+        dropped = self.outbox.add(event["n"], payload)
+        if dropped:
+            self.log.error("outbox_overflow", dropped=dropped, total=self.outbox.dropped_total)
+        self._send_outbox()
 
     def _publish_state(self, fields: dict[str, Any], now: Instant) -> None:
         usage = self.fetcher.usage()
@@ -337,15 +389,30 @@ class Runtime:
                 "missing": self.fetcher.missing(machine.needed_media(self.state)),
             },
             "uptime_s": int(now.mono - self.started_mono),
+            "link": self._link_status(),
+            "outbox": {"pending": len(self.outbox), "dropped": self.outbox.dropped_total},
+            "health": read_health(self.config.storage.state_dir, self.config.storage.cache_dir),
         }
         if "playing" in state:
             state["playing"] = {**state["playing"], "since": rfc3339(state["playing"]["since"])}
         self._state_payload = _json(state)
         self._next_state = now.mono + STATE_EVERY_S
+        try:
+            write_status(self.config.storage.state_dir, self._state_payload)
+        except OSError as exc:
+            self.log.error("status_write_failed", error=str(exc))
         if self.link.connected:
             # Offline, only the newest state matters: it is sent on reconnect, and queueing a
             # day of states would crowd out the events.
             self.link.publish(self.topics.state, self._state_payload, retain=True)
+
+    def _link_status(self) -> dict[str, Any]:
+        status = self.link.status
+        return {
+            "up": status["up"],
+            "last_error": status["last_error"],
+            "reconnects": status["reconnects"],
+        }
 
     def _republish_state(self) -> None:
         """From the link's thread after each connect: the last state, marked online."""

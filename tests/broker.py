@@ -219,6 +219,10 @@ class MosquittoBroker:
             "connection_messages true",
             "log_timestamp_format %H:%M:%S",
             "set_tcp_nodelay true",
+            # As docs/operations.md asks of a receivers' broker: no packet larger than the
+            # receivers accept (Mosquitto 2.0.11 otherwise leaks an in-flight slot for every
+            # message it drops for a client's Maximum Packet Size, until the client is cut off).
+            "max_packet_size 32768",
         ]
         if os.geteuid() == 0:
             lines.append("user root")

@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from receiver.signing import schedule_payload, sign_schedule
-from tests.broker import Subscriber
+from tests.broker import Received, Subscriber
 from tests.e2e.conftest import Site
 from tests.e2e.daemon import GROUP, Daemon
 
@@ -76,8 +76,8 @@ def test_a_cached_schedule_plays_through_a_broker_outage_and_every_report_arrive
         site.broker.start()  # the link is back: the reports follow
         seen: list[dict[str, object]] = []
 
-        def all_reported(message: object) -> bool:
-            seen.append(json.loads(getattr(message, "payload")))
+        def all_reported(message: Received) -> bool:
+            seen.append(json.loads(message.payload))
             kinds = {(e["kind"], e.get("ref")) for e in seen}
             return all(("finished", ref) in kinds for ref in played)
 
@@ -87,3 +87,51 @@ def test_a_cached_schedule_plays_through_a_broker_outage_and_every_report_arrive
     kinds = [(e["kind"], e.get("ref")) for e in seen]
     for ref in played:
         assert ("started", ref) in kinds and ("finished", ref) in kinds
+
+
+def test_reports_survive_a_kill_while_offline(
+    site: Site,
+    start_daemon: Callable[[], Daemon],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("RECEIVER_TEST_CLOCK", f"{START}:{SPEED}")
+    tone = (site.media.directory / "tone440.wav").read_bytes()
+    media = {
+        "url": site.media.url("tone440.wav"),
+        "sha256": hashlib.sha256(tone).hexdigest(),
+        "size": len(tone),
+        "title": "bulletin",
+    }
+    entry = {
+        "id": "e30",
+        "days": ["mon"],
+        "at": "05:30",
+        "priority": "normal",
+        "source": {"files": [media]},
+        "max_duration_s": 50,
+    }
+    payload = schedule_payload(
+        "morning", 1, [entry], env="lab", aud=[f"grp:{GROUP}"], iat=START - 60
+    )
+    ref = "morning/e30/2027-01-11"
+    with Subscriber(site.broker, [site.events_topic], client_id="obs2", persistent=True) as obs:
+        obs.publish(
+            f"loa/v1/grp/{GROUP}/schedule", sign_schedule(payload, [site.operator]), retain=True
+        )
+        first = start_daemon()
+        first.wait_log(lambda line: line.get("event") == "schedule_in_force", timeout=20)
+        site.broker.stop()
+        first.wait_log(lambda line: line.get("event") == "finished", timeout=30)
+        first.kill()  # SIGKILL: the reports were never acknowledged by any broker
+        second = start_daemon()  # still offline; the clock hook starts at 05:29 again
+        second.wait_log(lambda line: line.get("event") == "daemon_started", timeout=20)
+        site.broker.start()
+        seen: list[dict[str, object]] = []
+
+        def reported(message: Received) -> bool:
+            seen.append(json.loads(message.payload))
+            return ("finished", ref) in {(e["kind"], e.get("ref")) for e in seen}
+
+        obs.wait_for(reported, timeout=30)
+        # The restarted daemon remembered the occurrence as done and did not play it twice.
+        assert second.logged("started") == []

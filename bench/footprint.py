@@ -1,0 +1,527 @@
+"""Footprint: the daemon's memory and CPU when idle and while playing, and its reconnect time.
+
+What it measures. The real daemon (``receiver run``, config from ``tests/e2e/daemon.py`` with
+log level ``info``) on a real Mosquitto, read from ``/proc/<pid>/status`` (VmRSS: resident now;
+VmHWM: the peak so far) and ``/proc/<pid>/stat`` (utime + stime of all its threads), once a
+second by a sampling thread here:
+
+1. idle, connected, for 60 s (from the moment its state says ``online``);
+2. playing a 30 s tone (output ``file``: libVLC's afile writes a WAV at about real time), from
+   the signed ``play`` until its ``finished`` event; the first play downloads the tone from a
+   local HTTP server into the cache, a fraction of a second of the phase.
+
+Floors, sampled by the same thread over the same seconds: bare Python processes that import the
+libraries the daemon imports (paho-mqtt, python-vlc, cryptography's Ed25519, gpiozero,
+structlog, PyYAML), create one ``vlc.Instance`` with the daemon's own arguments
+(``receiver.player.instance_args``) and one media player, and then do nothing: (i) "idle floor",
+idle in both phases; (ii) "libVLC floor", idle in phase 1, and in phase 2 playing the same tone
+through the same afile output (no events, no volume, no relay, no MQTT). The daemon's RSS over
+(i) is what its own code and state cost; its CPU over (ii) in phase 2 is what it adds to
+libVLC's own playback.
+
+3. Reconnect: the broker is stopped (SIGTERM) and started again, 5 times; the figure is the time
+   from the restarted broker accepting connections to the device's retained state showing
+   ``online: true`` again, as seen by a fresh client that connects right away. Before each stop
+   the benchmark overwrites the retained state with a marker (``online: false``), so a stale
+   retained "online" cannot count. Floor, measured in the same restarts the same way: a plain
+   paho client (``loop_start``, ``reconnect_delay_set`` with the daemon's configured
+   ``reconnect_min_s``/``reconnect_max_s``, 0.2/2.0 s) that publishes a retained ``online`` on
+   every connect. The daemon draws its delay at random in ``[min, min * 2**(n+1)]`` capped at the
+   max, where n counts failures since the last connection that stayed up 30 s (so restarts a
+   few seconds apart get slower on purpose: anti-flapping); paho waits exactly min after any
+   CONNACK. So the daemon's figure is also split: the delay it drew (``retry_in_s`` of its
+   ``mqtt_link_lost`` log line) and what came on top of it (from that line's timestamp plus the
+   delay to the state seen here; ``retry_in_s`` is logged to 10 ms), beside the floor's time
+   beyond its fixed delay (from its ``on_disconnect``).
+
+How to read it: RSS in MiB; CPU in percent of one core, averaged over the phase
+((cpu_end - cpu_start) / wall). Compare the daemon with its floor, and ratios between runs, not
+raw figures: the machine is shared. No figure is asserted.
+
+Run: ``python -m bench.footprint [--idle S] [--tone S] [--restarts N]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from bench._common import (
+    PREFIX,
+    BenchError,
+    ProcSample,
+    Sampler,
+    TimedClient,
+    bench_config,
+    event_for,
+    is_online,
+    log_mono,
+    median,
+    pid_of,
+    stop_all,
+    wait_log,
+    wall_minus_mono,
+)
+from receiver.config_model import PlayerConfig
+from receiver.player import instance_args
+from receiver.signing import SigningKey, command_payload, sign_command
+from tests.audio import write_tone
+from tests.broker import MosquittoBroker
+from tests.e2e.daemon import DEVICE, GROUP, Daemon, MediaServer
+
+DEFAULT_IDLE_S = 60.0
+DEFAULT_TONE_S = 30.0
+DEFAULT_RESTARTS = 5
+RECONNECT_MIN_S = 0.2  # tests/e2e/daemon.py's broker.reconnect_min_s / reconnect_max_s
+RECONNECT_MAX_S = 2.0
+RESTART_GAP_S = 0.5
+TIMEOUT_S = 30.0
+CONFIG_EDITS = (("  level: debug\n", "  level: info\n"),)
+
+# The floor process: the daemon's libraries and one libVLC instance + player, nothing else.
+# Reads commands on stdin: "play <path>" starts the file, end of input ends the process.
+FLOOR_SCRIPT = """
+import json, sys
+import paho.mqtt.client
+import vlc
+import cryptography.hazmat.primitives.asymmetric.ed25519
+import gpiozero
+import structlog
+import yaml
+instance = vlc.Instance(json.loads(sys.argv[1]))
+if instance is None:
+    sys.exit("vlc.Instance refused the arguments")
+player = instance.media_player_new()
+print("ready", flush=True)
+for line in sys.stdin:
+    command, _, argument = line.strip().partition(" ")
+    if command == "play":
+        media = instance.media_new_path(argument)
+        player.set_media(media)
+        media.release()
+        player.play()
+        print("playing", flush=True)
+"""
+
+
+class FloorProcess:
+    """A bare Python process running :data:`FLOOR_SCRIPT`."""
+
+    def __init__(self, vlc_args: Sequence[str]) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", FLOOR_SCRIPT, json.dumps(list(vlc_args))],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def _stdin(self) -> IO[str]:
+        assert self.process.stdin is not None
+        return self.process.stdin
+
+    def expect(self, word: str, timeout_s: float = TIMEOUT_S) -> None:
+        """Wait for the process to print ``word`` on a line of its own."""
+        stdout = self.process.stdout
+        assert stdout is not None
+        result: list[str] = []
+        reader = threading.Thread(target=lambda: result.append(stdout.readline()), daemon=True)
+        reader.start()
+        reader.join(timeout_s)
+        if not result or result[0].strip() != word:
+            raise BenchError(f"the floor process did not say {word!r} (said {result!r})")
+
+    def play(self, path: Path) -> None:
+        self._stdin().write(f"play {path}\n")
+        self._stdin().flush()
+        self.expect("playing")
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self._stdin().close()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+
+
+class PahoFloorClient:
+    """A plain paho client with paho's own reconnect, publishing a retained ``online`` on connect.
+
+    ``reconnect_delay_set`` is annotated ``int`` in paho but works in float seconds (it only
+    compares and sleeps); we pass the daemon's 0.2/2.0 through an untyped reference.
+    """
+
+    def __init__(self, broker: MosquittoBroker) -> None:
+        self.topic = f"bench/{uuid.uuid4().hex[:8]}/floor/state"
+        self.client = mqtt.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=f"floor-{uuid.uuid4().hex[:8]}",
+            protocol=mqtt.MQTTv5,
+        )
+        delay_set: Callable[..., None] = self.client.reconnect_delay_set
+        delay_set(min_delay=RECONNECT_MIN_S, max_delay=RECONNECT_MAX_S)
+        self.client.will_set(self.topic, b'{"online": false}', qos=1, retain=True)
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.connected = threading.Event()
+        self.disconnected_at = float("nan")  # time.monotonic() of the last lost connection
+        self.broker = broker
+
+    def _on_connect(self, client: mqtt.Client, *args: Any) -> None:
+        client.publish(self.topic, b'{"online": true}', qos=1, retain=True)
+        self.connected.set()
+
+    def _on_disconnect(self, client: mqtt.Client, *args: Any) -> None:
+        self.disconnected_at = time.monotonic()
+
+    def start(self) -> PahoFloorClient:
+        self.client.connect(self.broker.host, self.broker.port, keepalive=30)
+        self.client.loop_start()
+        if not self.connected.wait(TIMEOUT_S):
+            raise BenchError("the floor MQTT client could not connect")
+        return self
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@dataclass
+class Site:
+    root: Path
+    broker: MosquittoBroker
+    media: MediaServer
+    operator: SigningKey
+    tone: Path
+    daemon: Daemon
+    client: TimedClient
+    idle_floor: FloorProcess
+    vlc_floor: FloorProcess
+
+    events_topic = f"{PREFIX}/dev/{DEVICE}/events"
+    state_topic = f"{PREFIX}/dev/{DEVICE}/state"
+    cmd_topic = f"{PREFIX}/dev/{DEVICE}/cmd"
+
+    def play_command(self, ref: str) -> bytes:
+        data = self.tone.read_bytes()
+        body = {
+            "priority": "normal",
+            "source": {
+                "files": [
+                    {
+                        "url": self.media.url(self.tone.name),
+                        "sha256": hashlib.sha256(data).hexdigest(),
+                        "size": len(data),
+                        "title": "long tone",
+                    }
+                ]
+            },
+            "max_duration_s": 600,
+        }
+        payload = command_payload("play", body, env="lab", aud=[f"dev:{DEVICE}"], message_id=ref)
+        return sign_command(payload, [self.operator])
+
+
+@contextmanager
+def open_site(root: Path, tone_s: float) -> Iterator[Site]:
+    with ExitStack() as stack:
+        broker = MosquittoBroker(root / "broker")
+        broker.start()
+        stack.callback(broker.stop)
+        media_dir = root / "media"
+        media_dir.mkdir()
+        tone = write_tone(media_dir / "long.wav", 440.0, tone_s)
+        media = MediaServer(media_dir)
+        stack.callback(media.close)
+        operator = SigningKey.generate("op-footprint")
+        config = bench_config(
+            root / "receiver.yaml",
+            edits=CONFIG_EDITS,
+            broker_port=broker.port,
+            media_port=media.port,
+            keys=[(operator, ["operator"], [GROUP])],
+            wav=root / "out.wav",
+            state_dir=root / "state",
+            cache_dir=root / "cache",
+        )
+        client = TimedClient(broker, [Site.events_topic, Site.state_topic], timeout_s=TIMEOUT_S)
+        client.start()
+        stack.callback(client.close)
+        floors = []
+        for name in ("idle", "vlc"):
+            args = instance_args(PlayerConfig(output="file", wav_file=root / f"floor-{name}.wav"))
+            floor = FloorProcess(args)
+            stack.callback(floor.close)
+            floors.append(floor)
+        daemon = Daemon(config).start()
+        stack.callback(daemon.kill)
+        stack.callback(stop_all, [daemon])
+        site = Site(root, broker, media, operator, tone, daemon, client, floors[0], floors[1])
+        try:
+            for floor in floors:
+                floor.expect("ready")
+            client.next_matching(is_online(site.state_topic), "online state", timeout_s=60)
+            yield site
+        except BenchError as exc:
+            tail = "".join(daemon.raw[-20:]) or "(nothing)\n"
+            raise BenchError(f"{exc}\nthe daemon's last log lines:\n{tail}") from exc
+
+
+# --- phases ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Series:
+    """One process over one phase."""
+
+    samples: tuple[ProcSample, ...]
+
+    @property
+    def start_mib(self) -> float:
+        return self.samples[0].rss_kib / 1024
+
+    @property
+    def end_mib(self) -> float:
+        return self.samples[-1].rss_kib / 1024
+
+    @property
+    def max_mib(self) -> float:
+        return max(s.rss_kib for s in self.samples) / 1024
+
+    @property
+    def hwm_mib(self) -> float:
+        return self.samples[-1].hwm_kib / 1024
+
+    @property
+    def cpu_percent(self) -> float:
+        first, last = self.samples[0], self.samples[-1]
+        wall = last.mono - first.mono
+        return 100.0 * (last.cpu_s - first.cpu_s) / wall if wall > 0 else float("nan")
+
+    @property
+    def seconds(self) -> float:
+        return self.samples[-1].mono - self.samples[0].mono
+
+
+def _pids(site: Site) -> dict[str, int]:
+    return {
+        "daemon": pid_of(site.daemon),
+        "idle floor": site.idle_floor.pid,
+        "libVLC floor": site.vlc_floor.pid,
+    }
+
+
+def _series(samples: dict[str, list[ProcSample]]) -> dict[str, Series]:
+    out = {}
+    for name, values in samples.items():
+        if len(values) < 2:
+            raise BenchError(f"{name} ended during the phase (only {len(values)} samples)")
+        out[name] = Series(tuple(values))
+    return out
+
+
+def idle_phase(site: Site, seconds: float) -> dict[str, Series]:
+    print(f"footprint: idle for {seconds:g} s", flush=True)
+    sampler = Sampler(_pids(site)).start()
+    time.sleep(seconds)
+    return _series(sampler.stop())
+
+
+def playing_phase(site: Site, tone_s: float) -> dict[str, Series]:
+    print(f"footprint: playing a {tone_s:g} s tone", flush=True)
+    sampler = Sampler(_pids(site)).start()
+    site.client.publish(site.cmd_topic, site.play_command("long"))
+    site.vlc_floor.play(site.tone)
+    site.client.next_matching(event_for("long", "started", site.events_topic), "the tone's start")
+    site.client.next_matching(
+        event_for("long", "finished", site.events_topic),
+        "the tone's end",
+        timeout_s=tone_s + TIMEOUT_S,
+    )
+    return _series(sampler.stop())
+
+
+# --- reconnect -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Restart:
+    down_s: float  # broker stopped -> accepting again
+    daemon_s: float  # accepting -> the daemon's retained state online, seen by a fresh client
+    floor_s: float  # the same for the plain paho client
+    daemon_delay_s: float  # the backoff delay the daemon drew (its mqtt_link_lost retry_in_s)
+    daemon_beyond_s: float  # online seen - (link lost + drawn delay): the daemon's own work
+    floor_beyond_s: float  # online seen - (its link lost + paho's fixed min delay)
+
+
+def restarts(site: Site, count: int) -> list[Restart]:
+    print(f"footprint: {count} broker restarts", flush=True)
+    site.client.close()  # its own reconnects would only add noise; observers are fresh clients
+    floor = PahoFloorClient(site.broker).start()
+    topics = {"daemon": site.state_topic, "floor": floor.topic}
+    marker = b'{"online": false, "bench": "marker: stale until the client publishes again"}'
+    publisher = TimedClient(site.broker, []).start()
+    out: list[Restart] = []
+    try:
+        for _ in range(count):
+            for topic in topics.values():
+                publisher.publish(topic, marker, retain=True)
+            publisher.close()
+            mark = len(site.daemon.lines)
+            offset = wall_minus_mono()
+            stopped = time.monotonic()
+            site.broker.stop()
+            site.broker.start()
+            up = time.monotonic()
+            publisher = TimedClient(site.broker, list(topics.values())).start()
+            seen = publisher.wait_all(
+                {name: is_online(topic) for name, topic in topics.items()},
+                "online again",
+                timeout_s=TIMEOUT_S,
+            )
+            lost = wait_log(
+                site.daemon,
+                mark,
+                lambda ln: ln.get("event") == "mqtt_link_lost",
+                "mqtt_link_lost log line",
+            )
+            delay = float(lost.get("retry_in_s", float("nan")))
+            out.append(
+                Restart(
+                    down_s=up - stopped,
+                    daemon_s=seen["daemon"] - up,
+                    floor_s=seen["floor"] - up,
+                    daemon_delay_s=delay,
+                    daemon_beyond_s=seen["daemon"] - (log_mono(lost, offset) + delay),
+                    floor_beyond_s=seen["floor"] - (floor.disconnected_at + RECONNECT_MIN_S),
+                )
+            )
+            time.sleep(RESTART_GAP_S)
+    finally:
+        publisher.close()
+        floor.close()
+    return out
+
+
+# --- report ----------------------------------------------------------------------------------
+
+
+def report_phase(title: str, series: dict[str, Series]) -> None:
+    seconds = series["daemon"].seconds
+    print(f"\n{title} ({seconds:.0f} s, {len(series['daemon'].samples)} samples)")
+    print(
+        f"  {'process':<14} {'RSS start':>10} {'RSS end':>9} {'RSS max':>9} {'VmHWM':>9} "
+        f"{'CPU %':>7}   MiB, CPU in % of one core"
+    )
+    for name, s in series.items():
+        print(
+            f"  {name:<14} {s.start_mib:10.1f} {s.end_mib:9.1f} {s.max_mib:9.1f} "
+            f"{s.hwm_mib:9.1f} {s.cpu_percent:7.2f}"
+        )
+    daemon = series["daemon"]
+    for label, floor in (("idle", series["idle floor"]), ("libVLC", series["libVLC floor"])):
+        extra_cpu = daemon.cpu_percent - floor.cpu_percent
+        extra_mib = daemon.max_mib - floor.max_mib
+        print(
+            f"  daemon over the {label + ' floor:':<14} RSS max {extra_mib:+.1f} MiB "
+            f"({daemon.max_mib / floor.max_mib:.2f} x), CPU {extra_cpu:+.2f} points"
+        )
+
+
+def report_restarts(results: Sequence[Restart]) -> None:
+    print(
+        f"\nbroker restart -> retained state `online: true` again, {len(results)} restarts "
+        f"{RESTART_GAP_S:g} s apart (reconnect_min_s {RECONNECT_MIN_S:g}, reconnect_max_s "
+        f"{RECONNECT_MAX_S:g}); timed from the restarted broker accepting connections"
+    )
+    print(f"  {'':<50} {'median ms':>9}  each restart, ms")
+    rows = (
+        ("daemon: retained state online again", [r.daemon_s for r in results]),
+        ("  the backoff delay it drew (mqtt_link_lost)", [r.daemon_delay_s for r in results]),
+        ("  beyond that delay (from its link-lost stamp)", [r.daemon_beyond_s for r in results]),
+        ("floor: plain paho client, same way", [r.floor_s for r in results]),
+        ("  beyond its fixed delay (from its link lost)", [r.floor_beyond_s for r in results]),
+        ("(broker stopped -> accepting again)", [r.down_s for r in results]),
+    )
+    for label, values in rows:
+        each = " ".join(f"{v * 1000:.0f}" for v in values)
+        print(f"  {label:<50} {median(values) * 1000:9.1f}  {each}")
+    ratio = median([r.daemon_s for r in results]) / median([r.floor_s for r in results])
+    print(
+        f"  daemon / floor (medians): {ratio:.2f}; first restart (after a connection up for "
+        f"over 30 s, so the backoff starts from its minimum): daemon "
+        f"{results[0].daemon_s * 1000:.0f} ms, floor {results[0].floor_s * 1000:.0f} ms"
+    )
+
+
+# --- the run ---------------------------------------------------------------------------------
+
+
+def run(root: Path, idle_s: float, tone_s: float, count: int) -> None:
+    load_before = os.getloadavg()
+    print(
+        f"footprint: starting Mosquitto, the daemon and two floor processes in {root}", flush=True
+    )
+    with open_site(root, tone_s) as site:
+        idle = idle_phase(site, idle_s)
+        playing = playing_phase(site, tone_s)
+        restart_results = restarts(site, count)
+    report_phase("idle, connected", idle)
+    report_phase(
+        "playing the tone (the libVLC floor plays it too; the idle floor stays idle)", playing
+    )
+    report_restarts(restart_results)
+    after = os.getloadavg()
+    print(
+        f"\nload average before {load_before[0]:.2f} {load_before[1]:.2f}, after {after[0]:.2f} "
+        f"{after[1]:.2f}; {os.cpu_count()} CPUs; no figure here is asserted"
+    )
+
+
+def main(argv: Sequence[str] = ()) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.footprint",
+        description=__doc__.split("\n\n")[0] if __doc__ else None,
+    )
+    parser.add_argument("--idle", type=float, default=DEFAULT_IDLE_S, help="idle phase, s")
+    parser.add_argument("--tone", type=float, default=DEFAULT_TONE_S, help="tone length, s")
+    parser.add_argument("--restarts", type=int, default=DEFAULT_RESTARTS, help="broker restarts")
+    args = parser.parse_args(list(argv))
+    if args.idle < 2 or args.tone < 2 or args.restarts < 1:
+        parser.error("--idle and --tone must be at least 2 s, --restarts at least 1")
+    try:
+        with tempfile.TemporaryDirectory(prefix="loa-bench-footprint-") as tmp:
+            run(Path(tmp), args.idle, args.tone, args.restarts)
+    except BenchError as exc:
+        print(f"footprint: could not measure: {exc}", file=sys.stderr)
+        return 1
+    except pytest.fail.Exception as exc:  # tests.broker's way of saying mosquitto is missing
+        print(f"footprint: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

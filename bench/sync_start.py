@@ -1,0 +1,523 @@
+"""Synchronised start: four receivers given one group ``play`` with ``start_at``, how together.
+
+What it measures. Four real daemons (``receiver run`` as child processes, distinct device ids,
+one group, each with its own state and cache directories and its own WAV output) on one real
+Mosquitto. Each trial the benchmark signs one ``play`` of a cached 0.5 s tone with ``start_at``
+about 3 s ahead and publishes it once, on the group's command topic. A daemon's actual start is
+the ``mono`` of its ``started`` log line: the loop's ``time.monotonic()`` when it took libVLC's
+PlaybackStarted (CLOCK_MONOTONIC is machine-wide on Linux, so the four compare with each other
+and with ours; the daemon logs it to 1 ms). The target is ``start_at`` converted to monotonic
+time here, with the wall-minus-monotonic offset read (tightest of nine bracketed readings)
+right before the command is signed and sent; ``start_at`` is a whole millisecond, written out
+exactly.
+
+Per trial: the spread (latest minus earliest of the four starts), and each start's error from
+the target (positive = late). The error is split at the daemon's ``play`` log line (the loop
+executing the Play effect): ``play - target`` is the scheduler's wake-up lateness, ``started -
+play`` is libVLC opening the file plus the hop back into the loop. The core times the Play at
+``max(start, relay on + warm_up_s)``, from when the relay was actually switched, so a late
+relay-on wake-up (``relay_switched`` on, due ``warm_up_s`` before the target) is carried into the
+play's own wake-up: its lateness is shown too.
+
+Each trial starts from idle, relay off (the previous tone finished and the relay tail ran out).
+The config differs from the end-to-end tests' in five printed settings: device id,
+``warm_up_s`` (small, so the relay warm-up does not stretch each trial), ``tail_s`` (short, to
+keep the run short), log level ``info`` and ``policy.relay_max_toggles_per_min: 60`` (at the
+default 6 the core keeps the relay on after the third trial in a minute, and later trials would
+not start cold). All four clocks are trusted (``clock.trust_system_clock: always``, as in the
+e2e config): without a trusted clock the core refuses ``start_at``. A warm-up trial (uncounted)
+downloads the tone into each cache and loads libVLC's plugins; the media server is then shut
+down, so a later start that were not a cache hit would fail loudly instead of timing a download.
+
+Floors, measured in the same run, one of each after every trial (never while the daemons wait):
+
+(a) libVLC's own start: ``receiver.player.Player`` (output ``file``, as the daemons) in this
+    process, ``play()`` of the same file to its PlaybackStarted callback. Compare with
+    ``started - play``.
+(b) The OS lining up four wake-ups: four threads of this one process each wait (``Condition.wait``
+    with a timeout, as the daemon's loop does) for the same monotonic instant 0.25 s ahead and
+    stamp ``time.monotonic()`` when they are past it. Its spread is how well the machine alone
+    lines up four wake-ups (one process: the threads also queue for the GIL; four processes on
+    this 2-core machine queue for the CPUs instead); its error is the wake-up lateness alone.
+    Compare with the spread and lateness of the daemons' ``play`` lines.
+
+How to read it. Spread says how together four loudspeakers start; the error says how close to
+the asked-for instant. A spread near floor (b)'s and an error near floor (a) plus (b)'s lateness
+means the daemon adds little of its own. Ratios are printed of medians. Compare ratios between
+runs, not raw milliseconds: the machine is shared. No figure is asserted; the run fails only if a
+command is refused or an event never comes.
+
+Run: ``python -m bench.sync_start [--trials N] [--lead S]`` (``make bench`` runs every benchmark).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import math
+import os
+import queue
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from bench._common import (
+    PREFIX,
+    BenchError,
+    TimedClient,
+    as_json,
+    bench_config,
+    event_for,
+    is_online,
+    median,
+    mono_of,
+    ratio,
+    rfc3339_ms,
+    stop_all,
+    wait_log,
+    wall_minus_mono,
+    worst,
+)
+from receiver.config_model import PlayerConfig
+from receiver.core.events import Event, PlaybackEnded, PlaybackStarted
+from receiver.player import Player
+from receiver.signing import SigningKey, command_payload, sign_command
+from tests.audio import write_tone
+from tests.broker import MosquittoBroker, Received
+from tests.e2e.daemon import GROUP, Daemon, MediaServer
+
+DEVICES = 4
+DEFAULT_TRIALS = 20
+DEFAULT_LEAD_S = 3.0
+TONE_S = 0.5
+WARM_UP_S = 0.05
+TAIL_S = 0.2
+WAKE_LEAD_S = 0.25
+TIMEOUT_S = 20.0
+CONFIG_EDITS = (
+    ("  warm_up_s: 0.3\n", f"  warm_up_s: {WARM_UP_S}\n"),
+    ("  tail_s: 0.5\n", f"  tail_s: {TAIL_S}\n"),
+    ("  level: debug\n", "  level: info\n"),
+)
+# Two relay switches per trial, a trial every ~4 s: above the default cap of 6 a minute, the
+# core would keep the relay on (its safe side) and later trials would no longer start cold.
+CONFIG_APPEND = "policy:\n  relay_max_toggles_per_min: 60\n"
+
+
+class PlayerEvents:
+    """``Player``'s ``on_event``: each event with the ``time.monotonic()`` it was reported at."""
+
+    def __init__(self) -> None:
+        self.queue: queue.Queue[tuple[float, Event]] = queue.Queue()
+
+    def __call__(self, event: Event) -> None:
+        self.queue.put((time.monotonic(), event))
+
+    def next_for(self, token: int) -> tuple[float, Event]:
+        deadline = time.monotonic() + TIMEOUT_S
+        while (remaining := deadline - time.monotonic()) > 0:
+            try:
+                at, event = self.queue.get(timeout=remaining)
+            except queue.Empty:
+                break
+            if getattr(event, "token", None) == token:
+                return at, event
+        raise BenchError(f"libVLC reported nothing for item {token} within {TIMEOUT_S:g} s")
+
+
+@dataclass
+class Site:
+    root: Path
+    media: MediaServer
+    operator: SigningKey
+    tone: Path
+    sha256: str
+    size: int
+    devices: tuple[str, ...]
+    daemons: tuple[Daemon, ...]
+    client: TimedClient
+    player: Player
+    player_events: PlayerEvents
+    next_seq: int = 0
+    next_token: int = 1
+
+    @property
+    def group_topic(self) -> str:
+        return f"{PREFIX}/grp/{GROUP}/cmd"
+
+    def events_topic(self, device: str) -> str:
+        return f"{PREFIX}/dev/{device}/events"
+
+    def state_topic(self, device: str) -> str:
+        return f"{PREFIX}/dev/{device}/state"
+
+    def play_command(self, ref: str, start_at: str) -> bytes:
+        body = {
+            "priority": "normal",
+            "source": {
+                "files": [
+                    {
+                        "url": self.media.url(self.tone.name),
+                        "sha256": self.sha256,
+                        "size": self.size,
+                        "title": "sync tone",
+                    }
+                ]
+            },
+            "start_at": start_at,
+            "max_duration_s": 60,
+        }
+        self.next_seq = max(self.next_seq + 1, int(time.time() * 1000))
+        payload = command_payload(
+            "play", body, env="lab", aud=[f"grp:{GROUP}"], message_id=ref, seq=self.next_seq
+        )
+        return sign_command(payload, [self.operator])
+
+
+def _kill_all(daemons: Sequence[Daemon]) -> None:
+    for daemon in daemons:
+        daemon.kill()
+
+
+@contextmanager
+def open_site(root: Path) -> Iterator[Site]:
+    """Broker, media, four daemons online, our client and a player; all stopped on the way out."""
+    with ExitStack() as stack:
+        broker = MosquittoBroker(root / "broker")
+        broker.start()
+        stack.callback(broker.stop)
+        media_dir = root / "media"
+        media_dir.mkdir()
+        tone = write_tone(media_dir / "tone.wav", 440.0, TONE_S)
+        data = tone.read_bytes()
+        media = MediaServer(media_dir)
+        stack.callback(media.close)
+        operator = SigningKey.generate("op-sync")
+        devices = tuple(f"sync-dev-{i}" for i in range(DEVICES))
+        topics = [f"{PREFIX}/dev/+/events", f"{PREFIX}/dev/+/state"]
+        client = TimedClient(broker, topics, timeout_s=TIMEOUT_S).start()
+        stack.callback(client.close)
+        daemons: list[Daemon] = []
+        stack.callback(_kill_all, daemons)
+        stack.callback(stop_all, daemons)
+        for device in devices:
+            home = root / device
+            home.mkdir()
+            config = bench_config(
+                home / "receiver.yaml",
+                device_id=device,
+                edits=CONFIG_EDITS,
+                append=CONFIG_APPEND,
+                broker_port=broker.port,
+                media_port=media.port,
+                keys=[(operator, ["operator"], [GROUP])],
+                wav=home / "out.wav",
+                state_dir=home / "state",
+                cache_dir=home / "cache",
+            )
+            daemons.append(Daemon(config).start())
+        player_events = PlayerEvents()
+        player = Player(
+            PlayerConfig(output="file", wav_file=root / "floor-out.wav", default_volume=100),
+            player_events,
+        )
+        stack.callback(player.close)
+        site = Site(
+            root=root,
+            media=media,
+            operator=operator,
+            tone=tone,
+            sha256=hashlib.sha256(data).hexdigest(),
+            size=len(data),
+            devices=devices,
+            daemons=tuple(daemons),
+            client=client,
+            player=player,
+            player_events=player_events,
+        )
+        try:
+            client.wait_all(
+                {d: is_online(site.state_topic(d)) for d in devices},
+                "online state",
+                timeout_s=60.0,
+            )
+            yield site
+        except BenchError as exc:
+            tails = "".join(
+                f"--- {device} ---\n" + ("".join(daemon.raw[-8:]) or "(nothing)\n")
+                for device, daemon in zip(devices, daemons, strict=True)
+            )
+            raise BenchError(f"{exc}\nthe daemons' last log lines:\n{tails}") from exc
+
+
+# --- one trial and the floors ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One group command: the target and each daemon's stamps (monotonic seconds)."""
+
+    target: float
+    accepted: tuple[float, ...]  # the loop took the command
+    relay_on: tuple[float, ...]  # the loop switched the relay on (due at target - warm_up_s)
+    play: tuple[float, ...]  # the loop executed the Play effect
+    started: tuple[float, ...]  # the loop took libVLC's PlaybackStarted
+
+    @property
+    def spread(self) -> float:
+        return max(self.started) - min(self.started)
+
+    @property
+    def play_spread(self) -> float:
+        return max(self.play) - min(self.play)
+
+    @property
+    def errors(self) -> tuple[float, ...]:
+        return tuple(s - self.target for s in self.started)
+
+
+def run_trial(site: Site, ref: str, lead_s: float) -> Trial:
+    """Send one group play ``lead_s`` ahead; return once all four finished and are idle again."""
+    marks = [len(d.lines) for d in site.daemons]
+    offset = wall_minus_mono()
+    start_ms = math.ceil((time.monotonic() + offset + lead_s) * 1000.0)
+    target = start_ms / 1000.0 - offset
+    site.client.publish(site.group_topic, site.play_command(ref, rfc3339_ms(start_ms)))
+
+    def idle(topic: str) -> Callable[[Received], bool]:
+        return lambda m: (
+            m.topic == topic
+            and as_json(m).get("relays") == {"amp": "off"}
+            and as_json(m).get("state") == "idle"
+        )
+
+    site.client.wait_sequences(
+        {
+            d: [
+                event_for(ref, "started", site.events_topic(d)),
+                event_for(ref, "finished", site.events_topic(d)),
+                idle(site.state_topic(d)),
+            ]
+            for d in site.devices
+        },
+        f"started, finished and relay off for {ref}",
+        timeout_s=lead_s + TIMEOUT_S,
+    )
+    accepted, relay_on, play, started = [], [], [], []
+    for daemon, mark in zip(site.daemons, marks, strict=True):
+        started.append(
+            mono_of(
+                wait_log(
+                    daemon,
+                    mark,
+                    lambda ln: ln.get("event") == "started" and ln.get("ref") == ref,
+                    f"started log line for {ref}",
+                )
+            )
+        )
+        play.append(mono_of(wait_log(daemon, mark, lambda ln: ln.get("event") == "play", "play")))
+        relay_on.append(
+            mono_of(
+                wait_log(
+                    daemon,
+                    mark,
+                    lambda ln: ln.get("event") == "relay_switched" and ln.get("on") is True,
+                    "relay on",
+                )
+            )
+        )
+        accepted.append(
+            mono_of(
+                wait_log(
+                    daemon,
+                    mark,
+                    lambda ln: ln.get("event") == "accepted" and ln.get("ref") == ref,
+                    f"accepted log line for {ref}",
+                )
+            )
+        )
+    return Trial(target, tuple(accepted), tuple(relay_on), tuple(play), tuple(started))
+
+
+def libvlc_start(site: Site) -> float:
+    """Seconds from ``Player.play()`` of the tone to ``PlaybackStarted``; waits for its end."""
+    token = site.next_token
+    site.next_token += 1
+    start = time.monotonic()
+    site.player.play(token, str(site.tone), 100)
+    at, event = site.player_events.next_for(token)
+    if not isinstance(event, PlaybackStarted):
+        raise BenchError(f"libVLC did not start the file: {event!r}")
+    _, end = site.player_events.next_for(token)
+    if not isinstance(end, PlaybackEnded):
+        raise BenchError(f"libVLC did not end the file normally: {end!r}")
+    return at - start
+
+
+def wake_round(threads: int = DEVICES, lead_s: float = WAKE_LEAD_S) -> list[float]:
+    """Each thread's wake-up minus the common target instant, in seconds."""
+    gate = threading.Barrier(threads + 1)
+    woke = [0.0] * threads
+    target = 0.0
+
+    def worker(i: int) -> None:
+        condition = threading.Condition()
+        gate.wait()
+        with condition:
+            while (now := time.monotonic()) < target:
+                condition.wait(target - now)  # nobody notifies: a timed wait, as the loop's
+        woke[i] = now
+
+    workers = [threading.Thread(target=worker, args=(i,)) for i in range(threads)]
+    for thread in workers:
+        thread.start()
+    target = time.monotonic() + lead_s
+    gate.wait()
+    for thread in workers:
+        thread.join()
+    return [w - target for w in woke]
+
+
+# --- figures ---------------------------------------------------------------------------------
+
+
+def _ms(values: Sequence[float]) -> list[float]:
+    return [v * 1000.0 for v in values]
+
+
+def _line(label: str, values_s: Sequence[float], floor_ms: float | None = None) -> str:
+    ms = _ms(values_s)
+    text = f"  {label:<52} {median(ms):9.2f} {worst(ms):9.2f}"
+    if floor_ms is not None:
+        text += f" {ratio(median(ms), floor_ms):8.2f}"
+    return text
+
+
+def report(
+    trials: Sequence[Trial],
+    vlc_starts: Sequence[float],
+    wakes: Sequence[Sequence[float]],
+    lead_s: float,
+    load: tuple[tuple[float, ...], tuple[float, ...]],
+) -> None:
+    errors = [e for t in trials for e in t.errors]
+    lateness = [p - t.target for t in trials for p in t.play]
+    relay_late = [r - (t.target - WARM_UP_S) for t in trials for r in t.relay_on]
+    vlc_in_daemon = [s - p for t in trials for s, p in zip(t.started, t.play, strict=True)]
+    margins = [t.target - a for t in trials for a in t.accepted]
+    wake_spreads = [max(w) - min(w) for w in wakes]
+    wake_errors = [e for w in wakes for e in w]
+    floor_spread = median(_ms(wake_spreads))
+    floor_vlc = median(_ms(vlc_starts))
+    floor_late = median(_ms(wake_errors))
+    print(
+        f"\n{DEVICES} daemons, one group `play` per trial with start_at {lead_s:g} s ahead, "
+        f"{len(trials)} trials ({len(errors)} starts); config: warm_up_s {WARM_UP_S:g}, "
+        f"tail_s {TAIL_S:g}, log level info, relay_max_toggles_per_min 60, trusted clock;\n"
+        "start = `mono` of each daemon's `started` log line (logged to 1 ms); "
+        "target = start_at in this process's monotonic time; worst = farthest from zero."
+    )
+    header = f"  {'':<52} {'median ms':>9} {'worst ms':>9} {'/ floor':>8}"
+    print(header)
+    print(
+        _line(
+            "spread of the four starts (latest - earliest)",
+            [t.spread for t in trials],
+            floor_spread,
+        )
+    )
+    print(
+        _line(
+            "  the same at their `play` lines (Play executed)",
+            [t.play_spread for t in trials],
+            floor_spread,
+        )
+    )
+    print(_line("floor (b): spread of 4 threads waking at one instant", wake_spreads, floor_spread))
+    print(_line("start error, started - target (signed)", errors, floor_vlc + floor_late))
+    print(
+        _line("start error, |started - target|", [abs(e) for e in errors], floor_vlc + floor_late)
+    )
+    print(
+        f"  {'  earliest / latest start vs target':<52} {min(errors) * 1e3:9.2f} "
+        f"{max(errors) * 1e3:9.2f}"
+    )
+    print(_line("  of which: wake-up lateness, play - target", lateness, floor_late))
+    print(_line("    (relay-on lateness, carried into play's deadline)", relay_late, floor_late))
+    print(_line("  of which: libVLC + hop, started - play", vlc_in_daemon, floor_vlc))
+    print(_line("floor (a): libVLC play() -> PlaybackStarted here", vlc_starts, floor_vlc))
+    print(_line("floor (b): thread wake-up lateness, woke - target", wake_errors, floor_late))
+    print(f"  floor for the error: (a) + (b) lateness medians = {floor_vlc + floor_late:.2f} ms")
+    per_device = "  ".join(
+        f"{i}: {median(_ms([t.errors[i] for t in trials])):+.2f}" for i in range(DEVICES)
+    )
+    print(f"  median signed error per daemon, ms: {per_device}")
+    print(
+        f"  command arrived (accepted) ahead of the target: min {min(margins):.3f} s, "
+        f"median {median(margins):.3f} s of {lead_s:g} s"
+    )
+    before, after = load
+    print(
+        f"\nload average before {before[0]:.2f} {before[1]:.2f}, after {after[0]:.2f} "
+        f"{after[1]:.2f}; {os.cpu_count()} CPUs; no figure here is asserted"
+    )
+
+
+# --- the run ---------------------------------------------------------------------------------
+
+
+def run(root: Path, count: int, lead_s: float) -> None:
+    load_before = os.getloadavg()
+    print(f"sync_start: starting Mosquitto, {DEVICES} daemons and a player in {root}", flush=True)
+    with open_site(root) as site:
+        run_trial(site, "warmup", lead_s)  # downloads the tone into every cache
+        site.media.close()
+        for home in (site.root / d / "cache" / site.sha256 for d in site.devices):
+            if not home.is_file():
+                raise BenchError(f"the tone is not in a daemon's cache at {home}")
+        libvlc_start(site)
+        wake_round()
+        print(f"sync_start: warm-up done; measuring {count} trials", flush=True)
+        trials: list[Trial] = []
+        vlc_starts: list[float] = []
+        wakes: list[list[float]] = []
+        for i in range(count):
+            trials.append(run_trial(site, f"sync-{i}", lead_s))
+            vlc_starts.append(libvlc_start(site))
+            wakes.append(wake_round())
+    report(trials, vlc_starts, wakes, lead_s, (load_before, os.getloadavg()))
+
+
+def main(argv: Sequence[str] = ()) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.sync_start",
+        description=__doc__.split("\n\n")[0] if __doc__ else None,
+    )
+    parser.add_argument("--trials", type=int, default=DEFAULT_TRIALS, help="measured trials")
+    parser.add_argument("--lead", type=float, default=DEFAULT_LEAD_S, help="start_at lead, s")
+    args = parser.parse_args(list(argv))
+    if args.trials < 2:
+        parser.error("--trials must be at least 2")
+    if args.lead < 0.5:
+        parser.error("--lead must be at least 0.5 s")
+    try:
+        with tempfile.TemporaryDirectory(prefix="loa-bench-sync-") as tmp:
+            run(Path(tmp), args.trials, args.lead)
+    except BenchError as exc:
+        print(f"sync_start: could not measure: {exc}", file=sys.stderr)
+        return 1
+    except pytest.fail.Exception as exc:  # tests.broker's way of saying mosquitto is missing
+        print(f"sync_start: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
