@@ -2,8 +2,9 @@
 
 Two lanes. Reports from our own adapters (player, fetcher, link) are few and must never be lost.
 Messages from the broker are untrusted and can arrive in floods, so their lane is bounded: when
-it is full the newest is dropped and counted. The loop drains our own reports first, so a flood
-of junk can delay but never hide the end of a track.
+it is full the *oldest* is dropped and counted, so the message that comes after a flood — an
+operator's stop, say — is the one that survives. The loop drains our own reports first, so a
+flood of junk can delay but never hide the end of a track.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ class Inbox:
         self._capacity = message_capacity
         self._ready = threading.Condition()
         self._woken = False
-        self.dropped = 0
+        self._dropped = 0
 
     def put_report(self, event: Event) -> None:
         """From an adapter thread: never blocks, never drops."""
@@ -33,13 +34,19 @@ class Inbox:
             self._ready.notify()
 
     def put_message(self, event: MessageReceived) -> None:
-        """From the MQTT thread: never blocks; drops (and counts) when the lane is full."""
+        """From the MQTT thread: never blocks; drops (and counts) the oldest when full."""
         with self._ready:
             if len(self._messages) >= self._capacity:
-                self.dropped += 1
-                return
+                self._messages.popleft()
+                self._dropped += 1
             self._messages.append(event)
             self._ready.notify()
+
+    def take_dropped(self) -> int:
+        """How many messages were dropped since the last call (read and reset together)."""
+        with self._ready:
+            dropped, self._dropped = self._dropped, 0
+            return dropped
 
     def wake(self) -> None:
         """Make a waiting ``get`` return None at once (shutdown, signals)."""

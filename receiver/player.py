@@ -12,7 +12,8 @@ Events contract, per token (``play(token, ...)``):
   network stream this comes before any audio is heard; it need not precede ``PlaybackFailed``.
 * then exactly one terminal event, unless the item is superseded first (below):
 
-  - ``PlaybackEnded(token)``: the item reached its end (for a stream: the server closed it).
+  - ``PlaybackEnded(token)``: the item reached its end (a stream: the server closed it and
+    libVLC's one reconnect failed; see "Live streams" below).
   - ``PlaybackFailed(token, detail)``: libVLC could not open it (missing file, refused or failed
     connection: libVLC's ``Error`` state) or it held no audio track at all. libVLC 3 "plays" a
     text file or random bytes happily (``Playing``, then ``EndReached``, no error); the adapter
@@ -36,9 +37,53 @@ no event follows for that token. Out-of-range volumes raise ``ValueError`` (the 
 
 Volume: ``audio_set_volume`` 0-100, applied before ``play`` so no audio leaves at the previous
 level. libVLC's software volume (ALSA, and the core's mixer) is cubic: 50 is 0.125 in amplitude
-(-18 dB), 100 is 0 dB. ``position_ms`` is ``get_time()``, or -1 when no item is live.
+(-18 dB), 100 is 0 dB.
+
+Position: ``position_ms()`` is -1 when no item is live, else libVLC's ``get_time()`` made
+monotonic (see the method): it moves exactly when libVLC's does, and never goes back. For a file
+started with ``start_ms`` it counts from the file's start. ``play(..., start_ms=)`` is the
+``:start-time`` media option: libVLC starts at the demuxer's block at or before the offset (for
+a WAV, 50 ms blocks: measured 0 or 50 ms early); an offset past the end gives ``Started`` then
+``Ended``.
+
+Live streams (``play(token, url, volume, live=True)``), measured with libVLC 3.0.24 against
+``tests/streamserver.py`` (Icecast's headers, pacing and 4 s burst-on-connect; the tests are in
+``tests/adapters/test_player_stream.py``):
+
+* **The source stalls** (connection open, no bytes): **no event at all** (none in 100 s);
+  libVLC stays ``Playing`` and never reconnects. ``get_time()`` freezes 0.5-1 s after
+  the last byte (once the input has demuxed what it had; the buffered audio plays on). If bytes
+  come again it moves on at once after a short stall, or after a re-buffer of
+  ``NETWORK_CACHING_MS`` once the buffer ran dry (measured 3.2 s; 1.3 s with libVLC's default
+  1000), still without an event. So a stall shows only to polling: ``position_ms()`` unchanged
+  for some seconds. A healthy stream also holds it between two polls now and then (it moves per
+  demuxed block: up to ~1 s for an Ogg page), and it is 0 until the first audio, so a stall
+  timeout of 5-10 s fits (the core's is 8). The same rule catches a server that accepts and
+  never answers (the item stays ``Opening``: no event, position 0) and the loop below.
+* **The server closes the connection**: libVLC reconnects once, silently. If the server answers
+  (a hiccup), the relay goes on with no event. If the reconnect is refused or answered 404 (the
+  source has left the mount), ``EndReached`` follows, reported as ``PlaybackEnded``, once the
+  buffered audio has been read (measured 2.4 s after the close for Ogg, 6.2 s for MP3). But a
+  server that answers 200 and hangs up at once is re-asked in a tight loop (thousands of requests
+  a second) with no event and a frozen position, until ``stop()``. Why: an Icecast answer carries
+  ``icy-*`` headers, which libVLC 3's newer ``https`` access refuses (each stream so opens with
+  **two** requests), and its legacy ``http`` access reconnects whenever a read ends, whatever
+  ``:http-reconnect`` says. A plain-HTTP stream (no ``icy-*``) stays with the newer access, which
+  ends at the first close unless ``live=True`` adds ``:http-continuous``: then it too reconnects
+  once per close, and ends when that fails or brings nothing.
+* **The stream is unreachable** (refused, HTTP 404, unknown host): ``PlaybackFailed``, with no
+  ``PlaybackStarted`` before it.
+* ``get_time()`` of an Ogg stream is the stream's own timestamp (where the broadcast was when we
+  joined, not 0); it runs on across chained links (one per track), and goes back when a
+  reconnect rejoins earlier (the burst: measured 0.8 s back). MP3 counts from 0 when joining and
+  only grows. ``position_ms()`` hides the jumps.
+* URLs get ``:network-caching=NETWORK_CACHING_MS``. ``stop()`` returns at once (under 10 ms)
+  even while libVLC is blocked reading a stalled or silent server.
 
 Facts about libVLC 3.0.24 found by experiment (see ``tests/adapters/test_player.py``):
+
+* afile restarts (and so truncates) its WAV whenever libVLC restarts the audio output: for each
+  item, and within a live stream at each Ogg link and after a stall.
 
 * ``--aout=afile`` (output ``file``) writes 16-bit PCM WAV by default (``audiofile-wav`` on,
   ``audiofile-format`` s16, channels as the source); we pass both explicitly. It opens the file
@@ -183,7 +228,7 @@ def _media_options(media: str, start_ms: int, *, live: bool) -> list[str]:
     """The per-item libVLC options: an offset for a file, buffering for anything from a URL."""
     options = []
     if start_ms:
-        # A float option: libVLC reads it in the C locale whatever ours is, so no ',' here.
+        # A float option, parsed with libVLC's locale-independent us_atof: always a '.'.
         options.append(f":start-time={start_ms // 1000}.{start_ms % 1000:03d}")
     if "://" in media:
         options.append(f":network-caching={NETWORK_CACHING_MS}")

@@ -277,9 +277,9 @@ class Runtime:
                 self.log.warning("broker_disconnected", why=self.link.last_error or "unknown")
         elif isinstance(event, LocalInputChanged):
             self.log.info("local_input", input=event.name, active=event.active)
-        if self.inbox.dropped:
-            self.log.warning("inbound_messages_dropped", count=self.inbox.dropped)
-            self.inbox.dropped = 0
+        dropped = self.inbox.take_dropped()
+        if dropped:
+            self.log.warning("inbound_messages_dropped", count=dropped)
 
     # --- effects out ----------------------------------------------------------------------
 

@@ -58,6 +58,8 @@ __all__ = [
 MAX_STOPPED_IDS: Final = 64  # ids named by recent stops, refused if their play comes later
 MAX_SETTLE_ROUNDS: Final = 4
 MAX_HELD: Final = 64
+REJECTION_WINDOW_S: Final = 10.0
+REJECTIONS_PER_WINDOW: Final = 100
 
 
 @dataclass(frozen=True)
@@ -103,10 +105,15 @@ def step(state: State, event: Event, now: Instant) -> Step:
         held, state = state.held, replace(state, held=())
         for message in held:
             state = _on_message(state, message, now, out)
+    if state.rejection_window[2]:
+        state = _close_rejection_window(state, now, out)
     state = programme.retry_staged(state, now, out)
     state = programme.evaluate(state, now, out)
     state = _settle(state, now, out)
     deadline = engine.next_deadline(state, now)
+    if state.rejection_window[2]:
+        window_end = state.rejection_window[0] + REJECTION_WINDOW_S
+        deadline = window_end if deadline is None else min(deadline, window_end)
     if state.held:
         grace_end = state.booted_mono + state.settings.sync_grace_s
         deadline = grace_end if deadline is None else min(deadline, grace_end)
@@ -164,10 +171,7 @@ def _on_message(state: State, event: MessageReceived, now: Instant, out: list[Ef
         if isinstance(admitted, admission.AdmittedCommand) and not admitted.duplicate:
             _check_policy(state, admitted.command, now)
     except Rejection as rejection:
-        out.append(
-            Emit("rejected", ref=rejection.ref, reason=rejection.reason, detail=rejection.detail)
-        )
-        return state
+        return _report_rejection(state, rejection, now, out)
     if isinstance(admitted, admission.AdmittedTrust):
         return _accept_trust(state, admitted, out)
     if isinstance(admitted, admission.AdmittedSchedule):
@@ -189,6 +193,39 @@ def _on_message(state: State, event: MessageReceived, now: Instant, out: list[Ef
     out.append(PersistFloors(changed, time_floor))
     out.append(Emit("accepted", ref=header.id, detail=header.type))
     return _act(state, admitted.command, now, out)
+
+
+def _report_rejection(state: State, rejection: Rejection, now: Instant, out: list[Effect]) -> State:
+    """One ``rejected`` event per message, up to a limit per window; beyond it a flood is
+    summed up in one ``fault`` when the window ends (every event is written to disk and sent,
+    and a flood must not wear out the SD card or crowd out the reports that matter)."""
+    state = _close_rejection_window(state, now, out)
+    start, count, suppressed = state.rejection_window
+    if count < REJECTIONS_PER_WINDOW:
+        out.append(
+            Emit("rejected", ref=rejection.ref, reason=rejection.reason, detail=rejection.detail)
+        )
+        return replace(state, rejection_window=(start, count + 1, suppressed))
+    tally = dict(suppressed)
+    tally[rejection.reason] = tally.get(rejection.reason, 0) + 1
+    return replace(state, rejection_window=(start, count, tuple(sorted(tally.items()))))
+
+
+def _close_rejection_window(state: State, now: Instant, out: list[Effect]) -> State:
+    start, _, suppressed = state.rejection_window
+    if now.mono - start < REJECTION_WINDOW_S:
+        return state
+    if suppressed:
+        total = sum(n for _, n in suppressed)
+        by_reason = ", ".join(f"{reason} {n}" for reason, n in suppressed)
+        out.append(
+            Emit(
+                "fault",
+                detail=f"{total} more messages rejected within "
+                f"{REJECTION_WINDOW_S:g} s, not reported one by one: {by_reason}",
+            )
+        )
+    return replace(state, rejection_window=(now.mono, 0, ()))
 
 
 def _raised_floor(state: State, iat: float, now: Instant) -> float:

@@ -142,6 +142,8 @@ class State:
     mic_active: bool = False
     faults: frozenset[str] = frozenset()
     booted_mono: float = 0.0
+    # Rejections reported in the current window: (window start, count, suppressed by reason).
+    rejection_window: tuple[float, int, tuple[tuple[str, int], ...]] = (0.0, 0, ())
     held: tuple[Any, ...] = ()  # commands waiting for a synchronised clock (MessageReceived)
 
     def items(self) -> tuple[Item, ...]:

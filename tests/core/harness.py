@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from receiver.core import machine
@@ -147,3 +147,9 @@ def relay_switches(effects: Sequence[Effect]) -> list[bool]:
 
 def persisted(effects: Sequence[Effect]) -> list[PersistFloors]:
     return [e for e in effects if isinstance(e, PersistFloors)]
+
+
+def unchanged(after: machine.State, before: machine.State) -> bool:
+    """Nothing that matters changed: the only allowed difference is the count of rejections
+    reported in the current window (the flood limiter's bookkeeping)."""
+    return replace(after, rejection_window=before.rejection_window) == before

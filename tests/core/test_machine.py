@@ -24,6 +24,7 @@ from tests.core.harness import (
     plays,
     relay_switches,
     trusted_key,
+    unchanged,
 )
 
 
@@ -290,7 +291,7 @@ def test_each_rejection_has_its_reason_and_changes_nothing(
     before = world.state
     rejection = only_rejection(world.send(make(world)))
     assert rejection.reason == reason
-    assert world.state == before
+    assert unchanged(world.state, before)
 
 
 def test_a_retained_command_is_never_acted_on() -> None:
@@ -360,3 +361,16 @@ def test_one_key_listed_twice_counts_once_toward_a_threshold() -> None:
     payload = world.payload("volume", {"level": 9})
     raw = sign_command(payload, [world.operator, world.operator])
     assert only_rejection(world.send(raw)).reason == "not_authorized"
+
+
+def test_a_flood_of_rejections_is_reported_one_by_one_up_to_a_limit_then_summed_up() -> None:
+    world = World()
+    reported = [e for _ in range(150) for e in emitted(world.send(b"junk"))]
+    assert len(reported) == 100 and {e.reason for e in reported} == {"malformed"}
+    effects = world.advance(10.0)
+    (summary,) = emitted(effects, "fault")
+    assert summary.detail == (
+        "50 more messages rejected within 10 s, not reported one by one: malformed 50"
+    )
+    assert [e.kind for e in emitted(world.send(b"junk"))] == ["rejected"]  # a new window
+    assert emitted(world.send(world.signed("volume", {"level": 33})), "accepted")
