@@ -1,10 +1,12 @@
 """The loop's inbox: where adapter callbacks drop events, and the one place the loop waits.
 
-Two lanes. Reports from our own adapters (player, fetcher, link) are few and must never be lost.
-Messages from the broker are untrusted and can arrive in floods, so their lane is bounded: when
-it is full the *oldest* is dropped and counted, so the message that comes after a flood — an
-operator's stop, say — is the one that survives. The loop drains our own reports first, so a
-flood of junk can delay but never hide the end of a track.
+Three lanes. Reports from our own adapters (player, fetcher, link) are few and must never be
+lost. Messages from the broker are untrusted and can arrive in floods, so their lanes are
+bounded: when one is full its *oldest* message is dropped and counted, so the message that comes
+after a flood — an operator's stop, say — is the one that survives. Messages that look signed by
+a key we know (a cheap check, no cryptography) have their own lane, ahead of the rest, so junk
+that is cheap to refuse cannot push out a real command. The loop drains our own reports first,
+then plausible messages, then the rest.
 """
 
 from __future__ import annotations
@@ -16,13 +18,22 @@ from typing import Final
 from receiver.core.events import Event, MessageReceived
 
 DEFAULT_MESSAGE_CAPACITY: Final = 256
+# Plausible messages are at most 16 KiB each (the envelope cap), so this lane holds at most
+# 32 MiB, and the loop verifies it in well under a second (bench/junk measures it).
+DEFAULT_PLAUSIBLE_CAPACITY: Final = 2048
 
 
 class Inbox:
-    def __init__(self, message_capacity: int = DEFAULT_MESSAGE_CAPACITY) -> None:
+    def __init__(
+        self,
+        message_capacity: int = DEFAULT_MESSAGE_CAPACITY,
+        plausible_capacity: int = DEFAULT_PLAUSIBLE_CAPACITY,
+    ) -> None:
         self._reports: deque[Event] = deque()
+        self._plausible: deque[MessageReceived] = deque()
         self._messages: deque[MessageReceived] = deque()
         self._capacity = message_capacity
+        self._plausible_capacity = plausible_capacity
         self._ready = threading.Condition()
         self._woken = False
         self._dropped = 0
@@ -33,13 +44,15 @@ class Inbox:
             self._reports.append(event)
             self._ready.notify()
 
-    def put_message(self, event: MessageReceived) -> None:
+    def put_message(self, event: MessageReceived, plausible: bool = False) -> None:
         """From the MQTT thread: never blocks; drops (and counts) the oldest when full."""
+        lane = self._plausible if plausible else self._messages
+        capacity = self._plausible_capacity if plausible else self._capacity
         with self._ready:
-            if len(self._messages) >= self._capacity:
-                self._messages.popleft()
+            if len(lane) >= capacity:
+                lane.popleft()
                 self._dropped += 1
-            self._messages.append(event)
+            lane.append(event)
             self._ready.notify()
 
     def take_dropped(self) -> int:
@@ -57,11 +70,13 @@ class Inbox:
     def get(self, timeout: float | None) -> Event | None:
         """The next event, or None when ``timeout`` passes or ``wake`` was called."""
         with self._ready:
-            if not (self._reports or self._messages or self._woken):
+            if not (self._reports or self._plausible or self._messages or self._woken):
                 self._ready.wait(timeout)
             self._woken = False
             if self._reports:
                 return self._reports.popleft()
+            if self._plausible:
+                return self._plausible.popleft()
             if self._messages:
                 return self._messages.popleft()
             return None

@@ -41,6 +41,7 @@ from receiver.core.effects import (
     StopPlayback,
     SwitchRelay,
 )
+from receiver.core.envelope import plausibly_signed
 from receiver.core.events import (
     Event,
     LinkChanged,
@@ -107,18 +108,24 @@ class Runtime:
             self.topics.subscriptions(config.groups),
             will_topic=self.topics.state,
             will_payload=self._offline_payload(),
-            on_message=self.inbox.put_message,
+            on_message=self._message_arrived,
             max_packet_size=MAX_PACKET_BYTES,
             on_link=self.inbox.put_report,
             on_connected_publish=self._republish_state,
         )
         self.state = restore_state(config, self.store)
+        # Read by the link's thread; replaced (never changed) by the loop after each step.
+        self._key_ids = frozenset(key.id for key in self.state.keyring.keys)
         if self.state.reset_floor is None:
             self.log.warning(
                 "fresh_store",
                 why="new or reset state: commands wait for a synchronised clock, and any "
                 "issued before that moment are refused",
             )
+
+    def _message_arrived(self, event: MessageReceived) -> None:
+        """From the link's thread: sort the message into the inbox's lanes, and nothing else."""
+        self.inbox.put_message(event, plausibly_signed(event.payload, self._key_ids))
 
     def _input_changed(self, name: str, active: bool) -> None:
         self.inbox.put_report(LocalInputChanged(name, active))
@@ -205,6 +212,9 @@ class Runtime:
         return TimerFired() if deadline is not None and now.mono >= deadline else None
 
     def _after_step(self, now: Instant) -> None:
+        key_ids = frozenset(key.id for key in self.state.keyring.keys)
+        if key_ids != self._key_ids:
+            self._key_ids = key_ids
         needed = machine.needed_media(self.state)
         if needed != self._protected:
             self._protected = needed
@@ -320,7 +330,7 @@ class Runtime:
         match effect:
             case Fetch(url=url, sha256=sha256, size=size):
                 self.fetcher.fetch(url, sha256, size)
-            case Play(token=token, media=media, volume=volume, start_ms=start_ms):
+            case Play(token=token, media=media, volume=volume, start_ms=start_ms, live=live):
                 self.log.info(
                     "play",
                     token=token,
@@ -329,7 +339,7 @@ class Runtime:
                     start_ms=start_ms,
                     mono=round(now.mono, 3),
                 )
-                self.player.play(token, media, volume, start_ms)
+                self.player.play(token, media, volume, start_ms, live=live)
                 name = Path(media).name
                 if len(name) == SHA256_HEX_CHARS:  # a cached file: keep it fresh in the LRU
                     self.fetcher.touch(name)

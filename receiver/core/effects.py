@@ -28,6 +28,7 @@ class Play:
     media: str
     volume: int
     start_ms: int = 0
+    live: bool = False  # a live relay, not a file: the player may reconnect to it
 
 
 @dataclass(frozen=True)

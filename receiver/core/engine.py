@@ -193,7 +193,8 @@ def _start_sound(state: State, item: Item, now: Instant, out: list[Effect]) -> S
         progress_ms=-1,
         progress_mono=now.mono,
     )
-    out.append(Play(token, media, item.volume, start_ms))
+    live = item.stream_url is not None and not item.on_fallback
+    out.append(Play(token, media, item.volume, start_ms, live))
     return replace(state, active=item, next_token=token + 1)
 
 
