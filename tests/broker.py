@@ -114,8 +114,10 @@ class MosquittoBroker:
         port: int | None = None,
         extra_config: Sequence[str] = (),
         start_timeout_s: float = 10.0,
+        max_packet_size: int | None = 32768,
     ) -> None:
         self.executable = find_mosquitto()
+        self.max_packet_size = max_packet_size
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.host = host
@@ -219,11 +221,12 @@ class MosquittoBroker:
             "connection_messages true",
             "log_timestamp_format %H:%M:%S",
             "set_tcp_nodelay true",
+        ]
+        if self.max_packet_size is not None:
             # As docs/operations.md asks of a receivers' broker: no packet larger than the
             # receivers accept (Mosquitto 2.0.11 otherwise leaks an in-flight slot for every
             # message it drops for a client's Maximum Packet Size, until the client is cut off).
-            "max_packet_size 32768",
-        ]
+            lines.append(f"max_packet_size {self.max_packet_size}")
         if os.geteuid() == 0:
             lines.append("user root")
         lines.extend(self.extra_config)
