@@ -28,10 +28,11 @@ from typing import Any, TextIO
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from receiver import __version__
+from receiver import __version__, admin_documents
 from receiver.signing import SigningKey, command_payload, sign_command
 
 DEFAULT_PREFIX = "loa/v1"
@@ -133,19 +134,34 @@ def _sign_and_send(args: argparse.Namespace) -> int:
         sys.stdout.write(envelope.decode("utf-8") + "\n")
         return 0
     topic = _topic_for(args)
+    # The broker drops the command once it expires, so a device that was offline never gets a
+    # stale backlog (the device refuses expired commands anyway).
+    if not publish(args, topic, envelope, retain=False, expiry_s=int(args.ttl)):
+        return 1
+    print(f"sent {payload['type']} {payload['id']} (seq {payload['seq']}) to {topic}")
+    return 0
+
+
+def publish(
+    args: argparse.Namespace, topic: str, payload: bytes, *, retain: bool, expiry_s: int | None
+) -> bool:
+    """Publish at QoS 1 and wait for the broker's acknowledgement; False (said) if none."""
     client = _connect(args)
     client.loop_start()
     try:
-        info = client.publish(topic, envelope, qos=1)
+        properties = None
+        if expiry_s is not None:
+            properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            properties.MessageExpiryInterval = max(1, expiry_s)
+        info = client.publish(topic, payload, qos=1, retain=retain, properties=properties)
         info.wait_for_publish(timeout=10)
         if not info.is_published():
             print(f"not acknowledged by {args.host}:{args.port}", file=sys.stderr)
-            return 1
+            return False
     finally:
         client.disconnect()
         client.loop_stop()
-    print(f"sent {payload['type']} {payload['id']} (seq {payload['seq']}) to {topic}")
-    return 0
+    return True
 
 
 def _watch(args: argparse.Namespace) -> int:
@@ -426,6 +442,7 @@ def build_parser() -> argparse.ArgumentParser:
     fleet.add_argument("--watch", action="store_true", help="redraw every second until Ctrl-C")
     _broker_options(fleet, required=True)
     fleet.set_defaults(func=_fleet)
+    admin_documents.add_parsers(sub, _broker_options, publish)
     return parser
 
 
