@@ -283,6 +283,7 @@ class Runtime:
             systemd.notify(f"STATUS=broker {'connected' if event.up else 'disconnected'}")
             if event.up:
                 self.log.info("broker_connected")
+                self._publish_state(machine.state_fields(self.state), now)  # link: up
             else:
                 self.log.warning("broker_disconnected", why=self.link.last_error or "unknown")
         elif isinstance(event, LocalInputChanged):

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -27,11 +27,30 @@ class QuietHandler(SimpleHTTPRequestHandler):
         pass
 
 
+class RecordingHandler(QuietHandler):
+    """Also appends each request line to ``requests`` (so a test can count what was fetched)."""
+
+    def __init__(self, *args: Any, requests: list[str], **kwargs: Any) -> None:
+        self._requests = requests  # set first: the base class handles the request in __init__
+        super().__init__(*args, **kwargs)
+
+    def parse_request(self) -> bool:
+        ok = super().parse_request()
+        self._requests.append(self.requestline)
+        return ok
+
+
 class MediaServer:
-    """A plain HTTP server on loopback serving one directory."""
+    """A plain HTTP server on loopback serving one directory.
+
+    ``requests`` lists the request line of every request it received, in order.
+    """
 
     def __init__(self, directory: Path) -> None:
-        handler = functools.partial(QuietHandler, directory=str(directory))
+        self.requests: list[str] = []
+        handler = functools.partial(
+            RecordingHandler, directory=str(directory), requests=self.requests
+        )
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self.port = int(self.server.server_address[1])
         self.directory = directory
@@ -55,12 +74,18 @@ def write_config(
     wav: Path,
     state_dir: Path,
     cache_dir: Path,
+    thresholds: Mapping[str, int] | None = None,
 ) -> Path:
+    """The daemon's YAML config; ``thresholds`` (e.g. ``{"root": 2}``) goes under ``trust``."""
     key_lines = "".join(
         f"    - id: {key.id}\n      ed25519: {key.public_b64}\n"
         f"      roles: [{', '.join(roles)}]\n      scopes: {json.dumps(scopes)}\n"
         for key, roles, scopes in keys
     )
+    if thresholds:
+        key_lines += "  thresholds:\n" + "".join(
+            f"    {role}: {int(value)}\n" for role, value in thresholds.items()
+        )
     path.write_text(
         f"""device_id: {DEVICE}
 env: lab
@@ -121,15 +146,16 @@ class Daemon:
     def _pump(self) -> None:
         assert self.process is not None
         assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self.raw.append(line)
-            text = line.strip()
-            if text.startswith("<") and ">" in text[:4]:
-                text = text[text.index(">") + 1 :]
-            try:
-                self.lines.append(json.loads(text))
-            except ValueError:
-                continue
+        with self.process.stdout:  # closed at EOF: no ResourceWarning when the test ends
+            for line in self.process.stdout:
+                self.raw.append(line)
+                text = line.strip()
+                if text.startswith("<") and ">" in text[:4]:
+                    text = text[text.index(">") + 1 :]
+                try:
+                    self.lines.append(json.loads(text))
+                except ValueError:
+                    continue
 
     def wait_log(
         self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 10
