@@ -91,6 +91,8 @@ def step(state: State, event: Event, now: Instant) -> Step:
     elif isinstance(event, FetchFailed):
         state = engine.media_failed(state, event, now, out)
         state = programme.staged_media_failed(state, event, now, out)
+        # A file fetched ahead for the programme is asked for again at the next check.
+        state = replace(state, prefetched=state.prefetched - {event.sha256})
     elif isinstance(event, PlaybackStarted):
         state = engine.sound_started(state, event.token, now, out)
     elif isinstance(event, PlaybackEnded):

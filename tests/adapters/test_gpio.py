@@ -9,6 +9,7 @@ while the pin is high.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,7 +18,7 @@ from gpiozero import OutputDevice
 from gpiozero.pins.mock import MockFactory
 
 from receiver.config_model import GpioConfig
-from receiver.gpio import AmpRelay, GpioError, force_off, make_pin_factory
+from receiver.gpio import AmpRelay, GpioError, LocalInputs, force_off, make_pin_factory
 
 PIN = "GPIO17"
 
@@ -166,3 +167,22 @@ def test_real_factory_failure_is_explained(name: str) -> None:
         assert exc.__cause__ is not None
     else:
         f.close()
+
+
+def test_local_inputs_report_the_microphone_switch_and_the_amplifier_fault() -> None:
+    factory = MockFactory()
+    seen: list[tuple[str, bool]] = []
+    config = GpioConfig(mic_pin="GPIO22", amp_fault_pin="GPIO23", inputs_active_high=False)
+    inputs = LocalInputs(config, factory, lambda name, active: seen.append((name, active)))
+    try:
+        mic, fault = factory.pin(22), factory.pin(23)
+        assert inputs.current() == [("mic", False), ("amp_fault", False)]  # pulled up: idle
+        mic.drive_low()  # the technician keys the microphone: the switch grounds the input
+        fault.drive_low()
+        mic.drive_high()
+        deadline = time.monotonic() + 2
+        while len(seen) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert seen == [("mic", True), ("amp_fault", True), ("mic", False)]
+    finally:
+        inputs.close()

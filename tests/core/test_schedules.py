@@ -285,3 +285,21 @@ def test_no_schedule_starts_without_trusted_time() -> None:
     sim.run_until(MONDAY + 7 * HOUR)
     assert starts(sim) == []
     assert ZoneInfo("Asia/Ho_Chi_Minh") is not None
+
+
+def test_a_staged_version_whose_file_failed_is_retried_and_takes_effect_once_fetched() -> None:
+    world = world_at(MONDAY - 10 * HOUR)
+    sim = Sim(world, file_seconds=60)
+    publish(world, 1, [entry("morning", ["tue"], "05:30")])  # 1 day + ahead
+    prefetch = "3" * 64
+    sim.unfetchable.add(prefetch)
+    publish(
+        world,
+        2,
+        [entry("morning", ["tue"], "05:30"), entry("extra", ["wed"], "06:00", sha=prefetch)],
+    )
+    assert world.state.schedules["sch-1"].version == 1  # v2 waits for its file
+    sim.unfetchable.clear()
+    sim.run_until(MONDAY + 2 * HOUR, step_s=60)  # the staged retry fetches it
+    assert world.state.schedules["sch-1"].version == 2
+    assert starts(sim) == []
