@@ -115,9 +115,11 @@ class MosquittoBroker:
         extra_config: Sequence[str] = (),
         start_timeout_s: float = 10.0,
         max_packet_size: int | None = 32768,
+        max_queued_messages: int | None = 100_000,
     ) -> None:
         self.executable = find_mosquitto()
         self.max_packet_size = max_packet_size
+        self.max_queued_messages = max_queued_messages
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.host = host
@@ -222,6 +224,11 @@ class MosquittoBroker:
             "log_timestamp_format %H:%M:%S",
             "set_tcp_nodelay true",
         ]
+        if self.max_queued_messages is not None:
+            # As docs/operations.md asks of a receivers' broker: Mosquitto 2.0.11's default of
+            # 1000 lets a flood of junk on a device's topic strand the QoS 1 command sent after
+            # it until the device reconnects; with room to queue, the device sheds the junk.
+            lines.append(f"max_queued_messages {self.max_queued_messages}")
         if self.max_packet_size is not None:
             # As docs/operations.md asks of a receivers' broker: no packet larger than the
             # receivers accept (Mosquitto 2.0.11 otherwise leaks an in-flight slot for every
@@ -458,18 +465,29 @@ class TestCa:
         self.cert_file = self.directory / f"{slug}.crt"
         self.cert_file.write_bytes(self._cert.public_bytes(serialization.Encoding.PEM))
 
-    def issue(self, name: str, *, server_hosts: Sequence[str] = ()) -> CertFiles:
-        """A leaf certificate: for a server when ``server_hosts`` (DNS names or IPs) are given."""
+    def issue(
+        self,
+        name: str,
+        *,
+        server_hosts: Sequence[str] = (),
+        valid: tuple[dt.datetime, dt.datetime] | None = None,
+    ) -> CertFiles:
+        """A leaf certificate: for a server when ``server_hosts`` (DNS names or IPs) are given.
+
+        ``valid`` is its (not before, not after) window; by default from five minutes ago to a
+        day ahead (pass a window in the past or the future for an expired or not-yet-valid one).
+        """
         key = ec.generate_private_key(ec.SECP256R1())
         now = dt.datetime.now(dt.UTC)
+        not_before, not_after = valid or (now - dt.timedelta(minutes=5), now + dt.timedelta(days=1))
         builder = (
             x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
             .issuer_name(self._name)
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(days=1))
+            .not_valid_before(not_before)
+            .not_valid_after(not_after)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(
                 x509.AuthorityKeyIdentifier.from_issuer_public_key(self._key.public_key()),
