@@ -88,6 +88,11 @@ def _body(args: argparse.Namespace) -> dict[str, Any]:
         return {"target": args.target}
     elif args.command == "volume":
         return {"level": args.level}
+    elif args.command == "relay":
+        relay: dict[str, Any] = {"name": "amp", "state": args.state}
+        if args.duration is not None:
+            relay["duration_s"] = args.duration
+        return relay
     else:
         return {}
     if args.volume is not None:
@@ -381,24 +386,15 @@ def _broker_options(parser: argparse.ArgumentParser, required: bool) -> None:
     parser.add_argument("--password-file")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="receiver-admin", description=__doc__)
-    parser.add_argument("--version", action="version", version=f"loa-receiver {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    keygen = sub.add_parser("keygen", help="make an Ed25519 key pair")
-    keygen.add_argument("--id", required=True, help="the key id receivers will know it by")
-    keygen.add_argument("--out", required=True, help="where to write the private key (PEM)")
-    keygen.add_argument("--roles", nargs="+", default=["operator"])
-    keygen.add_argument("--scopes", nargs="+", default=["*"])
-    keygen.set_defaults(func=_keygen)
-
+def _add_command_parsers(sub: Any) -> None:
+    """One subcommand per command type; all share the signing and broker options."""
     for name, text in (
         ("play", "play pinned files"),
         ("stream", "relay a live stream"),
         ("stop", "stop playback"),
         ("volume", "set the volume"),
         ("report", "ask for the state now"),
+        ("relay", "switch the amplifier by hand (on needs --duration)"),
     ):
         cmd = sub.add_parser(name, help=text)
         cmd.add_argument("--key", required=True, action="append", help="private key (repeatable)")
@@ -425,7 +421,25 @@ def build_parser() -> argparse.ArgumentParser:
             cmd.add_argument("--target", default="all")
         if name == "volume":
             cmd.add_argument("--level", type=int, required=True)
+        if name == "relay":
+            cmd.add_argument("--state", choices=["on", "off", "auto"], required=True)
+            cmd.add_argument("--duration", type=int, help="seconds before it reverts to auto")
         cmd.set_defaults(func=_sign_and_send)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="receiver-admin", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"loa-receiver {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    keygen = sub.add_parser("keygen", help="make an Ed25519 key pair")
+    keygen.add_argument("--id", required=True, help="the key id receivers will know it by")
+    keygen.add_argument("--out", required=True, help="where to write the private key (PEM)")
+    keygen.add_argument("--roles", nargs="+", default=["operator"])
+    keygen.add_argument("--scopes", nargs="+", default=["*"])
+    keygen.set_defaults(func=_keygen)
+
+    _add_command_parsers(sub)
 
     watch = sub.add_parser("watch", help="print a device's state and events")
     watch.add_argument("--device", required=True)
@@ -448,7 +462,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    result: int = args.func(args)
+    try:
+        result: int = args.func(args)
+    except (OSError, ValueError) as exc:  # a key file that is missing or not a key, mostly
+        print(f"receiver-admin: {exc}", file=sys.stderr)
+        return 2
     return result
 
 

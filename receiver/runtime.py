@@ -268,6 +268,15 @@ class Runtime:
                 self.log.error("close_failed", part=name, error=str(exc))
         self.log.info("relay_switched", on=False, why="shutdown")
         self.link.stop(self.topics.state, self._offline_payload())
+        try:  # so that `receiver status` says the daemon stopped, and when
+            offline = {
+                "device": self.config.device_id,
+                "online": False,
+                "ts": rfc3339(self.clock.now().utc),
+            }
+            write_status(self.config.storage.state_dir, _json(offline))
+        except OSError as exc:
+            self.log.error("status_write_failed", error=str(exc))
         self._settle_acks()
         self.outbox.close()
         self.store.close()

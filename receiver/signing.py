@@ -52,7 +52,10 @@ class SigningKey:
 
     @classmethod
     def load(cls, path: Path, key_id: str | None = None) -> SigningKey:
-        private = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        try:
+            private = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        except ValueError as exc:
+            raise ValueError(f"{path}: not a PEM private key without a passphrase") from exc
         if not isinstance(private, Ed25519PrivateKey):
             raise ValueError(f"{path}: not an Ed25519 private key")
         if key_id is None:

@@ -25,6 +25,8 @@ CREATE TABLE IF NOT EXISTS schedules (id TEXT PRIMARY KEY, version INTEGER NOT N
 CREATE TABLE IF NOT EXISTS done (key TEXT PRIMARY KEY, at REAL NOT NULL);
 """
 DONE_KEEP_S: Final = 7 * 86400.0
+STOP_ID_PREFIX: Final = "stop-id:"
+MAX_STOP_IDS: Final = 256
 # Event numbers are reserved in blocks so that a busy day costs few writes; after a crash the
 # numbering jumps to the next block, which keeps "n never goes back" true.
 EVENT_BLOCK: Final = 100
@@ -94,6 +96,14 @@ class Store:
                 [(stream, seq, digest) for stream, (seq, digest) in changed.items()],
             )
             self._put("time_floor", repr(max(time_floor, self.time_floor())))
+            if any(stream.startswith(STOP_ID_PREFIX) for stream in changed):
+                # Ids named by stops: keep the newest, so the table cannot grow without bound.
+                self._db.execute(
+                    "DELETE FROM floors WHERE stream LIKE 'stop-id:%' AND stream NOT IN "
+                    "(SELECT stream FROM floors WHERE stream LIKE 'stop-id:%' "
+                    "ORDER BY seq DESC LIMIT ?)",
+                    (MAX_STOP_IDS,),
+                )
 
     def reset_floor(self) -> float | None:
         """The first trusted instant after this store was created; None until there is one."""

@@ -30,6 +30,7 @@ from receiver.core.trust import Key, Keyring
 from receiver.core.trustdoc import TrustDocument, parse_trust
 
 STOP_ALL_STREAM: Final = "stop:all"
+STOP_ID_STREAM: Final = "stop-id:"  # + the id a stop named: a later play with it is refused
 # Which payload type each kind of topic carries; the topic grants nothing beyond routing.
 TYPE_FOR_TOPIC: Final = {"cmd": COMMAND_TYPE, "trust": TRUST_TYPE, "schedule": SCHEDULE_TYPE}
 
@@ -46,7 +47,6 @@ class Context:
     time_floor: float
     reset_floor: float | None
     trust_digest: str
-    stopped_ids: tuple[str, ...]
     max_skew_s: float
     max_command_age_s: float
     staged_versions: Mapping[str, tuple[int, str]] = field(default_factory=dict)
@@ -168,7 +168,7 @@ def _check_not_stopped(ctx: Context, header: commands.Header) -> None:
     stop_all = ctx.floors.get(STOP_ALL_STREAM)
     if stop_all is not None and header.iat * 1000 < stop_all[0]:
         raise Rejection(reasons.REPLAYED, "issued before a later stop of everything", header.id)
-    if header.id in ctx.stopped_ids:
+    if STOP_ID_STREAM + header.id in ctx.floors:
         raise Rejection(reasons.REPLAYED, "a stop for this id was accepted already", header.id)
 
 

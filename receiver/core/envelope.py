@@ -40,7 +40,7 @@ def pae(payload_type: str, body: bytes) -> bytes:
     return b"DSSEv1 %d %s %d %s" % (len(type_bytes), type_bytes, len(body), body)
 
 
-def _b64decode(text: str) -> bytes:
+def b64decode_canonical(text: str) -> bytes:
     """Standard alphabet with padding, in its one canonical spelling.
 
     Unused low bits in the last character must be zero: otherwise two different envelopes
@@ -75,7 +75,7 @@ def parse_envelope(raw: bytes) -> Envelope:
     if not isinstance(payload, str):
         raise Rejection(reasons.MALFORMED, "payload missing or not a string")
     try:
-        body = _b64decode(payload)
+        body = b64decode_canonical(payload)
     except (binascii.Error, ValueError) as exc:  # UnicodeEncodeError is a ValueError
         raise Rejection(reasons.MALFORMED, "payload is not canonical base64") from exc
     signatures = doc.get("signatures")
@@ -92,10 +92,12 @@ def parse_envelope(raw: bytes) -> Envelope:
         keyid, sig = entry.get("keyid"), entry.get("sig")
         if not isinstance(keyid, str) or not 0 < len(keyid) <= MAX_KEYID_CHARS:
             raise Rejection(reasons.MALFORMED, "a signature has no valid keyid")
+        if not keyid.isprintable():
+            raise Rejection(reasons.MALFORMED, "a keyid has control characters")
         if not isinstance(sig, str):
             raise Rejection(reasons.MALFORMED, "a signature has no sig")
         try:
-            sig_bytes = _b64decode(sig)
+            sig_bytes = b64decode_canonical(sig)
         except (binascii.Error, ValueError) as exc:
             raise Rejection(reasons.MALFORMED, "a sig is not base64") from exc
         if len(sig_bytes) != ED25519_SIGNATURE_BYTES:

@@ -55,7 +55,6 @@ __all__ = [
     "step",
 ]
 
-MAX_STOPPED_IDS: Final = 64  # ids named by recent stops, refused if their play comes later
 MAX_SETTLE_ROUNDS: Final = 4
 MAX_HELD: Final = 64
 REJECTION_WINDOW_S: Final = 10.0
@@ -158,7 +157,6 @@ def _context(state: State) -> admission.Context:
         time_floor=state.time_floor,
         reset_floor=state.reset_floor,
         trust_digest=state.trust_digest,
-        stopped_ids=state.stopped_ids,
         max_skew_s=settings.max_skew_s,
         max_command_age_s=settings.max_command_age_s,
         staged_versions={
@@ -247,10 +245,12 @@ def _raised_floor(state: State, iat: float, now: Instant) -> float:
 def _stop_floor(
     state: State, header: commands.Header, body: commands.Stop
 ) -> dict[str, tuple[int, str]]:
-    """A stop of everything raises the floor below which older plays are refused."""
-    if body.target != "all":
-        return {}
+    """A stop of everything raises the floor below which older plays are refused; a stop that
+    names an id remembers it, so that play is refused if it arrives later (durably, like the
+    floors: the store keeps the newest few hundred)."""
     issued_ms = int(header.iat * 1000)
+    if body.target != "all":
+        return {admission.STOP_ID_STREAM + body.target: (issued_ms, header.id)}
     current = state.floors.get(admission.STOP_ALL_STREAM)
     if current is not None and current[0] >= issued_ms:
         return {}
@@ -363,9 +363,6 @@ def _queue_play(
 
 
 def _stop(state: State, ref: str, target: str, now: Instant, out: list[Effect]) -> State:
-    if target != "all":
-        recent = state.stopped_ids[-(MAX_STOPPED_IDS - 1) :]
-        state = replace(state, stopped_ids=(*recent, target))
     for item in state.items():
         if target in ("all", item.ref):
             state = engine.finish(state, item, now, out, "stopped", detail=f"by {ref}")

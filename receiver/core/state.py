@@ -123,7 +123,6 @@ class State:
     # device): commands issued before that instant are refused (SECURITY.md property 10).
     reset_floor: float | None = None
     trust_digest: str = ""
-    stopped_ids: tuple[str, ...] = ()
     schedules: Mapping[str, Schedule] = field(default_factory=dict)
     schedule_digests: Mapping[str, str] = field(default_factory=dict)
     staged: Mapping[str, Staged] = field(default_factory=dict)

@@ -7,13 +7,13 @@ so no single stolen key can replace the keyring and no document can lock the fle
 
 from __future__ import annotations
 
-import base64
 import binascii
 from dataclasses import dataclass
 from typing import Any, Final
 
 from receiver.core import reasons
 from receiver.core.commands import ID_PATTERN, MESSAGE_ID_PATTERN, parse_time
+from receiver.core.envelope import b64decode_canonical
 from receiver.core.reasons import Rejection
 from receiver.core.trust import DEFAULT_THRESHOLDS, ED25519_PUBLIC_KEY_BYTES, Key, Keyring
 
@@ -79,10 +79,10 @@ def _parse_key(entry: Any) -> Key:
     if not isinstance(entry, dict) or set(entry) - KEY_FIELDS:
         raise _fail("a key is not {id, ed25519, roles, scopes, not_after?}")
     key_id = entry.get("id")
-    if not isinstance(key_id, str) or not 0 < len(key_id) <= 64:
-        raise _fail("a key id must be 1 to 64 characters")
+    if not isinstance(key_id, str) or not 0 < len(key_id) <= 64 or not key_id.isprintable():
+        raise _fail("a key id must be 1 to 64 printable characters")
     try:
-        public = base64.b64decode(str(entry.get("ed25519", "")).encode("ascii"), validate=True)
+        public = b64decode_canonical(str(entry.get("ed25519", "")))
     except (binascii.Error, ValueError, UnicodeEncodeError) as exc:
         raise _fail(f"key {key_id[:40]!r}: ed25519 is not base64") from exc
     if len(public) != ED25519_PUBLIC_KEY_BYTES:
