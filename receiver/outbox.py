@@ -30,13 +30,13 @@ but the runtime should call it from its loop thread only (``on_ack`` callbacks m
 from __future__ import annotations
 
 import contextlib
-import os
 import sqlite3
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Final
+
+from receiver.durable import open_durable
 
 __all__ = ["DEFAULT_CAPACITY", "Outbox", "OutboxError"]
 
@@ -60,41 +60,13 @@ class Outbox:
             raise OutboxError(f"outbox capacity must be at least 1, not {capacity}")
         self.path = path
         self.capacity = capacity
-        self.recovered_from: Path | None = None
         self._lock = threading.Lock()
         try:
-            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            try:
-                self._db = self._open()
-            except sqlite3.DatabaseError:
-                self.recovered_from = self._move_aside()
-                self._db = self._open()
+            self._db, self.recovered_from = open_durable(path, SCHEMA)
         except (OSError, sqlite3.Error) as exc:
             raise OutboxError(f"cannot use the outbox {path}: {exc}") from exc
         (count,) = self._db.execute("SELECT COUNT(*) FROM events").fetchone()
         self._count = int(count)
-
-    def _open(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")
-            (verdict,) = db.execute("PRAGMA quick_check").fetchone()
-            if verdict != "ok":
-                raise sqlite3.DatabaseError(f"quick_check: {verdict}")
-            db.executescript(SCHEMA)
-        except sqlite3.DatabaseError:
-            db.close()
-            raise
-        return db
-
-    def _move_aside(self) -> Path:
-        aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
-        for suffix in ("", "-wal", "-shm"):
-            source = Path(str(self.path) + suffix)
-            if source.exists():
-                os.replace(source, Path(str(aside) + suffix))
-        return aside
 
     # --- the API ---------------------------------------------------------------------------
 

@@ -9,12 +9,13 @@ aside (never deleted) and a fresh one started; the caller learns of it through
 from __future__ import annotations
 
 import contextlib
-import os
 import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Final
+
+from receiver.durable import open_durable
 
 SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS floors (stream TEXT PRIMARY KEY, seq INTEGER NOT NULL,
@@ -39,39 +40,12 @@ class StoreError(RuntimeError):
 class Store:
     def __init__(self, state_dir: Path) -> None:
         self.path = state_dir / "state.db"
-        self.recovered_from: Path | None = None
         try:
-            state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-            self._db = self._open()
-        except sqlite3.DatabaseError:
-            self.recovered_from = self._move_aside()
-            self._db = self._open()
-        except OSError as exc:
+            self._db, self.recovered_from = open_durable(self.path, SCHEMA)
+        except (OSError, sqlite3.Error) as exc:
             raise StoreError(f"cannot use state directory {state_dir}: {exc}") from exc
         self._event_next = 0
         self._event_reserved = 0
-
-    def _open(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")
-            (verdict,) = db.execute("PRAGMA quick_check").fetchone()
-            if verdict != "ok":
-                raise sqlite3.DatabaseError(f"quick_check: {verdict}")
-            db.executescript(SCHEMA)
-        except sqlite3.DatabaseError:
-            db.close()
-            raise
-        return db
-
-    def _move_aside(self) -> Path:
-        aside = self.path.with_name(f"state.db.corrupt-{int(time.time())}")
-        for suffix in ("", "-wal", "-shm"):
-            source = Path(str(self.path) + suffix)
-            if source.exists():
-                os.replace(source, Path(str(aside) + suffix))
-        return aside
 
     def close(self) -> None:
         with contextlib.suppress(sqlite3.Error):
