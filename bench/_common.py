@@ -1,14 +1,18 @@
-"""Helpers shared by ``bench/sync_start.py``, ``bench/junk.py`` and ``bench/footprint.py``.
+"""Helpers shared by the benchmarks in ``bench/``.
 
 Not a benchmark (the leading underscore keeps ``python -m bench`` from running it). It holds what
-the three have in common: daemon configs with a device id of their own, an MQTT client that
-stamps arrivals with ``time.monotonic()``, readers for ``/proc/<pid>/{status,stat}``, the
-daemon's JSON log, and small statistics. ``bench/latency.py`` predates it and keeps its own.
+they have in common: the lab (a real Mosquitto, a media server with one tone, an operator key,
+signed commands), daemon configs with a device id of their own and their startup, an MQTT client
+that stamps arrivals with ``time.monotonic()``, an in-process libVLC player timed the same way,
+readers for ``/proc/<pid>/{status,stat}``, the daemon's JSON log, small statistics, and the
+command-line frame every benchmark's ``main()`` runs in.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import hashlib
 import json
 import os
 import queue
@@ -16,22 +20,43 @@ import signal
 import socket
 import statistics
 import subprocess
+import sys
+import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Self
 
 import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 
+from receiver.config_model import PlayerConfig
+from receiver.core.events import Event, PlaybackEnded, PlaybackStarted
+from receiver.player import Player
+from receiver.signing import SigningKey, command_payload, sign_command
+from tests.audio import write_tone
 from tests.broker import MosquittoBroker, Received, Subscriber
-from tests.e2e.daemon import DEVICE, Daemon, write_config
+from tests.e2e.daemon import DEVICE, GROUP, Daemon, MediaServer, write_config
 
 PREFIX = "loa/v1"
 Json = dict[str, Any]
+
+
+def dev_topic(device: str, leaf: str) -> str:
+    """A device's topic: ``leaf`` is ``cmd``, ``events`` or ``state``."""
+    return f"{PREFIX}/dev/{device}/{leaf}"
+
+
+CMD_TOPIC = dev_topic(DEVICE, "cmd")
+EVENTS_TOPIC = dev_topic(DEVICE, "events")
+STATE_TOPIC = dev_topic(DEVICE, "state")
+GROUP_TOPIC = f"{PREFIX}/grp/{GROUP}/cmd"
 
 
 class BenchError(RuntimeError):
@@ -122,6 +147,12 @@ class TimedClient(Subscriber):
         self.kept: list[tuple[float, Received]] = []
 
     def start(self) -> Self:
+        """Connect, and turn Nagle's algorithm off on our socket (paho leaves it on).
+
+        Without this our own client would be part of what is measured: a command published a
+        few milliseconds after we acknowledged a message (our PUBACK not yet ACKed by the
+        broker's delayed ACK) is held back by Nagle for up to 40 ms.
+        """
         super().start()
         sock = self._client.socket()
         if isinstance(sock, socket.socket):
@@ -211,6 +242,15 @@ class TimedClient(Subscriber):
                 return out
 
 
+def paho_client(tag: str) -> mqtt.Client:
+    """A plain paho client (MQTT 5, callback API 2) with a client id of its own."""
+    return mqtt.Client(
+        callback_api_version=CallbackAPIVersion.VERSION2,
+        client_id=f"{tag}-{uuid.uuid4().hex[:8]}",
+        protocol=mqtt.MQTTv5,
+    )
+
+
 def as_json(message: Received) -> Json:
     try:
         value = json.loads(message.payload)
@@ -223,14 +263,30 @@ def is_online(topic: str) -> Callable[[Received], bool]:
     return lambda m: m.topic == topic and as_json(m).get("online") is True
 
 
-def event_for(ref: str, kind: str, events_topic: str) -> Callable[[Received], bool]:
-    """Matches ``kind`` for ``ref`` on ``events_topic``; raises on an outcome that rules it out."""
+def is_idle(topic: str) -> Callable[[Received], bool]:
+    """A state on ``topic`` that says idle with the relay off (the relay tail has run out)."""
+    return lambda m: (
+        m.topic == topic
+        and as_json(m).get("relays") == {"amp": "off"}
+        and as_json(m).get("state") == "idle"
+    )
+
+
+def event_for(
+    ref: str, kind: str, events_topic: str, *, unreferenced: bool = False
+) -> Callable[[Received], bool]:
+    """Matches ``kind`` for ``ref`` on ``events_topic``; raises on an outcome that rules it out.
+
+    ``unreferenced``: a rejection that names no ref at all rules it out too (when nobody but the
+    benchmark sends commands, that rejection can only be of the one it waits for).
+    """
+    refs = (ref, None) if unreferenced else (ref,)
 
     def matches(message: Received) -> bool:
         if message.topic != events_topic:
             return False
         event = as_json(message)
-        if event.get("kind") == "rejected" and event.get("ref") == ref:
+        if event.get("kind") == "rejected" and event.get("ref") in refs:
             raise BenchError(
                 f"{events_topic}: {ref} rejected: {event.get('reason')} {event.get('detail')}"
             )
@@ -241,6 +297,189 @@ def event_for(ref: str, kind: str, events_topic: str) -> Callable[[Received], bo
         return bool(event.get("kind") == kind)
 
     return matches
+
+
+def wait_online(
+    client: TimedClient, devices: Sequence[str] = (DEVICE,), timeout_s: float = 60.0
+) -> None:
+    """Until each device's state says ``online``."""
+    client.wait_all(
+        {d: is_online(dev_topic(d, "state")) for d in devices}, "online state", timeout_s=timeout_s
+    )
+
+
+# --- the lab: broker, media, an operator key, daemons --------------------------------------
+
+
+@dataclass
+class Lab:
+    """A real Mosquitto, a media server with one tone on it, and an operator key, in ``root``."""
+
+    root: Path
+    broker: MosquittoBroker
+    media: MediaServer
+    operator: SigningKey
+    tone: Path
+    sha256: str
+    size: int
+    next_seq: int = 0
+
+    def cached(self, home: Path) -> Path:
+        """Where a daemon whose config was written in ``home`` caches the tone."""
+        return home / "cache" / self.sha256
+
+    def daemon_config(
+        self,
+        home: Path,
+        *,
+        device_id: str = DEVICE,
+        edits: Sequence[tuple[str, str]] = (),
+        append: str = "",
+        wav_name: str = "out.wav",
+    ) -> Path:
+        """:func:`bench_config` in ``home``: this lab's broker, media and key; state, cache and
+        WAV output in ``home`` too."""
+        return bench_config(
+            home / "receiver.yaml",
+            device_id=device_id,
+            edits=edits,
+            append=append,
+            broker_port=self.broker.port,
+            media_port=self.media.port,
+            keys=[(self.operator, ["operator"], [GROUP])],
+            wav=home / wav_name,
+            state_dir=home / "state",
+            cache_dir=home / "cache",
+        )
+
+    def play_body(self, title: str, max_duration_s: int, **extra: Any) -> Json:
+        """A normal-priority ``play`` of the tone; ``extra`` goes in the body (``start_at``)."""
+        entry = {
+            "url": self.media.url(self.tone.name),
+            "sha256": self.sha256,
+            "size": self.size,
+            "title": title,
+        }
+        return {
+            "priority": "normal",
+            "source": {"files": [entry]},
+            **extra,
+            "max_duration_s": max_duration_s,
+        }
+
+    def signed(self, kind: str, body: Json, ref: str, aud: str) -> bytes:
+        """A command signed by the operator, with a seq above every one sent before."""
+        self.next_seq = max(self.next_seq + 1, int(time.time() * 1000))
+        payload = command_payload(
+            kind, body, env="lab", aud=[aud], message_id=ref, seq=self.next_seq
+        )
+        return sign_command(payload, [self.operator])
+
+
+@contextmanager
+def open_lab(root: Path, *, tone_name: str, tone_s: float, key_id: str) -> Iterator[Lab]:
+    """The broker and the media server started (a 440 Hz tone of ``tone_s``); stopped after."""
+    with ExitStack() as stack:
+        broker = MosquittoBroker(root / "broker")
+        broker.start()
+        stack.callback(broker.stop)
+        media_dir = root / "media"
+        media_dir.mkdir()
+        tone = write_tone(media_dir / tone_name, 440.0, tone_s)
+        data = tone.read_bytes()
+        media = MediaServer(media_dir)
+        stack.callback(media.close)
+        operator = SigningKey.generate(key_id)
+        yield Lab(root, broker, media, operator, tone, hashlib.sha256(data).hexdigest(), len(data))
+
+
+def start_daemons(stack: ExitStack, configs: Sequence[Path]) -> list[Daemon]:
+    """One daemon per config; ``stack`` stops them all (SIGTERM first, see :func:`stop_all`)."""
+    daemons: list[Daemon] = []
+    stack.callback(_kill_all, daemons)
+    stack.callback(stop_all, daemons)
+    for config in configs:
+        daemons.append(Daemon(config).start())
+    return daemons
+
+
+def _kill_all(daemons: Sequence[Daemon]) -> None:
+    for daemon in daemons:
+        daemon.kill()
+
+
+def log_tail(daemon: Daemon, lines: int) -> str:
+    return "".join(daemon.raw[-lines:]) or "(nothing)\n"
+
+
+@contextmanager
+def explained_by_logs(daemons: Mapping[str, Daemon], lines: int) -> Iterator[None]:
+    """A :class:`BenchError` from within gets the daemons' last log lines added to its message."""
+    try:
+        yield
+    except BenchError as exc:
+        if len(daemons) == 1:
+            (daemon,) = daemons.values()
+            tails = f"the daemon's last log lines:\n{log_tail(daemon, lines)}"
+        else:
+            tails = "the daemons' last log lines:\n" + "".join(
+                f"--- {name} ---\n{log_tail(daemon, lines)}" for name, daemon in daemons.items()
+            )
+        raise BenchError(f"{exc}\n{tails}") from exc
+
+
+# --- an in-process player ------------------------------------------------------------------
+
+
+class PlayerEvents:
+    """``Player``'s ``on_event``: each event with the ``time.monotonic()`` it was reported at."""
+
+    def __init__(self, timeout_s: float) -> None:
+        self.queue: queue.Queue[tuple[float, Event]] = queue.Queue()
+        self.timeout_s = timeout_s
+
+    def __call__(self, event: Event) -> None:
+        self.queue.put((time.monotonic(), event))
+
+    def next_for(self, token: int) -> tuple[float, Event]:
+        deadline = time.monotonic() + self.timeout_s
+        while (remaining := deadline - time.monotonic()) > 0:
+            try:
+                at, event = self.queue.get(timeout=remaining)
+            except queue.Empty:
+                break
+            if getattr(event, "token", None) == token:
+                return at, event
+        raise BenchError(f"libVLC reported nothing for item {token} within {self.timeout_s:g} s")
+
+
+class TimedPlayer:
+    """``receiver.player.Player`` in this process, output ``file`` as the daemons' (afile,
+    volume 100), writing to ``wav``: the libVLC floor."""
+
+    def __init__(self, wav: Path, timeout_s: float) -> None:
+        self.events = PlayerEvents(timeout_s)
+        self.player = Player(
+            PlayerConfig(output="file", wav_file=wav, default_volume=100), self.events
+        )
+        self.next_token = 1
+
+    def start_s(self, path: Path) -> float:
+        """Seconds from ``Player.play()`` of ``path`` to ``PlaybackStarted``; waits for its end."""
+        token = self.next_token
+        self.next_token += 1
+        start = time.monotonic()
+        self.player.play(token, str(path), 100)
+        at, event = self.events.next_for(token)
+        if not isinstance(event, PlaybackStarted):
+            raise BenchError(f"libVLC did not start the file: {event!r}")
+        _, end = self.events.next_for(token)
+        if not isinstance(end, PlaybackEnded):
+            raise BenchError(f"libVLC did not end the file normally: {end!r}")
+        return at - start
+
+    def close(self) -> None:
+        self.player.close()
 
 
 # --- the daemon's log ----------------------------------------------------------------------
@@ -261,7 +500,7 @@ def wait_log(
         if found:
             return found[0]
         if time.monotonic() > deadline:
-            tail = "".join(daemon.raw[-15:]) or "(nothing)\n"
+            tail = log_tail(daemon, 15)
             raise BenchError(f"no {what} in the daemon's log; its last lines:\n{tail}")
         time.sleep(0.01)
 
@@ -392,3 +631,38 @@ def worst(values: Sequence[float]) -> float:
 
 def ratio(value: float, floor: float) -> float:
     return value / floor if floor > 0 else float("nan")
+
+
+# --- the command line ----------------------------------------------------------------------
+
+
+def parser_for(name: str, doc: str | None) -> argparse.ArgumentParser:
+    """``python -m bench.<name>``'s parser, described by the first paragraph of ``doc``."""
+    return argparse.ArgumentParser(
+        prog=f"python -m bench.{name}", description=doc.split("\n\n")[0] if doc else None
+    )
+
+
+def run_main(name: str, run: Callable[[Path], None], tmp_tag: str | None = None) -> int:
+    """``run`` in a temporary directory (``loa-bench-<tmp_tag>-``, by default ``name``).
+
+    0 once it measured; 1, with the reason on stderr, when it could not measure.
+    """
+    try:
+        with tempfile.TemporaryDirectory(prefix=f"loa-bench-{tmp_tag or name}-") as tmp:
+            run(Path(tmp))
+    except BenchError as exc:
+        print(f"{name}: could not measure: {exc}", file=sys.stderr)
+        return 1
+    except pytest.fail.Exception as exc:  # tests.broker's way of saying mosquitto is missing
+        print(f"{name}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def load_line(before: Sequence[float], after: Sequence[float]) -> str:
+    """The closing line of every report: the load averages around the run, the CPU count."""
+    return (
+        f"\nload average before {before[0]:.2f} {before[1]:.2f}, after {after[0]:.2f} "
+        f"{after[1]:.2f}; {os.cpu_count()} CPUs; no figure here is asserted"
+    )

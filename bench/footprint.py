@@ -43,13 +43,10 @@ Run: ``python -m bench.footprint [--idle S] [--tone S] [--restarts N]``.
 
 from __future__ import annotations
 
-import argparse
-import hashlib
 import json
 import os
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -60,31 +57,36 @@ from pathlib import Path
 from typing import IO, Any
 
 import paho.mqtt.client as mqtt
-import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
 from bench._common import (
-    PREFIX,
+    CMD_TOPIC,
+    EVENTS_TOPIC,
+    STATE_TOPIC,
     BenchError,
+    Lab,
     ProcSample,
     Sampler,
     TimedClient,
-    bench_config,
     event_for,
+    explained_by_logs,
     is_online,
+    load_line,
     log_mono,
     median,
+    open_lab,
+    paho_client,
+    parser_for,
     pid_of,
-    stop_all,
+    run_main,
+    start_daemons,
     wait_log,
+    wait_online,
     wall_minus_mono,
 )
 from receiver.config_model import PlayerConfig
 from receiver.player import instance_args
-from receiver.signing import SigningKey, command_payload, sign_command
-from tests.audio import write_tone
 from tests.broker import MosquittoBroker
-from tests.e2e.daemon import DEVICE, GROUP, Daemon, MediaServer
+from tests.e2e.daemon import DEVICE, Daemon
 
 DEFAULT_IDLE_S = 60.0
 DEFAULT_TONE_S = 30.0
@@ -175,11 +177,7 @@ class PahoFloorClient:
 
     def __init__(self, broker: MosquittoBroker) -> None:
         self.topic = f"bench/{uuid.uuid4().hex[:8]}/floor/state"
-        self.client = mqtt.Client(
-            callback_api_version=CallbackAPIVersion.VERSION2,
-            client_id=f"floor-{uuid.uuid4().hex[:8]}",
-            protocol=mqtt.MQTTv5,
-        )
+        self.client = paho_client("floor")
         delay_set: Callable[..., None] = self.client.reconnect_delay_set
         delay_set(min_delay=RECONNECT_MIN_S, max_delay=RECONNECT_MAX_S)
         self.client.will_set(self.topic, b'{"online": false}', qos=1, retain=True)
@@ -210,63 +208,25 @@ class PahoFloorClient:
 
 @dataclass
 class Site:
-    root: Path
-    broker: MosquittoBroker
-    media: MediaServer
-    operator: SigningKey
-    tone: Path
+    lab: Lab
     daemon: Daemon
     client: TimedClient
     idle_floor: FloorProcess
     vlc_floor: FloorProcess
 
-    events_topic = f"{PREFIX}/dev/{DEVICE}/events"
-    state_topic = f"{PREFIX}/dev/{DEVICE}/state"
-    cmd_topic = f"{PREFIX}/dev/{DEVICE}/cmd"
-
     def play_command(self, ref: str) -> bytes:
-        data = self.tone.read_bytes()
-        body = {
-            "priority": "normal",
-            "source": {
-                "files": [
-                    {
-                        "url": self.media.url(self.tone.name),
-                        "sha256": hashlib.sha256(data).hexdigest(),
-                        "size": len(data),
-                        "title": "long tone",
-                    }
-                ]
-            },
-            "max_duration_s": 600,
-        }
-        payload = command_payload("play", body, env="lab", aud=[f"dev:{DEVICE}"], message_id=ref)
-        return sign_command(payload, [self.operator])
+        body = self.lab.play_body("long tone", max_duration_s=600)
+        return self.lab.signed("play", body, ref, aud=f"dev:{DEVICE}")
 
 
 @contextmanager
 def open_site(root: Path, tone_s: float) -> Iterator[Site]:
-    with ExitStack() as stack:
-        broker = MosquittoBroker(root / "broker")
-        broker.start()
-        stack.callback(broker.stop)
-        media_dir = root / "media"
-        media_dir.mkdir()
-        tone = write_tone(media_dir / "long.wav", 440.0, tone_s)
-        media = MediaServer(media_dir)
-        stack.callback(media.close)
-        operator = SigningKey.generate("op-footprint")
-        config = bench_config(
-            root / "receiver.yaml",
-            edits=CONFIG_EDITS,
-            broker_port=broker.port,
-            media_port=media.port,
-            keys=[(operator, ["operator"], [GROUP])],
-            wav=root / "out.wav",
-            state_dir=root / "state",
-            cache_dir=root / "cache",
-        )
-        client = TimedClient(broker, [Site.events_topic, Site.state_topic], timeout_s=TIMEOUT_S)
+    with (
+        open_lab(root, tone_name="long.wav", tone_s=tone_s, key_id="op-footprint") as lab,
+        ExitStack() as stack,
+    ):
+        config = lab.daemon_config(root, edits=CONFIG_EDITS)
+        client = TimedClient(lab.broker, [EVENTS_TOPIC, STATE_TOPIC], timeout_s=TIMEOUT_S)
         client.start()
         stack.callback(client.close)
         floors = []
@@ -275,18 +235,12 @@ def open_site(root: Path, tone_s: float) -> Iterator[Site]:
             floor = FloorProcess(args)
             stack.callback(floor.close)
             floors.append(floor)
-        daemon = Daemon(config).start()
-        stack.callback(daemon.kill)
-        stack.callback(stop_all, [daemon])
-        site = Site(root, broker, media, operator, tone, daemon, client, floors[0], floors[1])
-        try:
+        (daemon,) = start_daemons(stack, [config])
+        with explained_by_logs({"daemon": daemon}, 20):
             for floor in floors:
                 floor.expect("ready")
-            client.next_matching(is_online(site.state_topic), "online state", timeout_s=60)
-            yield site
-        except BenchError as exc:
-            tail = "".join(daemon.raw[-20:]) or "(nothing)\n"
-            raise BenchError(f"{exc}\nthe daemon's last log lines:\n{tail}") from exc
+            wait_online(client)
+            yield Site(lab, daemon, client, floors[0], floors[1])
 
 
 # --- phases ----------------------------------------------------------------------------------
@@ -352,11 +306,11 @@ def idle_phase(site: Site, seconds: float) -> dict[str, Series]:
 def playing_phase(site: Site, tone_s: float) -> dict[str, Series]:
     print(f"footprint: playing a {tone_s:g} s tone", flush=True)
     sampler = Sampler(_pids(site)).start()
-    site.client.publish(site.cmd_topic, site.play_command("long"))
-    site.vlc_floor.play(site.tone)
-    site.client.next_matching(event_for("long", "started", site.events_topic), "the tone's start")
+    site.client.publish(CMD_TOPIC, site.play_command("long"))
+    site.vlc_floor.play(site.lab.tone)
+    site.client.next_matching(event_for("long", "started", EVENTS_TOPIC), "the tone's start")
     site.client.next_matching(
-        event_for("long", "finished", site.events_topic),
+        event_for("long", "finished", EVENTS_TOPIC),
         "the tone's end",
         timeout_s=tone_s + TIMEOUT_S,
     )
@@ -379,10 +333,10 @@ class Restart:
 def restarts(site: Site, count: int) -> list[Restart]:
     print(f"footprint: {count} broker restarts", flush=True)
     site.client.close()  # its own reconnects would only add noise; observers are fresh clients
-    floor = PahoFloorClient(site.broker).start()
-    topics = {"daemon": site.state_topic, "floor": floor.topic}
+    floor = PahoFloorClient(site.lab.broker).start()
+    topics = {"daemon": STATE_TOPIC, "floor": floor.topic}
     marker = b'{"online": false, "bench": "marker: stale until the client publishes again"}'
-    publisher = TimedClient(site.broker, []).start()
+    publisher = TimedClient(site.lab.broker, []).start()
     out: list[Restart] = []
     try:
         for _ in range(count):
@@ -392,10 +346,10 @@ def restarts(site: Site, count: int) -> list[Restart]:
             mark = len(site.daemon.lines)
             offset = wall_minus_mono()
             stopped = time.monotonic()
-            site.broker.stop()
-            site.broker.start()
+            site.lab.broker.stop()
+            site.lab.broker.start()
             up = time.monotonic()
-            publisher = TimedClient(site.broker, list(topics.values())).start()
+            publisher = TimedClient(site.lab.broker, list(topics.values())).start()
             seen = publisher.wait_all(
                 {name: is_online(topic) for name, topic in topics.items()},
                 "online again",
@@ -493,34 +447,18 @@ def run(root: Path, idle_s: float, tone_s: float, count: int) -> None:
         "playing the tone (the libVLC floor plays it too; the idle floor stays idle)", playing
     )
     report_restarts(restart_results)
-    after = os.getloadavg()
-    print(
-        f"\nload average before {load_before[0]:.2f} {load_before[1]:.2f}, after {after[0]:.2f} "
-        f"{after[1]:.2f}; {os.cpu_count()} CPUs; no figure here is asserted"
-    )
+    print(load_line(load_before, os.getloadavg()))
 
 
 def main(argv: Sequence[str] = ()) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.footprint",
-        description=__doc__.split("\n\n")[0] if __doc__ else None,
-    )
+    parser = parser_for("footprint", __doc__)
     parser.add_argument("--idle", type=float, default=DEFAULT_IDLE_S, help="idle phase, s")
     parser.add_argument("--tone", type=float, default=DEFAULT_TONE_S, help="tone length, s")
     parser.add_argument("--restarts", type=int, default=DEFAULT_RESTARTS, help="broker restarts")
     args = parser.parse_args(list(argv))
     if args.idle < 2 or args.tone < 2 or args.restarts < 1:
         parser.error("--idle and --tone must be at least 2 s, --restarts at least 1")
-    try:
-        with tempfile.TemporaryDirectory(prefix="loa-bench-footprint-") as tmp:
-            run(Path(tmp), args.idle, args.tone, args.restarts)
-    except BenchError as exc:
-        print(f"footprint: could not measure: {exc}", file=sys.stderr)
-        return 1
-    except pytest.fail.Exception as exc:  # tests.broker's way of saying mosquitto is missing
-        print(f"footprint: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return run_main("footprint", lambda root: run(root, args.idle, args.tone, args.restarts))
 
 
 if __name__ == "__main__":

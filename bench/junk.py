@@ -49,54 +49,54 @@ Run: ``python -m bench.junk [--count N] [--skip-flood]`` (``make bench`` runs ev
 
 from __future__ import annotations
 
-import argparse
 import base64
-import hashlib
 import json
 import os
 import random
 import statistics
 import sys
-import tempfile
 import time
-import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as mqtt
-import pytest
-from paho.mqtt.enums import CallbackAPIVersion
-
 from bench._common import (
-    PREFIX,
+    CMD_TOPIC,
+    EVENTS_TOPIC,
+    STATE_TOPIC,
     BenchError,
+    Lab,
     TimedClient,
     as_json,
-    bench_config,
     event_for,
-    is_online,
+    explained_by_logs,
+    load_line,
     log_lines,
     median,
     mono_of,
+    open_lab,
+    paho_client,
+    parser_for,
     pid_of,
     proc_status_kib,
     ratio,
-    stop_all,
+    run_main,
+    start_daemons,
     wait_log,
+    wait_online,
 )
 from receiver.core import machine
 from receiver.core.effects import Emit
 from receiver.core.envelope import COMMAND_TYPE, pae
 from receiver.core.events import MessageReceived
-from receiver.signing import SigningKey, command_payload, sign_command
-from tests.audio import write_tone
+from receiver.signing import command_payload
 from tests.broker import MosquittoBroker
 from tests.core.harness import TOPIC as CORE_TOPIC
 from tests.core.harness import World
-from tests.e2e.daemon import DEVICE, GROUP, Daemon, MediaServer
+from tests.e2e.daemon import DEVICE, Daemon
+from tests.e2e.test_attacks import envelope
 
 DEFAULT_COUNT = 10_000
 TONE_S = 20.0
@@ -106,20 +106,6 @@ QUIET_S = 1.0
 CONFIG_EDITS = (("  level: debug\n", "  level: info\n"),)
 KINDS = ("random bytes", "unknown key id", "known key id, bad signature (S < L)")
 ED25519_L = 2**252 + 27742317777372353535851937790883648493  # the order of the base point
-
-
-def envelope(payload_type: str, body: bytes, signatures: Sequence[tuple[str, bytes]]) -> bytes:
-    """A DSSE envelope with exactly the signature entries given (forged, unknown, ...)."""
-    return json.dumps(
-        {
-            "payloadType": payload_type,
-            "payload": base64.b64encode(body).decode("ascii"),
-            "signatures": [
-                {"keyid": keyid, "sig": base64.b64encode(sig).decode("ascii")}
-                for keyid, sig in signatures
-            ],
-        }
-    ).encode("utf-8")
 
 
 def forged_signature(rng: random.Random, well_formed: bool = True) -> bytes:
@@ -159,89 +145,37 @@ def junk(count: int, body: bytes, known_keyid: str, seed: int = 7) -> list[bytes
 
 @dataclass
 class Site:
-    root: Path
-    broker: MosquittoBroker
-    media: MediaServer
-    operator: SigningKey
-    tone: Path
+    lab: Lab
     daemon: Daemon
     client: TimedClient
-    next_seq: int = field(default_factory=lambda: int(time.time() * 1000))
-
-    cmd_topic = f"{PREFIX}/dev/{DEVICE}/cmd"
-    events_topic = f"{PREFIX}/dev/{DEVICE}/events"
-    state_topic = f"{PREFIX}/dev/{DEVICE}/state"
 
     def signed(self, kind: str, body: dict[str, Any], ref: str) -> bytes:
-        self.next_seq = max(self.next_seq + 1, int(time.time() * 1000))
-        payload = command_payload(
-            kind, body, env="lab", aud=[f"dev:{DEVICE}"], message_id=ref, seq=self.next_seq
-        )
-        return sign_command(payload, [self.operator])
+        return self.lab.signed(kind, body, ref, aud=f"dev:{DEVICE}")
 
     def play_body(self) -> dict[str, Any]:
-        data = self.tone.read_bytes()
-        return {
-            "priority": "normal",
-            "source": {
-                "files": [
-                    {
-                        "url": self.media.url(self.tone.name),
-                        "sha256": hashlib.sha256(data).hexdigest(),
-                        "size": len(data),
-                        "title": "long tone",
-                    }
-                ]
-            },
-            "max_duration_s": 600,
-        }
+        return self.lab.play_body("long tone", max_duration_s=600)
 
 
 @contextmanager
 def open_site(root: Path) -> Iterator[Site]:
-    with ExitStack() as stack:
-        broker = MosquittoBroker(root / "broker")
-        broker.start()
-        stack.callback(broker.stop)
-        media_dir = root / "media"
-        media_dir.mkdir()
-        tone = write_tone(media_dir / "long.wav", 440.0, TONE_S)
-        media = MediaServer(media_dir)
-        stack.callback(media.close)
-        operator = SigningKey.generate("op-junk")
-        config = bench_config(
-            root / "receiver.yaml",
-            edits=CONFIG_EDITS,
-            broker_port=broker.port,
-            media_port=media.port,
-            keys=[(operator, ["operator"], [GROUP])],
-            wav=root / "out.wav",
-            state_dir=root / "state",
-            cache_dir=root / "cache",
-        )
+    with (
+        open_lab(root, tone_name="long.wav", tone_s=TONE_S, key_id="op-junk") as lab,
+        ExitStack() as stack,
+    ):
+        config = lab.daemon_config(root, edits=CONFIG_EDITS)
         client = TimedClient(
-            broker, [Site.events_topic, Site.state_topic], timeout_s=TIMEOUT_S, keep_all=True
+            lab.broker, [EVENTS_TOPIC, STATE_TOPIC], timeout_s=TIMEOUT_S, keep_all=True
         ).start()
         stack.callback(client.close)
-        daemon = Daemon(config).start()
-        stack.callback(daemon.kill)
-        stack.callback(stop_all, [daemon])
-        site = Site(root, broker, media, operator, tone, daemon, client)
-        try:
-            client.next_matching(is_online(site.state_topic), "online state", timeout_s=60)
-            yield site
-        except BenchError as exc:
-            tail = "".join(daemon.raw[-20:]) or "(nothing)\n"
-            raise BenchError(f"{exc}\nthe daemon's last log lines:\n{tail}") from exc
+        (daemon,) = start_daemons(stack, [config])
+        with explained_by_logs({"daemon": daemon}, 20):
+            wait_online(client)
+            yield Site(lab, daemon, client)
 
 
 def publish_burst(broker: MosquittoBroker, topic: str, payloads: Sequence[bytes]) -> float:
     """Publish at QoS 0 as fast as one paho client can; the seconds until the last was written."""
-    client = mqtt.Client(
-        callback_api_version=CallbackAPIVersion.VERSION2,
-        client_id=f"junk-{uuid.uuid4().hex[:8]}",
-        protocol=mqtt.MQTTv5,
-    )
+    client = paho_client("junk")
     client.max_queued_messages_set(0)  # unlimited: we want every message out, not paho's cap
     client.connect(broker.host, broker.port, keepalive=30)
     client.loop_start()
@@ -266,10 +200,10 @@ def command_to_accepted(site: Site, ref: str, timeout_s: float = TIMEOUT_S) -> f
     """Seconds from publishing a valid ``report`` to its ``accepted`` event; None if never."""
     raw = site.signed("report", {}, ref)
     start = time.monotonic()
-    site.client.publish(site.cmd_topic, raw)
+    site.client.publish(CMD_TOPIC, raw)
     try:
         at, _ = site.client.next_matching(
-            event_for(ref, "accepted", site.events_topic), f"accepted for {ref}", timeout_s
+            event_for(ref, "accepted", EVENTS_TOPIC), f"accepted for {ref}", timeout_s
         )
     except BenchError:
         return None
@@ -298,9 +232,9 @@ def broker_deliveries(site: Site) -> tuple[int, int]:
     message the broker dropped from one the daemon's side lost.
     """
     prefix = f"Sending PUBLISH to {DEVICE} (d"
-    where = f"'{site.cmd_topic}',"
+    where = f"'{CMD_TOPIC}',"
     qos0 = qos1 = 0
-    with site.broker.log_file.open(encoding="utf-8", errors="replace") as log:
+    with site.lab.broker.log_file.open(encoding="utf-8", errors="replace") as log:
         for line in log:
             if prefix in line and where in line:
                 if ", q0," in line:
@@ -336,8 +270,8 @@ class FloodFigures:
 def flood(site: Site, count: int) -> FloodFigures:
     daemon = site.daemon
     pid = pid_of(daemon)
-    site.client.publish(site.cmd_topic, site.signed("play", site.play_body(), "long"))
-    site.client.next_matching(event_for("long", "started", site.events_topic), "tone start")
+    site.client.publish(CMD_TOPIC, site.signed("play", site.play_body(), "long"))
+    site.client.next_matching(event_for("long", "started", EVENTS_TOPIC), "tone start")
     played_at = time.monotonic()
     floor = []
     for i in range(FLOOR_COMMANDS):
@@ -348,13 +282,13 @@ def flood(site: Site, count: int) -> FloodFigures:
     body = json.dumps(
         command_payload("play", site.play_body(), env="lab", aud=[f"dev:{DEVICE}"])
     ).encode()
-    payloads = junk(count, body, site.operator.id)
+    payloads = junk(count, body, site.lab.operator.id)
     rss = [proc_status_kib(pid, "VmRSS")]
     hwm = [proc_status_kib(pid, "VmHWM")]
     mark = len(daemon.lines)
     kept_mark = len(site.client.kept)
     print(f"junk: flooding the daemon with {count} junk messages", flush=True)
-    sent_s = publish_burst(site.broker, site.cmd_topic, payloads)
+    sent_s = publish_burst(site.lab.broker, CMD_TOPIC, payloads)
     after = command_to_accepted(site, "after-flood")
     rss.append(proc_status_kib(pid, "VmRSS"))
     hwm.append(proc_status_kib(pid, "VmHWM"))
@@ -364,7 +298,7 @@ def flood(site: Site, count: int) -> FloodFigures:
         resent = command_to_accepted(site, "after-flood-resent")
         if resent is None:
             raise BenchError("a valid command sent once the flood was over was not accepted")
-    is_finished = event_for("long", "finished", site.events_topic)
+    is_finished = event_for("long", "finished", EVENTS_TOPIC)
     deadline = played_at + TONE_S + TIMEOUT_S
     while not (finished := [at for at, m in site.client.kept[kept_mark:] if is_finished(m)]):
         if time.monotonic() > deadline:
@@ -381,9 +315,7 @@ def flood(site: Site, count: int) -> FloodFigures:
         reasons[str(line.get("reason"))] = reasons.get(str(line.get("reason")), 0) + 1
     monos = [mono_of(line) for line in rejected]
     rejected_events = sum(
-        1
-        for _, m in arrivals
-        if m.topic == site.events_topic and as_json(m).get("kind") == "rejected"
+        1 for _, m in arrivals if m.topic == EVENTS_TOPIC and as_json(m).get("kind") == "rejected"
     )
     dropped = sum(
         int(line.get("count", 0))
@@ -597,32 +529,17 @@ def run(root: Path, count: int, skip_flood: bool) -> None:
             figures = flood(site, count)
         report_flood(figures)
     core_micro()
-    after = os.getloadavg()
-    print(
-        f"\nload average before {load_before[0]:.2f} {load_before[1]:.2f}, after {after[0]:.2f} "
-        f"{after[1]:.2f}; {os.cpu_count()} CPUs; no figure here is asserted"
-    )
+    print(load_line(load_before, os.getloadavg()))
 
 
 def main(argv: Sequence[str] = ()) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.junk", description=__doc__.split("\n\n")[0] if __doc__ else None
-    )
+    parser = parser_for("junk", __doc__)
     parser.add_argument("--count", type=int, default=DEFAULT_COUNT, help="junk messages")
     parser.add_argument("--skip-flood", action="store_true", help="only the in-process part")
     args = parser.parse_args(list(argv))
     if args.count < 3:
         parser.error("--count must be at least 3")
-    try:
-        with tempfile.TemporaryDirectory(prefix="loa-bench-junk-") as tmp:
-            run(Path(tmp), args.count, args.skip_flood)
-    except BenchError as exc:
-        print(f"junk: could not measure: {exc}", file=sys.stderr)
-        return 1
-    except pytest.fail.Exception as exc:  # tests.broker's way of saying mosquitto is missing
-        print(f"junk: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return run_main("junk", lambda root: run(root, args.count, args.skip_flood))
 
 
 if __name__ == "__main__":

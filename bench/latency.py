@@ -24,8 +24,8 @@ trip, one libVLC start, one command, then again), so a noisy neighbour slows all
     on a topic it subscribes to, on the same broker, and times its return. The command's path
     crosses the broker twice (command in, event out); (a) is one crossing with both ends in this
     process, so it is a lower bound, not a model of the path. Our client turns Nagle's algorithm
-    off on its socket (see :meth:`TimedSubscriber.start`), so that it adds no stall of its own to
-    either measurement; the daemon's socket is left as the daemon makes it.
+    off on its socket (see :meth:`bench._common.TimedClient.start`), so that it adds no stall of
+    its own to either measurement; the daemon's socket is left as the daemon makes it.
 (b) libVLC start: ``receiver.player.Player`` with output ``file`` (the daemon's config: afile,
     volume 100) in this process, ``play()`` of the same cached file to its ``PlaybackStarted``
     callback; each item is left to end before the next, as in the daemon.
@@ -43,123 +43,51 @@ Run: ``python -m bench.latency [--count N] [--warmup N]`` (``make bench`` runs e
 
 from __future__ import annotations
 
-import argparse
-import hashlib
-import json
 import os
-import queue
-import socket
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Self
+from typing import Any
 
-import paho.mqtt.client as mqtt
-import pytest
-
-from receiver.config_model import PlayerConfig
-from receiver.core.events import Event, PlaybackEnded, PlaybackStarted
-from receiver.player import Player
-from receiver.signing import SigningKey, command_payload, sign_command
-from tests.audio import write_tone
-from tests.broker import MosquittoBroker, Received, Subscriber
-from tests.e2e.daemon import DEVICE, GROUP, Daemon, MediaServer, write_config
+from bench._common import (
+    CMD_TOPIC,
+    EVENTS_TOPIC,
+    STATE_TOPIC,
+    BenchError,
+    Lab,
+    TimedClient,
+    TimedPlayer,
+    event_for,
+    explained_by_logs,
+    is_idle,
+    load_line,
+    open_lab,
+    parser_for,
+    run_main,
+    start_daemons,
+    wait_online,
+)
+from tests.e2e.daemon import GROUP, Daemon
 
 DEFAULT_COUNT = 40
 DEFAULT_WARMUP = 3
 TONE_S = 0.3
 TAIL_S = 0.2
 TIMEOUT_S = 15.0
-PREFIX = "loa/v1"
 # What the bench changes in tests/e2e/daemon.py's config, as (template line, bench line).
 CONFIG_EDITS = (
     ("  warm_up_s: 0.3\n", "  warm_up_s: 0\n"),
     ("  tail_s: 0.5\n", f"  tail_s: {TAIL_S}\n"),
     ("  level: debug\n", "  level: info\n"),
 )
-
-
-class BenchError(RuntimeError):
-    """The benchmark could not measure: a command refused, an event missing, a process dead."""
-
-
-# --- instruments ---------------------------------------------------------------------------
-
-
-class TimedSubscriber(Subscriber):
-    """``tests.broker.Subscriber`` that stamps every message with ``time.monotonic()`` on arrival.
-
-    The stamp is taken first thing in paho's callback, so the time this process takes to pick
-    the message off a queue is not counted. Messages go to :attr:`arrivals`, not to the base
-    class's ``messages``/``seen``.
-    """
-
-    def __init__(self, broker: MosquittoBroker, topics: Sequence[str]) -> None:
-        super().__init__(broker, topics, client_id=f"bench-{os.getpid()}", timeout_s=TIMEOUT_S)
-        self.arrivals: queue.Queue[tuple[float, Received]] = queue.Queue()
-
-    def start(self) -> Self:
-        """Connect, and turn Nagle's algorithm off on our socket (paho leaves it on).
-
-        Without this our own client would be part of what is measured: a command published a
-        few milliseconds after we acknowledged a message (our PUBACK not yet ACKed by the
-        broker's delayed ACK) is held back by Nagle for up to 40 ms.
-        """
-        super().start()
-        sock = self._client.socket()
-        if isinstance(sock, socket.socket):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return self
-
-    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
-        at = time.monotonic()
-        received = Received(
-            topic=message.topic,
-            payload=bytes(message.payload),
-            retain=bool(message.retain),
-            qos=message.qos,
-        )
-        self.arrivals.put((at, received))
-
-    def next_matching(
-        self, predicate: Callable[[Received], bool], what: str
-    ) -> tuple[float, Received]:
-        """Arrival time and message of the next one that satisfies ``predicate``."""
-        deadline = time.monotonic() + TIMEOUT_S
-        while (remaining := deadline - time.monotonic()) > 0:
-            try:
-                at, message = self.arrivals.get(timeout=remaining)
-            except queue.Empty:
-                break
-            if predicate(message):
-                return at, message
-        raise BenchError(f"no {what} within {TIMEOUT_S:g} s")
-
-
-class PlayerEvents:
-    """``Player``'s ``on_event``: each event with the ``time.monotonic()`` it was reported at."""
-
-    def __init__(self) -> None:
-        self.queue: queue.Queue[tuple[float, Event]] = queue.Queue()
-
-    def __call__(self, event: Event) -> None:
-        self.queue.put((time.monotonic(), event))
-
-    def next_for(self, token: int) -> tuple[float, Event]:
-        deadline = time.monotonic() + TIMEOUT_S
-        while (remaining := deadline - time.monotonic()) > 0:
-            try:
-                at, event = self.queue.get(timeout=remaining)
-            except queue.Empty:
-                break
-            if getattr(event, "token", None) == token:
-                return at, event
-        raise BenchError(f"libVLC reported nothing for item {token} within {TIMEOUT_S:g} s")
+# Forty plays a minute switch the relay far more often than a pole should (the default
+# limit is 6 a minute); the bench lifts the limit so every command starts from idle.
+CONFIG_APPEND = "policy:\n  relay_max_toggles_per_min: 60\n"
+ECHO_TOPIC = f"bench/{os.getpid()}/echo"
 
 
 # --- the site: broker, media, daemon, our client, a player ---------------------------------
@@ -167,141 +95,40 @@ class PlayerEvents:
 
 @dataclass
 class Site:
-    root: Path
-    broker: MosquittoBroker
-    media: MediaServer
-    operator: SigningKey
-    tone: Path
-    sha256: str
-    size: int
+    lab: Lab
     daemon: Daemon
-    client: TimedSubscriber
-    player: Player
-    player_events: PlayerEvents
-    next_seq: int = field(default_factory=lambda: int(time.time() * 1000))
-    next_token: int = 1
-
-    @property
-    def cmd_topic(self) -> str:
-        return f"{PREFIX}/dev/{DEVICE}/cmd"
-
-    @property
-    def events_topic(self) -> str:
-        return f"{PREFIX}/dev/{DEVICE}/events"
-
-    @property
-    def state_topic(self) -> str:
-        return f"{PREFIX}/dev/{DEVICE}/state"
-
-    @property
-    def echo_topic(self) -> str:
-        return f"bench/{os.getpid()}/echo"
+    client: TimedClient
+    player: TimedPlayer
 
     @property
     def cached(self) -> Path:
-        return self.root / "cache" / self.sha256
+        return self.lab.cached(self.lab.root)
 
     def play_command(self, ref: str) -> bytes:
-        body = {
-            "priority": "normal",
-            "source": {
-                "files": [
-                    {
-                        "url": self.media.url(self.tone.name),
-                        "sha256": self.sha256,
-                        "size": self.size,
-                        "title": "bench tone",
-                    }
-                ]
-            },
-            "max_duration_s": 60,
-        }
-        self.next_seq += 1
-        payload = command_payload(
-            "play", body, env="lab", aud=[f"grp:{GROUP}"], message_id=ref, seq=self.next_seq
-        )
-        return sign_command(payload, [self.operator])
-
-
-def _bench_config(path: Path, **kwargs: Any) -> Path:
-    """``tests/e2e/daemon.py``'s config with :data:`CONFIG_EDITS` applied (each exactly once)."""
-    write_config(path, **kwargs)
-    text = path.read_text(encoding="utf-8")
-    for old, new in CONFIG_EDITS:
-        if text.count(old) != 1:
-            raise BenchError(f"tests/e2e/daemon.py's config no longer has {old.strip()!r}")
-        text = text.replace(old, new)
-    # Forty plays a minute switch the relay far more often than a pole should (the default
-    # limit is 6 a minute); the bench lifts the limit so every command starts from idle.
-    text += "policy:\n  relay_max_toggles_per_min: 60\n"
-    path.write_text(text, encoding="utf-8")
-    return path
-
-
-def _json(message: Received) -> dict[str, Any]:
-    value: dict[str, Any] = json.loads(message.payload)
-    return value
+        body = self.lab.play_body("bench tone", max_duration_s=60)
+        return self.lab.signed("play", body, ref, aud=f"grp:{GROUP}")
 
 
 @contextmanager
 def open_site(root: Path) -> Iterator[Site]:
     """Everything started, the daemon online; all of it stopped again on the way out."""
-    with ExitStack() as stack:
-        broker = MosquittoBroker(root / "broker")
-        broker.start()
-        stack.callback(broker.stop)
-        media_dir = root / "media"
-        media_dir.mkdir()
-        tone = write_tone(media_dir / "tone.wav", 440.0, TONE_S)
-        data = tone.read_bytes()
-        media = MediaServer(media_dir)
-        stack.callback(media.close)
-        operator = SigningKey.generate("op-bench")
-        config = _bench_config(
-            root / "receiver.yaml",
-            broker_port=broker.port,
-            media_port=media.port,
-            keys=[(operator, ["operator"], [GROUP])],
-            wav=root / "daemon-out.wav",
-            state_dir=root / "state",
-            cache_dir=root / "cache",
+    with (
+        open_lab(root, tone_name="tone.wav", tone_s=TONE_S, key_id="op-bench") as lab,
+        ExitStack() as stack,
+    ):
+        config = lab.daemon_config(
+            root, edits=CONFIG_EDITS, append=CONFIG_APPEND, wav_name="daemon-out.wav"
         )
-        topics = [f"{PREFIX}/dev/{DEVICE}/events", f"{PREFIX}/dev/{DEVICE}/state"]
-        client = TimedSubscriber(broker, [*topics, f"bench/{os.getpid()}/echo"]).start()
+        client = TimedClient(
+            lab.broker, [EVENTS_TOPIC, STATE_TOPIC, ECHO_TOPIC], timeout_s=TIMEOUT_S
+        ).start()
         stack.callback(client.close)
-        player_events = PlayerEvents()
-        player = Player(
-            PlayerConfig(output="file", wav_file=root / "floor-out.wav", default_volume=100),
-            player_events,
-        )
+        player = TimedPlayer(root / "floor-out.wav", TIMEOUT_S)
         stack.callback(player.close)
-        daemon = Daemon(config).start()
-        stack.callback(daemon.kill)
-        site = Site(
-            root=root,
-            broker=broker,
-            media=media,
-            operator=operator,
-            tone=tone,
-            sha256=hashlib.sha256(data).hexdigest(),
-            size=len(data),
-            daemon=daemon,
-            client=client,
-            player=player,
-            player_events=player_events,
-        )
-        try:
-            client.next_matching(
-                lambda m: m.topic == site.state_topic and _json(m).get("online") is True,
-                "online state from the daemon",
-            )
-            yield site
-        except BenchError as exc:
-            tail = "".join(daemon.raw[-20:]) or "(nothing)\n"
-            raise BenchError(f"{exc}\nthe daemon's last log lines:\n{tail}") from exc
-        finally:
-            if daemon.process is not None and daemon.process.poll() is None:
-                daemon.stop()
+        (daemon,) = start_daemons(stack, [config])
+        with explained_by_logs({"daemon": daemon}, 20):
+            wait_online(client)
+            yield Site(lab, daemon, client, player)
 
 
 # --- one sample of each kind ---------------------------------------------------------------
@@ -312,26 +139,16 @@ def mqtt_round_trip(site: Site, payload_size: int, n: int) -> float:
     tag = f"{n:08d}:".encode()
     payload = tag + b"." * max(0, payload_size - len(tag))
     start = time.monotonic()
-    site.client.publish(site.echo_topic, payload)
+    site.client.publish(ECHO_TOPIC, payload)
     at, _ = site.client.next_matching(
-        lambda m: m.topic == site.echo_topic and m.payload == payload, "echo of our publish"
+        lambda m: m.topic == ECHO_TOPIC and m.payload == payload, "echo of our publish"
     )
     return at - start
 
 
 def libvlc_start(site: Site) -> float:
     """Seconds from ``Player.play()`` of the cached file to ``PlaybackStarted``; waits its end."""
-    token = site.next_token
-    site.next_token += 1
-    start = time.monotonic()
-    site.player.play(token, str(site.cached), 100)
-    at, event = site.player_events.next_for(token)
-    if not isinstance(event, PlaybackStarted):
-        raise BenchError(f"libVLC did not start the file: {event!r}")
-    _, end = site.player_events.next_for(token)
-    if not isinstance(end, PlaybackEnded):
-        raise BenchError(f"libVLC did not end the file normally: {end!r}")
-    return at - start
+    return site.player.start_s(site.cached)
 
 
 @dataclass(frozen=True)
@@ -360,44 +177,19 @@ class CommandSample:
         )
 
 
-def _event_for(ref: str, kind: str, events_topic: str) -> Callable[[Received], bool]:
-    """Matches ``kind`` for ``ref``; raises on any other outcome that means it will not come."""
-
-    def matches(message: Received) -> bool:
-        if message.topic != events_topic:
-            return False
-        event = _json(message)
-        if event.get("kind") == "rejected" and event.get("ref") in (ref, None):
-            raise BenchError(f"command {ref} rejected: {event.get('reason')} {event.get('detail')}")
-        if event.get("ref") != ref:
-            return False
-        if event.get("kind") in ("failed", "stopped", "preempted") and kind != event.get("kind"):
-            raise BenchError(f"command {ref} {event['kind']}: {event.get('reason')}")
-        return bool(event.get("kind") == kind)
-
-    return matches
-
-
 def play_command(site: Site, ref: str) -> CommandSample:
     """Publish a signed play, time it to ``started``; return once finished and the relay is off."""
     envelope = site.play_command(ref)
     mark = len(site.daemon.lines)
     start = time.monotonic()
-    site.client.publish(site.cmd_topic, envelope)
+    site.client.publish(CMD_TOPIC, envelope)
     seen, _ = site.client.next_matching(
-        _event_for(ref, "started", site.events_topic), f"started event for {ref}"
+        event_for(ref, "started", EVENTS_TOPIC, unreferenced=True), f"started event for {ref}"
     )
     site.client.next_matching(
-        _event_for(ref, "finished", site.events_topic), f"finished event for {ref}"
+        event_for(ref, "finished", EVENTS_TOPIC, unreferenced=True), f"finished event for {ref}"
     )
-    site.client.next_matching(
-        lambda m: (
-            m.topic == site.state_topic
-            and _json(m).get("relays") == {"amp": "off"}
-            and _json(m).get("state") == "idle"
-        ),
-        f"relay off after {ref}",
-    )
+    site.client.next_matching(is_idle(STATE_TOPIC), f"relay off after {ref}")
     stamps = _daemon_stamps(site.daemon, mark, ref)
     return CommandSample(start, seen, *stamps)
 
@@ -501,11 +293,7 @@ def report(
     print(header.replace("measurement", "segment    "))
     for (label, note), values in zip(SEGMENTS, segments, strict=True):
         print(_row(label, Figures.of(values), floor, note))
-    before, after = load
-    print(
-        f"\nload average before {before[0]:.2f} {before[1]:.2f}, after {after[0]:.2f} "
-        f"{after[1]:.2f}; {os.cpu_count()} CPUs; no figure here is asserted"
-    )
+    print(load_line(*load))
 
 
 # --- the run -------------------------------------------------------------------------------
@@ -521,7 +309,7 @@ def run(root: Path, count: int, warmup: int) -> None:
         for i in range(max(1, warmup)):
             play_command(site, f"warmup-{i}")
             if i == 0:
-                site.media.close()
+                site.lab.media.close()
                 if not site.cached.is_file():
                     raise BenchError(f"the tone is not in the daemon's cache at {site.cached}")
             libvlc_start(site)
@@ -542,24 +330,13 @@ def run(root: Path, count: int, warmup: int) -> None:
 
 
 def main(argv: Sequence[str] = ()) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.latency", description=__doc__.split("\n\n")[0] if __doc__ else None
-    )
+    parser = parser_for("latency", __doc__)
     parser.add_argument("--count", type=int, default=DEFAULT_COUNT, help="measured commands")
     parser.add_argument("--warmup", type=int, default=DEFAULT_WARMUP, help="uncounted rounds")
     args = parser.parse_args(list(argv))
     if args.count < 2:
         parser.error("--count must be at least 2")
-    try:
-        with tempfile.TemporaryDirectory(prefix="loa-bench-latency-") as tmp:
-            run(Path(tmp), args.count, args.warmup)
-    except BenchError as exc:
-        print(f"latency: could not measure: {exc}", file=sys.stderr)
-        return 1
-    except pytest.fail.Exception as exc:  # tests.broker's way of saying mosquitto is missing
-        print(f"latency: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return run_main("latency", lambda root: run(root, args.count, args.warmup))
 
 
 if __name__ == "__main__":

@@ -52,46 +52,41 @@ Run: ``python -m bench.sync_start [--trials N] [--lead S]`` (``make bench`` runs
 
 from __future__ import annotations
 
-import argparse
-import hashlib
 import math
 import os
-import queue
 import sys
-import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-
 from bench._common import (
-    PREFIX,
+    GROUP_TOPIC,
     BenchError,
+    Lab,
     TimedClient,
-    as_json,
-    bench_config,
+    TimedPlayer,
+    dev_topic,
     event_for,
-    is_online,
+    explained_by_logs,
+    is_idle,
+    load_line,
     median,
     mono_of,
+    open_lab,
+    parser_for,
     ratio,
     rfc3339_ms,
-    stop_all,
+    run_main,
+    start_daemons,
     wait_log,
+    wait_online,
     wall_minus_mono,
     worst,
 )
-from receiver.config_model import PlayerConfig
-from receiver.core.events import Event, PlaybackEnded, PlaybackStarted
-from receiver.player import Player
-from receiver.signing import SigningKey, command_payload, sign_command
-from tests.audio import write_tone
-from tests.broker import MosquittoBroker, Received
-from tests.e2e.daemon import GROUP, Daemon, MediaServer
+from tests.e2e.daemon import GROUP, Daemon
 
 DEVICES = 4
 DEFAULT_TRIALS = 20
@@ -111,150 +106,43 @@ CONFIG_EDITS = (
 CONFIG_APPEND = "policy:\n  relay_max_toggles_per_min: 60\n"
 
 
-class PlayerEvents:
-    """``Player``'s ``on_event``: each event with the ``time.monotonic()`` it was reported at."""
-
-    def __init__(self) -> None:
-        self.queue: queue.Queue[tuple[float, Event]] = queue.Queue()
-
-    def __call__(self, event: Event) -> None:
-        self.queue.put((time.monotonic(), event))
-
-    def next_for(self, token: int) -> tuple[float, Event]:
-        deadline = time.monotonic() + TIMEOUT_S
-        while (remaining := deadline - time.monotonic()) > 0:
-            try:
-                at, event = self.queue.get(timeout=remaining)
-            except queue.Empty:
-                break
-            if getattr(event, "token", None) == token:
-                return at, event
-        raise BenchError(f"libVLC reported nothing for item {token} within {TIMEOUT_S:g} s")
-
-
 @dataclass
 class Site:
-    root: Path
-    media: MediaServer
-    operator: SigningKey
-    tone: Path
-    sha256: str
-    size: int
+    lab: Lab
     devices: tuple[str, ...]
     daemons: tuple[Daemon, ...]
     client: TimedClient
-    player: Player
-    player_events: PlayerEvents
-    next_seq: int = 0
-    next_token: int = 1
-
-    @property
-    def group_topic(self) -> str:
-        return f"{PREFIX}/grp/{GROUP}/cmd"
-
-    def events_topic(self, device: str) -> str:
-        return f"{PREFIX}/dev/{device}/events"
-
-    def state_topic(self, device: str) -> str:
-        return f"{PREFIX}/dev/{device}/state"
+    player: TimedPlayer
 
     def play_command(self, ref: str, start_at: str) -> bytes:
-        body = {
-            "priority": "normal",
-            "source": {
-                "files": [
-                    {
-                        "url": self.media.url(self.tone.name),
-                        "sha256": self.sha256,
-                        "size": self.size,
-                        "title": "sync tone",
-                    }
-                ]
-            },
-            "start_at": start_at,
-            "max_duration_s": 60,
-        }
-        self.next_seq = max(self.next_seq + 1, int(time.time() * 1000))
-        payload = command_payload(
-            "play", body, env="lab", aud=[f"grp:{GROUP}"], message_id=ref, seq=self.next_seq
-        )
-        return sign_command(payload, [self.operator])
-
-
-def _kill_all(daemons: Sequence[Daemon]) -> None:
-    for daemon in daemons:
-        daemon.kill()
+        body = self.lab.play_body("sync tone", max_duration_s=60, start_at=start_at)
+        return self.lab.signed("play", body, ref, aud=f"grp:{GROUP}")
 
 
 @contextmanager
 def open_site(root: Path) -> Iterator[Site]:
     """Broker, media, four daemons online, our client and a player; all stopped on the way out."""
-    with ExitStack() as stack:
-        broker = MosquittoBroker(root / "broker")
-        broker.start()
-        stack.callback(broker.stop)
-        media_dir = root / "media"
-        media_dir.mkdir()
-        tone = write_tone(media_dir / "tone.wav", 440.0, TONE_S)
-        data = tone.read_bytes()
-        media = MediaServer(media_dir)
-        stack.callback(media.close)
-        operator = SigningKey.generate("op-sync")
+    with (
+        open_lab(root, tone_name="tone.wav", tone_s=TONE_S, key_id="op-sync") as lab,
+        ExitStack() as stack,
+    ):
         devices = tuple(f"sync-dev-{i}" for i in range(DEVICES))
-        topics = [f"{PREFIX}/dev/+/events", f"{PREFIX}/dev/+/state"]
-        client = TimedClient(broker, topics, timeout_s=TIMEOUT_S).start()
+        topics = [dev_topic("+", "events"), dev_topic("+", "state")]
+        client = TimedClient(lab.broker, topics, timeout_s=TIMEOUT_S).start()
         stack.callback(client.close)
-        daemons: list[Daemon] = []
-        stack.callback(_kill_all, daemons)
-        stack.callback(stop_all, daemons)
+        configs = []
         for device in devices:
             home = root / device
             home.mkdir()
-            config = bench_config(
-                home / "receiver.yaml",
-                device_id=device,
-                edits=CONFIG_EDITS,
-                append=CONFIG_APPEND,
-                broker_port=broker.port,
-                media_port=media.port,
-                keys=[(operator, ["operator"], [GROUP])],
-                wav=home / "out.wav",
-                state_dir=home / "state",
-                cache_dir=home / "cache",
+            configs.append(
+                lab.daemon_config(home, device_id=device, edits=CONFIG_EDITS, append=CONFIG_APPEND)
             )
-            daemons.append(Daemon(config).start())
-        player_events = PlayerEvents()
-        player = Player(
-            PlayerConfig(output="file", wav_file=root / "floor-out.wav", default_volume=100),
-            player_events,
-        )
+        daemons = start_daemons(stack, configs)
+        player = TimedPlayer(root / "floor-out.wav", TIMEOUT_S)
         stack.callback(player.close)
-        site = Site(
-            root=root,
-            media=media,
-            operator=operator,
-            tone=tone,
-            sha256=hashlib.sha256(data).hexdigest(),
-            size=len(data),
-            devices=devices,
-            daemons=tuple(daemons),
-            client=client,
-            player=player,
-            player_events=player_events,
-        )
-        try:
-            client.wait_all(
-                {d: is_online(site.state_topic(d)) for d in devices},
-                "online state",
-                timeout_s=60.0,
-            )
-            yield site
-        except BenchError as exc:
-            tails = "".join(
-                f"--- {device} ---\n" + ("".join(daemon.raw[-8:]) or "(nothing)\n")
-                for device, daemon in zip(devices, daemons, strict=True)
-            )
-            raise BenchError(f"{exc}\nthe daemons' last log lines:\n{tails}") from exc
+        with explained_by_logs(dict(zip(devices, daemons, strict=True)), 8):
+            wait_online(client, devices)
+            yield Site(lab, devices, tuple(daemons), client, player)
 
 
 # --- one trial and the floors ----------------------------------------------------------------
@@ -289,21 +177,13 @@ def run_trial(site: Site, ref: str, lead_s: float) -> Trial:
     offset = wall_minus_mono()
     start_ms = math.ceil((time.monotonic() + offset + lead_s) * 1000.0)
     target = start_ms / 1000.0 - offset
-    site.client.publish(site.group_topic, site.play_command(ref, rfc3339_ms(start_ms)))
-
-    def idle(topic: str) -> Callable[[Received], bool]:
-        return lambda m: (
-            m.topic == topic
-            and as_json(m).get("relays") == {"amp": "off"}
-            and as_json(m).get("state") == "idle"
-        )
-
+    site.client.publish(GROUP_TOPIC, site.play_command(ref, rfc3339_ms(start_ms)))
     site.client.wait_sequences(
         {
             d: [
-                event_for(ref, "started", site.events_topic(d)),
-                event_for(ref, "finished", site.events_topic(d)),
-                idle(site.state_topic(d)),
+                event_for(ref, "started", dev_topic(d, "events")),
+                event_for(ref, "finished", dev_topic(d, "events")),
+                is_idle(dev_topic(d, "state")),
             ]
             for d in site.devices
         },
@@ -348,17 +228,7 @@ def run_trial(site: Site, ref: str, lead_s: float) -> Trial:
 
 def libvlc_start(site: Site) -> float:
     """Seconds from ``Player.play()`` of the tone to ``PlaybackStarted``; waits for its end."""
-    token = site.next_token
-    site.next_token += 1
-    start = time.monotonic()
-    site.player.play(token, str(site.tone), 100)
-    at, event = site.player_events.next_for(token)
-    if not isinstance(event, PlaybackStarted):
-        raise BenchError(f"libVLC did not start the file: {event!r}")
-    _, end = site.player_events.next_for(token)
-    if not isinstance(end, PlaybackEnded):
-        raise BenchError(f"libVLC did not end the file normally: {end!r}")
-    return at - start
+    return site.player.start_s(site.lab.tone)
 
 
 def wake_round(threads: int = DEVICES, lead_s: float = WAKE_LEAD_S) -> list[float]:
@@ -463,11 +333,7 @@ def report(
         f"  command arrived (accepted) ahead of the target: min {min(margins):.3f} s, "
         f"median {median(margins):.3f} s of {lead_s:g} s"
     )
-    before, after = load
-    print(
-        f"\nload average before {before[0]:.2f} {before[1]:.2f}, after {after[0]:.2f} "
-        f"{after[1]:.2f}; {os.cpu_count()} CPUs; no figure here is asserted"
-    )
+    print(load_line(*load))
 
 
 # --- the run ---------------------------------------------------------------------------------
@@ -478,8 +344,8 @@ def run(root: Path, count: int, lead_s: float) -> None:
     print(f"sync_start: starting Mosquitto, {DEVICES} daemons and a player in {root}", flush=True)
     with open_site(root) as site:
         run_trial(site, "warmup", lead_s)  # downloads the tone into every cache
-        site.media.close()
-        for home in (site.root / d / "cache" / site.sha256 for d in site.devices):
+        site.lab.media.close()
+        for home in (site.lab.cached(site.lab.root / d) for d in site.devices):
             if not home.is_file():
                 raise BenchError(f"the tone is not in a daemon's cache at {home}")
         libvlc_start(site)
@@ -496,10 +362,7 @@ def run(root: Path, count: int, lead_s: float) -> None:
 
 
 def main(argv: Sequence[str] = ()) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.sync_start",
-        description=__doc__.split("\n\n")[0] if __doc__ else None,
-    )
+    parser = parser_for("sync_start", __doc__)
     parser.add_argument("--trials", type=int, default=DEFAULT_TRIALS, help="measured trials")
     parser.add_argument("--lead", type=float, default=DEFAULT_LEAD_S, help="start_at lead, s")
     args = parser.parse_args(list(argv))
@@ -507,16 +370,7 @@ def main(argv: Sequence[str] = ()) -> int:
         parser.error("--trials must be at least 2")
     if args.lead < 0.5:
         parser.error("--lead must be at least 0.5 s")
-    try:
-        with tempfile.TemporaryDirectory(prefix="loa-bench-sync-") as tmp:
-            run(Path(tmp), args.trials, args.lead)
-    except BenchError as exc:
-        print(f"sync_start: could not measure: {exc}", file=sys.stderr)
-        return 1
-    except pytest.fail.Exception as exc:  # tests.broker's way of saying mosquitto is missing
-        print(f"sync_start: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return run_main("sync_start", lambda root: run(root, args.trials, args.lead), tmp_tag="sync")
 
 
 if __name__ == "__main__":
