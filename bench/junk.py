@@ -249,6 +249,7 @@ class FloodFigures:
     count: int
     sent_s: float
     rejected_logged: int
+    rejected_summed: int  # counted in the daemon's flood summary instead of one by one
     rejected_span_s: float
     reasons: dict[str, int]
     rejected_events: int
@@ -317,6 +318,17 @@ def flood(site: Site, count: int) -> FloodFigures:
     rejected_events = sum(
         1 for _, m in arrivals if m.topic == EVENTS_TOPIC and as_json(m).get("kind") == "rejected"
     )
+    # Beyond 100 a window, rejections are summed up in one fault: "N more messages rejected ..."
+    summed = sum(
+        int(str(line.get("detail", "0")).split(" ", 1)[0])
+        for line in log_lines(
+            daemon,
+            mark,
+            lambda ln: (
+                ln.get("event") == "fault" and "more messages rejected" in str(ln.get("detail", ""))
+            ),
+        )
+    )
     dropped = sum(
         int(line.get("count", 0))
         for line in log_lines(
@@ -345,6 +357,7 @@ def flood(site: Site, count: int) -> FloodFigures:
         ),
         sent_s=sent_s,
         rejected_logged=len(rejected),
+        rejected_summed=summed,
         rejected_span_s=(max(monos) - min(monos)) if len(monos) > 1 else float("nan"),
         reasons=reasons,
         rejected_events=rejected_events,
@@ -364,7 +377,7 @@ def report_flood(f: FloodFigures) -> None:
     # Since the burst began the daemon was sent the junk and the valid command(s) after it;
     # each was rejected, accepted or shed (the shed count includes a lost valid command).
     delivered = f.broker_sent_junk + f.valid_after
-    daemon_lost = delivered - f.rejected_logged - f.accepted_after - f.dropped
+    daemon_lost = delivered - f.rejected_logged - f.rejected_summed - f.accepted_after - f.dropped
     rate = (f.rejected_logged - 1) / f.rejected_span_s if f.rejected_span_s > 0 else float("nan")
     floor_ms = median(f.floor_accept_s) * 1000.0
     print(
@@ -375,6 +388,10 @@ def report_flood(f: FloodFigures) -> None:
     print(
         f"  processed (rejected, logged): {f.rejected_logged:6d}  over {f.rejected_span_s:.2f} s "
         f"= {rate:,.0f} msg/s; reasons {f.reasons}"
+    )
+    print(
+        f"  processed (rejected, summed up): {f.rejected_summed:6d}  (beyond 100 in 10 s the "
+        "daemon reports rejections in one fault event)"
     )
     print(f"  shed by the daemon's inbox:   {f.dropped:6d}  (inbound_messages_dropped)")
     print(
