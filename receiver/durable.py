@@ -29,6 +29,7 @@ def _open(path: Path, schema: str) -> sqlite3.Connection:
     try:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
+        db.execute("PRAGMA busy_timeout=5000")  # wait for a reader (e.g. `sqlite3` by hand)
         (verdict,) = db.execute("PRAGMA quick_check").fetchone()
         if verdict != "ok":
             raise sqlite3.DatabaseError(f"quick_check: {verdict}")

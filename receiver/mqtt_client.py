@@ -327,6 +327,7 @@ class MqttLink:
         self._up = False
         self._last_error: str | None = None
         self._attempt_error: str | None = None  # reason the current attempt failed
+        self._paho_error: str | None = None  # paho's last error-level log line this attempt
         self._ready = False  # CONNACK accepted and SUBACK received in the current attempt
         self._up_since = 0.0
         self._ever_up = False
@@ -368,6 +369,7 @@ class MqttLink:
         client.on_publish = self._guard("on_publish", self._handle_publish)
         # Present only so that publish() from another thread never writes to the socket itself.
         client.on_socket_register_write = self._guard("on_socket_register_write", _ignore_socket)
+        client.on_log = self._guard("on_log", self._handle_log)
 
     # ------------------------------------------------------------------ public API
 
@@ -559,6 +561,7 @@ class MqttLink:
     def _attempt(self) -> float | None:
         """One connection: open it, run it until it ends. Returns how long it was up, if it was."""
         self._attempt_error = None
+        self._paho_error = None
         self._ready = False
         self._sub_mid = None
         with self._lock:
@@ -804,8 +807,19 @@ class MqttLink:
                 self._attempt_error = "disconnected"
         elif reason_code.getName() == "Keep alive timeout":
             self._attempt_error = "connection lost: no answer from broker within the keepalive"
+        elif self._paho_error is not None:
+            # e.g. a TLS alert from the broker after the handshake (TLS 1.3): an expired or
+            # refused client certificate looks like a plain drop otherwise.
+            self._attempt_error = f"connection lost: {self._paho_error}"
         else:
             self._attempt_error = "connection lost"
+
+    def _handle_log(self, client: mqtt.Client, userdata: Any, level: int, text: str) -> None:
+        if level == mqtt.MQTT_LOG_ERR:
+            self._paho_error = str(text)[:_MAX_PAHO_ERROR_CHARS]
+
+
+_MAX_PAHO_ERROR_CHARS = 200
 
 
 def _ignore_socket(client: mqtt.Client, userdata: Any, sock: Any) -> None:

@@ -378,6 +378,12 @@ class Runtime:
             event["reason"] = effect.reason
         if effect.detail:
             event["detail"] = effect.detail[:MAX_DETAIL_CHARS]
+        payload = _json(event)
+        # On disk first, and only then logged: a log line never names an event that a power cut
+        # could lose. It leaves the outbox when the broker has acknowledged it.
+        dropped = self.outbox.add(event["n"], payload)
+        if dropped:
+            self.log.error("outbox_overflow", dropped=dropped, total=self.outbox.dropped_total)
         log = self.log.warning if effect.kind in ("rejected", "failed", "fault") else self.log.info
         extra = {k: v for k, v in (("ref", effect.ref), ("reason", effect.reason)) if v}
         log(
@@ -387,11 +393,6 @@ class Runtime:
             mono=round(now.mono, 3),
             **extra,
         )
-        payload = _json(event)
-        # On disk first; it leaves the outbox only when the broker has acknowledged it.
-        dropped = self.outbox.add(event["n"], payload)
-        if dropped:
-            self.log.error("outbox_overflow", dropped=dropped, total=self.outbox.dropped_total)
         self._send_outbox()
 
     def _publish_state(self, fields: dict[str, Any], now: Instant) -> None:

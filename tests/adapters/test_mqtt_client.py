@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import queue
 import random
 import signal
@@ -655,3 +656,72 @@ def test_max_packet_size_must_be_an_mqtt_packet_size(broker: MosquittoBroker) ->
                 on_link=lambda event: None,
                 max_packet_size=size,
             )
+
+
+# --- certificates out of their validity window ---------------------------------------------
+
+
+def _window(days_from: int, days_to: int) -> tuple[dt.datetime, dt.datetime]:
+    now = dt.datetime.now(dt.UTC)
+    return now + dt.timedelta(days=days_from), now + dt.timedelta(days=days_to)
+
+
+@pytest.mark.parametrize(
+    ("window", "why"),
+    [
+        (_window(-30, -1), "certificate has expired"),
+        (_window(1, 30), "certificate is not yet valid"),
+    ],
+    ids=["expired", "not-yet-valid"],
+)
+def test_a_server_certificate_outside_its_validity_is_refused_and_said_so(
+    tmp_path: Path,
+    make_link: LinkFactory,
+    window: tuple[dt.datetime, dt.datetime],
+    why: str,
+) -> None:
+    # Signed by the CA the device trusts, for the right host: only the dates are wrong (a broker
+    # whose certificate was not renewed, or a device whose clock is far behind).
+    ca = TestCa(tmp_path / "pki")
+    server = ca.issue("broker", server_hosts=["127.0.0.1", "localhost"], valid=window)
+    device = ca.issue(DEVICE)
+    config = tls_listener_config(ca, server, require_client_cert=False)
+    with MosquittoBroker(tmp_path / "mosquitto", extra_config=config) as tls_broker:
+        link, rec = make_link(
+            tls_broker,
+            tls=TlsConfig(ca_file=ca.cert_file, cert_file=device.cert, key_file=device.key),
+        )
+        wait_until(lambda: link.last_error is not None, what="a TLS failure")
+        time.sleep(0.3)  # several more attempts: none of them gets through
+        error = link.last_error or ""
+        assert error.startswith("TLS verification failed for 127.0.0.1:"), error
+        assert why in error, error
+        assert not link.connected
+        assert rec.links == []
+        assert link.status["up"] is False
+
+
+def test_an_expired_client_certificate_is_refused_by_the_broker_and_said_so(
+    tmp_path: Path, make_link: LinkFactory
+) -> None:
+    # Mutual TLS with a device certificate that expired yesterday. With TLS 1.3 the client's side
+    # of the handshake completes before the broker has checked the client certificate; the
+    # broker's refusal (alert "certificate expired") arrives on the first read, after CONNECT.
+    ca = TestCa(tmp_path / "pki")
+    server = ca.issue("broker", server_hosts=["127.0.0.1", "localhost"])
+    expired = ca.issue(DEVICE, valid=_window(-30, -1))
+    config = tls_listener_config(ca, server, require_client_cert=True)
+    with MosquittoBroker(tmp_path / "mosquitto", extra_config=config) as tls_broker:
+        link, rec = make_link(
+            tls_broker,
+            tls=TlsConfig(ca_file=ca.cert_file, cert_file=expired.cert, key_file=expired.key),
+        )
+        wait_until(lambda: link.last_error is not None, what="a refused connection")
+        time.sleep(0.3)  # several more attempts: none of them gets through
+        assert not link.connected
+        assert rec.links == []
+        assert "certificate verify failed" in tls_broker.log_tail(50)  # the broker refused it
+        # What a technician must be told: the device certificate expired, not just "lost".
+        error = link.last_error or ""
+        assert "certificate" in error, error
+        assert "expired" in error, error
