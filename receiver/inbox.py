@@ -44,16 +44,21 @@ class Inbox:
             self._reports.append(event)
             self._ready.notify()
 
-    def put_message(self, event: MessageReceived, plausible: bool = False) -> None:
-        """From the MQTT thread: never blocks; drops (and counts) the oldest when full."""
+    def put_message(
+        self, event: MessageReceived, plausible: bool = False
+    ) -> MessageReceived | None:
+        """From the MQTT thread: never blocks; drops (and counts) the oldest when full, and
+        returns it (the caller acknowledges it to the broker: it will not be handled)."""
         lane = self._plausible if plausible else self._messages
         capacity = self._plausible_capacity if plausible else self._capacity
+        dropped = None
         with self._ready:
             if len(lane) >= capacity:
-                lane.popleft()
+                dropped = lane.popleft()
                 self._dropped += 1
             lane.append(event)
             self._ready.notify()
+        return dropped
 
     def take_dropped(self) -> int:
         """How many messages were dropped since the last call (read and reset together)."""

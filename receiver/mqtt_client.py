@@ -294,6 +294,7 @@ class MqttLink:
         handshake_timeout_s: float = DEFAULT_HANDSHAKE_TIMEOUT_S,
         final_timeout_s: float = DEFAULT_FINAL_TIMEOUT_S,
         max_packet_size: int = DEFAULT_MAX_PACKET_SIZE,
+        manual_ack: bool = False,
     ) -> None:
         connect_properties = _connect_properties(config, max_packet_size)
         self._config = config
@@ -344,6 +345,11 @@ class MqttLink:
             reconnect_on_failure=False,
         )
         client.max_queued_messages_set(max_queued)
+        # With manual acks a QoS 1 command is acknowledged to the broker only once the daemon
+        # has handled it (its replay floor on disk): a crash before that and the broker sends it
+        # again after the reconnect, instead of it being lost in memory.
+        client.manual_ack_set(manual_ack)
+        self._manual_ack = manual_ack
         client.connect_timeout = connect_timeout_s
         if config.username is not None:
             client.username_pw_set(config.username, config.password)
@@ -406,6 +412,19 @@ class MqttLink:
         )
         self._since = time.monotonic()
         self._thread.start()
+
+    def ack(self, message: MessageReceived) -> None:
+        """Acknowledge a handled QoS 1 message to the broker (with ``manual_ack``); thread-safe.
+
+        If the link dropped since it arrived, the broker sends it again after the reconnect and
+        the daemon answers that copy as a duplicate.
+        """
+        if not self._manual_ack or message.qos == 0:
+            return
+        try:
+            self._client.ack(message.mid, message.qos)
+        except Exception as exc:  # a closed socket: the broker will resend
+            self._log.debug("mqtt_ack_failed", mid=message.mid, reason=str(exc))
 
     def publish(
         self,
@@ -771,7 +790,11 @@ class MqttLink:
     ) -> None:
         self._on_message_cb(
             MessageReceived(
-                topic=message.topic, payload=bytes(message.payload), retained=bool(message.retain)
+                topic=message.topic,
+                payload=bytes(message.payload),
+                retained=bool(message.retain),
+                mid=message.mid,
+                qos=message.qos,
             )
         )
 

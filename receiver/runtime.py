@@ -110,6 +110,7 @@ class Runtime:
             will_payload=self._offline_payload(),
             on_message=self._message_arrived,
             max_packet_size=MAX_PACKET_BYTES,
+            manual_ack=True,
             on_link=self.inbox.put_report,
             on_connected_publish=self._republish_state,
         )
@@ -125,7 +126,9 @@ class Runtime:
 
     def _message_arrived(self, event: MessageReceived) -> None:
         """From the link's thread: sort the message into the inbox's lanes, and nothing else."""
-        self.inbox.put_message(event, plausibly_signed(event.payload, self._key_ids))
+        dropped = self.inbox.put_message(event, plausibly_signed(event.payload, self._key_ids))
+        if dropped is not None:
+            self.link.ack(dropped)  # shed in a flood: the broker must not keep it in flight
 
     def _input_changed(self, name: str, active: bool) -> None:
         self.inbox.put_report(LocalInputChanged(name, active))
@@ -180,6 +183,9 @@ class Runtime:
                 self.state = result.state
                 deadline = result.deadline
                 self._execute(result.effects, now)
+                if isinstance(event, MessageReceived):
+                    # Handled, its floors on disk: only now may the broker forget it.
+                    self.link.ack(event)
                 self._after_step(now)
         finally:
             self._shutdown()

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
 class MessageReceived:
-    """An MQTT message arrived on one of our subscriptions."""
+    """An MQTT message arrived on one of our subscriptions.
+
+    ``mid`` and ``qos`` are the link's, for acknowledging it once it has been handled; the core
+    never looks at them.
+    """
 
     topic: str
     payload: bytes
     retained: bool = False
+    mid: int = field(default=0, compare=False)
+    qos: int = field(default=0, compare=False)
 
 
 @dataclass(frozen=True)
