@@ -17,7 +17,9 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import paho.mqtt.client as mqtt
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 
 from receiver.config_model import BrokerConfig, TlsConfig
 from receiver.core.events import LinkChanged, MessageReceived
@@ -481,6 +483,48 @@ def test_refused_credentials_are_reported(tmp_path: Path, make_link: LinkFactory
             wrong.last_error or ""
         )
         assert rec.links == [True]
+
+
+def test_under_acls_the_device_gets_its_commands_and_may_write_only_its_own_topics(
+    tmp_path: Path, make_link: LinkFactory
+) -> None:
+    workdir = tmp_path / "mosquitto"
+    workdir.mkdir()
+    acl = workdir / "acl"
+    # As docs/operations.md suggests: central writes commands; each device reads its own
+    # command topics and writes only its own state and events.
+    acl.write_text(
+        "user central\ntopic readwrite loa/v1/#\n\n"
+        "pattern read loa/v1/dev/%u/cmd\npattern read loa/v1/grp/+/cmd\n"
+        "pattern read loa/v1/trust\n"
+        "pattern write loa/v1/dev/%u/state\npattern write loa/v1/dev/%u/events\n"
+    )
+    config = [
+        *password_config(workdir, {DEVICE: "device pw", "central": "central pw"}),
+        f"acl_file {acl}",
+    ]
+    with MosquittoBroker(workdir, extra_config=config) as acl_broker:
+        link, rec = make_link(acl_broker, username=DEVICE, password="device pw")
+        wait_until(lambda: link.connected, what="connected under ACLs")
+        central = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id="central", protocol=mqtt.MQTTv5
+        )
+        central.username_pw_set("central", "central pw")
+        central.connect(acl_broker.host, acl_broker.port)
+        central.loop_start()
+        try:
+            central.publish(CMD, b"signed command", qos=1).wait_for_publish(TIMEOUT)
+        finally:
+            central.disconnect()
+            central.loop_stop()
+        assert rec.next_message() == MessageReceived(CMD, b"signed command")
+        acks: list[str] = []
+        link.publish(EVENTS, b"{}", on_ack=lambda: acks.append("own events"))
+        other = f"{PREFIX}/dev/dev-other/events"
+        link.publish(other, b"{}", on_ack=lambda: acks.append("other device"))
+        wait_until(lambda: len(acks) == 2, what="both answered")
+        assert "publish refused by broker" in (link.last_error or "")
+        assert link.connected
 
 
 # --- acknowledgements (on_ack), status, Maximum Packet Size ----------------------------------
