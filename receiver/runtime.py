@@ -83,7 +83,6 @@ class Runtime:
         self.started_mono = self.clock.now().mono
         self._stopping = threading.Event()
         self._state_payload: bytes | None = None
-        self._link_up = False
         self._protected: frozenset[str] = frozenset()
         self._next_poll = 0.0
         self._next_time_save = 0.0
@@ -294,7 +293,6 @@ class Runtime:
         if isinstance(event, MessageReceived):
             self.log.debug("message", topic=event.topic, size=len(event.payload))
         elif isinstance(event, LinkChanged):
-            self._link_up = event.up
             systemd.notify(f"STATUS=broker {'connected' if event.up else 'disconnected'}")
             if event.up:
                 self.log.info("broker_connected")

@@ -37,7 +37,6 @@ from receiver.core.state import ORIGIN_RANK, PRIORITY_RANK, Item, State, state_f
 
 RELAY_WINDOW_S: Final = 60.0
 RECONNECT_BACKOFF_MAX_S: Final = 30.0
-STREAM_PROGRESS_GRACE_S: Final = 2.0
 
 
 def publish_state(state: State) -> PublishState:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from receiver.core import commands
+from receiver.core.events import MessageReceived
 from receiver.core.schedule import Schedule
 from receiver.core.trust import Keyring
 
@@ -143,7 +144,7 @@ class State:
     booted_mono: float = 0.0
     # Rejections reported in the current window: (window start, count, suppressed by reason).
     rejection_window: tuple[float, int, tuple[tuple[str, int], ...]] = (0.0, 0, ())
-    held: tuple[Any, ...] = ()  # commands waiting for a synchronised clock (MessageReceived)
+    held: tuple[MessageReceived, ...] = ()  # commands waiting for a synchronised clock
 
     def items(self) -> tuple[Item, ...]:
         return ((self.active,) if self.active is not None else ()) + self.queue
