@@ -80,7 +80,6 @@ import contextlib
 import errno
 import hashlib
 import http.client
-import ipaddress
 import logging
 import os
 import queue
@@ -95,10 +94,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple, TypeVar
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urljoin
 
 from receiver.config_model import MediaConfig
+from receiver.core import urls
 from receiver.core.events import Event, FetchFailed, FetchFinished
+from receiver.core.urls import Target, host_allowed
 
 __all__ = [
     "CacheUsage",
@@ -116,7 +117,6 @@ _T = TypeVar("_T")
 CHUNK_BYTES = 64 * 1024
 READ_TIMEOUT_S = 30.0  # one read (or the connect) that waits longer than this fails
 MAX_REDIRECTS = 3
-MAX_URL_CHARS = 2048
 MAX_DETAIL_CHARS = 160
 JOIN_TIMEOUT_S = 5.0  # how long close() waits for each worker
 # A part file whose modification time is further than this from now (either way: the wall clock
@@ -133,9 +133,7 @@ DISK_RESERVE_FRACTION = 0.02
 DISK_CHECK_EVERY_BYTES = 1024 * 1024  # free space is checked again after this many bytes written
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-_HOSTNAME = re.compile(r"[a-z0-9_-]+(\.[a-z0-9_-]+)*")
 _CONTENT_RANGE = re.compile(r"bytes +([0-9]{1,20})-([0-9]{1,20})/([0-9]{1,20}|\*)", re.IGNORECASE)
-_DEFAULT_PORTS = {"http": 80, "https": 443}
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 _PARTIAL_DIR = ".partial"
 _PARTIAL_SUFFIX = ".part"
@@ -158,16 +156,6 @@ class _RestartError(FetchError):
 
 
 @dataclass(frozen=True)
-class Target:
-    """Where one HTTP request goes: a URL that passed :func:`check_url`."""
-
-    scheme: str  # "http" | "https"
-    host: str  # lowercase, no trailing dot, no brackets around an IPv6 address
-    port: int
-    path: str  # path and query, as sent in the request line; the fragment is dropped
-
-
-@dataclass(frozen=True)
 class CacheUsage:
     """What the cache holds: verified files (``bytes``, ``files``) and part files kept for
     resuming (``partial_bytes``, which counts against the quota too)."""
@@ -178,52 +166,11 @@ class CacheUsage:
 
 
 def check_url(url: str, media: MediaConfig) -> Target:
-    """Check ``url`` against the allowlist in ``media``; raise :class:`FetchError` if refused.
-
-    ``bad_body`` for a URL that cannot be a URL (control characters, over 2048 characters, bad
-    port, no host), ``policy`` for a scheme or host that is not allowed or credentials in the URL.
-    """
-    if not url or len(url) > MAX_URL_CHARS:
-        raise FetchError("bad_body", f"URL is empty or longer than {MAX_URL_CHARS} characters")
-    if not (url.isascii() and url.isprintable()) or " " in url:
-        raise FetchError("bad_body", "URL has spaces, control or non-ASCII characters")
+    """Check ``url`` against the allowlist in ``media``; raise :class:`FetchError` if refused."""
     try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError as exc:
-        raise FetchError("bad_body", "URL cannot be parsed (bad host or port)") from exc
-    scheme = parts.scheme.lower()
-    allowed_schemes = {s.lower() for s in media.allowed_schemes}
-    if scheme not in _DEFAULT_PORTS or scheme not in allowed_schemes:
-        shown = scheme[:16] if scheme else "(none)"
-        raise FetchError("policy", f"URL scheme {shown!r} is not allowed")
-    if "@" in parts.netloc:
-        raise FetchError("policy", "credentials in the URL are not allowed")
-    host = _normalise_host(parts.hostname or "")
-    if host is None:
-        raise FetchError("bad_body", "URL has no valid host")
-    if port == 0:
-        raise FetchError("bad_body", "URL has port 0")
-    port = port or _DEFAULT_PORTS[scheme]
-    if not host_allowed(host, port, media.allowed_hosts):
-        raise FetchError("policy", f"host {host} port {port} is not on the allowlist")
-    path = parts.path or "/"
-    if parts.query:
-        path = f"{path}?{parts.query}"
-    return Target(scheme, host, port, path)
-
-
-def host_allowed(host: str, port: int, allowed_hosts: tuple[str, ...]) -> bool:
-    """Whether ``host`` (as returned in :class:`Target`) on ``port`` matches an allowlist entry.
-
-    Entries: ``name``, ``name:port``, ``1.2.3.4``, ``1.2.3.4:port``, ``::1``, ``[::1]``,
-    ``[::1]:port``. An entry that cannot be parsed matches nothing.
-    """
-    for entry in allowed_hosts:
-        parsed = _parse_allowed_host(entry)
-        if parsed is not None and parsed[0] == host and parsed[1] in (None, port):
-            return True
-    return False
+        return urls.check_url(url, media.allowed_schemes, media.allowed_hosts)
+    except urls.UrlRefused as refused:
+        raise FetchError(refused.reason, refused.detail) from refused
 
 
 def copy_limited(read: Callable[[int], bytes], write: Callable[[bytes], object], limit: int) -> int:
@@ -859,42 +806,6 @@ class Fetcher:
         """Move a verified, fsynced part file to its cache name."""
         _disk(lambda: os.replace(part, self._cache_dir / job.sha256))
         _disk(lambda: _fsync_dir(self._cache_dir))
-
-
-def _normalise_host(host: str) -> str | None:
-    """``host`` lowercase without a trailing dot, if it is a DNS name or an IP address."""
-    host = host.lower()
-    if ":" in host:
-        try:
-            return str(ipaddress.IPv6Address(host))
-        except ValueError:
-            return None
-    host = host.removesuffix(".")
-    if len(host) > 253 or not _HOSTNAME.fullmatch(host):
-        return None
-    return host
-
-
-def _parse_allowed_host(entry: str) -> tuple[str, int | None] | None:
-    text = entry.strip().lower()
-    port_text: str | None = None
-    if text.startswith("["):
-        host, bracket, rest = text[1:].partition("]")
-        if not bracket or (rest and not rest.startswith(":")):
-            return None
-        port_text = rest[1:] if rest else None
-    elif text.count(":") == 1:
-        host, _, port_text = text.partition(":")
-    else:
-        host = text
-    normalised = _normalise_host(host)
-    if normalised is None:
-        return None
-    if port_text is None:
-        return normalised, None
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        return None
-    return normalised, int(port_text)
 
 
 def _timeout(deadline: float) -> float:

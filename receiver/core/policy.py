@@ -4,22 +4,18 @@ allowed media hosts, quiet hours, volume caps (SECURITY.md property 15)."""
 from __future__ import annotations
 
 from datetime import datetime
-from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
 from receiver.core.state import Settings
+from receiver.core.urls import UrlRefused, check_url
 
 
 def url_allowed(settings: Settings, url: str) -> bool:
-    parts = urlsplit(url)
-    host = (parts.hostname or "").lower()
     try:
-        port = parts.port
-    except ValueError:
+        check_url(url, settings.allowed_schemes, settings.allowed_hosts)
+    except UrlRefused:
         return False
-    return parts.scheme in settings.allowed_schemes and (
-        host in settings.allowed_hosts or f"{host}:{port}" in settings.allowed_hosts
-    )
+    return True
 
 
 def in_quiet_hours(settings: Settings, utc: float) -> bool:

@@ -374,3 +374,18 @@ def test_a_flood_of_rejections_is_reported_one_by_one_up_to_a_limit_then_summed_
     )
     assert [e.kind for e in emitted(world.send(b"junk"))] == ["rejected"]  # a new window
     assert emitted(world.send(world.signed("volume", {"level": 33})), "accepted")
+
+
+def test_the_core_reads_the_host_allowlist_as_the_fetcher_does() -> None:
+    # An entry with the scheme's default port allows a URL that does not spell the port out;
+    # an IPv6 entry is written in brackets.
+    world = World()
+    allowed = ("media.example:443", "[2001:db8::1]:8443")
+    world.state = replace(
+        world.state, settings=replace(world.state.settings, allowed_hosts=allowed)
+    )
+    assert emitted(world.send(world.signed("play", play_body())), "accepted")
+    ipv6 = play_body(url="https://[2001:db8::1]:8443/a.mp3", sha="c" * 64)
+    assert emitted(world.send(world.signed("play", ipv6)), "accepted")
+    elsewhere = play_body(url="https://media.example:8443/a.mp3", sha="d" * 64)
+    assert only_rejection(world.send(world.signed("play", elsewhere))).reason == "policy"
