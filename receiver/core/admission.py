@@ -62,6 +62,7 @@ class AdmittedCommand:
     signers: tuple[Key, ...]  # the keys that authorised it: one replay stream each
     digest: str
     duplicate: bool
+    body: bytes = b""  # the verified payload, kept with the intent (write-ahead)
 
 
 @dataclass(frozen=True)
@@ -138,12 +139,12 @@ def _admit_command(ctx: Context, envelope: Envelope, now: Instant) -> AdmittedCo
     digest = hashlib.sha256(envelope.body).hexdigest()
     floors = [ctx.floors.get(command_stream(key)) for key in counted]
     if all(floor is not None and floor == (header.seq, digest) for floor in floors):
-        return AdmittedCommand(command, counted, digest, duplicate=True)
+        return AdmittedCommand(command, counted, digest, duplicate=True, body=envelope.body)
     if any(floor is not None and floor[0] >= header.seq for floor in floors):
         raise Rejection(reasons.REPLAYED, "seq is not above the last accepted", ref)
     if isinstance(command.body, commands.Play):
         _check_not_stopped(ctx, header)
-    return AdmittedCommand(command, counted, digest, duplicate=False)
+    return AdmittedCommand(command, counted, digest, duplicate=False, body=envelope.body)
 
 
 def _check_fresh(ctx: Context, header: commands.Header, now: Instant) -> None:

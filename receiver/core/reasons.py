@@ -26,6 +26,7 @@ PLAYBACK_FAILED: Final = "playback_failed"
 STREAM_FAILED: Final = "stream_failed"
 MISSED: Final = "missed"
 QUIET_HOURS: Final = "quiet_hours"
+INTERRUPTED: Final = "interrupted"
 
 ALL_REASONS: Final = frozenset(
     {
@@ -51,6 +52,7 @@ ALL_REASONS: Final = frozenset(
         STREAM_FAILED,
         MISSED,
         QUIET_HOURS,
+        INTERRUPTED,
     }
 )
 
