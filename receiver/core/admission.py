@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Final
 
 from receiver.core import commands, reasons
@@ -154,8 +155,17 @@ def _check_fresh(ctx: Context, header: commands.Header, now: Instant) -> None:
         raise Rejection(
             reasons.CLOCK_UNTRUSTED, "new or reset store: waiting for a synchronised clock", ref
         )
-    if header.iat < ctx.reset_floor - ctx.max_skew_s:
-        raise Rejection(reasons.REPLAYED, "issued before this device's store was reset", ref)
+    if header.iat < ctx.reset_floor:
+        # No allowance for a lagging operator clock here: any allowance would let a command
+        # captured that long before the reset play again. A lagging clock is refused only
+        # until it passes this instant, which the detail names (docs/security.md).
+        since = datetime.fromtimestamp(ctx.reset_floor, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")
+        raise Rejection(
+            reasons.REPLAYED,
+            f"issued before this device's store was reset; it takes commands issued from "
+            f"{since[:-3]}Z on (sign it again)",
+            ref,
+        )
     if header.exp <= trusted:
         raise Rejection(reasons.EXPIRED, "past its exp", ref)
     if header.iat < trusted - ctx.max_command_age_s:
