@@ -25,7 +25,7 @@ from receiver.assembly import Topics, restore_state
 from receiver.clock import make_clock
 from receiver.config_model import Config
 from receiver.core import machine
-from receiver.core.clock import Instant
+from receiver.core.clock import Instant, rfc3339
 from receiver.core.effects import (
     Effect,
     Emit,
@@ -61,7 +61,6 @@ from receiver.logs import bounded
 from receiver.mqtt_client import MqttLink
 from receiver.outbox import Outbox
 from receiver.player import Player
-from receiver.signing import rfc3339
 from receiver.status import write_status
 from receiver.store import Store
 
