@@ -59,9 +59,9 @@ from receiver.logs import bounded
 from receiver.mqtt_client import MqttLink
 from receiver.outbox import Outbox
 from receiver.player import Player
-from receiver.signing import rfc3339
 from receiver.status import write_status
 from receiver.store import Store
+from receiver.timefmt import rfc3339
 
 IDLE_WAKE_S: Final = 5.0  # the loop turns at least this often, so the watchdog sees it alive
 PROGRESS_POLL_S: Final = 1.0  # how often a live stream's position is read

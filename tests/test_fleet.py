@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from receiver import admin
-from receiver.signing import rfc3339
+from receiver.central import admin
+from receiver.timefmt import rfc3339
 from tests.broker import MosquittoBroker, Subscriber, read_stream_lines
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -148,7 +148,7 @@ def test_fleet_watch_redraws_and_follows_changes_until_ctrl_c(broker: MosquittoB
         [
             sys.executable,
             "-m",
-            "receiver.admin",
+            "receiver.central.admin",
             "fleet",
             "--watch",
             "--host",

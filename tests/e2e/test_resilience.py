@@ -53,7 +53,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from receiver.signing import SigningKey, command_payload, sign_command
+from receiver.central.signing import SigningKey, command_payload, sign_command
 from tests.audio import dominant_of, read_wav, trim_silence, write_tone
 from tests.broker import MosquittoBroker, Subscriber
 from tests.e2e.conftest import Site

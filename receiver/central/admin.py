@@ -32,8 +32,9 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from receiver import __version__, admin_documents
-from receiver.signing import SigningKey, command_payload, sign_command
+from receiver import __version__
+from receiver.central import documents as admin_documents
+from receiver.central.signing import SigningKey, command_payload, sign_command
 
 DEFAULT_PREFIX = "loa/v1"
 

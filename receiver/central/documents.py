@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from receiver.signing import (
+from receiver.central.signing import (
     SigningKey,
     key_entry,
     schedule_payload,
