@@ -1,42 +1,45 @@
 """``receiver-admin``: the central side's tool — make keys, sign commands, publish, watch.
 
-Operators and the demo use it to drive receivers; the tests use it too, so it is exercised the
-way an operator would run it. It never needs the receiver's config.
+Operators drive the receivers with it; the tests use it too, so it is exercised the way an
+operator runs it. What it signs is first checked by the receivers' own rules
+(:mod:`receiver.central.validate`): a command or document a receiver would refuse never leaves.
+Broker failures are one line each (:mod:`receiver.central.broker`).
 
-``receiver-admin fleet`` shows every device under a prefix as a table, one row per device, from
-the retained state messages (``{prefix}/dev/+/state``): the broker hands them over at once on
-subscribe, so a short collection window (``--timeout``, 2 s) is enough for a snapshot;
-``--watch`` keeps the subscription and redraws every second until Ctrl-C. "Last seen" is the
-age of the state's ``ts`` by this machine's clock (marked ``?`` when the device says its own
-clock is not synchronised); an offline state has no ``ts``, so it shows when this tool saw the
-device go offline, or ``-`` for an offline state that was already retained.
+Exit statuses: 0 done; 1 done but what was asked did not happen (``watch --until`` ran out of
+time); 2 bad input (usage, a document or command a receiver would refuse, an unreadable key);
+3 the broker (unreachable, TLS, login refused, ACL, no answer in time, not acknowledged).
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import queue
 import sys
 import time
-import unicodedata
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-from paho.mqtt.reasoncodes import ReasonCode
-
 from receiver import __version__
+from receiver.central import collector, fleet, report
 from receiver.central import documents as admin_documents
+from receiver.central.broker import (
+    EXIT_BROKER,
+    EXIT_FAILED,
+    EXIT_INPUT,
+    EXIT_OK,
+    BrokerError,
+    BrokerOptions,
+    Connection,
+)
+from receiver.central.inputs import InputError, load_keys, refuse_if_invalid
+from receiver.central.received import DeviceMessage, device_topics, parse_device_message
 from receiver.central.signing import SigningKey, command_payload, sign_command
+from receiver.core import commands
 
 DEFAULT_PREFIX = "loa/v1"
+FLEET_COLUMNS = fleet.COLUMNS
 
 
 def _keygen(args: argparse.Namespace) -> int:
@@ -45,8 +48,8 @@ def _keygen(args: argparse.Namespace) -> int:
     try:
         key.save(out)
     except FileExistsError:
-        print(f"{out} exists already; not overwriting a key", file=sys.stderr)
-        return 1
+        print(f"receiver-admin: {out} exists already; not overwriting a key", file=sys.stderr)
+        return EXIT_INPUT
     print(f"private key written to {out} (keep it secret; key id in {out}.id)")
     print("add this to the receivers' config under trust.keys:")
     roles = ", ".join(args.roles)
@@ -55,17 +58,20 @@ def _keygen(args: argparse.Namespace) -> int:
         f"  - id: {args.id}\n    ed25519: {key.public_b64}\n"
         f"    roles: [{roles}]\n    scopes: [{scopes}]"
     )
-    return 0
+    return EXIT_OK
 
 
 def _file_entry(args: argparse.Namespace) -> dict[str, Any]:
     if args.file:
-        data = Path(args.file).read_bytes()
+        try:
+            data = Path(args.file).read_bytes()
+        except OSError as exc:
+            raise InputError(f"--file {args.file}: cannot read it ({exc.strerror or exc})") from exc
         sha256, size = hashlib.sha256(data).hexdigest(), len(data)
-    elif args.sha256 and args.size:
+    elif args.sha256 and args.size is not None:
         sha256, size = args.sha256, args.size
     else:
-        raise SystemExit("play needs --file (to pin its hash and size) or --sha256 and --size")
+        raise InputError("play needs --file (to pin its hash and size) or --sha256 and --size")
     entry: dict[str, Any] = {"url": args.url, "sha256": sha256, "size": size}
     if args.title:
         entry["title"] = args.title
@@ -112,20 +118,10 @@ def _topic_for(args: argparse.Namespace) -> str:
     return f"{args.prefix}/{'dev' if kind == 'dev' else 'grp'}/{ident}/cmd"
 
 
-def _connect(args: argparse.Namespace, client_id: str = "") -> mqtt.Client:
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
-    if args.cafile:
-        client.tls_set(ca_certs=args.cafile, certfile=args.certfile, keyfile=args.keyfile)
-    if args.username:
-        password = Path(args.password_file).read_text().strip() if args.password_file else None
-        client.username_pw_set(args.username, password)
-    client.connect(args.host, args.port)
-    return client
-
-
 def _sign_and_send(args: argparse.Namespace) -> int:
-    keys = [SigningKey.load(Path(path)) for path in args.key]
     kind = "play" if args.command == "stream" else args.command
+    if args.ttl <= 0:
+        raise InputError(f"--ttl {args.ttl:g}: a command needs a positive lifetime (seconds)")
     payload = command_payload(
         kind,
         _body(args),
@@ -135,244 +131,158 @@ def _sign_and_send(args: argparse.Namespace) -> int:
         seq=args.seq,
         ttl_s=args.ttl,
     )
-    envelope = sign_command(payload, keys)
+    refuse_if_invalid("command", payload)
+    if args.topic is None and args.aud[0].partition(":")[0] not in ("dev", "grp"):
+        raise InputError(f"--aud {args.aud[0]}: not dev:<id> or grp:<id>")
+    envelope = sign_command(payload, load_keys(args.key))
     if not args.host:
         sys.stdout.write(envelope.decode("utf-8") + "\n")
-        return 0
+        return EXIT_OK
     topic = _topic_for(args)
     # The broker drops the command once it expires, so a device that was offline never gets a
     # stale backlog (the device refuses expired commands anyway).
-    if not publish(args, topic, envelope, retain=False, expiry_s=int(args.ttl)):
-        return 1
+    publish(args, topic, envelope, retain=False, expiry_s=int(args.ttl))
     print(f"sent {payload['type']} {payload['id']} (seq {payload['seq']}) to {topic}")
-    return 0
+    return EXIT_OK
 
 
 def publish(
     args: argparse.Namespace, topic: str, payload: bytes, *, retain: bool, expiry_s: int | None
 ) -> bool:
-    """Publish at QoS 1 and wait for the broker's acknowledgement; False (said) if none."""
-    client = _connect(args)
-    client.loop_start()
-    try:
-        properties = None
-        if expiry_s is not None:
-            properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-            properties.MessageExpiryInterval = max(1, expiry_s)
-        info = client.publish(topic, payload, qos=1, retain=retain, properties=properties)
-        info.wait_for_publish(timeout=10)
-        if not info.is_published():
-            print(f"not acknowledged by {args.host}:{args.port}", file=sys.stderr)
-            return False
-    finally:
-        client.disconnect()
-        client.loop_stop()
+    """Publish at QoS 1 and wait for the broker's acknowledgement (BrokerError if none)."""
+    with Connection(BrokerOptions.from_args(args)) as connection:
+        connection.publish(topic, payload, retain=retain, expiry_s=expiry_s)
     return True
 
 
 def _watch(args: argparse.Namespace) -> int:
-    """Print a device's state and events as they arrive (JSON lines)."""
-    messages: queue.Queue[tuple[str, bytes]] = queue.Queue()
-    client = _connect(args)
+    """Print a device's state and events as they arrive (one line each), across reconnects."""
+    messages: queue.Queue[DeviceMessage] = queue.Queue()
 
-    def on_message(_c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
-        messages.put((msg.topic, bytes(msg.payload)))
+    def arrived(msg: Any) -> None:
+        parsed = parse_device_message(msg.topic, bytes(msg.payload))
+        if parsed is not None:
+            messages.put(parsed)
 
-    client.on_message = on_message
-    base = f"{args.prefix}/dev/{args.device}"
-    client.subscribe([(f"{base}/events", 1), (f"{base}/state", 1)])
-    client.loop_start()
+    state_topic, events_topic = device_topics(args.prefix, args.device)
+    connection = Connection(
+        BrokerOptions.from_args(args),
+        subscriptions=(events_topic, state_topic),
+        on_message=arrived,
+    )
     deadline = time.monotonic() + args.timeout if args.timeout else None
     seen = 0
+    last_n: dict[str, int] = {}
+    was_connected = True
     try:
         while deadline is None or time.monotonic() < deadline:
+            if connection.connected != was_connected:
+                was_connected = connection.connected
+                note = "reconnected" if was_connected else "connection lost; reconnecting"
+                print(f"# {note} ({connection.options.where})", file=sys.stderr, flush=True)
             try:
-                topic, payload = messages.get(timeout=0.2)
+                message = messages.get(timeout=0.2)
             except queue.Empty:
                 continue
-            print(f"{topic.rsplit('/', 1)[-1]:6} {payload.decode('utf-8', 'replace')}", flush=True)
-            if topic.endswith("/events"):
-                kind = json.loads(payload).get("kind")
+            if message.channel == "events":
+                n = message.n
+                if n is not None and n <= last_n.get(message.device, 0):
+                    continue  # delivered again after a reconnect: printed already
+                if n is not None:
+                    last_n[message.device] = n
+            text = message.raw.decode("utf-8", "replace")
+            print(f"{message.channel:6} {text}", flush=True)
+            if message.channel == "events":
                 seen += 1
+                kind = (message.body or {}).get("kind")
                 if kind in args.until or (args.count and seen >= args.count):
-                    break
+                    return EXIT_OK
+        return EXIT_FAILED if (args.until or args.count) else EXIT_OK
     except KeyboardInterrupt:
-        pass
+        return EXIT_OK
     finally:
-        client.disconnect()
-        client.loop_stop()
-    return 0
+        connection.close()
 
 
-@dataclass(frozen=True)
-class DeviceRow:
-    """What the fleet table knows of one device: its last state and when that arrived."""
-
-    device: str
-    state: dict[str, Any] | None  # None: the payload was not a JSON object
-    received_utc: float
-    retained: bool
-
-
-FLEET_COLUMNS = ("DEVICE", "ONLINE", "STATE", "VOL", "RELAY", "SCHEDULES", "TRUST", "LAST SEEN")
-_TITLE_CHARS = 32
-_SCHEDULE_CHARS = 40
-
-
-def _parse_state(payload: bytes) -> dict[str, Any] | None:
-    try:
-        value = json.loads(payload.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        return None
-    return value if isinstance(value, dict) else None
-
-
-def _short(text: str, limit: int) -> str:
-    text = " ".join(unicodedata.normalize("NFC", text).split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def _age(seconds: float) -> str:
-    if seconds < -5:
-        return "future"
-    seconds = max(0.0, seconds)
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{int(seconds // size)}{unit}"
-    return f"{int(seconds)}s"
-
-
-def _ts_utc(value: Any) -> float | None:
-    if not isinstance(value, str) or len(value) > 40:
-        return None
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    return None if moment.tzinfo is None else moment.timestamp()
-
-
-def fleet_row(row: DeviceRow, now_utc: float) -> tuple[str, ...]:
-    """The table cells for one device (see FLEET_COLUMNS)."""
-    state = row.state
-    if state is None:
-        return (row.device, "?", "(not a state message)", "", "", "", "", "")
-    online = state.get("online")
-    if online is not True:
-        seen = "-" if row.retained else _age(now_utc - row.received_utc)
-        return (row.device, "no" if online is False else "?", "-", "-", "-", "-", "-", seen)
-    playing = state.get("playing")
-    what = str(state.get("state", "?"))
-    if what == "playing" and isinstance(playing, dict):
-        what = "playing: " + _short(str(playing.get("title", "?")), _TITLE_CHARS)
-    relays = state.get("relays")
-    relay = str(relays.get("amp", "?")) if isinstance(relays, dict) else "?"
-    if state.get("relay_override") is not None:
-        relay += " (manual)"
-    schedules = state.get("schedules")
-    if isinstance(schedules, dict):
-        compact = ",".join(f"{sid}:{version}" for sid, version in sorted(schedules.items()))
-        schedule_text = _short(compact, _SCHEDULE_CHARS) or "-"
-    else:
-        schedule_text = "?"
-    made = _ts_utc(state.get("ts"))
-    seen = "?" if made is None else _age(now_utc - made)
-    if made is not None and state.get("clock_synced") is False:
-        seen += "?"
-    return (
-        row.device,
-        "yes",
-        what,
-        str(state.get("volume", "?")),
-        relay,
-        schedule_text,
-        str(state.get("trust_version", "?")),
-        seen,
+def _fleet_filters(args: argparse.Namespace) -> fleet.Filters:
+    return fleet.Filters(
+        group=args.group,
+        offline=args.offline,
+        failing=args.failing,
+        trust_below=args.trust_below,
+        missing_cache=args.missing_cache,
+        pending_outbox=args.pending_outbox,
     )
-
-
-def format_fleet(rows: dict[str, DeviceRow], now_utc: float) -> str:
-    """The whole table, devices in id order, and a summary line."""
-    cells = [FLEET_COLUMNS] + [fleet_row(rows[name], now_utc) for name in sorted(rows)]
-    widths = [max(len(line[i]) for line in cells) for i in range(len(FLEET_COLUMNS))]
-    lines = [
-        "  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip()
-        for line in cells
-    ]
-    if any(len(line[7]) > 1 and line[7].endswith("?") for line in cells[1:]):
-        lines.append("(an age ending in ? comes from a device whose clock is not synchronised)")
-    online = sum(1 for line in cells[1:] if line[1] == "yes")
-    playing = sum(1 for line in cells[1:] if line[2].startswith("playing"))
-    lines.append(
-        f"{len(rows)} device{'' if len(rows) == 1 else 's'}: {online} online, "
-        f"{len(rows) - online} offline or unknown, {playing} playing"
-    )
-    return "\n".join(lines)
 
 
 def _fleet(args: argparse.Namespace) -> int:
     """A table of the devices' retained states: once, or redrawn every second (--watch)."""
-    arrivals: queue.Queue[tuple[str, bytes, bool, float]] = queue.Queue()
-    topic_filter = f"{args.prefix}/dev/+/state"
+    arrivals: queue.Queue[tuple[DeviceMessage, bool, float]] = queue.Queue()
+    topic_filter = device_topics(args.prefix)[0]
 
-    def on_connect(
-        client: mqtt.Client,
-        _u: object,
-        _flags: mqtt.ConnectFlags,
-        reason_code: ReasonCode,
-        _p: Properties | None,
-    ) -> None:
-        if not reason_code.is_failure:  # (again) after every reconnect in --watch
-            client.subscribe(topic_filter, qos=1)
+    def arrived(msg: Any) -> None:
+        parsed = parse_device_message(msg.topic, bytes(msg.payload))
+        if parsed is not None:
+            arrivals.put((parsed, bool(msg.retain), time.time()))
 
-    def on_message(_c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
-        arrivals.put((msg.topic, bytes(msg.payload), bool(msg.retain), time.time()))
-
-    try:
-        client = _connect(args)
-    except OSError as exc:
-        print(f"cannot connect to {args.host}:{args.port}: {exc}", file=sys.stderr)
-        return 1
-    client.on_connect = on_connect
-    client.on_message = on_message
-    client.loop_start()
-    rows: dict[str, DeviceRow] = {}
+    connection = Connection(
+        BrokerOptions.from_args(args), subscriptions=(topic_filter,), on_message=arrived
+    )
+    rows: dict[str, fleet.DeviceRow] = {}
+    filters = _fleet_filters(args)
 
     def collect(until: float) -> None:
         while (remaining := until - time.monotonic()) > 0:
             try:
-                topic, payload, retained, received = arrivals.get(timeout=remaining)
+                message, retained, received = arrivals.get(timeout=remaining)
             except queue.Empty:
                 return
-            device = topic.rsplit("/", 2)[-2]
-            if payload:
-                rows[device] = DeviceRow(device, _parse_state(payload), received, retained)
+            if message.raw:
+                rows[message.device] = fleet.DeviceRow(
+                    message.device, message.body, received, retained
+                )
             else:
-                rows.pop(device, None)  # the retained state was cleared
+                rows.pop(message.device, None)  # the retained state was cleared
+
+    def draw(clear: bool) -> None:
+        _print_fleet(
+            sys.stdout, rows=rows, where=topic_filter, clear=clear, args=args, filters=filters
+        )
 
     try:
         if not args.watch:
             collect(time.monotonic() + args.timeout)
-            _print_fleet(sys.stdout, rows, topic_filter, clear=False)
-            return 0
+            draw(clear=False)
+            return EXIT_OK
         clear = sys.stdout.isatty()
         while True:
             collect(time.monotonic() + 1.0)
-            _print_fleet(sys.stdout, rows, topic_filter, clear=clear)
+            draw(clear)
     except KeyboardInterrupt:
-        return 0
+        return EXIT_OK
     finally:
-        client.disconnect()
-        client.loop_stop()
+        connection.close()
 
 
-def _print_fleet(out: TextIO, rows: dict[str, DeviceRow], where: str, clear: bool) -> None:
+def _print_fleet(
+    out: TextIO,
+    *,
+    rows: dict[str, fleet.DeviceRow],
+    where: str,
+    clear: bool,
+    args: argparse.Namespace,
+    filters: fleet.Filters,
+) -> None:
     now = time.time()
     stamp = datetime.fromtimestamp(now).astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
     if clear:
         out.write("\x1b[H\x1b[2J")
     out.write(f"{where} at {stamp}\n")
-    out.write((format_fleet(rows, now) if rows else "no device has a retained state here") + "\n")
+    if rows:
+        table = fleet.format_fleet(rows, now, filters=filters, sort=args.sort, limit=args.limit)
+    else:
+        table = "no device has a retained state here"
+    out.write(table + "\n")
     out.flush()
 
 
@@ -385,6 +295,12 @@ def _broker_options(parser: argparse.ArgumentParser, required: bool) -> None:
     parser.add_argument("--keyfile", help="client private key for mutual TLS")
     parser.add_argument("--username")
     parser.add_argument("--password-file")
+    parser.add_argument(
+        "--broker-timeout",
+        type=float,
+        default=10.0,
+        help="seconds to wait for the broker's answers (default 10)",
+    )
 
 
 def _add_command_parsers(sub: Any) -> None:
@@ -408,8 +324,10 @@ def _add_command_parsers(sub: Any) -> None:
         _broker_options(cmd, required=False)
         if name in ("play", "stream"):
             cmd.add_argument("--url", required=True)
-            cmd.add_argument("--priority", default="normal")
-            cmd.add_argument("--volume", type=int)
+            cmd.add_argument(
+                "--priority", default="normal", help=f"one of {', '.join(commands.PRIORITIES)}"
+            )
+            cmd.add_argument("--volume", type=int, help="percent, 0 to 100")
             cmd.add_argument("--repeat", type=int)
             cmd.add_argument("--max-duration", type=int, default=3600)
             cmd.add_argument("--start-at", help="RFC 3339 instant to start at")
@@ -421,7 +339,7 @@ def _add_command_parsers(sub: Any) -> None:
         if name == "stop":
             cmd.add_argument("--target", default="all")
         if name == "volume":
-            cmd.add_argument("--level", type=int, required=True)
+            cmd.add_argument("--level", type=int, required=True, help="percent, 0 to 100")
         if name == "relay":
             cmd.add_argument("--state", choices=["on", "off", "auto"], required=True)
             cmd.add_argument("--duration", type=int, help="seconds before it reverts to auto")
@@ -429,7 +347,11 @@ def _add_command_parsers(sub: Any) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="receiver-admin", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="receiver-admin",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=f"loa-receiver {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -443,31 +365,61 @@ def build_parser() -> argparse.ArgumentParser:
     _add_command_parsers(sub)
 
     watch = sub.add_parser("watch", help="print a device's state and events")
-    watch.add_argument("--device", required=True)
+    watch.add_argument("--device", required=True, help="a device id, or + for every device")
     watch.add_argument("--timeout", type=float, default=0.0, help="seconds (0: until Ctrl-C)")
     watch.add_argument("--count", type=int, default=0, help="stop after this many events")
     watch.add_argument("--until", nargs="*", default=[], help="stop after an event of a kind")
     _broker_options(watch, required=True)
     watch.set_defaults(func=_watch)
 
-    fleet = sub.add_parser("fleet", help="a table of every device's state")
-    fleet.add_argument(
+    fleet_cmd = sub.add_parser("fleet", help="a table of every device's state")
+    fleet_cmd.add_argument(
         "--timeout", type=float, default=2.0, help="seconds to collect states (default 2)"
     )
-    fleet.add_argument("--watch", action="store_true", help="redraw every second until Ctrl-C")
-    _broker_options(fleet, required=True)
-    fleet.set_defaults(func=_fleet)
+    fleet_cmd.add_argument("--watch", action="store_true", help="redraw every second until Ctrl-C")
+    fleet_cmd.add_argument("--group", help="only devices in this group")
+    fleet_cmd.add_argument("--offline", action="store_true", help="only devices not reachable")
+    fleet_cmd.add_argument("--failing", action="store_true", help="only devices with a fault")
+    fleet_cmd.add_argument(
+        "--trust-below", type=int, metavar="VERSION", help="only keyrings older than VERSION"
+    )
+    fleet_cmd.add_argument(
+        "--missing-cache", action="store_true", help="only devices missing media"
+    )
+    fleet_cmd.add_argument(
+        "--pending-outbox", action="store_true", help="only devices with events not yet sent"
+    )
+    fleet_cmd.add_argument("--sort", choices=fleet.SORT_KEYS, default="device")
+    fleet_cmd.add_argument("--limit", type=int, help="show at most this many rows")
+    _broker_options(fleet_cmd, required=True)
+    fleet_cmd.set_defaults(func=_fleet)
+
     admin_documents.add_parsers(sub, _broker_options, publish)
+    collector.add_parser(sub, _broker_options)
+    report.add_parser(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    if words[:2] == ["schedule", "show"]:
+        words[:2] = ["schedule-show"]
+    if words[:1] == ["report"] and any(w == "--db" or w.startswith("--db=") for w in words):
+        words[0] = "proof"  # the proof-of-play report; without --db, the report command
+    args = build_parser().parse_args(words)
     try:
         result: int = args.func(args)
-    except (OSError, ValueError) as exc:  # a key file that is missing or not a key, mostly
+    except BrokerError as exc:
         print(f"receiver-admin: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_BROKER
+    except InputError as exc:
+        print(f"receiver-admin: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    except (OSError, ValueError) as exc:  # a file that is missing or unreadable, mostly
+        print(f"receiver-admin: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    except KeyboardInterrupt:
+        return 130
     return result
 
 
