@@ -5,9 +5,10 @@ operator runs it. What it signs is first checked by the receivers' own rules
 (:mod:`receiver.central.validate`): a command or document a receiver would refuse never leaves.
 Broker failures are one line each (:mod:`receiver.central.broker`).
 
-Exit statuses: 0 done; 1 done but what was asked did not happen (``watch --until`` ran out of
-time); 2 bad input (usage, a document or command a receiver would refuse, an unreadable key);
-3 the broker (unreachable, TLS, login refused, ACL, no answer in time, not acknowledged).
+Exit statuses: 0 done; 1 done, but what was asked did not happen (``watch`` saw nothing, or
+not the event ``--until`` asked for, in its ``--timeout``); 2 bad input (usage, a document or
+command a receiver would refuse, an unreadable key or file); 3 the broker (unreachable, TLS,
+login refused, ACL, no answer in time, not acknowledged).
 """
 
 from __future__ import annotations
@@ -174,6 +175,7 @@ def _watch(args: argparse.Namespace) -> int:
     seen = 0
     last_n: dict[str, int] = {}
     was_connected = True
+    heard = False
     try:
         while deadline is None or time.monotonic() < deadline:
             if connection.connected != was_connected:
@@ -184,6 +186,7 @@ def _watch(args: argparse.Namespace) -> int:
                 message = messages.get(timeout=0.2)
             except queue.Empty:
                 continue
+            heard = True
             if message.channel == "events":
                 n = message.n
                 if n is not None and n <= last_n.get(message.device, 0):
@@ -197,6 +200,16 @@ def _watch(args: argparse.Namespace) -> int:
                 kind = (message.body or {}).get("kind")
                 if kind in args.until or (args.count and seen >= args.count):
                     return EXIT_OK
+        if not heard:
+            # Mosquitto grants a subscription its ACL will not deliver on: say what to check.
+            who = f"user {args.username!r}" if args.username else "an anonymous client"
+            print(
+                f"receiver-admin: nothing from {state_topic} or {events_topic} within "
+                f"{args.timeout:g} s: is the device id right, and may {who} read them "
+                "(the broker's ACL)?",
+                file=sys.stderr,
+            )
+            return EXIT_FAILED
         return EXIT_FAILED if (args.until or args.count) else EXIT_OK
     except KeyboardInterrupt:
         return EXIT_OK

@@ -86,16 +86,18 @@ def _password(options: BrokerOptions) -> str | None:
 
 
 def _refusal(options: BrokerOptions, reason: ReasonCode) -> str:
-    who = f"user {options.username!r}" if options.username else "an anonymous client"
     name = str(reason)
-    if reason.value in (0x86, 0x04):  # Bad user name or password (v5 / v3.1.1)
+    # Mosquitto answers a wrong password with "Not authorized", not "Bad user name or password".
+    if reason.value in (0x86, 0x87, 0x04, 0x05):
+        if options.username:
+            return (
+                f"{options.where} refused the login of user {options.username!r} ({name}): "
+                "bad user name or password? check --username and --password-file"
+            )
         return (
-            f"{options.where} refused the login of {who}: bad user name or password "
-            "(check --username and --password-file)"
+            f"{options.where} refused an anonymous client: not authorized "
+            "(give --username and --password-file)"
         )
-    if reason.value in (0x87, 0x05):
-        hint = "" if options.username else " (give --username and --password-file)"
-        return f"{options.where} refused {who}: not authorized{hint}"
     return f"{options.where} refused the connection: {name}"
 
 
