@@ -97,7 +97,7 @@ from typing import NamedTuple, TypeVar
 from urllib.parse import urljoin
 
 from receiver.config_model import MediaConfig
-from receiver.core import urls
+from receiver.core import reasons, urls
 from receiver.core.events import Event, FetchFailed, FetchFinished
 from receiver.core.urls import Target, host_allowed
 
@@ -142,9 +142,9 @@ _MIB = 1024 * 1024
 
 
 class FetchError(Exception):
-    """A fetch that failed, as a PROTOCOL.md reason code and a short, safe ``detail``."""
+    """A fetch that failed, as a reason code and a short, safe ``detail``."""
 
-    def __init__(self, reason: str, detail: str) -> None:
+    def __init__(self, reason: reasons.Reason, detail: str) -> None:
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail[:MAX_DETAIL_CHARS]
@@ -378,18 +378,18 @@ class Fetcher:
 
     def _check_pin(self, sha256: str, size: int) -> None:
         if not isinstance(sha256, str) or not _SHA256.fullmatch(sha256):
-            raise FetchError("bad_body", "sha256 must be 64 lowercase hex digits")
+            raise FetchError(reasons.BAD_BODY, "sha256 must be 64 lowercase hex digits")
         if isinstance(size, bool) or not isinstance(size, int) or size < 0:
-            raise FetchError("bad_body", "size must be a non-negative integer")
+            raise FetchError(reasons.BAD_BODY, "size must be a non-negative integer")
         if size > self._config.max_file_bytes:
             raise FetchError(
-                "too_large",
+                reasons.TOO_LARGE,
                 f"pinned size {size} bytes is above the limit of "
                 f"{self._config.max_file_bytes} bytes",
             )
         if size > self._config.cache_quota_bytes:  # config.py forbids it; MediaConfig does not
             raise FetchError(
-                "too_large",
+                reasons.TOO_LARGE,
                 f"pinned size {size} bytes is above the cache quota of "
                 f"{self._config.cache_quota_bytes} bytes",
             )
@@ -413,7 +413,7 @@ class Fetcher:
         if info.st_size != size:
             # The cached bytes hash to sha256 and have another length: no bytes fit this pin.
             detail = f"the cached file has {info.st_size} bytes, the pin says {size}"
-            return FetchFailed(sha256, "hash_mismatch", detail)
+            return FetchFailed(sha256, reasons.HASH_MISMATCH, detail)
         return FetchFinished(sha256, str(path))
 
     # -- the cache -----------------------------------------------------------------------------
@@ -500,7 +500,7 @@ class Fetcher:
                 excess -= candidate[2]
             if excess > 0:
                 raise FetchError(
-                    "policy",
+                    reasons.POLICY,
                     f"cache quota full of protected files ({job.size} bytes needed, "
                     f"{quota - used} of {quota} bytes free)",
                 )
@@ -509,7 +509,7 @@ class Fetcher:
                 _remove(path)
             except OSError as exc:
                 raise FetchError(
-                    "download_failed", f"cannot evict from the cache ({_errno_name(exc)})"
+                    reasons.DOWNLOAD_FAILED, f"cannot evict from the cache ({_errno_name(exc)})"
                 ) from exc
             if not is_part:
                 del self._files[sha256]
@@ -528,7 +528,7 @@ class Fetcher:
             reserve = max(DISK_RESERVE_BYTES, share)
         if free - to_write < reserve:
             raise FetchError(
-                "download_failed",
+                reasons.DOWNLOAD_FAILED,
                 f"disk nearly full ({free // _MIB} MiB free, {to_write} bytes to write, "
                 f"{reserve // _MIB} MiB kept in reserve)",
             )
@@ -551,7 +551,9 @@ class Fetcher:
             closing = self._closed
             if not closing:
                 self._active.add(handle)
-        outcome: FetchError | None = FetchError("download_failed", "abandoned: fetcher closed")
+        outcome: FetchError | None = FetchError(
+            reasons.DOWNLOAD_FAILED, "abandoned: fetcher closed"
+        )
         part = self._partial_dir / f"{job.sha256}{_PARTIAL_SUFFIX}"
         if not closing:
             deadline_s = self._config.fetch_deadline_s
@@ -569,9 +571,11 @@ class Fetcher:
                 outcome = _classify(exc)
                 # A transfer cut by our own deadline or close() can look like a short body:
                 # those bytes are not proven wrong, and are kept for resuming.
-                bytes_wrong = outcome.reason == "hash_mismatch" and handle.reason is None
+                bytes_wrong = outcome.reason == reasons.HASH_MISMATCH and handle.reason is None
                 if handle.reason == "deadline" or time.monotonic() >= deadline:
-                    outcome = FetchError("download_failed", f"deadline of {deadline_s:g} s passed")
+                    outcome = FetchError(
+                        reasons.DOWNLOAD_FAILED, f"deadline of {deadline_s:g} s passed"
+                    )
             finally:
                 timer.cancel()
                 with self._lock:
@@ -598,7 +602,7 @@ class Fetcher:
                 event = FetchFailed(job.sha256, outcome.reason, outcome.detail)
             elif size != job.size:
                 detail = f"the file has {job.size} bytes, the pin says {size}"
-                event = FetchFailed(job.sha256, "hash_mismatch", detail)
+                event = FetchFailed(job.sha256, reasons.HASH_MISMATCH, detail)
             else:
                 event = FetchFinished(job.sha256, str(self._cache_dir / job.sha256))
             try:
@@ -640,7 +644,7 @@ class Fetcher:
             return 0
         except OSError as exc:
             raise FetchError(
-                "download_failed", f"cannot read the cache ({_errno_name(exc)})"
+                reasons.DOWNLOAD_FAILED, f"cannot read the cache ({_errno_name(exc)})"
             ) from exc
         fresh = abs(time.time() - info.st_mtime) <= PART_MAX_AGE_S
         if stat.S_ISREG(info.st_mode) and info.st_size <= job.size and fresh:
@@ -677,12 +681,12 @@ class Fetcher:
             except FetchError as exc:
                 if hop == 0:
                     raise
-                if exc.reason == "policy":
+                if exc.reason == reasons.POLICY:
                     # The redirect target is server-supplied: not repeated in the detail.
                     raise FetchError(
-                        "policy", "redirected to a scheme or host not on the allowlist"
+                        reasons.POLICY, "redirected to a scheme or host not on the allowlist"
                     ) from exc
-                raise FetchError("download_failed", "redirected to an invalid URL") from exc
+                raise FetchError(reasons.DOWNLOAD_FAILED, "redirected to an invalid URL") from exc
             conn, sock = self._connect(target, handle, deadline)
             response: http.client.HTTPResponse | None = None
             try:
@@ -692,14 +696,14 @@ class Fetcher:
                     location = response.getheader("Location")
                     if not location:
                         raise FetchError(
-                            "download_failed", f"HTTP {response.status} without a Location"
+                            reasons.DOWNLOAD_FAILED, f"HTTP {response.status} without a Location"
                         )
                     url = urljoin(url, location.strip())
                     continue
                 if response.status == 416 and offset:
-                    raise _RestartError("download_failed", "HTTP 416 to a resumed request")
+                    raise _RestartError(reasons.DOWNLOAD_FAILED, "HTTP 416 to a resumed request")
                 if response.status not in (200, 206):
-                    raise FetchError("download_failed", f"HTTP {response.status}")
+                    raise FetchError(reasons.DOWNLOAD_FAILED, f"HTTP {response.status}")
                 self._receive(response, sock, job, part, deadline=deadline, offset=offset)
                 return
             finally:
@@ -708,7 +712,7 @@ class Fetcher:
                     response.close()
                 conn.close()
                 sock.close()
-        raise FetchError("download_failed", f"more than {MAX_REDIRECTS} redirects")
+        raise FetchError(reasons.DOWNLOAD_FAILED, f"more than {MAX_REDIRECTS} redirects")
 
     def _connect(
         self, target: Target, handle: _Abort, deadline: float
@@ -764,7 +768,7 @@ class Fetcher:
             if start:  # the hash covers the whole file: the kept bytes go in first
                 kept = _disk(lambda: copy_limited(out.read, digest.update, start))
                 if kept != start:
-                    raise _RestartError("download_failed", "the partial file shrank")
+                    raise _RestartError(reasons.DOWNLOAD_FAILED, "the partial file shrank")
             _disk(lambda: out.seek(start))
             _disk(lambda: out.truncate(start))  # a 200 while resuming starts again from zero
             position = start
@@ -782,22 +786,22 @@ class Fetcher:
 
             received = start + copy_limited(read, write, job.size - start + 1)
             if received > job.size:
-                raise FetchError("hash_mismatch", f"server sent more than {job.size} bytes")
+                raise FetchError(reasons.HASH_MISMATCH, f"server sent more than {job.size} bytes")
             if received < job.size:
                 if announced is not None:
                     raise FetchError(
-                        "download_failed",
+                        reasons.DOWNLOAD_FAILED,
                         f"connection closed after {received} of {job.size} bytes",
                     )
                 raise FetchError(
-                    "hash_mismatch", f"server sent {received} bytes, the pin says {job.size}"
+                    reasons.HASH_MISMATCH, f"server sent {received} bytes, the pin says {job.size}"
                 )
             if digest.hexdigest() != job.sha256:
                 if start:
                     raise _RestartError(
-                        "hash_mismatch", "the resumed file does not match its sha256"
+                        reasons.HASH_MISMATCH, "the resumed file does not match its sha256"
                     )
-                raise FetchError("hash_mismatch", "the bytes do not match the pinned sha256")
+                raise FetchError(reasons.HASH_MISMATCH, "the bytes do not match the pinned sha256")
             _disk(out.flush)
             _disk(lambda: os.fsync(out.fileno()))
         self._commit(job, part)
@@ -811,7 +815,7 @@ class Fetcher:
 def _timeout(deadline: float) -> float:
     remaining = deadline - time.monotonic()
     if remaining <= 0:
-        raise FetchError("download_failed", "deadline passed")
+        raise FetchError(reasons.DOWNLOAD_FAILED, "deadline passed")
     return min(READ_TIMEOUT_S, remaining)
 
 
@@ -819,7 +823,9 @@ def _disk(action: Callable[[], _T]) -> _T:
     try:
         return action()
     except OSError as exc:
-        raise FetchError("download_failed", f"cannot write the cache ({_errno_name(exc)})") from exc
+        raise FetchError(
+            reasons.DOWNLOAD_FAILED, f"cannot write the cache ({_errno_name(exc)})"
+        ) from exc
 
 
 def _fsync_dir(path: Path) -> None:
@@ -842,19 +848,19 @@ def _classify(exc: Exception) -> FetchError:
     if isinstance(exc, FetchError):
         return exc
     if isinstance(exc, TimeoutError):
-        return FetchError("download_failed", f"no data for {READ_TIMEOUT_S:g} s (timed out)")
+        return FetchError(reasons.DOWNLOAD_FAILED, f"no data for {READ_TIMEOUT_S:g} s (timed out)")
     if isinstance(exc, ssl.SSLCertVerificationError):
-        return FetchError("download_failed", "TLS certificate verification failed")
+        return FetchError(reasons.DOWNLOAD_FAILED, "TLS certificate verification failed")
     if isinstance(exc, ssl.SSLError):
-        return FetchError("download_failed", f"TLS error ({type(exc).__name__})")
+        return FetchError(reasons.DOWNLOAD_FAILED, f"TLS error ({type(exc).__name__})")
     if isinstance(exc, socket.gaierror):
-        return FetchError("download_failed", "cannot resolve the host name")
+        return FetchError(reasons.DOWNLOAD_FAILED, "cannot resolve the host name")
     if isinstance(exc, OSError):
-        return FetchError("download_failed", f"connection error ({_errno_name(exc)})")
+        return FetchError(reasons.DOWNLOAD_FAILED, f"connection error ({_errno_name(exc)})")
     if isinstance(exc, http.client.HTTPException):
-        return FetchError("download_failed", f"bad HTTP response ({type(exc).__name__})")
+        return FetchError(reasons.DOWNLOAD_FAILED, f"bad HTTP response ({type(exc).__name__})")
     log.error("fetcher: unexpected error", exc_info=exc)
-    return FetchError("download_failed", f"unexpected error ({type(exc).__name__})")
+    return FetchError(reasons.DOWNLOAD_FAILED, f"unexpected error ({type(exc).__name__})")
 
 
 def _errno_name(exc: OSError) -> str:
@@ -871,16 +877,19 @@ def _body_start(response: http.client.HTTPResponse, job: _Job, offset: int) -> i
     if response.status != 206:
         if announced is not None and announced != job.size:
             raise FetchError(
-                "hash_mismatch", f"server announces {announced} bytes, the pin says {job.size}"
+                reasons.HASH_MISMATCH,
+                f"server announces {announced} bytes, the pin says {job.size}",
             )
         return 0
     if not offset:
-        raise FetchError("download_failed", "HTTP 206 to a request without Range")
+        raise FetchError(reasons.DOWNLOAD_FAILED, "HTTP 206 to a request without Range")
     span = _content_range(response.getheader("Content-Range"))
     if span is None or span[:2] != (offset, job.size - 1) or span[2] not in (None, job.size):
-        raise _RestartError("download_failed", "HTTP 206 with another Content-Range than asked")
+        raise _RestartError(
+            reasons.DOWNLOAD_FAILED, "HTTP 206 with another Content-Range than asked"
+        )
     if announced is not None and announced != job.size - offset:
-        raise _RestartError("download_failed", "HTTP 206 whose length is not the range's")
+        raise _RestartError(reasons.DOWNLOAD_FAILED, "HTTP 206 whose length is not the range's")
     return offset
 
 

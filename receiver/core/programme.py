@@ -169,7 +169,7 @@ def _occurrence_due(state: State, occ: Occurrence, now: Instant, out: list[Effec
     settings = state.settings
     entry = occ.entry
     late = now.utc - occ.start_utc
-    skip: tuple[str, str] | None = None
+    skip: tuple[reasons.Reason, str] | None = None
     if entry.priority != "emergency" and in_quiet_hours(settings, max(occ.start_utc, now.utc)):
         skip = (reasons.QUIET_HOURS, "inside the local quiet hours")
     elif entry.files and late > settings.late_join_s:
