@@ -1,77 +1,11 @@
 """The media fetcher: downloads pinned files into a content-addressed cache with a quota.
 
-This module owns ``cache_dir`` (the verified files, one per SHA-256, named by the hash alone) and
-``cache_dir/.partial`` (downloads in progress or interrupted), and the worker threads that fill
-them. It decides nothing about *when* to fetch: the core emits ``Fetch`` effects, the runtime
-calls :meth:`Fetcher.fetch`, and the outcome comes back as one
-:class:`~receiver.core.events.FetchFinished` or :class:`~receiver.core.events.FetchFailed` per
-call, through the ``on_event`` callback. The runtime also tells the fetcher which files must stay
-(:meth:`Fetcher.set_protected`) and which were just used (:meth:`Fetcher.touch`), and reads
-:meth:`Fetcher.usage` and :meth:`Fetcher.missing` for the device state.
-
-Security properties (SECURITY.md, Media, 12-14), and where they are enforced:
-
-* A file is pinned by SHA-256 and size. At most ``size + 1`` body bytes are ever held; the bytes
-  are hashed while they are written to ``.partial/<sha256>.part``, fsynced, checked, and only then
-  renamed to ``<sha256>`` (and the directory fsynced). Bytes that do not match are deleted; they
-  never appear under a cache name.
-* Resuming: a ``.part`` file left by an interrupted download of the same SHA-256 is continued
-  with ``Range: bytes=N-``. Only a ``206`` whose ``Content-Range`` is exactly ``N-(size-1)`` (and
-  whose total, if given, is the pinned size) is appended to; a ``200`` is written from byte zero
-  (the part file is truncated); a ``416`` or any other ``Content-Range`` starts a new request from
-  zero. The SHA-256 always covers the whole file: the kept bytes are re-read into the hash before
-  the new ones are added. A resumed file that fails the hash is deleted and downloaded once more
-  from zero (within the same deadline), since the fault may lie in the old bytes (say, a power
-  cut before they reached the card); only a download from zero that fails the hash is reported
-  as ``hash_mismatch``. A part file already as long as the pin is checked locally, without a
-  request.
-* What is kept: a part file survives a deadline, a dropped connection, an HTTP error status and
-  :meth:`Fetcher.close` (that is what resuming needs); it is deleted after a hash mismatch, when it
-  is empty, when it is longer than its pin, and when its modification time is more than
-  :data:`PART_MAX_AGE_S` away from now (at start-up, when its hash is fetched again, and when room
-  is made).
-* Quota (``cache_quota_bytes``): verified files, leftover part files and the pinned size of every
-  download under way count against it. Before a download starts, room for its pinned size is made
-  by deleting leftover part files (oldest first), then verified files, least recently used first;
-  files whose hash is in the protected set are never deleted. If that cannot make room, the
-  download fails with ``policy`` ("cache quota full of protected files") and nothing is deleted.
-  The order of use is kept in memory: seeded from the files' modification times at start-up,
-  moved by cache hits and :meth:`Fetcher.touch`; ``touch`` also sets the file's modification time
-  so the order survives a restart (atime is not used: SD cards are often mounted ``noatime``).
-* Disk: the cache never takes the space the state store needs. Before a request, and every
-  :data:`DISK_CHECK_EVERY_BYTES` while writing, the free space of the cache's filesystem
-  (``os.statvfs``) minus what is still to be written must stay above a reserve
-  (:data:`DISK_RESERVE_BYTES`, :data:`DISK_RESERVE_FRACTION`); otherwise the download fails with
-  ``download_failed`` ("disk nearly full").
-* Only ``http``/``https`` URLs whose scheme and host are on the local allowlist are fetched, and
-  every redirect target is checked again (:func:`check_url`). An allowlist entry ``host`` allows
-  any port, ``host:port`` (``[v6addr]:port``) only that port; hosts are compared lowercase with a
-  trailing dot removed; there are no wildcards.
-* Nothing from a URL, a header or the body becomes a path: the file name is the hash, and the hash
-  must be 64 lowercase hex digits.
-* Each download has a total deadline (``fetch_deadline_s``, shared by a resumed attempt and a
-  restart from zero) and a per-read socket timeout. The deadline is enforced by a timer that
-  shuts the socket down, so a server trickling its headers, a chunk header or the body one byte
-  at a time still fails on time. (Name resolution is the one step a socket shutdown cannot
-  interrupt; the system resolver's own timeouts bound it.)
-* ``detail`` strings are built from our own words and numbers (status codes, byte counts, hosts
-  that passed validation), never from exception messages or other server-supplied text.
-
-Reason codes (PROTOCOL.md): ``bad_body`` (malformed sha256, negative size, unparseable URL),
-``too_large`` (pinned size above ``max_file_bytes`` or above the whole cache quota), ``policy``
-(scheme or host not allowed, credentials in the URL, a redirect leaving the allowlist, no room
-under the quota because protected files fill it), ``download_failed`` (HTTP status other than
-200/206, connection or TLS error, transfer cut short, deadline, more than 3 redirects, cannot
-write the cache, disk nearly full), ``hash_mismatch`` (a completed transfer whose length or
-SHA-256 differs from the pin).
-
-Threads: :meth:`Fetcher.fetch` is meant for the loop thread. Checks that need no network (format,
-size, allowlist, cache hit) post their event *synchronously*, before ``fetch`` returns, on the
-caller's thread; everything else posts from a worker thread. ``on_event`` must therefore be
-thread-safe and must not block (or call back into the fetcher). After :meth:`Fetcher.close`
-returns, ``on_event`` is not called again. :meth:`~Fetcher.set_protected`,
-:meth:`~Fetcher.touch`, :meth:`~Fetcher.usage` and :meth:`~Fetcher.missing` may be called from any
-thread; they never wait for the network.
+Owns ``cache_dir`` (verified files named by their SHA-256), ``cache_dir/.partial`` (downloads
+under way or interrupted) and the worker threads that fill them. It decides nothing about when
+to fetch: the loop calls :meth:`Fetcher.fetch` for each ``Fetch`` effect and gets one
+``FetchFinished`` or ``FetchFailed`` back through ``on_event``. Pinning, resuming, the quota,
+the disk reserve, the allowlist on every redirect, deadlines and the reason codes are described
+in ``docs/adapters.md``. Logs through structlog.
 """
 
 from __future__ import annotations
@@ -80,7 +14,6 @@ import contextlib
 import errno
 import hashlib
 import http.client
-import logging
 import os
 import queue
 import re
@@ -95,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple, TypeVar
 from urllib.parse import urljoin
+
+import structlog
 
 from receiver.config_model import MediaConfig
 from receiver.core import reasons, urls
@@ -111,7 +46,7 @@ __all__ = [
     "host_allowed",
 ]
 
-log = logging.getLogger(__name__)
+log = structlog.get_logger("receiver.fetcher")
 _T = TypeVar("_T")
 
 CHUNK_BYTES = 64 * 1024
@@ -514,7 +449,7 @@ class Fetcher:
             if not is_part:
                 del self._files[sha256]
             kind = "partial download" if is_part else "file"
-            log.info("fetcher: evicted %s %s (%d bytes) to make room", kind, sha256[:12], size)
+            log.info("cache_evicted", what=kind, sha256=sha256[:12], bytes=size, why="making room")
         self._reserved[job.sha256] = job.size
 
     def _check_disk(self, to_write: int) -> None:
@@ -543,7 +478,7 @@ class Fetcher:
             try:
                 self._run(job)
             except Exception:  # a bug here must not kill the worker
-                log.exception("fetcher: unexpected error in a worker")
+                log.exception("fetch_worker_error")
 
     def _run(self, job: _Job) -> None:
         handle = _Abort()
@@ -608,7 +543,7 @@ class Fetcher:
             try:
                 self._post(event)
             except Exception:  # on_event raised: still tell the other callers
-                log.exception("fetcher: on_event raised")
+                log.exception("fetch_report_failed", why="on_event raised")
 
     def _post(self, event: Event) -> None:
         if not self._closed:
@@ -629,9 +564,7 @@ class Fetcher:
                 self._attempt(job, part, handle, deadline, offset)
                 return
             except _RestartError as restart:
-                log.info(
-                    "fetcher: resuming %s failed (%s): from zero", job.sha256[:12], restart.detail
-                )
+                log.info("fetch_resume_failed", sha256=job.sha256[:12], detail=restart.detail)
                 _disk(lambda: _remove(part))
                 self._check_disk(job.size)
         self._attempt(job, part, handle, deadline, 0)
@@ -649,7 +582,7 @@ class Fetcher:
         fresh = abs(time.time() - info.st_mtime) <= PART_MAX_AGE_S
         if stat.S_ISREG(info.st_mode) and info.st_size <= job.size and fresh:
             return info.st_size
-        log.info("fetcher: dropping a stale or oversized partial download of %s", job.sha256[:12])
+        log.info("partial_download_dropped", sha256=job.sha256[:12], why="stale or oversized")
         _disk(lambda: _remove(part))
         return 0
 
@@ -859,7 +792,7 @@ def _classify(exc: Exception) -> FetchError:
         return FetchError(reasons.DOWNLOAD_FAILED, f"connection error ({_errno_name(exc)})")
     if isinstance(exc, http.client.HTTPException):
         return FetchError(reasons.DOWNLOAD_FAILED, f"bad HTTP response ({type(exc).__name__})")
-    log.error("fetcher: unexpected error", exc_info=exc)
+    log.error("fetch_unexpected_error", exc_info=exc)
     return FetchError(reasons.DOWNLOAD_FAILED, f"unexpected error ({type(exc).__name__})")
 
 
@@ -913,7 +846,7 @@ def _remove_quietly(path: Path) -> None:
     try:
         _remove(path)
     except OSError as exc:
-        log.warning("fetcher: cannot remove a partial file (%s)", _errno_name(exc))
+        log.warning("partial_file_not_removed", error=_errno_name(exc))
 
 
 def _drop_part(part: Path, *, always: bool) -> None:
@@ -924,4 +857,4 @@ def _drop_part(part: Path, *, always: bool) -> None:
     except FileNotFoundError:
         pass
     except OSError as exc:
-        log.warning("fetcher: cannot remove a partial file (%s)", _errno_name(exc))
+        log.warning("partial_file_not_removed", error=_errno_name(exc))

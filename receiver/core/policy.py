@@ -1,5 +1,5 @@
 """Local limits from the technician's config that even a valid signed message cannot pass:
-allowed media hosts, quiet hours, volume caps (SECURITY.md property 15)."""
+allowed media hosts, quiet hours, volume caps (docs/security.md)."""
 
 from __future__ import annotations
 

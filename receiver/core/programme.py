@@ -137,7 +137,7 @@ def evaluate(state: State, now: Instant, out: list[Effect]) -> State:
     if not state.schedules:
         return replace(state, next_schedule_check_mono=math.inf)  # activation resets it
     if not now.utc_trusted:
-        # No absolute-time programme starts without a trusted clock (SECURITY.md property 9).
+        # No absolute-time programme starts without a trusted clock (docs/security.md).
         return replace(state, next_schedule_check_mono=now.mono + UNTRUSTED_RECHECK_S)
     settings = state.settings
     next_check_utc = now.utc + CHECK_EVERY_S
