@@ -66,7 +66,7 @@ from receiver.timefmt import rfc3339
 IDLE_WAKE_S: Final = 5.0  # the loop turns at least this often, so the watchdog sees it alive
 PROGRESS_POLL_S: Final = 1.0  # how often a live stream's position is read
 TIME_FLOOR_SAVE_S: Final = 3600.0  # how often a trusted time is saved (an SD card wears out)
-STATE_EVERY_S: Final = 60.0  # the retained state is also refreshed this often (PROTOCOL.md)
+STATE_EVERY_S: Final = 60.0  # the retained state is also refreshed this often (docs/protocol.md)
 MAX_DETAIL_CHARS: Final = 200
 MAX_IN_FLIGHT: Final = 500  # events handed to the link at once (paho queues at most 1000)
 MAX_PACKET_BYTES: Final = 32 * 1024  # commands are capped at 16 KiB; the broker sends no more

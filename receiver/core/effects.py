@@ -9,6 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from receiver.core.reasons import Reason
+from receiver.core.vocabulary import EventKind
+
 
 @dataclass(frozen=True)
 class Fetch:
@@ -72,7 +75,7 @@ class PersistTrust:
 
 @dataclass(frozen=True)
 class PersistResetFloor:
-    """Durably store the first trusted instant of a fresh store (SECURITY.md property 10)."""
+    """Durably store the first trusted instant of a fresh store."""
 
     utc: float
 
@@ -98,9 +101,9 @@ class PersistDone:
 class Emit:
     """Report an event on the events topic (the shell numbers it and adds the device and time)."""
 
-    kind: str
+    kind: EventKind
     ref: str | None = None
-    reason: str | None = None
+    reason: Reason | None = None
     detail: str | None = None
 
 

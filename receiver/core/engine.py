@@ -33,7 +33,9 @@ from receiver.core.effects import (
     SwitchRelay,
 )
 from receiver.core.events import FetchFailed
+from receiver.core.reasons import Reason
 from receiver.core.state import ORIGIN_RANK, PRIORITY_RANK, Item, State, state_fields
+from receiver.core.vocabulary import EventKind
 
 RELAY_WINDOW_S: Final = 60.0
 RECONNECT_BACKOFF_MAX_S: Final = 30.0
@@ -88,9 +90,9 @@ def finish(
     item: Item,
     now: Instant,
     out: list[Effect],
-    kind: str,
+    kind: EventKind,
     *,
-    reason: str | None = None,
+    reason: Reason | None = None,
     detail: str | None = None,
 ) -> State:
     """Take ``item`` out for good, reporting ``kind``; the tail starts if nothing else plays."""
@@ -318,9 +320,9 @@ def run_active(state: State, now: Instant, out: list[Effect]) -> State:
 def _relay_wanted(state: State, now: Instant) -> bool:
     override = state.relay_override
     active = state.active
-    if override is not None and override[0] == "on":
+    if override is not None and override.mode == "on":
         return True
-    if override is not None and override[0] == "off":
+    if override is not None and override.mode == "off":
         return active is not None and active.priority == "emergency"
     if active is not None or state.mic_active:
         return True
@@ -333,7 +335,7 @@ def toggles_in_window(state: State, now: Instant) -> int:
 
 def reconcile_relay(state: State, now: Instant, out: list[Effect]) -> State:
     override = state.relay_override
-    if override is not None and override[1] is not None and now.mono >= override[1]:
+    if override is not None and override.until_mono is not None and now.mono >= override.until_mono:
         state = replace(state, relay_override=None)  # a manual override lapses back to auto
     wanted = _relay_wanted(state, now)
     if wanted == state.relay_on:
@@ -380,8 +382,8 @@ def _deadlines(state: State) -> list[float]:
             candidates.append(queued.not_before_mono - lead)
     if state.relay_off_mono is not None and state.relay_on:
         candidates.append(state.relay_off_mono)
-    if state.relay_override is not None and state.relay_override[1] is not None:
-        candidates.append(state.relay_override[1])
+    if state.relay_override is not None and state.relay_override.until_mono is not None:
+        candidates.append(state.relay_override.until_mono)
     if state.relay_on and state.relay_toggles:
         candidates.append(state.relay_toggles[0] + RELAY_WINDOW_S)
     for staged in state.staged.values():

@@ -2,8 +2,8 @@
 restarted under load, the daemon stopped while commands wait for it, and the daemon killed
 (SIGKILL) again and again at random moments.
 
-What must hold, whatever happens to the processes (PROTOCOL.md "Device state and events",
-SECURITY.md properties 7, 10, 11):
+What must hold, whatever happens to the processes (``docs/protocol.md``, device state and
+events; ``docs/security.md``):
 
 * a command is never acted on twice, whatever the redeliveries (QoS 1 is at least once; the
   replay floor turns a copy into "duplicate of the last accepted" or ``replayed``); with no
