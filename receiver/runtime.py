@@ -32,6 +32,8 @@ from receiver.core.effects import (
     Fetch,
     PersistDone,
     PersistFloors,
+    PersistIntentDone,
+    PersistIntentStarted,
     PersistResetFloor,
     PersistSchedule,
     PersistTrust,
@@ -116,6 +118,13 @@ class Runtime:
         self.state = restore_state(config, self.store)
         # Read by the link's thread; replaced (never changed) by the loop after each step.
         self._key_ids = frozenset(key.id for key in self.state.keyring.keys)
+        if self.state.recovered:
+            self.log.warning(
+                "commands_unfinished_at_start",
+                refs=",".join(intent.ref for intent in self.state.recovered),
+                why="accepted before the last stop or crash and not carried out to their end: "
+                "each is carried out if its window is still open, else reported failed",
+            )
         if self.state.reset_floor is None:
             self.log.warning(
                 "fresh_store",
@@ -323,8 +332,12 @@ class Runtime:
 
     def _persist(self, effect: Effect) -> bool:
         match effect:
-            case PersistFloors(floors=floors, time_floor=time_floor):
-                self.store.save_floors(floors, time_floor)
+            case PersistFloors(floors=floors, time_floor=time_floor, intent=intent):
+                self.store.save_floors(floors, time_floor, intent)
+            case PersistIntentStarted(ref=ref):
+                self.store.mark_intent_started(ref)
+            case PersistIntentDone(ref=ref):
+                self.store.forget_intent(ref)
             case PersistTrust(version=version, body=body, digest=digest):
                 self.store.save_trust(version, body, digest)
                 self.log.warning("trust_replaced", version=version)

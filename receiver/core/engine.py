@@ -27,6 +27,8 @@ from receiver.core.effects import (
     Emit,
     Fetch,
     PersistDone,
+    PersistIntentDone,
+    PersistIntentStarted,
     Play,
     PublishState,
     StopPlayback,
@@ -100,6 +102,9 @@ def finish(
     if is_active and item.phase == "playing":
         out.append(StopPlayback())
     out.append(Emit(kind, ref=item.ref, reason=reason, detail=detail))
+    if item.origin == "command":
+        # After the report: a crash between the two repeats the end, it never loses it.
+        out.append(PersistIntentDone(item.ref))
     done = state.done
     if item.occurrence is not None:
         done = done | {item.occurrence}
@@ -176,6 +181,9 @@ def select(state: State, now: Instant, out: list[Effect]) -> State:
 
 def _start_sound(state: State, item: Item, now: Instant, out: list[Effect]) -> State:
     token = state.next_token
+    if item.origin == "command" and item.token == 0:
+        # Its first sound: from now on a restart reports it cut off rather than play it again.
+        out.append(PersistIntentStarted(item.ref))
     if item.on_fallback and state.settings.fallback_file is not None:
         media, start_ms = state.settings.fallback_file, 0
     elif item.stream_url is not None:

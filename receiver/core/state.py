@@ -146,6 +146,23 @@ class RejectionWindow:
 
 
 @dataclass(frozen=True)
+class Intent:
+    """A command accepted but not yet carried out to its end, stored with its replay floor.
+
+    Written in the same transaction as the floor (write-ahead), so a crash between accepting a
+    command and acting on it cannot leave the command spent and silent: after a restart it is
+    carried out if ``window_end_utc`` has not passed, else reported ``failed``. ``stage`` is
+    ``accepted`` until a play's sound is about to start, then ``started`` (a play cut off by a
+    restart is reported, never sounded twice). The row goes when the command is done.
+    """
+
+    ref: str
+    body: bytes  # the verified command payload (strict JSON), to act on after a restart
+    window_end_utc: float  # after this instant there is no point in carrying it out
+    stage: str = "accepted"  # accepted | started
+
+
+@dataclass(frozen=True)
 class State:
     settings: Settings
     keyring: Keyring
@@ -176,6 +193,9 @@ class State:
     booted_mono: float = 0.0
     rejection_window: RejectionWindow = RejectionWindow()
     held: tuple[MessageReceived, ...] = ()  # commands waiting for a synchronised clock
+    # Commands a previous run accepted and did not finish (oldest first): settled once the
+    # clock can tell whether their windows are still open.
+    recovered: tuple[Intent, ...] = ()
 
     def items(self) -> tuple[Item, ...]:
         return ((self.active,) if self.active is not None else ()) + self.queue
@@ -191,6 +211,7 @@ def initial_state(
     trust_digest: str = "",
     schedules: Mapping[str, tuple[Schedule, str]] | None = None,
     done: frozenset[str] = frozenset(),
+    recovered: tuple[Intent, ...] = (),
 ) -> State:
     stored = schedules or {}
     return State(
@@ -204,6 +225,7 @@ def initial_state(
         schedules={sid: schedule for sid, (schedule, _) in stored.items()},
         schedule_digests={sid: digest for sid, (_, digest) in stored.items()},
         done=done,
+        recovered=recovered,
     )
 
 
