@@ -63,6 +63,7 @@ from receiver.outbox import Outbox
 from receiver.player import Player
 from receiver.status import write_status
 from receiver.store import Store
+from receiver.streams import stream_resolver
 from receiver.timefmt import rfc3339
 
 IDLE_WAKE_S: Final = 5.0  # the loop turns at least this often, so the watchdog sees it alive
@@ -101,7 +102,9 @@ class Runtime:
         factory = pin_factory or make_pin_factory(config.gpio.pin_factory)
         self.relay = AmpRelay(config.gpio, factory)
         self.inputs = LocalInputs(config.gpio, factory, self._input_changed)
-        self.player = Player(config.player, self.inbox.put_report)
+        self.player = Player(
+            config.player, self.inbox.put_report, resolver=stream_resolver(config.media)
+        )
         self.fetcher = Fetcher(config.media, config.storage.cache_dir, self.inbox.put_report)
         self.link = MqttLink(
             config.broker,

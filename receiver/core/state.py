@@ -56,6 +56,9 @@ class Settings:
     late_join_s: float = 300.0
     stall_timeout_s: float = 8.0
     stream_max_restarts: int = 3
+    # A relay that has played this long without a stall resets its restart count: the budget
+    # is for consecutive failures, not for every blip of an hour-long relay.
+    stream_healthy_s: float = 30.0
     fallback_file: str | None = None
     prefetch_s: float = 48 * 3600.0
     max_file_bytes: int = 200 * 1024 * 1024
@@ -101,6 +104,8 @@ class Item:
     progress_ms: int = -1
     progress_mono: float = 0.0
     on_fallback: bool = False
+    healthy_since_mono: float | None = None  # a stream's first progress since its (re)start
+    resuming: bool = False  # preempted: its next start is reported (``started``) again
 
     @property
     def is_stream(self) -> bool:
