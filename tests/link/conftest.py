@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -129,6 +130,7 @@ class Field:
     config: Path
     wav: Path
     daemons: list[LinkDaemon] = field(default_factory=list)
+    last_seq: int = 0
 
     events_topic = f"loa/v1/dev/{DEVICE}/events"
     state_topic = f"loa/v1/dev/{DEVICE}/state"
@@ -181,8 +183,15 @@ clock:
         return daemon
 
     def command(self, kind: str, body: dict[str, Any], message_id: str) -> bytes:
+        # Each command a higher seq than the last, also two signed within one millisecond.
+        self.last_seq = max(self.last_seq + 1, int(time.time() * 1000))
         payload = command_payload(
-            kind, body, env="lab", aud=[f"dev:{DEVICE}"], message_id=message_id
+            kind,
+            body,
+            env="lab",
+            aud=[f"dev:{DEVICE}"],
+            message_id=message_id,
+            seq=self.last_seq,
         )
         return sign_command(payload, [self.operator])
 
