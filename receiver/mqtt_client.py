@@ -93,6 +93,7 @@ any of the three (each checked against 2.0.11), 25 oversized messages no longer 
 
 from __future__ import annotations
 
+import os
 import random
 import socket
 import ssl
@@ -402,6 +403,16 @@ class MqttLink:
             last_error=self._last_error,
             reconnects=self._reconnects,
         )
+
+    @property
+    def socket_inode(self) -> int | None:
+        """The inode of the broker connection's socket, or None: how the traffic meter
+        (:class:`receiver.health.TrafficMeter`) tells the MQTT bytes from the media ones."""
+        sock = self._client.socket()
+        try:
+            return os.fstat(sock.fileno()).st_ino if isinstance(sock, socket.socket) else None
+        except OSError:
+            return None
 
     def start(self) -> None:
         """Start the network thread; it connects, and keeps reconnecting until :meth:`stop`."""
