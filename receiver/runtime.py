@@ -55,7 +55,7 @@ from receiver.core.events import (
 )
 from receiver.fetcher import Fetcher
 from receiver.gpio import AmpRelay, LocalInputs, make_pin_factory
-from receiver.health import read_health
+from receiver.health import TrafficMeter, read_health
 from receiver.inbox import Inbox
 from receiver.logs import bounded
 from receiver.mqtt_client import MqttLink
@@ -118,6 +118,7 @@ class Runtime:
             on_link=self.inbox.put_report,
             on_connected_publish=self._republish_state,
         )
+        self.traffic = TrafficMeter(lambda: self.link.socket_inode)
         self.state = restore_state(config, self.store)
         # Read by the link's thread; replaced (never changed) by the loop after each step.
         self._key_ids = frozenset(key.id for key in self.state.keyring.keys)
@@ -169,6 +170,7 @@ class Runtime:
                 self.inbox.put_report(LocalInputChanged(name, active))
             self._send_outbox()
             self.link.start()
+            self.traffic.start()
             systemd.notify("READY=1")
             self.log.info(
                 "daemon_started", version=__version__, groups=",".join(self.config.groups)
@@ -285,6 +287,7 @@ class Runtime:
                 self.log.error("close_failed", part=name, error=str(exc))
         self.log.info("relay_switched", on=False, why="shutdown")
         self.link.stop(self.topics.state, self._offline_payload())
+        self.traffic.stop()
         try:  # so that `receiver status` says the daemon stopped, and when
             offline = {
                 "device": self.config.device_id,
@@ -432,7 +435,11 @@ class Runtime:
             "uptime_s": int(now.mono - self.started_mono),
             "link": self._link_status(),
             "outbox": {"pending": len(self.outbox), "dropped": self.outbox.dropped_total},
-            "health": read_health(self.config.storage.state_dir, self.config.storage.cache_dir),
+            "health": read_health(
+                self.config.storage.state_dir,
+                self.config.storage.cache_dir,
+                traffic=self.traffic,
+            ),
         }
         if "playing" in state:
             state["playing"] = {**state["playing"], "since": rfc3339(state["playing"]["since"])}
