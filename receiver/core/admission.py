@@ -173,7 +173,7 @@ def _check_fresh(ctx: Context, header: commands.Header, now: Instant) -> None:
 
 
 def _check_not_stopped(ctx: Context, header: commands.Header) -> None:
-    """A later stop beats an older play that arrives after it (SECURITY.md property 8)."""
+    """A later stop beats an older play that arrives after it (docs/security.md)."""
     stop_all = ctx.floors.get(STOP_ALL_STREAM)
     if stop_all is not None and header.iat * 1000 < stop_all[0]:
         raise Rejection(reasons.REPLAYED, "issued before a later stop of everything", header.id)

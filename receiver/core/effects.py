@@ -9,7 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from receiver.core.reasons import Reason
 from receiver.core.state import Intent
+from receiver.core.vocabulary import EventKind
 
 
 @dataclass(frozen=True)
@@ -91,7 +93,7 @@ class PersistTrust:
 
 @dataclass(frozen=True)
 class PersistResetFloor:
-    """Durably store the first trusted instant of a fresh store (SECURITY.md property 10)."""
+    """Durably store the first trusted instant of a fresh store."""
 
     utc: float
 
@@ -117,9 +119,9 @@ class PersistDone:
 class Emit:
     """Report an event on the events topic (the shell numbers it and adds the device and time)."""
 
-    kind: str
+    kind: EventKind
     ref: str | None = None
-    reason: str | None = None
+    reason: Reason | None = None
     detail: str | None = None
 
 

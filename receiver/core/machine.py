@@ -39,6 +39,8 @@ from receiver.core.reasons import Rejection
 from receiver.core.state import (
     Intent,
     Item,
+    RejectionWindow,
+    RelayOverride,
     Settings,
     State,
     initial_state,
@@ -114,14 +116,14 @@ def step(state: State, event: Event, now: Instant) -> Step:
         held, state = state.held, replace(state, held=())
         for message in held:
             state = _on_message(state, message, now, out)
-    if state.rejection_window[2]:
+    if state.rejection_window.suppressed:
         state = _close_rejection_window(state, now, out)
     state = programme.retry_staged(state, now, out)
     state = programme.evaluate(state, now, out)
     state = _settle(state, now, out)
     deadline = engine.next_deadline(state, now)
-    if state.rejection_window[2]:
-        window_end = state.rejection_window[0] + REJECTION_WINDOW_S
+    if state.rejection_window.suppressed:
+        window_end = state.rejection_window.start_mono + REJECTION_WINDOW_S
         deadline = window_end if deadline is None else min(deadline, window_end)
     if state.held or state.recovered:
         grace_end = state.booted_mono + state.settings.sync_grace_s
@@ -259,20 +261,21 @@ def _report_rejection(state: State, rejection: Rejection, now: Instant, out: lis
     summed up in one ``fault`` when the window ends (every event is written to disk and sent,
     and a flood must not wear out the SD card or crowd out the reports that matter)."""
     state = _close_rejection_window(state, now, out)
-    start, count, suppressed = state.rejection_window
-    if count < REJECTIONS_PER_WINDOW:
+    window = state.rejection_window
+    if window.reported < REJECTIONS_PER_WINDOW:
         out.append(
             Emit("rejected", ref=rejection.ref, reason=rejection.reason, detail=rejection.detail)
         )
-        return replace(state, rejection_window=(start, count + 1, suppressed))
-    tally = dict(suppressed)
+        return replace(state, rejection_window=replace(window, reported=window.reported + 1))
+    tally = dict(window.suppressed)
     tally[rejection.reason] = tally.get(rejection.reason, 0) + 1
-    return replace(state, rejection_window=(start, count, tuple(sorted(tally.items()))))
+    suppressed = tuple(sorted(tally.items()))
+    return replace(state, rejection_window=replace(window, suppressed=suppressed))
 
 
 def _close_rejection_window(state: State, now: Instant, out: list[Effect]) -> State:
-    start, _, suppressed = state.rejection_window
-    if now.mono - start < REJECTION_WINDOW_S:
+    suppressed = state.rejection_window.suppressed
+    if now.mono - state.rejection_window.start_mono < REJECTION_WINDOW_S:
         return state
     if suppressed:
         total = sum(n for _, n in suppressed)
@@ -284,7 +287,7 @@ def _close_rejection_window(state: State, now: Instant, out: list[Effect]) -> St
                 f"{REJECTION_WINDOW_S:g} s, not reported one by one: {by_reason}",
             )
         )
-    return replace(state, rejection_window=(now.mono, 0, ()))
+    return replace(state, rejection_window=RejectionWindow(now.mono))
 
 
 def _raised_floor(state: State, iat: float, now: Instant) -> float:
@@ -389,7 +392,7 @@ def _act(state: State, command: commands.Command, now: Instant, out: list[Effect
             override = None
         else:
             until = None if body.duration_s is None else now.mono + body.duration_s
-            override = (body.state, until)
+            override = RelayOverride(body.state, until)
         state = replace(state, relay_override=override)
         out.append(engine.publish_state(state))
         return state

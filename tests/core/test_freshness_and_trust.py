@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from receiver.central.signing import SigningKey, key_entry, sign_trust, trust_payload
 from receiver.core.effects import Effect, PersistResetFloor, PersistTrust, PublishState
 from receiver.core.events import TimerFired
-from receiver.signing import SigningKey, key_entry, sign_trust, trust_payload
 from tests.core.harness import (
     T0,
     TRUST_TOPIC,

@@ -12,7 +12,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from receiver.core import machine
-from receiver.core.clock import rfc3339
 from receiver.core.effects import (
     Effect,
     PersistFloors,
@@ -22,6 +21,7 @@ from receiver.core.effects import (
 )
 from receiver.core.events import FetchFinished, PlaybackEnded, PlaybackStarted, TimerFired
 from receiver.core.state import Intent
+from receiver.timefmt import rfc3339
 from tests.core.harness import SHA, World, emitted, play_body, plays
 
 CARRIED_OUT = "carried out after a restart"

@@ -29,8 +29,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from receiver.core.envelope import COMMAND_TYPE, MAX_MESSAGE_BYTES, TRUST_TYPE
-from receiver.signing import (
+from receiver.central.signing import (
     SigningKey,
     command_payload,
     key_entry,
@@ -39,6 +38,7 @@ from receiver.signing import (
     sign_trust,
     trust_payload,
 )
+from receiver.core.envelope import COMMAND_TYPE, MAX_MESSAGE_BYTES, TRUST_TYPE
 from tests.audio import dominant_of, trim_silence, wait_for_final_wav, write_tone
 from tests.broker import MosquittoBroker, Subscriber
 from tests.e2e.conftest import Site

@@ -2,8 +2,8 @@
 restarted under load, the daemon stopped while commands wait for it, and the daemon killed
 (SIGKILL) again and again at random moments.
 
-What must hold, whatever happens to the processes (PROTOCOL.md "Device state and events",
-SECURITY.md properties 7, 10, 11):
+What must hold, whatever happens to the processes (``docs/protocol.md``, device state and
+events; ``docs/security.md``):
 
 * a command is never acted on twice, whatever the redeliveries (QoS 1 is at least once; the
   replay floor turns a copy into "duplicate of the last accepted" or ``replayed``); with no
@@ -59,7 +59,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from receiver.signing import SigningKey, command_payload, sign_command
+from receiver.central.signing import SigningKey, command_payload, sign_command
 from tests.audio import dominant_of, read_wav, trim_silence, write_tone
 from tests.broker import MosquittoBroker, Subscriber
 from tests.e2e.conftest import Site

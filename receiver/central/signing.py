@@ -17,8 +17,8 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from receiver.core.clock import rfc3339 as rfc3339  # noqa: PLC0414 - re-exported for central
 from receiver.core.envelope import COMMAND_TYPE, SCHEDULE_TYPE, TRUST_TYPE, pae
+from receiver.timefmt import rfc3339
 
 
 @dataclass(frozen=True)
