@@ -70,6 +70,11 @@ IDLE_WAKE_S: Final = 5.0  # the loop turns at least this often, so the watchdog 
 PROGRESS_POLL_S: Final = 1.0  # how often a live stream's position is read
 TIME_FLOOR_SAVE_S: Final = 3600.0  # how often a trusted time is saved (an SD card wears out)
 STATE_EVERY_S: Final = 60.0  # the retained state is also refreshed this often (docs/protocol.md)
+# A change of state is published this long after the step that made it, from the state as it
+# is then: a command changes it two or three times within a few ms (relay on, playing), and
+# building and sending each (health figures, status file, MQTT) would hold the interpreter
+# while libVLC reports the start and the link sends the `started` event.
+STATE_SETTLE_S: Final = 0.05
 MAX_DETAIL_CHARS: Final = 200
 MAX_IN_FLIGHT: Final = 500  # events handed to the link at once (paho queues at most 1000)
 MAX_PACKET_BYTES: Final = 32 * 1024  # commands are capped at 16 KiB; the broker sends no more
@@ -364,6 +369,7 @@ class Runtime:
             case Fetch(url=url, sha256=sha256, size=size):
                 self.fetcher.fetch(url, sha256, size)
             case Play(token=token, media=media, volume=volume, start_ms=start_ms, live=live):
+                self.player.play(token, media, volume, start_ms, live=live)  # logged after it
                 self.log.info(
                     "play",
                     token=token,
@@ -372,7 +378,6 @@ class Runtime:
                     start_ms=start_ms,
                     mono=round(now.mono, 3),
                 )
-                self.player.play(token, media, volume, start_ms, live=live)
                 name = Path(media).name
                 if len(name) == SHA256_HEX_CHARS:  # a cached file: keep it fresh in the LRU
                     self.fetcher.touch(name)
@@ -385,8 +390,9 @@ class Runtime:
                 self.log.info("relay_switched", on=on, mono=round(now.mono, 3))
             case Emit():
                 self._emit(effect, now)
-            case PublishState(fields=fields):
-                self._publish_state(fields, now)
+            case PublishState():
+                # Published a moment later, from the newest state (see STATE_SETTLE_S).
+                self._next_state = min(self._next_state, now.mono + STATE_SETTLE_S)
 
     def _emit(self, effect: Emit, now: Instant) -> None:
         event: dict[str, Any] = {

@@ -190,9 +190,7 @@ def select(state: State, now: Instant, out: list[Effect]) -> State:
 
 def _start_sound(state: State, item: Item, now: Instant, out: list[Effect]) -> State:
     token = state.next_token
-    if item.origin == "command" and item.token == 0:
-        # Its first sound: from now on a restart reports it cut off rather than play it again.
-        out.append(PersistIntentStarted(item.ref))
+    first_sound = item.origin == "command" and item.token == 0
     if item.on_fallback and state.settings.fallback_file is not None:
         media, start_ms = state.settings.fallback_file, 0
     elif item.stream_url is not None:
@@ -214,6 +212,11 @@ def _start_sound(state: State, item: Item, now: Instant, out: list[Effect]) -> S
     )
     live = item.stream_url is not None and not item.on_fallback
     out.append(Play(token, media, item.volume, start_ms, live))
+    if first_sound:
+        # From now on a restart reports it cut off rather than play it again. Written right
+        # after the Play, while libVLC opens the media (a few ms before any sound), so it
+        # costs the command no time; a crash between the two can only repeat that opening.
+        out.append(PersistIntentStarted(item.ref))
     return replace(state, active=item, next_token=token + 1)
 
 
