@@ -464,10 +464,18 @@ class TimedPlayer:
         )
         self.next_token = 1
 
-    def start_s(self, path: Path) -> float:
-        """Seconds from ``Player.play()`` of ``path`` to ``PlaybackStarted``; waits for its end."""
+    def start_s(self, path: Path, *, prerolled_s: float = 0.0) -> float:
+        """Seconds from ``Player.play()`` of ``path`` to ``PlaybackStarted``; waits for its end.
+
+        With ``prerolled_s``, the file is first opened paused (``Player.preroll``) that long
+        before the ``play()``, as the daemon does for a start at an instant: the figure is
+        then libVLC resuming it.
+        """
         token = self.next_token
         self.next_token += 1
+        if prerolled_s > 0:
+            self.player.preroll(token, str(path), 100)
+            time.sleep(prerolled_s)
         start = time.monotonic()
         self.player.play(token, str(path), 100)
         at, event = self.events.next_for(token)

@@ -27,6 +27,7 @@ from receiver.config_model import Config
 from receiver.core import machine
 from receiver.core.clock import Instant
 from receiver.core.effects import (
+    DropPreroll,
     Effect,
     Emit,
     Fetch,
@@ -38,6 +39,7 @@ from receiver.core.effects import (
     PersistSchedule,
     PersistTrust,
     Play,
+    Preroll,
     PublishState,
     SetVolume,
     StopPlayback,
@@ -381,6 +383,11 @@ class Runtime:
                 name = Path(media).name
                 if len(name) == SHA256_HEX_CHARS:  # a cached file: keep it fresh in the LRU
                     self.fetcher.touch(name)
+            case Preroll(token=token, media=media, volume=volume, start_ms=start_ms):
+                self.player.preroll(token, media, volume, start_ms)
+                self.log.info("preroll", token=token, media=media, mono=round(now.mono, 3))
+            case DropPreroll(token=token):
+                self.player.drop_preroll(token)
             case StopPlayback():
                 self.player.stop()
             case SetVolume(level=level):
