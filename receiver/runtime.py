@@ -415,9 +415,11 @@ class Runtime:
         if effect.detail:
             event["detail"] = effect.detail[:MAX_DETAIL_CHARS]
         payload = _json(event)
-        # On disk first, and only then logged: a log line never names an event that a power cut
-        # could lose. It leaves the outbox when the broker has acknowledged it.
+        # On disk first, and only then sent and logged: a log line never names an event that a
+        # power cut could lose. It leaves the outbox when the broker has acknowledged it. Sent
+        # before the log line is written, which the event need not wait for.
         dropped = self.outbox.add(event["n"], payload)
+        self._send_outbox()
         if dropped:
             self.log.error("outbox_overflow", dropped=dropped, total=self.outbox.dropped_total)
         log = self.log.warning if effect.kind in ("rejected", "failed", "fault") else self.log.info
@@ -429,7 +431,6 @@ class Runtime:
             mono=round(now.mono, 3),
             **extra,
         )
-        self._send_outbox()
 
     def _publish_state(self, fields: dict[str, Any], now: Instant) -> None:
         usage = self.fetcher.usage()
