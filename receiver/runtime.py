@@ -192,21 +192,21 @@ class Runtime:
                 if watchdog is not None and time.monotonic() - last_ping >= watchdog:
                     systemd.notify("WATCHDOG=1")
                     last_ping = time.monotonic()
-                if now.mono >= self._next_state:
-                    self._publish_state(machine.state_fields(self.state), now)
                 if event is None:
                     event = self._poll_progress(now) or self._timer(now, deadline)
-                    if event is None:
-                        continue
-                self._note(event, now)
-                result = machine.step(self.state, event, now)
-                self.state = result.state
-                deadline = result.deadline
-                self._execute(result.effects, now)
-                if isinstance(event, MessageReceived):
-                    # Handled, its floors on disk: only now may the broker forget it.
-                    self.link.ack(event)
-                self._after_step(now)
+                if event is not None:
+                    self._note(event, now)
+                    result = machine.step(self.state, event, now)
+                    self.state = result.state
+                    deadline = result.deadline
+                    self._execute(result.effects, now)
+                    if isinstance(event, MessageReceived):
+                        # Handled, its floors on disk: only now may the broker forget it.
+                        self.link.ack(event)
+                    self._after_step(now)
+                # After the step: a state due at the instant a sound is due waits for the sound.
+                if now.mono >= self._next_state:
+                    self._publish_state(machine.state_fields(self.state), now)
         finally:
             self._shutdown()
 
@@ -372,6 +372,8 @@ class Runtime:
                 self.fetcher.fetch(url, sha256, size)
             case Play(token=token, media=media, volume=volume, start_ms=start_ms, live=live):
                 self.player.play(token, media, volume, start_ms, live=live)  # logged after it
+                # A state still to publish waits until the start is reported (STATE_SETTLE_S).
+                self._next_state = max(self._next_state, now.mono + STATE_SETTLE_S)
                 self.log.info(
                     "play",
                     token=token,
