@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import signal
+import sys
 import threading
 import time
 from collections import deque
@@ -77,6 +78,7 @@ STATE_EVERY_S: Final = 60.0  # the retained state is also refreshed this often (
 # building and sending each (health figures, status file, MQTT) would hold the interpreter
 # while libVLC reports the start and the link sends the `started` event.
 STATE_SETTLE_S: Final = 0.05
+GIL_SWITCH_S: Final = 0.0005
 MAX_DETAIL_CHARS: Final = 200
 MAX_IN_FLIGHT: Final = 500  # events handed to the link at once (paho queues at most 1000)
 MAX_PACKET_BYTES: Final = 32 * 1024  # commands are capped at 16 KiB; the broker sends no more
@@ -493,6 +495,10 @@ def _json(value: dict[str, Any]) -> bytes:
 
 
 def run_forever(config: Config, on_ready: Callable[[Runtime], None] | None = None) -> None:
+    # libVLC's and paho's threads hand their news to the loop through the interpreter lock; a
+    # thread waiting for it gets it after at most this long (Python's default is 5 ms, more
+    # than the whole start of a sound).
+    sys.setswitchinterval(GIL_SWITCH_S)
     runtime = Runtime(config)
     runtime.install_signal_handlers()
     if on_ready is not None:
