@@ -136,7 +136,13 @@ class Field:
     state_topic = f"loa/v1/dev/{DEVICE}/state"
     cmd_topic = f"loa/v1/dev/{DEVICE}/cmd"
 
-    def write_config(self, *, extra_hosts: tuple[str, ...] = (), player: str = "") -> None:
+    def write_config(
+        self,
+        *,
+        extra_hosts: tuple[str, ...] = (),
+        player: str = "",
+        keepalive_s: int = KEEPALIVE_S,
+    ) -> None:
         hosts = ", ".join(f'"{h}"' for h in (f"{CENTRAL_ADDR}:{self.files.port}", *extra_hosts))
         self.config.write_text(
             f"""device_id: {DEVICE}
@@ -145,7 +151,7 @@ groups: [{GROUP}]
 broker:
   host: {CENTRAL_ADDR}
   port: {self.broker.port}
-  keepalive_s: {KEEPALIVE_S}
+  keepalive_s: {keepalive_s}
   reconnect_min_s: 0.5
   reconnect_max_s: 2.0
 trust:
