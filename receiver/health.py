@@ -235,8 +235,10 @@ class TrafficMeter:
             since, base = self._history[0]
             if now - since > self._window_s and len(self._history) > 1:
                 since, base = self._history[1]
-            window = max(now - since, 1.0)
-            figures: dict[str, Any] = {"window_s": int(window)}
+            # Whole seconds, the same in the rate as in window_s: rate x window_s / 3600 gives
+            # back the bytes (central may want them), also in the first seconds.
+            window = max(int(now - since), 1)
+            figures: dict[str, Any] = {"window_s": window}
             for kind, (sent, received) in self._totals.items():
                 figures[kind] = {
                     "sent": round((sent - base[kind][0]) * 3600 / window),

@@ -62,7 +62,10 @@ class RangedFiles:
                 self.end_headers()
                 for start in range(first, len(body), 8192):
                     chunk = body[start : start + 8192]
-                    self.wfile.write(chunk)
+                    try:
+                        self.wfile.write(chunk)
+                    except (BrokenPipeError, ConnectionResetError):
+                        return  # the device gave up on this request
                     record[2] += len(chunk)
 
             def log_message(self, format: str, *args: object) -> None:
