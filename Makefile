@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: bootstrap demo test lint types unit bench clean
+.PHONY: bootstrap demo test lint types unit bench clean linktest
 
 bootstrap:
 	@bash scripts/bootstrap.sh
@@ -21,6 +21,11 @@ unit: bootstrap
 	$(PY) -m pytest
 
 test: lint types unit
+
+# The receiver behind an emulated rural 4G link (network namespaces; root): tests/link/. A few
+# minutes, so not in `make test`; CI runs it after.
+linktest: bootstrap
+	LOA_LINK_TIER=1 $(PY) -m pytest tests/link
 
 bench: bootstrap
 	$(PY) -m bench
