@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: bootstrap demo test lint types unit bench clean linktest
+.PHONY: bootstrap demo test lint types unit soak linktest bench clean
 
 bootstrap:
 	@bash scripts/bootstrap.sh
@@ -26,6 +26,12 @@ test: lint types unit
 # minutes, so not in `make test`; CI runs it after.
 linktest: bootstrap
 	LOA_LINK_TIER=1 $(PY) -m pytest tests/link
+
+# The slower tier, after `make test` in CI: the SIGKILL loop with many more kills (about 1.6 s
+# each). It prints its seed; RESILIENCE_SEED=<seed> repeats the choices.
+SOAK_KILLS ?= 120
+soak: bootstrap
+	RESILIENCE_KILLS=$(SOAK_KILLS) $(PY) -m pytest tests/e2e/test_resilience.py -k sigkill -q -s
 
 bench: bootstrap
 	$(PY) -m bench

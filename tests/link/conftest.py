@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from receiver.signing import SigningKey, command_payload, sign_command
+from receiver.central.signing import SigningKey, command_payload, sign_command
 from tests.broker import MosquittoBroker, Subscriber
 from tests.e2e.daemon import DEVICE, GROUP, Daemon
 from tests.link.netns import CENTRAL_ADDR, LossyLink
