@@ -35,8 +35,14 @@ def radio(tmp_path: Path, fieldsite: Field) -> Iterator[CentralStreamServer]:
 
 
 def next_state(central: Subscriber, timeout: float = 90) -> dict[str, Any]:
+    """The next online state made after the traffic meter's first samples (those made in the
+    first seconds count nothing yet: the meter samples once a second)."""
+
     def online(message: Any) -> bool:
-        return message.topic.endswith("/state") and bool(json.loads(message.payload).get("online"))
+        if not message.topic.endswith("/state"):
+            return False
+        state = json.loads(message.payload)
+        return bool(state.get("online")) and state["health"]["traffic"]["window_s"] >= 10
 
     state: dict[str, Any] = json.loads(central.wait_for(online, timeout).payload)
     return state
@@ -110,7 +116,12 @@ def test_a_relay_over_rural_4g_keeps_playing_and_what_idle_and_relaying_cost(
     kinds = [(e["kind"], e.get("ref")) for e in events(central)]
     assert kinds.count(("started", "relay")) == 1, kinds
     assert ("failed", "relay") not in kinds
-    assert radio.connections <= 2, f"{radio.connections} connections to the source"
+    restarts = [e for e in events(central) if e["kind"] == "fault" and e.get("ref") == "relay"]
+    print(f"relay: {len(restarts)} restarts, {radio.connections} requests to the source")
+    assert len(restarts) <= 1, restarts
+    # One request to find out what the URL is, one by libVLC, and at most one more (libVLC
+    # reopening, or the one restart): no storm of reconnects.
+    assert radio.connections <= 3 + len(restarts), f"{radio.connections} requests to the source"
     sound = read_wav(fieldsite.wav)
     assert sound.duration_s > 50
     assert dominant_of(trim_silence(sound.samples), sound.rate, (440.0, 1000.0)) == 440.0
