@@ -161,3 +161,24 @@ def _receive(sock: socket.socket, count: int) -> None:
     got = 0
     while got < count:
         got += len(sock.recv(65536))
+
+
+def test_traffic_per_hour_is_over_the_last_hour_once_there_is_one() -> None:
+    server = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(server.getsockname())
+    peer, _ = server.accept()
+    now = [0.0]
+    meter = TrafficMeter(lambda: None, clock=lambda: now[0], loopback=True)
+    try:
+        client.sendall(b"x" * 50_000)  # all of it in the first minute
+        _receive(peer, 50_000)
+        time.sleep(0.05)
+        for minute in range(1, 121):  # two hours, a sample a minute, nothing more sent
+            now[0] = minute * 60.0
+            meter.sample()
+    finally:
+        for sock in (client, peer, server):
+            sock.close()
+    figures = meter.per_hour()
+    assert figures["window_s"] == 3600
+    assert figures["media"]["sent"] == 0  # the burst is more than an hour old
