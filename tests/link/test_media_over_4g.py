@@ -135,8 +135,11 @@ def test_a_relay_over_rural_4g_keeps_playing_and_what_idle_and_relaying_cost(
     for own, wire in ((idle, idle_wire), (relaying, relay_wire)):
         up = own["mqtt_sent"] + own["media_sent"]
         down = own["mqtt_received"] + own["media_received"]
-        assert 0.8 * wire[0] <= up <= 1.25 * wire[0], (own, wire)
-        assert 0.8 * wire[1] <= down <= 1.25 * wire[1], (own, wire)
+        # 15 %, and a few packets a minute (the meter samples once a second; idle, a minute is
+        # a handful of packets, so one more or less in the window is already 20 %).
+        slack = 20_000
+        assert abs(up - wire[0]) <= 0.15 * wire[0] + slack, (own, wire)
+        assert abs(down - wire[1]) <= 0.15 * wire[1] + slack, (own, wire)
     assert idle["media_received"] == 0
     # A relay costs at least its bitrate; an idle receiver a small fraction of it.
     assert relaying["media_received"] >= STREAM_KBPS * 1000 / 8 * 3600
