@@ -37,7 +37,7 @@ from receiver.central.broker import (
 from receiver.central.inputs import InputError, load_keys, refuse_if_invalid
 from receiver.central.received import DeviceMessage, device_topics, parse_device_message
 from receiver.central.signing import SigningKey, command_payload, sign_command
-from receiver.core import commands
+from receiver.core import vocabulary
 
 DEFAULT_PREFIX = "loa/v1"
 FLEET_COLUMNS = fleet.COLUMNS
@@ -338,7 +338,7 @@ def _add_command_parsers(sub: Any) -> None:
         if name in ("play", "stream"):
             cmd.add_argument("--url", required=True)
             cmd.add_argument(
-                "--priority", default="normal", help=f"one of {', '.join(commands.PRIORITIES)}"
+                "--priority", default="normal", help=f"one of {', '.join(vocabulary.PRIORITIES)}"
             )
             cmd.add_argument("--volume", type=int, help="percent, 0 to 100")
             cmd.add_argument("--repeat", type=int)

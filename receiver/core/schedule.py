@@ -15,6 +15,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from receiver.core import commands, reasons
 from receiver.core.reasons import Rejection
+from receiver.core.vocabulary import Priority
 
 DAYS: Final = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 MAX_ENTRIES: Final = 200
@@ -40,7 +41,7 @@ class Entry:
     id: str
     days: frozenset[int]  # 0 = Monday
     at_minute: int  # minutes after local midnight
-    priority: str
+    priority: Priority
     volume: int | None
     valid_from: date | None
     valid_until: date | None
