@@ -48,7 +48,7 @@ class Devices:
     def __init__(self, secured: Secured) -> None:
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
         self.client.username_pw_set("central", PASSWORDS["central"])
-        self.client.reconnect_delay_set(0.1, 0.5)
+        self.client.reconnect_delay_set(1, 1)
         self.client.connect(secured.broker.host, secured.broker.port)
         self.client.loop_start()
         self.resent = 0
