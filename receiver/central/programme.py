@@ -79,8 +79,8 @@ def _duration(value: Any, where: str) -> int:
 
 def _at(value: Any, where: str) -> str:
     # YAML 1.1 reads an unquoted 06:30 as the sexagesimal integer 390: take it as meant.
-    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 24 * 60:
-        return f"{value // 60:02d}:{value % 60:02d}"
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        value = f"{value // 60:02d}:{value % 60:02d}"
     text = str(value).strip()
     match = re.fullmatch(r"(\d{1,2})[:h](\d{2})", text)
     if match is None or int(match.group(1)) > 23 or int(match.group(2)) > 59:
@@ -210,12 +210,15 @@ def compile_source(path: Path) -> dict[str, Any]:
     try:
         ZoneInfo(tz)
     except (ZoneInfoNotFoundError, ValueError) as exc:
-        raise InputError(f"{path}: tz: {tz!r} is not a known IANA time zone") from exc
+        raise InputError(f"{path}: tz: {tz!r} is not a known IANA time zone name") from exc
     media_url = source.get("media_url")
-    entries = [
-        _entry(raw, index, path.parent, str(media_url) if media_url else None)
-        for index, raw in enumerate(source["entries"])
-    ]
+    try:
+        entries = [
+            _entry(raw, index, path.parent, str(media_url) if media_url else None)
+            for index, raw in enumerate(source["entries"])
+        ]
+    except InputError as exc:
+        raise InputError(f"{path}: {exc}") from exc
     doc: dict[str, Any] = {"tz": tz, "entries": entries}
     for key in ("id", "version"):
         if key in source:

@@ -124,6 +124,12 @@ class Spy:
         with self._lock:
             self.seen.append(Received(msg.topic, bytes(msg.payload), bool(msg.retain), msg.qos))
 
+    def publish(self, topic: str, payload: bytes, *, retain: bool = True) -> None:
+        info = self._client.publish(topic, payload, qos=1, retain=retain)
+        info.wait_for_publish(5)
+        if not info.is_published():
+            raise AssertionError(f"{topic}: not acknowledged")
+
     def topics(self) -> list[str]:
         with self._lock:
             return [r.topic for r in self.seen]
