@@ -41,6 +41,7 @@ from receiver.core import vocabulary
 
 DEFAULT_PREFIX = "loa/v1"
 FLEET_COLUMNS = fleet.COLUMNS
+SNAPSHOT_QUIET_S = 0.5
 
 
 def _keygen(args: argparse.Namespace) -> int:
@@ -244,12 +245,15 @@ def _fleet(args: argparse.Namespace) -> int:
     rows: dict[str, fleet.DeviceRow] = {}
     filters = _fleet_filters(args)
 
-    def collect(until: float) -> None:
+    def collect(until: float, quiet_s: float | None = None) -> None:
+        heard = False
         while (remaining := until - time.monotonic()) > 0:
+            wait = min(remaining, quiet_s) if quiet_s is not None and heard else remaining
             try:
-                message, retained, received = arrivals.get(timeout=remaining)
+                message, retained, received = arrivals.get(timeout=wait)
             except queue.Empty:
                 return
+            heard = True
             if message.raw:
                 rows[message.device] = fleet.DeviceRow(
                     message.device, message.body, received, retained
@@ -264,7 +268,9 @@ def _fleet(args: argparse.Namespace) -> int:
 
     try:
         if not args.watch:
-            collect(time.monotonic() + args.timeout)
+            # The broker sends every retained state right after the SUBACK: once they stop
+            # coming for a moment, the snapshot is complete.
+            collect(time.monotonic() + args.timeout, quiet_s=SNAPSHOT_QUIET_S)
             draw(clear=False)
             return EXIT_OK
         clear = sys.stdout.isatty()
@@ -387,7 +393,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     fleet_cmd = sub.add_parser("fleet", help="a table of every device's state")
     fleet_cmd.add_argument(
-        "--timeout", type=float, default=2.0, help="seconds to collect states (default 2)"
+        "--timeout",
+        type=float,
+        default=5.0,
+        help="at most this many seconds to collect states (default 5; done sooner once they stop)",
     )
     fleet_cmd.add_argument("--watch", action="store_true", help="redraw every second until Ctrl-C")
     fleet_cmd.add_argument("--group", help="only devices in this group")
