@@ -4,10 +4,11 @@ The collector holds a persistent MQTT session (a fixed client id, clean start of
 the broker keeps for a week), so QoS 1 events published while it is stopped, or while the
 broker restarts, are queued for it. It acknowledges a message to the broker only after the row
 is committed (paho's manual acknowledgement): a kill at any instant loses nothing, and a message
-delivered again is stored once, because an event's key is (device, ``n``) and a state's is
-(device, ``ts``). Events are numbered by the device and never reused (see docs/protocol.md);
-an event whose (device, ``n``) is known with different content is kept aside in
-``event_conflicts`` rather than overwriting the first.
+delivered again is stored once, because an event's key is (device, ``n``, ``ts``) and a
+state's is (device, ``ts``). A device numbers its events upwards and never reuses a number,
+except after its state store was reset (docs/protocol.md section 11), when ``n`` starts at 1
+again: the event's own time keeps those apart from the old ones. An event whose key is known
+with different content is kept aside in ``event_conflicts`` rather than overwriting the first.
 
 Tables: ``events`` (one row per device event), ``states`` (every distinct state received,
 for offline periods and titles), ``schedules`` (the schedule documents seen retained, for
@@ -42,14 +43,14 @@ SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS events (
     device TEXT NOT NULL,
     n INTEGER NOT NULL,
-    ts_utc REAL,
+    ts_utc REAL NOT NULL,  -- the device's ts (0 if it had none it could give)
     kind TEXT,
     ref TEXT,
     reason TEXT,
     detail TEXT,
     received_utc REAL NOT NULL,
     raw BLOB NOT NULL,
-    PRIMARY KEY (device, n)
+    PRIMARY KEY (device, n, ts_utc)
 );
 CREATE INDEX IF NOT EXISTS events_by_time ON events (ts_utc);
 CREATE TABLE IF NOT EXISTS event_conflicts (
@@ -101,6 +102,7 @@ def store_event(db: sqlite3.Connection, message: DeviceMessage, received: float,
     n = message.n
     if n is None:
         return  # not an event anyone can key; the device never sends one
+    made = ts_utc(body.get("ts")) or 0.0
     cursor = db.execute(
         "INSERT OR IGNORE INTO events "
         "(device, n, ts_utc, kind, ref, reason, detail, received_utc, raw) "
@@ -108,7 +110,7 @@ def store_event(db: sqlite3.Connection, message: DeviceMessage, received: float,
         (
             message.device,
             n,
-            ts_utc(body.get("ts")),
+            made,
             _text(body.get("kind")),
             _text(body.get("ref")),
             _text(body.get("reason")),
@@ -121,7 +123,8 @@ def store_event(db: sqlite3.Connection, message: DeviceMessage, received: float,
         c.events += 1
         return
     known = db.execute(
-        "SELECT raw FROM events WHERE device = ? AND n = ?", (message.device, n)
+        "SELECT raw FROM events WHERE device = ? AND n = ? AND ts_utc = ?",
+        (message.device, n, made),
     ).fetchone()
     if known is not None and bytes(known[0]) == message.raw:
         c.duplicates += 1

@@ -161,7 +161,7 @@ def _device_rows(
         titles.setdefault(ref, (title, priority))
     events = db.execute(
         "SELECT n, ts_utc, kind, ref, reason, detail FROM events "
-        "WHERE device = ? AND ts_utc >= ? AND ts_utc < ? ORDER BY n",
+        "WHERE device = ? AND ts_utc >= ? AND ts_utc < ? ORDER BY ts_utc, n",
         (device, lo, hi + 86400),
     ).fetchall()
     open_items: dict[str, int] = {}

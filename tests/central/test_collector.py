@@ -110,6 +110,9 @@ def test_collector_killed_and_broker_restarted_mid_stream_loses_and_doubles_noth
                     first.wait(timeout=10)
                 if n == 60:
                     second = admin(secured, *collect)
+                    assert second.stderr is not None
+                    said = second.stderr.readline()  # connected and subscribed: it says so
+                    assert said.startswith("collecting "), said + second.stderr.read()
                 if n == 80:
                     secured.broker.restart()  # sessions and queued messages are persisted
                 if n == 90:
@@ -125,7 +128,9 @@ def test_collector_killed_and_broker_restarted_mid_stream_loses_and_doubles_noth
             log = second.stderr.read()
     finally:
         devices.close()
-    assert stored(db) == expected  # each once: none lost, none doubled
+    got = stored(db)
+    missing = sorted(set(expected) - set(got))
+    assert got == expected, f"missing {missing[:10]}, log: {log}"  # none lost, none doubled
     assert "Traceback" not in log
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT count(*) FROM event_conflicts").fetchone() == (0,)

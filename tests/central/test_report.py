@@ -214,3 +214,20 @@ def test_without_db_report_is_still_the_report_command(
     )
     envelope = json.loads(capsys.readouterr().out)
     assert envelope["payloadType"] == "application/vnd.loa.command.v1+json"
+
+
+def test_a_reset_board_numbering_from_1_again_is_kept_and_a_repeat_is_not(tmp_path: Path) -> None:
+    db = collector.open_database(tmp_path / "events.db")
+    counts = collector.Counts()
+    for n, at in (
+        (1, "2026-03-01T06:30:00"),
+        (2, "2026-03-01T06:45:00"),
+        (1, "2026-03-05T07:00:00"),
+    ):
+        raw = device_event("loa-001", n, "fault", ts=local(at), detail="x")
+        message = parse_device_message("loa/v1/dev/loa-001/events", raw)
+        assert message is not None
+        collector.store_event(db, message, local(at), counts)
+        collector.store_event(db, message, local(at), counts)  # delivered twice
+    assert (counts.events, counts.duplicates, counts.conflicts) == (3, 3, 0)
+    assert db.execute("SELECT count(*) FROM events").fetchone() == (3,)
