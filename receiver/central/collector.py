@@ -32,6 +32,7 @@ from types import FrameType
 from typing import Any, Final
 
 from receiver.central.broker import BrokerOptions, Connection
+from receiver.central.inputs import InputError
 from receiver.central.received import DeviceMessage, device_topics, parse_device_message, ts_utc
 from receiver.core.envelope import parse_envelope
 from receiver.core.reasons import Rejection
@@ -270,7 +271,10 @@ def _transaction(db: sqlite3.Connection) -> Iterator[None]:
 
 
 def collect_command(args: argparse.Namespace) -> int:
-    db = open_database(Path(args.db))
+    try:
+        db = open_database(Path(args.db))
+    except sqlite3.Error as exc:
+        raise InputError(f"--db {args.db}: cannot open it as a database ({exc})") from exc
     collector = Collector(db, BrokerOptions.from_args(args), args.prefix, args.client_id)
     stopping: list[int] = []
 

@@ -77,7 +77,7 @@ def test_the_issues_programme_is_refused_by_path_and_the_good_one_stays_retained
     assert code == 2
     assert "nothing was signed or sent" in err
     assert "entries[1].at: is missing" in err
-    assert "entries[1].time: is not a known field" in err
+    assert "entries[1].time: is not a known field; did you mean at?" in err
     assert "entries[1].source.files[0].sha256: is missing" in err
     assert "Traceback" not in err
     held = read_retained(secured, GROUP_SCHEDULE)

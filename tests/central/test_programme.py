@@ -104,7 +104,7 @@ def test_a_yaml_programme_becomes_the_schedule_a_receiver_takes(
         (("tz: Asia/Ho_Chi_Minh", "tz: Asia/Hanoi_City"), "tz: 'Asia/Hanoi_City' is not a known"),
         (
             ("    max_duration: 30m", "    maxduration: 30m"),
-            "entries[0].maxduration: not a known key",
+            "entries[0].maxduration: not a known key; did you mean max_duration?",
         ),
         (
             ("    url: {url}", "    url: http://127.0.0.1:9/nothing.mp3"),
@@ -143,7 +143,7 @@ def test_overlapping_entries_are_warned_about(
     finally:
         media.close()
     assert code == 0
-    assert "warning: entries[0] (ban-tin-sang-0630 at 06:30) and entries[1]" in err
+    assert "warning: entries[0] (ban-tin-sang at 06:30) and entries[1]" in err
     assert "overlap on fri" in err
 
 
