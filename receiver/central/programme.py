@@ -158,7 +158,12 @@ def _entry(raw: Any, index: int, base: Path, media_url: str | None) -> dict[str,
     unknown = sorted(set(map(str, raw)) - ENTRY_KEYS)
     if unknown:
         key = unknown[0]
-        meant = MEANT.get(key) or next(iter(difflib.get_close_matches(key, ENTRY_KEYS, 1)), None)
+        missing = [k for k in ("days", "at") if k not in raw]  # most likely what was meant
+        meant = (
+            MEANT.get(key)
+            or next(iter(difflib.get_close_matches(key, missing, 1, cutoff=0.0)), None)
+            or next(iter(difflib.get_close_matches(key, ENTRY_KEYS, 1)), None)
+        )
         hint = f"did you mean {meant}?" if meant else f"known: {', '.join(sorted(ENTRY_KEYS))}"
         raise InputError(f"{where}.{key}: not a known key; {hint}")
     for key in ("days", "at"):
