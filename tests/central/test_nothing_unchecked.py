@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from receiver.central.admin import main
+from receiver.central.signing import SigningKey, key_entry
 from receiver.core.schedule import parse_schedule
 from tests.central.conftest import Secured, Spy, read_retained
 
@@ -207,3 +208,48 @@ def test_a_trust_document_with_a_bad_key_entry_is_named(
     err = capsys.readouterr().err
     assert code == 2
     assert "keys[0].roles[0]: must be one of" in err
+
+
+def test_signatures_the_fleets_keyring_refuses_are_not_published(
+    secured: Secured, operator_key: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With a keyring retained on loa/v1/trust, the boards' own admission runs before sending."""
+    roots = []
+    for name in ("root-a", "root-b"):
+        path = tmp_path / f"{name}.pem"
+        SigningKey.generate(name).save(path)
+        roots.append(path)
+    entries = [key_entry(SigningKey.load(path), ["root"]) for path in roots]
+    entries.append(key_entry(SigningKey.load(operator_key), ["operator"], ["commune-1"]))
+    keyring = tmp_path / "keyring.json"
+    keyring.write_text(json.dumps(entries))
+    signed_by_roots = [arg for path in roots for arg in ("--key", str(path))]
+    trust = ["trust", "--version", "2", "--keys", str(keyring), "--env", "prod", *signed_by_roots]
+    assert main([*trust, *secured.login()]) == 0
+    good = programme(tmp_path, 1, [entry("news", "06:30")])
+    assert main(schedule_args(secured, operator_key, good)) == 0
+    capsys.readouterr()
+
+    stranger = tmp_path / "op-9.pem"
+    SigningKey.generate("op-9").save(stranger)
+    code = main(schedule_args(secured, stranger, programme(tmp_path, 2, [entry("news", "07:00")])))
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "the fleet's keyring (trust version 2" in err and "(unknown_key)" in err
+
+    alarm = programme(tmp_path, 3, [entry("siren", "07:00", priority="emergency")])
+    code = main(schedule_args(secured, operator_key, alarm))
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "emergency entries need the emergency role (not_authorized)" in err
+
+    other_group = [
+        *schedule_args(secured, operator_key, programme(tmp_path, 4, [entry("n", "08:00")]))
+    ]
+    other_group[other_group.index("grp:commune-1")] = "grp:commune-2"  # outside the key's scope
+    code = main(other_group)
+    assert code == 2 and "(not_authorized)" in capsys.readouterr().err
+
+    held = read_retained(secured, GROUP_SCHEDULE)
+    assert held is not None and held["version"] == 1
+    assert read_retained(secured, "loa/v1/grp/commune-2/schedule") is None
