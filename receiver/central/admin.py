@@ -169,6 +169,8 @@ def _watch(args: argparse.Namespace) -> int:
     state_topic, events_topic = device_topics(args.prefix, args.device)
     connection = Connection(
         BrokerOptions.from_args(args),
+        client_id=args.client_id or "",
+        persistent=bool(args.client_id),
         subscriptions=(events_topic, state_topic),
         on_message=arrived,
     )
@@ -388,6 +390,10 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument("--timeout", type=float, default=0.0, help="seconds (0: until Ctrl-C)")
     watch.add_argument("--count", type=int, default=0, help="stop after this many events")
     watch.add_argument("--until", nargs="*", default=[], help="stop after an event of a kind")
+    watch.add_argument(
+        "--client-id",
+        help="keep a session under this id: events sent while watch is away come when it is back",
+    )
     _broker_options(watch, required=True)
     watch.set_defaults(func=_watch)
 

@@ -169,3 +169,20 @@ def test_watch_reconnects_after_a_broker_restart_and_prints_each_event_once(
     while not lines.empty():
         rest.append(lines.get())
     assert not any('"n": 1' in line or '"n": 2' in line for line in rest)
+
+
+def test_watch_with_a_session_prints_what_was_sent_while_it_was_away(secured: Secured) -> None:
+    devices = Devices(secured)
+    argv = ["watch", "--device", "loa-001", "--client-id", "desk-1", "--count", "1"]
+    try:
+        with stopping(admin(secured, *argv)) as first:
+            time.sleep(1.0)
+            devices.send("loa/v1/dev/loa-001/events", device_event("loa-001", 1, "fault"))
+            assert first.wait(timeout=10) == 0  # --count 1: done after the first event
+        devices.send("loa/v1/dev/loa-001/events", device_event("loa-001", 2, "fault"))
+        with stopping(admin(secured, *argv)) as second:
+            assert second.wait(timeout=10) == 0
+            assert second.stdout is not None
+            assert '"n": 2' in second.stdout.read()
+    finally:
+        devices.close()
