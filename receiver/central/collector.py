@@ -10,9 +10,10 @@ except after its state store was reset (docs/protocol.md section 11), when ``n``
 again: the event's own time keeps those apart from the old ones. An event whose key is known
 with different content is kept aside in ``event_conflicts`` rather than overwriting the first.
 
-Tables: ``events`` (one row per device event), ``states`` (every distinct state received,
-for offline periods and titles), ``schedules`` (the schedule documents seen retained, for
-planned start times). :mod:`receiver.central.report` reads them.
+Tables: ``events`` (one row per device event), ``states`` (each change of a device's state:
+online or not, idle or playing what; the minute-by-minute refreshes of an unchanged state are
+not kept, or a province would store 1,440 rows a device a day), ``schedules`` (the schedule
+documents seen retained, for planned start times). :mod:`receiver.central.report` reads them.
 """
 
 from __future__ import annotations
@@ -149,6 +150,14 @@ def store_state(db: sqlite3.Connection, message: DeviceMessage, received: float,
     found = body.get("playing")
     playing: dict[str, Any] = found if isinstance(found, dict) else {}
     volume = body.get("volume")
+    what = (int(online), _text(body.get("state")), _text(playing.get("ref")))
+    last = db.execute(
+        "SELECT online, state, playing_ref FROM states WHERE device = ? AND ts_utc <= ? "
+        "ORDER BY ts_utc DESC LIMIT 1",
+        (message.device, made),
+    ).fetchone()
+    if last is not None and tuple(last) == what:
+        return  # a refresh of the state already kept
     cursor = db.execute(
         "INSERT OR IGNORE INTO states (device, ts_utc, online, state, playing_ref, "
         "playing_title, playing_priority, volume, received_utc, raw) "

@@ -231,3 +231,15 @@ def test_a_reset_board_numbering_from_1_again_is_kept_and_a_repeat_is_not(tmp_pa
         collector.store_event(db, message, local(at), counts)  # delivered twice
     assert (counts.events, counts.duplicates, counts.conflicts) == (3, 3, 0)
     assert db.execute("SELECT count(*) FROM events").fetchone() == (3,)
+
+
+def test_a_refreshed_unchanged_state_is_kept_once(tmp_path: Path) -> None:
+    db = collector.open_database(tmp_path / "events.db")
+    counts = collector.Counts()
+    start = local("2026-03-01T06:00:00")
+    for minute in range(30):  # a state a minute, unchanged but for its time
+        raw = device_state("loa-001", start + 60 * minute)
+        message = parse_device_message("loa/v1/dev/loa-001/state", raw)
+        assert message is not None
+        collector.store_state(db, message, start + 60 * minute, counts)
+    assert db.execute("SELECT count(*) FROM states").fetchone() == (1,)
