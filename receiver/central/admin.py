@@ -302,7 +302,11 @@ def _print_fleet(
     if rows:
         table = fleet.format_fleet(rows, now, filters=filters, sort=args.sort, limit=args.limit)
     else:
-        table = "no device has a retained state here"
+        who = f"user {args.username!r}" if args.username else "an anonymous client"
+        table = (
+            f"no device has a retained state here (if some should: is the prefix right, and "
+            f"may {who} read {where}? the broker's ACL filters silently)"
+        )
     out.write(table + "\n")
     out.flush()
 
