@@ -1,9 +1,9 @@
-"""``receiver-admin``: the central side's tool — make keys, sign commands, publish, watch.
+"""``receiver-admin``: the central side's tool — keys, commands, programmes, the fleet, reports.
 
 Operators drive the receivers with it; the tests use it too, so it is exercised the way an
-operator runs it. What it signs is first checked by the receivers' own rules
-(:mod:`receiver.central.validate`): a command or document a receiver would refuse never leaves.
-Broker failures are one line each (:mod:`receiver.central.broker`).
+operator runs it. What it signs is first checked by the receivers' own rules: a command or
+document a receiver would refuse never leaves. Broker failures are one line each.
+``schedule show`` and ``report --db`` are spelled with a space; docs/operations.md section 9.
 
 Exit statuses: 0 done; 1 done, but what was asked did not happen (``watch`` saw nothing, or
 not the event ``--until`` asked for, in its ``--timeout``); 2 bad input (usage, a document or
@@ -335,7 +335,7 @@ def _add_command_parsers(sub: Any) -> None:
         ("stream", "relay a live stream"),
         ("stop", "stop playback"),
         ("volume", "set the volume"),
-        ("report", "ask for the state now"),
+        ("report", "ask for the state now (with --db: proof of play, see 'proof')"),
         ("relay", "switch the amplifier by hand (on needs --duration)"),
     ):
         cmd = sub.add_parser(name, help=text)

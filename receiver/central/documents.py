@@ -312,7 +312,9 @@ def add_parsers(
     schedule.set_defaults(func=lambda a: schedule_command(a, publish))
 
     show = sub.add_parser(
-        "schedule-show", help="the programme a group or device holds now, next plays in local time"
+        "schedule-show",
+        prog="receiver-admin schedule show",
+        help="the programme a group or device holds now, next plays in local time",
     )
     show.add_argument("--group", action="append", help="a group id (repeatable)")
     show.add_argument("--device", help="a device id: what its state says it holds")

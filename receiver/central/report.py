@@ -331,7 +331,8 @@ def report_command(args: argparse.Namespace) -> int:
 def add_parser(sub: Any) -> None:
     report = sub.add_parser(
         "proof",
-        help="proof of play per device and day, from the collector's database",
+        prog="receiver-admin report",
+        help="proof of play per device and day (also: report --db DB)",
     )
     report.add_argument("--db", required=True, help="the collector's SQLite file")
     report.add_argument("--from", dest="since", help="first local day, YYYY-MM-DD (default: 1st)")
