@@ -335,8 +335,12 @@ def add_parser(sub: Any) -> None:
         help="proof of play per device and day (also: report --db DB)",
     )
     report.add_argument("--db", required=True, help="the collector's SQLite file")
-    report.add_argument("--from", dest="since", help="first local day, YYYY-MM-DD (default: 1st)")
-    report.add_argument("--to", dest="until", help="last local day, YYYY-MM-DD (default: today)")
+    report.add_argument(
+        "--from", dest="since", metavar="DAY", help="first local day, YYYY-MM-DD (default: 1st)"
+    )
+    report.add_argument(
+        "--to", dest="until", metavar="DAY", help="last local day, YYYY-MM-DD (default: today)"
+    )
     report.add_argument("--device", help="one device only")
     report.add_argument("--tz", default="Asia/Ho_Chi_Minh", help="local time zone of the report")
     report.add_argument("--csv", action="store_true", help="CSV instead of a table")
