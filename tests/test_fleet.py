@@ -192,7 +192,7 @@ def test_fleet_watch_redraws_and_follows_changes_until_ctrl_c(broker: MosquittoB
         while not next_summary().startswith("2 devices: 2 online, 0 offline or unknown, 1 playing"):
             assert time.monotonic() < deadline
         child.send_signal(signal.SIGINT)
-        assert child.wait(timeout=10) == 0
+        assert child.wait(timeout=30) == 0  # a loaded machine can be slow to let go
         assert child.stderr is not None
         assert "Traceback" not in child.stderr.read()
     finally:
