@@ -178,10 +178,10 @@ def test_watch_with_a_session_prints_what_was_sent_while_it_was_away(secured: Se
         with stopping(admin(secured, *argv)) as first:
             time.sleep(1.0)
             devices.send("loa/v1/dev/loa-001/events", device_event("loa-001", 1, "fault"))
-            assert first.wait(timeout=10) == 0  # --count 1: done after the first event
+            assert first.wait(timeout=30) == 0  # --count 1: done after the first event
         devices.send("loa/v1/dev/loa-001/events", device_event("loa-001", 2, "fault"))
         with stopping(admin(secured, *argv)) as second:
-            assert second.wait(timeout=10) == 0
+            assert second.wait(timeout=30) == 0
             assert second.stdout is not None
             assert '"n": 2' in second.stdout.read()
     finally:
