@@ -223,26 +223,41 @@ def _offline_rows(
             went = ts
         elif online and went is not None:
             if ts > lo:
-                yield _offline(device, zone, max(went, lo), ts)
+                yield from _offline(device, zone, max(went, lo), min(ts, hi))
             went = None
         previous = online
     if went is not None:
-        yield _offline(device, zone, max(went, lo), None)
+        yield from _offline(device, zone, max(went, lo), None, until=hi)
 
 
-def _offline(dev: str, zone: ZoneInfo, start: float, end: float | None) -> ReportRow:
-    return ReportRow(
-        device=dev,
-        day=datetime.fromtimestamp(start, zone).date(),
-        title="-",
-        level="-",
-        planned_utc=None,
-        started_utc=start,
-        duration_s=None if end is None else end - start,
-        outcome="offline",
-        why="" if end is not None else "still offline",
-        sort_utc=start,
-    )
+def _offline(
+    dev: str, zone: ZoneInfo, start: float, end: float | None, *, until: float | None = None
+) -> Iterator[ReportRow]:
+    """One row per local day of an offline period (``end`` None: still offline at ``until``)."""
+    last = end if end is not None else until
+    while True:
+        day = datetime.fromtimestamp(start, zone).date()
+        following = day + timedelta(days=1)
+        midnight = datetime(following.year, following.month, following.day, tzinfo=zone)
+        if last is None or last <= start:
+            return
+        stop = min(last, midnight.timestamp())
+        whole = end is not None or stop < last
+        yield ReportRow(
+            device=dev,
+            day=day,
+            title="-",
+            level="-",
+            planned_utc=None,
+            started_utc=start,
+            duration_s=(stop - start) if whole else None,
+            outcome="offline",
+            why="" if whole else "still offline",
+            sort_utc=start,
+        )
+        start = stop
+        if stop >= last:
+            return
 
 
 def _clock(utc: float | None, zone: ZoneInfo) -> str:

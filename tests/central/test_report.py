@@ -243,3 +243,27 @@ def test_a_refreshed_unchanged_state_is_kept_once(tmp_path: Path) -> None:
         assert message is not None
         collector.store_state(db, message, start + 60 * minute, counts)
     assert db.execute("SELECT count(*) FROM states").fetchone() == (1,)
+
+
+def test_an_offline_night_is_split_at_local_midnight(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "events.db"
+    db = collector.open_database(path)
+    counts = collector.Counts()
+    for at, raw in (
+        ("2026-03-02T20:00:00", device_state("loa-001", local("2026-03-02T20:00:00"))),
+        ("2026-03-02T22:00:00", b'{"device": "loa-001", "online": false}'),
+        ("2026-03-03T05:30:00", device_state("loa-001", local("2026-03-03T05:30:00"))),
+    ):
+        message = parse_device_message("loa/v1/dev/loa-001/state", raw)
+        assert message is not None
+        collector.store_state(db, message, local(at), counts)
+    db.close()
+    argv = ["report", "--db", str(path), "--from", "2026-03-02", "--to", "2026-03-03", "--csv"]
+    assert main(argv) == 0
+    table = list(csv.reader(io.StringIO(capsys.readouterr().out)))
+    assert [row[1] + " " + row[5] + " " + row[6] for row in table[1:]] == [
+        "2026-03-02 22:00:00 2:00:00",
+        "2026-03-03 00:00:00 5:30:00",
+    ]
