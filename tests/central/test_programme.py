@@ -193,3 +193,21 @@ def test_a_key_is_needed_to_sign_but_not_to_check(
     code, _out, err = sign(["schedule", "--file", str(source)], missing_key, capsys)
     assert code == 2
     assert "entries[0].at" in err  # the programme's problem is said before the key's
+
+
+def test_a_time_a_clock_change_skips_is_warned_about(
+    tmp_path: Path, media: MediaServer, operator_key: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = (
+        SOURCE.replace("tz: Asia/Ho_Chi_Minh", "tz: Europe/Berlin")
+        .replace("days: weekdays", "days: every day")
+        .replace("at: 06:30", 'at: "02:30"')
+    )
+    source = write_source(tmp_path, media, text)
+    try:
+        code, _out, err = sign(["schedule", "--file", str(source)], operator_key, capsys)
+    finally:
+        media.close()
+    assert code == 0
+    assert "entries[0].at: 02:30 does not exist in Europe/Berlin on " in err
+    assert "(clocks change); it plays at 03:30 that day" in err
