@@ -329,3 +329,16 @@ def test_an_entry_retimed_later_the_same_day_after_it_played_says_why_it_waits()
     ), accepted
     sim.run_until(MONDAY + DAY + 19 * HOUR)
     assert starts(sim) == ["Mon 06:30", "Tue 18:00"]
+
+
+def test_an_entry_retimed_during_its_warm_up_lets_the_relay_go_and_plays_later() -> None:
+    world = world_at(MONDAY + 6 * HOUR)
+    sim = Sim(world, file_seconds=300)
+    publish(world, 1, [entry("morning", WEEKDAYS, "06:30")])
+    sim.run_until(MONDAY + 6.5 * HOUR - 0.5)  # warming up: the item is active, the relay on
+    assert world.state.active is not None and world.state.relay_on
+    publish(world, 2, [entry("morning", WEEKDAYS, "07:15")])
+    sim.run_until(MONDAY + 7 * HOUR)
+    assert world.state.active is None and not world.state.relay_on  # the tail ended
+    sim.run_until(MONDAY + 8 * HOUR)
+    assert starts(sim) == ["Mon 07:15"]
