@@ -425,6 +425,7 @@ class Runtime:
             "online": True,
             "ts": rfc3339(now.utc),
             "sw": __version__,
+            "groups": list(self.config.groups),
             **fields,
             "clock_synced": now.utc_trusted,
             "cache": {

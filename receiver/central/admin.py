@@ -1,9 +1,9 @@
-"""``receiver-admin``: the central side's tool — make keys, sign commands, publish, watch.
+"""``receiver-admin``: the central side's tool — keys, commands, programmes, the fleet, reports.
 
 Operators drive the receivers with it; the tests use it too, so it is exercised the way an
-operator runs it. What it signs is first checked by the receivers' own rules
-(:mod:`receiver.central.validate`): a command or document a receiver would refuse never leaves.
-Broker failures are one line each (:mod:`receiver.central.broker`).
+operator runs it. What it signs is first checked by the receivers' own rules: a command or
+document a receiver would refuse never leaves. Broker failures are one line each.
+``schedule show`` and ``report --db`` are spelled with a space; docs/operations.md section 9.
 
 Exit statuses: 0 done; 1 done, but what was asked did not happen (``watch`` saw nothing, or
 not the event ``--until`` asked for, in its ``--timeout``); 2 bad input (usage, a document or
@@ -41,6 +41,7 @@ from receiver.core import vocabulary
 
 DEFAULT_PREFIX = "loa/v1"
 FLEET_COLUMNS = fleet.COLUMNS
+SNAPSHOT_QUIET_S = 0.5
 
 
 def _keygen(args: argparse.Namespace) -> int:
@@ -168,6 +169,8 @@ def _watch(args: argparse.Namespace) -> int:
     state_topic, events_topic = device_topics(args.prefix, args.device)
     connection = Connection(
         BrokerOptions.from_args(args),
+        client_id=args.client_id or "",
+        persistent=bool(args.client_id),
         subscriptions=(events_topic, state_topic),
         on_message=arrived,
     )
@@ -244,12 +247,15 @@ def _fleet(args: argparse.Namespace) -> int:
     rows: dict[str, fleet.DeviceRow] = {}
     filters = _fleet_filters(args)
 
-    def collect(until: float) -> None:
+    def collect(until: float, quiet_s: float | None = None) -> None:
+        heard = False
         while (remaining := until - time.monotonic()) > 0:
+            wait = min(remaining, quiet_s) if quiet_s is not None and heard else remaining
             try:
-                message, retained, received = arrivals.get(timeout=remaining)
+                message, retained, received = arrivals.get(timeout=wait)
             except queue.Empty:
                 return
+            heard = True
             if message.raw:
                 rows[message.device] = fleet.DeviceRow(
                     message.device, message.body, received, retained
@@ -264,7 +270,9 @@ def _fleet(args: argparse.Namespace) -> int:
 
     try:
         if not args.watch:
-            collect(time.monotonic() + args.timeout)
+            # The broker sends every retained state right after the SUBACK: once they stop
+            # coming for a moment, the snapshot is complete.
+            collect(time.monotonic() + args.timeout, quiet_s=SNAPSHOT_QUIET_S)
             draw(clear=False)
             return EXIT_OK
         clear = sys.stdout.isatty()
@@ -294,7 +302,11 @@ def _print_fleet(
     if rows:
         table = fleet.format_fleet(rows, now, filters=filters, sort=args.sort, limit=args.limit)
     else:
-        table = "no device has a retained state here"
+        who = f"user {args.username!r}" if args.username else "an anonymous client"
+        table = (
+            f"no device has a retained state here (if some should: is the prefix right, and "
+            f"may {who} read {where}? the broker's ACL filters silently)"
+        )
     out.write(table + "\n")
     out.flush()
 
@@ -323,7 +335,7 @@ def _add_command_parsers(sub: Any) -> None:
         ("stream", "relay a live stream"),
         ("stop", "stop playback"),
         ("volume", "set the volume"),
-        ("report", "ask for the state now"),
+        ("report", "ask for the state now (with --db: proof of play, see 'proof')"),
         ("relay", "switch the amplifier by hand (on needs --duration)"),
     ):
         cmd = sub.add_parser(name, help=text)
@@ -382,12 +394,19 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument("--timeout", type=float, default=0.0, help="seconds (0: until Ctrl-C)")
     watch.add_argument("--count", type=int, default=0, help="stop after this many events")
     watch.add_argument("--until", nargs="*", default=[], help="stop after an event of a kind")
+    watch.add_argument(
+        "--client-id",
+        help="keep a session under this id: events sent while watch is away come when it is back",
+    )
     _broker_options(watch, required=True)
     watch.set_defaults(func=_watch)
 
     fleet_cmd = sub.add_parser("fleet", help="a table of every device's state")
     fleet_cmd.add_argument(
-        "--timeout", type=float, default=2.0, help="seconds to collect states (default 2)"
+        "--timeout",
+        type=float,
+        default=5.0,
+        help="at most this many seconds to collect states (default 5; done sooner once they stop)",
     )
     fleet_cmd.add_argument("--watch", action="store_true", help="redraw every second until Ctrl-C")
     fleet_cmd.add_argument("--group", help="only devices in this group")
