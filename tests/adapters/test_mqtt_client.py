@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import queue
-import random
 import signal
 import socket
 import subprocess
@@ -23,7 +22,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from receiver.config_model import BrokerConfig, TlsConfig
 from receiver.core.events import LinkChanged, MessageReceived
-from receiver.mqtt_client import LinkError, MqttLink, Subscription, backoff_delay
+from receiver.mqtt_client import LinkError, MqttLink, Subscription
 from tests.broker import (
     MosquittoBroker,
     Subscriber,
@@ -422,16 +421,6 @@ def test_misuse_is_reported(broker: MosquittoBroker, make_link: LinkFactory) -> 
     link.start()
     with pytest.raises(LinkError):
         link.start()
-
-
-def test_backoff_grows_with_jitter_and_stays_within_bounds() -> None:
-    rng = random.Random(7)  # noqa: S311 - test determinism
-    for failures in range(40):
-        delays = [backoff_delay(failures, 1.0, 120.0, rng) for _ in range(200)]
-        cap = min(120.0, 2.0 ** (failures + 1))
-        assert all(1.0 <= d <= cap for d in delays)
-        if failures >= 1:
-            assert max(delays) - min(delays) > 0.3 * (cap - 1.0)  # spread, not a fixed step
 
 
 def test_tls_verifies_the_server_and_presents_a_client_certificate(
