@@ -1,0 +1,1 @@
+"""The central side: the operator's tools (signing, sending, watching) and what they check."""
