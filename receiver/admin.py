@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import queue
 import sys
 import time
@@ -33,6 +32,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from receiver import __version__, admin_documents
+from receiver.central.reports import device_mark, open_report, report_text, verifier_for
 from receiver.signing import SigningKey, command_payload, sign_command
 
 DEFAULT_PREFIX = "loa/v1"
@@ -172,6 +172,7 @@ def publish(
 def _watch(args: argparse.Namespace) -> int:
     """Print a device's state and events as they arrive (JSON lines)."""
     messages: queue.Queue[tuple[str, bytes]] = queue.Queue()
+    verifier = verifier_for(args.registry)
     client = _connect(args)
 
     def on_message(_c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
@@ -189,9 +190,10 @@ def _watch(args: argparse.Namespace) -> int:
                 topic, payload = messages.get(timeout=0.2)
             except queue.Empty:
                 continue
-            print(f"{topic.rsplit('/', 1)[-1]:6} {payload.decode('utf-8', 'replace')}", flush=True)
+            report = verifier.check(topic, payload)
+            print(f"{topic.rsplit('/', 1)[-1]:6} {report_text(report, payload)}", flush=True)
             if topic.endswith("/events"):
-                kind = json.loads(payload).get("kind")
+                kind = (report.body or {}).get("kind")
                 seen += 1
                 if kind in args.until or (args.count and seen >= args.count):
                     break
@@ -211,6 +213,7 @@ class DeviceRow:
     state: dict[str, Any] | None  # None: the payload was not a JSON object
     received_utc: float
     retained: bool
+    verdict: str = ""  # of the device's signature (protocol §14); "" when not checked
 
 
 FLEET_COLUMNS = ("DEVICE", "ONLINE", "STATE", "VOL", "RELAY", "SCHEDULES", "TRUST", "LAST SEEN")
@@ -219,11 +222,7 @@ _SCHEDULE_CHARS = 40
 
 
 def _parse_state(payload: bytes) -> dict[str, Any] | None:
-    try:
-        value = json.loads(payload.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        return None
-    return value if isinstance(value, dict) else None
+    return open_report(payload)  # signed (v1.1) or plain JSON
 
 
 def _short(text: str, limit: int) -> str:
@@ -254,12 +253,13 @@ def _ts_utc(value: Any) -> float | None:
 def fleet_row(row: DeviceRow, now_utc: float) -> tuple[str, ...]:
     """The table cells for one device (see FLEET_COLUMNS)."""
     state = row.state
+    device = row.device + device_mark(row.verdict)
     if state is None:
-        return (row.device, "?", "(not a state message)", "", "", "", "", "")
+        return (device, "?", "(not a state message)", "", "", "", "", "")
     online = state.get("online")
     if online is not True:
         seen = "-" if row.retained else _age(now_utc - row.received_utc)
-        return (row.device, "no" if online is False else "?", "-", "-", "-", "-", "-", seen)
+        return (device, "no" if online is False else "?", "-", "-", "-", "-", "-", seen)
     playing = state.get("playing")
     what = str(state.get("state", "?"))
     if what == "playing" and isinstance(playing, dict):
@@ -279,7 +279,7 @@ def fleet_row(row: DeviceRow, now_utc: float) -> tuple[str, ...]:
     if made is not None and state.get("clock_synced") is False:
         seen += "?"
     return (
-        row.device,
+        device,
         "yes",
         what,
         str(state.get("volume", "?")),
@@ -313,6 +313,7 @@ def _fleet(args: argparse.Namespace) -> int:
     """A table of the devices' retained states: once, or redrawn every second (--watch)."""
     arrivals: queue.Queue[tuple[str, bytes, bool, float]] = queue.Queue()
     topic_filter = f"{args.prefix}/dev/+/state"
+    verifier = verifier_for(args.registry)
 
     def on_connect(
         client: mqtt.Client,
@@ -345,7 +346,8 @@ def _fleet(args: argparse.Namespace) -> int:
                 return
             device = topic.rsplit("/", 2)[-2]
             if payload:
-                rows[device] = DeviceRow(device, _parse_state(payload), received, retained)
+                report = verifier.check(topic, payload)
+                rows[device] = DeviceRow(device, report.body, received, retained, report.verdict)
             else:
                 rows.pop(device, None)  # the retained state was cleared
 
@@ -446,6 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument("--timeout", type=float, default=0.0, help="seconds (0: until Ctrl-C)")
     watch.add_argument("--count", type=int, default=0, help="stop after this many events")
     watch.add_argument("--until", nargs="*", default=[], help="stop after an event of a kind")
+    watch.add_argument("--registry", help="enrolled device keys: mark reports by their signature")
     _broker_options(watch, required=True)
     watch.set_defaults(func=_watch)
 
@@ -454,6 +457,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--timeout", type=float, default=2.0, help="seconds to collect states (default 2)"
     )
     fleet.add_argument("--watch", action="store_true", help="redraw every second until Ctrl-C")
+    fleet.add_argument(
+        "--registry",
+        help="enrolled device keys: mark devices whose state they did not sign",
+    )
     _broker_options(fleet, required=True)
     fleet.set_defaults(func=_fleet)
     admin_documents.add_parsers(sub, _broker_options, publish)

@@ -309,3 +309,32 @@ def _authentic(
             continue
         return "signed", ""
     return "forged", "no signature by the device's enrolled key verifies"
+
+
+# --- hooks for the operator's tools (watch, fleet, collector, report) ----------------------
+
+
+def verifier_for(registry_path: str | None) -> ReportVerifier:
+    """A verifier for a tool's ``--registry`` option (None: read the JSON, mark it unchecked).
+
+    Raises :class:`RegistryError` (a ValueError) with the file and line when it is bad.
+    """
+    return ReportVerifier(None if registry_path is None else Registry.load(Path(registry_path)))
+
+
+def report_text(report: Report, payload: bytes) -> str:
+    """One line for ``watch``: the report's JSON, and its verdict unless no registry was given."""
+    if report.body is None:
+        text = payload.decode("utf-8", "replace")
+    else:
+        text = json.dumps(report.body, separators=(",", ":"), ensure_ascii=False)
+    if report.verdict == "unchecked":
+        return text
+    return f"{text}  [{report.verdict}{': ' + report.detail if report.detail else ''}]"
+
+
+def device_mark(verdict: str) -> str:
+    """What ``fleet`` adds to a device's name when its state cannot be trusted ("" if it can)."""
+    if verdict in ("", "signed", "duplicate", "unchecked"):
+        return ""
+    return f" [{verdict.upper().replace('_', ' ')}]"
