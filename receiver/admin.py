@@ -20,7 +20,7 @@ import queue
 import sys
 import time
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
@@ -32,6 +32,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from receiver import __version__, admin_documents
+from receiver.central.bridges import BRIDGE_STATE_FILTER, BridgeMap
 from receiver.central.reports import device_mark, open_report, report_text, verifier_for
 from receiver.signing import SigningKey, command_payload, sign_command
 
@@ -214,6 +215,7 @@ class DeviceRow:
     received_utc: float
     retained: bool
     verdict: str = ""  # of the device's signature (protocol §14); "" when not checked
+    bridge_down: str | None = None  # the bridge the device sits behind, when it is down
 
 
 FLEET_COLUMNS = ("DEVICE", "ONLINE", "STATE", "VOL", "RELAY", "SCHEDULES", "TRUST", "LAST SEEN")
@@ -254,6 +256,8 @@ def fleet_row(row: DeviceRow, now_utc: float) -> tuple[str, ...]:
     """The table cells for one device (see FLEET_COLUMNS)."""
     state = row.state
     device = row.device + device_mark(row.verdict)
+    if row.bridge_down is not None:
+        device += f" [BRIDGE {row.bridge_down} DOWN]"
     if state is None:
         return (device, "?", "(not a state message)", "", "", "", "", "")
     online = state.get("online")
@@ -314,6 +318,7 @@ def _fleet(args: argparse.Namespace) -> int:
     arrivals: queue.Queue[tuple[str, bytes, bool, float]] = queue.Queue()
     topic_filter = f"{args.prefix}/dev/+/state"
     verifier = verifier_for(args.registry)
+    bridges = BridgeMap.load(Path(args.bridges)) if args.bridges else None
 
     def on_connect(
         client: mqtt.Client,
@@ -324,6 +329,8 @@ def _fleet(args: argparse.Namespace) -> int:
     ) -> None:
         if not reason_code.is_failure:  # (again) after every reconnect in --watch
             client.subscribe(topic_filter, qos=1)
+            if bridges is not None:
+                client.subscribe(BRIDGE_STATE_FILTER, qos=1)
 
     def on_message(_c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
         arrivals.put((msg.topic, bytes(msg.payload), bool(msg.retain), time.time()))
@@ -344,6 +351,8 @@ def _fleet(args: argparse.Namespace) -> int:
                 topic, payload, retained, received = arrivals.get(timeout=remaining)
             except queue.Empty:
                 return
+            if bridges is not None and bridges.note(topic, payload):
+                continue
             device = topic.rsplit("/", 2)[-2]
             if payload:
                 report = verifier.check(topic, payload)
@@ -354,17 +363,23 @@ def _fleet(args: argparse.Namespace) -> int:
     try:
         if not args.watch:
             collect(time.monotonic() + args.timeout)
-            _print_fleet(sys.stdout, rows, topic_filter, clear=False)
+            _print_fleet(sys.stdout, _with_bridges(rows, bridges), topic_filter, clear=False)
             return 0
         clear = sys.stdout.isatty()
         while True:
             collect(time.monotonic() + 1.0)
-            _print_fleet(sys.stdout, rows, topic_filter, clear=clear)
+            _print_fleet(sys.stdout, _with_bridges(rows, bridges), topic_filter, clear=clear)
     except KeyboardInterrupt:
         return 0
     finally:
         client.disconnect()
         client.loop_stop()
+
+
+def _with_bridges(rows: dict[str, DeviceRow], bridges: BridgeMap | None) -> dict[str, DeviceRow]:
+    if bridges is None:
+        return rows
+    return {name: replace(row, bridge_down=bridges.down_for(name)) for name, row in rows.items()}
 
 
 def _print_fleet(out: TextIO, rows: dict[str, DeviceRow], where: str, clear: bool) -> None:
@@ -460,6 +475,10 @@ def build_parser() -> argparse.ArgumentParser:
     fleet.add_argument(
         "--registry",
         help="enrolled device keys: mark devices whose state they did not sign",
+    )
+    fleet.add_argument(
+        "--bridges",
+        help="bridge name and device patterns per line: mark devices behind a bridge that is down",
     )
     _broker_options(fleet, required=True)
     fleet.set_defaults(func=_fleet)

@@ -258,7 +258,9 @@ def test_the_asyncapi_examples_validate_and_the_worked_example_verifies() -> Non
     payload = loads_strict(envelope.body)
     assert schema_accepts("command.json", payload)
     commands.parse_command(payload, commands.parse_header(payload))
-    assert schema_accepts("state.json", messages["offline"]["examples"][0]["payload"])
+    offline = messages["offline"]["examples"][0]["payload"]
+    assert schema_accepts("report.json", offline)
+    assert schema_accepts("state.json", json.loads(base64.b64decode(offline["payload"])))
 
 
 # --- what the central side's code produces ---------------------------------------------------
