@@ -18,18 +18,20 @@ from __future__ import annotations
 import base64
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from receiver.signing import SigningKey, sign
+from receiver.core.envelope import pae
 
 __all__ = [
     "DEVICE_KEY_FILE",
     "EVENT_TYPE",
     "STATE_TYPE",
+    "DeviceKey",
     "DeviceKeyError",
     "enrollment_entry",
     "load_or_create_device_key",
@@ -42,11 +44,26 @@ EVENT_TYPE: Final = "application/vnd.loa.event.v1+json"
 STATE_TYPE: Final = "application/vnd.loa.state.v1+json"
 
 
+@dataclass(frozen=True)
+class DeviceKey:
+    """The device's private key; its key id is the device id."""
+
+    id: str
+    private: Ed25519PrivateKey
+
+    @property
+    def public_b64(self) -> str:
+        raw = self.private.public_key().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        )
+        return base64.b64encode(raw).decode("ascii")
+
+
 class DeviceKeyError(RuntimeError):
     """The device key exists but cannot be used (unreadable, not Ed25519, wrong mode)."""
 
 
-def load_or_create_device_key(state_dir: Path, device_id: str) -> tuple[SigningKey, bool]:
+def load_or_create_device_key(state_dir: Path, device_id: str) -> tuple[DeviceKey, bool]:
     """The device's key (its id is the device id) and whether it was made just now."""
     path = state_dir / DEVICE_KEY_FILE
     if path.exists():
@@ -69,10 +86,10 @@ def load_or_create_device_key(state_dir: Path, device_id: str) -> tuple[SigningK
     except OSError as exc:
         temporary.unlink(missing_ok=True)
         raise DeviceKeyError(f"cannot write the device key {path}: {exc.strerror or exc}") from exc
-    return SigningKey(device_id, private), True
+    return DeviceKey(device_id, private), True
 
 
-def _load(path: Path, device_id: str) -> SigningKey:
+def _load(path: Path, device_id: str) -> DeviceKey:
     try:
         mode = path.stat().st_mode & 0o777
         data = path.read_bytes()
@@ -90,7 +107,7 @@ def _load(path: Path, device_id: str) -> SigningKey:
         raise DeviceKeyError(f"the device key {path} is not a PEM private key") from exc
     if not isinstance(private, Ed25519PrivateKey):
         raise DeviceKeyError(f"the device key {path} is not an Ed25519 key")
-    return SigningKey(device_id, private)
+    return DeviceKey(device_id, private)
 
 
 def _sync_directory(directory: Path) -> None:
@@ -101,19 +118,22 @@ def _sync_directory(directory: Path) -> None:
         os.close(fd)
 
 
-def enrollment_entry(key: SigningKey) -> dict[str, Any]:
+def enrollment_entry(key: DeviceKey) -> dict[str, Any]:
     """The registry entry central adds for this device: its id and its public key."""
-    raw = key.private.public_key().public_bytes(
-        serialization.Encoding.Raw, serialization.PublicFormat.Raw
-    )
-    return {"device": key.id, "ed25519": base64.b64encode(raw).decode("ascii")}
+    return {"device": key.id, "ed25519": key.public_b64}
 
 
-def enrollment_line(key: SigningKey) -> str:
+def enrollment_line(key: DeviceKey) -> str:
     """:func:`enrollment_entry` as the one JSON line ``receiver enroll`` prints."""
     return json.dumps(enrollment_entry(key), separators=(", ", ": "))
 
 
-def seal_report(key: SigningKey, payload_type: str, body: bytes) -> bytes:
+def seal_report(key: DeviceKey, payload_type: str, body: bytes) -> bytes:
     """The report ``body`` (compact JSON) in a DSSE envelope signed by the device key."""
-    return sign(payload_type, body, [key])
+    signature = key.private.sign(pae(payload_type, body))
+    envelope = {
+        "payloadType": payload_type,
+        "payload": base64.b64encode(body).decode("ascii"),
+        "signatures": [{"keyid": key.id, "sig": base64.b64encode(signature).decode("ascii")}],
+    }
+    return json.dumps(envelope, separators=(",", ":")).encode("utf-8")

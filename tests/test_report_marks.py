@@ -10,10 +10,11 @@ import time
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from receiver import admin
-from receiver.device_key import EVENT_TYPE, STATE_TYPE, enrollment_line, seal_report
-from receiver.signing import SigningKey, rfc3339
+from receiver.central import admin
+from receiver.device_key import EVENT_TYPE, STATE_TYPE, DeviceKey, enrollment_line, seal_report
+from receiver.timefmt import rfc3339
 from tests.broker import MosquittoBroker, Subscriber
 
 PREFIX = "loa/v1"
@@ -27,13 +28,16 @@ def state(device: str) -> bytes:
 def test_fleet_marks_devices_whose_state_their_key_did_not_sign(
     broker: MosquittoBroker, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    keys = {name: SigningKey.generate(name) for name in ("dev-a", "dev-b", "dev-c", "dev-d")}
+    keys = {
+        name: DeviceKey(name, Ed25519PrivateKey.generate())
+        for name in ("dev-a", "dev-b", "dev-c", "dev-d")
+    }
     registry = tmp_path / "devices.jsonl"
     registry.write_text(
         "".join(enrollment_line(keys[n]) + "\n" for n in ("dev-a", "dev-b", "dev-c")),
         encoding="utf-8",
     )
-    impostor = SigningKey("dev-c", SigningKey.generate("x").private)
+    impostor = DeviceKey("dev-c", Ed25519PrivateKey.generate())
     with Subscriber(broker) as central:
         for device, payload in {
             "dev-a": seal_report(keys["dev-a"], STATE_TYPE, state("dev-a")),
@@ -56,7 +60,7 @@ def test_fleet_marks_devices_whose_state_their_key_did_not_sign(
 def test_watch_marks_each_report_by_its_verdict(
     broker: MosquittoBroker, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    key = SigningKey.generate("dev-a")
+    key = DeviceKey("dev-a", Ed25519PrivateKey.generate())
     registry = tmp_path / "devices.jsonl"
     registry.write_text(enrollment_line(key) + "\n", encoding="utf-8")
     event = {"device": "dev-a", "n": 5, "ts": rfc3339(time.time()), "kind": "accepted"}

@@ -16,11 +16,20 @@ followed by device id patterns (``fnmatch``: ``loa-25-07873-*``); ``#`` starts a
 from __future__ import annotations
 
 import fnmatch
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
-__all__ = ["BRIDGE_STATE_FILTER", "BridgeMap", "BridgeMapError", "bridge_of_topic"]
+if TYPE_CHECKING:
+    from receiver.central.fleet import DeviceRow
+
+__all__ = [
+    "BRIDGE_STATE_FILTER",
+    "BridgeMap",
+    "BridgeMapError",
+    "bridge_of_topic",
+    "with_bridges",
+]
 
 BRIDGE_STATE_FILTER: Final = "$SYS/broker/connection/+/state"
 _PREFIX: Final = "$SYS/broker/connection/"
@@ -79,3 +88,10 @@ class BridgeMap:
             ):
                 return name
         return None
+
+
+def with_bridges(rows: dict[str, DeviceRow], bridges: BridgeMap | None) -> dict[str, DeviceRow]:
+    """The fleet's rows, each marked with the down bridge its device sits behind (if any)."""
+    if bridges is None:
+        return rows
+    return {name: replace(row, bridge_down=bridges.down_for(name)) for name, row in rows.items()}

@@ -45,7 +45,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, Protocol
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -84,6 +84,19 @@ _REMEMBERED_EVENTS: Final = 10_000
 #: How much older than the newest event an event with a lower ``n`` must be to count as a
 #: replay rather than a counter restart (two events of one step share a millisecond or so).
 _RESTART_SLACK_S: Final = 0.0
+
+
+class DeviceMessageLike(Protocol):
+    """What :func:`message_text` reads of a received message (receiver.central.received)."""
+
+    @property
+    def body(self) -> dict[str, Any] | None: ...
+    @property
+    def raw(self) -> bytes: ...
+    @property
+    def verdict(self) -> str: ...
+    @property
+    def detail(self) -> str: ...
 
 
 class RegistryError(ValueError):
@@ -322,15 +335,15 @@ def verifier_for(registry_path: str | None) -> ReportVerifier:
     return ReportVerifier(None if registry_path is None else Registry.load(Path(registry_path)))
 
 
-def report_text(report: Report, payload: bytes) -> str:
+def message_text(message: DeviceMessageLike) -> str:
     """One line for ``watch``: the report's JSON, and its verdict unless no registry was given."""
-    if report.body is None:
-        text = payload.decode("utf-8", "replace")
+    if message.body is None:
+        text = message.raw.decode("utf-8", "replace")
     else:
-        text = json.dumps(report.body, separators=(",", ":"), ensure_ascii=False)
-    if report.verdict == "unchecked":
+        text = json.dumps(message.body, separators=(",", ":"), ensure_ascii=False)
+    if message.verdict == "unchecked":
         return text
-    return f"{text}  [{report.verdict}{': ' + report.detail if report.detail else ''}]"
+    return f"{text}  [{message.verdict}{': ' + message.detail if message.detail else ''}]"
 
 
 def device_mark(verdict: str) -> str:

@@ -17,7 +17,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from receiver import admin
+from receiver.central import admin
 from receiver.config_model import BrokerConfig
 from receiver.mqtt_client import MqttLink
 from tests.adapters.test_mqtt_client import (

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from receiver.signing import sign_command
+from receiver.central.signing import sign_command
 from tests.broker import MosquittoBroker, Received, Subscriber
 from tests.e2e.conftest import Site
 from tests.e2e.daemon import Daemon

@@ -13,8 +13,8 @@ import sys
 from collections.abc import Callable
 
 from receiver.central.reports import Registry, Report, ReportVerifier
+from receiver.central.signing import SigningKey, command_payload, sign, sign_command
 from receiver.device_key import EVENT_TYPE, STATE_TYPE
-from receiver.signing import SigningKey, command_payload, sign, sign_command
 from tests.broker import Received, Subscriber
 from tests.e2e.conftest import Site
 from tests.e2e.daemon import DEVICE, Daemon
