@@ -40,6 +40,7 @@ from __future__ import annotations
 import binascii
 import hashlib
 import json
+import sqlite3
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -97,6 +98,15 @@ class DeviceMessageLike(Protocol):
     def verdict(self) -> str: ...
     @property
     def detail(self) -> str: ...
+
+
+class ReceivedLike(DeviceMessageLike, Protocol):
+    """What :func:`set_aside` reads of a received message (receiver.central.received)."""
+
+    @property
+    def device(self) -> str: ...
+    @property
+    def channel(self) -> str: ...
 
 
 class RegistryError(ValueError):
@@ -231,6 +241,10 @@ class ReportVerifier:
         self._registry = registry
         self._memory: dict[str, _DeviceMemory] = {}
 
+    def memory(self, device: str) -> _DeviceMemory:
+        """What this verifier remembers of ``device`` (made empty on first use)."""
+        return self._memory.setdefault(device, _DeviceMemory())
+
     def check(self, topic: str, payload: bytes) -> Report:
         device, level = _topic_parts(topic)
         opened = _open(payload)
@@ -255,7 +269,7 @@ class ReportVerifier:
     def _fresh(
         self, device: str, kind: ReportKind | None, raw: bytes, body: dict[str, Any]
     ) -> tuple[Verdict, str]:
-        memory = self._memory.setdefault(device, _DeviceMemory())
+        memory = self.memory(device)
         ts = _ts(body.get("ts"))
         if kind == "state":
             if body.get("online") is not True or ts is None:
@@ -351,3 +365,76 @@ def device_mark(verdict: str) -> str:
     if verdict in ("", "signed", "duplicate", "unchecked"):
         return ""
     return f" [{verdict.upper().replace('_', ' ')}]"
+
+
+# --- the collector and the proof-of-play report --------------------------------------------
+
+#: Verdicts a collector with a registry keeps apart from the events and states it counts.
+SUSPECT: Final = frozenset({"unsigned", "forged", "unknown_device", "malformed", "replayed"})
+
+SUSPECT_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS suspect_reports (
+    device TEXT NOT NULL,
+    channel TEXT NOT NULL,
+    verdict TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    received_utc REAL NOT NULL,
+    raw BLOB NOT NULL
+);
+"""
+
+
+def seed_verifier(verifier: ReportVerifier, db: sqlite3.Connection) -> None:
+    """Teach a collector's verifier what its database already holds from each device (the newest
+    event number and times), so that an old report replayed after a restart is still flagged;
+    makes the table :func:`set_aside` writes to (outside any transaction: it commits)."""
+    db.executescript(SUSPECT_SCHEMA)
+    for device, max_n, newest in db.execute(
+        "SELECT device, MAX(n), MAX(ts_utc) FROM events GROUP BY device"
+    ):
+        memory = verifier.memory(device)
+        memory.max_n = max(memory.max_n, int(max_n))
+        if newest is not None:
+            memory.newest_event_ts = max(float(newest), memory.newest_event_ts or float(newest))
+    for device, newest in db.execute(
+        "SELECT device, MAX(ts_utc) FROM states WHERE online = 1 GROUP BY device"
+    ):
+        memory = verifier.memory(device)
+        memory.newest_state_ts = max(float(newest), memory.newest_state_ts or float(newest))
+
+
+def set_aside(db: sqlite3.Connection, message: ReceivedLike, received_utc: float) -> bool:
+    """Keep a report the registry does not vouch for out of the counted tables; True if it was
+    one. An event copy found already stored byte for byte is a redelivery: not set aside."""
+    device, channel, verdict, raw = message.device, message.channel, message.verdict, message.raw
+    if verdict not in SUSPECT:
+        return False
+    if verdict == "replayed" and channel == "events":
+        same = db.execute("SELECT 1 FROM events WHERE device = ? AND raw = ?", (device, raw))
+        if same.fetchone() is not None:
+            return False  # the collector's own table knows it: a duplicate, counted as one
+    db.execute(
+        "INSERT INTO suspect_reports (device, channel, verdict, detail, received_utc, raw) "
+        "VALUES (?, ?, ?, ?, ?, ?)",
+        (device, channel, verdict, message.detail, received_utc, raw),
+    )
+    return True
+
+
+def suspect_summary(db: sqlite3.Connection, device: str | None = None) -> str | None:
+    """For the proof-of-play report: how many reports were set aside, by verdict, or None."""
+    try:
+        found = db.execute(
+            "SELECT verdict, COUNT(*) FROM suspect_reports "
+            "WHERE ? IS NULL OR device = ? GROUP BY verdict ORDER BY verdict",
+            (device, device),
+        ).fetchall()
+    except sqlite3.OperationalError:  # no such table: nothing was ever set aside
+        return None
+    if not found:
+        return None
+    counts = ", ".join(f"{count} {verdict}" for verdict, count in found)
+    return (
+        f"not counted: reports the device did not sign or that replay older ones ({counts}); "
+        "see the suspect_reports table"
+    )
