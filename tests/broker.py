@@ -275,7 +275,7 @@ class MosquittoBroker:
         self._process = process
 
 
-def _report_json(payload: bytes) -> bytes:
+def report_json(payload: bytes) -> bytes:
     """The JSON inside a device report's envelope; any other payload unchanged."""
     if not payload.startswith(b'{"payloadType":"application/vnd.loa.'):
         return payload
@@ -432,7 +432,7 @@ class Subscriber:
         raw = bytes(message.payload)
         received = Received(
             topic=message.topic,
-            payload=_report_json(raw),
+            payload=report_json(raw),
             retain=bool(message.retain),
             qos=message.qos,
             raw=raw,
