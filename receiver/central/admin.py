@@ -35,6 +35,7 @@ from receiver.central.broker import (
     BrokerOptions,
     Connection,
 )
+from receiver.central.cluster import add_node_option, further_nodes
 from receiver.central.inputs import InputError, load_keys, refuse_if_invalid
 from receiver.central.received import DeviceMessage, device_topics, parse_device_message
 from receiver.central.reports import message_text, verifier_for
@@ -155,6 +156,9 @@ def publish(
     """Publish at QoS 1 and wait for the broker's acknowledgement (BrokerError if none)."""
     with Connection(BrokerOptions.from_args(args)) as connection:
         connection.publish(topic, payload, retain=retain, expiry_s=expiry_s)
+    for node in further_nodes(args) if retain else ():
+        with Connection(node) as connection:  # a cluster that keeps retained messages per node
+            connection.publish(topic, payload, retain=retain, expiry_s=expiry_s)
     return True
 
 
@@ -323,6 +327,7 @@ def _broker_options(parser: argparse.ArgumentParser, required: bool) -> None:
     parser.add_argument("--keyfile", help="client private key for mutual TLS")
     parser.add_argument("--username")
     parser.add_argument("--password-file")
+    add_node_option(parser)
     parser.add_argument(
         "--broker-timeout",
         type=float,
