@@ -1,19 +1,21 @@
-"""Fleet: many real daemons on one district Mosquitto, behind the province's bridge.
+"""Fleet: many real daemons on a district Mosquitto behind the province's bridge, or on a cluster.
 
 Every daemon is the real ``receiver run`` process (its own device id, state, cache and signed
-reports), connected to a district broker made from ``config/brokers/district.conf``; the province
-broker (``config/brokers/province.conf``) bridges to it, as in a province. Measured, each beside a
-floor taken in the same run:
+reports). By default they connect to a district broker made from ``config/brokers/district.conf``,
+which the province broker (``config/brokers/province.conf``) bridges to; with ``--cluster`` they
+connect to the first node of a two-node ejabberd 23.01 cluster (``tests/brokers/ejabberd.py``)
+with the second as their failover. Measured, each beside a floor taken in the same run:
 
-1. a group emergency ``play``, published on the district broker and then on the province broker
-   (one bridge hop more): from the publish to every daemon's ``started`` event, median, p99 and
-   max. Floor: the same message, the same size, fanned out to as many plain MQTT subscribers on
-   the district broker (published where the daemons' play was);
+1. a group emergency ``play``, published on the daemons' broker and then one hop away (on the
+   province broker, or on the cluster's other node): from the publish to every daemon's
+   ``started`` event, median, p99 and max. Floor: the same message, the same size, fanned out to
+   as many plain MQTT subscribers on the daemons' broker, published where the play was;
 2. a trust rotation (a trust document signed by two root keys, retained, published on the
-   province): until every daemon has said ``accepted`` for it;
-3. a district broker restart (SIGTERM, start again on the same port): until every daemon has
-   logged ``broker_connected`` again, and the connection attempts per second the broker logged
-   (the reconnect jitter must spread them);
+   province, or on both nodes): until every daemon has said ``accepted`` for it;
+3. the daemons' broker goes away: the district broker restarts (SIGTERM, 2 s, start again on the
+   same port), or the first cluster node is killed. Until every daemon has logged
+   ``broker_connected`` again, and the connection attempts per second the broker logged (the
+   reconnect jitter must spread them);
 4. memory per daemon: PSS (``/proc/<pid>/smaps_rollup``; shared libVLC pages are divided among
    the daemons that map them) and RSS.
 
@@ -21,7 +23,7 @@ The audio output is ``file`` (libVLC's afile writing a WAV), the lightest the co
 sound card, a 0.3 s tone, about 26 KiB of WAV per play. The daemons use the field's reconnect
 settings (``reconnect_min_s`` 1, ``reconnect_max_s`` 120) and log at ``info``.
 
-Heavy: ``--daemons 100`` starts 100 Python processes with libVLC (about 30 MB PSS each) on this
+Heavy: ``--daemons 100`` starts 100 Python processes with libVLC (about 34 MB PSS each) on this
 machine; develop with the default 10. Last line: ``fleet: N daemons, emergency fan-out p99 X ms
 (floor Y ms), all online Z s after a broker restart``. Nothing here is asserted.
 """
@@ -39,9 +41,10 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import paho.mqtt.client as mqtt
 
@@ -68,6 +71,7 @@ from receiver.central.signing import (
 )
 from tests.audio import write_tone
 from tests.broker import MosquittoBroker, Received
+from tests.brokers.ejabberd import EjabberdCluster
 from tests.brokers.test_bridge import loopback
 from tests.e2e.daemon import Daemon, MediaServer
 
@@ -76,6 +80,36 @@ GROUP_TOPIC = f"{PREFIX}/grp/{GROUP}/cmd"
 FLOOR_TOPIC = f"{PREFIX}/grp/fleet-floor/cmd"  # bridged like a group command; no daemon reads it
 TONE_S = 0.3
 START_BATCH = 10
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where a benchmark client connects (ejabberd wants a user; Mosquitto here does not)."""
+
+    host: str
+    port: int
+    username: str | None = None
+    password: str | None = None
+
+    def client(self, tag: str) -> mqtt.Client:
+        client = paho_client(tag)
+        if self.username is not None:
+            client.username_pw_set(self.username, self.password)
+        return client
+
+
+@dataclass
+class Target:
+    """The brokers the daemons live on, and what each step publishes where."""
+
+    name: str
+    near: Endpoint  # the daemons' first broker; the floor's subscribers
+    far: tuple[str, Endpoint]  # a second place to publish from (one hop more)
+    trust_at: tuple[Endpoint, ...]  # where the retained trust document is published
+    broker_yaml: str  # lines added to the daemons' broker section
+    disrupt: Callable[[], str]  # stops the daemons' broker for a while; says what it did
+    attempts_log: Callable[[], list[str]]  # the broker's log lines, for connection attempts
+    attempt_pattern: re.Pattern[str]
 
 
 def device_name(i: int) -> str:
@@ -122,11 +156,9 @@ class Keys:
         return sign_trust(trust_payload(version, entries, env="lab"), self.roots)
 
 
-def write_configs(
-    root: Path, n: int, district: MosquittoBroker, media: MediaServer, keys: Keys
-) -> list[Path]:
+def write_configs(root: Path, n: int, target: Target, media: MediaServer, keys: Keys) -> list[Path]:
     edits = [
-        ("  reconnect_min_s: 0.2\n", "  reconnect_min_s: 1\n"),
+        ("  reconnect_min_s: 0.2\n", "  reconnect_min_s: 1\n" + target.broker_yaml),
         ("  reconnect_max_s: 2.0\n", "  reconnect_max_s: 120\n"),
         ("  level: debug\n", "  level: info\n"),
         ("  warm_up_s: 0.3\n", "  warm_up_s: 0\n"),
@@ -141,7 +173,7 @@ def write_configs(
                 home / "receiver.yaml",
                 device_id=device_name(i),
                 edits=edits,
-                broker_port=district.port,
+                broker_port=target.near.port,
                 media_port=media.port,
                 keys=keys.config_keys(),
                 wav=home / "out.wav",
@@ -175,9 +207,7 @@ def summary(values_s: Sequence[float]) -> str:
     )
 
 
-def floor_fanout(
-    publish_at: MosquittoBroker, receive_at: MosquittoBroker, n: int, size: int
-) -> list[float]:
+def floor_fanout(publish_at: Endpoint, receive_at: Endpoint, n: int, size: int) -> list[float]:
     """Publish one message of ``size`` bytes; when each of ``n`` plain subscribers got it."""
     arrivals: list[float] = []
     lock = threading.Lock()
@@ -194,7 +224,7 @@ def floor_fanout(
 
     try:
         for _ in range(n):
-            client = paho_client("floor")
+            client = receive_at.client("floor")
             client.on_message = on_message
             client.on_subscribe = on_subscribe
             client.on_connect = lambda c, *_: c.subscribe(FLOOR_TOPIC, qos=1)
@@ -205,7 +235,7 @@ def floor_fanout(
             if not ready.acquire(timeout=30):
                 raise BenchError("floor subscribers did not all subscribe")
         time.sleep(0.5)
-        publisher = paho_client("floor-pub")
+        publisher = publish_at.client("floor-pub")
         publisher.connect(publish_at.host, publish_at.port)
         publisher.loop_start()
         start = time.monotonic()
@@ -226,13 +256,13 @@ def floor_fanout(
 
 def fanout(
     watcher: TimedClient,
-    publish_at: MosquittoBroker,
+    publish_at: Endpoint,
     payload: bytes,
     ref: str,
     names: Sequence[str],
 ) -> list[float]:
     """Publish the group play; publish-to-``started`` of each daemon (then wait until done)."""
-    publisher = paho_client("fleet-pub")
+    publisher = publish_at.client("fleet-pub")
     publisher.connect(publish_at.host, publish_at.port)
     publisher.loop_start()
     start = time.monotonic()
@@ -279,9 +309,11 @@ def wait_connected_again(
 _CONNECTION = re.compile(r"^(\d\d:\d\d:\d\d): New connection from ")
 
 
-def attempts_per_second(log: Path, after_line: int) -> Counter[str]:
-    lines = log.read_text(encoding="utf-8", errors="replace").splitlines()[after_line:]
-    return Counter(m[1] for line in lines if (m := _CONNECTION.match(line)))
+_EJABBERD_CONNECTION = re.compile(r"^\S+ (\d\d:\d\d:\d\d)\.\d+\S* \[info\] .*Accepted connection ")
+
+
+def attempts_per_second(lines: Sequence[str], pattern: re.Pattern[str]) -> Counter[str]:
+    return Counter(m[1] for line in lines if (m := pattern.match(line)))
 
 
 def pss_kib(pid: int) -> int:
@@ -298,33 +330,85 @@ def rss_kib(pid: int) -> int:
     raise BenchError(f"/proc/{pid}/status has no VmRSS")
 
 
-def run(root: Path, n: int) -> None:  # noqa: PLR0915 - one scenario, told in order
+def mosquitto_target(root: Path, stack: ExitStack) -> Target:
+    district = MosquittoBroker(
+        root / "district", extra_config=loopback("district.conf"),
+        max_packet_size=None, max_queued_messages=None,
+    )  # fmt: skip
+    district.start()
+    stack.callback(district.stop)
+    province = MosquittoBroker(
+        root / "province", extra_config=loopback("province.conf", district.port),
+        max_packet_size=None, max_queued_messages=None,
+    )  # fmt: skip
+    province.start()
+    stack.callback(province.stop)
+    near = Endpoint(district.host, district.port)
+    far = Endpoint(province.host, province.port)
+
+    def restart() -> str:
+        district.stop()
+        time.sleep(2.0)  # a short restart, as after an upgrade
+        district.start()
+        return "district broker down 2 s"
+
+    def log() -> list[str]:
+        return district.log_file.read_text(encoding="utf-8", errors="replace").splitlines()
+
+    return Target(
+        "Mosquitto district broker behind the province's bridge",
+        near, ("province broker (one bridge hop)", far), (far,), "", restart, log, _CONNECTION,
+    )  # fmt: skip
+
+
+def ejabberd_target(root: Path, stack: ExitStack) -> Target:
+    cluster = EjabberdCluster(root / "ejabberd", {"fleet": "fleet-pw"})
+    stack.callback(cluster.stop)
+    cluster.start()
+    first, second = cluster.nodes
+    near = Endpoint(first.host, first.port, "fleet", "fleet-pw")
+    far = Endpoint(second.host, second.port, "fleet", "fleet-pw")
+    broker_yaml = (
+        f"  username: fleet\n  password: fleet-pw\n  failover: ['127.0.0.1:{second.port}']\n"
+    )
+
+    def restart() -> str:
+        first.kill()  # the daemons fail over to the second node
+        return "first ejabberd node killed (the daemons fail over to the second)"
+
+    def log() -> list[str]:
+        return second.log.read_text(encoding="utf-8", errors="replace").splitlines()
+
+    return Target(
+        "ejabberd 23.01 cluster of two nodes",
+        near, ("other node of the cluster", far), (near, far), broker_yaml, restart, log,
+        _EJABBERD_CONNECTION,
+    )  # fmt: skip
+
+
+def run(root: Path, n: int, cluster: bool) -> None:  # noqa: PLR0915 - one scenario, in order
     load_before = os.getloadavg()
     keys = Keys()
     with ExitStack() as stack:
-        district = MosquittoBroker(
-            root / "district", extra_config=loopback("district.conf"),
-            max_packet_size=None, max_queued_messages=None,
-        )  # fmt: skip
-        district.start()
-        stack.callback(district.stop)
-        province = MosquittoBroker(
-            root / "province", extra_config=loopback("province.conf", district.port),
-            max_packet_size=None, max_queued_messages=None,
-        )  # fmt: skip
-        province.start()
-        stack.callback(province.stop)
+        target = ejabberd_target(root, stack) if cluster else mosquitto_target(root, stack)
+        print(f"target: {target.name}")
         media_dir = root / "media"
         media_dir.mkdir()
         tone = write_tone(media_dir / "tone.wav", 440.0, TONE_S)
         media = MediaServer(media_dir)
         stack.callback(media.close)
-        configs = write_configs(root, n, district, media, keys)
+        configs = write_configs(root, n, target, media, keys)
         names = [device_name(i) for i in range(n)]
 
+        # The timed client reads only host and port of what it is given (and our credentials).
         watcher = TimedClient(
-            district, [f"{PREFIX}/dev/+/state", f"{PREFIX}/dev/+/events"], timeout_s=120
-        ).start()
+            cast(MosquittoBroker, target.near),
+            [f"{PREFIX}/dev/+/state", f"{PREFIX}/dev/+/events"],
+            timeout_s=120,
+        )
+        if target.near.username is not None:
+            watcher._client.username_pw_set(target.near.username, target.near.password)
+        watcher.start()
         stack.callback(watcher.close)
         daemons: dict[str, Daemon] = {}
 
@@ -347,14 +431,13 @@ def run(root: Path, n: int) -> None:  # noqa: PLR0915 - one scenario, told in or
         print(f"{n} daemons online in {took:.0f} s (started {START_BATCH} at a time)")
 
         # Warm-up: every daemon fetches the tone once, so the measured plays start from cache.
-        fanout(watcher, district, keys.play(media, tone, "warm-up", "normal"), "warm-up", names)
+        fanout(watcher, target.near, keys.play(media, tone, "warm-up", "normal"), "warm-up", names)
         time.sleep(1.0)
 
         size = len(keys.play(media, tone, "size-probe", "emergency"))
         results: dict[str, tuple[list[float], list[float]]] = {}
-        where = (("district broker", district), ("province broker (one bridge hop)", province))
-        for label, at in where:
-            floor = floor_fanout(at, district, n, size)
+        for label, at in (("daemons' broker", target.near), target.far):
+            floor = floor_fanout(at, target.near, n, size)
             time.sleep(0.5)
             ref = f"emergency-{uuid.uuid4().hex[:6]}"
             measured = fanout(watcher, at, keys.play(media, tone, ref, "emergency"), ref, names)
@@ -365,21 +448,24 @@ def run(root: Path, n: int) -> None:  # noqa: PLR0915 - one scenario, told in or
             print(f"  floor, the same {size} bytes to {n} plain subscribers: {summary(floor)}")
             time.sleep(1.0)
 
-        # Trust rotation, published retained on the province, through the bridge.
-        publisher = paho_client("fleet-trust")
-        publisher.connect(province.host, province.port)
-        publisher.loop_start()
+        # Trust rotation, published retained (on every node of a cluster).
         start = time.monotonic()
-        publisher.publish(f"{PREFIX}/trust", keys.trust(1), qos=1, retain=True).wait_for_publish(10)
-        publisher.disconnect()
-        publisher.loop_stop()
+        for endpoint in target.trust_at:
+            publisher = endpoint.client("fleet-trust")
+            publisher.connect(endpoint.host, endpoint.port)
+            publisher.loop_start()
+            publisher.publish(
+                f"{PREFIX}/trust", keys.trust(1), qos=1, retain=True
+            ).wait_for_publish(10)
+            publisher.disconnect()
+            publisher.loop_stop()
         accepted = watcher.wait_all(
             {name: trust_accepted(dev_topic(name, "events"), 1) for name in names},
             "trust version 1 accepted",
             timeout_s=120,
         )
         rotation = [at - start for at in accepted.values()]
-        print(f"trust rotation on the province reached every daemon: {summary(rotation)}")
+        print(f"trust rotation reached every daemon: {summary(rotation)}")
 
         # Memory, idle, after all of the above.
         pss = sorted(pss_kib(d.process.pid) for d in daemons.values() if d.process)
@@ -390,27 +476,24 @@ def run(root: Path, n: int) -> None:  # noqa: PLR0915 - one scenario, told in or
             f"all {n}: PSS {sum(pss) / 1024:.0f} MiB"
         )
 
-        # The district broker restarts.
+        # The daemons' broker goes away for a while.
         before = {name: len(d.logged("broker_connected")) for name, d in daemons.items()}
-        log_mark = len(district.log_file.read_text(encoding="utf-8", errors="replace").splitlines())
-        district.stop()
-        time.sleep(2.0)  # a short restart, as after an upgrade
-        district.start()
+        log_mark = len(target.attempts_log())
+        what = target.disrupt()
         back_wall = time.time()
         last = wait_connected_again(daemons, before, timeout_s=300)
         all_online_s = max(0.0, last - back_wall)
-        per_second = attempts_per_second(district.log_file, log_mark)
+        per_second = attempts_per_second(target.attempts_log()[log_mark:], target.attempt_pattern)
         busiest = max(per_second.values()) if per_second else 0
         total = sum(per_second.values())
         print(
-            f"district broker down 2 s: every daemon connected again {all_online_s:.1f} s after "
-            f"it was back; {total} connection attempts over {len(per_second)} s, at most "
-            f"{busiest} in one second ({n} daemons, the bridge, this benchmark's client)"
+            f"{what}: every daemon connected again {all_online_s:.1f} s later; {total} "
+            f"connection attempts logged over {len(per_second)} s, at most {busiest} in one second"
         )
 
         load_after = os.getloadavg()
         print(load_line(load_before, load_after))
-        measured, floor = results["district broker"]
+        measured, floor = results["daemons' broker"]
         print(
             f"fleet: {n} daemons, emergency fan-out p99 {percentile(measured, 0.99) * 1000:.0f} ms "
             f"(floor {percentile(floor, 0.99) * 1000:.0f} ms), all online {all_online_s:.1f} s "
@@ -421,8 +504,11 @@ def run(root: Path, n: int) -> None:  # noqa: PLR0915 - one scenario, told in or
 def main(argv: Sequence[str] = ()) -> int:
     parser = parser_for("fleet", __doc__)
     parser.add_argument("--daemons", type=int, default=10, help="how many (default 10)")
+    parser.add_argument(
+        "--cluster", action="store_true", help="on a two-node ejabberd cluster, not Mosquitto"
+    )
     args = parser.parse_args(list(argv))
-    return run_main("fleet", lambda root: run(root, args.daemons))
+    return run_main("fleet", lambda root: run(root, args.daemons, args.cluster))
 
 
 if __name__ == "__main__":
