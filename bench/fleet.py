@@ -39,8 +39,8 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Sequence
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -57,6 +57,7 @@ from bench._common import (
     dev_topic,
     is_online,
     load_line,
+    log_tail,
     paho_client,
     parser_for,
     run_main,
@@ -260,8 +261,9 @@ def fanout(
     payload: bytes,
     ref: str,
     names: Sequence[str],
-) -> list[float]:
-    """Publish the group play; publish-to-``started`` of each daemon (then wait until done)."""
+) -> tuple[list[float], float]:
+    """Publish the group play; publish-to-``started`` of each daemon (then wait until done),
+    and the moment of the publish."""
     publisher = publish_at.client("fleet-pub")
     publisher.connect(publish_at.host, publish_at.port)
     publisher.loop_start()
@@ -281,7 +283,29 @@ def fanout(
         f"started and finished of {ref}",
         timeout_s=120,
     )
-    return [times[0] - start for times in found.values()]
+    return [times[0] - start for times in found.values()], start
+
+
+def inside(daemons: dict[str, Daemon], ref: str, published: float) -> str:
+    """Where the time went, from the daemons' own logs (their ``mono`` is this machine's
+    CLOCK_MONOTONIC): publish to ``accepted``, and ``accepted`` to ``started``."""
+    to_accepted: list[float] = []
+    to_started: list[float] = []
+    for daemon in daemons.values():
+        marks = {
+            str(line["event"]): float(line["mono"])
+            for line in list(daemon.lines)
+            if line.get("ref") == ref and line.get("event") in ("accepted", "started")
+        }
+        if len(marks) == 2:
+            to_accepted.append(marks["accepted"] - published)
+            to_started.append(marks["started"] - marks["accepted"])
+    if not to_started:
+        return "  (no daemon logged both accepted and started)"
+    return (
+        f"  inside the daemons: publish to accepted {summary(to_accepted)}; "
+        f"accepted to started {summary(to_started)}"
+    )
 
 
 def wait_connected_again(
@@ -386,6 +410,17 @@ def ejabberd_target(root: Path, stack: ExitStack) -> Target:
     )  # fmt: skip
 
 
+@contextmanager
+def named_in_error(daemons: dict[str, Daemon], lines: int = 25) -> Iterator[None]:
+    """A :class:`BenchError` that names daemons gets their last log lines added."""
+    try:
+        yield
+    except BenchError as exc:
+        named = [name for name in daemons if name in str(exc)][:3]
+        tails = "".join(f"--- {name} ---\n{log_tail(daemons[name], lines)}" for name in named)
+        raise BenchError(f"{exc}\n{tails}") from exc
+
+
 def run(root: Path, n: int, cluster: bool) -> None:  # noqa: PLR0915 - one scenario, in order
     load_before = os.getloadavg()
     keys = Keys()
@@ -417,6 +452,7 @@ def run(root: Path, n: int, cluster: bool) -> None:  # noqa: PLR0915 - one scena
                 daemon.kill()
 
         stack.callback(stop_daemons)
+        stack.enter_context(named_in_error(daemons))
         started_at = time.monotonic()
         for first in range(0, n, START_BATCH):
             batch = names[first : first + START_BATCH]
@@ -440,11 +476,14 @@ def run(root: Path, n: int, cluster: bool) -> None:  # noqa: PLR0915 - one scena
             floor = floor_fanout(at, target.near, n, size)
             time.sleep(0.5)
             ref = f"emergency-{uuid.uuid4().hex[:6]}"
-            measured = fanout(watcher, at, keys.play(media, tone, ref, "emergency"), ref, names)
+            measured, published = fanout(
+                watcher, at, keys.play(media, tone, ref, "emergency"), ref, names
+            )
             results[label] = (measured, floor)
             print(
                 f"emergency play published on the {label}: publish to started {summary(measured)}"
             )
+            print(inside(daemons, ref, published))
             print(f"  floor, the same {size} bytes to {n} plain subscribers: {summary(floor)}")
             time.sleep(1.0)
 
