@@ -466,6 +466,10 @@ def run(root: Path, n: int, cluster: bool) -> None:  # noqa: PLR0915 - one scena
         took = time.monotonic() - started_at
         print(f"{n} daemons online in {took:.0f} s (started {START_BATCH} at a time)")
 
+        # A fresh daemon publishes "online" a moment before it sets its reset floor (the first
+        # trusted instant of a new store); a command signed in between is refused as issued
+        # before the reset. Wait past it.
+        time.sleep(1.0)
         # Warm-up: every daemon fetches the tone once, so the measured plays start from cache.
         fanout(watcher, target.near, keys.play(media, tone, "warm-up", "normal"), "warm-up", names)
         time.sleep(1.0)
