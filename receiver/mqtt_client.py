@@ -107,6 +107,8 @@ class LinkStatus(TypedDict):
     last_error: str | None
     #: Accepted connections after the first one: how often the link came back.
     reconnects: int
+    #: ``host:port`` of the broker in use (or being tried): with ``broker.failover``, which one.
+    broker: str
 
 
 @dataclass(frozen=True)
@@ -365,6 +367,7 @@ class MqttLink:
             since=self._since,
             last_error=self._last_error,
             reconnects=self._reconnects,
+            broker=self.broker,
         )
 
     @property

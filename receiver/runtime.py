@@ -468,6 +468,7 @@ class Runtime:
             "up": status["up"],
             "last_error": status["last_error"],
             "reconnects": status["reconnects"],
+            "broker": status["broker"],
         }
 
     def _republish_state(self) -> None:

@@ -91,6 +91,7 @@ def test_moves_to_the_standby_when_the_first_broker_dies_and_back_when_it_return
         wait_until(
             lambda: link.connected and link.broker == address(standby), TIMEOUT, "on the standby"
         )
+        assert link.status["broker"] == address(standby)  # reported in the device's state
         with Subscriber(standby) as central:
             time.sleep(0.3)  # SUBACK of the link's subscriptions
             central.publish(CMD, b"while-the-first-is-down")

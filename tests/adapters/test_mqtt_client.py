@@ -639,7 +639,13 @@ def test_publish_says_when_a_message_is_dropped_and_no_ack_comes_for_it(
 ) -> None:
     acks = Acks()
     link, _rec = make_link(broker, start=False, link_options={"max_queued": 2})
-    assert link.status == {"up": False, "since": None, "last_error": None, "reconnects": 0}
+    assert link.status == {
+        "up": False,
+        "since": None,
+        "last_error": None,
+        "reconnects": 0,
+        "broker": f"{broker.host}:{broker.port}",
+    }
     assert link.publish(EVENTS, b"one", on_ack=acks.callback("one")) is True
     assert link.publish(EVENTS, b"two", on_ack=acks.callback("two")) is True
     assert link.publish(EVENTS, b"three", on_ack=acks.callback("three")) is False  # queue full
