@@ -25,6 +25,7 @@ from typing import Any, TextIO
 from receiver import __version__
 from receiver.central import collector, fleet, report
 from receiver.central import documents as admin_documents
+from receiver.central.bridges import BRIDGE_STATE_FILTER, BridgeMap, with_bridges
 from receiver.central.broker import (
     EXIT_BROKER,
     EXIT_FAILED,
@@ -34,8 +35,10 @@ from receiver.central.broker import (
     BrokerOptions,
     Connection,
 )
+from receiver.central.cluster import add_node_option, further_nodes
 from receiver.central.inputs import InputError, load_keys, refuse_if_invalid
 from receiver.central.received import DeviceMessage, device_topics, parse_device_message
+from receiver.central.reports import message_text, verifier_for
 from receiver.central.signing import SigningKey, command_payload, sign_command
 from receiver.core import vocabulary
 
@@ -154,6 +157,9 @@ def publish(
     """Publish at QoS 1 and wait for the broker's acknowledgement (BrokerError if none)."""
     with Connection(BrokerOptions.from_args(args)) as connection:
         connection.publish(topic, payload, retain=retain, expiry_s=expiry_s)
+    for node in further_nodes(args) if retain else ():
+        with Connection(node) as connection:  # a cluster that keeps retained messages per node
+            connection.publish(topic, payload, retain=retain, expiry_s=expiry_s)
     return True
 
 
@@ -161,8 +167,10 @@ def _watch(args: argparse.Namespace) -> int:
     """Print a device's state and events as they arrive (one line each), across reconnects."""
     messages: queue.Queue[DeviceMessage] = queue.Queue()
 
+    verifier = verifier_for(args.registry)
+
     def arrived(msg: Any) -> None:
-        parsed = parse_device_message(msg.topic, bytes(msg.payload))
+        parsed = parse_device_message(msg.topic, bytes(msg.payload), verifier)
         if parsed is not None:
             messages.put(parsed)
 
@@ -192,12 +200,11 @@ def _watch(args: argparse.Namespace) -> int:
             heard = True
             if message.channel == "events":
                 n = message.n
-                if n is not None and n <= last_n.get(message.device, 0):
+                if n is not None and n <= last_n.get(message.device, 0) and not args.registry:
                     continue  # delivered again after a reconnect: printed already
                 if n is not None:
                     last_n[message.device] = n
-            text = message.raw.decode("utf-8", "replace")
-            print(f"{message.channel:6} {text}", flush=True)
+            print(f"{message.channel:6} {message_text(message)}", flush=True)
             if message.channel == "events":
                 seen += 1
                 kind = (message.body or {}).get("kind")
@@ -236,13 +243,20 @@ def _fleet(args: argparse.Namespace) -> int:
     arrivals: queue.Queue[tuple[DeviceMessage, bool, float]] = queue.Queue()
     topic_filter = device_topics(args.prefix)[0]
 
+    verifier = verifier_for(args.registry)
+    bridges = BridgeMap.load(Path(args.bridges)) if args.bridges else None
+
     def arrived(msg: Any) -> None:
-        parsed = parse_device_message(msg.topic, bytes(msg.payload))
+        if bridges is not None and bridges.note(msg.topic, bytes(msg.payload)):
+            return
+        parsed = parse_device_message(msg.topic, bytes(msg.payload), verifier)
         if parsed is not None:
             arrivals.put((parsed, bool(msg.retain), time.time()))
 
     connection = Connection(
-        BrokerOptions.from_args(args), subscriptions=(topic_filter,), on_message=arrived
+        BrokerOptions.from_args(args),
+        subscriptions=(topic_filter,) if bridges is None else (topic_filter, BRIDGE_STATE_FILTER),
+        on_message=arrived,
     )
     rows: dict[str, fleet.DeviceRow] = {}
     filters = _fleet_filters(args)
@@ -258,14 +272,19 @@ def _fleet(args: argparse.Namespace) -> int:
             heard = True
             if message.raw:
                 rows[message.device] = fleet.DeviceRow(
-                    message.device, message.body, received, retained
+                    message.device, message.body, received, retained, message.verdict
                 )
             else:
                 rows.pop(message.device, None)  # the retained state was cleared
 
     def draw(clear: bool) -> None:
         _print_fleet(
-            sys.stdout, rows=rows, where=topic_filter, clear=clear, args=args, filters=filters
+            sys.stdout,
+            rows=with_bridges(rows, bridges),
+            where=topic_filter,
+            clear=clear,
+            args=args,
+            filters=filters,
         )
 
     try:
@@ -320,6 +339,7 @@ def _broker_options(parser: argparse.ArgumentParser, required: bool) -> None:
     parser.add_argument("--keyfile", help="client private key for mutual TLS")
     parser.add_argument("--username")
     parser.add_argument("--password-file")
+    add_node_option(parser)
     parser.add_argument(
         "--broker-timeout",
         type=float,
@@ -398,6 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--client-id",
         help="keep a session under this id: events sent while watch is away come when it is back",
     )
+    watch.add_argument("--registry", help="enrolled device keys: mark reports by their signature")
     _broker_options(watch, required=True)
     watch.set_defaults(func=_watch)
 
@@ -423,6 +444,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fleet_cmd.add_argument("--sort", choices=fleet.SORT_KEYS, default="device")
     fleet_cmd.add_argument("--limit", type=int, help="show at most this many rows")
+    fleet_cmd.add_argument(
+        "--registry", help="enrolled device keys: mark devices whose state they did not sign"
+    )
+    fleet_cmd.add_argument(
+        "--bridges",
+        help="bridge name and device patterns per line: mark devices behind a bridge that is down",
+    )
     _broker_options(fleet_cmd, required=True)
     fleet_cmd.set_defaults(func=_fleet)
 

@@ -35,6 +35,7 @@ from typing import Any, Final
 from receiver.central.broker import BrokerOptions, Connection
 from receiver.central.inputs import InputError
 from receiver.central.received import DeviceMessage, device_topics, parse_device_message, ts_utc
+from receiver.central.reports import ReportVerifier, seed_verifier, set_aside, verifier_for
 from receiver.core.envelope import parse_envelope
 from receiver.core.reasons import Rejection
 
@@ -95,6 +96,7 @@ class Counts:
     events: int = 0
     duplicates: int = 0
     conflicts: int = 0
+    suspect: int = 0  # set aside: not signed by the device's enrolled key, or a replay
     states: int = 0
     schedules: int = 0
 
@@ -210,8 +212,18 @@ class Arrival:
 class Collector:
     """Receives on a persistent session; stores, commits, then acknowledges each batch."""
 
-    def __init__(self, db: sqlite3.Connection, options: BrokerOptions, prefix: str, client_id: str):
+    def __init__(
+        self,
+        db: sqlite3.Connection,
+        options: BrokerOptions,
+        prefix: str,
+        client_id: str,
+        verifier: ReportVerifier | None = None,
+    ):
         self.db = db
+        self.verifier = verifier
+        if verifier is not None:
+            seed_verifier(verifier, db)
         self.prefix = prefix
         self.counts = Counts()
         self.arrivals: queue.Queue[Arrival] = queue.Queue()
@@ -256,8 +268,11 @@ class Collector:
             if arrival.payload:
                 store_schedule(self.db, arrival.payload, self.counts)
             return
-        message = parse_device_message(arrival.topic, arrival.payload)
+        message = parse_device_message(arrival.topic, arrival.payload, self.verifier)
         if message is None:
+            return
+        if set_aside(self.db, message, arrival.received_utc):
+            self.counts.suspect += 1
             return
         if message.channel == "events":
             store_event(self.db, message, arrival.received_utc, self.counts)
@@ -284,7 +299,9 @@ def collect_command(args: argparse.Namespace) -> int:
         db = open_database(Path(args.db))
     except sqlite3.Error as exc:
         raise InputError(f"--db {args.db}: cannot open it as a database ({exc})") from exc
-    collector = Collector(db, BrokerOptions.from_args(args), args.prefix, args.client_id)
+    collector = Collector(
+        db, BrokerOptions.from_args(args), args.prefix, args.client_id, verifier_for(args.registry)
+    )
     stopping: list[int] = []
 
     def stop(signum: int, _frame: FrameType | None) -> None:
@@ -312,7 +329,8 @@ def collect_command(args: argparse.Namespace) -> int:
     c = collector.counts
     print(
         f"stored {c.events} events ({c.duplicates} repeated, {c.conflicts} conflicting), "
-        f"{c.states} states, {c.schedules} schedules",
+        f"{c.states} states, {c.schedules} schedules"
+        + (f"; {c.suspect} reports set aside (unsigned, forged or replayed)" if c.suspect else ""),
         file=sys.stderr,
     )
     return 0
@@ -330,6 +348,9 @@ def add_parser(sub: Any, broker_options: Callable[[argparse.ArgumentParser, bool
     )
     collect.add_argument(
         "--duration", type=float, default=0.0, help="stop after this many seconds (0: never)"
+    )
+    collect.add_argument(
+        "--registry", help="enrolled device keys: set aside reports the device did not sign"
     )
     broker_options(collect, True)
     collect.set_defaults(func=collect_command)

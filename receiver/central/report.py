@@ -12,6 +12,7 @@ headers in English or Vietnamese (``--lang vi``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import sqlite3
@@ -24,6 +25,7 @@ from typing import Any, Final, TextIO
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from receiver.central.inputs import InputError
+from receiver.central.reports import suspect_summary
 
 END_KINDS: Final = ("finished", "stopped", "preempted", "failed")
 HEADERS: Final = {
@@ -340,6 +342,10 @@ def report_command(args: argparse.Namespace) -> int:
         db.close()
     if not args.csv:
         print(f"{count} rows, {first} to {last}, times in {args.tz}", file=sys.stderr)
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+        suspect = suspect_summary(db, args.device)
+    if suspect is not None:
+        print(suspect, file=sys.stderr)
     return 0
 
 
