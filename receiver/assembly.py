@@ -129,4 +129,5 @@ def restore_state(config: Config, store: Store) -> machine.State:
         trust_digest=trust_digest,
         schedules=schedules,
         done=store.done(),
+        recovered=store.intents(),
     )

@@ -98,7 +98,7 @@ class MediaConfig:
 
 @dataclass(frozen=True)
 class PolicyConfig:
-    """Local limits that no signed message can exceed (SECURITY.md property 15)."""
+    """Local limits that no signed message can exceed (docs/security.md)."""
 
     timezone: str = "Asia/Ho_Chi_Minh"
     quiet_hours: tuple[tuple[int, int], ...] = ()  # (from, to) minutes after local midnight

@@ -31,13 +31,17 @@ from receiver.core.effects import (
     Emit,
     Fetch,
     PersistDone,
+    PersistIntentDone,
+    PersistIntentStarted,
     Play,
     PublishState,
     StopPlayback,
     SwitchRelay,
 )
 from receiver.core.events import FetchFailed
+from receiver.core.reasons import Reason
 from receiver.core.state import ORIGIN_RANK, PRIORITY_RANK, Item, State, state_fields
+from receiver.core.vocabulary import EventKind
 
 RELAY_WINDOW_S: Final = 60.0
 RECONNECT_BACKOFF_MAX_S: Final = 30.0
@@ -92,9 +96,9 @@ def finish(
     item: Item,
     now: Instant,
     out: list[Effect],
-    kind: str,
+    kind: EventKind,
     *,
-    reason: str | None = None,
+    reason: Reason | None = None,
     detail: str | None = None,
 ) -> State:
     """Take ``item`` out for good, reporting ``kind``; the tail starts if nothing else plays."""
@@ -102,6 +106,9 @@ def finish(
     if is_active and item.phase == "playing":
         out.append(StopPlayback())
     out.append(Emit(kind, ref=item.ref, reason=reason, detail=detail))
+    if item.origin == "command":
+        # After the report: a crash between the two repeats the end, it never loses it.
+        out.append(PersistIntentDone(item.ref))
     done = state.done
     if item.occurrence is not None:
         done = done | {item.occurrence}
@@ -183,6 +190,9 @@ def select(state: State, now: Instant, out: list[Effect]) -> State:
 
 def _start_sound(state: State, item: Item, now: Instant, out: list[Effect]) -> State:
     token = state.next_token
+    if item.origin == "command" and item.token == 0:
+        # Its first sound: from now on a restart reports it cut off rather than play it again.
+        out.append(PersistIntentStarted(item.ref))
     if item.on_fallback and state.settings.fallback_file is not None:
         media, start_ms = state.settings.fallback_file, 0
     elif item.stream_url is not None:
@@ -341,9 +351,9 @@ def run_active(state: State, now: Instant, out: list[Effect]) -> State:
 def _relay_wanted(state: State, now: Instant) -> bool:
     override = state.relay_override
     active = state.active
-    if override is not None and override[0] == "on":
+    if override is not None and override.mode == "on":
         return True
-    if override is not None and override[0] == "off":
+    if override is not None and override.mode == "off":
         return active is not None and active.priority == "emergency"
     if active is not None or state.mic_active:
         return True
@@ -356,7 +366,7 @@ def toggles_in_window(state: State, now: Instant) -> int:
 
 def reconcile_relay(state: State, now: Instant, out: list[Effect]) -> State:
     override = state.relay_override
-    if override is not None and override[1] is not None and now.mono >= override[1]:
+    if override is not None and override.until_mono is not None and now.mono >= override.until_mono:
         state = replace(state, relay_override=None)  # a manual override lapses back to auto
     wanted = _relay_wanted(state, now)
     if wanted == state.relay_on:
@@ -403,8 +413,8 @@ def _deadlines(state: State) -> list[float]:
             candidates.append(queued.not_before_mono - lead)
     if state.relay_off_mono is not None and state.relay_on:
         candidates.append(state.relay_off_mono)
-    if state.relay_override is not None and state.relay_override[1] is not None:
-        candidates.append(state.relay_override[1])
+    if state.relay_override is not None and state.relay_override.until_mono is not None:
+        candidates.append(state.relay_override.until_mono)
     if state.relay_on and state.relay_toggles:
         candidates.append(state.relay_toggles[0] + RELAY_WINDOW_S)
     for staged in state.staged.values():

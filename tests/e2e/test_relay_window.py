@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from receiver.signing import command_payload, sign_command
+from receiver.central.signing import command_payload, sign_command
 from tests.broker import Received, Subscriber
 from tests.e2e.conftest import Site
 from tests.e2e.daemon import DEVICE, Daemon
