@@ -40,6 +40,7 @@ from typing import Any, Final
 
 import structlog
 
+from receiver import logs
 from receiver.config_model import MediaConfig, PlayerConfig
 from receiver.core.events import Event, PlayerCrashed
 from receiver.player import Player, PlayerError  # python-vlc is imported by Player(), not here
@@ -61,9 +62,13 @@ class ProcessPlayer:
         on_event: Callable[[Event], None],
         *,
         media: MediaConfig | None = None,
+        logging: tuple[str, str] | None = None,
     ) -> None:
+        """``media``: the allowlist for the stream resolver (None: no resolver); ``logging``:
+        the daemon's (level, format), so the child's log lines look like the daemon's."""
         self._config = config
         self._media = media
+        self._logging = logging
         self._on_event = on_event
         self._log: Any = structlog.get_logger(component="player_process")
         self._lock = threading.Lock()  # the connection's send side and the reply slots
@@ -144,7 +149,7 @@ class ProcessPlayer:
         theirs.close()
         conn = Connection(ours.detach())
         try:
-            conn.send((self._config, self._media))
+            conn.send((self._config, self._media, self._logging))
             if not conn.poll(START_TIMEOUT_S):
                 raise PlayerError(f"the media engine did not start in {START_TIMEOUT_S:g} s")
             kind, detail = conn.recv()
@@ -265,7 +270,9 @@ def _serve(fd: int) -> int:
         with send_lock:
             conn.send(message)
 
-    config, media = conn.recv()
+    config, media, logging = conn.recv()
+    if logging is not None:
+        logs.configure(*logging)
     try:
         resolver = stream_resolver(media) if media is not None else None
         player = Player(config, lambda event: send(("event", event)), resolver=resolver)

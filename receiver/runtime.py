@@ -102,7 +102,12 @@ class Runtime:
         self.relay = AmpRelay(config.gpio, factory)
         self.inputs = LocalInputs(config.gpio, factory, self._input_changed)
         # libVLC runs in a supervised child process: no stream can take the daemon down.
-        self.player = ProcessPlayer(config.player, self.inbox.put_report, media=config.media)
+        self.player = ProcessPlayer(
+            config.player,
+            self.inbox.put_report,
+            media=config.media,
+            logging=(config.logging.level, config.logging.format),
+        )
         self.fetcher = Fetcher(config.media, config.storage.cache_dir, self.inbox.put_report)
         self.link = MqttLink(
             config.broker,
