@@ -25,6 +25,12 @@ test: lint types unit
 bench: bootstrap
 	$(PY) -m bench
 
+# The installed unit under a real systemd in a container (root; a Debian root made once and
+# kept under /var/cache/loa-receiver-systemtest). See systemtest/conftest.py.
+.PHONY: systemtest
+systemtest: bootstrap
+	bash scripts/systemtest.sh
+
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache
 
