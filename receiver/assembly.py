@@ -51,6 +51,7 @@ def settings_from_config(config: Config) -> machine.Settings:
         late_join_s=policy.late_join_s,
         stall_timeout_s=config.player.stall_timeout_s,
         stream_max_restarts=config.player.stream_max_restarts,
+        stream_healthy_s=config.player.stream_healthy_s,
         fallback_file=str(config.player.fallback_file) if config.player.fallback_file else None,
     )
 
@@ -128,4 +129,5 @@ def restore_state(config: Config, store: Store) -> machine.State:
         trust_digest=trust_digest,
         schedules=schedules,
         done=store.done(),
+        recovered=store.intents(),
     )

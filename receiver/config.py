@@ -860,6 +860,7 @@ _PLAYER = _Section(
         _Field("max_play_duration_s", _int_range(1, 86400, "seconds")),
         _Field("stall_timeout_s", _number_range(5, 300, "seconds")),
         _Field("stream_max_restarts", _int_range(0, 100)),
+        _Field("stream_healthy_s", _number_range(5, 3600, "seconds")),
         _Field("fallback_file", _optional(_path)),
     ),
     _finish_player,

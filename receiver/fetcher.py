@@ -1,77 +1,11 @@
 """The media fetcher: downloads pinned files into a content-addressed cache with a quota.
 
-This module owns ``cache_dir`` (the verified files, one per SHA-256, named by the hash alone) and
-``cache_dir/.partial`` (downloads in progress or interrupted), and the worker threads that fill
-them. It decides nothing about *when* to fetch: the core emits ``Fetch`` effects, the runtime
-calls :meth:`Fetcher.fetch`, and the outcome comes back as one
-:class:`~receiver.core.events.FetchFinished` or :class:`~receiver.core.events.FetchFailed` per
-call, through the ``on_event`` callback. The runtime also tells the fetcher which files must stay
-(:meth:`Fetcher.set_protected`) and which were just used (:meth:`Fetcher.touch`), and reads
-:meth:`Fetcher.usage` and :meth:`Fetcher.missing` for the device state.
-
-Security properties (SECURITY.md, Media, 12-14), and where they are enforced:
-
-* A file is pinned by SHA-256 and size. At most ``size + 1`` body bytes are ever held; the bytes
-  are hashed while they are written to ``.partial/<sha256>.part``, fsynced, checked, and only then
-  renamed to ``<sha256>`` (and the directory fsynced). Bytes that do not match are deleted; they
-  never appear under a cache name.
-* Resuming: a ``.part`` file left by an interrupted download of the same SHA-256 is continued
-  with ``Range: bytes=N-``. Only a ``206`` whose ``Content-Range`` is exactly ``N-(size-1)`` (and
-  whose total, if given, is the pinned size) is appended to; a ``200`` is written from byte zero
-  (the part file is truncated); a ``416`` or any other ``Content-Range`` starts a new request from
-  zero. The SHA-256 always covers the whole file: the kept bytes are re-read into the hash before
-  the new ones are added. A resumed file that fails the hash is deleted and downloaded once more
-  from zero (within the same deadline), since the fault may lie in the old bytes (say, a power
-  cut before they reached the card); only a download from zero that fails the hash is reported
-  as ``hash_mismatch``. A part file already as long as the pin is checked locally, without a
-  request.
-* What is kept: a part file survives a deadline, a dropped connection, an HTTP error status and
-  :meth:`Fetcher.close` (that is what resuming needs); it is deleted after a hash mismatch, when it
-  is empty, when it is longer than its pin, and when its modification time is more than
-  :data:`PART_MAX_AGE_S` away from now (at start-up, when its hash is fetched again, and when room
-  is made).
-* Quota (``cache_quota_bytes``): verified files, leftover part files and the pinned size of every
-  download under way count against it. Before a download starts, room for its pinned size is made
-  by deleting leftover part files (oldest first), then verified files, least recently used first;
-  files whose hash is in the protected set are never deleted. If that cannot make room, the
-  download fails with ``policy`` ("cache quota full of protected files") and nothing is deleted.
-  The order of use is kept in memory: seeded from the files' modification times at start-up,
-  moved by cache hits and :meth:`Fetcher.touch`; ``touch`` also sets the file's modification time
-  so the order survives a restart (atime is not used: SD cards are often mounted ``noatime``).
-* Disk: the cache never takes the space the state store needs. Before a request, and every
-  :data:`DISK_CHECK_EVERY_BYTES` while writing, the free space of the cache's filesystem
-  (``os.statvfs``) minus what is still to be written must stay above a reserve
-  (:data:`DISK_RESERVE_BYTES`, :data:`DISK_RESERVE_FRACTION`); otherwise the download fails with
-  ``download_failed`` ("disk nearly full").
-* Only ``http``/``https`` URLs whose scheme and host are on the local allowlist are fetched, and
-  every redirect target is checked again (:func:`check_url`). An allowlist entry ``host`` allows
-  any port, ``host:port`` (``[v6addr]:port``) only that port; hosts are compared lowercase with a
-  trailing dot removed; there are no wildcards.
-* Nothing from a URL, a header or the body becomes a path: the file name is the hash, and the hash
-  must be 64 lowercase hex digits.
-* Each download has a total deadline (``fetch_deadline_s``, shared by a resumed attempt and a
-  restart from zero) and a per-read socket timeout. The deadline is enforced by a timer that
-  shuts the socket down, so a server trickling its headers, a chunk header or the body one byte
-  at a time still fails on time. (Name resolution is the one step a socket shutdown cannot
-  interrupt; the system resolver's own timeouts bound it.)
-* ``detail`` strings are built from our own words and numbers (status codes, byte counts, hosts
-  that passed validation), never from exception messages or other server-supplied text.
-
-Reason codes (PROTOCOL.md): ``bad_body`` (malformed sha256, negative size, unparseable URL),
-``too_large`` (pinned size above ``max_file_bytes`` or above the whole cache quota), ``policy``
-(scheme or host not allowed, credentials in the URL, a redirect leaving the allowlist, no room
-under the quota because protected files fill it), ``download_failed`` (HTTP status other than
-200/206, connection or TLS error, transfer cut short, deadline, more than 3 redirects, cannot
-write the cache, disk nearly full), ``hash_mismatch`` (a completed transfer whose length or
-SHA-256 differs from the pin).
-
-Threads: :meth:`Fetcher.fetch` is meant for the loop thread. Checks that need no network (format,
-size, allowlist, cache hit) post their event *synchronously*, before ``fetch`` returns, on the
-caller's thread; everything else posts from a worker thread. ``on_event`` must therefore be
-thread-safe and must not block (or call back into the fetcher). After :meth:`Fetcher.close`
-returns, ``on_event`` is not called again. :meth:`~Fetcher.set_protected`,
-:meth:`~Fetcher.touch`, :meth:`~Fetcher.usage` and :meth:`~Fetcher.missing` may be called from any
-thread; they never wait for the network.
+Owns ``cache_dir`` (verified files named by their SHA-256), ``cache_dir/.partial`` (downloads
+under way or interrupted) and the worker threads that fill them. It decides nothing about when
+to fetch: the loop calls :meth:`Fetcher.fetch` for each ``Fetch`` effect and gets one
+``FetchFinished`` or ``FetchFailed`` back through ``on_event``. Pinning, resuming, the quota,
+the disk reserve, the allowlist on every redirect, deadlines and the reason codes are described
+in ``docs/adapters.md``. Logs through structlog.
 """
 
 from __future__ import annotations
@@ -80,7 +14,6 @@ import contextlib
 import errno
 import hashlib
 import http.client
-import logging
 import os
 import queue
 import re
@@ -96,8 +29,10 @@ from pathlib import Path
 from typing import NamedTuple, TypeVar
 from urllib.parse import urljoin
 
+import structlog
+
 from receiver.config_model import MediaConfig
-from receiver.core import urls
+from receiver.core import reasons, urls
 from receiver.core.events import Event, FetchFailed, FetchFinished
 from receiver.core.urls import Target, host_allowed
 
@@ -111,7 +46,7 @@ __all__ = [
     "host_allowed",
 ]
 
-log = logging.getLogger(__name__)
+log = structlog.get_logger("receiver.fetcher")
 _T = TypeVar("_T")
 
 CHUNK_BYTES = 64 * 1024
@@ -142,9 +77,9 @@ _MIB = 1024 * 1024
 
 
 class FetchError(Exception):
-    """A fetch that failed, as a PROTOCOL.md reason code and a short, safe ``detail``."""
+    """A fetch that failed, as a reason code and a short, safe ``detail``."""
 
-    def __init__(self, reason: str, detail: str) -> None:
+    def __init__(self, reason: reasons.Reason, detail: str) -> None:
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail[:MAX_DETAIL_CHARS]
@@ -378,18 +313,18 @@ class Fetcher:
 
     def _check_pin(self, sha256: str, size: int) -> None:
         if not isinstance(sha256, str) or not _SHA256.fullmatch(sha256):
-            raise FetchError("bad_body", "sha256 must be 64 lowercase hex digits")
+            raise FetchError(reasons.BAD_BODY, "sha256 must be 64 lowercase hex digits")
         if isinstance(size, bool) or not isinstance(size, int) or size < 0:
-            raise FetchError("bad_body", "size must be a non-negative integer")
+            raise FetchError(reasons.BAD_BODY, "size must be a non-negative integer")
         if size > self._config.max_file_bytes:
             raise FetchError(
-                "too_large",
+                reasons.TOO_LARGE,
                 f"pinned size {size} bytes is above the limit of "
                 f"{self._config.max_file_bytes} bytes",
             )
         if size > self._config.cache_quota_bytes:  # config.py forbids it; MediaConfig does not
             raise FetchError(
-                "too_large",
+                reasons.TOO_LARGE,
                 f"pinned size {size} bytes is above the cache quota of "
                 f"{self._config.cache_quota_bytes} bytes",
             )
@@ -413,7 +348,7 @@ class Fetcher:
         if info.st_size != size:
             # The cached bytes hash to sha256 and have another length: no bytes fit this pin.
             detail = f"the cached file has {info.st_size} bytes, the pin says {size}"
-            return FetchFailed(sha256, "hash_mismatch", detail)
+            return FetchFailed(sha256, reasons.HASH_MISMATCH, detail)
         return FetchFinished(sha256, str(path))
 
     # -- the cache -----------------------------------------------------------------------------
@@ -500,7 +435,7 @@ class Fetcher:
                 excess -= candidate[2]
             if excess > 0:
                 raise FetchError(
-                    "policy",
+                    reasons.POLICY,
                     f"cache quota full of protected files ({job.size} bytes needed, "
                     f"{quota - used} of {quota} bytes free)",
                 )
@@ -509,12 +444,12 @@ class Fetcher:
                 _remove(path)
             except OSError as exc:
                 raise FetchError(
-                    "download_failed", f"cannot evict from the cache ({_errno_name(exc)})"
+                    reasons.DOWNLOAD_FAILED, f"cannot evict from the cache ({_errno_name(exc)})"
                 ) from exc
             if not is_part:
                 del self._files[sha256]
             kind = "partial download" if is_part else "file"
-            log.info("fetcher: evicted %s %s (%d bytes) to make room", kind, sha256[:12], size)
+            log.info("cache_evicted", what=kind, sha256=sha256[:12], bytes=size, why="making room")
         self._reserved[job.sha256] = job.size
 
     def _check_disk(self, to_write: int) -> None:
@@ -528,7 +463,7 @@ class Fetcher:
             reserve = max(DISK_RESERVE_BYTES, share)
         if free - to_write < reserve:
             raise FetchError(
-                "download_failed",
+                reasons.DOWNLOAD_FAILED,
                 f"disk nearly full ({free // _MIB} MiB free, {to_write} bytes to write, "
                 f"{reserve // _MIB} MiB kept in reserve)",
             )
@@ -543,7 +478,7 @@ class Fetcher:
             try:
                 self._run(job)
             except Exception:  # a bug here must not kill the worker
-                log.exception("fetcher: unexpected error in a worker")
+                log.exception("fetch_worker_error")
 
     def _run(self, job: _Job) -> None:
         handle = _Abort()
@@ -551,7 +486,9 @@ class Fetcher:
             closing = self._closed
             if not closing:
                 self._active.add(handle)
-        outcome: FetchError | None = FetchError("download_failed", "abandoned: fetcher closed")
+        outcome: FetchError | None = FetchError(
+            reasons.DOWNLOAD_FAILED, "abandoned: fetcher closed"
+        )
         part = self._partial_dir / f"{job.sha256}{_PARTIAL_SUFFIX}"
         if not closing:
             deadline_s = self._config.fetch_deadline_s
@@ -569,9 +506,11 @@ class Fetcher:
                 outcome = _classify(exc)
                 # A transfer cut by our own deadline or close() can look like a short body:
                 # those bytes are not proven wrong, and are kept for resuming.
-                bytes_wrong = outcome.reason == "hash_mismatch" and handle.reason is None
+                bytes_wrong = outcome.reason == reasons.HASH_MISMATCH and handle.reason is None
                 if handle.reason == "deadline" or time.monotonic() >= deadline:
-                    outcome = FetchError("download_failed", f"deadline of {deadline_s:g} s passed")
+                    outcome = FetchError(
+                        reasons.DOWNLOAD_FAILED, f"deadline of {deadline_s:g} s passed"
+                    )
             finally:
                 timer.cancel()
                 with self._lock:
@@ -598,13 +537,13 @@ class Fetcher:
                 event = FetchFailed(job.sha256, outcome.reason, outcome.detail)
             elif size != job.size:
                 detail = f"the file has {job.size} bytes, the pin says {size}"
-                event = FetchFailed(job.sha256, "hash_mismatch", detail)
+                event = FetchFailed(job.sha256, reasons.HASH_MISMATCH, detail)
             else:
                 event = FetchFinished(job.sha256, str(self._cache_dir / job.sha256))
             try:
                 self._post(event)
             except Exception:  # on_event raised: still tell the other callers
-                log.exception("fetcher: on_event raised")
+                log.exception("fetch_report_failed", why="on_event raised")
 
     def _post(self, event: Event) -> None:
         if not self._closed:
@@ -625,9 +564,7 @@ class Fetcher:
                 self._attempt(job, part, handle, deadline, offset)
                 return
             except _RestartError as restart:
-                log.info(
-                    "fetcher: resuming %s failed (%s): from zero", job.sha256[:12], restart.detail
-                )
+                log.info("fetch_resume_failed", sha256=job.sha256[:12], detail=restart.detail)
                 _disk(lambda: _remove(part))
                 self._check_disk(job.size)
         self._attempt(job, part, handle, deadline, 0)
@@ -640,12 +577,12 @@ class Fetcher:
             return 0
         except OSError as exc:
             raise FetchError(
-                "download_failed", f"cannot read the cache ({_errno_name(exc)})"
+                reasons.DOWNLOAD_FAILED, f"cannot read the cache ({_errno_name(exc)})"
             ) from exc
         fresh = abs(time.time() - info.st_mtime) <= PART_MAX_AGE_S
         if stat.S_ISREG(info.st_mode) and info.st_size <= job.size and fresh:
             return info.st_size
-        log.info("fetcher: dropping a stale or oversized partial download of %s", job.sha256[:12])
+        log.info("partial_download_dropped", sha256=job.sha256[:12], why="stale or oversized")
         _disk(lambda: _remove(part))
         return 0
 
@@ -677,12 +614,12 @@ class Fetcher:
             except FetchError as exc:
                 if hop == 0:
                     raise
-                if exc.reason == "policy":
+                if exc.reason == reasons.POLICY:
                     # The redirect target is server-supplied: not repeated in the detail.
                     raise FetchError(
-                        "policy", "redirected to a scheme or host not on the allowlist"
+                        reasons.POLICY, "redirected to a scheme or host not on the allowlist"
                     ) from exc
-                raise FetchError("download_failed", "redirected to an invalid URL") from exc
+                raise FetchError(reasons.DOWNLOAD_FAILED, "redirected to an invalid URL") from exc
             conn, sock = self._connect(target, handle, deadline)
             response: http.client.HTTPResponse | None = None
             try:
@@ -692,14 +629,14 @@ class Fetcher:
                     location = response.getheader("Location")
                     if not location:
                         raise FetchError(
-                            "download_failed", f"HTTP {response.status} without a Location"
+                            reasons.DOWNLOAD_FAILED, f"HTTP {response.status} without a Location"
                         )
                     url = urljoin(url, location.strip())
                     continue
                 if response.status == 416 and offset:
-                    raise _RestartError("download_failed", "HTTP 416 to a resumed request")
+                    raise _RestartError(reasons.DOWNLOAD_FAILED, "HTTP 416 to a resumed request")
                 if response.status not in (200, 206):
-                    raise FetchError("download_failed", f"HTTP {response.status}")
+                    raise FetchError(reasons.DOWNLOAD_FAILED, f"HTTP {response.status}")
                 self._receive(response, sock, job, part, deadline=deadline, offset=offset)
                 return
             finally:
@@ -708,7 +645,7 @@ class Fetcher:
                     response.close()
                 conn.close()
                 sock.close()
-        raise FetchError("download_failed", f"more than {MAX_REDIRECTS} redirects")
+        raise FetchError(reasons.DOWNLOAD_FAILED, f"more than {MAX_REDIRECTS} redirects")
 
     def _connect(
         self, target: Target, handle: _Abort, deadline: float
@@ -764,7 +701,7 @@ class Fetcher:
             if start:  # the hash covers the whole file: the kept bytes go in first
                 kept = _disk(lambda: copy_limited(out.read, digest.update, start))
                 if kept != start:
-                    raise _RestartError("download_failed", "the partial file shrank")
+                    raise _RestartError(reasons.DOWNLOAD_FAILED, "the partial file shrank")
             _disk(lambda: out.seek(start))
             _disk(lambda: out.truncate(start))  # a 200 while resuming starts again from zero
             position = start
@@ -782,22 +719,22 @@ class Fetcher:
 
             received = start + copy_limited(read, write, job.size - start + 1)
             if received > job.size:
-                raise FetchError("hash_mismatch", f"server sent more than {job.size} bytes")
+                raise FetchError(reasons.HASH_MISMATCH, f"server sent more than {job.size} bytes")
             if received < job.size:
                 if announced is not None:
                     raise FetchError(
-                        "download_failed",
+                        reasons.DOWNLOAD_FAILED,
                         f"connection closed after {received} of {job.size} bytes",
                     )
                 raise FetchError(
-                    "hash_mismatch", f"server sent {received} bytes, the pin says {job.size}"
+                    reasons.HASH_MISMATCH, f"server sent {received} bytes, the pin says {job.size}"
                 )
             if digest.hexdigest() != job.sha256:
                 if start:
                     raise _RestartError(
-                        "hash_mismatch", "the resumed file does not match its sha256"
+                        reasons.HASH_MISMATCH, "the resumed file does not match its sha256"
                     )
-                raise FetchError("hash_mismatch", "the bytes do not match the pinned sha256")
+                raise FetchError(reasons.HASH_MISMATCH, "the bytes do not match the pinned sha256")
             _disk(out.flush)
             _disk(lambda: os.fsync(out.fileno()))
         self._commit(job, part)
@@ -811,7 +748,7 @@ class Fetcher:
 def _timeout(deadline: float) -> float:
     remaining = deadline - time.monotonic()
     if remaining <= 0:
-        raise FetchError("download_failed", "deadline passed")
+        raise FetchError(reasons.DOWNLOAD_FAILED, "deadline passed")
     return min(READ_TIMEOUT_S, remaining)
 
 
@@ -819,7 +756,9 @@ def _disk(action: Callable[[], _T]) -> _T:
     try:
         return action()
     except OSError as exc:
-        raise FetchError("download_failed", f"cannot write the cache ({_errno_name(exc)})") from exc
+        raise FetchError(
+            reasons.DOWNLOAD_FAILED, f"cannot write the cache ({_errno_name(exc)})"
+        ) from exc
 
 
 def _fsync_dir(path: Path) -> None:
@@ -842,19 +781,19 @@ def _classify(exc: Exception) -> FetchError:
     if isinstance(exc, FetchError):
         return exc
     if isinstance(exc, TimeoutError):
-        return FetchError("download_failed", f"no data for {READ_TIMEOUT_S:g} s (timed out)")
+        return FetchError(reasons.DOWNLOAD_FAILED, f"no data for {READ_TIMEOUT_S:g} s (timed out)")
     if isinstance(exc, ssl.SSLCertVerificationError):
-        return FetchError("download_failed", "TLS certificate verification failed")
+        return FetchError(reasons.DOWNLOAD_FAILED, "TLS certificate verification failed")
     if isinstance(exc, ssl.SSLError):
-        return FetchError("download_failed", f"TLS error ({type(exc).__name__})")
+        return FetchError(reasons.DOWNLOAD_FAILED, f"TLS error ({type(exc).__name__})")
     if isinstance(exc, socket.gaierror):
-        return FetchError("download_failed", "cannot resolve the host name")
+        return FetchError(reasons.DOWNLOAD_FAILED, "cannot resolve the host name")
     if isinstance(exc, OSError):
-        return FetchError("download_failed", f"connection error ({_errno_name(exc)})")
+        return FetchError(reasons.DOWNLOAD_FAILED, f"connection error ({_errno_name(exc)})")
     if isinstance(exc, http.client.HTTPException):
-        return FetchError("download_failed", f"bad HTTP response ({type(exc).__name__})")
-    log.error("fetcher: unexpected error", exc_info=exc)
-    return FetchError("download_failed", f"unexpected error ({type(exc).__name__})")
+        return FetchError(reasons.DOWNLOAD_FAILED, f"bad HTTP response ({type(exc).__name__})")
+    log.error("fetch_unexpected_error", exc_info=exc)
+    return FetchError(reasons.DOWNLOAD_FAILED, f"unexpected error ({type(exc).__name__})")
 
 
 def _errno_name(exc: OSError) -> str:
@@ -871,16 +810,19 @@ def _body_start(response: http.client.HTTPResponse, job: _Job, offset: int) -> i
     if response.status != 206:
         if announced is not None and announced != job.size:
             raise FetchError(
-                "hash_mismatch", f"server announces {announced} bytes, the pin says {job.size}"
+                reasons.HASH_MISMATCH,
+                f"server announces {announced} bytes, the pin says {job.size}",
             )
         return 0
     if not offset:
-        raise FetchError("download_failed", "HTTP 206 to a request without Range")
+        raise FetchError(reasons.DOWNLOAD_FAILED, "HTTP 206 to a request without Range")
     span = _content_range(response.getheader("Content-Range"))
     if span is None or span[:2] != (offset, job.size - 1) or span[2] not in (None, job.size):
-        raise _RestartError("download_failed", "HTTP 206 with another Content-Range than asked")
+        raise _RestartError(
+            reasons.DOWNLOAD_FAILED, "HTTP 206 with another Content-Range than asked"
+        )
     if announced is not None and announced != job.size - offset:
-        raise _RestartError("download_failed", "HTTP 206 whose length is not the range's")
+        raise _RestartError(reasons.DOWNLOAD_FAILED, "HTTP 206 whose length is not the range's")
     return offset
 
 
@@ -904,7 +846,7 @@ def _remove_quietly(path: Path) -> None:
     try:
         _remove(path)
     except OSError as exc:
-        log.warning("fetcher: cannot remove a partial file (%s)", _errno_name(exc))
+        log.warning("partial_file_not_removed", error=_errno_name(exc))
 
 
 def _drop_part(part: Path, *, always: bool) -> None:
@@ -915,4 +857,4 @@ def _drop_part(part: Path, *, always: bool) -> None:
     except FileNotFoundError:
         pass
     except OSError as exc:
-        log.warning("fetcher: cannot remove a partial file (%s)", _errno_name(exc))
+        log.warning("partial_file_not_removed", error=_errno_name(exc))

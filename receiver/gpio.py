@@ -1,6 +1,8 @@
-"""The gpiozero adapter: the amplifier relay, and nothing else.
+"""The gpiozero adapter: the amplifier relay, and the local inputs it reads.
 
-This module owns the one output pin that switches the amplifier's power relay:
+This module owns the one output pin that switches the amplifier's power relay, and the input
+pins of the office microphone's priority switch and the amplifier's fault contact
+(:class:`LocalInputs`, which reports their changes as plain calls the loop turns into events):
 
 * :func:`make_pin_factory` turns the configured factory name into a gpiozero pin factory. The real
   factories are imported only when asked for, and their import or start-up failures become a
@@ -12,7 +14,8 @@ This module owns the one output pin that switches the amplifier's power relay:
   own cleanup only runs on a normal interpreter exit, so a crashed daemon may leave the relay on.
 
 What the relay *should* do (warm-up before playback, tail after it, toggle caps) is decided by the
-core; this adapter only executes ``SwitchRelay`` effects and is called from the loop thread only.
+core; this adapter only executes ``SwitchRelay`` effects and is called from the loop thread only
+(the inputs' callbacks come on gpiozero's threads and only queue).
 Every exception from gpiozero or from the pin libraries underneath is re-raised as
 :class:`GpioError`, with the original chained as ``__cause__``.
 

@@ -1,98 +1,16 @@
 """The MQTT link: one paho-mqtt 2.x client, driven by our own network thread.
 
-:class:`MqttLink` is the adapter between the broker and the daemon. It turns incoming
-messages into :class:`~receiver.core.events.MessageReceived` and link transitions into
-:class:`~receiver.core.events.LinkChanged`, handed to two callables that must only put the event
-on the daemon's queue and return. Everything it decides is transport: no message is interpreted.
-
-What the wire protocol (``docs/protocol.md``, Transport) asks for, and how it is done here:
-
-- **MQTT 5, persistent session.** The client id is the device id; every CONNECT carries
-  ``clean_start=False`` and a ``SessionExpiryInterval``. (paho's default,
-  ``MQTT_CLEAN_START_FIRST_ONLY``, starts clean on the first connect of every process, which would
-  throw away the QoS 1 commands queued for us while the daemon was restarting.)
-- **Will.** Retained, QoS 1, set before the first connect; the broker publishes it when the
-  connection dies without a DISCONNECT. On a clean :meth:`MqttLink.stop` the daemon's final
-  (offline) state is published by us instead, because a clean disconnect discards the will.
-- **Retained commands are never delivered.** Subscriptions flagged ``ignore_retained`` use
-  retain-handling 2 (the broker sends no retained message on subscribe) *and* retain-as-published,
-  so that a command that someone publishes with the retain flag while we are connected still
-  arrives marked ``retained=True`` and the core can reject it. (With retain-as-published off, a
-  broker clears the flag on live delivery and the core could not tell.)
-- **Reconnect with backoff and jitter, also after "accepted, then dropped".** paho's own
-  ``reconnect_delay_set`` resets its delay after every successful CONNACK, so a broker that
-  accepts and then kicks us (a duplicate client id, an overloaded cluster node, an ACL reload)
-  would be hammered in a tight loop. We therefore never use ``loop_start``/``loop_forever``:
-  our thread calls ``reconnect()`` and ``loop()`` itself, waits
-  ``uniform(min, min(max, min * 2**(n+1)))`` seconds after the n-th consecutive failure
-  (full jitter above a floor of ``reconnect_min_s``: a fleet that lost its broker at the same second
-  does not come back at the same second), and resets ``n`` only after a connection that stayed
-  up for ``stable_after_s`` (30 s).
-- **TLS** verifies the server always (the configured CA file or the system store, hostname
-  checked); a client certificate turns on mutual TLS. There is no switch to turn checks off.
-
-Threading contract (see DESIGN.md, "a pure core inside a thin shell"):
-
-- Every paho callback is wrapped so that an exception is logged and swallowed: an exception
-  escaping a paho callback would otherwise end the network thread, silently.
-- Callbacks never take this module's lock (paho calls some of them while holding its own
-  message lock, and :meth:`MqttLink.publish` takes ours and then paho's: the other order would
-  deadlock) and never wait for a publish.
-- :meth:`MqttLink.publish` may be called from any thread and never touches the network: the
-  client has an ``on_socket_register_write`` callback, which stops paho from writing to the socket
-  from the caller's thread (it otherwise does so whenever no ``loop_start`` thread exists); the
-  write is done by our thread, which paho wakes through its internal socket pair. From the moment
-  our thread calls ``reconnect()`` until the CONNACK has been processed, messages wait in a list
-  of ours: no PUBLISH can then overtake the CONNECT on the new socket, nor the messages paho
-  re-sends after the CONNACK (an older retained state would otherwise overwrite a newer one).
-  Everything else is queued by paho itself (bounded by ``max_queued_messages_set``) and sent in
-  order after the next CONNACK.
-- ``on_link(LinkChanged(True))`` is called from ``on_connect``, so it comes before any message
-  of that connection (a persistent session delivers queued commands right after the CONNACK).
-  ``on_connected_publish`` runs in our thread once the SUBACK is in as well: by then paho has
-  re-sent the messages that were in flight when the link dropped, so the fresh "online" state is
-  published after any older retained state and is the one the broker keeps.
-  ``on_link(LinkChanged(False))`` is called once the connection has ended, also on :meth:`stop`.
-
-Acknowledgements (``publish(..., on_ack=...)``), for the events outbox:
-
-- paho gives a QoS 1 message its message id (mid) inside ``client.publish()``, connected or not,
-  keeps it in its own queue under that mid until the PUBACK, and after a reconnect sends it
-  again *with the same mid* (DUP set; it never drops a queued QoS 1 message by itself). So a
-  mid -> callback map, filled when the message is handed to paho, stays valid across any number
-  of reconnects. The one place where a message has no mid yet is our own hold list (from
-  ``reconnect()`` to the CONNACK): such a message gets its mid, and its callback its map entry,
-  when our thread hands it to paho right after the CONNACK.
-- paho calls ``on_publish`` from ``loop()`` while holding its message lock, so the handler only
-  appends the mid to a deque. Our thread, after every ``loop()`` turn and holding no paho lock,
-  takes ``_lock``, pops the callbacks of the acknowledged mids and calls them (outside the lock).
-  :meth:`MqttLink.publish` registers the callback under ``_lock`` in the same critical section as
-  ``client.publish()``, so a PUBACK that arrives before the registration cannot be missed.
-- ``on_ack`` fires once per message, for any PUBACK, also one with a failure reason code (the
-  broker answered for good: sending it again would be refused again; the refusal is logged and
-  kept in ``last_error``). It never fires for a message that was dropped (queue full, link being
-  stopped: :meth:`~MqttLink.publish` returns False, or logs when a held message is dropped at
-  the CONNACK), nor for messages still unacknowledged when the link is stopped or the process
-  ends: those are the outbox's to send again. QoS 1 is at least once: a message whose PUBACK was
-  lost with the connection is sent again, and the broker may pass on both copies.
-
-Maximum Packet Size: every CONNECT carries the MQTT 5 property (``max_packet_size``, 32 KiB), so
-the broker never sends us a bigger packet: it drops such a message for us (Mosquitto 2.0 does so
-silently and the connection stays up) instead of making us read it (without it, one 200 MB
-message would be read whole into the memory of a 512 MB board). Everything central sends is at
-most 16 KiB of payload (protocol §4), so 32 KiB leaves room for the topic and properties.
-A broker-side hazard, measured with Mosquitto 2.0.11 (Debian 12) in its default configuration: a
-QoS 1 message it drops for being over our limit keeps one of our in-flight slots
-(``max_inflight_messages``, 20) until we reconnect, since no PUBACK can ever come for it. After 20
-of them (19 are harmless) the broker sends us nothing more, commands included, while the link
-looks healthy; the next reconnect frees the slots and the queued messages arrive. A broker
-configured with ``max_packet_size`` (or ``message_size_limit``) at or below our limit refuses
-such messages from the publisher instead, and ``max_inflight_messages 0`` removes the cap: with
-any of the three (each checked against 2.0.11), 25 oversized messages no longer cut us off.
+Owns the broker connection (MQTT 5 persistent session, will, TLS, reconnect with backoff and
+jitter, the packet size we accept) and the map from message ids to acknowledgement callbacks
+that tells the outbox which events the broker has. Incoming messages become
+:class:`~receiver.core.events.MessageReceived` and link changes
+:class:`~receiver.core.events.LinkChanged`, handed to callables that only queue them; no message
+is interpreted here. The threading and acknowledgement contract is in ``docs/adapters.md``.
 """
 
 from __future__ import annotations
 
+import os
 import random
 import socket
 import ssl
@@ -403,6 +321,16 @@ class MqttLink:
             reconnects=self._reconnects,
         )
 
+    @property
+    def socket_inode(self) -> int | None:
+        """The inode of the broker connection's socket, or None: how the traffic meter
+        (:class:`receiver.health.TrafficMeter`) tells the MQTT bytes from the media ones."""
+        sock = self._client.socket()
+        try:
+            return os.fstat(sock.fileno()).st_ino if isinstance(sock, socket.socket) else None
+        except OSError:
+            return None
+
     def start(self) -> None:
         """Start the network thread; it connects, and keeps reconnecting until :meth:`stop`."""
         if self._thread is not None:
@@ -594,6 +522,7 @@ class MqttLink:
                 )
                 return None
             self._disable_nagle()
+            self._bound_silence()
             return self._run_session()
         finally:
             self._release_hold()
@@ -607,6 +536,39 @@ class MqttLink:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError as exc:
                 self._log.debug("mqtt_nodelay_unavailable", reason=str(exc))
+
+    def _bound_silence(self) -> None:
+        """Let the kernel end a connection that went silent, well within 1.5 x the keepalive.
+
+        paho alone takes up to 2 x the keepalive: it sends PINGREQ only once nothing was sent or
+        received for a keepalive, and gives up a keepalive after that. A link that dies silently
+        (a NAT forgets us, a cell goes dark: no RST) right after traffic is noticed that late,
+        and commands meanwhile go into a dead connection. So, on our socket (TCP only, public
+        socket options): TCP keepalive probes after ``keepalive/2`` without a packet from the
+        broker, and ``TCP_USER_TIMEOUT`` of ``keepalive/2``: data (a probe, a PINGREQ, a
+        publish) that stays unacknowledged that long ends the connection. Worst case, a link
+        that dies at t is given up at about t + keepalive (a publish at t + keepalive/2, then
+        keepalive/2 unanswered); a quiet one at t + keepalive/2 + one probe interval. paho then
+        reads ETIMEDOUT and we reconnect. Measured over an emulated 4G link by tests/link.
+        """
+        sock = self._client.socket()
+        if not isinstance(sock, socket.socket) or sock.type != socket.SOCK_STREAM:
+            return
+        keepalive = self._config.keepalive_s
+        options = [
+            (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1),
+            (socket.IPPROTO_TCP, getattr(socket, "TCP_KEEPIDLE", None), max(1, keepalive // 2)),
+            (socket.IPPROTO_TCP, getattr(socket, "TCP_KEEPINTVL", None), max(1, keepalive // 10)),
+            (socket.IPPROTO_TCP, getattr(socket, "TCP_KEEPCNT", None), 5),
+            (socket.IPPROTO_TCP, getattr(socket, "TCP_USER_TIMEOUT", None), keepalive * 500),
+        ]
+        for level, option, value in options:
+            if option is None:
+                continue  # not Linux: paho's own keepalive (up to 2 x) is all there is
+            try:
+                sock.setsockopt(level, option, value)
+            except OSError as exc:
+                self._log.debug("mqtt_sockopt_unavailable", option=option, reason=str(exc))
 
     def _release_hold(self) -> None:
         """Hand the held messages to paho (behind its re-sends); disconnect if stop() asked."""

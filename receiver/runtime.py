@@ -32,6 +32,8 @@ from receiver.core.effects import (
     Fetch,
     PersistDone,
     PersistFloors,
+    PersistIntentDone,
+    PersistIntentStarted,
     PersistResetFloor,
     PersistSchedule,
     PersistTrust,
@@ -53,20 +55,21 @@ from receiver.core.events import (
 )
 from receiver.fetcher import Fetcher
 from receiver.gpio import AmpRelay, LocalInputs, make_pin_factory
-from receiver.health import read_health
+from receiver.health import TrafficMeter, read_health
 from receiver.inbox import Inbox
 from receiver.logs import bounded
 from receiver.mqtt_client import MqttLink
 from receiver.outbox import Outbox
 from receiver.player import Player
-from receiver.signing import rfc3339
 from receiver.status import write_status
 from receiver.store import Store
+from receiver.streams import stream_resolver
+from receiver.timefmt import rfc3339
 
 IDLE_WAKE_S: Final = 5.0  # the loop turns at least this often, so the watchdog sees it alive
 PROGRESS_POLL_S: Final = 1.0  # how often a live stream's position is read
 TIME_FLOOR_SAVE_S: Final = 3600.0  # how often a trusted time is saved (an SD card wears out)
-STATE_EVERY_S: Final = 60.0  # the retained state is also refreshed this often (PROTOCOL.md)
+STATE_EVERY_S: Final = 60.0  # the retained state is also refreshed this often (docs/protocol.md)
 MAX_DETAIL_CHARS: Final = 200
 MAX_IN_FLIGHT: Final = 500  # events handed to the link at once (paho queues at most 1000)
 MAX_PACKET_BYTES: Final = 32 * 1024  # commands are capped at 16 KiB; the broker sends no more
@@ -99,7 +102,9 @@ class Runtime:
         factory = pin_factory or make_pin_factory(config.gpio.pin_factory)
         self.relay = AmpRelay(config.gpio, factory)
         self.inputs = LocalInputs(config.gpio, factory, self._input_changed)
-        self.player = Player(config.player, self.inbox.put_report)
+        self.player = Player(
+            config.player, self.inbox.put_report, resolver=stream_resolver(config.media)
+        )
         self.fetcher = Fetcher(config.media, config.storage.cache_dir, self.inbox.put_report)
         self.link = MqttLink(
             config.broker,
@@ -113,9 +118,17 @@ class Runtime:
             on_link=self.inbox.put_report,
             on_connected_publish=self._republish_state,
         )
+        self.traffic = TrafficMeter(lambda: self.link.socket_inode)
         self.state = restore_state(config, self.store)
         # Read by the link's thread; replaced (never changed) by the loop after each step.
         self._key_ids = frozenset(key.id for key in self.state.keyring.keys)
+        if self.state.recovered:
+            self.log.warning(
+                "commands_unfinished_at_start",
+                refs=",".join(intent.ref for intent in self.state.recovered),
+                why="accepted before the last stop or crash and not carried out to their end: "
+                "each is carried out if its window is still open, else reported failed",
+            )
         if self.state.reset_floor is None:
             self.log.warning(
                 "fresh_store",
@@ -157,6 +170,7 @@ class Runtime:
                 self.inbox.put_report(LocalInputChanged(name, active))
             self._send_outbox()
             self.link.start()
+            self.traffic.start()
             systemd.notify("READY=1")
             self.log.info(
                 "daemon_started", version=__version__, groups=",".join(self.config.groups)
@@ -273,6 +287,7 @@ class Runtime:
                 self.log.error("close_failed", part=name, error=str(exc))
         self.log.info("relay_switched", on=False, why="shutdown")
         self.link.stop(self.topics.state, self._offline_payload())
+        self.traffic.stop()
         try:  # so that `receiver status` says the daemon stopped, and when
             offline = {
                 "device": self.config.device_id,
@@ -323,8 +338,12 @@ class Runtime:
 
     def _persist(self, effect: Effect) -> bool:
         match effect:
-            case PersistFloors(floors=floors, time_floor=time_floor):
-                self.store.save_floors(floors, time_floor)
+            case PersistFloors(floors=floors, time_floor=time_floor, intent=intent):
+                self.store.save_floors(floors, time_floor, intent)
+            case PersistIntentStarted(ref=ref):
+                self.store.mark_intent_started(ref)
+            case PersistIntentDone(ref=ref):
+                self.store.forget_intent(ref)
             case PersistTrust(version=version, body=body, digest=digest):
                 self.store.save_trust(version, body, digest)
                 self.log.warning("trust_replaced", version=version)
@@ -416,7 +435,11 @@ class Runtime:
             "uptime_s": int(now.mono - self.started_mono),
             "link": self._link_status(),
             "outbox": {"pending": len(self.outbox), "dropped": self.outbox.dropped_total},
-            "health": read_health(self.config.storage.state_dir, self.config.storage.cache_dir),
+            "health": read_health(
+                self.config.storage.state_dir,
+                self.config.storage.cache_dir,
+                traffic=self.traffic,
+            ),
         }
         if "playing" in state:
             state["playing"] = {**state["playing"], "since": rfc3339(state["playing"]["since"])}

@@ -15,7 +15,6 @@ from typing import Any
 
 import pytest
 
-from receiver.signing import rfc3339
 from receiver.status import (
     STATUS_FILE,
     StatusError,
@@ -24,6 +23,7 @@ from receiver.status import (
     status_path,
     write_status,
 )
+from receiver.timefmt import rfc3339
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = base64.b64encode(bytes(range(32))).decode()

@@ -10,11 +10,12 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Final
+from typing import Any, Final, Literal
 from urllib.parse import urlsplit
 
 from receiver.core import reasons
 from receiver.core.reasons import Rejection
+from receiver.core.vocabulary import PRIORITIES, Priority, RelayMode
 
 ID_PATTERN: Final = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 MESSAGE_ID_PATTERN: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
@@ -24,7 +25,6 @@ RFC3339_PATTERN: Final = re.compile(
 )
 URL_PATTERN: Final = re.compile(r"[\x21-\x7e]+")  # printable ASCII, no spaces
 MAX_TARGET_CHARS: Final = 200  # a stop may name a schedule occurrence: schedule/entry/date
-PRIORITIES: Final = ("normal", "priority", "emergency")
 COMMAND_TYPES: Final = ("play", "stop", "volume", "relay", "report")
 MAX_SEQ: Final = 2**63 - 1
 MAX_AUDIENCE: Final = 64
@@ -58,7 +58,7 @@ class MediaFile:
 
 @dataclass(frozen=True)
 class Play:
-    priority: str
+    priority: Priority
     files: tuple[MediaFile, ...]  # empty for a stream
     stream_url: str | None
     start_at: float | None
@@ -84,7 +84,7 @@ class Volume:
 @dataclass(frozen=True)
 class Relay:
     name: str
-    state: str
+    state: RelayMode | Literal["auto"]
     duration_s: int | None
 
 
@@ -102,7 +102,7 @@ class Command:
     body: Body
 
 
-def parse_time(value: Any, what: str, reason: str) -> float:
+def parse_time(value: Any, what: str, reason: reasons.Reason) -> float:
     """An RFC 3339 timestamp with an explicit offset, as seconds since the epoch."""
     if not isinstance(value, str) or not RFC3339_PATTERN.fullmatch(value):
         raise Rejection(reason, f"{what} is not an RFC 3339 time")
@@ -115,13 +115,13 @@ def parse_time(value: Any, what: str, reason: str) -> float:
     return parsed.timestamp()
 
 
-def _int_in(value: Any, low: int, high: int, what: str, reason: str) -> int:
+def _int_in(value: Any, low: int, high: int, what: str, reason: reasons.Reason) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise Rejection(reason, f"{what} must be an integer from {low} to {high}")
     return value
 
 
-def _str(value: Any, what: str, reason: str, max_chars: int) -> str:
+def _str(value: Any, what: str, reason: reasons.Reason, max_chars: int) -> str:
     if not isinstance(value, str) or not 0 < len(value) <= max_chars:
         raise Rejection(reason, f"{what} must be a string of 1 to {max_chars} characters")
     if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in value):
@@ -129,7 +129,9 @@ def _str(value: Any, what: str, reason: str, max_chars: int) -> str:
     return value
 
 
-def _object(value: Any, what: str, allowed: frozenset[str], reason: str) -> dict[str, Any]:
+def _object(
+    value: Any, what: str, allowed: frozenset[str], reason: reasons.Reason
+) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise Rejection(reason, f"{what} must be an object")
     extra = set(value) - allowed

@@ -9,6 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from receiver.core.reasons import Reason
+from receiver.core.state import Intent
+from receiver.core.vocabulary import EventKind
+
 
 @dataclass(frozen=True)
 class Fetch:
@@ -55,10 +59,27 @@ class PersistFloors:
     """Durably store replay floors before the action they allow takes effect.
 
     ``floors`` maps a stream name to ``(seq, digest)``; ``time_floor`` is the newest trusted UTC.
+    ``intent``, when a command was accepted, is stored in the same transaction (write-ahead):
+    whatever happens next, a restart finds either neither or both.
     """
 
     floors: dict[str, tuple[int, str]]
     time_floor: float
+    intent: Intent | None = None
+
+
+@dataclass(frozen=True)
+class PersistIntentStarted:
+    """Durably note that the command's sound is about to start (before the ``Play``)."""
+
+    ref: str
+
+
+@dataclass(frozen=True)
+class PersistIntentDone:
+    """Durably forget a command's intent: it was carried out, or its end was reported."""
+
+    ref: str
 
 
 @dataclass(frozen=True)
@@ -72,7 +93,7 @@ class PersistTrust:
 
 @dataclass(frozen=True)
 class PersistResetFloor:
-    """Durably store the first trusted instant of a fresh store (SECURITY.md property 10)."""
+    """Durably store the first trusted instant of a fresh store."""
 
     utc: float
 
@@ -98,9 +119,9 @@ class PersistDone:
 class Emit:
     """Report an event on the events topic (the shell numbers it and adds the device and time)."""
 
-    kind: str
+    kind: EventKind
     ref: str | None = None
-    reason: str | None = None
+    reason: Reason | None = None
     detail: str | None = None
 
 
@@ -118,6 +139,8 @@ Effect = (
     | SetVolume
     | SwitchRelay
     | PersistFloors
+    | PersistIntentStarted
+    | PersistIntentDone
     | PersistTrust
     | PersistResetFloor
     | PersistSchedule

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from receiver.core.reasons import Reason
+
 
 @dataclass(frozen=True)
 class MessageReceived:
@@ -69,10 +71,10 @@ class FetchFinished:
 
 @dataclass(frozen=True)
 class FetchFailed:
-    """A pinned file could not be fetched; ``reason`` is a PROTOCOL.md reason code."""
+    """A pinned file could not be fetched, for ``reason``."""
 
     sha256: str
-    reason: str
+    reason: Reason
     detail: str = ""
 
 

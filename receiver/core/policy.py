@@ -1,5 +1,5 @@
 """Local limits from the technician's config that even a valid signed message cannot pass:
-allowed media hosts, quiet hours, volume caps (SECURITY.md property 15)."""
+allowed media hosts, quiet hours, volume caps (docs/security.md)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from zoneinfo import ZoneInfo
 
 from receiver.core.state import Settings
 from receiver.core.urls import UrlRefused, check_url
+from receiver.core.vocabulary import Priority
 
 
 def url_allowed(settings: Settings, url: str) -> bool:
@@ -33,7 +34,9 @@ def in_quiet_hours(settings: Settings, utc: float) -> bool:
     return False
 
 
-def volume_for(settings: Settings, priority: str, requested: int | None, device_volume: int) -> int:
+def volume_for(
+    settings: Settings, priority: Priority, requested: int | None, device_volume: int
+) -> int:
     """Emergencies use the emergency level (a request can only lower it); else the cap holds."""
     if priority == "emergency":
         wanted = settings.emergency_volume if requested is None else requested

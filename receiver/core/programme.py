@@ -137,7 +137,7 @@ def evaluate(state: State, now: Instant, out: list[Effect]) -> State:
     if not state.schedules:
         return replace(state, next_schedule_check_mono=math.inf)  # activation resets it
     if not now.utc_trusted:
-        # No absolute-time programme starts without a trusted clock (SECURITY.md property 9).
+        # No absolute-time programme starts without a trusted clock (docs/security.md).
         return replace(state, next_schedule_check_mono=now.mono + UNTRUSTED_RECHECK_S)
     settings = state.settings
     next_check_utc = now.utc + CHECK_EVERY_S
@@ -169,7 +169,7 @@ def _occurrence_due(state: State, occ: Occurrence, now: Instant, out: list[Effec
     settings = state.settings
     entry = occ.entry
     late = now.utc - occ.start_utc
-    skip: tuple[str, str] | None = None
+    skip: tuple[reasons.Reason, str] | None = None
     if entry.priority != "emergency" and in_quiet_hours(settings, max(occ.start_utc, now.utc)):
         skip = (reasons.QUIET_HOURS, "inside the local quiet hours")
     elif entry.files and late > settings.late_join_s:

@@ -15,6 +15,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from receiver.core import commands, reasons
 from receiver.core.reasons import Rejection
+from receiver.core.vocabulary import Priority
 
 DAYS: Final = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 MAX_ENTRIES: Final = 200
@@ -40,7 +41,7 @@ class Entry:
     id: str
     days: frozenset[int]  # 0 = Monday
     at_minute: int  # minutes after local midnight
-    priority: str
+    priority: Priority
     volume: int | None
     valid_from: date | None
     valid_until: date | None
@@ -100,7 +101,7 @@ def parse_schedule(doc: Any) -> Schedule:
     if not isinstance(entries, list) or len(entries) > MAX_ENTRIES:
         raise Rejection(reasons.BAD_BODY, f"entries must list 0 to {MAX_ENTRIES}", header.id)
     try:
-        parsed = tuple(_parse_entry(entry) for entry in entries)
+        parsed = tuple(parse_entry(entry) for entry in entries)
     except Rejection as rejection:
         raise Rejection(rejection.reason, rejection.detail, header.id) from rejection
     if len({e.id for e in parsed}) != len(parsed):
@@ -108,7 +109,8 @@ def parse_schedule(doc: Any) -> Schedule:
     return Schedule(header.id, version, header.iat, header.exp, header.env, header.aud, tz, parsed)
 
 
-def _parse_entry(value: Any) -> Entry:
+def parse_entry(value: Any) -> Entry:
+    """One schedule entry, as the receiver reads it (``bad_body`` if it cannot)."""
     if not isinstance(value, dict) or set(value) - ENTRY_FIELDS:
         raise Rejection(reasons.BAD_BODY, "an entry has unknown or missing fields")
     entry_id = value.get("id")

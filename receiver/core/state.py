@@ -8,15 +8,28 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any
 
 from receiver.core import commands
 from receiver.core.events import MessageReceived
+from receiver.core.reasons import Reason
 from receiver.core.schedule import Schedule
 from receiver.core.trust import Keyring
+from receiver.core.vocabulary import ORIGIN_RANK, PRIORITY_RANK, Origin, Phase, Priority, RelayMode
 
-PRIORITY_RANK: Final = {"normal": 0, "priority": 1, "emergency": 2}
-ORIGIN_RANK: Final = {"schedule": 0, "command": 1}
+__all__ = [
+    "ORIGIN_RANK",
+    "PRIORITY_RANK",
+    "Item",
+    "RejectionWindow",
+    "RelayOverride",
+    "Settings",
+    "Staged",
+    "State",
+    "initial_state",
+    "needed_media",
+    "state_fields",
+]
 
 
 @dataclass(frozen=True)
@@ -43,6 +56,9 @@ class Settings:
     late_join_s: float = 300.0
     stall_timeout_s: float = 8.0
     stream_max_restarts: int = 3
+    # A relay that has played this long without a stall resets its restart count: the budget
+    # is for consecutive failures, not for every blip of an hour-long relay.
+    stream_healthy_s: float = 30.0
     fallback_file: str | None = None
     prefetch_s: float = 48 * 3600.0
     max_file_bytes: int = 200 * 1024 * 1024
@@ -57,12 +73,13 @@ class Item:
 
     Phases: ``pending`` (waiting for media or its start), ``warming`` (amplifier warming up),
     ``playing``, ``reconnecting`` (a live stream dropped; retry at ``retry_mono``),
-    ``suspended`` (preempted; resumes at ``index``/``offset_ms`` while its window is open).
+    ``suspended`` (preempted; resumes at ``index``/``offset_ms`` while its window is open),
+    ``ended`` (taken out, being reported).
     """
 
     ref: str
-    origin: str  # command | schedule
-    priority: str
+    origin: Origin
+    priority: Priority
     title: str
     files: tuple[commands.MediaFile, ...]
     stream_url: str | None
@@ -75,7 +92,7 @@ class Item:
     occurrence: str | None = None
     late_by_s: float = 0.0
     ready: Mapping[str, str] = field(default_factory=dict)  # sha256 -> cached path
-    phase: str = "pending"
+    phase: Phase = "pending"
     index: int = 0
     offset_ms: int = 0
     token: int = 0
@@ -87,6 +104,8 @@ class Item:
     progress_ms: int = -1
     progress_mono: float = 0.0
     on_fallback: bool = False
+    healthy_since_mono: float | None = None  # a stream's first progress since its (re)start
+    resuming: bool = False  # preempted: its next start is reported (``started``) again
 
     @property
     def is_stream(self) -> bool:
@@ -114,6 +133,41 @@ class Staged:
 
 
 @dataclass(frozen=True)
+class RelayOverride:
+    """A manual relay command in force: ``mode`` until ``until_mono`` (None: until ``auto``)."""
+
+    mode: RelayMode
+    until_mono: float | None = None
+
+
+@dataclass(frozen=True)
+class RejectionWindow:
+    """Rejections reported since ``start_mono``: ``reported`` one by one, and beyond the limit
+    ``suppressed`` (a count per reason, sorted), summed up when the window closes."""
+
+    start_mono: float = 0.0
+    reported: int = 0
+    suppressed: tuple[tuple[Reason, int], ...] = ()
+
+
+@dataclass(frozen=True)
+class Intent:
+    """A command accepted but not yet carried out to its end, stored with its replay floor.
+
+    Written in the same transaction as the floor (write-ahead), so a crash between accepting a
+    command and acting on it cannot leave the command spent and silent: after a restart it is
+    carried out if ``window_end_utc`` has not passed, else reported ``failed``. ``stage`` is
+    ``accepted`` until a play's sound is about to start, then ``started`` (a play cut off by a
+    restart is reported, never sounded twice). The row goes when the command is done.
+    """
+
+    ref: str
+    body: bytes  # the verified command payload (strict JSON), to act on after a restart
+    window_end_utc: float  # after this instant there is no point in carrying it out
+    stage: str = "accepted"  # accepted | started
+
+
+@dataclass(frozen=True)
 class State:
     settings: Settings
     keyring: Keyring
@@ -121,7 +175,7 @@ class State:
     time_floor: float
     volume: int
     # None until the first synchronised clock after the store was empty (a new or reset
-    # device): commands issued before that instant are refused (SECURITY.md property 10).
+    # device): commands issued before that instant are refused (docs/security.md).
     reset_floor: float | None = None
     trust_digest: str = ""
     schedules: Mapping[str, Schedule] = field(default_factory=dict)
@@ -138,13 +192,15 @@ class State:
     relay_on_mono: float = 0.0
     relay_off_mono: float | None = None  # end of the tail after the last item
     relay_toggles: tuple[float, ...] = ()
-    relay_override: tuple[str, float | None] | None = None  # ("on"|"off", until mono)
+    relay_override: RelayOverride | None = None
     mic_active: bool = False
     faults: frozenset[str] = frozenset()
     booted_mono: float = 0.0
-    # Rejections reported in the current window: (window start, count, suppressed by reason).
-    rejection_window: tuple[float, int, tuple[tuple[str, int], ...]] = (0.0, 0, ())
+    rejection_window: RejectionWindow = RejectionWindow()
     held: tuple[MessageReceived, ...] = ()  # commands waiting for a synchronised clock
+    # Commands a previous run accepted and did not finish (oldest first): settled once the
+    # clock can tell whether their windows are still open.
+    recovered: tuple[Intent, ...] = ()
 
     def items(self) -> tuple[Item, ...]:
         return ((self.active,) if self.active is not None else ()) + self.queue
@@ -160,6 +216,7 @@ def initial_state(
     trust_digest: str = "",
     schedules: Mapping[str, tuple[Schedule, str]] | None = None,
     done: frozenset[str] = frozenset(),
+    recovered: tuple[Intent, ...] = (),
 ) -> State:
     stored = schedules or {}
     return State(
@@ -173,6 +230,7 @@ def initial_state(
         schedules={sid: schedule for sid, (schedule, _) in stored.items()},
         schedule_digests={sid: digest for sid, (_, digest) in stored.items()},
         done=done,
+        recovered=recovered,
     )
 
 
@@ -197,7 +255,7 @@ def state_fields(state: State) -> dict[str, Any]:
     if state.faults:
         fields["faults"] = sorted(state.faults)
     if state.relay_override is not None:
-        fields["relay_override"] = state.relay_override[0]
+        fields["relay_override"] = state.relay_override.mode
     return fields
 
 

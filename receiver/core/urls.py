@@ -14,15 +14,17 @@ from dataclasses import dataclass
 from typing import Final
 from urllib.parse import urlsplit
 
+from receiver.core import reasons
+
 MAX_URL_CHARS: Final = 2048
 _HOSTNAME: Final = re.compile(r"[a-z0-9_-]+(\.[a-z0-9_-]+)*")
 _DEFAULT_PORTS: Final = {"http": 80, "https": 443}
 
 
 class UrlRefused(ValueError):  # noqa: N818 - a refusal is an outcome, not a program error
-    """The URL may not be used: ``reason`` is a PROTOCOL.md code (``policy`` or ``bad_body``)."""
+    """The URL may not be used: ``reason`` is a reason code (``policy`` or ``bad_body``)."""
 
-    def __init__(self, reason: str, detail: str) -> None:
+    def __init__(self, reason: reasons.Reason, detail: str) -> None:
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
@@ -45,28 +47,30 @@ def check_url(url: str, allowed_schemes: tuple[str, ...], allowed_hosts: tuple[s
     port, no host), ``policy`` for a scheme or host that is not allowed or credentials in the URL.
     """
     if not url or len(url) > MAX_URL_CHARS:
-        raise UrlRefused("bad_body", f"URL is empty or longer than {MAX_URL_CHARS} characters")
+        raise UrlRefused(
+            reasons.BAD_BODY, f"URL is empty or longer than {MAX_URL_CHARS} characters"
+        )
     if not (url.isascii() and url.isprintable()) or " " in url:
-        raise UrlRefused("bad_body", "URL has spaces, control or non-ASCII characters")
+        raise UrlRefused(reasons.BAD_BODY, "URL has spaces, control or non-ASCII characters")
     try:
         parts = urlsplit(url)
         port = parts.port
     except ValueError as exc:
-        raise UrlRefused("bad_body", "URL cannot be parsed (bad host or port)") from exc
+        raise UrlRefused(reasons.BAD_BODY, "URL cannot be parsed (bad host or port)") from exc
     scheme = parts.scheme.lower()
     if scheme not in _DEFAULT_PORTS or scheme not in {s.lower() for s in allowed_schemes}:
         shown = scheme[:16] if scheme else "(none)"
-        raise UrlRefused("policy", f"URL scheme {shown!r} is not allowed")
+        raise UrlRefused(reasons.POLICY, f"URL scheme {shown!r} is not allowed")
     if "@" in parts.netloc:
-        raise UrlRefused("policy", "credentials in the URL are not allowed")
+        raise UrlRefused(reasons.POLICY, "credentials in the URL are not allowed")
     host = _normalise_host(parts.hostname or "")
     if host is None:
-        raise UrlRefused("bad_body", "URL has no valid host")
+        raise UrlRefused(reasons.BAD_BODY, "URL has no valid host")
     if port == 0:
-        raise UrlRefused("bad_body", "URL has port 0")
+        raise UrlRefused(reasons.BAD_BODY, "URL has port 0")
     port = port or _DEFAULT_PORTS[scheme]
     if not host_allowed(host, port, allowed_hosts):
-        raise UrlRefused("policy", f"host {host} port {port} is not on the allowlist")
+        raise UrlRefused(reasons.POLICY, f"host {host} port {port} is not on the allowlist")
     path = parts.path or "/"
     if parts.query:
         path = f"{path}?{parts.query}"

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
+from receiver.core import reasons
 from receiver.core.effects import Effect, Emit, Fetch, Play, StopPlayback
 from receiver.core.events import (
     Event,
@@ -42,7 +43,9 @@ class Sim:
                 self.log.append((self.world.utc, effect))
             elif isinstance(effect, Fetch):
                 if effect.sha256 in self.unfetchable:
-                    self.pending.append(FetchFailed(effect.sha256, "download_failed", "HTTP 404"))
+                    self.pending.append(
+                        FetchFailed(effect.sha256, reasons.DOWNLOAD_FAILED, "HTTP 404")
+                    )
                 else:
                     self.pending.append(FetchFinished(effect.sha256, f"/cache/{effect.sha256}"))
             elif isinstance(effect, Play):

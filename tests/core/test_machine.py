@@ -9,10 +9,11 @@ from dataclasses import replace
 
 import pytest
 
+from receiver.central.signing import SigningKey, sign, sign_command
+from receiver.core import reasons
 from receiver.core.effects import Fetch, PersistFloors, Play, PublishState, SetVolume, StopPlayback
 from receiver.core.events import FetchFailed, FetchFinished, PlaybackEnded, PlaybackStarted
 from receiver.core.trust import Key
-from receiver.signing import SigningKey, sign, sign_command
 from tests.core.harness import (
     DEVICE,
     SHA,
@@ -140,7 +141,7 @@ def test_volume_is_capped_and_applied_live() -> None:
 def test_download_failure_is_reported_and_nothing_plays() -> None:
     world = World()
     world.send(world.signed("play", play_body()))
-    effects = world.feed(FetchFailed(SHA, "download_failed", "HTTP 404"))
+    effects = world.feed(FetchFailed(SHA, reasons.DOWNLOAD_FAILED, "HTTP 404"))
     assert [(e.kind, e.reason, e.detail) for e in emitted(effects)] == [
         ("failed", "download_failed", "HTTP 404")
     ]
