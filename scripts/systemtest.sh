@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 die() { printf 'systemtest: error: %s\n' "$*" >&2; exit 1; }
 
 [[ $(id -u) -eq 0 ]] || die "run as root (systemd-nspawn)"
-for tool in debootstrap systemd-nspawn nsenter mosquitto; do
+for tool in debootstrap systemd-nspawn nsenter mosquitto dpkg-deb qemu-aarch64-static; do
   command -v "$tool" >/dev/null || die "$tool is not installed"
 done
 PY=${VENV:-.venv}/bin/python
@@ -34,5 +34,12 @@ if [[ ! -f $WHEELS/.complete ]]; then
   touch "$WHEELS/.complete"
 fi
 
+# The arm64 bundle, proved on arm64: an arm64 root under qemu-user-static (binfmt_misc).
+ARM64_ROOT=$CACHE/bookworm-arm64
+bash scripts/debian-root.sh arm64 "$ARM64_ROOT" python3 ca-certificates
+bash scripts/bundle.sh arm64
+BUNDLE=$(ls -t dist/loa-receiver_*_arm64.deb | head -1)
+
 export LOA_SYSTEMTEST_ROOT=$ROOT LOA_SYSTEMTEST_WHEELS=$WHEELS
-exec "$PY" -m pytest systemtest -p no:cacheprovider -v "$@"
+export LOA_ARM64_ROOT=$ARM64_ROOT LOA_BUNDLE_ARM64=$PWD/$BUNDLE
+exec "$PY" -m pytest systemtest -p no:cacheprovider -v -rA "$@"

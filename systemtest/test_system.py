@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from receiver.signing import SigningKey, command_payload, sign_command
+from receiver.central.signing import SigningKey, command_payload, sign_command
 from systemtest.conftest import REPO, UNIT, Container
 from tests.audio import dominant_of, write_tone
 from tests.broker import MosquittoBroker, Received, Subscriber
