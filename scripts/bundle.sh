@@ -77,8 +77,9 @@ say "downloading the wheels for $ARCH (CPython 3.11): ${runtime[*]}"
       " a cffi wheel once on an armhf board or root (pip wheel cffi) and add it with" \
       " PIP_FIND_LINKS=DIR"
   )"
-"$PY" -m pip download --quiet --disable-pip-version-check --only-binary=:all: --no-deps \
-  --dest "$share/wheels" "${backend[@]}"
+# The build backend and what it needs (wheel needs packaging): pure Python, any architecture.
+"$PY" -m pip download --quiet --disable-pip-version-check --only-binary=:all: \
+  --python-version 3.11 --dest "$share/wheels" "${backend[@]}"
 
 # 2. The source the installer works from (what scripts/install.sh copies or installs).
 mkdir -p "$share/src/docs/vi"

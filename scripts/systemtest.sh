@@ -36,7 +36,9 @@ fi
 
 # The arm64 bundle, proved on arm64: an arm64 root under qemu-user-static (binfmt_misc).
 ARM64_ROOT=$CACHE/bookworm-arm64
-bash scripts/debian-root.sh arm64 "$ARM64_ROOT" python3 ca-certificates
+# With the bundle's Debian dependencies already in the root, a rerun installs only the .deb.
+bash scripts/debian-root.sh arm64 "$ARM64_ROOT" python3 python3-venv ca-certificates systemd \
+  libvlc5 libvlc-bin vlc-plugin-base
 bash scripts/bundle.sh arm64
 BUNDLE=$(ls -t dist/loa-receiver_*_arm64.deb | head -1)
 

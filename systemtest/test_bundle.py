@@ -30,17 +30,17 @@ DEB_IN_ROOT = "/bundle/loa-receiver.deb"
 SCRIPT = f"""set -eu
 echo "arch: $(dpkg --print-architecture) $(uname -m)"
 apt-get update -qq
-DEBIAN_FRONTEND=noninteractive apt-get install -y -qq {DEB_IN_ROOT} >/dev/null
+DEBIAN_FRONTEND=noninteractive apt-get install -y -qq {DEB_IN_ROOT}
 echo "installed: $(dpkg-query -W -f='${{Version}} ${{Architecture}}' loa-receiver)"
 receiver check-config /etc/loa-receiver/receiver.yaml || exit 1
 echo 'device_id: kept-by-upgrade' >> /etc/loa-receiver/receiver.yaml
-DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --reinstall {DEB_IN_ROOT} >/dev/null
+DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --reinstall {DEB_IN_ROOT}
 grep -q kept-by-upgrade /etc/loa-receiver/receiver.yaml && echo "upgrade kept the config"
 mkdir -p /var/lib/loa-receiver && echo floors > /var/lib/loa-receiver/state.db
-DEBIAN_FRONTEND=noninteractive apt-get remove -y -qq loa-receiver >/dev/null
+DEBIAN_FRONTEND=noninteractive apt-get remove -y -qq loa-receiver
 test ! -e /opt/loa-receiver && test -f /etc/loa-receiver/receiver.yaml \\
   && test -f /var/lib/loa-receiver/state.db && echo "remove kept config and state"
-DEBIAN_FRONTEND=noninteractive apt-get install -y -qq {DEB_IN_ROOT} >/dev/null
+DEBIAN_FRONTEND=noninteractive apt-get install -y -qq {DEB_IN_ROOT}
 receiver check-config /out/receiver.yaml
 echo "starting the daemon"
 exec receiver run --config /out/receiver.yaml
