@@ -13,7 +13,8 @@ import hashlib
 import os
 import signal
 import subprocess
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -33,7 +34,7 @@ apt-get update -qq
 DEBIAN_FRONTEND=noninteractive apt-get install -y -qq {DEB_IN_ROOT}
 echo "installed: $(dpkg-query -W -f='${{Version}} ${{Architecture}}' loa-receiver)"
 receiver check-config /etc/loa-receiver/receiver.yaml || exit 1
-echo 'device_id: kept-by-upgrade' >> /etc/loa-receiver/receiver.yaml
+echo '# kept-by-upgrade' >> /etc/loa-receiver/receiver.yaml
 DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --reinstall {DEB_IN_ROOT}
 grep -q kept-by-upgrade /etc/loa-receiver/receiver.yaml && echo "upgrade kept the config"
 mkdir -p /var/lib/loa-receiver && echo floors > /var/lib/loa-receiver/state.db
@@ -90,6 +91,24 @@ def arm64_daemon(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], Path]]
         print(log.read_text(errors="replace"))  # shown when the test failed
 
 
+def wait_while_running(
+    process: subprocess.Popen[str],
+    watcher: Subscriber,
+    predicate: Callable[[Received], bool],
+    timeout: float,
+) -> None:
+    """Wait for a message, but fail at once if the root's script has ended (its log says why)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, f"the arm64 script ended with {process.returncode}"
+        try:
+            watcher.wait_for(predicate, 5)
+        except AssertionError:
+            continue
+        return
+    raise AssertionError("timed out")
+
+
 def test_the_arm64_bundle_installs_upgrades_removes_and_plays_on_arm64(
     tmp_path: Path, arm64_daemon: tuple[subprocess.Popen[str], Path]
 ) -> None:
@@ -122,7 +141,7 @@ def test_the_arm64_bundle_installs_upgrades_removes_and_plays_on_arm64(
                 return message.topic.endswith("/state") and b'"online":true' in message.payload
 
             # apt and pip under qemu take minutes; the daemon says "online" when it is up.
-            watcher.wait_for(online, 900)
+            wait_while_running(process, watcher, online, 900)
             data = (media_dir / "tone440.wav").read_bytes()
             body = {
                 "priority": "normal",
@@ -140,7 +159,7 @@ def test_the_arm64_bundle_installs_upgrades_removes_and_plays_on_arm64(
             def finished(message: Received) -> bool:
                 return message.topic.endswith("/events") and b'"finished"' in message.payload
 
-            watcher.wait_for(finished, 120)
+            wait_while_running(process, watcher, finished, 120)
         finally:
             media.close()
     assert process.poll() is None, "the daemon stopped"
