@@ -1,6 +1,6 @@
 """The events outbox: events kept on disk until the broker has acknowledged them.
 
-The protocol (``docs/protocol.md`` §11, PROTOCOL.md "Device state and events") asks that a day
+The protocol (``docs/protocol.md`` §11) asks that a day
 offline loses no report of what played. The runtime therefore stores every event here *before*
 handing it to the MQTT link, and deletes it when the link reports the broker's PUBACK
 (:meth:`MqttLink.publish(..., on_ack=...) <receiver.mqtt_client.MqttLink.publish>`). After a

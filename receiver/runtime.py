@@ -53,6 +53,7 @@ from receiver.core.events import (
     PlaybackProgress,
     TimerFired,
 )
+from receiver.device_key import EVENT_TYPE, STATE_TYPE, load_or_create_device_key, seal_report
 from receiver.fetcher import Fetcher
 from receiver.gpio import AmpRelay, LocalInputs, make_pin_factory
 from receiver.health import TrafficMeter, read_health
@@ -92,6 +93,12 @@ class Runtime:
         self._next_state = 0.0
 
         self.store = Store(config.storage.state_dir)
+        # Signs every event and state (protocol §14); made here on the first start.
+        self.device_key, made = load_or_create_device_key(
+            config.storage.state_dir, config.device_id
+        )
+        if made:
+            self.log.warning("device_key_made", detail="enroll it: receiver enroll --config ...")
         self.outbox = Outbox(config.storage.state_dir / "outbox.db")
         if self.outbox.recovered_from is not None:
             self.log.error("outbox_corrupt_moved_aside", moved_to=str(self.outbox.recovered_from))
@@ -401,7 +408,7 @@ class Runtime:
             event["reason"] = effect.reason
         if effect.detail:
             event["detail"] = effect.detail[:MAX_DETAIL_CHARS]
-        payload = _json(event)
+        payload = seal_report(self.device_key, EVENT_TYPE, _json(event))
         # On disk first, and only then logged: a log line never names an event that a power cut
         # could lose. It leaves the outbox when the broker has acknowledged it.
         dropped = self.outbox.add(event["n"], payload)
@@ -425,6 +432,7 @@ class Runtime:
             "online": True,
             "ts": rfc3339(now.utc),
             "sw": __version__,
+            "groups": list(self.config.groups),
             **fields,
             "clock_synced": now.utc_trusted,
             "cache": {
@@ -443,10 +451,11 @@ class Runtime:
         }
         if "playing" in state:
             state["playing"] = {**state["playing"], "since": rfc3339(state["playing"]["since"])}
-        self._state_payload = _json(state)
+        body = _json(state)
+        self._state_payload = seal_report(self.device_key, STATE_TYPE, body)
         self._next_state = now.mono + STATE_EVERY_S
         try:
-            write_status(self.config.storage.state_dir, self._state_payload)
+            write_status(self.config.storage.state_dir, body)
         except OSError as exc:
             self.log.error("status_write_failed", error=str(exc))
         if self.link.connected:
@@ -460,6 +469,7 @@ class Runtime:
             "up": status["up"],
             "last_error": status["last_error"],
             "reconnects": status["reconnects"],
+            "broker": status["broker"],
         }
 
     def _republish_state(self) -> None:
@@ -469,7 +479,8 @@ class Runtime:
             self.link.publish(self.topics.state, payload, retain=True)
 
     def _offline_payload(self) -> bytes:
-        return _json({"device": self.config.device_id, "online": False})
+        body = _json({"device": self.config.device_id, "online": False})
+        return seal_report(self.device_key, STATE_TYPE, body)
 
 
 def _json(value: dict[str, Any]) -> bytes:
