@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: bootstrap demo test lint types unit soak bench clean
+.PHONY: bootstrap demo test lint types unit soak linktest bench clean
 
 bootstrap:
 	@bash scripts/bootstrap.sh
@@ -22,6 +22,11 @@ unit: bootstrap
 
 test: lint types unit
 
+# The receiver behind an emulated rural 4G link (network namespaces; root): tests/link/. A few
+# minutes, so not in `make test`; CI runs it after.
+linktest: bootstrap
+	LOA_LINK_TIER=1 $(PY) -m pytest tests/link
+
 # The slower tier, after `make test` in CI: the SIGKILL loop with many more kills (about 1.6 s
 # each). It prints its seed; RESILIENCE_SEED=<seed> repeats the choices.
 SOAK_KILLS ?= 120
@@ -30,6 +35,18 @@ soak: bootstrap
 
 bench: bootstrap
 	$(PY) -m bench
+
+# One .deb per board architecture with the Python wheels inside (dist/); see scripts/bundle.sh.
+ARCH ?= arm64
+.PHONY: bundle
+bundle: bootstrap
+	bash scripts/bundle.sh $(ARCH)
+
+# The installed unit under a real systemd in a container (root; a Debian root made once and
+# kept under /var/cache/loa-receiver-systemtest). See systemtest/conftest.py.
+.PHONY: systemtest
+systemtest: bootstrap
+	bash scripts/systemtest.sh
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache

@@ -56,6 +56,7 @@ from receiver.core.events import (
     PlaybackProgress,
     TimerFired,
 )
+from receiver.device_key import EVENT_TYPE, STATE_TYPE, load_or_create_device_key, seal_report
 from receiver.fetcher import Fetcher
 from receiver.gpio import AmpRelay, LocalInputs, make_pin_factory
 from receiver.health import TrafficMeter, read_health
@@ -63,10 +64,9 @@ from receiver.inbox import Inbox
 from receiver.logs import bounded
 from receiver.mqtt_client import MqttLink
 from receiver.outbox import Outbox
-from receiver.player import Player
+from receiver.player_process import ProcessPlayer
 from receiver.status import write_status
 from receiver.store import Store
-from receiver.streams import stream_resolver
 from receiver.timefmt import rfc3339
 
 IDLE_WAKE_S: Final = 5.0  # the loop turns at least this often, so the watchdog sees it alive
@@ -101,6 +101,12 @@ class Runtime:
         self._next_state = 0.0
 
         self.store = Store(config.storage.state_dir)
+        # Signs every event and state (protocol §14); made here on the first start.
+        self.device_key, made = load_or_create_device_key(
+            config.storage.state_dir, config.device_id
+        )
+        if made:
+            self.log.warning("device_key_made", detail="enroll it: receiver enroll --config ...")
         self.outbox = Outbox(config.storage.state_dir / "outbox.db")
         if self.outbox.recovered_from is not None:
             self.log.error("outbox_corrupt_moved_aside", moved_to=str(self.outbox.recovered_from))
@@ -111,8 +117,12 @@ class Runtime:
         factory = pin_factory or make_pin_factory(config.gpio.pin_factory)
         self.relay = AmpRelay(config.gpio, factory)
         self.inputs = LocalInputs(config.gpio, factory, self._input_changed)
-        self.player = Player(
-            config.player, self.inbox.put_report, resolver=stream_resolver(config.media)
+        # libVLC runs in a supervised child process: no stream can take the daemon down.
+        self.player = ProcessPlayer(
+            config.player,
+            self.inbox.put_report,
+            media=config.media,
+            logging=(config.logging.level, config.logging.format),
         )
         self.fetcher = Fetcher(config.media, config.storage.cache_dir, self.inbox.put_report)
         self.link = MqttLink(
@@ -418,7 +428,7 @@ class Runtime:
             event["reason"] = effect.reason
         if effect.detail:
             event["detail"] = effect.detail[:MAX_DETAIL_CHARS]
-        payload = _json(event)
+        payload = seal_report(self.device_key, EVENT_TYPE, _json(event))
         # On disk first, and only then sent and logged: a log line never names an event that a
         # power cut could lose. It leaves the outbox when the broker has acknowledged it. Sent
         # before the log line is written, which the event need not wait for.
@@ -443,6 +453,7 @@ class Runtime:
             "online": True,
             "ts": rfc3339(now.utc),
             "sw": __version__,
+            "groups": list(self.config.groups),
             **fields,
             "clock_synced": now.utc_trusted,
             "cache": {
@@ -461,10 +472,11 @@ class Runtime:
         }
         if "playing" in state:
             state["playing"] = {**state["playing"], "since": rfc3339(state["playing"]["since"])}
-        self._state_payload = _json(state)
+        body = _json(state)
+        self._state_payload = seal_report(self.device_key, STATE_TYPE, body)
         self._next_state = now.mono + STATE_EVERY_S
         try:
-            write_status(self.config.storage.state_dir, self._state_payload)
+            write_status(self.config.storage.state_dir, body)
         except OSError as exc:
             self.log.error("status_write_failed", error=str(exc))
         if self.link.connected:
@@ -478,6 +490,7 @@ class Runtime:
             "up": status["up"],
             "last_error": status["last_error"],
             "reconnects": status["reconnects"],
+            "broker": status["broker"],
         }
 
     def _republish_state(self) -> None:
@@ -487,7 +500,8 @@ class Runtime:
             self.link.publish(self.topics.state, payload, retain=True)
 
     def _offline_payload(self) -> bytes:
-        return _json({"device": self.config.device_id, "online": False})
+        body = _json({"device": self.config.device_id, "online": False})
+        return seal_report(self.device_key, STATE_TYPE, body)
 
 
 def _json(value: dict[str, Any]) -> bytes:

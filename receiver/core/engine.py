@@ -128,6 +128,14 @@ def finish(
     return state
 
 
+def withdraw(state: State, item: Item, now: Instant) -> State:
+    """Take out an item that has not sounded, without a report or a done mark: its occurrence
+    was moved by a new schedule version and comes back at its new time."""
+    if state.active is not None and state.active.ref == item.ref:
+        return replace(state, active=None, relay_off_mono=now.mono + state.settings.tail_s)
+    return replace(state, queue=tuple(i for i in state.queue if i.ref != item.ref))
+
+
 def suspend_active(state: State, now: Instant, out: list[Effect], why: str) -> State:
     """Interrupt the active item; it waits in the queue to resume where it was."""
     item = state.active
@@ -279,6 +287,19 @@ def sound_failed(state: State, token: int, detail: str, now: Instant, out: list[
         return _stream_dropped(state, item, now, out, f"the stream failed: {detail}")
     ended = replace(item, phase="ended")
     return finish(state, ended, now, out, "failed", reason=reasons.PLAYBACK_FAILED, detail=detail)
+
+
+def engine_crashed(state: State, detail: str, now: Instant, out: list[Effect]) -> State:
+    """The media engine died or wedged: the item that was sounding ends ``failed``
+    (``playback_failed``, also a live relay: its source is not at fault), and the amplifier goes
+    off now, without the tail, since nothing can be said about what it is playing."""
+    item = state.active
+    if item is None or item.phase != "playing":
+        return state
+    ended = replace(item, phase="ended")  # no StopPlayback: there is nothing left to stop
+    detail = f"the media engine failed: {detail}"
+    state = finish(state, ended, now, out, "failed", reason=reasons.PLAYBACK_FAILED, detail=detail)
+    return replace(state, relay_off_mono=now.mono)
 
 
 def progress(state: State, token: int, position: int, now: Instant) -> State:

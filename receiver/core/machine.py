@@ -8,6 +8,7 @@ order and calls ``step`` again with ``TimerFired`` once ``deadline`` (monotonic)
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from typing import Final
 
@@ -33,6 +34,7 @@ from receiver.core.events import (
     PlaybackFailed,
     PlaybackProgress,
     PlaybackStarted,
+    PlayerCrashed,
 )
 from receiver.core.policy import in_quiet_hours, url_allowed, volume_for
 from receiver.core.reasons import Rejection
@@ -65,6 +67,7 @@ MAX_HELD: Final = 64
 REJECTION_WINDOW_S: Final = 10.0
 REJECTIONS_PER_WINDOW: Final = 100
 CARRIED_OUT: Final = "carried out after a restart"  # the detail of a recovered `accepted`
+MAX_DETAIL_CHARS: Final = 200  # the bound of an event's detail (schemas/event.json)
 
 
 @dataclass(frozen=True)
@@ -77,15 +80,29 @@ class Step:
 def boot(state: State, now: Instant) -> Step:
     """The first step: the relay is forced off and the state is published."""
     state = replace(state, relay_on=False, relay_off_mono=None, booted_mono=now.mono)
-    return Step(state, (SwitchRelay(on=False), engine.publish_state(state)), now.mono)
+    out: list[Effect] = [SwitchRelay(on=False)]
+    # Before the first state: whoever sees it and signs a command then must be served.
+    state = _fix_reset_floor(state, now, out)
+    out.append(engine.publish_state(state))
+    return Step(state, tuple(out), now.mono)
+
+
+def _fix_reset_floor(state: State, now: Instant, out: list[Effect]) -> State:
+    """The first trusted instant of a fresh store: from then on, older commands are stale.
+
+    Cut to the millisecond, the precision of ``iat`` on the wire, so a command signed in the
+    same millisecond is not refused for a fraction the operator could not have written.
+    """
+    if state.reset_floor is not None or not now.utc_trusted:
+        return state
+    floor = math.floor(now.utc * 1000) / 1000
+    out.append(PersistResetFloor(floor))
+    return replace(state, reset_floor=floor)
 
 
 def step(state: State, event: Event, now: Instant) -> Step:
     out: list[Effect] = []
-    if state.reset_floor is None and now.utc_trusted:
-        # The first trusted instant of a fresh store: from now on, older commands are stale.
-        state = replace(state, reset_floor=now.utc)
-        out.append(PersistResetFloor(now.utc))
+    state = _fix_reset_floor(state, now, out)
     if isinstance(event, MessageReceived) and _should_hold(state, event, now):
         state = replace(state, held=(*state.held, event)[-MAX_HELD:])
     elif isinstance(event, MessageReceived):
@@ -106,6 +123,8 @@ def step(state: State, event: Event, now: Instant) -> Step:
         state = engine.sound_failed(state, event.token, event.detail, now, out)
     elif isinstance(event, PlaybackProgress):
         state = engine.progress(state, event.token, event.position_ms, now)
+    elif isinstance(event, PlayerCrashed):
+        state = engine.engine_crashed(state, event.detail, now, out)
     elif isinstance(event, LocalInputChanged):
         state = _on_local_input(state, event, out)
     if state.recovered and not _in_grace(state, now):
@@ -204,7 +223,8 @@ def _on_message(state: State, event: MessageReceived, now: Instant, out: list[Ef
     # line can no longer let it replay, nor leave it spent without a word (see _recover).
     intent = Intent(header.id, admitted.body, _window_end_utc(state, admitted.command, now))
     out.append(PersistFloors(changed, time_floor, intent))
-    out.append(Emit("accepted", ref=header.id, detail=header.type))
+    note = _clamp_note(state.settings, body)
+    out.append(Emit("accepted", ref=header.id, detail=header.type + (f"; {note}" if note else "")))
     state = _act(state, admitted.command, now, out)
     if not isinstance(body, commands.Play):
         out.append(PersistIntentDone(header.id))  # carried out in this very step
@@ -332,6 +352,23 @@ def _accept_trust(state: State, admitted: admission.AdmittedTrust, out: list[Eff
     return state
 
 
+def _clamp_note(settings: Settings, body: commands.Body) -> str | None:
+    """Words for a requested level the local caps lower (the state shows the level applied)."""
+    if isinstance(body, commands.Volume) and body.level > settings.max_volume:
+        return f"level {body.level} clamped to {settings.max_volume} (max_volume)"
+    if isinstance(body, commands.Play) and body.volume is not None:
+        applied = volume_for(settings, body.priority, body.volume, 0)
+        if applied < body.volume:
+            cap = "emergency_volume" if body.priority == "emergency" else "max_volume"
+            return f"volume {body.volume} clamped to {applied} ({cap})"
+    return None
+
+
+def _bounded(detail: str) -> str:
+    """An event's detail within the event schema's 200 characters."""
+    return detail if len(detail) <= MAX_DETAIL_CHARS else detail[: MAX_DETAIL_CHARS - 1] + "…"
+
+
 def _accept_schedule(
     state: State, admitted: admission.AdmittedSchedule, now: Instant, out: list[Effect]
 ) -> State:
@@ -341,7 +378,10 @@ def _accept_schedule(
         return state
     files = len({f.sha256 for e in schedule.entries for f in e.files})
     detail = f"schedule version {schedule.version}, {len(schedule.entries)} entries"
-    out.append(Emit("accepted", ref=schedule.id, detail=f"{detail}, fetching {files} files"))
+    detail = "; ".join(
+        [f"{detail}, fetching {files} files", *programme.retimed_today(state, schedule, now)]
+    )
+    out.append(Emit("accepted", ref=schedule.id, detail=_bounded(detail)))
     state = programme.stage(state, schedule, admitted.body, admitted.digest, out)
     staged = state.staged[schedule.id]
     if not staged.needed:
