@@ -13,9 +13,11 @@ A station publishes its relay as one of:
 :func:`resolve` asks the server (one ``GET`` per URL, following at most :data:`MAX_REDIRECTS`
 redirects, each target checked against the allowlist by :func:`receiver.core.urls.check_url`,
 the rule the core applied to the first URL) and returns a :class:`Resolved`: the URL to give
-libVLC (after redirects and playlists) and its :data:`StreamKind`. For a stream it reads only
-the headers and hangs up. Playlists are read up to :data:`MAX_PLAYLIST_BYTES`, nested at most
-:data:`MAX_DEPTH` deep, and an entry already visited (a playlist naming itself) is refused.
+libVLC (after redirects and playlists) and its :data:`StreamKind`. For a stream it reads the
+headers and the first bytes, and hangs up: a server that answers and hangs up at once is
+refused here, since libVLC would re-ask it in a tight loop. Playlists are read up to
+:data:`MAX_PLAYLIST_BYTES`, nested at most :data:`MAX_DEPTH` deep, and an entry already
+visited (a playlist naming itself) is refused.
 Every URI an HLS playlist names (variant playlists, segments) must pass the allowlist too; the
 segments of a variant playlist are fetched later by libVLC and are not checked again.
 
@@ -65,6 +67,7 @@ MAX_HEADER_BYTES: Final = 16 * 1024
 RESOLVE_DEADLINE_S: Final = 10.0
 CONNECT_TIMEOUT_S: Final = 5.0
 POLL_S: Final = 0.25  # how often a blocked read asks whether it was cancelled
+FIRST_BYTES_S: Final = 2.0  # how long a stream's first bytes are waited for
 
 # How much a URL's input buffers before it plays: the audio a stream hiccup can last without a
 # gap. libVLC's default is 1000 ms; Wi-Fi on a Pi and a distant Icecast deserve more. It does not
@@ -255,6 +258,10 @@ def _get(
                 return url, content_type, _read_body(sock, rest, target, deadline)
             if content_type.startswith(("text/", "application/json", "application/xml")):
                 raise StreamRefused(f"{target.host} answered text, not audio")
+            if not rest and not _first_bytes(sock, target, deadline):
+                # libVLC would ask again in a tight loop (about a thousand requests a second,
+                # with no event) for as long as the server goes on answering so.
+                raise StreamRefused(f"{target.host} closed the stream before sending audio")
             return url, content_type, None
     raise StreamRefused(f"more than {MAX_REDIRECTS} redirects (a redirect loop?)")
 
@@ -327,6 +334,18 @@ def _request(
         if sep:
             headers[name.strip().lower()] = value.strip()
     return int(parts[1]), headers, rest
+
+
+def _first_bytes(sock: socket.socket, target: urls.Target, deadline: _Deadline) -> bool:
+    """Whether the stream sends anything: False if the server hangs up first. A server still
+    silent after :data:`FIRST_BYTES_S` passes (libVLC and the stall watchdog deal with that)."""
+    wait = _Deadline(min(deadline.at, time.monotonic() + FIRST_BYTES_S), deadline.cancelled)
+    try:
+        return bool(_recv(sock, target, wait))
+    except StreamRefused:
+        if deadline.cancelled() or time.monotonic() >= deadline.at:
+            raise
+        return True
 
 
 def _read_body(sock: socket.socket, rest: bytes, target: urls.Target, deadline: _Deadline) -> bytes:
