@@ -326,20 +326,38 @@ class Player:
 
     def _resolve(self, item: _Item, url: str, volume: int, resolver: Resolver) -> None:
         """The resolver thread: find what ``url`` is, then open it if ``item`` is still current."""
+        current = item  # the placeholder, then the item _open makes: what "cancelled" asks about
         try:
-            resolved = resolver(url, lambda: item.closed or self._closed)
+            resolved = resolver(url, lambda: current.closed or self._closed)
             with self._vlc_lock:
                 with self._lock:
                     if item.closed or self._closed or self._item is not item:
                         return
                 self._open(item.token, resolved.url, volume, media_options(resolved.kind))
+                with self._lock:
+                    if self._item is not None:
+                        current = self._item
             self._log.info("stream_resolved", token=item.token, kind=resolved.kind)
+            if resolved.confirm is not None:
+                resolved.confirm()
         except StreamRefused as refused:
-            self._fail(item, f"not relayed: {refused.detail}")
+            self._abandon(current, f"not relayed: {refused.detail}")
         except PlayerError as exc:  # _open closed the item it made: report it here
             self._on_event(PlaybackFailed(item.token, str(exc)))
         except Exception:
             self._callback_failed(item)
+
+    def _abandon(self, item: _Item, detail: str) -> None:
+        """Stop ``item`` if it is still the current one, and report it failed."""
+        if item.media is not None:
+            with self._vlc_lock:
+                with self._lock:
+                    if item.closed or self._item is not item:
+                        return
+                self._stop_and_release()
+            self._on_event(PlaybackFailed(item.token, detail))
+            return
+        self._fail(item, detail)
 
     def _fail(self, item: _Item, detail: str) -> None:
         with self._lock:
