@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from receiver.central.signing import SigningKey, key_entry, sign_trust, trust_payload
+from receiver.core import machine
 from receiver.core.effects import Effect, PersistResetFloor, PersistTrust, PublishState
 from receiver.core.events import TimerFired
 from tests.core.harness import (
@@ -229,3 +230,19 @@ def test_a_lagging_operator_clock_is_served_once_it_passes_the_reset_instant() -
     again = world.signed("volume", {"level": 20}, iat=world.utc - lag + 0.5)
     assert accepted(world.send(again))
     assert world.state.volume == 20
+
+
+def test_a_fresh_store_takes_its_reset_instant_before_the_first_state_says_online() -> None:
+    """An operator who sees the first state of a freshly reset device and signs a command then
+    must be served: the reset instant is fixed at boot, before that state is published, and
+    to the millisecond the wire carries (``iat`` has millisecond precision)."""
+    world = World()
+    world.state = replace(world.state, reset_floor=None)
+    world.utc = T0 + 0.9164  # a boot instant between two milliseconds
+    result = machine.boot(world.state, world.now)
+    kinds = [type(effect).__name__ for effect in result.effects]
+    assert kinds.index("PersistResetFloor") < kinds.index("PublishState")
+    assert result.state.reset_floor == T0 + 0.916
+    world.state = result.state
+    same_millisecond = world.signed("volume", {"level": 20}, iat=T0 + 0.916)
+    assert accepted(world.send(same_millisecond))
