@@ -103,19 +103,17 @@ def test_two_starts_at_once_end_with_the_one_key_on_disk(
     must not replace the first one's key (it would sign with a key nobody enrolled)."""
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    import receiver.device_key as device_key_module
+    from receiver.device_key import DeviceKey
 
     real_generate = Ed25519PrivateKey.generate
-    other: list[device_key_module.DeviceKey] = []
+    other: list[DeviceKey] = []
 
     def generate_while_the_other_writes() -> Ed25519PrivateKey:
-        monkeypatch.setattr(device_key_module.Ed25519PrivateKey, "generate", real_generate)
+        monkeypatch.setattr(Ed25519PrivateKey, "generate", real_generate)
         other.append(load_or_create_device_key(tmp_path, "dev-1")[0])  # the other process
         return real_generate()
 
-    monkeypatch.setattr(
-        device_key_module.Ed25519PrivateKey, "generate", generate_while_the_other_writes
-    )
+    monkeypatch.setattr(Ed25519PrivateKey, "generate", generate_while_the_other_writes)
     key, made = load_or_create_device_key(tmp_path, "dev-1")
 
     on_disk, _ = load_or_create_device_key(tmp_path, "dev-1")
