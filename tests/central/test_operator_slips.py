@@ -1,0 +1,176 @@
+"""The operator's tool tried as its users try it: the slips a province's staff make, and what
+the tool must do about each (refuse it plainly, or do what was meant), against a real Mosquitto
+with passwords and ACLs.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from receiver.central import programme
+from receiver.central.admin import main
+from receiver.central.inputs import InputError
+from receiver.device_key import STATE_TYPE, DeviceKey, seal_report
+from tests.central.conftest import Secured, Spy, device_state
+
+
+def command(key: Path, *more: str) -> list[str]:
+    return ["--key", str(key), "--env", "prod", *more]
+
+
+def test_schedule_show_reads_a_device_state_the_device_signed(
+    secured: Secured, operator_key: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """From protocol v1.1 the state is a signed envelope: ``schedule show --device`` read the
+    envelope's fields and said the device held nothing and named no group."""
+    key = DeviceKey("loa-001", Ed25519PrivateKey.generate())
+    state = device_state("loa-001", time.time(), schedules={"morning": 2}, groups=["commune-1"])
+    with Spy(secured) as spy:
+        spy.publish("loa/v1/dev/loa-001/state", seal_report(key, STATE_TYPE, state))
+
+    code = main(["schedule", "show", "--device", "loa-001", *secured.login()])
+
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    lines = captured.out.splitlines()
+    assert lines[0] == "device loa-001 holds: morning v2"
+    assert lines[1] == "group commune-1 (loa/v1/grp/commune-1/schedule):"
+
+
+def test_a_command_for_two_audiences_reaches_both(
+    secured: Secured, operator_key: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--aud grp:commune-1 --aud dev:loa-009`` was published on the group's topic alone, exit 0:
+    loa-009, not in that group, never got it."""
+    with Spy(secured, retained=False) as spy:
+        code = main(
+            [
+                "volume",
+                *command(operator_key, "--aud", "grp:commune-1", "--aud", "dev:loa-009"),
+                "--level",
+                "40",
+                *secured.login(),
+            ]
+        )
+        assert code == 0, capsys.readouterr().err
+        spy.wait_for("loa/v1/grp/commune-1/cmd")
+        spy.wait_for("loa/v1/dev/loa-009/cmd")
+    out = capsys.readouterr().out
+    assert "loa/v1/grp/commune-1/cmd" in out
+    assert "loa/v1/dev/loa-009/cmd" in out
+
+
+@pytest.mark.parametrize(
+    ("url", "said"),
+    [
+        ("ftp://media.example.vn/a.mp3", "scheme 'ftp'"),
+        ("https://user:secret@media.example.vn/a.mp3", "credentials"),
+    ],
+)
+def test_a_url_every_receiver_refuses_is_not_sent(
+    secured: Secured,
+    operator_key: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    *,
+    url: str,
+    said: str,
+) -> None:
+    """Receivers fetch and play http and https only, never with credentials in the URL (their
+    policy): such a play was signed and sent with exit 0, and every board refused it."""
+    media = tmp_path / "a.mp3"
+    media.write_bytes(b"audio" * 10)
+    with Spy(secured, retained=False) as spy:
+        code = main(
+            [
+                "play",
+                *command(operator_key, "--aud", "grp:commune-1"),
+                "--url",
+                url,
+                "--file",
+                str(media),
+                *secured.login(),
+            ]
+        )
+        time.sleep(0.3)
+        assert spy.topics() == []
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "body.source.files[0].url" in err
+    assert said in err
+
+
+def _days_of(tmp_path: Path, days: str) -> list[str]:
+    (tmp_path / "news.mp3").write_bytes(b"news" * 10)
+    source = tmp_path / "programme.yaml"
+    source.write_text(
+        "id: morning\nversion: 1\nmedia_url: https://m.example.vn/\nentries:\n"
+        f"  - title: News\n    days: {days}\n    at: '06:30'\n    file: news.mp3\n",
+        encoding="utf-8",
+    )
+    entries = programme.compile_source(source)["entries"]
+    return list(entries[0]["days"])
+
+
+@pytest.mark.parametrize(
+    ("written", "meant"),
+    [
+        ("mon-fri", ["mon", "tue", "wed", "thu", "fri"]),
+        ("sat-sun", ["sat", "sun"]),
+        ("fri-mon", ["mon", "fri", "sat", "sun"]),
+        ("mon wed fri", ["mon", "wed", "fri"]),
+        ("monday, friday", ["mon", "fri"]),
+        ("[Monday, thursday]", ["mon", "thu"]),
+    ],
+)
+def test_days_as_people_write_them(tmp_path: Path, written: str, meant: list[str]) -> None:
+    """``days: mon-fri`` became Monday alone (the first three letters), without a word."""
+    assert _days_of(tmp_path, written) == meant
+
+
+@pytest.mark.parametrize("written", ["mon-fry", "weekends", "mo", "[mon, holiday]", "mondays"])
+def test_days_that_are_not_days_are_named(tmp_path: Path, written: str) -> None:
+    with pytest.raises(InputError, match=r"entries\[0\]\.days"):
+        _days_of(tmp_path, written)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["key-entry", "--roles", "operater"],
+        ["keygen", "--id", "op-2", "--roles", "operater"],
+    ],
+)
+def test_a_role_receivers_do_not_know_is_refused(
+    operator_key: Path, tmp_path: Path, argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A misspelt role made a key entry (exit 0) that every trust document then carried."""
+    made = tmp_path / "k"
+    target = ["--key", str(operator_key)] if argv[0] == "key-entry" else ["--out", str(made)]
+    with pytest.raises(SystemExit) as exited:
+        main([*argv, *target])
+    assert exited.value.code == 2
+    assert "operater" in capsys.readouterr().err
+    assert not made.exists()
+
+
+def test_fleet_refuses_a_limit_below_one(
+    secured: Secured, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--limit -1`` printed no row and "1 more", exit 0."""
+    with pytest.raises(SystemExit) as exited:
+        main(["fleet", "--limit", "-1", *secured.login()])
+    assert exited.value.code == 2
+    assert "--limit" in capsys.readouterr().err
+
+
+def test_the_key_entry_is_json_a_trust_keyring_takes(
+    operator_key: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["key-entry", "--key", str(operator_key), "--roles", "operator"]) == 0
+    assert json.loads(capsys.readouterr().out)["roles"] == ["operator"]
