@@ -116,11 +116,18 @@ def _body(args: argparse.Namespace) -> dict[str, Any]:
     return body
 
 
-def _topic_for(args: argparse.Namespace) -> str:
+def _topics_for(args: argparse.Namespace) -> list[str]:
+    """Where the command goes: ``--topic``, or each audience's command topic (a device that is
+    in two of them takes the second copy as the duplicate it is)."""
     if args.topic:
-        return str(args.topic)
-    kind, _, ident = args.aud[0].partition(":")
-    return f"{args.prefix}/{'dev' if kind == 'dev' else 'grp'}/{ident}/cmd"
+        return [str(args.topic)]
+    topics: list[str] = []
+    for audience in args.aud:
+        kind, _, ident = audience.partition(":")
+        topic = f"{args.prefix}/{'dev' if kind == 'dev' else 'grp'}/{ident}/cmd"
+        if topic not in topics:
+            topics.append(topic)
+    return topics
 
 
 def _sign_and_send(args: argparse.Namespace) -> int:
@@ -137,17 +144,18 @@ def _sign_and_send(args: argparse.Namespace) -> int:
         ttl_s=args.ttl,
     )
     refuse_if_invalid("command", payload)
-    if args.topic is None and args.aud[0].partition(":")[0] not in ("dev", "grp"):
-        raise InputError(f"--aud {args.aud[0]}: not dev:<id> or grp:<id>")
+    for audience in args.aud if args.topic is None else ():
+        if audience.partition(":")[0] not in ("dev", "grp"):
+            raise InputError(f"--aud {audience}: not dev:<id> or grp:<id>")
     envelope = sign_command(payload, load_keys(args.key))
     if not args.host:
         sys.stdout.write(envelope.decode("utf-8") + "\n")
         return EXIT_OK
-    topic = _topic_for(args)
-    # The broker drops the command once it expires, so a device that was offline never gets a
-    # stale backlog (the device refuses expired commands anyway).
-    publish(args, topic, envelope, retain=False, expiry_s=int(args.ttl))
-    print(f"sent {payload['type']} {payload['id']} (seq {payload['seq']}) to {topic}")
+    for topic in _topics_for(args):
+        # The broker drops the command once it expires, so a device that was offline never
+        # gets a stale backlog (the device refuses expired commands anyway).
+        publish(args, topic, envelope, retain=False, expiry_s=int(args.ttl))
+        print(f"sent {payload['type']} {payload['id']} (seq {payload['seq']}) to {topic}")
     return EXIT_OK
 
 
@@ -330,6 +338,16 @@ def _print_fleet(
     out.flush()
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is below 1")
+    return value
+
+
 def _broker_options(parser: argparse.ArgumentParser, required: bool) -> None:
     parser.add_argument("--host", required=required, help="broker host (omit to print only)")
     parser.add_argument("--port", type=int, default=1883)
@@ -365,7 +383,7 @@ def _add_command_parsers(sub: Any) -> None:
         cmd.add_argument("--id", help="message id (default: cmd-<seq>)")
         cmd.add_argument("--seq", type=int, help="sequence number (default: UTC milliseconds)")
         cmd.add_argument("--ttl", type=float, default=300.0, help="seconds until it expires")
-        cmd.add_argument("--topic", help="publish here instead of the first audience's topic")
+        cmd.add_argument("--topic", help="publish here instead of each audience's topic")
         _broker_options(cmd, required=False)
         if name in ("play", "stream"):
             cmd.add_argument("--url", required=True)
@@ -403,7 +421,7 @@ def build_parser() -> argparse.ArgumentParser:
     keygen = sub.add_parser("keygen", help="make an Ed25519 key pair")
     keygen.add_argument("--id", required=True, help="the key id receivers will know it by")
     keygen.add_argument("--out", required=True, help="where to write the private key (PEM)")
-    keygen.add_argument("--roles", nargs="+", default=["operator"])
+    keygen.add_argument("--roles", nargs="+", default=["operator"], choices=admin_documents.ROLES)
     keygen.add_argument("--scopes", nargs="+", default=["*"])
     keygen.set_defaults(func=_keygen)
 
@@ -443,7 +461,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--pending-outbox", action="store_true", help="only devices with events not yet sent"
     )
     fleet_cmd.add_argument("--sort", choices=fleet.SORT_KEYS, default="device")
-    fleet_cmd.add_argument("--limit", type=int, help="show at most this many rows")
+    fleet_cmd.add_argument("--limit", type=_positive_int, help="show at most this many rows")
     fleet_cmd.add_argument(
         "--registry", help="enrolled device keys: mark devices whose state they did not sign"
     )

@@ -23,6 +23,7 @@ from typing import Any
 from receiver.central import programme
 from receiver.central.broker import BrokerOptions, Connection
 from receiver.central.inputs import InputError, load_keys, refuse_if_invalid
+from receiver.central.reports import open_report
 from receiver.central.signing import (
     key_entry,
     schedule_payload,
@@ -39,6 +40,7 @@ from receiver.core.trustdoc import parse_trust
 Publisher = Callable[..., bool]
 DAY_S = 86400.0
 RETAINED_WAIT_S = 0.5  # the broker sends a retained message right after the SUBACK
+ROLES = ("operator", "emergency", "root")
 KEYRING_REASONS = frozenset(
     {reasons.UNKNOWN_KEY, reasons.BAD_SIGNATURE, reasons.UNSIGNED, reasons.NOT_AUTHORIZED}
 )
@@ -235,7 +237,7 @@ def show_command(args: argparse.Namespace) -> int:
     if args.device:
         state_topic = f"{args.prefix}/dev/{args.device}/state"
         state = retained_payload_raw(options, state_topic)
-        state_doc = json.loads(state) if state else None
+        state_doc = open_report(state) if state else None  # signed (v1.1) or plain JSON
         held = state_doc.get("schedules", {}) if isinstance(state_doc, dict) else {}
         groups = args.group or []
         if not groups and isinstance(state_doc, dict):
@@ -276,7 +278,7 @@ def add_parsers(
 ) -> None:
     entry = sub.add_parser("key-entry", help="print a key's entry for a trust keyring file")
     entry.add_argument("--key", required=True, help="the private key file (its id file beside)")
-    entry.add_argument("--roles", nargs="+", required=True)
+    entry.add_argument("--roles", nargs="+", required=True, choices=ROLES)
     entry.add_argument("--scopes", nargs="+", default=["*"])
     entry.set_defaults(func=key_entry_command)
 
