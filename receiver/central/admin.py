@@ -36,7 +36,15 @@ from receiver.central.broker import (
     Connection,
 )
 from receiver.central.cluster import add_node_option, further_nodes
-from receiver.central.inputs import InputError, load_keys, refuse_if_invalid
+from receiver.central.inputs import (
+    InputError,
+    device_or_every,
+    identifier,
+    load_keys,
+    number,
+    refuse_if_invalid,
+    seconds,
+)
 from receiver.central.received import DeviceMessage, device_topics, parse_device_message
 from receiver.central.reports import message_text, verifier_for
 from receiver.central.signing import SigningKey, command_payload, sign_command
@@ -382,7 +390,7 @@ def _add_command_parsers(sub: Any) -> None:
         cmd.add_argument("--aud", required=True, action="append", help="dev:<id> or grp:<id>")
         cmd.add_argument("--id", help="message id (default: cmd-<seq>)")
         cmd.add_argument("--seq", type=int, help="sequence number (default: UTC milliseconds)")
-        cmd.add_argument("--ttl", type=float, default=300.0, help="seconds until it expires")
+        cmd.add_argument("--ttl", type=number, default=300.0, help="seconds until it expires")
         cmd.add_argument("--topic", help="publish here instead of each audience's topic")
         _broker_options(cmd, required=False)
         if name in ("play", "stream"):
@@ -428,8 +436,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_command_parsers(sub)
 
     watch = sub.add_parser("watch", help="print a device's state and events")
-    watch.add_argument("--device", required=True, help="a device id, or + for every device")
-    watch.add_argument("--timeout", type=float, default=0.0, help="seconds (0: until Ctrl-C)")
+    watch.add_argument(
+        "--device", required=True, type=device_or_every, help="a device id, or + for every device"
+    )
+    watch.add_argument("--timeout", type=seconds, default=0.0, help="seconds (0: until Ctrl-C)")
     watch.add_argument("--count", type=int, default=0, help="stop after this many events")
     watch.add_argument("--until", nargs="*", default=[], help="stop after an event of a kind")
     watch.add_argument(
@@ -448,7 +458,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="at most this many seconds to collect states (default 5; done sooner once they stop)",
     )
     fleet_cmd.add_argument("--watch", action="store_true", help="redraw every second until Ctrl-C")
-    fleet_cmd.add_argument("--group", help="only devices in this group")
+    fleet_cmd.add_argument("--group", type=identifier, help="only devices in this group")
     fleet_cmd.add_argument("--offline", action="store_true", help="only devices not reachable")
     fleet_cmd.add_argument("--failing", action="store_true", help="only devices with a fault")
     fleet_cmd.add_argument(

@@ -22,7 +22,7 @@ from typing import Any
 
 from receiver.central import programme
 from receiver.central.broker import BrokerOptions, Connection
-from receiver.central.inputs import InputError, load_keys, refuse_if_invalid
+from receiver.central.inputs import InputError, identifier, load_keys, refuse_if_invalid
 from receiver.central.reports import open_report
 from receiver.central.signing import (
     key_entry,
@@ -318,8 +318,8 @@ def add_parsers(
         prog="receiver-admin schedule show",
         help="the programme a group or device holds now, next plays in local time",
     )
-    show.add_argument("--group", action="append", help="a group id (repeatable)")
-    show.add_argument("--device", help="a device id: what its state says it holds")
+    show.add_argument("--group", action="append", type=identifier, help="a group id (repeatable)")
+    show.add_argument("--device", type=identifier, help="a device id: what its state says it holds")
     show.add_argument("--days", type=int, default=7, help="how many days ahead (default 7)")
     broker_options(show, True)
     show.set_defaults(func=show_command)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
+import math
+import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from receiver.central import validate
 from receiver.central.signing import SigningKey
@@ -38,3 +41,40 @@ def load_keys(paths: list[str]) -> list[SigningKey]:
         except (OSError, ValueError) as exc:
             raise InputError(f"--key {path}: {exc}") from exc
     return keys
+
+
+#: A device, group or environment id (schemas/common.json ``ident``): it is also a topic level.
+_IDENT: Final = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+
+
+def identifier(text: str) -> str:
+    """An option that names a device or a group: an id, never an MQTT wildcard or a slash."""
+    if _IDENT.fullmatch(text) is None:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an id: 1 to 64 of lowercase a-z, 0-9, '.', '_', '-'"
+        )
+    return text
+
+
+def device_or_every(text: str) -> str:
+    """``watch --device``: a device id, or ``+`` for every device."""
+    return text if text == "+" else identifier(text)
+
+
+def number(text: str) -> float:
+    """A number of seconds: finite (``nan`` and ``inf`` are words, not durations)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds")
+    return value
+
+
+def seconds(text: str) -> float:
+    """A duration option: a number of seconds, not negative."""
+    value = number(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give 0 or more seconds")
+    return value

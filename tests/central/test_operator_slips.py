@@ -174,3 +174,49 @@ def test_the_key_entry_is_json_a_trust_keyring_takes(
 ) -> None:
     assert main(["key-entry", "--key", str(operator_key), "--roles", "operator"]) == 0
     assert json.loads(capsys.readouterr().out)["roles"] == ["operator"]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["watch", "--device", "loa-#", "--timeout", "2"],
+        ["watch", "--device", "loa-001/events", "--timeout", "2"],
+        ["schedule", "show", "--group", "commune/#"],
+        ["schedule", "show", "--device", "loa+"],
+        ["fleet", "--group", "Commune-1"],
+    ],
+)
+def test_an_id_with_a_wildcard_or_a_slash_is_refused_as_typed(
+    secured: Secured, argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``watch --device 'loa-#'`` printed a traceback from the MQTT thread, then waited 10 s and
+    blamed the broker ("gave no MQTT answer ... a TLS listener needs --cafile"), exit 3."""
+    started = time.monotonic()
+    with pytest.raises(SystemExit) as exited:
+        main([*argv, *secured.login()])
+    err = capsys.readouterr().err
+    assert exited.value.code == 2
+    assert "is not an id" in err
+    assert "Traceback" not in err
+    assert time.monotonic() - started < 5
+
+
+def test_watch_refuses_a_negative_timeout(
+    secured: Secured, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--timeout -1`` said "nothing ... within -1 s" and blamed the ACL, exit 1."""
+    with pytest.raises(SystemExit) as exited:
+        main(["watch", "--device", "loa-001", "--timeout", "-1", *secured.login()])
+    assert exited.value.code == 2
+    assert "--timeout" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("ttl", ["nan", "inf", "5m"])
+def test_a_ttl_that_is_not_seconds_is_named(
+    operator_key: Path, ttl: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--ttl nan`` said only "Invalid value NaN (not a number)"."""
+    with pytest.raises(SystemExit) as exited:
+        main(["stop", *command(operator_key, "--aud", "dev:loa-001"), "--ttl", ttl])
+    assert exited.value.code == 2
+    assert f"--ttl: {ttl!r}" in capsys.readouterr().err
