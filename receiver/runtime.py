@@ -61,10 +61,9 @@ from receiver.inbox import Inbox
 from receiver.logs import bounded
 from receiver.mqtt_client import MqttLink
 from receiver.outbox import Outbox
-from receiver.player import Player
+from receiver.player_process import ProcessPlayer
 from receiver.status import write_status
 from receiver.store import Store
-from receiver.streams import stream_resolver
 from receiver.timefmt import rfc3339
 
 IDLE_WAKE_S: Final = 5.0  # the loop turns at least this often, so the watchdog sees it alive
@@ -109,8 +108,12 @@ class Runtime:
         factory = pin_factory or make_pin_factory(config.gpio.pin_factory)
         self.relay = AmpRelay(config.gpio, factory)
         self.inputs = LocalInputs(config.gpio, factory, self._input_changed)
-        self.player = Player(
-            config.player, self.inbox.put_report, resolver=stream_resolver(config.media)
+        # libVLC runs in a supervised child process: no stream can take the daemon down.
+        self.player = ProcessPlayer(
+            config.player,
+            self.inbox.put_report,
+            media=config.media,
+            logging=(config.logging.level, config.logging.format),
         )
         self.fetcher = Fetcher(config.media, config.storage.cache_dir, self.inbox.put_report)
         self.link = MqttLink(

@@ -34,6 +34,7 @@ from receiver.core.events import (
     PlaybackFailed,
     PlaybackProgress,
     PlaybackStarted,
+    PlayerCrashed,
 )
 from receiver.core.policy import in_quiet_hours, url_allowed, volume_for
 from receiver.core.reasons import Rejection
@@ -122,6 +123,8 @@ def step(state: State, event: Event, now: Instant) -> Step:
         state = engine.sound_failed(state, event.token, event.detail, now, out)
     elif isinstance(event, PlaybackProgress):
         state = engine.progress(state, event.token, event.position_ms, now)
+    elif isinstance(event, PlayerCrashed):
+        state = engine.engine_crashed(state, event.detail, now, out)
     elif isinstance(event, LocalInputChanged):
         state = _on_local_input(state, event, out)
     if state.recovered and not _in_grace(state, now):
