@@ -131,7 +131,14 @@ class Registry:
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise RegistryError(f"cannot read the device registry {path}: {exc}") from exc
-        return cls.parse(text.splitlines(), str(path))
+        registry = cls.parse(text.splitlines(), str(path))
+        if not registry.keys:
+            # Not "no device is enrolled": every report would be set aside as unknown.
+            raise RegistryError(
+                f"the device registry {path} enrolls no device: is it the right file? "
+                "(each line is a 'receiver enroll' line)"
+            )
+        return registry
 
     @classmethod
     def parse(cls, lines: Iterable[str], source: str = "registry") -> Registry:

@@ -10,10 +10,12 @@ from __future__ import annotations
 import base64
 import json
 import time
+from pathlib import Path
 
+import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from receiver.central.reports import Registry, ReportVerifier, open_report
+from receiver.central.reports import Registry, RegistryError, ReportVerifier, open_report
 from receiver.device_key import EVENT_TYPE, STATE_TYPE, DeviceKey, enrollment_line, seal_report
 from receiver.timefmt import rfc3339
 
@@ -112,3 +114,12 @@ def test_an_oversized_report_is_refused_before_it_is_parsed() -> None:
 
     assert report.verdict == "malformed"
     assert "bytes" in report.detail
+
+
+def test_an_empty_registry_is_refused_not_taken_as_no_device_enrolled(tmp_path: Path) -> None:
+    """An empty registry file (a path slip, or ``>`` where ``>>`` was meant) made every device
+    ``unknown_device``: the collector counted nothing and said so only in the monthly report."""
+    empty = tmp_path / "devices.jsonl"
+    empty.write_text("# enrolled devices\n\n", encoding="utf-8")
+    with pytest.raises(RegistryError, match="enrolls no device"):
+        Registry.load(empty)
