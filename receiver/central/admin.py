@@ -170,12 +170,26 @@ def _sign_and_send(args: argparse.Namespace) -> int:
 def publish(
     args: argparse.Namespace, topic: str, payload: bytes, *, retain: bool, expiry_s: int | None
 ) -> bool:
-    """Publish at QoS 1 and wait for the broker's acknowledgement (BrokerError if none)."""
-    with Connection(BrokerOptions.from_args(args)) as connection:
+    """Publish at QoS 1 and wait for the broker's acknowledgement (BrokerError if none).
+
+    A retained document goes to every ``--node`` too; a node that fails is named with the
+    brokers that already hold it, so the operator knows where to publish it again.
+    """
+    first = BrokerOptions.from_args(args)
+    nodes = further_nodes(args) if retain else []  # a typo in --node: nothing is published
+    with Connection(first) as connection:
         connection.publish(topic, payload, retain=retain, expiry_s=expiry_s)
-    for node in further_nodes(args) if retain else ():
-        with Connection(node) as connection:  # a cluster that keeps retained messages per node
-            connection.publish(topic, payload, retain=retain, expiry_s=expiry_s)
+    done = [first.where]
+    for node in nodes:
+        try:
+            with Connection(node) as connection:  # a cluster that keeps retained per node
+                connection.publish(topic, payload, retain=retain, expiry_s=expiry_s)
+        except BrokerError as exc:
+            raise BrokerError(
+                f"{exc}; {topic} is retained on {', '.join(done)} but not on {node.where}: "
+                "publish it there again (a higher version) once the node is back"
+            ) from exc
+        done.append(node.where)
     return True
 
 

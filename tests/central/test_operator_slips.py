@@ -16,7 +16,8 @@ from receiver.central import programme
 from receiver.central.admin import main
 from receiver.central.inputs import InputError
 from receiver.device_key import STATE_TYPE, DeviceKey, seal_report
-from tests.central.conftest import Secured, Spy, device_state
+from tests.broker import pick_port
+from tests.central.conftest import Secured, Spy, device_state, read_retained
 
 
 def command(key: Path, *more: str) -> list[str]:
@@ -220,3 +221,44 @@ def test_a_ttl_that_is_not_seconds_is_named(
         main(["stop", *command(operator_key, "--aud", "dev:loa-001"), "--ttl", ttl])
     assert exited.value.code == 2
     assert f"--ttl: {ttl!r}" in capsys.readouterr().err
+
+
+def _programme_file(tmp_path: Path) -> str:
+    path = tmp_path / "programme.json"
+    entry = {
+        "id": "news",
+        "days": ["mon"],
+        "at": "06:30",
+        "priority": "normal",
+        "source": {"files": [{"url": "https://m.example/a.mp3", "sha256": "b" * 64, "size": 9}]},
+        "max_duration_s": 600,
+    }
+    path.write_text(json.dumps({"id": "morning", "version": 1, "entries": [entry]}))
+    return str(path)
+
+
+def test_a_mistyped_node_publishes_nowhere(
+    secured: Secured, operator_key: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--node mqtt-2`` (no port) was refused only after the document was already retained on
+    the first broker, with exit 2 and "nothing was sent" implied."""
+    argv = ["schedule", "--file", _programme_file(tmp_path), "--node", "mqtt-2"]
+    code = main([*argv, *command(operator_key, "--aud", "grp:commune-1"), *secured.login()])
+    assert code == 2
+    assert "--node 'mqtt-2'" in capsys.readouterr().err
+    assert read_retained(secured, "loa/v1/grp/commune-1/schedule") is None
+
+
+def test_a_node_that_is_down_is_named_with_what_was_published(
+    secured: Secured, operator_key: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A cluster node that is down failed the command (exit 3) without saying that the other
+    node already holds the document: the operator must know to publish it there again."""
+    down = f"127.0.0.1:{pick_port()}"
+    argv = ["schedule", "--file", _programme_file(tmp_path), "--node", down]
+    code = main([*argv, *command(operator_key, "--aud", "grp:commune-1"), *secured.login()])
+    err = capsys.readouterr().err
+    assert code == 3
+    assert down in err
+    assert f"retained on {secured.broker.host}:{secured.broker.port}" in err
+    assert read_retained(secured, "loa/v1/grp/commune-1/schedule") is not None
