@@ -8,7 +8,9 @@ document a receiver would refuse never leaves. Broker failures are one line each
 Exit statuses: 0 done; 1 done, but what was asked did not happen (``watch`` saw nothing, or
 not the event ``--until`` asked for, in its ``--timeout``); 2 bad input (usage, a document or
 command a receiver would refuse, an unreadable key or file); 3 the broker (unreachable, TLS,
-login refused, ACL, no answer in time, not acknowledged).
+login refused, ACL, no answer in time, not acknowledged); 130 stopped by Ctrl-C before it was
+done (``watch`` with ``--until`` or ``--count``: stopping plain ``watch`` or ``fleet --watch``
+is their normal end, 0).
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ from receiver.central.signing import SigningKey, command_payload, sign_command
 from receiver.core import vocabulary
 
 DEFAULT_PREFIX = "loa/v1"
+EXIT_INTERRUPTED = 130  # Ctrl-C before what was asked happened, as a shell reports it
 FLEET_COLUMNS = fleet.COLUMNS
 SNAPSHOT_QUIET_S = 0.5
 
@@ -252,7 +255,8 @@ def _watch(args: argparse.Namespace) -> int:
             return EXIT_FAILED
         return EXIT_FAILED if (args.until or args.count) else EXIT_OK
     except KeyboardInterrupt:
-        return EXIT_OK
+        # Stopped by hand: done, unless it was waiting for something it has not seen.
+        return EXIT_INTERRUPTED if (args.until or args.count) else EXIT_OK
     finally:
         connection.close()
 
@@ -521,7 +525,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"receiver-admin: {exc}", file=sys.stderr)
         return EXIT_INPUT
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
     return result
 
 

@@ -6,6 +6,7 @@ with passwords and ACLs.
 from __future__ import annotations
 
 import json
+import signal
 import time
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from receiver.central.inputs import InputError
 from receiver.device_key import STATE_TYPE, DeviceKey, seal_report
 from tests.broker import pick_port
 from tests.central.conftest import Secured, Spy, device_state, read_retained
+from tests.central.test_collector import admin, stopping
 
 
 def command(key: Path, *more: str) -> list[str]:
@@ -262,3 +264,14 @@ def test_a_node_that_is_down_is_named_with_what_was_published(
     assert down in err
     assert f"retained on {secured.broker.host}:{secured.broker.port}" in err
     assert read_retained(secured, "loa/v1/grp/commune-1/schedule") is not None
+
+
+def test_watch_until_an_event_stopped_by_ctrl_c_does_not_say_it_saw_it(secured: Secured) -> None:
+    """``watch --until finished`` interrupted before any ``finished`` exited 0, which a script
+    reads as "the play finished"."""
+    with stopping(admin(secured, "watch", "--device", "loa-001", "--until", "finished")) as watch:
+        time.sleep(1.5)  # connected and subscribed
+        watch.send_signal(signal.SIGINT)
+        assert watch.wait(timeout=30) == 130  # a loaded machine can be slow to let go
+        assert watch.stderr is not None
+        assert "Traceback" not in watch.stderr.read()
