@@ -45,6 +45,7 @@ from receiver.central.inputs import (
     load_keys,
     number,
     refuse_if_invalid,
+    refuse_if_too_large,
     seconds,
 )
 from receiver.central.received import DeviceMessage, device_topics, parse_device_message
@@ -159,6 +160,7 @@ def _sign_and_send(args: argparse.Namespace) -> int:
         if audience.partition(":")[0] not in ("dev", "grp"):
             raise InputError(f"--aud {audience}: not dev:<id> or grp:<id>")
     envelope = sign_command(payload, load_keys(args.key))
+    refuse_if_too_large(str(payload["type"]), envelope)
     if not args.host:
         sys.stdout.write(envelope.decode("utf-8") + "\n")
         return EXIT_OK

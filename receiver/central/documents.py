@@ -22,7 +22,13 @@ from typing import Any
 
 from receiver.central import programme
 from receiver.central.broker import BrokerOptions, Connection
-from receiver.central.inputs import InputError, identifier, load_keys, refuse_if_invalid
+from receiver.central.inputs import (
+    InputError,
+    identifier,
+    load_keys,
+    refuse_if_invalid,
+    refuse_if_too_large,
+)
 from receiver.central.reports import open_report
 from receiver.central.signing import (
     key_entry,
@@ -160,6 +166,7 @@ def trust_command(args: argparse.Namespace, publish: Publisher) -> int:
             )
     signers = load_keys(args.key)
     envelope = sign_trust(payload, signers)
+    refuse_if_too_large("trust document", envelope)
     if not args.host:
         sys.stdout.write(envelope.decode("utf-8") + "\n")
         return 0
@@ -220,6 +227,7 @@ def schedule_command(args: argparse.Namespace, publish: Publisher) -> int:
                 f"{version} (stale_version): give --version {held + 1} or above"
             )
     envelope = sign_schedule(payload, load_keys(args.key))
+    refuse_if_too_large("schedule", envelope)
     if not args.host:
         sys.stdout.write(envelope.decode("utf-8") + "\n")
         return 0

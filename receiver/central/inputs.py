@@ -10,6 +10,7 @@ from typing import Any, Final
 
 from receiver.central import validate
 from receiver.central.signing import SigningKey
+from receiver.core.envelope import MAX_MESSAGE_BYTES
 
 
 class InputError(Exception):
@@ -78,3 +79,14 @@ def seconds(text: str) -> float:
     if value < 0:
         raise argparse.ArgumentTypeError(f"{text!r}: give 0 or more seconds")
     return value
+
+
+def refuse_if_too_large(what: str, envelope: bytes) -> None:
+    """The receivers refuse a message over MAX_MESSAGE_BYTES before reading it (``too_large``):
+    say so rather than publish it (a retained one would replace a document they take)."""
+    if len(envelope) > MAX_MESSAGE_BYTES:
+        raise InputError(
+            f"the signed {what} is {len(envelope)} bytes; receivers refuse a message over "
+            f"{MAX_MESSAGE_BYTES} bytes (too_large); nothing was sent: split it (fewer entries "
+            "per schedule, shorter titles or URLs)"
+        )

@@ -275,3 +275,44 @@ def test_watch_until_an_event_stopped_by_ctrl_c_does_not_say_it_saw_it(secured: 
         assert watch.wait(timeout=30) == 130  # a loaded machine can be slow to let go
         assert watch.stderr is not None
         assert "Traceback" not in watch.stderr.read()
+
+
+def test_a_programme_too_large_for_the_receivers_is_not_retained(
+    secured: Secured, operator_key: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Receivers refuse any message over 16 KiB (``too_large``): a long programme passed every
+    check, was signed and replaced the group's retained schedule with one no board takes."""
+    good = _programme_file(tmp_path)
+    login = [*command(operator_key, "--aud", "grp:commune-1"), *secured.login()]
+    assert main(["schedule", "--file", good, *login]) == 0
+    capsys.readouterr()
+    entries = [
+        {
+            "id": f"notice-{index:03d}",
+            "days": ["mon", "tue", "wed", "thu", "fri"],
+            "at": f"{6 + index // 12:02d}:{index % 12 * 5:02d}",
+            "priority": "normal",
+            "source": {
+                "files": [
+                    {
+                        "url": f"https://media.example.vn/commune-25-07873/notice-{index:03d}.mp3",
+                        "sha256": f"{index:064x}",
+                        "size": 1000 + index,
+                        "title": f"Thông báo số {index}",
+                    }
+                ]
+            },
+            "max_duration_s": 240,
+        }
+        for index in range(60)
+    ]
+    long = tmp_path / "long.json"
+    long.write_text(json.dumps({"id": "morning", "version": 2, "entries": entries}))
+
+    code = main(["schedule", "--file", str(long), *login])
+
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "16384" in err
+    held = read_retained(secured, "loa/v1/grp/commune-1/schedule")
+    assert held is not None and held["version"] == 1
