@@ -12,6 +12,7 @@ sends nothing.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import queue
 import sys
@@ -41,6 +42,7 @@ from receiver.core import admission, reasons
 from receiver.core.clock import Instant
 from receiver.core.envelope import parse_envelope
 from receiver.core.reasons import Rejection
+from receiver.core.trust import Keyring
 from receiver.core.trustdoc import parse_trust
 
 Publisher = Callable[..., bool]
@@ -110,13 +112,27 @@ def refuse_if_unauthorized(
         document = None
     if document is None:
         return
+    rejection = _admission_refusal(document.keyring, topic, envelope, payload)
+    if rejection is not None:
+        raise InputError(
+            f"the fleet's keyring (trust version {document.version}, retained on "
+            f"{args.prefix}/trust) refuses these signatures: {rejection.detail} "
+            f"({rejection.reason}); nothing was sent"
+        )
+
+
+def _admission_refusal(
+    keyring: Keyring, topic: str, envelope: bytes, payload: dict[str, Any]
+) -> Rejection | None:
+    """The receivers' admission of ``envelope`` under ``keyring``: its refusal for a reason
+    of keys and roles, or None."""
     audience = next(iter(payload.get("aud", [])), "grp:")
     kind, _, ident = str(audience).partition(":")
     context = admission.Context(
         device_id=ident if kind == "dev" else "",
         env=str(payload.get("env", "")),
         groups=(ident,) if kind == "grp" else (),
-        keyring=document.keyring,
+        keyring=keyring,
         floors={},
         time_floor=0.0,
         reset_floor=None,
@@ -128,11 +144,29 @@ def refuse_if_unauthorized(
         admission.admit(context, topic, envelope, True, Instant(0.0, time.time(), True))
     except Rejection as rejection:
         if rejection.reason in KEYRING_REASONS:
-            raise InputError(
-                f"the fleet's keyring (trust version {document.version}, retained on "
-                f"{args.prefix}/trust) refuses these signatures: {rejection.detail} "
-                f"({rejection.reason}); nothing was sent"
-            ) from rejection
+            return rejection
+    return None
+
+
+def refuse_if_not_self_signed(topic: str, envelope: bytes, payload: dict[str, Any]) -> None:
+    """A receiver takes a keyring only if enough of the new keyring's own root keys signed it
+    (as TUF requires for a rotation), whatever its current keyring: check that here, with no
+    broker needed. A keyring with a root threshold its root keys cannot meet, or with no root
+    key, would also leave the fleet with no way to rotate again."""
+    document = parse_trust(payload)
+    before = dataclasses.replace(document.keyring, version=document.version - 1)
+    if _admission_refusal(before, topic, envelope, payload) is not None:
+        roots = sum(1 for key in document.keyring.keys if "root" in key.roles)
+        raise InputError(
+            f"a receiver refuses this keyring: not signed by enough of its own root keys (it "
+            f"lists {roots} root key(s), threshold {document.keyring.threshold('root')}; "
+            f"signed by {', '.join(sorted(_signer_ids(envelope)))}); nothing was sent. Sign it "
+            "with that many of its root keys (--key, repeated), or set --thresholds root=N"
+        )
+
+
+def _signer_ids(envelope: bytes) -> set[str]:
+    return {keyid for keyid, _sig in parse_envelope(envelope).signatures}
 
 
 def key_entry_command(args: argparse.Namespace) -> int:
@@ -167,6 +201,7 @@ def trust_command(args: argparse.Namespace, publish: Publisher) -> int:
     signers = load_keys(args.key)
     envelope = sign_trust(payload, signers)
     refuse_if_too_large("trust document", envelope)
+    refuse_if_not_self_signed(topic, envelope, payload)
     if not args.host:
         sys.stdout.write(envelope.decode("utf-8") + "\n")
         return 0

@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from receiver.central import programme
 from receiver.central.admin import main
 from receiver.central.inputs import InputError
+from receiver.central.signing import SigningKey, key_entry
 from receiver.device_key import STATE_TYPE, DeviceKey, seal_report
 from tests.broker import pick_port
 from tests.central.conftest import Secured, Spy, device_state, read_retained
@@ -316,3 +317,37 @@ def test_a_programme_too_large_for_the_receivers_is_not_retained(
     assert "16384" in err
     held = read_retained(secured, "loa/v1/grp/commune-1/schedule")
     assert held is not None and held["version"] == 1
+
+
+def test_a_keyring_its_own_root_keys_did_not_sign_enough_is_not_published(
+    secured: Secured, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A receiver takes a new keyring only if the new keyring's own root threshold signed it
+    (2 unless ``--thresholds`` says otherwise). With one root key, or no root key in the keyring
+    at all, the first trust document was signed and retained, exit 0; every board refused it."""
+    root = tmp_path / "root.pem"
+    SigningKey.generate("root-1").save(root)
+    operator = tmp_path / "op.pem"
+    SigningKey.generate("op-1").save(operator)
+    ring = [
+        key_entry(SigningKey.load(root), ["root"], ["*"]),
+        key_entry(SigningKey.load(operator), ["operator"], ["*"]),
+    ]
+    keys = tmp_path / "keys.json"
+    keys.write_text(json.dumps(ring))
+    no_root = tmp_path / "no-root.json"
+    no_root.write_text(json.dumps(ring[1:]))
+    base = ["trust", "--version", "1", "--env", "prod", "--key", str(root), *secured.login()]
+
+    for more in (
+        ["--keys", str(keys)],  # the receivers' default root threshold is 2
+        ["--keys", str(keys), "--thresholds", "root=2"],
+        ["--keys", str(no_root), "--thresholds", "root=1"],
+    ):
+        code = main([*base, *more])
+        err = capsys.readouterr().err
+        assert code == 2, more
+        assert "its own root keys" in err
+        assert read_retained(secured, "loa/v1/trust") is None
+
+    assert main([*base, "--keys", str(keys), "--thresholds", "root=1"]) == 0  # taken
