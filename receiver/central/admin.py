@@ -44,6 +44,7 @@ from receiver.central.inputs import (
     identifier,
     load_keys,
     number,
+    positive_int,
     refuse_if_invalid,
     refuse_if_too_large,
     seconds,
@@ -366,16 +367,6 @@ def _print_fleet(
     out.flush()
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is below 1")
-    return value
-
-
 def _broker_options(parser: argparse.ArgumentParser, required: bool) -> None:
     parser.add_argument("--host", required=required, help="broker host (omit to print only)")
     parser.add_argument("--port", type=int, default=1883)
@@ -491,7 +482,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--pending-outbox", action="store_true", help="only devices with events not yet sent"
     )
     fleet_cmd.add_argument("--sort", choices=fleet.SORT_KEYS, default="device")
-    fleet_cmd.add_argument("--limit", type=_positive_int, help="show at most this many rows")
+    fleet_cmd.add_argument("--limit", type=positive_int, help="show at most this many rows")
     fleet_cmd.add_argument(
         "--registry", help="enrolled device keys: mark devices whose state they did not sign"
     )

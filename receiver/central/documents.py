@@ -27,6 +27,7 @@ from receiver.central.inputs import (
     InputError,
     identifier,
     load_keys,
+    positive_int,
     refuse_if_invalid,
     refuse_if_too_large,
 )
@@ -363,6 +364,8 @@ def add_parsers(
     )
     show.add_argument("--group", action="append", type=identifier, help="a group id (repeatable)")
     show.add_argument("--device", type=identifier, help="a device id: what its state says it holds")
-    show.add_argument("--days", type=int, default=7, help="how many days ahead (default 7)")
+    show.add_argument(
+        "--days", type=positive_int, default=7, help="how many days ahead (default 7)"
+    )
     broker_options(show, True)
     show.set_defaults(func=show_command)

@@ -90,3 +90,14 @@ def refuse_if_too_large(what: str, envelope: bytes) -> None:
             f"{MAX_MESSAGE_BYTES} bytes (too_large); nothing was sent: split it (fewer entries "
             "per schedule, shorter titles or URLs)"
         )
+
+
+def positive_int(text: str) -> int:
+    """A count option (``--limit``, ``--days``): a whole number, 1 or more."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is below 1")
+    return value

@@ -163,14 +163,18 @@ def test_a_role_receivers_do_not_know_is_refused(
     assert not made.exists()
 
 
-def test_fleet_refuses_a_limit_below_one(
-    secured: Secured, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize(
+    "argv", [["fleet", "--limit", "-1"], ["schedule", "show", "--group", "c-1", "--days", "-1"]]
+)
+def test_a_count_below_one_is_refused(
+    secured: Secured, argv: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """``--limit -1`` printed no row and "1 more", exit 0."""
+    """``fleet --limit -1`` printed no row and "1 more", exit 0; ``schedule show --days -1``
+    printed "no occurrence in the next -1 days", exit 0."""
     with pytest.raises(SystemExit) as exited:
-        main(["fleet", "--limit", "-1", *secured.login()])
+        main([*argv, *secured.login()])
     assert exited.value.code == 2
-    assert "--limit" in capsys.readouterr().err
+    assert f"{argv[-2]}: -1 is below 1" in capsys.readouterr().err
 
 
 def test_the_key_entry_is_json_a_trust_keyring_takes(
