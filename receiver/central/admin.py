@@ -41,10 +41,12 @@ from receiver.central.cluster import add_node_option, further_nodes
 from receiver.central.inputs import (
     InputError,
     device_or_every,
+    host,
     identifier,
     load_keys,
     number,
     positive_int,
+    positive_number,
     refuse_if_invalid,
     refuse_if_too_large,
     seconds,
@@ -368,7 +370,9 @@ def _print_fleet(
 
 
 def _broker_options(parser: argparse.ArgumentParser, required: bool) -> None:
-    parser.add_argument("--host", required=required, help="broker host (omit to print only)")
+    parser.add_argument(
+        "--host", required=required, type=host, help="broker host (omit to print only)"
+    )
     parser.add_argument("--port", type=int, default=1883)
     parser.add_argument("--prefix", default=DEFAULT_PREFIX, help="topic prefix")
     parser.add_argument("--cafile", help="CA certificate: turns TLS on")
@@ -379,7 +383,7 @@ def _broker_options(parser: argparse.ArgumentParser, required: bool) -> None:
     add_node_option(parser)
     parser.add_argument(
         "--broker-timeout",
-        type=float,
+        type=positive_number,
         default=10.0,
         help="seconds to wait for the broker's answers (default 10)",
     )

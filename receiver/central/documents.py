@@ -43,6 +43,7 @@ from receiver.core import admission, reasons
 from receiver.core.clock import Instant
 from receiver.core.envelope import parse_envelope
 from receiver.core.reasons import Rejection
+from receiver.core.strict_json import loads_strict
 from receiver.core.trust import Keyring
 from receiver.core.trustdoc import parse_trust
 
@@ -57,7 +58,8 @@ KEYRING_REASONS = frozenset(
 
 def _load_json(path: str, what: str) -> Any:
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
+        # Strictly: a key given twice would otherwise keep its last value without a word.
+        return loads_strict(Path(path).read_bytes())
     except OSError as exc:
         raise InputError(f"{path}: cannot read the {what} ({exc.strerror or exc})") from exc
     except ValueError as exc:

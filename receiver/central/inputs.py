@@ -101,3 +101,22 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} is below 1")
     return value
+
+
+def host(text: str) -> str:
+    """``--host``: a host name or address; a URL or ``host:port`` is a typo, not an unknown host."""
+    plain = text.strip("[]")
+    if "://" in text or "/" in text or (plain.count(":") == 1):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give the broker's host name or address without a scheme or port "
+            "(the port goes in --port, TLS is --cafile)"
+        )
+    return text
+
+
+def positive_number(text: str) -> float:
+    """A wait in seconds that must be above 0 (``--broker-timeout``)."""
+    value = number(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give more than 0 seconds")
+    return value

@@ -249,10 +249,26 @@ def _distinct_ids(entries: list[dict[str, Any]], raws: list[Any]) -> None:
             entry["id"] = f"{entry['id']}-{entry['at'].replace(':', '')}"
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping: plain YAML keeps the last one,
+    so a pasted ``entries:`` silently dropped the list above it."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _value in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, str | int | float | bool) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"{key!r} is given twice", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def compile_source(path: Path) -> dict[str, Any]:
     """The YAML programme at ``path`` as a schedule document's fields (id, version, tz, entries)."""
     try:
-        source = yaml.safe_load(path.read_text(encoding="utf-8"))
+        source = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
     except OSError as exc:
         raise InputError(f"{path}: cannot read it ({exc.strerror or exc})") from exc
     except yaml.YAMLError as exc:

@@ -355,3 +355,44 @@ def test_a_keyring_its_own_root_keys_did_not_sign_enough_is_not_published(
         assert read_retained(secured, "loa/v1/trust") is None
 
     assert main([*base, "--keys", str(keys), "--thresholds", "root=1"]) == 0  # taken
+
+
+def test_a_yaml_key_written_twice_is_named_not_silently_replaced(tmp_path: Path) -> None:
+    """YAML keeps the last of two equal keys: a programme with ``entries:`` twice (one pasted
+    below the other) lost the first list without a word."""
+    (tmp_path / "news.mp3").write_bytes(b"news" * 10)
+    entry = "  - title: {title}\n    days: weekdays\n    at: '{at}'\n    file: news.mp3\n"
+    source = tmp_path / "programme.yaml"
+    source.write_text(
+        "id: morning\nversion: 1\nmedia_url: https://m.example.vn/\n"
+        "entries:\n"
+        + entry.format(title="News", at="06:30")
+        + "entries:\n"
+        + entry.format(title="Weather", at="07:00"),
+        encoding="utf-8",
+    )
+    with pytest.raises(InputError, match=r"line 9\): .entries. is given twice"):
+        programme.compile_source(source)
+
+
+def test_a_json_key_written_twice_is_named_not_silently_replaced(
+    operator_key: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "programme.json"
+    text = Path(_programme_file(tmp_path)).read_text()
+    path.write_text(text.replace('"version": 1', '"version": 1, "version": 2'))
+    code = main(["schedule", "--file", str(path), *command(operator_key, "--aud", "grp:c-1")])
+    assert code == 2
+    assert "duplicate key 'version'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("host", ["mqtt://127.0.0.1", "127.0.0.1:1883", "mqtts://broker.vn:8883"])
+def test_a_host_written_as_a_url_is_refused_as_typed(
+    operator_key: Path, host: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--host mqtt://...`` or ``host:port`` said "unknown host" (and "...:1883:1883"), exit 3:
+    the broker was blamed for a typo."""
+    with pytest.raises(SystemExit) as exited:
+        main(["stop", *command(operator_key, "--aud", "dev:loa-001"), "--host", host])
+    assert exited.value.code == 2
+    assert "without a scheme or port" in capsys.readouterr().err
