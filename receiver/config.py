@@ -62,18 +62,11 @@ from receiver.config_model import (
     TrustConfig,
     TrustedKey,
 )
+from receiver.errors import ConfigError
 
 __all__ = ["ConfigError", "load_config", "parse_config"]
 
 T = TypeVar("T")
-
-
-class ConfigError(ValueError):
-    """The config file cannot be used; ``problems`` lists every reason, one line each."""
-
-    def __init__(self, problems: Sequence[str]) -> None:
-        self.problems: list[str] = list(problems)
-        super().__init__("\n".join(self.problems))
 
 
 def load_config(path: Path) -> Config:

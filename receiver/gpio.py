@@ -37,12 +37,9 @@ from gpiozero.pins import Factory
 from gpiozero.pins.mock import MockFactory
 
 from receiver.config_model import PIN_FACTORIES, GpioConfig
+from receiver.errors import GpioError
 
 __all__ = ["AmpRelay", "GpioError", "force_off", "make_pin_factory"]
-
-
-class GpioError(RuntimeError):
-    """The relay pin could not be set up, switched or released."""
 
 
 # name -> (gpiozero module, factory class, what to install when the import fails)

@@ -127,6 +127,7 @@ import structlog
 
 from receiver.config_model import PlayerConfig
 from receiver.core.events import Event, PlaybackEnded, PlaybackFailed, PlaybackStarted
+from receiver.errors import PlayerError
 
 __all__ = ["Player", "PlayerError", "instance_args"]
 
@@ -153,10 +154,6 @@ NETWORK_CACHING_MS = 3000
 _EQ_UNITY_DB = 20.0 * math.log10(4.0)
 _EQ_PREAMP_MIN_DB = -20.0
 _EQ_PREAMP_MAX_DB = 20.0
-
-
-class PlayerError(RuntimeError):
-    """libVLC is missing, refused its arguments, or refused to do what was asked."""
 
 
 class _EsChanged(ctypes.Structure):
