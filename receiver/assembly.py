@@ -100,6 +100,8 @@ def settings_from_config(config: Config) -> machine.Settings:
         stall_timeout_s=config.player.stall_timeout_s,
         stream_max_restarts=config.player.stream_max_restarts,
         fallback_file=str(config.player.fallback_file) if config.player.fallback_file else None,
+        rejections_per_window=policy.rejections_per_window,
+        rejection_window_s=policy.rejection_window_s,
     )
 
 

@@ -880,6 +880,8 @@ _POLICY = _Section(
         _Field("emergency_volume", _int_range(0, 100, "percent")),
         _Field("relay_max_toggles_per_min", _int_range(2, 60)),
         _Field("late_join_s", _number_range(0, 3600, "seconds")),
+        _Field("rejections_per_window", _int_range(1, 10_000)),
+        _Field("rejection_window_s", _number_range(0.1, 3600, "seconds")),
     ),
     _build(PolicyConfig),
 )

@@ -59,8 +59,6 @@ __all__ = [
 
 MAX_SETTLE_ROUNDS: Final = 4
 MAX_HELD: Final = 64
-REJECTION_WINDOW_S: Final = 10.0
-REJECTIONS_PER_WINDOW: Final = 100
 
 
 @dataclass(frozen=True)
@@ -115,7 +113,7 @@ def step(state: State, event: Event, now: Instant) -> Step:
     state = _settle(state, now, out)
     deadline = engine.next_deadline(state, now)
     if state.rejection_window.suppressed:
-        window_end = state.rejection_window.start_mono + REJECTION_WINDOW_S
+        window_end = state.rejection_window.start_mono + state.settings.rejection_window_s
         deadline = window_end if deadline is None else min(deadline, window_end)
     if state.held:
         grace_end = state.booted_mono + state.settings.sync_grace_s
@@ -203,7 +201,7 @@ def _report_rejection(state: State, rejection: Rejection, now: Instant, out: lis
     and a flood must not wear out the SD card or crowd out the reports that matter)."""
     state = _close_rejection_window(state, now, out)
     window = state.rejection_window
-    if window.reported < REJECTIONS_PER_WINDOW:
+    if window.reported < state.settings.rejections_per_window:
         out.append(
             Emit("rejected", ref=rejection.ref, reason=rejection.reason, detail=rejection.detail)
         )
@@ -216,7 +214,7 @@ def _report_rejection(state: State, rejection: Rejection, now: Instant, out: lis
 
 def _close_rejection_window(state: State, now: Instant, out: list[Effect]) -> State:
     suppressed = state.rejection_window.suppressed
-    if now.mono - state.rejection_window.start_mono < REJECTION_WINDOW_S:
+    if now.mono - state.rejection_window.start_mono < state.settings.rejection_window_s:
         return state
     if suppressed:
         total = sum(n for _, n in suppressed)
@@ -225,7 +223,7 @@ def _close_rejection_window(state: State, now: Instant, out: list[Effect]) -> St
             Emit(
                 "fault",
                 detail=f"{total} more messages rejected within "
-                f"{REJECTION_WINDOW_S:g} s, not reported one by one: {by_reason}",
+                f"{state.settings.rejection_window_s:g} s, not reported one by one: {by_reason}",
             )
         )
     return replace(state, rejection_window=RejectionWindow(now.mono))
