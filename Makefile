@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: bootstrap demo test lint types unit bench clean
+.PHONY: bootstrap demo test lint types unit soak bench clean
 
 bootstrap:
 	@bash scripts/bootstrap.sh
@@ -21,6 +21,12 @@ unit: bootstrap
 	$(PY) -m pytest
 
 test: lint types unit
+
+# The slower tier, after `make test` in CI: the SIGKILL loop with many more kills (about 1.6 s
+# each). It prints its seed; RESILIENCE_SEED=<seed> repeats the choices.
+SOAK_KILLS ?= 120
+soak: bootstrap
+	RESILIENCE_KILLS=$(SOAK_KILLS) $(PY) -m pytest tests/e2e/test_resilience.py -k sigkill -q -s
 
 bench: bootstrap
 	$(PY) -m bench

@@ -36,10 +36,10 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from receiver.central.signing import SigningKey, command_payload, sign_command
 from receiver.config_model import PlayerConfig
 from receiver.core.events import Event, PlaybackEnded, PlaybackStarted
 from receiver.player import Player
-from receiver.signing import SigningKey, command_payload, sign_command
 from tests.audio import write_tone
 from tests.broker import MosquittoBroker, Received, Subscriber
 from tests.e2e.daemon import DEVICE, GROUP, Daemon, MediaServer, write_config
@@ -98,7 +98,7 @@ def bench_config(
 def rfc3339_ms(ms: int) -> str:
     """An exact RFC 3339 UTC time for an integer number of milliseconds since the epoch.
 
-    (``receiver.signing.rfc3339`` truncates a float, which can lose a millisecond to rounding;
+    (``receiver.timefmt.rfc3339`` truncates a float, which can lose a millisecond to rounding;
     a benchmark that compares against the instant it asked for needs the exact one.)
     """
     whole = datetime.fromtimestamp(ms // 1000, UTC)

@@ -87,11 +87,11 @@ from bench._common import (
     wait_log,
     wait_online,
 )
+from receiver.central.signing import command_payload
 from receiver.core import machine
 from receiver.core.effects import Emit
 from receiver.core.envelope import COMMAND_TYPE, pae
 from receiver.core.events import MessageReceived
-from receiver.signing import command_payload
 from tests.broker import MosquittoBroker
 from tests.core.harness import TOPIC as CORE_TOPIC
 from tests.core.harness import World

@@ -35,6 +35,7 @@ def real_ports(config: Config, hooks: Hooks, pin_factory: Any = None) -> Ports:
     from receiver.outbox import Outbox
     from receiver.player import Player
     from receiver.store import Store
+    from receiver.streams import stream_resolver
 
     topics = Topics(config.broker.topic_prefix, config.device_id)
     factory = pin_factory or make_pin_factory(config.gpio.pin_factory)
@@ -44,7 +45,7 @@ def real_ports(config: Config, hooks: Hooks, pin_factory: Any = None) -> Ports:
         outbox=Outbox(config.storage.state_dir / "outbox.db"),
         relay=AmpRelay(config.gpio, factory),
         inputs=LocalInputs(config.gpio, factory, hooks.input),
-        player=Player(config.player, hooks.report),
+        player=Player(config.player, hooks.report, resolver=stream_resolver(config.media)),
         fetcher=Fetcher(config.media, config.storage.cache_dir, hooks.report),
         link=MqttLink(
             config.broker,
@@ -99,6 +100,7 @@ def settings_from_config(config: Config) -> machine.Settings:
         late_join_s=policy.late_join_s,
         stall_timeout_s=config.player.stall_timeout_s,
         stream_max_restarts=config.player.stream_max_restarts,
+        stream_healthy_s=config.player.stream_healthy_s,
         fallback_file=str(config.player.fallback_file) if config.player.fallback_file else None,
         rejections_per_window=policy.rejections_per_window,
         rejection_window_s=policy.rejection_window_s,
@@ -180,4 +182,5 @@ def restore_state(config: Config, store: StorePort) -> machine.State:
         trust_digest=trust_digest,
         schedules=schedules,
         done=store.done(),
+        recovered=store.intents(),
     )

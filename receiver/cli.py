@@ -1,8 +1,15 @@
 """``receiver``: the device-side command line (run the daemon, check a config, force the relay off,
 show the device's status).
 
-Exit status 78 (EX_CONFIG) means the configuration is wrong; the systemd unit lists it in
-``RestartPreventExitStatus`` so a bad file is reported once instead of restarted forever.
+Exit status 78 (EX_CONFIG) means the daemon cannot start and a restart would not change that:
+the config file is wrong, still holds the example's placeholders (broker, key), names a file
+the daemon cannot read, or asks for a pin factory whose module is not installed. The systemd
+unit lists 78 in ``RestartPreventExitStatus`` so this is reported once instead of restarted
+for ever.
+
+``receiver relay-off`` (the unit's ``ExecStopPost``) switches the amplifier off whenever the
+file's ``gpio`` section can be read, even if another part is wrong, and otherwise with the
+settings the daemon last started with; it prints one line saying what it did.
 ``receiver status`` reads only local files (the daemon's last state, and the board's health
 now), so it works with the network down; it exits 1 when there is no state to show.
 """
@@ -19,30 +26,60 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import structlog
 
 from receiver import __version__, logs
-from receiver.config import ConfigError, load_config
-from receiver.config_model import Config
+from receiver.config import (
+    ConfigError,
+    load_config,
+    placeholders,
+    read_gpio_settings,
+    unreadable_files,
+)
+from receiver.config_model import Config, GpioConfig
 
 EX_CONFIG = 78
+#: Where scripts/install.sh puts the config; ``status`` reads it when no --config is given.
+INSTALLED_CONFIG = "/etc/loa-receiver/receiver.yaml"
 
 
-def _load(path: str) -> Config | None:
+def _load(path: str, hint: str = "") -> Config | None:
     try:
         return load_config(Path(path))
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)
-        print(f"{path}: configuration has errors, see above", file=sys.stderr)
+        print(f"{path}: configuration has errors, see above{hint}", file=sys.stderr)
         return None
+
+
+def _start_problems(config: Config) -> list[str]:
+    """What would make the daemon fail at start in a way no restart can fix."""
+    from receiver.gpio import missing_pin_factory
+
+    problems = placeholders(config) + unreadable_files(config)
+    missing = missing_pin_factory(config.gpio.pin_factory)
+    if missing is not None:
+        problems.append(f"{config.source}: gpio.pin_factory: {missing}")
+    return problems
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if config is None:
         return EX_CONFIG
-    print(
-        f"{args.config}: OK — device {config.device_id} in {config.env}, "
+    warnings = _start_problems(config)
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    summary = (
+        f"device {config.device_id} in {config.env}, "
         f"groups {', '.join(config.groups) or '(none)'}, {len(config.trust.keys)} trusted keys, "
         f"broker {config.broker.host}:{config.broker.port}"
     )
+    if warnings:
+        count = f"{len(warnings)} warning{'s' if len(warnings) > 1 else ''}"
+        print(
+            f"{args.config}: valid ({summary}), "
+            f"but the daemon will refuse to start with it ({count} above)"
+        )
+    else:
+        print(f"{args.config}: OK — {summary}")
     return 0
 
 
@@ -50,12 +87,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if config is None:
         return EX_CONFIG
+    problems = _start_problems(config)
+    if problems:
+        for problem in problems:
+            print(problem, file=sys.stderr)
+        print(f"{args.config}: the daemon cannot start with this, see above", file=sys.stderr)
+        return EX_CONFIG
+    from receiver.gpio import PinFactoryMissingError, save_settings
     from receiver.runtime import run_forever  # imports libVLC: only when running
 
     logs.configure(config.logging.level, config.logging.format)
     log = structlog.get_logger("receiver").bind(device=config.device_id)
     try:
+        save_settings(config.storage.state_dir, config.gpio)
+    except OSError as exc:  # relay-off then relies on the config file alone
+        log.warning("relay_settings_not_saved", error=str(exc))
+    try:
         run_forever(config)
+    except PinFactoryMissingError as exc:
+        log.critical("daemon_cannot_start", error=str(exc))
+        return EX_CONFIG
     except Exception as exc:
         log.critical("daemon_failed", error=str(exc), error_type=type(exc).__name__)
         return 1
@@ -63,14 +114,39 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_relay_off(args: argparse.Namespace) -> int:
-    """For systemd's ExecStopPost: whatever happened to the daemon, the amplifier goes off."""
-    config = _load(args.config)
-    if config is None:
-        return EX_CONFIG
-    from receiver.gpio import force_off
+    """For systemd's ExecStopPost: whatever happened to the daemon, the amplifier goes off.
 
-    force_off(config.gpio)
-    print("amplifier relay forced off")
+    One line on stdout (the journal) whatever happens; exit 0 only if the relay was driven off.
+    """
+    from receiver.gpio import GpioError, force_off, load_saved_settings
+
+    settings = read_gpio_settings(Path(args.config), args.state_dir)
+    gpio: GpioConfig | None = settings.gpio
+    origin = args.config
+    if gpio is None:
+        gpio = load_saved_settings(settings.state_dir)
+        origin = f"the settings the daemon last started with ({settings.state_dir})"
+    note = ""
+    if settings.problems:
+        more = len(settings.problems) - 1
+        note = f"; the config has errors: {settings.problems[0]}" + (
+            f" (and {more} more)" if more else ""
+        )
+    if gpio is None:
+        print(
+            f"relay-off: relay NOT switched: no usable gpio settings in {args.config} "
+            f"nor in {settings.state_dir}{note}"
+        )
+        return 1
+    what = (
+        f"relay {gpio.amp_pin} ({gpio.pin_factory}, active {'high' if gpio.active_high else 'low'})"
+    )
+    try:
+        force_off(gpio)
+    except GpioError as exc:
+        print(f"relay-off: {what} NOT switched: {exc}{note}")
+        return 1
+    print(f"relay-off: {what} switched off, settings from {origin}{note}")
     return 0
 
 
@@ -82,12 +158,23 @@ def _zone(name: str) -> tzinfo:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    """The daemon's last state from its status file, and the board's health now."""
-    config = _load(args.config)
+    """The daemon's last state from its status file, its outbox, and the board's health now."""
+    hint = (
+        "" if args.config != INSTALLED_CONFIG else " (another file: receiver status --config FILE)"
+    )
+    config = _load(args.config, hint)
     if config is None:
         return EX_CONFIG
     from receiver.health import read_health
-    from receiver.status import StatusError, format_health, format_status, read_status, status_path
+    from receiver.status import (
+        StatusError,
+        format_health,
+        format_outbox,
+        format_status,
+        read_outbox,
+        read_status,
+        status_path,
+    )
 
     state_dir = config.storage.state_dir
     path = status_path(state_dir)
@@ -112,6 +199,11 @@ def cmd_status(args: argparse.Namespace) -> int:
             tz=_zone(config.policy.timezone),
         )
     )
+    try:
+        outbox = format_outbox(read_outbox(state_dir))
+    except StatusError as exc:
+        outbox = str(exc)
+    print(f"{'outbox':<11}{outbox}")
     board = format_health(read_health(state_dir, config.storage.cache_dir))
     print(f"{'board now':<11}{board}")
     return 0
@@ -129,9 +221,21 @@ def main(argv: list[str] | None = None) -> int:
     check.set_defaults(func=cmd_check_config)
     relay = sub.add_parser("relay-off", help="force the amplifier relay off (stop helper)")
     relay.add_argument("--config", "-c", required=True, help="the YAML config file")
+    relay.add_argument(
+        "--state-dir",
+        type=Path,
+        default=None,
+        help="where the daemon keeps its relay settings, used when the config's storage "
+        "section cannot be read (default: /var/lib/loa-receiver)",
+    )
     relay.set_defaults(func=cmd_relay_off)
     status = sub.add_parser("status", help="show the device's last state (works offline)")
-    status.add_argument("--config", "-c", required=True, help="the YAML config file")
+    status.add_argument(
+        "--config",
+        "-c",
+        default=INSTALLED_CONFIG,
+        help=f"the YAML config file (default: {INSTALLED_CONFIG})",
+    )
     status.set_defaults(func=cmd_status)
     args = parser.parse_args(argv)
     result: int = args.func(args)

@@ -64,7 +64,15 @@ from receiver.config_model import (
 )
 from receiver.errors import ConfigError
 
-__all__ = ["ConfigError", "load_config", "parse_config"]
+__all__ = [
+    "ConfigError",
+    "GpioSettings",
+    "load_config",
+    "parse_config",
+    "placeholders",
+    "read_gpio_settings",
+    "unreadable_files",
+]
 
 T = TypeVar("T")
 
@@ -156,12 +164,8 @@ def _compose(text: str, ctx: _Context) -> yaml.Node | None:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
         # str(exc) would quote the offending line, which may hold the password: build our own.
-        mark = exc.problem_mark or exc.context_mark
-        message = f"YAML syntax error: {exc.problem or exc.context or 'cannot parse'}"
-        if exc.context and exc.problem and exc.context_mark is not None:
-            where = f"line {exc.context_mark.line + 1}, column {exc.context_mark.column + 1}"
-            message += f" ({exc.context} at {where})"
-        ctx.report(mark, "", message)
+        mark, message = _syntax_error(exc)
+        ctx.report(mark, "", f"YAML syntax error: {message}")
         return None
     except yaml.reader.ReaderError as exc:
         before = text[: exc.position]
@@ -178,6 +182,46 @@ def _compose(text: str, ctx: _Context) -> yaml.Node | None:
     if root is None:
         ctx.report_at(1, 1, "", "the file holds no settings (see config/receiver.example.yaml)")
     return root
+
+
+_COLON_HINT = (
+    "Usual causes: the line above has no space after its ':' (write 'host: x', not "
+    "'host:x') or no ':' at all; this line is indented further than the one above; or a "
+    "value that holds ': ' needs quotes"
+)
+_INDENT_HINT = (
+    "the settings of one section must start in the same column (indent with spaces, 2 per level)"
+)
+
+
+def _syntax_error(exc: yaml.MarkedYAMLError) -> tuple[yaml.Mark | None, str]:
+    """Where a technician should look, and PyYAML's complaint in plain words.
+
+    The place is PyYAML's problem mark (where it noticed), except for a key without its colon,
+    which PyYAML notices only on a later line: there the key's own line is the one to fix.
+    """
+    problem, context = exc.problem or "", exc.context or ""
+    mark, opened = exc.problem_mark, exc.context_mark
+    where = "" if opened is None else f"line {opened.line + 1}, column {opened.column + 1}"
+    if "'\\t'" in problem:  # PyYAML writes the tab escaped
+        return mark, "a tab character; indent with spaces only (YAML does not accept tabs)"
+    if problem == "could not find expected ':'" and opened is not None:
+        hint = "write 'key: value' (a section name ends with ':' too)"
+        return opened, f"no ':' after this key; {hint}"
+    if problem.startswith("mapping values are not allowed"):
+        return mark, f"a ':' where no setting can start. {_COLON_HINT}"
+    if problem.startswith("expected <block end>"):
+        return mark, f"this line is not indented like the lines above it: {_INDENT_HINT}"
+    if "flow sequence" in context and where:
+        return mark, f"the list opened with '[' on {where} is not closed with ']'"
+    if "flow mapping" in context and where:
+        return mark, f"the mapping opened with '{{' on {where} is not closed with '}}'"
+    if "quoted scalar" in context and where:
+        return mark, f"the quote opened on {where} is not closed"
+    message = problem or context or "cannot parse"
+    if context and problem and where:
+        message += f" ({context} at {where})"
+    return mark or opened, message
 
 
 # --- scalars -------------------------------------------------------------------------------
@@ -809,6 +853,7 @@ _PLAYER = _Section(
         _Field("max_play_duration_s", _int_range(1, 86400, "seconds")),
         _Field("stall_timeout_s", _number_range(5, 300, "seconds")),
         _Field("stream_max_restarts", _int_range(0, 100)),
+        _Field("stream_healthy_s", _number_range(5, 3600, "seconds")),
         _Field("fallback_file", _optional(_path)),
     ),
     _finish_player,
@@ -956,3 +1001,117 @@ _CONFIG = _Section(
     ),
     lambda values, check: Config(**values, source=Path(check.ctx.source)),
 )
+
+
+# --- what the daemon must not start with ---------------------------------------------------
+
+# The public key of the example config's placeholder: nobody holds its private key.
+_PLACEHOLDER_KEYS = frozenset({base64.b64decode("D2a95YId0a+MgHdAYzSwhqRFK88Ffq4QRPqR4OEb020=")})
+_PLACEHOLDER_PASSWORDS = frozenset({"change-me", "changeme"})
+
+
+def _is_example_host(host: str) -> bool:
+    """A name under a reserved example domain (RFC 2606: example.com, *.example) or ours
+    (mqtt.example.vn): the example config's broker, never a real one."""
+    return "example" in host.split(".")
+
+
+def placeholders(config: Config) -> list[str]:
+    """The example's placeholders still in ``config``, one message each ([] when none).
+
+    A daemon started with them could only retry a broker that does not exist or wait for
+    commands nobody can sign, so ``receiver run`` refuses them (exit 78) and ``check-config``
+    warns about them.
+    """
+    source = config.source
+    found: list[str] = []
+    if _is_example_host(config.broker.host):
+        found.append(
+            f"{source}: broker.host: {config.broker.host!r} is the example's placeholder: "
+            "write your broker's host name"
+        )
+    if config.broker.password in _PLACEHOLDER_PASSWORDS:
+        found.append(f"{source}: broker.password: still the example's placeholder")
+    for index, key in enumerate(config.trust.keys):
+        if key.ed25519 in _PLACEHOLDER_KEYS or "placeholder" in key.id:
+            found.append(
+                f"{source}: trust.keys[{index}]: {key.id!r} is the example's placeholder key: "
+                "write the public key of your central station"
+            )
+    return found
+
+
+def unreadable_files(config: Config) -> list[str]:
+    """Files the config names that this process cannot read (TLS CA, certificate, key).
+
+    Checked at start-up so that a missing or unreadable key is a config error (exit 78, once)
+    rather than a connection failure retried for ever.
+    """
+    tls = config.broker.tls
+    if tls is None:
+        return []
+    found: list[str] = []
+    for name in ("ca_file", "cert_file", "key_file"):
+        path: Path | None = getattr(tls, name)
+        if path is None:
+            continue
+        try:
+            with path.open("rb") as handle:
+                handle.read(1)
+        except OSError as exc:
+            found.append(
+                f"{config.source}: broker.tls.{name}: cannot read {path}: "
+                f"{exc.strerror or exc} (the daemon runs as the user loa-receiver)"
+            )
+    return found
+
+
+@dataclass(frozen=True)
+class GpioSettings:
+    """What ``relay-off`` could read of a config file that may be broken elsewhere."""
+
+    gpio: GpioConfig | None  # None: the gpio section itself is unusable
+    state_dir: Path  # from the file's storage section if usable, else the default
+    problems: list[str]  # every problem of the whole file ([] if it is valid)
+
+
+def read_gpio_settings(path: Path, state_dir: Path | None = None) -> GpioSettings:
+    """Only the ``gpio`` and ``storage`` sections of the file at ``path``, each on its own.
+
+    An unrelated mistake elsewhere in the file (``env: Prod``) must not stop the stop helper
+    from switching the amplifier off. ``state_dir`` stands in for an unreadable storage section
+    (default: the default state directory).
+    """
+    default_state = StorageConfig().state_dir if state_dir is None else state_dir
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        problems = exc.problems
+    else:
+        return GpioSettings(config.gpio, config.storage.state_dir, [])
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return GpioSettings(None, default_state, problems)
+    ctx = _Context(str(path), path.absolute().parent)
+    root = _compose(text, ctx)
+    if not isinstance(root, yaml.MappingNode):
+        return GpioSettings(None, default_state, problems)
+    sections = {
+        str(key.value): value for key, value in root.value if isinstance(key, yaml.ScalarNode)
+    }
+
+    def section(name: str, reader: _Section[T]) -> T | None:
+        node = sections.get(name)
+        if node is None:
+            return None
+        part = _Context(ctx.source, ctx.base_dir)
+        try:
+            result = reader(node, part, name)
+        except (_BadValueError, _ReportedError):
+            return None
+        return None if part.failed else result
+
+    gpio = section("gpio", _GPIO) if "gpio" in sections else GpioConfig()
+    storage = section("storage", _STORAGE)
+    return GpioSettings(gpio, storage.state_dir if storage else default_state, problems)

@@ -69,6 +69,9 @@ class PlayerConfig:
     # fallback file plays for the rest of the window, or the relay is reported failed.
     stall_timeout_s: float = 8.0
     stream_max_restarts: int = 3
+    # The restart count is of consecutive failures: a relay that has played this long since
+    # its last (re)start without stalling has its count reset.
+    stream_healthy_s: float = 30.0
     fallback_file: Path | None = None
 
 

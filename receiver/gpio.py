@@ -29,8 +29,11 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import json
+import os
 from collections.abc import Callable
-from typing import Any
+from pathlib import Path
+from typing import Any, Final
 
 from gpiozero import DigitalInputDevice, OutputDevice
 from gpiozero.pins import Factory
@@ -39,7 +42,25 @@ from gpiozero.pins.mock import MockFactory
 from receiver.config_model import PIN_FACTORIES, GpioConfig
 from receiver.errors import GpioError
 
-__all__ = ["AmpRelay", "GpioError", "force_off", "make_pin_factory"]
+__all__ = [
+    "SAVED_SETTINGS_FILE",
+    "AmpRelay",
+    "GpioError",
+    "PinFactoryMissingError",
+    "force_off",
+    "load_saved_settings",
+    "make_pin_factory",
+    "missing_pin_factory",
+    "save_settings",
+]
+
+#: The relay's settings as the daemon last started with them, in its state directory: the stop
+#: helper falls back to them when the config file has become unreadable since.
+SAVED_SETTINGS_FILE: Final = "relay-gpio.json"
+
+
+class PinFactoryMissingError(GpioError):
+    """The configured pin factory's module is not installed: no restart can fix that."""
 
 
 # name -> (gpiozero module, factory class, what to install when the import fails)
@@ -97,18 +118,40 @@ def make_pin_factory(name: str) -> Factory:
         raise GpioError(
             f"unknown pin factory {name!r}; expected one of: {', '.join(PIN_FACTORIES)}"
         )
-    module_name, class_name, install_hint = _FACTORIES[name]
+    module_name, class_name, _ = _FACTORIES[name]
     try:
         factory_class: Any = getattr(importlib.import_module(module_name), class_name)
-    except ImportError as exc:
-        missing = f" (missing module {exc.name!r})" if exc.name else ""
-        raise GpioError(f"pin factory {name!r} is not available{missing}: {install_hint}") from exc
+    except Exception as exc:  # ImportError, or a module too old or broken to import
+        raise PinFactoryMissingError(_missing_message(name, exc)) from exc
     try:
         return factory_class()
     except Exception as exc:
         raise GpioError(
             f"pin factory {name!r} failed to start: {_describe(exc)}; {_START_HINTS[name]}"
         ) from exc
+
+
+def _missing_message(name: str, exc: Exception) -> str:
+    if isinstance(exc, ImportError):
+        missing = f" (missing module {exc.name!r})" if exc.name else ""
+    else:
+        missing = f" (its module does not load: {_describe(exc)})"
+    return f"pin factory {name!r} is not available{missing}: {_FACTORIES[name][2]}"
+
+
+def missing_pin_factory(name: str) -> str | None:
+    """Why pin factory ``name`` cannot be imported here, or None if it can (nothing is opened).
+
+    For ``check-config`` and the daemon's start: a missing module is a configuration problem
+    that a restart cannot fix.
+    """
+    if name not in _FACTORIES:
+        return None
+    try:
+        importlib.import_module(_FACTORIES[name][0])
+    except Exception as exc:
+        return _missing_message(name, exc)
+    return None
 
 
 class AmpRelay:
@@ -198,6 +241,35 @@ def force_off(config: GpioConfig, pin_factory: Factory | None = None) -> None:
             raise GpioError(
                 f"cannot close pin factory {config.pin_factory!r}: {_describe(exc)}"
             ) from exc
+
+
+def save_settings(state_dir: Path, config: GpioConfig) -> None:
+    """Keep the relay's pin settings for ``relay-off`` (atomic replace; raises OSError)."""
+    wanted = {
+        "pin_factory": config.pin_factory,
+        "amp_pin": config.amp_pin,
+        "active_high": config.active_high,
+    }
+    path = state_dir / SAVED_SETTINGS_FILE
+    temp = path.with_name(f".{path.name}.tmp")
+    temp.write_text(json.dumps(wanted) + "\n", encoding="utf-8")
+    os.replace(temp, path)
+
+
+def load_saved_settings(state_dir: Path) -> GpioConfig | None:
+    """The settings :func:`save_settings` kept, or None if there are none usable."""
+    try:
+        saved = json.loads((state_dir / SAVED_SETTINGS_FILE).read_text(encoding="utf-8"))
+        factory, pin, active_high = saved["pin_factory"], saved["amp_pin"], saved["active_high"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if (
+        factory not in PIN_FACTORIES
+        or not isinstance(pin, str)
+        or not isinstance(active_high, bool)
+    ):
+        return None
+    return GpioConfig(pin_factory=factory, amp_pin=pin, active_high=active_high)
 
 
 def _describe(exc: BaseException) -> str:

@@ -33,6 +33,8 @@ from receiver.core.effects import (
     Fetch,
     PersistDone,
     PersistFloors,
+    PersistIntentDone,
+    PersistIntentStarted,
     PersistResetFloor,
     PersistSchedule,
     PersistTrust,
@@ -53,13 +55,13 @@ from receiver.core.events import (
     TimerFired,
 )
 from receiver.errors import ReceiverError
-from receiver.health import read_health
+from receiver.health import TrafficMeter, read_health
 from receiver.inbox import Inbox
 from receiver.logs import bounded
 from receiver.ports import Hooks, Ports
 from receiver.pump import OutboxPump
-from receiver.signing import rfc3339
 from receiver.status import write_status
+from receiver.timefmt import rfc3339
 
 IDLE_WAKE_S: Final = 5.0  # the loop turns at least this often, so the watchdog sees it alive
 PROGRESS_POLL_S: Final = 1.0  # how often a live stream's position is read
@@ -111,9 +113,17 @@ class Runtime:
         self.pump = OutboxPump(
             self.outbox, self.link, self.topics.events, self.inbox.wake, self.log
         )
+        self.traffic = TrafficMeter(lambda: self.link.socket_inode)
         self.state = restore_state(config, self.store)
         # Read by the link's thread; replaced (never changed) by the loop after each step.
         self._key_ids = frozenset(key.id for key in self.state.keyring.keys)
+        if self.state.recovered:
+            self.log.warning(
+                "commands_unfinished_at_start",
+                refs=",".join(intent.ref for intent in self.state.recovered),
+                why="accepted before the last stop or crash and not carried out to their end: "
+                "each is carried out if its window is still open, else reported failed",
+            )
         if self.state.reset_floor is None:
             self.log.warning(
                 "fresh_store",
@@ -156,6 +166,7 @@ class Runtime:
                 self.inbox.put_report(LocalInputChanged(name, active))
             self.pump.send()
             self.link.start()
+            self.traffic.start()
             systemd.notify("READY=1")
             self.log.info(
                 "daemon_started", version=__version__, groups=",".join(self.config.groups)
@@ -255,6 +266,7 @@ class Runtime:
                 self.log.error("close_failed", part=name, error=str(exc))
         self.log.info("relay_switched", on=False, why="shutdown")
         self.link.stop(self.topics.state, offline_payload(self.config.device_id))
+        self.traffic.stop()
         try:  # so that `receiver status` says the daemon stopped, and when
             offline = {
                 "device": self.config.device_id,
@@ -309,8 +321,12 @@ class Runtime:
 
     def _persist(self, effect: Effect) -> bool:
         match effect:
-            case PersistFloors(floors=floors, time_floor=time_floor):
-                self.store.save_floors(floors, time_floor)
+            case PersistFloors(floors=floors, time_floor=time_floor, intent=intent):
+                self.store.save_floors(floors, time_floor, intent)
+            case PersistIntentStarted(ref=ref):
+                self.store.mark_intent_started(ref)
+            case PersistIntentDone(ref=ref):
+                self.store.forget_intent(ref)
             case PersistTrust(version=version, body=body, digest=digest):
                 self.store.save_trust(version, body, digest)
                 self.log.warning("trust_replaced", version=version)
@@ -400,7 +416,11 @@ class Runtime:
             "uptime_s": int(now.mono - self.started_mono),
             "link": self._link_status(),
             "outbox": {"pending": len(self.outbox), "dropped": self.outbox.dropped_total},
-            "health": read_health(self.config.storage.state_dir, self.config.storage.cache_dir),
+            "health": read_health(
+                self.config.storage.state_dir,
+                self.config.storage.cache_dir,
+                traffic=self.traffic,
+            ),
         }
         if "playing" in state:
             state["playing"] = {**state["playing"], "since": rfc3339(state["playing"]["since"])}

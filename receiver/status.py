@@ -24,7 +24,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sqlite3
 import tempfile
+from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 from typing import Any, Final, TypeGuard
@@ -32,8 +34,11 @@ from typing import Any, Final, TypeGuard
 __all__ = [
     "STALE_AFTER_S",
     "STATUS_FILE",
+    "OutboxSummary",
     "StatusError",
+    "format_outbox",
     "format_status",
+    "read_outbox",
     "read_status",
     "status_path",
     "write_status",
@@ -95,6 +100,60 @@ def read_status(state_dir: Path) -> dict[str, Any] | None:
     if not isinstance(value, dict):
         raise StatusError(f"{path} does not hold a JSON object")
     return value
+
+
+OUTBOX_FILE: Final = "outbox.db"
+
+
+@dataclass(frozen=True)
+class OutboxSummary:
+    """What waits in the daemon's outbox (:class:`receiver.outbox.Outbox`)."""
+
+    pending: int
+    first_n: int | None
+    last_n: int | None
+    dropped_total: int
+
+
+def read_outbox(state_dir: Path) -> OutboxSummary | None:
+    """The outbox's events still waiting for the broker, read-only; None without an outbox.
+
+    Opened read-only (a URI with ``mode=ro``), so a running daemon's file is never changed and
+    no journal or lock file is left behind. Raises :class:`StatusError` if it cannot be read.
+    """
+    path = state_dir / OUTBOX_FILE
+    if not path.exists():
+        return None
+    try:
+        db = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True, timeout=2.0)
+        try:
+            count, first, last = db.execute(
+                "SELECT COUNT(*), MIN(n), MAX(n) FROM events"
+            ).fetchone()
+            row = db.execute("SELECT value FROM meta WHERE key = 'dropped_total'").fetchone()
+        finally:
+            db.close()
+    except sqlite3.Error as exc:
+        raise StatusError(f"cannot read {path}: {exc}") from exc
+    return OutboxSummary(int(count), first, last, 0 if row is None else int(row[0]))
+
+
+def format_outbox(outbox: OutboxSummary | None) -> str:
+    if outbox is None:
+        return f"none yet (no {OUTBOX_FILE})"
+    if outbox.pending == 0:
+        text = "empty: every event reached the broker"
+    else:
+        plural = "" if outbox.pending == 1 else "s"
+        text = f"{outbox.pending} event{plural} waiting for the broker"
+        text += (
+            f" (n {outbox.first_n})"
+            if outbox.pending == 1
+            else (f" (n {outbox.first_n} to {outbox.last_n})")
+        )
+    if outbox.dropped_total:
+        text += f"; {outbox.dropped_total} dropped for lack of room"
+    return text
 
 
 # --- formatting ------------------------------------------------------------------------------

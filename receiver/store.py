@@ -1,4 +1,5 @@
-"""Durable state on the SD card: replay floors, the trusted-time floor, the event counter.
+"""Durable state on the SD card: replay floors, the trusted-time floor, the event counter, and
+the intents of accepted commands not yet carried out (written with their floors).
 
 SQLite in WAL mode with ``synchronous=FULL``: a committed transaction survives a power cut, a
 half-written one is rolled back on the next open. A store that SQLite cannot read is moved
@@ -15,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Final
 
+from receiver.core.state import Intent
 from receiver.durable import open_durable
 from receiver.errors import StoreError
 
@@ -25,6 +27,8 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS schedules (id TEXT PRIMARY KEY, version INTEGER NOT NULL,
                                       body BLOB NOT NULL, digest TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS done (key TEXT PRIMARY KEY, at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS intents (ref TEXT PRIMARY KEY, body BLOB NOT NULL,
+                                    window_end REAL NOT NULL, stage TEXT NOT NULL);
 """
 DONE_KEEP_S: Final = 7 * 86400.0
 STOP_ID_PREFIX: Final = "stop-id:"
@@ -57,9 +61,21 @@ class Store:
     def time_floor(self) -> float:
         return float(self._get("time_floor") or 0.0)
 
-    def save_floors(self, changed: dict[str, tuple[int, str]], time_floor: float) -> None:
-        """One durable transaction; returns only after it is on disk."""
+    def save_floors(
+        self,
+        changed: dict[str, tuple[int, str]],
+        time_floor: float,
+        intent: Intent | None = None,
+    ) -> None:
+        """One durable transaction, with the intent of the command the floors admit (if any):
+        after a crash the store has both or neither. Returns only once it is on disk."""
         with self._transaction():
+            if intent is not None:
+                self._db.execute(
+                    "INSERT OR REPLACE INTO intents (ref, body, window_end, stage) "
+                    "VALUES (?, ?, ?, ?)",
+                    (intent.ref, intent.body, intent.window_end_utc, intent.stage),
+                )
             self._db.executemany(
                 "INSERT INTO floors (stream, seq, digest) VALUES (?, ?, ?) "
                 "ON CONFLICT(stream) DO UPDATE SET seq = excluded.seq, digest = excluded.digest "
@@ -89,6 +105,25 @@ class Store:
     def save_time_floor(self, utc: float) -> None:
         """Remember a trusted time, so that after a reboot without a clock it is the floor."""
         self.save_floors({}, utc)
+
+    # --- intents: commands accepted and not yet carried out ---------------------------------
+
+    def intents(self) -> tuple[Intent, ...]:
+        """The open intents, oldest first."""
+        rows = self._db.execute(
+            "SELECT ref, body, window_end, stage FROM intents ORDER BY rowid"
+        ).fetchall()
+        return tuple(
+            Intent(str(ref), bytes(body), float(end), str(stage)) for ref, body, end, stage in rows
+        )
+
+    def mark_intent_started(self, ref: str) -> None:
+        with self._transaction():
+            self._db.execute("UPDATE intents SET stage = 'started' WHERE ref = ?", (ref,))
+
+    def forget_intent(self, ref: str) -> None:
+        with self._transaction():
+            self._db.execute("DELETE FROM intents WHERE ref = ?", (ref,))
 
     # --- the keyring ----------------------------------------------------------------------
 

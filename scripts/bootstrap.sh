@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Installs what `make test` and `make demo` need on Debian 12 / Raspberry Pi OS: the Debian
-# packages (Mosquitto, libVLC with its base plugins, venv support) and a .venv with the project.
+# packages (Mosquitto, libVLC with its base plugins, venv support; FFmpeg and Icecast for the
+# live-relay tests' stations) and a .venv with the project.
 # Safe to run again: it only installs what is missing.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 PYTHON=${PYTHON:-python3}
-DEB_PACKAGES=(mosquitto mosquitto-clients libvlc5 libvlc-bin vlc-plugin-base python3-venv)
+DEB_PACKAGES=(mosquitto mosquitto-clients libvlc5 libvlc-bin vlc-plugin-base python3-venv
+  ffmpeg icecast2)
 
 missing=()
 for pkg in "${DEB_PACKAGES[@]}"; do
@@ -20,7 +22,7 @@ if ((${#missing[@]})); then
   if [ "$(id -u)" -eq 0 ]; then SUDO=(); elif command -v sudo >/dev/null; then SUDO=(sudo); else
     echo "bootstrap: need root (or sudo) to install: ${missing[*]}" >&2; exit 1; fi
   "${SUDO[@]}" apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install -y -qq "${missing[@]}" >/dev/null
+  DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install -o DPkg::Lock::Timeout=600 -y -qq "${missing[@]}" >/dev/null
 fi
 
 stamp="$VENV/.installed"

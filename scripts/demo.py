@@ -21,7 +21,7 @@ from array import array
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from receiver.signing import SigningKey
+from receiver.central.signing import SigningKey
 from tests.broker import MosquittoBroker
 
 ROOT = Path(__file__).resolve().parent.parent

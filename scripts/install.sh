@@ -304,15 +304,12 @@ if [[ $MODE == upgrade ]]; then
   say "upgraded to release $release; config and state kept"
   if ((!live)); then say "the running daemon (if any) still runs the old version: systemctl restart $NAME"; fi
 elif ((fresh_config)); then
-  # Not started with the example's placeholder broker and key: it would only retry for ever.
-  run_systemctl enable "$UNIT"
-  say "installed. Next: edit $CONF (see $APP/docs/operations.md), check it and start:"
+  # Neither started nor enabled with the example's placeholder broker and key: the daemon would
+  # refuse them (exit 78) at every boot. The technician enables it once the config is real.
+  say "installed, not enabled. Next: edit $CONF (see $APP/docs/operations.md), check it,"
+  say "then enable and start it:"
   say "  receiver check-config /etc/$NAME/receiver.yaml"
-  if ((live)); then
-    say "  systemctl start $NAME        (enabled: it will also start at every boot)"
-  else
-    say "  systemctl enable --now $NAME"
-  fi
+  say "  systemctl enable --now $NAME"
 else
   run_systemctl enable --now "$UNIT"
   if ((live)); then

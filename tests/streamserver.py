@@ -303,6 +303,7 @@ class _Connection:
     sock: socket.socket
     mode: Mode | None = None  # None: follow the server's mode
     sent: int = 0
+    ended: bool = False  # the server stopped serving it (the listener or the server hung up)
 
 
 @dataclass
@@ -325,6 +326,7 @@ class _Handler(BaseHTTPRequestHandler):
         conn = owner._accept(self.path, self.connection)
         if owner._mode_of(conn) == "gone":
             self.send_error(404, "The file you requested could not be found")
+            owner._end(conn)
             return
         self.send_response(200)
         self.send_header("Content-Type", stream.content_type)
@@ -336,8 +338,11 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("icy-br", str(stream.kbps))
             self.send_header("icy-pub", "0")
         self.end_headers()
-        with contextlib.suppress(OSError):  # the listener hung up: that is its business
-            owner._send(conn, stream, self.wfile)
+        try:
+            with contextlib.suppress(OSError):  # the listener hung up: that is its business
+                owner._send(conn, stream, self.wfile)
+        finally:
+            owner._end(conn)
 
     def version_string(self) -> str:
         return "Icecast 2.4.4"
@@ -437,6 +442,13 @@ class StreamServer:
         with self._lock:
             return len(self._state.connections)
 
+    @property
+    def open_connections(self) -> int:
+        """How many stream connections are still being served (a write that failed ends one:
+        a listener that hung up is seen at the next chunk, within ~0.1 s)."""
+        with self._lock:
+            return sum(1 for conn in self._state.connections if not conn.ended)
+
     def bytes_sent(self, connection: int) -> int:
         """How many body bytes connection number ``connection`` has sent so far."""
         with self._lock:
@@ -450,6 +462,11 @@ class StreamServer:
             conn = _Connection(number, path, sock, self._state.future.pop(number, None))
             self._state.connections.append(conn)
             return conn
+
+    def _end(self, conn: _Connection) -> None:
+        with self._lock:
+            conn.ended = True
+            self._lock.notify_all()
 
     def _mode_of(self, conn: _Connection) -> Mode:
         with self._lock:

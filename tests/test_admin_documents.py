@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from receiver.admin import main
+from receiver.central.admin import main
+from receiver.central.signing import SigningKey
 from receiver.core.envelope import parse_envelope
-from receiver.signing import SigningKey
 from tests.broker import MosquittoBroker, Subscriber
 
 

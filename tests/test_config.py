@@ -751,6 +751,15 @@ def test_a_missing_absolute_password_file() -> None:
 
 # --- the file as a whole ----------------------------------------------------------------------
 
+COLON_HINT = (
+    "Usual causes: the line above has no space after its ':' (write 'host: x', not "
+    "'host:x') or no ':' at all; this line is indented further than the one above; or a "
+    "value that holds ': ' needs quotes"
+)
+INDENT_HINT = (
+    "the settings of one section must start in the same column (indent with spaces, 2 per level)"
+)
+
 
 @pytest.mark.parametrize(
     ("text", "expected"),
@@ -766,12 +775,12 @@ def test_a_missing_absolute_password_file() -> None:
         ),
         (
             "device_id: loa-1\nenv: [lab\n",
-            "3:1: YAML syntax error: expected ',' or ']', but got '<stream end>' "
-            "(while parsing a flow sequence at line 2, column 6)",
+            "3:1: YAML syntax error: the list opened with '[' on line 2, column 6 is not "
+            "closed with ']'",
         ),
         (
             "device_id: loa-1\n  env: lab\n",
-            "2:6: YAML syntax error: mapping values are not allowed here",
+            f"2:6: YAML syntax error: a ':' where no setting can start. {COLON_HINT}",
         ),
         ("device_id: loa-1\nenv: *nope\n", "2:6: YAML syntax error: found undefined alias 'nope'"),
         ("device_id: loa-1\nenv:\tlab\x07\n", "2:9: character U+0007 is not allowed in YAML"),
@@ -780,6 +789,55 @@ def test_a_missing_absolute_password_file() -> None:
 )
 def test_whole_file_problems(text: str, expected: str) -> None:
     assert expected in problems(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # A tab, where the technician's editor showed an indentation.
+        (
+            "device_id: loa-1\nbroker:\n\thost: x\n",
+            "3:1: YAML syntax error: a tab character; indent with spaces only "
+            "(YAML does not accept tabs)",
+        ),
+        # A section name without its colon: the line that lacks it, not the next one.
+        (
+            "device_id: loa-1\nbroker\n  host: x\nenv: lab\n",
+            "2:1: YAML syntax error: no ':' after this key; write 'key: value' "
+            "(a section name ends with ':' too)",
+        ),
+        # "host:x" (no space) or "host x" (no colon) is a string; the next line then fails.
+        (
+            "broker:\n  host:x\n  port: 1\n",
+            f"3:7: YAML syntax error: a ':' where no setting can start. {COLON_HINT}",
+        ),
+        (
+            "broker:\n  host x\n  port: 1\n",
+            f"3:7: YAML syntax error: a ':' where no setting can start. {COLON_HINT}",
+        ),
+        # Indented one space too far, then one too little.
+        (
+            "broker:\n  host: x\n   port: 1\n",
+            f"3:8: YAML syntax error: a ':' where no setting can start. {COLON_HINT}",
+        ),
+        (
+            "broker:\n  host: x\n port: 1\n",
+            "3:2: YAML syntax error: this line is not indented like the lines above it: "
+            + INDENT_HINT,
+        ),
+        (
+            "env: 'lab\ngroups: []\n",
+            "3:1: YAML syntax error: the quote opened on line 1, column 6 is not closed",
+        ),
+        (
+            "policy: {timezone: Asia/Ho_Chi_Minh\nenv: lab\n",
+            "2:4: YAML syntax error: the mapping opened with '{' on line 1, column 9 is not "
+            "closed with '}'",
+        ),
+    ],
+)
+def test_yaml_syntax_errors_in_plain_words_at_the_right_line(text: str, expected: str) -> None:
+    assert problems(text) == [expected]
 
 
 def test_recursive_aliases_do_not_hang() -> None:

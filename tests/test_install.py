@@ -255,7 +255,9 @@ def test_debians_lgpio_module_is_linked_into_the_venv_and_nothing_else(installed
     assert links == ["_lgpio.py", "lgpio.py"]
 
 
-def test_check_config_accepts_the_installed_config(installed: Tree) -> None:
+def test_check_config_accepts_the_installed_config_and_names_its_placeholders(
+    installed: Tree,
+) -> None:
     result = subprocess.run(
         [str(installed.receiver), "check-config", str(installed.config)],
         capture_output=True,
@@ -265,7 +267,9 @@ def test_check_config_accepts_the_installed_config(installed: Tree) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.startswith(f"{installed.config}: OK")
+    assert result.stdout.startswith(f"{installed.config}: valid (device loa-25-07873-001")
+    assert "but the daemon will refuse to start with it" in result.stdout
+    assert "broker.host: 'mqtt.example.vn' is the example's placeholder" in result.stderr
 
 
 def test_a_second_install_is_refused_and_points_to_upgrade(installed: Tree) -> None:
@@ -281,10 +285,12 @@ def test_upgrade_keeps_config_and_state_and_uninstall_keeps_them_too(
     tmp_path: Path, wheelhouse: Path
 ) -> None:
     tree = new_tree(tmp_path)
-    # Without --no-systemctl: for another root the installer only enables, offline.
-    tree.run(wheels=wheelhouse)
+    # Without --no-systemctl: for another root the installer could only enable, offline; with
+    # the example's placeholders it does not, so the next boot does not start a doomed daemon.
+    result = tree.run(wheels=wheelhouse)
     wants = tree.root / "etc/systemd/system/multi-user.target.wants" / UNIT_NAME
-    assert wants.is_symlink()
+    assert not wants.exists() and "not enabled" in result.stdout
+    assert "systemctl enable --now loa-receiver" in result.stdout
     first = tree.venv.resolve()
 
     # A config the new version refuses stops the upgrade before anything is switched.
@@ -318,6 +324,9 @@ def test_upgrade_keeps_config_and_state_and_uninstall_keeps_them_too(
     )
     assert check.returncode == 0 and "loa-25-07873-042" in check.stdout, check.stderr
 
+    # A technician enabled it once the config was real (as systemctl --root would).
+    wants.parent.mkdir(parents=True, exist_ok=True)
+    wants.symlink_to(f"/etc/systemd/system/{UNIT_NAME}")
     result = tree.run("--uninstall")
     assert not tree.app.exists() and not tree.unit.exists() and not wants.exists()
     assert not tree.cache.exists() and not (tree.root / "usr/local/bin/receiver").is_symlink()

@@ -2,8 +2,8 @@
 
 - Every JSON Schema is a valid draft 2020-12 schema and every ``$ref`` in it resolves.
 - The AsyncAPI document parses as YAML and every ``$ref`` in it resolves to a file in schemas/.
-- What ``receiver.signing`` and ``receiver-admin`` produce validates against the envelope schema,
-  and its payload against the command schema.
+- What ``receiver.central.signing`` and ``receiver-admin`` produce validates against the envelope
+  schema, and its payload against the command schema.
 - The bounds agree: a payload at each bound is accepted by both the schema and the receiver's own
   parser, one past it is refused by both (and the receiver gives the reason the doc says).
 - What the daemon really publishes (state and events, during a play, rejections and failures)
@@ -31,7 +31,8 @@ from referencing import Registry, Resource
 from referencing.exceptions import Unresolvable
 from referencing.jsonschema import DRAFT202012
 
-from receiver import admin
+from receiver.central import admin
+from receiver.central.signing import SigningKey, command_payload, sign, sign_command
 from receiver.core import commands, reasons
 from receiver.core.envelope import (
     COMMAND_TYPE,
@@ -47,7 +48,6 @@ from receiver.core.schedule import parse_schedule
 from receiver.core.strict_json import loads_strict
 from receiver.core.trust import Keyring, key_from_config
 from receiver.core.trustdoc import parse_trust
-from receiver.signing import SigningKey, command_payload, sign, sign_command
 from tests.audio import write_tone
 from tests.broker import Received, Subscriber
 from tests.e2e.conftest import Site, site, start_daemon, watcher

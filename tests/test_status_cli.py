@@ -15,7 +15,6 @@ from typing import Any
 
 import pytest
 
-from receiver.signing import rfc3339
 from receiver.status import (
     STATUS_FILE,
     StatusError,
@@ -24,6 +23,7 @@ from receiver.status import (
     status_path,
     write_status,
 )
+from receiver.timefmt import rfc3339
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = base64.b64encode(bytes(range(32))).decode()
@@ -200,3 +200,53 @@ def test_format_offline_old_and_odd_states() -> None:
     assert lines["volume"] == "?"
     assert lines["faults"] == "none"
     assert lines["broker"].startswith("?")
+
+
+def test_status_shows_the_outbox(tmp_path: Path) -> None:
+    from receiver.outbox import Outbox
+
+    config = write_config(tmp_path)
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    write_status(state_dir, encode(state_message(time.time())))
+    outbox = Outbox(state_dir / "outbox.db", capacity=3)
+    for n in range(1, 6):
+        outbox.add(n, b"{}")
+    outbox.ack(3)
+    outbox.close()
+    result = run_status(config)
+    assert result.returncode == 0, result.stderr
+    assert as_lines(result.stdout)["outbox"] == (
+        "2 events waiting for the broker (n 4 to 5); 2 dropped for lack of room"
+    )
+
+
+def test_status_with_an_empty_or_missing_outbox(tmp_path: Path) -> None:
+    from receiver.outbox import Outbox
+
+    config = write_config(tmp_path)
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    write_status(state_dir, encode(state_message(time.time())))
+    assert as_lines(run_status(config).stdout)["outbox"] == "none yet (no outbox.db)"
+    Outbox(state_dir / "outbox.db").close()
+    assert as_lines(run_status(config).stdout)["outbox"] == "empty: every event reached the broker"
+    assert not (state_dir / "outbox.db-journal").exists()
+
+
+def test_status_without_config_reads_the_installed_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from receiver import cli
+
+    config = write_config(tmp_path)
+    (tmp_path / "state").mkdir()
+    write_status(tmp_path / "state", encode(state_message(time.time())))
+    monkeypatch.setattr(cli, "INSTALLED_CONFIG", str(config))
+    assert cli.main(["status"]) == 0
+    assert as_lines(capsys.readouterr().out)["device"] == "loa-25-07873-001"
+    monkeypatch.setattr(cli, "INSTALLED_CONFIG", str(tmp_path / "none.yaml"))
+    assert cli.main(["status"]) == 78
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'none.yaml'}: config file not found" in err
+    assert "--config" in err  # says how to name another file

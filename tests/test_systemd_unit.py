@@ -185,7 +185,9 @@ def test_the_unit_keeps_the_daemons_contract() -> None:
     conf = "--config /etc/loa-receiver/receiver.yaml"
     assert one["ExecStart"] == f"/opt/loa-receiver/venv/bin/receiver run {conf}"
     # No "-" prefix: a relay that could not be switched off must show as a failure.
-    assert one["ExecStopPost"] == f"/opt/loa-receiver/venv/bin/receiver relay-off {conf}"
+    assert one["ExecStopPost"] == (
+        f"/opt/loa-receiver/venv/bin/receiver relay-off {conf} --state-dir %S/loa-receiver"
+    )
     assert one["User"] == "loa-receiver"
     assert one["StateDirectory"] == "loa-receiver" and one["StateDirectoryMode"] == "0700"
     assert one["CacheDirectory"] == "loa-receiver"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Final
 
 from receiver.core import commands, reasons
@@ -62,6 +63,7 @@ class AdmittedCommand:
     signers: tuple[Key, ...]  # the keys that authorised it: one replay stream each
     digest: str
     duplicate: bool
+    body: bytes = b""  # the verified payload, kept with the intent (write-ahead)
 
 
 @dataclass(frozen=True)
@@ -138,12 +140,12 @@ def _admit_command(ctx: Context, envelope: Envelope, now: Instant) -> AdmittedCo
     digest = hashlib.sha256(envelope.body).hexdigest()
     floors = [ctx.floors.get(command_stream(key)) for key in counted]
     if all(floor is not None and floor == (header.seq, digest) for floor in floors):
-        return AdmittedCommand(command, counted, digest, duplicate=True)
+        return AdmittedCommand(command, counted, digest, duplicate=True, body=envelope.body)
     if any(floor is not None and floor[0] >= header.seq for floor in floors):
         raise Rejection(reasons.REPLAYED, "seq is not above the last accepted", ref)
     if isinstance(command.body, commands.Play):
         _check_not_stopped(ctx, header)
-    return AdmittedCommand(command, counted, digest, duplicate=False)
+    return AdmittedCommand(command, counted, digest, duplicate=False, body=envelope.body)
 
 
 def _check_fresh(ctx: Context, header: commands.Header, now: Instant) -> None:
@@ -153,8 +155,17 @@ def _check_fresh(ctx: Context, header: commands.Header, now: Instant) -> None:
         raise Rejection(
             reasons.CLOCK_UNTRUSTED, "new or reset store: waiting for a synchronised clock", ref
         )
-    if header.iat < ctx.reset_floor - ctx.max_skew_s:
-        raise Rejection(reasons.REPLAYED, "issued before this device's store was reset", ref)
+    if header.iat < ctx.reset_floor:
+        # No allowance for a lagging operator clock here: any allowance would let a command
+        # captured that long before the reset play again. A lagging clock is refused only
+        # until it passes this instant, which the detail names (docs/security.md).
+        since = datetime.fromtimestamp(ctx.reset_floor, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")
+        raise Rejection(
+            reasons.REPLAYED,
+            f"issued before this device's store was reset; it takes commands issued from "
+            f"{since[:-3]}Z on (sign it again)",
+            ref,
+        )
     if header.exp <= trusted:
         raise Rejection(reasons.EXPIRED, "past its exp", ref)
     if header.iat < trusted - ctx.max_command_age_s:

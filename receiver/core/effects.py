@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from receiver.core.reasons import Reason
+from receiver.core.state import Intent
 from receiver.core.vocabulary import EventKind
 
 
@@ -58,10 +59,27 @@ class PersistFloors:
     """Durably store replay floors before the action they allow takes effect.
 
     ``floors`` maps a stream name to ``(seq, digest)``; ``time_floor`` is the newest trusted UTC.
+    ``intent``, when a command was accepted, is stored in the same transaction (write-ahead):
+    whatever happens next, a restart finds either neither or both.
     """
 
     floors: dict[str, tuple[int, str]]
     time_floor: float
+    intent: Intent | None = None
+
+
+@dataclass(frozen=True)
+class PersistIntentStarted:
+    """Durably note that the command's sound is about to start (before the ``Play``)."""
+
+    ref: str
+
+
+@dataclass(frozen=True)
+class PersistIntentDone:
+    """Durably forget a command's intent: it was carried out, or its end was reported."""
+
+    ref: str
 
 
 @dataclass(frozen=True)
@@ -121,6 +139,8 @@ Effect = (
     | SetVolume
     | SwitchRelay
     | PersistFloors
+    | PersistIntentStarted
+    | PersistIntentDone
     | PersistTrust
     | PersistResetFloor
     | PersistSchedule

@@ -11,7 +11,11 @@ Rules (docs/behaviour.md tells them for operators):
   tail after the last one, while the local microphone is keyed, and while a manual ``on``
   override lasts; a manual ``off`` holds it off except for emergencies.
 - A live stream whose position stops advancing for ``stall_timeout_s``, ends or fails is
-  restarted with backoff; after ``stream_max_restarts`` the fallback file plays, or it fails.
+  restarted with backoff; after ``stream_max_restarts`` consecutive failures the fallback file
+  plays, or it fails. A stream whose position has kept advancing for ``stream_healthy_s`` since
+  its last (re)start has its count reset: the budget is for consecutive failures.
+- A window's end (``max_duration_s``) stops the player whatever the item's phase: a live relay
+  never ends by itself, so only this ends its sound and its connection.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ from receiver.core.effects import (
     Emit,
     Fetch,
     PersistDone,
+    PersistIntentDone,
+    PersistIntentStarted,
     Play,
     PublishState,
     StopPlayback,
@@ -100,6 +106,9 @@ def finish(
     if is_active and item.phase == "playing":
         out.append(StopPlayback())
     out.append(Emit(kind, ref=item.ref, reason=reason, detail=detail))
+    if item.origin == "command":
+        # After the report: a crash between the two repeats the end, it never loses it.
+        out.append(PersistIntentDone(item.ref))
     done = state.done
     if item.occurrence is not None:
         done = done | {item.occurrence}
@@ -122,7 +131,12 @@ def suspend_active(state: State, now: Instant, out: list[Effect], why: str) -> S
         out.append(StopPlayback())
     offset = 0 if item.is_stream else position_ms(item, now)
     paused = replace(
-        item, phase="suspended", offset_ms=offset, played_since_mono=None, retry_mono=None
+        item,
+        phase="suspended",
+        offset_ms=offset,
+        played_since_mono=None,
+        retry_mono=None,
+        resuming=item.since_utc is not None,
     )
     out.append(Emit("preempted", ref=item.ref, detail=why))
     state = replace(state, active=None, queue=(*state.queue, paused))
@@ -176,6 +190,9 @@ def select(state: State, now: Instant, out: list[Effect]) -> State:
 
 def _start_sound(state: State, item: Item, now: Instant, out: list[Effect]) -> State:
     token = state.next_token
+    if item.origin == "command" and item.token == 0:
+        # Its first sound: from now on a restart reports it cut off rather than play it again.
+        out.append(PersistIntentStarted(item.ref))
     if item.on_fallback and state.settings.fallback_file is not None:
         media, start_ms = state.settings.fallback_file, 0
     elif item.stream_url is not None:
@@ -193,6 +210,7 @@ def _start_sound(state: State, item: Item, now: Instant, out: list[Effect]) -> S
         played_since_mono=None,
         progress_ms=-1,
         progress_mono=now.mono,
+        healthy_since_mono=None,
     )
     live = item.stream_url is not None and not item.on_fallback
     out.append(Play(token, media, item.volume, start_ms, live))
@@ -204,14 +222,15 @@ def sound_started(state: State, token: int, now: Instant, out: list[Effect]) -> 
     if item is None or item.token != token or item.phase != "playing":
         return state
     first = item.since_utc is None
-    item = replace(item, played_since_mono=now.mono, progress_mono=now.mono)
+    resumed = item.resuming
+    item = replace(item, played_since_mono=now.mono, progress_mono=now.mono, resuming=False)
     if first:
         item = replace(item, since_utc=now.utc)
         detail = item.title
         if item.late_by_s >= 1:
             detail = f"{item.title} (late join +{int(item.late_by_s)} s)"
         out.append(Emit("started", ref=item.ref, detail=detail))
-    elif item.offset_ms or item.restarts or item.on_fallback:
+    elif resumed or item.offset_ms or item.restarts or item.on_fallback:
         if item.on_fallback:
             what = "fallback file"
         elif item.is_stream:
@@ -251,10 +270,25 @@ def sound_failed(state: State, token: int, detail: str, now: Instant, out: list[
 
 
 def progress(state: State, token: int, position: int, now: Instant) -> State:
+    """The player's position moved: the stall watchdog is fed, and a stream that has kept
+    moving for ``stream_healthy_s`` since its (re)start has its restart budget back."""
     item = state.active
     if item is None or item.token != token or position <= item.progress_ms:
         return state
-    return replace(state, active=replace(item, progress_ms=position, progress_mono=now.mono))
+    since = item.healthy_since_mono
+    if since is None and position > 0:  # 0: opened, no audio yet
+        since = now.mono
+    restarts = item.restarts
+    if restarts and since is not None and now.mono - since >= state.settings.stream_healthy_s:
+        restarts = 0
+    item = replace(
+        item,
+        progress_ms=position,
+        progress_mono=now.mono,
+        healthy_since_mono=since,
+        restarts=restarts,
+    )
+    return replace(state, active=item)
 
 
 def _stream_dropped(state: State, item: Item, now: Instant, out: list[Effect], why: str) -> State:
@@ -290,15 +324,12 @@ def run_active(state: State, now: Instant, out: list[Effect]) -> State:
     if item is None:
         return state
     if item.stop_mono is not None and now.mono >= item.stop_mono:
+        # The item is handed to finish() in the phase it is in, so that a playing one (a live
+        # relay plays until told to stop) gets its StopPlayback: the sound and the connection
+        # end with the window.
         if item.is_stream:
-            return finish(
-                state,
-                replace(item, phase="ended"),
-                now,
-                out,
-                "finished",
-                detail="relay ended at its planned time",
-            )
+            detail = "relay ended at its planned time"
+            return finish(state, item, now, out, "finished", detail=detail)
         return finish(state, item, now, out, "stopped", detail="max_duration_s reached")
     if item.phase == "warming" and state.relay_on:
         ready_at = max(item.not_before_mono, state.relay_on_mono + state.settings.warm_up_s)

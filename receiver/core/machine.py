@@ -17,6 +17,7 @@ from receiver.core.effects import (
     Effect,
     Emit,
     PersistFloors,
+    PersistIntentDone,
     PersistResetFloor,
     PersistTrust,
     SetVolume,
@@ -36,6 +37,7 @@ from receiver.core.events import (
 from receiver.core.policy import in_quiet_hours, url_allowed, volume_for
 from receiver.core.reasons import Rejection
 from receiver.core.state import (
+    Intent,
     Item,
     RejectionWindow,
     RelayOverride,
@@ -45,6 +47,7 @@ from receiver.core.state import (
     needed_media,
     state_fields,
 )
+from receiver.core.strict_json import StrictJsonError, loads_strict
 
 __all__ = [
     "Settings",
@@ -59,6 +62,7 @@ __all__ = [
 
 MAX_SETTLE_ROUNDS: Final = 4
 MAX_HELD: Final = 64
+CARRIED_OUT: Final = "carried out after a restart"  # the detail of a recovered `accepted`
 
 
 @dataclass(frozen=True)
@@ -102,6 +106,10 @@ def step(state: State, event: Event, now: Instant) -> Step:
         state = engine.progress(state, event.token, event.position_ms, now)
     elif isinstance(event, LocalInputChanged):
         state = _on_local_input(state, event, out)
+    if state.recovered and not _in_grace(state, now):
+        recovered, state = state.recovered, replace(state, recovered=())
+        for intent in recovered:
+            state = _recover(state, intent, now, out)
     if state.held and not _in_grace(state, now):
         held, state = state.held, replace(state, held=())
         for message in held:
@@ -115,7 +123,7 @@ def step(state: State, event: Event, now: Instant) -> Step:
     if state.rejection_window.suppressed:
         window_end = state.rejection_window.start_mono + state.settings.rejection_window_s
         deadline = window_end if deadline is None else min(deadline, window_end)
-    if state.held:
+    if state.held or state.recovered:
         grace_end = state.booted_mono + state.settings.sync_grace_s
         deadline = grace_end if deadline is None else min(deadline, grace_end)
     return Step(state, tuple(out), deadline)
@@ -189,10 +197,61 @@ def _on_message(state: State, event: MessageReceived, now: Instant, out: list[Ef
     floors = {**state.floors, **changed}
     time_floor = _raised_floor(state, header.iat, now)
     state = replace(state, floors=floors, time_floor=time_floor)
-    # Durable before the action: a power cut after this line can no longer let it replay.
-    out.append(PersistFloors(changed, time_floor))
+    # Durable before the action, with the intent to act (write-ahead): a power cut after this
+    # line can no longer let it replay, nor leave it spent without a word (see _recover).
+    intent = Intent(header.id, admitted.body, _window_end_utc(state, admitted.command, now))
+    out.append(PersistFloors(changed, time_floor, intent))
     out.append(Emit("accepted", ref=header.id, detail=header.type))
-    return _act(state, admitted.command, now, out)
+    state = _act(state, admitted.command, now, out)
+    if not isinstance(body, commands.Play):
+        out.append(PersistIntentDone(header.id))  # carried out in this very step
+    return state
+
+
+def _window_end_utc(state: State, command: commands.Command, now: Instant) -> float:
+    """Until when a command is worth carrying out: a play's window (as ``_queue_play`` sets
+    it), any other command's ``exp``."""
+    body = command.body
+    if isinstance(body, commands.Play):
+        start = now.utc if body.start_at is None else max(body.start_at, now.utc)
+        return start + min(body.max_duration_s, state.settings.max_play_duration_s)
+    return command.header.exp
+
+
+def _recover(state: State, intent: Intent, now: Instant, out: list[Effect]) -> State:
+    """A command that a previous run accepted (its floor stored) and did not finish.
+
+    Carried out now if its window is still open and it never sounded; otherwise reported
+    ``failed`` (``interrupted``), so central never sees a command simply vanish. A play that
+    had started is not played again from the top: central decides whether to send it again.
+    """
+    ref = intent.ref
+    if intent.stage == "started":
+        return _interrupted(state, ref, "cut off by a restart of the device", out)
+    if not now.utc_trusted:
+        why = "accepted before a restart; without a synchronised clock its window cannot be told"
+        return _interrupted(state, ref, why, out)
+    if now.utc >= intent.window_end_utc:
+        return _interrupted(state, ref, "accepted before a restart; its window closed since", out)
+    try:
+        doc = loads_strict(intent.body)
+        command = commands.parse_command(doc, commands.parse_header(doc))
+    except (Rejection, StrictJsonError):
+        return _interrupted(state, ref, "accepted before a restart; unreadable after it", out)
+    out.append(Emit("accepted", ref=ref, detail=f"{command.header.type}, {CARRIED_OUT}"))
+    body = command.body
+    if isinstance(body, commands.Play):
+        # Its intent stays until the item ends, so a second restart is handled the same way.
+        return _queue_play(state, ref, body, now, out, window_end_utc=intent.window_end_utc)
+    state = _act(state, command, now, out)
+    out.append(PersistIntentDone(ref))
+    return state
+
+
+def _interrupted(state: State, ref: str, detail: str, out: list[Effect]) -> State:
+    out.append(Emit("failed", ref=ref, reason=reasons.INTERRUPTED, detail=detail))
+    out.append(PersistIntentDone(ref))
+    return state
 
 
 def _report_rejection(state: State, rejection: Rejection, now: Instant, out: list[Effect]) -> State:
@@ -340,11 +399,21 @@ def _act(state: State, command: commands.Command, now: Instant, out: list[Effect
 
 
 def _queue_play(
-    state: State, ref: str, body: commands.Play, now: Instant, out: list[Effect]
+    state: State,
+    ref: str,
+    body: commands.Play,
+    now: Instant,
+    out: list[Effect],
+    *,
+    window_end_utc: float | None = None,
 ) -> State:
+    """Queue a play; ``window_end_utc`` keeps the window it was given before a restart."""
     settings = state.settings
     delay = 0.0 if body.start_at is None else max(0.0, body.start_at - now.utc)
     duration = min(body.max_duration_s, settings.max_play_duration_s)
+    window_end_mono = now.mono + delay + duration
+    if window_end_utc is not None:
+        window_end_mono = now.mono + (window_end_utc - now.utc)
     item = Item(
         ref=ref,
         origin="command",
@@ -356,7 +425,7 @@ def _queue_play(
         max_duration_s=duration,
         not_before_mono=now.mono + delay,
         # A command waits behind higher priorities at most its own duration past its start.
-        window_end_mono=now.mono + delay + duration,
+        window_end_mono=window_end_mono,
         seq=0,
         repeats_left=body.repeat - 1,
     )

@@ -36,6 +36,7 @@ class Reason(StrEnum):
     STREAM_FAILED = "stream_failed"
     MISSED = "missed"
     QUIET_HOURS = "quiet_hours"
+    INTERRUPTED = "interrupted"
 
 
 TOO_LARGE: Final = Reason.TOO_LARGE
@@ -60,6 +61,7 @@ PLAYBACK_FAILED: Final = Reason.PLAYBACK_FAILED
 STREAM_FAILED: Final = Reason.STREAM_FAILED
 MISSED: Final = Reason.MISSED
 QUIET_HOURS: Final = Reason.QUIET_HOURS
+INTERRUPTED: Final = Reason.INTERRUPTED
 
 ALL_REASONS: Final = frozenset(Reason)
 

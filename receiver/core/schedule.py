@@ -101,7 +101,7 @@ def parse_schedule(doc: Any) -> Schedule:
     if not isinstance(entries, list) or len(entries) > MAX_ENTRIES:
         raise Rejection(reasons.BAD_BODY, f"entries must list 0 to {MAX_ENTRIES}", header.id)
     try:
-        parsed = tuple(_parse_entry(entry) for entry in entries)
+        parsed = tuple(parse_entry(entry) for entry in entries)
     except Rejection as rejection:
         raise Rejection(rejection.reason, rejection.detail, header.id) from rejection
     if len({e.id for e in parsed}) != len(parsed):
@@ -109,7 +109,8 @@ def parse_schedule(doc: Any) -> Schedule:
     return Schedule(header.id, version, header.iat, header.exp, header.env, header.aud, tz, parsed)
 
 
-def _parse_entry(value: Any) -> Entry:
+def parse_entry(value: Any) -> Entry:
+    """One schedule entry, as the receiver reads it (``bad_body`` if it cannot)."""
     if not isinstance(value, dict) or set(value) - ENTRY_FIELDS:
         raise Rejection(reasons.BAD_BODY, "an entry has unknown or missing fields")
     entry_id = value.get("id")

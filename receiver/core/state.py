@@ -60,6 +60,9 @@ class Settings:
     late_join_s: float
     stall_timeout_s: float
     stream_max_restarts: int
+    # A relay that has played this long without a stall resets its restart count: the budget
+    # is for consecutive failures, not for every blip of an hour-long relay.
+    stream_healthy_s: float
     fallback_file: str | None
     max_file_bytes: int
     # After start-up, commands wait this long for NTP before they are judged without a
@@ -107,6 +110,8 @@ class Item:
     progress_ms: int = -1
     progress_mono: float = 0.0
     on_fallback: bool = False
+    healthy_since_mono: float | None = None  # a stream's first progress since its (re)start
+    resuming: bool = False  # preempted: its next start is reported (``started``) again
 
     @property
     def is_stream(self) -> bool:
@@ -152,6 +157,23 @@ class RejectionWindow:
 
 
 @dataclass(frozen=True)
+class Intent:
+    """A command accepted but not yet carried out to its end, stored with its replay floor.
+
+    Written in the same transaction as the floor (write-ahead), so a crash between accepting a
+    command and acting on it cannot leave the command spent and silent: after a restart it is
+    carried out if ``window_end_utc`` has not passed, else reported ``failed``. ``stage`` is
+    ``accepted`` until a play's sound is about to start, then ``started`` (a play cut off by a
+    restart is reported, never sounded twice). The row goes when the command is done.
+    """
+
+    ref: str
+    body: bytes  # the verified command payload (strict JSON), to act on after a restart
+    window_end_utc: float  # after this instant there is no point in carrying it out
+    stage: str = "accepted"  # accepted | started
+
+
+@dataclass(frozen=True)
 class State:
     settings: Settings
     keyring: Keyring
@@ -182,6 +204,9 @@ class State:
     booted_mono: float = 0.0
     rejection_window: RejectionWindow = RejectionWindow()
     held: tuple[MessageReceived, ...] = ()  # commands waiting for a synchronised clock
+    # Commands a previous run accepted and did not finish (oldest first): settled once the
+    # clock can tell whether their windows are still open.
+    recovered: tuple[Intent, ...] = ()
 
     def items(self) -> tuple[Item, ...]:
         return ((self.active,) if self.active is not None else ()) + self.queue
@@ -197,6 +222,7 @@ def initial_state(
     trust_digest: str = "",
     schedules: Mapping[str, tuple[Schedule, str]] | None = None,
     done: frozenset[str] = frozenset(),
+    recovered: tuple[Intent, ...] = (),
 ) -> State:
     stored = schedules or {}
     return State(
@@ -210,6 +236,7 @@ def initial_state(
         schedules={sid: schedule for sid, (schedule, _) in stored.items()},
         schedule_digests={sid: digest for sid, (_, digest) in stored.items()},
         done=done,
+        recovered=recovered,
     )
 
 

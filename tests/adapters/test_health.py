@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import socket
+import time
 from pathlib import Path
 
-from receiver.health import read_health
+from receiver.health import SEGMENT_HEADER_BYTES, TrafficMeter, read_health
 
 
 def fake_sys(root: Path, zones: dict[int, tuple[str, str]]) -> Path:
@@ -97,3 +99,59 @@ def test_missing_or_broken_files_give_none_never_an_exception(tmp_path: Path) ->
     assert nothing["cpu_temp_c"] is None
     assert nothing["load_1m"] is None
     assert nothing["mem_available_bytes"] is None
+
+
+def test_the_traffic_meter_counts_tcp_bytes_each_way_and_tells_mqtt_from_media() -> None:
+    """Two real loopback connections: one plays the broker link, one a download."""
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    mqtt_client = socket.create_connection(("127.0.0.1", port))
+    mqtt_server, _ = server.accept()
+    media_client = socket.create_connection(("127.0.0.1", port))
+    media_server, _ = server.accept()
+    now = [1000.0]
+    meter = TrafficMeter(lambda: os.fstat(mqtt_client.fileno()).st_ino, clock=lambda: now[0])
+    try:
+        meter.sample()
+        mqtt_client.sendall(b"p" * 3000)
+        _receive(mqtt_server, 3000)
+        media_server.sendall(b"m" * 200_000)
+        _receive(media_client, 200_000)
+        time.sleep(0.05)  # the last ACKs
+        now[0] += 3600.0
+        meter.sample()
+        figures = meter.per_hour()
+    finally:
+        for sock in (mqtt_client, mqtt_server, media_client, media_server, server):
+            sock.close()
+    assert figures["window_s"] == 3600
+    # Only the socket the link names is MQTT; all the others (here also the far ends of both
+    # connections, which live in this process too) are media.
+    mqtt, media = figures["mqtt"], figures["media"]
+    headers = 20 * SEGMENT_HEADER_BYTES  # handshake, data segments, ACKs
+    assert 3000 <= mqtt["sent"] < 3000 + headers
+    assert 0 < mqtt["received"] < headers  # ACKs only
+    assert 200_000 <= media["sent"] < 200_000 * 1.1
+    assert 203_000 <= media["received"] < 203_000 * 1.1
+
+
+def test_the_traffic_meter_forgets_closed_sockets_and_keeps_their_bytes() -> None:
+    meter = TrafficMeter(lambda: None)
+    server = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(server.getsockname())
+    peer, _ = server.accept()
+    client.sendall(b"x" * 10_000)
+    _receive(peer, 10_000)
+    meter.sample()
+    before = meter.per_hour()["media"]["sent"]
+    for sock in (client, peer, server):
+        sock.close()
+    meter.sample()
+    assert meter.per_hour()["media"]["sent"] >= before > 0
+    assert "traffic" in read_health(Path("/"), Path("/"), traffic=meter)
+
+
+def _receive(sock: socket.socket, count: int) -> None:
+    got = 0
+    while got < count:
+        got += len(sock.recv(65536))

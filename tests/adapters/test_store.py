@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
+import pytest
+
+from receiver.core.state import Intent
 from receiver.store import EVENT_BLOCK, Store
 
 
@@ -44,3 +48,27 @@ def test_event_numbers_only_go_up_across_restarts(tmp_path: Path) -> None:
     assert first == [1, 2, 3]
     assert later[0] == EVENT_BLOCK + 1
     assert later == sorted(set(later))
+
+
+def test_an_intent_is_stored_with_its_floor_and_survives_reopening(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    first = Intent("play-1", b'{"id": "play-1"}', 2000.0)
+    second = Intent("vol-2", b'{"id": "vol-2"}', 3000.0)
+    store.save_floors({"cmd:aa": (1, "d1")}, 1000.0, first)
+    store.save_floors({"cmd:aa": (2, "d2")}, 1000.0, second)
+    store.mark_intent_started("play-1")
+    store.close()
+    again = Store(tmp_path)
+    assert again.intents() == (Intent("play-1", first.body, 2000.0, "started"), second)
+    again.forget_intent("vol-2")
+    again.forget_intent("never-stored")  # nothing to forget: no error
+    again.close()
+    assert Store(tmp_path).intents() == (Intent("play-1", first.body, 2000.0, "started"),)
+
+
+def test_a_floor_and_its_intent_are_one_transaction(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    bad = Intent("x", None, 1.0)  # type: ignore[arg-type]  # NOT NULL: the insert fails
+    with pytest.raises(sqlite3.IntegrityError):
+        store.save_floors({"cmd:aa": (1, "d1")}, 1000.0, bad)
+    assert store.floors() == {} and store.intents() == ()  # neither was stored

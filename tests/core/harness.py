@@ -7,13 +7,13 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from receiver.assembly import settings_from_config
+from receiver.central.signing import SigningKey, command_payload, sign_command
 from receiver.config import parse_config
 from receiver.core import machine
 from receiver.core.clock import Instant
 from receiver.core.effects import Effect, Emit, PersistFloors, Play, SwitchRelay
 from receiver.core.events import Event, MessageReceived, TimerFired
 from receiver.core.trust import Key, Keyring
-from receiver.signing import SigningKey, command_payload, sign_command
 
 DEVICE = "dev-001"
 GROUPS = ("prov-25", "commune-25-07873")

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from receiver.central.signing import SigningKey, key_entry, sign_trust, trust_payload
 from receiver.core.effects import Effect, PersistResetFloor, PersistTrust, PublishState
-from receiver.signing import SigningKey, key_entry, sign_trust, trust_payload
+from receiver.core.events import TimerFired
 from tests.core.harness import (
     T0,
     TRUST_TOPIC,
@@ -195,3 +196,36 @@ def test_a_file_larger_than_the_local_limit_is_refused_before_it_is_accepted() -
     body = play_body()
     body["source"]["files"][0]["size"] = 300 * 1024 * 1024
     assert only_rejection(world.send(world.signed("play", body))).reason == "too_large"
+
+
+def test_after_a_reset_every_command_issued_before_it_is_refused_even_a_moment_before() -> None:
+    """docs/security.md "After losing state": a command captured a moment before the reset (still
+    within ``max_skew_s``, not expired) must not play again on the reset device."""
+    world = World(utc_trusted=False)
+    world.state = replace(world.state, reset_floor=None)
+    captured = world.signed("play", play_body(), iat=T0 - 5)  # 5 s before the first sync
+    world.utc_trusted = True
+    world.advance(1.0)
+    rejection = only_rejection(world.send(captured)[1:])  # after the PersistResetFloor
+    assert rejection.reason == "replayed"
+    assert "2027-01-15T08:00:01" in (rejection.detail or "")  # says from when it takes commands
+    assert not world.state.items()
+
+
+def test_a_lagging_operator_clock_is_served_once_it_passes_the_reset_instant() -> None:
+    """The price of refusing everything issued before the reset instant T0: an operator whose
+    clock lags by L seconds is refused for the first L seconds after T0, with a detail that
+    names T0; a command signed again once the lagging clock has passed T0 is accepted."""
+    lag = 40.0
+    world = World(utc_trusted=False)
+    world.state = replace(world.state, reset_floor=None)
+    world.utc_trusted = True
+    world.advance(1.0)  # T0 = T0 + 1 by the device's synchronised clock
+    world.feed(TimerFired())
+    first = world.signed("volume", {"level": 20}, iat=world.utc - lag)
+    rejection = only_rejection(world.send(first))
+    assert (rejection.reason, world.state.volume) == ("replayed", 70)
+    world.advance(lag)  # the lagging clock now reads just past T0: sign again, send again
+    again = world.signed("volume", {"level": 20}, iat=world.utc - lag + 0.5)
+    assert accepted(world.send(again))
+    assert world.state.volume == 20

@@ -9,11 +9,11 @@ from dataclasses import replace
 
 import pytest
 
+from receiver.central.signing import SigningKey, sign, sign_command
 from receiver.core import reasons
 from receiver.core.effects import Fetch, PersistFloors, Play, PublishState, SetVolume, StopPlayback
 from receiver.core.events import FetchFailed, FetchFinished, PlaybackEnded, PlaybackStarted
 from receiver.core.trust import Key
-from receiver.signing import SigningKey, sign, sign_command
 from tests.core.harness import (
     DEVICE,
     SHA,

@@ -9,7 +9,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from receiver.signing import sign, sign_command
+from receiver.central.signing import sign, sign_command
 from tests.core.harness import World, emitted, only_rejection, play_body, unchanged
 
 WORLD = World()  # keys are costly to make; each example gets a fresh state from it

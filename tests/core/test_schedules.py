@@ -9,8 +9,8 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from receiver.central.signing import schedule_payload, sign_schedule
 from receiver.core.effects import Emit
-from receiver.signing import schedule_payload, sign_schedule
 from tests.core.harness import GROUPS, World, emitted, only_rejection
 from tests.core.sim import HCM, Sim
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from receiver.signing import SigningKey
+from receiver.central.signing import SigningKey
 from tests.audio import write_tone
 from tests.broker import MosquittoBroker, Subscriber
 from tests.e2e.daemon import DEVICE, Daemon, MediaServer, write_config

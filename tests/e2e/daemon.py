@@ -16,7 +16,7 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from receiver.signing import SigningKey
+from receiver.central.signing import SigningKey
 
 DEVICE = "e2e-dev-01"
 GROUP = "commune-e2e"

@@ -16,19 +16,20 @@ import hashlib
 import json
 import random
 import re
+import shutil
 import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from receiver.core.envelope import COMMAND_TYPE, MAX_MESSAGE_BYTES, TRUST_TYPE
-from receiver.signing import (
+from receiver.central.signing import (
     SigningKey,
     command_payload,
     key_entry,
@@ -37,6 +38,7 @@ from receiver.signing import (
     sign_trust,
     trust_payload,
 )
+from receiver.core.envelope import COMMAND_TYPE, MAX_MESSAGE_BYTES, TRUST_TYPE
 from tests.audio import dominant_of, trim_silence, wait_for_final_wav, write_tone
 from tests.broker import MosquittoBroker, Subscriber
 from tests.e2e.conftest import Site
@@ -466,12 +468,17 @@ def test_forged_misaddressed_stale_and_oversized_commands_are_refused_and_nothin
             "bad_type",
             topic=TRUST_TOPIC,
         )
-        # 7. Freshness (iat stays within the skew of this fresh store's reset floor, so the
-        # reason is the expiry itself and not the reset floor).
+        # 7. Freshness (iat after this fresh store's reset instant, so the reason is the
+        # expiry itself and not the reset: anything issued before that is `replayed`).
+        reset_at = datetime.fromisoformat(daemon.logged("reset_floor_set")[0]["utc"]).timestamp()
+        time.sleep(max(0.0, reset_at + 0.2 - time.time()))
         now = time.time()
         refused(
             "expired",
-            sign_command(play(site, tone, "expired", iat=now - 200, ttl_s=100), op),
+            sign_command(
+                play(site, tone, "expired", iat=(reset_at + now) / 2, ttl_s=(now - reset_at) / 4),
+                op,
+            ),
             "expired",
             "expired",
         )
@@ -618,6 +625,32 @@ def test_replays_across_a_restart_and_retained_commands_never_act(
     print(f"cmd messages delivered to the restarted daemon: {len(delivered)}")
     assert watch.started_refs() == ["captured"]
     assert third.stop() == 0
+
+
+def test_a_wiped_state_directory_refuses_a_command_captured_a_moment_before_the_wipe(
+    site: Site, start_daemon: Callable[[], Daemon], watcher: Subscriber
+) -> None:
+    """docs/security.md "After losing state": a play captured seconds before the state directory
+    is wiped (well within ``clock.max_skew_s``, far from its ``exp``) does not play again."""
+    watch = Watch.of(site, watcher)
+    first = start_daemon()
+    watch.online()
+    captured = sign_command(play(site, "tone1000.wav", "captured-late"), [site.operator])
+    watch.accepted(site.cmd_topic, captured, "captured-late")
+    watch.events.kind("finished", "captured-late")
+    mark = watch.states.mark()
+    assert first.stop() == 0
+    mark = watch.offline(mark)
+    shutil.rmtree(site.root / "state")  # a technician clears it, or a new SD card
+    second = start_daemon()
+    watch.online(mark)
+    refused = watch.refused(site.cmd_topic, captured, "replayed", "captured-late")
+    assert "store was reset" in refused["detail"], refused
+    fresh = sign_command(play(site, "tone1000.wav", "after-wipe"), [site.operator])
+    watch.accepted(site.cmd_topic, fresh, "after-wipe")  # a new command is served at once
+    watch.events.kind("finished", "after-wipe")
+    assert watch.started_refs() == ["captured-late", "after-wipe"]
+    assert second.stop() == 0
 
 
 # --- 9, 10: key rotation, and an old keyring retained on the broker ------------------------

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from receiver.signing import SigningKey, command_payload, sign_command
+from receiver.central.signing import SigningKey, command_payload, sign_command
 from tests.audio import dominant_of, read_wav, trim_silence
 from tests.broker import Received, Subscriber
 from tests.e2e.conftest import Site
@@ -80,7 +80,7 @@ def test_signed_play_end_to_end_and_forged_and_replayed_commands_are_refused(
     site.operator.save(key_file)
     tone = site.media.directory / "tone440.wav"
     subprocess.run(
-        [sys.executable, "-m", "receiver.admin", "play", "--key", str(key_file),
+        [sys.executable, "-m", "receiver.central.admin", "play", "--key", str(key_file),
          "--env", "lab", "--aud", f"grp:{GROUP}", "--url", site.media.url("tone440.wav"),
          "--file", str(tone), "--title", "tone 440", "--id", "first-play",
          "--host", "127.0.0.1", "--port", str(site.broker.port)],

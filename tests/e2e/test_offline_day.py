@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from receiver.signing import schedule_payload, sign_schedule
+from receiver.central.signing import schedule_payload, sign_schedule
 from tests.broker import Received, Subscriber
 from tests.e2e.conftest import Site
 from tests.e2e.daemon import GROUP, Daemon

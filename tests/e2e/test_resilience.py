@@ -16,12 +16,18 @@ events; ``docs/security.md``):
   accepted before the kill is still refused;
 * every start begins with the relay forced off, and the stop helper always succeeds.
 
-Measured by the kill loop and printed, not asserted: what becomes of a command the daemon was
-killed a few milliseconds after receiving (see :meth:`KillLoop.retry_unanswered`).
+* no command is used up in silence (docs/protocol.md §5, "After a restart"): every command
+  central sent is, in some run, accepted and acted on, carried out after a restart, or reported
+  ``failed`` (``interrupted``); a command killed between its floor and its action is never
+  answered only "duplicate of the last accepted".
+
+Also measured and printed: what became of the command of each kill phase that the killed daemon
+never answered (see :meth:`KillLoop.retry_unanswered`).
 
 The kill loop is random but seeded: the seed is printed, and ``RESILIENCE_SEED=<seed>`` repeats
 the same choices (the timing of three processes is not reproducible to the millisecond, the
-choices and the delays are).
+choices and the delays are). ``RESILIENCE_KILLS=<n>`` sets the number of SIGKILLs (32 by default,
+about a minute and a half; ``make soak`` runs 120).
 """
 
 from __future__ import annotations
@@ -53,7 +59,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from receiver.signing import SigningKey, command_payload, sign_command
+from receiver.central.signing import SigningKey, command_payload, sign_command
 from tests.audio import dominant_of, read_wav, trim_silence, write_tone
 from tests.broker import MosquittoBroker, Subscriber
 from tests.e2e.conftest import Site
@@ -67,6 +73,7 @@ EVENT_KINDS: Final = frozenset(
 )
 ENDED_KINDS: Final = frozenset({"finished", "stopped", "preempted", "failed"})
 DUPLICATE: Final = "duplicate of the last accepted"
+CARRIED_OUT: Final = "carried out after a restart"  # the detail ends with it
 CMD_TOPIC: Final = f"loa/v1/dev/{DEVICE}/cmd"
 EVENTS_TOPIC: Final = f"loa/v1/dev/{DEVICE}/events"
 STATE_TOPIC: Final = f"loa/v1/dev/{DEVICE}/state"
@@ -96,6 +103,15 @@ def first_accepts(lines: list[Json]) -> list[Json]:
         for line in lines
         if line.get("event") == "accepted" and line.get("detail") != DUPLICATE
     ]
+
+
+def _carried_out(line: Json) -> bool:
+    """An ``accepted`` line for a command a killed run had accepted: not a second acceptance."""
+    return line.get("event") == "accepted" and str(line.get("detail", "")).endswith(CARRIED_OUT)
+
+
+def _interrupted(line: Json) -> bool:
+    return line.get("event") == "failed" and line.get("reason") == "interrupted"
 
 
 def received_events(sub: Subscriber) -> list[Json]:
@@ -594,13 +610,19 @@ class KillLoop:
         sent = previous[-1]
         if any(line.get("ref") == sent.ref for line in self.runs[run.index - 1].lines):
             return  # answered before the kill
+        if any(_carried_out(line) and line.get("ref") == sent.ref for line in run.lines):
+            self.fates[sent.ref] = "carried out after the restart"
+            return
+        if any(_interrupted(line) and line.get("ref") == sent.ref for line in run.lines):
+            self.fates[sent.ref] = "reported interrupted after the restart"
+            return
         if any(line.get("ref") == sent.ref for line in run.lines):
             self.fates[sent.ref] = "redelivered"
             return
         line = self.publish_again(run, sent)
         assert line["event"] == "accepted", line  # it is the newest of its stream
         if line.get("detail") == DUPLICATE:
-            self.fates[sent.ref] = "lost, floor stored, never acted"
+            self.fates[sent.ref] = LOST_SILENTLY
         else:
             self.fates[sent.ref] = "lost, acted on retry"
 
@@ -671,14 +693,26 @@ def kill_site(tmp_path: Path, broker: MosquittoBroker) -> Iterator[KillSite]:
 
 
 SCENARIOS: Final = (("play", 0.35), ("fetch", 0.25), ("volume", 0.2), ("instant", 0.2))
-KILLS: Final = 32
+DEFAULT_KILLS: Final = 32
+LOST_SILENTLY: Final = "lost, floor stored, never acted"
+
+
+def _kills() -> int:
+    text = os.environ.get("RESILIENCE_KILLS", str(DEFAULT_KILLS))
+    if not text.isdigit() or int(text) < 1:
+        pytest.fail(f"RESILIENCE_KILLS must be a whole number of kills, at least 1, not {text!r}")
+    return int(text)
 
 
 def test_sigkill_at_random_moments_loses_no_event_and_replays_nothing(
     kill_site: KillSite,
 ) -> None:
+    kills = _kills()
     seed = int(os.environ.get("RESILIENCE_SEED", "0")) or random.SystemRandom().randrange(1, 2**31)
-    print(f"kill loop seed {seed} (RESILIENCE_SEED={seed} repeats the choices)")
+    print(
+        f"kill loop seed {seed}, {kills} kills "
+        f"(RESILIENCE_SEED={seed} RESILIENCE_KILLS={kills} repeats the choices)"
+    )
     rng = random.Random(seed)  # noqa: S311 - test choices, not secrets
     site = kill_site
     began = time.monotonic()
@@ -688,8 +722,8 @@ def test_sigkill_at_random_moments_loses_no_event_and_replays_nothing(
     with central:
         loop = KillLoop(site, central, rng)
         try:
-            for index in range(KILLS + 1):
-                _one_run(loop, index, final=index == KILLS)
+            for index in range(kills + 1):
+                _one_run(loop, index, final=index == kills)
             _drain_and_stop(loop)
         except BaseException:
             for run in loop.runs[-3:]:
@@ -711,6 +745,7 @@ def _summary(loop: KillLoop, seed: int, elapsed: float) -> None:
     copies = len(received) - len({e["n"] for e in received})
     acted = {s.ref for s in loop.acted("op")} | {s.ref for s in loop.acted("marker")}
     lost = [_fate(loop, s) for s in loop.sent if s.ref not in acted]
+    silent = _silent(loop)
     outcomes = Counter(outcome for run in loop.runs for _ref, outcome in run.replays)
     print(
         f"kill loop seed {seed}: {len(kills)} SIGKILLs in {elapsed:.1f} s; "
@@ -719,10 +754,23 @@ def _summary(loop: KillLoop, seed: int, elapsed: float) -> None:
         f"events logged {len(logged_events(loop.all_lines()))}, received {len(received)} "
         f"({copies} copies of an n already received); replays {dict(outcomes)}; "
         f"commands sent {len(loop.sent)}, never acted on {len(lost)} {lost}; "
+        f"used up without a word {len(silent)} of {len(kills)} kills {silent}; "
+        f"reported interrupted {sum(map(_interrupted, loop.all_lines()))}; "
         f"unanswered at the kill {dict(Counter(loop.fates.values()))}; "
         f"downloads cut off {site.trickle.aborted}, completed {site.trickle.completed}; "
         f"outbox.db unreadable after {sum(r.outbox_after_kill is None for r in kills)} kills"
     )
+
+
+def _silent(loop: KillLoop) -> list[str]:
+    """Commands no run acted on nor reported failed: used up without a word."""
+    answered = {
+        line.get("ref")
+        for line in loop.all_lines()
+        if line.get("event") == "failed"
+        or (line.get("event") == "accepted" and line.get("detail") != DUPLICATE)
+    }
+    return [_fate(loop, s) for s in loop.sent if s.ref not in answered]
 
 
 def _one_run(loop: KillLoop, index: int, *, final: bool) -> None:
@@ -843,9 +891,15 @@ def _check_the_whole_loop(loop: KillLoop, seed: int) -> None:
     numbers = [line["n"] for line in every]
     assert numbers == sorted(set(numbers)), f"event numbers went back or repeated {where}"
 
-    # Nothing acted twice: no command accepted (as new) twice, no play started twice.
+    # Never used up in silence: each command acted on, carried out after a restart, or failed.
+    assert LOST_SILENTLY not in loop.fates.values(), f"{where} {loop.fates}"
+    silent = _silent(loop)
+    assert not silent, f"{where} used up without a word: {silent}"
+
+    # Nothing acted twice: no command accepted (as new) twice, no play started twice. A command
+    # carried out after a restart is the same acceptance, announced again.
     lines = loop.all_lines()
-    accepted = Counter(line["ref"] for line in first_accepts(lines))
+    accepted = Counter(line["ref"] for line in first_accepts(lines) if not _carried_out(line))
     assert not [ref for ref, count in accepted.items() if count > 1], where
     started = Counter(line["ref"] for line in lines if line.get("event") == "started")
     assert not [ref for ref, count in started.items() if count > 1], where

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from receiver.signing import command_payload, sign_command
+from receiver.central.signing import command_payload, sign_command
 from tests.audio import dominant_of, read_wav, trim_silence, write_tone
 from tests.broker import Received, Subscriber
 from tests.e2e.conftest import Site

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from gpiozero.pins.mock import MockFactory
 
+from receiver.central.signing import command_payload, sign_command
 from receiver.config import load_config
 from receiver.runtime import Runtime
-from receiver.signing import command_payload, sign_command
 from tests.broker import MosquittoBroker, Subscriber
 from tests.e2e.conftest import Site
 from tests.e2e.daemon import DEVICE

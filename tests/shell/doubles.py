@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from receiver.central.signing import SigningKey, command_payload, sign_command
 from receiver.config import load_config
 from receiver.config_model import Config
 from receiver.core.clock import Instant
@@ -27,9 +28,9 @@ from receiver.core.events import (
     PlaybackEnded,
     PlaybackStarted,
 )
+from receiver.core.state import Intent
 from receiver.ports import Hooks, Ports
 from receiver.runtime import Runtime
-from receiver.signing import SigningKey, command_payload, sign_command
 
 DEVICE = "dev-shell"
 GROUP = "grp-shell"
@@ -76,6 +77,7 @@ class Store:
     fail_saves: bool = False
     recovered_from: Path | None = None
     saved_floors: dict[str, tuple[int, str]] = field(default_factory=dict)
+    open_intents: dict[str, Intent] = field(default_factory=dict)
     event_number: int = 0
 
     def floors(self) -> dict[str, tuple[int, str]]:
@@ -96,11 +98,28 @@ class Store:
     def done(self) -> frozenset[str]:
         return frozenset()
 
-    def save_floors(self, changed: dict[str, tuple[int, str]], time_floor: float) -> None:
+    def intents(self) -> tuple[Intent, ...]:
+        return tuple(self.open_intents.values())
+
+    def save_floors(
+        self,
+        changed: dict[str, tuple[int, str]],
+        time_floor: float,
+        intent: Intent | None = None,
+    ) -> None:
         if self.fail_saves:
             raise OSError("disk full")
         self.saved_floors.update(changed)
+        if intent is not None:
+            self.open_intents[intent.ref] = intent
         self.journal.note("store floors")
+
+    def mark_intent_started(self, ref: str) -> None:
+        self.journal.note(f"store intent started {ref}")
+
+    def forget_intent(self, ref: str) -> None:
+        self.open_intents.pop(ref, None)
+        self.journal.note(f"store intent done {ref}")
 
     def save_reset_floor(self, utc: float) -> None:
         self.journal.note("store reset floor")
@@ -274,6 +293,7 @@ class Link:
     published: list[tuple[str, bytes]] = field(default_factory=list)
     connected: bool = True
     last_error: str | None = None
+    socket_inode: int | None = None
 
     @property
     def status(self) -> dict[str, Any]:

@@ -11,7 +11,6 @@ import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from receiver.core.envelope import COMMAND_TYPE, SCHEDULE_TYPE, TRUST_TYPE, pae
+from receiver.timefmt import rfc3339
 
 
 @dataclass(frozen=True)
@@ -62,10 +62,6 @@ class SigningKey:
             id_file = path.with_suffix(path.suffix + ".id")
             key_id = id_file.read_text(encoding="utf-8").strip() if id_file.exists() else path.stem
         return cls(key_id, private)
-
-
-def rfc3339(utc: float) -> str:
-    return datetime.fromtimestamp(utc, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 def sign(payload_type: str, body: bytes, keys: Sequence[SigningKey]) -> bytes:

@@ -1,0 +1,440 @@
+"""``receiver-admin``: the central side's tool — make keys, sign commands, publish, watch.
+
+Operators drive the receivers with it; the tests use it too, so it is exercised the way an
+operator runs it. What it signs is first checked by the receivers' own rules
+(:mod:`receiver.central.validate`): a command or document a receiver would refuse never leaves.
+Broker failures are one line each (:mod:`receiver.central.broker`).
+
+Exit statuses: 0 done; 1 done, but what was asked did not happen (``watch`` saw nothing, or
+not the event ``--until`` asked for, in its ``--timeout``); 2 bad input (usage, a document or
+command a receiver would refuse, an unreadable key or file); 3 the broker (unreachable, TLS,
+login refused, ACL, no answer in time, not acknowledged).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import queue
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+from receiver import __version__
+from receiver.central import collector, fleet, report
+from receiver.central import documents as admin_documents
+from receiver.central.broker import (
+    EXIT_BROKER,
+    EXIT_FAILED,
+    EXIT_INPUT,
+    EXIT_OK,
+    BrokerError,
+    BrokerOptions,
+    Connection,
+)
+from receiver.central.inputs import InputError, load_keys, refuse_if_invalid
+from receiver.central.received import DeviceMessage, device_topics, parse_device_message
+from receiver.central.signing import SigningKey, command_payload, sign_command
+from receiver.core import vocabulary
+
+DEFAULT_PREFIX = "loa/v1"
+FLEET_COLUMNS = fleet.COLUMNS
+
+
+def _keygen(args: argparse.Namespace) -> int:
+    key = SigningKey.generate(args.id)
+    out = Path(args.out)
+    try:
+        key.save(out)
+    except FileExistsError:
+        print(f"receiver-admin: {out} exists already; not overwriting a key", file=sys.stderr)
+        return EXIT_INPUT
+    print(f"private key written to {out} (keep it secret; key id in {out}.id)")
+    print("add this to the receivers' config under trust.keys:")
+    roles = ", ".join(args.roles)
+    scopes = ", ".join(f'"{s}"' for s in args.scopes)
+    print(
+        f"  - id: {args.id}\n    ed25519: {key.public_b64}\n"
+        f"    roles: [{roles}]\n    scopes: [{scopes}]"
+    )
+    return EXIT_OK
+
+
+def _file_entry(args: argparse.Namespace) -> dict[str, Any]:
+    if args.file:
+        try:
+            data = Path(args.file).read_bytes()
+        except OSError as exc:
+            raise InputError(f"--file {args.file}: cannot read it ({exc.strerror or exc})") from exc
+        sha256, size = hashlib.sha256(data).hexdigest(), len(data)
+    elif args.sha256 and args.size is not None:
+        sha256, size = args.sha256, args.size
+    else:
+        raise InputError("play needs --file (to pin its hash and size) or --sha256 and --size")
+    entry: dict[str, Any] = {"url": args.url, "sha256": sha256, "size": size}
+    if args.title:
+        entry["title"] = args.title
+    return entry
+
+
+def _body(args: argparse.Namespace) -> dict[str, Any]:
+    if args.command == "play":
+        body: dict[str, Any] = {
+            "priority": args.priority,
+            "source": {"files": [_file_entry(args)]},
+            "max_duration_s": args.max_duration,
+        }
+    elif args.command == "stream":
+        body = {
+            "priority": args.priority,
+            "source": {"stream": {"url": args.url}},
+            "max_duration_s": args.max_duration,
+        }
+    elif args.command == "stop":
+        return {"target": args.target}
+    elif args.command == "volume":
+        return {"level": args.level}
+    elif args.command == "relay":
+        relay: dict[str, Any] = {"name": "amp", "state": args.state}
+        if args.duration is not None:
+            relay["duration_s"] = args.duration
+        return relay
+    else:
+        return {}
+    if args.volume is not None:
+        body["volume"] = args.volume
+    if args.repeat is not None:
+        body["repeat"] = args.repeat
+    if args.start_at:
+        body["start_at"] = args.start_at
+    return body
+
+
+def _topic_for(args: argparse.Namespace) -> str:
+    if args.topic:
+        return str(args.topic)
+    kind, _, ident = args.aud[0].partition(":")
+    return f"{args.prefix}/{'dev' if kind == 'dev' else 'grp'}/{ident}/cmd"
+
+
+def _sign_and_send(args: argparse.Namespace) -> int:
+    kind = "play" if args.command == "stream" else args.command
+    if args.ttl <= 0:
+        raise InputError(f"--ttl {args.ttl:g}: a command needs a positive lifetime (seconds)")
+    payload = command_payload(
+        kind,
+        _body(args),
+        env=args.env,
+        aud=args.aud,
+        message_id=args.id,
+        seq=args.seq,
+        ttl_s=args.ttl,
+    )
+    refuse_if_invalid("command", payload)
+    if args.topic is None and args.aud[0].partition(":")[0] not in ("dev", "grp"):
+        raise InputError(f"--aud {args.aud[0]}: not dev:<id> or grp:<id>")
+    envelope = sign_command(payload, load_keys(args.key))
+    if not args.host:
+        sys.stdout.write(envelope.decode("utf-8") + "\n")
+        return EXIT_OK
+    topic = _topic_for(args)
+    # The broker drops the command once it expires, so a device that was offline never gets a
+    # stale backlog (the device refuses expired commands anyway).
+    publish(args, topic, envelope, retain=False, expiry_s=int(args.ttl))
+    print(f"sent {payload['type']} {payload['id']} (seq {payload['seq']}) to {topic}")
+    return EXIT_OK
+
+
+def publish(
+    args: argparse.Namespace, topic: str, payload: bytes, *, retain: bool, expiry_s: int | None
+) -> bool:
+    """Publish at QoS 1 and wait for the broker's acknowledgement (BrokerError if none)."""
+    with Connection(BrokerOptions.from_args(args)) as connection:
+        connection.publish(topic, payload, retain=retain, expiry_s=expiry_s)
+    return True
+
+
+def _watch(args: argparse.Namespace) -> int:
+    """Print a device's state and events as they arrive (one line each), across reconnects."""
+    messages: queue.Queue[DeviceMessage] = queue.Queue()
+
+    def arrived(msg: Any) -> None:
+        parsed = parse_device_message(msg.topic, bytes(msg.payload))
+        if parsed is not None:
+            messages.put(parsed)
+
+    state_topic, events_topic = device_topics(args.prefix, args.device)
+    connection = Connection(
+        BrokerOptions.from_args(args),
+        subscriptions=(events_topic, state_topic),
+        on_message=arrived,
+    )
+    deadline = time.monotonic() + args.timeout if args.timeout else None
+    seen = 0
+    last_n: dict[str, int] = {}
+    was_connected = True
+    heard = False
+    try:
+        while deadline is None or time.monotonic() < deadline:
+            if connection.connected != was_connected:
+                was_connected = connection.connected
+                note = "reconnected" if was_connected else "connection lost; reconnecting"
+                print(f"# {note} ({connection.options.where})", file=sys.stderr, flush=True)
+            try:
+                message = messages.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            heard = True
+            if message.channel == "events":
+                n = message.n
+                if n is not None and n <= last_n.get(message.device, 0):
+                    continue  # delivered again after a reconnect: printed already
+                if n is not None:
+                    last_n[message.device] = n
+            text = message.raw.decode("utf-8", "replace")
+            print(f"{message.channel:6} {text}", flush=True)
+            if message.channel == "events":
+                seen += 1
+                kind = (message.body or {}).get("kind")
+                if kind in args.until or (args.count and seen >= args.count):
+                    return EXIT_OK
+        if not heard:
+            # Mosquitto grants a subscription its ACL will not deliver on: say what to check.
+            who = f"user {args.username!r}" if args.username else "an anonymous client"
+            print(
+                f"receiver-admin: nothing from {state_topic} or {events_topic} within "
+                f"{args.timeout:g} s: is the device id right, and may {who} read them "
+                "(the broker's ACL)?",
+                file=sys.stderr,
+            )
+            return EXIT_FAILED
+        return EXIT_FAILED if (args.until or args.count) else EXIT_OK
+    except KeyboardInterrupt:
+        return EXIT_OK
+    finally:
+        connection.close()
+
+
+def _fleet_filters(args: argparse.Namespace) -> fleet.Filters:
+    return fleet.Filters(
+        group=args.group,
+        offline=args.offline,
+        failing=args.failing,
+        trust_below=args.trust_below,
+        missing_cache=args.missing_cache,
+        pending_outbox=args.pending_outbox,
+    )
+
+
+def _fleet(args: argparse.Namespace) -> int:
+    """A table of the devices' retained states: once, or redrawn every second (--watch)."""
+    arrivals: queue.Queue[tuple[DeviceMessage, bool, float]] = queue.Queue()
+    topic_filter = device_topics(args.prefix)[0]
+
+    def arrived(msg: Any) -> None:
+        parsed = parse_device_message(msg.topic, bytes(msg.payload))
+        if parsed is not None:
+            arrivals.put((parsed, bool(msg.retain), time.time()))
+
+    connection = Connection(
+        BrokerOptions.from_args(args), subscriptions=(topic_filter,), on_message=arrived
+    )
+    rows: dict[str, fleet.DeviceRow] = {}
+    filters = _fleet_filters(args)
+
+    def collect(until: float) -> None:
+        while (remaining := until - time.monotonic()) > 0:
+            try:
+                message, retained, received = arrivals.get(timeout=remaining)
+            except queue.Empty:
+                return
+            if message.raw:
+                rows[message.device] = fleet.DeviceRow(
+                    message.device, message.body, received, retained
+                )
+            else:
+                rows.pop(message.device, None)  # the retained state was cleared
+
+    def draw(clear: bool) -> None:
+        _print_fleet(
+            sys.stdout, rows=rows, where=topic_filter, clear=clear, args=args, filters=filters
+        )
+
+    try:
+        if not args.watch:
+            collect(time.monotonic() + args.timeout)
+            draw(clear=False)
+            return EXIT_OK
+        clear = sys.stdout.isatty()
+        while True:
+            collect(time.monotonic() + 1.0)
+            draw(clear)
+    except KeyboardInterrupt:
+        return EXIT_OK
+    finally:
+        connection.close()
+
+
+def _print_fleet(
+    out: TextIO,
+    *,
+    rows: dict[str, fleet.DeviceRow],
+    where: str,
+    clear: bool,
+    args: argparse.Namespace,
+    filters: fleet.Filters,
+) -> None:
+    now = time.time()
+    stamp = datetime.fromtimestamp(now).astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
+    if clear:
+        out.write("\x1b[H\x1b[2J")
+    out.write(f"{where} at {stamp}\n")
+    if rows:
+        table = fleet.format_fleet(rows, now, filters=filters, sort=args.sort, limit=args.limit)
+    else:
+        table = "no device has a retained state here"
+    out.write(table + "\n")
+    out.flush()
+
+
+def _broker_options(parser: argparse.ArgumentParser, required: bool) -> None:
+    parser.add_argument("--host", required=required, help="broker host (omit to print only)")
+    parser.add_argument("--port", type=int, default=1883)
+    parser.add_argument("--prefix", default=DEFAULT_PREFIX, help="topic prefix")
+    parser.add_argument("--cafile", help="CA certificate: turns TLS on")
+    parser.add_argument("--certfile", help="client certificate for mutual TLS")
+    parser.add_argument("--keyfile", help="client private key for mutual TLS")
+    parser.add_argument("--username")
+    parser.add_argument("--password-file")
+    parser.add_argument(
+        "--broker-timeout",
+        type=float,
+        default=10.0,
+        help="seconds to wait for the broker's answers (default 10)",
+    )
+
+
+def _add_command_parsers(sub: Any) -> None:
+    """One subcommand per command type; all share the signing and broker options."""
+    for name, text in (
+        ("play", "play pinned files"),
+        ("stream", "relay a live stream"),
+        ("stop", "stop playback"),
+        ("volume", "set the volume"),
+        ("report", "ask for the state now"),
+        ("relay", "switch the amplifier by hand (on needs --duration)"),
+    ):
+        cmd = sub.add_parser(name, help=text)
+        cmd.add_argument("--key", required=True, action="append", help="private key (repeatable)")
+        cmd.add_argument("--env", required=True, help="deployment environment, e.g. prod")
+        cmd.add_argument("--aud", required=True, action="append", help="dev:<id> or grp:<id>")
+        cmd.add_argument("--id", help="message id (default: cmd-<seq>)")
+        cmd.add_argument("--seq", type=int, help="sequence number (default: UTC milliseconds)")
+        cmd.add_argument("--ttl", type=float, default=300.0, help="seconds until it expires")
+        cmd.add_argument("--topic", help="publish here instead of the first audience's topic")
+        _broker_options(cmd, required=False)
+        if name in ("play", "stream"):
+            cmd.add_argument("--url", required=True)
+            cmd.add_argument(
+                "--priority", default="normal", help=f"one of {', '.join(vocabulary.PRIORITIES)}"
+            )
+            cmd.add_argument("--volume", type=int, help="percent, 0 to 100")
+            cmd.add_argument("--repeat", type=int)
+            cmd.add_argument("--max-duration", type=int, default=3600)
+            cmd.add_argument("--start-at", help="RFC 3339 instant to start at")
+        if name == "play":
+            cmd.add_argument("--file", help="local copy of the file, to pin its hash and size")
+            cmd.add_argument("--sha256")
+            cmd.add_argument("--size", type=int)
+            cmd.add_argument("--title")
+        if name == "stop":
+            cmd.add_argument("--target", default="all")
+        if name == "volume":
+            cmd.add_argument("--level", type=int, required=True, help="percent, 0 to 100")
+        if name == "relay":
+            cmd.add_argument("--state", choices=["on", "off", "auto"], required=True)
+            cmd.add_argument("--duration", type=int, help="seconds before it reverts to auto")
+        cmd.set_defaults(func=_sign_and_send)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="receiver-admin",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"loa-receiver {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    keygen = sub.add_parser("keygen", help="make an Ed25519 key pair")
+    keygen.add_argument("--id", required=True, help="the key id receivers will know it by")
+    keygen.add_argument("--out", required=True, help="where to write the private key (PEM)")
+    keygen.add_argument("--roles", nargs="+", default=["operator"])
+    keygen.add_argument("--scopes", nargs="+", default=["*"])
+    keygen.set_defaults(func=_keygen)
+
+    _add_command_parsers(sub)
+
+    watch = sub.add_parser("watch", help="print a device's state and events")
+    watch.add_argument("--device", required=True, help="a device id, or + for every device")
+    watch.add_argument("--timeout", type=float, default=0.0, help="seconds (0: until Ctrl-C)")
+    watch.add_argument("--count", type=int, default=0, help="stop after this many events")
+    watch.add_argument("--until", nargs="*", default=[], help="stop after an event of a kind")
+    _broker_options(watch, required=True)
+    watch.set_defaults(func=_watch)
+
+    fleet_cmd = sub.add_parser("fleet", help="a table of every device's state")
+    fleet_cmd.add_argument(
+        "--timeout", type=float, default=2.0, help="seconds to collect states (default 2)"
+    )
+    fleet_cmd.add_argument("--watch", action="store_true", help="redraw every second until Ctrl-C")
+    fleet_cmd.add_argument("--group", help="only devices in this group")
+    fleet_cmd.add_argument("--offline", action="store_true", help="only devices not reachable")
+    fleet_cmd.add_argument("--failing", action="store_true", help="only devices with a fault")
+    fleet_cmd.add_argument(
+        "--trust-below", type=int, metavar="VERSION", help="only keyrings older than VERSION"
+    )
+    fleet_cmd.add_argument(
+        "--missing-cache", action="store_true", help="only devices missing media"
+    )
+    fleet_cmd.add_argument(
+        "--pending-outbox", action="store_true", help="only devices with events not yet sent"
+    )
+    fleet_cmd.add_argument("--sort", choices=fleet.SORT_KEYS, default="device")
+    fleet_cmd.add_argument("--limit", type=int, help="show at most this many rows")
+    _broker_options(fleet_cmd, required=True)
+    fleet_cmd.set_defaults(func=_fleet)
+
+    admin_documents.add_parsers(sub, _broker_options, publish)
+    collector.add_parser(sub, _broker_options)
+    report.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    words = list(sys.argv[1:] if argv is None else argv)
+    if words[:2] == ["schedule", "show"]:
+        words[:2] = ["schedule-show"]
+    if words[:1] == ["report"] and any(w == "--db" or w.startswith("--db=") for w in words):
+        words[0] = "proof"  # the proof-of-play report; without --db, the report command
+    args = build_parser().parse_args(words)
+    try:
+        result: int = args.func(args)
+    except BrokerError as exc:
+        print(f"receiver-admin: {exc}", file=sys.stderr)
+        return EXIT_BROKER
+    except InputError as exc:
+        print(f"receiver-admin: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    except (OSError, ValueError) as exc:  # a file that is missing or unreadable, mostly
+        print(f"receiver-admin: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    except KeyboardInterrupt:
+        return 130
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,319 @@
+"""``receiver-admin collect``: every device's events and states, kept in SQLite, none lost.
+
+The collector holds a persistent MQTT session (a fixed client id, clean start off, a session
+the broker keeps for a week), so QoS 1 events published while it is stopped, or while the
+broker restarts, are queued for it. It acknowledges a message to the broker only after the row
+is committed (paho's manual acknowledgement): a kill at any instant loses nothing, and a message
+delivered again is stored once, because an event's key is (device, ``n``) and a state's is
+(device, ``ts``). Events are numbered by the device and never reused (see docs/protocol.md);
+an event whose (device, ``n``) is known with different content is kept aside in
+``event_conflicts`` rather than overwriting the first.
+
+Tables: ``events`` (one row per device event), ``states`` (every distinct state received,
+for offline periods and titles), ``schedules`` (the schedule documents seen retained, for
+planned start times). :mod:`receiver.central.report` reads them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import queue
+import signal
+import sqlite3
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any, Final
+
+from receiver.central.broker import BrokerOptions, Connection
+from receiver.central.received import DeviceMessage, device_topics, parse_device_message, ts_utc
+from receiver.core.envelope import parse_envelope
+from receiver.core.reasons import Rejection
+
+DEFAULT_CLIENT_ID: Final = "receiver-admin-collect"
+BATCH_S: Final = 0.05  # rows are committed (then acknowledged) at least this often
+
+SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS events (
+    device TEXT NOT NULL,
+    n INTEGER NOT NULL,
+    ts_utc REAL,
+    kind TEXT,
+    ref TEXT,
+    reason TEXT,
+    detail TEXT,
+    received_utc REAL NOT NULL,
+    raw BLOB NOT NULL,
+    PRIMARY KEY (device, n)
+);
+CREATE INDEX IF NOT EXISTS events_by_time ON events (ts_utc);
+CREATE TABLE IF NOT EXISTS event_conflicts (
+    device TEXT NOT NULL, n INTEGER NOT NULL, received_utc REAL NOT NULL, raw BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS states (
+    device TEXT NOT NULL,
+    ts_utc REAL NOT NULL,
+    online INTEGER NOT NULL,
+    state TEXT,
+    playing_ref TEXT,
+    playing_title TEXT,
+    playing_priority TEXT,
+    volume INTEGER,
+    received_utc REAL NOT NULL,
+    raw BLOB NOT NULL,
+    PRIMARY KEY (device, ts_utc)
+);
+CREATE TABLE IF NOT EXISTS schedules (
+    id TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    tz TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    PRIMARY KEY (id, version)
+);
+"""
+
+
+def open_database(path: Path) -> sqlite3.Connection:
+    """The collector's database (made if missing), durable at every commit."""
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")  # an acknowledged event survives a power cut
+    db.executescript(SCHEMA)
+    return db
+
+
+@dataclass
+class Counts:
+    events: int = 0
+    duplicates: int = 0
+    conflicts: int = 0
+    states: int = 0
+    schedules: int = 0
+
+
+def store_event(db: sqlite3.Connection, message: DeviceMessage, received: float, c: Counts) -> None:
+    body = message.body or {}
+    n = message.n
+    if n is None:
+        return  # not an event anyone can key; the device never sends one
+    cursor = db.execute(
+        "INSERT OR IGNORE INTO events "
+        "(device, n, ts_utc, kind, ref, reason, detail, received_utc, raw) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            message.device,
+            n,
+            ts_utc(body.get("ts")),
+            _text(body.get("kind")),
+            _text(body.get("ref")),
+            _text(body.get("reason")),
+            _text(body.get("detail")),
+            received,
+            message.raw,
+        ),
+    )
+    if cursor.rowcount:
+        c.events += 1
+        return
+    known = db.execute(
+        "SELECT raw FROM events WHERE device = ? AND n = ?", (message.device, n)
+    ).fetchone()
+    if known is not None and bytes(known[0]) == message.raw:
+        c.duplicates += 1
+    else:
+        c.conflicts += 1
+        db.execute(
+            "INSERT INTO event_conflicts (device, n, received_utc, raw) VALUES (?, ?, ?, ?)",
+            (message.device, n, received, message.raw),
+        )
+
+
+def store_state(db: sqlite3.Connection, message: DeviceMessage, received: float, c: Counts) -> None:
+    body = message.body
+    if body is None:
+        return
+    online = body.get("online") is True
+    # An offline state (the device's will) has no ts: it is dated by its arrival.
+    made = ts_utc(body.get("ts")) if online else received
+    if made is None:
+        return
+    found = body.get("playing")
+    playing: dict[str, Any] = found if isinstance(found, dict) else {}
+    volume = body.get("volume")
+    cursor = db.execute(
+        "INSERT OR IGNORE INTO states (device, ts_utc, online, state, playing_ref, "
+        "playing_title, playing_priority, volume, received_utc, raw) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            message.device,
+            made,
+            int(online),
+            _text(body.get("state")),
+            _text(playing.get("ref")),
+            _text(playing.get("title")),
+            _text(playing.get("priority")),
+            volume if isinstance(volume, int) else None,
+            received,
+            message.raw,
+        ),
+    )
+    c.states += cursor.rowcount
+
+
+def store_schedule(db: sqlite3.Connection, raw: bytes, c: Counts) -> None:
+    try:
+        payload = json.loads(parse_envelope(raw).body)
+    except (Rejection, ValueError):
+        return
+    if not isinstance(payload, dict):
+        return
+    sid, version, tz = payload.get("id"), payload.get("version"), payload.get("tz")
+    if isinstance(sid, str) and isinstance(version, int) and isinstance(tz, str):
+        cursor = db.execute(
+            "INSERT OR IGNORE INTO schedules (id, version, tz, payload) VALUES (?, ?, ?, ?)",
+            (sid, version, tz, json.dumps(payload, ensure_ascii=False)),
+        )
+        c.schedules += cursor.rowcount
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+@dataclass(frozen=True)
+class Arrival:
+    topic: str
+    payload: bytes
+    mid: int
+    qos: int
+    received_utc: float
+
+
+class Collector:
+    """Receives on a persistent session; stores, commits, then acknowledges each batch."""
+
+    def __init__(self, db: sqlite3.Connection, options: BrokerOptions, prefix: str, client_id: str):
+        self.db = db
+        self.prefix = prefix
+        self.counts = Counts()
+        self.arrivals: queue.Queue[Arrival] = queue.Queue()
+        state_topic, events_topic = device_topics(prefix)
+        self.connection = Connection(
+            options,
+            client_id=client_id,
+            persistent=True,
+            manual_ack=True,
+            subscriptions=(events_topic, state_topic, f"{prefix}/grp/+/schedule"),
+            on_message=lambda msg: self.arrivals.put(
+                Arrival(msg.topic, bytes(msg.payload), msg.mid, msg.qos, time.time())
+            ),
+        )
+
+    def _batch(self, wait_s: float) -> Iterator[Arrival]:
+        try:
+            yield self.arrivals.get(timeout=wait_s)
+        except queue.Empty:
+            return
+        while True:
+            try:
+                yield self.arrivals.get_nowait()
+            except queue.Empty:
+                return
+
+    def turn(self, wait_s: float = BATCH_S) -> int:
+        """Store what has arrived in one transaction, then acknowledge it; how many."""
+        batch = list(self._batch(wait_s))
+        if not batch:
+            return 0
+        with _transaction(self.db):
+            for arrival in batch:
+                self._store(arrival)
+        for arrival in batch:
+            if arrival.qos > 0:
+                self.connection.ack(arrival.mid, arrival.qos)
+        return len(batch)
+
+    def _store(self, arrival: Arrival) -> None:
+        if arrival.topic.endswith("/schedule"):
+            if arrival.payload:
+                store_schedule(self.db, arrival.payload, self.counts)
+            return
+        message = parse_device_message(arrival.topic, arrival.payload)
+        if message is None:
+            return
+        if message.channel == "events":
+            store_event(self.db, message, arrival.received_utc, self.counts)
+        else:
+            store_state(self.db, message, arrival.received_utc, self.counts)
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+@contextlib.contextmanager
+def _transaction(db: sqlite3.Connection) -> Iterator[None]:
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+
+
+def collect_command(args: argparse.Namespace) -> int:
+    db = open_database(Path(args.db))
+    collector = Collector(db, BrokerOptions.from_args(args), args.prefix, args.client_id)
+    stopping: list[int] = []
+
+    def stop(signum: int, _frame: FrameType | None) -> None:
+        stopping.append(signum)
+
+    previous: dict[int, Callable[..., Any] | int | None] = {
+        sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)
+    }
+    print(
+        f"collecting {args.prefix}/dev/+/events and state into {args.db} "
+        f"(session {args.client_id!r}); Ctrl-C to stop",
+        file=sys.stderr,
+        flush=True,
+    )
+    deadline = time.monotonic() + args.duration if args.duration else None
+    try:
+        while not stopping and (deadline is None or time.monotonic() < deadline):
+            collector.turn(0.2)
+        collector.turn(0.0)
+    finally:
+        collector.close()
+        db.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    c = collector.counts
+    print(
+        f"stored {c.events} events ({c.duplicates} repeated, {c.conflicts} conflicting), "
+        f"{c.states} states, {c.schedules} schedules",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def add_parser(sub: Any, broker_options: Callable[[argparse.ArgumentParser, bool], None]) -> None:
+    collect = sub.add_parser(
+        "collect", help="store every device's events and states in SQLite (persistent session)"
+    )
+    collect.add_argument("--db", required=True, help="the SQLite file (made if missing)")
+    collect.add_argument(
+        "--client-id",
+        default=DEFAULT_CLIENT_ID,
+        help=f"the session's client id: one per collector (default {DEFAULT_CLIENT_ID})",
+    )
+    collect.add_argument(
+        "--duration", type=float, default=0.0, help="stop after this many seconds (0: never)"
+    )
+    broker_options(collect, True)
+    collect.set_defaults(func=collect_command)

@@ -1,0 +1,273 @@
+"""``receiver-admin`` for retained documents: trust (the keyring) and schedules.
+
+A trust document is signed by root keys (several ``--key``: the threshold); a schedule by an
+operator key. Both are published retained, so a receiver that connects later still gets them.
+Because a retained document replaces the one before it for every board that connects later,
+nothing is published that a receiver would refuse: the document is checked first
+(:mod:`receiver.central.validate`), then compared with the retained one, whose version it must
+exceed. ``--dry-run`` prints that comparison (entries added, removed, retimed, changed) and
+sends nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import queue
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from receiver.central import programme
+from receiver.central.broker import BrokerOptions, Connection
+from receiver.central.inputs import InputError, load_keys, refuse_if_invalid
+from receiver.central.signing import (
+    key_entry,
+    schedule_payload,
+    sign_schedule,
+    sign_trust,
+    trust_payload,
+)
+from receiver.core.envelope import parse_envelope
+from receiver.core.reasons import Rejection
+
+Publisher = Callable[..., bool]
+DAY_S = 86400.0
+RETAINED_WAIT_S = 1.0  # the broker sends a retained message right after the SUBACK
+
+
+def _load_json(path: str, what: str) -> Any:
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read the {what} ({exc.strerror or exc})") from exc
+    except ValueError as exc:
+        raise InputError(f"{path}: the {what} is not JSON ({exc})") from exc
+
+
+def _thresholds(text: str | None) -> dict[str, int] | None:
+    if not text:
+        return None
+    result: dict[str, int] = {}
+    for part in text.split(","):
+        role, _, value = part.partition("=")
+        if role not in ("operator", "emergency", "root") or not value.isdigit():
+            raise InputError(
+                f"--thresholds: {part!r} is not role=number (operator, emergency, root)"
+            )
+        result[role] = int(value)
+    return result
+
+
+def retained_payload(args: argparse.Namespace, topic: str) -> dict[str, Any] | None:
+    """The payload of the document retained on ``topic`` now, or None if there is none."""
+    arrivals: queue.Queue[bytes] = queue.Queue()
+    with Connection(
+        BrokerOptions.from_args(args),
+        subscriptions=(topic,),
+        on_message=lambda msg: arrivals.put(bytes(msg.payload)) if msg.retain else None,
+    ):
+        try:
+            raw = arrivals.get(timeout=RETAINED_WAIT_S)
+        except queue.Empty:
+            return None
+    if not raw:
+        return None
+    try:
+        decoded = json.loads(parse_envelope(raw).body)
+    except (Rejection, ValueError):
+        return {}  # something unreadable is retained there: anything valid is better
+    return decoded if isinstance(decoded, dict) else {}
+
+
+def key_entry_command(args: argparse.Namespace) -> int:
+    """Print the keyring entry of a key, for a trust document's keyring file."""
+    key = load_keys([args.key])[0]
+    print(json.dumps(key_entry(key, args.roles, args.scopes), indent=2))
+    return 0
+
+
+def trust_command(args: argparse.Namespace, publish: Publisher) -> int:
+    keys = _load_json(args.keys, "keyring")
+    if not isinstance(keys, list):
+        raise InputError(f"{args.keys}: the keyring is a JSON list of key entries")
+    payload = trust_payload(
+        args.version,
+        keys,
+        env=args.env,
+        thresholds=_thresholds(args.thresholds),
+        doc_id=args.id,
+        ttl_s=args.ttl_days * DAY_S,
+    )
+    refuse_if_invalid("trust", payload)
+    topic = f"{args.prefix}/trust"
+    if args.host:
+        current = retained_payload(args, topic)
+        version = current.get("version") if current else None
+        if isinstance(version, int) and version >= args.version:
+            raise InputError(
+                f"{topic} holds trust version {version}; a receiver refuses version "
+                f"{args.version} (stale_version): give --version {version + 1} or above"
+            )
+    signers = load_keys(args.key)
+    envelope = sign_trust(payload, signers)
+    if not args.host:
+        sys.stdout.write(envelope.decode("utf-8") + "\n")
+        return 0
+    publish(args, topic, envelope, retain=True, expiry_s=None)
+    print(
+        f"sent trust version {args.version} ({len(keys)} keys, {len(signers)} signatures) "
+        f"to {topic}, retained"
+    )
+    return 0
+
+
+def _schedule_source(args: argparse.Namespace) -> dict[str, Any]:
+    path = str(args.file)
+    if path.endswith((".yaml", ".yml")):
+        return programme.compile_source(Path(path))
+    doc = _load_json(path, "schedule")
+    if not isinstance(doc, dict) or not isinstance(doc.get("entries"), list):
+        raise InputError(f"{path}: a schedule file is an object with an 'entries' list")
+    return doc
+
+
+def schedule_command(args: argparse.Namespace, publish: Publisher) -> int:
+    doc = _schedule_source(args)
+    schedule_id = args.id or doc.get("id")
+    version = args.version or doc.get("version")
+    if not isinstance(schedule_id, str) or not isinstance(version, int):
+        raise InputError("a schedule needs an id and an integer version (in the file or flags)")
+    payload = schedule_payload(
+        schedule_id,
+        version,
+        doc["entries"],
+        env=args.env,
+        aud=args.aud,
+        tz=doc.get("tz", "Asia/Ho_Chi_Minh"),
+        ttl_s=args.ttl_days * DAY_S,
+    )
+    refuse_if_invalid("schedule", payload)
+    for warning in programme.warnings(payload):
+        print(f"receiver-admin: warning: {warning}", file=sys.stderr)
+    groups = [a.partition(":")[2] for a in args.aud if a.startswith("grp:")]
+    if args.host and not groups:
+        raise InputError("schedules are published per group: give --aud grp:<id>")
+    topics = [f"{args.prefix}/grp/{group}/schedule" for group in groups]
+    retained = {topic: retained_payload(args, topic) for topic in topics} if args.host else {}
+    if args.dry_run:
+        for topic in topics or ["(no broker: compared with nothing)"]:
+            print(f"{topic}:")
+            for line in programme.diff(retained.get(topic), payload):
+                print(f"  {line}")
+        return 0
+    for topic, current in retained.items():
+        held = current.get("version") if current else None
+        same_stream = current and current.get("id") == schedule_id
+        if same_stream and isinstance(held, int) and held >= version:
+            raise InputError(
+                f"{topic} holds {schedule_id} version {held}; a receiver refuses version "
+                f"{version} (stale_version): give --version {held + 1} or above"
+            )
+    envelope = sign_schedule(payload, load_keys(args.key))
+    if not args.host:
+        sys.stdout.write(envelope.decode("utf-8") + "\n")
+        return 0
+    for topic in topics:
+        publish(args, topic, envelope, retain=True, expiry_s=None)
+        print(f"sent schedule {schedule_id} version {version} to {topic}, retained")
+    return 0
+
+
+def show_command(args: argparse.Namespace) -> int:
+    """``schedule show``: what a group (or a device) holds now and its next occurrences."""
+    options = BrokerOptions.from_args(args)
+    if args.device:
+        state_topic = f"{args.prefix}/dev/{args.device}/state"
+        state = retained_payload_raw(options, state_topic)
+        state_doc = json.loads(state) if state else None
+        held = state_doc.get("schedules", {}) if isinstance(state_doc, dict) else {}
+        groups = args.group or []
+        if not groups and isinstance(state_doc, dict):
+            groups = [g for g in state_doc.get("groups", []) if isinstance(g, str)]
+        print(
+            f"device {args.device} holds: "
+            + (", ".join(f"{sid} v{v}" for sid, v in sorted(held.items())) or "no schedule")
+        )
+    else:
+        groups, held = args.group or [], None
+    if not groups:
+        raise InputError("give --group <id> (or --device <id> whose state names its groups)")
+    now = time.time()
+    for group in groups:
+        topic = f"{args.prefix}/grp/{group}/schedule"
+        current = retained_payload(args, topic)
+        print(f"group {group} ({topic}):")
+        for line in programme.describe(current, now, days=args.days, device_holds=held):
+            print(f"  {line}")
+    return 0
+
+
+def retained_payload_raw(options: BrokerOptions, topic: str) -> bytes | None:
+    arrivals: queue.Queue[bytes] = queue.Queue()
+    with Connection(
+        options,
+        subscriptions=(topic,),
+        on_message=lambda msg: arrivals.put(bytes(msg.payload)) if msg.retain else None,
+    ):
+        try:
+            return arrivals.get(timeout=RETAINED_WAIT_S) or None
+        except queue.Empty:
+            return None
+
+
+def add_parsers(
+    sub: Any, broker_options: Callable[[argparse.ArgumentParser, bool], None], publish: Publisher
+) -> None:
+    entry = sub.add_parser("key-entry", help="print a key's entry for a trust keyring file")
+    entry.add_argument("--key", required=True, help="the private key file (its id file beside)")
+    entry.add_argument("--roles", nargs="+", required=True)
+    entry.add_argument("--scopes", nargs="+", default=["*"])
+    entry.set_defaults(func=key_entry_command)
+
+    trust = sub.add_parser("trust", help="sign and publish a trust document (a new keyring)")
+    trust.add_argument("--version", type=int, required=True, help="above the fleet's current")
+    trust.add_argument("--keys", required=True, help="JSON list of key entries (see key-entry)")
+    trust.add_argument("--env", required=True)
+    trust.add_argument("--key", action="append", required=True, help="a root key (repeatable)")
+    trust.add_argument("--thresholds", help="e.g. operator=1,emergency=1,root=2")
+    trust.add_argument("--id", help="document id (default trust-v<version>)")
+    trust.add_argument("--ttl-days", type=float, default=30.0, help="days it may be taken up")
+    broker_options(trust, False)
+    trust.set_defaults(func=lambda a: trust_command(a, publish))
+
+    schedule = sub.add_parser(
+        "schedule", help="sign and publish a schedule (retained); 'schedule show' reads one"
+    )
+    schedule.add_argument(
+        "--file", required=True, help="a programme: YAML source (.yaml) or JSON {id, version, ...}"
+    )
+    schedule.add_argument("--env", required=True)
+    schedule.add_argument("--aud", action="append", required=True, help="grp:<id> (repeatable)")
+    schedule.add_argument("--key", action="append", required=True, help="an operator key")
+    schedule.add_argument("--id", help="schedule id (overrides the file's)")
+    schedule.add_argument("--version", type=int, help="version (overrides the file's)")
+    schedule.add_argument("--ttl-days", type=float, default=30.0, help="days it may be taken up")
+    schedule.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="show the change against the retained one; send nothing",
+    )
+    broker_options(schedule, False)
+    schedule.set_defaults(func=lambda a: schedule_command(a, publish))
+
+    show = sub.add_parser(
+        "schedule-show", help="the programme a group or device holds now, next plays in local time"
+    )
+    show.add_argument("--group", action="append", help="a group id (repeatable)")
+    show.add_argument("--device", help="a device id: what its state says it holds")
+    show.add_argument("--days", type=int, default=7, help="how many days ahead (default 7)")
+    broker_options(show, True)
+    show.set_defaults(func=show_command)

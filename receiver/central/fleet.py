@@ -1,0 +1,226 @@
+"""``receiver-admin fleet``: every device's retained state as one table, filtered and sorted.
+
+One row per device from ``{prefix}/dev/+/state``. "Last seen" is the age of the state's ``ts``
+by this machine's clock (``?`` when the device says its clock is not synchronised); an offline
+state has no ``ts``, so it shows when this tool saw the device go offline, or ``-`` for an
+offline state that was already retained. Filters keep the rows an operator is looking for at
+province size (a group, the offline, the failing, a stale keyring, a cache missing files, events
+waiting in the outbox); the summary line counts the whole fleet, not only the rows shown.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from receiver.central.received import ts_utc
+
+COLUMNS: Final = (
+    "DEVICE",
+    "ONLINE",
+    "STATE",
+    "VOL",
+    "RELAY",
+    "SCHEDULES",
+    "TRUST",
+    "MISSING",
+    "OUTBOX",
+    "LAST SEEN",
+)
+SORT_KEYS: Final = ("device", "last-seen", "trust", "missing", "outbox")
+STALE_AFTER_S: Final = 15 * 60.0  # no fresh state for this long: counted as offline
+_TITLE_CHARS = 32
+_SCHEDULE_CHARS = 40
+
+
+@dataclass(frozen=True)
+class DeviceRow:
+    """What the fleet table knows of one device: its last state and when that arrived."""
+
+    device: str
+    state: dict[str, Any] | None  # None: the payload was not a JSON object
+    received_utc: float
+    retained: bool
+
+    @property
+    def online(self) -> bool:
+        return self.state is not None and self.state.get("online") is True
+
+    def age_s(self, now_utc: float) -> float | None:
+        if self.state is None:
+            return None
+        made = ts_utc(self.state.get("ts"))
+        return None if made is None else now_utc - made
+
+    def reachable(self, now_utc: float) -> bool:
+        """Online and heard from lately (a retained online state of a dead board is not).
+
+        A device whose clock is not synchronised cannot date its state: online is all we know.
+        """
+        if not self.online:
+            return False
+        if (self.state or {}).get("clock_synced") is False:
+            return True
+        age = self.age_s(now_utc)
+        return age is not None and age < STALE_AFTER_S
+
+    def number(self, *path: str) -> int:
+        value: Any = self.state
+        for part in path:
+            value = value.get(part) if isinstance(value, dict) else None
+        return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+    @property
+    def failing(self) -> bool:
+        """A local fault, a link error said, or files the device needs and does not have."""
+        state = self.state or {}
+        link = state.get("link")
+        return bool(state.get("faults")) or (isinstance(link, dict) and link.get("up") is False)
+
+    @property
+    def groups(self) -> tuple[str, ...]:
+        groups = (self.state or {}).get("groups")
+        return tuple(g for g in groups if isinstance(g, str)) if isinstance(groups, list) else ()
+
+
+@dataclass(frozen=True)
+class Filters:
+    group: str | None = None
+    offline: bool = False
+    failing: bool = False
+    trust_below: int | None = None  # stale keyring: trust_version below this
+    missing_cache: bool = False
+    pending_outbox: bool = False
+
+    def keep(self, row: DeviceRow, now_utc: float) -> bool:
+        if self.group is not None and self.group not in row.groups:
+            return False
+        if self.offline and row.reachable(now_utc):
+            return False
+        if self.failing and not row.failing:
+            return False
+        if self.trust_below is not None and (
+            not row.online or row.number("trust_version") >= self.trust_below
+        ):
+            return False
+        if self.missing_cache and row.number("cache", "missing") == 0:
+            return False
+        return not (self.pending_outbox and row.number("outbox", "pending") == 0)
+
+
+def _short(text: str, limit: int) -> str:
+    text = " ".join(unicodedata.normalize("NFC", text).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _age(seconds: float) -> str:
+    if seconds < -5:
+        return "future"
+    seconds = max(0.0, seconds)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit}"
+    return f"{int(seconds)}s"
+
+
+def fleet_row(row: DeviceRow, now_utc: float) -> tuple[str, ...]:
+    """The table cells for one device (see COLUMNS)."""
+    state = row.state
+    if state is None:
+        return (row.device, "?", "(not a state message)", *[""] * 7)
+    online = state.get("online")
+    if online is not True:
+        seen = "-" if row.retained else _age(now_utc - row.received_utc)
+        return (row.device, "no" if online is False else "?", *["-"] * 7, seen)
+    playing = state.get("playing")
+    what = str(state.get("state", "?"))
+    if what == "playing" and isinstance(playing, dict):
+        what = "playing: " + _short(str(playing.get("title", "?")), _TITLE_CHARS)
+    if state.get("faults"):
+        what += " [fault: " + ",".join(map(str, state["faults"])) + "]"
+    relays = state.get("relays")
+    relay = str(relays.get("amp", "?")) if isinstance(relays, dict) else "?"
+    if state.get("relay_override") is not None:
+        relay += " (manual)"
+    schedules = state.get("schedules")
+    if isinstance(schedules, dict):
+        compact = ",".join(f"{sid}:{version}" for sid, version in sorted(schedules.items()))
+        schedule_text = _short(compact, _SCHEDULE_CHARS) or "-"
+    else:
+        schedule_text = "?"
+    age = row.age_s(now_utc)
+    seen = "?" if age is None else _age(age)
+    if age is not None and state.get("clock_synced") is False:
+        seen += "?"
+    return (
+        row.device,
+        "yes",
+        what,
+        str(state.get("volume", "?")),
+        relay,
+        schedule_text,
+        str(state.get("trust_version", "?")),
+        str(row.number("cache", "missing")),
+        str(row.number("outbox", "pending")),
+        seen,
+    )
+
+
+def _sort_key(name: str, now_utc: float) -> Callable[[DeviceRow], Any]:
+    if name == "last-seen":  # the longest silent first
+        return lambda r: (-(r.age_s(now_utc) or float("inf")), r.device)
+    if name == "trust":
+        return lambda r: (r.number("trust_version"), r.device)
+    if name == "missing":
+        return lambda r: (-r.number("cache", "missing"), r.device)
+    if name == "outbox":
+        return lambda r: (-r.number("outbox", "pending"), r.device)
+    return lambda r: r.device
+
+
+def summary(rows: Iterable[DeviceRow], now_utc: float, shown: int) -> str:
+    """One line for the whole fleet (not only the rows a filter kept)."""
+    every = list(rows)
+    total = len(every)
+    reachable = sum(1 for r in every if r.reachable(now_utc))
+    playing = sum(1 for r in every if r.online and (r.state or {}).get("state") == "playing")
+    failing = sum(1 for r in every if r.failing)
+    versions = [r.number("trust_version") for r in every if r.online]
+    newest = max(versions, default=0)
+    stale = sum(1 for v in versions if v < newest)
+    missing = sum(1 for r in every if r.number("cache", "missing") > 0)
+    pending = sum(1 for r in every if r.number("outbox", "pending") > 0)
+    line = (
+        f"{total} device{'' if total == 1 else 's'}: {reachable} online, "
+        f"{total - reachable} offline or unknown, {playing} playing, {failing} failing, "
+        f"{stale} below trust {newest}, {missing} missing media, {pending} with pending events"
+    )
+    return line if shown == total else f"{line} ({shown} shown)"
+
+
+def format_fleet(
+    rows: Mapping[str, DeviceRow],
+    now_utc: float,
+    *,
+    filters: Filters | None = None,
+    sort: str = "device",
+    limit: int | None = None,
+) -> str:
+    """The table (filtered, sorted, at most ``limit`` rows) and a summary line."""
+    kept = [r for r in rows.values() if filters is None or filters.keep(r, now_utc)]
+    kept.sort(key=_sort_key(sort, now_utc))
+    shown = kept if limit is None else kept[:limit]
+    cells = [COLUMNS] + [fleet_row(row, now_utc) for row in shown]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(COLUMNS))]
+    lines = [
+        "  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip()
+        for line in cells
+    ]
+    if len(shown) < len(kept):
+        lines.append(f"... {len(kept) - len(shown)} more (raise --limit)")
+    if any(len(line[-1]) > 1 and line[-1].endswith("?") for line in cells[1:]):
+        lines.append("(an age ending in ? comes from a device whose clock is not synchronised)")
+    lines.append(summary(rows.values(), now_utc, len(kept)))
+    return "\n".join(lines)

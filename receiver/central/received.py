@@ -1,0 +1,60 @@
+"""What the devices send back (state and events), parsed in one place for every reader.
+
+``watch``, ``fleet``, ``collect`` and ``report`` all read device messages through
+:func:`parse_device_message`, so a check that applies to every received message (such as a
+device's signature over its report) is added here once.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+Channel = Literal["state", "events"]
+
+
+@dataclass(frozen=True)
+class DeviceMessage:
+    """A device's state or event, as received: ``body`` is None when it is not a JSON object."""
+
+    device: str
+    channel: Channel
+    body: dict[str, Any] | None
+    raw: bytes
+
+    @property
+    def n(self) -> int | None:
+        """An event's number (``None`` for a state, or an event without a usable one)."""
+        value = self.body.get("n") if self.body is not None else None
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def device_topics(prefix: str, device: str = "+") -> tuple[str, str]:
+    return f"{prefix}/dev/{device}/state", f"{prefix}/dev/{device}/events"
+
+
+def parse_device_message(topic: str, payload: bytes) -> DeviceMessage | None:
+    """The device message on ``topic`` (``.../dev/<id>/state|events``), or None if not one."""
+    parts = topic.rsplit("/", 3)
+    if len(parts) != 4 or parts[1] != "dev" or parts[3] not in ("state", "events"):
+        return None
+    channel: Channel = "state" if parts[3] == "state" else "events"
+    try:
+        value = json.loads(payload.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        value = None
+    body = value if isinstance(value, dict) else None
+    return DeviceMessage(parts[2], channel, body, bytes(payload))
+
+
+def ts_utc(value: Any) -> float | None:
+    """A message's RFC 3339 ``ts`` as seconds since the epoch, or None if it is not one."""
+    if not isinstance(value, str) or len(value) > 40:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return None if moment.tzinfo is None else moment.timestamp()

@@ -1,0 +1,319 @@
+"""``receiver-admin report``: proof of play, per device and local day, from the collected events.
+
+Reads the collector's database (:mod:`receiver.central.collector`). Each ``started`` event is
+one row: its title and level (from the device's state while it played, or from the schedule
+entry it belongs to), the planned start (a schedule occurrence's; a command has none), the
+actual start, the duration until the item's end event, and how it ended (finished, stopped,
+preempted, failed with the reason). Refused commands and failures without a start are rows too,
+and so is every period the device was offline. As CSV (``--csv``) or a readable table; the
+headers in English or Vietnamese (``--lang vi``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sqlite3
+import sys
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from pathlib import Path
+from typing import Any, Final, TextIO
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from receiver.central.inputs import InputError
+
+END_KINDS: Final = ("finished", "stopped", "preempted", "failed")
+HEADERS: Final = {
+    "en": (
+        "Device",
+        "Day",
+        "Title",
+        "Level",
+        "Planned",
+        "Started",
+        "Duration",
+        "Outcome",
+        "Why",
+    ),
+    "vi": (
+        "Thiết bị",
+        "Ngày",
+        "Nội dung",
+        "Mức ưu tiên",
+        "Giờ dự kiến",
+        "Giờ phát",
+        "Thời lượng",
+        "Kết quả",
+        "Lý do",
+    ),
+}
+WORDS: Final = {
+    "vi": {
+        "finished": "đã phát xong",
+        "stopped": "bị dừng",
+        "preempted": "bị ngắt bởi bản tin ưu tiên",
+        "failed": "lỗi",
+        "rejected": "bị từ chối",
+        "offline": "mất kết nối",
+        "playing": "đang phát",
+        "normal": "thường",
+        "priority": "ưu tiên",
+        "emergency": "khẩn cấp",
+    }
+}
+
+
+@dataclass(frozen=True)
+class ReportRow:
+    device: str
+    day: date
+    title: str
+    level: str
+    planned_utc: float | None
+    started_utc: float | None
+    duration_s: float | None
+    outcome: str
+    why: str
+    sort_utc: float
+
+
+def _schedules(db: sqlite3.Connection) -> dict[tuple[str, str], dict[str, Any]]:
+    """(schedule id, entry id) -> the entry of the newest version that has it, with its tz."""
+    found: dict[tuple[str, str], dict[str, Any]] = {}
+    for sid, tz, payload in db.execute("SELECT id, tz, payload FROM schedules ORDER BY version"):
+        for entry in json.loads(payload).get("entries", []):
+            if isinstance(entry, dict) and isinstance(entry.get("id"), str):
+                found[(sid, entry["id"])] = {**entry, "tz": tz}
+    return found
+
+
+def _planned(ref: str, entries: dict[tuple[str, str], dict[str, Any]]) -> dict[str, Any] | None:
+    """A schedule occurrence's ref is schedule/entry/YYYY-MM-DD: its entry and planned start."""
+    parts = ref.split("/")
+    if len(parts) != 3 or (parts[0], parts[1]) not in entries:
+        return None
+    entry = entries[(parts[0], parts[1])]
+    try:
+        day = date.fromisoformat(parts[2])
+        hour, minute = (int(x) for x in str(entry["at"]).split(":"))
+        zone = ZoneInfo(entry["tz"])
+    except (ValueError, KeyError, ZoneInfoNotFoundError):
+        return None
+    start = datetime(day.year, day.month, day.day, hour, minute, tzinfo=zone).timestamp()
+    files = entry.get("source", {}).get("files") or [{}]
+    title = files[0].get("title") or entry.get("source", {}).get("stream", {}).get("url")
+    return {"start": start, "title": title or entry["id"], "priority": entry.get("priority")}
+
+
+def rows(
+    db: sqlite3.Connection, zone: ZoneInfo, first: date, last: date, device: str | None = None
+) -> Iterator[ReportRow]:
+    """Every report row whose local day is in [first, last], by device then time."""
+    lo = datetime(first.year, first.month, first.day, tzinfo=zone).timestamp()
+    end_day = last + timedelta(days=1)
+    hi = datetime(end_day.year, end_day.month, end_day.day, tzinfo=zone).timestamp()
+    entries = _schedules(db)
+    params = [device, device]  # "(? IS NULL OR device = ?)": one device, or all
+    titles: dict[tuple[str, str], tuple[str | None, str | None]] = {}
+    for dev, ref, title, priority in db.execute(
+        "SELECT device, playing_ref, playing_title, playing_priority FROM states "
+        "WHERE playing_ref IS NOT NULL AND ts_utc >= ? AND ts_utc < ? "
+        "AND (? IS NULL OR device = ?)",
+        [lo - 86400, hi + 86400, *params],
+    ):
+        titles.setdefault((dev, ref), (title, priority))
+    events = db.execute(
+        "SELECT device, n, ts_utc, kind, ref, reason, detail FROM events "
+        "WHERE ts_utc >= ? AND ts_utc < ? AND (? IS NULL OR device = ?) ORDER BY device, n",
+        [lo, hi + 86400, *params],
+    ).fetchall()
+    found: list[ReportRow] = []
+    open_items: dict[tuple[str, str], tuple[float, int]] = {}
+    ended: dict[tuple[str, str, int], tuple[str, float, str]] = {}
+    for dev, n, ts, kind, ref, reason, detail in events:
+        if kind == "started" and ref:
+            open_items[(dev, ref)] = (ts, n)
+        elif kind in END_KINDS and ref and (dev, ref) in open_items:
+            _start_ts, start_n = open_items.pop((dev, ref))
+            ended[(dev, ref, start_n)] = (kind, ts, reason or detail or "")
+    for dev, n, ts, kind, ref, reason, detail in events:
+        if ts is None or ts >= hi:
+            continue
+        day = datetime.fromtimestamp(ts, zone).date()
+        if kind == "started" and ref:
+            plan = _planned(ref, entries)
+            title, priority = titles.get((dev, ref), (None, None))
+            end = ended.get((dev, ref, n))
+            found.append(
+                ReportRow(
+                    device=dev,
+                    day=day,
+                    title=title or (plan or {}).get("title") or ref,
+                    level=priority or (plan or {}).get("priority") or "?",
+                    planned_utc=plan["start"] if plan else None,
+                    started_utc=ts,
+                    duration_s=(end[1] - ts) if end else None,
+                    outcome=end[0] if end else "playing",
+                    why=end[2] if end and end[0] != "finished" else "",
+                    sort_utc=ts,
+                )
+            )
+        elif kind in ("failed", "rejected") and not (
+            kind == "failed" and ref and any(k[:2] == (dev, ref) for k in ended)
+        ):
+            plan = _planned(ref or "", entries)
+            found.append(
+                ReportRow(
+                    device=dev,
+                    day=day,
+                    title=(plan or {}).get("title") or ref or "-",
+                    level=(plan or {}).get("priority") or "-",
+                    planned_utc=plan["start"] if plan else None,
+                    started_utc=None,
+                    duration_s=None,
+                    outcome=kind,
+                    why=": ".join(x for x in (reason, detail) if x),
+                    sort_utc=ts,
+                )
+            )
+    found.extend(_offline_rows(db, zone, lo, hi, params=params))
+    found.sort(key=lambda r: (r.device, r.sort_utc))
+    yield from found
+
+
+def _offline_rows(
+    db: sqlite3.Connection, zone: ZoneInfo, lo: float, hi: float, *, params: list[Any]
+) -> Iterator[ReportRow]:
+    """Offline periods from the state transitions: from an offline state to the next online."""
+    went: dict[str, float] = {}
+    previous: dict[str, int] = {}
+    for dev, ts, online in db.execute(
+        "SELECT device, ts_utc, online FROM states "
+        "WHERE ts_utc < ? AND (? IS NULL OR device = ?) ORDER BY device, ts_utc",
+        [hi, *params],
+    ):
+        if not online and previous.get(dev, 1):
+            went[dev] = ts
+        elif online and dev in went:
+            start = went.pop(dev)
+            if ts > lo:
+                yield _offline(dev, zone, max(start, lo), ts)
+        previous[dev] = online
+    for dev, start in went.items():
+        yield _offline(dev, zone, max(start, lo), None)
+
+
+def _offline(dev: str, zone: ZoneInfo, start: float, end: float | None) -> ReportRow:
+    return ReportRow(
+        device=dev,
+        day=datetime.fromtimestamp(start, zone).date(),
+        title="-",
+        level="-",
+        planned_utc=None,
+        started_utc=start,
+        duration_s=None if end is None else end - start,
+        outcome="offline",
+        why="" if end is not None else "still offline",
+        sort_utc=start,
+    )
+
+
+def _clock(utc: float | None, zone: ZoneInfo) -> str:
+    return "-" if utc is None else datetime.fromtimestamp(utc, zone).strftime("%H:%M:%S")
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    whole = round(seconds)
+    hours, rest = divmod(whole, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}"
+
+
+def cells(row: ReportRow, zone: ZoneInfo, lang: str) -> tuple[str, ...]:
+    words = WORDS.get(lang, {})
+    return (
+        row.device,
+        row.day.isoformat(),
+        row.title,
+        words.get(row.level, row.level),
+        _clock(row.planned_utc, zone),
+        _clock(row.started_utc, zone),
+        _duration(row.duration_s),
+        words.get(row.outcome, row.outcome),
+        row.why,
+    )
+
+
+def write_csv(out: TextIO, found: Iterable[ReportRow], zone: ZoneInfo, lang: str) -> int:
+    writer = csv.writer(out)
+    writer.writerow(HEADERS[lang])
+    count = 0
+    for row in found:
+        writer.writerow(cells(row, zone, lang))
+        count += 1
+    return count
+
+
+def write_table(out: TextIO, found: Iterable[ReportRow], zone: ZoneInfo, lang: str) -> int:
+    lines = [HEADERS[lang]] + [cells(row, zone, lang) for row in found]
+    widths = [min(40, max(len(line[i]) for line in lines)) for i in range(len(HEADERS[lang]))]
+    for line in lines:
+        text = "  ".join(
+            (c if len(c) <= w else c[: w - 1] + "…").ljust(w)
+            for c, w in zip(line, widths, strict=True)
+        )
+        out.write(text.rstrip() + "\n")
+    return len(lines) - 1
+
+
+def _day(text: str, flag: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError as exc:
+        raise InputError(f"{flag} {text!r}: give a date YYYY-MM-DD") from exc
+
+
+def report_command(args: argparse.Namespace) -> int:
+    path = Path(args.db)
+    if not path.is_file():
+        raise InputError(f"--db {path}: no such file (receiver-admin collect makes it)")
+    try:
+        zone = ZoneInfo(args.tz)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise InputError(f"--tz {args.tz!r}: not a known IANA time zone") from exc
+    today = datetime.now(zone).date()
+    first = _day(args.since, "--from") if args.since else today.replace(day=1)
+    last = _day(args.until, "--to") if args.until else today
+    if last < first:
+        raise InputError(f"--to {last} is before --from {first}")
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        found = rows(db, zone, first, last, args.device)
+        writer = write_csv if args.csv else write_table
+        count = writer(sys.stdout, found, zone, args.lang)
+    except sqlite3.DatabaseError as exc:
+        raise InputError(f"--db {path}: not a collector database ({exc})") from exc
+    finally:
+        db.close()
+    if not args.csv:
+        print(f"{count} rows, {first} to {last}, times in {args.tz}", file=sys.stderr)
+    return 0
+
+
+def add_parser(sub: Any) -> None:
+    report = sub.add_parser(
+        "proof",
+        help="proof of play per device and day, from the collector's database",
+    )
+    report.add_argument("--db", required=True, help="the collector's SQLite file")
+    report.add_argument("--from", dest="since", help="first local day, YYYY-MM-DD (default: 1st)")
+    report.add_argument("--to", dest="until", help="last local day, YYYY-MM-DD (default: today)")
+    report.add_argument("--device", help="one device only")
+    report.add_argument("--tz", default="Asia/Ho_Chi_Minh", help="local time zone of the report")
+    report.add_argument("--csv", action="store_true", help="CSV instead of a table")
+    report.add_argument("--lang", choices=sorted(HEADERS), default="en", help="header language")
+    report.set_defaults(func=report_command)

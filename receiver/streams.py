@@ -1,0 +1,326 @@
+"""What a live-relay URL really is, found out before libVLC opens it.
+
+A station publishes its relay as one of:
+
+* an Icecast/HTTP stream (``audio/mpeg``, ``application/ogg`` …): libVLC reads it directly;
+* an HLS live stream (an ``.m3u8`` playlist with ``#EXT-X-`` tags): libVLC's adaptive demux
+  fetches the playlist and its segments, and must *not* get ``:http-continuous`` (with it libVLC
+  re-asks for the playlist hundreds of times a second and never plays a segment);
+* a ``.m3u`` or ``.pls`` playlist naming the stream (Icecast serves one for every mount): libVLC
+  would open it as a one-item playlist and end, and with ``:http-continuous`` reopen it in a
+  loop. We read it ourselves and play the first entry on the allowlist.
+
+:func:`resolve` asks the server (one ``GET`` per URL, following at most :data:`MAX_REDIRECTS`
+redirects, each target checked against the allowlist by :func:`receiver.core.urls.check_url`,
+the rule the core applied to the first URL) and returns a :class:`Resolved`: the URL to give
+libVLC (after redirects and playlists) and its :data:`StreamKind`. For a stream it reads only
+the headers and hangs up. Playlists are read up to :data:`MAX_PLAYLIST_BYTES`, nested at most
+:data:`MAX_DEPTH` deep, and an entry already visited (a playlist naming itself) is refused.
+Every URI an HLS playlist names (variant playlists, segments) must pass the allowlist too; the
+segments of a variant playlist are fetched later by libVLC and are not checked again.
+
+Everything has one deadline (:data:`RESOLVE_DEADLINE_S`): a server trickling a byte a second
+fails on time. Failures raise :class:`StreamRefused` whose ``detail`` is built from our own
+words, numbers and hosts that passed validation, never from server-supplied text.
+
+:func:`media_options` gives the libVLC options for each kind. The module does network I/O; it
+is called from the player's resolver thread, never from the daemon's loop.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final, Literal
+from urllib.parse import urljoin, urlsplit
+
+from receiver.config_model import MediaConfig
+from receiver.core import urls
+
+__all__ = [
+    "MAX_DEPTH",
+    "MAX_PLAYLIST_BYTES",
+    "MAX_REDIRECTS",
+    "NETWORK_CACHING_MS",
+    "RESOLVE_DEADLINE_S",
+    "Resolved",
+    "StreamKind",
+    "StreamRefused",
+    "guess_kind",
+    "media_options",
+    "parse_playlist",
+    "resolve",
+    "stream_resolver",
+]
+
+StreamKind = Literal["stream", "hls"]
+
+MAX_REDIRECTS: Final = 3
+MAX_DEPTH: Final = 3  # a playlist naming a playlist naming a stream
+MAX_PLAYLIST_BYTES: Final = 64 * 1024
+MAX_HEADER_BYTES: Final = 16 * 1024
+RESOLVE_DEADLINE_S: Final = 10.0
+CONNECT_TIMEOUT_S: Final = 5.0
+
+# How much a URL's input buffers before it plays: the audio a stream hiccup can last without a
+# gap. libVLC's default is 1000 ms; Wi-Fi on a Pi and a distant Icecast deserve more. It does not
+# delay the start of a stream from Icecast, whose burst-on-connect fills it at once.
+NETWORK_CACHING_MS: Final = 3000
+
+_PLAYLIST_TYPES: Final = frozenset(
+    {
+        "application/vnd.apple.mpegurl",
+        "application/x-mpegurl",
+        "audio/mpegurl",
+        "audio/x-mpegurl",
+        "audio/x-scpls",
+        "application/pls+xml",
+        "audio/scpls",
+    }
+)
+_PLAYLIST_SUFFIXES: Final = (".m3u8", ".m3u", ".pls")
+_AUDIO_PREFIXES: Final = ("audio/", "video/")
+_AUDIO_TYPES: Final = frozenset({"application/ogg", "application/octet-stream"})
+
+
+class StreamRefused(Exception):  # noqa: N818 - an outcome reported to central, not a bug
+    """The URL cannot be relayed; ``detail`` says why in our own words."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """What libVLC should open, and how."""
+
+    url: str
+    kind: StreamKind
+
+
+def media_options(kind: StreamKind) -> list[str]:
+    """The libVLC options for a live relay of ``kind``.
+
+    A stream gets ``:http-continuous`` (a plain-HTTP stream then reconnects once when the
+    server closes it, as an Icecast one does anyway). HLS must not: the adaptive demux asks for
+    the playlist and its segments itself, at the pace the playlist's target duration sets.
+    """
+    options = [f":network-caching={NETWORK_CACHING_MS}"]
+    if kind == "stream":
+        options.append(":http-continuous")
+    return options
+
+
+def guess_kind(url: str) -> StreamKind:
+    """The kind told by the URL alone (for a player without a resolver): ``.m3u8`` is HLS."""
+    return "hls" if urlsplit(url).path.lower().endswith(".m3u8") else "stream"
+
+
+def stream_resolver(media: MediaConfig) -> Callable[[str], Resolved]:
+    """:func:`resolve` with the technician's allowlist bound, for the player."""
+
+    def resolve_on_allowlist(url: str) -> Resolved:
+        return resolve(url, media.allowed_schemes, media.allowed_hosts)
+
+    return resolve_on_allowlist
+
+
+def resolve(
+    url: str,
+    allowed_schemes: tuple[str, ...],
+    allowed_hosts: tuple[str, ...],
+    *,
+    deadline_s: float = RESOLVE_DEADLINE_S,
+) -> Resolved:
+    """Find what ``url`` serves (see the module docstring); raise :class:`StreamRefused`."""
+    deadline = time.monotonic() + deadline_s
+    seen: set[str] = set()
+    for _depth in range(MAX_DEPTH + 1):
+        final, content_type, body = _get(url, allowed_schemes, allowed_hosts, deadline)
+        seen.update((url, final))
+        if body is None:
+            return Resolved(final, "stream")
+        text = body.decode("utf-8", errors="replace").lstrip("\ufeff")
+        if _is_hls(text):
+            _check_hls_uris(text, final, allowed_schemes, allowed_hosts)
+            return Resolved(final, "hls")
+        entries = parse_playlist(text, final)
+        if not entries:
+            what = "a playlist" if content_type in _PLAYLIST_TYPES else "a text"
+            raise StreamRefused(f"the server answered {what} with no stream in it")
+        url = _first_allowed(entries, seen, allowed_schemes, allowed_hosts)
+    raise StreamRefused(f"playlists nested deeper than {MAX_DEPTH}")
+
+
+def parse_playlist(text: str, base: str) -> list[str]:
+    """The entries of an M3U or PLS playlist, as absolute URLs, in order (pure)."""
+    lines = [line.strip() for line in text.splitlines()]
+    if lines and lines[0].lower() == "[playlist]":
+        files = []
+        for line in lines[1:]:
+            key, sep, value = line.partition("=")
+            if sep and key.strip().lower().startswith("file") and value.strip():
+                files.append(urljoin(base, value.strip()))
+        return files
+    return [urljoin(base, line) for line in lines if line and not line.startswith("#")]
+
+
+def _is_hls(text: str) -> bool:
+    return text.startswith("#EXTM3U") and "#EXT-X-" in text
+
+
+def _check_hls_uris(
+    text: str, base: str, allowed_schemes: tuple[str, ...], allowed_hosts: tuple[str, ...]
+) -> None:
+    uris = [line.strip() for line in text.splitlines()]
+    for uri in uris:
+        if uri and not uri.startswith("#"):
+            try:
+                urls.check_url(urljoin(base, uri), allowed_schemes, allowed_hosts)
+            except urls.UrlRefused as refused:
+                raise StreamRefused(
+                    f"the HLS playlist names a URL refused: {refused.detail}"
+                ) from None
+
+
+def _first_allowed(
+    entries: list[str],
+    seen: set[str],
+    allowed_schemes: tuple[str, ...],
+    allowed_hosts: tuple[str, ...],
+) -> str:
+    refused: list[str] = []
+    for entry in entries:
+        if entry in seen:
+            raise StreamRefused("the playlist names itself (a loop)")
+        try:
+            urls.check_url(entry, allowed_schemes, allowed_hosts)
+        except urls.UrlRefused as why:
+            refused.append(why.detail)
+            continue
+        return entry
+    raise StreamRefused(f"no playlist entry may be played: {refused[0]}")
+
+
+def _get(
+    url: str,
+    allowed_schemes: tuple[str, ...],
+    allowed_hosts: tuple[str, ...],
+    deadline: float,
+) -> tuple[str, str, bytes | None]:
+    """GET ``url`` (redirects followed and checked): ``(final URL, content type, body)``.
+
+    ``body`` is None for a stream (only its headers are read), the playlist's bytes otherwise.
+    """
+    for _ in range(MAX_REDIRECTS + 1):
+        try:
+            target = urls.check_url(url, allowed_schemes, allowed_hosts)
+        except urls.UrlRefused as refused:
+            raise StreamRefused(f"the URL is refused: {refused.detail}") from None
+        with _connect(target, deadline) as sock:
+            status, headers, rest = _request(sock, target, deadline)
+            if status in (301, 302, 303, 307, 308):
+                location = headers.get("location")
+                if not location:
+                    raise StreamRefused(f"HTTP {status} from {target.host} with no Location")
+                url = urljoin(url, location)
+                continue
+            if status != 200:
+                raise StreamRefused(f"{target.host} answered HTTP {status}")
+            content_type = headers.get("content-type", "").split(";")[0].strip().lower()
+            if content_type == "text/html":
+                raise StreamRefused(f"{target.host} answered a web page (HTML), not audio")
+            path = target.path.split("?")[0].lower()
+            if content_type in _PLAYLIST_TYPES or (
+                path.endswith(_PLAYLIST_SUFFIXES)
+                and not content_type.startswith(_AUDIO_PREFIXES)
+                and content_type not in _AUDIO_TYPES
+            ):
+                return url, content_type, _read_body(sock, rest, target, deadline)
+            if content_type.startswith(("text/", "application/json", "application/xml")):
+                raise StreamRefused(f"{target.host} answered text, not audio")
+            return url, content_type, None
+    raise StreamRefused(f"more than {MAX_REDIRECTS} redirects (a redirect loop?)")
+
+
+def _connect(target: urls.Target, deadline: float) -> socket.socket:
+    try:
+        sock = socket.create_connection(
+            (target.host, target.port), timeout=min(CONNECT_TIMEOUT_S, _left(deadline, target))
+        )
+    except OSError:
+        raise StreamRefused(f"cannot connect to {target.host} port {target.port}") from None
+    if target.scheme == "https":
+        try:
+            sock = ssl.create_default_context().wrap_socket(sock, server_hostname=target.host)
+        except (OSError, ssl.SSLError):
+            sock.close()
+            raise StreamRefused(f"TLS with {target.host} failed") from None
+    return sock
+
+
+def _left(deadline: float, target: urls.Target) -> float:
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise StreamRefused(f"{target.host} too slow: no answer in {RESOLVE_DEADLINE_S:g} s")
+    return left
+
+
+def _recv(sock: socket.socket, target: urls.Target, deadline: float) -> bytes:
+    sock.settimeout(_left(deadline, target))
+    try:
+        return sock.recv(4096)
+    except TimeoutError:
+        raise StreamRefused(
+            f"{target.host} too slow: no answer in {RESOLVE_DEADLINE_S:g} s"
+        ) from None
+    except OSError:
+        raise StreamRefused(f"the connection to {target.host} failed") from None
+
+
+def _request(
+    sock: socket.socket, target: urls.Target, deadline: float
+) -> tuple[int, dict[str, str], bytes]:
+    host = f"[{target.host}]" if ":" in target.host else target.host
+    request = (
+        f"GET {target.path} HTTP/1.0\r\nHost: {host}:{target.port}\r\n"
+        "User-Agent: loa-receiver\r\nAccept: */*\r\nConnection: close\r\n\r\n"
+    )
+    try:
+        sock.settimeout(_left(deadline, target))
+        sock.sendall(request.encode("ascii"))
+    except OSError:
+        raise StreamRefused(f"the connection to {target.host} failed") from None
+    data = b""
+    while b"\r\n\r\n" not in data:
+        if len(data) > MAX_HEADER_BYTES:
+            raise StreamRefused(f"{target.host} sent headers over {MAX_HEADER_BYTES} bytes")
+        chunk = _recv(sock, target, deadline)
+        if not chunk:
+            raise StreamRefused(f"{target.host} closed the connection without an answer")
+        data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    parts = lines[0].split(" ", 2)
+    if len(parts) < 2 or not parts[0].startswith(("HTTP/", "ICY")) or not parts[1].isdigit():
+        raise StreamRefused(f"{target.host} did not answer HTTP")
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        name, sep, value = line.partition(":")
+        if sep:
+            headers[name.strip().lower()] = value.strip()
+    return int(parts[1]), headers, rest
+
+
+def _read_body(sock: socket.socket, rest: bytes, target: urls.Target, deadline: float) -> bytes:
+    body = rest
+    while len(body) <= MAX_PLAYLIST_BYTES:
+        chunk = _recv(sock, target, deadline)
+        if not chunk:
+            return body
+        body += chunk
+    raise StreamRefused(f"the playlist from {target.host} is over {MAX_PLAYLIST_BYTES} bytes")

@@ -1,0 +1,209 @@
+"""The player relaying real stations: Icecast2 fed by FFmpeg (its stream and its ``.m3u``), and an
+HLS live stream made by FFmpeg, through the stream resolver (:mod:`receiver.streams`) with the
+allowlist, libVLC writing a WAV. What a listener and a station's operator would notice: the tone
+is heard, the position advances, and the server gets a few requests a second at most.
+
+Bad input at the player's level: a web page, a redirect loop, a playlist naming itself or a host
+off the allowlist, a server trickling a byte a second: each gives ``PlaybackFailed`` with our
+reason in bounded time, and the log shows no request storm."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from queue import Empty, Queue
+
+import pytest
+
+from receiver.config_model import PlayerConfig
+from receiver.core.events import Event, PlaybackFailed, PlaybackStarted
+from receiver.player import Player
+from receiver.streams import RESOLVE_DEADLINE_S, Resolved, resolve
+from tests.audio import dominant_of, read_wav, trim_silence
+from tests.stations import (
+    HlsStation,
+    IcecastStation,
+    WebServer,
+    answer,
+    redirect,
+    trickle,
+)
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.queue: Queue[Event] = Queue()
+
+    def __call__(self, event: Event) -> None:
+        self.queue.put(event)
+
+    def next(self, timeout_s: float) -> Event:
+        try:
+            return self.queue.get(timeout=timeout_s)
+        except Empty:
+            raise AssertionError(f"no event within {timeout_s} s") from None
+
+
+@dataclass
+class Rig:
+    player: Player
+    events: Recorder
+    wav: Path
+    hosts: list[str]
+
+
+@pytest.fixture
+def rig(tmp_path: Path) -> Iterator[Rig]:
+    wav = tmp_path / "out.wav"
+    events = Recorder()
+    hosts: list[str] = []
+
+    def resolver(url: str) -> Resolved:
+        return resolve(url, ("http",), tuple(hosts))
+
+    player = Player(PlayerConfig(output="file", wav_file=wav), events, resolver=resolver)
+    yield Rig(player, events, wav, hosts)
+    player.close()
+
+
+@pytest.fixture(scope="module")
+def icecast(tmp_path_factory: pytest.TempPathFactory) -> Iterator[IcecastStation]:
+    station = IcecastStation(tmp_path_factory.mktemp("icecast"), 440.0)
+    yield station
+    station.close()
+
+
+@pytest.fixture
+def hls(tmp_path: Path) -> Iterator[HlsStation]:
+    station = HlsStation(tmp_path, 1000.0)
+    yield station
+    station.close()
+
+
+@pytest.fixture
+def web(tmp_path: Path) -> Iterator[WebServer]:
+    (tmp_path / "www").mkdir()
+    server = WebServer(tmp_path / "www")
+    yield server
+    server.close()
+
+
+def relay_for(rig: Rig, url: str, seconds: float) -> list[int]:
+    """Play ``url`` live; return the positions read each second for ``seconds`` after start."""
+    rig.player.play(1, url, 100, live=True)
+    event = rig.events.next(20)
+    assert event == PlaybackStarted(1), event
+    positions = []
+    for _ in range(int(seconds)):
+        time.sleep(1.0)
+        positions.append(rig.player.position_ms())
+    return positions
+
+
+def heard(rig: Rig) -> float:
+    sound = read_wav(rig.wav)
+    return dominant_of(trim_silence(sound.samples), sound.rate, (440.0, 1000.0))
+
+
+def test_an_icecast_stream_relays_with_one_probe_and_one_connection(
+    rig: Rig, icecast: IcecastStation
+) -> None:
+    rig.hosts.append(f"127.0.0.1:{icecast.port}")
+    before = len(icecast.requests())
+    positions = relay_for(rig, icecast.url(), 6)
+    assert positions[-1] > positions[-3] > 0, positions  # audio flows
+    rig.player.stop()
+    time.sleep(0.5)  # Icecast logs a request when its connection ends
+    lines = icecast.requests()[before:]
+    assert len([line for line in lines if "/live.mp3 " in line]) <= 3, lines
+    assert heard(rig) == 440.0
+
+
+def test_icecast_s_own_m3u_playlist_is_resolved_to_its_stream(
+    rig: Rig, icecast: IcecastStation
+) -> None:
+    rig.hosts.append(f"127.0.0.1:{icecast.port}")
+    before = len(icecast.requests())
+    positions = relay_for(rig, icecast.url("/live.mp3.m3u"), 5)
+    assert positions[-1] > positions[-3] > 0, positions
+    rig.player.stop()
+    time.sleep(0.5)
+    lines = icecast.requests()[before:]
+    assert len([line for line in lines if "/live.mp3.m3u " in line]) == 1, lines
+    assert len(lines) <= 4, lines  # no reconnect loop
+    assert heard(rig) == 440.0
+
+
+def test_an_hls_live_stream_plays_its_segments_at_a_sane_request_rate(
+    rig: Rig, hls: HlsStation
+) -> None:
+    rig.hosts.append(f"127.0.0.1:{hls.web.port}")
+    start = time.monotonic()
+    positions = relay_for(rig, hls.url, 10)
+    assert positions[-1] > positions[-3] > 0, positions
+    requests = [r for r in hls.web.requests if r.mono >= start]
+    elapsed = time.monotonic() - start
+    segments = [r for r in requests if r.path.endswith(".ts")]
+    assert segments, requests  # it really fetched media, not only the playlist
+    assert len(requests) / elapsed < 5, f"{len(requests)} requests in {elapsed:.1f} s"
+    rig.player.stop()
+    assert heard(rig) == 1000.0
+
+
+# --- bad input -------------------------------------------------------------------------------
+
+
+def fails_within(rig: Rig, url: str, timeout_s: float) -> str:
+    rig.player.play(7, url, 100, live=True)
+    event = rig.events.next(timeout_s)
+    assert isinstance(event, PlaybackFailed) and event.token == 7, event
+    return event.detail
+
+
+def test_a_web_page_is_refused_with_one_request(rig: Rig, web: WebServer) -> None:
+    rig.hosts.append(f"127.0.0.1:{web.port}")
+    url = web.route("/radio", answer(200, "text/html; charset=utf-8", b"<html>Radio</html>"))
+    assert "web page" in fails_within(rig, url, 5)
+    assert [r.path for r in web.requests] == ["/radio"]
+
+
+def test_a_redirect_loop_is_refused_after_a_few_redirects(rig: Rig, web: WebServer) -> None:
+    rig.hosts.append(f"127.0.0.1:{web.port}")
+    url = web.route("/a", redirect("/b"))
+    web.route("/b", redirect("/a"))
+    assert "redirect" in fails_within(rig, url, 5)
+    assert len(web.requests) == 4
+
+
+def test_a_redirect_off_the_allowlist_is_refused_without_following_it(
+    rig: Rig, web: WebServer
+) -> None:
+    rig.hosts.append(f"127.0.0.1:{web.port}")
+    url = web.route("/away", redirect("http://127.0.0.2:9/live.mp3"))
+    assert "not on the allowlist" in fails_within(rig, url, 5)
+
+
+def test_a_playlist_naming_itself_is_refused(rig: Rig, web: WebServer) -> None:
+    rig.hosts.append(f"127.0.0.1:{web.port}")
+    url = web.url("/self.m3u")
+    web.route("/self.m3u", answer(200, "audio/x-mpegurl", f"{url}\n".encode()))
+    assert "itself" in fails_within(rig, url, 5)
+    assert len(web.requests) == 1
+
+
+def test_a_playlist_pointing_off_the_allowlist_is_refused(rig: Rig, web: WebServer) -> None:
+    rig.hosts.append(f"127.0.0.1:{web.port}")
+    pls = b"[playlist]\nNumberOfEntries=1\nFile1=http://radio.example/live.mp3\n"
+    url = web.route("/radio.pls", answer(200, "audio/x-scpls", pls))
+    assert "not on the allowlist" in fails_within(rig, url, 5)
+    assert len(web.requests) == 1
+
+
+def test_a_server_trickling_a_byte_a_second_fails_on_time(rig: Rig, web: WebServer) -> None:
+    rig.hosts.append(f"127.0.0.1:{web.port}")
+    url = web.route("/slow.mp3", trickle(1.0, limit_s=RESOLVE_DEADLINE_S + 5))
+    start = time.monotonic()
+    assert "too slow" in fails_within(rig, url, RESOLVE_DEADLINE_S + 3)
+    assert time.monotonic() - start < RESOLVE_DEADLINE_S + 2

@@ -1,0 +1,96 @@
+"""A broker as a province runs it (passwords, ACLs) and what the operator's tool needs around it."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from receiver.central.signing import SigningKey
+from receiver.timefmt import rfc3339
+from tests.broker import MosquittoBroker, password_config
+
+PREFIX = "loa/v1"
+PASSWORDS = {"central": "central pw", "viewer": "viewer pw", "loa-001": "device pw"}
+
+
+@dataclass(frozen=True)
+class Secured:
+    """A running Mosquitto with logins and ACLs, and the files an operator passes to the tool."""
+
+    broker: MosquittoBroker
+    directory: Path
+
+    def password_file(self, user: str, password: str | None = None) -> Path:
+        path = self.directory / f"{user}.password"
+        path.write_text((password if password is not None else PASSWORDS[user]) + "\n")
+        return path
+
+    def login(self, user: str = "central", password: str | None = None) -> list[str]:
+        return [
+            "--host",
+            self.broker.host,
+            "--port",
+            str(self.broker.port),
+            "--username",
+            user,
+            "--password-file",
+            str(self.password_file(user, password)),
+        ]
+
+
+@pytest.fixture
+def secured(tmp_path: Path) -> Iterator[Secured]:
+    workdir = tmp_path / "mosquitto"
+    workdir.mkdir()
+    acl = workdir / "acl"
+    # central writes commands and documents and reads everything; a viewer may only read the
+    # states; a device reads its commands and writes its own state and events.
+    acl.write_text(
+        "user central\ntopic readwrite loa/v1/#\n\n"
+        "user viewer\ntopic read loa/v1/dev/+/state\n\n"
+        "pattern read loa/v1/dev/%u/cmd\npattern read loa/v1/grp/+/cmd\n"
+        "pattern read loa/v1/grp/+/schedule\npattern read loa/v1/trust\n"
+        "pattern write loa/v1/dev/%u/state\npattern write loa/v1/dev/%u/events\n"
+    )
+    config = [*password_config(workdir, PASSWORDS), f"acl_file {acl}"]
+    with MosquittoBroker(workdir, extra_config=config) as broker:
+        yield Secured(broker, tmp_path)
+
+
+@pytest.fixture
+def operator_key(tmp_path: Path) -> Path:
+    path = tmp_path / "op-1.pem"
+    SigningKey.generate("op-1").save(path)
+    return path
+
+
+def device_state(device: str, now: float, **fields: Any) -> bytes:
+    message: dict[str, Any] = {
+        "device": device,
+        "online": True,
+        "ts": rfc3339(now),
+        "sw": "0.2.0",
+        "state": "idle",
+        "volume": 70,
+        "relays": {"amp": "off"},
+        "schedules": {},
+        "trust_version": 0,
+        "clock_synced": True,
+        "cache": {"bytes": 0, "files": 0, "missing": 0},
+        "uptime_s": 100,
+    }
+    message.update(fields)
+    return json.dumps(message, ensure_ascii=False).encode("utf-8")
+
+
+def device_event(device: str, n: int, kind: str, ts: float | None = None, **fields: Any) -> bytes:
+    event = {"device": device, "n": n, "ts": rfc3339(time.time() if ts is None else ts)}
+    event["kind"] = kind
+    event.update(fields)
+    return json.dumps(event).encode("utf-8")

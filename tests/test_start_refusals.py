@@ -1,0 +1,183 @@
+"""What the daemon refuses to start with, and the stop helper that must act anyway.
+
+A start-up failure that no restart can fix (the example's placeholders, a pin factory whose
+module is missing, a key file the daemon cannot read) exits 78, which the unit's
+``RestartPreventExitStatus`` turns into one clear failure instead of a restart every 5 s.
+``relay-off`` (the unit's ``ExecStopPost``) drives the relay off whenever the ``gpio`` section
+can be read, else with the settings the daemon last started with, and says so in one line.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from gpiozero.pins.mock import MockFactory
+
+from receiver import cli, gpio
+from receiver.config_model import GpioConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "config" / "receiver.example.yaml"
+KEY = base64.b64encode(bytes(range(32))).decode()
+
+
+def write_config(tmp_path: Path, *, env: str = "lab", extra: str = "", gpio_part: str = "") -> Path:
+    path = tmp_path / "receiver.yaml"
+    path.write_text(
+        f"device_id: loa-25-07873-001\nenv: {env}\ngroups: []\n"
+        "broker:\n  host: 192.0.2.1\n"
+        f"{extra}"
+        f"trust:\n  keys:\n    - {{id: k1, ed25519: '{KEY}', roles: [operator], scopes: ['*']}}\n"
+        "storage: {state_dir: state, cache_dir: cache}\n"
+        f"{gpio_part or 'gpio: {pin_factory: mock, amp_pin: GPIO22, active_high: false}'}\n",
+        encoding="utf-8",
+    )
+    (tmp_path / "state").mkdir(exist_ok=True)
+    return path
+
+
+def receiver(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "receiver.cli", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+# --- exit 78 for what a restart cannot fix ------------------------------------------------
+
+
+def test_the_example_config_never_starts(tmp_path: Path) -> None:
+    text = EXAMPLE.read_text(encoding="utf-8")
+    # Only what a restart could never fix remains: a mock relay and writable directories.
+    text = text.replace("pin_factory: lgpio", "pin_factory: mock")
+    text = text.replace("/var/lib/loa-receiver", str(tmp_path / "state"))
+    text = text.replace("/var/cache/loa-receiver", str(tmp_path / "cache"))
+    config = tmp_path / "receiver.yaml"
+    config.write_text(text, encoding="utf-8")
+    result = receiver("run", "--config", str(config))
+    assert result.returncode == 78, result.stderr
+    assert "broker.host: 'mqtt.example.vn' is the example's placeholder" in result.stderr
+    assert "trust.keys[0]: 'central-commune-25-07873-placeholder'" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "state" / "outbox.db").exists()  # refused before anything started
+
+
+def test_a_missing_pin_factory_module_exits_78(tmp_path: Path) -> None:
+    config = write_config(tmp_path, gpio_part="gpio: {pin_factory: pigpio}")
+    result = receiver("run", "--config", str(config))
+    assert result.returncode == 78, result.stderr
+    assert "gpio.pin_factory: pin factory 'pigpio' is not available" in result.stderr
+    assert "python3-pigpio" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_an_unreadable_key_file_exits_78(tmp_path: Path) -> None:
+    extra = f"  tls: {{cert_file: {tmp_path}/device.crt, key_file: {tmp_path}/device.key}}\n"
+    (tmp_path / "device.crt").write_text("not read further\n", encoding="utf-8")
+    config = write_config(tmp_path, extra=extra)
+    result = receiver("run", "--config", str(config))
+    assert result.returncode == 78, result.stderr
+    assert f"broker.tls.key_file: cannot read {tmp_path}/device.key" in result.stderr
+    assert "cert_file" not in result.stderr
+
+
+def test_check_config_warns_about_placeholders_and_a_missing_module(tmp_path: Path) -> None:
+    result = receiver("check-config", str(EXAMPLE))
+    assert result.returncode == 0, result.stderr
+    assert "will refuse to start" in result.stdout
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning: ")]
+    assert any("broker.host" in w and "placeholder" in w for w in warnings), warnings
+    assert any("trust.keys[0]" in w for w in warnings), warnings
+    # This test machine has no lgpio, as a fresh board without python3-lgpio.
+    assert any("pin factory 'lgpio' is not available" in w for w in warnings), warnings
+    clean = receiver("check-config", str(write_config(tmp_path)))
+    assert (clean.returncode, clean.stderr) == (0, "")
+    assert ": OK" in clean.stdout
+
+
+# --- relay-off ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def board(monkeypatch: pytest.MonkeyPatch) -> MockFactory:
+    """One mock board for the whole test: what relay-off's own factory drives stays visible."""
+    factory = MockFactory()
+    monkeypatch.setattr(gpio, "make_pin_factory", lambda name: factory)
+    monkeypatch.setattr(factory, "close", lambda: None)
+    return factory
+
+
+def relay_on(board: MockFactory, pin: str, active_high: bool) -> None:
+    board.pin(pin).drive_high() if active_high else board.pin(pin).drive_low()
+    board.pins.clear()  # the daemon's process is gone; the level stays on the real pin
+
+
+def level(board: MockFactory, pin: str) -> bool:
+    return bool(board.pin(pin).state)
+
+
+def test_relay_off_acts_despite_an_unrelated_config_error(
+    tmp_path: Path, board: MockFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write_config(tmp_path, env="Prod")
+    board.pin("GPIO22").drive_low()  # active low: the relay is on
+    assert cli.main(["relay-off", "--config", str(config)]) == 0
+    assert level(board, "GPIO22") is True  # off = high for an active-low relay
+    out = capsys.readouterr().out
+    assert len(out.splitlines()) == 1, out
+    assert "relay GPIO22 (mock, active low) switched off" in out
+    assert "env: 'Prod' is not a valid id" in out
+
+
+def test_relay_off_falls_back_to_the_settings_the_daemon_started_with(
+    tmp_path: Path, board: MockFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write_config(tmp_path)
+    gpio.save_settings(tmp_path / "state", GpioConfig("mock", "GPIO5", True))
+    config.write_text(config.read_text() + "gpio:\n\tamp_pin: GPIO5\n", encoding="utf-8")
+    board.pin("GPIO5").drive_high()
+    # The file no longer parses at all: its storage section is unknown too, so the unit names
+    # the state directory (as it does: --state-dir %S/loa-receiver).
+    state = str(tmp_path / "state")
+    assert cli.main(["relay-off", "--config", str(config), "--state-dir", state]) == 0
+    assert level(board, "GPIO5") is False
+    out = capsys.readouterr().out
+    assert len(out.splitlines()) == 1, out
+    assert "relay GPIO5 (mock, active high) switched off" in out
+    assert f"the settings the daemon last started with ({tmp_path / 'state'})" in out
+
+
+def test_relay_off_without_any_settings_says_so_in_one_line(tmp_path: Path) -> None:
+    config = tmp_path / "receiver.yaml"
+    config.write_text("gpio: [\n", encoding="utf-8")
+    result = receiver("relay-off", "--config", str(config))
+    assert result.returncode == 1
+    assert len(result.stdout.splitlines()) == 1 and "relay NOT switched" in result.stdout
+    assert result.stderr == ""
+
+
+def test_relay_off_with_a_missing_pin_factory_prints_one_line(tmp_path: Path) -> None:
+    config = write_config(tmp_path, gpio_part="gpio: {pin_factory: lgpio}")
+    result = receiver("relay-off", "--config", str(config))
+    assert result.returncode == 1
+    assert result.stderr == "", result.stderr
+    (line,) = result.stdout.splitlines()
+    assert "relay GPIO17 (lgpio, active high) NOT switched" in line
+    assert "pin factory 'lgpio' is not available" in line
+
+
+def test_the_daemon_keeps_its_relay_settings_for_relay_off(tmp_path: Path) -> None:
+    gpio.save_settings(tmp_path, GpioConfig("lgpio", "BOARD11", False))
+    saved = json.loads((tmp_path / gpio.SAVED_SETTINGS_FILE).read_text())
+    assert saved == {"pin_factory": "lgpio", "amp_pin": "BOARD11", "active_high": False}
+    assert gpio.load_saved_settings(tmp_path) == GpioConfig("lgpio", "BOARD11", False)
+    (tmp_path / gpio.SAVED_SETTINGS_FILE).write_text("{}", encoding="utf-8")
+    assert gpio.load_saved_settings(tmp_path) is None
