@@ -95,8 +95,7 @@ from receiver.core.events import MessageReceived
 from tests.broker import MosquittoBroker
 from tests.core.harness import TOPIC as CORE_TOPIC
 from tests.core.harness import World
-from tests.e2e.daemon import DEVICE, Daemon
-from tests.e2e.test_attacks import envelope
+from tests.e2e.daemon import DEVICE, Daemon, envelope
 
 DEFAULT_COUNT = 10_000
 TONE_S = 20.0

@@ -42,7 +42,7 @@ from receiver.core.envelope import COMMAND_TYPE, MAX_MESSAGE_BYTES, TRUST_TYPE
 from tests.audio import dominant_of, trim_silence, wait_for_final_wav, write_tone
 from tests.broker import MosquittoBroker, Subscriber
 from tests.e2e.conftest import Site
-from tests.e2e.daemon import DEVICE, GROUP, Daemon, MediaServer, write_config
+from tests.e2e.daemon import DEVICE, GROUP, Daemon, MediaServer, envelope, write_config
 
 Json = dict[str, Any]
 KeySpec = tuple[SigningKey, list[str], list[str]]
@@ -117,20 +117,6 @@ def simple(kind: str, body: Json, message_id: str) -> Json:
 
 def report(message_id: str) -> Json:
     return simple("report", {}, message_id)
-
-
-def envelope(payload_type: str, body: bytes, signatures: Sequence[tuple[str, bytes]]) -> bytes:
-    """A DSSE envelope with exactly the signature entries given (forged, empty, ...)."""
-    return json.dumps(
-        {
-            "payloadType": payload_type,
-            "payload": base64.b64encode(body).decode("ascii"),
-            "signatures": [
-                {"keyid": keyid, "sig": base64.b64encode(sig).decode("ascii")}
-                for keyid, sig in signatures
-            ],
-        }
-    ).encode("utf-8")
 
 
 def configure(site: Site, keys: list[KeySpec], thresholds: dict[str, int] | None = None) -> None:
