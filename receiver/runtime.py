@@ -207,12 +207,12 @@ class Runtime:
                 self._execute(result.effects, now)
                 if isinstance(event, MessageReceived):
                     handled.append(event)
-                self._after_step(now)
                 turns += 1
                 if turns >= MAX_EVENTS_PER_TURN or self._stopping.is_set():
                     break
                 event = self.inbox.get_nowait()
                 now = self.clock.now()
+        self._after_turn(now)
         # Handled, its floors and reports on disk: only now may the broker forget it.
         for message in handled:
             self.link.ack(message)
@@ -245,7 +245,7 @@ class Runtime:
     def _timer(now: Instant, deadline: float | None) -> Event | None:
         return TimerFired() if deadline is not None and now.mono >= deadline else None
 
-    def _after_step(self, now: Instant) -> None:
+    def _after_turn(self, now: Instant) -> None:
         key_ids = frozenset(key.id for key in self.state.keyring.keys)
         if key_ids != self._key_ids:
             self._key_ids = key_ids
