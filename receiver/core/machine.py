@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Final
 
-from receiver.core import admission, commands, engine, programme, reasons
+from receiver.core import admission, commands, engine, limits, programme, reasons
 from receiver.core.clock import Instant
 from receiver.core.effects import (
     Effect,
@@ -39,7 +39,6 @@ from receiver.core.reasons import Rejection
 from receiver.core.state import (
     Intent,
     Item,
-    RejectionWindow,
     RelayOverride,
     Settings,
     State,
@@ -120,8 +119,8 @@ def step(state: State, event: Event, now: Instant) -> Step:
     state = programme.evaluate(state, now, out)
     state = _settle(state, now, out)
     deadline = engine.next_deadline(state, now)
-    if state.rejection_window.suppressed:
-        window_end = state.rejection_window.start_mono + state.settings.rejection_window_s
+    window_end = state.rejection_window.deadline(state.settings.rejection_window_s)
+    if window_end is not None:
         deadline = window_end if deadline is None else min(deadline, window_end)
     if state.held or state.recovered:
         grace_end = state.booted_mono + state.settings.sync_grace_s
@@ -255,37 +254,24 @@ def _interrupted(state: State, ref: str, detail: str, out: list[Effect]) -> Stat
 
 
 def _report_rejection(state: State, rejection: Rejection, now: Instant, out: list[Effect]) -> State:
-    """One ``rejected`` event per message, up to a limit per window; beyond it a flood is
-    summed up in one ``fault`` when the window ends (every event is written to disk and sent,
-    and a flood must not wear out the SD card or crowd out the reports that matter)."""
-    state = _close_rejection_window(state, now, out)
-    window = state.rejection_window
-    if window.reported < state.settings.rejections_per_window:
-        out.append(
-            Emit("rejected", ref=rejection.ref, reason=rejection.reason, detail=rejection.detail)
-        )
-        return replace(state, rejection_window=replace(window, reported=window.reported + 1))
-    tally = dict(window.suppressed)
-    tally[rejection.reason] = tally.get(rejection.reason, 0) + 1
-    suppressed = tuple(sorted(tally.items()))
-    return replace(state, rejection_window=replace(window, suppressed=suppressed))
+    settings = state.settings
+    window, effects = limits.report(
+        state.rejection_window,
+        rejection,
+        now,
+        per_window=settings.rejections_per_window,
+        window_s=settings.rejection_window_s,
+    )
+    out.extend(effects)
+    return replace(state, rejection_window=window)
 
 
 def _close_rejection_window(state: State, now: Instant, out: list[Effect]) -> State:
-    suppressed = state.rejection_window.suppressed
-    if now.mono - state.rejection_window.start_mono < state.settings.rejection_window_s:
-        return state
-    if suppressed:
-        total = sum(n for _, n in suppressed)
-        by_reason = ", ".join(f"{reason} {n}" for reason, n in suppressed)
-        out.append(
-            Emit(
-                "fault",
-                detail=f"{total} more messages rejected within "
-                f"{state.settings.rejection_window_s:g} s, not reported one by one: {by_reason}",
-            )
-        )
-    return replace(state, rejection_window=RejectionWindow(now.mono))
+    window, effects = limits.close(
+        state.rejection_window, now, window_s=state.settings.rejection_window_s
+    )
+    out.extend(effects)
+    return replace(state, rejection_window=window)
 
 
 def _raised_floor(state: State, iat: float, now: Instant) -> float:

@@ -12,7 +12,7 @@ from typing import Any
 
 from receiver.core import commands
 from receiver.core.events import MessageReceived
-from receiver.core.reasons import Reason
+from receiver.core.limits import RejectionWindow
 from receiver.core.schedule import Schedule
 from receiver.core.trust import Keyring
 from receiver.core.vocabulary import ORIGIN_RANK, PRIORITY_RANK, Origin, Phase, Priority, RelayMode
@@ -147,16 +147,6 @@ class RelayOverride:
 
 
 @dataclass(frozen=True)
-class RejectionWindow:
-    """Rejections reported since ``start_mono``: ``reported`` one by one, and beyond the limit
-    ``suppressed`` (a count per reason, sorted), summed up when the window closes."""
-
-    start_mono: float = 0.0
-    reported: int = 0
-    suppressed: tuple[tuple[Reason, int], ...] = ()
-
-
-@dataclass(frozen=True)
 class Intent:
     """A command accepted but not yet carried out to its end, stored with its replay floor.
 
@@ -202,7 +192,7 @@ class State:
     mic_active: bool = False
     faults: frozenset[str] = frozenset()
     booted_mono: float = 0.0
-    rejection_window: RejectionWindow = RejectionWindow()
+    rejection_window: RejectionWindow = field(default_factory=RejectionWindow)
     held: tuple[MessageReceived, ...] = ()  # commands waiting for a synchronised clock
     # Commands a previous run accepted and did not finish (oldest first): settled once the
     # clock can tell whether their windows are still open.
