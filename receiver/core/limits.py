@@ -9,10 +9,13 @@ window ends. Pure, like the rest of the core: ``(part, input, now) -> (part, eff
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
-from receiver.core import effects  # a module: effects imports the state, which holds this part
 from receiver.core.clock import Instant
 from receiver.core.reasons import Reason, Rejection
+
+if TYPE_CHECKING:
+    from receiver.core.effects import Emit
 
 
 @dataclass(frozen=True)
@@ -31,11 +34,13 @@ class RejectionWindow:
 
 def report(
     window: RejectionWindow, rejection: Rejection, now: Instant, *, per_window: int, window_s: float
-) -> tuple[RejectionWindow, tuple[effects.Emit, ...]]:
+) -> tuple[RejectionWindow, tuple[Emit, ...]]:
     """One refused message: reported on its own while the window has room, else counted."""
+    from receiver.core.effects import Emit  # here: the effects import the state, which holds us
+
     window, closed = close(window, now, window_s=window_s)
     if window.reported < per_window:
-        event = effects.Emit(
+        event = Emit(
             "rejected", ref=rejection.ref, reason=rejection.reason, detail=rejection.detail
         )
         return replace(window, reported=window.reported + 1), (*closed, event)
@@ -46,17 +51,19 @@ def report(
 
 def close(
     window: RejectionWindow, now: Instant, *, window_s: float
-) -> tuple[RejectionWindow, tuple[effects.Emit, ...]]:
+) -> tuple[RejectionWindow, tuple[Emit, ...]]:
     """Once ``window_s`` has passed: a new window, and the summary of the old one if it held
     any rejection not reported on its own."""
+    from receiver.core.effects import Emit
+
     if now.mono - window.start_mono < window_s:
         return window, ()
-    summary: tuple[effects.Emit, ...] = ()
+    summary: tuple[Emit, ...] = ()
     if window.suppressed:
         total = sum(n for _, n in window.suppressed)
         by_reason = ", ".join(f"{reason} {n}" for reason, n in window.suppressed)
         summary = (
-            effects.Emit(
+            Emit(
                 "fault",
                 detail=f"{total} more messages rejected within {window_s:g} s, "
                 f"not reported one by one: {by_reason}",

@@ -122,3 +122,25 @@ def test_the_core_tier_runs_without_the_adapters_libraries() -> None:
         timeout=60,
     )
     assert done.returncode == 0, done.stderr
+
+
+def test_every_core_module_imports_on_its_own() -> None:
+    """Whichever core module a program imports first, the import works (no import cycle)."""
+    names = [f"receiver.core.{path.stem}" for path in sorted(CORE.glob("*.py"))]
+    script = (
+        "import importlib, sys\n"
+        f"for name in {names!r}:\n"
+        "    for loaded in [m for m in sys.modules if m.startswith('receiver')]:\n"
+        "        del sys.modules[loaded]\n"
+        "    importlib.import_module(name)\n"
+    )
+    root = Path(__file__).resolve().parent.parent.parent
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        check=False,
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
