@@ -29,6 +29,7 @@ from receiver.core.events import (
     PlaybackStarted,
 )
 from receiver.core.state import Intent
+from receiver.errors import StoreError
 from receiver.ports import Hooks, Ports
 from receiver.runtime import Runtime
 
@@ -150,12 +151,15 @@ class Outbox:
 
     journal: Journal
     recovered_from: Path | None = None
+    unwritable: bool = False  # every write fails, as on a locked, full or failing card
     committed: dict[int, bytes] = field(default_factory=dict)
     commits: int = 0
     dropped_total: int = 0
     _open: dict[int, bytes] | None = None
 
     def add(self, n: int, payload: bytes) -> int:
+        if self.unwritable:
+            raise StoreError("cannot store an event in the outbox: database is locked")
         if self._open is not None:
             self._open[n] = payload
         else:
@@ -167,6 +171,8 @@ class Outbox:
         if self._open is not None:
             yield
             return
+        if self.unwritable:
+            raise StoreError("cannot start a transaction in the outbox: database is locked")
         self._open = {}
         try:
             yield

@@ -122,3 +122,17 @@ def test_the_pump_keeps_no_log_of_a_turn_that_failed() -> None:
         pump.add(1, b'{"kind":"started"}', lambda what, **_: written.append(what), "started")
         raise RuntimeError("power cut")
     assert written == [] and outbox.commits == 0
+
+
+def test_an_unwritable_outbox_costs_the_reports_never_the_loop(shell: Shell) -> None:
+    shell.outbox.unwritable = True
+    with structlog.testing.capture_logs() as logs:
+        lost = shell.command("volume", {"level": 40}, "while-locked")
+        shell.wait(lambda: shell.journal.has(f"puback {lost.mid}"), "the PUBACK")
+    failed = [e for e in logs if e["event"] == "effect_failed"]
+    assert [e["effect"] for e in failed] == ["Emit"]
+    assert not [e for e in logs if e["event"] == "accepted"]  # never logged as an event
+    shell.outbox.unwritable = False
+    kept = shell.command("volume", {"level": 50}, "after")
+    shell.wait(lambda: shell.journal.has(f"puback {kept.mid}"), "the next PUBACK")
+    assert any("accepted" in e for e in shell.journal.starting("outbox commit"))
