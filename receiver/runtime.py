@@ -84,6 +84,7 @@ class Runtime:
         self.topics = Topics(config.broker.topic_prefix, config.device_id)
         self._stopping = threading.Event()
         self._state_payload: bytes | None = None
+        self._state_due: dict[str, Any] | None = None  # the core's newest state, to publish
         self._protected: frozenset[str] = frozenset()
         self._next_poll = 0.0
         self._next_time_save = 0.0
@@ -161,6 +162,7 @@ class Runtime:
             self.state = first.state
             with self.pump.turn():
                 self._execute(first.effects)
+            self._publish_due_state(self.clock.now())
             deadline = first.deadline
             for name, active in self.inputs.current():
                 self.inbox.put_report(LocalInputChanged(name, active))
@@ -212,6 +214,7 @@ class Runtime:
                     break
                 event = self.inbox.get_nowait()
                 now = self.clock.now()
+        self._publish_due_state(now)
         self._after_turn(now)
         # Handled, its floors and reports on disk: only now may the broker forget it.
         for message in handled:
@@ -369,7 +372,9 @@ class Runtime:
             case Emit():
                 self._emit(effect, now)
             case PublishState(fields=fields):
-                self._publish_state(fields, now)
+                # Published once the turn's events are sent: a state never overtakes the
+                # events that led to it, and a turn publishes only its newest state.
+                self._state_due = fields
 
     def _emit(self, effect: Emit, now: Instant) -> None:
         event: dict[str, Any] = {
@@ -398,6 +403,11 @@ class Runtime:
             mono=round(now.mono, 3),
             **extra,
         )
+
+    def _publish_due_state(self, now: Instant) -> None:
+        fields, self._state_due = self._state_due, None
+        if fields is not None:
+            self._publish_state(fields, now)
 
     def _publish_state(self, fields: dict[str, Any], now: Instant) -> None:
         usage = self.fetcher.usage()

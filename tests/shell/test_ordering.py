@@ -5,7 +5,7 @@ off on every way out of the loop."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -136,3 +136,19 @@ def test_an_unwritable_outbox_costs_the_reports_never_the_loop(shell: Shell) -> 
     kept = shell.command("volume", {"level": 50}, "after")
     shell.wait(lambda: shell.journal.has(f"puback {kept.mid}"), "the next PUBACK")
     assert any("accepted" in e for e in shell.journal.starting("outbox commit"))
+
+
+def test_a_state_never_overtakes_the_events_that_led_to_it(shell: Shell) -> None:
+    shell.command("play", play_body(), "news-5")
+
+    def first(predicate: Callable[[str, bytes], bool]) -> int:
+        return next(i for i, (t, p) in enumerate(list(shell.link.published)) if predicate(t, p))
+
+    def started(topic: str, payload: bytes) -> bool:
+        return topic.endswith("/events") and b'"kind":"started"' in payload
+
+    def playing(topic: str, payload: bytes) -> bool:
+        return topic.endswith("/state") and b'"state":"playing"' in payload
+
+    shell.wait(lambda: any(playing(t, p) for t, p in list(shell.link.published)), "playing")
+    assert first(started) < first(playing)
