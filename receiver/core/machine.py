@@ -73,7 +73,7 @@ class Step:
 
 def boot(state: State, now: Instant) -> Step:
     """The first step: the relay is forced off and the state is published."""
-    state = replace(state, relay_on=False, relay_off_mono=None, booted_mono=now.mono)
+    state = replace(state, amp=replace(state.amp, on=False, off_mono=None), booted_mono=now.mono)
     return Step(state, (SwitchRelay(on=False), engine.publish_state(state)), now.mono)
 
 
@@ -337,7 +337,7 @@ def _check_policy(state: State, command: commands.Command, now: Instant) -> None
     ref = command.header.id
     settings = state.settings
     if isinstance(body, commands.Relay):
-        if engine.toggles_in_window(state, now) >= settings.relay_max_toggles_per_min:
+        if state.amp.toggles_in_window(now) >= settings.relay_max_toggles_per_min:
             raise Rejection(reasons.POLICY, "relay switched too often in the last minute", ref)
         return
     if not isinstance(body, commands.Play):
@@ -377,7 +377,7 @@ def _act(state: State, command: commands.Command, now: Instant, out: list[Effect
         else:
             until = None if body.duration_s is None else now.mono + body.duration_s
             override = RelayOverride(body.state, until)
-        state = replace(state, relay_override=override)
+        state = replace(state, amp=replace(state.amp, override=override))
         out.append(engine.publish_state(state))
         return state
     out.append(engine.publish_state(state))  # report

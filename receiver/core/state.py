@@ -11,15 +11,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from receiver.core import commands
+from receiver.core.amp import Amp, RelayOverride
 from receiver.core.events import MessageReceived
 from receiver.core.limits import RejectionWindow
 from receiver.core.schedule import Schedule
 from receiver.core.trust import Keyring
-from receiver.core.vocabulary import ORIGIN_RANK, PRIORITY_RANK, Origin, Phase, Priority, RelayMode
+from receiver.core.vocabulary import ORIGIN_RANK, PRIORITY_RANK, Origin, Phase, Priority
 
 __all__ = [
     "ORIGIN_RANK",
     "PRIORITY_RANK",
+    "Amp",
     "Item",
     "RejectionWindow",
     "RelayOverride",
@@ -139,14 +141,6 @@ class Staged:
 
 
 @dataclass(frozen=True)
-class RelayOverride:
-    """A manual relay command in force: ``mode`` until ``until_mono`` (None: until ``auto``)."""
-
-    mode: RelayMode
-    until_mono: float | None = None
-
-
-@dataclass(frozen=True)
 class Intent:
     """A command accepted but not yet carried out to its end, stored with its replay floor.
 
@@ -184,11 +178,7 @@ class State:
     queue: tuple[Item, ...] = ()
     next_seq: int = 1
     next_token: int = 1
-    relay_on: bool = False
-    relay_on_mono: float = 0.0
-    relay_off_mono: float | None = None  # end of the tail after the last item
-    relay_toggles: tuple[float, ...] = ()
-    relay_override: RelayOverride | None = None
+    amp: Amp = field(default_factory=Amp)  # the amplifier's relay (receiver/core/amp.py)
     mic_active: bool = False
     faults: frozenset[str] = frozenset()
     booted_mono: float = 0.0
@@ -237,7 +227,7 @@ def state_fields(state: State) -> dict[str, Any]:
     fields: dict[str, Any] = {
         "state": "playing" if sounding else "idle",
         "volume": state.volume,
-        "relays": {"amp": "on" if state.relay_on else "off"},
+        "relays": {"amp": "on" if state.amp.on else "off"},
         "trust_version": state.keyring.version,
         "schedules": {sid: s.version for sid, s in sorted(state.schedules.items())},
     }
@@ -250,8 +240,8 @@ def state_fields(state: State) -> dict[str, Any]:
         }
     if state.faults:
         fields["faults"] = sorted(state.faults)
-    if state.relay_override is not None:
-        fields["relay_override"] = state.relay_override.mode
+    if state.amp.override is not None:
+        fields["relay_override"] = state.amp.override.mode
     return fields
 
 

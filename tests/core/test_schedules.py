@@ -97,7 +97,7 @@ def test_a_week_of_morning_and_evening_sessions_plays_at_local_times() -> None:
         "Sat 05:30",
     ]
     assert len(sim.events("finished")) == 9
-    assert world.state.active is None and not world.state.relay_on
+    assert world.state.active is None and not world.state.amp.on
 
 
 def test_an_entry_across_midnight_plays_whole_and_only_once() -> None:
