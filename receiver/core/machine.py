@@ -72,17 +72,26 @@ class Step:
 
 
 def boot(state: State, now: Instant) -> Step:
-    """The first step: the relay is forced off and the state is published."""
-    state = replace(state, amp=replace(state.amp, on=False, off_mono=None), booted_mono=now.mono)
-    return Step(state, (SwitchRelay(on=False), engine.publish_state(state)), now.mono)
-
-
-def step(state: State, event: Event, now: Instant) -> Step:
+    """The first step: the relay is forced off and the state is published (and a fresh store
+    with a trusted clock gets its reset floor before anyone can see the device online)."""
     out: list[Effect] = []
+    state = _mark_reset(state, now, out)
+    state = replace(state, amp=replace(state.amp, on=False, off_mono=None), booted_mono=now.mono)
+    out += [SwitchRelay(on=False), engine.publish_state(state)]
+    return Step(state, tuple(out), now.mono)
+
+
+def _mark_reset(state: State, now: Instant, out: list[Effect]) -> State:
     if state.reset_floor is None and now.utc_trusted:
         # The first trusted instant of a fresh store: from now on, older commands are stale.
         state = replace(state, reset_floor=now.utc)
         out.append(PersistResetFloor(now.utc))
+    return state
+
+
+def step(state: State, event: Event, now: Instant) -> Step:
+    out: list[Effect] = []
+    state = _mark_reset(state, now, out)
     if isinstance(event, MessageReceived) and _should_hold(state, event, now):
         state = replace(state, held=(*state.held, event)[-MAX_HELD:])
     elif isinstance(event, MessageReceived):

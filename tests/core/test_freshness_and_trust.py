@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from receiver.central.signing import SigningKey, key_entry, sign_trust, trust_payload
+from receiver.core import machine
 from receiver.core.effects import Effect, PersistResetFloor, PersistTrust, PublishState
 from receiver.core.events import TimerFired
 from tests.core.harness import (
@@ -229,3 +230,16 @@ def test_a_lagging_operator_clock_is_served_once_it_passes_the_reset_instant() -
     again = world.signed("volume", {"level": 20}, iat=world.utc - lag + 0.5)
     assert accepted(world.send(again))
     assert world.state.volume == 20
+
+
+def test_a_fresh_store_with_a_trusted_clock_takes_its_reset_floor_at_boot() -> None:
+    """Before the device is first seen online, not at its first event: a command signed by
+    someone who saw it online is never older than the reset instant."""
+    world = World()
+    fresh = replace(world.state, reset_floor=None)
+    booted = machine.boot(fresh, world.now)
+    assert booted.state.reset_floor == world.utc
+    assert booted.effects[0] == PersistResetFloor(world.utc)
+    world.state = booted.state
+    world.utc += 0.001
+    assert emitted(world.send(world.signed("volume", {"level": 5})), "accepted")
