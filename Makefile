@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: bootstrap demo test lint types unit soak bench clean
+.PHONY: bootstrap demo test lint types unit soak linktest bench clean
 
 bootstrap:
 	@bash scripts/bootstrap.sh
@@ -21,6 +21,11 @@ unit: bootstrap
 	$(PY) -m pytest
 
 test: lint types unit
+
+# The receiver behind an emulated rural 4G link (network namespaces; root): tests/link/. A few
+# minutes, so not in `make test`; CI runs it after.
+linktest: bootstrap
+	LOA_LINK_TIER=1 $(PY) -m pytest tests/link
 
 # The slower tier, after `make test` in CI: the SIGKILL loop with many more kills (about 1.6 s
 # each). It prints its seed; RESILIENCE_SEED=<seed> repeats the choices.

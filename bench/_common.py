@@ -40,7 +40,7 @@ from receiver.config_model import PlayerConfig
 from receiver.core.events import Event, PlaybackEnded, PlaybackStarted
 from receiver.player import Player
 from tests.audio import write_tone
-from tests.broker import MissingToolError, MosquittoBroker, Received, Subscriber
+from tests.broker import MissingToolError, MosquittoBroker, Received, Subscriber, report_json
 from tests.e2e.daemon import DEVICE, GROUP, Daemon, MediaServer, write_config
 
 PREFIX = "loa/v1"
@@ -160,11 +160,13 @@ class TimedClient(Subscriber):
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         at = time.monotonic()
+        raw = bytes(message.payload)
         received = Received(
             topic=message.topic,
-            payload=bytes(message.payload),
+            payload=report_json(raw),  # a device's report, out of its signed envelope
             retain=bool(message.retain),
             qos=message.qos,
+            raw=raw,
         )
         self.arrivals.put((at, received))
         if self.keep_all:

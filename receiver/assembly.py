@@ -16,6 +16,7 @@ from receiver.core.schedule import Schedule, parse_schedule
 from receiver.core.strict_json import StrictJsonError, loads_strict
 from receiver.core.trust import Keyring, key_from_config
 from receiver.core.trustdoc import parse_trust
+from receiver.device_key import STATE_TYPE, DeviceKey, load_or_create_device_key, seal_report
 from receiver.ports import Hooks, Ports
 from receiver.ports import Store as StorePort
 
@@ -38,10 +39,14 @@ def real_ports(config: Config, hooks: Hooks, pin_factory: Any = None) -> Ports:
     from receiver.streams import stream_resolver
 
     topics = Topics(config.broker.topic_prefix, config.device_id)
+    store = Store(config.storage.state_dir)
+    device_key, made = load_or_create_device_key(config.storage.state_dir, config.device_id)
     factory = pin_factory or make_pin_factory(config.gpio.pin_factory)
     return Ports(
+        device_key=device_key,
+        device_key_made=made,
         clock=make_clock(config.clock.trust_system_clock),
-        store=Store(config.storage.state_dir),
+        store=store,
         outbox=Outbox(config.storage.state_dir / "outbox.db"),
         relay=AmpRelay(config.gpio, factory),
         inputs=LocalInputs(config.gpio, factory, hooks.input),
@@ -52,7 +57,7 @@ def real_ports(config: Config, hooks: Hooks, pin_factory: Any = None) -> Ports:
             config.device_id,
             topics.subscriptions(config.groups),
             will_topic=topics.state,
-            will_payload=offline_payload(config.device_id),
+            will_payload=offline_payload(config.device_id, device_key),
             on_message=hooks.message,
             max_packet_size=MAX_PACKET_BYTES,
             manual_ack=True,
@@ -62,9 +67,11 @@ def real_ports(config: Config, hooks: Hooks, pin_factory: Any = None) -> Ports:
     )
 
 
-def offline_payload(device_id: str) -> bytes:
-    """The retained state of a device that is not running (the will, and the last word)."""
-    return json.dumps({"device": device_id, "online": False}, separators=(",", ":")).encode()
+def offline_payload(device_id: str, device_key: DeviceKey) -> bytes:
+    """The retained state of a device that is not running (the will, and the last word), signed
+    with the device's key like every report."""
+    body = json.dumps({"device": device_id, "online": False}, separators=(",", ":")).encode()
+    return seal_report(device_key, STATE_TYPE, body)
 
 
 def keyring_from_config(config: Config) -> Keyring:

@@ -209,6 +209,22 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_enroll(args: argparse.Namespace) -> int:
+    """Print this device's registry entry (making its key on first use); see device_key."""
+    config = _load(args.config)
+    if config is None:
+        return EX_CONFIG
+    from receiver.device_key import DeviceKeyError, enrollment_line, load_or_create_device_key
+
+    try:
+        key, _made = load_or_create_device_key(config.storage.state_dir, config.device_id)
+    except DeviceKeyError as exc:
+        print(f"receiver enroll: {exc}", file=sys.stderr)
+        return 1
+    print(enrollment_line(key))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="receiver", description=__doc__)
     parser.add_argument("--version", action="version", version=f"loa-receiver {__version__}")
@@ -237,6 +253,9 @@ def main(argv: list[str] | None = None) -> int:
         help=f"the YAML config file (default: {INSTALLED_CONFIG})",
     )
     status.set_defaults(func=cmd_status)
+    enroll = sub.add_parser("enroll", help="print the device's key entry for central's registry")
+    enroll.add_argument("--config", "-c", required=True, help="the YAML config file")
+    enroll.set_defaults(func=cmd_enroll)
     args = parser.parse_args(argv)
     result: int = args.func(args)
     return result

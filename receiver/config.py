@@ -501,6 +501,15 @@ def _host_port(node: yaml.Node, ctx: _Context, path: str) -> str:
     return value
 
 
+def _split_host_port(value: str, default_port: int) -> tuple[str, int]:
+    """``host``/``host:port``/``[v6]:port`` as checked by :func:`_host_port`, apart."""
+    match = _HOST_PORT.fullmatch(value)
+    if match is None:  # pragma: no cover - _host_port accepted it
+        raise ValueError(value)
+    port = match["port"]
+    return match["host"].strip("[]"), default_port if port is None else int(port)
+
+
 # Pins of the 40-pin header that are GPIOs (the others are power and ground).
 _BOARD_GPIO_PINS = frozenset(range(1, 41)) - {1, 2, 4, 6, 9, 14, 17, 20, 25, 30, 34, 39}
 _PIN_NAME = re.compile(r"(GPIO|BCM|BOARD)([0-9]{1,2})")
@@ -770,7 +779,13 @@ def _finish_broker(values: dict[str, Any], check: _Checker) -> BrokerConfig:
             values["password"] = _read_secret_file(password_file, check)
     if values["port"] is None:
         values["port"] = 1883 if values["tls"] is None else 8883
+    if "failover" in values:
+        values["failover"] = tuple(
+            _split_host_port(item, values["port"]) for item in values["failover"]
+        )
     broker = BrokerConfig(**values)
+    if (broker.host, broker.port) in broker.failover:
+        check("failover", f"{broker.host}:{broker.port} is already broker.host")
     if broker.password is not None and broker.username is None:
         check("username", "required when a password is set")
     if broker.reconnect_max_s < broker.reconnect_min_s:
@@ -791,6 +806,8 @@ _BROKER = _Section(
         _Field("session_expiry_s", _int_range(0, 2**32 - 1, "seconds")),
         _Field("reconnect_min_s", _number_range(0.1, 3600, "seconds")),
         _Field("reconnect_max_s", _number_range(0.1, 3600, "seconds")),
+        _Field("failover", _list_of(_host_port, distinct=[_SAME_VALUE])),
+        _Field("failback_s", _number_range(5, 86400, "seconds")),
     ),
     _finish_broker,
 )

@@ -36,6 +36,17 @@ class BrokerConfig:
     session_expiry_s: int = 7 * 24 * 3600
     reconnect_min_s: float = 1.0
     reconnect_max_s: float = 120.0
+    # Further brokers tried in order when the one in use is down (cluster nodes, or a standby
+    # district broker): (host, port) pairs, the port defaulting to ``port``.
+    failover: tuple[tuple[str, int], ...] = ()
+    # While on a failover broker, how often the first one is probed; once it answers the
+    # receiver moves back to it.
+    failback_s: float = 300.0
+
+    @property
+    def addresses(self) -> tuple[tuple[str, int], ...]:
+        """Every broker address, the preferred one (``host``/``port``) first."""
+        return ((self.host, self.port), *self.failover)
 
 
 @dataclass(frozen=True)

@@ -30,11 +30,13 @@ headers (with timestamps) per segment, pure ACKs included. Counted the same way,
 the socket (paho, the fetcher, libVLC), with no hook in any of them; the MQTT socket is told
 apart by its inode. What it cannot see: the last second of a connection before it closes (a
 download shorter than a second may be missed whole), DNS, NTP, and processes other than this
-one. Measured against the IP bytes an emulated 4G link forwarded, by tests/link.
+one. Connections on loopback are left out: they never reach the link (paho wakes its own loop
+through one). Measured against the IP bytes an emulated 4G link forwarded, by tests/link.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import shutil
@@ -115,15 +117,18 @@ class TcpCounters:
         return self.received + SEGMENT_HEADER_BYTES * self.segs_in
 
 
-def tcp_counters(sock: socket.socket) -> TcpCounters | None:
-    """The kernel's counters of a TCP socket, or None (not TCP, not Linux, too old a kernel)."""
+def tcp_counters(sock: socket.socket, *, loopback: bool = False) -> TcpCounters | None:
+    """The kernel's counters of a TCP socket, or None (not TCP, not connected, on loopback, not
+    Linux, too old a kernel)."""
     try:
         if sock.family not in (socket.AF_INET, socket.AF_INET6):
             return None
         if sock.getsockopt(socket.SOL_SOCKET, socket.SO_PROTOCOL) != socket.IPPROTO_TCP:
             return None
+        if not loopback and ipaddress.ip_address(sock.getpeername()[0]).is_loopback:
+            return None  # never on the 4G link
         info = sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, 256)
-    except OSError:
+    except (OSError, ValueError):
         return None
     if len(info) < _INFO_BASE_AT + _INFO_BASE.size:
         return None
@@ -149,8 +154,10 @@ class TrafficMeter:
         fd_dir: Path = Path("/proc/self/fd"),
         clock: Callable[[], float] = time.monotonic,
         window_s: float = 3600.0,
+        loopback: bool = False,
     ) -> None:
         self._mqtt_inode = mqtt_inode
+        self._loopback = loopback  # count loopback connections too (tests)
         self._fd_dir = fd_dir
         self._clock = clock
         self._window_s = window_s
@@ -216,7 +223,7 @@ class TrafficMeter:
                 os.close(copy)
                 return None
             with socket.socket(fileno=copy) as sock:
-                counters = tcp_counters(sock)
+                counters = tcp_counters(sock, loopback=self._loopback)
         except OSError:
             return None
         return None if counters is None else (inode, counters)
@@ -228,8 +235,10 @@ class TrafficMeter:
             since, base = self._history[0]
             if now - since > self._window_s and len(self._history) > 1:
                 since, base = self._history[1]
-            window = max(now - since, 1.0)
-            figures: dict[str, Any] = {"window_s": int(window)}
+            # Whole seconds, the same in the rate as in window_s: rate x window_s / 3600 gives
+            # back the bytes (central may want them), also in the first seconds.
+            window = max(int(now - since), 1)
+            figures: dict[str, Any] = {"window_s": window}
             for kind, (sent, received) in self._totals.items():
                 figures[kind] = {
                     "sent": round((sent - base[kind][0]) * 3600 / window),

@@ -1,11 +1,13 @@
 """The MQTT link: one paho-mqtt 2.x client, driven by our own network thread.
 
 Owns the broker connection (MQTT 5 persistent session, will, TLS, reconnect with backoff and
-jitter, the packet size we accept) and the map from message ids to acknowledgement callbacks
+jitter, failover between several brokers and the move back to the first, the packet size we
+accept) and the map from message ids to acknowledgement callbacks
 that tells the outbox which events the broker has. Incoming messages become
 :class:`~receiver.core.events.MessageReceived` and link changes
 :class:`~receiver.core.events.LinkChanged`, handed to callables that only queue them; no message
-is interpreted here. The threading and acknowledgement contract is in ``docs/adapters.md``.
+is interpreted here. The threading, acknowledgement and failover contract is in
+``docs/adapters.md``.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ __all__ = [
     "Subscription",
     "backoff_delay",
     "describe_connect_error",
+    "next_address",
 ]
 
 _P = ParamSpec("_P")
@@ -59,6 +62,8 @@ DEFAULT_FINAL_TIMEOUT_S = 2.0
 DEFAULT_MAX_PACKET_SIZE = 32 * 1024
 #: The largest value the property may take (MQTT 5, 3.1.2.11.4: the largest packet there is).
 _MQTT_MAX_PACKET_SIZE = 268_435_460
+#: How long the failback probe waits for the preferred broker's TCP handshake.
+_FAILBACK_PROBE_TIMEOUT_S = 3.0
 #: ``select()`` timeout of one ``loop()`` turn; publishing and stopping wake it at once anyway.
 _LOOP_TIMEOUT_S = 1.0
 
@@ -99,6 +104,8 @@ class LinkStatus(TypedDict):
     last_error: str | None
     #: Accepted connections after the first one: how often the link came back.
     reconnects: int
+    #: ``host:port`` of the broker in use (or being tried): with ``broker.failover``, which one.
+    broker: str
 
 
 @dataclass(frozen=True)
@@ -114,16 +121,37 @@ class Subscription:
     ignore_retained: bool
 
 
-def backoff_delay(failures: int, min_s: float, max_s: float, rng: random.Random) -> float:
-    """Seconds to wait before the next attempt after ``failures`` consecutive failures (0-based).
+def backoff_delay(rounds: int, min_s: float, max_s: float, rng: random.Random) -> float:
+    """Seconds to wait before the next attempt; ``rounds`` counts failed rounds since the link
+    last held (0: it has just dropped after holding, or the daemon has just started).
 
-    Full jitter above a floor: ``uniform(min_s, min(max_s, min_s * 2**(failures+1)))``. The
-    floor keeps a refusing broker from being hit faster than ``min_s``; the jitter spreads a
-    fleet that lost the broker at the same instant.
+    Round 0: ``uniform(0, min_s)``, pure spread: a fleet that lost its broker at the same
+    instant comes back over ``min_s`` seconds, not at once, and a short broker restart costs
+    little. After that full jitter above a floor: ``uniform(min_s, min(max_s, min_s *
+    2**rounds))``; the floor keeps a refusing broker from being hit faster than ``min_s``.
     """
     low = max(0.0, min_s)
-    high = max(low, min(max_s, low * 2.0 ** min(failures + 1, 32)))
+    if rounds <= 0:
+        return rng.uniform(0.0, low)
+    high = max(low, min(max_s, low * 2.0 ** min(rounds, 32)))
     return rng.uniform(low, high)
+
+
+def next_address(current: int, count: int, was_up: bool) -> int:
+    """The address to try next: the same one after a connection that was up (a restart is the
+    common case), the next one (in a ring) after an attempt that failed."""
+    if count <= 1 or was_up:
+        return current
+    return (current + 1) % count
+
+
+def _address_answers(host: str, port: int, timeout_s: float) -> bool:
+    """True if a TCP connection to ``host:port`` opens within ``timeout_s`` (closed at once)."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
 
 
 def describe_connect_error(exc: BaseException, host: str, port: int) -> str:
@@ -251,6 +279,7 @@ class MqttLink:
         self._dropped = 0
         self._since: float | None = None
         self._reconnects = 0
+        self._init_failover(config)
 
         _check_topic(will_topic)
         client = mqtt.Client(
@@ -273,6 +302,7 @@ class MqttLink:
         client.will_set(will_topic, will_payload, qos=1, retain=True)
         self._set_callbacks(client)
         # Only stores the parameters; every reconnect() reuses them, properties included.
+        self._connect_properties = connect_properties
         client.connect_async(
             config.host,
             config.port,
@@ -281,6 +311,18 @@ class MqttLink:
             properties=connect_properties,
         )
         self._client = client
+
+    def _init_failover(self, config: BrokerConfig) -> None:
+        """Failover state: the network thread writes it; _ack_lock guards the epoch for ack()."""
+        self._addresses = config.addresses
+        self._address_index = 0
+        self._address_epoch = 0  # bumped whenever the link moves to another broker
+        self._ack_lock = threading.Lock()
+        # Unacknowledged (mid, message) -> the epoch it came in (the message alone compares
+        # without its mid: two brokers' copies of one command are equal).
+        self._received: dict[tuple[int, MessageReceived], int] = {}
+        self._failback_due = False
+        self._next_probe = 0.0
 
     def _set_callbacks(self, client: mqtt.Client) -> None:
         client.on_connect = self._guard("on_connect", self._handle_connect)
@@ -305,6 +347,12 @@ class MqttLink:
         return self._last_error
 
     @property
+    def broker(self) -> str:
+        """``host:port`` of the broker the link is using (or trying) now."""
+        host, port = self._addresses[self._address_index]
+        return f"{host}:{port}"
+
+    @property
     def status(self) -> LinkStatus:
         """A snapshot for the state message: up, since (monotonic), last_error, reconnects.
 
@@ -316,6 +364,7 @@ class MqttLink:
             since=self._since,
             last_error=self._last_error,
             reconnects=self._reconnects,
+            broker=self.broker,
         )
 
     @property
@@ -346,10 +395,17 @@ class MqttLink:
         """
         if not self._manual_ack or message.qos == 0:
             return
-        try:
-            self._client.ack(message.mid, message.qos)
-        except Exception as exc:  # a closed socket: the broker will resend
-            self._log.debug("mqtt_ack_failed", mid=message.mid, reason=str(exc))
+        with self._ack_lock:
+            epoch = self._received.pop((message.mid, message), None)
+            if epoch != self._address_epoch:
+                # It came from another broker (or was acknowledged already): that broker sends
+                # it again on our next visit and the daemon answers the copy as a duplicate.
+                self._log.debug("mqtt_ack_skipped_other_broker", mid=message.mid)
+                return
+            try:
+                self._client.ack(message.mid, message.qos)
+            except Exception as exc:  # a closed socket: the broker will resend
+                self._log.debug("mqtt_ack_failed", mid=message.mid, reason=str(exc))
 
     def publish(
         self,
@@ -473,7 +529,7 @@ class MqttLink:
     # ------------------------------------------------------------------ network thread
 
     def _run(self) -> None:
-        failures = 0
+        failures = 0  # failed attempts since the link last held
         while not self._stopping.is_set():
             try:
                 up_for = self._attempt()
@@ -484,19 +540,30 @@ class MqttLink:
                 self._set_down()
             if self._stopping.is_set():
                 break
-            if up_for is not None and up_for >= self._stable_after_s:
+            if self._failback_due or (up_for is not None and up_for >= self._stable_after_s):
                 failures = 0
+            else:
+                failures += 1
             cfg = self._config
-            delay = backoff_delay(failures, cfg.reconnect_min_s, cfg.reconnect_max_s, self._rng)
-            failures += 1
+            rounds = -(-failures // len(self._addresses))  # ceil: one round per address ring
+            delay = backoff_delay(rounds, cfg.reconnect_min_s, cfg.reconnect_max_s, self._rng)
             reason = self._attempt_error or "connection closed"
             self._last_error = reason
+            tried = self.broker
+            self._address_index = (
+                0
+                if self._failback_due
+                else next_address(self._address_index, len(self._addresses), up_for is not None)
+            )
+            self._failback_due = False
             self._log.warning(
                 "mqtt_link_lost" if up_for is not None else "mqtt_connect_failed",
                 reason=reason,
+                broker=tried,
                 up_for_s=None if up_for is None else round(up_for, 1),
                 failures=failures,
                 retry_in_s=round(delay, 2),
+                next_broker=self.broker,
             )
             self._stopping.wait(delay)
         self._deliver_acks()
@@ -510,19 +577,53 @@ class MqttLink:
         self._sub_mid = None
         with self._lock:
             self._holding = True
+        host, port = self._addresses[self._address_index]
         try:
+            if (host, port) != (self._client.host, self._client.port):
+                self._move_to(host, port)
             try:
                 self._client.reconnect()
             except Exception as exc:
-                self._attempt_error = describe_connect_error(
-                    exc, self._config.host, self._config.port
-                )
+                self._attempt_error = describe_connect_error(exc, host, port)
                 return None
             self._disable_nagle()
             self._bound_silence()
             return self._run_session()
         finally:
             self._release_hold()
+
+    def _move_to(self, host: str, port: int) -> None:
+        """Point paho at another broker. Messages that came from the previous one can no longer
+        be acknowledged (their ids are that broker's), so the epoch moves on under _ack_lock."""
+        with self._ack_lock:
+            self._address_epoch += 1
+            self._received.clear()
+            self._client.connect_async(
+                host,
+                port,
+                keepalive=self._config.keepalive_s,
+                clean_start=False,
+                properties=self._connect_properties,
+            )
+        self._log.info("mqtt_broker_switch", broker=f"{host}:{port}")
+
+    def _check_failback(self, now: float) -> None:
+        """On a failover broker: probe the preferred one now and then; once it answers, end
+        this connection cleanly (no will) and let :meth:`_run` move back to it."""
+        if self._address_index == 0 or self._disconnect_requested or self._failback_due:
+            return
+        if now < self._next_probe:
+            return
+        # Jittered, so a fleet on the standby does not return at one instant.
+        self._next_probe = now + self._config.failback_s * self._rng.uniform(0.5, 1.0)
+        host, port = self._addresses[0]
+        if not _address_answers(host, port, _FAILBACK_PROBE_TIMEOUT_S):
+            return
+        self._log.info("mqtt_failback", broker=f"{host}:{port}")
+        self._failback_due = True
+        self._attempt_error = f"moving back to the preferred broker {host}:{port}"
+        with self._lock:
+            self._client.disconnect()
 
     def _disable_nagle(self) -> None:
         """Send small packets at once: with Nagle's algorithm an event published right after a
@@ -605,6 +706,8 @@ class MqttLink:
                         self._attempt_error = f"connection lost ({mqtt.error_string(rc)})"
                     break
                 now = time.monotonic()
+                if ready_handled:
+                    self._check_failback(now)
                 if self._disconnect_requested:
                     if now > self._disconnect_deadline:
                         break  # the DISCONNECT could not be written; the socket is closed below
@@ -637,10 +740,14 @@ class MqttLink:
         """CONNACK accepted (called from on_connect, before any message of this connection)."""
         self._up = True
         self._up_since = time.monotonic()
+        if self._address_index != 0:
+            self._next_probe = self._up_since + self._config.failback_s * self._rng.uniform(
+                0.5, 1.0
+            )
         self._since = self._up_since
         if self._ever_up:
             self._reconnects += 1
-        self._log.info("mqtt_connected", session_present=session_present)
+        self._log.info("mqtt_connected", session_present=session_present, broker=self.broker)
         if not session_present and self._ever_up:
             self._log.warning(
                 "mqtt_session_lost",
@@ -747,15 +854,17 @@ class MqttLink:
     def _handle_message(
         self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage
     ) -> None:
-        self._on_message_cb(
-            MessageReceived(
-                topic=message.topic,
-                payload=bytes(message.payload),
-                retained=bool(message.retain),
-                mid=message.mid,
-                qos=message.qos,
-            )
+        received = MessageReceived(
+            topic=message.topic,
+            payload=bytes(message.payload),
+            retained=bool(message.retain),
+            mid=message.mid,
+            qos=message.qos,
         )
+        if self._manual_ack and received.qos > 0:
+            # Only this thread moves the epoch, so no lock is needed to read it here.
+            self._received[received.mid, received] = self._address_epoch
+        self._on_message_cb(received)
 
     def _handle_publish(
         self,

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 from receiver.core.clock import Instant
 from receiver.core.events import Event, MessageReceived
 from receiver.core.state import Intent
+from receiver.device_key import DeviceKey
 
 __all__ = [
     "CacheUsage",
@@ -168,8 +169,9 @@ class Hooks:
 
 @dataclass
 class Ports:
-    """Every adapter the loop uses."""
+    """Every adapter the loop uses, and the device's own key (it signs every report)."""
 
+    device_key: DeviceKey
     clock: Clock
     store: Store
     outbox: Outbox
@@ -178,6 +180,7 @@ class Ports:
     player: Player
     fetcher: Fetcher
     link: Link
+    device_key_made: bool = False  # made on this start: to be enrolled
 
     def closers(self) -> Iterator[tuple[str, Callable[[], None]]]:
         """The adapters to close at shutdown, the sound and the relay first."""

@@ -54,6 +54,7 @@ from receiver.core.events import (
     PlaybackProgress,
     TimerFired,
 )
+from receiver.device_key import EVENT_TYPE, STATE_TYPE, seal_report
 from receiver.errors import ReceiverError
 from receiver.health import TrafficMeter, read_health
 from receiver.inbox import Inbox
@@ -107,6 +108,10 @@ class Runtime:
         self.fetcher = self.ports.fetcher
         self.link = self.ports.link
         self.started_mono = self.clock.now().mono
+        # Signs every event and state (protocol §14); made by the assembly on the first start.
+        self.device_key = self.ports.device_key
+        if self.ports.device_key_made:
+            self.log.warning("device_key_made", detail="enroll it: receiver enroll --config ...")
         if self.outbox.recovered_from is not None:
             self.log.error("outbox_corrupt_moved_aside", moved_to=str(self.outbox.recovered_from))
         if self.store.recovered_from is not None:
@@ -268,7 +273,7 @@ class Runtime:
             except Exception as exc:  # shutting down: report and go on
                 self.log.error("close_failed", part=name, error=str(exc))
         self.log.info("relay_switched", on=False, why="shutdown")
-        self.link.stop(self.topics.state, offline_payload(self.config.device_id))
+        self.link.stop(self.topics.state, offline_payload(self.config.device_id, self.device_key))
         self.traffic.stop()
         try:  # so that `receiver status` says the daemon stopped, and when
             offline = {
@@ -389,13 +394,14 @@ class Runtime:
             event["reason"] = effect.reason
         if effect.detail:
             event["detail"] = effect.detail[:MAX_DETAIL_CHARS]
+        payload = seal_report(self.device_key, EVENT_TYPE, _json(event))
         # On disk first (when the turn ends), and only then logged: a log line never names an
         # event that a power cut could lose. It leaves the outbox when the broker has it.
         log = self.log.warning if effect.kind in ("rejected", "failed", "fault") else self.log.info
         extra = {k: v for k, v in (("ref", effect.ref), ("reason", effect.reason)) if v}
         self.pump.add(
             event["n"],
-            _json(event),
+            payload,
             log,
             effect.kind,
             n=event["n"],
@@ -416,6 +422,7 @@ class Runtime:
             "online": True,
             "ts": rfc3339(now.utc),
             "sw": __version__,
+            "groups": list(self.config.groups),
             **fields,
             "clock_synced": now.utc_trusted,
             "cache": {
@@ -434,10 +441,11 @@ class Runtime:
         }
         if "playing" in state:
             state["playing"] = {**state["playing"], "since": rfc3339(state["playing"]["since"])}
-        self._state_payload = _json(state)
+        body = _json(state)
+        self._state_payload = seal_report(self.device_key, STATE_TYPE, body)
         self._next_state = now.mono + STATE_EVERY_S
         try:
-            write_status(self.config.storage.state_dir, self._state_payload)
+            write_status(self.config.storage.state_dir, body)
         except OSError as exc:
             self.log.error("status_write_failed", error=str(exc))
         if self.link.connected:
@@ -451,6 +459,7 @@ class Runtime:
             "up": status["up"],
             "last_error": status["last_error"],
             "reconnects": status["reconnects"],
+            "broker": status["broker"],
         }
 
     def _republish_state(self) -> None:

@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 PYTHON=${PYTHON:-python3}
 DEB_PACKAGES=(mosquitto mosquitto-clients libvlc5 libvlc-bin vlc-plugin-base python3-venv
-  ffmpeg icecast2)
+  ffmpeg icecast2 ejabberd)
 
 missing=()
 for pkg in "${DEB_PACKAGES[@]}"; do

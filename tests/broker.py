@@ -19,9 +19,11 @@ it: a CI run must not count an untested transport as a pass.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import datetime as dt
 import ipaddress
+import json
 import os
 import queue
 import random
@@ -48,6 +50,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from receiver.central.reports import REPORT_TYPES
 
 _SEARCH_PATH = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto", "/opt/homebrew/sbin/mosquitto")
 
@@ -274,14 +278,33 @@ class MosquittoBroker:
         self._process = process
 
 
+def report_json(payload: bytes) -> bytes:
+    """The JSON inside a device report's envelope; any other payload unchanged."""
+    if not payload.startswith(b'{"payloadType":"application/vnd.loa.'):
+        return payload
+    try:
+        envelope = json.loads(payload)
+        if envelope["payloadType"] not in REPORT_TYPES:
+            return payload
+        return base64.b64decode(envelope["payload"], validate=True)
+    except (ValueError, KeyError, TypeError):
+        return payload
+
+
 @dataclass(frozen=True)
 class Received:
-    """A message as the test subscriber saw it (fields copied inside paho's callback)."""
+    """A message as the test subscriber saw it (fields copied inside paho's callback).
+
+    A device's signed report (protocol §14) arrives as a DSSE envelope: ``payload`` is then the
+    report's JSON taken out of it, as a reader that only reads JSON does, and ``raw`` the
+    envelope as sent (for the tests of the signatures themselves).
+    """
 
     topic: str
     payload: bytes
     retain: bool
     qos: int
+    raw: bytes = b""
 
 
 class Subscriber:
@@ -409,11 +432,13 @@ class Subscriber:
             self._subscribed.set()
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        raw = bytes(message.payload)
         received = Received(
             topic=message.topic,
-            payload=bytes(message.payload),
+            payload=report_json(raw),
             retain=bool(message.retain),
             qos=message.qos,
+            raw=raw,
         )
         self.seen.append(received)
         self.messages.put(received)

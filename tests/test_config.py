@@ -89,7 +89,8 @@ def test_example_file_documents_every_key() -> None:
     names = [
         "device_id", "env", "groups", "broker", "host", "port", "tls", "ca_file", "cert_file",
         "key_file", "username", "password", "password_file", "keepalive_s", "topic_prefix",
-        "session_expiry_s", "reconnect_min_s", "reconnect_max_s", "trust", "keys", "id",
+        "session_expiry_s", "reconnect_min_s", "reconnect_max_s", "failover", "failback_s",
+        "trust", "keys", "id",
         "ed25519", "roles", "scopes", "not_after", "thresholds", "operator", "emergency", "root",
         "player", "output", "alsa_device", "wav_file", "vlc_args", "default_volume", "max_volume",
         "max_play_duration_s", "gpio", "pin_factory", "amp_pin", "active_high", "warm_up_s",
@@ -886,3 +887,43 @@ def test_any_text_gives_a_config_or_a_config_error(lines: list[str]) -> None:
         assert all(p.startswith(f"{SRC}:") for p in exc.problems)
     else:
         assert isinstance(result, Config)
+
+
+def test_failover_brokers_are_read_with_the_first_brokers_port_by_default() -> None:
+    config = parse_config(
+        HEAD
+        + "broker:\n  host: a.example\n  port: 1884\n"
+        + "  failover: [b.example, 'c.example:1999', '[2001:db8::1]:1883']\n  failback_s: 60\n"
+        + TRUST,
+        "t.yaml",
+    )
+    assert config.broker.addresses == (
+        ("a.example", 1884),
+        ("b.example", 1884),
+        ("c.example", 1999),
+        ("2001:db8::1", 1883),
+    )
+    assert config.broker.failback_s == 60
+    single = parse_config(HEAD + "broker:\n  host: a.example\n" + TRUST, "t.yaml")
+    assert single.broker.addresses == (("a.example", 1883),)
+
+
+@pytest.mark.parametrize(
+    ("broker", "expected"),
+    [
+        (
+            "  host: a\n  failover: [a]",
+            "broker.failover: a:1883 is already broker.host",
+        ),
+        (
+            "  host: a\n  failover: ['mqtt://b']",
+            "broker.failover[0]: 'mqtt://b': write only a host name or host:port, not a URL",
+        ),
+        (
+            "  host: a\n  failback_s: 1",
+            "broker.failback_s: 1 is out of range: use 5 to 86400 seconds",
+        ),
+    ],
+)
+def test_a_bad_failover_setting_is_reported(broker: str, expected: str) -> None:
+    assert only_problem(HEAD + "broker:\n" + broker + "\n" + TRUST) == expected

@@ -102,7 +102,7 @@ def test_fleet_prints_one_row_per_device(
         ["fleet", "--host", broker.host, "--port", str(broker.port), "--timeout", "1"]
     )
     assert code == 0
-    assert 1.0 <= time.monotonic() - started < 5.0
+    assert time.monotonic() - started < 5.0  # done once the retained states stop coming
     output = capsys.readouterr().out
     assert f"{PREFIX}/dev/+/state" in output.splitlines()[0]
     rows = rows_of(output)
@@ -119,7 +119,7 @@ def test_fleet_prints_one_row_per_device(
         "0",
         "0",
     ]
-    assert last_seen in {"5s", "6s", "7s", "8s"}  # ts was 5 s old, plus the 1 s window
+    assert last_seen in {"5s", "6s", "7s", "8s"}  # ts was 5 s old, plus the collection
     assert rows["loa-002"] == ["loa-002", "yes", "idle", "70", "off", "-", "0", "0", "0", "2h?"]
     assert rows["loa-003"] == ["loa-003", "no", "-", "-", "-", "-", "-", "-", "-", "-"]
     assert output.splitlines()[-2:] == [
@@ -192,7 +192,7 @@ def test_fleet_watch_redraws_and_follows_changes_until_ctrl_c(broker: MosquittoB
         while not next_summary().startswith("2 devices: 2 online, 0 offline or unknown, 1 playing"):
             assert time.monotonic() < deadline
         child.send_signal(signal.SIGINT)
-        assert child.wait(timeout=10) == 0
+        assert child.wait(timeout=30) == 0  # a loaded machine can be slow to let go
         assert child.stderr is not None
         assert "Traceback" not in child.stderr.read()
     finally:

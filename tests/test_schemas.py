@@ -60,7 +60,9 @@ ROOT = Path(__file__).resolve().parents[1]
 SCHEMAS = ROOT / "schemas"
 DOC = ROOT / "docs" / "protocol.md"
 BASE = "https://loa-receiver.invalid/schemas/v1/"
-SCHEMA_NAMES = ("common", "envelope", "command", "schedule", "trust", "state", "event")
+SCHEMA_NAMES = (
+    "common", "envelope", "command", "schedule", "trust", "state", "event", "report",
+)  # fmt: skip
 DRAFT = "https://json-schema.org/draft/2020-12/schema"
 
 IAT = "2026-03-01T05:30:00Z"
@@ -256,7 +258,9 @@ def test_the_asyncapi_examples_validate_and_the_worked_example_verifies() -> Non
     payload = loads_strict(envelope.body)
     assert schema_accepts("command.json", payload)
     commands.parse_command(payload, commands.parse_header(payload))
-    assert schema_accepts("state.json", messages["offline"]["examples"][0]["payload"])
+    offline = messages["offline"]["examples"][0]["payload"]
+    assert schema_accepts("report.json", offline)
+    assert schema_accepts("state.json", json.loads(base64.b64decode(offline["payload"])))
 
 
 # --- what the central side's code produces ---------------------------------------------------
@@ -1034,6 +1038,8 @@ def test_every_state_and_event_the_daemon_publishes_validates(
 
     events = [_json(m) for m in watcher.seen if m.topic == site.events_topic]
     states = [_json(m) for m in watcher.seen if m.topic == site.state_topic]
+    envelopes = [json.loads(m.raw) for m in watcher.seen]
+    assert [e for e in envelopes if schema_errors("report.json", e)] == []
     problems = [
         f"{kind} {message}: {error}"
         for kind, schema, messages in (

@@ -1,9 +1,9 @@
-"""``receiver-admin``: the central side's tool — make keys, sign commands, publish, watch.
+"""``receiver-admin``: the central side's tool — keys, commands, programmes, the fleet, reports.
 
 Operators drive the receivers with it; the tests use it too, so it is exercised the way an
-operator runs it. What it signs is first checked by the receivers' own rules
-(:mod:`receiver.central.validate`): a command or document a receiver would refuse never leaves.
-Broker failures are one line each (:mod:`receiver.central.broker`).
+operator runs it. What it signs is first checked by the receivers' own rules: a command or
+document a receiver would refuse never leaves. Broker failures are one line each.
+``schedule show`` and ``report --db`` are spelled with a space; docs/operations.md section 9.
 
 Exit statuses: 0 done; 1 done, but what was asked did not happen (``watch`` saw nothing, or
 not the event ``--until`` asked for, in its ``--timeout``); 2 bad input (usage, a document or
@@ -25,6 +25,7 @@ from typing import Any, TextIO
 from receiver import __version__
 from receiver.central import collector, fleet, report
 from receiver.central import documents as admin_documents
+from receiver.central.bridges import BRIDGE_STATE_FILTER, BridgeMap, with_bridges
 from receiver.central.broker import (
     EXIT_BROKER,
     EXIT_FAILED,
@@ -34,13 +35,16 @@ from receiver.central.broker import (
     BrokerOptions,
     Connection,
 )
+from receiver.central.cluster import add_node_option, further_nodes
 from receiver.central.inputs import InputError, load_keys, refuse_if_invalid
 from receiver.central.received import DeviceMessage, device_topics, parse_device_message
+from receiver.central.reports import message_text, verifier_for
 from receiver.central.signing import SigningKey, command_payload, sign_command
 from receiver.core import vocabulary
 
 DEFAULT_PREFIX = "loa/v1"
 FLEET_COLUMNS = fleet.COLUMNS
+SNAPSHOT_QUIET_S = 0.5
 
 
 def _keygen(args: argparse.Namespace) -> int:
@@ -153,6 +157,9 @@ def publish(
     """Publish at QoS 1 and wait for the broker's acknowledgement (BrokerError if none)."""
     with Connection(BrokerOptions.from_args(args)) as connection:
         connection.publish(topic, payload, retain=retain, expiry_s=expiry_s)
+    for node in further_nodes(args) if retain else ():
+        with Connection(node) as connection:  # a cluster that keeps retained messages per node
+            connection.publish(topic, payload, retain=retain, expiry_s=expiry_s)
     return True
 
 
@@ -160,14 +167,18 @@ def _watch(args: argparse.Namespace) -> int:
     """Print a device's state and events as they arrive (one line each), across reconnects."""
     messages: queue.Queue[DeviceMessage] = queue.Queue()
 
+    verifier = verifier_for(args.registry)
+
     def arrived(msg: Any) -> None:
-        parsed = parse_device_message(msg.topic, bytes(msg.payload))
+        parsed = parse_device_message(msg.topic, bytes(msg.payload), verifier)
         if parsed is not None:
             messages.put(parsed)
 
     state_topic, events_topic = device_topics(args.prefix, args.device)
     connection = Connection(
         BrokerOptions.from_args(args),
+        client_id=args.client_id or "",
+        persistent=bool(args.client_id),
         subscriptions=(events_topic, state_topic),
         on_message=arrived,
     )
@@ -189,12 +200,11 @@ def _watch(args: argparse.Namespace) -> int:
             heard = True
             if message.channel == "events":
                 n = message.n
-                if n is not None and n <= last_n.get(message.device, 0):
+                if n is not None and n <= last_n.get(message.device, 0) and not args.registry:
                     continue  # delivered again after a reconnect: printed already
                 if n is not None:
                     last_n[message.device] = n
-            text = message.raw.decode("utf-8", "replace")
-            print(f"{message.channel:6} {text}", flush=True)
+            print(f"{message.channel:6} {message_text(message)}", flush=True)
             if message.channel == "events":
                 seen += 1
                 kind = (message.body or {}).get("kind")
@@ -233,38 +243,55 @@ def _fleet(args: argparse.Namespace) -> int:
     arrivals: queue.Queue[tuple[DeviceMessage, bool, float]] = queue.Queue()
     topic_filter = device_topics(args.prefix)[0]
 
+    verifier = verifier_for(args.registry)
+    bridges = BridgeMap.load(Path(args.bridges)) if args.bridges else None
+
     def arrived(msg: Any) -> None:
-        parsed = parse_device_message(msg.topic, bytes(msg.payload))
+        if bridges is not None and bridges.note(msg.topic, bytes(msg.payload)):
+            return
+        parsed = parse_device_message(msg.topic, bytes(msg.payload), verifier)
         if parsed is not None:
             arrivals.put((parsed, bool(msg.retain), time.time()))
 
     connection = Connection(
-        BrokerOptions.from_args(args), subscriptions=(topic_filter,), on_message=arrived
+        BrokerOptions.from_args(args),
+        subscriptions=(topic_filter,) if bridges is None else (topic_filter, BRIDGE_STATE_FILTER),
+        on_message=arrived,
     )
     rows: dict[str, fleet.DeviceRow] = {}
     filters = _fleet_filters(args)
 
-    def collect(until: float) -> None:
+    def collect(until: float, quiet_s: float | None = None) -> None:
+        heard = False
         while (remaining := until - time.monotonic()) > 0:
+            wait = min(remaining, quiet_s) if quiet_s is not None and heard else remaining
             try:
-                message, retained, received = arrivals.get(timeout=remaining)
+                message, retained, received = arrivals.get(timeout=wait)
             except queue.Empty:
                 return
+            heard = True
             if message.raw:
                 rows[message.device] = fleet.DeviceRow(
-                    message.device, message.body, received, retained
+                    message.device, message.body, received, retained, message.verdict
                 )
             else:
                 rows.pop(message.device, None)  # the retained state was cleared
 
     def draw(clear: bool) -> None:
         _print_fleet(
-            sys.stdout, rows=rows, where=topic_filter, clear=clear, args=args, filters=filters
+            sys.stdout,
+            rows=with_bridges(rows, bridges),
+            where=topic_filter,
+            clear=clear,
+            args=args,
+            filters=filters,
         )
 
     try:
         if not args.watch:
-            collect(time.monotonic() + args.timeout)
+            # The broker sends every retained state right after the SUBACK: once they stop
+            # coming for a moment, the snapshot is complete.
+            collect(time.monotonic() + args.timeout, quiet_s=SNAPSHOT_QUIET_S)
             draw(clear=False)
             return EXIT_OK
         clear = sys.stdout.isatty()
@@ -294,7 +321,11 @@ def _print_fleet(
     if rows:
         table = fleet.format_fleet(rows, now, filters=filters, sort=args.sort, limit=args.limit)
     else:
-        table = "no device has a retained state here"
+        who = f"user {args.username!r}" if args.username else "an anonymous client"
+        table = (
+            f"no device has a retained state here (if some should: is the prefix right, and "
+            f"may {who} read {where}? the broker's ACL filters silently)"
+        )
     out.write(table + "\n")
     out.flush()
 
@@ -308,6 +339,7 @@ def _broker_options(parser: argparse.ArgumentParser, required: bool) -> None:
     parser.add_argument("--keyfile", help="client private key for mutual TLS")
     parser.add_argument("--username")
     parser.add_argument("--password-file")
+    add_node_option(parser)
     parser.add_argument(
         "--broker-timeout",
         type=float,
@@ -323,7 +355,7 @@ def _add_command_parsers(sub: Any) -> None:
         ("stream", "relay a live stream"),
         ("stop", "stop playback"),
         ("volume", "set the volume"),
-        ("report", "ask for the state now"),
+        ("report", "ask for the state now (with --db: proof of play, see 'proof')"),
         ("relay", "switch the amplifier by hand (on needs --duration)"),
     ):
         cmd = sub.add_parser(name, help=text)
@@ -382,12 +414,20 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument("--timeout", type=float, default=0.0, help="seconds (0: until Ctrl-C)")
     watch.add_argument("--count", type=int, default=0, help="stop after this many events")
     watch.add_argument("--until", nargs="*", default=[], help="stop after an event of a kind")
+    watch.add_argument(
+        "--client-id",
+        help="keep a session under this id: events sent while watch is away come when it is back",
+    )
+    watch.add_argument("--registry", help="enrolled device keys: mark reports by their signature")
     _broker_options(watch, required=True)
     watch.set_defaults(func=_watch)
 
     fleet_cmd = sub.add_parser("fleet", help="a table of every device's state")
     fleet_cmd.add_argument(
-        "--timeout", type=float, default=2.0, help="seconds to collect states (default 2)"
+        "--timeout",
+        type=float,
+        default=5.0,
+        help="at most this many seconds to collect states (default 5; done sooner once they stop)",
     )
     fleet_cmd.add_argument("--watch", action="store_true", help="redraw every second until Ctrl-C")
     fleet_cmd.add_argument("--group", help="only devices in this group")
@@ -404,6 +444,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fleet_cmd.add_argument("--sort", choices=fleet.SORT_KEYS, default="device")
     fleet_cmd.add_argument("--limit", type=int, help="show at most this many rows")
+    fleet_cmd.add_argument(
+        "--registry", help="enrolled device keys: mark devices whose state they did not sign"
+    )
+    fleet_cmd.add_argument(
+        "--bridges",
+        help="bridge name and device patterns per line: mark devices behind a bridge that is down",
+    )
     _broker_options(fleet_cmd, required=True)
     fleet_cmd.set_defaults(func=_fleet)
 

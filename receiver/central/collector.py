@@ -4,14 +4,16 @@ The collector holds a persistent MQTT session (a fixed client id, clean start of
 the broker keeps for a week), so QoS 1 events published while it is stopped, or while the
 broker restarts, are queued for it. It acknowledges a message to the broker only after the row
 is committed (paho's manual acknowledgement): a kill at any instant loses nothing, and a message
-delivered again is stored once, because an event's key is (device, ``n``) and a state's is
-(device, ``ts``). Events are numbered by the device and never reused (see docs/protocol.md);
-an event whose (device, ``n``) is known with different content is kept aside in
-``event_conflicts`` rather than overwriting the first.
+delivered again is stored once, because an event's key is (device, ``n``, ``ts``) and a
+state's is (device, ``ts``). A device numbers its events upwards and never reuses a number,
+except after its state store was reset (docs/protocol.md section 11), when ``n`` starts at 1
+again: the event's own time keeps those apart from the old ones. An event whose key is known
+with different content is kept aside in ``event_conflicts`` rather than overwriting the first.
 
-Tables: ``events`` (one row per device event), ``states`` (every distinct state received,
-for offline periods and titles), ``schedules`` (the schedule documents seen retained, for
-planned start times). :mod:`receiver.central.report` reads them.
+Tables: ``events`` (one row per device event), ``states`` (each change of a device's state:
+online or not, idle or playing what; the minute-by-minute refreshes of an unchanged state are
+not kept, or a province would store 1,440 rows a device a day), ``schedules`` (the schedule
+documents seen retained, for planned start times). :mod:`receiver.central.report` reads them.
 """
 
 from __future__ import annotations
@@ -31,7 +33,9 @@ from types import FrameType
 from typing import Any, Final
 
 from receiver.central.broker import BrokerOptions, Connection
+from receiver.central.inputs import InputError
 from receiver.central.received import DeviceMessage, device_topics, parse_device_message, ts_utc
+from receiver.central.reports import ReportVerifier, seed_verifier, set_aside, verifier_for
 from receiver.core.envelope import parse_envelope
 from receiver.core.reasons import Rejection
 
@@ -42,14 +46,14 @@ SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS events (
     device TEXT NOT NULL,
     n INTEGER NOT NULL,
-    ts_utc REAL,
+    ts_utc REAL NOT NULL,  -- the device's ts (0 if it had none it could give)
     kind TEXT,
     ref TEXT,
     reason TEXT,
     detail TEXT,
     received_utc REAL NOT NULL,
     raw BLOB NOT NULL,
-    PRIMARY KEY (device, n)
+    PRIMARY KEY (device, n, ts_utc)
 );
 CREATE INDEX IF NOT EXISTS events_by_time ON events (ts_utc);
 CREATE TABLE IF NOT EXISTS event_conflicts (
@@ -92,6 +96,7 @@ class Counts:
     events: int = 0
     duplicates: int = 0
     conflicts: int = 0
+    suspect: int = 0  # set aside: not signed by the device's enrolled key, or a replay
     states: int = 0
     schedules: int = 0
 
@@ -101,6 +106,7 @@ def store_event(db: sqlite3.Connection, message: DeviceMessage, received: float,
     n = message.n
     if n is None:
         return  # not an event anyone can key; the device never sends one
+    made = ts_utc(body.get("ts")) or 0.0
     cursor = db.execute(
         "INSERT OR IGNORE INTO events "
         "(device, n, ts_utc, kind, ref, reason, detail, received_utc, raw) "
@@ -108,7 +114,7 @@ def store_event(db: sqlite3.Connection, message: DeviceMessage, received: float,
         (
             message.device,
             n,
-            ts_utc(body.get("ts")),
+            made,
             _text(body.get("kind")),
             _text(body.get("ref")),
             _text(body.get("reason")),
@@ -121,7 +127,8 @@ def store_event(db: sqlite3.Connection, message: DeviceMessage, received: float,
         c.events += 1
         return
     known = db.execute(
-        "SELECT raw FROM events WHERE device = ? AND n = ?", (message.device, n)
+        "SELECT raw FROM events WHERE device = ? AND n = ? AND ts_utc = ?",
+        (message.device, n, made),
     ).fetchone()
     if known is not None and bytes(known[0]) == message.raw:
         c.duplicates += 1
@@ -145,6 +152,14 @@ def store_state(db: sqlite3.Connection, message: DeviceMessage, received: float,
     found = body.get("playing")
     playing: dict[str, Any] = found if isinstance(found, dict) else {}
     volume = body.get("volume")
+    what = (int(online), _text(body.get("state")), _text(playing.get("ref")))
+    last = db.execute(
+        "SELECT online, state, playing_ref FROM states WHERE device = ? AND ts_utc <= ? "
+        "ORDER BY ts_utc DESC LIMIT 1",
+        (message.device, made),
+    ).fetchone()
+    if last is not None and tuple(last) == what:
+        return  # a refresh of the state already kept
     cursor = db.execute(
         "INSERT OR IGNORE INTO states (device, ts_utc, online, state, playing_ref, "
         "playing_title, playing_priority, volume, received_utc, raw) "
@@ -197,8 +212,18 @@ class Arrival:
 class Collector:
     """Receives on a persistent session; stores, commits, then acknowledges each batch."""
 
-    def __init__(self, db: sqlite3.Connection, options: BrokerOptions, prefix: str, client_id: str):
+    def __init__(
+        self,
+        db: sqlite3.Connection,
+        options: BrokerOptions,
+        prefix: str,
+        client_id: str,
+        verifier: ReportVerifier | None = None,
+    ):
         self.db = db
+        self.verifier = verifier
+        if verifier is not None:
+            seed_verifier(verifier, db)
         self.prefix = prefix
         self.counts = Counts()
         self.arrivals: queue.Queue[Arrival] = queue.Queue()
@@ -243,8 +268,11 @@ class Collector:
             if arrival.payload:
                 store_schedule(self.db, arrival.payload, self.counts)
             return
-        message = parse_device_message(arrival.topic, arrival.payload)
+        message = parse_device_message(arrival.topic, arrival.payload, self.verifier)
         if message is None:
+            return
+        if set_aside(self.db, message, arrival.received_utc):
+            self.counts.suspect += 1
             return
         if message.channel == "events":
             store_event(self.db, message, arrival.received_utc, self.counts)
@@ -267,8 +295,13 @@ def _transaction(db: sqlite3.Connection) -> Iterator[None]:
 
 
 def collect_command(args: argparse.Namespace) -> int:
-    db = open_database(Path(args.db))
-    collector = Collector(db, BrokerOptions.from_args(args), args.prefix, args.client_id)
+    try:
+        db = open_database(Path(args.db))
+    except sqlite3.Error as exc:
+        raise InputError(f"--db {args.db}: cannot open it as a database ({exc})") from exc
+    collector = Collector(
+        db, BrokerOptions.from_args(args), args.prefix, args.client_id, verifier_for(args.registry)
+    )
     stopping: list[int] = []
 
     def stop(signum: int, _frame: FrameType | None) -> None:
@@ -296,7 +329,8 @@ def collect_command(args: argparse.Namespace) -> int:
     c = collector.counts
     print(
         f"stored {c.events} events ({c.duplicates} repeated, {c.conflicts} conflicting), "
-        f"{c.states} states, {c.schedules} schedules",
+        f"{c.states} states, {c.schedules} schedules"
+        + (f"; {c.suspect} reports set aside (unsigned, forged or replayed)" if c.suspect else ""),
         file=sys.stderr,
     )
     return 0
@@ -314,6 +348,9 @@ def add_parser(sub: Any, broker_options: Callable[[argparse.ArgumentParser, bool
     )
     collect.add_argument(
         "--duration", type=float, default=0.0, help="stop after this many seconds (0: never)"
+    )
+    collect.add_argument(
+        "--registry", help="enrolled device keys: set aside reports the device did not sign"
     )
     broker_options(collect, True)
     collect.set_defaults(func=collect_command)

@@ -30,12 +30,18 @@ from receiver.central.signing import (
     sign_trust,
     trust_payload,
 )
+from receiver.core import admission, reasons
+from receiver.core.clock import Instant
 from receiver.core.envelope import parse_envelope
 from receiver.core.reasons import Rejection
+from receiver.core.trustdoc import parse_trust
 
 Publisher = Callable[..., bool]
 DAY_S = 86400.0
-RETAINED_WAIT_S = 1.0  # the broker sends a retained message right after the SUBACK
+RETAINED_WAIT_S = 0.5  # the broker sends a retained message right after the SUBACK
+KEYRING_REASONS = frozenset(
+    {reasons.UNKNOWN_KEY, reasons.BAD_SIGNATURE, reasons.UNSIGNED, reasons.NOT_AUTHORIZED}
+)
 
 
 def _load_json(path: str, what: str) -> Any:
@@ -82,6 +88,45 @@ def retained_payload(args: argparse.Namespace, topic: str) -> dict[str, Any] | N
     return decoded if isinstance(decoded, dict) else {}
 
 
+def refuse_if_unauthorized(
+    args: argparse.Namespace, topic: str, envelope: bytes, payload: dict[str, Any]
+) -> None:
+    """Run the receivers' own admission on ``envelope`` with the fleet's keyring (the retained
+    trust document): signed by keys the boards do not know, or without the role, it would be
+    refused by every board, and it is not sent. Without a retained keyring the boards use their
+    configured keys, which only they know: nothing to check here."""
+    current = retained_payload(args, f"{args.prefix}/trust")
+    try:
+        document = parse_trust(current) if current else None
+    except Rejection:
+        document = None
+    if document is None:
+        return
+    audience = next(iter(payload.get("aud", [])), "grp:")
+    kind, _, ident = str(audience).partition(":")
+    context = admission.Context(
+        device_id=ident if kind == "dev" else "",
+        env=str(payload.get("env", "")),
+        groups=(ident,) if kind == "grp" else (),
+        keyring=document.keyring,
+        floors={},
+        time_floor=0.0,
+        reset_floor=None,
+        trust_digest="",
+        max_skew_s=300.0,
+        max_command_age_s=3600.0,
+    )
+    try:
+        admission.admit(context, topic, envelope, True, Instant(0.0, time.time(), True))
+    except Rejection as rejection:
+        if rejection.reason in KEYRING_REASONS:
+            raise InputError(
+                f"the fleet's keyring (trust version {document.version}, retained on "
+                f"{args.prefix}/trust) refuses these signatures: {rejection.detail} "
+                f"({rejection.reason}); nothing was sent"
+            ) from rejection
+
+
 def key_entry_command(args: argparse.Namespace) -> int:
     """Print the keyring entry of a key, for a trust document's keyring file."""
     key = load_keys([args.key])[0]
@@ -116,6 +161,7 @@ def trust_command(args: argparse.Namespace, publish: Publisher) -> int:
     if not args.host:
         sys.stdout.write(envelope.decode("utf-8") + "\n")
         return 0
+    refuse_if_unauthorized(args, topic, envelope, payload)
     publish(args, topic, envelope, retain=True, expiry_s=None)
     print(
         f"sent trust version {args.version} ({len(keys)} keys, {len(signers)} signatures) "
@@ -175,6 +221,8 @@ def schedule_command(args: argparse.Namespace, publish: Publisher) -> int:
     if not args.host:
         sys.stdout.write(envelope.decode("utf-8") + "\n")
         return 0
+    for topic in topics:
+        refuse_if_unauthorized(args, topic, envelope, payload)
     for topic in topics:
         publish(args, topic, envelope, retain=True, expiry_s=None)
         print(f"sent schedule {schedule_id} version {version} to {topic}, retained")
@@ -264,7 +312,9 @@ def add_parsers(
     schedule.set_defaults(func=lambda a: schedule_command(a, publish))
 
     show = sub.add_parser(
-        "schedule-show", help="the programme a group or device holds now, next plays in local time"
+        "schedule-show",
+        prog="receiver-admin schedule show",
+        help="the programme a group or device holds now, next plays in local time",
     )
     show.add_argument("--group", action="append", help="a group id (repeatable)")
     show.add_argument("--device", help="a device id: what its state says it holds")

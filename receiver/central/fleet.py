@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from receiver.central.received import ts_utc
+from receiver.central.reports import device_mark
 
 COLUMNS: Final = (
     "DEVICE",
@@ -43,6 +44,8 @@ class DeviceRow:
     state: dict[str, Any] | None  # None: the payload was not a JSON object
     received_utc: float
     retained: bool
+    verdict: str = ""  # of the device's signature (protocol §14); "" when not checked
+    bridge_down: str | None = None  # the bridge the device sits behind, when it is down
 
     @property
     def online(self) -> bool:
@@ -128,12 +131,15 @@ def _age(seconds: float) -> str:
 def fleet_row(row: DeviceRow, now_utc: float) -> tuple[str, ...]:
     """The table cells for one device (see COLUMNS)."""
     state = row.state
+    device = row.device + device_mark(row.verdict)
+    if row.bridge_down is not None:
+        device += f" [BRIDGE {row.bridge_down} DOWN]"
     if state is None:
-        return (row.device, "?", "(not a state message)", *[""] * 7)
+        return (device, "?", "(not a state message)", *[""] * 7)
     online = state.get("online")
     if online is not True:
         seen = "-" if row.retained else _age(now_utc - row.received_utc)
-        return (row.device, "no" if online is False else "?", *["-"] * 7, seen)
+        return (device, "no" if online is False else "?", *["-"] * 7, seen)
     playing = state.get("playing")
     what = str(state.get("state", "?"))
     if what == "playing" and isinstance(playing, dict):
@@ -155,7 +161,7 @@ def fleet_row(row: DeviceRow, now_utc: float) -> tuple[str, ...]:
     if age is not None and state.get("clock_synced") is False:
         seen += "?"
     return (
-        row.device,
+        device,
         "yes",
         what,
         str(state.get("volume", "?")),

@@ -7,7 +7,9 @@ path (``entries[2].file: no such file``). :func:`warnings` finds entries whose w
 and times that do not exist in the zone (a daylight-saving gap); :func:`diff` compares two
 payloads by entry id; :func:`describe` prints a retained programme and its next occurrences.
 
-Source format (every key but ``entries`` has a default)::
+Entry ids default to the title (``ban-tin-sang``), so re-timing an entry keeps its identity;
+two entries with one title get their time appended. Source format (every key but ``entries``
+has a default)::
 
     id: morning            # schedule id
     version: 4             # above the one the group holds
@@ -24,6 +26,7 @@ Source format (every key but ``entries`` has a default)::
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import re
 import unicodedata
@@ -63,6 +66,18 @@ ENTRY_KEYS: Final = frozenset(
         "valid_until",
     }
 )
+# Words people write for a key, and the key they mean.
+MEANT: Final = {
+    "time": "at",
+    "hour": "at",
+    "day": "days",
+    "weekdays": "days",
+    "duration": "max_duration",
+    "max_duration_s": "max_duration",
+    "level": "priority",
+    "name": "title",
+    "path": "file",
+}
 DEFAULT_MAX_DURATION_S: Final = 3600
 FETCH_TIMEOUT_S: Final = 30.0
 
@@ -79,8 +94,8 @@ def _duration(value: Any, where: str) -> int:
 
 def _at(value: Any, where: str) -> str:
     # YAML 1.1 reads an unquoted 06:30 as the sexagesimal integer 390: take it as meant.
-    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 24 * 60:
-        return f"{value // 60:02d}:{value % 60:02d}"
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        value = f"{value // 60:02d}:{value % 60:02d}"
     text = str(value).strip()
     match = re.fullmatch(r"(\d{1,2})[:h](\d{2})", text)
     if match is None or int(match.group(1)) > 23 or int(match.group(2)) > 59:
@@ -142,16 +157,22 @@ def _entry(raw: Any, index: int, base: Path, media_url: str | None) -> dict[str,
         raise InputError(f"{where}: an entry is a mapping (title, days, at, file or url, ...)")
     unknown = sorted(set(map(str, raw)) - ENTRY_KEYS)
     if unknown:
-        raise InputError(
-            f"{where}.{unknown[0]}: not a known key (known: {', '.join(sorted(ENTRY_KEYS))})"
+        key = unknown[0]
+        missing = [k for k in ("days", "at") if k not in raw]  # most likely what was meant
+        meant = (
+            MEANT.get(key)
+            or next(iter(difflib.get_close_matches(key, missing, 1, cutoff=0.0)), None)
+            or next(iter(difflib.get_close_matches(key, ENTRY_KEYS, 1)), None)
         )
+        hint = f"did you mean {meant}?" if meant else f"known: {', '.join(sorted(ENTRY_KEYS))}"
+        raise InputError(f"{where}.{key}: not a known key; {hint}")
     for key in ("days", "at"):
         if key not in raw:
             raise InputError(f"{where}.{key}: is missing")
     title = str(raw.get("title") or "").strip()
     at = _at(raw["at"], f"{where}.at")
     entry: dict[str, Any] = {
-        "id": str(raw.get("id") or f"{_slug(title or 'entry')}-{at.replace(':', '')}"),
+        "id": str(raw.get("id") or _slug(title or f"entry-{at.replace(':', '')}")),
         "days": _days(raw["days"], f"{where}.days"),
         "at": at,
         "priority": str(raw.get("priority", "normal")),
@@ -194,6 +215,19 @@ def _entry(raw: Any, index: int, base: Path, media_url: str | None) -> dict[str,
     return entry
 
 
+def _distinct_ids(entries: list[dict[str, Any]], raws: list[Any]) -> None:
+    """Ids made from titles stay the same when an entry is re-timed; two entries with one title
+    are told apart by their time."""
+    made = [i for i, raw in enumerate(raws) if isinstance(raw, dict) and not raw.get("id")]
+    counts: dict[str, int] = {}
+    for entry in entries:
+        counts[entry["id"]] = counts.get(entry["id"], 0) + 1
+    for index in made:
+        entry = entries[index]
+        if counts[entry["id"]] > 1:
+            entry["id"] = f"{entry['id']}-{entry['at'].replace(':', '')}"
+
+
 def compile_source(path: Path) -> dict[str, Any]:
     """The YAML programme at ``path`` as a schedule document's fields (id, version, tz, entries)."""
     try:
@@ -210,12 +244,16 @@ def compile_source(path: Path) -> dict[str, Any]:
     try:
         ZoneInfo(tz)
     except (ZoneInfoNotFoundError, ValueError) as exc:
-        raise InputError(f"{path}: tz: {tz!r} is not a known IANA time zone") from exc
+        raise InputError(f"{path}: tz: {tz!r} is not a known IANA time zone name") from exc
     media_url = source.get("media_url")
-    entries = [
-        _entry(raw, index, path.parent, str(media_url) if media_url else None)
-        for index, raw in enumerate(source["entries"])
-    ]
+    try:
+        entries = [
+            _entry(raw, index, path.parent, str(media_url) if media_url else None)
+            for index, raw in enumerate(source["entries"])
+        ]
+    except InputError as exc:
+        raise InputError(f"{path}: {exc}") from exc
+    _distinct_ids(entries, source["entries"])
     doc: dict[str, Any] = {"tz": tz, "entries": entries}
     for key in ("id", "version"):
         if key in source:

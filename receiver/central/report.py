@@ -12,11 +12,12 @@ headers in English or Vietnamese (``--lang vi``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import sqlite3
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -24,6 +25,7 @@ from typing import Any, Final, TextIO
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from receiver.central.inputs import InputError
+from receiver.central.reports import suspect_summary
 
 END_KINDS: Final = ("finished", "stopped", "preempted", "failed")
 HEADERS: Final = {
@@ -111,114 +113,153 @@ def _planned(ref: str, entries: dict[tuple[str, str], dict[str, Any]]) -> dict[s
 def rows(
     db: sqlite3.Connection, zone: ZoneInfo, first: date, last: date, device: str | None = None
 ) -> Iterator[ReportRow]:
-    """Every report row whose local day is in [first, last], by device then time."""
+    """Every report row whose local day is in [first, last], by device then time.
+
+    One device at a time (its rows come from the tables' primary keys), so memory stays that
+    of one device's month whatever the size of the fleet.
+    """
     lo = datetime(first.year, first.month, first.day, tzinfo=zone).timestamp()
     end_day = last + timedelta(days=1)
     hi = datetime(end_day.year, end_day.month, end_day.day, tzinfo=zone).timestamp()
     entries = _schedules(db)
-    params = [device, device]  # "(? IS NULL OR device = ?)": one device, or all
-    titles: dict[tuple[str, str], tuple[str | None, str | None]] = {}
-    for dev, ref, title, priority in db.execute(
-        "SELECT device, playing_ref, playing_title, playing_priority FROM states "
-        "WHERE playing_ref IS NOT NULL AND ts_utc >= ? AND ts_utc < ? "
-        "AND (? IS NULL OR device = ?)",
-        [lo - 86400, hi + 86400, *params],
+    plans: dict[str, dict[str, Any] | None] = {}
+
+    def planned(ref: str) -> dict[str, Any] | None:
+        if ref not in plans:
+            plans[ref] = _planned(ref, entries)
+        return plans[ref]
+
+    if device is not None:
+        devices = [device]
+    else:
+        devices = [
+            name
+            for (name,) in db.execute(
+                "SELECT device FROM events UNION SELECT device FROM states ORDER BY 1"
+            )
+        ]
+    for name in devices:
+        found = list(_device_rows(db, zone, lo, hi, device=name, planned=planned))
+        found.extend(_offline_rows(db, zone, lo, hi, name))
+        found.sort(key=lambda r: r.sort_utc)
+        yield from found
+
+
+def _device_rows(
+    db: sqlite3.Connection,
+    zone: ZoneInfo,
+    lo: float,
+    hi: float,
+    *,
+    device: str,
+    planned: Callable[[str], dict[str, Any] | None],
+) -> Iterator[ReportRow]:
+    titles: dict[str, tuple[str | None, str | None]] = {}
+    for ref, title, priority in db.execute(
+        "SELECT playing_ref, playing_title, playing_priority FROM states "
+        "WHERE device = ? AND ts_utc >= ? AND ts_utc < ? AND playing_ref IS NOT NULL",
+        (device, lo - 86400, hi + 86400),
     ):
-        titles.setdefault((dev, ref), (title, priority))
+        titles.setdefault(ref, (title, priority))
     events = db.execute(
-        "SELECT device, n, ts_utc, kind, ref, reason, detail FROM events "
-        "WHERE ts_utc >= ? AND ts_utc < ? AND (? IS NULL OR device = ?) ORDER BY device, n",
-        [lo, hi + 86400, *params],
+        "SELECT n, ts_utc, kind, ref, reason, detail FROM events "
+        "WHERE device = ? AND ts_utc >= ? AND ts_utc < ? ORDER BY ts_utc, n",
+        (device, lo, hi + 86400),
     ).fetchall()
-    found: list[ReportRow] = []
-    open_items: dict[tuple[str, str], tuple[float, int]] = {}
-    ended: dict[tuple[str, str, int], tuple[str, float, str]] = {}
-    for dev, n, ts, kind, ref, reason, detail in events:
+    open_items: dict[str, int] = {}
+    ended: dict[int, tuple[str, float, str]] = {}  # the started event's n -> how it ended
+    ended_refs: set[str] = set()
+    for n, ts, kind, ref, reason, detail in events:
         if kind == "started" and ref:
-            open_items[(dev, ref)] = (ts, n)
-        elif kind in END_KINDS and ref and (dev, ref) in open_items:
-            _start_ts, start_n = open_items.pop((dev, ref))
-            ended[(dev, ref, start_n)] = (kind, ts, reason or detail or "")
-    for dev, n, ts, kind, ref, reason, detail in events:
+            open_items[ref] = n
+        elif kind in END_KINDS and ref and ref in open_items:
+            ended[open_items.pop(ref)] = (kind, ts, reason or detail or "")
+            ended_refs.add(ref)
+    for n, ts, kind, ref, reason, detail in events:
         if ts is None or ts >= hi:
             continue
         day = datetime.fromtimestamp(ts, zone).date()
         if kind == "started" and ref:
-            plan = _planned(ref, entries)
-            title, priority = titles.get((dev, ref), (None, None))
-            end = ended.get((dev, ref, n))
-            found.append(
-                ReportRow(
-                    device=dev,
-                    day=day,
-                    title=title or (plan or {}).get("title") or ref,
-                    level=priority or (plan or {}).get("priority") or "?",
-                    planned_utc=plan["start"] if plan else None,
-                    started_utc=ts,
-                    duration_s=(end[1] - ts) if end else None,
-                    outcome=end[0] if end else "playing",
-                    why=end[2] if end and end[0] != "finished" else "",
-                    sort_utc=ts,
-                )
+            plan = planned(ref) or {}
+            title, priority = titles.get(ref, (None, None))
+            end = ended.get(n)
+            yield ReportRow(
+                device=device,
+                day=day,
+                title=title or plan.get("title") or ref,
+                level=priority or plan.get("priority") or "?",
+                planned_utc=plan.get("start"),
+                started_utc=ts,
+                duration_s=(end[1] - ts) if end else None,
+                outcome=end[0] if end else "playing",
+                why=end[2] if end and end[0] != "finished" else "",
+                sort_utc=ts,
             )
-        elif kind in ("failed", "rejected") and not (
-            kind == "failed" and ref and any(k[:2] == (dev, ref) for k in ended)
-        ):
-            plan = _planned(ref or "", entries)
-            found.append(
-                ReportRow(
-                    device=dev,
-                    day=day,
-                    title=(plan or {}).get("title") or ref or "-",
-                    level=(plan or {}).get("priority") or "-",
-                    planned_utc=plan["start"] if plan else None,
-                    started_utc=None,
-                    duration_s=None,
-                    outcome=kind,
-                    why=": ".join(x for x in (reason, detail) if x),
-                    sort_utc=ts,
-                )
+        elif kind == "rejected" or (kind == "failed" and ref not in ended_refs):
+            plan = planned(ref or "") or {}
+            yield ReportRow(
+                device=device,
+                day=day,
+                title=plan.get("title") or ref or "-",
+                level=plan.get("priority") or "-",
+                planned_utc=plan.get("start"),
+                started_utc=None,
+                duration_s=None,
+                outcome=kind,
+                why=": ".join(x for x in (reason, detail) if x),
+                sort_utc=ts,
             )
-    found.extend(_offline_rows(db, zone, lo, hi, params=params))
-    found.sort(key=lambda r: (r.device, r.sort_utc))
-    yield from found
 
 
 def _offline_rows(
-    db: sqlite3.Connection, zone: ZoneInfo, lo: float, hi: float, *, params: list[Any]
+    db: sqlite3.Connection, zone: ZoneInfo, lo: float, hi: float, device: str
 ) -> Iterator[ReportRow]:
     """Offline periods from the state transitions: from an offline state to the next online."""
-    went: dict[str, float] = {}
-    previous: dict[str, int] = {}
-    for dev, ts, online in db.execute(
-        "SELECT device, ts_utc, online FROM states "
-        "WHERE ts_utc < ? AND (? IS NULL OR device = ?) ORDER BY device, ts_utc",
-        [hi, *params],
+    went: float | None = None
+    previous = 1
+    for ts, online in db.execute(
+        "SELECT ts_utc, online FROM states WHERE device = ? AND ts_utc < ? ORDER BY ts_utc",
+        (device, hi),
     ):
-        if not online and previous.get(dev, 1):
-            went[dev] = ts
-        elif online and dev in went:
-            start = went.pop(dev)
+        if not online and previous:
+            went = ts
+        elif online and went is not None:
             if ts > lo:
-                yield _offline(dev, zone, max(start, lo), ts)
-        previous[dev] = online
-    for dev, start in went.items():
-        yield _offline(dev, zone, max(start, lo), None)
+                yield from _offline(device, zone, max(went, lo), min(ts, hi))
+            went = None
+        previous = online
+    if went is not None:
+        yield from _offline(device, zone, max(went, lo), None, until=hi)
 
 
-def _offline(dev: str, zone: ZoneInfo, start: float, end: float | None) -> ReportRow:
-    return ReportRow(
-        device=dev,
-        day=datetime.fromtimestamp(start, zone).date(),
-        title="-",
-        level="-",
-        planned_utc=None,
-        started_utc=start,
-        duration_s=None if end is None else end - start,
-        outcome="offline",
-        why="" if end is not None else "still offline",
-        sort_utc=start,
-    )
+def _offline(
+    dev: str, zone: ZoneInfo, start: float, end: float | None, *, until: float | None = None
+) -> Iterator[ReportRow]:
+    """One row per local day of an offline period (``end`` None: still offline at ``until``)."""
+    last = end if end is not None else until
+    while True:
+        day = datetime.fromtimestamp(start, zone).date()
+        following = day + timedelta(days=1)
+        midnight = datetime(following.year, following.month, following.day, tzinfo=zone)
+        if last is None or last <= start:
+            return
+        stop = min(last, midnight.timestamp())
+        whole = end is not None or stop < last
+        yield ReportRow(
+            device=dev,
+            day=day,
+            title="-",
+            level="-",
+            planned_utc=None,
+            started_utc=start,
+            duration_s=(stop - start) if whole else None,
+            outcome="offline",
+            why="" if whole else "still offline",
+            sort_utc=start,
+        )
+        start = stop
+        if stop >= last:
+            return
 
 
 def _clock(utc: float | None, zone: ZoneInfo) -> str:
@@ -301,17 +342,26 @@ def report_command(args: argparse.Namespace) -> int:
         db.close()
     if not args.csv:
         print(f"{count} rows, {first} to {last}, times in {args.tz}", file=sys.stderr)
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+        suspect = suspect_summary(db, args.device)
+    if suspect is not None:
+        print(suspect, file=sys.stderr)
     return 0
 
 
 def add_parser(sub: Any) -> None:
     report = sub.add_parser(
         "proof",
-        help="proof of play per device and day, from the collector's database",
+        prog="receiver-admin report",
+        help="proof of play per device and day (also: report --db DB)",
     )
     report.add_argument("--db", required=True, help="the collector's SQLite file")
-    report.add_argument("--from", dest="since", help="first local day, YYYY-MM-DD (default: 1st)")
-    report.add_argument("--to", dest="until", help="last local day, YYYY-MM-DD (default: today)")
+    report.add_argument(
+        "--from", dest="since", metavar="DAY", help="first local day, YYYY-MM-DD (default: 1st)"
+    )
+    report.add_argument(
+        "--to", dest="until", metavar="DAY", help="last local day, YYYY-MM-DD (default: today)"
+    )
     report.add_argument("--device", help="one device only")
     report.add_argument("--tz", default="Asia/Ho_Chi_Minh", help="local time zone of the report")
     report.add_argument("--csv", action="store_true", help="CSV instead of a table")

@@ -8,6 +8,7 @@ covers the keywords the project's schemas use; an unknown keyword is a bug, not 
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 import re
@@ -67,6 +68,15 @@ def path_text(path: tuple[str | int, ...]) -> str:
     for part in path:
         text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else part)
     return text or "(document)"
+
+
+def _unknown_field(name: str, known: set[str]) -> str:
+    meant = {"time": "at", "level": "priority", "hash": "sha256"}.get(name)
+    meant = meant if meant in known else None
+    meant = meant or next(iter(difflib.get_close_matches(name, sorted(known), 1)), None)
+    if meant:
+        return f"is not a known field; did you mean {meant}?"
+    return f"is not a known field (known: {', '.join(sorted(known))})"
 
 
 def _type_ok(value: Any, kind: str) -> bool:
@@ -164,8 +174,7 @@ class _Walker:
                 for name in value:
                     if name not in known:
                         if rule is False:
-                            allowed = ", ".join(sorted(known))
-                            yield (*path, name), f"is not a known field (known: {allowed})"
+                            yield (*path, name), _unknown_field(name, known)
                         else:
                             yield from self.check(value[name], rule, (*path, name), file)
         elif keyword == "propertyNames":

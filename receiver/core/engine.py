@@ -122,6 +122,15 @@ def finish(
     return state
 
 
+def withdraw(state: State, item: Item, now: Instant) -> State:
+    """Take out an item that has not sounded, without a report or a done mark: its occurrence
+    was moved by a new schedule version and comes back at its new time."""
+    if state.active is not None and state.active.ref == item.ref:
+        tail = replace(state.amp, off_mono=now.mono + state.settings.tail_s)
+        return replace(state, active=None, amp=tail)
+    return replace(state, queue=tuple(i for i in state.queue if i.ref != item.ref))
+
+
 def suspend_active(state: State, now: Instant, out: list[Effect], why: str) -> State:
     """Interrupt the active item; it waits in the queue to resume where it was."""
     item = state.active

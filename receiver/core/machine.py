@@ -62,6 +62,7 @@ __all__ = [
 MAX_SETTLE_ROUNDS: Final = 4
 MAX_HELD: Final = 64
 CARRIED_OUT: Final = "carried out after a restart"  # the detail of a recovered `accepted`
+MAX_DETAIL_CHARS: Final = 200  # the bound of an event's detail (schemas/event.json)
 
 
 @dataclass(frozen=True)
@@ -209,7 +210,8 @@ def _on_message(state: State, event: MessageReceived, now: Instant, out: list[Ef
     # line can no longer let it replay, nor leave it spent without a word (see _recover).
     intent = Intent(header.id, admitted.body, _window_end_utc(state, admitted.command, now))
     out.append(PersistFloors(changed, time_floor, intent))
-    out.append(Emit("accepted", ref=header.id, detail=header.type))
+    note = _clamp_note(state.settings, body)
+    out.append(Emit("accepted", ref=header.id, detail=header.type + (f"; {note}" if note else "")))
     state = _act(state, admitted.command, now, out)
     if not isinstance(body, commands.Play):
         out.append(PersistIntentDone(header.id))  # carried out in this very step
@@ -324,6 +326,23 @@ def _accept_trust(state: State, admitted: admission.AdmittedTrust, out: list[Eff
     return state
 
 
+def _clamp_note(settings: Settings, body: commands.Body) -> str | None:
+    """Words for a requested level the local caps lower (the state shows the level applied)."""
+    if isinstance(body, commands.Volume) and body.level > settings.max_volume:
+        return f"level {body.level} clamped to {settings.max_volume} (max_volume)"
+    if isinstance(body, commands.Play) and body.volume is not None:
+        applied = volume_for(settings, body.priority, body.volume, 0)
+        if applied < body.volume:
+            cap = "emergency_volume" if body.priority == "emergency" else "max_volume"
+            return f"volume {body.volume} clamped to {applied} ({cap})"
+    return None
+
+
+def _bounded(detail: str) -> str:
+    """An event's detail within the event schema's 200 characters."""
+    return detail if len(detail) <= MAX_DETAIL_CHARS else detail[: MAX_DETAIL_CHARS - 1] + "…"
+
+
 def _accept_schedule(
     state: State, admitted: admission.AdmittedSchedule, now: Instant, out: list[Effect]
 ) -> State:
@@ -333,7 +352,10 @@ def _accept_schedule(
         return state
     files = len({f.sha256 for e in schedule.entries for f in e.files})
     detail = f"schedule version {schedule.version}, {len(schedule.entries)} entries"
-    out.append(Emit("accepted", ref=schedule.id, detail=f"{detail}, fetching {files} files"))
+    detail = "; ".join(
+        [f"{detail}, fetching {files} files", *programme.retimed_today(state, schedule, now)]
+    )
+    out.append(Emit("accepted", ref=schedule.id, detail=_bounded(detail)))
     state = programme.stage(state, schedule, admitted.body, admitted.digest, out)
     staged = state.staged[schedule.id]
     if not staged.needed:

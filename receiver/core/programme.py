@@ -6,7 +6,9 @@ Occurrences become items shortly before they start (so the amplifier can warm up
 already running when the device learns of it (a reboot, a late schedule) joins late when it
 is a live relay or at most ``late_join_s`` late, and is otherwise skipped and reported
 ``failed`` with reason ``missed``. Non-emergency occurrences in quiet hours are skipped with
-reason ``quiet_hours``.
+reason ``quiet_hours``. A version that moves an entry takes back the entry's waiting item, so
+it plays at the new time; an occurrence that already had its turn today does not play twice,
+and the schedule's ``accepted`` event says so.
 """
 
 from __future__ import annotations
@@ -19,10 +21,10 @@ from typing import Final
 from receiver.core import reasons
 from receiver.core.clock import Instant
 from receiver.core.effects import Effect, Emit, Fetch, PersistDone, PersistSchedule
-from receiver.core.engine import add_item, finish, publish_state
+from receiver.core.engine import add_item, finish, publish_state, withdraw
 from receiver.core.events import FetchFailed
 from receiver.core.policy import in_quiet_hours, volume_for
-from receiver.core.schedule import Occurrence, Schedule, occurrences
+from receiver.core.schedule import Entry, Occurrence, Schedule, occurrences
 from receiver.core.state import Item, Staged, State
 
 CHECK_EVERY_S: Final = 900.0  # re-plan at least this often (clock corrections, prefetch retries)
@@ -107,6 +109,7 @@ def retry_staged(state: State, now: Instant, out: list[Effect]) -> State:
 def activate(state: State, staged: Staged, now: Instant, out: list[Effect]) -> State:
     """The staged version goes into force: stored first, then used."""
     schedule = staged.schedule
+    previous = state.schedules.get(schedule.id)
     out.append(PersistSchedule(schedule.id, schedule.version, staged.body, staged.digest))
     stream = f"schedule:{schedule.id}"
     state = replace(
@@ -118,16 +121,56 @@ def activate(state: State, staged: Staged, now: Instant, out: list[Effect]) -> S
         next_schedule_check_mono=0.0,
     )
     # Items of entries this version no longer has stop; the others play on undisturbed.
-    kept = {entry.id for entry in schedule.entries}
+    kept = {entry.id: entry for entry in schedule.entries}
+    before = {entry.id: entry for entry in previous.entries} if previous is not None else {}
     for item in state.items():
         if item.occurrence is None:
             continue
         sid, entry_id, _ = item.occurrence.split("/")
-        if sid == schedule.id and entry_id not in kept:
+        if sid != schedule.id:
+            continue
+        if entry_id not in kept:
             why = f"entry removed by schedule version {schedule.version}"
             state = finish(state, item, now, out, "stopped", detail=why)
+        elif item.since_utc is None and _moved(
+            previous, before.get(entry_id), schedule, kept[entry_id]
+        ):
+            state = withdraw(state, item, now)  # evaluate() brings it back at its new time
     out.append(publish_state(state))
     return state
+
+
+def _moved(previous: Schedule | None, was: Entry | None, schedule: Schedule, entry: Entry) -> bool:
+    if previous is None or was is None:
+        return False
+    return (was.at_minute, was.days, previous.tz) != (entry.at_minute, entry.days, schedule.tz)
+
+
+def retimed_today(state: State, schedule: Schedule, now: Instant) -> list[str]:
+    """Entries this version moves to later today whose occurrence already had today's turn
+    (played, playing, or skipped): they do not play twice; the words say so."""
+    previous = state.schedules.get(schedule.id)
+    if previous is None or not now.utc_trusted:
+        return []
+    zone = schedule.zone
+    today = datetime.fromtimestamp(now.utc, zone).date()
+    before = {entry.id: entry for entry in previous.entries}
+    sounding = {item.occurrence for item in state.items() if item.since_utc is not None}
+    notes = []
+    for entry in schedule.entries:
+        was = before.get(entry.id)
+        if not _moved(previous, was, schedule, entry) or today.weekday() not in entry.days:
+            continue
+        key = f"{schedule.id}/{entry.id}/{today.isoformat()}"
+        hour, minute = divmod(entry.at_minute, 60)
+        start = datetime(today.year, today.month, today.day, hour, minute, tzinfo=zone)
+        if (key in state.done or key in sounding) and start.timestamp() > now.utc and was:
+            old_hour, old_minute = divmod(was.at_minute, 60)
+            notes.append(
+                f"{entry.id} had today's turn at {old_hour:02d}:{old_minute:02d}; "
+                f"at {hour:02d}:{minute:02d} from tomorrow"
+            )
+    return notes
 
 
 def evaluate(state: State, now: Instant, out: list[Effect]) -> State:

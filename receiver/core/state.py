@@ -226,7 +226,9 @@ def state_fields(state: State) -> dict[str, Any]:
     sounding = item is not None and item.since_utc is not None and item.phase == "playing"
     fields: dict[str, Any] = {
         "state": "playing" if sounding else "idle",
-        "volume": state.volume,
+        # The level the speaker gets now: an item's own (emergency level, capped request) while
+        # it sounds, else the device's volume.
+        "volume": item.volume if sounding and item is not None else state.volume,
         "relays": {"amp": "on" if state.amp.on else "off"},
         "trust_version": state.keyring.version,
         "schedules": {sid: s.version for sid, s in sorted(state.schedules.items())},

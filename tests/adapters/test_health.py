@@ -110,7 +110,10 @@ def test_the_traffic_meter_counts_tcp_bytes_each_way_and_tells_mqtt_from_media()
     media_client = socket.create_connection(("127.0.0.1", port))
     media_server, _ = server.accept()
     now = [1000.0]
-    meter = TrafficMeter(lambda: os.fstat(mqtt_client.fileno()).st_ino, clock=lambda: now[0])
+    meter = TrafficMeter(
+        lambda: os.fstat(mqtt_client.fileno()).st_ino, clock=lambda: now[0], loopback=True
+    )
+    by_default = TrafficMeter(lambda: None, clock=lambda: now[0])
     try:
         meter.sample()
         mqtt_client.sendall(b"p" * 3000)
@@ -120,11 +123,14 @@ def test_the_traffic_meter_counts_tcp_bytes_each_way_and_tells_mqtt_from_media()
         time.sleep(0.05)  # the last ACKs
         now[0] += 3600.0
         meter.sample()
+        by_default.sample()
         figures = meter.per_hour()
     finally:
         for sock in (mqtt_client, mqtt_server, media_client, media_server, server):
             sock.close()
     assert figures["window_s"] == 3600
+    # By default loopback is left out: it never reaches the 4G link.
+    assert by_default.per_hour()["media"] == {"sent": 0, "received": 0}
     # Only the socket the link names is MQTT; all the others (here also the far ends of both
     # connections, which live in this process too) are media.
     mqtt, media = figures["mqtt"], figures["media"]
@@ -136,7 +142,7 @@ def test_the_traffic_meter_counts_tcp_bytes_each_way_and_tells_mqtt_from_media()
 
 
 def test_the_traffic_meter_forgets_closed_sockets_and_keeps_their_bytes() -> None:
-    meter = TrafficMeter(lambda: None)
+    meter = TrafficMeter(lambda: None, loopback=True)
     server = socket.create_server(("127.0.0.1", 0))
     client = socket.create_connection(server.getsockname())
     peer, _ = server.accept()
@@ -155,3 +161,24 @@ def _receive(sock: socket.socket, count: int) -> None:
     got = 0
     while got < count:
         got += len(sock.recv(65536))
+
+
+def test_traffic_per_hour_is_over_the_last_hour_once_there_is_one() -> None:
+    server = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(server.getsockname())
+    peer, _ = server.accept()
+    now = [0.0]
+    meter = TrafficMeter(lambda: None, clock=lambda: now[0], loopback=True)
+    try:
+        client.sendall(b"x" * 50_000)  # all of it in the first minute
+        _receive(peer, 50_000)
+        time.sleep(0.05)
+        for minute in range(1, 121):  # two hours, a sample a minute, nothing more sent
+            now[0] = minute * 60.0
+            meter.sample()
+    finally:
+        for sock in (client, peer, server):
+            sock.close()
+    figures = meter.per_hour()
+    assert figures["window_s"] == 3600
+    assert figures["media"]["sent"] == 0  # the burst is more than an hour old

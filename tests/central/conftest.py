@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import paho.mqtt.client as mqtt
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 
 from receiver.central.signing import SigningKey
 from receiver.timefmt import rfc3339
-from tests.broker import MosquittoBroker, password_config
+from tests.broker import MosquittoBroker, Received, password_config
 
 PREFIX = "loa/v1"
 PASSWORDS = {"central": "central pw", "viewer": "viewer pw", "loa-001": "device pw"}
@@ -94,3 +98,68 @@ def device_event(device: str, n: int, kind: str, ts: float | None = None, **fiel
     event["kind"] = kind
     event.update(fields)
     return json.dumps(event).encode("utf-8")
+
+
+class Spy:
+    """A client logged in as central that records every message under ``topic``."""
+
+    def __init__(self, secured: Secured, topic: str = "loa/v1/#", retained: bool = True) -> None:
+        self.seen: list[Received] = []
+        self._lock = threading.Lock()
+        self._subscribed = threading.Event()
+        self._retained = retained
+        self._client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        self._client.username_pw_set("central", PASSWORDS["central"])
+        self._client.on_message = self._message
+        self._client.on_connect = lambda c, *_a: c.subscribe(topic, qos=1)
+        self._client.on_subscribe = lambda *_a: self._subscribed.set()
+        self._client.connect(secured.broker.host, secured.broker.port)
+        self._client.loop_start()
+        if not self._subscribed.wait(5):
+            raise AssertionError("the spy could not subscribe")
+
+    def _message(self, _c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
+        if msg.retain and not self._retained:
+            return
+        with self._lock:
+            self.seen.append(Received(msg.topic, bytes(msg.payload), bool(msg.retain), msg.qos))
+
+    def publish(self, topic: str, payload: bytes, *, retain: bool = True) -> None:
+        info = self._client.publish(topic, payload, qos=1, retain=retain)
+        info.wait_for_publish(5)
+        if not info.is_published():
+            raise AssertionError(f"{topic}: not acknowledged")
+
+    def topics(self) -> list[str]:
+        with self._lock:
+            return [r.topic for r in self.seen]
+
+    def wait_for(self, topic: str, timeout: float = 5.0) -> None:
+        deadline = time.monotonic() + timeout
+        while topic not in self.topics():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"nothing on {topic}; seen {self.topics()}")
+            time.sleep(0.02)
+
+    def close(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    def __enter__(self) -> Spy:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+
+def read_retained(secured: Secured, topic: str) -> dict[str, Any] | None:
+    """The payload of the envelope retained on ``topic`` now, as a fresh subscriber sees it."""
+    with Spy(secured, topic) as spy:
+        deadline = time.monotonic() + 1.0
+        while not spy.seen and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if not spy.seen:
+            return None
+        envelope = json.loads(spy.seen[0].payload)
+    decoded: dict[str, Any] = json.loads(base64.b64decode(envelope["payload"]))
+    return decoded

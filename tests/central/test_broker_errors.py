@@ -280,3 +280,13 @@ def test_a_missing_password_file_is_bad_input(
     code, _out, err = run(capsys, [*argv, "--password-file", str(tmp_path / "nope")])
     assert code == 2
     assert_one_line(err, "--password-file", "cannot read it")
+
+
+def test_an_unknown_host_is_said_plainly() -> None:
+    from receiver.central.broker import BrokerOptions, _connect_error
+
+    options = BrokerOptions(host="mqtt.example.invalid", port=8883)
+    said = str(_connect_error(options, socket.gaierror(-2, "Name or service not known")))
+    assert (
+        said == "cannot connect to mqtt.example.invalid:8883: unknown host 'mqtt.example.invalid'"
+    )

@@ -13,6 +13,7 @@ from receiver.central.signing import SigningKey, sign, sign_command
 from receiver.core import reasons
 from receiver.core.effects import Fetch, PersistFloors, Play, PublishState, SetVolume, StopPlayback
 from receiver.core.events import FetchFailed, FetchFinished, PlaybackEnded, PlaybackStarted
+from receiver.core.state import state_fields
 from receiver.core.trust import Key
 from tests.core.harness import (
     DEVICE,
@@ -390,3 +391,35 @@ def test_the_core_reads_the_host_allowlist_as_the_fetcher_does() -> None:
     assert emitted(world.send(world.signed("play", ipv6)), "accepted")
     elsewhere = play_body(url="https://media.example:8443/a.mp3", sha="d" * 64)
     assert only_rejection(world.send(world.signed("play", elsewhere))).reason == "policy"
+
+
+def test_the_state_says_the_level_applied_now_and_accepted_says_when_one_was_clamped() -> None:
+    world = World(max_volume=80)
+    assert state_fields(world.state)["volume"] == 70  # the default, within the cap
+    effects = world.send(world.signed("play", play_body(volume=100)))
+    assert [e.detail for e in emitted(effects, "accepted")] == [
+        "play; volume 100 clamped to 80 (max_volume)"
+    ]
+    world.feed(FetchFinished(SHA, "/c/a"))
+    world.advance(1.0)
+    world.feed(PlaybackStarted(1))
+    assert state_fields(world.state)["volume"] == 80  # what the speaker gets, not the default
+    world.feed(PlaybackEnded(1))
+    assert state_fields(world.state)["volume"] == 70
+
+    # An emergency plays at the emergency level (100 here), above the normal cap.
+    world.send(world.signed("play", play_body("emergency"), world.emergency))
+    world.feed(FetchFinished(SHA, "/c/a"))
+    world.advance(1.0)
+    world.feed(PlaybackStarted(2))
+    assert state_fields(world.state)["volume"] == 100
+    effects = world.send(world.signed("volume", {"level": 95}))
+    assert [e.detail for e in emitted(effects, "accepted")] == [
+        "volume; level 95 clamped to 80 (max_volume)"
+    ]
+    assert state_fields(world.state)["volume"] == 100  # the emergency keeps its level
+    world.feed(PlaybackEnded(2))
+    assert state_fields(world.state)["volume"] == 80
+
+    effects = world.send(world.signed("volume", {"level": 40}))
+    assert [e.detail for e in emitted(effects, "accepted")] == ["volume"]

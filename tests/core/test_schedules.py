@@ -303,3 +303,42 @@ def test_a_staged_version_whose_file_failed_is_retried_and_takes_effect_once_fet
     sim.run_until(MONDAY + 2 * HOUR, step_s=60)  # the staged retry fetches it
     assert world.state.schedules["sch-1"].version == 2
     assert starts(sim) == []
+
+
+def test_an_entry_retimed_later_while_its_occurrence_waits_plays_at_the_new_time() -> None:
+    world = world_at(MONDAY + 6 * HOUR)
+    sim = Sim(world, file_seconds=300)
+    publish(world, 1, [entry("morning", WEEKDAYS, "06:30")])
+    sim.run_until(MONDAY + 6.5 * HOUR - 3)  # the occurrence is an item, about to start
+    assert any(i.occurrence == "sch-1/morning/2027-01-11" for i in world.state.items())
+    publish(world, 2, [entry("morning", WEEKDAYS, "07:15")])
+    sim.run_until(MONDAY + 8 * HOUR)
+    assert starts(sim) == ["Mon 07:15"]
+
+
+def test_an_entry_retimed_later_the_same_day_after_it_played_says_why_it_waits() -> None:
+    world = world_at(MONDAY + 6 * HOUR)
+    sim = Sim(world, file_seconds=300)
+    publish(world, 1, [entry("morning", WEEKDAYS, "06:30")])
+    sim.run_until(MONDAY + 8 * HOUR)
+    assert starts(sim) == ["Mon 06:30"]
+    said = publish(world, 2, [entry("morning", WEEKDAYS, "18:00")])
+    accepted = [e.detail or "" for e in said if e.kind == "accepted"]
+    assert any(
+        "morning had today's turn at 06:30; at 18:00 from tomorrow" in detail for detail in accepted
+    ), accepted
+    sim.run_until(MONDAY + DAY + 19 * HOUR)
+    assert starts(sim) == ["Mon 06:30", "Tue 18:00"]
+
+
+def test_an_entry_retimed_during_its_warm_up_lets_the_relay_go_and_plays_later() -> None:
+    world = world_at(MONDAY + 6 * HOUR)
+    sim = Sim(world, file_seconds=300)
+    publish(world, 1, [entry("morning", WEEKDAYS, "06:30")])
+    sim.run_until(MONDAY + 6.5 * HOUR - 0.5)  # warming up: the item is active, the relay on
+    assert world.state.active is not None and world.state.amp.on
+    publish(world, 2, [entry("morning", WEEKDAYS, "07:15")])
+    sim.run_until(MONDAY + 7 * HOUR)
+    assert world.state.active is None and not world.state.amp.on  # the tail ended
+    sim.run_until(MONDAY + 8 * HOUR)
+    assert starts(sim) == ["Mon 07:15"]

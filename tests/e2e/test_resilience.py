@@ -77,7 +77,7 @@ CARRIED_OUT: Final = "carried out after a restart"  # the detail ends with it
 CMD_TOPIC: Final = f"loa/v1/dev/{DEVICE}/cmd"
 EVENTS_TOPIC: Final = f"loa/v1/dev/{DEVICE}/events"
 STATE_TOPIC: Final = f"loa/v1/dev/{DEVICE}/state"
-RELAY_OFF_OUTPUT: Final = "amplifier relay forced off"
+RELAY_OFF_OUTPUT: Final = "switched off"
 
 
 # --- helpers ---------------------------------------------------------------------------------
@@ -821,7 +821,8 @@ def _one_run(loop: KillLoop, index: int, *, final: bool) -> None:
     settle_output(daemon)
     run.outbox_after_kill = outbox_numbers(site.outbox)
     helper = relay_off(site.config)
-    assert (helper.returncode, helper.stdout.strip()) == (0, RELAY_OFF_OUTPUT), helper
+    assert helper.returncode == 0, helper
+    assert RELAY_OFF_OUTPUT in helper.stdout.strip(), helper
     started = {line["ref"] for line in run.lines if line.get("event") == "started"}
     ended = {line["ref"] for line in run.lines if line.get("event") in ENDED_KINDS}
     run.mid_play = bool(started - ended)

@@ -62,7 +62,10 @@ class RangedFiles:
                 self.end_headers()
                 for start in range(first, len(body), 8192):
                     chunk = body[start : start + 8192]
-                    self.wfile.write(chunk)
+                    try:
+                        self.wfile.write(chunk)
+                    except (BrokenPipeError, ConnectionResetError):
+                        return  # the device gave up on this request
                     record[2] += len(chunk)
 
             def log_message(self, format: str, *args: object) -> None:
@@ -136,7 +139,13 @@ class Field:
     state_topic = f"loa/v1/dev/{DEVICE}/state"
     cmd_topic = f"loa/v1/dev/{DEVICE}/cmd"
 
-    def write_config(self, *, extra_hosts: tuple[str, ...] = (), player: str = "") -> None:
+    def write_config(
+        self,
+        *,
+        extra_hosts: tuple[str, ...] = (),
+        player: str = "",
+        keepalive_s: int = KEEPALIVE_S,
+    ) -> None:
         hosts = ", ".join(f'"{h}"' for h in (f"{CENTRAL_ADDR}:{self.files.port}", *extra_hosts))
         self.config.write_text(
             f"""device_id: {DEVICE}
@@ -145,7 +154,7 @@ groups: [{GROUP}]
 broker:
   host: {CENTRAL_ADDR}
   port: {self.broker.port}
-  keepalive_s: {KEEPALIVE_S}
+  keepalive_s: {keepalive_s}
   reconnect_min_s: 0.5
   reconnect_max_s: 2.0
 trust:

@@ -66,13 +66,16 @@ class LossyLink:
         self._home: int | None = None
         self._wan: subprocess.Popen[str] | None = None
         self._stderr: IO[str] | None = None
+        problem: str | None = None
         try:
             self._setup(seed)
         except Exception as exc:
+            problem = str(exc)
             self.close()
+        if problem is not None:
             pytest.fail(
                 f"cannot build the emulated 4G link (network namespaces and TUN devices; "
-                f"the tier runs as root): {exc}",
+                f"the tier runs as root): {problem}",
                 pytrace=False,
             )
 

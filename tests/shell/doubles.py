@@ -29,9 +29,11 @@ from receiver.core.events import (
     PlaybackStarted,
 )
 from receiver.core.state import Intent
+from receiver.device_key import load_or_create_device_key
 from receiver.errors import StoreError
 from receiver.ports import Hooks, Ports
 from receiver.runtime import Runtime
+from tests.broker import report_json
 
 DEVICE = "dev-shell"
 GROUP = "grp-shell"
@@ -184,7 +186,7 @@ class Outbox:
     def _commit(self, events: dict[int, bytes]) -> None:
         self.committed.update(events)
         self.commits += 1
-        kinds = ",".join(json.loads(p)["kind"] for p in events.values())
+        kinds = ",".join(json.loads(report_json(p))["kind"] for p in events.values())
         self.journal.note(f"outbox commit {kinds}")
 
     def pending(self, limit: int | None = None) -> list[tuple[int, bytes]]:
@@ -197,7 +199,7 @@ class Outbox:
         return len(self.committed)
 
     def kinds(self) -> list[str]:
-        return [json.loads(p)["kind"] for _, p in sorted(self.committed.items())]
+        return [json.loads(report_json(p))["kind"] for _, p in sorted(self.committed.items())]
 
     def close(self) -> None:
         pass
@@ -303,7 +305,7 @@ class Link:
 
     @property
     def status(self) -> dict[str, Any]:
-        return {"up": self.connected, "last_error": None, "reconnects": 0}
+        return {"up": self.connected, "last_error": None, "reconnects": 0, "broker": "memory"}
 
     def start(self) -> None:
         self.report(LinkChanged(True))
@@ -315,7 +317,7 @@ class Link:
         retain: bool = False,
         on_ack: Callable[[], None] | None = None,
     ) -> bool:
-        self.published.append((topic, payload))
+        self.published.append((topic, report_json(payload)))  # the report inside the seal
         if on_ack is not None:
             on_ack()  # the broker has it at once
         return True
@@ -431,7 +433,9 @@ def open_shell(root: Path, *, store_fails: bool = False) -> Shell:
         made["relay"] = Relay(journal)
         made["player"] = Player(journal, hooks.report)
         made["link"] = Link(journal, hooks.report)
+        key, _ = load_or_create_device_key(config.storage.state_dir, config.device_id)
         return Ports(
+            device_key=key,
             clock=Clock(),
             store=made["store"],
             outbox=made["outbox"],

@@ -1,0 +1,139 @@
+"""The device's own Ed25519 key, and the DSSE envelopes it seals its reports in.
+
+Each receiver signs the events and states it publishes (protocol §14), so that a report that
+crossed a bridge, or was published by someone else who can write the device's topics, can be
+told from a real one. The private key is made on the device, the first time the daemon starts
+(or ``receiver enroll`` runs), in the state directory as ``device.key`` (PKCS#8 PEM, mode
+0600), and never leaves it. ``receiver enroll`` prints the public half as the one-line JSON
+entry central adds to its registry of devices.
+
+Made atomically: written to a temporary file (0600 from its creation), flushed to the card,
+then renamed into place and the directory synced, so a power cut leaves either no key or a
+whole one. A key file that cannot be read is never replaced silently: a new key would orphan
+the enrolled one, so the daemon stops and says so.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from receiver.core.envelope import pae
+
+__all__ = [
+    "DEVICE_KEY_FILE",
+    "EVENT_TYPE",
+    "STATE_TYPE",
+    "DeviceKey",
+    "DeviceKeyError",
+    "enrollment_entry",
+    "load_or_create_device_key",
+    "seal_report",
+]
+
+DEVICE_KEY_FILE: Final = "device.key"
+#: DSSE payload types of the device's reports; the receiver never accepts them as input.
+EVENT_TYPE: Final = "application/vnd.loa.event.v1+json"
+STATE_TYPE: Final = "application/vnd.loa.state.v1+json"
+
+
+@dataclass(frozen=True)
+class DeviceKey:
+    """The device's private key; its key id is the device id."""
+
+    id: str
+    private: Ed25519PrivateKey
+
+    @property
+    def public_b64(self) -> str:
+        raw = self.private.public_key().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        )
+        return base64.b64encode(raw).decode("ascii")
+
+
+class DeviceKeyError(RuntimeError):
+    """The device key exists but cannot be used (unreadable, not Ed25519, wrong mode)."""
+
+
+def load_or_create_device_key(state_dir: Path, device_id: str) -> tuple[DeviceKey, bool]:
+    """The device's key (its id is the device id) and whether it was made just now."""
+    path = state_dir / DEVICE_KEY_FILE
+    if path.exists():
+        return _load(path, device_id), False
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    private = Ed25519PrivateKey.generate()
+    pem = private.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    temporary = path.with_name(f".{DEVICE_KEY_FILE}.{os.getpid()}.tmp")
+    try:
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(pem)
+            out.flush()
+            os.fsync(out.fileno())
+        os.chmod(temporary, 0o600)  # the umask cannot widen it, but a stale ACL might
+        os.replace(temporary, path)
+        _sync_directory(state_dir)
+    except OSError as exc:
+        temporary.unlink(missing_ok=True)
+        raise DeviceKeyError(f"cannot write the device key {path}: {exc.strerror or exc}") from exc
+    return DeviceKey(device_id, private), True
+
+
+def _load(path: Path, device_id: str) -> DeviceKey:
+    try:
+        mode = path.stat().st_mode & 0o777
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DeviceKeyError(f"cannot read the device key {path}: {exc.strerror or exc}") from exc
+    if mode & 0o077:
+        raise DeviceKeyError(
+            f"the device key {path} is readable by others (mode {mode:04o}): anyone who read it "
+            "can sign reports as this device. Make a new one (delete the file, restart, enroll "
+            "again) or, if nobody else can have read it, chmod 600 it"
+        )
+    try:
+        private = serialization.load_pem_private_key(data, password=None)
+    except ValueError as exc:
+        raise DeviceKeyError(f"the device key {path} is not a PEM private key") from exc
+    if not isinstance(private, Ed25519PrivateKey):
+        raise DeviceKeyError(f"the device key {path} is not an Ed25519 key")
+    return DeviceKey(device_id, private)
+
+
+def _sync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def enrollment_entry(key: DeviceKey) -> dict[str, Any]:
+    """The registry entry central adds for this device: its id and its public key."""
+    return {"device": key.id, "ed25519": key.public_b64}
+
+
+def enrollment_line(key: DeviceKey) -> str:
+    """:func:`enrollment_entry` as the one JSON line ``receiver enroll`` prints."""
+    return json.dumps(enrollment_entry(key), separators=(", ", ": "))
+
+
+def seal_report(key: DeviceKey, payload_type: str, body: bytes) -> bytes:
+    """The report ``body`` (compact JSON) in a DSSE envelope signed by the device key."""
+    signature = key.private.sign(pae(payload_type, body))
+    envelope = {
+        "payloadType": payload_type,
+        "payload": base64.b64encode(body).decode("ascii"),
+        "signatures": [{"keyid": key.id, "sig": base64.b64encode(signature).decode("ascii")}],
+    }
+    return json.dumps(envelope, separators=(",", ":")).encode("utf-8")

@@ -1,0 +1,1 @@
+"""Tests of the broker topologies a province runs (config/brokers/), with real brokers."""

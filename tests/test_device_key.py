@@ -1,0 +1,96 @@
+"""The device key: made once, 0600, reused, never silently replaced; ``receiver enroll``."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from receiver.central.reports import Registry, ReportVerifier
+from receiver.cli import main
+from receiver.device_key import (
+    DEVICE_KEY_FILE,
+    EVENT_TYPE,
+    DeviceKeyError,
+    enrollment_entry,
+    load_or_create_device_key,
+    seal_report,
+)
+
+
+def test_the_key_is_made_once_readable_by_the_daemon_only_and_reused(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    key, made = load_or_create_device_key(state, "dev-1")
+    assert made
+    assert (state / DEVICE_KEY_FILE).stat().st_mode & 0o777 == 0o600
+    assert [p.name for p in state.iterdir()] == [DEVICE_KEY_FILE]  # no temporary file left
+    again, made_again = load_or_create_device_key(state, "dev-1")
+    assert not made_again
+    assert enrollment_entry(again) == enrollment_entry(key)
+
+
+def test_a_key_others_can_read_is_refused_not_replaced(tmp_path: Path) -> None:
+    load_or_create_device_key(tmp_path, "dev-1")
+    path = tmp_path / DEVICE_KEY_FILE
+    before = path.read_bytes()
+    os.chmod(path, 0o644)
+    with pytest.raises(DeviceKeyError, match="readable by others"):
+        load_or_create_device_key(tmp_path, "dev-1")
+    assert path.read_bytes() == before
+
+
+def test_a_damaged_key_is_refused_not_replaced(tmp_path: Path) -> None:
+    path = tmp_path / DEVICE_KEY_FILE
+    path.write_bytes(b"-----BEGIN PRIVATE KEY-----\ngarbage\n")
+    os.chmod(path, 0o600)
+    with pytest.raises(DeviceKeyError, match="not a PEM private key"):
+        load_or_create_device_key(tmp_path, "dev-1")
+    assert path.read_bytes().endswith(b"garbage\n")
+
+
+def test_enroll_prints_the_registry_line_that_verifies_the_devices_reports(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "receiver.yaml"
+    config.write_text(
+        "device_id: dev-1\nenv: lab\ngroups: []\nbroker: {host: localhost}\n"
+        "trust:\n  keys:\n    - {id: k1, ed25519: 'D2a95YId0a+MgHdAYzSwhqRFK88Ffq4QRPqR4OEb020=',"
+        " roles: [operator], scopes: ['*']}\n"
+        f"storage: {{state_dir: {tmp_path / 'state'}, cache_dir: {tmp_path / 'cache'}}}\n",
+        encoding="utf-8",
+    )
+    assert main(["enroll", "--config", str(config)]) == 0
+    line = capsys.readouterr().out.strip()
+    assert json.loads(line)["device"] == "dev-1"
+    assert main(["enroll", "--config", str(config)]) == 0
+    assert capsys.readouterr().out.strip() == line  # the same key: enrolling again is harmless
+
+    key, _ = load_or_create_device_key(tmp_path / "state", "dev-1")
+    event = json.dumps({"device": "dev-1", "n": 1, "ts": "2026-01-01T00:00:00.000Z"}).encode()
+    verdict = ReportVerifier(Registry.parse([line])).check(
+        "loa/v1/dev/dev-1/events", seal_report(key, EVENT_TYPE, event)
+    )
+    assert verdict.verdict == "signed"
+
+
+def test_enroll_with_a_bad_config_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "receiver.yaml"
+    config.write_text("device_id: dev-1\n", encoding="utf-8")
+    assert main(["enroll", "--config", str(config)]) == 78
+    assert "configuration has errors" in capsys.readouterr().err
+
+
+def test_a_registry_line_that_is_not_an_enroll_line_is_named(tmp_path: Path) -> None:
+    from receiver.central.reports import RegistryError
+
+    with pytest.raises(RegistryError, match=r"registry:2: not a 'receiver enroll' line"):
+        Registry.parse(
+            [
+                '{"device": "a", "ed25519": "D2a95YId0a+MgHdAYzSwhqRFK88Ffq4QRPqR4OEb020="}',
+                "nonsense",
+            ]
+        )
