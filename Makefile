@@ -36,6 +36,18 @@ soak: bootstrap
 bench: bootstrap
 	$(PY) -m bench
 
+# One .deb per board architecture with the Python wheels inside (dist/); see scripts/bundle.sh.
+ARCH ?= arm64
+.PHONY: bundle
+bundle: bootstrap
+	bash scripts/bundle.sh $(ARCH)
+
+# The installed unit under a real systemd in a container (root; a Debian root made once and
+# kept under /var/cache/loa-receiver-systemtest). See systemtest/conftest.py.
+.PHONY: systemtest
+systemtest: bootstrap
+	bash scripts/systemtest.sh
+
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache
 

@@ -34,9 +34,8 @@ def real_ports(config: Config, hooks: Hooks, pin_factory: Any = None) -> Ports:
     from receiver.gpio import AmpRelay, LocalInputs, make_pin_factory
     from receiver.mqtt_client import MqttLink
     from receiver.outbox import Outbox
-    from receiver.player import Player
+    from receiver.player_process import ProcessPlayer
     from receiver.store import Store
-    from receiver.streams import stream_resolver
 
     topics = Topics(config.broker.topic_prefix, config.device_id)
     store = Store(config.storage.state_dir)
@@ -50,7 +49,13 @@ def real_ports(config: Config, hooks: Hooks, pin_factory: Any = None) -> Ports:
         outbox=Outbox(config.storage.state_dir / "outbox.db"),
         relay=AmpRelay(config.gpio, factory),
         inputs=LocalInputs(config.gpio, factory, hooks.input),
-        player=Player(config.player, hooks.report, resolver=stream_resolver(config.media)),
+        # libVLC runs in a supervised child process: no stream can take the daemon down.
+        player=ProcessPlayer(
+            config.player,
+            hooks.report,
+            media=config.media,
+            logging=(config.logging.level, config.logging.format),
+        ),
         fetcher=Fetcher(config.media, config.storage.cache_dir, hooks.report),
         link=MqttLink(
             config.broker,

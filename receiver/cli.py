@@ -34,6 +34,7 @@ from receiver.config import (
     unreadable_files,
 )
 from receiver.config_model import Config, GpioConfig
+from receiver.i18n import gettext_ as _
 
 EX_CONFIG = 78
 #: Where scripts/install.sh puts the config; ``status`` reads it when no --config is given.
@@ -45,7 +46,8 @@ def _load(path: str, hint: str = "") -> Config | None:
         return load_config(Path(path))
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)
-        print(f"{path}: configuration has errors, see above{hint}", file=sys.stderr)
+        message = _("{path}: configuration has errors, see above").format(path=path)
+        print(message + hint, file=sys.stderr)
         return None
 
 
@@ -66,20 +68,25 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         return EX_CONFIG
     warnings = _start_problems(config)
     for warning in warnings:
-        print(f"warning: {warning}", file=sys.stderr)
-    summary = (
-        f"device {config.device_id} in {config.env}, "
-        f"groups {', '.join(config.groups) or '(none)'}, {len(config.trust.keys)} trusted keys, "
-        f"broker {config.broker.host}:{config.broker.port}"
+        print(_("warning: {message}").format(message=warning), file=sys.stderr)
+    summary = _(
+        "device {device} in {env}, groups {groups}, {keys} trusted keys, broker {host}:{port}"
+    ).format(
+        device=config.device_id,
+        env=config.env,
+        groups=", ".join(config.groups) or _("(none)"),
+        keys=len(config.trust.keys),
+        host=config.broker.host,
+        port=config.broker.port,
     )
     if warnings:
-        count = f"{len(warnings)} warning{'s' if len(warnings) > 1 else ''}"
-        print(
-            f"{args.config}: valid ({summary}), "
-            f"but the daemon will refuse to start with it ({count} above)"
+        line = _(
+            "{path}: valid ({summary}), but the daemon will refuse to start with it "
+            "(warnings above)"
         )
+        print(line.format(path=args.config, summary=summary))
     else:
-        print(f"{args.config}: OK — {summary}")
+        print(_("{path}: OK — {summary}").format(path=args.config, summary=summary))
     return 0
 
 
@@ -91,7 +98,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if problems:
         for problem in problems:
             print(problem, file=sys.stderr)
-        print(f"{args.config}: the daemon cannot start with this, see above", file=sys.stderr)
+        refusal = _("{path}: the daemon cannot start with this, see above")
+        print(refusal.format(path=args.config), file=sys.stderr)
         return EX_CONFIG
     from receiver.gpio import PinFactoryMissingError, save_settings
     from receiver.runtime import run_forever  # imports libVLC: only when running
@@ -159,9 +167,9 @@ def _zone(name: str) -> tzinfo:
 
 def cmd_status(args: argparse.Namespace) -> int:
     """The daemon's last state from its status file, its outbox, and the board's health now."""
-    hint = (
-        "" if args.config != INSTALLED_CONFIG else " (another file: receiver status --config FILE)"
-    )
+    hint = ""
+    if args.config == INSTALLED_CONFIG:
+        hint = _(" (another file: receiver status --config FILE)")
     config = _load(args.config, hint)
     if config is None:
         return EX_CONFIG
@@ -182,14 +190,22 @@ def cmd_status(args: argparse.Namespace) -> int:
         status = read_status(state_dir)
         written = path.stat().st_mtime if status is not None else None
     except (StatusError, OSError) as exc:
-        print(f"{exc} (try sudo if it is a permission problem)", file=sys.stderr)
-        return 1
-    if status is None:
         print(
-            f"no status yet: {path} does not exist "
-            f"(the daemon writes it each time it publishes the device's state; has it run?)"
+            _("{error} (try sudo if it is a permission problem)").format(error=exc), file=sys.stderr
         )
         return 1
+    if status is None:
+        message = _(
+            "no status yet: {path} does not exist "
+            "(the daemon writes it each time it publishes the device's state; has it run?)"
+        )
+        print(message.format(path=path))
+        return 1
+    try:
+        outbox = format_outbox(read_outbox(state_dir))
+    except StatusError as exc:
+        outbox = str(exc)
+    board = format_health(read_health(state_dir, config.storage.cache_dir))
     print(
         format_status(
             status,
@@ -197,15 +213,9 @@ def cmd_status(args: argparse.Namespace) -> int:
             now_mono=time.monotonic(),
             written_utc=written,
             tz=_zone(config.policy.timezone),
+            extra=[("outbox", outbox), ("board now", board)],
         )
     )
-    try:
-        outbox = format_outbox(read_outbox(state_dir))
-    except StatusError as exc:
-        outbox = str(exc)
-    print(f"{'outbox':<11}{outbox}")
-    board = format_health(read_health(state_dir, config.storage.cache_dir))
-    print(f"{'board now':<11}{board}")
     return 0
 
 

@@ -63,6 +63,7 @@ from receiver.config_model import (
     TrustedKey,
 )
 from receiver.errors import ConfigError
+from receiver.i18n import gettext_ as _
 
 __all__ = [
     "ConfigError",
@@ -165,7 +166,7 @@ def _compose(text: str, ctx: _Context) -> yaml.Node | None:
     except yaml.MarkedYAMLError as exc:
         # str(exc) would quote the offending line, which may hold the password: build our own.
         mark, message = _syntax_error(exc)
-        ctx.report(mark, "", f"YAML syntax error: {message}")
+        ctx.report(mark, "", _("YAML syntax error: {message}").format(message=message))
         return None
     except yaml.reader.ReaderError as exc:
         before = text[: exc.position]
@@ -184,16 +185,6 @@ def _compose(text: str, ctx: _Context) -> yaml.Node | None:
     return root
 
 
-_COLON_HINT = (
-    "Usual causes: the line above has no space after its ':' (write 'host: x', not "
-    "'host:x') or no ':' at all; this line is indented further than the one above; or a "
-    "value that holds ': ' needs quotes"
-)
-_INDENT_HINT = (
-    "the settings of one section must start in the same column (indent with spaces, 2 per level)"
-)
-
-
 def _syntax_error(exc: yaml.MarkedYAMLError) -> tuple[yaml.Mark | None, str]:
     """Where a technician should look, and PyYAML's complaint in plain words.
 
@@ -202,22 +193,38 @@ def _syntax_error(exc: yaml.MarkedYAMLError) -> tuple[yaml.Mark | None, str]:
     """
     problem, context = exc.problem or "", exc.context or ""
     mark, opened = exc.problem_mark, exc.context_mark
-    where = "" if opened is None else f"line {opened.line + 1}, column {opened.column + 1}"
+    where = ""
+    if opened is not None:
+        where = _("line {line}, column {column}").format(
+            line=opened.line + 1, column=opened.column + 1
+        )
     if "'\\t'" in problem:  # PyYAML writes the tab escaped
-        return mark, "a tab character; indent with spaces only (YAML does not accept tabs)"
+        return mark, _("a tab character; indent with spaces only (YAML does not accept tabs)")
     if problem == "could not find expected ':'" and opened is not None:
-        hint = "write 'key: value' (a section name ends with ':' too)"
-        return opened, f"no ':' after this key; {hint}"
+        return opened, _(
+            "no ':' after this key; write 'key: value' (a section name ends with ':' too)"
+        )
     if problem.startswith("mapping values are not allowed"):
-        return mark, f"a ':' where no setting can start. {_COLON_HINT}"
+        return mark, _(
+            "a ':' where no setting can start. Usual causes: the line above has no space "
+            "after its ':' (write 'host: x', not 'host:x') or no ':' at all; this line is "
+            "indented further than the one above; or a value that holds ': ' needs quotes"
+        )
     if problem.startswith("expected <block end>"):
-        return mark, f"this line is not indented like the lines above it: {_INDENT_HINT}"
+        return mark, _(
+            "this line is not indented like the lines above it: the settings of one section "
+            "must start in the same column (indent with spaces, 2 per level)"
+        )
     if "flow sequence" in context and where:
-        return mark, f"the list opened with '[' on {where} is not closed with ']'"
+        return mark, _("the list opened with '[' on {where} is not closed with ']'").format(
+            where=where
+        )
     if "flow mapping" in context and where:
-        return mark, f"the mapping opened with '{{' on {where} is not closed with '}}'"
+        return mark, _("the mapping opened with '{{' on {where} is not closed with '}}'").format(
+            where=where
+        )
     if "quoted scalar" in context and where:
-        return mark, f"the quote opened on {where} is not closed"
+        return mark, _("the quote opened on {where} is not closed").format(where=where)
     message = problem or context or "cannot parse"
     if context and problem and where:
         message += f" ({context} at {where})"
@@ -1043,18 +1050,28 @@ def placeholders(config: Config) -> list[str]:
     source = config.source
     found: list[str] = []
     if _is_example_host(config.broker.host):
-        found.append(
-            f"{source}: broker.host: {config.broker.host!r} is the example's placeholder: "
+        message = _(
+            "{source}: broker.host: {host!r} is the example's placeholder: "
             "write your broker's host name"
         )
+        found.append(message.format(source=source, host=config.broker.host))
+    for index, (host, _port) in enumerate(config.broker.failover):
+        if _is_example_host(host):
+            message = _(
+                "{source}: broker.failover[{index}]: {host!r} is the example's placeholder: "
+                "write your standby broker's host name or leave failover out"
+            )
+            found.append(message.format(source=source, index=index, host=host))
     if config.broker.password in _PLACEHOLDER_PASSWORDS:
-        found.append(f"{source}: broker.password: still the example's placeholder")
+        message = _("{source}: broker.password: still the example's placeholder")
+        found.append(message.format(source=source))
     for index, key in enumerate(config.trust.keys):
         if key.ed25519 in _PLACEHOLDER_KEYS or "placeholder" in key.id:
-            found.append(
-                f"{source}: trust.keys[{index}]: {key.id!r} is the example's placeholder key: "
+            message = _(
+                "{source}: trust.keys[{index}]: {key!r} is the example's placeholder key: "
                 "write the public key of your central station"
             )
+            found.append(message.format(source=source, index=index, key=key.id))
     return found
 
 
@@ -1076,10 +1093,12 @@ def unreadable_files(config: Config) -> list[str]:
             with path.open("rb") as handle:
                 handle.read(1)
         except OSError as exc:
-            found.append(
-                f"{config.source}: broker.tls.{name}: cannot read {path}: "
-                f"{exc.strerror or exc} (the daemon runs as the user loa-receiver)"
+            message = _(
+                "{source}: broker.tls.{name}: cannot read {path}: {reason} "
+                "(the daemon runs as the user loa-receiver)"
             )
+            reason = exc.strerror or str(exc)
+            found.append(message.format(source=config.source, name=name, path=path, reason=reason))
     return found
 
 

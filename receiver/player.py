@@ -139,7 +139,8 @@ from receiver.streams import NETWORK_CACHING_MS, Resolved, StreamRefused, guess_
 
 __all__ = ["NETWORK_CACHING_MS", "Player", "PlayerError", "Resolver", "instance_args"]
 
-Resolver = Callable[[str], Resolved]  # receiver.streams.resolve with the allowlist bound
+# receiver.streams.resolve with the allowlist bound: (url, cancelled) -> Resolved
+Resolver = Callable[[str, Callable[[], bool]], Resolved]
 
 # libvlc_state_t (MediaStateChanged's new_state)
 _NOTHING_SPECIAL, _OPENING, _BUFFERING, _PLAYING, _PAUSED, _STOPPED, _ENDED, _ERROR = range(8)
@@ -323,7 +324,7 @@ class Player:
     def _resolve(self, item: _Item, url: str, volume: int, resolver: Resolver) -> None:
         """The resolver thread: find what ``url`` is, then open it if ``item`` is still current."""
         try:
-            resolved = resolver(url)
+            resolved = resolver(url, lambda: item.closed or self._closed)
             with self._vlc_lock:
                 with self._lock:
                     if item.closed or self._closed or self._item is not item:

@@ -26,10 +26,13 @@ import json
 import os
 import sqlite3
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 from typing import Any, Final, TypeGuard
+
+from receiver.i18n import gettext_ as _
 
 __all__ = [
     "STALE_AFTER_S",
@@ -37,6 +40,7 @@ __all__ = [
     "OutboxSummary",
     "StatusError",
     "format_outbox",
+    "format_rows",
     "format_status",
     "read_outbox",
     "read_status",
@@ -140,19 +144,21 @@ def read_outbox(state_dir: Path) -> OutboxSummary | None:
 
 def format_outbox(outbox: OutboxSummary | None) -> str:
     if outbox is None:
-        return f"none yet (no {OUTBOX_FILE})"
+        return _("none yet (no {file})").format(file=OUTBOX_FILE)
     if outbox.pending == 0:
-        text = "empty: every event reached the broker"
+        text = _("empty: every event reached the broker")
     else:
         plural = "" if outbox.pending == 1 else "s"
-        text = f"{outbox.pending} event{plural} waiting for the broker"
+        text = _("{count} event{plural} waiting for the broker").format(
+            count=outbox.pending, plural=plural
+        )
         text += (
             f" (n {outbox.first_n})"
             if outbox.pending == 1
             else (f" (n {outbox.first_n} to {outbox.last_n})")
         )
     if outbox.dropped_total:
-        text += f"; {outbox.dropped_total} dropped for lack of room"
+        text += _("; {count} dropped for lack of room").format(count=outbox.dropped_total)
     return text
 
 
@@ -166,8 +172,11 @@ def format_status(
     now_mono: float | None = None,
     written_utc: float | None = None,
     tz: tzinfo = UTC,
+    extra: Sequence[tuple[str, str]] = (),
 ) -> str:
     """A block of ``label  value`` lines for a technician; never raises on odd content.
+
+    ``extra`` rows (label, value) end the block, their labels translated like the others.
 
     ``now_utc`` is the current wall-clock time (epoch seconds) for "updated 12 s ago".
     ``now_mono`` (``time.monotonic()`` of this machine) turns the link's monotonic ``since``
@@ -175,10 +184,14 @@ def format_status(
     ``written_utc`` (the file's mtime) dates a state without ``ts`` (the
     offline state). Times are shown in ``tz``.
     """
-    lines: list[str] = []
+    rows: list[tuple[str, str]] = []
 
     def add(label: str, value: str) -> None:
-        lines.append(f"{label:<{_LABEL_WIDTH}}{value}".rstrip())
+        rows.append((_(label) if label else "", value))
+
+    def block() -> str:
+        rows.extend((_(label), value) for label, value in extra)
+        return "\n".join(format_rows(rows))
 
     device = _text(status.get("device"))
     made = _parse_time(status.get("ts"))
@@ -187,14 +200,14 @@ def format_status(
     add("device", device)
     add(
         "updated",
-        "unknown" if made is None else f"{_ago(now_utc - made)} ({_clock_time(made, tz)})",
+        _("unknown") if made is None else f"{_ago(now_utc - made)} ({_clock_time(made, tz)})",
     )
     if status.get("online") is False:
-        add("daemon", "stopped (its last message was the offline state)")
-        return "\n".join(lines)
+        add("daemon", _("stopped (its last message was the offline state)"))
+        return block()
     if made is not None and now_utc - made > STALE_AFTER_S:
-        add("", "WARNING: old; a running daemon rewrites this file at least every minute.")
-        add("", "Is it running? systemctl status loa-receiver")
+        add("", _("WARNING: old; a running daemon rewrites this file at least every minute."))
+        add("", _("Is it running? systemctl status loa-receiver"))
 
     # The link's "since" is this machine's monotonic clock: measured up to when the state was
     # made (now minus its age), so an old file does not claim a link that is up "for 3 h".
@@ -219,7 +232,13 @@ def format_status(
     health = status.get("health")
     if isinstance(health, dict):
         add("health", format_health(health))
-    return "\n".join(lines)
+    return block()
+
+
+def format_rows(rows: list[tuple[str, str]]) -> list[str]:
+    """``label  value`` lines, the values in one column (labels may be translated, so longer)."""
+    width = max([_LABEL_WIDTH, *(len(label) + 1 for label, _value in rows)])
+    return [f"{label:<{width}}{value}".rstrip() for label, value in rows]
 
 
 def format_health(health: dict[str, Any]) -> str:
@@ -244,12 +263,12 @@ def format_health(health: dict[str, Any]) -> str:
 
 def _link(link: Any, state_mono: float | None) -> str:
     if not isinstance(link, dict):
-        return "? (this daemon does not report its link in the state)"
+        return _("? (this daemon does not report its link in the state)")
     up = link.get("up")
-    text = "connected" if up is True else "NOT connected" if up is False else "?"
+    text = _("connected") if up is True else _("NOT connected") if up is False else "?"
     since = link.get("since")
     if _is_number(since) and state_mono is not None and state_mono >= since:
-        text += f" for {_duration(state_mono - since)}"
+        text += _(" for {duration}").format(duration=_duration(state_mono - since))
     elif isinstance(since, str) and since:
         text += f" since {since}"
     reconnects = link.get("reconnects")
@@ -257,7 +276,7 @@ def _link(link: Any, state_mono: float | None) -> str:
         text += f", {reconnects} reconnect{'' if reconnects == 1 else 's'}"
     error = link.get("last_error")
     if isinstance(error, str) and error:
-        text += f"; last error: {error}"
+        text += _("; last error: {error}").format(error=error)
     return text
 
 
@@ -265,7 +284,7 @@ def _playing(status: dict[str, Any], now_utc: float, tz: tzinfo) -> str:
     state = status.get("state")
     playing = status.get("playing")
     if state != "playing" or not isinstance(playing, dict):
-        return "nothing (idle)" if state == "idle" else f"? (state {_text(state)})"
+        return _("nothing (idle)") if state == "idle" else f"? (state {_text(state)})"
     text = f'"{_text(playing.get("title"))}", {_text(playing.get("priority"))}'
     ref = playing.get("ref")
     if isinstance(ref, str):
@@ -283,7 +302,7 @@ def _relay(status: dict[str, Any]) -> str:
     text = ", ".join(f"{name} {_text(value)}" for name, value in sorted(relays.items()))
     override = status.get("relay_override")
     if isinstance(override, str):
-        text += f" (manual override: {override})"
+        text += _(" (manual override: {override})").format(override=override)
     return text
 
 
@@ -291,15 +310,15 @@ def _schedules(schedules: Any) -> str:
     if not isinstance(schedules, dict):
         return "?"
     if not schedules:
-        return "none"
+        return _("none")
     return ", ".join(f"{sid} v{version}" for sid, version in sorted(schedules.items()))
 
 
 def _clock_synced(synced: Any) -> str:
     if synced is True:
-        return "synchronised"
+        return _("synchronised")
     if synced is False:
-        return "NOT synchronised (times shown come from an unsynchronised clock)"
+        return _("NOT synchronised (times shown come from an unsynchronised clock)")
     return "?"
 
 
@@ -361,8 +380,8 @@ def _clock_time(utc: float, tz: tzinfo) -> str:
 
 def _ago(seconds: float) -> str:
     if seconds < -1:
-        return f"{_duration(-seconds)} in the future (clock?)"
-    return f"{_duration(max(0.0, seconds))} ago"
+        return _("{duration} in the future (clock?)").format(duration=_duration(-seconds))
+    return _("{duration} ago").format(duration=_duration(max(0.0, seconds)))
 
 
 def _duration(seconds: float) -> str:

@@ -64,6 +64,7 @@ MAX_PLAYLIST_BYTES: Final = 64 * 1024
 MAX_HEADER_BYTES: Final = 16 * 1024
 RESOLVE_DEADLINE_S: Final = 10.0
 CONNECT_TIMEOUT_S: Final = 5.0
+POLL_S: Final = 0.25  # how often a blocked read asks whether it was cancelled
 
 # How much a URL's input buffers before it plays: the audio a stream hiccup can last without a
 # gap. libVLC's default is 1000 ms; Wi-Fi on a Pi and a distant Icecast deserve more. It does not
@@ -95,6 +96,12 @@ class StreamRefused(Exception):  # noqa: N818 - an outcome reported to central, 
 
 
 @dataclass(frozen=True)
+class _Deadline:
+    at: float  # monotonic
+    cancelled: Callable[[], bool]
+
+
+@dataclass(frozen=True)
 class Resolved:
     """What libVLC should open, and how."""
 
@@ -120,11 +127,11 @@ def guess_kind(url: str) -> StreamKind:
     return "hls" if urlsplit(url).path.lower().endswith(".m3u8") else "stream"
 
 
-def stream_resolver(media: MediaConfig) -> Callable[[str], Resolved]:
+def stream_resolver(media: MediaConfig) -> Callable[[str, Callable[[], bool]], Resolved]:
     """:func:`resolve` with the technician's allowlist bound, for the player."""
 
-    def resolve_on_allowlist(url: str) -> Resolved:
-        return resolve(url, media.allowed_schemes, media.allowed_hosts)
+    def resolve_on_allowlist(url: str, cancelled: Callable[[], bool]) -> Resolved:
+        return resolve(url, media.allowed_schemes, media.allowed_hosts, cancelled=cancelled)
 
     return resolve_on_allowlist
 
@@ -135,9 +142,14 @@ def resolve(
     allowed_hosts: tuple[str, ...],
     *,
     deadline_s: float = RESOLVE_DEADLINE_S,
+    cancelled: Callable[[], bool] = lambda: False,
 ) -> Resolved:
-    """Find what ``url`` serves (see the module docstring); raise :class:`StreamRefused`."""
-    deadline = time.monotonic() + deadline_s
+    """Find what ``url`` serves (see the module docstring); raise :class:`StreamRefused`.
+
+    ``cancelled`` is asked between reads (at least every :data:`POLL_S`): once it says yes,
+    the connection is dropped and :class:`StreamRefused` raised (the player stopped the item).
+    """
+    deadline = _Deadline(time.monotonic() + deadline_s, cancelled)
     seen: set[str] = set()
     for _depth in range(MAX_DEPTH + 1):
         final, content_type, body = _get(url, allowed_schemes, allowed_hosts, deadline)
@@ -210,7 +222,7 @@ def _get(
     url: str,
     allowed_schemes: tuple[str, ...],
     allowed_hosts: tuple[str, ...],
-    deadline: float,
+    deadline: _Deadline,
 ) -> tuple[str, str, bytes | None]:
     """GET ``url`` (redirects followed and checked): ``(final URL, content type, body)``.
 
@@ -247,7 +259,7 @@ def _get(
     raise StreamRefused(f"more than {MAX_REDIRECTS} redirects (a redirect loop?)")
 
 
-def _connect(target: urls.Target, deadline: float) -> socket.socket:
+def _connect(target: urls.Target, deadline: _Deadline) -> socket.socket:
     try:
         sock = socket.create_connection(
             (target.host, target.port), timeout=min(CONNECT_TIMEOUT_S, _left(deadline, target))
@@ -263,27 +275,28 @@ def _connect(target: urls.Target, deadline: float) -> socket.socket:
     return sock
 
 
-def _left(deadline: float, target: urls.Target) -> float:
-    left = deadline - time.monotonic()
+def _left(deadline: _Deadline, target: urls.Target) -> float:
+    if deadline.cancelled():
+        raise StreamRefused("stopped while asking the server")
+    left = deadline.at - time.monotonic()
     if left <= 0:
         raise StreamRefused(f"{target.host} too slow: no answer in {RESOLVE_DEADLINE_S:g} s")
     return left
 
 
-def _recv(sock: socket.socket, target: urls.Target, deadline: float) -> bytes:
-    sock.settimeout(_left(deadline, target))
-    try:
-        return sock.recv(4096)
-    except TimeoutError:
-        raise StreamRefused(
-            f"{target.host} too slow: no answer in {RESOLVE_DEADLINE_S:g} s"
-        ) from None
-    except OSError:
-        raise StreamRefused(f"the connection to {target.host} failed") from None
+def _recv(sock: socket.socket, target: urls.Target, deadline: _Deadline) -> bytes:
+    while True:
+        sock.settimeout(min(POLL_S, _left(deadline, target)))
+        try:
+            return sock.recv(4096)
+        except TimeoutError:
+            continue  # _left() raises once the deadline has passed or we were cancelled
+        except OSError:
+            raise StreamRefused(f"the connection to {target.host} failed") from None
 
 
 def _request(
-    sock: socket.socket, target: urls.Target, deadline: float
+    sock: socket.socket, target: urls.Target, deadline: _Deadline
 ) -> tuple[int, dict[str, str], bytes]:
     host = f"[{target.host}]" if ":" in target.host else target.host
     request = (
@@ -316,7 +329,7 @@ def _request(
     return int(parts[1]), headers, rest
 
 
-def _read_body(sock: socket.socket, rest: bytes, target: urls.Target, deadline: float) -> bytes:
+def _read_body(sock: socket.socket, rest: bytes, target: urls.Target, deadline: _Deadline) -> bytes:
     body = rest
     while len(body) <= MAX_PLAYLIST_BYTES:
         chunk = _recv(sock, target, deadline)

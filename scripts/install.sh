@@ -29,6 +29,8 @@
 #   --no-apt          do not install Debian packages (they must already be there)
 #   --no-systemctl    do not call systemctl (no daemon-reload, enable, start, restart or stop)
 #   --python PATH     the Python that makes the virtual environment (default /usr/bin/python3)
+#   --system-site-packages  let the venv see Debian's Python packages (the armhf bundle takes
+#                     PyYAML and cryptography from Debian: no armv7 wheels are published)
 #   --pip-args ARGS   extra arguments for every `pip install`, split on spaces, e.g.
 #                     "--no-index --find-links /srv/wheels" to install from local wheels only
 set -euo pipefail
@@ -46,6 +48,7 @@ APT=1
 SYSTEMCTL=1
 PYTHON=/usr/bin/python3
 PIP_ARGS=()
+VENV_ARGS=()
 DEB_PACKAGES=(libvlc5 libvlc-bin vlc-plugin-base python3-venv ca-certificates)
 
 say() { printf 'install: %s\n' "$*"; }
@@ -63,6 +66,7 @@ while (($#)); do
     --no-systemctl) SYSTEMCTL=0 ;;
     --python) [[ $# -ge 2 ]] || die "--python needs a path"; PYTHON=$2; shift ;;
     --python=*) PYTHON=${1#--python=} ;;
+    --system-site-packages) VENV_ARGS=(--system-site-packages) ;;
     --pip-args) [[ $# -ge 2 ]] || die "--pip-args needs a value"; read -r -a PIP_ARGS <<<"$2"; shift ;;
     --pip-args=*) read -r -a PIP_ARGS <<<"${1#--pip-args=}" ;;
     -h | --help) usage; exit 0 ;;
@@ -217,9 +221,9 @@ new=$RELEASES/$release
 build=$(mktemp -d)
 
 say "creating the program's virtual environment in $new"
-"$PYTHON" -m venv "$new"
+"$PYTHON" -m venv "${VENV_ARGS[@]}" "$new"
 # Build from a copy, so that pip and setuptools write nothing into the checkout.
-cp -r "$SRC/pyproject.toml" "$SRC/setup.cfg" "$SRC/README.md" "$SRC/LICENSE" "$SRC/receiver" "$build/"
+cp -r "$SRC/pyproject.toml" "$SRC/setup.cfg" "$SRC/setup.py" "$SRC/README.md" "$SRC/LICENSE" "$SRC/receiver" "$build/"
 find "$build" -name __pycache__ -prune -exec rm -rf {} +
 "$new/bin/pip" install --quiet --disable-pip-version-check --no-cache-dir "${PIP_ARGS[@]}" "$build"
 # lgpio from Debian (python3-lgpio) is linked against the system's liblgpio: link just that

@@ -50,11 +50,15 @@ def _need(binary: str) -> str:
     return path
 
 
-@dataclass(frozen=True)
+@dataclass
 class Request:
+    """One request: when it came (monotonic), its path, the status answered (0: none, the
+    listener hung up first) and when the server was done with it (None: still serving)."""
+
     mono: float
     path: str
-    status: int
+    status: int = 0
+    ended: float | None = None
 
 
 Route = Callable[[SimpleHTTPRequestHandler], int]  # answers, returns the status it sent
@@ -66,17 +70,17 @@ class _Handler(SimpleHTTPRequestHandler):
     def do_GET(self) -> None:
         owner = self.server.owner
         route = owner.routes.get(self.path.split("?", 1)[0])
-        status = 0
+        request = owner.log(self.path)
         try:
             if route is not None:
-                status = route(self)
+                request.status = route(self)
             else:
-                status = 200 if owner.exists(self.path) else 404
+                request.status = 200 if owner.exists(self.path) else 404
                 super().do_GET()
         except OSError:
             pass  # the listener hung up
         finally:
-            owner.log(self.path, status)
+            request.ended = time.monotonic()
 
     def end_headers(self) -> None:
         if self.path.endswith(".m3u8"):
@@ -132,14 +136,23 @@ class WebServer:
     def exists(self, path: str) -> bool:
         return (self.directory / path.split("?", 1)[0].lstrip("/")).is_file()
 
-    def log(self, path: str, status: int) -> None:
+    def log(self, path: str) -> Request:
+        request = Request(time.monotonic(), path)
         with self._lock:
-            self._requests.append(Request(time.monotonic(), path, status))
+            self._requests.append(request)
+        return request
 
     @property
     def requests(self) -> list[Request]:
         with self._lock:
             return list(self._requests)
+
+    @property
+    def serving(self) -> int:
+        """How many requests are still being answered (a hung-up listener is seen at the
+        server's next write)."""
+        with self._lock:
+            return sum(1 for r in self._requests if r.ended is None)
 
     def close(self) -> None:
         self._server.shutdown()
@@ -188,7 +201,7 @@ def trickle(byte_every_s: float = 1.0, limit_s: float = 60.0) -> Route:
             handler.wfile.write(bytes([byte]))
             handler.wfile.flush()
             time.sleep(byte_every_s)
-        return 200
+        return 200  # a hung-up listener shows as an OSError at the next write
 
     return route
 

@@ -356,3 +356,54 @@ def test_the_scripts_parse_and_pass_shellcheck_where_it_is_installed() -> None:
             [shellcheck, str(INSTALL)], capture_output=True, text=True, timeout=60, check=False
         )
         assert result.returncode == 0, result.stdout
+
+
+def test_the_installed_program_speaks_vietnamese_when_lang_is_vietnamese(
+    installed: Tree, tmp_path: Path
+) -> None:
+    # The catalog was compiled when the installer built the program (no msgfmt on the board).
+    site = next((installed.venv / "lib").glob("python3*/site-packages"))
+    assert (site / "receiver" / "locale" / "vi" / "LC_MESSAGES" / "loa-receiver.mo").is_file()
+
+    def receiver(lang: str, *args: str) -> subprocess.CompletedProcess[str]:
+        env = {"PATH": "/usr/bin:/bin", "LANG": lang}
+        return subprocess.run(
+            [str(installed.receiver), *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd="/",
+            env=env,
+            check=False,
+        )
+
+    vi = receiver("vi_VN.UTF-8", "check-config", str(installed.config))
+    assert vi.returncode == 0, vi.stderr
+    assert "hợp lệ (thiết bị loa-25-07873-001 trong môi trường prod" in vi.stdout
+    assert "cảnh báo: " in vi.stderr and "là giá trị mẫu" in vi.stderr
+    english = receiver("C.UTF-8", "check-config", str(installed.config))
+    assert "valid (device loa-25-07873-001 in prod" in english.stdout
+
+    config = tmp_path / "receiver.yaml"
+    text = installed.config.read_text(encoding="utf-8")
+    config.write_text(
+        text.replace("/var/lib/loa-receiver", str(tmp_path / "state")).replace(
+            "/var/cache/loa-receiver", str(tmp_path / "cache")
+        ),
+        encoding="utf-8",
+    )
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "status.json").write_text(
+        '{"device": "loa-25-07873-001", "online": true, "state": "idle", "volume": 70}',
+        encoding="utf-8",
+    )
+    status = receiver("vi_VN.UTF-8", "status", "--config", str(config))
+    assert status.returncode == 0, status.stderr
+    labels = [line.split("  ")[0] for line in status.stdout.splitlines()]
+    assert labels[:2] == ["thiết bị", "cập nhật"] and "hộp thư đi" in labels
+    assert "không phát gì (đang nghỉ)" in status.stdout
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("device_id: x\nbroker:\n\thost: y\n", encoding="utf-8")
+    syntax = receiver("vi_VN.UTF-8", "check-config", str(broken))
+    assert syntax.returncode == 78
+    assert f"{broken}:3:1: lỗi cú pháp YAML: có ký tự tab" in syntax.stderr

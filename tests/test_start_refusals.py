@@ -71,6 +71,14 @@ def test_the_example_config_never_starts(tmp_path: Path) -> None:
     assert not (tmp_path / "state" / "outbox.db").exists()  # refused before anything started
 
 
+def test_a_placeholder_failover_broker_exits_78(tmp_path: Path) -> None:
+    extra = "  failover: [mqtt2.example.vn:8883, 192.0.2.2]\n"
+    result = receiver("run", "--config", str(write_config(tmp_path, extra=extra)))
+    assert result.returncode == 78, result.stderr
+    assert "broker.failover[0]: 'mqtt2.example.vn' is the example's placeholder" in result.stderr
+    assert "failover[1]" not in result.stderr
+
+
 def test_a_missing_pin_factory_module_exits_78(tmp_path: Path) -> None:
     config = write_config(tmp_path, gpio_part="gpio: {pin_factory: pigpio}")
     result = receiver("run", "--config", str(config))

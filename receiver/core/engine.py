@@ -278,6 +278,19 @@ def sound_failed(state: State, token: int, detail: str, now: Instant, out: list[
     return finish(state, ended, now, out, "failed", reason=reasons.PLAYBACK_FAILED, detail=detail)
 
 
+def engine_crashed(state: State, detail: str, now: Instant, out: list[Effect]) -> State:
+    """The media engine died or wedged: the item that was sounding ends ``failed``
+    (``playback_failed``, also a live relay: its source is not at fault), and the amplifier goes
+    off now, without the tail, since nothing can be said about what it is playing."""
+    item = state.active
+    if item is None or item.phase != "playing":
+        return state
+    ended = replace(item, phase="ended")  # no StopPlayback: there is nothing left to stop
+    detail = f"the media engine failed: {detail}"
+    state = finish(state, ended, now, out, "failed", reason=reasons.PLAYBACK_FAILED, detail=detail)
+    return replace(state, amp=replace(state.amp, off_mono=now.mono))
+
+
 def progress(state: State, token: int, position: int, now: Instant) -> State:
     """The player's position moved: the stall watchdog is fed, and a stream that has kept
     moving for ``stream_healthy_s`` since its (re)start has its restart budget back."""

@@ -45,6 +45,14 @@ class PlaybackFailed:
 
 
 @dataclass(frozen=True)
+class PlayerCrashed:
+    """The media engine (libVLC's process) died or stopped answering; a new one is started for
+    the next item. Whatever was sounding is gone."""
+
+    detail: str = ""
+
+
+@dataclass(frozen=True)
 class PlaybackProgress:
     """Where the player is in the item with this token (polled while a live stream plays)."""
 
@@ -96,6 +104,7 @@ Event = (
     | PlaybackEnded
     | PlaybackFailed
     | PlaybackProgress
+    | PlayerCrashed
     | LocalInputChanged
     | FetchFinished
     | FetchFailed

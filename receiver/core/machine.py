@@ -8,6 +8,7 @@ order and calls ``step`` again with ``TimerFired`` once ``deadline`` (monotonic)
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from typing import Final
 
@@ -33,6 +34,7 @@ from receiver.core.events import (
     PlaybackFailed,
     PlaybackProgress,
     PlaybackStarted,
+    PlayerCrashed,
 )
 from receiver.core.policy import in_quiet_hours, url_allowed, volume_for
 from receiver.core.reasons import Rejection
@@ -73,26 +75,31 @@ class Step:
 
 
 def boot(state: State, now: Instant) -> Step:
-    """The first step: the relay is forced off and the state is published (and a fresh store
-    with a trusted clock gets its reset floor before anyone can see the device online)."""
-    out: list[Effect] = []
-    state = _mark_reset(state, now, out)
+    """The first step: the relay is forced off and the state is published."""
     state = replace(state, amp=replace(state.amp, on=False, off_mono=None), booted_mono=now.mono)
-    out += [SwitchRelay(on=False), engine.publish_state(state)]
+    out: list[Effect] = [SwitchRelay(on=False)]
+    # Before the first state: whoever sees it and signs a command then must be served.
+    state = _fix_reset_floor(state, now, out)
+    out.append(engine.publish_state(state))
     return Step(state, tuple(out), now.mono)
 
 
-def _mark_reset(state: State, now: Instant, out: list[Effect]) -> State:
-    if state.reset_floor is None and now.utc_trusted:
-        # The first trusted instant of a fresh store: from now on, older commands are stale.
-        state = replace(state, reset_floor=now.utc)
-        out.append(PersistResetFloor(now.utc))
-    return state
+def _fix_reset_floor(state: State, now: Instant, out: list[Effect]) -> State:
+    """The first trusted instant of a fresh store: from then on, older commands are stale.
+
+    Cut to the millisecond, the precision of ``iat`` on the wire, so a command signed in the
+    same millisecond is not refused for a fraction the operator could not have written.
+    """
+    if state.reset_floor is not None or not now.utc_trusted:
+        return state
+    floor = math.floor(now.utc * 1000) / 1000
+    out.append(PersistResetFloor(floor))
+    return replace(state, reset_floor=floor)
 
 
 def step(state: State, event: Event, now: Instant) -> Step:
     out: list[Effect] = []
-    state = _mark_reset(state, now, out)
+    state = _fix_reset_floor(state, now, out)
     if isinstance(event, MessageReceived) and _should_hold(state, event, now):
         state = replace(state, held=(*state.held, event)[-MAX_HELD:])
     elif isinstance(event, MessageReceived):
@@ -113,6 +120,8 @@ def step(state: State, event: Event, now: Instant) -> Step:
         state = engine.sound_failed(state, event.token, event.detail, now, out)
     elif isinstance(event, PlaybackProgress):
         state = engine.progress(state, event.token, event.position_ms, now)
+    elif isinstance(event, PlayerCrashed):
+        state = engine.engine_crashed(state, event.detail, now, out)
     elif isinstance(event, LocalInputChanged):
         state = _on_local_input(state, event, out)
     if state.recovered and not _in_grace(state, now):

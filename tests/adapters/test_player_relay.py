@@ -10,7 +10,7 @@ reason in bounded time, and the log shows no request storm."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from queue import Empty, Queue
@@ -60,8 +60,8 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
     events = Recorder()
     hosts: list[str] = []
 
-    def resolver(url: str) -> Resolved:
-        return resolve(url, ("http",), tuple(hosts))
+    def resolver(url: str, cancelled: Callable[[], bool]) -> Resolved:
+        return resolve(url, ("http",), tuple(hosts), cancelled=cancelled)
 
     player = Player(PlayerConfig(output="file", wav_file=wav), events, resolver=resolver)
     yield Rig(player, events, wav, hosts)
@@ -207,3 +207,18 @@ def test_a_server_trickling_a_byte_a_second_fails_on_time(rig: Rig, web: WebServ
     start = time.monotonic()
     assert "too slow" in fails_within(rig, url, RESOLVE_DEADLINE_S + 3)
     assert time.monotonic() - start < RESOLVE_DEADLINE_S + 2
+
+
+def test_stopping_while_a_server_trickles_hangs_up_at_once(rig: Rig, web: WebServer) -> None:
+    rig.hosts.append(f"127.0.0.1:{web.port}")
+    url = web.route("/slow.mp3", trickle(0.2, limit_s=RESOLVE_DEADLINE_S + 5))
+    rig.player.play(7, url, 100, live=True)
+    time.sleep(1.0)
+    assert web.serving == 1
+    rig.player.stop()
+    deadline = time.monotonic() + 1.0
+    while web.serving and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert web.serving == 0, "the resolver still holds the connection after stop()"
+    with pytest.raises(AssertionError):
+        rig.events.next(1.0)  # superseded: nothing is reported for its token

@@ -232,14 +232,17 @@ def test_a_lagging_operator_clock_is_served_once_it_passes_the_reset_instant() -
     assert world.state.volume == 20
 
 
-def test_a_fresh_store_with_a_trusted_clock_takes_its_reset_floor_at_boot() -> None:
-    """Before the device is first seen online, not at its first event: a command signed by
-    someone who saw it online is never older than the reset instant."""
+def test_a_fresh_store_takes_its_reset_instant_before_the_first_state_says_online() -> None:
+    """An operator who sees the first state of a freshly reset device and signs a command then
+    must be served: the reset instant is fixed at boot, before that state is published, and
+    to the millisecond the wire carries (``iat`` has millisecond precision)."""
     world = World()
-    fresh = replace(world.state, reset_floor=None)
-    booted = machine.boot(fresh, world.now)
-    assert booted.state.reset_floor == world.utc
-    assert booted.effects[0] == PersistResetFloor(world.utc)
-    world.state = booted.state
-    world.utc += 0.001
-    assert emitted(world.send(world.signed("volume", {"level": 5})), "accepted")
+    world.state = replace(world.state, reset_floor=None)
+    world.utc = T0 + 0.9164  # a boot instant between two milliseconds
+    result = machine.boot(world.state, world.now)
+    kinds = [type(effect).__name__ for effect in result.effects]
+    assert kinds.index("PersistResetFloor") < kinds.index("PublishState")
+    assert result.state.reset_floor == T0 + 0.916
+    world.state = result.state
+    same_millisecond = world.signed("volume", {"level": 20}, iat=T0 + 0.916)
+    assert accepted(world.send(same_millisecond))

@@ -12,8 +12,9 @@ from receiver.core.events import (
     PlaybackFailed,
     PlaybackProgress,
     PlaybackStarted,
+    PlayerCrashed,
 )
-from tests.core.harness import SHA, World, emitted, play_body, plays
+from tests.core.harness import SHA, World, emitted, play_body, plays, relay_switches
 
 STREAM = {
     "priority": "normal",
@@ -116,3 +117,20 @@ def test_a_preempted_relay_that_resumes_reports_started_again() -> None:
     assert [(e.kind, e.ref, e.detail) for e in emitted(effects)] == [
         ("started", "c1001", "stream rejoined")
     ]
+
+
+def test_a_lost_media_engine_fails_the_item_and_switches_the_amplifier_off_at_once() -> None:
+    world = World()
+    token = relaying(world)
+    healthy_for(world, token, 3)
+    effects = world.feed(PlayerCrashed("the media engine stopped (signal SIGSEGV)"))
+    assert [(e.kind, e.reason) for e in emitted(effects)] == [("failed", "playback_failed")]
+    assert relay_switches(effects) == [False]  # no tail: nobody knows what it was playing
+    assert plays(world.advance(30.0)) == []  # a relay is not restarted into a broken engine
+
+
+def test_a_lost_media_engine_while_idle_changes_nothing() -> None:
+    world = World()
+    before = world.state
+    assert world.feed(PlayerCrashed("gone")) == []
+    assert world.state == before

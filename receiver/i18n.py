@@ -1,0 +1,83 @@
+"""Messages in the technician's language: gettext catalogs, English by default.
+
+The catalogs' sources are ``receiver/locale/<lang>/LC_MESSAGES/loa-receiver.po`` (edited by
+hand); the build compiles each into its ``.mo`` beside it (``setup.py``: :func:`compile_po`,
+so a board needs no ``msgfmt``). The language comes from the usual environment variables
+(``LANGUAGE``, ``LC_ALL``, ``LC_MESSAGES``, ``LANG``): ``LANG=vi_VN.UTF-8 receiver
+check-config ...`` answers in Vietnamese. A missing catalog or an untranslated message gives
+the English text. Only what a technician reads at the terminal is translated: ``check-config``,
+``status``, the YAML syntax messages and the start-up refusals. Log events and ``relay-off``'s
+journal line stay English (they are searched for and machine-read).
+"""
+
+from __future__ import annotations
+
+import ast
+import gettext
+import struct
+from functools import cache
+from pathlib import Path
+
+__all__ = ["DOMAIN", "LOCALE_DIR", "compile_po", "gettext_", "read_po"]
+
+DOMAIN = "loa-receiver"
+LOCALE_DIR = Path(__file__).resolve().parent / "locale"
+
+
+@cache
+def _translations() -> gettext.NullTranslations:
+    return gettext.translation(DOMAIN, LOCALE_DIR, fallback=True)
+
+
+def gettext_(message: str) -> str:
+    """``message`` in the environment's language (English when there is no catalog for it)."""
+    return _translations().gettext(message)
+
+
+def read_po(path: Path) -> dict[str, str]:
+    """msgid -> msgstr of a ``.po`` file (single-line and continued strings; no plurals)."""
+    entries: dict[str, str] = {}
+    current: dict[str, str] = {}
+    field = ""
+
+    def flush() -> None:
+        if "msgid" in current and current.get("msgstr"):
+            entries[current["msgid"]] = current["msgstr"]
+        current.clear()
+
+    for raw in path.read_text(encoding="utf-8").splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("msgid "):
+            flush()
+            field, rest = "msgid", line[6:]
+        elif line.startswith("msgstr "):
+            field, rest = "msgstr", line[7:]
+        elif line.startswith('"'):
+            rest = line
+        else:
+            raise ValueError(f"{path}: cannot read the line {raw!r}")
+        current[field] = current.get(field, "") + str(ast.literal_eval(rest))
+    flush()
+    return entries
+
+
+def compile_po(po: Path, mo: Path) -> None:
+    """Write the GNU ``.mo`` file for ``po`` (what ``msgfmt`` does, for our simple catalogs)."""
+    entries = read_po(po)
+    entries.setdefault("", "Content-Type: text/plain; charset=UTF-8\n")
+    keys = sorted(entries)
+    ids = [k.encode("utf-8") for k in keys]
+    strs = [entries[k].encode("utf-8") for k in keys]
+    header = 7 * 4
+    table = header + 2 * 8 * len(keys)
+    offsets: list[int] = []
+    data = b""
+    for item in ids + strs:
+        offsets += [len(item), table + len(data)]
+        data += item + b"\0"
+    out = struct.pack("<7I", 0x950412DE, 0, len(keys), header, header + 8 * len(keys), 0, 0)
+    out += struct.pack(f"<{len(offsets)}I", *offsets) + data
+    mo.parent.mkdir(parents=True, exist_ok=True)
+    mo.write_bytes(out)

@@ -1,0 +1,303 @@
+"""The media engine in a child process: libVLC can crash or wedge, the daemon must not.
+
+:class:`ProcessPlayer` has :class:`receiver.player.Player`'s API (``play``, ``stop``,
+``set_volume``, ``position_ms``, ``close``, and any other public method the player grows: calls
+are forwarded by name) and runs the real ``Player`` in a child process
+(``python -m receiver.player_process``), talking to it over a socket pair with
+``multiprocessing.connection`` (pickles, both ends ours). The daemon keeps every decision; the
+child only plays, and sends the player's events back as they come.
+
+Supervision:
+
+* **Crash.** When the child dies (a libVLC thread's general-protection fault, a kill), the
+  reader thread sees the socket close and reports :class:`~receiver.core.events.PlayerCrashed`
+  at once. The core then ends the item that was sounding ``failed`` ``playback_failed`` and
+  switches the amplifier off without the tail.
+* **Wedge.** While an item is live, a watchdog thread pings the child every
+  :data:`PING_EVERY_S`; a call or ping unanswered for :data:`ANSWER_TIMEOUT_S` means the child is
+  stuck (a libVLC call that never returns): it is killed (SIGKILL), which is then a crash as
+  above. A wedge is thus reported within ``PING_EVERY_S + ANSWER_TIMEOUT_S`` (under 1 s).
+* The next ``play`` starts a new child (its libVLC start-up is then part of that item's start).
+
+What it costs is measured by ``bench/relay.py`` and ``bench/latency.py`` (a round trip over the
+socket pair per call: well under a millisecond) and ``bench/footprint.py`` (a second Python
+interpreter holding libVLC; the daemon itself no longer loads libVLC).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from typing import Any, Final
+
+import structlog
+
+from receiver import logs
+from receiver.config_model import MediaConfig, PlayerConfig
+from receiver.core.events import Event, PlayerCrashed
+from receiver.player import Player, PlayerError  # python-vlc is imported by Player(), not here
+from receiver.streams import stream_resolver
+
+__all__ = ["ANSWER_TIMEOUT_S", "PING_EVERY_S", "ProcessPlayer"]
+
+PING_EVERY_S: Final = 0.25
+ANSWER_TIMEOUT_S: Final = 0.6
+START_TIMEOUT_S: Final = 20.0  # the child imports python-vlc and starts libVLC
+
+
+class ProcessPlayer:
+    """``receiver.player.Player`` in a supervised child process. Call it from one thread."""
+
+    def __init__(
+        self,
+        config: PlayerConfig,
+        on_event: Callable[[Event], None],
+        *,
+        media: MediaConfig | None = None,
+        logging: tuple[str, str] | None = None,
+    ) -> None:
+        """``media``: the allowlist for the stream resolver (None: no resolver); ``logging``:
+        the daemon's (level, format), so the child's log lines look like the daemon's."""
+        self._config = config
+        self._media = media
+        self._logging = logging
+        self._on_event = on_event
+        self._log: Any = structlog.get_logger(component="player_process")
+        self._lock = threading.Lock()  # the connection's send side and the reply slots
+        self._replies: dict[int, tuple[str, Any]] = {}
+        self._answered = threading.Condition(self._lock)
+        self._seq = 0
+        self._child: subprocess.Popen[bytes] | None = None
+        self._conn: Connection | None = None
+        self._live = False  # an item was started and not stopped: the watchdog pings
+        self._closed = False
+        self._stop_watchdog = threading.Event()
+        self._start_child()
+        threading.Thread(target=self._watchdog, name="player-watchdog", daemon=True).start()
+
+    # --- the player's API ---------------------------------------------------------------------
+
+    def play(
+        self, token: int, media: str, volume: int, start_ms: int = 0, *, live: bool = False
+    ) -> None:
+        if self._conn is None:
+            self._start_child()
+        self._call("play", token, media, volume, start_ms, live=live)
+        self._live = True
+
+    def stop(self) -> None:
+        if self._closed or self._conn is None:
+            return
+        self._live = False
+        self._call("stop")
+
+    def set_volume(self, level: int) -> None:
+        if self._conn is None:
+            self._start_child()
+        self._call("set_volume", level)
+
+    def position_ms(self) -> int:
+        if self._conn is None:
+            return -1
+        result: int = self._call("position_ms")
+        return result
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._stop_watchdog.set()
+        with contextlib.suppress(Exception):
+            if self._conn is not None:
+                self._call("close")
+        self._end_child()
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        """Any other public method of the player (added later) is forwarded as it is."""
+        if name.startswith("_"):
+            raise AttributeError(name)
+
+        def forward(*args: Any, **kwargs: Any) -> Any:
+            if self._conn is None:
+                self._start_child()
+            return self._call(name, *args, **kwargs)
+
+        return forward
+
+    @property
+    def child_pid(self) -> int | None:
+        child = self._child
+        return child.pid if child is not None and child.poll() is None else None
+
+    # --- the child ----------------------------------------------------------------------------
+
+    def _start_child(self) -> None:
+        ours, theirs = socket.socketpair()
+        child = subprocess.Popen(  # our own interpreter and module
+            [sys.executable, "-m", "receiver.player_process", str(theirs.fileno())],
+            pass_fds=(theirs.fileno(),),
+            stdin=subprocess.DEVNULL,
+        )
+        theirs.close()
+        conn = Connection(ours.detach())
+        try:
+            conn.send((self._config, self._media, self._logging))
+            if not conn.poll(START_TIMEOUT_S):
+                raise PlayerError(f"the media engine did not start in {START_TIMEOUT_S:g} s")
+            kind, detail = conn.recv()
+        except (OSError, EOFError) as exc:
+            child.kill()
+            child.wait()
+            raise PlayerError(f"the media engine did not start ({exc})") from None
+        except PlayerError:
+            child.kill()
+            child.wait()
+            raise
+        if kind != "ready":
+            child.wait()
+            raise PlayerError(str(detail))
+        with self._lock:
+            self._child, self._conn = child, conn
+            self._replies.clear()
+        threading.Thread(
+            target=self._read, args=(child, conn), name="player-reader", daemon=True
+        ).start()
+        self._log.info("media_engine_started", pid=child.pid)
+
+    def _end_child(self) -> None:
+        with self._lock:
+            child, conn = self._child, self._conn
+            self._child = self._conn = None
+        if conn is not None:
+            conn.close()
+        if child is not None:
+            try:
+                child.wait(timeout=2)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+
+    def _read(self, child: subprocess.Popen[bytes], conn: Connection) -> None:
+        """The reader thread: events and replies from the child, until it goes."""
+        try:
+            while True:
+                message = conn.recv()
+                if message[0] == "event":
+                    self._on_event(message[1])
+                    continue
+                _, seq, kind, value = message
+                with self._lock:
+                    self._replies[seq] = (kind, value)
+                    self._answered.notify_all()
+        except (EOFError, OSError):
+            pass
+        except Exception:
+            self._log.exception("media_engine_reader_failed")
+        self._lost(child)
+
+    def _lost(self, child: subprocess.Popen[bytes]) -> None:
+        with self._lock:
+            if self._child is not child:
+                return  # closed or replaced on purpose
+            self._child = None
+            conn, self._conn = self._conn, None
+            self._answered.notify_all()
+        with contextlib.suppress(OSError):
+            if conn is not None:
+                conn.close()
+        child.kill()
+        code = child.wait()
+        self._live = False
+        if self._closed:
+            return
+        why = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
+        self._log.error("media_engine_lost", pid=child.pid, why=why)
+        self._on_event(PlayerCrashed(f"the media engine stopped ({why})"))
+
+    def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        with self._lock:
+            conn, child = self._conn, self._child
+            if conn is None or child is None:
+                raise PlayerError("the media engine is not running")
+            self._seq += 1
+            seq = self._seq
+            try:
+                conn.send(("call", seq, method, args, kwargs))
+            except OSError:
+                raise PlayerError("the media engine is not running") from None
+            deadline = time.monotonic() + ANSWER_TIMEOUT_S
+            while seq not in self._replies and self._child is child:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._answered.wait(left)
+            reply = self._replies.pop(seq, None)
+        if reply is None:
+            if self._child is child:
+                self._log.error("media_engine_wedged", pid=child.pid, call=method)
+                child.kill()  # the reader sees the socket close and reports the crash
+            raise PlayerError(f"the media engine did not answer {method}()")
+        kind, value = reply
+        if kind == "ok":
+            return value
+        if kind == "value_error":
+            raise ValueError(value)
+        raise PlayerError(value)
+
+    def _watchdog(self) -> None:
+        while not self._stop_watchdog.wait(PING_EVERY_S):
+            if self._live and self._conn is not None:
+                with contextlib.suppress(Exception):
+                    self._call("ping")
+
+
+# --- the child's side -------------------------------------------------------------------------
+
+
+def _serve(fd: int) -> int:
+    conn = Connection(fd)
+    send_lock = threading.Lock()
+
+    def send(message: object) -> None:
+        with send_lock:
+            conn.send(message)
+
+    config, media, logging = conn.recv()
+    if logging is not None:
+        logs.configure(*logging)
+    try:
+        resolver = stream_resolver(media) if media is not None else None
+        player = Player(config, lambda event: send(("event", event)), resolver=resolver)
+    except PlayerError as exc:
+        send(("failed", str(exc)))
+        return 1
+    send(("ready", os.getpid()))
+    while True:
+        try:
+            _, seq, method, args, kwargs = conn.recv()
+        except (EOFError, OSError):
+            player.close()
+            return 0
+        try:
+            value = None if method == "ping" else getattr(player, method)(*args, **kwargs)
+            send(("reply", seq, "ok", value))
+        except ValueError as exc:
+            send(("reply", seq, "value_error", str(exc)))
+        except Exception as exc:  # reported to the daemon, which decides
+            send(("reply", seq, "error", str(exc)))
+        if method == "close":
+            return 0
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the daemon decides when we stop
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    sys.exit(_serve(int(sys.argv[1])))

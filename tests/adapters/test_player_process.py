@@ -1,0 +1,94 @@
+"""The media engine in its supervised child process: it plays as the in-process player does, and
+when the child crashes (SIGSEGV, as a libVLC thread's fault does) or wedges (SIGSTOP: it no longer
+answers), ``PlayerCrashed`` comes within 1 s, the sound stops, and the next item plays in a new
+child."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from queue import Empty, Queue
+
+import pytest
+
+from receiver.config_model import PlayerConfig
+from receiver.core.events import (
+    Event,
+    PlaybackEnded,
+    PlaybackStarted,
+    PlayerCrashed,
+)
+from receiver.player_process import ProcessPlayer
+from tests.audio import dominant_of, trim_silence, wait_for_final_wav, write_tone
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.queue: Queue[tuple[float, Event]] = Queue()
+
+    def __call__(self, event: Event) -> None:
+        self.queue.put((time.monotonic(), event))
+
+    def next(self, timeout_s: float = 10.0) -> tuple[float, Event]:
+        try:
+            return self.queue.get(timeout=timeout_s)
+        except Empty:
+            raise AssertionError(f"no event within {timeout_s} s") from None
+
+
+@pytest.fixture
+def rig(tmp_path: Path) -> Iterator[tuple[ProcessPlayer, Recorder, Path]]:
+    wav = tmp_path / "out.wav"
+    events = Recorder()
+    player = ProcessPlayer(PlayerConfig(output="file", wav_file=wav), events)
+    yield player, events, wav
+    player.close()
+
+
+def wav_size(path: Path) -> int:
+    return path.stat().st_size if path.exists() else 0
+
+
+def test_it_plays_a_file_and_reports_like_the_player(
+    rig: tuple[ProcessPlayer, Recorder, Path], tmp_path: Path
+) -> None:
+    player, events, wav = rig
+    tone = write_tone(tmp_path / "tone.wav", 1000.0, 1.0)
+    player.play(1, str(tone), 100)
+    assert events.next()[1] == PlaybackStarted(1)
+    assert events.next()[1] == PlaybackEnded(1)
+    sound = wait_for_final_wav(wav)
+    assert dominant_of(trim_silence(sound.samples), sound.rate, (440.0, 1000.0)) == 1000.0
+    with pytest.raises(ValueError, match="volume"):
+        player.set_volume(101)
+
+
+@pytest.mark.parametrize("how", [signal.SIGSEGV, signal.SIGSTOP], ids=["crash", "wedge"])
+def test_a_dead_or_stuck_engine_is_reported_within_a_second_and_replaced(
+    rig: tuple[ProcessPlayer, Recorder, Path], tmp_path: Path, how: signal.Signals
+) -> None:
+    player, events, wav = rig
+    long_tone = write_tone(tmp_path / "long.wav", 440.0, 30.0)
+    player.play(1, str(long_tone), 100)
+    assert events.next()[1] == PlaybackStarted(1)
+    time.sleep(0.5)
+    pid = player.child_pid
+    assert pid is not None
+    hit = time.monotonic()
+    os.kill(pid, how)
+    at, event = events.next(3.0)
+    assert isinstance(event, PlayerCrashed), event
+    assert at - hit < 1.0, f"reported {at - hit:.2f} s after the {how.name}"
+    size = wav_size(wav)
+    time.sleep(1.0)
+    assert wav_size(wav) == size, "audio still flows after the engine was declared lost"
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)  # the stuck child was killed, not left behind
+    tone = write_tone(tmp_path / "tone.wav", 1000.0, 1.0)
+    player.play(2, str(tone), 100)  # a new engine for the next item
+    assert events.next()[1] == PlaybackStarted(2)
+    assert events.next()[1] == PlaybackEnded(2)
+    assert player.child_pid not in (None, pid)
