@@ -64,6 +64,17 @@ class OutboxPump:
         finally:
             self._in_turn = False
             self._unavailable = None
+        self._commit()
+        self.send()
+
+    def commit(self) -> None:
+        """Put the turn's events so far on disk now, before a store write that relies on them
+        (the core orders its effects: a report before the write that retires what it reports).
+        The turn goes on; its next event opens a new transaction."""
+        if self._batch is not None:
+            self._commit()
+
+    def _commit(self) -> None:
         try:
             self._end_batch(None)
         except StoreError as exc:
@@ -71,7 +82,6 @@ class OutboxPump:
             self._logs.clear()
             self._log.error("effect_failed", effect="Emit", error=str(exc), events_lost=lost)
         self._flush_logs()
-        self.send()
 
     def add(
         self, n: int, payload: bytes, log: Callable[..., Any], what: str, /, **fields: Any

@@ -69,6 +69,15 @@ PROGRESS_POLL_S: Final = 1.0  # how often a live stream's position is read
 TIME_FLOOR_SAVE_S: Final = 3600.0  # how often a trusted time is saved (an SD card wears out)
 STATE_EVERY_S: Final = 60.0  # the retained state is also refreshed this often (docs/protocol.md)
 MAX_DETAIL_CHARS: Final = 200
+PERSIST_EFFECTS: Final = (
+    PersistFloors,
+    PersistIntentStarted,
+    PersistIntentDone,
+    PersistTrust,
+    PersistResetFloor,
+    PersistSchedule,
+    PersistDone,
+)
 MAX_EVENTS_PER_TURN: Final = 256  # events stepped before their reports are committed together
 SHA256_HEX_CHARS: Final = 64
 
@@ -328,6 +337,10 @@ class Runtime:
                     self.inbox.put_report(PlaybackFailed(effect.token, type(effect).__name__))
 
     def _persist(self, effect: Effect) -> bool:
+        if isinstance(effect, PERSIST_EFFECTS):
+            # The store's writes keep the core's order with the reports before them: a report
+            # is on disk before the write that retires what it reports (an intent, a done mark).
+            self.pump.commit()
         match effect:
             case PersistFloors(floors=floors, time_floor=time_floor, intent=intent):
                 self.store.save_floors(floors, time_floor, intent)

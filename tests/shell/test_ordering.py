@@ -152,3 +152,14 @@ def test_a_state_never_overtakes_the_events_that_led_to_it(shell: Shell) -> None
 
     shell.wait(lambda: any(playing(t, p) for t, p in list(shell.link.published)), "playing")
     assert first(started) < first(playing)
+
+
+def test_a_report_is_on_disk_before_the_write_that_retires_its_intent(shell: Shell) -> None:
+    """A volume command is carried out in its own step, and its intent retired there: a crash
+    between the two writes must find the `accepted` report stored, or the intent still open
+    (the kill loop once found a command spent without a word)."""
+    message = shell.command("volume", {"level": 30}, "vol-1")
+    shell.wait(lambda: shell.journal.has(f"puback {message.mid}"), "the PUBACK")
+    accepted = next(e for e in shell.journal.starting("outbox commit") if "accepted" in e)
+    assert shell.journal.index("store floors") < shell.journal.index(accepted)
+    assert shell.journal.index(accepted) < shell.journal.index("store intent done vol-1")
