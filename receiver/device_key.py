@@ -8,7 +8,8 @@ told from a real one. The private key is made on the device, the first time the 
 entry central adds to its registry of devices.
 
 Made atomically: written to a temporary file (0600 from its creation), flushed to the card,
-then renamed into place and the directory synced, so a power cut leaves either no key or a
+then linked into place (never over a key another process made meanwhile) and the directory
+synced, so a power cut leaves either no key or a
 whole one. A key file that cannot be read is never replaced silently: a new key would orphan
 the enrolled one, so the daemon stops and says so.
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -73,7 +75,7 @@ def load_or_create_device_key(state_dir: Path, device_id: str) -> tuple[DeviceKe
     pem = private.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    temporary = path.with_name(f".{DEVICE_KEY_FILE}.{os.getpid()}.tmp")
+    temporary = path.with_name(f".{DEVICE_KEY_FILE}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as out:
@@ -81,11 +83,17 @@ def load_or_create_device_key(state_dir: Path, device_id: str) -> tuple[DeviceKe
             out.flush()
             os.fsync(out.fileno())
         os.chmod(temporary, 0o600)  # the umask cannot widen it, but a stale ACL might
-        os.replace(temporary, path)
+        # A link, not a rename: it fails if another process (``receiver enroll`` while the
+        # daemon starts) put its key there meanwhile, and that key, not this one, is the
+        # device's from now on.
+        os.link(temporary, path)
         _sync_directory(state_dir)
+    except FileExistsError:
+        return _load(path, device_id), False
     except OSError as exc:
-        temporary.unlink(missing_ok=True)
         raise DeviceKeyError(f"cannot write the device key {path}: {exc.strerror or exc}") from exc
+    finally:
+        temporary.unlink(missing_ok=True)
     return DeviceKey(device_id, private), True
 
 

@@ -94,3 +94,29 @@ def test_a_registry_line_that_is_not_an_enroll_line_is_named(tmp_path: Path) -> 
                 "nonsense",
             ]
         )
+
+
+def test_two_starts_at_once_end_with_the_one_key_on_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``receiver enroll`` run while the daemon makes its first key: the one that writes second
+    must not replace the first one's key (it would sign with a key nobody enrolled)."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from receiver.device_key import DeviceKey
+
+    real_generate = Ed25519PrivateKey.generate
+    other: list[DeviceKey] = []
+
+    def generate_while_the_other_writes() -> Ed25519PrivateKey:
+        monkeypatch.setattr(Ed25519PrivateKey, "generate", real_generate)
+        other.append(load_or_create_device_key(tmp_path, "dev-1")[0])  # the other process
+        return real_generate()
+
+    monkeypatch.setattr(Ed25519PrivateKey, "generate", generate_while_the_other_writes)
+    key, made = load_or_create_device_key(tmp_path, "dev-1")
+
+    on_disk, _ = load_or_create_device_key(tmp_path, "dev-1")
+    assert enrollment_entry(key) == enrollment_entry(on_disk) == enrollment_entry(other[0])
+    assert not made
+    assert [p.name for p in tmp_path.iterdir()] == [DEVICE_KEY_FILE]

@@ -8,7 +8,9 @@ document a receiver would refuse never leaves. Broker failures are one line each
 Exit statuses: 0 done; 1 done, but what was asked did not happen (``watch`` saw nothing, or
 not the event ``--until`` asked for, in its ``--timeout``); 2 bad input (usage, a document or
 command a receiver would refuse, an unreadable key or file); 3 the broker (unreachable, TLS,
-login refused, ACL, no answer in time, not acknowledged).
+login refused, ACL, no answer in time, not acknowledged); 130 stopped by Ctrl-C before it was
+done (``watch`` with ``--until`` or ``--count``: stopping plain ``watch`` or ``fleet --watch``
+is their normal end, 0).
 """
 
 from __future__ import annotations
@@ -36,13 +38,26 @@ from receiver.central.broker import (
     Connection,
 )
 from receiver.central.cluster import add_node_option, further_nodes
-from receiver.central.inputs import InputError, load_keys, refuse_if_invalid
+from receiver.central.inputs import (
+    InputError,
+    device_or_every,
+    host,
+    identifier,
+    load_keys,
+    number,
+    positive_int,
+    positive_number,
+    refuse_if_invalid,
+    refuse_if_too_large,
+    seconds,
+)
 from receiver.central.received import DeviceMessage, device_topics, parse_device_message
 from receiver.central.reports import message_text, verifier_for
 from receiver.central.signing import SigningKey, command_payload, sign_command
 from receiver.core import vocabulary
 
 DEFAULT_PREFIX = "loa/v1"
+EXIT_INTERRUPTED = 130  # Ctrl-C before what was asked happened, as a shell reports it
 FLEET_COLUMNS = fleet.COLUMNS
 SNAPSHOT_QUIET_S = 0.5
 
@@ -116,11 +131,18 @@ def _body(args: argparse.Namespace) -> dict[str, Any]:
     return body
 
 
-def _topic_for(args: argparse.Namespace) -> str:
+def _topics_for(args: argparse.Namespace) -> list[str]:
+    """Where the command goes: ``--topic``, or each audience's command topic (a device that is
+    in two of them takes the second copy as the duplicate it is)."""
     if args.topic:
-        return str(args.topic)
-    kind, _, ident = args.aud[0].partition(":")
-    return f"{args.prefix}/{'dev' if kind == 'dev' else 'grp'}/{ident}/cmd"
+        return [str(args.topic)]
+    topics: list[str] = []
+    for audience in args.aud:
+        kind, _, ident = audience.partition(":")
+        topic = f"{args.prefix}/{'dev' if kind == 'dev' else 'grp'}/{ident}/cmd"
+        if topic not in topics:
+            topics.append(topic)
+    return topics
 
 
 def _sign_and_send(args: argparse.Namespace) -> int:
@@ -137,29 +159,45 @@ def _sign_and_send(args: argparse.Namespace) -> int:
         ttl_s=args.ttl,
     )
     refuse_if_invalid("command", payload)
-    if args.topic is None and args.aud[0].partition(":")[0] not in ("dev", "grp"):
-        raise InputError(f"--aud {args.aud[0]}: not dev:<id> or grp:<id>")
+    for audience in args.aud if args.topic is None else ():
+        if audience.partition(":")[0] not in ("dev", "grp"):
+            raise InputError(f"--aud {audience}: not dev:<id> or grp:<id>")
     envelope = sign_command(payload, load_keys(args.key))
+    refuse_if_too_large(str(payload["type"]), envelope)
     if not args.host:
         sys.stdout.write(envelope.decode("utf-8") + "\n")
         return EXIT_OK
-    topic = _topic_for(args)
-    # The broker drops the command once it expires, so a device that was offline never gets a
-    # stale backlog (the device refuses expired commands anyway).
-    publish(args, topic, envelope, retain=False, expiry_s=int(args.ttl))
-    print(f"sent {payload['type']} {payload['id']} (seq {payload['seq']}) to {topic}")
+    for topic in _topics_for(args):
+        # The broker drops the command once it expires, so a device that was offline never
+        # gets a stale backlog (the device refuses expired commands anyway).
+        publish(args, topic, envelope, retain=False, expiry_s=int(args.ttl))
+        print(f"sent {payload['type']} {payload['id']} (seq {payload['seq']}) to {topic}")
     return EXIT_OK
 
 
 def publish(
     args: argparse.Namespace, topic: str, payload: bytes, *, retain: bool, expiry_s: int | None
 ) -> bool:
-    """Publish at QoS 1 and wait for the broker's acknowledgement (BrokerError if none)."""
-    with Connection(BrokerOptions.from_args(args)) as connection:
+    """Publish at QoS 1 and wait for the broker's acknowledgement (BrokerError if none).
+
+    A retained document goes to every ``--node`` too; a node that fails is named with the
+    brokers that already hold it, so the operator knows where to publish it again.
+    """
+    first = BrokerOptions.from_args(args)
+    nodes = further_nodes(args) if retain else []  # a typo in --node: nothing is published
+    with Connection(first) as connection:
         connection.publish(topic, payload, retain=retain, expiry_s=expiry_s)
-    for node in further_nodes(args) if retain else ():
-        with Connection(node) as connection:  # a cluster that keeps retained messages per node
-            connection.publish(topic, payload, retain=retain, expiry_s=expiry_s)
+    done = [first.where]
+    for node in nodes:
+        try:
+            with Connection(node) as connection:  # a cluster that keeps retained per node
+                connection.publish(topic, payload, retain=retain, expiry_s=expiry_s)
+        except BrokerError as exc:
+            raise BrokerError(
+                f"{exc}; {topic} is retained on {', '.join(done)} but not on {node.where}: "
+                "publish it there again (a higher version) once the node is back"
+            ) from exc
+        done.append(node.where)
     return True
 
 
@@ -222,7 +260,8 @@ def _watch(args: argparse.Namespace) -> int:
             return EXIT_FAILED
         return EXIT_FAILED if (args.until or args.count) else EXIT_OK
     except KeyboardInterrupt:
-        return EXIT_OK
+        # Stopped by hand: done, unless it was waiting for something it has not seen.
+        return EXIT_INTERRUPTED if (args.until or args.count) else EXIT_OK
     finally:
         connection.close()
 
@@ -331,7 +370,9 @@ def _print_fleet(
 
 
 def _broker_options(parser: argparse.ArgumentParser, required: bool) -> None:
-    parser.add_argument("--host", required=required, help="broker host (omit to print only)")
+    parser.add_argument(
+        "--host", required=required, type=host, help="broker host (omit to print only)"
+    )
     parser.add_argument("--port", type=int, default=1883)
     parser.add_argument("--prefix", default=DEFAULT_PREFIX, help="topic prefix")
     parser.add_argument("--cafile", help="CA certificate: turns TLS on")
@@ -342,7 +383,7 @@ def _broker_options(parser: argparse.ArgumentParser, required: bool) -> None:
     add_node_option(parser)
     parser.add_argument(
         "--broker-timeout",
-        type=float,
+        type=positive_number,
         default=10.0,
         help="seconds to wait for the broker's answers (default 10)",
     )
@@ -364,8 +405,8 @@ def _add_command_parsers(sub: Any) -> None:
         cmd.add_argument("--aud", required=True, action="append", help="dev:<id> or grp:<id>")
         cmd.add_argument("--id", help="message id (default: cmd-<seq>)")
         cmd.add_argument("--seq", type=int, help="sequence number (default: UTC milliseconds)")
-        cmd.add_argument("--ttl", type=float, default=300.0, help="seconds until it expires")
-        cmd.add_argument("--topic", help="publish here instead of the first audience's topic")
+        cmd.add_argument("--ttl", type=number, default=300.0, help="seconds until it expires")
+        cmd.add_argument("--topic", help="publish here instead of each audience's topic")
         _broker_options(cmd, required=False)
         if name in ("play", "stream"):
             cmd.add_argument("--url", required=True)
@@ -403,15 +444,17 @@ def build_parser() -> argparse.ArgumentParser:
     keygen = sub.add_parser("keygen", help="make an Ed25519 key pair")
     keygen.add_argument("--id", required=True, help="the key id receivers will know it by")
     keygen.add_argument("--out", required=True, help="where to write the private key (PEM)")
-    keygen.add_argument("--roles", nargs="+", default=["operator"])
+    keygen.add_argument("--roles", nargs="+", default=["operator"], choices=admin_documents.ROLES)
     keygen.add_argument("--scopes", nargs="+", default=["*"])
     keygen.set_defaults(func=_keygen)
 
     _add_command_parsers(sub)
 
     watch = sub.add_parser("watch", help="print a device's state and events")
-    watch.add_argument("--device", required=True, help="a device id, or + for every device")
-    watch.add_argument("--timeout", type=float, default=0.0, help="seconds (0: until Ctrl-C)")
+    watch.add_argument(
+        "--device", required=True, type=device_or_every, help="a device id, or + for every device"
+    )
+    watch.add_argument("--timeout", type=seconds, default=0.0, help="seconds (0: until Ctrl-C)")
     watch.add_argument("--count", type=int, default=0, help="stop after this many events")
     watch.add_argument("--until", nargs="*", default=[], help="stop after an event of a kind")
     watch.add_argument(
@@ -430,7 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="at most this many seconds to collect states (default 5; done sooner once they stop)",
     )
     fleet_cmd.add_argument("--watch", action="store_true", help="redraw every second until Ctrl-C")
-    fleet_cmd.add_argument("--group", help="only devices in this group")
+    fleet_cmd.add_argument("--group", type=identifier, help="only devices in this group")
     fleet_cmd.add_argument("--offline", action="store_true", help="only devices not reachable")
     fleet_cmd.add_argument("--failing", action="store_true", help="only devices with a fault")
     fleet_cmd.add_argument(
@@ -443,7 +486,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--pending-outbox", action="store_true", help="only devices with events not yet sent"
     )
     fleet_cmd.add_argument("--sort", choices=fleet.SORT_KEYS, default="device")
-    fleet_cmd.add_argument("--limit", type=int, help="show at most this many rows")
+    fleet_cmd.add_argument("--limit", type=positive_int, help="show at most this many rows")
     fleet_cmd.add_argument(
         "--registry", help="enrolled device keys: mark devices whose state they did not sign"
     )
@@ -479,7 +522,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"receiver-admin: {exc}", file=sys.stderr)
         return EXIT_INPUT
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
     return result
 
 

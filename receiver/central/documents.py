@@ -12,6 +12,7 @@ sends nothing.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import queue
 import sys
@@ -22,7 +23,15 @@ from typing import Any
 
 from receiver.central import programme
 from receiver.central.broker import BrokerOptions, Connection
-from receiver.central.inputs import InputError, load_keys, refuse_if_invalid
+from receiver.central.inputs import (
+    InputError,
+    identifier,
+    load_keys,
+    positive_int,
+    refuse_if_invalid,
+    refuse_if_too_large,
+)
+from receiver.central.reports import open_report
 from receiver.central.signing import (
     key_entry,
     schedule_payload,
@@ -34,11 +43,14 @@ from receiver.core import admission, reasons
 from receiver.core.clock import Instant
 from receiver.core.envelope import parse_envelope
 from receiver.core.reasons import Rejection
+from receiver.core.strict_json import loads_strict
+from receiver.core.trust import Keyring
 from receiver.core.trustdoc import parse_trust
 
 Publisher = Callable[..., bool]
 DAY_S = 86400.0
 RETAINED_WAIT_S = 0.5  # the broker sends a retained message right after the SUBACK
+ROLES = ("operator", "emergency", "root")
 KEYRING_REASONS = frozenset(
     {reasons.UNKNOWN_KEY, reasons.BAD_SIGNATURE, reasons.UNSIGNED, reasons.NOT_AUTHORIZED}
 )
@@ -46,7 +58,8 @@ KEYRING_REASONS = frozenset(
 
 def _load_json(path: str, what: str) -> Any:
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
+        # Strictly: a key given twice would otherwise keep its last value without a word.
+        return loads_strict(Path(path).read_bytes())
     except OSError as exc:
         raise InputError(f"{path}: cannot read the {what} ({exc.strerror or exc})") from exc
     except ValueError as exc:
@@ -102,13 +115,27 @@ def refuse_if_unauthorized(
         document = None
     if document is None:
         return
+    rejection = _admission_refusal(document.keyring, topic, envelope, payload)
+    if rejection is not None:
+        raise InputError(
+            f"the fleet's keyring (trust version {document.version}, retained on "
+            f"{args.prefix}/trust) refuses these signatures: {rejection.detail} "
+            f"({rejection.reason}); nothing was sent"
+        )
+
+
+def _admission_refusal(
+    keyring: Keyring, topic: str, envelope: bytes, payload: dict[str, Any]
+) -> Rejection | None:
+    """The receivers' admission of ``envelope`` under ``keyring``: its refusal for a reason
+    of keys and roles, or None."""
     audience = next(iter(payload.get("aud", [])), "grp:")
     kind, _, ident = str(audience).partition(":")
     context = admission.Context(
         device_id=ident if kind == "dev" else "",
         env=str(payload.get("env", "")),
         groups=(ident,) if kind == "grp" else (),
-        keyring=document.keyring,
+        keyring=keyring,
         floors={},
         time_floor=0.0,
         reset_floor=None,
@@ -120,11 +147,29 @@ def refuse_if_unauthorized(
         admission.admit(context, topic, envelope, True, Instant(0.0, time.time(), True))
     except Rejection as rejection:
         if rejection.reason in KEYRING_REASONS:
-            raise InputError(
-                f"the fleet's keyring (trust version {document.version}, retained on "
-                f"{args.prefix}/trust) refuses these signatures: {rejection.detail} "
-                f"({rejection.reason}); nothing was sent"
-            ) from rejection
+            return rejection
+    return None
+
+
+def refuse_if_not_self_signed(topic: str, envelope: bytes, payload: dict[str, Any]) -> None:
+    """A receiver takes a keyring only if enough of the new keyring's own root keys signed it
+    (as TUF requires for a rotation), whatever its current keyring: check that here, with no
+    broker needed. A keyring with a root threshold its root keys cannot meet, or with no root
+    key, would also leave the fleet with no way to rotate again."""
+    document = parse_trust(payload)
+    before = dataclasses.replace(document.keyring, version=document.version - 1)
+    if _admission_refusal(before, topic, envelope, payload) is not None:
+        roots = sum(1 for key in document.keyring.keys if "root" in key.roles)
+        raise InputError(
+            f"a receiver refuses this keyring: not signed by enough of its own root keys (it "
+            f"lists {roots} root key(s), threshold {document.keyring.threshold('root')}; "
+            f"signed by {', '.join(sorted(_signer_ids(envelope)))}); nothing was sent. Sign it "
+            "with that many of its root keys (--key, repeated), or set --thresholds root=N"
+        )
+
+
+def _signer_ids(envelope: bytes) -> set[str]:
+    return {keyid for keyid, _sig in parse_envelope(envelope).signatures}
 
 
 def key_entry_command(args: argparse.Namespace) -> int:
@@ -158,6 +203,8 @@ def trust_command(args: argparse.Namespace, publish: Publisher) -> int:
             )
     signers = load_keys(args.key)
     envelope = sign_trust(payload, signers)
+    refuse_if_too_large("trust document", envelope)
+    refuse_if_not_self_signed(topic, envelope, payload)
     if not args.host:
         sys.stdout.write(envelope.decode("utf-8") + "\n")
         return 0
@@ -218,6 +265,7 @@ def schedule_command(args: argparse.Namespace, publish: Publisher) -> int:
                 f"{version} (stale_version): give --version {held + 1} or above"
             )
     envelope = sign_schedule(payload, load_keys(args.key))
+    refuse_if_too_large("schedule", envelope)
     if not args.host:
         sys.stdout.write(envelope.decode("utf-8") + "\n")
         return 0
@@ -235,7 +283,7 @@ def show_command(args: argparse.Namespace) -> int:
     if args.device:
         state_topic = f"{args.prefix}/dev/{args.device}/state"
         state = retained_payload_raw(options, state_topic)
-        state_doc = json.loads(state) if state else None
+        state_doc = open_report(state) if state else None  # signed (v1.1) or plain JSON
         held = state_doc.get("schedules", {}) if isinstance(state_doc, dict) else {}
         groups = args.group or []
         if not groups and isinstance(state_doc, dict):
@@ -276,7 +324,7 @@ def add_parsers(
 ) -> None:
     entry = sub.add_parser("key-entry", help="print a key's entry for a trust keyring file")
     entry.add_argument("--key", required=True, help="the private key file (its id file beside)")
-    entry.add_argument("--roles", nargs="+", required=True)
+    entry.add_argument("--roles", nargs="+", required=True, choices=ROLES)
     entry.add_argument("--scopes", nargs="+", default=["*"])
     entry.set_defaults(func=key_entry_command)
 
@@ -316,8 +364,10 @@ def add_parsers(
         prog="receiver-admin schedule show",
         help="the programme a group or device holds now, next plays in local time",
     )
-    show.add_argument("--group", action="append", help="a group id (repeatable)")
-    show.add_argument("--device", help="a device id: what its state says it holds")
-    show.add_argument("--days", type=int, default=7, help="how many days ahead (default 7)")
+    show.add_argument("--group", action="append", type=identifier, help="a group id (repeatable)")
+    show.add_argument("--device", type=identifier, help="a device id: what its state says it holds")
+    show.add_argument(
+        "--days", type=positive_int, default=7, help="how many days ahead (default 7)"
+    )
     broker_options(show, True)
     show.set_defaults(func=show_command)

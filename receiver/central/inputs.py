@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import argparse
+import math
+import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from receiver.central import validate
 from receiver.central.signing import SigningKey
+from receiver.core.envelope import MAX_MESSAGE_BYTES
 
 
 class InputError(Exception):
@@ -38,3 +42,81 @@ def load_keys(paths: list[str]) -> list[SigningKey]:
         except (OSError, ValueError) as exc:
             raise InputError(f"--key {path}: {exc}") from exc
     return keys
+
+
+#: A device, group or environment id (schemas/common.json ``ident``): it is also a topic level.
+_IDENT: Final = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+
+
+def identifier(text: str) -> str:
+    """An option that names a device or a group: an id, never an MQTT wildcard or a slash."""
+    if _IDENT.fullmatch(text) is None:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an id: 1 to 64 of lowercase a-z, 0-9, '.', '_', '-'"
+        )
+    return text
+
+
+def device_or_every(text: str) -> str:
+    """``watch --device``: a device id, or ``+`` for every device."""
+    return text if text == "+" else identifier(text)
+
+
+def number(text: str) -> float:
+    """A number of seconds: finite (``nan`` and ``inf`` are words, not durations)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds")
+    return value
+
+
+def seconds(text: str) -> float:
+    """A duration option: a number of seconds, not negative."""
+    value = number(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give 0 or more seconds")
+    return value
+
+
+def refuse_if_too_large(what: str, envelope: bytes) -> None:
+    """The receivers refuse a message over MAX_MESSAGE_BYTES before reading it (``too_large``):
+    say so rather than publish it (a retained one would replace a document they take)."""
+    if len(envelope) > MAX_MESSAGE_BYTES:
+        raise InputError(
+            f"the signed {what} is {len(envelope)} bytes; receivers refuse a message over "
+            f"{MAX_MESSAGE_BYTES} bytes (too_large); nothing was sent: split it (fewer entries "
+            "per schedule, shorter titles or URLs)"
+        )
+
+
+def positive_int(text: str) -> int:
+    """A count option (``--limit``, ``--days``): a whole number, 1 or more."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is below 1")
+    return value
+
+
+def host(text: str) -> str:
+    """``--host``: a host name or address; a URL or ``host:port`` is a typo, not an unknown host."""
+    plain = text.strip("[]")
+    if "://" in text or "/" in text or (plain.count(":") == 1):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give the broker's host name or address without a scheme or port "
+            "(the port goes in --port, TLS is --cafile)"
+        )
+    return text
+
+
+def positive_number(text: str) -> float:
+    """A wait in seconds that must be above 0 (``--broker-timeout``)."""
+    value = number(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give more than 0 seconds")
+    return value

@@ -17,7 +17,7 @@ has a default)::
     media_url: https://media.example.vn/c07873/   # where devices fetch local files by name
     entries:
       - title: Bản tin sáng
-        days: weekdays     # or every day, weekend, or a list: [mon, wed, fri]
+        days: weekdays     # or every day, weekend, mon-fri, or a list: [mon, wed, fri]
         at: "06:30"
         priority: normal   # normal, priority, emergency
         file: media/ban-tin-sang.mp3   # or url: https://... (fetched once for its hash)
@@ -103,19 +103,40 @@ def _at(value: Any, where: str) -> str:
     return f"{int(match.group(1)):02d}:{match.group(2)}"
 
 
+DAY_NAMES: Final = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+
+
+def _day(word: str, where: str) -> int:
+    """The index in the week of ``mon``, ``Monday``, ``thurs``: a day's name or its start (three
+    letters at least); anything else is named, never cut to three letters and guessed."""
+    text = word.strip().lower()
+    for index, name in enumerate(DAY_NAMES):
+        if len(text) >= 3 and name.startswith(text):
+            return index
+    raise InputError(
+        f"{where}: {word.strip()!r} is not a day: {', '.join(core_schedule.DAYS)}, a range "
+        "such as mon-fri, or weekdays, weekend, daily"
+    )
+
+
 def _days(value: Any, where: str) -> list[str]:
     if isinstance(value, str):
         word = value.strip().lower()
         if word in DAY_WORDS:
             return list(DAY_WORDS[word])
-        value = [part.strip() for part in word.split(",")]
+        value = [part for part in re.split(r"[\s,]+", word) if part]
     if not isinstance(value, list) or not value:
         raise InputError(f"{where}: list some of {', '.join(core_schedule.DAYS)} (or weekdays)")
-    days = [str(d).strip().lower()[:3] for d in value]
-    unknown = [d for d in days if d not in core_schedule.DAYS]
-    if unknown:
-        raise InputError(f"{where}: {unknown[0]!r} is not one of {', '.join(core_schedule.DAYS)}")
-    return sorted(set(days), key=core_schedule.DAYS.index)
+    chosen: set[int] = set()
+    for item in value:
+        first, dash, last = str(item).partition("-")
+        if not dash:
+            chosen.add(_day(first, where))
+            continue
+        start, end = _day(first, where), _day(last, where)
+        span = (end - start) % 7  # fri-mon wraps over the weekend
+        chosen.update((start + step) % 7 for step in range(span + 1))
+    return [core_schedule.DAYS[index] for index in sorted(chosen)]
 
 
 def _slug(text: str) -> str:
@@ -228,10 +249,26 @@ def _distinct_ids(entries: list[dict[str, Any]], raws: list[Any]) -> None:
             entry["id"] = f"{entry['id']}-{entry['at'].replace(':', '')}"
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping: plain YAML keeps the last one,
+    so a pasted ``entries:`` silently dropped the list above it."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _value in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, str | int | float | bool) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"{key!r} is given twice", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def compile_source(path: Path) -> dict[str, Any]:
     """The YAML programme at ``path`` as a schedule document's fields (id, version, tz, entries)."""
     try:
-        source = yaml.safe_load(path.read_text(encoding="utf-8"))
+        source = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
     except OSError as exc:
         raise InputError(f"{path}: cannot read it ({exc.strerror or exc})") from exc
     except yaml.YAMLError as exc:

@@ -52,6 +52,10 @@ HEADERS: Final = {
         "Lý do",
     ),
 }
+SUMMARY: Final = {
+    "en": "{count} rows, {first} to {last}, times in {tz}",
+    "vi": "{count} dòng, từ {first} đến {last}, giờ theo {tz}",
+}
 WORDS: Final = {
     "vi": {
         "finished": "đã phát xong",
@@ -341,12 +345,38 @@ def report_command(args: argparse.Namespace) -> int:
     finally:
         db.close()
     if not args.csv:
-        print(f"{count} rows, {first} to {last}, times in {args.tz}", file=sys.stderr)
+        summary = SUMMARY.get(args.lang, SUMMARY["en"])
+        print(summary.format(count=count, first=first, last=last, tz=args.tz), file=sys.stderr)
     with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
         suspect = suspect_summary(db, args.device)
+        unknown = args.device is not None and count == 0 and not _heard_of(db, args.device)
+        known = _devices(db) if unknown else []
     if suspect is not None:
         print(suspect, file=sys.stderr)
+    if unknown:
+        # A typo in --device looks like a device that played nothing: say which it is.
+        shown = ", ".join(known[:10]) + (", ..." if len(known) > 10 else "")
+        print(
+            f"receiver-admin: no report from {args.device} in {path} at all: is the device id "
+            f"right? (it holds {shown or 'no device'})",
+            file=sys.stderr,
+        )
+        return 1
     return 0
+
+
+def _heard_of(db: sqlite3.Connection, device: str) -> bool:
+    found = db.execute(
+        "SELECT 1 FROM events WHERE device = ? UNION ALL SELECT 1 FROM states WHERE device = ? "
+        "LIMIT 1",
+        (device, device),
+    )
+    return found.fetchone() is not None
+
+
+def _devices(db: sqlite3.Connection) -> list[str]:
+    found = db.execute("SELECT device FROM events UNION SELECT device FROM states ORDER BY 1")
+    return [device for (device,) in found]
 
 
 def add_parser(sub: Any) -> None:

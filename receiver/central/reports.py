@@ -21,7 +21,8 @@ every report through a :class:`ReportVerifier`, which returns the report's JSON 
 ``unknown_device``
     no key registered for the device of the topic;
 ``malformed``
-    neither JSON nor an envelope;
+    neither JSON nor an envelope, JSON a strict reader refuses (a key given twice, which two
+    readers could read two ways), or larger than any report (32 KiB);
 ``unchecked``
     read without a registry (``watch`` or ``fleet`` run without ``--registry``).
 
@@ -30,7 +31,8 @@ per device, the highest event ``n``, the events seen (content digests of the new
 and the newest state's ``ts``; a fresh verifier (a restarted tool) knows nothing yet, so it takes
 the first report of each device as the reference. A device whose state store was reset starts
 its ``n`` at 1 again with the same key: an event with a lower ``n`` whose ``ts`` is newer than
-every earlier event is taken as such a restart, not as a replay. The offline state (the will) has
+every earlier event is taken as such a restart, not as a replay; an event older than that
+restart is then a replay, whatever its ``n``. The offline state (the will) has
 no ``ts``, so its freshness cannot be checked: it is ``signed`` or not, and a replayed one is
 contradicted by the device's next state within a minute.
 """
@@ -52,6 +54,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from receiver.core.envelope import b64decode_canonical, pae
+from receiver.core.strict_json import loads_strict
 from receiver.device_key import EVENT_TYPE, STATE_TYPE
 
 __all__ = [
@@ -82,6 +85,9 @@ REPORT_TYPES: Final[dict[str, tuple[ReportKind, str]]] = {
     STATE_TYPE: ("state", "state"),
 }
 _REMEMBERED_EVENTS: Final = 10_000
+#: Larger than any report a device makes (a state is about 1.3 KB) and what the brokers pass
+#: (docs/operations.md section 8): anything bigger is refused before it is parsed.
+MAX_REPORT_BYTES: Final = 32 * 1024
 #: How much older than the newest event an event with a lower ``n`` must be to count as a
 #: replay rather than a counter restart (two events of one step share a millisecond or so).
 _RESTART_SLACK_S: Final = 0.0
@@ -125,7 +131,14 @@ class Registry:
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise RegistryError(f"cannot read the device registry {path}: {exc}") from exc
-        return cls.parse(text.splitlines(), str(path))
+        registry = cls.parse(text.splitlines(), str(path))
+        if not registry.keys:
+            # Not "no device is enrolled": every report would be set aside as unknown.
+            raise RegistryError(
+                f"the device registry {path} enrolls no device: is it the right file? "
+                "(each line is a 'receiver enroll' line)"
+            )
+        return registry
 
     @classmethod
     def parse(cls, lines: Iterable[str], source: str = "registry") -> Registry:
@@ -175,9 +188,15 @@ class _Opened:
 
 
 def _open(payload: bytes) -> _Opened | None:
-    """The report's JSON bytes, out of its envelope if it has one; None if it is neither."""
+    """The report's JSON bytes, out of its envelope if it has one; None if it is neither.
+
+    Read strictly (no duplicate keys, NaN, BOM, ...): a message two JSON readers would read two
+    ways is not a report, whichever way this one reads it.
+    """
+    if len(payload) > MAX_REPORT_BYTES:
+        return None
     try:
-        doc = json.loads(payload)
+        doc = loads_strict(payload)
     except (ValueError, UnicodeDecodeError):
         return None
     if not isinstance(doc, dict):
@@ -199,10 +218,12 @@ def open_report(payload: bytes) -> dict[str, Any] | None:
     """The report's JSON object, enveloped or not, without checking anything: for readers that
     only display (the migration path of protocol §14). None if it is not a JSON object."""
     opened = _open(payload)
-    if opened is None:
-        return None
+    return None if opened is None else _strict_object(opened.body)
+
+
+def _strict_object(body: bytes) -> dict[str, Any] | None:
     try:
-        value = json.loads(opened.body)
+        value = loads_strict(body)
     except (ValueError, UnicodeDecodeError):
         return None
     return value if isinstance(value, dict) else None
@@ -231,6 +252,9 @@ class _DeviceMemory:
     max_n: int = 0
     newest_event_ts: float | None = None
     newest_state_ts: float | None = None
+    # The ts of the first event after the device's counter last restarted: an event older than
+    # that was numbered before the restart, whatever its n (a replay from the earlier count).
+    restarted_ts: float | None = None
     events: OrderedDict[int, bytes] = field(default_factory=OrderedDict)  # n -> digest
 
 
@@ -247,14 +271,13 @@ class ReportVerifier:
 
     def check(self, topic: str, payload: bytes) -> Report:
         device, level = _topic_parts(topic)
+        if len(payload) > MAX_REPORT_BYTES:
+            detail = f"{len(payload)} bytes, more than a report's {MAX_REPORT_BYTES}"
+            return Report(device, None, None, "malformed", detail)
         opened = _open(payload)
         if opened is None:
             return Report(device, None, None, "malformed", "neither JSON nor an envelope")
-        try:
-            value = json.loads(opened.body)
-        except (ValueError, UnicodeDecodeError):
-            value = None
-        body = value if isinstance(value, dict) else None
+        body = _strict_object(opened.body)
         kind: ReportKind | None = {"events": "event", "state": "state"}.get(level)  # type: ignore[assignment]
         if body is None:
             return Report(device, kind, None, "malformed", "the payload is not a JSON object")
@@ -283,6 +306,9 @@ class ReportVerifier:
             return "signed", ""
         digest = hashlib.sha256(raw).digest()
         seen = memory.events.get(n)
+        restarted = memory.restarted_ts
+        if restarted is not None and ts is not None and ts < restarted and seen != digest:
+            return "replayed", f"event {n} was numbered before the device's counter restarted"
         if seen is not None:
             if seen == digest:
                 return "duplicate", f"event {n} was already received"
@@ -290,9 +316,10 @@ class ReportVerifier:
                 return "forged", f"another event {n} with other content"
         elif n < memory.max_n and not self._restarted(memory, ts):
             return "replayed", f"event {n} arrived after event {memory.max_n} and is older"
-        if n < memory.max_n:  # the device's counter restarted (a reset state store)
+        if n <= memory.max_n:  # the device's counter restarted (a reset state store)
             memory.events.clear()
             memory.max_n = 0
+            memory.restarted_ts = ts
         memory.events[n] = digest
         while len(memory.events) > _REMEMBERED_EVENTS:
             memory.events.popitem(last=False)

@@ -18,7 +18,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Final
 
-from receiver.core import commands, schedule, trustdoc
+from receiver.core import commands, schedule, trustdoc, urls
 from receiver.core.reasons import Rejection
 
 SCHEMA_DIRS: Final = (
@@ -296,6 +296,32 @@ def _schedule_entry_problems(payload: dict[str, Any]) -> list[str]:
     return found
 
 
+def _urls(value: Any, path: tuple[str | int, ...] = ()) -> Iterator[tuple[str, str]]:
+    """Every media URL in a command or schedule, with its path."""
+    if isinstance(value, dict):
+        for name, item in value.items():
+            if name == "url" and isinstance(item, str):
+                yield path_text((*path, name)), item
+            else:
+                yield from _urls(item, (*path, name))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _urls(item, (*path, index))
+
+
+def _url_problems(payload: dict[str, Any]) -> list[str]:
+    """URLs every receiver's policy refuses, whatever its host allowlist: a scheme other than
+    http or https, credentials in the URL (receiver/core/urls.py)."""
+    found = []
+    for where, url in _urls(payload):
+        try:
+            urls.check_url(url, ("http", "https"), ())
+        except urls.UrlRefused as refused:
+            if not refused.detail.endswith("is not on the allowlist"):  # that is each board's
+                found.append(f"{where}: {refused.detail} (every receiver refuses it)")
+    return found
+
+
 def problems(kind: str, payload: dict[str, Any]) -> list[str]:
     """Everything a receiver would refuse in this payload (``command``, ``schedule``, ``trust``).
 
@@ -308,6 +334,8 @@ def problems(kind: str, payload: dict[str, Any]) -> list[str]:
             entry = line.split(":", 1)[0]
             if not any(f.split(":", 1)[0].startswith((entry + ".", entry + "[")) for f in found):
                 found.append(line)
+    if kind != "trust":
+        found += [line for line in _url_problems(payload) if line not in found]
     verdict = _device_verdict(kind, payload)
     if verdict is not None and not found:
         found.append(f"(document): a receiver refuses it: {verdict.detail} ({verdict.reason})")

@@ -99,7 +99,7 @@ def test_a_yaml_programme_becomes_the_schedule_a_receiver_takes(
     [
         (("media/ban-tin-sang.mp3", "media/missing.mp3"), "entries[0].file: "),
         (("at: 06:30", "at: 25:10"), "entries[0].at: '25:10' is not a local time HH:MM"),
-        (("days: weekdays", "days: [mon, thurs, xyz]"), "entries[0].days: 'xyz' is not one of"),
+        (("days: weekdays", "days: [mon, thurs, xyz]"), "entries[0].days: 'xyz' is not a day"),
         (("priority: normal", "priority: urgent"), "entries[0].priority: must be one of"),
         (("tz: Asia/Ho_Chi_Minh", "tz: Asia/Hanoi_City"), "tz: 'Asia/Hanoi_City' is not a known"),
         (

@@ -194,7 +194,7 @@ def test_another_day_or_device_is_empty_and_bad_input_is_said(
     )
     assert capsys.readouterr().out.splitlines()[1:] == []
     argv = ["report", "--db", str(collected), "--from", "2026-03-02", "--to", "2026-03-02"]
-    assert main([*argv, "--device", "loa-002"]) == 0
+    assert main([*argv, "--device", "loa-002"]) == 1  # never heard of: said, exit 1
     assert capsys.readouterr().out.splitlines()[1:] == []
     assert main(["report", "--db", str(collected), "--from", "2 March"]) == 2
     assert "--from '2 March': give a date YYYY-MM-DD" in capsys.readouterr().err
@@ -267,3 +267,26 @@ def test_an_offline_night_is_split_at_local_midnight(
         "2026-03-02 22:00:00 2:00:00",
         "2026-03-03 00:00:00 5:30:00",
     ]
+
+
+def test_a_device_id_the_database_never_heard_of_is_said(
+    collected: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--device loa-0001`` (a typo) printed an empty table, exit 0: a commune filed it."""
+    argv = ["report", "--db", str(collected), "--from", "2026-03-01", "--to", "2026-03-31"]
+    assert main([*argv, "--device", "loa-0001"]) == 1
+    err = capsys.readouterr().err
+    assert "no report from loa-0001" in err
+    assert "loa-001" in err  # the ids it does hold, to pick from
+
+    assert main([*argv, "--device", "loa-001"]) == 0
+
+
+def test_the_summary_line_speaks_the_tables_language(
+    collected: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["report", "--db", str(collected), "--from", "2026-03-02", "--to", "2026-03-02"]
+    assert main([*argv, "--lang", "vi"]) == 0
+    assert (
+        "dòng, từ 2026-03-02 đến 2026-03-02, giờ theo Asia/Ho_Chi_Minh" in capsys.readouterr().err
+    )

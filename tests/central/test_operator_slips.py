@@ -1,0 +1,398 @@
+"""The operator's tool tried as its users try it: the slips a province's staff make, and what
+the tool must do about each (refuse it plainly, or do what was meant), against a real Mosquitto
+with passwords and ACLs.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from receiver.central import programme
+from receiver.central.admin import main
+from receiver.central.inputs import InputError
+from receiver.central.signing import SigningKey, key_entry
+from receiver.device_key import STATE_TYPE, DeviceKey, seal_report
+from tests.broker import pick_port
+from tests.central.conftest import Secured, Spy, device_state, read_retained
+from tests.central.test_collector import admin, stopping
+
+
+def command(key: Path, *more: str) -> list[str]:
+    return ["--key", str(key), "--env", "prod", *more]
+
+
+def test_schedule_show_reads_a_device_state_the_device_signed(
+    secured: Secured, operator_key: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """From protocol v1.1 the state is a signed envelope: ``schedule show --device`` read the
+    envelope's fields and said the device held nothing and named no group."""
+    key = DeviceKey("loa-001", Ed25519PrivateKey.generate())
+    state = device_state("loa-001", time.time(), schedules={"morning": 2}, groups=["commune-1"])
+    with Spy(secured) as spy:
+        spy.publish("loa/v1/dev/loa-001/state", seal_report(key, STATE_TYPE, state))
+
+    code = main(["schedule", "show", "--device", "loa-001", *secured.login()])
+
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    lines = captured.out.splitlines()
+    assert lines[0] == "device loa-001 holds: morning v2"
+    assert lines[1] == "group commune-1 (loa/v1/grp/commune-1/schedule):"
+
+
+def test_a_command_for_two_audiences_reaches_both(
+    secured: Secured, operator_key: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--aud grp:commune-1 --aud dev:loa-009`` was published on the group's topic alone, exit 0:
+    loa-009, not in that group, never got it."""
+    with Spy(secured, retained=False) as spy:
+        code = main(
+            [
+                "volume",
+                *command(operator_key, "--aud", "grp:commune-1", "--aud", "dev:loa-009"),
+                "--level",
+                "40",
+                *secured.login(),
+            ]
+        )
+        assert code == 0, capsys.readouterr().err
+        spy.wait_for("loa/v1/grp/commune-1/cmd")
+        spy.wait_for("loa/v1/dev/loa-009/cmd")
+    out = capsys.readouterr().out
+    assert "loa/v1/grp/commune-1/cmd" in out
+    assert "loa/v1/dev/loa-009/cmd" in out
+
+
+@pytest.mark.parametrize(
+    ("url", "said"),
+    [
+        ("ftp://media.example.vn/a.mp3", "scheme 'ftp'"),
+        ("https://user:secret@media.example.vn/a.mp3", "credentials"),
+    ],
+)
+def test_a_url_every_receiver_refuses_is_not_sent(
+    secured: Secured,
+    operator_key: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    *,
+    url: str,
+    said: str,
+) -> None:
+    """Receivers fetch and play http and https only, never with credentials in the URL (their
+    policy): such a play was signed and sent with exit 0, and every board refused it."""
+    media = tmp_path / "a.mp3"
+    media.write_bytes(b"audio" * 10)
+    with Spy(secured, retained=False) as spy:
+        code = main(
+            [
+                "play",
+                *command(operator_key, "--aud", "grp:commune-1"),
+                "--url",
+                url,
+                "--file",
+                str(media),
+                *secured.login(),
+            ]
+        )
+        time.sleep(0.3)
+        assert spy.topics() == []
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "body.source.files[0].url" in err
+    assert said in err
+
+
+def _days_of(tmp_path: Path, days: str) -> list[str]:
+    (tmp_path / "news.mp3").write_bytes(b"news" * 10)
+    source = tmp_path / "programme.yaml"
+    source.write_text(
+        "id: morning\nversion: 1\nmedia_url: https://m.example.vn/\nentries:\n"
+        f"  - title: News\n    days: {days}\n    at: '06:30'\n    file: news.mp3\n",
+        encoding="utf-8",
+    )
+    entries = programme.compile_source(source)["entries"]
+    return list(entries[0]["days"])
+
+
+@pytest.mark.parametrize(
+    ("written", "meant"),
+    [
+        ("mon-fri", ["mon", "tue", "wed", "thu", "fri"]),
+        ("sat-sun", ["sat", "sun"]),
+        ("fri-mon", ["mon", "fri", "sat", "sun"]),
+        ("mon wed fri", ["mon", "wed", "fri"]),
+        ("monday, friday", ["mon", "fri"]),
+        ("[Monday, thursday]", ["mon", "thu"]),
+    ],
+)
+def test_days_as_people_write_them(tmp_path: Path, written: str, meant: list[str]) -> None:
+    """``days: mon-fri`` became Monday alone (the first three letters), without a word."""
+    assert _days_of(tmp_path, written) == meant
+
+
+@pytest.mark.parametrize("written", ["mon-fry", "weekends", "mo", "[mon, holiday]", "mondays"])
+def test_days_that_are_not_days_are_named(tmp_path: Path, written: str) -> None:
+    with pytest.raises(InputError, match=r"entries\[0\]\.days"):
+        _days_of(tmp_path, written)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["key-entry", "--roles", "operater"],
+        ["keygen", "--id", "op-2", "--roles", "operater"],
+    ],
+)
+def test_a_role_receivers_do_not_know_is_refused(
+    operator_key: Path, tmp_path: Path, argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A misspelt role made a key entry (exit 0) that every trust document then carried."""
+    made = tmp_path / "k"
+    target = ["--key", str(operator_key)] if argv[0] == "key-entry" else ["--out", str(made)]
+    with pytest.raises(SystemExit) as exited:
+        main([*argv, *target])
+    assert exited.value.code == 2
+    assert "operater" in capsys.readouterr().err
+    assert not made.exists()
+
+
+@pytest.mark.parametrize(
+    "argv", [["fleet", "--limit", "-1"], ["schedule", "show", "--group", "c-1", "--days", "-1"]]
+)
+def test_a_count_below_one_is_refused(
+    secured: Secured, argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``fleet --limit -1`` printed no row and "1 more", exit 0; ``schedule show --days -1``
+    printed "no occurrence in the next -1 days", exit 0."""
+    with pytest.raises(SystemExit) as exited:
+        main([*argv, *secured.login()])
+    assert exited.value.code == 2
+    assert f"{argv[-2]}: -1 is below 1" in capsys.readouterr().err
+
+
+def test_the_key_entry_is_json_a_trust_keyring_takes(
+    operator_key: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["key-entry", "--key", str(operator_key), "--roles", "operator"]) == 0
+    assert json.loads(capsys.readouterr().out)["roles"] == ["operator"]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["watch", "--device", "loa-#", "--timeout", "2"],
+        ["watch", "--device", "loa-001/events", "--timeout", "2"],
+        ["schedule", "show", "--group", "commune/#"],
+        ["schedule", "show", "--device", "loa+"],
+        ["fleet", "--group", "Commune-1"],
+    ],
+)
+def test_an_id_with_a_wildcard_or_a_slash_is_refused_as_typed(
+    secured: Secured, argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``watch --device 'loa-#'`` printed a traceback from the MQTT thread, then waited 10 s and
+    blamed the broker ("gave no MQTT answer ... a TLS listener needs --cafile"), exit 3."""
+    started = time.monotonic()
+    with pytest.raises(SystemExit) as exited:
+        main([*argv, *secured.login()])
+    err = capsys.readouterr().err
+    assert exited.value.code == 2
+    assert "is not an id" in err
+    assert "Traceback" not in err
+    assert time.monotonic() - started < 5
+
+
+def test_watch_refuses_a_negative_timeout(
+    secured: Secured, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--timeout -1`` said "nothing ... within -1 s" and blamed the ACL, exit 1."""
+    with pytest.raises(SystemExit) as exited:
+        main(["watch", "--device", "loa-001", "--timeout", "-1", *secured.login()])
+    assert exited.value.code == 2
+    assert "--timeout" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("ttl", ["nan", "inf", "5m"])
+def test_a_ttl_that_is_not_seconds_is_named(
+    operator_key: Path, ttl: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--ttl nan`` said only "Invalid value NaN (not a number)"."""
+    with pytest.raises(SystemExit) as exited:
+        main(["stop", *command(operator_key, "--aud", "dev:loa-001"), "--ttl", ttl])
+    assert exited.value.code == 2
+    assert f"--ttl: {ttl!r}" in capsys.readouterr().err
+
+
+def _programme_file(tmp_path: Path) -> str:
+    path = tmp_path / "programme.json"
+    entry = {
+        "id": "news",
+        "days": ["mon"],
+        "at": "06:30",
+        "priority": "normal",
+        "source": {"files": [{"url": "https://m.example/a.mp3", "sha256": "b" * 64, "size": 9}]},
+        "max_duration_s": 600,
+    }
+    path.write_text(json.dumps({"id": "morning", "version": 1, "entries": [entry]}))
+    return str(path)
+
+
+def test_a_mistyped_node_publishes_nowhere(
+    secured: Secured, operator_key: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--node mqtt-2`` (no port) was refused only after the document was already retained on
+    the first broker, with exit 2 and "nothing was sent" implied."""
+    argv = ["schedule", "--file", _programme_file(tmp_path), "--node", "mqtt-2"]
+    code = main([*argv, *command(operator_key, "--aud", "grp:commune-1"), *secured.login()])
+    assert code == 2
+    assert "--node 'mqtt-2'" in capsys.readouterr().err
+    assert read_retained(secured, "loa/v1/grp/commune-1/schedule") is None
+
+
+def test_a_node_that_is_down_is_named_with_what_was_published(
+    secured: Secured, operator_key: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A cluster node that is down failed the command (exit 3) without saying that the other
+    node already holds the document: the operator must know to publish it there again."""
+    down = f"127.0.0.1:{pick_port()}"
+    argv = ["schedule", "--file", _programme_file(tmp_path), "--node", down]
+    code = main([*argv, *command(operator_key, "--aud", "grp:commune-1"), *secured.login()])
+    err = capsys.readouterr().err
+    assert code == 3
+    assert down in err
+    assert f"retained on {secured.broker.host}:{secured.broker.port}" in err
+    assert read_retained(secured, "loa/v1/grp/commune-1/schedule") is not None
+
+
+def test_watch_until_an_event_stopped_by_ctrl_c_does_not_say_it_saw_it(secured: Secured) -> None:
+    """``watch --until finished`` interrupted before any ``finished`` exited 0, which a script
+    reads as "the play finished"."""
+    with stopping(admin(secured, "watch", "--device", "loa-001", "--until", "finished")) as watch:
+        time.sleep(1.5)  # connected and subscribed
+        watch.send_signal(signal.SIGINT)
+        assert watch.wait(timeout=30) == 130  # a loaded machine can be slow to let go
+        assert watch.stderr is not None
+        assert "Traceback" not in watch.stderr.read()
+
+
+def test_a_programme_too_large_for_the_receivers_is_not_retained(
+    secured: Secured, operator_key: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Receivers refuse any message over 16 KiB (``too_large``): a long programme passed every
+    check, was signed and replaced the group's retained schedule with one no board takes."""
+    good = _programme_file(tmp_path)
+    login = [*command(operator_key, "--aud", "grp:commune-1"), *secured.login()]
+    assert main(["schedule", "--file", good, *login]) == 0
+    capsys.readouterr()
+    entries = [
+        {
+            "id": f"notice-{index:03d}",
+            "days": ["mon", "tue", "wed", "thu", "fri"],
+            "at": f"{6 + index // 12:02d}:{index % 12 * 5:02d}",
+            "priority": "normal",
+            "source": {
+                "files": [
+                    {
+                        "url": f"https://media.example.vn/commune-25-07873/notice-{index:03d}.mp3",
+                        "sha256": f"{index:064x}",
+                        "size": 1000 + index,
+                        "title": f"Thông báo số {index}",
+                    }
+                ]
+            },
+            "max_duration_s": 240,
+        }
+        for index in range(60)
+    ]
+    long = tmp_path / "long.json"
+    long.write_text(json.dumps({"id": "morning", "version": 2, "entries": entries}))
+
+    code = main(["schedule", "--file", str(long), *login])
+
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "16384" in err
+    held = read_retained(secured, "loa/v1/grp/commune-1/schedule")
+    assert held is not None and held["version"] == 1
+
+
+def test_a_keyring_its_own_root_keys_did_not_sign_enough_is_not_published(
+    secured: Secured, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A receiver takes a new keyring only if the new keyring's own root threshold signed it
+    (2 unless ``--thresholds`` says otherwise). With one root key, or no root key in the keyring
+    at all, the first trust document was signed and retained, exit 0; every board refused it."""
+    root = tmp_path / "root.pem"
+    SigningKey.generate("root-1").save(root)
+    operator = tmp_path / "op.pem"
+    SigningKey.generate("op-1").save(operator)
+    ring = [
+        key_entry(SigningKey.load(root), ["root"], ["*"]),
+        key_entry(SigningKey.load(operator), ["operator"], ["*"]),
+    ]
+    keys = tmp_path / "keys.json"
+    keys.write_text(json.dumps(ring))
+    no_root = tmp_path / "no-root.json"
+    no_root.write_text(json.dumps(ring[1:]))
+    base = ["trust", "--version", "1", "--env", "prod", "--key", str(root), *secured.login()]
+
+    for more in (
+        ["--keys", str(keys)],  # the receivers' default root threshold is 2
+        ["--keys", str(keys), "--thresholds", "root=2"],
+        ["--keys", str(no_root), "--thresholds", "root=1"],
+    ):
+        code = main([*base, *more])
+        err = capsys.readouterr().err
+        assert code == 2, more
+        assert "its own root keys" in err
+        assert read_retained(secured, "loa/v1/trust") is None
+
+    assert main([*base, "--keys", str(keys), "--thresholds", "root=1"]) == 0  # taken
+
+
+def test_a_yaml_key_written_twice_is_named_not_silently_replaced(tmp_path: Path) -> None:
+    """YAML keeps the last of two equal keys: a programme with ``entries:`` twice (one pasted
+    below the other) lost the first list without a word."""
+    (tmp_path / "news.mp3").write_bytes(b"news" * 10)
+    entry = "  - title: {title}\n    days: weekdays\n    at: '{at}'\n    file: news.mp3\n"
+    source = tmp_path / "programme.yaml"
+    source.write_text(
+        "id: morning\nversion: 1\nmedia_url: https://m.example.vn/\n"
+        "entries:\n"
+        + entry.format(title="News", at="06:30")
+        + "entries:\n"
+        + entry.format(title="Weather", at="07:00"),
+        encoding="utf-8",
+    )
+    with pytest.raises(InputError, match=r"line 9\): .entries. is given twice"):
+        programme.compile_source(source)
+
+
+def test_a_json_key_written_twice_is_named_not_silently_replaced(
+    operator_key: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "programme.json"
+    text = Path(_programme_file(tmp_path)).read_text()
+    path.write_text(text.replace('"version": 1', '"version": 1, "version": 2'))
+    code = main(["schedule", "--file", str(path), *command(operator_key, "--aud", "grp:c-1")])
+    assert code == 2
+    assert "duplicate key 'version'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("host", ["mqtt://127.0.0.1", "127.0.0.1:1883", "mqtts://broker.vn:8883"])
+def test_a_host_written_as_a_url_is_refused_as_typed(
+    operator_key: Path, host: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--host mqtt://...`` or ``host:port`` said "unknown host" (and "...:1883:1883"), exit 3:
+    the broker was blamed for a typo."""
+    with pytest.raises(SystemExit) as exited:
+        main(["stop", *command(operator_key, "--aud", "dev:loa-001"), "--host", host])
+    assert exited.value.code == 2
+    assert "without a scheme or port" in capsys.readouterr().err
