@@ -583,12 +583,28 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # fields 14 and 15 of proc(5)
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (the daemon runs libVLC in a child process of its own)."""
+    found, pending = [], [pid]
+    while pending:
+        current = pending.pop()
+        found.append(current)
+        with contextlib.suppress(OSError):
+            for task in Path(f"/proc/{current}/task").iterdir():
+                text = (task / "children").read_text(encoding="ascii")
+                pending.extend(int(child) for child in text.split())
+    return found
+
+
 def sample(pid: int) -> ProcSample:
+    """``pid`` with its descendants: RSS and CPU summed, the peak as the sum of their peaks."""
+    tree = process_tree(pid)
+    live = [p for p in tree if p == pid or Path(f"/proc/{p}/status").exists()]
     return ProcSample(
         time.monotonic(),
-        proc_status_kib(pid, "VmRSS"),
-        proc_status_kib(pid, "VmHWM"),
-        cpu_seconds(pid),
+        sum(proc_status_kib(p, "VmRSS") for p in live),
+        sum(proc_status_kib(p, "VmHWM") for p in live),
+        sum(cpu_seconds(p) for p in live),
     )
 
 
