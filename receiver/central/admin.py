@@ -167,7 +167,11 @@ def _sign_and_send(args: argparse.Namespace) -> int:
     if not args.host:
         sys.stdout.write(envelope.decode("utf-8") + "\n")
         return EXIT_OK
-    for topic in _topics_for(args):
+    topics = _topics_for(args)
+    # Checked against the fleet's keyring (when one is retained) like the documents: a key the
+    # boards do not know, or without the role or the scope, is refused by every one of them.
+    admin_documents.refuse_if_unauthorized(args, topics[0], envelope, payload)
+    for topic in topics:
         # The broker drops the command once it expires, so a device that was offline never
         # gets a stale backlog (the device refuses expired commands anyway).
         publish(args, topic, envelope, retain=False, expiry_s=int(args.ttl))

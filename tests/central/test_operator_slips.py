@@ -396,3 +396,44 @@ def test_a_host_written_as_a_url_is_refused_as_typed(
         main(["stop", *command(operator_key, "--aud", "dev:loa-001"), "--host", host])
     assert exited.value.code == 2
     assert "without a scheme or port" in capsys.readouterr().err
+
+
+def test_a_command_the_fleets_keyring_refuses_is_not_sent(
+    secured: Secured, operator_key: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Documents were checked against the retained keyring, commands not: a ``stop`` signed with
+    a key the fleet does not know, or a play for a group outside the key's scope, went out with
+    exit 0 and every board refused it."""
+    roots = []
+    for name in ("root-a", "root-b"):
+        path = tmp_path / f"{name}.pem"
+        SigningKey.generate(name).save(path)
+        roots.append(path)
+    ring = [key_entry(SigningKey.load(path), ["root"]) for path in roots]
+    ring.append(key_entry(SigningKey.load(operator_key), ["operator"], ["commune-1"]))
+    keyring = tmp_path / "keyring.json"
+    keyring.write_text(json.dumps(ring))
+    signed = [arg for path in roots for arg in ("--key", str(path))]
+    trust = ["trust", "--version", "2", "--keys", str(keyring), "--env", "prod", *signed]
+    assert main([*trust, *secured.login()]) == 0
+    stranger = tmp_path / "op-9.pem"
+    SigningKey.generate("op-9").save(stranger)
+    capsys.readouterr()
+
+    with Spy(secured, retained=False) as spy:
+        for key, audience, said in (
+            (stranger, "grp:commune-1", "(unknown_key)"),
+            (operator_key, "grp:commune-2", "(not_authorized)"),
+            (roots[0], "grp:commune-1", "(not_authorized)"),
+        ):
+            code = main(["stop", *command(key, "--aud", audience), *secured.login()])
+            err = capsys.readouterr().err
+            assert code == 2, (key, audience)
+            assert "the fleet's keyring (trust version 2" in err and said in err
+        time.sleep(0.3)
+        assert [t for t in spy.topics() if t.endswith("/cmd")] == []
+
+        assert (
+            main(["stop", *command(operator_key, "--aud", "grp:commune-1"), *secured.login()]) == 0
+        )
+        spy.wait_for("loa/v1/grp/commune-1/cmd")
