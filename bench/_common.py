@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Any, Self
 
 import paho.mqtt.client as mqtt
-import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from receiver.central.signing import SigningKey, command_payload, sign_command
@@ -41,7 +40,7 @@ from receiver.config_model import PlayerConfig
 from receiver.core.events import Event, PlaybackEnded, PlaybackStarted
 from receiver.player import Player
 from tests.audio import write_tone
-from tests.broker import MosquittoBroker, Received, Subscriber, report_json
+from tests.broker import MissingToolError, MosquittoBroker, Received, Subscriber, report_json
 from tests.e2e.daemon import DEVICE, GROUP, Daemon, MediaServer, write_config
 
 PREFIX = "loa/v1"
@@ -656,7 +655,7 @@ def run_main(name: str, run: Callable[[Path], None], tmp_tag: str | None = None)
     except BenchError as exc:
         print(f"{name}: could not measure: {exc}", file=sys.stderr)
         return 1
-    except pytest.fail.Exception as exc:  # tests.broker's way of saying mosquitto is missing
+    except MissingToolError as exc:  # mosquitto is not installed
         print(f"{name}: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -72,8 +72,8 @@ from receiver.central.signing import (
 )
 from tests.audio import write_tone
 from tests.broker import MosquittoBroker, Received
+from tests.brokers.bridge import loopback
 from tests.brokers.ejabberd import EjabberdCluster
-from tests.brokers.test_bridge import loopback
 from tests.e2e.daemon import Daemon, MediaServer
 
 GROUP = "fleet-bench"

@@ -124,6 +124,9 @@ def open_site(root: Path) -> Iterator[Site]:
         (daemon,) = start_daemons(stack, [config])
         with explained_by_logs({"daemon": daemon}, 30):
             wait_online(client)
+            # A fresh store takes commands issued from its first trusted instant on, which it
+            # sets a moment after it says "online".
+            time.sleep(1.0)
             yield Site(lab, daemon, client, icecast, hls, events, floor)
 
 

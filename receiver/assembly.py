@@ -1,9 +1,11 @@
-"""From the config to what the loop needs: the core's settings, the first keyring, topics, and
-the state restored from the store."""
+"""From the config to what the loop needs: the real adapters behind the ports, the core's
+settings, the first keyring, topics, and the state restored from the store."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final
 
 import structlog
 
@@ -14,8 +16,67 @@ from receiver.core.schedule import Schedule, parse_schedule
 from receiver.core.strict_json import StrictJsonError, loads_strict
 from receiver.core.trust import Keyring, key_from_config
 from receiver.core.trustdoc import parse_trust
-from receiver.mqtt_client import Subscription
-from receiver.store import Store
+from receiver.device_key import STATE_TYPE, DeviceKey, load_or_create_device_key, seal_report
+from receiver.ports import Hooks, Ports
+from receiver.ports import Store as StorePort
+
+if TYPE_CHECKING:
+    from receiver.mqtt_client import Subscription
+
+MAX_PACKET_BYTES: Final = 32 * 1024  # commands are capped at 16 KiB; the broker sends no more
+
+
+def real_ports(config: Config, hooks: Hooks, pin_factory: Any = None) -> Ports:
+    """The real adapters, built from the config: SQLite, gpiozero, libVLC, HTTP, paho."""
+    # Imported here: libVLC, gpiozero and paho are loaded only by a daemon that runs.
+    from receiver.clock import make_clock
+    from receiver.fetcher import Fetcher
+    from receiver.gpio import AmpRelay, LocalInputs, make_pin_factory
+    from receiver.mqtt_client import MqttLink
+    from receiver.outbox import Outbox
+    from receiver.player_process import ProcessPlayer
+    from receiver.store import Store
+
+    topics = Topics(config.broker.topic_prefix, config.device_id)
+    store = Store(config.storage.state_dir)
+    device_key, made = load_or_create_device_key(config.storage.state_dir, config.device_id)
+    factory = pin_factory or make_pin_factory(config.gpio.pin_factory)
+    return Ports(
+        device_key=device_key,
+        device_key_made=made,
+        clock=make_clock(config.clock.trust_system_clock),
+        store=store,
+        outbox=Outbox(config.storage.state_dir / "outbox.db"),
+        relay=AmpRelay(config.gpio, factory),
+        inputs=LocalInputs(config.gpio, factory, hooks.input),
+        # libVLC runs in a supervised child process: no stream can take the daemon down.
+        player=ProcessPlayer(
+            config.player,
+            hooks.report,
+            media=config.media,
+            logging=(config.logging.level, config.logging.format),
+        ),
+        fetcher=Fetcher(config.media, config.storage.cache_dir, hooks.report),
+        link=MqttLink(
+            config.broker,
+            config.device_id,
+            topics.subscriptions(config.groups),
+            will_topic=topics.state,
+            will_payload=offline_payload(config.device_id, device_key),
+            on_message=hooks.message,
+            max_packet_size=MAX_PACKET_BYTES,
+            manual_ack=True,
+            on_link=hooks.report,
+            on_connected_publish=hooks.connected,
+        ),
+    )
+
+
+def offline_payload(device_id: str, device_key: DeviceKey) -> bytes:
+    """The retained state of a device that is not running (the will, and the last word), signed
+    with the device's key like every report."""
+    body = json.dumps({"device": device_id, "online": False}, separators=(",", ":")).encode()
+    return seal_report(device_key, STATE_TYPE, body)
 
 
 def keyring_from_config(config: Config) -> Keyring:
@@ -53,6 +114,8 @@ def settings_from_config(config: Config) -> machine.Settings:
         stream_max_restarts=config.player.stream_max_restarts,
         stream_healthy_s=config.player.stream_healthy_s,
         fallback_file=str(config.player.fallback_file) if config.player.fallback_file else None,
+        rejections_per_window=policy.rejections_per_window,
+        rejection_window_s=policy.rejection_window_s,
     )
 
 
@@ -84,6 +147,8 @@ class Topics:
         return f"{self.prefix}/grp/{group}/schedule"
 
     def subscriptions(self, groups: tuple[str, ...]) -> list[Subscription]:
+        from receiver.mqtt_client import Subscription  # paho: only for a daemon that runs
+
         """Commands never from retained messages; schedules and trust are retained on purpose."""
         return [
             Subscription(self.device_cmd, ignore_retained=True),
@@ -93,7 +158,7 @@ class Topics:
         ]
 
 
-def restore_state(config: Config, store: Store) -> machine.State:
+def restore_state(config: Config, store: StorePort) -> machine.State:
     """The core's state after a restart: floors, keyring, schedules and done occurrences."""
     log = structlog.get_logger("receiver").bind(device=config.device_id)
     keyring, trust_digest = keyring_from_config(config), ""

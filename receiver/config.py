@@ -62,6 +62,7 @@ from receiver.config_model import (
     TrustConfig,
     TrustedKey,
 )
+from receiver.errors import ConfigError
 from receiver.i18n import gettext_ as _
 
 __all__ = [
@@ -75,14 +76,6 @@ __all__ = [
 ]
 
 T = TypeVar("T")
-
-
-class ConfigError(ValueError):
-    """The config file cannot be used; ``problems`` lists every reason, one line each."""
-
-    def __init__(self, problems: Sequence[str]) -> None:
-        self.problems: list[str] = list(problems)
-        super().__init__("\n".join(self.problems))
 
 
 def load_config(path: Path) -> Config:
@@ -956,6 +949,8 @@ _POLICY = _Section(
         _Field("emergency_volume", _int_range(0, 100, "percent")),
         _Field("relay_max_toggles_per_min", _int_range(2, 60)),
         _Field("late_join_s", _number_range(0, 3600, "seconds")),
+        _Field("rejections_per_window", _int_range(1, 10_000)),
+        _Field("rejection_window_s", _number_range(0.1, 3600, "seconds")),
     ),
     _build(PolicyConfig),
 )

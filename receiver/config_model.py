@@ -116,6 +116,9 @@ class PolicyConfig:
     emergency_volume: int = 100
     relay_max_toggles_per_min: int = 6
     late_join_s: float = 300.0
+    # Refused messages reported one by one per window; beyond it a flood is summed up.
+    rejections_per_window: int = 100
+    rejection_window_s: float = 10.0
 
 
 @dataclass(frozen=True)

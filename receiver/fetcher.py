@@ -35,6 +35,7 @@ from receiver.config_model import MediaConfig
 from receiver.core import reasons, urls
 from receiver.core.events import Event, FetchFailed, FetchFinished
 from receiver.core.urls import Target, host_allowed
+from receiver.errors import MediaError
 
 __all__ = [
     "CacheUsage",
@@ -76,7 +77,7 @@ _HEADERS = {"User-Agent": "loa-receiver", "Accept-Encoding": "identity", "Connec
 _MIB = 1024 * 1024
 
 
-class FetchError(Exception):
+class FetchError(MediaError):
     """A fetch that failed, as a reason code and a short, safe ``detail``."""
 
     def __init__(self, reason: reasons.Reason, detail: str) -> None:

@@ -40,6 +40,7 @@ from gpiozero.pins import Factory
 from gpiozero.pins.mock import MockFactory
 
 from receiver.config_model import PIN_FACTORIES, GpioConfig
+from receiver.errors import GpioError
 
 __all__ = [
     "SAVED_SETTINGS_FILE",
@@ -56,10 +57,6 @@ __all__ = [
 #: The relay's settings as the daemon last started with them, in its state directory: the stop
 #: helper falls back to them when the config file has become unreadable since.
 SAVED_SETTINGS_FILE: Final = "relay-gpio.json"
-
-
-class GpioError(RuntimeError):
-    """The relay pin could not be set up, switched or released."""
 
 
 class PinFactoryMissingError(GpioError):

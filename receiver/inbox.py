@@ -72,16 +72,24 @@ class Inbox:
             self._woken = True
             self._ready.notify()
 
+    def get_nowait(self) -> Event | None:
+        """The next event if one is waiting, else None; a pending ``wake`` stays pending."""
+        with self._ready:
+            return self._take()
+
     def get(self, timeout: float | None) -> Event | None:
         """The next event, or None when ``timeout`` passes or ``wake`` was called."""
         with self._ready:
             if not (self._reports or self._plausible or self._messages or self._woken):
                 self._ready.wait(timeout)
             self._woken = False
-            if self._reports:
-                return self._reports.popleft()
-            if self._plausible:
-                return self._plausible.popleft()
-            if self._messages:
-                return self._messages.popleft()
-            return None
+            return self._take()
+
+    def _take(self) -> Event | None:
+        if self._reports:
+            return self._reports.popleft()
+        if self._plausible:
+            return self._plausible.popleft()
+        if self._messages:
+            return self._messages.popleft()
+        return None

@@ -33,6 +33,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from receiver.config_model import BrokerConfig, TlsConfig
 from receiver.core.events import LinkChanged, MessageReceived
+from receiver.errors import LinkError
 
 __all__ = [
     "LinkError",
@@ -89,10 +90,6 @@ _CONNACK_REASONS: dict[int, str] = {
     0x9D: "server moved",
     0x9F: "connection rate exceeded",
 }
-
-
-class LinkError(RuntimeError):
-    """The MQTT link was misused or cannot be set up (bad TLS files, invalid topic, ...)."""
 
 
 class LinkStatus(TypedDict):

@@ -1,30 +1,9 @@
 """The events outbox: events kept on disk until the broker has acknowledged them.
 
-The protocol (``docs/protocol.md`` §11) asks that a day
-offline loses no report of what played. The runtime therefore stores every event here *before*
-handing it to the MQTT link, and deletes it when the link reports the broker's PUBACK
-(:meth:`MqttLink.publish(..., on_ack=...) <receiver.mqtt_client.MqttLink.publish>`). After a
-restart, whatever is still here is sent again, in ``n`` order.
-
-Storage: its own SQLite file (not the store's ``state.db``: the outbox is written on every event
-and emptied on every acknowledgement, the store holds the replay floors, and a corrupt outbox
-must never cost the floors), in WAL mode with ``synchronous=FULL``: :meth:`Outbox.add` returns
-only once the event is on disk. A file SQLite cannot read is moved aside (never deleted) and a
-new one started; ``recovered_from`` says where it went, so the runtime can report it.
-
-Bounded: at most ``capacity`` events (10000 by default; an event is about 200 bytes, so about
-2 MB). When full, :meth:`Outbox.add` **drops the oldest** events and counts them in
-``dropped_total``, which is persisted. Why the oldest: after a long outage the newest reports are
-the ones that matter (what is playing now, the last failures, the latest rejections), while
-the oldest describe a situation that has long changed; and since ``n`` never goes back, central
-sees exactly where the gap is, and the device's counter says how many were lost.
-
-Costs on an SD card: one committed transaction per :meth:`~Outbox.add` and one per
-:meth:`~Outbox.ack`. An acknowledgement lost in a power cut only makes the event be sent twice
-(QoS 1 is at least once anyway; central deduplicates on device and ``n``).
-
-Thread safety: every method takes an internal lock, so the outbox may be used from any thread,
-but the runtime should call it from its loop thread only (``on_ack`` callbacks must only queue).
+Owns its own SQLite file (``outbox.db``, apart from the store's floors, so a corrupt outbox never
+costs them), bounded at ``capacity`` events: when full, the oldest are dropped and counted in
+``dropped_total``. Events added within one :meth:`Outbox.batch` are committed together, once.
+Why, and what it costs on an SD card: ``docs/adapters.md``.
 """
 
 from __future__ import annotations
@@ -37,6 +16,7 @@ from pathlib import Path
 from typing import Final
 
 from receiver.durable import open_durable
+from receiver.errors import StoreError
 
 __all__ = ["DEFAULT_CAPACITY", "Outbox", "OutboxError"]
 
@@ -48,7 +28,7 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
 
 
-class OutboxError(RuntimeError):
+class OutboxError(StoreError):
     """The outbox file cannot be used at all (permissions, disk full, bad capacity)."""
 
 
@@ -60,7 +40,8 @@ class Outbox:
             raise OutboxError(f"outbox capacity must be at least 1, not {capacity}")
         self.path = path
         self.capacity = capacity
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # a batch holds it while its adds take it again
+        self._batching = False
         try:
             self._db, self.recovered_from = open_durable(path, SCHEMA)
         except (OSError, sqlite3.Error) as exc:
@@ -73,12 +54,13 @@ class Outbox:
     def add(self, n: int, payload: bytes) -> int:
         """Store event ``n`` durably; return how many of the oldest events were dropped.
 
-        Returns only after the transaction is committed (on disk). Adding an ``n`` that is
+        Returns only after the transaction is committed (on disk), or inside :meth:`batch`
+        once the batch is. Adding an ``n`` that is
         already stored replaces its payload. When the outbox is over its capacity afterwards,
         the events with the lowest ``n`` are deleted in the same transaction and counted in
         :attr:`dropped_total` (which can include the one just added, if it is the oldest).
         """
-        with self._lock:
+        with self._lock, _as_outbox_error("store an event in"):
             with self._transaction():
                 known = self._db.execute("SELECT 1 FROM events WHERE n = ?", (n,)).fetchone()
                 self._db.execute(
@@ -101,6 +83,31 @@ class Outbox:
             self._count = count - dropped
         return dropped
 
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Group the ``add`` and ``ack`` calls made inside into one transaction, committed (on
+        disk) when the block ends; rolled back, all of it, if the block raises. Nested: joins
+        the outer batch."""
+        with self._lock:
+            if self._batching:
+                yield
+                return
+            count = self._count
+            with _as_outbox_error("start a transaction in"):
+                self._db.execute("BEGIN IMMEDIATE")
+            self._batching = True
+            try:
+                yield
+                with _as_outbox_error("commit"):
+                    self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                self._count = count
+                raise
+            finally:
+                self._batching = False
+
     def pending(self, limit: int | None = None) -> list[tuple[int, bytes]]:
         """Stored events, lowest ``n`` first; at most ``limit`` of them if given."""
         with self._lock:
@@ -112,7 +119,7 @@ class Outbox:
 
     def ack(self, n: int) -> None:
         """Delete event ``n`` (the broker has it). Unknown ``n``: nothing happens."""
-        with self._lock:
+        with self._lock, _as_outbox_error("remove an event from"):
             with self._transaction():
                 deleted = self._db.execute("DELETE FROM events WHERE n = ?", (n,)).rowcount
             self._count -= max(0, deleted)
@@ -135,6 +142,9 @@ class Outbox:
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[None]:
+        if self._batching:  # the batch commits
+            yield
+            return
         self._db.execute("BEGIN IMMEDIATE")
         try:
             yield
@@ -142,3 +152,12 @@ class Outbox:
             self._db.execute("ROLLBACK")
             raise
         self._db.execute("COMMIT")
+
+
+@contextlib.contextmanager
+def _as_outbox_error(what: str) -> Iterator[None]:
+    """SQLite's errors (a locked, full or failing card) as the store family's."""
+    try:
+        yield
+    except sqlite3.Error as exc:
+        raise OutboxError(f"cannot {what} the outbox: {exc}") from exc

@@ -1,122 +1,11 @@
 """The libVLC adapter: plays one item at a time and reports what happened to it.
 
-This module owns the daemon's only ``vlc.Instance`` and its only ``vlc.MediaPlayer`` (creating
-players per item leaks in libVLC 3), and the ``vlc.Media`` of the current item (the previous one is
-released as soon as the next one replaces it). It is called from the loop thread only; libVLC calls
-it back on its own threads, and those callbacks only copy fields and hand a plain event to
-``on_event`` (the daemon's inbox: it must not block and must not call back into the player).
-
-Events contract, per token (``play(token, ...)``):
-
-* ``PlaybackStarted(token)``: libVLC opened the item and is playing it. At most once. For a
-  network stream this comes before any audio is heard; it need not precede ``PlaybackFailed``.
-* then exactly one terminal event, unless the item is superseded first (below):
-
-  - ``PlaybackEnded(token)``: the item reached its end (a stream: the server closed it and
-    libVLC's one reconnect failed; see "Live streams" below).
-  - ``PlaybackFailed(token, detail)``: libVLC could not open it (missing file, refused or failed
-    connection: libVLC's ``Error`` state) or it held no audio track at all. libVLC 3 "plays" a
-    text file or random bytes happily (``Playing``, then ``EndReached``, no error); the adapter
-    tells that apart by the audio elementary stream libVLC announces (``MediaPlayerESAdded``)
-    before ``Playing`` for anything it can decode, and reports an item that never had one as
-    failed instead of as a silent success.
-
-* ``stop()``, ``close()`` and a new ``play()`` supersede the current item: once they return,
-  nothing more is reported for its token (a terminal event that was already sent stays sent).
-  The caller asked for the stop, so it knows; the states libVLC gives a stopped or replaced
-  Media (``Stopped``, ``NothingSpecial``) are not reported.
-
-Attribution: each Media gets its own ``MediaStateChanged`` listener that carries its token, so a
-late ``EndReached`` of the previous item can never be reported under the new token. The one
-player-level listener (``ESAdded``) marks the current item; libVLC 3 joins the old input thread
-inside ``set_media``, so no player event of an old item arrives after it returns.
-
-``play`` and ``set_volume`` raise :class:`PlayerError` when libVLC refuses something synchronously
-(no Media could be made, the volume could not be applied, ``play`` returned -1); nothing starts and
-no event follows for that token. Out-of-range volumes raise ``ValueError`` (the core caps them).
-
-Volume: ``audio_set_volume`` 0-100, applied before ``play`` so no audio leaves at the previous
-level. libVLC's software volume (ALSA, and the core's mixer) is cubic: 50 is 0.125 in amplitude
-(-18 dB), 100 is 0 dB.
-
-Position: ``position_ms()`` is -1 when no item is live, else libVLC's ``get_time()`` made
-monotonic (see the method): it moves exactly when libVLC's does, and never goes back. For a file
-started with ``start_ms`` it counts from the file's start. ``play(..., start_ms=)`` is the
-``:start-time`` media option: libVLC starts at the demuxer's block at or before the offset (for
-a WAV, 50 ms blocks: measured 0 or 50 ms early); an offset past the end gives ``Started`` then
-``Ended``.
-
-Live streams (``play(token, url, volume, live=True)``), measured with libVLC 3.0.24 against
-``tests/streamserver.py`` (Icecast's headers, pacing and 4 s burst-on-connect; the tests are in
-``tests/adapters/test_player_stream.py``):
-
-* **The source stalls** (connection open, no bytes): **no event at all** (none in 100 s);
-  libVLC stays ``Playing`` and never reconnects. ``get_time()`` freezes 0.5-1 s after
-  the last byte (once the input has demuxed what it had; the buffered audio plays on). If bytes
-  come again it moves on at once after a short stall, or after a re-buffer of
-  ``NETWORK_CACHING_MS`` once the buffer ran dry (measured 3.2 s; 1.3 s with libVLC's default
-  1000), still without an event. So a stall shows only to polling: ``position_ms()`` unchanged
-  for some seconds. A healthy stream also holds it between two polls now and then (it moves per
-  demuxed block: up to ~1 s for an Ogg page), and it is 0 until the first audio, so a stall
-  timeout of 5-10 s fits (the core's is 8). The same rule catches a server that accepts and
-  never answers (the item stays ``Opening``: no event, position 0) and the loop below.
-* **The server closes the connection**: libVLC reconnects once, silently. If the server answers
-  (a hiccup), the relay goes on with no event. If the reconnect is refused or answered 404 (the
-  source has left the mount), ``EndReached`` follows, reported as ``PlaybackEnded``, once the
-  buffered audio has been read (measured 2.4 s after the close for Ogg, 6.2 s for MP3). But a
-  server that answers 200 and hangs up at once is re-asked in a tight loop (thousands of requests
-  a second) with no event and a frozen position, until ``stop()``. Why: an Icecast answer carries
-  ``icy-*`` headers, which libVLC 3's newer ``https`` access refuses (each stream so opens with
-  **two** requests), and its legacy ``http`` access reconnects whenever a read ends, whatever
-  ``:http-reconnect`` says. A plain-HTTP stream (no ``icy-*``) stays with the newer access, which
-  ends at the first close unless ``live=True`` adds ``:http-continuous``: then it too reconnects
-  once per close, and ends when that fails or brings nothing.
-* **The stream is unreachable** (refused, HTTP 404, unknown host): ``PlaybackFailed``, with no
-  ``PlaybackStarted`` before it.
-* ``get_time()`` of an Ogg stream is the stream's own timestamp (where the broadcast was when we
-  joined, not 0); it runs on across chained links (one per track), and goes back when a
-  reconnect rejoins earlier (the burst: measured 0.8 s back). MP3 counts from 0 when joining and
-  only grows. ``position_ms()`` hides the jumps.
-* What a live URL is (Icecast/HTTP stream, HLS, an ``.m3u``/``.pls`` playlist) is found out by
-  the resolver (:mod:`receiver.streams`) on a thread of its own before libVLC opens it, and the
-  options are chosen per kind. Measured against FFmpeg's HLS and Icecast's ``.m3u`` before
-  that, with ``:http-continuous`` on every live URL: libVLC asked for the ``.m3u8`` 1338 times
-  in 6 s and never fetched a segment, and for the ``.m3u`` about 1000 times (the playlist demux
-  ends at once, and the continuous access reopens it). HLS now goes to libVLC's adaptive demux
-  without ``:http-continuous``: one playlist reload per target duration, and its segments.
-* URLs get ``:network-caching=NETWORK_CACHING_MS``. ``stop()`` returns at once (under 10 ms)
-  even while libVLC is blocked reading a stalled or silent server.
-
-Facts about libVLC 3.0.24 found by experiment (see ``tests/adapters/test_player.py``):
-
-* afile restarts (and so truncates) its WAV whenever libVLC restarts the audio output: for each
-  item, and within a live stream at each Ogg link and after a stall.
-
-* ``--aout=afile`` (output ``file``) writes 16-bit PCM WAV by default (``audiofile-wav`` on,
-  ``audiofile-format`` s16, channels as the source); we pass both explicitly. It opens the file
-  with ``wb`` each time the audio output starts, i.e. for each item: a second item **overwrites**
-  the WAV, it does not append. The header's sizes are written when the output stops: a moment
-  *after* ``EndReached`` (when the input thread dies), or inside our ``stop()``. An item with no
-  audio never starts the output and leaves the previous file untouched. afile paces itself at
-  about real time after running ~1 s ahead, so a 1.5 s clip "ends" after ~0.4 s. (Its RIFF size
-  field is 4 bytes too large; readers that check only the data chunk do not mind.)
-* afile implements **no volume control**: ``audio_set_volume`` returns 0 and changes nothing. So
-  that output ``file`` still shows the level a speaker would get, the adapter reproduces the
-  cubic software-volume law there with the equalizer's preamp (flat bands: VLC's equalizer is
-  then a plain gain of 0.25, so a +12.04 dB preamp is unity). The preamp bottoms out at -20 dB,
-  so in ``file`` mode every volume below about 29 sounds like 29 (-32 dB), 0 included.
-* With no usable sound card, ALSA output still "plays" (no error event, ``EndReached`` at the
-  end): a missing device is silent success as far as libVLC's events go. ``audio_set_volume``
-  returns -1 when no audio output module loaded at all (e.g. ``--aout=pulse,none`` without a
-  server); we treat that as a failure to start rather than play at an unknown level.
-* ``libvlc_media_player_stop()`` destroys the audio output as well as the input; until the next
-  item has created a new output, ``audio_set_volume`` returns -1, so that item could not get its
-  volume before its first sample (ALSA happens to restore the last level from its ``alsa-gain``
-  setting; nothing promises that for other outputs). ``stop()`` and ``close()`` therefore use
-  ``set_media(None)``, which stops and joins the input and keeps the output and its volume.
-  Either way, stopping gives the Media the ``Stopped`` (or ``NothingSpecial``) state, never
-  ``EndReached``.
-* ``vlc.Instance(bad_args)`` returns None (and prints to stderr); we raise :class:`PlayerError`.
+Owns the only ``vlc.Instance``, its only ``vlc.MediaPlayer`` and the ``vlc.Media`` of the current
+item (it runs in the supervised child of :mod:`receiver.player_process`). Called from one thread;
+libVLC's callbacks only copy fields and hand a plain event to ``on_event``. Per token: at most one
+``PlaybackStarted``, then one ``PlaybackEnded`` or ``PlaybackFailed`` unless a ``stop``,
+``close`` or new ``play`` supersedes it. The events contract, live streams, volume and libVLC's
+pitfalls are in ``docs/adapters.md``.
 """
 
 from __future__ import annotations
@@ -134,6 +23,7 @@ import structlog
 
 from receiver.config_model import PlayerConfig
 from receiver.core.events import Event, PlaybackEnded, PlaybackFailed, PlaybackStarted
+from receiver.errors import PlayerError
 from receiver.streams import NETWORK_CACHING_MS, Resolved, StreamRefused, guess_kind, media_options
 
 __all__ = ["NETWORK_CACHING_MS", "Player", "PlayerError", "Resolver", "instance_args"]
@@ -159,10 +49,6 @@ _TRACK_AUDIO = 0  # libvlc_track_type_t: libvlc_track_audio
 _EQ_UNITY_DB = 20.0 * math.log10(4.0)
 _EQ_PREAMP_MIN_DB = -20.0
 _EQ_PREAMP_MAX_DB = 20.0
-
-
-class PlayerError(RuntimeError):
-    """libVLC is missing, refused its arguments, or refused to do what was asked."""
 
 
 class _EsChanged(ctypes.Structure):
@@ -326,20 +212,38 @@ class Player:
 
     def _resolve(self, item: _Item, url: str, volume: int, resolver: Resolver) -> None:
         """The resolver thread: find what ``url`` is, then open it if ``item`` is still current."""
+        current = item  # the placeholder, then the item _open makes: what "cancelled" asks about
         try:
-            resolved = resolver(url, lambda: item.closed or self._closed)
+            resolved = resolver(url, lambda: current.closed or self._closed)
             with self._vlc_lock:
                 with self._lock:
                     if item.closed or self._closed or self._item is not item:
                         return
                 self._open(item.token, resolved.url, volume, media_options(resolved.kind))
+                with self._lock:
+                    if self._item is not None:
+                        current = self._item
             self._log.info("stream_resolved", token=item.token, kind=resolved.kind)
+            if resolved.confirm is not None:
+                resolved.confirm()
         except StreamRefused as refused:
-            self._fail(item, f"not relayed: {refused.detail}")
+            self._abandon(current, f"not relayed: {refused.detail}")
         except PlayerError as exc:  # _open closed the item it made: report it here
             self._on_event(PlaybackFailed(item.token, str(exc)))
         except Exception:
             self._callback_failed(item)
+
+    def _abandon(self, item: _Item, detail: str) -> None:
+        """Stop ``item`` if it is still the current one, and report it failed."""
+        if item.media is not None:
+            with self._vlc_lock:
+                with self._lock:
+                    if item.closed or self._item is not item:
+                        return
+                self._stop_and_release()
+            self._on_event(PlaybackFailed(item.token, detail))
+            return
+        self._fail(item, detail)
 
     def _fail(self, item: _Item, detail: str) -> None:
         with self._lock:

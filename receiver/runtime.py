@@ -1,9 +1,12 @@
-"""The loop: one thread that owns every decision and every call into VLC, GPIO and the store.
+"""The loop: one thread that owns every decision and every call into the adapters.
 
-Adapters call back on their own threads and only drop plain events into the inbox. The loop
-takes one event at a time, asks the core what to do (``machine.step``), and carries out the
-effects in order. It feeds the systemd watchdog only while it turns, and polls the player's
-position (the only way to see a stalled stream) while a live relay plays.
+Adapters (:mod:`receiver.ports`, built by :mod:`receiver.assembly`) call back on their own
+threads and only drop plain events into the inbox. Each loop turn takes the events waiting (a
+bounded number), asks the core what to do with each (``machine.step``) and carries out the
+effects in order; the turn's events reach the outbox in one durable write, and only then are
+the messages acknowledged to the broker. The loop feeds the systemd watchdog only while it
+turns, and polls the player's position (the only way to see a stalled stream) while a live
+relay plays.
 """
 
 from __future__ import annotations
@@ -12,7 +15,6 @@ import json
 import signal
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
@@ -21,8 +23,7 @@ from typing import Any, Final
 import structlog
 
 from receiver import __version__, systemd
-from receiver.assembly import Topics, restore_state
-from receiver.clock import make_clock
+from receiver.assembly import Topics, offline_payload, real_ports, restore_state
 from receiver.config_model import Config
 from receiver.core import machine
 from receiver.core.clock import Instant
@@ -53,17 +54,14 @@ from receiver.core.events import (
     PlaybackProgress,
     TimerFired,
 )
-from receiver.device_key import EVENT_TYPE, STATE_TYPE, load_or_create_device_key, seal_report
-from receiver.fetcher import Fetcher
-from receiver.gpio import AmpRelay, LocalInputs, make_pin_factory
+from receiver.device_key import EVENT_TYPE, STATE_TYPE, seal_report
+from receiver.errors import ReceiverError
 from receiver.health import TrafficMeter, read_health
 from receiver.inbox import Inbox
 from receiver.logs import bounded
-from receiver.mqtt_client import MqttLink
-from receiver.outbox import Outbox
-from receiver.player_process import ProcessPlayer
+from receiver.ports import Hooks, Ports
+from receiver.pump import OutboxPump
 from receiver.status import write_status
-from receiver.store import Store
 from receiver.timefmt import rfc3339
 
 IDLE_WAKE_S: Final = 5.0  # the loop turns at least this often, so the watchdog sees it alive
@@ -71,62 +69,64 @@ PROGRESS_POLL_S: Final = 1.0  # how often a live stream's position is read
 TIME_FLOOR_SAVE_S: Final = 3600.0  # how often a trusted time is saved (an SD card wears out)
 STATE_EVERY_S: Final = 60.0  # the retained state is also refreshed this often (docs/protocol.md)
 MAX_DETAIL_CHARS: Final = 200
-MAX_IN_FLIGHT: Final = 500  # events handed to the link at once (paho queues at most 1000)
-MAX_PACKET_BYTES: Final = 32 * 1024  # commands are capped at 16 KiB; the broker sends no more
+PERSIST_EFFECTS: Final = (
+    PersistFloors,
+    PersistIntentStarted,
+    PersistIntentDone,
+    PersistTrust,
+    PersistResetFloor,
+    PersistSchedule,
+    PersistDone,
+)
+MAX_EVENTS_PER_TURN: Final = 256  # events stepped before their reports are committed together
 SHA256_HEX_CHARS: Final = 64
+
+PortsFactory = Callable[[Config, Hooks], Ports]
 
 
 class Runtime:
-    def __init__(self, config: Config, pin_factory: Any = None) -> None:
+    def __init__(
+        self, config: Config, pin_factory: Any = None, ports: PortsFactory | None = None
+    ) -> None:
         self.config = config
         self.log = structlog.get_logger("receiver").bind(device=config.device_id)
-        self.clock = make_clock(config.clock.trust_system_clock)
         self.inbox = Inbox()
         self.topics = Topics(config.broker.topic_prefix, config.device_id)
-        self.started_mono = self.clock.now().mono
         self._stopping = threading.Event()
         self._state_payload: bytes | None = None
+        self._state_due: dict[str, Any] | None = None  # the core's newest state, to publish
         self._protected: frozenset[str] = frozenset()
         self._next_poll = 0.0
         self._next_time_save = 0.0
         self._next_state = 0.0
 
-        self.store = Store(config.storage.state_dir)
-        # Signs every event and state (protocol §14); made here on the first start.
-        self.device_key, made = load_or_create_device_key(
-            config.storage.state_dir, config.device_id
+        hooks = Hooks(
+            report=self.inbox.put_report,
+            message=self._message_arrived,
+            input=self._input_changed,
+            connected=self._republish_state,
         )
-        if made:
+        build = ports or (lambda cfg, h: real_ports(cfg, h, pin_factory))
+        self.ports = build(config, hooks)
+        self.clock = self.ports.clock
+        self.store = self.ports.store
+        self.outbox = self.ports.outbox
+        self.relay = self.ports.relay
+        self.inputs = self.ports.inputs
+        self.player = self.ports.player
+        self.fetcher = self.ports.fetcher
+        self.link = self.ports.link
+        self.started_mono = self.clock.now().mono
+        # Signs every event and state (protocol §14); made by the assembly on the first start.
+        self.device_key = self.ports.device_key
+        if self.ports.device_key_made:
             self.log.warning("device_key_made", detail="enroll it: receiver enroll --config ...")
-        self.outbox = Outbox(config.storage.state_dir / "outbox.db")
         if self.outbox.recovered_from is not None:
             self.log.error("outbox_corrupt_moved_aside", moved_to=str(self.outbox.recovered_from))
-        self._acked: deque[int] = deque()
-        self._in_flight: set[int] = set()
         if self.store.recovered_from is not None:
             self.log.error("store_corrupt_moved_aside", moved_to=str(self.store.recovered_from))
-        factory = pin_factory or make_pin_factory(config.gpio.pin_factory)
-        self.relay = AmpRelay(config.gpio, factory)
-        self.inputs = LocalInputs(config.gpio, factory, self._input_changed)
-        # libVLC runs in a supervised child process: no stream can take the daemon down.
-        self.player = ProcessPlayer(
-            config.player,
-            self.inbox.put_report,
-            media=config.media,
-            logging=(config.logging.level, config.logging.format),
-        )
-        self.fetcher = Fetcher(config.media, config.storage.cache_dir, self.inbox.put_report)
-        self.link = MqttLink(
-            config.broker,
-            config.device_id,
-            self.topics.subscriptions(config.groups),
-            will_topic=self.topics.state,
-            will_payload=self._offline_payload(),
-            on_message=self._message_arrived,
-            max_packet_size=MAX_PACKET_BYTES,
-            manual_ack=True,
-            on_link=self.inbox.put_report,
-            on_connected_publish=self._republish_state,
+        self.pump = OutboxPump(
+            self.outbox, self.link, self.topics.events, self.inbox.wake, self.log
         )
         self.traffic = TrafficMeter(lambda: self.link.socket_inode)
         self.state = restore_state(config, self.store)
@@ -174,11 +174,13 @@ class Runtime:
         try:
             first = machine.boot(self.state, self.clock.now())
             self.state = first.state
-            self._execute(first.effects)
+            with self.pump.turn():
+                self._execute(first.effects)
+            self._publish_due_state(self.clock.now())
             deadline = first.deadline
             for name, active in self.inputs.current():
                 self.inbox.put_report(LocalInputChanged(name, active))
-            self._send_outbox()
+            self.pump.send()
             self.link.start()
             self.traffic.start()
             systemd.notify("READY=1")
@@ -190,7 +192,7 @@ class Runtime:
                 event = self.inbox.get(self._wait_s(deadline, watchdog))
                 if self._stopping.is_set():
                     break
-                self._settle_acks()
+                self.pump.settle()
                 now = self.clock.now()
                 if watchdog is not None and time.monotonic() - last_ping >= watchdog:
                     systemd.notify("WATCHDOG=1")
@@ -201,17 +203,37 @@ class Runtime:
                     event = self._poll_progress(now) or self._timer(now, deadline)
                     if event is None:
                         continue
+                deadline = self._turn(event, now)
+        finally:
+            self._shutdown()
+
+    def _turn(self, first: Event, now: Instant) -> float | None:
+        """Step ``first`` and the events already waiting behind it (a bounded number); their
+        reports go to disk together, and only then are the messages acknowledged."""
+        handled: list[MessageReceived] = []
+        event: Event | None = first
+        deadline: float | None = None
+        turns = 0
+        with self.pump.turn():
+            while event is not None:
                 self._note(event, now)
                 result = machine.step(self.state, event, now)
                 self.state = result.state
                 deadline = result.deadline
                 self._execute(result.effects, now)
                 if isinstance(event, MessageReceived):
-                    # Handled, its floors on disk: only now may the broker forget it.
-                    self.link.ack(event)
-                self._after_step(now)
-        finally:
-            self._shutdown()
+                    handled.append(event)
+                turns += 1
+                if turns >= MAX_EVENTS_PER_TURN or self._stopping.is_set():
+                    break
+                event = self.inbox.get_nowait()
+                now = self.clock.now()
+        self._publish_due_state(now)
+        self._after_turn(now)
+        # Handled, its floors and reports on disk: only now may the broker forget it.
+        for message in handled:
+            self.link.ack(message)
+        return deadline
 
     def _wait_s(self, deadline: float | None, watchdog: float | None) -> float:
         """Real seconds to wait: until the core's deadline, a stream poll, or the watchdog."""
@@ -240,7 +262,7 @@ class Runtime:
     def _timer(now: Instant, deadline: float | None) -> Event | None:
         return TimerFired() if deadline is not None and now.mono >= deadline else None
 
-    def _after_step(self, now: Instant) -> None:
+    def _after_turn(self, now: Instant) -> None:
         key_ids = frozenset(key.id for key in self.state.keyring.keys)
         if key_ids != self._key_ids:
             self._key_ids = key_ids
@@ -252,51 +274,15 @@ class Runtime:
             self._next_time_save = now.mono + TIME_FLOOR_SAVE_S
             self.store.save_time_floor(now.utc)
 
-    # --- the outbox ---------------------------------------------------------------------------
-
-    def _on_ack(self, n: int) -> None:
-        """From the link's thread: the broker has the event; the loop forgets it."""
-        self._acked.append(n)
-        self.inbox.wake()
-
-    def _ack_callback(self, n: int) -> Callable[[], None]:
-        return lambda: self._on_ack(n)
-
-    def _settle_acks(self) -> None:
-        acked = False
-        while self._acked:
-            n = self._acked.popleft()
-            self._in_flight.discard(n)
-            self.outbox.ack(n)
-            acked = True
-        if acked:
-            self._send_outbox()
-
-    def _send_outbox(self) -> None:
-        """Hand the link what the outbox holds, oldest first, a bounded number at a time."""
-        room = MAX_IN_FLIGHT - len(self._in_flight)
-        if room <= 0:
-            return
-        for n, payload in self.outbox.pending(limit=room + len(self._in_flight)):
-            if n in self._in_flight:
-                continue
-            self._in_flight.add(n)
-            self.link.publish(self.topics.events, payload, on_ack=self._ack_callback(n))
-
     def _shutdown(self) -> None:
         systemd.notify("STOPPING=1")
-        for name, close in (
-            ("player", self.player.close),
-            ("relay", self.relay.close),
-            ("inputs", self.inputs.close),
-            ("fetcher", self.fetcher.close),
-        ):
+        for name, close in self.ports.closers():
             try:
                 close()
             except Exception as exc:  # shutting down: report and go on
                 self.log.error("close_failed", part=name, error=str(exc))
         self.log.info("relay_switched", on=False, why="shutdown")
-        self.link.stop(self.topics.state, self._offline_payload())
+        self.link.stop(self.topics.state, offline_payload(self.config.device_id, self.device_key))
         self.traffic.stop()
         try:  # so that `receiver status` says the daemon stopped, and when
             offline = {
@@ -307,7 +293,7 @@ class Runtime:
             write_status(self.config.storage.state_dir, _json(offline))
         except OSError as exc:
             self.log.error("status_write_failed", error=str(exc))
-        self._settle_acks()
+        self.pump.settle()
         self.outbox.close()
         self.store.close()
         self.log.info("daemon_stopped")
@@ -341,12 +327,20 @@ class Runtime:
                 continue
             try:
                 self._execute_one(effect, now)
-            except Exception as exc:  # an adapter failure must not stop the loop
+            except ReceiverError as exc:  # an adapter's expected failure: report, go on
                 self.log.error("effect_failed", effect=type(effect).__name__, error=str(exc))
                 if isinstance(effect, Play):
                     self.inbox.put_report(PlaybackFailed(effect.token, str(exc)))
+            except Exception as exc:  # a bug: with its traceback, and the loop still goes on
+                self.log.exception("effect_bug", effect=type(effect).__name__, error=repr(exc))
+                if isinstance(effect, Play):
+                    self.inbox.put_report(PlaybackFailed(effect.token, type(effect).__name__))
 
     def _persist(self, effect: Effect) -> bool:
+        if isinstance(effect, PERSIST_EFFECTS):
+            # The store's writes keep the core's order with the reports before them: a report
+            # is on disk before the write that retires what it reports (an intent, a done mark).
+            self.pump.commit()
         match effect:
             case PersistFloors(floors=floors, time_floor=time_floor, intent=intent):
                 self.store.save_floors(floors, time_floor, intent)
@@ -396,7 +390,9 @@ class Runtime:
             case Emit():
                 self._emit(effect, now)
             case PublishState(fields=fields):
-                self._publish_state(fields, now)
+                # Published once the turn's events are sent: a state never overtakes the
+                # events that led to it, and a turn publishes only its newest state.
+                self._state_due = fields
 
     def _emit(self, effect: Emit, now: Instant) -> None:
         event: dict[str, Any] = {
@@ -412,21 +408,25 @@ class Runtime:
         if effect.detail:
             event["detail"] = effect.detail[:MAX_DETAIL_CHARS]
         payload = seal_report(self.device_key, EVENT_TYPE, _json(event))
-        # On disk first, and only then logged: a log line never names an event that a power cut
-        # could lose. It leaves the outbox when the broker has acknowledged it.
-        dropped = self.outbox.add(event["n"], payload)
-        if dropped:
-            self.log.error("outbox_overflow", dropped=dropped, total=self.outbox.dropped_total)
+        # On disk first (when the turn ends), and only then logged: a log line never names an
+        # event that a power cut could lose. It leaves the outbox when the broker has it.
         log = self.log.warning if effect.kind in ("rejected", "failed", "fault") else self.log.info
         extra = {k: v for k, v in (("ref", effect.ref), ("reason", effect.reason)) if v}
-        log(
+        self.pump.add(
+            event["n"],
+            payload,
+            log,
             effect.kind,
             n=event["n"],
             detail=bounded(effect.detail or ""),
             mono=round(now.mono, 3),
             **extra,
         )
-        self._send_outbox()
+
+    def _publish_due_state(self, now: Instant) -> None:
+        fields, self._state_due = self._state_due, None
+        if fields is not None:
+            self._publish_state(fields, now)
 
     def _publish_state(self, fields: dict[str, Any], now: Instant) -> None:
         usage = self.fetcher.usage()
@@ -480,10 +480,6 @@ class Runtime:
         payload = self._state_payload
         if payload is not None:
             self.link.publish(self.topics.state, payload, retain=True)
-
-    def _offline_payload(self) -> bytes:
-        body = _json({"device": self.config.device_id, "online": False})
-        return seal_report(self.device_key, STATE_TYPE, body)
 
 
 def _json(value: dict[str, Any]) -> bytes:

@@ -18,6 +18,7 @@ from typing import Final
 
 from receiver.core.state import Intent
 from receiver.durable import open_durable
+from receiver.errors import StoreError
 
 SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS floors (stream TEXT PRIMARY KEY, seq INTEGER NOT NULL,
@@ -35,10 +36,6 @@ MAX_STOP_IDS: Final = 256
 # Event numbers are reserved in blocks so that a busy day costs few writes; after a crash the
 # numbering jumps to the next block, which keeps "n never goes back" true.
 EVENT_BLOCK: Final = 100
-
-
-class StoreError(RuntimeError):
-    """The state directory cannot be used at all (permissions, disk full)."""
 
 
 class Store:

@@ -13,9 +13,12 @@ A station publishes its relay as one of:
 :func:`resolve` asks the server (one ``GET`` per URL, following at most :data:`MAX_REDIRECTS`
 redirects, each target checked against the allowlist by :func:`receiver.core.urls.check_url`,
 the rule the core applied to the first URL) and returns a :class:`Resolved`: the URL to give
-libVLC (after redirects and playlists) and its :data:`StreamKind`. For a stream it reads only
-the headers and hangs up. Playlists are read up to :data:`MAX_PLAYLIST_BYTES`, nested at most
-:data:`MAX_DEPTH` deep, and an entry already visited (a playlist naming itself) is refused.
+libVLC (after redirects and playlists) and its :data:`StreamKind`. For a stream it reads the
+headers, and then (:attr:`Resolved.confirm`, while libVLC starts) the first bytes, and hangs
+up: a server that answers and hangs up at once is refused, since libVLC would re-ask it in a
+tight loop. Playlists are read up to
+:data:`MAX_PLAYLIST_BYTES`, nested at most :data:`MAX_DEPTH` deep, and an entry already
+visited (a playlist naming itself) is refused.
 Every URI an HLS playlist names (variant playlists, segments) must pass the allowlist too; the
 segments of a variant playlist are fetched later by libVLC and are not checked again.
 
@@ -33,7 +36,7 @@ import socket
 import ssl
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final, Literal
 from urllib.parse import urljoin, urlsplit
 
@@ -65,6 +68,7 @@ MAX_HEADER_BYTES: Final = 16 * 1024
 RESOLVE_DEADLINE_S: Final = 10.0
 CONNECT_TIMEOUT_S: Final = 5.0
 POLL_S: Final = 0.25  # how often a blocked read asks whether it was cancelled
+FIRST_BYTES_S: Final = 2.0  # how long a stream's first bytes are waited for
 
 # How much a URL's input buffers before it plays: the audio a stream hiccup can last without a
 # gap. libVLC's default is 1000 ms; Wi-Fi on a Pi and a distant Icecast deserve more. It does not
@@ -103,10 +107,17 @@ class _Deadline:
 
 @dataclass(frozen=True)
 class Resolved:
-    """What libVLC should open, and how."""
+    """What libVLC should open, and how.
+
+    ``confirm``, for a stream, waits (on the probe's connection, still open) for the stream's
+    first bytes and raises :class:`StreamRefused` if the server hangs up first; call it once,
+    after libVLC has been started (Icecast sends its first audio some 0.2 s after its headers:
+    waiting for it before starting libVLC would delay every relay by as much).
+    """
 
     url: str
     kind: StreamKind
+    confirm: Callable[[], None] | None = field(default=None, compare=False)
 
 
 def media_options(kind: StreamKind) -> list[str]:
@@ -154,8 +165,8 @@ def resolve(
     for _depth in range(MAX_DEPTH + 1):
         final, content_type, body = _get(url, allowed_schemes, allowed_hosts, deadline)
         seen.update((url, final))
-        if body is None:
-            return Resolved(final, "stream")
+        if not isinstance(body, bytes):
+            return Resolved(final, "stream", body)
         text = body.decode("utf-8", errors="replace").lstrip("\ufeff")
         if _is_hls(text):
             _check_hls_uris(text, final, allowed_schemes, allowed_hosts)
@@ -223,17 +234,20 @@ def _get(
     allowed_schemes: tuple[str, ...],
     allowed_hosts: tuple[str, ...],
     deadline: _Deadline,
-) -> tuple[str, str, bytes | None]:
+) -> tuple[str, str, bytes | Callable[[], None] | None]:
     """GET ``url`` (redirects followed and checked): ``(final URL, content type, body)``.
 
-    ``body`` is None for a stream (only its headers are read), the playlist's bytes otherwise.
+    ``body`` is the playlist's bytes; for a stream, None if its first bytes came with the
+    headers, else the :attr:`Resolved.confirm` that waits for them on the open connection.
     """
     for _ in range(MAX_REDIRECTS + 1):
         try:
             target = urls.check_url(url, allowed_schemes, allowed_hosts)
         except urls.UrlRefused as refused:
             raise StreamRefused(f"the URL is refused: {refused.detail}") from None
-        with _connect(target, deadline) as sock:
+        sock = _connect(target, deadline)
+        kept = False
+        try:
             status, headers, rest = _request(sock, target, deadline)
             if status in (301, 302, 303, 307, 308):
                 location = headers.get("location")
@@ -255,7 +269,13 @@ def _get(
                 return url, content_type, _read_body(sock, rest, target, deadline)
             if content_type.startswith(("text/", "application/json", "application/xml")):
                 raise StreamRefused(f"{target.host} answered text, not audio")
-            return url, content_type, None
+            if rest:
+                return url, content_type, None
+            kept = True
+            return url, content_type, _confirmation(sock, target, deadline)
+        finally:
+            if not kept:
+                sock.close()
     raise StreamRefused(f"more than {MAX_REDIRECTS} redirects (a redirect loop?)")
 
 
@@ -327,6 +347,31 @@ def _request(
         if sep:
             headers[name.strip().lower()] = value.strip()
     return int(parts[1]), headers, rest
+
+
+def _confirmation(
+    sock: socket.socket, target: urls.Target, deadline: _Deadline
+) -> Callable[[], None]:
+    """:attr:`Resolved.confirm` for a stream whose first bytes had not come with its headers.
+
+    A server that hangs up first is refused: with Icecast's headers libVLC would ask it again
+    in a tight loop (about a thousand requests a second, with no event). One still silent after
+    :data:`FIRST_BYTES_S` passes: libVLC and the stall watchdog deal with that.
+    """
+
+    def confirm() -> None:
+        wait = _Deadline(min(deadline.at, time.monotonic() + FIRST_BYTES_S), deadline.cancelled)
+        try:
+            if not _recv(sock, target, wait):
+                raise StreamRefused(f"{target.host} closed the stream before sending audio")
+        except StreamRefused:
+            if deadline.cancelled() or time.monotonic() >= wait.at:
+                return  # stopped meanwhile, or silent so far: not for us to judge
+            raise
+        finally:
+            sock.close()
+
+    return confirm
 
 
 def _read_body(sock: socket.socket, rest: bytes, target: urls.Target, deadline: _Deadline) -> bytes:

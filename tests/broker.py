@@ -13,8 +13,8 @@ The port is chosen once, when the object is made, and kept across :meth:`~Mosqui
 picked below the kernel's ephemeral range, so that no outgoing connection (our own clients
 reconnecting, say) can be given that number while the broker is down.
 
-A missing ``mosquitto`` binary fails the test (``pytest.fail``) rather than skipping it: a CI run
-must not count an untested transport as a pass.
+A missing ``mosquitto`` binary fails the test (:class:`MissingToolError`) rather than skipping
+it: a CI run must not count an untested transport as a pass.
 """
 
 from __future__ import annotations
@@ -41,7 +41,6 @@ from types import TracebackType
 from typing import IO, Any, Self
 
 import paho.mqtt.client as mqtt
-import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -61,16 +60,20 @@ class BrokerError(RuntimeError):
     """Mosquitto did not come up (the message carries the tail of its log)."""
 
 
+class MissingToolError(RuntimeError):
+    """A program the tests and benchmarks need is not installed: the test fails (never skips)
+    and the message says which package to install."""
+
+
 def find_mosquitto() -> str:
     """The mosquitto executable, or a failed test that says how to install it."""
     found = shutil.which("mosquitto")
     if found is None:
         found = next((p for p in _SEARCH_PATH if os.access(p, os.X_OK)), None)
     if found is None:
-        pytest.fail(
+        raise MissingToolError(
             "mosquitto is not installed: these tests need a real MQTT broker "
-            "(Debian/Raspberry Pi OS: `apt-get install mosquitto`; it need not run as a service)",
-            pytrace=False,
+            "(Debian/Raspberry Pi OS: `apt-get install mosquitto`; it need not run as a service)"
         )
     return found
 
@@ -563,7 +566,7 @@ def password_config(directory: Path, users: dict[str, str]) -> list[str]:
     """Lines for ``extra_config``: a password file made by ``mosquitto_passwd``, no anonymous."""
     tool = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
     if not os.access(tool, os.X_OK):
-        pytest.fail("mosquitto_passwd (package mosquitto) is not installed", pytrace=False)
+        raise MissingToolError("mosquitto_passwd (package mosquitto) is not installed")
     password_file = Path(directory) / "passwords"
     password_file.write_text("")
     for user, password in users.items():

@@ -1,4 +1,5 @@
-"""The broadcast engine: what plays now, what waits, what resumes, and the amplifier relay.
+"""The broadcast engine: what plays now, what waits, what resumes, and what it asks of the
+amplifier relay (whose part of the state, switching and cap are :mod:`amp`'s).
 
 Rules (docs/behaviour.md tells them for operators):
 - At most one item sounds. Among items whose media are ready and whose start has come, the
@@ -24,7 +25,7 @@ import math
 from dataclasses import replace
 from typing import Final
 
-from receiver.core import reasons
+from receiver.core import amp, reasons
 from receiver.core.clock import Instant
 from receiver.core.effects import (
     Effect,
@@ -36,14 +37,12 @@ from receiver.core.effects import (
     Play,
     PublishState,
     StopPlayback,
-    SwitchRelay,
 )
 from receiver.core.events import FetchFailed
 from receiver.core.reasons import Reason
 from receiver.core.state import ORIGIN_RANK, PRIORITY_RANK, Item, State, state_fields
 from receiver.core.vocabulary import EventKind
 
-RELAY_WINDOW_S: Final = 60.0
 RECONNECT_BACKOFF_MAX_S: Final = 30.0
 
 
@@ -114,7 +113,8 @@ def finish(
         done = done | {item.occurrence}
         out.append(PersistDone(item.occurrence))
     if is_active:
-        state = replace(state, active=None, relay_off_mono=now.mono + state.settings.tail_s)
+        tail = replace(state.amp, off_mono=now.mono + state.settings.tail_s)
+        state = replace(state, active=None, amp=tail)
     else:
         state = replace(state, queue=tuple(i for i in state.queue if i.ref != item.ref))
     state = replace(state, done=done)
@@ -126,7 +126,8 @@ def withdraw(state: State, item: Item, now: Instant) -> State:
     """Take out an item that has not sounded, without a report or a done mark: its occurrence
     was moved by a new schedule version and comes back at its new time."""
     if state.active is not None and state.active.ref == item.ref:
-        return replace(state, active=None, relay_off_mono=now.mono + state.settings.tail_s)
+        tail = replace(state.amp, off_mono=now.mono + state.settings.tail_s)
+        return replace(state, active=None, amp=tail)
     return replace(state, queue=tuple(i for i in state.queue if i.ref != item.ref))
 
 
@@ -166,7 +167,7 @@ def _eligible(state: State, item: Item, now: Instant) -> bool:
         return False
     if state.mic_active and item.priority != "emergency":
         return False
-    lead = 0.0 if state.relay_on else state.settings.warm_up_s
+    lead = 0.0 if state.amp.on else state.settings.warm_up_s
     return now.mono >= item.not_before_mono - lead
 
 
@@ -287,7 +288,7 @@ def engine_crashed(state: State, detail: str, now: Instant, out: list[Effect]) -
     ended = replace(item, phase="ended")  # no StopPlayback: there is nothing left to stop
     detail = f"the media engine failed: {detail}"
     state = finish(state, ended, now, out, "failed", reason=reasons.PLAYBACK_FAILED, detail=detail)
-    return replace(state, relay_off_mono=now.mono)
+    return replace(state, amp=replace(state.amp, off_mono=now.mono))
 
 
 def progress(state: State, token: int, position: int, now: Instant) -> State:
@@ -352,8 +353,8 @@ def run_active(state: State, now: Instant, out: list[Effect]) -> State:
             detail = "relay ended at its planned time"
             return finish(state, item, now, out, "finished", detail=detail)
         return finish(state, item, now, out, "stopped", detail="max_duration_s reached")
-    if item.phase == "warming" and state.relay_on:
-        ready_at = max(item.not_before_mono, state.relay_on_mono + state.settings.warm_up_s)
+    if item.phase == "warming" and state.amp.on:
+        ready_at = max(item.not_before_mono, state.amp.on_mono + state.settings.warm_up_s)
         if now.mono >= ready_at:
             return _start_sound(state, item, now, out)
     if item.phase == "reconnecting" and item.retry_mono is not None and now.mono >= item.retry_mono:
@@ -369,42 +370,21 @@ def run_active(state: State, now: Instant, out: list[Effect]) -> State:
     return state
 
 
-def _relay_wanted(state: State, now: Instant) -> bool:
-    override = state.relay_override
-    active = state.active
-    if override is not None and override.mode == "on":
-        return True
-    if override is not None and override.mode == "off":
-        return active is not None and active.priority == "emergency"
-    if active is not None or state.mic_active:
-        return True
-    return state.relay_off_mono is not None and now.mono < state.relay_off_mono
-
-
-def toggles_in_window(state: State, now: Instant) -> int:
-    return sum(1 for t in state.relay_toggles if now.mono - t < RELAY_WINDOW_S)
-
-
 def reconcile_relay(state: State, now: Instant, out: list[Effect]) -> State:
-    override = state.relay_override
-    if override is not None and override.until_mono is not None and now.mono >= override.until_mono:
-        state = replace(state, relay_override=None)  # a manual override lapses back to auto
-    wanted = _relay_wanted(state, now)
-    if wanted == state.relay_on:
-        return state
-    limit = state.settings.relay_max_toggles_per_min
-    if not wanted and toggles_in_window(state, now) >= limit:
-        return state  # too many switches this minute: staying on is the safe side
-    toggles = (*(t for t in state.relay_toggles if now.mono - t < RELAY_WINDOW_S), now.mono)
-    out.append(SwitchRelay(on=wanted))
-    state = replace(
-        state,
-        relay_on=wanted,
-        relay_on_mono=now.mono if wanted else state.relay_on_mono,
-        relay_toggles=toggles[-limit * 2 :],
-        relay_off_mono=None if not wanted else state.relay_off_mono,
+    """The amplifier relay (:mod:`amp`) follows what plays now."""
+    active = state.active
+    wants = amp.Wants(
+        item=active is not None,
+        emergency=active is not None and active.priority == "emergency",
+        mic=state.mic_active,
     )
-    out.append(publish_state(state))
+    part, switches = amp.reconcile(
+        state.amp, wants, now, max_toggles_per_min=state.settings.relay_max_toggles_per_min
+    )
+    state = replace(state, amp=part)
+    if switches:
+        out.extend(switches)
+        out.append(publish_state(state))
     return state
 
 
@@ -422,22 +402,17 @@ def _deadlines(state: State) -> list[float]:
         if item.stop_mono is not None:
             candidates.append(item.stop_mono)
         if item.phase == "warming":
-            candidates.append(max(item.not_before_mono, state.relay_on_mono + settings.warm_up_s))
+            candidates.append(max(item.not_before_mono, state.amp.on_mono + settings.warm_up_s))
         if item.phase == "reconnecting" and item.retry_mono is not None:
             candidates.append(item.retry_mono)
         if item.phase == "playing" and item.is_stream and not item.on_fallback:
             candidates.append(item.progress_mono + settings.stall_timeout_s)
-    lead = 0.0 if state.relay_on else settings.warm_up_s
+    lead = 0.0 if state.amp.on else settings.warm_up_s
     for queued in state.queue:
         candidates.append(queued.window_end_mono)
         if queued.media_ready:
             candidates.append(queued.not_before_mono - lead)
-    if state.relay_off_mono is not None and state.relay_on:
-        candidates.append(state.relay_off_mono)
-    if state.relay_override is not None and state.relay_override.until_mono is not None:
-        candidates.append(state.relay_override.until_mono)
-    if state.relay_on and state.relay_toggles:
-        candidates.append(state.relay_toggles[0] + RELAY_WINDOW_S)
+    candidates.extend(state.amp.deadlines())
     for staged in state.staged.values():
         if staged.retry_mono is not None:
             candidates.append(staged.retry_mono)

@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass, replace
 from typing import Final
 
-from receiver.core import admission, commands, engine, programme, reasons
+from receiver.core import admission, commands, engine, limits, programme, reasons
 from receiver.core.clock import Instant
 from receiver.core.effects import (
     Effect,
@@ -41,7 +41,6 @@ from receiver.core.reasons import Rejection
 from receiver.core.state import (
     Intent,
     Item,
-    RejectionWindow,
     RelayOverride,
     Settings,
     State,
@@ -64,8 +63,6 @@ __all__ = [
 
 MAX_SETTLE_ROUNDS: Final = 4
 MAX_HELD: Final = 64
-REJECTION_WINDOW_S: Final = 10.0
-REJECTIONS_PER_WINDOW: Final = 100
 CARRIED_OUT: Final = "carried out after a restart"  # the detail of a recovered `accepted`
 MAX_DETAIL_CHARS: Final = 200  # the bound of an event's detail (schemas/event.json)
 
@@ -79,7 +76,7 @@ class Step:
 
 def boot(state: State, now: Instant) -> Step:
     """The first step: the relay is forced off and the state is published."""
-    state = replace(state, relay_on=False, relay_off_mono=None, booted_mono=now.mono)
+    state = replace(state, amp=replace(state.amp, on=False, off_mono=None), booted_mono=now.mono)
     out: list[Effect] = [SwitchRelay(on=False)]
     # Before the first state: whoever sees it and signs a command then must be served.
     state = _fix_reset_floor(state, now, out)
@@ -141,8 +138,8 @@ def step(state: State, event: Event, now: Instant) -> Step:
     state = programme.evaluate(state, now, out)
     state = _settle(state, now, out)
     deadline = engine.next_deadline(state, now)
-    if state.rejection_window.suppressed:
-        window_end = state.rejection_window.start_mono + REJECTION_WINDOW_S
+    window_end = state.rejection_window.deadline(state.settings.rejection_window_s)
+    if window_end is not None:
         deadline = window_end if deadline is None else min(deadline, window_end)
     if state.held or state.recovered:
         grace_end = state.booted_mono + state.settings.sync_grace_s
@@ -277,37 +274,24 @@ def _interrupted(state: State, ref: str, detail: str, out: list[Effect]) -> Stat
 
 
 def _report_rejection(state: State, rejection: Rejection, now: Instant, out: list[Effect]) -> State:
-    """One ``rejected`` event per message, up to a limit per window; beyond it a flood is
-    summed up in one ``fault`` when the window ends (every event is written to disk and sent,
-    and a flood must not wear out the SD card or crowd out the reports that matter)."""
-    state = _close_rejection_window(state, now, out)
-    window = state.rejection_window
-    if window.reported < REJECTIONS_PER_WINDOW:
-        out.append(
-            Emit("rejected", ref=rejection.ref, reason=rejection.reason, detail=rejection.detail)
-        )
-        return replace(state, rejection_window=replace(window, reported=window.reported + 1))
-    tally = dict(window.suppressed)
-    tally[rejection.reason] = tally.get(rejection.reason, 0) + 1
-    suppressed = tuple(sorted(tally.items()))
-    return replace(state, rejection_window=replace(window, suppressed=suppressed))
+    settings = state.settings
+    window, effects = limits.report(
+        state.rejection_window,
+        rejection,
+        now,
+        per_window=settings.rejections_per_window,
+        window_s=settings.rejection_window_s,
+    )
+    out.extend(effects)
+    return replace(state, rejection_window=window)
 
 
 def _close_rejection_window(state: State, now: Instant, out: list[Effect]) -> State:
-    suppressed = state.rejection_window.suppressed
-    if now.mono - state.rejection_window.start_mono < REJECTION_WINDOW_S:
-        return state
-    if suppressed:
-        total = sum(n for _, n in suppressed)
-        by_reason = ", ".join(f"{reason} {n}" for reason, n in suppressed)
-        out.append(
-            Emit(
-                "fault",
-                detail=f"{total} more messages rejected within "
-                f"{REJECTION_WINDOW_S:g} s, not reported one by one: {by_reason}",
-            )
-        )
-    return replace(state, rejection_window=RejectionWindow(now.mono))
+    window, effects = limits.close(
+        state.rejection_window, now, window_s=state.settings.rejection_window_s
+    )
+    out.extend(effects)
+    return replace(state, rejection_window=window)
 
 
 def _raised_floor(state: State, iat: float, now: Instant) -> float:
@@ -393,7 +377,7 @@ def _check_policy(state: State, command: commands.Command, now: Instant) -> None
     ref = command.header.id
     settings = state.settings
     if isinstance(body, commands.Relay):
-        if engine.toggles_in_window(state, now) >= settings.relay_max_toggles_per_min:
+        if state.amp.toggles_in_window(now) >= settings.relay_max_toggles_per_min:
             raise Rejection(reasons.POLICY, "relay switched too often in the last minute", ref)
         return
     if not isinstance(body, commands.Play):
@@ -433,7 +417,7 @@ def _act(state: State, command: commands.Command, now: Instant, out: list[Effect
         else:
             until = None if body.duration_s is None else now.mono + body.duration_s
             override = RelayOverride(body.state, until)
-        state = replace(state, relay_override=override)
+        state = replace(state, amp=replace(state.amp, override=override))
         out.append(engine.publish_state(state))
         return state
     out.append(engine.publish_state(state))  # report

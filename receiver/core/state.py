@@ -11,15 +11,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from receiver.core import commands
+from receiver.core.amp import Amp, RelayOverride
 from receiver.core.events import MessageReceived
-from receiver.core.reasons import Reason
+from receiver.core.limits import RejectionWindow
 from receiver.core.schedule import Schedule
 from receiver.core.trust import Keyring
-from receiver.core.vocabulary import ORIGIN_RANK, PRIORITY_RANK, Origin, Phase, Priority, RelayMode
+from receiver.core.vocabulary import ORIGIN_RANK, PRIORITY_RANK, Origin, Phase, Priority
 
 __all__ = [
     "ORIGIN_RANK",
     "PRIORITY_RANK",
+    "Amp",
     "Item",
     "RejectionWindow",
     "RelayOverride",
@@ -34,37 +36,43 @@ __all__ = [
 
 @dataclass(frozen=True)
 class Settings:
-    """What the technician's config fixes for the life of the process."""
+    """What the technician's config fixes for the life of the process.
+
+    No defaults here: they are the config's (``receiver/config_model.py``), and every Settings,
+    the tests' too, is made from a parsed config by ``receiver.assembly.settings_from_config``.
+    """
 
     device_id: str
     env: str
     groups: tuple[str, ...]
-    topic_prefix: str = "loa/v1"
-    default_volume: int = 70
-    max_volume: int = 100
-    emergency_volume: int = 100
-    max_play_duration_s: int = 3600
-    warm_up_s: float = 1.0
-    tail_s: float = 5.0
-    relay_max_toggles_per_min: int = 6
-    allowed_schemes: tuple[str, ...] = ("https",)
-    allowed_hosts: tuple[str, ...] = ()
-    max_skew_s: float = 300.0
-    max_command_age_s: float = 3600.0
-    timezone: str = "Asia/Ho_Chi_Minh"
-    quiet_hours: tuple[tuple[int, int], ...] = ()  # (from, to) minutes after local midnight
-    late_join_s: float = 300.0
-    stall_timeout_s: float = 8.0
-    stream_max_restarts: int = 3
+    topic_prefix: str
+    default_volume: int
+    max_volume: int
+    emergency_volume: int
+    max_play_duration_s: int
+    warm_up_s: float
+    tail_s: float
+    relay_max_toggles_per_min: int
+    allowed_schemes: tuple[str, ...]
+    allowed_hosts: tuple[str, ...]
+    max_skew_s: float
+    max_command_age_s: float
+    timezone: str
+    quiet_hours: tuple[tuple[int, int], ...]  # (from, to) minutes after local midnight
+    late_join_s: float
+    stall_timeout_s: float
+    stream_max_restarts: int
     # A relay that has played this long without a stall resets its restart count: the budget
     # is for consecutive failures, not for every blip of an hour-long relay.
-    stream_healthy_s: float = 30.0
-    fallback_file: str | None = None
-    prefetch_s: float = 48 * 3600.0
-    max_file_bytes: int = 200 * 1024 * 1024
+    stream_healthy_s: float
+    fallback_file: str | None
+    max_file_bytes: int
     # After start-up, commands wait this long for NTP before they are judged without a
     # trusted clock: a backlog queued during an outage then meets a synchronised clock.
-    sync_grace_s: float = 30.0
+    sync_grace_s: float
+    rejections_per_window: int
+    rejection_window_s: float
+    prefetch_s: float = 48 * 3600.0  # not a setting: how far ahead a programme's files come
 
 
 @dataclass(frozen=True)
@@ -133,24 +141,6 @@ class Staged:
 
 
 @dataclass(frozen=True)
-class RelayOverride:
-    """A manual relay command in force: ``mode`` until ``until_mono`` (None: until ``auto``)."""
-
-    mode: RelayMode
-    until_mono: float | None = None
-
-
-@dataclass(frozen=True)
-class RejectionWindow:
-    """Rejections reported since ``start_mono``: ``reported`` one by one, and beyond the limit
-    ``suppressed`` (a count per reason, sorted), summed up when the window closes."""
-
-    start_mono: float = 0.0
-    reported: int = 0
-    suppressed: tuple[tuple[Reason, int], ...] = ()
-
-
-@dataclass(frozen=True)
 class Intent:
     """A command accepted but not yet carried out to its end, stored with its replay floor.
 
@@ -188,15 +178,11 @@ class State:
     queue: tuple[Item, ...] = ()
     next_seq: int = 1
     next_token: int = 1
-    relay_on: bool = False
-    relay_on_mono: float = 0.0
-    relay_off_mono: float | None = None  # end of the tail after the last item
-    relay_toggles: tuple[float, ...] = ()
-    relay_override: RelayOverride | None = None
+    amp: Amp = field(default_factory=Amp)  # the amplifier's relay (receiver/core/amp.py)
     mic_active: bool = False
     faults: frozenset[str] = frozenset()
     booted_mono: float = 0.0
-    rejection_window: RejectionWindow = RejectionWindow()
+    rejection_window: RejectionWindow = field(default_factory=RejectionWindow)
     held: tuple[MessageReceived, ...] = ()  # commands waiting for a synchronised clock
     # Commands a previous run accepted and did not finish (oldest first): settled once the
     # clock can tell whether their windows are still open.
@@ -243,7 +229,7 @@ def state_fields(state: State) -> dict[str, Any]:
         # The level the speaker gets now: an item's own (emergency level, capped request) while
         # it sounds, else the device's volume.
         "volume": item.volume if sounding and item is not None else state.volume,
-        "relays": {"amp": "on" if state.relay_on else "off"},
+        "relays": {"amp": "on" if state.amp.on else "off"},
         "trust_version": state.keyring.version,
         "schedules": {sid: s.version for sid, s in sorted(state.schedules.items())},
     }
@@ -256,8 +242,8 @@ def state_fields(state: State) -> dict[str, Any]:
         }
     if state.faults:
         fields["faults"] = sorted(state.faults)
-    if state.relay_override is not None:
-        fields["relay_override"] = state.relay_override.mode
+    if state.amp.override is not None:
+        fields["relay_override"] = state.amp.override.mode
     return fields
 
 

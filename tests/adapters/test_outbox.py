@@ -159,3 +159,51 @@ def test_bad_capacity_and_unusable_directory_are_errors(tmp_path: Path) -> None:
     blocker.write_text("")
     with pytest.raises(OutboxError, match="cannot use the outbox"):
         Outbox(blocker / "outbox.db")
+
+
+def _commits(outbox: Outbox) -> list[str]:
+    """The COMMIT statements the outbox's connection runs from now on."""
+    seen: list[str] = []
+    outbox._db.set_trace_callback(
+        lambda sql: seen.append(sql) if sql.strip().upper() == "COMMIT" else None
+    )
+    return seen
+
+
+def test_a_batch_is_one_durable_write_and_is_on_disk_when_it_ends(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.db"
+    outbox = Outbox(path, capacity=5)
+    commits = _commits(outbox)
+    reader = sqlite3.connect(path)
+    with outbox.batch():
+        for n in range(1, 9):
+            outbox.add(n, event(n))
+        outbox.ack(8)
+        with outbox.batch():  # joins the outer one
+            outbox.add(9, event(9))
+        assert reader.execute("SELECT COUNT(*) FROM events").fetchone() == (0,)
+    assert len(commits) == 1
+    assert [n for n, _ in outbox.pending()] == [4, 5, 6, 7, 9]
+    assert len(outbox) == 5
+    assert outbox.dropped_total == 3
+    assert reader.execute("SELECT COUNT(*) FROM events").fetchone() == (5,)
+    outbox.add(10, event(10))  # outside a batch: one write per add, as before
+    assert len(commits) == 2
+    reader.close()
+    outbox.close()
+
+
+def test_a_batch_that_fails_leaves_nothing_of_itself(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path / "outbox.db")
+    outbox.add(1, event(1))
+    with pytest.raises(RuntimeError, match="power"), outbox.batch():
+        outbox.add(2, event(2))
+        outbox.ack(1)
+        raise RuntimeError("power cut")
+    assert outbox.pending() == [(1, event(1))]
+    assert len(outbox) == 1
+    outbox.add(3, event(3))
+    outbox.close()
+    reopened = Outbox(tmp_path / "outbox.db")
+    assert [n for n, _ in reopened.pending()] == [1, 3]
+    reopened.close()

@@ -222,3 +222,17 @@ def test_stopping_while_a_server_trickles_hangs_up_at_once(rig: Rig, web: WebSer
     assert web.serving == 0, "the resolver still holds the connection after stop()"
     with pytest.raises(AssertionError):
         rig.events.next(1.0)  # superseded: nothing is reported for its token
+
+
+def test_a_server_that_hangs_up_before_any_audio_is_refused_without_a_storm(
+    rig: Rig, web: WebServer
+) -> None:
+    # With Icecast's headers libVLC would ask such a server again about a thousand times a
+    # second (test_player_stream.py shows it), with no event.
+    rig.hosts.append(f"127.0.0.1:{web.port}")
+    url = web.route("/live.mp3", answer(200, "audio/mpeg", b"", icy_name="gone", icy_br="128"))
+    assert "closed the stream before sending audio" in fails_within(rig, url, 5)
+    time.sleep(1.0)
+    # The probe, and what libVLC asked in the moment it ran before the probe saw the hang-up.
+    print(f"\nrequests to a server hanging up at once: {len(web.requests)}")
+    assert 1 <= len(web.requests) <= 10, web.requests

@@ -22,9 +22,7 @@ import time
 import uuid
 from pathlib import Path
 
-import pytest
-
-from tests.broker import pick_port
+from tests.broker import MissingToolError, pick_port
 
 ERL_LIBS = "/usr/lib/x86_64-linux-gnu"
 EJABBERD_EBIN = Path(ERL_LIBS) / "ejabberd-23.01" / "ebin"
@@ -58,10 +56,9 @@ modules:
 def _find_erl() -> str:
     erl = shutil.which("erl")
     if erl is None or not EJABBERD_EBIN.is_dir():
-        pytest.fail(
+        raise MissingToolError(
             "ejabberd is not installed: these tests need Debian's ejabberd 23.01 "
-            "(scripts/bootstrap.sh installs it: apt-get install ejabberd)",
-            pytrace=False,
+            "(scripts/bootstrap.sh installs it: apt-get install ejabberd)"
         )
     return erl
 

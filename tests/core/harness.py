@@ -6,7 +6,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from receiver.assembly import settings_from_config
 from receiver.central.signing import SigningKey, command_payload, sign_command
+from receiver.config import parse_config
 from receiver.core import machine
 from receiver.core.clock import Instant
 from receiver.core.effects import Effect, Emit, PersistFloors, Play, SwitchRelay
@@ -38,6 +40,19 @@ def play_body(
     return body
 
 
+def core_settings(operator: SigningKey, extra_yaml: str = "") -> machine.Settings:
+    """The core's settings as the daemon makes them: a config text through the config's own
+    parser (its defaults, its rules), then ``settings_from_config``."""
+    text = (
+        f"device_id: {DEVICE}\nenv: prod\ngroups: [{', '.join(GROUPS)}]\n"
+        "broker:\n  host: broker.example\n"
+        f"trust:\n  keys:\n    - id: {operator.id}\n      ed25519: {operator.public_b64}\n"
+        "      roles: [operator]\n      scopes: ['*']\n"
+        "media:\n  allowed_schemes: [https]\n  allowed_hosts: [media.example]\n" + extra_yaml
+    )
+    return settings_from_config(parse_config(text, "tests/core/harness.py"))
+
+
 @dataclass
 class World:
     operator: SigningKey = field(default_factory=lambda: SigningKey.generate("op-1"))
@@ -65,15 +80,10 @@ class World:
                 *self.extra_keys,
             )
         )
-        settings = machine.Settings(
-            device_id=DEVICE,
-            env="prod",
-            groups=GROUPS,
-            warm_up_s=self.warm_up_s,
-            tail_s=self.tail_s,
-            max_volume=self.max_volume,
-            allowed_schemes=("https",),
-            allowed_hosts=("media.example",),
+        settings = core_settings(
+            self.operator,
+            f"player:\n  max_volume: {self.max_volume}\n"
+            f"gpio:\n  warm_up_s: {self.warm_up_s}\n  tail_s: {self.tail_s}\n",
         )
         # A device whose store has known a synchronised clock for ten days.
         self.state = machine.initial_state(

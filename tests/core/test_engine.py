@@ -136,8 +136,8 @@ def test_relay_commands_are_refused_beyond_the_toggle_limit() -> None:
         results.append([e.kind for e in emitted(world.send(raw))][-1])
         world.advance(1.0)
     assert results.count("rejected") >= 1
-    assert len(world.state.relay_toggles) <= 6 * 2
-    switches = sum(1 for t in world.state.relay_toggles if world.mono - t < 60)
+    assert len(world.state.amp.toggles) <= 6 * 2
+    switches = sum(1 for t in world.state.amp.toggles if world.mono - t < 60)
     assert switches <= 6
 
 

@@ -97,7 +97,7 @@ def test_a_week_of_morning_and_evening_sessions_plays_at_local_times() -> None:
         "Sat 05:30",
     ]
     assert len(sim.events("finished")) == 9
-    assert world.state.active is None and not world.state.relay_on
+    assert world.state.active is None and not world.state.amp.on
 
 
 def test_an_entry_across_midnight_plays_whole_and_only_once() -> None:
@@ -336,9 +336,9 @@ def test_an_entry_retimed_during_its_warm_up_lets_the_relay_go_and_plays_later()
     sim = Sim(world, file_seconds=300)
     publish(world, 1, [entry("morning", WEEKDAYS, "06:30")])
     sim.run_until(MONDAY + 6.5 * HOUR - 0.5)  # warming up: the item is active, the relay on
-    assert world.state.active is not None and world.state.relay_on
+    assert world.state.active is not None and world.state.amp.on
     publish(world, 2, [entry("morning", WEEKDAYS, "07:15")])
     sim.run_until(MONDAY + 7 * HOUR)
-    assert world.state.active is None and not world.state.relay_on  # the tail ended
+    assert world.state.active is None and not world.state.amp.on  # the tail ended
     sim.run_until(MONDAY + 8 * HOUR)
     assert starts(sim) == ["Mon 07:15"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import functools
 import json
 import os
@@ -10,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -181,3 +182,17 @@ class Daemon:
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
             self.process.wait(timeout=10)
+
+
+def envelope(payload_type: str, body: bytes, signatures: Sequence[tuple[str, bytes]]) -> bytes:
+    """A DSSE envelope with exactly the signature entries given (forged, empty, ...)."""
+    return json.dumps(
+        {
+            "payloadType": payload_type,
+            "payload": base64.b64encode(body).decode("ascii"),
+            "signatures": [
+                {"keyid": keyid, "sig": base64.b64encode(sig).decode("ascii")}
+                for keyid, sig in signatures
+            ],
+        }
+    ).encode("utf-8")

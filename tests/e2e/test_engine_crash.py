@@ -20,6 +20,7 @@ from tests.broker import Received, Subscriber
 from tests.e2e.conftest import Site
 from tests.e2e.daemon import DEVICE, Daemon
 from tests.e2e.test_daemon import play_payload, wait_online
+from tests.e2e.test_relay_window import past_reset_floor
 from tests.streamserver import StreamServer, encode, mp3_stream, write_programme
 
 
@@ -54,6 +55,7 @@ def test_a_crashed_media_engine_fails_the_relay_and_the_daemon_carries_on(
     site.config.write_text(text, encoding="utf-8")
     daemon = start_daemon()
     wait_online(watcher, site)
+    past_reset_floor(daemon)
     assert daemon.process is not None
     body = {
         "priority": "normal",

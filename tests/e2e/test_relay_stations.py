@@ -21,6 +21,7 @@ from tests.broker import Received, Subscriber
 from tests.e2e.conftest import Site
 from tests.e2e.daemon import DEVICE, Daemon
 from tests.e2e.test_daemon import wait_online
+from tests.e2e.test_relay_window import past_reset_floor
 from tests.stations import (
     HlsStation,
     IcecastStation,
@@ -110,6 +111,7 @@ def test_the_daemon_relays_hls_until_its_window_ends_then_leaves_the_server_alon
     relay_config(site, hls.web.port)
     daemon = start_daemon()
     wait_online(watcher, site)
+    past_reset_floor(daemon)
     start = time.monotonic()
     relay(watcher, site, hls.url, max_duration_s=10)
     assert next_event(watcher, site, ("started", "failed"), 30)["kind"] == "started"
@@ -138,6 +140,7 @@ def test_the_daemon_relays_icecast_and_its_m3u(
     relay_config(site, icecast.port)
     daemon = start_daemon()
     wait_online(watcher, site)
+    past_reset_floor(daemon)
     before = len(icecast.requests())
     relay(watcher, site, icecast.url(path), max_duration_s=6)
     assert next_event(watcher, site, ("started", "failed"), 30)["kind"] == "started"
@@ -209,6 +212,7 @@ def test_bad_input_ends_failed_in_bounded_time_without_a_request_storm(
         relay_config(site, server.port)
         daemon = start_daemon()
         wait_online(watcher, site)
+        past_reset_floor(daemon)
         url = setup(web, hls)
         start = time.monotonic()
         relay(watcher, site, url)

@@ -49,6 +49,13 @@ def next_event(watcher: Subscriber, site: Site, kind: str, timeout: float = 30) 
     return event
 
 
+def past_reset_floor(daemon: Daemon) -> None:
+    """A fresh store takes commands issued from its first trusted instant on, which it sets a
+    moment after it says "online": a command signed in between would be refused as replayed."""
+    daemon.wait_log(lambda line: line.get("event") == "reset_floor_set")
+    time.sleep(0.01)  # iat is written to the millisecond
+
+
 def wav_size(path: Path) -> int:
     return path.stat().st_size if path.exists() else 0
 
@@ -88,6 +95,7 @@ def test_a_relay_stops_streaming_at_the_end_of_its_window(
     allow_radio(site, radio)
     daemon = start_daemon()
     wait_online(watcher, site)
+    past_reset_floor(daemon)
     ended = relay_until_window_end(site, radio, watcher, 4)
     assert_audio_and_connection_stopped(site, radio, ended)
     daemon.wait_log(lambda line: line.get("event") == "relay_switched" and not line["on"])
@@ -100,6 +108,7 @@ def test_a_relay_stops_at_its_window_end_while_the_amplifier_is_held_on(
     allow_radio(site, radio)
     daemon = start_daemon()
     wait_online(watcher, site)
+    past_reset_floor(daemon)
     send(watcher, site, "relay", {"name": "amp", "state": "on", "duration_s": 600}, "amp-on")
     daemon.wait_log(lambda line: line.get("event") == "relay_switched" and line["on"])
     ended = relay_until_window_end(site, radio, watcher, 4)

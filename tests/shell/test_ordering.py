@@ -1,0 +1,165 @@
+"""The shell's ordering promises, on the real Runtime with in-memory ports (seconds, no broker,
+no libVLC, no GPIO): floors on disk before the action they allow, a message's PUBACK only once
+it is handled and its reports are on disk, one durable write for a turn's events, and the relay
+off on every way out of the loop."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import structlog.testing
+
+from receiver.errors import PlayerError
+from receiver.pump import OutboxPump
+from tests.shell.doubles import Shell, open_shell, play_body
+
+
+@pytest.fixture
+def shell(tmp_path: Path) -> Iterator[Shell]:
+    running = open_shell(tmp_path).start()
+    try:
+        yield running
+    finally:
+        if running.thread is not None and running.thread.is_alive():
+            running.stop()
+
+
+def test_floors_are_on_disk_before_the_sound_and_the_relay(shell: Shell) -> None:
+    message = shell.command("play", play_body(), "news-1")
+    shell.wait(lambda: shell.journal.has("relay on"), "relay on")
+    shell.wait(lambda: bool(shell.journal.starting("play ")), "play")
+    floors = shell.journal.index("store floors")
+    assert floors < shell.journal.index("relay on")
+    assert floors < shell.journal.index(shell.journal.starting("play ")[0])
+    assert floors < shell.journal.index(f"puback {message.mid}")
+
+
+def test_a_message_is_acknowledged_only_once_its_reports_are_on_disk(shell: Shell) -> None:
+    message = shell.command("report", {}, "report-1")
+    shell.wait(lambda: shell.journal.has(f"puback {message.mid}"), "the PUBACK")
+    commits = [
+        i
+        for i, e in enumerate(shell.journal.entries)
+        if e.startswith("outbox commit") and "accepted" in e
+    ]
+    assert commits and commits[0] < shell.journal.index(f"puback {message.mid}")
+    assert "accepted" in shell.outbox.kinds() or any(
+        b'"accepted"' in payload for _, payload in shell.link.published
+    )
+
+
+def test_a_junk_flood_waiting_in_the_inbox_is_one_durable_write(tmp_path: Path) -> None:
+    shell = open_shell(tmp_path)
+    junk = [shell.message(b"not an envelope %d" % i) for i in range(50)]  # queued before a turn
+    shell.start()
+    try:
+        last = junk[-1].mid
+        shell.wait(lambda: shell.journal.has(f"puback {last}"), "the last junk PUBACK")
+        rejections = [e for e in shell.journal.starting("outbox commit") if "rejected" in e]
+        assert len(rejections) == 1, rejections
+        assert rejections[0].count("rejected") == 50
+        first_ack = min(shell.journal.index(f"puback {m.mid}") for m in junk)
+        assert shell.journal.index(rejections[0]) < first_ack
+    finally:
+        shell.stop()
+
+
+def test_the_relay_is_off_after_a_clean_stop_while_playing(shell: Shell) -> None:
+    shell.command("play", play_body(), "news-2")
+    shell.wait(lambda: shell.relay.on, "relay on")
+    shell.stop()
+    assert not shell.relay.on
+    assert shell.journal.index("player closed") < shell.journal.index("relay closed off")
+    assert shell.journal.has("link stopped")
+
+
+def test_the_relay_is_off_when_the_store_fails_and_the_loop_dies(tmp_path: Path) -> None:
+    shell = open_shell(tmp_path, store_fails=True).start()
+    message = shell.command("play", play_body(), "news-3")
+    shell.join()
+    assert isinstance(shell.error, OSError)  # the daemon stops; systemd restarts it
+    assert not shell.relay.on
+    assert shell.journal.has("relay closed off")
+    assert not shell.journal.starting("play ")
+    assert not shell.journal.has(f"puback {message.mid}")  # the broker will send it again
+
+
+@pytest.mark.parametrize(
+    ("failure", "logged"),
+    [(PlayerError("no audio output"), "effect_failed"), (ValueError("a bug"), "effect_bug")],
+)
+def test_an_adapter_failure_is_reported_and_a_bug_is_told_apart(
+    tmp_path: Path, failure: BaseException, logged: str
+) -> None:
+    shell = open_shell(tmp_path)
+    shell.player.fail_with = failure
+    with structlog.testing.capture_logs() as logs:
+        shell.start()
+        try:
+            shell.command("play", play_body(), "news-4")
+            shell.wait(lambda: "failed" in shell.outbox.kinds() or _sent(shell, "failed"), "failed")
+            shell.wait(lambda: not shell.relay.on, "relay off again")
+        finally:
+            shell.stop()
+    assert [e["event"] for e in logs if e["event"] in ("effect_failed", "effect_bug")] == [logged]
+    assert not shell.relay.on
+
+
+def _sent(shell: Shell, kind: str) -> bool:
+    return any(f'"kind":"{kind}"'.encode() in payload for _, payload in shell.link.published)
+
+
+def test_the_pump_keeps_no_log_of_a_turn_that_failed() -> None:
+    from tests.shell.doubles import Journal, Link, Outbox
+
+    journal = Journal()
+    outbox = Outbox(journal)
+    pump = OutboxPump(outbox, Link(journal, lambda _: None), "t", lambda: None)
+    written: list[str] = []
+    with pytest.raises(RuntimeError), pump.turn():
+        pump.add(1, b'{"kind":"started"}', lambda what, **_: written.append(what), "started")
+        raise RuntimeError("power cut")
+    assert written == [] and outbox.commits == 0
+
+
+def test_an_unwritable_outbox_costs_the_reports_never_the_loop(shell: Shell) -> None:
+    shell.outbox.unwritable = True
+    with structlog.testing.capture_logs() as logs:
+        lost = shell.command("volume", {"level": 40}, "while-locked")
+        shell.wait(lambda: shell.journal.has(f"puback {lost.mid}"), "the PUBACK")
+    failed = [e for e in logs if e["event"] == "effect_failed"]
+    assert [e["effect"] for e in failed] == ["Emit"]
+    assert not [e for e in logs if e["event"] == "accepted"]  # never logged as an event
+    shell.outbox.unwritable = False
+    kept = shell.command("volume", {"level": 50}, "after")
+    shell.wait(lambda: shell.journal.has(f"puback {kept.mid}"), "the next PUBACK")
+    assert any("accepted" in e for e in shell.journal.starting("outbox commit"))
+
+
+def test_a_state_never_overtakes_the_events_that_led_to_it(shell: Shell) -> None:
+    shell.command("play", play_body(), "news-5")
+
+    def first(predicate: Callable[[str, bytes], bool]) -> int:
+        return next(i for i, (t, p) in enumerate(list(shell.link.published)) if predicate(t, p))
+
+    def started(topic: str, payload: bytes) -> bool:
+        return topic.endswith("/events") and b'"kind":"started"' in payload
+
+    def playing(topic: str, payload: bytes) -> bool:
+        return topic.endswith("/state") and b'"state":"playing"' in payload
+
+    shell.wait(lambda: any(playing(t, p) for t, p in list(shell.link.published)), "playing")
+    assert first(started) < first(playing)
+
+
+def test_a_report_is_on_disk_before_the_write_that_retires_its_intent(shell: Shell) -> None:
+    """A volume command is carried out in its own step, and its intent retired there: a crash
+    between the two writes must find the `accepted` report stored, or the intent still open
+    (the kill loop once found a command spent without a word)."""
+    message = shell.command("volume", {"level": 30}, "vol-1")
+    shell.wait(lambda: shell.journal.has(f"puback {message.mid}"), "the PUBACK")
+    accepted = next(e for e in shell.journal.starting("outbox commit") if "accepted" in e)
+    assert shell.journal.index("store floors") < shell.journal.index(accepted)
+    assert shell.journal.index(accepted) < shell.journal.index("store intent done vol-1")
