@@ -135,6 +135,13 @@ def _topics_for(args: argparse.Namespace) -> list[str]:
     """Where the command goes: ``--topic``, or each audience's command topic (a device that is
     in two of them takes the second copy as the duplicate it is)."""
     if args.topic:
+        # Only a command topic one of the audiences listens on: any other board refuses it.
+        levels = str(args.topic).split("/")
+        if len(levels) < 3 or levels[-1] != "cmd" or f"{levels[-3]}:{levels[-2]}" not in args.aud:
+            raise InputError(
+                f"--topic {args.topic}: not the command topic of {' or '.join(args.aud)}; the "
+                "boards there would refuse it (leave --topic out: each audience's topic is used)"
+            )
         return [str(args.topic)]
     topics: list[str] = []
     for audience in args.aud:
@@ -162,12 +169,12 @@ def _sign_and_send(args: argparse.Namespace) -> int:
     for audience in args.aud if args.topic is None else ():
         if audience.partition(":")[0] not in ("dev", "grp"):
             raise InputError(f"--aud {audience}: not dev:<id> or grp:<id>")
+    topics = _topics_for(args)
     envelope = sign_command(payload, load_keys(args.key))
     refuse_if_too_large(str(payload["type"]), envelope)
     if not args.host:
         sys.stdout.write(envelope.decode("utf-8") + "\n")
         return EXIT_OK
-    topics = _topics_for(args)
     # Checked against the fleet's keyring (when one is retained) like the documents: a key the
     # boards do not know, or without the role or the scope, is refused by every one of them.
     admin_documents.refuse_if_unauthorized(args, topics[0], envelope, payload)

@@ -437,3 +437,20 @@ def test_a_command_the_fleets_keyring_refuses_is_not_sent(
             main(["stop", *command(operator_key, "--aud", "grp:commune-1"), *secured.login()]) == 0
         )
         spy.wait_for("loa/v1/grp/commune-1/cmd")
+
+
+@pytest.mark.parametrize(
+    "topic", ["loa/v1/grp/commune-2/cmd", "loa/v1/trust", "loa/v1/dev/loa-001/state"]
+)
+def test_a_topic_no_audience_of_the_command_listens_on_is_refused(
+    secured: Secured, operator_key: Path, topic: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--aud grp:commune-1 --topic loa/v1/grp/commune-2/cmd`` was sent, exit 0: the boards of
+    commune-2 refused it (not their audience) and commune-1 never saw it."""
+    with Spy(secured, retained=False) as spy:
+        argv = ["stop", *command(operator_key, "--aud", "grp:commune-1"), "--topic", topic]
+        code = main([*argv, *secured.login()])
+        time.sleep(0.3)
+        assert spy.topics() == []
+    assert code == 2
+    assert f"--topic {topic}" in capsys.readouterr().err
