@@ -467,7 +467,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     watch.add_argument("--timeout", type=seconds, default=0.0, help="seconds (0: until Ctrl-C)")
     watch.add_argument("--count", type=int, default=0, help="stop after this many events")
-    watch.add_argument("--until", nargs="*", default=[], help="stop after an event of a kind")
+    watch.add_argument(
+        "--until",
+        nargs="*",
+        default=[],
+        choices=vocabulary.EVENT_KINDS,
+        metavar="KIND",
+        help=f"stop after an event of a kind: {', '.join(vocabulary.EVENT_KINDS)}",
+    )
     watch.add_argument(
         "--client-id",
         help="keep a session under this id: events sent while watch is away come when it is back",

@@ -454,3 +454,15 @@ def test_a_topic_no_audience_of_the_command_listens_on_is_refused(
         assert spy.topics() == []
     assert code == 2
     assert f"--topic {topic}" in capsys.readouterr().err
+
+
+def test_watch_until_a_kind_no_event_has_is_refused(
+    secured: Secured, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--until finsihed`` (a typo) could never match: watch waited until its timeout, or for
+    ever, then said nothing had come."""
+    with pytest.raises(SystemExit) as exited:
+        main(["watch", "--device", "loa-001", "--until", "finsihed", *secured.login()])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "finsihed" in err and "finished" in err
