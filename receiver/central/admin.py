@@ -466,7 +466,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--device", required=True, type=device_or_every, help="a device id, or + for every device"
     )
     watch.add_argument("--timeout", type=seconds, default=0.0, help="seconds (0: until Ctrl-C)")
-    watch.add_argument("--count", type=int, default=0, help="stop after this many events")
+    watch.add_argument("--count", type=positive_int, default=0, help="stop after this many events")
     watch.add_argument(
         "--until",
         nargs="*",
@@ -486,7 +486,7 @@ def build_parser() -> argparse.ArgumentParser:
     fleet_cmd = sub.add_parser("fleet", help="a table of every device's state")
     fleet_cmd.add_argument(
         "--timeout",
-        type=float,
+        type=positive_number,
         default=5.0,
         help="at most this many seconds to collect states (default 5; done sooner once they stop)",
     )

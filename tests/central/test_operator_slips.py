@@ -466,3 +466,15 @@ def test_watch_until_a_kind_no_event_has_is_refused(
     assert exited.value.code == 2
     err = capsys.readouterr().err
     assert "finsihed" in err and "finished" in err
+
+
+@pytest.mark.parametrize("timeout", ["0", "-5"])
+def test_fleet_refuses_a_timeout_it_cannot_collect_in(
+    secured: Secured, timeout: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``fleet --timeout 0`` (or below) collected nothing and said "no device has a retained
+    state here", exit 0, against a broker full of them."""
+    with pytest.raises(SystemExit) as exited:
+        main(["fleet", "--timeout", timeout, *secured.login()])
+    assert exited.value.code == 2
+    assert "--timeout" in capsys.readouterr().err
