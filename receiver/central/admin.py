@@ -70,6 +70,8 @@ def _keygen(args: argparse.Namespace) -> int:
     except FileExistsError:
         print(f"receiver-admin: {out} exists already; not overwriting a key", file=sys.stderr)
         return EXIT_INPUT
+    except FileNotFoundError as exc:
+        raise InputError(f"--out {out}: the directory {out.parent} does not exist") from exc
     print(f"private key written to {out} (keep it secret; key id in {out}.id)")
     print("add this to the receivers' config under trust.keys:")
     roles = ", ".join(args.roles)

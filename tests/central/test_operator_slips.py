@@ -478,3 +478,14 @@ def test_fleet_refuses_a_timeout_it_cannot_collect_in(
         main(["fleet", "--timeout", timeout, *secured.login()])
     assert exited.value.code == 2
     assert "--timeout" in capsys.readouterr().err
+
+
+def test_keygen_into_a_directory_that_does_not_exist_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It printed "[Errno 2] No such file or directory: '.../keys/op.pem'", naming the file that
+    was to be made rather than the directory that is missing."""
+    out = tmp_path / "keys" / "op.pem"
+    assert main(["keygen", "--id", "op-2", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"--out {out}: the directory {out.parent} does not exist" in err
