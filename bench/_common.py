@@ -560,12 +560,14 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 @dataclass(frozen=True)
 class ProcSample:
-    """One reading of a process: when, resident memory and its peak (KiB), CPU seconds."""
+    """One reading of a process: when, resident memory and its peak (KiB), CPU seconds, and its
+    proportional set size (KiB: each shared page divided among the processes that map it)."""
 
     mono: float
     rss_kib: int
     hwm_kib: int
     cpu_s: float
+    pss_kib: int = 0
 
 
 def proc_status_kib(pid: int, field: str) -> int:
@@ -574,6 +576,18 @@ def proc_status_kib(pid: int, field: str) -> int:
         if line.startswith(field + ":"):
             return int(line.split()[1])
     raise BenchError(f"/proc/{pid}/status has no {field}")
+
+
+def proc_pss_kib(pid: int) -> int:
+    """``Pss`` of ``/proc/<pid>/smaps_rollup`` in KiB (0 where the kernel does not offer it)."""
+    try:
+        text = Path(f"/proc/{pid}/smaps_rollup").read_text(encoding="ascii")
+    except OSError:
+        return 0
+    for line in text.splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1])
+    return 0
 
 
 def cpu_seconds(pid: int) -> float:
@@ -605,6 +619,7 @@ def sample(pid: int) -> ProcSample:
         sum(proc_status_kib(p, "VmRSS") for p in live),
         sum(proc_status_kib(p, "VmHWM") for p in live),
         sum(cpu_seconds(p) for p in live),
+        sum(proc_pss_kib(p) for p in live),
     )
 
 

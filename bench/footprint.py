@@ -35,9 +35,12 @@ libVLC's own playback.
    delay to the state seen here; ``retry_in_s`` is logged to 10 ms), beside the floor's time
    beyond its fixed delay (from its ``on_disconnect``).
 
-How to read it: RSS in MiB; CPU in percent of one core, averaged over the phase
-((cpu_end - cpu_start) / wall). Compare the daemon with its floor, and ratios between runs, not
-raw figures: the machine is shared. No figure is asserted.
+How to read it: RSS in MiB; PSS (``/proc/<pid>/smaps_rollup``: shared pages divided among the
+processes mapping them, the floors included) in MiB; CPU in percent of one core, averaged over the
+phase ((cpu_end - cpu_start) / wall). "daemon" is the daemon with its player child; the child's
+own row and the daemon process alone (the sum minus the child) follow it. Compare the daemon
+with its floor, and ratios between runs, not raw figures: the machine is shared. No figure is
+asserted.
 
 Run: ``python -m bench.footprint [--idle S] [--tone S] [--restarts N]``.
 """
@@ -78,6 +81,7 @@ from bench._common import (
     paho_client,
     parser_for,
     pid_of,
+    process_tree,
     run_main,
     start_daemons,
     wait_log,
@@ -96,6 +100,7 @@ RECONNECT_MIN_S = 0.2  # tests/e2e/daemon.py's broker.reconnect_min_s / reconnec
 RECONNECT_MAX_S = 2.0
 RESTART_GAP_S = 0.5
 TIMEOUT_S = 30.0
+PLAYER_CHILD = "  player child"  # the daemon's libVLC process, part of "daemon"
 CONFIG_EDITS = (("  level: debug\n", "  level: info\n"),)
 
 # The floor process: the daemon's libraries and one libVLC instance + player, nothing else.
@@ -266,6 +271,10 @@ class Series:
         return max(s.rss_kib for s in self.samples) / 1024
 
     @property
+    def max_pss_mib(self) -> float:
+        return max(s.pss_kib for s in self.samples) / 1024
+
+    @property
     def hwm_mib(self) -> float:
         return self.samples[-1].hwm_kib / 1024
 
@@ -281,8 +290,13 @@ class Series:
 
 
 def _pids(site: Site) -> dict[str, int]:
+    daemon = pid_of(site.daemon)
+    children = process_tree(daemon)[1:]
+    if len(children) != 1:
+        raise BenchError(f"the daemon should have one child, its player; it has {children}")
     return {
-        "daemon": pid_of(site.daemon),
+        "daemon": daemon,
+        PLAYER_CHILD: children[0],
         "idle floor": site.idle_floor.pid,
         "libVLC floor": site.vlc_floor.pid,
     }
@@ -387,21 +401,29 @@ def report_phase(title: str, series: dict[str, Series]) -> None:
     seconds = series["daemon"].seconds
     print(f"\n{title} ({seconds:.0f} s, {len(series['daemon'].samples)} samples)")
     print(
-        f"  {'process':<14} {'RSS start':>10} {'RSS end':>9} {'RSS max':>9} {'VmHWM':>9} "
-        f"{'CPU %':>7}   MiB, CPU in % of one core"
+        f"  {'process':<16} {'RSS start':>10} {'RSS end':>9} {'RSS max':>9} {'VmHWM':>9} "
+        f"{'PSS max':>9} {'CPU %':>7}   MiB, CPU in % of one core"
     )
     for name, s in series.items():
         print(
-            f"  {name:<14} {s.start_mib:10.1f} {s.end_mib:9.1f} {s.max_mib:9.1f} "
-            f"{s.hwm_mib:9.1f} {s.cpu_percent:7.2f}"
+            f"  {name:<16} {s.start_mib:10.1f} {s.end_mib:9.1f} {s.max_mib:9.1f} "
+            f"{s.hwm_mib:9.1f} {s.max_pss_mib:9.1f} {s.cpu_percent:7.2f}"
         )
+        if name == PLAYER_CHILD:
+            daemon, child = series["daemon"], s
+            print(
+                f"  {'  daemon process':<16} {daemon.start_mib - child.start_mib:10.1f} "
+                f"{daemon.end_mib - child.end_mib:9.1f} {'':>9} {'':>9} {'':>9} "
+                f"{daemon.cpu_percent - child.cpu_percent:7.2f}   (daemon minus its child)"
+            )
     daemon = series["daemon"]
     for label, floor in (("idle", series["idle floor"]), ("libVLC", series["libVLC floor"])):
         extra_cpu = daemon.cpu_percent - floor.cpu_percent
         extra_mib = daemon.max_mib - floor.max_mib
         print(
-            f"  daemon over the {label + ' floor:':<14} RSS max {extra_mib:+.1f} MiB "
-            f"({daemon.max_mib / floor.max_mib:.2f} x), CPU {extra_cpu:+.2f} points"
+            f"  daemon + child over the {label + ' floor:':<14} RSS max {extra_mib:+.1f} MiB "
+            f"({daemon.max_mib / floor.max_mib:.2f} x), PSS max "
+            f"{daemon.max_pss_mib / floor.max_pss_mib:.2f} x, CPU {extra_cpu:+.2f} points"
         )
 
 

@@ -54,7 +54,6 @@ def real_ports(config: Config, hooks: Hooks, pin_factory: Any = None) -> Ports:
             config.player,
             hooks.report,
             media=config.media,
-            logging=(config.logging.level, config.logging.format),
         ),
         fetcher=Fetcher(config.media, config.storage.cache_dir, hooks.report),
         link=MqttLink(

@@ -17,16 +17,21 @@ import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
-import structlog
-
-from receiver.config_model import PlayerConfig
 from receiver.core.events import Event, PlaybackEnded, PlaybackFailed, PlaybackStarted
 from receiver.errors import PlayerError
 from receiver.streams import NETWORK_CACHING_MS, Resolved, StreamRefused, guess_kind, media_options
 
-__all__ = ["NETWORK_CACHING_MS", "Player", "PlayerError", "Resolver", "instance_args"]
+__all__ = [
+    "NETWORK_CACHING_MS",
+    "Player",
+    "PlayerError",
+    "PlayerSettings",
+    "Resolver",
+    "instance_args",
+]
 
 # receiver.streams.resolve with the allowlist bound: (url, cancelled) -> Resolved
 Resolver = Callable[[str, Callable[[], bool]], Resolved]
@@ -72,7 +77,21 @@ class _Item:
     prerolled: str | None = None  # opened paused by preroll() (media and offset), not resumed
 
 
-def instance_args(config: PlayerConfig) -> list[str]:
+class PlayerSettings(Protocol):
+    """What the player reads of its configuration: ``receiver.config_model.PlayerConfig``, or
+    the plain copy the player's child process builds (it does not load the config classes)."""
+
+    @property
+    def output(self) -> str: ...
+    @property
+    def alsa_device(self) -> str | None: ...
+    @property
+    def wav_file(self) -> Path | None: ...
+    @property
+    def vlc_args(self) -> tuple[str, ...]: ...
+
+
+def instance_args(config: PlayerSettings) -> list[str]:
     """The ``vlc.Instance`` arguments for ``config``: output selection, then ``vlc_args``."""
     args = ["--intf=dummy", "--no-video", "--quiet"]
     if config.output == "alsa":
@@ -149,11 +168,14 @@ class Player:
 
     def __init__(
         self,
-        config: PlayerConfig,
+        config: PlayerSettings,
         on_event: Callable[[Event], None],
         *,
         resolver: Resolver | None = None,
+        log: Any = None,
     ) -> None:
+        """``log``: a structlog-like logger (``info``, ``exception``); None: structlog's, bound
+        to ``component="player"`` (the child process passes one that forwards to the daemon)."""
         args = instance_args(config)
         self._vlc = _import_vlc()
         self._on_event = on_event
@@ -162,7 +184,11 @@ class Player:
         # resolver thread's once it knows what to open. Never taken in a libVLC callback.
         self._vlc_lock = threading.RLock()
         self._file_output = config.output == "file"
-        self._log: Any = structlog.get_logger(component="player")
+        if log is None:
+            import structlog  # here: the player's child process does without it
+
+            log = structlog.get_logger(component="player")
+        self._log: Any = log
         self._lock = threading.Lock()  # guards _item and the _Item flags; never held into libVLC
         self._item: _Item | None = None
         self._closed = False

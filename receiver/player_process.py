@@ -3,9 +3,10 @@
 :class:`ProcessPlayer` has :class:`receiver.player.Player`'s API (``play``, ``stop``,
 ``set_volume``, ``position_ms``, ``close``, and any other public method the player grows: calls
 are forwarded by name) and runs the real ``Player`` in a child process
-(``python -m receiver.player_process``), talking to it over a socket pair with
-``multiprocessing.connection`` (pickles, both ends ours). The daemon keeps every decision; the
-child only plays, and sends the player's events back as they come.
+(``python -I -m receiver.player_child``: it loads the player and python-vlc, nothing else of the
+daemon), talking to it over a socket pair (:class:`receiver.player_child.Channel`: pickles, both
+ends ours). The daemon keeps every decision; the child only plays, and sends the player's events
+and log lines back as they come.
 
 Supervision:
 
@@ -27,7 +28,6 @@ interpreter holding libVLC; the daemon itself no longer loads libVLC).
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import socket
 import subprocess
@@ -35,16 +35,14 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from multiprocessing.connection import Connection
 from typing import Any, Final
 
 import structlog
 
-from receiver import logs
 from receiver.config_model import MediaConfig, PlayerConfig
 from receiver.core.events import Event, PlayerCrashed
-from receiver.player import Player, PlayerError  # python-vlc is imported by Player(), not here
-from receiver.streams import stream_resolver
+from receiver.errors import PlayerError
+from receiver.player_child import Channel, child_settings
 
 __all__ = ["ANSWER_TIMEOUT_S", "PING_EVERY_S", "ProcessPlayer"]
 
@@ -62,21 +60,18 @@ class ProcessPlayer:
         on_event: Callable[[Event], None],
         *,
         media: MediaConfig | None = None,
-        logging: tuple[str, str] | None = None,
     ) -> None:
-        """``media``: the allowlist for the stream resolver (None: no resolver); ``logging``:
-        the daemon's (level, format), so the child's log lines look like the daemon's."""
-        self._config = config
-        self._media = media
-        self._logging = logging
+        """``media``: the allowlist for the stream resolver (None: no resolver)."""
+        self._settings = child_settings(config, media)
         self._on_event = on_event
         self._log: Any = structlog.get_logger(component="player_process")
+        self._child_log: Any = structlog.get_logger(component="player")
         self._lock = threading.Lock()  # the connection's send side and the reply slots
         self._replies: dict[int, tuple[str, Any]] = {}
         self._answered = threading.Condition(self._lock)
         self._seq = 0
         self._child: subprocess.Popen[bytes] | None = None
-        self._conn: Connection | None = None
+        self._conn: Channel | None = None
         self._live = False  # an item was started and not stopped: the watchdog pings
         self._closed = False
         self._stop_watchdog = threading.Event()
@@ -151,15 +146,15 @@ class ProcessPlayer:
 
     def _start_child(self) -> None:
         ours, theirs = socket.socketpair()
-        child = subprocess.Popen(  # our own interpreter and module
-            [sys.executable, "-m", "receiver.player_process", str(theirs.fileno())],
+        child = subprocess.Popen(  # our own interpreter and package, isolated from the environment
+            [sys.executable, "-I", "-m", "receiver.player_child", str(theirs.fileno())],
             pass_fds=(theirs.fileno(),),
             stdin=subprocess.DEVNULL,
         )
         theirs.close()
-        conn = Connection(ours.detach())
+        conn = Channel(ours)
         try:
-            conn.send((self._config, self._media, self._logging))
+            conn.send(self._settings)
             if not conn.poll(START_TIMEOUT_S):
                 raise PlayerError(f"the media engine did not start in {START_TIMEOUT_S:g} s")
             kind, detail = conn.recv()
@@ -195,13 +190,17 @@ class ProcessPlayer:
                 child.kill()
                 child.wait()
 
-    def _read(self, child: subprocess.Popen[bytes], conn: Connection) -> None:
-        """The reader thread: events and replies from the child, until it goes."""
+    def _read(self, child: subprocess.Popen[bytes], conn: Channel) -> None:
+        """The reader thread: events, log lines and replies from the child, until it goes."""
         try:
             while True:
                 message = conn.recv()
                 if message[0] == "event":
                     self._on_event(message[1])
+                    continue
+                if message[0] == "log":
+                    _, level, event, fields = message
+                    getattr(self._child_log, level)(event, **fields)
                     continue
                 _, seq, kind, value = message
                 with self._lock:
@@ -267,47 +266,3 @@ class ProcessPlayer:
             if self._live and self._conn is not None:
                 with contextlib.suppress(Exception):
                     self._call("ping")
-
-
-# --- the child's side -------------------------------------------------------------------------
-
-
-def _serve(fd: int) -> int:
-    conn = Connection(fd)
-    send_lock = threading.Lock()
-
-    def send(message: object) -> None:
-        with send_lock:
-            conn.send(message)
-
-    config, media, logging = conn.recv()
-    if logging is not None:
-        logs.configure(*logging)
-    try:
-        resolver = stream_resolver(media) if media is not None else None
-        player = Player(config, lambda event: send(("event", event)), resolver=resolver)
-    except PlayerError as exc:
-        send(("failed", str(exc)))
-        return 1
-    send(("ready", os.getpid()))
-    while True:
-        try:
-            _, seq, method, args, kwargs = conn.recv()
-        except (EOFError, OSError):
-            player.close()
-            return 0
-        try:
-            value = None if method == "ping" else getattr(player, method)(*args, **kwargs)
-            send(("reply", seq, "ok", value))
-        except ValueError as exc:
-            send(("reply", seq, "value_error", str(exc)))
-        except Exception as exc:  # reported to the daemon, which decides
-            send(("reply", seq, "error", str(exc)))
-        if method == "close":
-            return 0
-
-
-if __name__ == "__main__":
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the daemon decides when we stop
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    sys.exit(_serve(int(sys.argv[1])))

@@ -33,15 +33,16 @@ is called from the player's resolver thread, never from the daemon's loop.
 from __future__ import annotations
 
 import socket
-import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Final, Literal
+from typing import TYPE_CHECKING, Final, Literal
 from urllib.parse import urljoin, urlsplit
 
-from receiver.config_model import MediaConfig
 from receiver.core import urls
+
+if TYPE_CHECKING:
+    from receiver.config_model import MediaConfig
 
 __all__ = [
     "MAX_DEPTH",
@@ -287,6 +288,8 @@ def _connect(target: urls.Target, deadline: _Deadline) -> socket.socket:
     except OSError:
         raise StreamRefused(f"cannot connect to {target.host} port {target.port}") from None
     if target.scheme == "https":
+        import ssl  # here: the player's child loads OpenSSL only for an https playlist
+
         try:
             sock = ssl.create_default_context().wrap_socket(sock, server_hostname=target.host)
         except (OSError, ssl.SSLError):

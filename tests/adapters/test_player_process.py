@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -92,3 +94,31 @@ def test_a_dead_or_stuck_engine_is_reported_within_a_second_and_replaced(
     assert events.next()[1] == PlaybackStarted(2)
     assert events.next()[1] == PlaybackEnded(2)
     assert player.child_pid not in (None, pid)
+
+
+def test_the_child_loads_the_player_and_nothing_else_of_the_daemon() -> None:
+    """Every module the child imports stays resident beside libVLC: not the daemon's logging,
+    MQTT, YAML, crypto, configuration or core (bench/footprint.py measures what it holds)."""
+    probe = (
+        "import sys, receiver.player_child, receiver.player, receiver.streams;"
+        "print(' '.join(sorted(sys.modules)))"
+    )
+    loaded = set(
+        subprocess.run(
+            [sys.executable, "-I", "-c", probe], capture_output=True, text=True, check=True
+        ).stdout.split()
+    )
+    unwanted = {
+        "structlog",
+        "paho",
+        "yaml",
+        "cryptography",
+        "ssl",
+        "multiprocessing",
+        "asyncio",
+        "receiver.config",
+        "receiver.config_model",
+        "receiver.core.machine",
+        "receiver.logs",
+    }
+    assert not {m for m in loaded if m.split(".")[0] in unwanted or m in unwanted}

@@ -1,0 +1,184 @@
+"""The player's child process, and the small wire protocol it speaks with the daemon.
+
+Run as ``python -I -m receiver.player_child FD`` by :class:`receiver.player_process.ProcessPlayer`
+(isolated: no environment variables, user site or working directory decide what it imports).
+It holds one :class:`receiver.player.Player` and nothing else of the daemon: python-vlc, the
+player, the stream resolver and this module. No structlog, no MQTT, no YAML, no cryptography, no
+core: every import here stays resident for the daemon's life, next to libVLC (what that costs
+is measured by ``bench/footprint.py``).
+
+The protocol (:class:`Channel`): over a socket pair, each message is a 4-byte big-endian length
+and a pickle (both ends are ours, started from the same installation). The daemon sends
+``(settings)`` once, then ``("call", seq, method, args, kwargs)``; the child answers
+``("ready", pid)`` or ``("failed", reason)`` once, then ``("reply", seq, kind, value)``, and at
+any time ``("event", event)`` for the player's events and ``("log", level, event, fields)`` for
+its log lines, which the daemon writes through its own logger (so they look like its own).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import select
+import signal
+import socket
+import struct
+import sys
+import threading
+import traceback
+from pathlib import Path
+from typing import Any, Final, NamedTuple
+
+__all__ = ["Channel", "child_settings"]
+
+_HEADER: Final = struct.Struct("!I")
+
+
+class Channel:
+    """Length-prefixed pickles over a stream socket. ``send`` from any thread (serialised
+    here); ``recv`` and ``poll`` from one thread."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._send_lock = threading.Lock()
+
+    def send(self, message: object) -> None:
+        data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+        with self._send_lock:
+            self._sock.sendall(_HEADER.pack(len(data)) + data)
+
+    def recv(self) -> Any:
+        (size,) = _HEADER.unpack(self._exactly(_HEADER.size))
+        return pickle.loads(self._exactly(size))  # noqa: S301 - our own child, our own pickles
+
+    def poll(self, timeout_s: float) -> bool:
+        """Whether a message (or the end) can be read within ``timeout_s``."""
+        readable, _, _ = select.select([self._sock], [], [], timeout_s)
+        return bool(readable)
+
+    def close(self) -> None:
+        """Ends the conversation: the peer reads the end, and so does a ``recv`` under way here."""
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
+        self._sock.close()
+
+    def _exactly(self, size: int) -> bytes:
+        chunks = []
+        while size:
+            chunk = self._sock.recv(min(size, 1 << 20))
+            if not chunk:
+                raise EOFError("the other end closed the channel")
+            chunks.append(chunk)
+            size -= len(chunk)
+        return b"".join(chunks)
+
+
+def child_settings(player: Any, media: Any) -> dict[str, Any]:
+    """What the child needs of the daemon's ``PlayerConfig`` and ``MediaConfig`` (None: no
+    stream resolver), as plain values: the child never loads the configuration's classes."""
+    settings: dict[str, Any] = {
+        "output": player.output,
+        "alsa_device": player.alsa_device,
+        "wav_file": None if player.wav_file is None else os.fspath(player.wav_file),
+        "vlc_args": list(player.vlc_args),
+    }
+    if media is not None:
+        settings["media"] = {
+            "allowed_schemes": list(media.allowed_schemes),
+            "allowed_hosts": list(media.allowed_hosts),
+        }
+    return settings
+
+
+class _Settings(NamedTuple):
+    """The child's copy of ``PlayerConfig``: what ``receiver.player.PlayerSettings`` asks."""
+
+    output: str
+    alsa_device: str | None
+    wav_file: Path | None
+    vlc_args: tuple[str, ...]
+
+
+class _LogForwarder:
+    """The player's logger in the child: each line goes to the daemon, which writes it."""
+
+    def __init__(self, channel: Channel) -> None:
+        self._channel = channel
+
+    def _send(self, level: str, event: str, fields: dict[str, Any]) -> None:
+        with contextlib.suppress(Exception):  # a log line must never break playback
+            self._channel.send(("log", level, event, fields))
+
+    def info(self, event: str, **fields: Any) -> None:
+        self._send("info", event, fields)
+
+    def warning(self, event: str, **fields: Any) -> None:
+        self._send("warning", event, fields)
+
+    def error(self, event: str, **fields: Any) -> None:
+        self._send("error", event, fields)
+
+    def exception(self, event: str, **fields: Any) -> None:
+        self._send("error", event, {**fields, "exception": traceback.format_exc()})
+
+
+def _resolver(media: dict[str, Any]) -> Any:
+    """The stream resolver (``receiver.player.Resolver``) on the technician's allowlist."""
+    from receiver.streams import resolve
+
+    schemes = tuple(media["allowed_schemes"])
+    hosts = tuple(media["allowed_hosts"])
+
+    def resolve_on_allowlist(url: str, cancelled: Any) -> Any:
+        return resolve(url, schemes, hosts, cancelled=cancelled)
+
+    return resolve_on_allowlist
+
+
+def _serve(fd: int) -> int:
+    channel = Channel(socket.socket(fileno=fd))
+    settings = channel.recv()
+    # Imported only now, and only these: the player (python-vlc is loaded by Player()).
+    from receiver.player import Player, PlayerError
+
+    try:
+        resolver = _resolver(settings["media"]) if settings.get("media") is not None else None
+        wav_file = settings["wav_file"]
+        config = _Settings(
+            output=settings["output"],
+            alsa_device=settings["alsa_device"],
+            wav_file=None if wav_file is None else Path(wav_file),
+            vlc_args=tuple(settings["vlc_args"]),
+        )
+        player = Player(
+            config,
+            lambda event: channel.send(("event", event)),
+            resolver=resolver,
+            log=_LogForwarder(channel),
+        )
+    except PlayerError as exc:
+        channel.send(("failed", str(exc)))
+        return 1
+    channel.send(("ready", os.getpid()))
+    while True:
+        try:
+            _, seq, method, args, kwargs = channel.recv()
+        except (EOFError, OSError):
+            player.close()
+            return 0
+        try:
+            value = None if method == "ping" else getattr(player, method)(*args, **kwargs)
+            channel.send(("reply", seq, "ok", value))
+        except ValueError as exc:
+            channel.send(("reply", seq, "value_error", str(exc)))
+        except Exception as exc:  # reported to the daemon, which decides
+            channel.send(("reply", seq, "error", str(exc)))
+        if method == "close":
+            return 0
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the daemon decides when we stop
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    sys.exit(_serve(int(sys.argv[1])))
