@@ -55,6 +55,8 @@ from receiver.core.events import (
     MessageReceived,
     PlaybackFailed,
     PlaybackProgress,
+    PlaybackStarted,
+    PlayerCrashed,
     TimerFired,
 )
 from receiver.device_key import EVENT_TYPE, STATE_TYPE, seal_report
@@ -71,6 +73,11 @@ IDLE_WAKE_S: Final = 5.0  # the loop turns at least this often, so the watchdog 
 PROGRESS_POLL_S: Final = 1.0  # how often a live stream's position is read
 TIME_FLOOR_SAVE_S: Final = 3600.0  # how often a trusted time is saved (an SD card wears out)
 STATE_EVERY_S: Final = 60.0  # the retained state is also refreshed this often (docs/protocol.md)
+# After a turn that issued a Play, a due state waits for libVLC's start report (a few ms later),
+# at most this long: building, signing, writing and sending it in between would only delay the
+# turn that takes the report, and so the `started` event (bench/latency.py).
+STATE_HOLD_AFTER_PLAY_S: Final = 0.05
+START_REPORTS: Final = (PlaybackStarted, PlaybackFailed, PlayerCrashed)
 MAX_DETAIL_CHARS: Final = 200
 GIL_SWITCH_S: Final = 0.0005  # see run_forever
 PERSIST_EFFECTS: Final = (
@@ -99,6 +106,8 @@ class Runtime:
         self._stopping = threading.Event()
         self._state_payload: bytes | None = None
         self._state_due: dict[str, Any] | None = None  # the core's newest state, to publish
+        self._play_issued = False  # by the turn under way
+        self._state_held_until: float | None = None  # monotonic; a Play's start is awaited
         self._protected: frozenset[str] = frozenset()
         self._next_poll = 0.0
         self._next_time_save = 0.0
@@ -196,18 +205,23 @@ class Runtime:
                 event = self.inbox.get(self._wait_s(deadline, watchdog))
                 if self._stopping.is_set():
                     break
-                self.pump.settle()
                 now = self.clock.now()
                 if watchdog is not None and time.monotonic() - last_ping >= watchdog:
                     systemd.notify("WATCHDOG=1")
                     last_ping = time.monotonic()
                 if now.mono >= self._next_state:
+                    self._state_due = None  # this one is newer
                     self._publish_state(machine.state_fields(self.state), now)
                 if event is None:
                     event = self._poll_progress(now) or self._timer(now, deadline)
                     if event is None:
+                        self.pump.settle()
+                        self._publish_held_state(now)
                         continue
                 deadline = self._turn(event, now)
+                # After the turn: what the broker acknowledged is forgotten in a write of its
+                # own, which need not stand between a waiting event (a start report) and its turn.
+                self.pump.settle()
         finally:
             self._shutdown()
 
@@ -218,8 +232,10 @@ class Runtime:
         event: Event | None = first
         deadline: float | None = None
         turns = 0
+        start_reported = False
         with self.pump.turn():
             while event is not None:
+                start_reported = start_reported or isinstance(event, START_REPORTS)
                 self._note(event, now)
                 result = machine.step(self.state, event, now)
                 self.state = result.state
@@ -232,7 +248,12 @@ class Runtime:
                     break
                 event = self.inbox.get_nowait()
                 now = self.clock.now()
-        self._publish_due_state(now)
+        if self._play_issued:
+            self._play_issued = False
+            self._state_held_until = now.mono + STATE_HOLD_AFTER_PLAY_S
+        elif start_reported:
+            self._state_held_until = None
+        self._publish_held_state(now)
         self._after_turn(now)
         # Handled, its floors and reports on disk: only now may the broker forget it.
         for message in handled:
@@ -248,6 +269,8 @@ class Runtime:
         if self._streaming():
             wait = min(wait, (self._next_poll - now) / self.clock.speed)
         wait = min(wait, (self._next_state - now) / self.clock.speed)
+        if self._state_due is not None and self._state_held_until is not None:
+            wait = min(wait, (self._state_held_until - now) / self.clock.speed)
         return max(0.0, wait)
 
     def _streaming(self) -> bool:
@@ -372,6 +395,7 @@ class Runtime:
             case Fetch(url=url, sha256=sha256, size=size):
                 self.fetcher.fetch(url, sha256, size)
             case Play(token=token, media=media, volume=volume, start_ms=start_ms, live=live):
+                self._play_issued = True
                 self.player.play(token, media, volume, start_ms, live=live)  # logged after it
                 self.log.info(
                     "play",
@@ -399,8 +423,9 @@ class Runtime:
             case Emit():
                 self._emit(effect, now)
             case PublishState(fields=fields):
-                # Published once the turn's events are sent: a state never overtakes the
-                # events that led to it, and a turn publishes only its newest state.
+                # Published once the turn's events are sent (a state never overtakes the
+                # events that led to it), only the newest, and after a Play once its start is
+                # reported (STATE_HOLD_AFTER_PLAY_S).
                 self._state_due = fields
 
     def _emit(self, effect: Emit, now: Instant) -> None:
@@ -436,6 +461,13 @@ class Runtime:
         fields, self._state_due = self._state_due, None
         if fields is not None:
             self._publish_state(fields, now)
+
+    def _publish_held_state(self, now: Instant) -> None:
+        """The due state, unless a Play's start report is still awaited (for a short while)."""
+        if self._state_held_until is not None and now.mono < self._state_held_until:
+            return
+        self._state_held_until = None
+        self._publish_due_state(now)
 
     def _publish_state(self, fields: dict[str, Any], now: Instant) -> None:
         usage = self.fetcher.usage()

@@ -335,7 +335,7 @@ class Link:
         self.journal.note("link stopped")
 
 
-def write_config(root: Path, operator: SigningKey) -> Config:
+def write_config(root: Path, operator: SigningKey, warm_up_s: float = 0.05) -> Config:
     """A config through the daemon's own parser: what a technician would write."""
     path = root / "receiver.yaml"
     (root / "state").mkdir(exist_ok=True)
@@ -356,7 +356,7 @@ player:
   wav_file: {root / "out.wav"}
 gpio:
   pin_factory: mock
-  warm_up_s: 0.05
+  warm_up_s: {warm_up_s}
   tail_s: 0.05
 media:
   allowed_schemes: [http]
@@ -427,9 +427,9 @@ class Shell:
             time.sleep(0.002)
 
 
-def open_shell(root: Path, *, store_fails: bool = False) -> Shell:
+def open_shell(root: Path, *, store_fails: bool = False, warm_up_s: float = 0.05) -> Shell:
     operator = SigningKey.generate("op-shell")
-    config = write_config(root, operator)
+    config = write_config(root, operator, warm_up_s)
     journal = Journal()
     made: dict[str, Any] = {}
 

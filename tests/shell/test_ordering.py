@@ -5,12 +5,15 @@ off on every way out of the loop."""
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import structlog.testing
 
+from receiver.core.events import PlaybackStarted
 from receiver.errors import PlayerError
 from receiver.pump import OutboxPump
 from tests.shell.doubles import Shell, open_shell, play_body
@@ -163,3 +166,46 @@ def test_a_report_is_on_disk_before_the_write_that_retires_its_intent(shell: She
     accepted = next(e for e in shell.journal.starting("outbox commit") if "accepted" in e)
     assert shell.journal.index("store floors") < shell.journal.index(accepted)
     assert shell.journal.index(accepted) < shell.journal.index("store intent done vol-1")
+
+
+def test_a_start_reported_soon_after_the_play_makes_one_state_after_its_event(
+    tmp_path: Path,
+) -> None:
+    """libVLC reports a start a few milliseconds after the play: no state is built, signed and
+    sent in between (it would delay taking that report); one state, `playing`, follows the
+    `started` event. No warm-up: the play comes in the turn that switches the relay on, a
+    change of state of its own."""
+    shell = open_shell(tmp_path, warm_up_s=0)
+    player = shell.player
+    published_at_play: list[int] = []
+
+    def play_then_report(
+        token: int, media: str, volume: int, start_ms: int = 0, *, live: bool = False
+    ) -> None:
+        player.journal.note(f"play {token}")
+        player.token = token
+        published_at_play.append(len(shell.link.published))
+        threading.Timer(0.005, player.report, (PlaybackStarted(token),)).start()
+
+    player.play = play_then_report  # type: ignore[method-assign]
+    shell.start()
+    try:
+        shell.command("play", play_body(), "news-6")
+        shell.wait(lambda: _sent(shell, "started"), "started")
+        shell.wait(lambda: bool(_states_after_play(shell, published_at_play)), "a state")
+        time.sleep(0.2)  # a second state, if one were coming
+        after = list(shell.link.published)[published_at_play[0] :]
+        states = _states_after_play(shell, published_at_play)
+        assert len(states) == 1
+        assert b'"state":"playing"' in states[0]
+        started = next(i for i, (_, p) in enumerate(after) if b'"kind":"started"' in p)
+        assert started < next(i for i, (t, _) in enumerate(after) if t.endswith("/state"))
+    finally:
+        shell.stop()
+
+
+def _states_after_play(shell: Shell, published_at_play: list[int]) -> list[bytes]:
+    if not published_at_play:
+        return []
+    after = list(shell.link.published)[published_at_play[0] :]
+    return [p for t, p in after if t.endswith("/state")]
