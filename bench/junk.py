@@ -54,6 +54,7 @@ import json
 import os
 import random
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -92,6 +93,7 @@ from receiver.core import machine
 from receiver.core.effects import Emit
 from receiver.core.envelope import COMMAND_TYPE, pae
 from receiver.core.events import MessageReceived
+from receiver.inbox import DEFAULT_PLAUSIBLE_CAPACITY
 from tests.broker import MosquittoBroker
 from tests.core.harness import TOPIC as CORE_TOPIC
 from tests.core.harness import World
@@ -224,24 +226,30 @@ def wait_quiet(daemon: Daemon, event: str, quiet_s: float = QUIET_S, limit_s: fl
     raise BenchError(f"the daemon still logs {event} after {limit_s:g} s")
 
 
-def broker_deliveries(site: Site) -> tuple[int, int]:
-    """QoS 0 and QoS 1 PUBLISHes to the daemon on its command topic, from Mosquitto's own log.
+def broker_deliveries(site: Site) -> tuple[int, int, int]:
+    """QoS 0 and QoS 1 PUBLISHes to the daemon on its command topic, from Mosquitto's own log,
+    and how many QoS 0 ones (junk) it sent after the first QoS 1 one that followed junk (the
+    valid command after the burst).
 
     ``tests/broker.py`` runs Mosquitto with ``log_type all``, which logs each PUBLISH it sends:
     ``Sending PUBLISH to <client> (d0, q0, r0, m0, '<topic>', ... (N bytes))``. That tells a
-    message the broker dropped from one the daemon's side lost.
+    message the broker dropped from one the daemon's side lost, and whether junk still reached
+    the daemon after the valid command (only such junk can push it out of a full lane).
     """
     prefix = f"Sending PUBLISH to {DEVICE} (d"
     where = f"'{CMD_TOPIC}',"
-    qos0 = qos1 = 0
+    qos0 = qos1 = junk_after_valid = 0
+    valid_sent = False
     with site.lab.broker.log_file.open(encoding="utf-8", errors="replace") as log:
         for line in log:
             if prefix in line and where in line:
                 if ", q0," in line:
                     qos0 += 1
+                    junk_after_valid += valid_sent
                 elif ", q1," in line and "(d0," in line:  # d1: a resend of the same message
                     qos1 += 1
-    return qos0, qos1
+                    valid_sent = valid_sent or qos0 > 0
+    return qos0, qos1, junk_after_valid
 
 
 @dataclass(frozen=True)
@@ -258,6 +266,7 @@ class FloodFigures:
     publish_dropped: int
     broker_sent_junk: int  # QoS 0 PUBLISHes the broker logged sending to the daemon's cmd topic
     broker_sent_valid: int  # QoS 1 ones (our valid commands), counted the same way
+    junk_after_valid: int  # junk the broker sent to the daemon after the valid command
     valid_sent: int  # how many valid commands we published on the cmd topic
     valid_after: int  # of those, sent after the burst began (one, or two if the first was lost)
     accepted_after: int  # the daemon's accepted log lines for them
@@ -339,11 +348,12 @@ def flood(site: Site, count: int) -> FloodFigures:
     publish_dropped = len(
         log_lines(daemon, mark, lambda ln: ln.get("event") == "mqtt_publish_dropped")
     )
-    junk_sent, valid_delivered = broker_deliveries(site)
+    junk_sent, valid_delivered, junk_after_valid = broker_deliveries(site)
     return FloodFigures(
         count=count,
         broker_sent_junk=junk_sent,
         broker_sent_valid=valid_delivered,
+        junk_after_valid=junk_after_valid,
         valid_sent=1 + FLOOR_COMMANDS + (1 if resent is None else 2),  # the tone, floor, after
         valid_after=1 if resent is None else 2,
         accepted_after=len(
@@ -434,6 +444,11 @@ def report_flood(f: FloodFigures) -> None:
             f"{verdict}"
         )
     print(
+        f"  junk the broker sent to the daemon after the valid command: {f.junk_after_valid} "
+        f"(only those can push it out of its key's full inbox lanes, {DEFAULT_PLAUSIBLE_CAPACITY} "
+        "messages for all keys; the rest of the burst was ahead of it in the TCP stream)"
+    )
+    print(
         f"  the first 100 rejections (logged and stored, one durable write per loop turn) "
         f"took {f.first_100_span_s * 1000:.1f} ms"
     )
@@ -450,6 +465,97 @@ def report_flood(f: FloodFigures) -> None:
         f"  VmRSS before {r0 / 1024:.1f} MiB, right after {r1 / 1024:.1f} MiB "
         f"({(r1 - r0) / 1024:+.1f}), after the tone {r2 / 1024:.1f} MiB ({(r2 - r0) / 1024:+.1f}); "
         f"VmHWM {h0 / 1024:.1f} -> {h1 / 1024:.1f} -> {h2 / 1024:.1f} MiB"
+    )
+
+
+# The bare subscriber of (c), in a process of its own as the daemon is (in ours it would wait
+# for the GIL behind the publisher): prints "ready", then "<tag> <monotonic> <junk read>" for
+# each marker. CLOCK_MONOTONIC is the same in every process of the machine.
+BARE_SUBSCRIBER = """
+import sys, time, uuid
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+host, port, topic = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+seen = 0
+def on_message(client, userdata, message):
+    global seen
+    payload = bytes(message.payload)
+    if payload.startswith(b"marker "):
+        print(payload.split()[1].decode(), time.monotonic(), seen, flush=True)
+    else:
+        seen += 1
+def on_subscribe(client, userdata, mid, reason_codes, properties):
+    print("ready", flush=True)
+client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2,
+                     client_id="bare-" + uuid.uuid4().hex[:8], protocol=mqtt.MQTTv5)
+client.on_message = on_message
+client.on_subscribe = on_subscribe
+client.connect(host, port, keepalive=30)
+client.subscribe(topic, qos=1)
+client.loop_forever()
+"""
+
+
+def intake_floor(root: Path, count: int) -> tuple[float, float, int]:
+    """What the MQTT library alone allows: a bare paho subscriber (MQTT 5, the command topic at
+    QoS 1 like the daemon, nothing done with what arrives, a process of its own) on a Mosquitto
+    of its own gets the same burst and then a marker from another client, like the daemon's
+    valid command.
+
+    Returns the marker's publish -> arrival in seconds with no burst (median), after the burst,
+    and how many junk messages the subscriber had read before that marker. The marker sits
+    behind most of the burst in the TCP stream to the subscriber, so no ordering inside the
+    daemon can take the command sooner than its MQTT library reads its way to it.
+    """
+    with ExitStack() as stack:
+        broker = stack.enter_context(MosquittoBroker(root / "intake-broker"))
+        listener = subprocess.Popen(
+            [sys.executable, "-c", BARE_SUBSCRIBER, broker.host, str(broker.port), CMD_TOPIC],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        stack.callback(listener.wait, 10)
+        stack.callback(listener.terminate)
+        assert listener.stdout is not None
+        lines = listener.stdout
+        if lines.readline().strip() != "ready":
+            raise BenchError("the bare subscriber did not start")
+        sender = paho_client("sender")
+        sender.connect(broker.host, broker.port, keepalive=30)
+        sender.loop_start()
+        stack.callback(sender.loop_stop)
+        stack.callback(sender.disconnect)
+
+        def marker_arrival(tag: str) -> tuple[float, int]:
+            start = time.monotonic()
+            sender.publish(CMD_TOPIC, f"marker {tag}".encode(), qos=1)
+            got, at, seen = lines.readline().split()
+            if got != tag:
+                raise BenchError(f"the bare subscriber got {got}, not {tag}")
+            return float(at) - start, int(seen)
+
+        quiet = [marker_arrival(f"quiet-{i}")[0] for i in range(FLOOR_COMMANDS)]
+        body = json.dumps({"type": "play", "seq": 1, "pad": "x" * 150}).encode()
+        publish_burst(broker, CMD_TOPIC, junk(count, body, "op-junk"))
+        after, read_before = marker_arrival("after")
+    return median(quiet), after, read_before
+
+
+def report_intake(count: int, quiet_s: float, after_s: float, read_before: int) -> None:
+    print(
+        f"\n(c) the MQTT intake alone: a bare paho subscriber (MQTT 5, QoS 1, no handling), the "
+        f"same burst of {count}, then a message from another client"
+    )
+    print(
+        f"  publish -> arrival: {quiet_s * 1000:.1f} ms with no burst; {after_s * 1000:.1f} ms "
+        f"after the burst ({read_before} junk messages read first, "
+        f"{after_s / max(read_before, 1) * 1e6:.0f} µs each)"
+    )
+    verdict = "within" if after_s <= AFTER_FLOOD_TARGET_S else "beyond"
+    print(
+        f"  this is a floor for (a): the command is behind the burst in the TCP stream, so the "
+        f"daemon cannot act on it before its MQTT library has read the burst; it is {verdict} "
+        f"the {AFTER_FLOOD_TARGET_S * 1000:.0f} ms goal"
     )
 
 
@@ -559,6 +665,8 @@ def run(root: Path, count: int, skip_flood: bool) -> None:
         with open_site(root) as site:
             figures = flood(site, count)
         report_flood(figures)
+        print("junk: the same burst to a bare paho subscriber", flush=True)
+        report_intake(count, *intake_floor(root, count))
     core_micro()
     print(load_line(load_before, os.getloadavg()))
 

@@ -8,15 +8,13 @@ message that comes after a flood — an operator's stop, say — is the one that
 Messages that name a key we know (a cheap check, no cryptography) go ahead of the rest, so junk
 that is cheap to refuse cannot push out a real command. They wait in one lane per key id (the
 first known key the envelope names), and the loop takes one message from each waiting key in
-turn: a flood of forgeries naming one key cannot delay or push out a command signed by another
-(the emergency key, say) by more than one verification per forgery lane. Within a key's lane the
-order is kept, so two real commands of one signer are admitted in the order they came (a
-reordering would refuse the older one as replayed). A key's lane is short enough that the loop
-gets through a full one, one Ed25519 verification each, in well under 100 ms: that bounds how
-long a burst of forgeries naming a key can hold up the next real command signed by it. The cost
-is that a real command is shed if that many messages naming the same key arrive after it before
-its turn — a flood that outruns the verifications sheds whatever is oldest, whatever lane depth
-were chosen; docs/security.md says what holds under which flood.
+turn. The lanes share one bound; when it is reached, the oldest message of the *longest* lane is
+dropped. So a flood of forgeries naming one key cannot delay a command signed by another key (the
+emergency key, say) by more than one verification per flooded lane, nor push it out; and a key
+that is flooded alone keeps the whole bound for itself, so its own next command survives as many
+forgeries after it as before. Within a key's lane the order is kept, so two real commands of one
+signer are admitted in the order they came (a reordering would refuse the older one as
+replayed). docs/security.md says what holds under which flood.
 """
 
 from __future__ import annotations
@@ -28,11 +26,11 @@ from typing import Final
 from receiver.core.events import Event, MessageReceived
 
 DEFAULT_MESSAGE_CAPACITY: Final = 256
-# Per key id. A forgery costs the loop about 0.15-0.35 ms (one Ed25519 verification, the
-# rejection's log line and event): 256 of them take 40-90 ms, inside issue 13's 100 ms for the
-# command after a burst (bench/junk measures it). Messages are at most 16 KiB (the envelope
-# cap), so a key's lane holds at most 4 MiB; a keyring has a handful of keys.
-DEFAULT_PLAUSIBLE_CAPACITY: Final = 256
+# All key lanes together. Plausible messages are at most 16 KiB each (the envelope cap), so they
+# hold at most 32 MiB. A forgery costs the loop one Ed25519 verification and a little more (about
+# 0.15-0.35 ms), so a full lane of one key takes 0.3-0.7 s to work through: the price of keeping
+# a real command that 2,000 forgeries naming its key follow (bench/junk measures it).
+DEFAULT_PLAUSIBLE_CAPACITY: Final = 2048
 
 
 class Inbox:
@@ -47,6 +45,7 @@ class Inbox:
         self._messages: deque[MessageReceived] = deque()
         self._capacity = message_capacity
         self._plausible_capacity = plausible_capacity
+        self._plausible_count = 0
         self._ready = threading.Condition()
         self._woken = False
         self._dropped = 0
@@ -60,25 +59,43 @@ class Inbox:
     def put_message(
         self, event: MessageReceived, key_id: str | None = None
     ) -> MessageReceived | None:
-        """From the MQTT thread: never blocks; drops (and counts) the oldest of its lane when
-        full, and returns it (the caller acknowledges it to the broker: it will not be handled).
+        """From the MQTT thread: never blocks; when full, drops (and counts) the oldest message
+        of its lane, or for a plausible one of the longest key lane, and returns it (the caller
+        acknowledges it to the broker: it will not be handled).
 
         ``key_id``: the known key the envelope names (unverified), or None for everything else.
         """
         dropped = None
         with self._ready:
-            lane, capacity = self._messages, self._capacity
-            if key_id is not None:
-                capacity = self._plausible_capacity
+            if key_id is None:
+                if len(self._messages) >= self._capacity:
+                    dropped = self._messages.popleft()
+                self._messages.append(event)
+            else:
+                if self._plausible_count >= self._plausible_capacity:
+                    dropped = self._drop_from_longest(key_id)
                 if key_id not in self._plausible:
                     self._plausible[key_id] = deque()
                     self._turns.append(key_id)
-                lane = self._plausible[key_id]
-            if len(lane) >= capacity:
-                dropped = lane.popleft()
+                self._plausible[key_id].append(event)
+                self._plausible_count += 1
+            if dropped is not None:
                 self._dropped += 1
-            lane.append(event)
             self._ready.notify()
+        return dropped
+
+    def _drop_from_longest(self, arriving: str) -> MessageReceived:
+        """The oldest message of the longest key lane, taken out (the arriving key's lane if it
+        is one of the longest: a flood pushes out its own first)."""
+        longest = max(self._plausible, key=lambda key_id: len(self._plausible[key_id]))
+        if len(self._plausible.get(arriving, ())) == len(self._plausible[longest]):
+            longest = arriving
+        lane = self._plausible[longest]
+        dropped = lane.popleft()
+        self._plausible_count -= 1
+        if not lane:
+            del self._plausible[longest]
+            self._turns.remove(longest)
         return dropped
 
     def take_dropped(self) -> int:
@@ -113,6 +130,7 @@ class Inbox:
             key_id = self._turns.popleft()
             lane = self._plausible[key_id]
             message = lane.popleft()
+            self._plausible_count -= 1
             if lane:
                 self._turns.append(key_id)  # its next message waits for the other keys' turns
             else:
