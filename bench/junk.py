@@ -445,8 +445,8 @@ def report_flood(f: FloodFigures) -> None:
         )
     print(
         f"  junk the broker sent to the daemon after the valid command: {f.junk_after_valid} "
-        f"(only those can push it out of its key's full inbox lanes, {DEFAULT_PLAUSIBLE_CAPACITY} "
-        "messages for all keys; the rest of the burst was ahead of it in the TCP stream)"
+        f"(only those can push it out, once the key lanes hold {DEFAULT_PLAUSIBLE_CAPACITY} "
+        "messages; the rest of the burst was ahead of it in the TCP stream)"
     )
     print(
         f"  the first 100 rejections (logged and stored, one durable write per loop turn) "
