@@ -26,6 +26,16 @@ Figures:
   sent once the daemon is quiet.
 - VmRSS (and VmHWM) of the daemon from ``/proc/<pid>/status``: before the flood, right after the
   valid command was accepted, and after the tone finished.
+- junk after the valid command: how many junk messages Mosquitto sent the daemon after it (its
+  log's order). The broker takes the valid command from our other connection while it is still
+  working through the junk client's backlog, so the command lands *inside* the tail of the burst;
+  only that tail can push it out of the inbox (a real effect of a flood, not of the bench).
+
+(c) The MQTT intake alone, the floor for (a)'s command after the burst: a bare paho subscriber
+(MQTT 5, QoS 1 on the command topic like the daemon, no handling, a process of its own) on a
+Mosquitto of its own gets the same burst and then a message from another client. The command is
+behind most of the burst in the TCP stream, so no order inside the daemon can take it sooner
+than its MQTT library reads its way to it.
 
 (b) The core, in process. ``receiver.core.machine.step`` on one message of each kind, from the
 same state each time (``tests/core/harness.py``'s World; reusing the state means the valid
