@@ -98,7 +98,7 @@ from bench._common import (
     wait_log,
     wait_online,
 )
-from receiver.central.signing import command_payload
+from receiver.central.signing import SigningKey, command_payload, sign_command
 from receiver.core import machine
 from receiver.core.effects import Emit
 from receiver.core.envelope import COMMAND_TYPE, pae
@@ -160,6 +160,7 @@ class Site:
     lab: Lab
     daemon: Daemon
     client: TimedClient
+    second: SigningKey  # another operator key, which the forgeries never name
 
     def signed(self, kind: str, body: dict[str, Any], ref: str) -> bytes:
         return self.lab.signed(kind, body, ref, aud=f"dev:{DEVICE}")
@@ -174,7 +175,10 @@ def open_site(root: Path) -> Iterator[Site]:
         open_lab(root, tone_name="long.wav", tone_s=TONE_S, key_id="op-junk") as lab,
         ExitStack() as stack,
     ):
-        config = lab.daemon_config(root, edits=CONFIG_EDITS)
+        second = SigningKey.generate("op-other")
+        config = lab.daemon_config(
+            root, edits=CONFIG_EDITS, more_keys=[(second, ["operator"], [DEVICE])]
+        )
         client = TimedClient(
             lab.broker, [EVENTS_TOPIC, STATE_TOPIC], timeout_s=TIMEOUT_S, keep_all=True
         ).start()
@@ -182,7 +186,7 @@ def open_site(root: Path) -> Iterator[Site]:
         (daemon,) = start_daemons(stack, [config])
         with explained_by_logs({"daemon": daemon}, 20):
             wait_online(client)
-            yield Site(lab, daemon, client)
+            yield Site(lab, daemon, client, second)
 
 
 def publish_burst(broker: MosquittoBroker, topic: str, payloads: Sequence[bytes]) -> float:
@@ -394,6 +398,128 @@ def flood(site: Site, count: int) -> FloodFigures:
         hwm_kib=(hwm[0], hwm[1], hwm[2]),
         tone_finished_after_s=finished[0] - played_at,
     )
+
+
+PACED_RATE = 4000  # forgeries a second: below the MQTT intake, above what the loop verifies
+PACED_S = 1.5
+
+
+def publish_paced(broker: MosquittoBroker, payloads: Sequence[bytes], rate: float) -> None:
+    """Publish at QoS 0 at about ``rate`` a second (in slices of 10 ms)."""
+    client = paho_client("paced")
+    client.max_queued_messages_set(0)
+    client.connect(broker.host, broker.port, keepalive=30)
+    client.loop_start()
+    try:
+        deadline = time.monotonic() + 10
+        while not client.is_connected():
+            if time.monotonic() > deadline:
+                raise BenchError("the paced client could not connect")
+            time.sleep(0.01)
+        per_slice = max(1, int(rate / 100))
+        start = time.monotonic()
+        info = None
+        for i in range(0, len(payloads), per_slice):
+            for payload in payloads[i : i + per_slice]:
+                info = client.publish(CMD_TOPIC, payload, qos=0)
+            wait = start + (i + per_slice) / rate - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+        if info is not None:
+            info.wait_for_publish(timeout=60)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+@dataclass(frozen=True)
+class PacedFigures:
+    forgeries: int
+    floor_s: float
+    other_key_s: float | None
+    same_key_s: float | None
+    dropped: int
+
+
+def paced(site: Site) -> PacedFigures:
+    """Forgeries naming the operator key at :data:`PACED_RATE` for :data:`PACED_S`; then, with
+    the last of them, a command signed by another key, and after it one signed by the operator.
+    The intake keeps up with this pace, the verifications do not: the key's lane fills."""
+    daemon = site.daemon
+    mark = len(daemon.lines)
+    other_body = command_payload(
+        "report", {}, env="lab", aud=[f"dev:{DEVICE}"], message_id="paced-other-floor"
+    )
+    floor_raw = sign_command(other_body, [site.second])
+    start = time.monotonic()
+    site.client.publish(CMD_TOPIC, floor_raw)
+    at, _ = site.client.next_matching(
+        event_for("paced-other-floor", "accepted", EVENTS_TOPIC), "paced floor", TIMEOUT_S
+    )
+    floor_s = at - start
+    body = json.dumps(
+        command_payload("report", {}, env="lab", aud=[f"dev:{DEVICE}"], message_id="forged")
+    ).encode()
+    rng = random.Random(17)  # noqa: S311 - reproducible junk, not a secret
+    count = int(PACED_RATE * PACED_S)
+    forgeries = [
+        envelope(COMMAND_TYPE, body, [(site.lab.operator.id, forged_signature(rng))])
+        for _ in range(count)
+    ]
+    publish_paced(site.lab.broker, forgeries, PACED_RATE)
+    other = sign_command(
+        command_payload("report", {}, env="lab", aud=[f"dev:{DEVICE}"], message_id="paced-other"),
+        [site.second],
+    )
+    same = site.signed("report", {}, "paced-same")
+    start = time.monotonic()
+    site.client.publish(CMD_TOPIC, other)
+    site.client.publish(CMD_TOPIC, same)
+    refs = ("paced-other", "paced-same")
+    times: dict[str, float] = {}
+    for _ in refs:  # each accepted event, in whichever order they come
+        try:
+            at, message = site.client.next_matching(
+                lambda m: (
+                    m.topic == EVENTS_TOPIC
+                    and as_json(m).get("kind") == "accepted"
+                    and as_json(m).get("ref") in refs
+                ),
+                "accepted after the paced flood",
+                TIMEOUT_S,
+            )
+        except BenchError:
+            break  # shed by the flood: reported as lost
+        times[str(as_json(message).get("ref"))] = at - start
+    wait_quiet(daemon, "rejected")
+    dropped = sum(
+        int(line.get("count", 0))
+        for line in log_lines(
+            daemon, mark, lambda ln: ln.get("event") == "inbound_messages_dropped"
+        )
+    )
+    return PacedFigures(count, floor_s, times.get("paced-other"), times.get("paced-same"), dropped)
+
+
+def report_paced(p: PacedFigures) -> None:
+    print(
+        f"\n(d) paced: {p.forgeries} forgeries naming the operator key at {PACED_RATE}/s (the "
+        "MQTT intake keeps up, the verifications do not), then a command signed by another key "
+        "and one signed by the operator key"
+    )
+
+    def shown(took: float | None) -> str:
+        if took is None:
+            return "LOST (shed by the flood)"
+        verdict = "met" if took <= AFTER_FLOOD_TARGET_S else "NOT met"
+        return (
+            f"{took * 1000:7.1f} ms ({ratio(took, p.floor_s):.1f} x floor; 100 ms goal {verdict})"
+        )
+
+    print(f"  another key, publish -> accepted:     {shown(p.other_key_s)}")
+    print(f"  the flooded key, publish -> accepted: {shown(p.same_key_s)}")
+    print(f"  floor: the other key's command, no flood: {p.floor_s * 1000:.1f} ms")
+    print(f"  shed by the daemon's inbox: {p.dropped}")
 
 
 def report_flood(f: FloodFigures) -> None:
@@ -674,7 +800,10 @@ def run(root: Path, count: int, skip_flood: bool) -> None:
         print(f"junk: starting Mosquitto and the daemon in {root}", flush=True)
         with open_site(root) as site:
             figures = flood(site, count)
+            print("junk: paced forgeries naming one key", flush=True)
+            paced_figures = paced(site)
         report_flood(figures)
+        report_paced(paced_figures)
         print("junk: the same burst to a bare paho subscriber", flush=True)
         report_intake(count, *intake_floor(root, count))
     core_micro()
