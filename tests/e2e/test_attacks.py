@@ -928,8 +928,9 @@ def test_a_forgery_flood_naming_the_operator_key_cannot_push_out_an_emergency_st
 ) -> None:
     # 6,000 forgeries naming the operator's key, an emergency stop, 6,000 more, on one connection
     # (the broker keeps their order): the inbox is full when the stop comes, and more than it
-    # holds come after the stop, faster than the loop can verify them. They push out each other, never the stop, which has a lane of
-    # its own (its key) and gets its turn between two forgeries.
+    # holds come after the stop, faster than the loop can verify them. They push out each other,
+    # never the stop, which has a lane of its own (its key) and gets its turn between two
+    # forgeries. (With one lane for every key, the stop was pushed out in one run of two.)
     tone_s = 30.0
     write_tone(site.media.directory / "long440.wav", 440.0, tone_s)
     rng = random.Random(13)  # noqa: S311 - reproducible forgeries, not a secret
