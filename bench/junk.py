@@ -50,6 +50,14 @@ well-formed bad signature near 1.0 means the daemon spends little beyond the ver
 cannot avoid; random bytes, unknown keys and S >= L should be well below 1.0 (no curve
 computation at all).
 
+(d) A paced flood, in the same daemon after (a): forgeries naming the operator key at 4,000 a
+second for 1.5 s (a pace the MQTT intake keeps up with, the verifications do not, so that key's
+inbox lane fills), then a valid ``report`` signed by a second operator key and one signed by the
+operator key: publish -> ``accepted`` for each against the 100 ms goal, and the floor: the second
+key's command with no flood, just before. It shows what the per-key lanes give (the other key's
+command waits for about one verification per flooded lane) and what they cannot (the flooded
+key's command waits for the forgeries ahead of it).
+
 How to read it: (b) says what one message costs the core; (a) says what the whole daemon
 (MQTT, inbox, logging, events) sustains and whether a flood can delay or hide what matters.
 Compare ratios between runs, not raw figures: the machine is shared. No figure is asserted.
