@@ -2,7 +2,7 @@
 # `make bundle ARCH=arm64|armhf|amd64`: one .deb per architecture that installs loa-receiver
 # with no network but Debian's own packages (Python 3.11 of Debian 12 / Raspberry Pi OS).
 #
-#   dist/loa-receiver_<version>_<arch>.deb
+#   dist/loa-receiver_<version>_<arch>.deb       (another directory: BUNDLE_DIR=...)
 #
 # Inside: /usr/share/loa-receiver/src (the installer, the unit, the example config, the docs
 # and the program's source) and /usr/share/loa-receiver/wheels (every Python dependency as a
@@ -40,7 +40,8 @@ esac
 
 VERSION=$("$PY" -c 'import receiver; print(receiver.__version__)')
 NAME=loa-receiver
-OUT=dist/${NAME}_${VERSION}_${ARCH}.deb
+DIST=${BUNDLE_DIR:-dist}
+OUT=$DIST/${NAME}_${VERSION}_${ARCH}.deb
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 pkg=$work/pkg
@@ -157,6 +158,6 @@ fi
 PRERM
 chmod 0755 "$pkg/DEBIAN/postinst" "$pkg/DEBIAN/prerm"
 
-mkdir -p dist
+mkdir -p "$DIST"
 dpkg-deb --root-owner-group -Zxz --build "$pkg" "$OUT" >/dev/null
 say "built $OUT ($(du -h "$OUT" | cut -f1)); wheels: $(cd "$share/wheels" && ls | tr '\n' ' ')"
