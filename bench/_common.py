@@ -465,10 +465,18 @@ class TimedPlayer:
         )
         self.next_token = 1
 
-    def start_s(self, path: Path) -> float:
-        """Seconds from ``Player.play()`` of ``path`` to ``PlaybackStarted``; waits for its end."""
+    def start_s(self, path: Path, *, prerolled_s: float = 0.0) -> float:
+        """Seconds from ``Player.play()`` of ``path`` to ``PlaybackStarted``; waits for its end.
+
+        With ``prerolled_s``, the file is first opened paused (``Player.preroll``) that long
+        before the ``play()``, as the daemon does for a start at an instant: the figure is
+        then libVLC resuming it.
+        """
         token = self.next_token
         self.next_token += 1
+        if prerolled_s > 0:
+            self.player.preroll(token, str(path), 100)
+            time.sleep(prerolled_s)
         start = time.monotonic()
         self.player.play(token, str(path), 100)
         at, event = self.events.next_for(token)
@@ -575,12 +583,28 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # fields 14 and 15 of proc(5)
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (the daemon runs libVLC in a child process of its own)."""
+    found, pending = [], [pid]
+    while pending:
+        current = pending.pop()
+        found.append(current)
+        with contextlib.suppress(OSError):
+            for task in Path(f"/proc/{current}/task").iterdir():
+                text = (task / "children").read_text(encoding="ascii")
+                pending.extend(int(child) for child in text.split())
+    return found
+
+
 def sample(pid: int) -> ProcSample:
+    """``pid`` with its descendants: RSS and CPU summed, the peak as the sum of their peaks."""
+    tree = process_tree(pid)
+    live = [p for p in tree if p == pid or Path(f"/proc/{p}/status").exists()]
     return ProcSample(
         time.monotonic(),
-        proc_status_kib(pid, "VmRSS"),
-        proc_status_kib(pid, "VmHWM"),
-        cpu_seconds(pid),
+        sum(proc_status_kib(p, "VmRSS") for p in live),
+        sum(proc_status_kib(p, "VmHWM") for p in live),
+        sum(cpu_seconds(p) for p in live),
     )
 
 

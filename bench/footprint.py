@@ -3,7 +3,8 @@
 What it measures. The real daemon (``receiver run``, config from ``tests/e2e/daemon.py`` with
 log level ``info``) on a real Mosquitto, read from ``/proc/<pid>/status`` (VmRSS: resident now;
 VmHWM: the peak so far) and ``/proc/<pid>/stat`` (utime + stime of all its threads), once a
-second by a sampling thread here:
+second by a sampling thread here; summed over the daemon and its child processes (its player
+runs libVLC in one: ``receiver.player_process``), the peak as the sum of their peaks:
 
 1. idle, connected, for 60 s (from the moment its state says ``online``);
 2. playing a 30 s tone (output ``file``: libVLC's afile writes a WAV at about real time), from

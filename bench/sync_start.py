@@ -29,11 +29,16 @@ e2e config): without a trusted clock the core refuses ``start_at``. A warm-up tr
 downloads the tone into each cache and loads libVLC's plugins; the media server is then shut
 down, so a later start that were not a cache hit would fail loudly instead of timing a download.
 
+Pre-roll: a daemon opens a file due at an instant one second ahead, paused (``Preroll``,
+``receiver.player.Player.preroll``), and at the instant only resumes it; its ``preroll`` log
+line says when. So ``started - play`` is libVLC resuming plus the hop into the loop.
+
 Floors, measured in the same run, one of each after every trial (never while the daemons wait):
 
 (a) libVLC's own start: ``receiver.player.Player`` (output ``file``, as the daemons) in this
-    process, ``play()`` of the same file to its PlaybackStarted callback. Compare with
-    ``started - play``.
+    process, ``play()`` of the same file, prerolled a second before as the daemons do, to its
+    PlaybackStarted callback. Compare with ``started - play``. (a0), printed beside it: the
+    same without the pre-roll, libVLC opening the file at the instant, as before pre-roll.
 (b) The OS lining up four wake-ups: four threads of this one process each wait (``Condition.wait``
     with a timeout, as the daemon's loop does) for the same monotonic instant 0.25 s ahead and
     stamp ``time.monotonic()`` when they are past it. Its spread is how well the machine alone
@@ -226,9 +231,13 @@ def run_trial(site: Site, ref: str, lead_s: float) -> Trial:
     return Trial(target, tuple(accepted), tuple(relay_on), tuple(play), tuple(started))
 
 
-def libvlc_start(site: Site) -> float:
-    """Seconds from ``Player.play()`` of the tone to ``PlaybackStarted``; waits for its end."""
-    return site.player.start_s(site.lab.tone)
+PREROLL_S = 1.0  # as receiver.core.engine.PREROLL_S
+
+
+def libvlc_start(site: Site, *, prerolled: bool = True) -> float:
+    """Seconds from ``Player.play()`` of the tone to ``PlaybackStarted`` (the tone prerolled
+    first, as the daemons do, unless not ``prerolled``); waits for its end."""
+    return site.player.start_s(site.lab.tone, prerolled_s=PREROLL_S if prerolled else 0.0)
 
 
 def wake_round(threads: int = DEVICES, lead_s: float = WAKE_LEAD_S) -> list[float]:
@@ -273,7 +282,9 @@ def _line(label: str, values_s: Sequence[float], floor_ms: float | None = None) 
 def report(
     trials: Sequence[Trial],
     vlc_starts: Sequence[float],
+    vlc_opens: Sequence[float],
     wakes: Sequence[Sequence[float]],
+    *,
     lead_s: float,
     load: tuple[tuple[float, ...], tuple[float, ...]],
 ) -> None:
@@ -322,7 +333,8 @@ def report(
     print(_line("  of which: wake-up lateness, play - target", lateness, floor_late))
     print(_line("    (relay-on lateness, carried into play's deadline)", relay_late, floor_late))
     print(_line("  of which: libVLC + hop, started - play", vlc_in_daemon, floor_vlc))
-    print(_line("floor (a): libVLC play() -> PlaybackStarted here", vlc_starts, floor_vlc))
+    print(_line("floor (a): libVLC resumes a prerolled file, here", vlc_starts, floor_vlc))
+    print(_line("  (a0): libVLC play() of an unopened file, here", vlc_opens, floor_vlc))
     print(_line("floor (b): thread wake-up lateness, woke - target", wake_errors, floor_late))
     print(f"  floor for the error: (a) + (b) lateness medians = {floor_vlc + floor_late:.2f} ms")
     per_device = "  ".join(
@@ -353,12 +365,14 @@ def run(root: Path, count: int, lead_s: float) -> None:
         print(f"sync_start: warm-up done; measuring {count} trials", flush=True)
         trials: list[Trial] = []
         vlc_starts: list[float] = []
+        vlc_opens: list[float] = []
         wakes: list[list[float]] = []
         for i in range(count):
             trials.append(run_trial(site, f"sync-{i}", lead_s))
             vlc_starts.append(libvlc_start(site))
+            vlc_opens.append(libvlc_start(site, prerolled=False))
             wakes.append(wake_round())
-    report(trials, vlc_starts, wakes, lead_s, (load_before, os.getloadavg()))
+    report(trials, vlc_starts, vlc_opens, wakes, lead_s=lead_s, load=(load_before, os.getloadavg()))
 
 
 def main(argv: Sequence[str] = ()) -> int:

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import difflib
 import ipaddress
 import math
 import re
@@ -370,6 +369,8 @@ def _choice(*options: str) -> Converter[str]:
 
 
 def _did_you_mean(word: str, options: Sequence[str]) -> str:
+    import difflib  # only for a mistake in the config: not kept in the running daemon's memory
+
     close = difflib.get_close_matches(word, options, n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
 

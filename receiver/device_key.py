@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import pwd
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,6 +72,7 @@ def load_or_create_device_key(state_dir: Path, device_id: str) -> tuple[DeviceKe
     if path.exists():
         return _load(path, device_id), False
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    _refuse_if_not_the_owner(state_dir, path)
     private = Ed25519PrivateKey.generate()
     pem = private.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
@@ -95,6 +97,22 @@ def load_or_create_device_key(state_dir: Path, device_id: str) -> tuple[DeviceKe
     finally:
         temporary.unlink(missing_ok=True)
     return DeviceKey(device_id, private), True
+
+
+def _refuse_if_not_the_owner(state_dir: Path, path: Path) -> None:
+    """A key made by another user than the daemon's (``sudo receiver enroll`` as root) would be
+    unreadable by the daemon, which then refuses to start: make it as the directory's owner."""
+    owner = state_dir.stat().st_uid
+    if owner == os.geteuid():
+        return
+    try:
+        name = pwd.getpwuid(owner).pw_name
+    except KeyError:
+        name = str(owner)
+    raise DeviceKeyError(
+        f"{state_dir} belongs to {name}, who runs the daemon: make the device key {path} as that "
+        f"user, e.g. sudo -u {name} receiver enroll --config ..."
+    )
 
 
 def _load(path: Path, device_id: str) -> DeviceKey:

@@ -195,7 +195,9 @@ class Fetcher:
         self._cache_dir = Path(cache_dir)
         self._partial_dir = self._cache_dir / _PARTIAL_DIR
         self._on_event = on_event
-        self._tls = tls_context or ssl.create_default_context()
+        # The system's CA store costs about 2 MiB once loaded; the daemon downloads rarely, so
+        # without a context given, each HTTPS connection loads it and lets it go afterwards.
+        self._tls = tls_context
         self._disk_reserve = disk_reserve_bytes
         self._lock = threading.Lock()
         self._inflight: dict[str, _Job] = {}
@@ -661,13 +663,12 @@ class Fetcher:
                 conn = http.client.HTTPConnection(target.host, target.port, timeout=timeout)
                 conn.sock = sock
                 return conn, sock
-            sock = self._tls.wrap_socket(
-                sock, server_hostname=target.host, do_handshake_on_connect=False
-            )
+            tls = self._tls or ssl.create_default_context()
+            sock = tls.wrap_socket(sock, server_hostname=target.host, do_handshake_on_connect=False)
             handle.attach(sock)
             sock.do_handshake()
             https = http.client.HTTPSConnection(
-                target.host, target.port, timeout=timeout, context=self._tls
+                target.host, target.port, timeout=timeout, context=tls
             )
             https.sock = sock
             return https, sock

@@ -17,6 +17,7 @@ from typing import Any, Final, TextIO
 import structlog
 
 MAX_VALUE_CHARS: Final = 200
+MAX_TRACEBACK_CHARS: Final = 4000  # a bug's traceback, kept on its one (escaped) line
 _LEVELS: Final = {"debug": 10, "info": 20, "warning": 30, "error": 40}
 # journald reads a leading "<N>" as the syslog priority of the line.
 _PRIORITY: Final = {"debug": 7, "info": 6, "warning": 4, "warn": 4, "error": 3, "critical": 2}
@@ -57,7 +58,9 @@ def _bound_values(_: Any, __: str, event: MutableMapping[str, Any]) -> Mapping[s
         if isinstance(value, bytes | bytearray):
             event[key] = f"<{len(value)} bytes>"
         else:
-            event[key] = bounded(value)
+            event[key] = bounded(
+                value, MAX_TRACEBACK_CHARS if key == "exception" else MAX_VALUE_CHARS
+            )
     return event
 
 
@@ -73,10 +76,13 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
     renderer: Any = (
         structlog.dev.ConsoleRenderer(colors=out.isatty()) if console else _journald_prefix
     )
+    # The console renderer shows a traceback itself; for JSON it becomes the "exception" field.
+    tracebacks: list[Any] = [] if console else [structlog.processors.format_exc_info]
     structlog.configure(
         processors=[
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
+            *tracebacks,
             _bound_values,
             renderer,
         ],

@@ -69,6 +69,7 @@ class _Item:
     closed: bool = False  # terminal event sent, or superseded: report nothing more
     raw_time: int = -1  # the last get_time() that position_ms() saw (loop thread only)
     position: int = 0  # what position_ms() reports: monotonic (loop thread only)
+    prerolled: str | None = None  # opened paused by preroll() (media and offset), not resumed
 
 
 def instance_args(config: PlayerConfig) -> list[str]:
@@ -128,6 +129,11 @@ def _media_options(media: str, start_ms: int, *, live: bool) -> list[str]:
     if "://" in media:
         options.append(f":network-caching={NETWORK_CACHING_MS}")
     return options
+
+
+def _preroll_key(media: str, start_ms: int) -> str:
+    """What a prerolled item must match to be resumed rather than opened again."""
+    return f"{os.path.abspath(media) if '://' not in media else media}@{start_ms}"
 
 
 def _file_preamp_db(level: int) -> float:
@@ -198,7 +204,57 @@ class Player:
             self._resolve_then_open(token, media, volume, self._resolver)
             return
         with self._vlc_lock:
+            if self._resume(token, _preroll_key(media, start_ms), volume):
+                return
             self._open(token, media, volume, _media_options(media, start_ms, live=live))
+
+    def preroll(self, token: int, media: str, volume: int, start_ms: int = 0) -> None:
+        """Open the file ``media`` now, paused at ``start_ms``, replacing any item, so that a
+        later ``play()`` with the same token, media and offset only has to resume it.
+
+        For a start at an instant (``start_at``, several receivers at once): opening a file
+        (demuxer, decoder, audio output) takes libVLC some milliseconds, different on each
+        board; resuming a paused one is under one. Nothing is reported for the token until
+        that ``play()`` (libVLC passes through ``Playing`` on its way to ``Paused`` here; that
+        is not the start), except ``PlaybackFailed`` if the file cannot be opened. ``stop()``,
+        another ``play()`` or ``drop_preroll()`` lets it go. Files only: a live stream opened
+        early would buffer a broadcast that has not begun.
+        """
+        self._check_open()
+        _check_volume(volume)
+        _check_start(start_ms, live=False)
+        if "://" in media:
+            raise ValueError("only a local file can be prerolled, not a URL")
+        options = [*_media_options(media, start_ms, live=False), ":start-paused"]
+        with self._vlc_lock:
+            self._open(token, media, volume, options, prerolled=_preroll_key(media, start_ms))
+
+    def drop_preroll(self, token: int) -> None:
+        """Let go of the item ``preroll()`` opened for ``token``, if it is still waiting."""
+        if self._closed:
+            return
+        with self._vlc_lock:
+            with self._lock:
+                item = self._item
+                if item is None or item.token != token or item.prerolled is None:
+                    return
+            self._stop_and_release()
+
+    def _resume(self, token: int, key: str, volume: int) -> bool:
+        """Start the prerolled item if it is this one; under ``_vlc_lock``."""
+        with self._lock:
+            item = self._item
+            if item is None or item.closed or item.token != token or item.prerolled != key:
+                return False
+            item.prerolled = None  # from here, its ``Playing`` is the start
+        try:
+            self._apply_volume(volume)
+            self._mp.set_pause(0)
+        except PlayerError:
+            with self._lock:
+                item.closed = True
+            raise
+        return True
 
     def _resolve_then_open(self, token: int, url: str, volume: int, resolver: Resolver) -> None:
         with self._vlc_lock:
@@ -252,7 +308,15 @@ class Player:
             item.closed = True
         self._on_event(PlaybackFailed(item.token, detail))
 
-    def _open(self, token: int, media: str, volume: int, options: list[str]) -> None:
+    def _open(
+        self,
+        token: int,
+        media: str,
+        volume: int,
+        options: list[str],
+        *,
+        prerolled: str | None = None,
+    ) -> None:
         """Make ``media``'s Media with ``options`` and play it; under ``_vlc_lock``."""
         if "://" in media:
             vlc_media = self._instance.media_new_location(media)
@@ -266,7 +330,7 @@ class Player:
         # Not vlc_media.event_manager(): python-vlc memoizes that in a class-level dict, which
         # would keep every Media wrapper, its callbacks and its _Item alive for ever.
         events = self._vlc.libvlc_media_event_manager(vlc_media)
-        item = _Item(token=token, media=vlc_media, events=events)
+        item = _Item(token=token, media=vlc_media, events=events, prerolled=prerolled)
         item.events.event_attach(self._vlc.EventType.MediaStateChanged, self._on_media_state, item)
         # set_media stops the previous input and joins its thread: after it, the old item's
         # callbacks have all returned, and its Media can be released.
@@ -383,7 +447,7 @@ class Player:
                 if item.closed:
                     return
                 if state == _PLAYING:
-                    if not item.started:
+                    if item.prerolled is None and not item.started:
                         item.started = True
                         self._on_event(PlaybackStarted(item.token))
                     return

@@ -93,6 +93,16 @@ class ProcessPlayer:
         self._call("play", token, media, volume, start_ms, live=live)
         self._live = True
 
+    def preroll(self, token: int, media: str, volume: int, start_ms: int = 0) -> None:
+        if self._conn is None:
+            self._start_child()
+        self._call("preroll", token, media, volume, start_ms)
+
+    def drop_preroll(self, token: int) -> None:
+        if self._closed or self._conn is None:
+            return
+        self._call("drop_preroll", token)
+
     def stop(self) -> None:
         if self._closed or self._conn is None:
             return

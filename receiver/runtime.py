@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -28,6 +29,7 @@ from receiver.config_model import Config
 from receiver.core import machine
 from receiver.core.clock import Instant
 from receiver.core.effects import (
+    DropPreroll,
     Effect,
     Emit,
     Fetch,
@@ -39,6 +41,7 @@ from receiver.core.effects import (
     PersistSchedule,
     PersistTrust,
     Play,
+    Preroll,
     PublishState,
     SetVolume,
     StopPlayback,
@@ -69,6 +72,7 @@ PROGRESS_POLL_S: Final = 1.0  # how often a live stream's position is read
 TIME_FLOOR_SAVE_S: Final = 3600.0  # how often a trusted time is saved (an SD card wears out)
 STATE_EVERY_S: Final = 60.0  # the retained state is also refreshed this often (docs/protocol.md)
 MAX_DETAIL_CHARS: Final = 200
+GIL_SWITCH_S: Final = 0.0005  # see run_forever
 PERSIST_EFFECTS: Final = (
     PersistFloors,
     PersistIntentStarted,
@@ -368,6 +372,7 @@ class Runtime:
             case Fetch(url=url, sha256=sha256, size=size):
                 self.fetcher.fetch(url, sha256, size)
             case Play(token=token, media=media, volume=volume, start_ms=start_ms, live=live):
+                self.player.play(token, media, volume, start_ms, live=live)  # logged after it
                 self.log.info(
                     "play",
                     token=token,
@@ -376,10 +381,14 @@ class Runtime:
                     start_ms=start_ms,
                     mono=round(now.mono, 3),
                 )
-                self.player.play(token, media, volume, start_ms, live=live)
                 name = Path(media).name
                 if len(name) == SHA256_HEX_CHARS:  # a cached file: keep it fresh in the LRU
                     self.fetcher.touch(name)
+            case Preroll(token=token, media=media, volume=volume, start_ms=start_ms):
+                self.player.preroll(token, media, volume, start_ms)
+                self.log.info("preroll", token=token, media=media, mono=round(now.mono, 3))
+            case DropPreroll(token=token):
+                self.player.drop_preroll(token)
             case StopPlayback():
                 self.player.stop()
             case SetVolume(level=level):
@@ -487,6 +496,10 @@ def _json(value: dict[str, Any]) -> bytes:
 
 
 def run_forever(config: Config, on_ready: Callable[[Runtime], None] | None = None) -> None:
+    # libVLC's and paho's threads hand their news to the loop through the interpreter lock; a
+    # thread waiting for it gets it after at most this long (Python's default is 5 ms, more
+    # than the whole start of a sound).
+    sys.setswitchinterval(GIL_SWITCH_S)
     runtime = Runtime(config)
     runtime.install_signal_handlers()
     if on_ready is not None:

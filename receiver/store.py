@@ -118,8 +118,21 @@ class Store:
         )
 
     def mark_intent_started(self, ref: str) -> None:
-        with self._transaction():
-            self._db.execute("UPDATE intents SET stage = 'started' WHERE ref = ?", (ref,))
+        """Note that the command's sound is being started, just before it is.
+
+        Committed without waiting for the card (``synchronous=NORMAL`` for this one
+        transaction: well under a millisecond instead of a flush that can take tens on a busy
+        card, right before a start that may be due at an instant). A crash or kill of the
+        daemon cannot lose it (the kernel has it); a power cut before the store's next full
+        commit can, and the play may then be carried out again from its start after the
+        reboot if its window is still open. Never a corrupt store: WAL rolls it back whole.
+        """
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        try:
+            with self._transaction():
+                self._db.execute("UPDATE intents SET stage = 'started' WHERE ref = ?", (ref,))
+        finally:
+            self._db.execute("PRAGMA synchronous=FULL")
 
     def forget_intent(self, ref: str) -> None:
         with self._transaction():

@@ -1,10 +1,11 @@
-"""Timestamps on the wire: RFC 3339 UTC with milliseconds, shared by the daemon and the tool."""
+"""Timestamps on the wire: RFC 3339 UTC with milliseconds, shared by the daemon and the tool.
+
+The one definition lives in the pure core (``receiver.core.clock``), which writes such a time
+in a rejection's detail; this module is where the shell and the operator's tool take it from.
+"""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from receiver.core.clock import rfc3339
 
-
-def rfc3339(utc: float) -> str:
-    """``utc`` (seconds since the epoch) as ``YYYY-MM-DDTHH:MM:SS.mmmZ``."""
-    return datetime.fromtimestamp(utc, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+__all__ = ["rfc3339"]

@@ -120,3 +120,17 @@ def test_two_starts_at_once_end_with_the_one_key_on_disk(
     assert enrollment_entry(key) == enrollment_entry(on_disk) == enrollment_entry(other[0])
     assert not made
     assert [p.name for p in tmp_path.iterdir()] == [DEVICE_KEY_FILE]
+
+
+def test_a_key_is_not_made_for_a_state_directory_another_user_owns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``sudo receiver enroll`` (root) in the daemon's state directory made a key only root can
+    read: the daemon, running as its own user, then refused to start."""
+    state = tmp_path / "state"
+    state.mkdir()
+    owner = state.stat().st_uid
+    monkeypatch.setattr(os, "geteuid", lambda: owner + 1)  # someone else runs enroll
+    with pytest.raises(DeviceKeyError, match="sudo -u"):
+        load_or_create_device_key(state, "dev-1")
+    assert list(state.iterdir()) == []

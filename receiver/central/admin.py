@@ -70,6 +70,8 @@ def _keygen(args: argparse.Namespace) -> int:
     except FileExistsError:
         print(f"receiver-admin: {out} exists already; not overwriting a key", file=sys.stderr)
         return EXIT_INPUT
+    except FileNotFoundError as exc:
+        raise InputError(f"--out {out}: the directory {out.parent} does not exist") from exc
     print(f"private key written to {out} (keep it secret; key id in {out}.id)")
     print("add this to the receivers' config under trust.keys:")
     roles = ", ".join(args.roles)
@@ -135,6 +137,13 @@ def _topics_for(args: argparse.Namespace) -> list[str]:
     """Where the command goes: ``--topic``, or each audience's command topic (a device that is
     in two of them takes the second copy as the duplicate it is)."""
     if args.topic:
+        # Only a command topic one of the audiences listens on: any other board refuses it.
+        levels = str(args.topic).split("/")
+        if len(levels) < 3 or levels[-1] != "cmd" or f"{levels[-3]}:{levels[-2]}" not in args.aud:
+            raise InputError(
+                f"--topic {args.topic}: not the command topic of {' or '.join(args.aud)}; the "
+                "boards there would refuse it (leave --topic out: each audience's topic is used)"
+            )
         return [str(args.topic)]
     topics: list[str] = []
     for audience in args.aud:
@@ -162,12 +171,16 @@ def _sign_and_send(args: argparse.Namespace) -> int:
     for audience in args.aud if args.topic is None else ():
         if audience.partition(":")[0] not in ("dev", "grp"):
             raise InputError(f"--aud {audience}: not dev:<id> or grp:<id>")
+    topics = _topics_for(args)
     envelope = sign_command(payload, load_keys(args.key))
     refuse_if_too_large(str(payload["type"]), envelope)
     if not args.host:
         sys.stdout.write(envelope.decode("utf-8") + "\n")
         return EXIT_OK
-    for topic in _topics_for(args):
+    # Checked against the fleet's keyring (when one is retained) like the documents: a key the
+    # boards do not know, or without the role or the scope, is refused by every one of them.
+    admin_documents.refuse_if_unauthorized(args, topics[0], envelope, payload)
+    for topic in topics:
         # The broker drops the command once it expires, so a device that was offline never
         # gets a stale backlog (the device refuses expired commands anyway).
         publish(args, topic, envelope, retain=False, expiry_s=int(args.ttl))
@@ -455,8 +468,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--device", required=True, type=device_or_every, help="a device id, or + for every device"
     )
     watch.add_argument("--timeout", type=seconds, default=0.0, help="seconds (0: until Ctrl-C)")
-    watch.add_argument("--count", type=int, default=0, help="stop after this many events")
-    watch.add_argument("--until", nargs="*", default=[], help="stop after an event of a kind")
+    watch.add_argument("--count", type=positive_int, default=0, help="stop after this many events")
+    watch.add_argument(
+        "--until",
+        nargs="*",
+        default=[],
+        choices=vocabulary.EVENT_KINDS,
+        metavar="KIND",
+        help=f"stop after an event of a kind: {', '.join(vocabulary.EVENT_KINDS)}",
+    )
     watch.add_argument(
         "--client-id",
         help="keep a session under this id: events sent while watch is away come when it is back",
@@ -468,7 +488,7 @@ def build_parser() -> argparse.ArgumentParser:
     fleet_cmd = sub.add_parser("fleet", help="a table of every device's state")
     fleet_cmd.add_argument(
         "--timeout",
-        type=float,
+        type=positive_number,
         default=5.0,
         help="at most this many seconds to collect states (default 5; done sooner once they stop)",
     )

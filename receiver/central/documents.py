@@ -144,7 +144,8 @@ def _admission_refusal(
         max_command_age_s=3600.0,
     )
     try:
-        admission.admit(context, topic, envelope, True, Instant(0.0, time.time(), True))
+        retained = not topic.endswith("/cmd")  # documents are retained, commands never
+        admission.admit(context, topic, envelope, retained, Instant(0.0, time.time(), True))
     except Rejection as rejection:
         if rejection.reason in KEYRING_REASONS:
             return rejection

@@ -10,11 +10,10 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Final
 
 from receiver.core import commands, reasons
-from receiver.core.clock import Instant
+from receiver.core.clock import Instant, rfc3339
 from receiver.core.envelope import (
     COMMAND_TYPE,
     SCHEDULE_TYPE,
@@ -159,11 +158,10 @@ def _check_fresh(ctx: Context, header: commands.Header, now: Instant) -> None:
         # No allowance for a lagging operator clock here: any allowance would let a command
         # captured that long before the reset play again. A lagging clock is refused only
         # until it passes this instant, which the detail names (docs/security.md).
-        since = datetime.fromtimestamp(ctx.reset_floor, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")
         raise Rejection(
             reasons.REPLAYED,
             f"issued before this device's store was reset; it takes commands issued from "
-            f"{since[:-3]}Z on (sign it again)",
+            f"{rfc3339(ctx.reset_floor)} on (sign it again)",
             ref,
         )
     if header.exp <= trusted:

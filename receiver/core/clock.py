@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 
 @dataclass(frozen=True)
@@ -16,3 +17,8 @@ class Instant:
     mono: float
     utc: float
     utc_trusted: bool
+
+
+def rfc3339(utc: float) -> str:
+    """``utc`` as the protocol writes times: RFC 3339 in UTC, to the millisecond."""
+    return datetime.fromtimestamp(utc, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"

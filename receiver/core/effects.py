@@ -36,6 +36,24 @@ class Play:
 
 
 @dataclass(frozen=True)
+class Preroll:
+    """Open the file ``media`` now, paused at ``start_ms``, ahead of its start at an instant: the
+    ``Play`` with the same token, media and offset then only resumes it."""
+
+    token: int
+    media: str
+    volume: int
+    start_ms: int = 0
+
+
+@dataclass(frozen=True)
+class DropPreroll:
+    """The item prerolled under ``token`` will not start after all: let the player drop it."""
+
+    token: int
+
+
+@dataclass(frozen=True)
 class StopPlayback:
     """Stop whatever the player is playing."""
 
@@ -135,6 +153,8 @@ class PublishState:
 Effect = (
     Fetch
     | Play
+    | Preroll
+    | DropPreroll
     | StopPlayback
     | SetVolume
     | SwitchRelay

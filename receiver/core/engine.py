@@ -28,6 +28,7 @@ from typing import Final
 from receiver.core import amp, reasons
 from receiver.core.clock import Instant
 from receiver.core.effects import (
+    DropPreroll,
     Effect,
     Emit,
     Fetch,
@@ -35,6 +36,7 @@ from receiver.core.effects import (
     PersistIntentDone,
     PersistIntentStarted,
     Play,
+    Preroll,
     PublishState,
     StopPlayback,
 )
@@ -44,6 +46,8 @@ from receiver.core.state import ORIGIN_RANK, PRIORITY_RANK, Item, State, state_f
 from receiver.core.vocabulary import EventKind
 
 RECONNECT_BACKOFF_MAX_S: Final = 30.0
+# A file due at an instant is opened this long before it, paused (see ``preroll``).
+PREROLL_S: Final = 1.0
 
 
 def publish_state(state: State) -> PublishState:
@@ -108,6 +112,8 @@ def finish(
     if item.origin == "command":
         # After the report: a crash between the two repeats the end, it never loses it.
         out.append(PersistIntentDone(item.ref))
+    if item.preroll_token and item.token == 0:
+        out.append(DropPreroll(item.preroll_token))  # opened ahead, never started
     done = state.done
     if item.occurrence is not None:
         done = done | {item.occurrence}
@@ -198,10 +204,11 @@ def select(state: State, now: Instant, out: list[Effect]) -> State:
 
 
 def _start_sound(state: State, item: Item, now: Instant, out: list[Effect]) -> State:
-    token = state.next_token
-    if item.origin == "command" and item.token == 0:
-        # Its first sound: from now on a restart reports it cut off rather than play it again.
-        out.append(PersistIntentStarted(item.ref))
+    # A prerolled file starts under the token it was opened with (the player then resumes it,
+    # if it is still that file at that offset; otherwise it opens it as usual).
+    token = item.preroll_token or state.next_token
+    next_token = state.next_token if item.preroll_token else token + 1
+    first_sound = item.origin == "command" and item.token == 0
     if item.on_fallback and state.settings.fallback_file is not None:
         media, start_ms = state.settings.fallback_file, 0
     elif item.stream_url is not None:
@@ -215,6 +222,7 @@ def _start_sound(state: State, item: Item, now: Instant, out: list[Effect]) -> S
         item,
         phase="playing",
         token=token,
+        preroll_token=0,
         stop_mono=stop,
         played_since_mono=None,
         progress_ms=-1,
@@ -222,8 +230,12 @@ def _start_sound(state: State, item: Item, now: Instant, out: list[Effect]) -> S
         healthy_since_mono=None,
     )
     live = item.stream_url is not None and not item.on_fallback
+    if first_sound:
+        # From now on a restart reports it cut off rather than play it again (the store
+        # writes this mark without waiting for the card: see Store.mark_intent_started).
+        out.append(PersistIntentStarted(item.ref))
     out.append(Play(token, media, item.volume, start_ms, live))
-    return replace(state, active=item, next_token=token + 1)
+    return replace(state, active=item, next_token=next_token)
 
 
 def sound_started(state: State, token: int, now: Instant, out: list[Effect]) -> State:
@@ -370,6 +382,47 @@ def run_active(state: State, now: Instant, out: list[Effect]) -> State:
     return state
 
 
+def _prerollable(item: Item, now: Instant) -> bool:
+    """A file item that has never sounded, due at an instant within ``PREROLL_S``."""
+    return (
+        not item.is_stream
+        and item.media_ready
+        and item.token == 0
+        and item.preroll_token == 0
+        and item.phase in ("pending", "warming")
+        and item.not_before_mono - PREROLL_S <= now.mono < item.not_before_mono
+    )
+
+
+def preroll(state: State, now: Instant, out: list[Effect]) -> State:
+    """Open the next file due at an instant ahead of it, paused (``Preroll``).
+
+    Several receivers told to start at one instant should sound together; opening a file
+    (demuxer, decoder, audio output) takes libVLC some milliseconds, different on each board,
+    while resuming a paused one takes well under one. Only while the player is free: nothing
+    active, or the item itself warming up; an item that is interrupted before its start, or
+    overtaken, simply opens as usual when it does start.
+    """
+    active = state.active
+    if active is not None:
+        if active.phase != "warming" or not _prerollable(active, now):
+            return state
+        chosen = active
+    else:
+        due = [item for item in state.queue if _prerollable(item, now)]
+        if not due:
+            return state
+        chosen = min(due, key=lambda i: (i.not_before_mono, tuple(-r for r in _rank(i))))
+    token = state.next_token
+    media = chosen.ready[chosen.files[chosen.index].sha256]
+    out.append(Preroll(token, media, chosen.volume, chosen.offset_ms))
+    prerolled = replace(chosen, preroll_token=token)
+    if active is not None:
+        return replace(state, active=prerolled, next_token=token + 1)
+    queue = tuple(prerolled if i.ref == chosen.ref else i for i in state.queue)
+    return replace(state, queue=queue, next_token=token + 1)
+
+
 def reconcile_relay(state: State, now: Instant, out: list[Effect]) -> State:
     """The amplifier relay (:mod:`amp`) follows what plays now."""
     active = state.active
@@ -412,6 +465,8 @@ def _deadlines(state: State) -> list[float]:
         candidates.append(queued.window_end_mono)
         if queued.media_ready:
             candidates.append(queued.not_before_mono - lead)
+            if not queued.is_stream and queued.token == 0 and queued.preroll_token == 0:
+                candidates.append(queued.not_before_mono - PREROLL_S)
     candidates.extend(state.amp.deadlines())
     for staged in state.staged.values():
         if staged.retry_mono is not None:

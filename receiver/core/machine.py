@@ -164,6 +164,7 @@ def _settle(state: State, now: Instant, out: list[Effect]) -> State:
         state = engine.select(state, now, out)
         state = engine.reconcile_relay(state, now, out)
         state = engine.run_active(state, now, out)
+        state = engine.preroll(state, now, out)
         if state == before:
             break
     return state

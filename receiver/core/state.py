@@ -112,6 +112,7 @@ class Item:
     progress_ms: int = -1
     progress_mono: float = 0.0
     on_fallback: bool = False
+    preroll_token: int = 0  # the token its file was opened under ahead of its start, if any
     healthy_since_mono: float | None = None  # a stream's first progress since its (re)start
     resuming: bool = False  # preempted: its next start is reported (``started``) again
 

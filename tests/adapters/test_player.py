@@ -299,6 +299,52 @@ def test_stop_while_playing_reports_nothing_more_for_that_token(rig: Rig, tones:
     assert 0.11 <= rms(info.samples[: info.rate // 10]) / SINE_RMS <= 0.14
 
 
+def test_a_prerolled_file_waits_paused_and_starts_on_play_with_its_whole_sound(
+    rig: Rig, tones: Tones
+) -> None:
+    """Pre-roll for a start at an instant: opened and paused, nothing reported, no sample out;
+    ``play()`` with the same token resumes it, and the whole tone lands in the WAV."""
+    rig.player.preroll(3, str(tones.a440), 50)
+    time.sleep(0.5)  # libVLC opened it (it passes through Playing to Paused: not a start)
+    assert rig.events.queue.empty()
+    assert not audio_flows(rig.wav)
+    began = time.monotonic()
+    rig.player.play(3, str(tones.a440), 100)  # the volume of the play wins
+    assert rig.events.next() == PlaybackStarted(3)
+    resumed_s = time.monotonic() - began
+    assert rig.events.until_terminal(3) == [PlaybackEnded(3)]
+    info = wait_for_final_wav(rig.wav)
+    assert info.duration_s == pytest.approx(1.5, abs=0.05)  # from its very start
+    assert rms(trim_silence(info.samples)) == pytest.approx(SINE_RMS, rel=0.02)
+    print(f"prerolled item started {resumed_s * 1000:.1f} ms after play()")
+
+
+def test_a_preroll_that_is_not_the_played_item_is_replaced_or_dropped(
+    rig: Rig, tones: Tones
+) -> None:
+    rig.player.preroll(4, str(tones.a440), 100)
+    rig.player.play(5, str(tones.b1000), 100)  # another token: opened as usual
+    assert rig.events.until_terminal(5) == [PlaybackStarted(5), PlaybackEnded(5)]
+    rig.player.preroll(6, str(tones.a440), 100)
+    rig.player.play(6, str(tones.b1000), 100)  # same token, other file: opened as usual
+    assert rig.events.until_terminal(6) == [PlaybackStarted(6), PlaybackEnded(6)]
+    info = wait_for_final_wav(rig.wav)
+    assert dominant_of(trim_silence(info.samples), info.rate, CANDIDATES) == 1000  # the played
+    rig.player.preroll(7, str(tones.a440), 100)
+    rig.player.drop_preroll(8)  # not the waiting one: nothing happens
+    rig.player.drop_preroll(7)
+    rig.player.play(7, str(tones.a440), 100)  # dropped: opened again, and still plays
+    assert rig.events.until_terminal(7) == [PlaybackStarted(7), PlaybackEnded(7)]
+    with pytest.raises(ValueError):
+        rig.player.preroll(9, "http://127.0.0.1:1/a.mp3", 100)
+
+
+def test_a_missing_prerolled_file_fails_for_its_token(rig: Rig, tmp_path: Path) -> None:
+    rig.player.preroll(11, str(tmp_path / "absent.wav"), 100)
+    event = rig.events.next()
+    assert isinstance(event, PlaybackFailed) and event.token == 11
+
+
 def test_stop_when_idle_is_harmless(rig: Rig) -> None:
     rig.player.stop()
     rig.player.stop()

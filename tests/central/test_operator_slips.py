@@ -396,3 +396,96 @@ def test_a_host_written_as_a_url_is_refused_as_typed(
         main(["stop", *command(operator_key, "--aud", "dev:loa-001"), "--host", host])
     assert exited.value.code == 2
     assert "without a scheme or port" in capsys.readouterr().err
+
+
+def test_a_command_the_fleets_keyring_refuses_is_not_sent(
+    secured: Secured, operator_key: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Documents were checked against the retained keyring, commands not: a ``stop`` signed with
+    a key the fleet does not know, or a play for a group outside the key's scope, went out with
+    exit 0 and every board refused it."""
+    roots = []
+    for name in ("root-a", "root-b"):
+        path = tmp_path / f"{name}.pem"
+        SigningKey.generate(name).save(path)
+        roots.append(path)
+    ring = [key_entry(SigningKey.load(path), ["root"]) for path in roots]
+    ring.append(key_entry(SigningKey.load(operator_key), ["operator"], ["commune-1"]))
+    keyring = tmp_path / "keyring.json"
+    keyring.write_text(json.dumps(ring))
+    signed = [arg for path in roots for arg in ("--key", str(path))]
+    trust = ["trust", "--version", "2", "--keys", str(keyring), "--env", "prod", *signed]
+    assert main([*trust, *secured.login()]) == 0
+    stranger = tmp_path / "op-9.pem"
+    SigningKey.generate("op-9").save(stranger)
+    capsys.readouterr()
+
+    with Spy(secured, retained=False) as spy:
+        for key, audience, said in (
+            (stranger, "grp:commune-1", "(unknown_key)"),
+            (operator_key, "grp:commune-2", "(not_authorized)"),
+            (roots[0], "grp:commune-1", "(not_authorized)"),
+        ):
+            code = main(["stop", *command(key, "--aud", audience), *secured.login()])
+            err = capsys.readouterr().err
+            assert code == 2, (key, audience)
+            assert "the fleet's keyring (trust version 2" in err and said in err
+        time.sleep(0.3)
+        assert [t for t in spy.topics() if t.endswith("/cmd")] == []
+
+        assert (
+            main(["stop", *command(operator_key, "--aud", "grp:commune-1"), *secured.login()]) == 0
+        )
+        spy.wait_for("loa/v1/grp/commune-1/cmd")
+
+
+@pytest.mark.parametrize(
+    "topic", ["loa/v1/grp/commune-2/cmd", "loa/v1/trust", "loa/v1/dev/loa-001/state"]
+)
+def test_a_topic_no_audience_of_the_command_listens_on_is_refused(
+    secured: Secured, operator_key: Path, topic: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--aud grp:commune-1 --topic loa/v1/grp/commune-2/cmd`` was sent, exit 0: the boards of
+    commune-2 refused it (not their audience) and commune-1 never saw it."""
+    with Spy(secured, retained=False) as spy:
+        argv = ["stop", *command(operator_key, "--aud", "grp:commune-1"), "--topic", topic]
+        code = main([*argv, *secured.login()])
+        time.sleep(0.3)
+        assert spy.topics() == []
+    assert code == 2
+    assert f"--topic {topic}" in capsys.readouterr().err
+
+
+def test_watch_until_a_kind_no_event_has_is_refused(
+    secured: Secured, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--until finsihed`` (a typo) could never match: watch waited until its timeout, or for
+    ever, then said nothing had come."""
+    with pytest.raises(SystemExit) as exited:
+        main(["watch", "--device", "loa-001", "--until", "finsihed", *secured.login()])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "finsihed" in err and "finished" in err
+
+
+@pytest.mark.parametrize("timeout", ["0", "-5"])
+def test_fleet_refuses_a_timeout_it_cannot_collect_in(
+    secured: Secured, timeout: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``fleet --timeout 0`` (or below) collected nothing and said "no device has a retained
+    state here", exit 0, against a broker full of them."""
+    with pytest.raises(SystemExit) as exited:
+        main(["fleet", "--timeout", timeout, *secured.login()])
+    assert exited.value.code == 2
+    assert "--timeout" in capsys.readouterr().err
+
+
+def test_keygen_into_a_directory_that_does_not_exist_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It printed "[Errno 2] No such file or directory: '.../keys/op.pem'", naming the file that
+    was to be made rather than the directory that is missing."""
+    out = tmp_path / "keys" / "op.pem"
+    assert main(["keygen", "--id", "op-2", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"--out {out}: the directory {out.parent} does not exist" in err

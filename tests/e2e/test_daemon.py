@@ -6,11 +6,13 @@ import hashlib
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from receiver.central.signing import SigningKey, command_payload, sign_command
+from receiver.timefmt import rfc3339
 from tests.audio import dominant_of, read_wav, trim_silence
 from tests.broker import Received, Subscriber
 from tests.e2e.conftest import Site
@@ -195,3 +197,31 @@ def test_a_bad_config_exits_78_and_names_the_line(tmp_path: Path) -> None:
     assert result.returncode == 78
     assert f"{config}:1:12: device_id:" in result.stderr
     assert "did you mean 'broker'?" in result.stderr
+
+
+def test_a_play_at_an_instant_is_prerolled_and_sounds_whole_from_it(
+    site: Site, start_daemon: Callable[[], Daemon], watcher: Subscriber
+) -> None:
+    """docs/behaviour.md "Synchronised start": the file is opened paused a second before the
+    instant and resumed at it; the whole tone comes out, once, and the relay goes off after."""
+    daemon = start_daemon()
+    wait_online(watcher, site)
+    start_at = time.time() + 3.0
+    payload = play_payload(site, "tone440.wav", message_id="at-instant", ttl_s=60)
+    payload["body"]["start_at"] = rfc3339(start_at)
+    watcher.publish(site.cmd_topic, sign_command(payload, [site.operator]))
+    assert wait_event(watcher, site, "accepted", "at-instant")
+    started = wait_event(watcher, site, "started", "at-instant")
+    wait_event(watcher, site, "finished", "at-instant")
+    wait_relay_switches(daemon, 3)
+    (preroll,) = daemon.logged("preroll")
+    (play,) = daemon.logged("play")
+    (sounded,) = [line for line in daemon.logged("started") if line.get("ref") == "at-instant"]
+    assert preroll["token"] == play["token"]  # resumed, not opened again
+    assert 0.8 <= play["mono"] - preroll["mono"] <= 1.2  # a second ahead
+    assert sounded["mono"] >= play["mono"]
+    assert started["ts"] >= rfc3339(start_at - 0.001)  # not before the instant
+    sound = read_wav(site.wav)
+    assert 1.3 < sound.duration_s < 1.8  # the whole 1.5 s tone, from its start
+    assert dominant_of(trim_silence(sound.samples), sound.rate, (440.0, 1000.0)) == 440.0
+    assert [line["on"] for line in daemon.logged("relay_switched")] == [False, True, False]

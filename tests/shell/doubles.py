@@ -246,6 +246,12 @@ class Player:
         self.token = token
         self.report(PlaybackStarted(token))
 
+    def preroll(self, token: int, media: str, volume: int, start_ms: int = 0) -> None:
+        self.journal.note(f"preroll {token}")
+
+    def drop_preroll(self, token: int) -> None:
+        self.journal.note(f"drop preroll {token}")
+
     def end(self) -> None:
         assert self.token is not None
         self.report(PlaybackEnded(self.token))

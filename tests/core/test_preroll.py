@@ -1,0 +1,74 @@
+"""Pre-roll: a file due at an instant is opened (paused) a second ahead, and started by resuming.
+
+Several receivers told to start at one instant sound together only if none spends the first
+milliseconds opening the file; the player's side is tested in tests/adapters/test_player.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from receiver.core.effects import DropPreroll, Effect, Play, Preroll
+from receiver.core.events import FetchFinished, PlaybackEnded, PlaybackStarted
+from receiver.timefmt import rfc3339
+from tests.core.harness import SHA, World, play_body, plays
+
+PATH = "/cache/" + SHA
+
+
+def prerolls(effects: Sequence[Effect]) -> list[Preroll]:
+    return [e for e in effects if isinstance(e, Preroll)]
+
+
+def timed_play(world: World, in_s: float, **extra: Any) -> str:
+    body = play_body(start_at=rfc3339(world.utc + in_s), **extra)
+    world.send(world.signed("play", body))
+    world.feed(FetchFinished(SHA, PATH))
+    return f"c{world.seq}"
+
+
+def test_a_file_due_at_an_instant_is_opened_a_second_ahead_and_resumed_at_it() -> None:
+    world = World()
+    timed_play(world, 10.0)
+    assert not prerolls(world.advance(8.9))
+    early = world.advance(0.2)  # one second before the instant (and the relay warms up)
+    assert prerolls(early) == [Preroll(1, PATH, 70, 0)]
+    assert not plays(early)
+    at = world.advance(1.0)
+    assert plays(at) == [Play(1, PATH, 70)]  # the same token: the player resumes it
+    world.feed(PlaybackStarted(1))
+    world.feed(PlaybackEnded(1))
+    # Tokens never repeat: the next item gets a new one.
+    world.send(world.signed("play", play_body()))
+    effects = world.feed(FetchFinished(SHA, PATH)) + world.advance(1.1)
+    assert plays(effects) == [Play(2, PATH, 70)]
+
+
+def test_an_immediate_play_is_not_prerolled() -> None:
+    world = World()
+    world.send(world.signed("play", play_body()))
+    effects = world.feed(FetchFinished(SHA, PATH)) + world.advance(1.1)
+    assert not prerolls(world.effects) and plays(effects) == [Play(1, PATH, 70)]
+
+
+def test_a_prerolled_play_stopped_before_its_instant_is_dropped() -> None:
+    world = World()
+    ref = timed_play(world, 10.0)
+    (preroll,) = prerolls(world.advance(9.2))
+    effects = world.send(world.signed("stop", {"target": ref}))
+    assert [e for e in effects if isinstance(e, DropPreroll)] == [DropPreroll(preroll.token)]
+    assert not plays(world.advance(5.0))
+
+
+def test_nothing_is_prerolled_while_another_item_plays() -> None:
+    world = World()
+    timed_play(world, 10.0)
+    world.send(world.signed("play", play_body(sha="b" * 64, priority="priority")))
+    world.feed(FetchFinished("b" * 64, "/cache/b"))
+    world.advance(1.1)
+    world.feed(PlaybackStarted(1))  # the priority item sounds through the instant
+    assert not prerolls(world.advance(20.0))
+    later = world.feed(PlaybackEnded(1)) + world.advance(10.0)
+    assert [p.media for p in plays(later)] == [PATH]  # then opened as usual, with a new token
+    assert plays(later)[0].token == 2
