@@ -48,6 +48,13 @@ bundle: bootstrap
 systemtest: bootstrap
 	bash scripts/systemtest.sh
 
+# A board's bundle proved on its architecture under qemu-user-static (root): installed,
+# upgraded, removed, check-config, one signed play into a WAV. `make systemtest` includes
+# arm64; armhf only here: its root and run add about 10 minutes on a clean machine (3 once made).
+.PHONY: bundletest
+bundletest: bootstrap
+	bash scripts/bundletest.sh $(ARCH)
+
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache
 

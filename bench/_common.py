@@ -337,9 +337,10 @@ class Lab:
         edits: Sequence[tuple[str, str]] = (),
         append: str = "",
         wav_name: str = "out.wav",
+        more_keys: Sequence[tuple[SigningKey, list[str], list[str]]] = (),
     ) -> Path:
-        """:func:`bench_config` in ``home``: this lab's broker, media and key; state, cache and
-        WAV output in ``home`` too."""
+        """:func:`bench_config` in ``home``: this lab's broker, media and key (and ``more_keys``:
+        key, roles, scopes); state, cache and WAV output in ``home`` too."""
         return bench_config(
             home / "receiver.yaml",
             device_id=device_id,
@@ -347,7 +348,7 @@ class Lab:
             append=append,
             broker_port=self.broker.port,
             media_port=self.media.port,
-            keys=[(self.operator, ["operator"], [GROUP])],
+            keys=[(self.operator, ["operator"], [GROUP]), *more_keys],
             wav=home / wav_name,
             state_dir=home / "state",
             cache_dir=home / "cache",

@@ -26,6 +26,16 @@ Figures:
   sent once the daemon is quiet.
 - VmRSS (and VmHWM) of the daemon from ``/proc/<pid>/status``: before the flood, right after the
   valid command was accepted, and after the tone finished.
+- junk after the valid command: how many junk messages Mosquitto sent the daemon after it (its
+  log's order). The broker takes the valid command from our other connection while it is still
+  working through the junk client's backlog, so the command lands *inside* the tail of the burst;
+  only that tail can push it out of the inbox (a real effect of a flood, not of the bench).
+
+(c) The MQTT intake alone, the floor for (a)'s command after the burst: a bare paho subscriber
+(MQTT 5, QoS 1 on the command topic like the daemon, no handling, a process of its own) on a
+Mosquitto of its own gets the same burst and then a message from another client. The command is
+behind most of the burst in the TCP stream, so no order inside the daemon can take it sooner
+than its MQTT library reads its way to it.
 
 (b) The core, in process. ``receiver.core.machine.step`` on one message of each kind, from the
 same state each time (``tests/core/harness.py``'s World; reusing the state means the valid
@@ -39,6 +49,14 @@ and as a ratio to the floor: one bare Ed25519 verification of a signature over t
 well-formed bad signature near 1.0 means the daemon spends little beyond the verification it
 cannot avoid; random bytes, unknown keys and S >= L should be well below 1.0 (no curve
 computation at all).
+
+(d) A paced flood, in the same daemon after (a): forgeries naming the operator key at 4,000 a
+second for 1.5 s (a pace the MQTT intake keeps up with, the verifications do not, so that key's
+inbox lane fills), then a valid ``report`` signed by a second operator key and one signed by the
+operator key: publish -> ``accepted`` for each against the 100 ms goal, and the floor: the second
+key's command with no flood, just before. It shows what the per-key lanes give (the other key's
+command waits for about one verification per flooded lane) and what they cannot (the flooded
+key's command waits for the forgeries ahead of it).
 
 How to read it: (b) says what one message costs the core; (a) says what the whole daemon
 (MQTT, inbox, logging, events) sustains and whether a flood can delay or hide what matters.
@@ -54,6 +72,7 @@ import json
 import os
 import random
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -87,11 +106,12 @@ from bench._common import (
     wait_log,
     wait_online,
 )
-from receiver.central.signing import command_payload
+from receiver.central.signing import SigningKey, command_payload, sign_command
 from receiver.core import machine
 from receiver.core.effects import Emit
 from receiver.core.envelope import COMMAND_TYPE, pae
 from receiver.core.events import MessageReceived
+from receiver.inbox import DEFAULT_PLAUSIBLE_CAPACITY
 from tests.broker import MosquittoBroker
 from tests.core.harness import TOPIC as CORE_TOPIC
 from tests.core.harness import World
@@ -148,6 +168,7 @@ class Site:
     lab: Lab
     daemon: Daemon
     client: TimedClient
+    second: SigningKey  # another operator key, which the forgeries never name
 
     def signed(self, kind: str, body: dict[str, Any], ref: str) -> bytes:
         return self.lab.signed(kind, body, ref, aud=f"dev:{DEVICE}")
@@ -162,7 +183,10 @@ def open_site(root: Path) -> Iterator[Site]:
         open_lab(root, tone_name="long.wav", tone_s=TONE_S, key_id="op-junk") as lab,
         ExitStack() as stack,
     ):
-        config = lab.daemon_config(root, edits=CONFIG_EDITS)
+        second = SigningKey.generate("op-other")
+        config = lab.daemon_config(
+            root, edits=CONFIG_EDITS, more_keys=[(second, ["operator"], [DEVICE])]
+        )
         client = TimedClient(
             lab.broker, [EVENTS_TOPIC, STATE_TOPIC], timeout_s=TIMEOUT_S, keep_all=True
         ).start()
@@ -170,7 +194,7 @@ def open_site(root: Path) -> Iterator[Site]:
         (daemon,) = start_daemons(stack, [config])
         with explained_by_logs({"daemon": daemon}, 20):
             wait_online(client)
-            yield Site(lab, daemon, client)
+            yield Site(lab, daemon, client, second)
 
 
 def publish_burst(broker: MosquittoBroker, topic: str, payloads: Sequence[bytes]) -> float:
@@ -224,24 +248,30 @@ def wait_quiet(daemon: Daemon, event: str, quiet_s: float = QUIET_S, limit_s: fl
     raise BenchError(f"the daemon still logs {event} after {limit_s:g} s")
 
 
-def broker_deliveries(site: Site) -> tuple[int, int]:
-    """QoS 0 and QoS 1 PUBLISHes to the daemon on its command topic, from Mosquitto's own log.
+def broker_deliveries(site: Site) -> tuple[int, int, int]:
+    """QoS 0 and QoS 1 PUBLISHes to the daemon on its command topic, from Mosquitto's own log,
+    and how many QoS 0 ones (junk) it sent after the first QoS 1 one that followed junk (the
+    valid command after the burst).
 
     ``tests/broker.py`` runs Mosquitto with ``log_type all``, which logs each PUBLISH it sends:
     ``Sending PUBLISH to <client> (d0, q0, r0, m0, '<topic>', ... (N bytes))``. That tells a
-    message the broker dropped from one the daemon's side lost.
+    message the broker dropped from one the daemon's side lost, and whether junk still reached
+    the daemon after the valid command (only such junk can push it out of a full lane).
     """
     prefix = f"Sending PUBLISH to {DEVICE} (d"
     where = f"'{CMD_TOPIC}',"
-    qos0 = qos1 = 0
+    qos0 = qos1 = junk_after_valid = 0
+    valid_sent = False
     with site.lab.broker.log_file.open(encoding="utf-8", errors="replace") as log:
         for line in log:
             if prefix in line and where in line:
                 if ", q0," in line:
                     qos0 += 1
+                    junk_after_valid += valid_sent
                 elif ", q1," in line and "(d0," in line:  # d1: a resend of the same message
                     qos1 += 1
-    return qos0, qos1
+                    valid_sent = valid_sent or qos0 > 0
+    return qos0, qos1, junk_after_valid
 
 
 @dataclass(frozen=True)
@@ -258,6 +288,7 @@ class FloodFigures:
     publish_dropped: int
     broker_sent_junk: int  # QoS 0 PUBLISHes the broker logged sending to the daemon's cmd topic
     broker_sent_valid: int  # QoS 1 ones (our valid commands), counted the same way
+    junk_after_valid: int  # junk the broker sent to the daemon after the valid command
     valid_sent: int  # how many valid commands we published on the cmd topic
     valid_after: int  # of those, sent after the burst began (one, or two if the first was lost)
     accepted_after: int  # the daemon's accepted log lines for them
@@ -339,11 +370,12 @@ def flood(site: Site, count: int) -> FloodFigures:
     publish_dropped = len(
         log_lines(daemon, mark, lambda ln: ln.get("event") == "mqtt_publish_dropped")
     )
-    junk_sent, valid_delivered = broker_deliveries(site)
+    junk_sent, valid_delivered, junk_after_valid = broker_deliveries(site)
     return FloodFigures(
         count=count,
         broker_sent_junk=junk_sent,
         broker_sent_valid=valid_delivered,
+        junk_after_valid=junk_after_valid,
         valid_sent=1 + FLOOR_COMMANDS + (1 if resent is None else 2),  # the tone, floor, after
         valid_after=1 if resent is None else 2,
         accepted_after=len(
@@ -374,6 +406,128 @@ def flood(site: Site, count: int) -> FloodFigures:
         hwm_kib=(hwm[0], hwm[1], hwm[2]),
         tone_finished_after_s=finished[0] - played_at,
     )
+
+
+PACED_RATE = 4000  # forgeries a second: below the MQTT intake, above what the loop verifies
+PACED_S = 1.5
+
+
+def publish_paced(broker: MosquittoBroker, payloads: Sequence[bytes], rate: float) -> None:
+    """Publish at QoS 0 at about ``rate`` a second (in slices of 10 ms)."""
+    client = paho_client("paced")
+    client.max_queued_messages_set(0)
+    client.connect(broker.host, broker.port, keepalive=30)
+    client.loop_start()
+    try:
+        deadline = time.monotonic() + 10
+        while not client.is_connected():
+            if time.monotonic() > deadline:
+                raise BenchError("the paced client could not connect")
+            time.sleep(0.01)
+        per_slice = max(1, int(rate / 100))
+        start = time.monotonic()
+        info = None
+        for i in range(0, len(payloads), per_slice):
+            for payload in payloads[i : i + per_slice]:
+                info = client.publish(CMD_TOPIC, payload, qos=0)
+            wait = start + (i + per_slice) / rate - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+        if info is not None:
+            info.wait_for_publish(timeout=60)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+@dataclass(frozen=True)
+class PacedFigures:
+    forgeries: int
+    floor_s: float
+    other_key_s: float | None
+    same_key_s: float | None
+    dropped: int
+
+
+def paced(site: Site) -> PacedFigures:
+    """Forgeries naming the operator key at :data:`PACED_RATE` for :data:`PACED_S`; then, with
+    the last of them, a command signed by another key, and after it one signed by the operator.
+    The intake keeps up with this pace, the verifications do not: the key's lane fills."""
+    daemon = site.daemon
+    mark = len(daemon.lines)
+    other_body = command_payload(
+        "report", {}, env="lab", aud=[f"dev:{DEVICE}"], message_id="paced-other-floor"
+    )
+    floor_raw = sign_command(other_body, [site.second])
+    start = time.monotonic()
+    site.client.publish(CMD_TOPIC, floor_raw)
+    at, _ = site.client.next_matching(
+        event_for("paced-other-floor", "accepted", EVENTS_TOPIC), "paced floor", TIMEOUT_S
+    )
+    floor_s = at - start
+    body = json.dumps(
+        command_payload("report", {}, env="lab", aud=[f"dev:{DEVICE}"], message_id="forged")
+    ).encode()
+    rng = random.Random(17)  # noqa: S311 - reproducible junk, not a secret
+    count = int(PACED_RATE * PACED_S)
+    forgeries = [
+        envelope(COMMAND_TYPE, body, [(site.lab.operator.id, forged_signature(rng))])
+        for _ in range(count)
+    ]
+    publish_paced(site.lab.broker, forgeries, PACED_RATE)
+    other = sign_command(
+        command_payload("report", {}, env="lab", aud=[f"dev:{DEVICE}"], message_id="paced-other"),
+        [site.second],
+    )
+    same = site.signed("report", {}, "paced-same")
+    start = time.monotonic()
+    site.client.publish(CMD_TOPIC, other)
+    site.client.publish(CMD_TOPIC, same)
+    refs = ("paced-other", "paced-same")
+    times: dict[str, float] = {}
+    for _ in refs:  # each accepted event, in whichever order they come
+        try:
+            at, message = site.client.next_matching(
+                lambda m: (
+                    m.topic == EVENTS_TOPIC
+                    and as_json(m).get("kind") == "accepted"
+                    and as_json(m).get("ref") in refs
+                ),
+                "accepted after the paced flood",
+                TIMEOUT_S,
+            )
+        except BenchError:
+            break  # shed by the flood: reported as lost
+        times[str(as_json(message).get("ref"))] = at - start
+    wait_quiet(daemon, "rejected")
+    dropped = sum(
+        int(line.get("count", 0))
+        for line in log_lines(
+            daemon, mark, lambda ln: ln.get("event") == "inbound_messages_dropped"
+        )
+    )
+    return PacedFigures(count, floor_s, times.get("paced-other"), times.get("paced-same"), dropped)
+
+
+def report_paced(p: PacedFigures) -> None:
+    print(
+        f"\n(d) paced: {p.forgeries} forgeries naming the operator key at {PACED_RATE}/s (the "
+        "MQTT intake keeps up, the verifications do not), then a command signed by another key "
+        "and one signed by the operator key"
+    )
+
+    def shown(took: float | None) -> str:
+        if took is None:
+            return "LOST (shed by the flood)"
+        verdict = "met" if took <= AFTER_FLOOD_TARGET_S else "NOT met"
+        return (
+            f"{took * 1000:7.1f} ms ({ratio(took, p.floor_s):.1f} x floor; 100 ms goal {verdict})"
+        )
+
+    print(f"  another key, publish -> accepted:     {shown(p.other_key_s)}")
+    print(f"  the flooded key, publish -> accepted: {shown(p.same_key_s)}")
+    print(f"  floor: the other key's command, no flood: {p.floor_s * 1000:.1f} ms")
+    print(f"  shed by the daemon's inbox: {p.dropped}")
 
 
 def report_flood(f: FloodFigures) -> None:
@@ -434,6 +588,11 @@ def report_flood(f: FloodFigures) -> None:
             f"{verdict}"
         )
     print(
+        f"  junk the broker sent to the daemon after the valid command: {f.junk_after_valid} "
+        f"(only those can push it out, once the key lanes hold {DEFAULT_PLAUSIBLE_CAPACITY} "
+        "messages; the rest of the burst was ahead of it in the TCP stream)"
+    )
+    print(
         f"  the first 100 rejections (logged and stored, one durable write per loop turn) "
         f"took {f.first_100_span_s * 1000:.1f} ms"
     )
@@ -450,6 +609,97 @@ def report_flood(f: FloodFigures) -> None:
         f"  VmRSS before {r0 / 1024:.1f} MiB, right after {r1 / 1024:.1f} MiB "
         f"({(r1 - r0) / 1024:+.1f}), after the tone {r2 / 1024:.1f} MiB ({(r2 - r0) / 1024:+.1f}); "
         f"VmHWM {h0 / 1024:.1f} -> {h1 / 1024:.1f} -> {h2 / 1024:.1f} MiB"
+    )
+
+
+# The bare subscriber of (c), in a process of its own as the daemon is (in ours it would wait
+# for the GIL behind the publisher): prints "ready", then "<tag> <monotonic> <junk read>" for
+# each marker. CLOCK_MONOTONIC is the same in every process of the machine.
+BARE_SUBSCRIBER = """
+import sys, time, uuid
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+host, port, topic = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+seen = 0
+def on_message(client, userdata, message):
+    global seen
+    payload = bytes(message.payload)
+    if payload.startswith(b"marker "):
+        print(payload.split()[1].decode(), time.monotonic(), seen, flush=True)
+    else:
+        seen += 1
+def on_subscribe(client, userdata, mid, reason_codes, properties):
+    print("ready", flush=True)
+client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2,
+                     client_id="bare-" + uuid.uuid4().hex[:8], protocol=mqtt.MQTTv5)
+client.on_message = on_message
+client.on_subscribe = on_subscribe
+client.connect(host, port, keepalive=30)
+client.subscribe(topic, qos=1)
+client.loop_forever()
+"""
+
+
+def intake_floor(root: Path, count: int) -> tuple[float, float, int]:
+    """What the MQTT library alone allows: a bare paho subscriber (MQTT 5, the command topic at
+    QoS 1 like the daemon, nothing done with what arrives, a process of its own) on a Mosquitto
+    of its own gets the same burst and then a marker from another client, like the daemon's
+    valid command.
+
+    Returns the marker's publish -> arrival in seconds with no burst (median), after the burst,
+    and how many junk messages the subscriber had read before that marker. The marker sits
+    behind most of the burst in the TCP stream to the subscriber, so no ordering inside the
+    daemon can take the command sooner than its MQTT library reads its way to it.
+    """
+    with ExitStack() as stack:
+        broker = stack.enter_context(MosquittoBroker(root / "intake-broker"))
+        listener = subprocess.Popen(
+            [sys.executable, "-c", BARE_SUBSCRIBER, broker.host, str(broker.port), CMD_TOPIC],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        stack.callback(listener.wait, 10)
+        stack.callback(listener.terminate)
+        assert listener.stdout is not None
+        lines = listener.stdout
+        if lines.readline().strip() != "ready":
+            raise BenchError("the bare subscriber did not start")
+        sender = paho_client("sender")
+        sender.connect(broker.host, broker.port, keepalive=30)
+        sender.loop_start()
+        stack.callback(sender.loop_stop)
+        stack.callback(sender.disconnect)
+
+        def marker_arrival(tag: str) -> tuple[float, int]:
+            start = time.monotonic()
+            sender.publish(CMD_TOPIC, f"marker {tag}".encode(), qos=1)
+            got, at, seen = lines.readline().split()
+            if got != tag:
+                raise BenchError(f"the bare subscriber got {got}, not {tag}")
+            return float(at) - start, int(seen)
+
+        quiet = [marker_arrival(f"quiet-{i}")[0] for i in range(FLOOR_COMMANDS)]
+        body = json.dumps({"type": "play", "seq": 1, "pad": "x" * 150}).encode()
+        publish_burst(broker, CMD_TOPIC, junk(count, body, "op-junk"))
+        after, read_before = marker_arrival("after")
+    return median(quiet), after, read_before
+
+
+def report_intake(count: int, quiet_s: float, after_s: float, read_before: int) -> None:
+    print(
+        f"\n(c) the MQTT intake alone: a bare paho subscriber (MQTT 5, QoS 1, no handling), the "
+        f"same burst of {count}, then a message from another client"
+    )
+    print(
+        f"  publish -> arrival: {quiet_s * 1000:.1f} ms with no burst; {after_s * 1000:.1f} ms "
+        f"after the burst ({read_before} junk messages read first, "
+        f"{after_s / max(read_before, 1) * 1e6:.0f} µs each)"
+    )
+    verdict = "within" if after_s <= AFTER_FLOOD_TARGET_S else "beyond"
+    print(
+        f"  this is a floor for (a): the command is behind the burst in the TCP stream, so the "
+        f"daemon cannot act on it before its MQTT library has read the burst; it is {verdict} "
+        f"the {AFTER_FLOOD_TARGET_S * 1000:.0f} ms goal"
     )
 
 
@@ -558,7 +808,12 @@ def run(root: Path, count: int, skip_flood: bool) -> None:
         print(f"junk: starting Mosquitto and the daemon in {root}", flush=True)
         with open_site(root) as site:
             figures = flood(site, count)
+            print("junk: paced forgeries naming one key", flush=True)
+            paced_figures = paced(site)
         report_flood(figures)
+        report_paced(paced_figures)
+        print("junk: the same burst to a bare paho subscriber", flush=True)
+        report_intake(count, *intake_floor(root, count))
     core_micro()
     print(load_line(load_before, os.getloadavg()))
 

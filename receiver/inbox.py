@@ -1,12 +1,20 @@
 """The loop's inbox: where adapter callbacks drop events, and the one place the loop waits.
 
-Three lanes. Reports from our own adapters (player, fetcher, link) are few and must never be
-lost. Messages from the broker are untrusted and can arrive in floods, so their lanes are
-bounded: when one is full its *oldest* message is dropped and counted, so the message that comes
-after a flood — an operator's stop, say — is the one that survives. Messages that look signed by
-a key we know (a cheap check, no cryptography) have their own lane, ahead of the rest, so junk
-that is cheap to refuse cannot push out a real command. The loop drains our own reports first,
-then plausible messages, then the rest.
+Reports from our own adapters (player, fetcher, link) are few and must never be lost: they have
+their own lane, drained first. Messages from the broker are untrusted and can arrive in floods,
+so their lanes are bounded: when one is full its *oldest* message is dropped and counted, so the
+message that comes after a flood — an operator's stop, say — is the one that survives.
+
+Messages that name a key we know (a cheap check, no cryptography) go ahead of the rest, so junk
+that is cheap to refuse cannot push out a real command. They wait in one lane per key id (the
+first known key the envelope names), and the loop takes one message from each waiting key in
+turn. The lanes share one bound; when it is reached, the oldest message of the *longest* lane is
+dropped. So a flood of forgeries naming one key cannot delay a command signed by another key (the
+emergency key, say) by more than one verification per flooded lane, nor push it out; and a key
+that is flooded alone keeps the whole bound for itself, so its own next command survives as many
+forgeries after it as before. Within a key's lane the order is kept, so two real commands of one
+signer are admitted in the order they came (a reordering would refuse the older one as
+replayed). docs/security.md says what holds under which flood.
 """
 
 from __future__ import annotations
@@ -18,8 +26,10 @@ from typing import Final
 from receiver.core.events import Event, MessageReceived
 
 DEFAULT_MESSAGE_CAPACITY: Final = 256
-# Plausible messages are at most 16 KiB each (the envelope cap), so this lane holds at most
-# 32 MiB, and the loop verifies it in well under a second (bench/junk measures it).
+# All key lanes together. Plausible messages are at most 16 KiB each (the envelope cap), so they
+# hold at most 32 MiB. A forgery costs the loop one Ed25519 verification and a little more (about
+# 0.15-0.35 ms), so a full lane of one key takes 0.3-0.7 s to work through: the price of keeping
+# a real command that 2,000 forgeries naming its key follow (bench/junk measures it).
 DEFAULT_PLAUSIBLE_CAPACITY: Final = 2048
 
 
@@ -30,10 +40,12 @@ class Inbox:
         plausible_capacity: int = DEFAULT_PLAUSIBLE_CAPACITY,
     ) -> None:
         self._reports: deque[Event] = deque()
-        self._plausible: deque[MessageReceived] = deque()
+        self._plausible: dict[str, deque[MessageReceived]] = {}  # by the key id named
+        self._turns: deque[str] = deque()  # the key ids with messages waiting, next first
         self._messages: deque[MessageReceived] = deque()
         self._capacity = message_capacity
         self._plausible_capacity = plausible_capacity
+        self._plausible_count = 0
         self._ready = threading.Condition()
         self._woken = False
         self._dropped = 0
@@ -45,19 +57,45 @@ class Inbox:
             self._ready.notify()
 
     def put_message(
-        self, event: MessageReceived, plausible: bool = False
+        self, event: MessageReceived, key_id: str | None = None
     ) -> MessageReceived | None:
-        """From the MQTT thread: never blocks; drops (and counts) the oldest when full, and
-        returns it (the caller acknowledges it to the broker: it will not be handled)."""
-        lane = self._plausible if plausible else self._messages
-        capacity = self._plausible_capacity if plausible else self._capacity
+        """From the MQTT thread: never blocks; when full, drops (and counts) the oldest message
+        of its lane, or for a plausible one of the longest key lane, and returns it (the caller
+        acknowledges it to the broker: it will not be handled).
+
+        ``key_id``: the known key the envelope names (unverified), or None for everything else.
+        """
         dropped = None
         with self._ready:
-            if len(lane) >= capacity:
-                dropped = lane.popleft()
+            if key_id is None:
+                if len(self._messages) >= self._capacity:
+                    dropped = self._messages.popleft()
+                self._messages.append(event)
+            else:
+                if self._plausible_count >= self._plausible_capacity:
+                    dropped = self._drop_from_longest(key_id)
+                if key_id not in self._plausible:
+                    self._plausible[key_id] = deque()
+                    self._turns.append(key_id)
+                self._plausible[key_id].append(event)
+                self._plausible_count += 1
+            if dropped is not None:
                 self._dropped += 1
-            lane.append(event)
             self._ready.notify()
+        return dropped
+
+    def _drop_from_longest(self, arriving: str) -> MessageReceived:
+        """The oldest message of the longest key lane, taken out (the arriving key's lane if it
+        is one of the longest: a flood pushes out its own first)."""
+        longest = max(self._plausible, key=lambda key_id: len(self._plausible[key_id]))
+        if len(self._plausible.get(arriving, ())) == len(self._plausible[longest]):
+            longest = arriving
+        lane = self._plausible[longest]
+        dropped = lane.popleft()
+        self._plausible_count -= 1
+        if not lane:
+            del self._plausible[longest]
+            self._turns.remove(longest)
         return dropped
 
     def take_dropped(self) -> int:
@@ -80,7 +118,7 @@ class Inbox:
     def get(self, timeout: float | None) -> Event | None:
         """The next event, or None when ``timeout`` passes or ``wake`` was called."""
         with self._ready:
-            if not (self._reports or self._plausible or self._messages or self._woken):
+            if not (self._reports or self._turns or self._messages or self._woken):
                 self._ready.wait(timeout)
             self._woken = False
             return self._take()
@@ -88,8 +126,16 @@ class Inbox:
     def _take(self) -> Event | None:
         if self._reports:
             return self._reports.popleft()
-        if self._plausible:
-            return self._plausible.popleft()
+        if self._turns:
+            key_id = self._turns.popleft()
+            lane = self._plausible[key_id]
+            message = lane.popleft()
+            self._plausible_count -= 1
+            if lane:
+                self._turns.append(key_id)  # its next message waits for the other keys' turns
+            else:
+                del self._plausible[key_id]
+            return message
         if self._messages:
             return self._messages.popleft()
         return None

@@ -47,7 +47,7 @@ from receiver.core.effects import (
     StopPlayback,
     SwitchRelay,
 )
-from receiver.core.envelope import plausibly_signed
+from receiver.core.envelope import named_key
 from receiver.core.events import (
     Event,
     LinkChanged,
@@ -161,7 +161,7 @@ class Runtime:
 
     def _message_arrived(self, event: MessageReceived) -> None:
         """From the link's thread: sort the message into the inbox's lanes, and nothing else."""
-        dropped = self.inbox.put_message(event, plausibly_signed(event.payload, self._key_ids))
+        dropped = self.inbox.put_message(event, named_key(event.payload, self._key_ids))
         if dropped is not None:
             self.link.ack(dropped)  # shed in a flood: the broker must not keep it in flight
 

@@ -2,7 +2,7 @@
 # `make bundle ARCH=arm64|armhf|amd64`: one .deb per architecture that installs loa-receiver
 # with no network but Debian's own packages (Python 3.11 of Debian 12 / Raspberry Pi OS).
 #
-#   dist/loa-receiver_<version>_<arch>.deb
+#   dist/loa-receiver_<version>_<arch>.deb       (another directory: BUNDLE_DIR=...)
 #
 # Inside: /usr/share/loa-receiver/src (the installer, the unit, the example config, the docs
 # and the program's source) and /usr/share/loa-receiver/wheels (every Python dependency as a
@@ -15,10 +15,13 @@
 #   apt remove loa-receiver                      install.sh --uninstall: config and state kept
 # apt fetches the Debian dependencies (Depends: below) from the board's usual archive.
 #
-# armhf: PyYAML publishes no armv7 wheel, so there it comes from Debian instead (python3-yaml
-# 6.0 in Debian 12, in Depends:) and the venv is made with access to Debian's packages
-# (install.sh --system-site-packages): see ARMHF_FROM_DEBIAN. cryptography and cffi do publish
-# armv7 wheels (manylinux_2_31_armv7l: glibc 2.31 or newer, Debian 12 has 2.36).
+# armhf: PyYAML and cffi publish no armv7 wheels, so on armhf they come from Debian 12
+# (python3-yaml 6.0, python3-cffi 1.15.1 with python3-pycparser 2.21, in Depends:) and the venv
+# is made with access to Debian's packages (install.sh --system-site-packages): see
+# ARMHF_FROM_DEBIAN. cryptography does publish armv7 wheels (manylinux_2_28/2_31_armv7l: glibc
+# 2.31 or newer, Debian 12 has 2.36), but from 46.0.1 on they require cffi>=2: the dependencies
+# are therefore resolved against Debian's exact versions, which picks the newest cryptography
+# that works with Debian's cffi (46.0.0 today) without a hand-kept cap.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 die() { printf 'bundle: error: %s\n' "$*" >&2; exit 1; }
@@ -37,7 +40,8 @@ esac
 
 VERSION=$("$PY" -c 'import receiver; print(receiver.__version__)')
 NAME=loa-receiver
-OUT=dist/${NAME}_${VERSION}_${ARCH}.deb
+DIST=${BUNDLE_DIR:-dist}
+OUT=$DIST/${NAME}_${VERSION}_${ARCH}.deb
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 pkg=$work/pkg
@@ -52,31 +56,53 @@ print("\n".join(r.strip() for r in c["options"]["install_requires"].splitlines()
 mapfile -t backend < <("$PY" -c '
 import tomllib
 print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"]))')
-ARMHF_FROM_DEBIAN=(PyYAML)
+# On armhf, what Debian 12 provides instead of a wheel: "distribution==Debian's version package".
+ARMHF_FROM_DEBIAN=("PyYAML==6.0 python3-yaml" "cffi==1.15.1 python3-cffi" "pycparser==2.21 python3-pycparser")
 debian_python=()
-if [[ $ARCH == armhf ]]; then
-  keep=()
-  for req in "${runtime[@]}"; do
-    skip=0
-    for name in "${ARMHF_FROM_DEBIAN[@]}"; do [[ ${req,,} == ${name,,}* ]] && skip=1; done
-    ((skip)) || keep+=("$req")
-  done
-  runtime=("${keep[@]}")
-  debian_python=(python3-yaml)
-fi
 platform_args=()
 for p in "${PLATFORMS[@]}"; do platform_args+=(--platform "$p"); done
+target_args=(--python-version 3.11 --implementation cp --abi cp311 --abi abi3 --abi none)
 mkdir -p "$share/wheels"
-say "downloading the wheels for $ARCH (CPython 3.11): ${runtime[*]}"
-"$PY" -m pip download --quiet --disable-pip-version-check --only-binary=:all: \
-  "${platform_args[@]}" --python-version 3.11 --implementation cp --abi cp311 --abi abi3 --abi none \
-  --dest "$share/wheels" "${runtime[@]}" \
-  || die "pip could not find wheels for $ARCH for all of: ${runtime[*]}$(
-    [[ $ARCH == armhf ]] && printf '%s' "; for armhf, cryptography's armv7 wheel needs cffi>=2," \
-      " which publishes no armv7 wheel (Debian 12 has cffi 1.15 and cryptography 38): build" \
-      " a cffi wheel once on an armhf board or root (pip wheel cffi) and add it with" \
-      " PIP_FIND_LINKS=DIR"
-  )"
+if [[ $ARCH == armhf ]]; then
+  # pip cannot resolve for armv7 with Debian's packages standing in for wheels, so the versions
+  # are resolved for aarch64 (the same CPython 3.11 and the same dependency markers; Debian's
+  # cffi 1.15.1 and PyYAML 6.0 have wheels there) with Debian's versions pinned, then exactly
+  # those versions, minus Debian's, are downloaded for armv7 without further resolving.
+  constraints=$work/debian-constraints.txt
+  debian_names=()
+  for entry in "${ARMHF_FROM_DEBIAN[@]}"; do
+    read -r pin package <<<"$entry"
+    printf '%s\n' "$pin" >>"$constraints"
+    debian_names+=("${pin%%==*}")
+    debian_python+=("$package (>= ${pin#*==})")
+  done
+  say "resolving the dependencies for armhf against Debian 12's ${debian_names[*]}"
+  "$PY" -m pip install --quiet --disable-pip-version-check --dry-run --ignore-installed \
+    --only-binary=:all: --platform manylinux_2_28_aarch64 --platform manylinux_2_17_aarch64 \
+    --platform manylinux2014_aarch64 "${target_args[@]}" --target "$work/resolve" \
+    --constraint "$constraints" --report "$work/resolved.json" "${runtime[@]}" \
+    || die "pip could not resolve ${runtime[*]} together with Debian 12's ${debian_names[*]}"
+  mapfile -t runtime < <("$PY" - "$work/resolved.json" "${debian_names[@]}" <<'RESOLVED'
+import json, re, sys
+def norm(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+from_debian = {norm(name) for name in sys.argv[2:]}
+for item in json.load(open(sys.argv[1]))["install"]:
+    meta = item["metadata"]
+    if norm(meta["name"]) not in from_debian:
+        print(f"{meta['name']}=={meta['version']}")
+RESOLVED
+  )
+  say "downloading the wheels for $ARCH (CPython 3.11): ${runtime[*]}"
+  "$PY" -m pip download --quiet --disable-pip-version-check --only-binary=:all: --no-deps \
+    "${platform_args[@]}" "${target_args[@]}" --dest "$share/wheels" "${runtime[@]}" \
+    || die "pip could not find armv7 wheels for all of: ${runtime[*]}"
+else
+  say "downloading the wheels for $ARCH (CPython 3.11): ${runtime[*]}"
+  "$PY" -m pip download --quiet --disable-pip-version-check --only-binary=:all: \
+    "${platform_args[@]}" "${target_args[@]}" --dest "$share/wheels" "${runtime[@]}" \
+    || die "pip could not find wheels for $ARCH for all of: ${runtime[*]}"
+fi
 # The build backend and what it needs (wheel needs packaging): pure Python, any architecture.
 "$PY" -m pip download --quiet --disable-pip-version-check --only-binary=:all: \
   --python-version 3.11 --dest "$share/wheels" "${backend[@]}"
@@ -132,6 +158,6 @@ fi
 PRERM
 chmod 0755 "$pkg/DEBIAN/postinst" "$pkg/DEBIAN/prerm"
 
-mkdir -p dist
+mkdir -p "$DIST"
 dpkg-deb --root-owner-group -Zxz --build "$pkg" "$OUT" >/dev/null
 say "built $OUT ($(du -h "$OUT" | cut -f1)); wheels: $(cd "$share/wheels" && ls | tr '\n' ' ')"

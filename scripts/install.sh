@@ -30,7 +30,7 @@
 #   --no-systemctl    do not call systemctl (no daemon-reload, enable, start, restart or stop)
 #   --python PATH     the Python that makes the virtual environment (default /usr/bin/python3)
 #   --system-site-packages  let the venv see Debian's Python packages (the armhf bundle takes
-#                     PyYAML and cryptography from Debian: no armv7 wheels are published)
+#                     PyYAML and cffi from Debian: they publish no armv7 wheels)
 #   --pip-args ARGS   extra arguments for every `pip install`, split on spaces, e.g.
 #                     "--no-index --find-links /srv/wheels" to install from local wheels only
 set -euo pipefail

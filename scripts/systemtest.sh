@@ -3,7 +3,9 @@
 #
 # Makes, once, a Debian 12 root with systemd, Python and libVLC (scripts/debian-root.sh; kept in
 # $LOA_SYSTEMTEST_CACHE, default /var/cache/loa-receiver-systemtest, and reused) and a wheelhouse
-# of the project's dependencies for the root's Python 3.11, then runs systemtest/ as root.
+# of the project's dependencies for the root's Python 3.11, then runs systemtest/test_system.py
+# as root, and proves the arm64 bundle on arm64 (scripts/bundletest.sh arm64; the armhf bundle
+# has its own target, `make bundletest ARCH=armhf`, to keep this tier's time down).
 # Needs root, debootstrap, systemd-nspawn (systemd-container), nsenter, mosquitto.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,14 +20,12 @@ PY=${VENV:-.venv}/bin/python
 
 CACHE=${LOA_SYSTEMTEST_CACHE:-/var/cache/loa-receiver-systemtest}
 ROOT=$CACHE/bookworm-amd64
-ARM64_ROOT=$CACHE/bookworm-arm64
 mkdir -p "$CACHE"
 
 # The arm64 root (for the bundle's proof) is made under qemu-user-static, the slowest step on a
 # clean machine: in the background, while the amd64 root is made and its tests run. With the
 # bundle's Debian dependencies already in it, a run installs only the .deb.
-bash scripts/debian-root.sh arm64 "$ARM64_ROOT" python3 python3-venv ca-certificates systemd \
-  libvlc5 libvlc-bin vlc-plugin-base >"$CACHE/arm64-root.out" 2>&1 &
+bash scripts/bundletest.sh --make-root arm64 >"$CACHE/arm64-root.out" 2>&1 &
 arm64_root=$!
 trap 'kill "$arm64_root" 2>/dev/null || true' EXIT
 
@@ -44,23 +44,19 @@ if [[ ! -f $WHEELS/.complete ]]; then
     --python-version 3.11 --dest "$WHEELS" $requirements
   touch "$WHEELS/.complete"
 fi
-bash scripts/bundle.sh arm64
-BUNDLE=$(ls -t dist/loa-receiver_*_arm64.deb | head -1)
-
 export LOA_SYSTEMTEST_ROOT=$ROOT LOA_SYSTEMTEST_WHEELS=$WHEELS
-export LOA_ARM64_ROOT=$ARM64_ROOT LOA_BUNDLE_ARM64=$PWD/$BUNDLE
 # Extra arguments go to both runs; a -k that selects nothing in one of them (exit 5) is fine.
 status=0
 tier() {
   local rc=0
-  "$PY" -m pytest "$1" -p no:cacheprovider -v -rA "${@:2}" || rc=$?
+  "$@" || rc=$?
   if [[ $rc -ne 0 && $rc -ne 5 ]]; then status=$rc; fi
 }
-tier systemtest/test_system.py "$@"
+tier "$PY" -m pytest systemtest/test_system.py -p no:cacheprovider -v -rA "$@"
 if ! wait "$arm64_root"; then
   cat "$CACHE/arm64-root.out" >&2
   die "could not make the arm64 root"
 fi
 cat "$CACHE/arm64-root.out"
-tier systemtest/test_bundle.py "$@"
+tier bash scripts/bundletest.sh arm64 "$@"
 exit "$status"

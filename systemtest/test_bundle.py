@@ -1,10 +1,16 @@
-"""The arm64 bundle on arm64: installed, upgraded, removed and run in a Debian 12 arm64 root.
+"""Each board's bundle on its architecture: installed, upgraded, removed and run in a Debian 12
+root of that architecture (arm64: Raspberry Pi OS 64-bit; armhf: 32-bit).
 
 The root runs under qemu-user-static through binfmt_misc (scripts/debian-root.sh registers
 it); systemd-nspawn runs commands in it without booting, with the root kept unchanged
 (--volatile=overlay). apt installs the .deb and fetches only Debian's own packages (libVLC,
-python3-venv, ...): the Python dependencies come from the wheels inside the bundle. Then
-`receiver check-config` and one signed play through the host's Mosquitto into a WAV.
+python3-venv, and on armhf python3-yaml and python3-cffi, which the root lacks so that the
+package's Depends: must bring them): the other Python dependencies come from the wheels inside
+the bundle. Then `receiver check-config` and one signed play through the host's Mosquitto into
+a WAV.
+
+The architectures come from LOA_BUNDLE_ARCHES (scripts/bundletest.sh sets it); each needs
+LOA_BUNDLE_ROOT_<ARCH> and LOA_BUNDLE_DEB_<ARCH>.
 """
 
 from __future__ import annotations
@@ -25,6 +31,9 @@ from tests.broker import MosquittoBroker, Received, Subscriber
 from tests.e2e.daemon import MediaServer
 
 DEVICE, GROUP = "loa-arm-001", "commune-arm"
+ARCHES = os.environ.get("LOA_BUNDLE_ARCHES", "arm64 armhf").split()
+# What `uname -m` says on each architecture under qemu (armhf: qemu-arm emulates an ARMv7).
+MACHINES = {"arm64": "aarch64", "armhf": "armv7l"}
 DEB_IN_ROOT = "/bundle/loa-receiver.deb"
 
 # Everything the technician would type, in order; `|| exit` keeps the first failure visible.
@@ -33,6 +42,9 @@ echo "arch: $(dpkg --print-architecture) $(uname -m)"
 apt-get update -qq
 DEBIAN_FRONTEND=noninteractive apt-get install -y -qq {DEB_IN_ROOT}
 echo "installed: $(dpkg-query -W -f='${{Version}} ${{Architecture}}' loa-receiver)"
+dpkg-query -W -f='from Debian: ${{Package}}\\n' python3-yaml python3-cffi 2>/dev/null || true
+/opt/loa-receiver/venv/bin/python -c 'import cryptography, yaml
+for module in (cryptography, yaml): print("module", module.__name__, module.__file__)'
 receiver check-config /etc/loa-receiver/receiver.yaml || exit 1
 echo '# kept-by-upgrade' >> /etc/loa-receiver/receiver.yaml
 DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --reinstall {DEB_IN_ROOT}
@@ -55,15 +67,22 @@ def _env(name: str) -> Path:
     return Path(value)
 
 
+@pytest.fixture(params=ARCHES)
+def arch(request: pytest.FixtureRequest) -> str:
+    value: str = request.param
+    return value
+
+
 @pytest.fixture
-def arm64_daemon(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], Path]]:
+def board_daemon(tmp_path: Path, arch: str) -> Iterator[tuple[subprocess.Popen[str], Path]]:
     yield_value: tuple[subprocess.Popen[str], Path]
-    root, deb = _env("LOA_ARM64_ROOT"), _env("LOA_BUNDLE_ARM64")
+    upper = arch.upper()
+    root, deb = _env(f"LOA_BUNDLE_ROOT_{upper}"), _env(f"LOA_BUNDLE_DEB_{upper}")
     if not (root / ".complete").exists() or not deb.is_file():
-        pytest.fail(f"missing {root} or {deb} (make systemtest builds both)")
+        pytest.fail(f"missing {root} or {deb} (scripts/bundletest.sh {arch} builds both)")
     out = tmp_path / "out"
     out.mkdir()
-    log = tmp_path / "arm64.log"
+    log = tmp_path / "board.log"
     process = subprocess.Popen(
         [
             "systemd-nspawn", "--register=no", "--keep-unit", "--volatile=overlay",
@@ -100,7 +119,7 @@ def wait_while_running(
     """Wait for a message, but fail at once if the root's script has ended (its log says why)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        assert process.poll() is None, f"the arm64 script ended with {process.returncode}"
+        assert process.poll() is None, f"the board's script ended with {process.returncode}"
         try:
             watcher.wait_for(predicate, 5)
         except AssertionError:
@@ -109,10 +128,10 @@ def wait_while_running(
     raise AssertionError("timed out")
 
 
-def test_the_arm64_bundle_installs_upgrades_removes_and_plays_on_arm64(
-    tmp_path: Path, arm64_daemon: tuple[subprocess.Popen[str], Path]
+def test_the_bundle_installs_upgrades_removes_and_plays_on_its_architecture(
+    tmp_path: Path, arch: str, board_daemon: tuple[subprocess.Popen[str], Path]
 ) -> None:
-    process, out = arm64_daemon
+    process, out = board_daemon
     media_dir = tmp_path / "media"
     media_dir.mkdir()
     write_tone(media_dir / "tone440.wav", 440.0, 1.5)
@@ -167,8 +186,17 @@ def test_the_arm64_bundle_installs_upgrades_removes_and_plays_on_arm64(
     samples = trim_silence(sound.samples)
     assert 1.3 < len(samples) / sound.rate < 1.7
     assert dominant_of(samples, sound.rate, (440.0, 1000.0)) == 440.0
-    log = (tmp_path / "arm64.log").read_text(errors="replace")
-    assert "arch: arm64 aarch64" in log
-    assert "installed: 0." in log and " arm64" in log
+    log = (tmp_path / "board.log").read_text(errors="replace")
+    assert f"arch: {arch} {MACHINES[arch]}" in log
+    assert "installed: 0." in log and f" {arch}" in log
+    # Where the daemon's Python packages came from: the bundle's wheels (in the program's venv)
+    # or, on armhf, Debian's packages that the .deb's Depends: brought in.
+    modules = dict(line.split()[1:3] for line in log.splitlines() if line.startswith("module "))
+    assert modules["cryptography"].startswith("/opt/loa-receiver/"), modules
+    if arch == "armhf":
+        assert modules["yaml"].startswith("/usr/lib/python3/dist-packages/"), modules
+        assert "from Debian: python3-yaml" in log and "from Debian: python3-cffi" in log
+    else:
+        assert modules["yaml"].startswith("/opt/loa-receiver/"), modules
     assert "upgrade kept the config" in log and "remove kept config and state" in log
     assert f"/out/receiver.yaml: OK — device {DEVICE}" in log

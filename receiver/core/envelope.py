@@ -145,11 +145,12 @@ def authorized_signers(
     )
 
 
-def plausibly_signed(raw: bytes, key_ids: frozenset[str]) -> bool:
-    """A cheap guess, without any Ed25519 work: is this an envelope of ours that names a key we
-    know? Used to let such messages ahead of junk in a flood; it decides nothing else."""
+def named_key(raw: bytes, key_ids: frozenset[str]) -> str | None:
+    """A cheap guess, without any Ed25519 work: the first key we know that this envelope of ours
+    names, or None. The inbox lets such messages ahead of junk in a flood, one lane per key; it
+    decides nothing else."""
     try:
         envelope = parse_envelope(raw)
     except Rejection:
-        return False
-    return any(keyid in key_ids for keyid, _ in envelope.signatures)
+        return None
+    return next((keyid for keyid, _ in envelope.signatures if keyid in key_ids), None)

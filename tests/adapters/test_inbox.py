@@ -1,9 +1,21 @@
-"""The loop's inbox: our own reports are never dropped; a flood keeps its newest messages."""
+"""The loop's inbox: our own reports are never dropped; a flood keeps its newest messages; a
+flood naming one key neither delays nor pushes out a command naming another."""
 
 from __future__ import annotations
 
-from receiver.core.events import MessageReceived, PlaybackEnded
+from receiver.core.events import Event, MessageReceived, PlaybackEnded
 from receiver.inbox import Inbox
+
+
+def drain(inbox: Inbox) -> list[Event]:
+    out = []
+    while (event := inbox.get_nowait()) is not None:
+        out.append(event)
+    return out
+
+
+def payloads(events: list[Event]) -> list[bytes]:
+    return [e.payload for e in events if isinstance(e, MessageReceived)]
 
 
 def test_a_full_message_lane_drops_the_oldest_and_counts_them() -> None:
@@ -21,6 +33,57 @@ def test_a_full_message_lane_drops_the_oldest_and_counts_them() -> None:
         b"\x04",
     ]
     assert got[4] is None
+
+
+def test_messages_naming_a_known_key_go_ahead_of_junk_and_the_junk_cannot_push_them_out() -> None:
+    inbox = Inbox(message_capacity=2, plausible_capacity=4)
+    inbox.put_message(MessageReceived("t", b"real"), "op")
+    for i in range(10):
+        assert inbox.put_message(MessageReceived("t", b"junk%d" % i)) is not None or i < 2
+    assert payloads(drain(inbox)) == [b"real", b"junk8", b"junk9"]
+    assert inbox.take_dropped() == 8
+
+
+def test_a_flood_naming_one_key_does_not_delay_a_command_naming_another() -> None:
+    inbox = Inbox(plausible_capacity=101)
+    for i in range(100):
+        inbox.put_message(MessageReceived("t", b"forged%d" % i), "op")
+    inbox.put_message(MessageReceived("t", b"emergency stop"), "emergency")
+    first_two = [inbox.get_nowait(), inbox.get_nowait()]
+    # Round robin: the other key's command is taken second, not after the 100 forgeries.
+    assert payloads([e for e in first_two if e is not None]) == [b"forged0", b"emergency stop"]
+    assert len(drain(inbox)) == 99
+
+
+def test_a_flood_naming_one_key_cannot_push_out_a_command_naming_another() -> None:
+    inbox = Inbox(plausible_capacity=8)  # all key lanes together
+    inbox.put_message(MessageReceived("t", b"emergency stop"), "emergency")
+    dropped = [inbox.put_message(MessageReceived("t", b"forged%d" % i), "op") for i in range(50)]
+    assert [m.payload for m in dropped if m is not None] == [b"forged%d" % i for i in range(43)]
+    # A command of a key with nothing waiting still gets in, at the flood's expense.
+    assert inbox.put_message(MessageReceived("t", b"operator 2 stop"), "op-2") == (
+        MessageReceived("t", b"forged43")
+    )
+    assert inbox.take_dropped() == 44
+    got = payloads(drain(inbox))
+    assert got[:3] == [b"emergency stop", b"forged44", b"operator 2 stop"]  # in turn
+    assert got[3:] == [b"forged%d" % i for i in range(45, 50)]
+
+
+def test_a_real_command_survives_as_many_later_messages_naming_its_key_as_the_lane_holds() -> None:
+    capacity = 8
+    inbox = Inbox(plausible_capacity=capacity)
+    inbox.put_message(MessageReceived("t", b"seq 1"), "op")
+    inbox.put_message(MessageReceived("t", b"seq 2"), "op")
+    for i in range(capacity - 2):  # the inbox is full now, and nothing was shed
+        inbox.put_message(MessageReceived("t", b"forged%d" % i), "op")
+    assert inbox.take_dropped() == 0
+    got = payloads(drain(inbox))
+    assert got[:2] == [b"seq 1", b"seq 2"]  # one signer's commands keep their order
+    # One more naming that key before the loop's turn, and the oldest goes (counted).
+    for i in range(capacity + 1):
+        inbox.put_message(MessageReceived("t", b"forged%d" % i), "op")
+    assert inbox.take_dropped() == 1
 
 
 def test_wake_returns_none_at_once() -> None:

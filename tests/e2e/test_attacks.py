@@ -914,6 +914,57 @@ def test_a_junk_flood_during_playback_neither_stops_the_audio_nor_blocks_a_valid
     )
 
 
+ED25519_L = 2**252 + 27742317777372353535851937790883648493  # the order of the base point
+
+
+def forged_signature(rng: random.Random) -> bytes:
+    """R random, S a random scalar below L: the verifier must do the whole curve computation."""
+    s = int.from_bytes(rng.randbytes(32), "little") % ED25519_L
+    return rng.randbytes(32) + s.to_bytes(32, "little")
+
+
+def test_a_forgery_flood_naming_the_operator_key_cannot_push_out_an_emergency_stop(
+    site: Site, start_daemon: Callable[[], Daemon], watcher: Subscriber
+) -> None:
+    # 6,000 forgeries naming the operator's key, an emergency stop, 6,000 more, on one connection
+    # (the broker keeps their order): the inbox is full when the stop comes, and more than it
+    # holds come after the stop, faster than the loop can verify them. They push out each other,
+    # never the stop, which has a lane of its own (its key) and gets its turn between two
+    # forgeries. (With one lane for every key, the stop was pushed out in one run of two.)
+    tone_s = 30.0
+    write_tone(site.media.directory / "long440.wav", 440.0, tone_s)
+    rng = random.Random(13)  # noqa: S311 - reproducible forgeries, not a secret
+    forged_body = json.dumps(play(site, "long440.wav", "forged")).encode()
+    forged = [
+        (site.cmd_topic, envelope(COMMAND_TYPE, forged_body, [(site.operator.id, sig)]))
+        for sig in (forged_signature(rng) for _ in range(12_000))
+    ]
+    watch = Watch.of(site, watcher)
+    daemon = start_daemon()
+    watch.online()
+    mark = watch.events.mark()
+    watch.accepted(
+        site.cmd_topic, sign_command(play(site, "long440.wav", "long"), [site.operator]), "long"
+    )
+    watch.events.kind("started", "long", mark)
+    stop = sign_command(simple("stop", {"target": "all"}, "em-stop"), [site.emergency])
+
+    flood(site.broker, [*forged[:6000], (site.cmd_topic, stop), *forged[6000:]])
+
+    watch.events.kind("accepted", "em-stop", mark, timeout=60)
+    assert watch.events.kind("stopped", "long", mark, timeout=10)
+    sound = wait_for_final_wav(site.wav)
+    assert sound.duration_s < tone_s - 5, sound.duration_s  # the tone was cut, not played out
+    daemon.wait_log(lambda _: len(daemon.logged("relay_switched")) >= 3)
+    assert [line["on"] for line in daemon.logged("relay_switched")] == [False, True, False]
+    dropped = sum(int(line.get("count", 0)) for line in daemon.logged("inbound_messages_dropped"))
+    print(f"forgery flood: the emergency stop was acted on; {dropped} forgeries were shed")
+    assert dropped > 0  # the flood did overflow the inbox: the stop survived a real overflow
+    events = watch.events.all()[mark:]
+    assert [e.get("ref") for e in events if e["kind"] == "accepted"] == ["long", "em-stop"]
+    assert daemon.stop() == 0
+
+
 # --- oversized messages -------------------------------------------------------------------
 
 
