@@ -139,6 +139,10 @@ def tcp_counters(sock: socket.socket, *, loopback: bool = False) -> TcpCounters 
     return TcpCounters(int(sent), int(received), int(segs_out), int(segs_in))
 
 
+#: Set to "1" in the media engine child's environment to count loopback connections (tests).
+TRAFFIC_LOOPBACK_ENV: Final = "LOA_TRAFFIC_LOOPBACK"
+
+
 class TrafficMeter:
     """Bytes per hour on the daemon's TCP connections, MQTT and media (see the module docs).
 
@@ -155,8 +159,13 @@ class TrafficMeter:
         clock: Callable[[], float] = time.monotonic,
         window_s: float = 3600.0,
         loopback: bool = False,
+        other_media: Callable[[], tuple[int, int]] | None = None,
     ) -> None:
         self._mqtt_inode = mqtt_inode
+        # Media bytes moved by sockets of another process (the media engine's child), as its
+        # running totals (sent, received): they never go down, so only the growth is added.
+        self._other_media = other_media
+        self._other_seen = (0, 0)
         self._loopback = loopback  # count loopback connections too (tests)
         self._fd_dir = fd_dir
         self._clock = clock
@@ -186,7 +195,16 @@ class TrafficMeter:
             found = self._read_fd(name)
             if found is not None:
                 current[found[0]] = found[1]
+        other = self._other_media() if self._other_media is not None else None
         with self._lock:
+            if other is not None:
+                media = self._totals["media"]
+                media[0] += max(0, other[0] - self._other_seen[0])
+                media[1] += max(0, other[1] - self._other_seen[1])
+                self._other_seen = (
+                    max(other[0], self._other_seen[0]),
+                    max(other[1], self._other_seen[1]),
+                )
             for inode, counters in current.items():
                 seen = self._seen.get(inode)
                 if seen is None:
@@ -227,6 +245,12 @@ class TrafficMeter:
         except OSError:
             return None
         return None if counters is None else (inode, counters)
+
+    def totals(self, kind: str) -> tuple[int, int]:
+        """Bytes (sent, received) of one kind since the meter was made."""
+        with self._lock:
+            sent, received = self._totals[kind]
+        return sent, received
 
     def per_hour(self) -> dict[str, Any]:
         """``{"window_s", "mqtt": {"sent", "received"}, "media": {...}}``, bytes per hour."""

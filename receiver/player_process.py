@@ -43,11 +43,13 @@ import structlog
 from receiver import logs
 from receiver.config_model import MediaConfig, PlayerConfig
 from receiver.core.events import Event, PlayerCrashed
+from receiver.health import TRAFFIC_LOOPBACK_ENV, TrafficMeter
 from receiver.player import Player, PlayerError  # python-vlc is imported by Player(), not here
 from receiver.streams import stream_resolver
 
 __all__ = ["ANSWER_TIMEOUT_S", "PING_EVERY_S", "ProcessPlayer"]
 
+TRAFFIC_EVERY_S: Final = 1.0  # how often the child reports the bytes its connections moved
 PING_EVERY_S: Final = 0.25
 ANSWER_TIMEOUT_S: Final = 0.6
 START_TIMEOUT_S: Final = 20.0  # the child imports python-vlc and starts libVLC
@@ -75,6 +77,9 @@ class ProcessPlayer:
         self._replies: dict[int, tuple[str, Any]] = {}
         self._answered = threading.Condition(self._lock)
         self._seq = 0
+        # Media bytes (sent, received): of the children that ended, and of the current one.
+        self._media_ended = (0, 0)
+        self._media_current = (0, 0)
         self._child: subprocess.Popen[bytes] | None = None
         self._conn: Connection | None = None
         self._live = False  # an item was started and not stopped: the watchdog pings
@@ -142,6 +147,15 @@ class ProcessPlayer:
 
         return forward
 
+    def media_bytes(self) -> tuple[int, int]:
+        """Bytes (sent, received) the media engine's connections moved, over all its children
+        (running totals, for the traffic meter; the child reports them every second)."""
+        with self._lock:
+            return (
+                self._media_ended[0] + self._media_current[0],
+                self._media_ended[1] + self._media_current[1],
+            )
+
     @property
     def child_pid(self) -> int | None:
         child = self._child
@@ -177,6 +191,11 @@ class ProcessPlayer:
         with self._lock:
             self._child, self._conn = child, conn
             self._replies.clear()
+            self._media_ended = (
+                self._media_ended[0] + self._media_current[0],
+                self._media_ended[1] + self._media_current[1],
+            )
+            self._media_current = (0, 0)
         threading.Thread(
             target=self._read, args=(child, conn), name="player-reader", daemon=True
         ).start()
@@ -202,6 +221,11 @@ class ProcessPlayer:
                 message = conn.recv()
                 if message[0] == "event":
                     self._on_event(message[1])
+                    continue
+                if message[0] == "traffic":
+                    with self._lock:
+                        if self._child is child:
+                            self._media_current = (message[1], message[2])
                     continue
                 _, seq, kind, value = message
                 with self._lock:
@@ -290,6 +314,7 @@ def _serve(fd: int) -> int:
         send(("failed", str(exc)))
         return 1
     send(("ready", os.getpid()))
+    threading.Thread(target=_report_traffic, args=(send,), name="traffic", daemon=True).start()
     while True:
         try:
             _, seq, method, args, kwargs = conn.recv()
@@ -305,6 +330,22 @@ def _serve(fd: int) -> int:
             send(("reply", seq, "error", str(exc)))
         if method == "close":
             return 0
+
+
+def _report_traffic(send: Callable[[object], None]) -> None:
+    """The child's side of the traffic meter: its connections are libVLC's and the resolver's."""
+    meter = TrafficMeter(lambda: None, loopback=os.environ.get(TRAFFIC_LOOPBACK_ENV) == "1")
+    last = (0, 0)
+    while True:
+        time.sleep(TRAFFIC_EVERY_S)
+        meter.sample()
+        totals = meter.totals("media")
+        if totals != last:
+            try:
+                send(("traffic", *totals))
+            except OSError:
+                return  # the daemon is gone
+            last = totals
 
 
 if __name__ == "__main__":
