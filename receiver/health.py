@@ -50,8 +50,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-import structlog
-
 __all__ = ["TrafficMeter", "read_health"]
 
 CPU_ZONE_TYPE: Final = "cpu-thermal"
@@ -139,6 +137,10 @@ def tcp_counters(sock: socket.socket, *, loopback: bool = False) -> TcpCounters 
     return TcpCounters(int(sent), int(received), int(segs_out), int(segs_in))
 
 
+#: Set to "1" in the media engine child's environment to count loopback connections (tests).
+TRAFFIC_LOOPBACK_ENV: Final = "LOA_TRAFFIC_LOOPBACK"
+
+
 class TrafficMeter:
     """Bytes per hour on the daemon's TCP connections, MQTT and media (see the module docs).
 
@@ -155,8 +157,13 @@ class TrafficMeter:
         clock: Callable[[], float] = time.monotonic,
         window_s: float = 3600.0,
         loopback: bool = False,
+        other_media: Callable[[], tuple[int, int]] | None = None,
     ) -> None:
         self._mqtt_inode = mqtt_inode
+        # Media bytes moved by sockets of another process (the media engine's child), as its
+        # running totals (sent, received): they never go down, so only the growth is added.
+        self._other_media = other_media
+        self._other_seen = (0, 0)
         self._loopback = loopback  # count loopback connections too (tests)
         self._fd_dir = fd_dir
         self._clock = clock
@@ -186,7 +193,16 @@ class TrafficMeter:
             found = self._read_fd(name)
             if found is not None:
                 current[found[0]] = found[1]
+        other = self._other_media() if self._other_media is not None else None
         with self._lock:
+            if other is not None:
+                media = self._totals["media"]
+                media[0] += max(0, other[0] - self._other_seen[0])
+                media[1] += max(0, other[1] - self._other_seen[1])
+                self._other_seen = (
+                    max(other[0], self._other_seen[0]),
+                    max(other[1], self._other_seen[1]),
+                )
             for inode, counters in current.items():
                 seen = self._seen.get(inode)
                 if seen is None:
@@ -228,6 +244,12 @@ class TrafficMeter:
             return None
         return None if counters is None else (inode, counters)
 
+    def totals(self, kind: str) -> tuple[int, int]:
+        """Bytes (sent, received) of one kind since the meter was made."""
+        with self._lock:
+            sent, received = self._totals[kind]
+        return sent, received
+
     def per_hour(self) -> dict[str, Any]:
         """``{"window_s", "mqtt": {"sent", "received"}, "media": {...}}``, bytes per hour."""
         with self._lock:
@@ -252,6 +274,8 @@ class TrafficMeter:
                 try:
                     self.sample()
                 except Exception:  # a meter must never take the daemon down
+                    import structlog  # here: the player's child process does without it
+
                     structlog.get_logger(component="health").exception("traffic_sample_failed")
 
         self._thread = threading.Thread(target=run, name="traffic-meter", daemon=True)

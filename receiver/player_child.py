@@ -11,8 +11,9 @@ The protocol (:class:`Channel`): over a socket pair, each message is a 4-byte bi
 and a pickle (both ends are ours, started from the same installation). The daemon sends
 ``(settings)`` once, then ``("call", seq, method, args, kwargs)``; the child answers
 ``("ready", pid)`` or ``("failed", reason)`` once, then ``("reply", seq, kind, value)``, and at
-any time ``("event", event)`` for the player's events and ``("log", level, event, fields)`` for
-its log lines, which the daemon writes through its own logger (so they look like its own).
+any time ``("event", event)`` for the player's events, ``("log", level, event, fields)`` for
+its log lines, which the daemon writes through its own logger (so they look like its own), and
+``("traffic", sent, received)``: the bytes its connections moved, for the daemon's traffic meter.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import socket
 import struct
 import sys
 import threading
+import time
 import traceback
 from pathlib import Path
 from typing import Any, Final, NamedTuple
@@ -33,6 +35,7 @@ from typing import Any, Final, NamedTuple
 __all__ = ["Channel", "child_settings"]
 
 _HEADER: Final = struct.Struct("!I")
+TRAFFIC_EVERY_S: Final = 1.0  # how often the child reports the bytes its connections moved
 
 
 class Channel:
@@ -136,6 +139,24 @@ def _resolver(media: dict[str, Any]) -> Any:
     return resolve_on_allowlist
 
 
+def _report_traffic(channel: Channel) -> None:
+    """The child's side of the traffic meter: its connections are libVLC's and the resolver's."""
+    from receiver.health import TRAFFIC_LOOPBACK_ENV, TrafficMeter
+
+    meter = TrafficMeter(lambda: None, loopback=os.environ.get(TRAFFIC_LOOPBACK_ENV) == "1")
+    last = (0, 0)
+    while True:
+        time.sleep(TRAFFIC_EVERY_S)
+        meter.sample()
+        totals = meter.totals("media")
+        if totals != last:
+            try:
+                channel.send(("traffic", *totals))
+            except OSError:
+                return  # the daemon is gone
+            last = totals
+
+
 def _serve(fd: int) -> int:
     channel = Channel(socket.socket(fileno=fd))
     settings = channel.recv()
@@ -161,6 +182,7 @@ def _serve(fd: int) -> int:
         channel.send(("failed", str(exc)))
         return 1
     channel.send(("ready", os.getpid()))
+    threading.Thread(target=_report_traffic, args=(channel,), name="traffic", daemon=True).start()
     while True:
         try:
             _, seq, method, args, kwargs = channel.recv()

@@ -70,6 +70,9 @@ class ProcessPlayer:
         self._replies: dict[int, tuple[str, Any]] = {}
         self._answered = threading.Condition(self._lock)
         self._seq = 0
+        # Media bytes (sent, received): of the children that ended, and of the current one.
+        self._media_ended = (0, 0)
+        self._media_current = (0, 0)
         self._child: subprocess.Popen[bytes] | None = None
         self._conn: Channel | None = None
         self._live = False  # an item was started and not stopped: the watchdog pings
@@ -137,6 +140,15 @@ class ProcessPlayer:
 
         return forward
 
+    def media_bytes(self) -> tuple[int, int]:
+        """Bytes (sent, received) the media engine's connections moved, over all its children
+        (running totals, for the traffic meter; the child reports them every second)."""
+        with self._lock:
+            return (
+                self._media_ended[0] + self._media_current[0],
+                self._media_ended[1] + self._media_current[1],
+            )
+
     @property
     def child_pid(self) -> int | None:
         child = self._child
@@ -172,6 +184,11 @@ class ProcessPlayer:
         with self._lock:
             self._child, self._conn = child, conn
             self._replies.clear()
+            self._media_ended = (
+                self._media_ended[0] + self._media_current[0],
+                self._media_ended[1] + self._media_current[1],
+            )
+            self._media_current = (0, 0)
         threading.Thread(
             target=self._read, args=(child, conn), name="player-reader", daemon=True
         ).start()
@@ -201,6 +218,11 @@ class ProcessPlayer:
                 if message[0] == "log":
                     _, level, event, fields = message
                     getattr(self._child_log, level)(event, **fields)
+                    continue
+                if message[0] == "traffic":
+                    with self._lock:
+                        if self._child is child:
+                            self._media_current = (message[1], message[2])
                     continue
                 _, seq, kind, value = message
                 with self._lock:

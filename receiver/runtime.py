@@ -141,7 +141,10 @@ class Runtime:
         self.pump = OutboxPump(
             self.outbox, self.link, self.topics.events, self.inbox.wake, self.log
         )
-        self.traffic = TrafficMeter(lambda: self.link.socket_inode)
+        # libVLC's connections live in the media engine's child process: it reports their bytes.
+        self.traffic = TrafficMeter(
+            lambda: self.link.socket_inode, other_media=getattr(self.player, "media_bytes", None)
+        )
         self.state = restore_state(config, self.store)
         # Read by the link's thread; replaced (never changed) by the loop after each step.
         self._key_ids = frozenset(key.id for key in self.state.keyring.keys)

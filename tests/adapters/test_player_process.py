@@ -23,8 +23,10 @@ from receiver.core.events import (
     PlaybackStarted,
     PlayerCrashed,
 )
+from receiver.health import TRAFFIC_LOOPBACK_ENV, TrafficMeter
 from receiver.player_process import ProcessPlayer
 from tests.audio import dominant_of, trim_silence, wait_for_final_wav, write_tone
+from tests.streamserver import StreamServer, encode, mp3_stream, write_programme
 
 
 class Recorder:
@@ -100,7 +102,7 @@ def test_the_child_loads_the_player_and_nothing_else_of_the_daemon() -> None:
     """Every module the child imports stays resident beside libVLC: not the daemon's logging,
     MQTT, YAML, crypto, configuration or core (bench/footprint.py measures what it holds)."""
     probe = (
-        "import sys, receiver.player_child, receiver.player, receiver.streams;"
+        "import sys, receiver.player_child, receiver.player, receiver.streams, receiver.health;"
         "print(' '.join(sorted(sys.modules)))"
     )
     loaded = set(
@@ -122,3 +124,37 @@ def test_the_child_loads_the_player_and_nothing_else_of_the_daemon() -> None:
         "receiver.logs",
     }
     assert not {m for m in loaded if m.split(".")[0] in unwanted or m in unwanted}
+
+
+def test_the_engines_media_bytes_reach_the_daemons_traffic_meter(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """libVLC's connections live in the child: it reports what they moved, so the state's
+    ``health.traffic.media`` still counts a relay (it read 0 once libVLC left the daemon)."""
+    monkeypatch.setenv(TRAFFIC_LOOPBACK_ENV, "1")  # the test's station is on loopback
+    wav = write_programme(tmp_path / "tone.wav", 440.0, 8.0)
+    station = {"/tone.mp3": mp3_stream(encode(wav, tmp_path / "tone.mp3", "mp3"))}
+    events = Recorder()
+    player = ProcessPlayer(PlayerConfig(output="file", wav_file=tmp_path / "out.wav"), events)
+    meter = TrafficMeter(lambda: None, loopback=True, other_media=player.media_bytes)
+    try:
+        with StreamServer(station) as server:
+            player.play(1, server.url("/tone.mp3"), 100, live=True)
+            assert events.next()[1] == PlaybackStarted(1)
+            deadline = time.monotonic() + 10.0
+            while time.monotonic() < deadline and server.bytes_sent(1) < 20_000:
+                time.sleep(0.25)
+            time.sleep(2.5)  # the child reports every second
+            meter.sample()
+            sent_by_server = server.bytes_sent(1)
+            _, received = meter.totals("media")
+            player.stop()
+    finally:
+        player.close()
+    assert sent_by_server >= 20_000
+    # What libVLC received, with TCP/IP headers, is about what the station sent (the last
+    # second may not be reported yet).
+    assert 0.5 * sent_by_server <= received <= 1.5 * sent_by_server + 10_000, (
+        received,
+        sent_by_server,
+    )
