@@ -34,8 +34,8 @@ from typing import Any, Final
 
 from receiver.central.broker import BrokerOptions, Connection
 from receiver.central.inputs import InputError
-from receiver.central.received import DeviceMessage, device_topics, parse_device_message, ts_utc
-from receiver.central.reports import ReportVerifier, seed_verifier, set_aside, verifier_for
+from receiver.central.received import DeviceMessage, device_topics, parse_device_message
+from receiver.central.reports import ReportVerifier, seed_verifier, set_aside, ts_utc, verifier_for
 from receiver.core.envelope import parse_envelope
 from receiver.core.reasons import Rejection
 

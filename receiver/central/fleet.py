@@ -15,8 +15,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from receiver.central.received import ts_utc
-from receiver.central.reports import device_mark
+from receiver.central.reports import device_mark, ts_utc
 
 COLUMNS: Final = (
     "DEVICE",

@@ -8,7 +8,6 @@ device's signature over its report) is added here once.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any, Literal
 
 from receiver.central.reports import ReportVerifier, open_report
@@ -61,14 +60,3 @@ def parse_device_message(
             parts[2], channel, report.body, bytes(payload), report.verdict, report.detail
         )
     return DeviceMessage(parts[2], channel, open_report(bytes(payload)), bytes(payload))
-
-
-def ts_utc(value: Any) -> float | None:
-    """A message's RFC 3339 ``ts`` as seconds since the epoch, or None if it is not one."""
-    if not isinstance(value, str) or len(value) > 40:
-        return None
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    return None if moment.tzinfo is None else moment.timestamp()

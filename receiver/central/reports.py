@@ -240,7 +240,8 @@ def _topic_parts(topic: str) -> tuple[str, str]:
     return "", levels[-1]
 
 
-def _ts(value: Any) -> float | None:
+def ts_utc(value: Any) -> float | None:
+    """A message's RFC 3339 ``ts`` as seconds since the epoch, or None if it is not one."""
     if not isinstance(value, str) or len(value) > 40:
         return None
     try:
@@ -296,7 +297,7 @@ class ReportVerifier:
         self, device: str, kind: ReportKind | None, raw: bytes, body: dict[str, Any]
     ) -> tuple[Verdict, str]:
         memory = self.memory(device)
-        ts = _ts(body.get("ts"))
+        ts = ts_utc(body.get("ts"))
         if kind == "state":
             if body.get("online") is not True or ts is None:
                 return "signed", ""
