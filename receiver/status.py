@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Final, TypeGuard
 
 from receiver.i18n import gettext_ as _
+from receiver.timefmt import ts_utc
 
 __all__ = [
     "STALE_AFTER_S",
@@ -194,7 +195,7 @@ def format_status(
         return "\n".join(format_rows(rows))
 
     device = _text(status.get("device"))
-    made = _parse_time(status.get("ts"))
+    made = ts_utc(status.get("ts"))
     if made is None:
         made = written_utc
     add("device", device)
@@ -289,7 +290,7 @@ def _playing(status: dict[str, Any], now_utc: float, tz: tzinfo) -> str:
     ref = playing.get("ref")
     if isinstance(ref, str):
         text += f", ref {ref}"
-    since = _parse_time(playing.get("since"))
+    since = ts_utc(playing.get("since"))
     if since is not None:
         text += f", since {_clock_time(since, tz)} ({_ago(now_utc - since)})"
     return text
@@ -357,18 +358,6 @@ def _text(value: Any) -> str:
     text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
     # A title is at most 2048 characters and may hold anything printable: keep one line.
     return " ".join(text.split())[:200] or "?"
-
-
-def _parse_time(value: Any) -> float | None:
-    if not isinstance(value, str) or len(value) > 40:
-        return None
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    if moment.tzinfo is None:
-        return None
-    return moment.timestamp()
 
 
 def _clock_time(utc: float, tz: tzinfo) -> str:

@@ -35,9 +35,10 @@ from typing import Any, Final
 from receiver.central.broker import BrokerOptions, Connection
 from receiver.central.inputs import InputError
 from receiver.central.received import DeviceMessage, device_topics, parse_device_message
-from receiver.central.reports import ReportVerifier, seed_verifier, set_aside, ts_utc, verifier_for
+from receiver.central.reports import ReportVerifier, seed_verifier, set_aside, verifier_for
 from receiver.core.envelope import parse_envelope
 from receiver.core.reasons import Rejection
+from receiver.timefmt import ts_utc
 
 DEFAULT_CLIENT_ID: Final = "receiver-admin-collect"
 BATCH_S: Final = 0.05  # rows are committed (then acknowledged) at least this often

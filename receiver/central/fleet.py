@@ -15,7 +15,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from receiver.central.reports import device_mark, ts_utc
+from receiver.central.reports import device_mark
+from receiver.timefmt import ts_utc
 
 COLUMNS: Final = (
     "DEVICE",

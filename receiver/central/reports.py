@@ -46,7 +46,6 @@ import sqlite3
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Final, Literal, Protocol
 
@@ -56,6 +55,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from receiver.core.envelope import b64decode_canonical, pae
 from receiver.core.strict_json import loads_strict
 from receiver.device_key import EVENT_TYPE, STATE_TYPE
+from receiver.timefmt import ts_utc
 
 __all__ = [
     "REPORT_TYPES",
@@ -238,17 +238,6 @@ def _topic_parts(topic: str) -> tuple[str, str]:
     if len(levels) >= 3 and levels[-3] == "dev":
         return levels[-2], levels[-1]
     return "", levels[-1]
-
-
-def ts_utc(value: Any) -> float | None:
-    """A message's RFC 3339 ``ts`` as seconds since the epoch, or None if it is not one."""
-    if not isinstance(value, str) or len(value) > 40:
-        return None
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    return None if moment.tzinfo is None else moment.timestamp()
 
 
 @dataclass
