@@ -147,7 +147,7 @@ class Runtime:
         )
         self.state = restore_state(config, self.store)
         # Read by the link's thread; replaced (never changed) by the loop after each step.
-        self._key_ids = frozenset(key.id for key in self.state.keyring.keys)
+        self._key_ids = frozenset(key.id for key in self.state.floors.keyring.keys)
         if self.state.recovered:
             self.log.warning(
                 "commands_unfinished_at_start",
@@ -155,7 +155,7 @@ class Runtime:
                 why="accepted before the last stop or crash and not carried out to their end: "
                 "each is carried out if its window is still open, else reported failed",
             )
-        if self.state.reset_floor is None:
+        if self.state.floors.reset_floor is None:
             self.log.warning(
                 "fresh_store",
                 why="new or reset state: commands wait for a synchronised clock, and any "
@@ -277,14 +277,14 @@ class Runtime:
         return max(0.0, wait)
 
     def _streaming(self) -> bool:
-        item = self.state.active
+        item = self.state.playback.active
         return item is not None and item.is_stream and item.phase == "playing"
 
     def _poll_progress(self, now: Instant) -> Event | None:
         if not self._streaming() or now.mono < self._next_poll:
             return None
         self._next_poll = now.mono + PROGRESS_POLL_S
-        active = self.state.active
+        active = self.state.playback.active
         token = active.token if active is not None else 0
         return PlaybackProgress(token, self.player.position_ms())
 
@@ -293,7 +293,7 @@ class Runtime:
         return TimerFired() if deadline is not None and now.mono >= deadline else None
 
     def _after_turn(self, now: Instant) -> None:
-        key_ids = frozenset(key.id for key in self.state.keyring.keys)
+        key_ids = frozenset(key.id for key in self.state.floors.keyring.keys)
         if key_ids != self._key_ids:
             self._key_ids = key_ids
         needed = machine.needed_media(self.state)
