@@ -13,7 +13,7 @@ returned effects in order and calls ``step`` again with ``TimerFired`` once ``de
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Final
 
@@ -91,7 +91,7 @@ def boot(state: State, now: Instant) -> Step:
 
 def _fix_reset_floor(state: State, now: Instant) -> tuple[State, Effects]:
     part, effects = floors.fix_reset_floor(state.floors, now)
-    return replace(state, floors=part), effects
+    return (state if part is state.floors else replace(state, floors=part)), effects
 
 
 def _publish(state: State) -> PublishState:
@@ -112,19 +112,25 @@ def _programme_conditions(state: State) -> programme.Conditions:
 def _playback(state: State, result: engine.Result, now: Instant) -> tuple[State, Effects]:
     """Install playback's new part, then hand on its outputs."""
     part, outputs = result
-    return _route(replace(state, playback=part), outputs, now)
+    if part is not state.playback:  # most steps leave most parts as they were: keep them
+        state = replace(state, playback=part)
+    return _route(state, outputs, now)
 
 
 def _programme(state: State, result: programme.Result, now: Instant) -> tuple[State, Effects]:
     """Install the programme's new part, then hand on its outputs."""
     part, outputs = result
-    return _route(replace(state, programme=part), outputs, now)
+    if part is not state.programme:
+        state = replace(state, programme=part)
+    return _route(state, outputs, now)
 
 
-def _route(state: State, outputs: Iterable[Output], now: Instant) -> tuple[State, Effects]:
+def _route(state: State, outputs: Sequence[Output], now: Instant) -> tuple[State, Effects]:
     """Hand each output on, in order: a note to the part it is for (whose own outputs take its
     place), an effect to the shell. Two effects also move another part: a ``PersistDone`` marks
     the occurrence done in the programme, a ``PersistSchedule`` the version's replay floor."""
+    if not outputs:
+        return state, ()
     effects: list[Effect] = []
     for output in outputs:
         more: Effects = ()
@@ -293,9 +299,9 @@ def _reconcile_relay(state: State, now: Instant) -> tuple[State, Effects]:
     part, switches = amp.reconcile(
         state.amp, wants, now, max_toggles_per_min=state.settings.relay_max_toggles_per_min
     )
-    state = replace(state, amp=part)
     if not switches:
-        return state, ()
+        return (state if part is state.amp else replace(state, amp=part)), ()
+    state = replace(state, amp=part)
     return state, (*switches, _publish(state))
 
 
