@@ -1,12 +1,10 @@
 """The broadcast engine: the playback part of the state (the item sounding, the items waiting,
 the player's tokens) and what plays now, what waits, what resumes.
 
-Pure, like the rest of the core: each function is ``(part, input, now) -> (part, outputs)``,
-where the input (:class:`Conditions`) is what it reads of the rest of the state, and the
-outputs are effects for the shell plus notes the machine hands on: the tail it asks of the
-amplifier relay (:class:`amp.Tail`, whose part, switching and cap are :mod:`amp`'s) and the
-moments the device state is to be published (:class:`Publish`). The programme hands it items
-and orders through the notes :class:`Enqueue`, :class:`Finish` and :class:`Withdraw`.
+Pure: each function is ``(part, input, now) -> (part, outputs)``; the input
+(:class:`Conditions`) is what it reads of the rest of the state, the outputs are effects plus
+notes the machine routes (:class:`amp.Tail`, :class:`Publish`); the programme's notes to it are
+:class:`Enqueue`, :class:`Finish` and :class:`Withdraw`.
 
 Rules (docs/behaviour.md tells them for operators):
 - At most one item sounds. Among items whose media are ready and whose start has come, the

@@ -11,13 +11,9 @@ reason ``quiet_hours``. A version that moves an entry takes back the entry's wai
 it plays at the new time; an occurrence that already had its turn today does not play twice,
 and the schedule's ``accepted`` event says so.
 
-Pure: each function is ``(part, input, now) -> (part, outputs)``; the input
-(:class:`Conditions`) is what it reads of the rest of the state (the items playback holds,
-the device volume), and the outputs are effects plus notes for playback
-(:class:`engine.Enqueue`, :class:`engine.Finish`, :class:`engine.Withdraw`) and
-:class:`Publish`, which the machine routes. The replay floor of a version in force follows its
-``PersistSchedule`` (:mod:`floors`); an occurrence playback ends is marked done from its
-``PersistDone`` (:func:`occurrence_done`).
+Pure: each function is ``(part, input, now) -> (part, outputs)``, the outputs being effects
+and notes (an item for playback to queue, end or withdraw; a state to publish) that the machine
+routes; it learns of an occurrence playback ended from its ``PersistDone``.
 """
 
 from __future__ import annotations
