@@ -9,8 +9,11 @@ plain data among the effects, for the machine to hand on.
 
 from __future__ import annotations
 
+import ast
 from datetime import date
+from pathlib import Path
 
+import receiver.core
 from receiver.central.signing import SigningKey
 from receiver.core import admission, amp, engine, floors, limits, programme, reasons
 from receiver.core.clock import Instant
@@ -155,3 +158,22 @@ def test_the_flood_limit_reports_up_to_its_limit_then_sums_up() -> None:
         window, Instant(NOW.mono + 10, NOW.utc + 10, True), window_s=10.0
     )
     assert closed.suppressed == () and len(summary) == 1 and summary[0].kind == "fault"
+
+
+def _appendable_effects(annotation: ast.expr | None) -> bool:
+    text = "" if annotation is None else ast.unparse(annotation)
+    return text.startswith("list[") and ("Effect" in text or "Output" in text)
+
+
+def test_no_core_function_is_handed_a_list_to_append_to() -> None:
+    """Parts return what is to be done; none is handed an ``out`` list that another fills."""
+    core = Path(receiver.core.__file__).parent
+    handed = [
+        f"{path.name}:{node.name}({arg.arg})"
+        for path in sorted(core.glob("*.py"))
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        if isinstance(node, ast.FunctionDef)
+        for arg in (*node.args.args, *node.args.kwonlyargs)
+        if arg.arg == "out" or _appendable_effects(arg.annotation)
+    ]
+    assert handed == []
