@@ -410,6 +410,8 @@ def _close_rejection_window(state: State, now: Instant) -> tuple[State, Effects]
     window, effects = limits.close(
         state.rejection_window, now, window_s=state.settings.rejection_window_s
     )
+    if window is state.rejection_window:
+        return state, ()  # still open (every step asks while a flood is counted): no copy
     return replace(state, rejection_window=window), effects
 
 
