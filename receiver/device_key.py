@@ -43,6 +43,7 @@ __all__ = [
     "DeviceKeyError",
     "enrollment_entry",
     "load_or_create_device_key",
+    "private_key_pem",
     "seal_report",
 ]
 
