@@ -47,7 +47,6 @@ from receiver.core.effects import (
     StopPlayback,
     SwitchRelay,
 )
-from receiver.core.envelope import named_key
 from receiver.core.events import (
     Event,
     LinkChanged,
@@ -62,7 +61,7 @@ from receiver.core.events import (
 from receiver.device_key import EVENT_TYPE, STATE_TYPE, seal_report
 from receiver.errors import ReceiverError
 from receiver.health import TrafficMeter, read_health
-from receiver.inbox import Inbox
+from receiver.inbox import Inbox, named_key
 from receiver.logs import bounded
 from receiver.ports import Hooks, Ports
 from receiver.pump import OutboxPump

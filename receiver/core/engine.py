@@ -434,6 +434,8 @@ def reconcile_relay(state: State, now: Instant, out: list[Effect]) -> State:
     part, switches = amp.reconcile(
         state.amp, wants, now, max_toggles_per_min=state.settings.relay_max_toggles_per_min
     )
+    if part is state.amp:
+        return state  # unchanged (every step asks): no copy of the whole state
     state = replace(state, amp=part)
     if switches:
         out.extend(switches)

@@ -291,6 +291,8 @@ def _close_rejection_window(state: State, now: Instant, out: list[Effect]) -> St
     window, effects = limits.close(
         state.rejection_window, now, window_s=state.settings.rejection_window_s
     )
+    if window is state.rejection_window:
+        return state  # still open (every step asks while a flood is counted): no copy
     out.extend(effects)
     return replace(state, rejection_window=window)
 
