@@ -335,7 +335,7 @@ class MqttLink:
         client.on_socket_register_write = self._guard("on_socket_register_write", _ignore_socket)
         # paho's error lines through a logger that takes only those, not through on_log: paho
         # formats every line (each packet, with its properties) for on_log before it is called,
-        # a fifth of the link's time per message in a flood (bench/junk).
+        # about a tenth of the link's time per message in a flood (bench/junk).
         client.enable_logger(_error_logger(self._note_paho_error))
 
     # ------------------------------------------------------------------ public API
