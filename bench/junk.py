@@ -22,9 +22,10 @@ Figures:
 - a valid signed ``report`` command right after the last junk publish: publish -> ``accepted``
   event here. Floor: the same command while the same tone plays but with no flood, 5 times,
   before the flood; and beside part (c)'s marker after the same burst (what the MQTT library
-  alone allows, measured in the same run): how far beyond it, against the 100 ms goal. A valid command that the flood made the daemon shed is reported as lost (the
-  daemon acknowledged it at MQTT level, so the central side would not resend it) and another is
-  sent once the daemon is quiet.
+  alone allows, measured in the same run): how far beyond it, against the 100 ms goal. A valid
+  command that the flood made the daemon shed is reported as lost (the daemon acknowledged it at
+  MQTT level, so the central side would not resend it) and another is sent once the daemon is
+  quiet.
 - VmRSS (and VmHWM) of the daemon from ``/proc/<pid>/status``: before the flood, right after the
   valid command was accepted, and after the tone finished.
 - junk after the valid command: how many junk messages Mosquitto sent the daemon after it (its
