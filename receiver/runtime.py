@@ -5,9 +5,8 @@ threads and only drop plain events into the inbox. Each loop turn takes the even
 bounded number, and none after one whose step reports more than a refusal), asks the core what
 to do with each (``machine.step``) and carries out the effects in order; the turn's events
 reach the outbox in one durable write, and only then are the messages acknowledged to the
-broker. The loop feeds the systemd watchdog only while it
-turns, and polls the player's position (the only way to see a stalled stream) while a live
-relay plays.
+broker. The loop feeds the systemd watchdog only while it turns, and polls the player's position
+(the only way to see a stalled stream) while a live relay plays.
 """
 
 from __future__ import annotations
