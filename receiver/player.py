@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 from receiver.core.events import Event, PlaybackEnded, PlaybackFailed, PlaybackStarted
 from receiver.errors import PlayerError
+from receiver.stream_gate import StreamGate
 from receiver.streams import NETWORK_CACHING_MS, Resolved, StreamRefused, guess_kind, media_options
 
 __all__ = [
@@ -75,6 +76,7 @@ class _Item:
     raw_time: int = -1  # the last get_time() that position_ms() saw (loop thread only)
     position: int = 0  # what position_ms() reports: monotonic (loop thread only)
     prerolled: str | None = None  # opened paused by preroll() (media and offset), not resumed
+    gate: StreamGate | None = None  # a live stream's gate to its station, closed on release
 
 
 class PlayerSettings(Protocol):
@@ -297,14 +299,26 @@ class Player:
         current = item  # the placeholder, then the item _open makes: what "cancelled" asks about
         try:
             resolved = resolver(url, lambda: current.closed or self._closed)
+            # A stream goes through a gate on loopback, so that a station hanging up at once
+            # in mid-relay is not asked again in a tight loop (receiver.stream_gate).
+            gate = StreamGate(resolved.url) if resolved.kind == "stream" else None
             with self._vlc_lock:
                 with self._lock:
                     if item.closed or self._closed or self._item is not item:
+                        if gate is not None:
+                            gate.close()
                         return
-                self._open(item.token, resolved.url, volume, media_options(resolved.kind))
+                opened = resolved.url if gate is None else gate.url
+                try:
+                    self._open(item.token, opened, volume, media_options(resolved.kind))
+                except PlayerError:
+                    if gate is not None:
+                        gate.close()
+                    raise
                 with self._lock:
                     if self._item is not None:
                         current = self._item
+                        current.gate = gate
             self._log.info("stream_resolved", token=item.token, kind=resolved.kind)
             if resolved.confirm is not None:
                 resolved.confirm()
@@ -446,6 +460,8 @@ class Player:
         self._release(previous)
 
     def _release(self, item: _Item | None) -> None:
+        if item is not None and item.gate is not None:
+            item.gate.close()
         if item is not None and item.media is not None:
             item.events.event_detach(self._vlc.EventType.MediaStateChanged)
             item.media.release()

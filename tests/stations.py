@@ -206,6 +206,41 @@ def trickle(byte_every_s: float = 1.0, limit_s: float = 60.0) -> Route:
     return route
 
 
+def plays_then_hangs_up(audio: bytes, bitrate: int, audio_s: float) -> Route:
+    """An Icecast-like stream (``audio/mpeg`` with ``icy-*`` headers) that plays ``audio`` (at
+    ``bitrate`` bits a second, after a 1 s burst) to every request in its first ``audio_s``
+    seconds (from the first request), then breaks: each later request gets its headers and
+    an immediate hang-up, as a station whose source died mid-broadcast."""
+    first: list[float] = []
+    chunk = max(1, bitrate // 8 // 10)  # 0.1 s of audio
+
+    def route(handler: SimpleHTTPRequestHandler) -> int:
+        now = time.monotonic()
+        if not first:
+            first.append(now)
+        handler.send_response(200)
+        handler.send_header("Content-Type", "audio/mpeg")
+        handler.send_header("icy-name", "mid-relay hang-up")
+        handler.send_header("icy-br", str(bitrate // 1000))
+        handler.send_header("Cache-Control", "no-cache")
+        handler.end_headers()
+        handler.wfile.flush()
+        ends = first[0] + audio_s
+        if now >= ends:
+            return 200  # hangs up at once: nothing of the body
+        burst = 10 * chunk
+        handler.wfile.write(audio[:burst])
+        sent, clock = burst, now
+        while time.monotonic() < ends and sent < len(audio):
+            clock += 0.1
+            time.sleep(max(0.0, clock - time.monotonic()))
+            handler.wfile.write(audio[sent : sent + chunk])
+            sent += chunk
+        return 200
+
+    return route
+
+
 # --- the stations --------------------------------------------------------------------------
 
 

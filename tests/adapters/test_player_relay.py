@@ -9,6 +9,7 @@ reason in bounded time, and the log shows no request storm."""
 
 from __future__ import annotations
 
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -18,15 +19,17 @@ from queue import Empty, Queue
 import pytest
 
 from receiver.config_model import PlayerConfig
-from receiver.core.events import Event, PlaybackFailed, PlaybackStarted
+from receiver.core.events import Event, PlaybackEnded, PlaybackFailed, PlaybackStarted
 from receiver.player import Player
 from receiver.streams import RESOLVE_DEADLINE_S, Resolved, resolve
-from tests.audio import dominant_of, read_wav, trim_silence
+from tests.audio import dominant_of, read_wav, trim_silence, wait_for_final_wav
 from tests.stations import (
     HlsStation,
     IcecastStation,
     WebServer,
+    _need,
     answer,
+    plays_then_hangs_up,
     redirect,
     trickle,
 )
@@ -236,3 +239,71 @@ def test_a_server_that_hangs_up_before_any_audio_is_refused_without_a_storm(
     # The probe, and what libVLC asked in the moment it ran before the probe saw the hang-up.
     print(f"\nrequests to a server hanging up at once: {len(web.requests)}")
     assert 1 <= len(web.requests) <= 10, web.requests
+
+
+# --- a station that breaks in the middle of a relay -------------------------------------------
+
+MP3_BITRATE = 128_000
+
+
+@pytest.fixture(scope="module")
+def tone_mp3(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    """20 s of a 440 Hz tone as MP3 at 128 kbit/s (FFmpeg)."""
+    path = tmp_path_factory.mktemp("mp3") / "tone.mp3"
+    subprocess.run(
+        [
+            _need("ffmpeg"),
+            "-nostdin",
+            "-loglevel",
+            "error",
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=440:sample_rate=44100:duration=20",
+            "-c:a",
+            "libmp3lame",
+            "-b:a",
+            "128k",
+            "-f",
+            "mp3",
+            str(path),
+        ],
+        check=True,
+    )
+    return path.read_bytes()
+
+
+def busiest_second(times: list[float]) -> int:
+    """The most requests within any one second."""
+    ordered = sorted(times)
+    return max((sum(1 for t in ordered if s <= t < s + 1.0) for s in ordered), default=0)
+
+
+def test_a_station_that_hangs_up_mid_relay_gets_no_request_storm_and_the_item_ends(
+    rig: Rig, web: WebServer, tone_mp3: bytes
+) -> None:
+    # Icecast's headers put libVLC 3 on its legacy http access, which reconnects whenever a
+    # read ends, without a pause: once the station hangs up every connection at once, it was
+    # asked about a thousand times a second, with no event, until stop().
+    rig.hosts.append(f"127.0.0.1:{web.port}")
+    url = web.route("/live.mp3", plays_then_hangs_up(tone_mp3, MP3_BITRATE, audio_s=4.0))
+    rig.player.play(1, url, 100, live=True)
+    assert rig.events.next(20) == PlaybackStarted(1)
+    try:
+        ended = rig.events.next(15)
+    finally:
+        requests = web.requests
+        busiest = busiest_second([r.mono for r in requests])
+        print(f"\nrequests to the station: {len(requests)}, in its busiest second: {busiest}")
+    assert busiest <= 5, f"{len(requests)} requests, {busiest} in one second"
+    assert isinstance(ended, PlaybackEnded | PlaybackFailed) and ended.token == 1, ended
+    ended_at = time.monotonic()
+    sound = wait_for_final_wav(rig.wav)  # afile finishes its WAV a little after the end
+    # the audio before the break was relayed
+    assert dominant_of(trim_silence(sound.samples), sound.rate, (440.0, 1000.0)) == 440.0
+    time.sleep(1.0)
+    assert web.serving == 0, "the player still holds a connection to the station"
+    size = rig.wav.stat().st_size
+    time.sleep(1.5)
+    assert rig.wav.stat().st_size == size, "the WAV still grows after the item ended"
+    assert [r for r in web.requests if r.mono > ended_at + 0.5] == []

@@ -1,0 +1,205 @@
+"""A gate on loopback between libVLC and one Icecast/HTTP station, so that a station that breaks
+in the middle of a relay is never asked in a tight loop.
+
+Why: an answer with Icecast's ``icy-*`` headers puts libVLC 3 on its legacy ``http`` access,
+which reconnects whenever a read ends, at once and whatever the media options say. A station
+that starts answering and hanging up at once in the middle of a relay (its source died, a
+misconfigured mount) was so asked about a thousand times a second, with no event, until the
+stall watchdog stopped the item 8 s later. The resolver's first-bytes probe catches that only at
+the start of a relay.
+
+:class:`StreamGate` listens on ``127.0.0.1`` (a free port); libVLC opens :attr:`StreamGate.url`.
+For each of libVLC's requests the gate asks the station itself (one ``GET``, the connection
+made by :mod:`receiver.streams`) and passes the body back under plain HTTP headers (no
+``icy-*``, so libVLC keeps its newer access, which with ``:http-continuous`` reconnects once
+per close). Its rules:
+
+* at most one request to the station every :data:`MIN_INTERVAL_S`;
+* once the station hung up without sending any audio, or answered anything but 200, every
+  later request of libVLC is answered 503 without asking the station: libVLC ends the item
+  (``PlaybackEnded``) and the daemon's restart budget decides, with its backoff.
+
+:meth:`StreamGate.close` closes every connection at once (the player calls it when the item
+is stopped or replaced).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import select
+import socket
+import threading
+import time
+from typing import Final
+from urllib.parse import urlsplit
+
+from receiver.core import urls
+from receiver.streams import RESOLVE_DEADLINE_S, StreamRefused, _connect, _Deadline, _request
+
+__all__ = ["MIN_INTERVAL_S", "StreamGate"]
+
+MIN_INTERVAL_S: Final = 1.0  # between two requests to the station
+POLL_S: Final = 0.25  # how often a blocked wait asks whether the gate was closed
+_REQUEST_LIMIT: Final = 16 * 1024  # libVLC's request head
+_REFUSED: Final = b"HTTP/1.0 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n"
+
+
+class StreamGate:
+    """Passes libVLC's requests for ``url`` (already resolved and checked) to the station."""
+
+    def __init__(self, url: str, allowed_schemes: tuple[str, ...] = ("http", "https")) -> None:
+        self._target = urls.check_url(url, allowed_schemes, (_host_port(url),))
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._lock = threading.Lock()
+        self._open: set[socket.socket] = set()
+        self._closed = False
+        self._spent = False  # the station hung up without audio: libVLC gets 503 from now on
+        self._last_asked = -MIN_INTERVAL_S
+        self._turn = threading.Lock()  # one request to the station at a time
+        threading.Thread(target=self._accept, name="stream-gate", daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        port: int = self._listener.getsockname()[1]
+        return f"http://127.0.0.1:{port}/stream"
+
+    def close(self) -> None:
+        """Close the listener and every connection (libVLC's and the station's). Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            sockets = list(self._open)
+            self._open.clear()
+        for sock in (self._listener, *sockets):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+    # --- threads ------------------------------------------------------------------------------
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return  # closed
+            if not self._keep(client):
+                return
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _keep(self, sock: socket.socket) -> bool:
+        with self._lock:
+            if self._closed:
+                sock.close()
+                return False
+            self._open.add(sock)
+            return True
+
+    def _drop(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._open.discard(sock)
+        sock.close()
+
+    def _serve(self, client: socket.socket) -> None:
+        station: socket.socket | None = None
+        try:
+            if not self._read_request(client):
+                return
+            with self._turn:
+                answered = self._ask_station()
+            if answered is None:
+                client.sendall(_REFUSED)
+                return
+            station, head, rest = answered
+            client.sendall(head + rest)
+            if not self._pump(station, client, bool(rest)):
+                self._spent = True
+        except OSError:
+            pass
+        finally:
+            if station is not None:
+                self._drop(station)
+            self._drop(client)
+
+    def _read_request(self, client: socket.socket) -> bool:
+        data = b""
+        client.settimeout(POLL_S)
+        while b"\r\n\r\n" not in data and len(data) < _REQUEST_LIMIT:
+            if self._closed:
+                return False
+            try:
+                chunk = client.recv(4096)
+            except TimeoutError:
+                continue
+            if not chunk:
+                return False
+            data += chunk
+        return b"\r\n\r\n" in data
+
+    def _ask_station(self) -> tuple[socket.socket, bytes, bytes] | None:
+        """A ``GET`` to the station, at most one every MIN_INTERVAL_S: (its connection, the
+        head to give libVLC, the first bytes of the body); None: refuse libVLC."""
+        while not self._spent and not self._closed:
+            wait = self._last_asked + MIN_INTERVAL_S - time.monotonic()
+            if wait <= 0:
+                break
+            time.sleep(min(wait, POLL_S))
+        if self._spent or self._closed:
+            return None
+        self._last_asked = time.monotonic()
+        deadline = _Deadline(self._last_asked + RESOLVE_DEADLINE_S, lambda: self._closed)
+        try:
+            sock = _connect(self._target, deadline)
+        except StreamRefused:
+            return None
+        if not self._keep(sock):
+            return None
+        try:
+            status, headers, rest = _request(sock, self._target, deadline)
+        except StreamRefused:
+            self._drop(sock)
+            return None
+        if status != 200:
+            self._spent = True
+            self._drop(sock)
+            return None
+        content_type = headers.get("content-type", "application/octet-stream")
+        head = (
+            f"HTTP/1.0 200 OK\r\nContent-Type: {_printable(content_type)}\r\n"
+            "Cache-Control: no-cache\r\n\r\n"
+        ).encode("latin-1")
+        return sock, head, rest
+
+    def _pump(self, station: socket.socket, client: socket.socket, had_audio: bool) -> bool:
+        """Station to libVLC until either hangs up or the gate closes; whether audio came."""
+        station.setblocking(False)
+        client.settimeout(None)
+        while not self._closed:
+            readable, _, _ = select.select([station, client], [], [], POLL_S)
+            if client in readable:
+                with contextlib.suppress(BlockingIOError):
+                    if not client.recv(4096):
+                        return True  # libVLC let go (stopped, or reconnecting on its own)
+            if station in readable:
+                try:
+                    chunk = station.recv(65536)
+                except BlockingIOError:
+                    continue
+                if not chunk:
+                    return had_audio
+                had_audio = True
+                client.sendall(chunk)
+        return True
+
+
+def _host_port(url: str) -> str:
+    """``host:port`` of an already checked URL: the gate's allowlist is that one station."""
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    host = parts.hostname or ""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _printable(value: str) -> str:
+    return "".join(c for c in value if " " <= c <= "~")[:200]
