@@ -31,7 +31,15 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-__all__ = ["HlsStation", "IcecastStation", "Request", "WebServer", "free_port"]
+__all__ = [
+    "HlsStation",
+    "IcecastStation",
+    "Request",
+    "WebServer",
+    "free_port",
+    "mp3_tone",
+    "plays_then_hangs_up",
+]
 
 
 def free_port() -> int:
@@ -204,6 +212,31 @@ def trickle(byte_every_s: float = 1.0, limit_s: float = 60.0) -> Route:
         return 200  # a hung-up listener shows as an OSError at the next write
 
     return route
+
+
+def mp3_tone(path: Path, freq_hz: float = 440.0, duration_s: float = 20.0) -> bytes:
+    """A tone as MP3 at 128 kbit/s, made by FFmpeg into ``path``; its bytes."""
+    subprocess.run(
+        [
+            _need("ffmpeg"),
+            "-nostdin",
+            "-loglevel",
+            "error",
+            "-f",
+            "lavfi",
+            "-i",
+            f"sine=frequency={freq_hz:g}:sample_rate=44100:duration={duration_s:g}",
+            "-c:a",
+            "libmp3lame",
+            "-b:a",
+            "128k",
+            "-f",
+            "mp3",
+            str(path),
+        ],
+        check=True,
+    )
+    return path.read_bytes()
 
 
 def plays_then_hangs_up(audio: bytes, bitrate: int, audio_s: float) -> Route:

@@ -9,7 +9,6 @@ reason in bounded time, and the log shows no request storm."""
 
 from __future__ import annotations
 
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -27,8 +26,8 @@ from tests.stations import (
     HlsStation,
     IcecastStation,
     WebServer,
-    _need,
     answer,
+    mp3_tone,
     plays_then_hangs_up,
     redirect,
     trickle,
@@ -248,29 +247,8 @@ MP3_BITRATE = 128_000
 
 @pytest.fixture(scope="module")
 def tone_mp3(tmp_path_factory: pytest.TempPathFactory) -> bytes:
-    """20 s of a 440 Hz tone as MP3 at 128 kbit/s (FFmpeg)."""
-    path = tmp_path_factory.mktemp("mp3") / "tone.mp3"
-    subprocess.run(
-        [
-            _need("ffmpeg"),
-            "-nostdin",
-            "-loglevel",
-            "error",
-            "-f",
-            "lavfi",
-            "-i",
-            "sine=frequency=440:sample_rate=44100:duration=20",
-            "-c:a",
-            "libmp3lame",
-            "-b:a",
-            "128k",
-            "-f",
-            "mp3",
-            str(path),
-        ],
-        check=True,
-    )
-    return path.read_bytes()
+    """20 s of a 440 Hz tone as MP3 at 128 kbit/s."""
+    return mp3_tone(tmp_path_factory.mktemp("mp3") / "tone.mp3", 440.0, 20.0)
 
 
 def busiest_second(times: list[float]) -> int:

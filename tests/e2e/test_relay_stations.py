@@ -1,9 +1,9 @@
 """Live relays end to end against real stations: the daemon relays Icecast2 (its stream and its
 ``.m3u``) and an HLS live stream made by FFmpeg until the window ends, then nothing more reaches
 the station; and bad input (a web page, a redirect loop, a playlist naming itself or a host off
-the allowlist, a server trickling a byte a second, an HLS playlist that never adds segments)
-each ends ``failed`` with a reason in bounded time, with no request storm and the amplifier
-off."""
+the allowlist, a server trickling a byte a second, an HLS playlist that never adds segments, a
+station that starts hanging up every connection in the middle of a relay) each ends ``failed``
+with a reason in bounded time, with no request storm and the amplifier off."""
 
 from __future__ import annotations
 
@@ -28,6 +28,8 @@ from tests.stations import (
     Request,
     WebServer,
     answer,
+    mp3_tone,
+    plays_then_hangs_up,
     redirect,
     trickle,
 )
@@ -231,3 +233,37 @@ def test_bad_input_ends_failed_in_bounded_time_without_a_request_storm(
     finally:
         if hls is not None:
             hls.close()
+
+
+def test_a_station_hanging_up_in_mid_relay_ends_failed_without_a_request_storm(
+    site: Site, web: WebServer, start_daemon: Callable[[], Daemon], watcher: Subscriber
+) -> None:
+    # Before the stream gate, libVLC asked such a station about 1,900 times a second (with
+    # Icecast's headers it reconnects at once whenever a read ends) until the stall watchdog.
+    audio = mp3_tone(site.root / "tone.mp3", 440.0, 20.0)
+    url = web.route("/live.mp3", plays_then_hangs_up(audio, 128_000, audio_s=4.0))
+    relay_config(site, web.port)
+    daemon = start_daemon()
+    wait_online(watcher, site)
+    past_reset_floor(daemon)
+    start = time.monotonic()
+    relay(watcher, site, url)
+    assert next_event(watcher, site, ("started", "failed"), 30)["kind"] == "started"
+    reconnect = next_event(watcher, site, ("fault", "failed", "finished"), 30)
+    assert reconnect["kind"] == "fault" and "reconnect 1 of 1" in reconnect["detail"], reconnect
+    failed = next_event(watcher, site, ("failed", "finished"), 30)
+    ended = time.monotonic()
+    assert failed["kind"] == "failed" and failed["reason"] == "stream_failed", failed
+    requests = [r for r in web.requests if r.mono >= start]
+    print(f"\nrequests: {len(requests)} in {ended - start:.1f} s")
+    assert busiest_second(requests) <= 5, requests
+    assert len(requests) <= 8, requests  # probe and gate, each (re)start
+    amplifier_goes_off(daemon)
+    time.sleep(1.0)
+    assert web.serving == 0, "the receiver still holds a connection"
+    size = site.wav.stat().st_size
+    time.sleep(1.5)
+    assert [r for r in web.requests if r.mono > ended + 0.5] == []
+    assert site.wav.stat().st_size == size, "the WAV still grows after the relay failed"
+    sound = read_wav(site.wav)
+    assert dominant_of(trim_silence(sound.samples), sound.rate, (440.0, 1000.0)) == 440.0
