@@ -32,6 +32,7 @@ from tests.stations import (
     redirect,
     trickle,
 )
+from tests.streamserver import Stream, StreamServer, encode, mp3_stream, write_programme
 
 
 class Recorder:
@@ -285,3 +286,38 @@ def test_a_station_that_hangs_up_mid_relay_gets_no_request_storm_and_the_item_en
     time.sleep(1.5)
     assert rig.wav.stat().st_size == size, "the WAV still grows after the item ended"
     assert [r for r in web.requests if r.mono > ended_at + 0.5] == []
+
+
+@pytest.fixture(scope="module")
+def radio_mp3(tmp_path_factory: pytest.TempPathFactory) -> Stream:
+    folder = tmp_path_factory.mktemp("radio")
+    wav = write_programme(folder / "tone.wav", 440.0, 8.0)
+    return mp3_stream(encode(wav, folder / "tone.mp3", "mp3"))
+
+
+def wait_until_moved(rig: Rig, past_ms: int, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while rig.player.position_ms() <= past_ms:
+        assert time.monotonic() < deadline, f"the position did not pass {past_ms} ms"
+        time.sleep(0.1)
+
+
+def test_through_the_gate_a_hiccup_is_rejoined_silently_and_a_gone_source_ends(
+    rig: Rig, radio_mp3: Stream
+) -> None:
+    with StreamServer({"/tone.mp3": radio_mp3}) as server:  # Icecast's headers and pacing
+        rig.hosts.append(f"127.0.0.1:{server.port}")
+        rig.player.play(1, server.url("/tone.mp3"), 100, live=True)
+        assert rig.events.next(20) == PlaybackStarted(1)
+        wait_until_moved(rig, 1000)
+        opened = server.connections
+        assert opened == 2  # the resolver's probe, then the gate's request
+
+        server.set_mode("close", connection=opened)  # one hang-up; the station stays up
+        wait_until_moved(rig, rig.player.position_ms() + 2000)
+        assert server.connections == opened + 1  # asked once again, and it plays on
+        assert rig.events.queue.empty()  # no event: as libVLC alone rejoins
+
+        server.set_mode("gone")  # the source has left: hang-up, then 404
+        assert rig.events.next(15) == PlaybackEnded(1)
+        assert server.connections == opened + 2  # one more request, then the item ended
