@@ -172,25 +172,35 @@ class StreamGate:
         return sock, head, rest
 
     def _pump(self, station: socket.socket, client: socket.socket, had_audio: bool) -> bool:
-        """Station to libVLC until either hangs up or the gate closes; whether audio came."""
-        station.setblocking(False)
+        """Station to libVLC until either hangs up or the gate closes; whether audio came.
+
+        The station's socket keeps blocking reads with a short timeout, not select(): an
+        ``https`` station's socket may hold decrypted bytes that select() does not see."""
+        station.settimeout(POLL_S)
         client.settimeout(None)
         while not self._closed:
-            readable, _, _ = select.select([station, client], [], [], POLL_S)
-            if client in readable:
-                with contextlib.suppress(BlockingIOError):
-                    if not client.recv(4096):
-                        return True  # libVLC let go (stopped, or reconnecting on its own)
-            if station in readable:
-                try:
-                    chunk = station.recv(65536)
-                except BlockingIOError:
-                    continue
-                if not chunk:
-                    return had_audio
-                had_audio = True
-                client.sendall(chunk)
+            if _hung_up(client):
+                return True  # libVLC let go (stopped, or reconnecting on its own)
+            try:
+                chunk = station.recv(65536)
+            except TimeoutError:
+                continue
+            if not chunk:
+                return had_audio
+            had_audio = True
+            client.sendall(chunk)
         return True
+
+
+def _hung_up(client: socket.socket) -> bool:
+    """Whether libVLC closed its side (it sends nothing after its request)."""
+    readable, _, _ = select.select([client], [], [], 0)
+    if not readable:
+        return False
+    try:
+        return not client.recv(4096, socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        return False
 
 
 def _host_port(url: str) -> str:
