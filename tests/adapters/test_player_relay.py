@@ -5,7 +5,11 @@ is heard, the position advances, and the server gets a few requests a second at 
 
 Bad input at the player's level: a web page, a redirect loop, a playlist naming itself or a host
 off the allowlist, a server trickling a byte a second: each gives ``PlaybackFailed`` with our
-reason in bounded time, and the log shows no request storm."""
+reason in bounded time, and the log shows no request storm.
+
+A station that breaks in mid-relay (plays, then hangs up every connection at once) is asked a
+few times in all through the stream gate (:mod:`receiver.stream_gate`) and the item ends, while
+a single hang-up is still rejoined with no event."""
 
 from __future__ import annotations
 
