@@ -47,8 +47,8 @@ _REFUSED: Final = b"HTTP/1.0 503 Service Unavailable\r\nContent-Length: 0\r\n\r\
 class StreamGate:
     """Passes libVLC's requests for ``url`` (already resolved and checked) to the station."""
 
-    def __init__(self, url: str, allowed_schemes: tuple[str, ...] = ("http", "https")) -> None:
-        self._target = urls.check_url(url, allowed_schemes, (_host_port(url),))
+    def __init__(self, url: str) -> None:
+        self._target = _target(url)
         self._listener = socket.create_server(("127.0.0.1", 0))
         self._lock = threading.Lock()
         self._open: set[socket.socket] = set()
@@ -203,12 +203,15 @@ def _hung_up(client: socket.socket) -> bool:
         return False
 
 
-def _host_port(url: str) -> str:
-    """``host:port`` of an already checked URL: the gate's allowlist is that one station."""
+def _target(url: str) -> urls.Target:
+    """Where the gate's requests go: ``url`` has already passed the allowlist (the resolver)."""
     parts = urlsplit(url)
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    host = parts.hostname or ""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    scheme = parts.scheme.lower()
+    path = parts.path or "/"
+    if parts.query:
+        path = f"{path}?{parts.query}"
+    port = parts.port or (443 if scheme == "https" else 80)
+    return urls.Target(scheme, (parts.hostname or "").rstrip("."), port, path)
 
 
 def _printable(value: str) -> str:
