@@ -16,7 +16,8 @@ import pytest
 
 from receiver.central import admin
 from receiver.timefmt import rfc3339
-from tests.broker import MosquittoBroker, Subscriber, read_stream_lines
+from tests.lab.broker import MosquittoBroker, Subscriber
+from tests.lab.daemon import read_stream_lines
 
 ROOT = Path(__file__).resolve().parents[1]
 PREFIX = "loa/v1"

@@ -21,8 +21,8 @@ from receiver.config_model import PlayerConfig
 from receiver.core.events import Event, PlaybackFailed, PlaybackStarted
 from receiver.player import Player
 from receiver.streams import RESOLVE_DEADLINE_S, Resolved, resolve
-from tests.audio import dominant_of, read_wav, trim_silence
-from tests.stations import (
+from tests.lab.audio import dominant_of, read_wav, trim_silence
+from tests.lab.stations import (
     HlsStation,
     IcecastStation,
     WebServer,

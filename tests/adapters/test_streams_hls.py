@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from receiver.streams import MAX_HLS_VARIANTS, StreamRefused, resolve
-from tests.stations import WebServer, answer
+from tests.lab.stations import WebServer, answer
 
 HLS = "application/vnd.apple.mpegurl"
 OFF = "http://127.0.0.2:9"  # a host that is not on the allowlist

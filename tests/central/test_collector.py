@@ -23,8 +23,8 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from tests.broker import read_stream_lines
 from tests.central.conftest import PASSWORDS, Secured, device_event, device_state
+from tests.lab.daemon import read_stream_lines
 
 ROOT = Path(__file__).resolve().parents[2]
 DEVICES = [f"loa-{i:03d}" for i in range(1, 6)]

@@ -16,13 +16,13 @@ from typing import Any
 import pytest
 
 from receiver.central.signing import command_payload, sign_command
-from tests.audio import dominant_of, read_wav, trim_silence
-from tests.broker import Received, Subscriber
 from tests.e2e.conftest import Site
-from tests.e2e.daemon import DEVICE, Daemon
 from tests.e2e.test_daemon import wait_online
 from tests.e2e.test_relay_window import past_reset_floor
-from tests.stations import (
+from tests.lab.audio import dominant_of, read_wav, trim_silence
+from tests.lab.broker import Received, Subscriber
+from tests.lab.daemon import DEVICE, Daemon
+from tests.lab.stations import (
     HlsStation,
     IcecastStation,
     Request,

@@ -12,12 +12,12 @@ from typing import Any
 import pytest
 
 from receiver.central.signing import command_payload, sign_command
-from tests.audio import dominant_of, read_wav, trim_silence, write_tone
-from tests.broker import Received, Subscriber
 from tests.e2e.conftest import Site
-from tests.e2e.daemon import DEVICE, Daemon
 from tests.e2e.test_daemon import wait_online
-from tests.streamserver import StreamServer, encode, mp3_stream, write_programme
+from tests.lab.audio import dominant_of, read_wav, trim_silence, write_tone
+from tests.lab.broker import Received, Subscriber
+from tests.lab.daemon import DEVICE, Daemon
+from tests.lab.streams import StreamServer, encode, mp3_stream, write_programme
 
 
 @pytest.fixture

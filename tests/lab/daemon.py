@@ -1,11 +1,13 @@
-"""The receiver as a separate process, for end-to-end tests: config, start, logs, stop."""
+"""The receiver as a separate process, for end-to-end tests and benchmarks: its config
+(:func:`write_config`), :class:`Daemon` (start, JSON log lines, stop, kill), signed envelopes
+made by hand (:func:`envelope`), and :func:`read_stream_lines` for any child's output."""
 
 from __future__ import annotations
 
 import base64
-import functools
 import json
 import os
+import queue
 import signal
 import subprocess
 import sys
@@ -13,57 +15,13 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from receiver.central.signing import SigningKey
 
 DEVICE = "e2e-dev-01"
 GROUP = "commune-e2e"
-
-
-class QuietHandler(SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
-class RecordingHandler(QuietHandler):
-    """Also appends each request line to ``requests`` (so a test can count what was fetched)."""
-
-    def __init__(self, *args: Any, requests: list[str], **kwargs: Any) -> None:
-        self._requests = requests  # set first: the base class handles the request in __init__
-        super().__init__(*args, **kwargs)
-
-    def parse_request(self) -> bool:
-        ok = super().parse_request()
-        self._requests.append(self.requestline)
-        return ok
-
-
-class MediaServer:
-    """A plain HTTP server on loopback serving one directory.
-
-    ``requests`` lists the request line of every request it received, in order.
-    """
-
-    def __init__(self, directory: Path) -> None:
-        self.requests: list[str] = []
-        handler = functools.partial(
-            RecordingHandler, directory=str(directory), requests=self.requests
-        )
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self.port = int(self.server.server_address[1])
-        self.directory = directory
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self._thread.start()
-
-    def url(self, name: str) -> str:
-        return f"http://127.0.0.1:{self.port}/{name}"
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 def write_config(
@@ -196,3 +154,15 @@ def envelope(payload_type: str, body: bytes, signatures: Sequence[tuple[str, byt
             ],
         }
     ).encode("utf-8")
+
+
+def read_stream_lines(stream: IO[str], out: queue.Queue[str]) -> threading.Thread:
+    """Copy a subprocess's text stream into a queue, line by line, in a daemon thread."""
+
+    def pump() -> None:
+        for line in stream:
+            out.put(line.rstrip("\n"))
+
+    thread = threading.Thread(target=pump, daemon=True)
+    thread.start()
+    return thread
