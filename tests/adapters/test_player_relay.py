@@ -68,28 +68,6 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
     player.close()
 
 
-@pytest.fixture(scope="module")
-def icecast(tmp_path_factory: pytest.TempPathFactory) -> Iterator[IcecastStation]:
-    station = IcecastStation(tmp_path_factory.mktemp("icecast"), 440.0)
-    yield station
-    station.close()
-
-
-@pytest.fixture
-def hls(tmp_path: Path) -> Iterator[HlsStation]:
-    station = HlsStation(tmp_path, 1000.0)
-    yield station
-    station.close()
-
-
-@pytest.fixture
-def web(tmp_path: Path) -> Iterator[WebServer]:
-    (tmp_path / "www").mkdir()
-    server = WebServer(tmp_path / "www")
-    yield server
-    server.close()
-
-
 def relay_for(rig: Rig, url: str, seconds: float) -> list[int]:
     """Play ``url`` live; return the positions read each second for ``seconds`` after start."""
     rig.player.play(1, url, 100, live=True)

@@ -13,10 +13,11 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Self
 
 from receiver.central.signing import SigningKey
 
@@ -90,10 +91,15 @@ class Daemon:
     raw: list[str] = field(default_factory=list)
     process: subprocess.Popen[str] | None = None
 
-    def start(self) -> Daemon:
+    def command(self) -> list[str]:
+        """The command line that runs the receiver (a subclass may wrap it, e.g. in a network
+        namespace)."""
+        return [sys.executable, "-m", "receiver.cli", "run", "--config", str(self.config)]
+
+    def start(self) -> Self:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "receiver.cli", "run", "--config", str(self.config)],
+            self.command(),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -166,3 +172,17 @@ def read_stream_lines(stream: IO[str], out: queue.Queue[str]) -> threading.Threa
     thread = threading.Thread(target=pump, daemon=True)
     thread.start()
     return thread
+
+
+@contextmanager
+def stopping(child: subprocess.Popen[str]) -> Iterator[subprocess.Popen[str]]:
+    """``child`` killed at the end of the block if it still runs, and its pipes closed."""
+    try:
+        yield child
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(timeout=10)
+        for stream in (child.stdout, child.stderr):
+            if stream is not None:
+                stream.close()

@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -87,20 +84,9 @@ class LinkDaemon(Daemon):
 
     link: LossyLink | None = None
 
-    def start(self) -> LinkDaemon:
+    def command(self) -> list[str]:
         assert self.link is not None
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        self.process = subprocess.Popen(
-            self.link.device_command(
-                [sys.executable, "-m", "receiver.cli", "run", "--config", str(self.config)]
-            ),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env=env,
-        )
-        threading.Thread(target=self._pump, daemon=True).start()
-        return self
+        return self.link.device_command(super().command())
 
 
 @dataclass
