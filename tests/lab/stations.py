@@ -196,6 +196,22 @@ def _stop(process: subprocess.Popen[bytes] | None) -> None:
             process.wait(timeout=5)
 
 
+def _live_tone(freq_hz: float) -> list[str]:
+    """FFmpeg reading a sine tone at real time (``-re``), as a station's source; its output
+    options follow."""
+    return [
+        need("ffmpeg", package="ffmpeg"),
+        "-nostdin",
+        "-loglevel",
+        "error",
+        "-re",
+        "-f",
+        "lavfi",
+        "-i",
+        f"sine=frequency={freq_hz:g}:sample_rate=44100",
+    ]
+
+
 class HlsStation:
     """A live HLS stream of a sine tone at ``/live/index.m3u8`` on a :class:`WebServer`."""
 
@@ -206,15 +222,7 @@ class HlsStation:
         self.playlist = self.dir / "live" / "index.m3u8"
         self._ffmpeg: subprocess.Popen[bytes] | None = subprocess.Popen(
             [
-                need("ffmpeg", package="ffmpeg"),
-                "-nostdin",
-                "-loglevel",
-                "error",
-                "-re",
-                "-f",
-                "lavfi",
-                "-i",
-                f"sine=frequency={freq_hz:g}:sample_rate=44100",
+                *_live_tone(freq_hz),
                 "-c:a",
                 "aac",
                 "-b:a",
@@ -317,15 +325,7 @@ class IcecastStation:
             _wait(self._listening, 20, "icecast2 to listen")
             self._ffmpeg = subprocess.Popen(
                 [
-                    need("ffmpeg", package="ffmpeg"),
-                    "-nostdin",
-                    "-loglevel",
-                    "error",
-                    "-re",
-                    "-f",
-                    "lavfi",
-                    "-i",
-                    f"sine=frequency={freq_hz:g}:sample_rate=44100",
+                    *_live_tone(freq_hz),
                     "-c:a",
                     "libmp3lame",
                     "-b:a",
