@@ -91,7 +91,7 @@ from bench._common import (
     wall_minus_mono,
     worst,
 )
-from tests.e2e.daemon import GROUP, Daemon
+from tests.lab.daemon import GROUP, Daemon
 
 DEVICES = 4
 DEFAULT_TRIALS = 20

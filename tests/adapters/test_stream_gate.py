@@ -7,20 +7,9 @@ from __future__ import annotations
 import itertools
 import socket
 import time
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
 
 from receiver.stream_gate import MIN_INTERVAL_S, StreamGate
-from tests.stations import WebServer, answer, trickle
-
-
-@pytest.fixture
-def web(tmp_path: Path) -> Iterator[WebServer]:
-    server = WebServer(tmp_path)
-    yield server
-    server.close()
+from tests.lab.stations import WebServer, answer, trickle
 
 
 def ask(gate: StreamGate) -> bytes:

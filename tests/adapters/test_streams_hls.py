@@ -6,25 +6,15 @@ resolves (the real one, made by FFmpeg, plays in ``test_player_relay.py``)."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from http.server import SimpleHTTPRequestHandler
-from pathlib import Path
 
 import pytest
 
 from receiver.streams import MAX_HLS_VARIANTS, StreamRefused, resolve
-from tests.stations import WebServer, answer
+from tests.lab.stations import WebServer, answer
 
 HLS = "application/vnd.apple.mpegurl"
 OFF = "http://127.0.0.2:9"  # a host that is not on the allowlist
-
-
-@pytest.fixture
-def web(tmp_path: Path) -> Iterator[WebServer]:
-    (tmp_path / "www").mkdir()
-    server = WebServer(tmp_path / "www")
-    yield server
-    server.close()
 
 
 def media(*segments: str, key: str | None = None) -> bytes:
