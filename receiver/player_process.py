@@ -84,11 +84,20 @@ class ProcessPlayer:
     # --- the player's API ---------------------------------------------------------------------
 
     def play(
-        self, token: int, media: str, volume: int, start_ms: int = 0, *, live: bool = False
+        self,
+        token: int,
+        media: str,
+        volume: int,
+        start_ms: int = 0,
+        *,
+        live: bool = False,
+        at: float | None = None,
     ) -> None:
+        """``at``: the child starts it itself at that ``time.monotonic()`` instant (the clock
+        is machine-wide), so the hop to the child is not between the instant and the sound."""
         if self._conn is None:
             self._start_child()
-        self._call("play", token, media, volume, start_ms, live=live)
+        self._call("play", token, media, volume, start_ms, live=live, at=at)
         self._live = True
 
     def preroll(self, token: int, media: str, volume: int, start_ms: int = 0) -> None:

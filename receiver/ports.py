@@ -46,7 +46,14 @@ class Player(Protocol):
     """One item at a time; reports ``PlaybackStarted/Ended/Failed`` through ``Hooks.report``."""
 
     def play(
-        self, token: int, media: str, volume: int, start_ms: int = 0, *, live: bool = False
+        self,
+        token: int,
+        media: str,
+        volume: int,
+        start_ms: int = 0,
+        *,
+        live: bool = False,
+        at: float | None = None,
     ) -> None: ...
     def preroll(self, token: int, media: str, volume: int, start_ms: int = 0) -> None: ...
     def drop_preroll(self, token: int) -> None: ...

@@ -397,9 +397,18 @@ class Runtime:
         match effect:
             case Fetch(url=url, sha256=sha256, size=size):
                 self.fetcher.fetch(url, sha256, size)
-            case Play(token=token, media=media, volume=volume, start_ms=start_ms, live=live):
-                self._play_issued = True
-                self.player.play(token, media, volume, start_ms, live=live)  # logged after it
+            case Play(
+                token=token,
+                media=media,
+                volume=volume,
+                start_ms=start_ms,
+                live=live,
+                at_mono=at_mono,
+            ):
+                at = None if at_mono is None else self._monotonic_at(at_mono, now)
+                if at is None:
+                    self._play_issued = True  # else its start report is a while away
+                self.player.play(token, media, volume, start_ms, live=live, at=at)  # logged after
                 self.log.info(
                     "play",
                     token=token,
@@ -407,6 +416,7 @@ class Runtime:
                     volume=volume,
                     start_ms=start_ms,
                     mono=round(now.mono, 3),
+                    **({} if at is None else {"at": round(at, 6)}),
                 )
                 name = Path(media).name
                 if len(name) == SHA256_HEX_CHARS:  # a cached file: keep it fresh in the LRU
@@ -430,6 +440,13 @@ class Runtime:
                 # events that led to it), only the newest, and after a Play once its start is
                 # reported (STATE_HOLD_AFTER_PLAY_S).
                 self._state_due = fields
+
+    def _monotonic_at(self, mono: float, now: Instant) -> float:
+        """The core's instant ``mono`` on ``time.monotonic()``, which the player's child process
+        shares (the same unless a test clock runs faster than real time)."""
+        if self.clock.speed == 1.0:
+            return mono
+        return time.monotonic() + (mono - now.mono) / self.clock.speed
 
     def _emit(self, effect: Emit, now: Instant) -> None:
         event: dict[str, Any] = {

@@ -48,6 +48,10 @@ from receiver.core.vocabulary import EventKind
 RECONNECT_BACKOFF_MAX_S: Final = 30.0
 # A file due at an instant is opened this long before it, paused (see ``preroll``).
 PREROLL_S: Final = 1.0
+# Once its instant is fixed (the relay is on), a prerolled file is handed to the player this
+# long before it, with the instant (``Play.at_mono``): the player resumes it itself then, so
+# neither the loop's wake-up nor the hop to the player's process lies between instant and sound.
+START_LEAD_S: Final = 0.25
 
 
 def publish_state(state: State) -> PublishState:
@@ -203,7 +207,12 @@ def select(state: State, now: Instant, out: list[Effect]) -> State:
     return replace(state, queue=queue, active=replace(best, phase="warming", retry_mono=None))
 
 
-def _start_sound(state: State, item: Item, now: Instant, out: list[Effect]) -> State:
+def _start_sound(
+    state: State, item: Item, now: Instant, out: list[Effect], at_mono: float | None = None
+) -> State:
+    """``Play`` the item now, or with ``at_mono`` at that instant (its start is then counted
+    from there: the sound is reported by ``sound_started`` as ever)."""
+    starts = now.mono if at_mono is None else at_mono
     # A prerolled file starts under the token it was opened with (the player then resumes it,
     # if it is still that file at that offset; otherwise it opens it as usual).
     token = item.preroll_token or state.next_token
@@ -217,7 +226,7 @@ def _start_sound(state: State, item: Item, now: Instant, out: list[Effect]) -> S
         media, start_ms = item.ready[item.files[item.index].sha256], item.offset_ms
     stop = item.stop_mono
     if stop is None:
-        stop = min(item.window_end_mono, now.mono + item.max_duration_s)
+        stop = min(item.window_end_mono, starts + item.max_duration_s)
     item = replace(
         item,
         phase="playing",
@@ -226,7 +235,7 @@ def _start_sound(state: State, item: Item, now: Instant, out: list[Effect]) -> S
         stop_mono=stop,
         played_since_mono=None,
         progress_ms=-1,
-        progress_mono=now.mono,
+        progress_mono=starts,
         healthy_since_mono=None,
     )
     live = item.stream_url is not None and not item.on_fallback
@@ -234,7 +243,7 @@ def _start_sound(state: State, item: Item, now: Instant, out: list[Effect]) -> S
         # From now on a restart reports it cut off rather than play it again (the store
         # writes this mark without waiting for the card: see Store.mark_intent_started).
         out.append(PersistIntentStarted(item.ref))
-    out.append(Play(token, media, item.volume, start_ms, live))
+    out.append(Play(token, media, item.volume, start_ms, live, at_mono))
     return replace(state, active=item, next_token=next_token)
 
 
@@ -369,6 +378,8 @@ def run_active(state: State, now: Instant, out: list[Effect]) -> State:
         ready_at = max(item.not_before_mono, state.amp.on_mono + state.settings.warm_up_s)
         if now.mono >= ready_at:
             return _start_sound(state, item, now, out)
+        if item.preroll_token and ready_at - now.mono <= START_LEAD_S:
+            return _start_sound(state, item, now, out, at_mono=ready_at)
     if item.phase == "reconnecting" and item.retry_mono is not None and now.mono >= item.retry_mono:
         return _start_sound(state, item, now, out)
     if (
@@ -455,7 +466,10 @@ def _deadlines(state: State) -> list[float]:
         if item.stop_mono is not None:
             candidates.append(item.stop_mono)
         if item.phase == "warming":
-            candidates.append(max(item.not_before_mono, state.amp.on_mono + settings.warm_up_s))
+            ready_at = max(item.not_before_mono, state.amp.on_mono + settings.warm_up_s)
+            candidates.append(ready_at)
+            if item.preroll_token and state.amp.on:
+                candidates.append(ready_at - START_LEAD_S)
         if item.phase == "reconnecting" and item.retry_mono is not None:
             candidates.append(item.retry_mono)
         if item.phase == "playing" and item.is_stream and not item.on_fallback:

@@ -9,8 +9,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from receiver.core.effects import DropPreroll, Effect, Play, Preroll
-from receiver.core.events import FetchFinished, PlaybackEnded, PlaybackStarted
+from receiver.core.effects import DropPreroll, Effect, Play, Preroll, StopPlayback
+from receiver.core.engine import START_LEAD_S
+from receiver.core.events import (
+    FetchFinished,
+    LocalInputChanged,
+    PlaybackEnded,
+    PlaybackStarted,
+)
 from receiver.timefmt import rfc3339
 from tests.core.harness import SHA, World, play_body, plays
 
@@ -30,13 +36,18 @@ def timed_play(world: World, in_s: float, **extra: Any) -> str:
 
 def test_a_file_due_at_an_instant_is_opened_a_second_ahead_and_resumed_at_it() -> None:
     world = World()
+    instant = world.mono + 10.0
     timed_play(world, 10.0)
     assert not prerolls(world.advance(8.9))
     early = world.advance(0.2)  # one second before the instant (and the relay warms up)
     assert prerolls(early) == [Preroll(1, PATH, 70, 0)]
     assert not plays(early)
-    at = world.advance(1.0)
-    assert plays(at) == [Play(1, PATH, 70)]  # the same token: the player resumes it
+    # Once the relay is on, the instant is fixed: the player gets it a little ahead, with the
+    # same token (it resumes the prerolled file itself at the instant).
+    assert not plays(world.advance(instant - START_LEAD_S - world.mono - 0.01))
+    armed = world.advance(0.02)
+    assert plays(armed) == [Play(1, PATH, 70, at_mono=instant)]
+    assert not plays(world.advance(1.0))  # nothing more at the instant itself
     world.feed(PlaybackStarted(1))
     world.feed(PlaybackEnded(1))
     # Tokens never repeat: the next item gets a new one.
@@ -72,3 +83,39 @@ def test_nothing_is_prerolled_while_another_item_plays() -> None:
     later = world.feed(PlaybackEnded(1)) + world.advance(10.0)
     assert [p.media for p in plays(later)] == [PATH]  # then opened as usual, with a new token
     assert plays(later)[0].token == 2
+
+
+def armed_play(world: World, in_s: float = 10.0) -> tuple[str, Play]:
+    """A timed play, advanced until the player has been handed its instant."""
+    ref = timed_play(world, in_s)
+    (play,) = plays(world.advance(in_s - START_LEAD_S + 0.01))
+    assert play.at_mono is not None and play.at_mono > world.mono
+    return ref, play
+
+
+def test_a_play_handed_over_with_its_instant_and_stopped_before_it_is_stopped() -> None:
+    world = World()
+    ref, _ = armed_play(world)
+    effects = world.send(world.signed("stop", {"target": ref}))
+    assert StopPlayback() in effects  # the player's armed start is cancelled with the item
+    assert not plays(world.advance(5.0))
+
+
+def test_a_play_handed_over_with_its_instant_is_stopped_when_the_microphone_is_keyed() -> None:
+    world = World()
+    _, play = armed_play(world)
+    effects = world.feed(LocalInputChanged("mic", True))
+    assert StopPlayback() in effects
+    assert not plays(world.advance(5.0))
+    # Released, it opens again from its start under a new token (the prerolled one is gone).
+    later = world.feed(LocalInputChanged("mic", False)) + world.advance(2.0)
+    assert [(p.token, p.at_mono) for p in plays(later)] == [(play.token + 1, None)]
+
+
+def test_the_window_of_a_play_handed_over_early_counts_from_its_instant() -> None:
+    world = World()
+    _, play = armed_play(world)
+    assert play.at_mono is not None
+    active = world.state.active
+    assert active is not None and active.stop_mono == play.at_mono + 600
+    assert world.state.active is not None and world.state.active.since_utc is None

@@ -238,9 +238,16 @@ class Player:
     token: int | None = None
 
     def play(
-        self, token: int, media: str, volume: int, start_ms: int = 0, *, live: bool = False
+        self,
+        token: int,
+        media: str,
+        volume: int,
+        start_ms: int = 0,
+        *,
+        live: bool = False,
+        at: float | None = None,
     ) -> None:
-        self.journal.note(f"play {token}")
+        self.journal.note(f"play {token}" if at is None else f"play {token} at instant")
         if self.fail_with is not None:
             raise self.fail_with
         self.token = token

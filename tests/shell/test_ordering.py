@@ -180,7 +180,13 @@ def test_a_start_reported_soon_after_the_play_makes_one_state_after_its_event(
     published_at_play: list[int] = []
 
     def play_then_report(
-        token: int, media: str, volume: int, start_ms: int = 0, *, live: bool = False
+        token: int,
+        media: str,
+        volume: int,
+        start_ms: int = 0,
+        *,
+        live: bool = False,
+        at: float | None = None,
     ) -> None:
         player.journal.note(f"play {token}")
         player.token = token
