@@ -51,6 +51,10 @@ PREROLL_S: Final = 1.0
 # Once its instant is fixed (the relay is on), a prerolled file is handed to the player this
 # long before it, with the instant (``Play.at_mono``): the player resumes it itself then, so
 # neither the loop's wake-up nor the hop to the player's process lies between instant and sound.
+# Its relay is switched on this much earlier than the warm-up asks, too: the instant counts the
+# warm-up from when the relay actually switched, and a loop waking late for that (other
+# receivers' daemons share a board's CPUs with nothing; a busy one wakes some milliseconds late)
+# would otherwise move the instant by as much.
 START_LEAD_S: Final = 0.25
 
 
@@ -177,8 +181,20 @@ def _eligible(state: State, item: Item, now: Instant) -> bool:
         return False
     if state.mic_active and item.priority != "emergency":
         return False
+    return now.mono >= item.not_before_mono - _take_up_s(state, item)
+
+
+def _take_up_s(state: State, item: Item) -> float:
+    """How long before its start an item becomes the active one: the amplifier's warm-up if it
+    is off, and for a file prerolled for an instant ``START_LEAD_S`` more (see there)."""
     lead = 0.0 if state.amp.on else state.settings.warm_up_s
-    return now.mono >= item.not_before_mono - lead
+    return lead + START_LEAD_S if item.preroll_token else lead
+
+
+def _preroll_s(state: State) -> float:
+    """How long before its instant a file is prerolled: ``PREROLL_S``, or earlier if the relay
+    is switched on earlier than that for it (a long warm-up)."""
+    return max(PREROLL_S, state.settings.warm_up_s + START_LEAD_S)
 
 
 def select(state: State, now: Instant, out: list[Effect]) -> State:
@@ -393,15 +409,15 @@ def run_active(state: State, now: Instant, out: list[Effect]) -> State:
     return state
 
 
-def _prerollable(item: Item, now: Instant) -> bool:
-    """A file item that has never sounded, due at an instant within ``PREROLL_S``."""
+def _prerollable(state: State, item: Item, now: Instant) -> bool:
+    """A file item that has never sounded, due at an instant within ``_preroll_s``."""
     return (
         not item.is_stream
         and item.media_ready
         and item.token == 0
         and item.preroll_token == 0
         and item.phase in ("pending", "warming")
-        and item.not_before_mono - PREROLL_S <= now.mono < item.not_before_mono
+        and item.not_before_mono - _preroll_s(state) <= now.mono < item.not_before_mono
     )
 
 
@@ -416,11 +432,11 @@ def preroll(state: State, now: Instant, out: list[Effect]) -> State:
     """
     active = state.active
     if active is not None:
-        if active.phase != "warming" or not _prerollable(active, now):
+        if active.phase != "warming" or not _prerollable(state, active, now):
             return state
         chosen = active
     else:
-        due = [item for item in state.queue if _prerollable(item, now)]
+        due = [item for item in state.queue if _prerollable(state, item, now)]
         if not due:
             return state
         chosen = min(due, key=lambda i: (i.not_before_mono, tuple(-r for r in _rank(i))))
@@ -474,13 +490,12 @@ def _deadlines(state: State) -> list[float]:
             candidates.append(item.retry_mono)
         if item.phase == "playing" and item.is_stream and not item.on_fallback:
             candidates.append(item.progress_mono + settings.stall_timeout_s)
-    lead = 0.0 if state.amp.on else settings.warm_up_s
     for queued in state.queue:
         candidates.append(queued.window_end_mono)
         if queued.media_ready:
-            candidates.append(queued.not_before_mono - lead)
+            candidates.append(queued.not_before_mono - _take_up_s(state, queued))
             if not queued.is_stream and queued.token == 0 and queued.preroll_token == 0:
-                candidates.append(queued.not_before_mono - PREROLL_S)
+                candidates.append(queued.not_before_mono - _preroll_s(state))
     candidates.extend(state.amp.deadlines())
     for staged in state.staged.values():
         if staged.retry_mono is not None:

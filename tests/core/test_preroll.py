@@ -16,9 +16,10 @@ from receiver.core.events import (
     LocalInputChanged,
     PlaybackEnded,
     PlaybackStarted,
+    TimerFired,
 )
 from receiver.timefmt import rfc3339
-from tests.core.harness import SHA, World, play_body, plays
+from tests.core.harness import SHA, World, play_body, plays, relay_switches
 
 PATH = "/cache/" + SHA
 
@@ -35,13 +36,16 @@ def timed_play(world: World, in_s: float, **extra: Any) -> str:
 
 
 def test_a_file_due_at_an_instant_is_opened_a_second_ahead_and_resumed_at_it() -> None:
-    world = World()
+    world = World(warm_up_s=0.3)
     instant = world.mono + 10.0
     timed_play(world, 10.0)
     assert not prerolls(world.advance(8.9))
-    early = world.advance(0.2)  # one second before the instant (and the relay warms up)
+    early = world.advance(0.2)  # one second before the instant
     assert prerolls(early) == [Preroll(1, PATH, 70, 0)]
-    assert not plays(early)
+    assert not plays(early) and not relay_switches(early)
+    # The relay: warm_up_s before the instant, and START_LEAD_S more (see the next test).
+    assert not relay_switches(world.advance(instant - 0.3 - START_LEAD_S - world.mono - 0.01))
+    assert relay_switches(world.advance(0.02)) == [True]
     # Once the relay is on, the instant is fixed: the player gets it a little ahead, with the
     # same token (it resumes the prerolled file itself at the instant).
     assert not plays(world.advance(instant - START_LEAD_S - world.mono - 0.01))
@@ -83,6 +87,35 @@ def test_nothing_is_prerolled_while_another_item_plays() -> None:
     later = world.feed(PlaybackEnded(1)) + world.advance(10.0)
     assert [p.media for p in plays(later)] == [PATH]  # then opened as usual, with a new token
     assert plays(later)[0].token == 2
+
+
+def test_a_relay_switched_late_does_not_move_the_instant() -> None:
+    """The instant counts the warm-up from when the relay actually switched: for a file
+    prerolled for an instant, the relay is due early enough that a loop waking late for it (a
+    busy board: tens of milliseconds, here a tenth of a second) does not push the instant."""
+    world = World(warm_up_s=0.3)
+    instant = world.mono + 10.0
+    timed_play(world, 10.0)
+    world.advance(9.1)  # prerolled
+    relay_due = world.deadline
+    assert relay_due is not None and relay_due < instant - 0.3
+    late = relay_due + 0.1 - world.mono
+    world.mono += late
+    world.utc += late
+    assert relay_switches(world.feed(TimerFired())) == [True]
+    (play,) = plays(world.advance(instant - world.mono))
+    assert play.at_mono == instant
+
+
+def test_a_long_warm_up_prerolls_as_early_as_the_relay_goes_on() -> None:
+    world = World(warm_up_s=1.0)
+    instant = world.mono + 10.0
+    timed_play(world, 10.0)
+    assert not world.advance(instant - 1.0 - START_LEAD_S - world.mono - 0.01)
+    effects = world.advance(0.02)
+    assert prerolls(effects) == [Preroll(1, PATH, 70, 0)] and relay_switches(effects) == [True]
+    (play,) = plays(world.advance(instant - world.mono))
+    assert play.at_mono == instant
 
 
 def armed_play(world: World, in_s: float = 10.0) -> tuple[str, Play]:
