@@ -19,8 +19,10 @@ up: a server that answers and hangs up at once is refused, since libVLC would re
 tight loop. Playlists are read up to
 :data:`MAX_PLAYLIST_BYTES`, nested at most :data:`MAX_DEPTH` deep, and an entry already
 visited (a playlist naming itself) is refused.
-Every URI an HLS playlist names (variant playlists, segments) must pass the allowlist too; the
-segments of a variant playlist are fetched later by libVLC and are not checked again.
+Every URI an HLS playlist names must pass the allowlist too: its variant playlists and
+segments, and the ``URI="…"`` of its tags (keys, renditions, maps). The variant playlists of a
+master playlist (at most :data:`MAX_HLS_VARIANTS`) are read and checked the same way. What a live
+variant adds after the relay has started is fetched by libVLC and not checked again.
 
 Everything has one deadline (:data:`RESOLVE_DEADLINE_S`): a server trickling a byte a second
 fails on time. Failures raise :class:`StreamRefused` whose ``detail`` is built from our own
@@ -32,6 +34,7 @@ is called from the player's resolver thread, never from the daemon's loop.
 
 from __future__ import annotations
 
+import re
 import socket
 import time
 from collections.abc import Callable
@@ -46,6 +49,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MAX_DEPTH",
+    "MAX_HLS_VARIANTS",
     "MAX_PLAYLIST_BYTES",
     "MAX_REDIRECTS",
     "NETWORK_CACHING_MS",
@@ -65,6 +69,7 @@ StreamKind = Literal["stream", "hls"]
 MAX_REDIRECTS: Final = 3
 MAX_DEPTH: Final = 3  # a playlist naming a playlist naming a stream
 MAX_PLAYLIST_BYTES: Final = 64 * 1024
+MAX_HLS_VARIANTS: Final = 16  # variant playlists and renditions a master playlist may name
 MAX_HEADER_BYTES: Final = 16 * 1024
 RESOLVE_DEADLINE_S: Final = 10.0
 CONNECT_TIMEOUT_S: Final = 5.0
@@ -170,7 +175,8 @@ def resolve(
             return Resolved(final, "stream", body)
         text = body.decode("utf-8", errors="replace").lstrip("\ufeff")
         if _is_hls(text):
-            _check_hls_uris(text, final, allowed_schemes, allowed_hosts)
+            playlists = _check_hls_uris(text, final, allowed_schemes, allowed_hosts)
+            _check_hls_variants(playlists, allowed_schemes, allowed_hosts, deadline)
             return Resolved(final, "hls")
         entries = parse_playlist(text, final)
         if not entries:
@@ -197,18 +203,60 @@ def _is_hls(text: str) -> bool:
     return text.startswith("#EXTM3U") and "#EXT-X-" in text
 
 
+_URI_ATTRIBUTE: Final = re.compile(r'URI="([^"]*)"')
+
+
 def _check_hls_uris(
-    text: str, base: str, allowed_schemes: tuple[str, ...], allowed_hosts: tuple[str, ...]
-) -> None:
-    uris = [line.strip() for line in text.splitlines()]
-    for uri in uris:
-        if uri and not uri.startswith("#"):
+    text: str,
+    base: str,
+    allowed_schemes: tuple[str, ...],
+    allowed_hosts: tuple[str, ...],
+    where: str = "the HLS playlist",
+) -> list[str]:
+    """Check every URI ``text`` names; return those that are playlists (variants, renditions)."""
+    playlists: list[str] = []
+    variant_next = False
+    for raw in text.splitlines():
+        line = raw.strip()
+        if line.startswith("#"):
+            found = [match.group(1) for match in _URI_ATTRIBUTE.finditer(line)]
+            if line.startswith("#EXT-X-MEDIA:"):
+                playlists += (urljoin(base, uri) for uri in found)
+            variant_next = variant_next or line.startswith("#EXT-X-STREAM-INF:")
+        elif line:
+            found = [line]
+            if variant_next:
+                playlists.append(urljoin(base, line))
+            variant_next = False
+        else:
+            continue
+        for uri in found:
             try:
                 urls.check_url(urljoin(base, uri), allowed_schemes, allowed_hosts)
             except urls.UrlRefused as refused:
-                raise StreamRefused(
-                    f"the HLS playlist names a URL refused: {refused.detail}"
-                ) from None
+                raise StreamRefused(f"{where} names a URL refused: {refused.detail}") from None
+    return playlists
+
+
+def _check_hls_variants(
+    playlists: list[str],
+    allowed_schemes: tuple[str, ...],
+    allowed_hosts: tuple[str, ...],
+    deadline: _Deadline,
+) -> None:
+    """Read each variant playlist of a master playlist and check what it names (one level)."""
+    if len(playlists) > MAX_HLS_VARIANTS:
+        raise StreamRefused(f"the HLS playlist names more than {MAX_HLS_VARIANTS} variants")
+    for playlist in dict.fromkeys(playlists):
+        final, _content_type, body = _get(
+            playlist, allowed_schemes, allowed_hosts, deadline, playlist_only=True
+        )
+        if not isinstance(body, bytes):  # unreachable: playlist_only refuses a stream
+            raise StreamRefused("an HLS variant is not a media playlist")
+        text = body.decode("utf-8", errors="replace").lstrip("\ufeff")
+        if not _is_hls(text) or "#EXT-X-STREAM-INF:" in text:
+            raise StreamRefused("an HLS variant is not a media playlist")
+        _check_hls_uris(text, final, allowed_schemes, allowed_hosts, "an HLS variant")
 
 
 def _first_allowed(
@@ -235,11 +283,14 @@ def _get(
     allowed_schemes: tuple[str, ...],
     allowed_hosts: tuple[str, ...],
     deadline: _Deadline,
+    *,
+    playlist_only: bool = False,
 ) -> tuple[str, str, bytes | Callable[[], None] | None]:
     """GET ``url`` (redirects followed and checked): ``(final URL, content type, body)``.
 
     ``body`` is the playlist's bytes; for a stream, None if its first bytes came with the
     headers, else the :attr:`Resolved.confirm` that waits for them on the open connection.
+    With ``playlist_only``, a stream is refused (and its connection closed).
     """
     for _ in range(MAX_REDIRECTS + 1):
         try:
@@ -268,6 +319,8 @@ def _get(
                 and content_type not in _AUDIO_TYPES
             ):
                 return url, content_type, _read_body(sock, rest, target, deadline)
+            if playlist_only:
+                raise StreamRefused("an HLS variant is not a media playlist")
             if content_type.startswith(("text/", "application/json", "application/xml")):
                 raise StreamRefused(f"{target.host} answered text, not audio")
             if rest:
