@@ -26,6 +26,7 @@ from receiver.errors import PlayerError
 from receiver.streams import NETWORK_CACHING_MS, Resolved, StreamRefused, guess_kind, media_options
 
 __all__ = [
+    "ANY_TOKEN",
     "NETWORK_CACHING_MS",
     "Player",
     "PlayerError",
@@ -50,6 +51,10 @@ _STATE_NAMES = (
     "Error",
 )
 _TRACK_AUDIO = 0  # libvlc_track_type_t: libvlc_track_audio
+
+# preroll()'s token for a file opened before its play is named: the play adopts it. The same as
+# receiver.ports.ANY_TOKEN (not imported: the player's child process does without the ports).
+ANY_TOKEN = 0
 
 # A start at an instant (``play(at=...)``): the thread sleeps until this long before it, then
 # sleeps to the instant itself; it waits this long for libVLC's Playing to say how late it was.
@@ -268,6 +273,10 @@ class Player:
         is not the start), except ``PlaybackFailed`` if the file cannot be opened. ``stop()``,
         another ``play()`` or ``drop_preroll()`` lets it go. Files only: a live stream opened
         early would buffer a broadcast that has not begun.
+
+        Token 0 (:data:`ANY_TOKEN`) opens it for whichever ``play()`` of that file and offset
+        comes next, which then gives it its token: the daemon opens a cached file so while a
+        command's durable writes are under way, before its core has named the play.
         """
         self._check_open()
         _check_volume(volume)
@@ -357,8 +366,11 @@ class Player:
         """Start the prerolled item if it is this one; under ``_vlc_lock``."""
         with self._lock:
             item = self._item
-            if item is None or item.closed or item.token != token or item.prerolled != key:
+            if item is None or item.closed or item.prerolled != key:
                 return False
+            if item.token not in (token, ANY_TOKEN):
+                return False
+            item.token = token  # its events carry the play's token from here
             item.prerolled = None  # from here, its ``Playing`` is the start
         try:
             self._apply_volume(volume)

@@ -35,7 +35,7 @@ import pytest
 
 from receiver.config_model import PlayerConfig
 from receiver.core.events import Event, PlaybackEnded, PlaybackFailed, PlaybackStarted
-from receiver.player import Player, PlayerError, instance_args
+from receiver.player import ANY_TOKEN, Player, PlayerError, instance_args
 from tests.audio import (
     FULL_SCALE,
     dominant_of,
@@ -462,6 +462,26 @@ def test_a_start_at_an_instant_superseded_or_started_at_once_starts_only_once(
     time.sleep(at - time.monotonic() + 1.0)
     assert rig.events.queue.empty()  # neither 11 nor the paused 12 started at 11's instant
     assert not audio_flows(rig.wav)
+
+
+def test_a_file_prerolled_before_its_play_is_named_is_adopted_by_that_play(
+    rig: Rig, tones: Tones
+) -> None:
+    """Token 0: opened for whichever play of that file comes next, which gives it its token
+    (and its volume); another file's play opens its own, and drop_preroll(0) lets one go."""
+    rig.player.preroll(ANY_TOKEN, str(tones.a440), 0)
+    rig.player.play(12, str(tones.a440), 100)
+    assert rig.events.until_terminal(12) == [PlaybackStarted(12), PlaybackEnded(12)]
+    info = wait_for_final_wav(rig.wav)
+    assert info.duration_s == pytest.approx(1.5, abs=0.05)
+    assert rms(trim_silence(info.samples)) == pytest.approx(SINE_RMS, rel=0.02)
+    rig.player.preroll(ANY_TOKEN, str(tones.a440), 0)
+    rig.player.play(13, str(tones.b1000), 100)
+    assert rig.events.until_terminal(13) == [PlaybackStarted(13), PlaybackEnded(13)]
+    rig.player.preroll(ANY_TOKEN, str(tones.a440), 0)
+    rig.player.drop_preroll(ANY_TOKEN)
+    rig.player.play(14, str(tones.a440), 100)  # opened again
+    assert rig.events.until_terminal(14) == [PlaybackStarted(14), PlaybackEnded(14)]
 
 
 def test_a_missing_prerolled_file_fails_for_its_token(rig: Rig, tmp_path: Path) -> None:

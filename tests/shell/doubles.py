@@ -193,6 +193,7 @@ class Outbox:
         return sorted(self.committed.items())[: limit if limit is not None else None]
 
     def ack(self, n: int) -> None:
+        self.journal.note(f"outbox ack {n}")
         self.committed.pop(n, None)
 
     def __len__(self) -> int:
@@ -290,6 +291,9 @@ class Fetcher:
 
     def fetch(self, url: str, sha256: str, size: int) -> None:
         self.report(FetchFinished(sha256, f"/cache/{sha256}"))
+
+    def cached_path(self, sha256: str) -> Path | None:
+        return Path(f"/cache/{sha256}")
 
     def set_protected(self, hashes: Iterable[str]) -> None:
         pass
