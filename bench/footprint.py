@@ -42,12 +42,41 @@ own row and the daemon process alone (the sum minus the child) follow it. Compar
 with its floor, and ratios between runs, not raw figures: the machine is shared. No figure is
 asserted.
 
+Which sum is fair. The daemon is two processes (crash isolation), the floor one, so a plain sum
+of RSS counts twice every page the daemon and its child share (the interpreter, libc, the file
+pages of the libraries both load): it overstates the daemon. PSS divides each shared page among
+*all* the processes mapping it, here the floors too and whatever else runs on the machine (other
+Python processes share the interpreter's pages): it understates both sides by amounts that
+depend on the neighbours, and two identical floors halve each other. The verdict therefore
+uses a third figure, "pages": the distinct physical pages resident in the process tree, each
+counted once however many of its processes map it (the page frames of ``/proc/<pid>/pagemap``;
+for one process it is its RSS). That is what the tree would hold on a board where it runs alone,
+which is the question. Reading page frames needs root (CAP_SYS_ADMIN); without it the figure is
+missing and the verdict falls back to PSS, saying so.
+
+The floors. "idle floor" and "libVLC floor" are one process each (the issue's floor: the
+libraries and libVLC in one interpreter). A third, "two-process floor", is the same split the
+daemon makes: bare Python with the libraries but not python-vlc, plus ``python -I`` with
+python-vlc, one instance and one player; its pages are counted once like the daemon's. The
+daemon over the one-process floor is the whole cost; over the two-process floor it is the
+daemon's own (its code, state and threads), the difference between the floors being the price
+of the second interpreter that crash isolation needs.
+
+Byte code. The run first byte-compiles the ``receiver`` package (``compileall``) as an install
+does (pip compiles on install; the daemon's user cannot write its program directory), so that a
+checkout run with ``PYTHONDONTWRITEBYTECODE`` does not charge the daemon for compiling its
+modules from source at every start (the compiler's transient memory stays in the heap).
+
 Run: ``python -m bench.footprint [--idle S] [--tone S] [--restarts N]``.
 """
 
 from __future__ import annotations
 
+import array
+import compileall
+import contextlib
 import json
+import math
 import os
 import subprocess
 import sys
@@ -82,6 +111,7 @@ from bench._common import (
     parser_for,
     pid_of,
     process_tree,
+    ratio,
     run_main,
     start_daemons,
     wait_log,
@@ -101,22 +131,38 @@ RECONNECT_MAX_S = 2.0
 RESTART_GAP_S = 0.5
 TIMEOUT_S = 30.0
 PLAYER_CHILD = "  player child"  # the daemon's libVLC process, part of "daemon"
+SPLIT_FLOOR = "two-process floor"  # the libraries, and libVLC in a python -I child
 CONFIG_EDITS = (("  level: debug\n", "  level: info\n"),)
 
-# The floor process: the daemon's libraries and one libVLC instance + player, nothing else.
-# Reads commands on stdin: "play <path>" starts the file, end of input ends the process.
+# The libraries the daemon imports, besides python-vlc (which its player child imports).
+LIBRARIES = (
+    "paho.mqtt.client",
+    "cryptography.hazmat.primitives.asymmetric.ed25519",
+    "gpiozero",
+    "structlog",
+    "yaml",
+)
+
+# The floor process: some libraries, optionally one libVLC instance + player, and optionally a
+# child process of the same kind (the player's process of the two-process floor), nothing else.
+# Arguments (JSON): the modules to import, libVLC's arguments (null: no python-vlc), the child's
+# command line (null: none). Reads commands on stdin: "play <path>" starts the file, end of input
+# ends the process (and so its child's input, and the child).
 FLOOR_SCRIPT = """
-import json, sys
-import paho.mqtt.client
-import vlc
-import cryptography.hazmat.primitives.asymmetric.ed25519
-import gpiozero
-import structlog
-import yaml
-instance = vlc.Instance(json.loads(sys.argv[1]))
-if instance is None:
-    sys.exit("vlc.Instance refused the arguments")
-player = instance.media_player_new()
+import json, subprocess, sys
+libraries, vlc_args, child_command = (json.loads(argument) for argument in sys.argv[1:4])
+for name in libraries:
+    __import__(name)
+if vlc_args is not None:
+    import vlc
+    instance = vlc.Instance(vlc_args)
+    if instance is None:
+        sys.exit("vlc.Instance refused the arguments")
+    player = instance.media_player_new()
+if child_command is not None:
+    child = subprocess.Popen(child_command, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    if child.stdout.readline().strip() != b"ready":
+        sys.exit("the floor's player process did not start")
 print("ready", flush=True)
 for line in sys.stdin:
     command, _, argument = line.strip().partition(" ")
@@ -129,12 +175,31 @@ for line in sys.stdin:
 """
 
 
+def floor_command(
+    libraries: Sequence[str],
+    vlc_args: Sequence[str] | None,
+    child: Sequence[str] | None = None,
+    *,
+    isolated: bool = False,
+) -> list[str]:
+    """The command line of a floor process (``isolated``: ``python -I``, like the player's)."""
+    return [
+        sys.executable,
+        *(["-I"] if isolated else []),
+        "-c",
+        FLOOR_SCRIPT,
+        json.dumps(list(libraries)),
+        json.dumps(None if vlc_args is None else list(vlc_args)),
+        json.dumps(None if child is None else list(child)),
+    ]
+
+
 class FloorProcess:
     """A bare Python process running :data:`FLOOR_SCRIPT`."""
 
-    def __init__(self, vlc_args: Sequence[str]) -> None:
+    def __init__(self, command: Sequence[str]) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-c", FLOOR_SCRIPT, json.dumps(list(vlc_args))],
+            command,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -219,6 +284,7 @@ class Site:
     client: TimedClient
     idle_floor: FloorProcess
     vlc_floor: FloorProcess
+    split_floor: FloorProcess
 
     def play_command(self, ref: str) -> bytes:
         body = self.lab.play_body("long tone", max_duration_s=600)
@@ -236,9 +302,14 @@ def open_site(root: Path, tone_s: float) -> Iterator[Site]:
         client.start()
         stack.callback(client.close)
         floors = []
-        for name in ("idle", "vlc"):
+        for name in ("idle", "vlc", "split"):
             args = instance_args(PlayerConfig(output="file", wav_file=root / f"floor-{name}.wav"))
-            floor = FloorProcess(args)
+            if name == "split":  # the libraries here, libVLC in an isolated child
+                player = floor_command((), args, isolated=True)
+                command = floor_command(LIBRARIES, None, player)
+            else:
+                command = floor_command(LIBRARIES, args)
+            floor = FloorProcess(command)
             stack.callback(floor.close)
             floors.append(floor)
         (daemon,) = start_daemons(stack, [config])
@@ -246,7 +317,7 @@ def open_site(root: Path, tone_s: float) -> Iterator[Site]:
             for floor in floors:
                 floor.expect("ready")
             wait_online(client)
-            yield Site(lab, daemon, client, floors[0], floors[1])
+            yield Site(lab, daemon, client, *floors)
 
 
 # --- phases ----------------------------------------------------------------------------------
@@ -290,6 +361,7 @@ class Series:
 
 
 def _pids(site: Site) -> dict[str, int]:
+    """Each row's process; its descendants are part of it (the daemon's child is also a row)."""
     daemon = pid_of(site.daemon)
     children = process_tree(daemon)[1:]
     if len(children) != 1:
@@ -299,7 +371,94 @@ def _pids(site: Site) -> dict[str, int]:
         PLAYER_CHILD: children[0],
         "idle floor": site.idle_floor.pid,
         "libVLC floor": site.vlc_floor.pid,
+        SPLIT_FLOOR: site.split_floor.pid,
     }
+
+
+# --- pages counted once ----------------------------------------------------------------------
+
+PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
+PAGES_EVERY_S = 2.0
+_PRESENT = 1 << 63  # /proc/<pid>/pagemap: bit 63 the page is resident, bits 0-54 its frame
+_FRAME = (1 << 55) - 1
+
+
+def resident_frames(pid: int) -> set[int]:
+    """The physical page frames resident in ``pid``'s address space (``/proc/<pid>/pagemap``;
+    without CAP_SYS_ADMIN every frame number reads 0)."""
+    frames: set[int] = set()
+    with (
+        open(f"/proc/{pid}/maps", encoding="ascii") as maps,
+        open(f"/proc/{pid}/pagemap", "rb") as pagemap,
+    ):
+        for line in maps:
+            fields = line.split()
+            if fields[1].startswith("---") or fields[-1] == "[vsyscall]":
+                continue  # no access, nothing resident: guard pages, the arenas' reserves
+            start, end = (int(bound, 16) for bound in fields[0].split("-"))
+            pagemap.seek(start // PAGE_BYTES * 8)
+            entries = array.array("Q", pagemap.read((end - start) // PAGE_BYTES * 8))
+            frames.update(entry & _FRAME for entry in entries if entry & _PRESENT)
+    return frames
+
+
+def frames_readable() -> bool:
+    """Whether this process may read page frame numbers (root), so that "pages" can be counted."""
+    return len(resident_frames(os.getpid())) > 1
+
+
+def tree_pages_mib(root: int) -> float:
+    """The distinct physical pages resident in ``root`` and its descendants, in MiB: a page
+    that several of them map (the interpreter's, libc's, shared libraries') counts once."""
+    frames: set[int] = set()
+    for pid in process_tree(root):
+        with contextlib.suppress(OSError):  # a process that just ended
+            frames |= resident_frames(pid)
+    return len(frames) * PAGE_BYTES / 2**20
+
+
+class PageSampler:
+    """The peak of :func:`tree_pages_mib` per row over a phase, every :data:`PAGES_EVERY_S` on a
+    thread of its own (NaN throughout when page frames cannot be read)."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+        self.peaks = dict.fromkeys(pids, math.nan)
+        self._readable = frames_readable()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> PageSampler:
+        self._take()
+        self._thread.start()
+        return self
+
+    def stop(self) -> dict[str, float]:
+        self._stop.set()
+        self._thread.join()
+        self._take()
+        return self.peaks
+
+    def _take(self) -> None:
+        if not self._readable:
+            return
+        for name, pid in self.pids.items():
+            with contextlib.suppress(OSError):
+                value = tree_pages_mib(pid)
+                previous = self.peaks[name]
+                self.peaks[name] = value if math.isnan(previous) else max(value, previous)
+
+    def _run(self) -> None:
+        while not self._stop.wait(PAGES_EVERY_S):
+            self._take()
+
+
+@dataclass(frozen=True)
+class Phase:
+    """A phase's samples per row, and each row's peak of pages counted once (MiB)."""
+
+    series: dict[str, Series]
+    pages: dict[str, float]
 
 
 def _series(samples: dict[str, list[ProcSample]]) -> dict[str, Series]:
@@ -311,16 +470,18 @@ def _series(samples: dict[str, list[ProcSample]]) -> dict[str, Series]:
     return out
 
 
-def idle_phase(site: Site, seconds: float) -> dict[str, Series]:
+def idle_phase(site: Site, seconds: float) -> Phase:
     print(f"footprint: idle for {seconds:g} s", flush=True)
-    sampler = Sampler(_pids(site)).start()
+    pids = _pids(site)
+    sampler, pages = Sampler(pids).start(), PageSampler(pids).start()
     time.sleep(seconds)
-    return _series(sampler.stop())
+    return Phase(_series(sampler.stop()), pages.stop())
 
 
-def playing_phase(site: Site, tone_s: float) -> dict[str, Series]:
+def playing_phase(site: Site, tone_s: float) -> Phase:
     print(f"footprint: playing a {tone_s:g} s tone", flush=True)
-    sampler = Sampler(_pids(site)).start()
+    pids = _pids(site)
+    sampler, pages = Sampler(pids).start(), PageSampler(pids).start()
     site.client.publish(CMD_TOPIC, site.play_command("long"))
     site.vlc_floor.play(site.lab.tone)
     site.client.next_matching(event_for("long", "started", EVENTS_TOPIC), "the tone's start")
@@ -329,7 +490,7 @@ def playing_phase(site: Site, tone_s: float) -> dict[str, Series]:
         "the tone's end",
         timeout_s=tone_s + TIMEOUT_S,
     )
-    return _series(sampler.stop())
+    return Phase(_series(sampler.stop()), pages.stop())
 
 
 # --- reconnect -------------------------------------------------------------------------------
@@ -397,34 +558,47 @@ def restarts(site: Site, count: int) -> list[Restart]:
 # --- report ----------------------------------------------------------------------------------
 
 
-def report_phase(title: str, series: dict[str, Series]) -> None:
+def report_phase(title: str, phase: Phase, *, verdict: bool = False) -> None:
+    """The phase's table; ``verdict``: and the issue's figure, the fair sum over the idle floor."""
+    series, pages = phase.series, phase.pages
     seconds = series["daemon"].seconds
     print(f"\n{title} ({seconds:.0f} s, {len(series['daemon'].samples)} samples)")
     print(
-        f"  {'process':<16} {'RSS start':>10} {'RSS end':>9} {'RSS max':>9} {'VmHWM':>9} "
-        f"{'PSS max':>9} {'CPU %':>7}   MiB, CPU in % of one core"
+        f"  {'process':<18} {'RSS start':>10} {'RSS end':>9} {'RSS max':>9} {'VmHWM':>9} "
+        f"{'PSS max':>9} {'pages max':>9} {'CPU %':>7}   MiB, CPU in % of one core"
     )
     for name, s in series.items():
         print(
-            f"  {name:<16} {s.start_mib:10.1f} {s.end_mib:9.1f} {s.max_mib:9.1f} "
-            f"{s.hwm_mib:9.1f} {s.max_pss_mib:9.1f} {s.cpu_percent:7.2f}"
+            f"  {name:<18} {s.start_mib:10.1f} {s.end_mib:9.1f} {s.max_mib:9.1f} "
+            f"{s.hwm_mib:9.1f} {s.max_pss_mib:9.1f} {pages[name]:9.1f} {s.cpu_percent:7.2f}"
         )
         if name == PLAYER_CHILD:
             daemon, child = series["daemon"], s
             print(
-                f"  {'  daemon process':<16} {daemon.start_mib - child.start_mib:10.1f} "
-                f"{daemon.end_mib - child.end_mib:9.1f} {'':>9} {'':>9} {'':>9} "
+                f"  {'  daemon process':<18} {daemon.start_mib - child.start_mib:10.1f} "
+                f"{daemon.end_mib - child.end_mib:9.1f} {'':>9} {'':>9} {'':>9} {'':>9} "
                 f"{daemon.cpu_percent - child.cpu_percent:7.2f}   (daemon minus its child)"
             )
     daemon = series["daemon"]
-    for label, floor in (("idle", series["idle floor"]), ("libVLC", series["libVLC floor"])):
+    fair = "PSS (page frames unreadable)" if math.isnan(pages["daemon"]) else "pages"
+    for label in ("idle floor", "libVLC floor", SPLIT_FLOOR):
+        floor = series[label]
         extra_cpu = daemon.cpu_percent - floor.cpu_percent
-        extra_mib = daemon.max_mib - floor.max_mib
+        extra_pages = pages["daemon"] - pages[label]
         print(
-            f"  daemon + child over the {label + ' floor:':<14} RSS max {extra_mib:+.1f} MiB "
-            f"({daemon.max_mib / floor.max_mib:.2f} x), PSS max "
-            f"{daemon.max_pss_mib / floor.max_pss_mib:.2f} x, CPU {extra_cpu:+.2f} points"
+            f"  daemon + child over the {label + ':':<19} pages max {extra_pages:+.1f} MiB "
+            f"({ratio(pages['daemon'], pages[label]):.2f} x)"
+            f", RSS max {daemon.max_mib - floor.max_mib:+.1f} MiB "
+            f"({ratio(daemon.max_mib, floor.max_mib):.2f} x), PSS max "
+            f"{ratio(daemon.max_pss_mib, floor.max_pss_mib):.2f} x, CPU {extra_cpu:+.2f} points"
         )
+    if verdict:
+        value = (
+            ratio(pages["daemon"], pages["idle floor"])
+            if fair == "pages"
+            else ratio(daemon.max_pss_mib, series["idle floor"].max_pss_mib)
+        )
+        print(f"  verdict, by {fair}: daemon + child = {value:.2f} x the idle floor")
 
 
 def report_restarts(results: Sequence[Restart]) -> None:
@@ -461,11 +635,13 @@ def run(root: Path, idle_s: float, tone_s: float, count: int) -> None:
     print(
         f"footprint: starting Mosquitto, the daemon and two floor processes in {root}", flush=True
     )
+    # As an install does (see the docstring): the daemon's modules load from byte code.
+    compileall.compile_dir(Path(__file__).resolve().parents[1] / "receiver", quiet=1)
     with open_site(root, tone_s) as site:
         idle = idle_phase(site, idle_s)
         playing = playing_phase(site, tone_s)
         restart_results = restarts(site, count)
-    report_phase("idle, connected", idle)
+    report_phase("idle, connected", idle, verdict=True)
     report_phase(
         "playing the tone (the libVLC floor plays it too; the idle floor stays idle)", playing
     )

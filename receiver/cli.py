@@ -23,9 +23,7 @@ from datetime import UTC, tzinfo
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import structlog
-
-from receiver import __version__, logs
+from receiver import __version__, logs  # first: logs sets up what structlog may import
 from receiver.config import (
     ConfigError,
     load_config,
@@ -101,6 +99,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         refusal = _("{path}: the daemon cannot start with this, see above")
         print(refusal.format(path=args.config), file=sys.stderr)
         return EX_CONFIG
+    import structlog
+
     from receiver.gpio import PinFactoryMissingError, save_settings
     from receiver.runtime import run_forever  # imports libVLC: only when running
 

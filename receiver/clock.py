@@ -16,10 +16,10 @@ days; the systemd unit never sets it.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
+import functools
 import os
 import time
-from typing import Final
+from typing import Any, Final
 
 from receiver.core.clock import Instant
 
@@ -29,14 +29,17 @@ STEP_TOLERANCE_S: Final = 5.0
 TEST_CLOCK_ENV: Final = "RECEIVER_TEST_CLOCK"
 
 
+@functools.cache
+def _libc() -> Any:
+    """The C library this process already has loaded. (``ctypes.util.find_library`` would run
+    ``/sbin/ldconfig -p``: a process started at each question, every 10 s in ``auto``.)"""
+    return ctypes.CDLL(None, use_errno=True)
+
+
 def kernel_clock_synchronised() -> bool:
-    libc_name = ctypes.util.find_library("c")
-    if libc_name is None:
-        return False
     try:
-        libc = ctypes.CDLL(libc_name, use_errno=True)
         timex = ctypes.create_string_buffer(512)  # struct timex, modes = 0: read only
-        state = int(libc.adjtimex(timex))
+        state = int(_libc().adjtimex(timex))
     except (OSError, AttributeError):
         return False
     return state not in (-1, TIME_ERROR)

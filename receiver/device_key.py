@@ -12,6 +12,12 @@ then linked into place (never over a key another process made meanwhile) and the
 synced, so a power cut leaves either no key or a
 whole one. A key file that cannot be read is never replaced silently: a new key would orphan
 the enrolled one, so the daemon stops and says so.
+
+The PEM is written and read here for the one form this module makes (RFC 8410's PKCS#8 for an
+Ed25519 key: a fixed 16-byte header and the 32-byte seed, what ``openssl genpkey -algorithm
+ed25519`` writes too), so that the running daemon does not load cryptography's serialisation
+package, whose RSA, DSA, EC, DH and SSH modules would stay resident (about 1 MiB) for one read
+at start-up; any other PEM is handed to that package, loaded then, which reads or refuses it.
 """
 
 from __future__ import annotations
@@ -25,7 +31,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from receiver.core.envelope import pae
@@ -38,6 +43,7 @@ __all__ = [
     "DeviceKeyError",
     "enrollment_entry",
     "load_or_create_device_key",
+    "private_key_pem",
     "seal_report",
 ]
 
@@ -45,6 +51,10 @@ DEVICE_KEY_FILE: Final = "device.key"
 #: DSSE payload types of the device's reports; the receiver never accepts them as input.
 EVENT_TYPE: Final = "application/vnd.loa.event.v1+json"
 STATE_TYPE: Final = "application/vnd.loa.state.v1+json"
+#: PKCS#8 PrivateKeyInfo of an Ed25519 key (RFC 8410 section 7), up to the 32-byte seed.
+_PKCS8_ED25519: Final = bytes.fromhex("302e020100300506032b657004220420")
+_PEM_BEGIN: Final = b"-----BEGIN PRIVATE KEY-----"
+_PEM_END: Final = b"-----END PRIVATE KEY-----"
 
 
 @dataclass(frozen=True)
@@ -56,10 +66,7 @@ class DeviceKey:
 
     @property
     def public_b64(self) -> str:
-        raw = self.private.public_key().public_bytes(
-            serialization.Encoding.Raw, serialization.PublicFormat.Raw
-        )
-        return base64.b64encode(raw).decode("ascii")
+        return base64.b64encode(self.private.public_key().public_bytes_raw()).decode("ascii")
 
 
 class DeviceKeyError(RuntimeError):
@@ -74,9 +81,7 @@ def load_or_create_device_key(state_dir: Path, device_id: str) -> tuple[DeviceKe
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     _refuse_if_not_the_owner(state_dir, path)
     private = Ed25519PrivateKey.generate()
-    pem = private.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
+    pem = private_key_pem(private)
     temporary = path.with_name(f".{DEVICE_KEY_FILE}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -127,13 +132,38 @@ def _load(path: Path, device_id: str) -> DeviceKey:
             "can sign reports as this device. Make a new one (delete the file, restart, enroll "
             "again) or, if nobody else can have read it, chmod 600 it"
         )
-    try:
-        private = serialization.load_pem_private_key(data, password=None)
-    except ValueError as exc:
-        raise DeviceKeyError(f"the device key {path} is not a PEM private key") from exc
-    if not isinstance(private, Ed25519PrivateKey):
-        raise DeviceKeyError(f"the device key {path} is not an Ed25519 key")
+    private = _ed25519_from_pem(data)
+    if private is None:
+        from cryptography.hazmat.primitives import serialization  # any other form: rare
+
+        try:
+            other = serialization.load_pem_private_key(data, password=None)
+        except ValueError as exc:
+            raise DeviceKeyError(f"the device key {path} is not a PEM private key") from exc
+        if not isinstance(other, Ed25519PrivateKey):
+            raise DeviceKeyError(f"the device key {path} is not an Ed25519 key")
+        private = other
     return DeviceKey(device_id, private)
+
+
+def private_key_pem(private: Ed25519PrivateKey) -> bytes:
+    """``private`` as unencrypted PKCS#8 PEM (byte for byte what cryptography writes)."""
+    body = base64.b64encode(_PKCS8_ED25519 + private.private_bytes_raw())
+    return _PEM_BEGIN + b"\n" + body + b"\n" + _PEM_END + b"\n"
+
+
+def _ed25519_from_pem(data: bytes) -> Ed25519PrivateKey | None:
+    """The key, if ``data`` is exactly :func:`private_key_pem`'s form; else None."""
+    lines = data.strip().split(b"\n")
+    if len(lines) != 3 or lines[0].strip() != _PEM_BEGIN or lines[2].strip() != _PEM_END:
+        return None
+    try:
+        der = base64.b64decode(lines[1].strip(), validate=True)
+    except ValueError:  # binascii.Error
+        return None
+    if len(der) != len(_PKCS8_ED25519) + 32 or not der.startswith(_PKCS8_ED25519):
+        return None
+    return Ed25519PrivateKey.from_private_bytes(der[len(_PKCS8_ED25519) :])
 
 
 def _sync_directory(directory: Path) -> None:

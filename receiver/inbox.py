@@ -15,14 +15,20 @@ that is flooded alone keeps the whole bound for itself, so its own next command 
 forgeries after it as before. Within a key's lane the order is kept, so two real commands of one
 signer are admitted in the order they came (a reordering would refuse the older one as
 replayed). docs/security.md says what holds under which flood.
+
+Which key a message names is read in the MQTT thread (:func:`named_key`), for every message of a
+flood, so it is a guess as cheap as it can be: it decides only which lane a message waits in, and
+every message is then parsed, checked and verified by the core whatever its lane.
 """
 
 from __future__ import annotations
 
+import json
 import threading
 from collections import deque
 from typing import Final
 
+from receiver.core.envelope import MAX_MESSAGE_BYTES, MAX_SIGNATURES
 from receiver.core.events import Event, MessageReceived
 
 DEFAULT_MESSAGE_CAPACITY: Final = 256
@@ -31,6 +37,26 @@ DEFAULT_MESSAGE_CAPACITY: Final = 256
 # 0.15-0.35 ms), so a full lane of one key takes 0.3-0.7 s to work through: the price of keeping
 # a real command that 2,000 forgeries naming its key follow (bench/junk measures it).
 DEFAULT_PLAUSIBLE_CAPACITY: Final = 2048
+
+
+def named_key(raw: bytes, key_ids: frozenset[str]) -> str | None:
+    """The first key of ``key_ids`` that the envelope's signatures name, or None; no Ed25519
+    work, and no checks beyond what finding the names needs.
+
+    For an envelope that the core's strict parser takes, the answer is the one the parsed
+    envelope gives (JSON has one reading of it). Anything else may land in either kind of lane,
+    and the core refuses it there: a wrong guess costs only the order of waiting.
+    """
+    if len(raw) > MAX_MESSAGE_BYTES:
+        return None
+    try:
+        for entry in json.loads(raw)["signatures"][:MAX_SIGNATURES]:
+            key_id = entry["keyid"]
+            if key_id in key_ids:
+                return str(key_id)
+    except Exception:  # junk of any shape (too deep, not a list, ...) names no key
+        return None
+    return None
 
 
 class Inbox:

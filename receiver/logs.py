@@ -14,7 +14,13 @@ import sys
 from collections.abc import Mapping, MutableMapping
 from typing import Any, Final, TextIO
 
-import structlog
+from receiver.deferred import defer
+
+# Before structlog's first import: it imports asyncio for async logging methods the daemon
+# never calls, and asyncio would stay resident for nothing (see receiver.deferred).
+defer("asyncio")
+
+import structlog  # noqa: E402 - after defer(), on purpose
 
 MAX_VALUE_CHARS: Final = 200
 MAX_TRACEBACK_CHARS: Final = 4000  # a bug's traceback, kept on its one (escaped) line

@@ -2,11 +2,11 @@
 
 Adapters (:mod:`receiver.ports`, built by :mod:`receiver.assembly`) call back on their own
 threads and only drop plain events into the inbox. Each loop turn takes the events waiting (a
-bounded number), asks the core what to do with each (``machine.step``) and carries out the
-effects in order; the turn's events reach the outbox in one durable write, and only then are
-the messages acknowledged to the broker. The loop feeds the systemd watchdog only while it
-turns, and polls the player's position (the only way to see a stalled stream) while a live
-relay plays.
+bounded number, and none after one whose step reports more than a refusal), asks the core what
+to do with each (``machine.step``) and carries out the effects in order; the turn's events
+reach the outbox in one durable write, and only then are the messages acknowledged to the
+broker. The loop feeds the systemd watchdog only while it turns, and polls the player's position
+(the only way to see a stalled stream) while a live relay plays.
 """
 
 from __future__ import annotations
@@ -47,7 +47,6 @@ from receiver.core.effects import (
     StopPlayback,
     SwitchRelay,
 )
-from receiver.core.envelope import named_key
 from receiver.core.events import (
     Event,
     LinkChanged,
@@ -62,7 +61,7 @@ from receiver.core.events import (
 from receiver.device_key import EVENT_TYPE, STATE_TYPE, seal_report
 from receiver.errors import ReceiverError
 from receiver.health import TrafficMeter, read_health
-from receiver.inbox import Inbox
+from receiver.inbox import Inbox, named_key
 from receiver.logs import bounded
 from receiver.ports import ANY_TOKEN, Hooks, Ports
 from receiver.pump import OutboxPump
@@ -151,7 +150,7 @@ class Runtime:
         )
         self.state = restore_state(config, self.store)
         # Read by the link's thread; replaced (never changed) by the loop after each step.
-        self._key_ids = frozenset(key.id for key in self.state.keyring.keys)
+        self._key_ids = frozenset(key.id for key in self.state.floors.keyring.keys)
         if self.state.recovered:
             self.log.warning(
                 "commands_unfinished_at_start",
@@ -159,7 +158,7 @@ class Runtime:
                 why="accepted before the last stop or crash and not carried out to their end: "
                 "each is carried out if its window is still open, else reported failed",
             )
-        if self.state.reset_floor is None:
+        if self.state.floors.reset_floor is None:
             self.log.warning(
                 "fresh_store",
                 why="new or reset state: commands wait for a synchronised clock, and any "
@@ -231,8 +230,9 @@ class Runtime:
             self._shutdown()
 
     def _turn(self, first: Event, now: Instant) -> float | None:
-        """Step ``first`` and the events already waiting behind it (a bounded number); their
-        reports go to disk together, and only then are the messages acknowledged."""
+        """Step ``first`` and the events already waiting behind it (a bounded number, up to the
+        first whose step reports an outcome); their reports go to disk together, and only then
+        are the messages acknowledged."""
         handled: list[MessageReceived] = []
         event: Event | None = first
         deadline: float | None = None
@@ -251,6 +251,8 @@ class Runtime:
                 turns += 1
                 if turns >= MAX_EVENTS_PER_TURN or self._stopping.is_set():
                     break
+                if _tells_an_outcome(result.effects):
+                    break  # written and sent now, not after the flood that may wait behind it
                 event = self.inbox.get_nowait()
                 now = self.clock.now()
         if self._play_issued:
@@ -258,8 +260,7 @@ class Runtime:
             self._state_held_until = now.mono + STATE_HOLD_AFTER_PLAY_S
         elif start_reported:
             self._state_held_until = now.mono + STATE_HOLD_AFTER_START_S
-        active = self.state.active
-        if self._opened_ahead and (active is None or active.phase != "warming"):
+        if self._opened_ahead and not self._start_coming(now):
             self._opened_ahead = False  # opened for a play that is not coming after all
             self.player.drop_preroll(ANY_TOKEN)
         self._publish_held_state(now)
@@ -291,14 +292,14 @@ class Runtime:
         return max(0.0, wait)
 
     def _streaming(self) -> bool:
-        item = self.state.active
+        item = self.state.playback.active
         return item is not None and item.is_stream and item.phase == "playing"
 
     def _poll_progress(self, now: Instant) -> Event | None:
         if not self._streaming() or now.mono < self._next_poll:
             return None
         self._next_poll = now.mono + PROGRESS_POLL_S
-        active = self.state.active
+        active = self.state.playback.active
         token = active.token if active is not None else 0
         return PlaybackProgress(token, self.player.position_ms())
 
@@ -307,7 +308,7 @@ class Runtime:
         return TimerFired() if deadline is not None and now.mono >= deadline else None
 
     def _after_turn(self, now: Instant) -> None:
-        key_ids = frozenset(key.id for key in self.state.keyring.keys)
+        key_ids = frozenset(key.id for key in self.state.floors.keyring.keys)
         if key_ids != self._key_ids:
             self._key_ids = key_ids
         needed = machine.needed_media(self.state)
@@ -390,8 +391,8 @@ class Runtime:
         * a command's file found in the cache while the player is idle and the command due now
           (its floors and intent are written in this step, its started mark in the one that
           starts it: the cache hit's, or after the amplifier's warm-up), under
-          :data:`ANY_TOKEN`: its ``Play`` adopts it; once no item is warming up to a start, a
-          turn that has not seen that play drops it.
+          :data:`ANY_TOKEN`: its ``Play`` adopts it; once no play is on its way
+          (:meth:`_start_coming`), a turn that has not seen that play drops it.
 
         The write-ahead still comes before the action: a file opened paused makes no sound and
         nothing a restart could see, and the ``Play`` still comes after the writes. Nothing
@@ -410,15 +411,24 @@ class Runtime:
                 due = any(
                     item.not_before_mono <= now.mono
                     and any(f.sha256 == effect.sha256 for f in item.files)
-                    for item in self.state.queue
+                    for item in self.state.playback.queue
                 )
                 path = self.fetcher.cached_path(effect.sha256) if due else None
                 if path is not None:
                     self._opened_ahead = self._preroll_ahead(ANY_TOKEN, str(path), 0)
 
+    def _start_coming(self, now: Instant) -> bool:
+        """Whether a play is on its way: an item warming up, or, with none active, one due now
+        (waiting for its cache hit to come back)."""
+        playback = self.state.playback
+        if playback.active is not None:
+            return playback.active.phase == "warming"
+        return any(item.not_before_mono <= now.mono for item in playback.queue)
+
     def _player_idle(self) -> bool:
         """Nothing sounds or waits in the player: no active item, no file prerolled."""
-        return self.state.active is None and not any(i.preroll_token for i in self.state.queue)
+        playback = self.state.playback
+        return playback.active is None and not any(i.preroll_token for i in playback.queue)
 
     def _preroll_ahead(self, token: int, media: str, start_ms: int) -> bool:
         try:  # at volume 0: the play sets its own
@@ -606,6 +616,12 @@ class Runtime:
         payload = self._state_payload
         if payload is not None:
             self.link.publish(self.topics.state, payload, retain=True)
+
+
+def _tells_an_outcome(effects: tuple[Effect, ...]) -> bool:
+    """Whether a step reported something someone waits for (``accepted``, ``started``, ...):
+    its turn ends there. Refusals, what a flood is made of, stay grouped in one write."""
+    return any(isinstance(effect, Emit) and effect.kind != "rejected" for effect in effects)
 
 
 def _json(value: dict[str, Any]) -> bytes:

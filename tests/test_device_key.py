@@ -7,6 +7,9 @@ import os
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from receiver.central.reports import Registry, ReportVerifier
 from receiver.cli import main
@@ -16,8 +19,23 @@ from receiver.device_key import (
     DeviceKeyError,
     enrollment_entry,
     load_or_create_device_key,
+    private_key_pem,
     seal_report,
 )
+
+
+def _pkcs8(key: Ed25519PrivateKey | ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def _write_key(state: Path, pem: bytes) -> Path:
+    state.mkdir(mode=0o700, exist_ok=True)
+    path = state / DEVICE_KEY_FILE
+    path.write_bytes(pem)
+    os.chmod(path, 0o600)
+    return path
 
 
 def test_the_key_is_made_once_readable_by_the_daemon_only_and_reused(tmp_path: Path) -> None:
@@ -134,3 +152,30 @@ def test_a_key_is_not_made_for_a_state_directory_another_user_owns(
     with pytest.raises(DeviceKeyError, match="sudo -u"):
         load_or_create_device_key(state, "dev-1")
     assert list(state.iterdir()) == []
+
+
+def test_the_key_file_is_the_pkcs8_pem_cryptography_writes_and_reads(tmp_path: Path) -> None:
+    """The daemon writes and reads its key without cryptography's serialisation package (see
+    receiver.device_key): the file stays the standard form, both ways."""
+    key, _ = load_or_create_device_key(tmp_path / "made", "dev-1")
+    written = (tmp_path / "made" / DEVICE_KEY_FILE).read_bytes()
+    assert written == _pkcs8(key.private) == private_key_pem(key.private)
+    read_back = serialization.load_pem_private_key(written, password=None)
+    assert isinstance(read_back, Ed25519PrivateKey)
+    assert read_back.private_bytes_raw() == key.private.private_bytes_raw()
+
+    theirs = Ed25519PrivateKey.generate()  # e.g. made by openssl genpkey -algorithm ed25519
+    _write_key(tmp_path / "theirs", _pkcs8(theirs).replace(b"\n", b"\r\n"))
+    loaded, made = load_or_create_device_key(tmp_path / "theirs", "dev-2")
+    assert not made
+    assert loaded.private.private_bytes_raw() == theirs.private_bytes_raw()
+    assert loaded.public_b64 == enrollment_entry(loaded)["ed25519"]
+
+
+def test_a_pem_key_of_another_kind_is_refused_not_replaced(tmp_path: Path) -> None:
+    """Anything but the plain Ed25519 form goes to cryptography's reader, which names it."""
+    pem = _pkcs8(ec.generate_private_key(ec.SECP256R1()))
+    path = _write_key(tmp_path, pem)
+    with pytest.raises(DeviceKeyError, match="not an Ed25519 key"):
+        load_or_create_device_key(tmp_path, "dev-1")
+    assert path.read_bytes() == pem

@@ -3,19 +3,18 @@ when its tail ends, how often it switched, and any manual override.
 
 Pure, like the rest of the core: :func:`reconcile` is ``(part, input, now) -> (part, effects)``,
 where the input is what the rest of the state wants of the relay (something to play, an
-emergency, the office microphone). The engine composes it with playback.
+emergency, the office microphone); the engine asks for the tail after an item with the note
+:class:`Tail`. The machine composes it with playback.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 from receiver.core.clock import Instant
+from receiver.core.effects import SwitchRelay
 from receiver.core.vocabulary import RelayMode
-
-if TYPE_CHECKING:
-    from receiver.core.effects import SwitchRelay
 
 WINDOW_S: Final = 60.0  # the switches counted against ``relay_max_toggles_per_min``
 
@@ -53,6 +52,14 @@ class Amp:
 
 
 @dataclass(frozen=True)
+class Tail:
+    """Note from playback: an item left the player; stay on until ``until_mono`` (the tail), or
+    at once if that is now (the media engine failed)."""
+
+    until_mono: float
+
+
+@dataclass(frozen=True)
 class Wants:
     """What the rest of the state asks of the relay now."""
 
@@ -71,12 +78,25 @@ def _wanted(amp: Amp, wants: Wants, now: Instant) -> bool:
     return amp.off_mono is not None and now.mono < amp.off_mono
 
 
+def tail(amp: Amp, note: Tail) -> Amp:
+    """The tail after an item starts (or is cut short): the relay follows at the next reconcile."""
+    return replace(amp, off_mono=note.until_mono)
+
+
+def overridden(amp: Amp, override: RelayOverride | None) -> Amp:
+    """A manual relay command (None: back to auto); the relay follows at the next reconcile."""
+    return replace(amp, override=override)
+
+
+def forced_off(amp: Amp) -> Amp:
+    """At start-up the relay is switched off whatever the last run left (no tail to finish)."""
+    return replace(amp, on=False, off_mono=None)
+
+
 def reconcile(
     amp: Amp, wants: Wants, now: Instant, *, max_toggles_per_min: int
 ) -> tuple[Amp, tuple[SwitchRelay, ...]]:
     """Switch the relay to what is wanted, within the cap of switches per minute."""
-    from receiver.core.effects import SwitchRelay  # here: the effects import the state
-
     override = amp.override
     if override is not None and override.until_mono is not None and now.mono >= override.until_mono:
         amp = replace(amp, override=None)  # a manual override lapses back to auto

@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from receiver.core.intents import Intent
 from receiver.core.reasons import Reason
-from receiver.core.state import Intent
 from receiver.core.vocabulary import EventKind
 
 

@@ -143,14 +143,3 @@ def authorized_signers(
         for key in signers
         if role in key.roles and key.covers(device_id, groups) and key.valid_at(trusted_utc)
     )
-
-
-def named_key(raw: bytes, key_ids: frozenset[str]) -> str | None:
-    """A cheap guess, without any Ed25519 work: the first key we know that this envelope of ours
-    names, or None. The inbox lets such messages ahead of junk in a flood, one lane per key; it
-    decides nothing else."""
-    try:
-        envelope = parse_envelope(raw)
-    except Rejection:
-        return None
-    return next((keyid for keyid, _ in envelope.signatures if keyid in key_ids), None)

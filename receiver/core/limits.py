@@ -9,13 +9,10 @@ window ends. Pure, like the rest of the core: ``(part, input, now) -> (part, eff
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
 
 from receiver.core.clock import Instant
+from receiver.core.effects import Emit
 from receiver.core.reasons import Reason, Rejection
-
-if TYPE_CHECKING:
-    from receiver.core.effects import Emit
 
 
 @dataclass(frozen=True)
@@ -36,8 +33,6 @@ def report(
     window: RejectionWindow, rejection: Rejection, now: Instant, *, per_window: int, window_s: float
 ) -> tuple[RejectionWindow, tuple[Emit, ...]]:
     """One refused message: reported on its own while the window has room, else counted."""
-    from receiver.core.effects import Emit  # here: the effects import the state, which holds us
-
     window, closed = close(window, now, window_s=window_s)
     if window.reported < per_window:
         event = Emit(
@@ -54,8 +49,6 @@ def close(
 ) -> tuple[RejectionWindow, tuple[Emit, ...]]:
     """Once ``window_s`` has passed: a new window, and the summary of the old one if it held
     any rejection not reported on its own."""
-    from receiver.core.effects import Emit
-
     if now.mono - window.start_mono < window_s:
         return window, ()
     summary: tuple[Emit, ...] = ()

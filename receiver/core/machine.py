@@ -1,27 +1,31 @@
 """The receiver's decisions: ``step(state, event, now) -> Step``.
 
-Pure: no clock, no I/O, no logging. A message is admitted (:mod:`admission`), checked against
-local policy (:mod:`policy`) and acted on here; what plays when is the engine's
-(:mod:`engine`), and schedules are :mod:`programme`'s. The shell runs the returned effects in
-order and calls ``step`` again with ``TimerFired`` once ``deadline`` (monotonic) has passed.
+Pure: no clock, no I/O, no logging. The state is made of parts, each owned by one module
+(:mod:`state` lists them) and changed by its pure ``(part, input, now) -> (part, outputs)``
+functions; this module composes them. A message is admitted (:mod:`admission`) against the
+trust and replay floors (:mod:`floors`), checked against local policy (:mod:`policy`) and
+acted on here; what plays when is the engine's (:mod:`engine`), schedules are
+:mod:`programme`'s, the amplifier relay :mod:`amp`'s. A part's outputs are effects for the
+shell and notes for another part, which :func:`_route` hands on in order. The shell runs the
+returned effects in order and calls ``step`` again with ``TimerFired`` once ``deadline``
+(monotonic) has passed.
 """
 
 from __future__ import annotations
 
-import math
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Final
 
-from receiver.core import admission, commands, engine, limits, programme, reasons
+from receiver.core import admission, amp, commands, engine, floors, limits, programme, reasons
 from receiver.core.clock import Instant
 from receiver.core.effects import (
     Effect,
     Emit,
-    PersistFloors,
+    PersistDone,
     PersistIntentDone,
-    PersistResetFloor,
-    PersistTrust,
-    SetVolume,
+    PersistSchedule,
+    PublishState,
     SwitchRelay,
 )
 from receiver.core.events import (
@@ -66,85 +70,197 @@ MAX_HELD: Final = 64
 CARRIED_OUT: Final = "carried out after a restart"  # the detail of a recovered `accepted`
 MAX_DETAIL_CHARS: Final = 200  # the bound of an event's detail (schemas/event.json)
 
+Effects = tuple[Effect, ...]
+Output = engine.Output | programme.Output
+
 
 @dataclass(frozen=True)
 class Step:
     state: State
-    effects: tuple[Effect, ...]
+    effects: Effects
     deadline: float | None
 
 
 def boot(state: State, now: Instant) -> Step:
     """The first step: the relay is forced off and the state is published."""
-    state = replace(state, amp=replace(state.amp, on=False, off_mono=None), booted_mono=now.mono)
-    out: list[Effect] = [SwitchRelay(on=False)]
+    state = replace(state, amp=amp.forced_off(state.amp), booted_mono=now.mono)
     # Before the first state: whoever sees it and signs a command then must be served.
-    state = _fix_reset_floor(state, now, out)
-    out.append(engine.publish_state(state))
-    return Step(state, tuple(out), now.mono)
+    state, fixed = _fix_reset_floor(state, now)
+    return Step(state, (SwitchRelay(on=False), *fixed, _publish(state)), now.mono)
 
 
-def _fix_reset_floor(state: State, now: Instant, out: list[Effect]) -> State:
-    """The first trusted instant of a fresh store: from then on, older commands are stale.
+def _fix_reset_floor(state: State, now: Instant) -> tuple[State, Effects]:
+    part, effects = floors.fix_reset_floor(state.floors, now)
+    return (state if part is state.floors else replace(state, floors=part)), effects
 
-    Cut to the millisecond, the precision of ``iat`` on the wire, so a command signed in the
-    same millisecond is not refused for a fraction the operator could not have written.
-    """
-    if state.reset_floor is not None or not now.utc_trusted:
-        return state
-    floor = math.floor(now.utc * 1000) / 1000
-    out.append(PersistResetFloor(floor))
-    return replace(state, reset_floor=floor)
+
+def _publish(state: State) -> PublishState:
+    return PublishState(state_fields(state))
+
+
+# --- composing the parts -------------------------------------------------------------------
+
+
+def _engine_conditions(state: State) -> engine.Conditions:
+    return engine.Conditions(state.settings, state.amp.on, state.amp.on_mono, state.mic_active)
+
+
+def _programme_conditions(state: State) -> programme.Conditions:
+    return programme.Conditions(state.settings, state.volume, state.playback.items())
+
+
+def _playback(state: State, result: engine.Result, now: Instant) -> tuple[State, Effects]:
+    """Install playback's new part, then hand on its outputs."""
+    part, outputs = result
+    if part is not state.playback:  # most steps leave most parts as they were: keep them
+        state = replace(state, playback=part)
+    return _route(state, outputs, now)
+
+
+def _programme(state: State, result: programme.Result, now: Instant) -> tuple[State, Effects]:
+    """Install the programme's new part, then hand on its outputs."""
+    part, outputs = result
+    if part is not state.programme:
+        state = replace(state, programme=part)
+    return _route(state, outputs, now)
+
+
+def _route(state: State, outputs: Sequence[Output], now: Instant) -> tuple[State, Effects]:
+    """Hand each output on, in order: a note to the part it is for (whose own outputs take its
+    place), an effect to the shell. Two effects also move another part: a ``PersistDone`` marks
+    the occurrence done in the programme, a ``PersistSchedule`` the version's replay floor."""
+    if not outputs:
+        return state, ()
+    effects: list[Effect] = []
+    for output in outputs:
+        more: Effects = ()
+        if isinstance(output, amp.Tail):
+            state = replace(state, amp=amp.tail(state.amp, output))
+        elif isinstance(output, engine.Publish):
+            more = (_publish(replace(state, playback=output.playback)),)
+        elif isinstance(output, programme.Publish):
+            more = (_publish(replace(state, programme=output.programme)),)
+        elif isinstance(output, engine.Enqueue):
+            state, more = _playback(state, engine.add_item(state.playback, output.item), now)
+        elif isinstance(output, engine.Finish):
+            finished = engine.finish(
+                state.playback,
+                output.item,
+                now,
+                _engine_conditions(state),
+                output.kind,
+                reason=output.reason,
+                detail=output.detail,
+            )
+            state, more = _playback(state, finished, now)
+        elif isinstance(output, engine.Withdraw):
+            withdrawn = engine.withdraw(state.playback, output.item, now, _engine_conditions(state))
+            state, more = _playback(state, withdrawn, now)
+        else:
+            if isinstance(output, PersistDone):
+                state = replace(state, programme=programme.occurrence_done(state.programme, output))
+            elif isinstance(output, PersistSchedule):
+                state = replace(state, floors=floors.schedule_stored(state.floors, output))
+            more = (output,)
+        effects += more
+    return state, tuple(effects)
 
 
 def step(state: State, event: Event, now: Instant) -> Step:
     out: list[Effect] = []
-    state = _fix_reset_floor(state, now, out)
-    if isinstance(event, MessageReceived) and _should_hold(state, event, now):
-        state = replace(state, held=(*state.held, event)[-MAX_HELD:])
-    elif isinstance(event, MessageReceived):
-        state = _on_message(state, event, now, out)
-    elif isinstance(event, FetchFinished):
-        state = engine.media_arrived(state, event.sha256, event.path)
-        state = programme.staged_media_arrived(state, event.sha256, now, out)
-    elif isinstance(event, FetchFailed):
-        state = engine.media_failed(state, event, now, out)
-        state = programme.staged_media_failed(state, event, now, out)
-        # A file fetched ahead for the programme is asked for again at the next check.
-        state = replace(state, prefetched=state.prefetched - {event.sha256})
-    elif isinstance(event, PlaybackStarted):
-        state = engine.sound_started(state, event.token, now, out)
-    elif isinstance(event, PlaybackEnded):
-        state = engine.sound_ended(state, event.token, now, out)
-    elif isinstance(event, PlaybackFailed):
-        state = engine.sound_failed(state, event.token, event.detail, now, out)
-    elif isinstance(event, PlaybackProgress):
-        state = engine.progress(state, event.token, event.position_ms, now)
-    elif isinstance(event, PlayerCrashed):
-        state = engine.engine_crashed(state, event.detail, now, out)
-    elif isinstance(event, LocalInputChanged):
-        state = _on_local_input(state, event, out)
+    state, effects = _fix_reset_floor(state, now)
+    out += effects
+    state, effects = _on_event(state, event, now)
+    out += effects
     if state.recovered and not _in_grace(state, now):
         recovered, state = state.recovered, replace(state, recovered=())
         for intent in recovered:
-            state = _recover(state, intent, now, out)
+            state, effects = _recover(state, intent, now)
+            out += effects
     if state.held and not _in_grace(state, now):
         held, state = state.held, replace(state, held=())
         for message in held:
-            state = _on_message(state, message, now, out)
+            state, effects = _on_message(state, message, now)
+            out += effects
     if state.rejection_window.suppressed:
-        state = _close_rejection_window(state, now, out)
-    state = programme.retry_staged(state, now, out)
-    state = programme.evaluate(state, now, out)
-    state = _settle(state, now, out)
-    deadline = engine.next_deadline(state, now)
+        state, effects = _close_rejection_window(state, now)
+        out += effects
+    state, effects = _programme(state, programme.retry_staged(state.programme, now), now)
+    out += effects
+    evaluated = programme.evaluate(state.programme, now, _programme_conditions(state))
+    state, effects = _programme(state, evaluated, now)
+    out += effects
+    state, effects = _settle(state, now)
+    out += effects
+    return Step(state, tuple(out), _deadline(state, now))
+
+
+def _on_event(state: State, event: Event, now: Instant) -> tuple[State, Effects]:
+    """The event itself, handed to the part it is about."""
+    cond = _engine_conditions(state)
+    match event:
+        case MessageReceived() if _should_hold(state, event, now):
+            return replace(state, held=(*state.held, event)[-MAX_HELD:]), ()
+        case MessageReceived():
+            return _on_message(state, event, now)
+        case FetchFinished():
+            return _media_arrived(state, event, now)
+        case FetchFailed():
+            state, lost = _playback(
+                state, engine.media_failed(state.playback, event, now, cond), now
+            )
+            staged_failed = programme.staged_media_failed(state.programme, event, now)
+            state, unstaged = _programme(state, staged_failed, now)
+            return state, (*lost, *unstaged)
+        case PlaybackStarted():
+            return _playback(state, engine.sound_started(state.playback, event.token, now), now)
+        case PlaybackEnded():
+            return _playback(state, engine.sound_ended(state.playback, event.token, now, cond), now)
+        case PlaybackFailed():
+            failed = engine.sound_failed(state.playback, event.token, event.detail, now, cond)
+            return _playback(state, failed, now)
+        case PlaybackProgress():
+            moved = engine.progress(state.playback, event.token, event.position_ms, now, cond)
+            return _playback(state, moved, now)
+        case PlayerCrashed():
+            return _playback(
+                state, engine.engine_crashed(state.playback, event.detail, now, cond), now
+            )
+        case LocalInputChanged():
+            return _on_local_input(state, event)
+    return state, ()
+
+
+def _media_arrived(state: State, event: FetchFinished, now: Instant) -> tuple[State, Effects]:
+    """A file is in the cache: the items that wait for it have it, and a staged schedule
+    version that now has all its files goes into force."""
+    arrived = engine.media_arrived(state.playback, event.sha256, event.path)
+    state, out = _playback(state, arrived, now)
+    marked = programme.staged_media_arrived(state.programme, event.sha256)
+    state, effects = _programme(state, marked, now)
+    out += effects
+    for staged in programme.complete(state.programme):
+        activated = programme.activate(state.programme, staged, _programme_conditions(state))
+        state, effects = _programme(state, activated, now)
+        out += effects
+    return state, out
+
+
+def _deadline(state: State, now: Instant) -> float | None:
+    """The earliest future instant at which time alone changes something."""
+    candidates = [
+        *state.programme.deadlines(),
+        *engine.deadlines(state.playback, _engine_conditions(state)),
+        *state.amp.deadlines(),
+    ]
+    deadline = engine.next_deadline(candidates, now)
     window_end = state.rejection_window.deadline(state.settings.rejection_window_s)
     if window_end is not None:
         deadline = window_end if deadline is None else min(deadline, window_end)
     if state.held or state.recovered:
         grace_end = state.booted_mono + state.settings.sync_grace_s
         deadline = grace_end if deadline is None else min(deadline, grace_end)
-    return Step(state, tuple(out), deadline)
+    return deadline
 
 
 def _in_grace(state: State, now: Instant) -> bool:
@@ -157,75 +273,79 @@ def _should_hold(state: State, event: MessageReceived, now: Instant) -> bool:
     return _in_grace(state, now) and event.topic.endswith("/cmd") and not event.retained
 
 
-def _settle(state: State, now: Instant, out: list[Effect]) -> State:
+def _settle(state: State, now: Instant) -> tuple[State, Effects]:
     """Choose what plays, switch the relay, start sound; again while one round changes things."""
+    out: list[Effect] = []
     for _ in range(MAX_SETTLE_ROUNDS):
         before = state
-        state = engine.select(state, now, out)
-        state = engine.reconcile_relay(state, now, out)
-        state = engine.run_active(state, now, out)
-        state = engine.preroll(state, now, out)
+        selected = engine.select(state.playback, now, _engine_conditions(state))
+        state, effects = _playback(state, selected, now)
+        out += effects
+        state, effects = _reconcile_relay(state, now)
+        out += effects
+        ran = engine.run_active(state.playback, now, _engine_conditions(state))
+        state, effects = _playback(state, ran, now)
+        out += effects
+        prerolled = engine.preroll(state.playback, now, _engine_conditions(state))
+        state, effects = _playback(state, prerolled, now)
+        out += effects
         if state == before:
             break
-    return state
+    return state, tuple(out)
+
+
+def _reconcile_relay(state: State, now: Instant) -> tuple[State, Effects]:
+    """The amplifier relay (:mod:`amp`) follows what playback wants of it now."""
+    wants = engine.relay_wants(state.playback, _engine_conditions(state))
+    part, switches = amp.reconcile(
+        state.amp, wants, now, max_toggles_per_min=state.settings.relay_max_toggles_per_min
+    )
+    if not switches:
+        return (state if part is state.amp else replace(state, amp=part)), ()
+    state = replace(state, amp=part)
+    return state, (*switches, _publish(state))
 
 
 # --- messages ------------------------------------------------------------------------------
 
 
 def _context(state: State) -> admission.Context:
-    settings = state.settings
-    return admission.Context(
-        device_id=settings.device_id,
-        env=settings.env,
-        groups=settings.groups,
-        keyring=state.keyring,
-        floors=state.floors,
-        time_floor=state.time_floor,
-        reset_floor=state.reset_floor,
-        trust_digest=state.trust_digest,
-        max_skew_s=settings.max_skew_s,
-        max_command_age_s=settings.max_command_age_s,
-        staged_versions={
-            sid: (staged.schedule.version, staged.digest) for sid, staged in state.staged.items()
-        },
-    )
+    staged = {
+        sid: (staged.schedule.version, staged.digest)
+        for sid, staged in state.programme.staged.items()
+    }
+    return floors.context(state.floors, state.settings, staged)
 
 
-def _on_message(state: State, event: MessageReceived, now: Instant, out: list[Effect]) -> State:
+def _on_message(state: State, event: MessageReceived, now: Instant) -> tuple[State, Effects]:
     try:
         admitted = admission.admit(_context(state), event.topic, event.payload, event.retained, now)
         if isinstance(admitted, admission.AdmittedCommand) and not admitted.duplicate:
             _check_policy(state, admitted.command, now)
     except Rejection as rejection:
-        return _report_rejection(state, rejection, now, out)
+        return _report_rejection(state, rejection, now)
     if isinstance(admitted, admission.AdmittedTrust):
-        return _accept_trust(state, admitted, out)
+        return _accept_trust(state, admitted)
     if isinstance(admitted, admission.AdmittedSchedule):
-        return _accept_schedule(state, admitted, now, out)
+        return _accept_schedule(state, admitted, now)
     header = admitted.command.header
     if admitted.duplicate:
-        out.append(Emit("accepted", ref=header.id, detail="duplicate of the last accepted"))
-        return state
-    changed = {
-        admission.command_stream(key): (header.seq, admitted.digest) for key in admitted.signers
-    }
+        return state, (Emit("accepted", ref=header.id, detail="duplicate of the last accepted"),)
     body = admitted.command.body
-    if isinstance(body, commands.Stop):
-        changed.update(_stop_floor(state, header, body))
-    floors = {**state.floors, **changed}
-    time_floor = _raised_floor(state, header.iat, now)
-    state = replace(state, floors=floors, time_floor=time_floor)
     # Durable before the action, with the intent to act (write-ahead): a power cut after this
-    # line can no longer let it replay, nor leave it spent without a word (see _recover).
+    # can no longer let it replay, nor leave it spent without a word (see _recover).
     intent = Intent(header.id, admitted.body, _window_end_utc(state, admitted.command, now))
-    out.append(PersistFloors(changed, time_floor, intent))
+    part, stored = floors.accept_command(
+        state.floors, admitted, intent, now, max_skew_s=state.settings.max_skew_s
+    )
+    state = replace(state, floors=part)
     note = _clamp_note(state.settings, body)
-    out.append(Emit("accepted", ref=header.id, detail=header.type + (f"; {note}" if note else "")))
-    state = _act(state, admitted.command, now, out)
+    accepted = Emit("accepted", ref=header.id, detail=header.type + (f"; {note}" if note else ""))
+    state, acted = _act(state, admitted.command, now)
+    done: Effects = ()
     if not isinstance(body, commands.Play):
-        out.append(PersistIntentDone(header.id))  # carried out in this very step
-    return state
+        done = (PersistIntentDone(header.id),)  # carried out in this very step
+    return state, (*stored, accepted, *acted, *done)
 
 
 def _window_end_utc(state: State, command: commands.Command, now: Instant) -> float:
@@ -238,7 +358,7 @@ def _window_end_utc(state: State, command: commands.Command, now: Instant) -> fl
     return command.header.exp
 
 
-def _recover(state: State, intent: Intent, now: Instant, out: list[Effect]) -> State:
+def _recover(state: State, intent: Intent, now: Instant) -> tuple[State, Effects]:
     """A command that a previous run accepted (its floor stored) and did not finish.
 
     Carried out now if its window is still open and it never sounded; otherwise reported
@@ -247,34 +367,35 @@ def _recover(state: State, intent: Intent, now: Instant, out: list[Effect]) -> S
     """
     ref = intent.ref
     if intent.stage == "started":
-        return _interrupted(state, ref, "cut off by a restart of the device", out)
+        return state, _interrupted(ref, "cut off by a restart of the device")
     if not now.utc_trusted:
         why = "accepted before a restart; without a synchronised clock its window cannot be told"
-        return _interrupted(state, ref, why, out)
+        return state, _interrupted(ref, why)
     if now.utc >= intent.window_end_utc:
-        return _interrupted(state, ref, "accepted before a restart; its window closed since", out)
+        return state, _interrupted(ref, "accepted before a restart; its window closed since")
     try:
         doc = loads_strict(intent.body)
         command = commands.parse_command(doc, commands.parse_header(doc))
     except (Rejection, StrictJsonError):
-        return _interrupted(state, ref, "accepted before a restart; unreadable after it", out)
-    out.append(Emit("accepted", ref=ref, detail=f"{command.header.type}, {CARRIED_OUT}"))
+        return state, _interrupted(ref, "accepted before a restart; unreadable after it")
+    accepted = Emit("accepted", ref=ref, detail=f"{command.header.type}, {CARRIED_OUT}")
     body = command.body
     if isinstance(body, commands.Play):
         # Its intent stays until the item ends, so a second restart is handled the same way.
-        return _queue_play(state, ref, body, now, out, window_end_utc=intent.window_end_utc)
-    state = _act(state, command, now, out)
-    out.append(PersistIntentDone(ref))
-    return state
+        state, queued = _queue_play(state, ref, body, now, window_end_utc=intent.window_end_utc)
+        return state, (accepted, *queued)
+    state, acted = _act(state, command, now)
+    return state, (accepted, *acted, PersistIntentDone(ref))
 
 
-def _interrupted(state: State, ref: str, detail: str, out: list[Effect]) -> State:
-    out.append(Emit("failed", ref=ref, reason=reasons.INTERRUPTED, detail=detail))
-    out.append(PersistIntentDone(ref))
-    return state
+def _interrupted(ref: str, detail: str) -> Effects:
+    return (
+        Emit("failed", ref=ref, reason=reasons.INTERRUPTED, detail=detail),
+        PersistIntentDone(ref),
+    )
 
 
-def _report_rejection(state: State, rejection: Rejection, now: Instant, out: list[Effect]) -> State:
+def _report_rejection(state: State, rejection: Rejection, now: Instant) -> tuple[State, Effects]:
     settings = state.settings
     window, effects = limits.report(
         state.rejection_window,
@@ -283,57 +404,26 @@ def _report_rejection(state: State, rejection: Rejection, now: Instant, out: lis
         per_window=settings.rejections_per_window,
         window_s=settings.rejection_window_s,
     )
-    out.extend(effects)
-    return replace(state, rejection_window=window)
+    return replace(state, rejection_window=window), effects
 
 
-def _close_rejection_window(state: State, now: Instant, out: list[Effect]) -> State:
+def _close_rejection_window(state: State, now: Instant) -> tuple[State, Effects]:
     window, effects = limits.close(
         state.rejection_window, now, window_s=state.settings.rejection_window_s
     )
-    out.extend(effects)
-    return replace(state, rejection_window=window)
+    if window is state.rejection_window:
+        return state, ()  # still open (every step asks while a flood is counted): no copy
+    return replace(state, rejection_window=window), effects
 
 
-def _raised_floor(state: State, iat: float, now: Instant) -> float:
-    """The trusted-time floor after a verified message issued at ``iat``.
-
-    With a synchronised clock ``iat`` was already checked against it. Without one, a single
-    message may move the floor at most ``max_skew_s`` ahead, so one command with a wrong
-    far-future ``iat`` cannot make every later command look expired.
-    """
-    if now.utc_trusted:
-        return max(state.time_floor, min(iat, now.utc + state.settings.max_skew_s), now.utc)
-    if state.time_floor > 0:
-        iat = min(iat, state.time_floor + state.settings.max_skew_s)
-    return max(state.time_floor, iat)
-
-
-def _stop_floor(
-    state: State, header: commands.Header, body: commands.Stop
-) -> dict[str, tuple[int, str]]:
-    """A stop of everything raises the floor below which older plays are refused; a stop that
-    names an id remembers it, so that play is refused if it arrives later (durably, like the
-    floors: the store keeps the newest few hundred)."""
-    issued_ms = int(header.iat * 1000)
-    if body.target != "all":
-        return {admission.STOP_ID_STREAM + body.target: (issued_ms, header.id)}
-    current = state.floors.get(admission.STOP_ALL_STREAM)
-    if current is not None and current[0] >= issued_ms:
-        return {}
-    return {admission.STOP_ALL_STREAM: (issued_ms, header.id)}
-
-
-def _accept_trust(state: State, admitted: admission.AdmittedTrust, out: list[Effect]) -> State:
+def _accept_trust(state: State, admitted: admission.AdmittedTrust) -> tuple[State, Effects]:
     document = admitted.document
     if admitted.duplicate:
-        out.append(Emit("accepted", ref=document.id, detail="duplicate of the last accepted"))
-        return state
-    out.append(PersistTrust(document.version, admitted.body, admitted.digest))
-    state = replace(state, keyring=document.keyring, trust_digest=admitted.digest)
-    out.append(Emit("accepted", ref=document.id, detail=f"trust version {document.version}"))
-    out.append(engine.publish_state(state))
-    return state
+        return state, (Emit("accepted", ref=document.id, detail="duplicate of the last accepted"),)
+    part, stored = floors.accept_trust(state.floors, admitted)
+    state = replace(state, floors=part)
+    accepted = Emit("accepted", ref=document.id, detail=f"trust version {document.version}")
+    return state, (*stored, accepted, _publish(state))
 
 
 def _clamp_note(settings: Settings, body: commands.Body) -> str | None:
@@ -354,23 +444,25 @@ def _bounded(detail: str) -> str:
 
 
 def _accept_schedule(
-    state: State, admitted: admission.AdmittedSchedule, now: Instant, out: list[Effect]
-) -> State:
+    state: State, admitted: admission.AdmittedSchedule, now: Instant
+) -> tuple[State, Effects]:
     schedule = admitted.schedule
     if admitted.duplicate:
-        out.append(Emit("accepted", ref=schedule.id, detail="duplicate of the last accepted"))
-        return state
+        return state, (Emit("accepted", ref=schedule.id, detail="duplicate of the last accepted"),)
     files = len({f.sha256 for e in schedule.entries for f in e.files})
     detail = f"schedule version {schedule.version}, {len(schedule.entries)} entries"
-    detail = "; ".join(
-        [f"{detail}, fetching {files} files", *programme.retimed_today(state, schedule, now)]
-    )
-    out.append(Emit("accepted", ref=schedule.id, detail=_bounded(detail)))
-    state = programme.stage(state, schedule, admitted.body, admitted.digest, out)
-    staged = state.staged[schedule.id]
+    retimed = programme.retimed_today(state.programme, schedule, now, _programme_conditions(state))
+    detail = "; ".join([f"{detail}, fetching {files} files", *retimed])
+    out: list[Effect] = [Emit("accepted", ref=schedule.id, detail=_bounded(detail))]
+    staging = programme.stage(state.programme, schedule, admitted.body, admitted.digest)
+    state, effects = _programme(state, staging, now)
+    out += effects
+    staged = state.programme.staged[schedule.id]
     if not staged.needed:
-        state = programme.activate(state, staged, now, out)
-    return state
+        activated = programme.activate(state.programme, staged, _programme_conditions(state))
+        state, effects = _programme(state, activated, now)
+        out += effects
+    return state, tuple(out)
 
 
 def _check_policy(state: State, command: commands.Command, now: Instant) -> None:
@@ -396,33 +488,26 @@ def _check_policy(state: State, command: commands.Command, now: Instant) -> None
         raise Rejection(reasons.POLICY, "inside the local quiet hours", ref)
 
 
-def _act(state: State, command: commands.Command, now: Instant, out: list[Effect]) -> State:
+def _act(state: State, command: commands.Command, now: Instant) -> tuple[State, Effects]:
     body = command.body
     ref = command.header.id
     if isinstance(body, commands.Play):
-        return _queue_play(state, ref, body, now, out)
+        return _queue_play(state, ref, body, now)
     if isinstance(body, commands.Stop):
-        return _stop(state, ref, body.target, now, out)
+        return _stop(state, ref, body.target, now)
     if isinstance(body, commands.Volume):
-        level = min(body.level, state.settings.max_volume)
-        state = replace(state, volume=level)
-        active = state.active
-        if active is not None and active.priority != "emergency":
-            state = replace(state, active=replace(active, volume=level))
-            out.append(SetVolume(level))
-        out.append(engine.publish_state(state))
-        return state
+        state = replace(state, volume=min(body.level, state.settings.max_volume))
+        state, effects = _playback(state, engine.set_volume(state.playback, state.volume), now)
+        return state, (*effects, _publish(state))
     if isinstance(body, commands.Relay):
         if body.state == "auto":
             override = None
         else:
             until = None if body.duration_s is None else now.mono + body.duration_s
             override = RelayOverride(body.state, until)
-        state = replace(state, amp=replace(state.amp, override=override))
-        out.append(engine.publish_state(state))
-        return state
-    out.append(engine.publish_state(state))  # report
-    return state
+        state = replace(state, amp=amp.overridden(state.amp, override))
+        return state, (_publish(state),)
+    return state, (_publish(state),)  # report
 
 
 def _queue_play(
@@ -430,10 +515,9 @@ def _queue_play(
     ref: str,
     body: commands.Play,
     now: Instant,
-    out: list[Effect],
     *,
     window_end_utc: float | None = None,
-) -> State:
+) -> tuple[State, Effects]:
     """Queue a play; ``window_end_utc`` keeps the window it was given before a restart."""
     settings = state.settings
     delay = 0.0 if body.start_at is None else max(0.0, body.start_at - now.utc)
@@ -456,24 +540,28 @@ def _queue_play(
         seq=0,
         repeats_left=body.repeat - 1,
     )
-    return engine.add_item(state, item, out)
+    return _playback(state, engine.add_item(state.playback, item), now)
 
 
-def _stop(state: State, ref: str, target: str, now: Instant, out: list[Effect]) -> State:
-    for item in state.items():
+def _stop(state: State, ref: str, target: str, now: Instant) -> tuple[State, Effects]:
+    out: list[Effect] = []
+    for item in state.playback.items():
         if target in ("all", item.ref):
-            state = engine.finish(state, item, now, out, "stopped", detail=f"by {ref}")
-    return state
+            finished = engine.finish(
+                state.playback, item, now, _engine_conditions(state), "stopped", detail=f"by {ref}"
+            )
+            state, effects = _playback(state, finished, now)
+            out += effects
+    return state, tuple(out)
 
 
-def _on_local_input(state: State, event: LocalInputChanged, out: list[Effect]) -> State:
+def _on_local_input(state: State, event: LocalInputChanged) -> tuple[State, Effects]:
     if event.name == "mic":
-        return replace(state, mic_active=event.active)
+        return replace(state, mic_active=event.active), ()
     if event.name == "amp_fault":
         faults = state.faults | {"amp"} if event.active else state.faults - {"amp"}
         if faults != state.faults:
             detail = "amplifier fault input active" if event.active else "amplifier fault cleared"
-            out.append(Emit("fault", detail=detail))
             state = replace(state, faults=faults)
-            out.append(engine.publish_state(state))
-    return state
+            return state, (Emit("fault", detail=detail), _publish(state))
+    return state, ()

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
-from receiver.core.state import Settings
+from receiver.core.settings import Settings
 from receiver.core.urls import UrlRefused, check_url
 from receiver.core.vocabulary import Priority
 

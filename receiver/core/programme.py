@@ -1,4 +1,5 @@
-"""Schedules in force and staged: turning occurrences into items, and swapping versions.
+"""The programme: the part of the state that holds the schedules in force and staged, the
+occurrences already had, and when to look again; it turns occurrences into items.
 
 A new schedule version is first *staged*: it replaces the one in force only once every file it
 names is in the cache, so an unfetchable or broken version never erases a working programme.
@@ -9,23 +10,28 @@ is a live relay or at most ``late_join_s`` late, and is otherwise skipped and re
 reason ``quiet_hours``. A version that moves an entry takes back the entry's waiting item, so
 it plays at the new time; an occurrence that already had its turn today does not play twice,
 and the schedule's ``accepted`` event says so.
+
+Pure: each function is ``(part, input, now) -> (part, outputs)``, the outputs being effects
+and notes (an item for playback to queue, end or withdraw; a state to publish) that the machine
+routes; it learns of an occurrence playback ended from its ``PersistDone``.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
 from receiver.core import reasons
 from receiver.core.clock import Instant
 from receiver.core.effects import Effect, Emit, Fetch, PersistDone, PersistSchedule
-from receiver.core.engine import add_item, finish, publish_state, withdraw
+from receiver.core.engine import Enqueue, Finish, Item, Withdraw
 from receiver.core.events import FetchFailed
 from receiver.core.policy import in_quiet_hours, volume_for
 from receiver.core.schedule import Entry, Occurrence, Schedule, occurrences
-from receiver.core.state import Item, Staged, State
+from receiver.core.settings import Settings
 
 CHECK_EVERY_S: Final = 900.0  # re-plan at least this often (clock corrections, prefetch retries)
 UNTRUSTED_RECHECK_S: Final = 30.0
@@ -36,41 +42,98 @@ STAGE_RETRY_MAX_S: Final = 1800.0
 DONE_KEEP_DAYS: Final = 3
 
 
-def stage(state: State, schedule: Schedule, body: bytes, digest: str, out: list[Effect]) -> State:
+@dataclass(frozen=True)
+class Staged:
+    """A schedule version accepted but not yet in force: its media are being fetched."""
+
+    schedule: Schedule
+    body: bytes
+    digest: str
+    ready: frozenset[str] = frozenset()
+    attempts: int = 1
+    retry_mono: float | None = None
+
+    @property
+    def needed(self) -> frozenset[str]:
+        return frozenset(f.sha256 for e in self.schedule.entries for f in e.files)
+
+
+@dataclass(frozen=True)
+class Programme:
+    """The programme's part of the state."""
+
+    schedules: Mapping[str, Schedule] = field(default_factory=dict)  # in force
+    digests: Mapping[str, str] = field(default_factory=dict)  # of the versions in force
+    staged: Mapping[str, Staged] = field(default_factory=dict)
+    done: frozenset[str] = frozenset()  # occurrences already played or given up
+    next_check_mono: float = 0.0
+    prefetched: frozenset[str] = frozenset()  # files asked for ahead of their occurrences
+
+    def deadlines(self) -> list[float]:
+        """When time alone may change the programme: the next check, a staged version's retry."""
+        found = [self.next_check_mono]
+        found += [s.retry_mono for s in self.staged.values() if s.retry_mono is not None]
+        return found
+
+
+@dataclass(frozen=True)
+class Conditions:
+    """What the programme reads of the rest of the state."""
+
+    settings: Settings
+    volume: int  # the device's volume, for entries that name none
+    items: tuple[Item, ...] = ()  # what playback holds now (active first)
+
+
+@dataclass(frozen=True)
+class Publish:
+    """Note: publish the device state here, with the programme part as it was at this point."""
+
+    programme: Programme
+
+
+Output = Effect | Enqueue | Finish | Withdraw | Publish
+Result = tuple[Programme, tuple[Output, ...]]
+
+
+def stage(prog: Programme, schedule: Schedule, body: bytes, digest: str) -> Result:
     """Hold a new version until its media are cached; fetch them."""
     staged = Staged(schedule, body, digest)
-    state = replace(state, staged={**state.staged, schedule.id: staged})
+    prog = replace(prog, staged={**prog.staged, schedule.id: staged})
     needed = sorted(staged.needed)
+    out: list[Output] = []
     for entry in schedule.entries:
         for media in entry.files:
             if media.sha256 in needed:
                 needed.remove(media.sha256)
                 out.append(Fetch(media.url, media.sha256, media.size))
-    return state
+    return prog, tuple(out)
 
 
-def staged_media_arrived(state: State, sha256: str, now: Instant, out: list[Effect]) -> State:
-    for sid, staged in state.staged.items():
+def staged_media_arrived(prog: Programme, sha256: str) -> Result:
+    """A file arrived: staged versions that named it have it (see :func:`complete`)."""
+    for sid, staged in prog.staged.items():
         if sha256 in staged.needed and sha256 not in staged.ready:
             updated = replace(staged, ready=staged.ready | {sha256})
-            state = replace(state, staged={**state.staged, sid: updated})
-    for staged in list(state.staged.values()):
-        if staged.ready >= staged.needed:
-            state = activate(state, staged, now, out)
-    return state
+            prog = replace(prog, staged={**prog.staged, sid: updated})
+    return prog, ()
 
 
-def staged_media_failed(
-    state: State, failure: FetchFailed, now: Instant, out: list[Effect]
-) -> State:
+def complete(prog: Programme) -> tuple[Staged, ...]:
+    """The staged versions that have all their files: each is to be activated, in turn."""
+    return tuple(s for s in prog.staged.values() if s.ready >= s.needed)
+
+
+def staged_media_failed(prog: Programme, failure: FetchFailed, now: Instant) -> Result:
     sha256, reason, detail = failure.sha256, failure.reason, failure.detail
-    for sid, staged in state.staged.items():
+    out: list[Output] = []
+    for sid, staged in prog.staged.items():
         if sha256 not in staged.needed or sha256 in staged.ready or staged.retry_mono is not None:
             continue
         ref = staged.schedule.id
         if staged.attempts >= STAGE_ATTEMPTS:
-            remaining = {k: v for k, v in state.staged.items() if k != sid}
-            state = replace(state, staged=remaining)
+            remaining = {k: v for k, v in prog.staged.items() if k != sid}
+            prog = replace(prog, staged=remaining)
             out.append(
                 Emit(
                     "rejected",
@@ -82,7 +145,7 @@ def staged_media_failed(
             continue
         delay = min(STAGE_RETRY_S * 2 ** (staged.attempts - 1), STAGE_RETRY_MAX_S)
         retry = replace(staged, attempts=staged.attempts + 1, retry_mono=now.mono + delay)
-        state = replace(state, staged={**state.staged, sid: retry})
+        prog = replace(prog, staged={**prog.staged, sid: retry})
         out.append(
             Emit(
                 "fault",
@@ -91,39 +154,39 @@ def staged_media_failed(
                 detail=f"schedule media: {detail}; retry in {delay:g} s",
             )
         )
-    return state
+    # A file fetched ahead for the programme is asked for again at the next check.
+    return replace(prog, prefetched=prog.prefetched - {sha256}), tuple(out)
 
 
-def retry_staged(state: State, now: Instant, out: list[Effect]) -> State:
-    for sid, staged in state.staged.items():
+def retry_staged(prog: Programme, now: Instant) -> Result:
+    out: list[Output] = []
+    for sid, staged in prog.staged.items():
         if staged.retry_mono is None or now.mono < staged.retry_mono:
             continue
-        state = replace(state, staged={**state.staged, sid: replace(staged, retry_mono=None)})
+        prog = replace(prog, staged={**prog.staged, sid: replace(staged, retry_mono=None)})
         for entry in staged.schedule.entries:
             for media in entry.files:
                 if media.sha256 not in staged.ready:
                     out.append(Fetch(media.url, media.sha256, media.size))
-    return state
+    return prog, tuple(out)
 
 
-def activate(state: State, staged: Staged, now: Instant, out: list[Effect]) -> State:
-    """The staged version goes into force: stored first, then used."""
+def activate(prog: Programme, staged: Staged, cond: Conditions) -> Result:
+    """The staged version goes into force: stored first (with its replay floor), then used."""
     schedule = staged.schedule
-    previous = state.schedules.get(schedule.id)
-    out.append(PersistSchedule(schedule.id, schedule.version, staged.body, staged.digest))
-    stream = f"schedule:{schedule.id}"
-    state = replace(
-        state,
-        schedules={**state.schedules, schedule.id: schedule},
-        schedule_digests={**state.schedule_digests, schedule.id: staged.digest},
-        floors={**state.floors, stream: (schedule.version, staged.digest)},
-        staged={k: v for k, v in state.staged.items() if k != schedule.id},
-        next_schedule_check_mono=0.0,
+    previous = prog.schedules.get(schedule.id)
+    out: list[Output] = [PersistSchedule(schedule.id, schedule.version, staged.body, staged.digest)]
+    prog = replace(
+        prog,
+        schedules={**prog.schedules, schedule.id: schedule},
+        digests={**prog.digests, schedule.id: staged.digest},
+        staged={k: v for k, v in prog.staged.items() if k != schedule.id},
+        next_check_mono=0.0,
     )
     # Items of entries this version no longer has stop; the others play on undisturbed.
     kept = {entry.id: entry for entry in schedule.entries}
     before = {entry.id: entry for entry in previous.entries} if previous is not None else {}
-    for item in state.items():
+    for item in cond.items:
         if item.occurrence is None:
             continue
         sid, entry_id, _ = item.occurrence.split("/")
@@ -131,13 +194,13 @@ def activate(state: State, staged: Staged, now: Instant, out: list[Effect]) -> S
             continue
         if entry_id not in kept:
             why = f"entry removed by schedule version {schedule.version}"
-            state = finish(state, item, now, out, "stopped", detail=why)
+            out.append(Finish(item, "stopped", detail=why))
         elif item.since_utc is None and _moved(
             previous, before.get(entry_id), schedule, kept[entry_id]
         ):
-            state = withdraw(state, item, now)  # evaluate() brings it back at its new time
-    out.append(publish_state(state))
-    return state
+            out.append(Withdraw(item))  # evaluate() brings it back at its new time
+    out.append(Publish(prog))
+    return prog, tuple(out)
 
 
 def _moved(previous: Schedule | None, was: Entry | None, schedule: Schedule, entry: Entry) -> bool:
@@ -146,16 +209,16 @@ def _moved(previous: Schedule | None, was: Entry | None, schedule: Schedule, ent
     return (was.at_minute, was.days, previous.tz) != (entry.at_minute, entry.days, schedule.tz)
 
 
-def retimed_today(state: State, schedule: Schedule, now: Instant) -> list[str]:
+def retimed_today(prog: Programme, schedule: Schedule, now: Instant, cond: Conditions) -> list[str]:
     """Entries this version moves to later today whose occurrence already had today's turn
     (played, playing, or skipped): they do not play twice; the words say so."""
-    previous = state.schedules.get(schedule.id)
+    previous = prog.schedules.get(schedule.id)
     if previous is None or not now.utc_trusted:
         return []
     zone = schedule.zone
     today = datetime.fromtimestamp(now.utc, zone).date()
     before = {entry.id: entry for entry in previous.entries}
-    sounding = {item.occurrence for item in state.items() if item.since_utc is not None}
+    sounding = {item.occurrence for item in cond.items if item.since_utc is not None}
     notes = []
     for entry in schedule.entries:
         was = before.get(entry.id)
@@ -164,7 +227,7 @@ def retimed_today(state: State, schedule: Schedule, now: Instant) -> list[str]:
         key = f"{schedule.id}/{entry.id}/{today.isoformat()}"
         hour, minute = divmod(entry.at_minute, 60)
         start = datetime(today.year, today.month, today.day, hour, minute, tzinfo=zone)
-        if (key in state.done or key in sounding) and start.timestamp() > now.utc and was:
+        if (key in prog.done or key in sounding) and start.timestamp() > now.utc and was:
             old_hour, old_minute = divmod(was.at_minute, 60)
             notes.append(
                 f"{entry.id} had today's turn at {old_hour:02d}:{old_minute:02d}; "
@@ -173,22 +236,28 @@ def retimed_today(state: State, schedule: Schedule, now: Instant) -> list[str]:
     return notes
 
 
-def evaluate(state: State, now: Instant, out: list[Effect]) -> State:
+def occurrence_done(prog: Programme, done: PersistDone) -> Programme:
+    """An occurrence played or given up (its ``PersistDone``): it does not come back."""
+    return replace(prog, done=prog.done | {done.key})
+
+
+def evaluate(prog: Programme, now: Instant, cond: Conditions) -> Result:
     """Turn due occurrences into items and fetch upcoming media; plan the next check."""
-    if now.mono < state.next_schedule_check_mono:
-        return state
-    if not state.schedules:
-        return replace(state, next_schedule_check_mono=math.inf)  # activation resets it
+    if now.mono < prog.next_check_mono:
+        return prog, ()
+    if not prog.schedules:
+        return replace(prog, next_check_mono=math.inf), ()  # activation resets it
     if not now.utc_trusted:
         # No absolute-time programme starts without a trusted clock (docs/security.md).
-        return replace(state, next_schedule_check_mono=now.mono + UNTRUSTED_RECHECK_S)
-    settings = state.settings
+        return replace(prog, next_check_mono=now.mono + UNTRUSTED_RECHECK_S), ()
+    settings = cond.settings
     next_check_utc = now.utc + CHECK_EVERY_S
-    known = {item.occurrence for item in state.items()}
-    prefetched = set(state.prefetched)
-    for schedule in state.schedules.values():
+    known = {item.occurrence for item in cond.items}
+    prefetched = set(prog.prefetched)
+    out: list[Output] = []
+    for schedule in prog.schedules.values():
         for occ in occurrences(schedule, now.utc, now.utc + settings.prefetch_s):
-            if occ.key in state.done or occ.key in known:
+            if occ.key in prog.done or occ.key in known:
                 continue
             opens_at = occ.start_utc - settings.warm_up_s - LEAD_S
             if now.utc < opens_at:
@@ -198,18 +267,19 @@ def evaluate(state: State, now: Instant, out: list[Effect]) -> State:
                         prefetched.add(media.sha256)
                         out.append(Fetch(media.url, media.sha256, media.size))
                 continue
-            state = _occurrence_due(state, occ, now, out)
-    state = replace(
-        state,
+            prog, more = _occurrence_due(prog, occ, now, cond)
+            out += more
+    prog = replace(
+        prog,
         prefetched=frozenset(prefetched),
-        next_schedule_check_mono=now.mono + (next_check_utc - now.utc),
-        done=_recent(state.done, now),
+        next_check_mono=now.mono + (next_check_utc - now.utc),
+        done=_recent(prog.done, now),
     )
-    return state
+    return prog, tuple(out)
 
 
-def _occurrence_due(state: State, occ: Occurrence, now: Instant, out: list[Effect]) -> State:
-    settings = state.settings
+def _occurrence_due(prog: Programme, occ: Occurrence, now: Instant, cond: Conditions) -> Result:
+    settings = cond.settings
     entry = occ.entry
     late = now.utc - occ.start_utc
     skip: tuple[reasons.Reason, str] | None = None
@@ -218,9 +288,11 @@ def _occurrence_due(state: State, occ: Occurrence, now: Instant, out: list[Effec
     elif entry.files and late > settings.late_join_s:
         skip = (reasons.MISSED, f"{int(late)} s late (the device was off or had no clock)")
     if skip is not None:
-        out.append(Emit("failed", ref=occ.key, reason=skip[0], detail=skip[1]))
-        out.append(PersistDone(occ.key))
-        return replace(state, done=state.done | {occ.key})
+        skipped = (
+            Emit("failed", ref=occ.key, reason=skip[0], detail=skip[1]),
+            PersistDone(occ.key),
+        )
+        return replace(prog, done=prog.done | {occ.key}), skipped
     item = Item(
         ref=occ.key,
         origin="schedule",
@@ -228,7 +300,7 @@ def _occurrence_due(state: State, occ: Occurrence, now: Instant, out: list[Effec
         title=entry.title,
         files=entry.files,
         stream_url=entry.stream_url,
-        volume=volume_for(settings, entry.priority, entry.volume, state.volume),
+        volume=volume_for(settings, entry.priority, entry.volume, cond.volume),
         max_duration_s=min(entry.max_duration_s, settings.max_play_duration_s),
         not_before_mono=now.mono + (occ.start_utc - now.utc),
         window_end_mono=now.mono + (occ.end_utc - now.utc),
@@ -236,7 +308,7 @@ def _occurrence_due(state: State, occ: Occurrence, now: Instant, out: list[Effec
         occurrence=occ.key,
         late_by_s=max(0.0, late),
     )
-    return add_item(state, item, out)
+    return prog, (Enqueue(item),)
 
 
 def _recent(done: frozenset[str], now: Instant) -> frozenset[str]:

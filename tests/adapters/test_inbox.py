@@ -1,10 +1,16 @@
 """The loop's inbox: our own reports are never dropped; a flood keeps its newest messages; a
-flood naming one key neither delays nor pushes out a command naming another."""
+flood naming one key neither delays nor pushes out a command naming another; the key a message
+names is guessed cheaply, the same as the strict parser reads it in a real envelope, and junk of
+any shape names none."""
 
 from __future__ import annotations
 
+import pytest
+
+from receiver.central.signing import SigningKey, command_payload, sign_command
+from receiver.core.envelope import MAX_MESSAGE_BYTES, parse_envelope
 from receiver.core.events import Event, MessageReceived, PlaybackEnded
-from receiver.inbox import Inbox
+from receiver.inbox import Inbox, named_key
 
 
 def drain(inbox: Inbox) -> list[Event]:
@@ -90,3 +96,38 @@ def test_wake_returns_none_at_once() -> None:
     inbox = Inbox()
     inbox.wake()
     assert inbox.get(10.0) is None
+
+
+KNOWN = frozenset({"op-1", "emergency-1"})
+
+
+def test_named_key_names_the_first_known_signer_of_a_real_envelope() -> None:
+    operator, emergency = SigningKey.generate("op-1"), SigningKey.generate("emergency-1")
+    payload = command_payload("stop", {}, env="lab", aud=["dev:dev-1"])
+    for signers, expected in [
+        ([operator], "op-1"),
+        ([emergency, operator], "emergency-1"),
+        ([SigningKey.generate("stranger"), operator], "op-1"),
+        ([SigningKey.generate("stranger")], None),
+    ]:
+        raw = sign_command(payload, signers)
+        parsed = parse_envelope(raw)  # what the core reads in it, strictly
+        strict = next((k for k, _ in parsed.signatures if k in KNOWN), None)
+        assert named_key(raw, KNOWN) == strict == expected
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"",
+        b"\xff\xfe not text",
+        b"[" * 16_000,  # deeper than any JSON reader recurses
+        b'{"signatures": "op-1"}',
+        b'{"signatures": [{"keyid": ["op-1"]}]}',  # a key id that cannot be looked up
+        b'{"signatures": [{"sig": "x"}, {"keyid": "op-1"}]}',
+        b'[{"keyid": "op-1"}]',
+        b'{"signatures": [{"keyid": "op-1"}], "pad": "' + b"x" * MAX_MESSAGE_BYTES + b'"}',
+    ],
+)
+def test_named_key_guesses_none_for_junk_of_any_shape_and_never_raises(raw: bytes) -> None:
+    assert named_key(raw, KNOWN) is None

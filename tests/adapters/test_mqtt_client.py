@@ -19,6 +19,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.properties import Properties
 
 from receiver.config_model import BrokerConfig, TlsConfig
 from receiver.core.events import LinkChanged, MessageReceived
@@ -169,6 +170,28 @@ def test_connects_subscribes_and_receives_commands(
     first, second = rec.next_message(), rec.next_message()
     assert first == MessageReceived(CMD, b"for the device", retained=False)
     assert second == MessageReceived(GROUP_CMD, b"for the group", retained=False)
+
+
+def test_paho_lines_below_error_are_never_formatted(
+    broker: MosquittoBroker, make_link: LinkFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # In a flood every packet counts: paho builds a debug line for each one it reads, with its
+    # MQTT 5 properties spelt out, whenever on_log is set; the link wants only error lines.
+    formatted = []
+    original = Properties.__str__
+
+    def counting_str(self: Properties) -> str:
+        formatted.append(1)
+        return str(original(self))  # type: ignore[no-untyped-call]
+
+    monkeypatch.setattr(Properties, "__str__", counting_str)
+    link, rec = make_link(broker)
+    wait_until(lambda: link.connected, what="connected")
+    with Subscriber(broker) as central:
+        for i in range(20):
+            central.publish(CMD, b"junk %d" % i)
+    rec.wait_message(lambda m: m.payload == b"junk 19")
+    assert formatted == []
 
 
 def test_retained_commands_are_not_delivered_but_retained_documents_are(

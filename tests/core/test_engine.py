@@ -40,7 +40,7 @@ def playing(world: World, body: dict[str, object], sha: str = SHA, **kw: object)
     ref = f"c{world.seq}"
     world.feed(FetchFinished(sha, f"/c/{sha[:1]}"))
     world.advance(1.0)
-    active = world.state.active
+    active = world.state.playback.active
     assert active is not None and active.ref == ref and active.phase == "playing"
     world.feed(PlaybackStarted(active.token))
     return ref
@@ -82,7 +82,7 @@ def test_a_lower_priority_waits_and_plays_after() -> None:
     effects = world.feed(PlaybackEnded(1))
     assert ("finished", first) in [(e.kind, e.ref) for e in emitted(effects)]
     assert [p.media for p in plays(effects)] == ["/c/b"]
-    assert world.state.active is not None and world.state.active.ref == later
+    assert world.state.playback.active is not None and world.state.playback.active.ref == later
 
 
 def test_a_waiting_item_whose_window_closes_is_reported_stopped() -> None:
@@ -178,8 +178,11 @@ def test_a_stalled_stream_is_restarted_with_backoff_then_fails() -> None:
     for _ in range(3):
         effects = world.advance(10.0)
         retries += plays(effects)
-        if world.state.active is not None and world.state.active.phase == "playing":
-            world.feed(PlaybackFailed(world.state.active.token, "connection refused"))
+        if (
+            world.state.playback.active is not None
+            and world.state.playback.active.phase == "playing"
+        ):
+            world.feed(PlaybackFailed(world.state.playback.active.token, "connection refused"))
     failed = emitted(world.effects, "failed")
     assert len(retries) == 3
     assert [(e.reason) for e in failed] == ["stream_failed"]

@@ -28,7 +28,7 @@ def accepted(effects: list[Effect]) -> bool:
 
 def test_a_fresh_store_waits_for_a_synchronised_clock_then_refuses_older_commands() -> None:
     world = World(utc_trusted=False)
-    world.state = replace(world.state, reset_floor=None)
+    world.state = replace(world.state, floors=replace(world.state.floors, reset_floor=None))
     captured = world.signed("volume", {"level": 5}, iat=T0 - 600)  # before the reset
     assert only_rejection(world.send(captured)).reason == "clock_untrusted"
     world.utc_trusted = True
@@ -51,7 +51,9 @@ def test_a_clock_set_back_a_month_cannot_revive_an_old_message() -> None:
     other = SigningKey.generate("op-2")
     world = World(extra_keys=(trusted_key(other, ["operator"]),))
     # Captured a month ago from another operator's key: its seq stream has no floor here.
-    world.state = replace(world.state, reset_floor=T0 - 60 * DAY)
+    world.state = replace(
+        world.state, floors=replace(world.state.floors, reset_floor=T0 - 60 * DAY)
+    )
     old = world.signed("volume", {"level": 9}, other, iat=T0 - 30 * DAY)
     world.send(world.signed("volume", {"level": 50}))  # the floor moves to T0
     world.utc = T0 - 30 * DAY + 10  # spoofed NTP: the clock claims to be synchronised
@@ -99,7 +101,7 @@ def test_key_rotation_removes_a_stolen_operator_key() -> None:
     effects = rotate(world, 2, keys, roots[0], roots[2])  # 2 of 3 roots
     assert accepted(effects)
     assert any(isinstance(e, PublishState) and e.fields["trust_version"] == 2 for e in effects)
-    assert world.state.keyring.version == 2
+    assert world.state.floors.keyring.version == 2
 
     stolen_cmd = world.signed("volume", {"level": 99}, stolen)
     assert only_rejection(world.send(stolen_cmd)).reason == "unknown_key"
@@ -160,7 +162,11 @@ def test_a_command_on_the_trust_topic_is_refused() -> None:
 
 def test_commands_before_ntp_wait_for_the_clock_and_a_stale_backlog_then_expires() -> None:
     world = World(utc_trusted=False)
-    world.state = replace(world.state, booted_mono=world.mono, time_floor=T0 - 3 * DAY)
+    world.state = replace(
+        world.state,
+        booted_mono=world.mono,
+        floors=replace(world.state.floors, time_floor=T0 - 3 * DAY),
+    )
     world.utc = T0 - 5 * DAY  # the board's clock after a power cut, before NTP
     backlog = world.signed("volume", {"level": 11}, iat=T0 - 2 * DAY, ttl_s=7 * DAY)
     assert world.send(backlog) == []  # held, not judged by the old saved floor
@@ -175,7 +181,9 @@ def test_commands_before_ntp_wait_for_the_clock_and_a_stale_backlog_then_expires
 
 def test_held_commands_are_judged_without_a_clock_once_the_grace_ends() -> None:
     world = World(utc_trusted=False)
-    world.state = replace(world.state, booted_mono=world.mono, time_floor=T0 - 60)
+    world.state = replace(
+        world.state, booted_mono=world.mono, floors=replace(world.state.floors, time_floor=T0 - 60)
+    )
     world.utc = 0.0
     assert world.send(world.signed("volume", {"level": 12}, iat=T0)) == []
     assert world.deadline == world.mono + 30.0
@@ -185,10 +193,10 @@ def test_held_commands_are_judged_without_a_clock_once_the_grace_ends() -> None:
 
 def test_one_far_future_iat_cannot_push_the_floor_past_every_later_command() -> None:
     world = World(utc_trusted=False)
-    world.state = replace(world.state, time_floor=T0)
+    world.state = replace(world.state, floors=replace(world.state.floors, time_floor=T0))
     world.utc = 0.0
     world.send(world.signed("volume", {"level": 1}, iat=T0 + 365 * DAY, ttl_s=400 * DAY))
-    assert world.state.time_floor == T0 + 300  # moved at most the allowed skew
+    assert world.state.floors.time_floor == T0 + 300  # moved at most the allowed skew
     assert emitted(world.send(world.signed("volume", {"level": 2}, iat=T0 + 60)), "accepted")
 
 
@@ -203,14 +211,14 @@ def test_after_a_reset_every_command_issued_before_it_is_refused_even_a_moment_b
     """docs/security.md "After losing state": a command captured a moment before the reset (still
     within ``max_skew_s``, not expired) must not play again on the reset device."""
     world = World(utc_trusted=False)
-    world.state = replace(world.state, reset_floor=None)
+    world.state = replace(world.state, floors=replace(world.state.floors, reset_floor=None))
     captured = world.signed("play", play_body(), iat=T0 - 5)  # 5 s before the first sync
     world.utc_trusted = True
     world.advance(1.0)
     rejection = only_rejection(world.send(captured)[1:])  # after the PersistResetFloor
     assert rejection.reason == "replayed"
     assert "2027-01-15T08:00:01" in (rejection.detail or "")  # says from when it takes commands
-    assert not world.state.items()
+    assert not world.state.playback.items()
 
 
 def test_a_lagging_operator_clock_is_served_once_it_passes_the_reset_instant() -> None:
@@ -219,7 +227,7 @@ def test_a_lagging_operator_clock_is_served_once_it_passes_the_reset_instant() -
     names T0; a command signed again once the lagging clock has passed T0 is accepted."""
     lag = 40.0
     world = World(utc_trusted=False)
-    world.state = replace(world.state, reset_floor=None)
+    world.state = replace(world.state, floors=replace(world.state.floors, reset_floor=None))
     world.utc_trusted = True
     world.advance(1.0)  # T0 = T0 + 1 by the device's synchronised clock
     world.feed(TimerFired())
@@ -237,12 +245,12 @@ def test_a_fresh_store_takes_its_reset_instant_before_the_first_state_says_onlin
     must be served: the reset instant is fixed at boot, before that state is published, and
     to the millisecond the wire carries (``iat`` has millisecond precision)."""
     world = World()
-    world.state = replace(world.state, reset_floor=None)
+    world.state = replace(world.state, floors=replace(world.state.floors, reset_floor=None))
     world.utc = T0 + 0.9164  # a boot instant between two milliseconds
     result = machine.boot(world.state, world.now)
     kinds = [type(effect).__name__ for effect in result.effects]
     assert kinds.index("PersistResetFloor") < kinds.index("PublishState")
-    assert result.state.reset_floor == T0 + 0.916
+    assert result.state.floors.reset_floor == T0 + 0.916
     world.state = result.state
     same_millisecond = world.signed("volume", {"level": 20}, iat=T0 + 0.916)
     assert accepted(world.send(same_millisecond))

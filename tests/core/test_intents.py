@@ -62,10 +62,10 @@ def restart(world: World, disk: Disk, *, after_s: float = 2.0, trusted: bool = T
     again.seq = world.seq
     again.state = machine.initial_state(
         world.state.settings,
-        world.state.keyring,
+        world.state.floors.keyring,
         floors=disk.floors,
         time_floor=disk.time_floor,
-        reset_floor=world.state.reset_floor,
+        reset_floor=world.state.floors.reset_floor,
         recovered=tuple(disk.intents.values()),
     )
     again.effects.clear()
@@ -157,7 +157,7 @@ def test_a_play_whose_window_closed_during_the_restart_is_reported_failed() -> N
     (report,) = emitted(again.effects)
     assert (report.kind, report.reason) == ("failed", "interrupted")
     assert "window closed" in (report.detail or "")
-    assert not plays(again.advance(5.0)) and not again.state.items()
+    assert not plays(again.advance(5.0)) and not again.state.playback.items()
 
 
 def test_a_play_at_a_later_time_keeps_its_window_across_the_restart() -> None:
@@ -170,7 +170,7 @@ def test_a_play_at_a_later_time_keeps_its_window_across_the_restart() -> None:
     assert not plays(again.advance(108.0))  # the relay warms up a second before
     played = plays(again.advance(2.5))
     assert played and again.utc >= start_at
-    item = again.state.active
+    item = again.state.playback.active
     assert item is not None and item.window_end_mono - again.mono <= 30.0
 
 
@@ -197,7 +197,7 @@ def test_a_stop_accepted_after_a_play_still_stops_it_when_both_are_recovered() -
     again = restart(world, disk)
     kinds = [(e.kind, e.ref) for e in emitted(again.effects)]
     assert ("stopped", play_ref) in kinds
-    assert not again.state.items() and not plays(again.advance(5.0))
+    assert not again.state.playback.items() and not plays(again.advance(5.0))
 
 
 def test_the_intent_is_marked_before_the_sound_and_goes_once_the_end_is_reported() -> None:

@@ -123,7 +123,7 @@ def test_stop_of_another_id_leaves_playback_alone() -> None:
     world.advance(1.0)
     effects = world.send(world.signed("stop", {"target": "c-other"}))
     assert StopPlayback() not in effects
-    assert world.state.active is not None
+    assert world.state.playback.active is not None
 
 
 def test_volume_is_capped_and_applied_live() -> None:
@@ -168,9 +168,8 @@ def test_the_replay_floor_survives_a_restart() -> None:
     world.send(newer)
     floors = persisted(world.effects)[-1]
     restarted = World(operator=world.operator, emergency=world.emergency)
-    restarted.state = type(world.state)(
-        **{**world.state.__dict__, "floors": floors.floors, "volume": 70}
-    )
+    restored = replace(world.state.floors, streams=floors.floors)
+    restarted.state = replace(world.state, floors=restored, volume=70)
     assert only_rejection(restarted.send(old)).reason == "replayed"
     assert restarted.state.volume == 70
 
@@ -336,12 +335,14 @@ def test_an_expired_key_acts_no_more() -> None:
 def test_without_trusted_time_expiry_is_judged_by_the_floor_and_start_at_is_refused() -> None:
     world = World(utc_trusted=False)
     world.utc = 0.0  # the board booted without a clock
-    world.state = type(world.state)(**{**world.state.__dict__, "time_floor": 1_800_000_000.0})
+    world.state = replace(
+        world.state, floors=replace(world.state.floors, time_floor=1_800_000_000.0)
+    )
     old = world.signed("volume", {"level": 1}, iat=1_799_990_000.0)
     assert only_rejection(world.send(old)).reason == "expired"
     fresh = world.signed("volume", {"level": 2}, iat=1_800_000_100.0)
     assert emitted(world.send(fresh), "accepted")
-    assert world.state.time_floor == 1_800_000_100.0
+    assert world.state.floors.time_floor == 1_800_000_100.0
     timed = world.signed("play", play_body(start_at="2027-01-15T08:00:00Z"), iat=1_800_000_200.0)
     assert only_rejection(world.send(timed)).reason == "clock_untrusted"
 
@@ -357,9 +358,9 @@ def test_a_payload_flip_breaks_the_signature() -> None:
 
 def test_one_key_listed_twice_counts_once_toward_a_threshold() -> None:
     world = World()
-    keyring = world.state.keyring
+    keyring = world.state.floors.keyring
     stricter = type(keyring)(keyring.keys, {"operator": 2, "emergency": 1, "root": 2})
-    world.state = replace(world.state, keyring=stricter)
+    world.state = replace(world.state, floors=replace(world.state.floors, keyring=stricter))
     payload = world.payload("volume", {"level": 9})
     raw = sign_command(payload, [world.operator, world.operator])
     assert only_rejection(world.send(raw)).reason == "not_authorized"

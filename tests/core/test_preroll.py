@@ -149,6 +149,6 @@ def test_the_window_of_a_play_handed_over_early_counts_from_its_instant() -> Non
     world = World()
     _, play = armed_play(world)
     assert play.at_mono is not None
-    active = world.state.active
+    active = world.state.playback.active
     assert active is not None and active.stop_mono == play.at_mono + 600
-    assert world.state.active is not None and world.state.active.since_utc is None
+    assert world.state.playback.active is not None and world.state.playback.active.since_utc is None

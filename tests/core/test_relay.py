@@ -27,7 +27,7 @@ def relaying(world: World, body: dict[str, object] = STREAM) -> int:
     """Send the relay, let it start; return its player token."""
     world.send(world.signed("play", body))
     world.advance(1.0)
-    active = world.state.active
+    active = world.state.playback.active
     assert active is not None and active.phase == "playing"
     world.feed(PlaybackStarted(active.token))
     return active.token
@@ -46,7 +46,7 @@ def test_the_window_end_stops_a_playing_relay() -> None:
     effects = world.advance(3.0)
     assert [e.kind for e in emitted(effects)] == ["finished"]
     assert StopPlayback() in effects  # libVLC would relay on for ever otherwise
-    assert world.state.active is None
+    assert world.state.playback.active is None
 
 
 def test_the_window_end_of_a_reconnecting_relay_starts_nothing_more() -> None:
@@ -55,12 +55,12 @@ def test_the_window_end_of_a_reconnecting_relay_starts_nothing_more() -> None:
     world.advance(2.0)
     world.feed(PlaybackFailed(token, "connection refused"))  # retry in 1 s
     world.advance(1.5)
-    active = world.state.active
+    active = world.state.playback.active
     assert active is not None and active.phase == "playing"
     world.feed(PlaybackFailed(active.token, "connection refused"))  # retry in 2 s
     effects = world.advance(10.0)
     assert [e.kind for e in emitted(effects, "finished")] == ["finished"]
-    assert world.state.active is None
+    assert world.state.playback.active is None
     assert plays(world.advance(10.0)) == []
 
 
@@ -76,7 +76,7 @@ def test_healthy_audio_gives_the_restart_budget_back() -> None:
         (fault,) = emitted(effects, "fault")
         assert "reconnect 1 of 2" in (fault.detail or ""), f"blip {blip}: {fault.detail}"
         world.advance(1.0)
-        active = world.state.active
+        active = world.state.playback.active
         assert active is not None and active.phase == "playing"
         token = active.token
         world.feed(PlaybackStarted(token))
@@ -90,7 +90,7 @@ def test_consecutive_failures_without_healthy_audio_exhaust_the_budget() -> None
         healthy_for(world, token, 10)  # ten seconds of audio: not yet healthy
         world.feed(PlaybackFailed(token, "connection reset"))
         world.advance(2.0**attempt)
-        active = world.state.active
+        active = world.state.playback.active
         assert active is not None and active.phase == "playing"
         token = active.token
         world.feed(PlaybackStarted(token))
@@ -106,12 +106,12 @@ def test_a_preempted_relay_that_resumes_reports_started_again() -> None:
     world.feed(FetchFinished(SHA, "/c/a"))
     world.advance(1.0)
     assert [e.ref for e in emitted(world.effects, "preempted")] == ["c1001"]
-    active = world.state.active
+    active = world.state.playback.active
     assert active is not None and active.ref == "c1002"
     world.feed(PlaybackStarted(active.token))
     world.feed(PlaybackEnded(active.token))  # the warning is over: the relay resumes
     world.advance(1.0)
-    relay = world.state.active
+    relay = world.state.playback.active
     assert relay is not None and relay.ref == "c1001" and relay.phase == "playing"
     effects = world.feed(PlaybackStarted(relay.token))
     assert [(e.kind, e.ref, e.detail) for e in emitted(effects)] == [

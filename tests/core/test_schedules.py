@@ -52,7 +52,9 @@ WEEKDAYS = ["mon", "tue", "wed", "thu", "fri", "sat"]
 def world_at(utc: float) -> World:
     world = World()
     world.utc = utc
-    world.state = replace(world.state, reset_floor=utc - 10 * DAY)
+    world.state = replace(
+        world.state, floors=replace(world.state.floors, reset_floor=utc - 10 * DAY)
+    )
     return world
 
 
@@ -97,7 +99,7 @@ def test_a_week_of_morning_and_evening_sessions_plays_at_local_times() -> None:
         "Sat 05:30",
     ]
     assert len(sim.events("finished")) == 9
-    assert world.state.active is None and not world.state.amp.on
+    assert world.state.playback.active is None and not world.state.amp.on
 
 
 def test_an_entry_across_midnight_plays_whole_and_only_once() -> None:
@@ -135,10 +137,11 @@ def test_after_a_reboot_inside_the_window_it_joins_late_or_skips_by_the_rule() -
     world = world_at(MONDAY - HOUR)
     Sim(world)
     publish(world, 1, [entry("morning", WEEKDAYS, "05:30")])
-    schedules = world.state.schedules
+    schedules = world.state.programme.schedules
     for minutes_late, expected in ((2, "started"), (10, "failed")):
         rebooted = world_at(MONDAY + 5.5 * HOUR + minutes_late * 60)
-        rebooted.state = replace(rebooted.state, schedules=schedules, next_schedule_check_mono=0)
+        programme = replace(rebooted.state.programme, schedules=schedules, next_check_mono=0)
+        rebooted.state = replace(rebooted.state, programme=programme)
         sim = Sim(rebooted)
         sim.run_until(rebooted.utc + 10)
         (kind,) = {e.kind for _, e in sim.log}
@@ -156,9 +159,10 @@ def test_a_live_relay_always_joins_late() -> None:
     relay["source"] = {"stream": {"url": "https://media.example/vov1"}}
     publish(world, 1, [relay])
     rebooted = world_at(MONDAY + 5 * HOUR + 20 * 60)
-    rebooted.state = replace(
-        rebooted.state, schedules=world.state.schedules, next_schedule_check_mono=0
+    programme = replace(
+        rebooted.state.programme, schedules=world.state.programme.schedules, next_check_mono=0
     )
+    rebooted.state = replace(rebooted.state, programme=programme)
     sim = Sim(rebooted)
     sim.run_until(rebooted.utc + 60)
     assert [e.detail for _, e in sim.events("started")] == [
@@ -174,7 +178,9 @@ def test_an_update_mid_entry_keeps_a_kept_entry_and_stops_a_removed_one() -> Non
     assert starts(sim) == ["Mon 05:30"]
     publish(world, 2, [entry("morning", WEEKDAYS, "05:30")])  # same entry: plays on
     sim.run_until(MONDAY + 5.65 * HOUR)
-    assert world.state.active is not None and world.state.active.phase == "playing"
+    assert (
+        world.state.playback.active is not None and world.state.playback.active.phase == "playing"
+    )
     effects = world.send(
         sign_schedule(
             schedule_payload("sch-1", 3, [], env="prod", aud=[f"grp:{GROUP}"], iat=world.utc),
@@ -185,7 +191,7 @@ def test_an_update_mid_entry_keeps_a_kept_entry_and_stops_a_removed_one() -> Non
     assert ("stopped", "entry removed by schedule version 3") in [
         (e.kind, e.detail) for e in emitted(effects)
     ]
-    assert world.state.schedules["sch-1"].entries == ()
+    assert world.state.programme.schedules["sch-1"].entries == ()
 
 
 def test_quiet_hours_skip_normal_entries() -> None:
@@ -206,7 +212,7 @@ def test_an_unfetchable_new_version_never_replaces_the_stored_one() -> None:
     world = world_at(MONDAY - HOUR)
     sim = Sim(world, file_seconds=60, unfetchable={"9" * 64})
     publish(world, 1, [entry("morning", WEEKDAYS, "05:30")])
-    assert world.state.schedules["sch-1"].version == 1
+    assert world.state.programme.schedules["sch-1"].version == 1
     effects = world.send(
         sign_schedule(
             schedule_payload(
@@ -225,7 +231,7 @@ def test_an_unfetchable_new_version_never_replaces_the_stored_one() -> None:
     sim.run_until(MONDAY + 6 * HOUR, step_s=30)
     rejected = sim.events("rejected")
     assert [(e.ref, e.reason) for _, e in rejected] == [("sch-1", "download_failed")]
-    assert world.state.schedules["sch-1"].version == 1
+    assert world.state.programme.schedules["sch-1"].version == 1
     assert starts(sim) == ["Mon 05:30"]  # the old programme played
 
 
@@ -234,7 +240,7 @@ def test_an_older_or_replayed_version_is_refused_and_a_duplicate_acknowledged() 
     payload7 = schedule_payload("sch-1", 7, [], env="prod", aud=[f"grp:{GROUP}"], iat=world.utc)
     raw7 = sign_schedule(payload7, [world.operator])
     world.send(raw7, topic=TOPIC, retained=True)
-    assert world.state.schedules["sch-1"].version == 7
+    assert world.state.programme.schedules["sch-1"].version == 7
     raw5 = sign_schedule({**payload7, "version": 5}, [world.operator])
     assert only_rejection(world.send(raw5, topic=TOPIC, retained=True)).reason == "stale_version"
     again = world.send(raw7, topic=TOPIC, retained=True)
@@ -280,7 +286,7 @@ def test_no_schedule_starts_without_trusted_time() -> None:
     world = world_at(MONDAY - HOUR)
     sim = Sim(world)
     publish(world, 1, [entry("morning", ["mon"], "05:30")])
-    assert "sch-1" in world.state.schedules
+    assert "sch-1" in world.state.programme.schedules
     world.utc_trusted = False
     sim.run_until(MONDAY + 7 * HOUR)
     assert starts(sim) == []
@@ -298,10 +304,10 @@ def test_a_staged_version_whose_file_failed_is_retried_and_takes_effect_once_fet
         2,
         [entry("morning", ["tue"], "05:30"), entry("extra", ["wed"], "06:00", sha=prefetch)],
     )
-    assert world.state.schedules["sch-1"].version == 1  # v2 waits for its file
+    assert world.state.programme.schedules["sch-1"].version == 1  # v2 waits for its file
     sim.unfetchable.clear()
     sim.run_until(MONDAY + 2 * HOUR, step_s=60)  # the staged retry fetches it
-    assert world.state.schedules["sch-1"].version == 2
+    assert world.state.programme.schedules["sch-1"].version == 2
     assert starts(sim) == []
 
 
@@ -310,7 +316,7 @@ def test_an_entry_retimed_later_while_its_occurrence_waits_plays_at_the_new_time
     sim = Sim(world, file_seconds=300)
     publish(world, 1, [entry("morning", WEEKDAYS, "06:30")])
     sim.run_until(MONDAY + 6.5 * HOUR - 3)  # the occurrence is an item, about to start
-    assert any(i.occurrence == "sch-1/morning/2027-01-11" for i in world.state.items())
+    assert any(i.occurrence == "sch-1/morning/2027-01-11" for i in world.state.playback.items())
     publish(world, 2, [entry("morning", WEEKDAYS, "07:15")])
     sim.run_until(MONDAY + 8 * HOUR)
     assert starts(sim) == ["Mon 07:15"]
@@ -336,9 +342,9 @@ def test_an_entry_retimed_during_its_warm_up_lets_the_relay_go_and_plays_later()
     sim = Sim(world, file_seconds=300)
     publish(world, 1, [entry("morning", WEEKDAYS, "06:30")])
     sim.run_until(MONDAY + 6.5 * HOUR - 0.5)  # warming up: the item is active, the relay on
-    assert world.state.active is not None and world.state.amp.on
+    assert world.state.playback.active is not None and world.state.amp.on
     publish(world, 2, [entry("morning", WEEKDAYS, "07:15")])
     sim.run_until(MONDAY + 7 * HOUR)
-    assert world.state.active is None and not world.state.amp.on  # the tail ended
+    assert world.state.playback.active is None and not world.state.amp.on  # the tail ended
     sim.run_until(MONDAY + 8 * HOUR)
     assert starts(sim) == ["Mon 07:15"]

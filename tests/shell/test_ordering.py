@@ -5,6 +5,7 @@ off on every way out of the loop."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -13,11 +14,14 @@ from pathlib import Path
 import pytest
 import structlog.testing
 
+from receiver.central.signing import command_payload
+from receiver.core.envelope import COMMAND_TYPE
 from receiver.core.events import PlaybackStarted
 from receiver.errors import PlayerError
 from receiver.pump import OutboxPump
 from tests.broker import report_json
-from tests.shell.doubles import Shell, open_shell, play_body
+from tests.e2e.daemon import envelope
+from tests.shell.doubles import DEVICE, Shell, open_shell, play_body
 
 
 @pytest.fixture
@@ -66,6 +70,38 @@ def test_a_junk_flood_waiting_in_the_inbox_is_one_durable_write(tmp_path: Path) 
         assert rejections[0].count("rejected") == 50
         first_ack = min(shell.journal.index(f"puback {m.mid}") for m in junk)
         assert shell.journal.index(rejections[0]) < first_ack
+    finally:
+        shell.stop()
+
+
+def test_an_accepted_command_is_sent_without_waiting_for_the_flood_behind_it(
+    tmp_path: Path,
+) -> None:
+    # A command and then forgeries naming its key, all waiting before the loop's turn: the
+    # forgeries' refusals are grouped into one write, but the command's `accepted` goes out
+    # first, not after the hundreds of verifications queued behind it in the same turn.
+    shell = open_shell(tmp_path)
+    sent = shell.link.publish
+
+    def journaled(
+        topic: str, payload: bytes, retain: bool = False, on_ack: Callable[[], None] | None = None
+    ) -> bool:
+        kind = json.loads(report_json(payload)).get("kind")
+        if kind is not None:
+            shell.journal.note(f"sent {kind}")
+        return sent(topic, payload, retain, on_ack)
+
+    shell.link.publish = journaled  # type: ignore[method-assign]
+    body = json.dumps(command_payload("report", {}, env="lab", aud=[f"dev:{DEVICE}"])).encode()
+    forged = envelope(COMMAND_TYPE, body, [(shell.operator.id, bytes(range(64)))])
+    shell.command("report", {}, "report-amid-flood")
+    junk = [shell.message(forged) for _ in range(200)]
+    shell.start()
+    try:
+        shell.wait(lambda: shell.journal.has(f"puback {junk[-1].mid}"), "the last PUBACK")
+        refusals = [e for e in shell.journal.starting("outbox commit") if "rejected" in e]
+        assert refusals
+        assert shell.journal.index("sent accepted") < shell.journal.index(refusals[0])
     finally:
         shell.stop()
 

@@ -1,0 +1,60 @@
+"""What the running daemon holds at idle: modules it needs only for rare work stay unloaded.
+
+Every imported module stays resident for the daemon's life (bench/footprint.py measures what
+that costs). The daemon is run for real (``receiver run`` on a real broker) in a process that
+also lists its modules once the daemon has published its state, then stops it with SIGTERM.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from receiver.status import status_path
+from tests.e2e.conftest import Site
+
+# Run as ``python -c PROBE CONFIG STATUS_FILE OUT``: the daemon in the main thread, as usual.
+PROBE = """
+import os, signal, sys, threading, time
+from pathlib import Path
+
+config, status, out = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+
+def list_modules_once_idle():
+    deadline = time.monotonic() + 30
+    while not status.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(1.0)  # connected and idle for a moment
+    out.write_text(" ".join(sorted(sys.modules)))
+    os.kill(os.getpid(), signal.SIGTERM)
+
+threading.Thread(target=list_modules_once_idle, daemon=True).start()
+from receiver.cli import main
+sys.exit(main(["run", "--config", config]))
+"""
+
+
+def idle_modules(site: Site) -> set[str]:
+    out = site.root / "modules.txt"
+    status = status_path(site.root / "state")  # written once the daemon publishes its state
+    result = subprocess.run(
+        [sys.executable, "-c", PROBE, str(site.config), str(status), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert out.exists(), f"the daemon never got idle:\n{result.stdout[-3000:]}{result.stderr}"
+    return set(out.read_text().split())
+
+
+def test_the_idle_daemon_does_not_load_asyncio_nor_the_key_serialisation_formats(
+    site: Site,
+) -> None:
+    """structlog imports asyncio for async logging methods the daemon never calls (asyncio and
+    what it pulls in hold about 2 MiB); the device key is read without cryptography's
+    serialisation package (its RSA, DSA, EC, DH and SSH modules hold about 1 MiB)."""
+    loaded = idle_modules(site)
+    assert "receiver.runtime" in loaded and "structlog" in loaded  # it did run
+    assert not {m for m in loaded if m.startswith(("asyncio.", "_asyncio"))}
+    assert not {m for m in loaded if m.startswith("cryptography.hazmat.primitives.serialization")}
