@@ -255,11 +255,15 @@ class Runtime:
                     break  # written and sent now, not after the flood that may wait behind it
                 event = self.inbox.get_nowait()
                 now = self.clock.now()
-        if self._play_issued:
-            self._play_issued = False
+        if self._play_issued or (
+            not start_reported and self._state_held_until is None and self._start_coming(now)
+        ):
+            # A play issued, or one due now that waits for its cache hit (the turn of its
+            # command ends with the `accepted` report): the state waits for the start report.
             self._state_held_until = now.mono + STATE_HOLD_AFTER_PLAY_S
         elif start_reported:
             self._state_held_until = now.mono + STATE_HOLD_AFTER_START_S
+        self._play_issued = False
         if self._opened_ahead and not self._start_coming(now):
             self._opened_ahead = False  # opened for a play that is not coming after all
             self.player.drop_preroll(ANY_TOKEN)

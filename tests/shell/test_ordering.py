@@ -361,3 +361,24 @@ def test_no_durable_write_of_the_broker_s_acks_waits_between_a_play_and_its_star
     (play,) = [i for i, e in enumerate(journal) if e.startswith("play ")]
     started = journal.index("outbox commit started")
     assert not [e for e in journal[play:started] if e.startswith("outbox ack ")]
+
+
+def test_nothing_is_settled_between_a_command_s_acceptance_and_its_start(
+    tmp_path: Path,
+) -> None:
+    """The turn of a play command ends with its `accepted` report (written and sent at once);
+    the play comes a turn later, with the cache hit. Meanwhile the durable write of what the
+    broker acknowledged waits, as the state does, so that it does not stand between the
+    command and its sound."""
+    shell = open_shell(tmp_path, warm_up_s=0)
+    shell.start()
+    try:
+        shell.command("play", play_body(), "news-13")
+        shell.wait(lambda: _sent(shell, "started"), "started")
+        time.sleep(0.1)
+    finally:
+        shell.stop()
+    journal = shell.journal.entries
+    accepted = journal.index("outbox commit accepted")
+    (play,) = [i for i, e in enumerate(journal) if e.startswith("play ")]
+    assert not [e for e in journal[accepted + 1 : play] if e.startswith("outbox ")]
