@@ -39,9 +39,11 @@ from receiver.central.signing import SigningKey, command_payload, sign_command
 from receiver.config_model import PlayerConfig
 from receiver.core.events import Event, PlaybackEnded, PlaybackStarted
 from receiver.player import Player
-from tests.audio import write_tone
-from tests.broker import MissingToolError, MosquittoBroker, Received, Subscriber, report_json
-from tests.e2e.daemon import DEVICE, GROUP, Daemon, MediaServer, write_config
+from tests.lab.audio import write_tone
+from tests.lab.broker import MosquittoBroker, Received, Subscriber, report_json
+from tests.lab.daemon import DEVICE, GROUP, Daemon, write_config
+from tests.lab.tools import MissingToolError
+from tests.lab.web import MediaServer
 
 PREFIX = "loa/v1"
 Json = dict[str, Any]
@@ -73,7 +75,7 @@ def bench_config(
     append: str = "",
     **kwargs: Any,
 ) -> Path:
-    """``tests/e2e/daemon.py``'s config for ``device_id``, with ``edits`` applied (each once).
+    """``tests/lab/daemon.py``'s config for ``device_id``, with ``edits`` applied (each once).
 
     ``edits`` are (template line, bench line) pairs; a template line that is no longer there
     exactly once is an error, so a changed template cannot silently change what is measured.
@@ -83,12 +85,12 @@ def bench_config(
     text = path.read_text(encoding="utf-8")
     for old, new in ((f"device_id: {DEVICE}\n", f"device_id: {device_id}\n"), *edits):
         if text.count(old) != 1:
-            raise BenchError(f"tests/e2e/daemon.py's config no longer has {old.strip()!r}")
+            raise BenchError(f"tests/lab/daemon.py's config no longer has {old.strip()!r}")
         text = text.replace(old, new)
     if append:
         top = append.split(":", 1)[0]
         if f"\n{top}:" in f"\n{text}":
-            raise BenchError(f"tests/e2e/daemon.py's config has a {top!r} section now")
+            raise BenchError(f"tests/lab/daemon.py's config has a {top!r} section now")
         text = text.rstrip("\n") + "\n" + append
     path.write_text(text, encoding="utf-8")
     return path
@@ -122,7 +124,7 @@ def wall_minus_mono(samples: int = 9) -> float:
 
 
 class TimedClient(Subscriber):
-    """``tests.broker.Subscriber`` that stamps each arrival with ``time.monotonic()``.
+    """``tests.lab.broker.Subscriber`` that stamps each arrival with ``time.monotonic()``.
 
     The stamp is taken first thing in paho's callback. Arrivals go to :attr:`arrivals` (not to the
     base class's ``messages``/``seen``, which would grow without bound in a long run). Nagle's

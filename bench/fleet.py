@@ -70,11 +70,12 @@ from receiver.central.signing import (
     sign_trust,
     trust_payload,
 )
-from tests.audio import write_tone
-from tests.broker import MosquittoBroker, Received
 from tests.brokers.bridge import loopback
 from tests.brokers.ejabberd import EjabberdCluster
-from tests.e2e.daemon import Daemon, MediaServer
+from tests.lab.audio import write_tone
+from tests.lab.broker import MosquittoBroker, Received
+from tests.lab.daemon import Daemon
+from tests.lab.web import MediaServer
 
 GROUP = "fleet-bench"
 GROUP_TOPIC = f"{PREFIX}/grp/{GROUP}/cmd"

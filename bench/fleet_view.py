@@ -36,7 +36,7 @@ from zoneinfo import ZoneInfo
 from bench._common import BenchError, parser_for, ratio, run_main
 from receiver.central import collector
 from receiver.timefmt import rfc3339
-from tests.broker import MosquittoBroker, Subscriber
+from tests.lab.broker import MosquittoBroker, Subscriber
 
 DEVICES = 1000
 DAYS = 30

@@ -1,6 +1,6 @@
 """Footprint: the daemon's memory and CPU when idle and while playing, and its reconnect time.
 
-What it measures. The real daemon (``receiver run``, config from ``tests/e2e/daemon.py`` with
+What it measures. The real daemon (``receiver run``, config from ``tests/lab/daemon.py`` with
 log level ``info``) on a real Mosquitto, read from ``/proc/<pid>/status`` (VmRSS: resident now;
 VmHWM: the peak so far) and ``/proc/<pid>/stat`` (utime + stime of all its threads), once a
 second by a sampling thread here; summed over the daemon and its child processes (its player
@@ -120,13 +120,13 @@ from bench._common import (
 )
 from receiver.config_model import PlayerConfig
 from receiver.player import instance_args
-from tests.broker import MosquittoBroker
-from tests.e2e.daemon import DEVICE, Daemon
+from tests.lab.broker import MosquittoBroker
+from tests.lab.daemon import DEVICE, Daemon
 
 DEFAULT_IDLE_S = 60.0
 DEFAULT_TONE_S = 30.0
 DEFAULT_RESTARTS = 5
-RECONNECT_MIN_S = 0.2  # tests/e2e/daemon.py's broker.reconnect_min_s / reconnect_max_s
+RECONNECT_MIN_S = 0.2  # tests/lab/daemon.py's broker.reconnect_min_s / reconnect_max_s
 RECONNECT_MAX_S = 2.0
 RESTART_GAP_S = 0.5
 TIMEOUT_S = 30.0

@@ -1,6 +1,6 @@
 """Security costs: what rejecting junk costs the daemon, end to end and in the core.
 
-(a) A flood, end to end. The real daemon (``receiver run``, config from ``tests/e2e/daemon.py``
+(a) A flood, end to end. The real daemon (``receiver run``, config from ``tests/lab/daemon.py``
 with log level ``info``) on a real Mosquitto plays a long tone. A second client publishes N junk
 messages (default 10,000) at QoS 0 on the device's command topic as fast as it can, a third
 each of: random bytes (rejected at parsing), well-formed envelopes naming a key id the device does
@@ -114,10 +114,10 @@ from receiver.core.effects import Emit
 from receiver.core.envelope import COMMAND_TYPE, pae
 from receiver.core.events import MessageReceived
 from receiver.inbox import DEFAULT_PLAUSIBLE_CAPACITY
-from tests.broker import MosquittoBroker
 from tests.core.harness import TOPIC as CORE_TOPIC
 from tests.core.harness import World
-from tests.e2e.daemon import DEVICE, Daemon, envelope
+from tests.lab.broker import MosquittoBroker
+from tests.lab.daemon import DEVICE, Daemon, envelope
 
 DEFAULT_COUNT = 10_000
 TONE_S = 20.0
@@ -255,7 +255,7 @@ def broker_deliveries(site: Site) -> tuple[int, int, int]:
     and how many QoS 0 ones (junk) it sent after the first QoS 1 one that followed junk (the
     valid command after the burst).
 
-    ``tests/broker.py`` runs Mosquitto with ``log_type all``, which logs each PUBLISH it sends:
+    ``tests/lab/broker.py`` runs Mosquitto with ``log_type all``, which logs each PUBLISH it sends:
     ``Sending PUBLISH to <client> (d0, q0, r0, m0, '<topic>', ... (N bytes))``. That tells a
     message the broker dropped from one the daemon's side lost, and whether junk still reached
     the daemon after the valid command (only such junk can push it out of a full lane).

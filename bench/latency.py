@@ -1,7 +1,7 @@
 """Command latency: a signed ``play`` of a cached file, from publish to the ``started`` event.
 
 What it measures. The real daemon (``receiver run`` as a child process, config written by
-``tests/e2e/daemon.py``) against a real Mosquitto (``tests/broker.py``). The benchmark signs a
+``tests/lab/daemon.py``) against a real Mosquitto (``tests/lab/broker.py``). The benchmark signs a
 ``play`` command for a 0.3 s tone, publishes it on the device's command topic, and takes the
 time from just before the publish to the arrival of the device's ``started`` event on the events
 topic (stamped with ``time.monotonic()`` inside paho's message callback). Signing happens before
@@ -76,14 +76,14 @@ from bench._common import (
     start_daemons,
     wait_online,
 )
-from tests.e2e.daemon import GROUP, Daemon
+from tests.lab.daemon import GROUP, Daemon
 
 DEFAULT_COUNT = 40
 DEFAULT_WARMUP = 3
 TONE_S = 0.3
 TAIL_S = 0.2
 TIMEOUT_S = 15.0
-# What the bench changes in tests/e2e/daemon.py's config, as (template line, bench line).
+# What the bench changes in tests/lab/daemon.py's config, as (template line, bench line).
 CONFIG_EDITS = (
     ("  warm_up_s: 0.3\n", "  warm_up_s: 0\n"),
     ("  tail_s: 0.5\n", f"  tail_s: {TAIL_S}\n"),

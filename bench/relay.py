@@ -1,7 +1,7 @@
 """Live relays: a signed ``play`` of a stream to the ``started`` event, for Icecast and HLS, beside
 libVLC opening the same URLs directly; and the requests a relay makes to the station.
 
-What it measures. Two real stations started here (``tests/stations.py``): Icecast2 fed by FFmpeg
+What it measures. Two real stations started here (``tests/lab/stations.py``): Icecast2 fed by FFmpeg
 (MP3 128 kbit/s on ``/live.mp3``) and an HLS live stream made by FFmpeg (AAC, 1 s segments,
 served by a Python HTTP server that logs each request). The real daemon (``receiver run`` as a
 child process) against a real Mosquitto, with output ``file`` and ``warm_up_s: 0``. Each round,
@@ -63,8 +63,8 @@ from bench._common import (
 from receiver.config_model import PlayerConfig
 from receiver.core.events import PlaybackStarted
 from receiver.player import Player
-from tests.e2e.daemon import DEVICE, Daemon
-from tests.stations import HlsStation, IcecastStation
+from tests.lab.daemon import DEVICE, Daemon
+from tests.lab.stations import HlsStation, IcecastStation
 
 DEFAULT_COUNT = 5
 RELAY_S = 4  # each timed command's window

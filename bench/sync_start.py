@@ -100,7 +100,7 @@ from bench._common import (
     worst,
 )
 from receiver.core.engine import START_LEAD_S
-from tests.e2e.daemon import GROUP, Daemon
+from tests.lab.daemon import GROUP, Daemon
 
 DEVICES = 4
 DEFAULT_TRIALS = 20

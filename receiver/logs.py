@@ -14,13 +14,7 @@ import sys
 from collections.abc import Mapping, MutableMapping
 from typing import Any, Final, TextIO
 
-from receiver.deferred import defer
-
-# Before structlog's first import: it imports asyncio for async logging methods the daemon
-# never calls, and asyncio would stay resident for nothing (see receiver.deferred).
-defer("asyncio")
-
-import structlog  # noqa: E402 - after defer(), on purpose
+import structlog  # its asyncio waits for a first use (receiver/__init__.py, receiver.deferred)
 
 MAX_VALUE_CHARS: Final = 200
 MAX_TRACEBACK_CHARS: Final = 4000  # a bug's traceback, kept on its one (escaped) line

@@ -203,7 +203,38 @@ def _is_hls(text: str) -> bool:
     return text.startswith("#EXTM3U") and "#EXT-X-" in text
 
 
-_URI_ATTRIBUTE: Final = re.compile(r'URI="([^"]*)"')
+# RFC 8216 section 4.2: AttributeName=AttributeValue, comma-separated; a value is a quoted
+# string (no quote, CR or LF inside) or runs to the next comma. Names are matched in any case
+# (libVLC wants "URI"; taking "uri" too only refuses more).
+_ATTRIBUTE: Final = re.compile(r'\s*([A-Za-z0-9-]+)\s*=\s*("[^"\r\n]*"|[^",]*?)\s*(?:,|$)')
+_VARIANT_TAGS: Final = frozenset({"EXT-X-STREAM-INF"})
+_PLAYLIST_URI_TAGS: Final = frozenset({"EXT-X-MEDIA", "EXT-X-I-FRAME-STREAM-INF"})
+
+
+def _hls_lines(text: str) -> list[str]:
+    """The playlist's lines as libVLC splits them: on LF only, a trailing CR dropped."""
+    return [line.removesuffix("\r") for line in text.split("\n")]
+
+
+def _tag_name(line: str) -> str:
+    return line[1:].split(":", 1)[0]
+
+
+def _attribute_uris(line: str, where: str) -> list[str]:
+    """Every ``URI`` attribute of an ``#EXT-X-`` tag, quoted or not; refuse a list that does
+    not parse (libVLC might read it otherwise)."""
+    _name, colon, attributes = line.partition(":")
+    if not colon or "=" not in attributes:
+        return []
+    uris, position = [], 0
+    while position < len(attributes):
+        match = _ATTRIBUTE.match(attributes, position)
+        if match is None or match.end() == position:
+            raise StreamRefused(f"{where} has a tag whose attributes cannot be read")
+        if match.group(1).upper() == "URI":
+            uris.append(match.group(2).strip('"'))
+        position = match.end()
+    return uris
 
 
 def _check_hls_uris(
@@ -216,14 +247,19 @@ def _check_hls_uris(
     """Check every URI ``text`` names; return those that are playlists (variants, renditions)."""
     playlists: list[str] = []
     variant_next = False
-    for raw in text.splitlines():
-        line = raw.strip()
+    for line in _hls_lines(text):
         if line.startswith("#"):
-            found = [match.group(1) for match in _URI_ATTRIBUTE.finditer(line)]
-            if line.startswith("#EXT-X-MEDIA:"):
+            tag = _tag_name(line)
+            found = _attribute_uris(line, where) if tag.startswith("EXT-X-") else []
+            if tag in _VARIANT_TAGS:
+                if found:
+                    raise StreamRefused(f"{where} names a variant inside its tag")
+                variant_next = True
+            elif tag in _PLAYLIST_URI_TAGS:
                 playlists += (urljoin(base, uri) for uri in found)
-            variant_next = variant_next or line.startswith("#EXT-X-STREAM-INF:")
         elif line:
+            if line != line.strip() or not line.isprintable():
+                raise StreamRefused(f"{where} has a URL with spaces or control characters")
             found = [line]
             if variant_next:
                 playlists.append(urljoin(base, line))
@@ -254,7 +290,9 @@ def _check_hls_variants(
         if not isinstance(body, bytes):  # unreachable: playlist_only refuses a stream
             raise StreamRefused("an HLS variant is not a media playlist")
         text = body.decode("utf-8", errors="replace").lstrip("\ufeff")
-        if not _is_hls(text) or "#EXT-X-STREAM-INF:" in text:
+        if not _is_hls(text) or any(
+            line.startswith("#") and _tag_name(line) in _VARIANT_TAGS for line in _hls_lines(text)
+        ):
             raise StreamRefused("an HLS variant is not a media playlist")
         _check_hls_uris(text, final, allowed_schemes, allowed_hosts, "an HLS variant")
 
@@ -319,6 +357,17 @@ def _get(
                 and content_type not in _AUDIO_TYPES
             ):
                 return url, content_type, _read_body(sock, rest, target, deadline)
+            if not rest and "content-length" in headers:
+                # A file, not a live stream (those have no length): its first bytes follow at
+                # once, and say what libVLC would take it for.
+                rest = _recv(sock, target, deadline)
+                if not rest:
+                    raise StreamRefused(f"{target.host} closed the stream before sending audio")
+            sniffed = _sniff(rest)
+            if sniffed == "playlist":  # libVLC goes by the bytes, not the type
+                return url, content_type, _read_body(sock, rest, target, deadline)
+            if sniffed == "text":
+                raise StreamRefused(f"{target.host} answered text, not audio")
             if playlist_only:
                 raise StreamRefused("an HLS variant is not a media playlist")
             if content_type.startswith(("text/", "application/json", "application/xml")):
@@ -418,7 +467,8 @@ def _confirmation(
     def confirm() -> None:
         wait = _Deadline(min(deadline.at, time.monotonic() + FIRST_BYTES_S), deadline.cancelled)
         try:
-            if not _recv(sock, target, wait):
+            first = _recv(sock, target, wait)
+            if not first:
                 raise StreamRefused(f"{target.host} closed the stream before sending audio")
         except StreamRefused:
             if deadline.cancelled() or time.monotonic() >= wait.at:
@@ -426,8 +476,21 @@ def _confirmation(
             raise
         finally:
             sock.close()
+        if _sniff(first) is not None:
+            raise StreamRefused(f"{target.host} answered a playlist or text as audio")
 
     return confirm
+
+
+def _sniff(first: bytes) -> Literal["playlist", "text"] | None:
+    """What a body typed as audio really is, by its first bytes (libVLC looks at them too: a
+    ``#EXTM3U`` goes to its HLS or playlist reader whatever the server says)."""
+    start = first.removeprefix(b"\xef\xbb\xbf").lstrip().lower()
+    if start.startswith((b"#extm3u", b"[playlist]")):
+        return "playlist"
+    if start.startswith(b"<"):
+        return "text"
+    return None
 
 
 def _read_body(sock: socket.socket, rest: bytes, target: urls.Target, deadline: _Deadline) -> bytes:

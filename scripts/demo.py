@@ -8,7 +8,6 @@ card, otherwise into a WAV file whose path is printed at the end.
 
 from __future__ import annotations
 
-import functools
 import math
 import shutil
 import signal
@@ -18,11 +17,11 @@ import threading
 import time
 import wave
 from array import array
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from receiver.central.signing import SigningKey
-from tests.broker import MosquittoBroker
+from tests.lab.broker import MosquittoBroker
+from tests.lab.web import MediaServer
 
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / "demo-run"
@@ -53,18 +52,6 @@ def has_sound_card() -> bool:
         return "playback" in Path("/proc/asound/pcm").read_text()
     except OSError:
         return False
-
-
-class QuietHandler(SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
-def serve(directory: Path) -> ThreadingHTTPServer:
-    handler = functools.partial(QuietHandler, directory=str(directory))
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
 
 
 def write_config(
@@ -127,8 +114,8 @@ def main() -> int:
     key.save(key_file)
 
     with MosquittoBroker(WORK / "broker") as broker:
-        media = serve(WORK / "media")
-        media_port = media.server_address[1]
+        media = MediaServer(WORK / "media")
+        media_port = media.port
         config = WORK / "receiver.yaml"
         write_config(config, broker.port, media_port, key, wav)
         print(f"==> broker on 127.0.0.1:{broker.port}, media on 127.0.0.1:{media_port}")
@@ -192,7 +179,7 @@ def main() -> int:
             daemon.send_signal(signal.SIGTERM)
             daemon.wait(timeout=15)
             echo.join(timeout=2)
-            media.shutdown()
+            media.close()
     if wav is not None and wav.exists():
         with wave.open(str(wav)) as played:
             seconds = played.getnframes() / played.getframerate()

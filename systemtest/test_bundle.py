@@ -26,9 +26,9 @@ from pathlib import Path
 import pytest
 
 from receiver.central.signing import SigningKey, command_payload, sign_command
-from tests.audio import dominant_of, read_wav, trim_silence, write_tone
-from tests.broker import MosquittoBroker, Received, Subscriber
-from tests.e2e.daemon import MediaServer
+from tests.lab.audio import dominant_of, read_wav, trim_silence, write_tone
+from tests.lab.broker import MosquittoBroker, Received, Subscriber
+from tests.lab.web import MediaServer
 
 DEVICE, GROUP = "loa-arm-001", "commune-arm"
 ARCHES = os.environ.get("LOA_BUNDLE_ARCHES", "arm64 armhf").split()

@@ -20,9 +20,9 @@ import pytest
 
 from receiver.central.signing import SigningKey, command_payload, sign_command
 from systemtest.conftest import REPO, UNIT, Container
-from tests.audio import dominant_of, write_tone
-from tests.broker import MosquittoBroker, Received, Subscriber
-from tests.e2e.daemon import MediaServer
+from tests.lab.audio import dominant_of, write_tone
+from tests.lab.broker import MosquittoBroker, Received, Subscriber
+from tests.lab.web import MediaServer
 
 DEVICE, GROUP = "loa-sys-001", "commune-sys"
 CONFIG = "/etc/loa-receiver/receiver.yaml"

@@ -11,7 +11,7 @@ import pytest
 from receiver.central.admin import main
 from receiver.central.signing import SigningKey
 from receiver.core.envelope import parse_envelope
-from tests.broker import MosquittoBroker, Subscriber
+from tests.lab.broker import MosquittoBroker, Subscriber
 
 
 def keys(tmp_path: Path, *names: str) -> list[Path]:

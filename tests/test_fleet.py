@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import queue
 import signal
@@ -16,29 +15,17 @@ import pytest
 
 from receiver.central import admin
 from receiver.timefmt import rfc3339
-from tests.broker import MosquittoBroker, Subscriber, read_stream_lines
+from tests.central.conftest import device_state
+from tests.lab.broker import MosquittoBroker, Subscriber
+from tests.lab.daemon import read_stream_lines, stopping
 
 ROOT = Path(__file__).resolve().parents[1]
 PREFIX = "loa/v1"
 
 
 def state(device: str, now: float, **fields: Any) -> bytes:
-    message: dict[str, Any] = {
-        "device": device,
-        "online": True,
-        "ts": rfc3339(now - 5.0),
-        "sw": "0.2.0",
-        "state": "idle",
-        "volume": 70,
-        "relays": {"amp": "off"},
-        "schedules": {},
-        "trust_version": 0,
-        "clock_synced": True,
-        "cache": {"bytes": 0, "files": 0, "missing": 0},
-        "uptime_s": 100,
-    }
-    message.update(fields)
-    return json.dumps(message, ensure_ascii=False).encode("utf-8")
+    """The device's state message as it sent it five seconds before ``now``."""
+    return device_state(device, now - 5.0, **fields)
 
 
 def publish_fleet(broker: MosquittoBroker) -> None:
@@ -166,7 +153,7 @@ def test_fleet_watch_redraws_and_follows_changes_until_ctrl_c(broker: MosquittoB
         env={**os.environ, "PYTHONIOENCODING": "utf-8"},
     )
     lines: queue.Queue[str] = queue.Queue()
-    try:
+    with stopping(child):
         assert child.stdout is not None
         read_stream_lines(child.stdout, lines)
 
@@ -195,10 +182,3 @@ def test_fleet_watch_redraws_and_follows_changes_until_ctrl_c(broker: MosquittoB
         assert child.wait(timeout=30) == 0  # a loaded machine can be slow to let go
         assert child.stderr is not None
         assert "Traceback" not in child.stderr.read()
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait(timeout=10)
-        for stream in (child.stdout, child.stderr):
-            if stream is not None:
-                stream.close()

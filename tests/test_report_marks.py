@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from receiver.central import admin
 from receiver.device_key import EVENT_TYPE, STATE_TYPE, DeviceKey, enrollment_line, seal_report
 from receiver.timefmt import rfc3339
-from tests.broker import MosquittoBroker, Subscriber
+from tests.lab.broker import MosquittoBroker, Subscriber
 
 PREFIX = "loa/v1"
 

@@ -48,10 +48,10 @@ from receiver.core.schedule import parse_schedule
 from receiver.core.strict_json import loads_strict
 from receiver.core.trust import Keyring, key_from_config
 from receiver.core.trustdoc import parse_trust
-from tests.audio import write_tone
-from tests.broker import Received, Subscriber
 from tests.e2e.conftest import Site, site, start_daemon, watcher
-from tests.e2e.daemon import DEVICE, GROUP, Daemon
+from tests.lab.audio import write_tone
+from tests.lab.broker import Received, Subscriber
+from tests.lab.daemon import DEVICE, GROUP, Daemon
 
 # The e2e fixtures, imported so that pytest finds them for this module too.
 __all__ = ["site", "start_daemon", "watcher"]

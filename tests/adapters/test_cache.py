@@ -20,14 +20,13 @@ from receiver.fetcher import CacheUsage, Fetcher
 from tests.adapters.test_fetcher import (
     Events,
     Ranged,
-    Server,
     cache_contents,
     failed,
     keep_part,
     media,
     part_path,
-    serve,
 )
+from tests.lab.web import RoutedServer, serve
 
 SIZE = 20_000
 BODIES = {name: name.encode() * SIZE for name in "abcde"}  # one letter repeated, SIZE bytes
@@ -36,8 +35,8 @@ QUOTA = 3 * SIZE
 
 
 @pytest.fixture
-def server() -> Iterator[Server]:
-    s = Server()
+def server() -> Iterator[RoutedServer]:
+    s = RoutedServer()
     for name, body in BODIES.items():
         s.routes[f"/{name}.ogg"] = serve(body)
     yield s
@@ -69,7 +68,9 @@ def make_fetcher(tmp_path: Path, events: Events) -> Iterator[Callable[..., Fetch
         fetcher.close()
 
 
-def get(fetcher: Fetcher, server: Server, events: Events, name: str) -> FetchFinished | FetchFailed:
+def get(
+    fetcher: Fetcher, server: RoutedServer, events: Events, name: str
+) -> FetchFinished | FetchFailed:
     """Fetch one of BODIES and wait for its event."""
     fetcher.fetch(server.url(f"/{name}.ogg"), SHAS[name], SIZE)
     event = events.get()
@@ -84,7 +85,7 @@ def cached(fetcher: Fetcher) -> str:
 
 
 def test_the_least_recently_used_file_is_evicted(
-    server: Server, make_fetcher: Callable[..., Fetcher], events: Events
+    server: RoutedServer, make_fetcher: Callable[..., Fetcher], events: Events
 ) -> None:
     fetcher = make_fetcher()
     for name in "abc":
@@ -104,7 +105,7 @@ def test_the_least_recently_used_file_is_evicted(
 
 
 def test_protected_files_are_never_evicted(
-    server: Server, make_fetcher: Callable[..., Fetcher], events: Events, tmp_path: Path
+    server: RoutedServer, make_fetcher: Callable[..., Fetcher], events: Events, tmp_path: Path
 ) -> None:
     fetcher = make_fetcher()
     for name in "abc":
@@ -126,7 +127,7 @@ def test_protected_files_are_never_evicted(
 
 
 def test_usage_and_missing(
-    server: Server, make_fetcher: Callable[..., Fetcher], events: Events
+    server: RoutedServer, make_fetcher: Callable[..., Fetcher], events: Events
 ) -> None:
     fetcher = make_fetcher()
     assert fetcher.usage() == CacheUsage(bytes=0, files=0, partial_bytes=0)
@@ -140,7 +141,7 @@ def test_usage_and_missing(
 
 
 def test_partial_downloads_count_and_are_evicted_first(
-    server: Server, make_fetcher: Callable[..., Fetcher], events: Events, tmp_path: Path
+    server: RoutedServer, make_fetcher: Callable[..., Fetcher], events: Events, tmp_path: Path
 ) -> None:
     fetcher = make_fetcher()
     get(fetcher, server, events, "a")
@@ -156,7 +157,7 @@ def test_partial_downloads_count_and_are_evicted_first(
 
 
 def test_an_interrupted_download_keeps_its_part_file_within_the_quota(
-    server: Server, make_fetcher: Callable[..., Fetcher], events: Events, tmp_path: Path
+    server: RoutedServer, make_fetcher: Callable[..., Fetcher], events: Events, tmp_path: Path
 ) -> None:
     ranged = Ranged(BODIES["a"], cut_at=8000)
     server.routes["/a.ogg"] = ranged
@@ -170,7 +171,7 @@ def test_an_interrupted_download_keeps_its_part_file_within_the_quota(
 
 
 def test_order_of_use_survives_a_restart(
-    server: Server, make_fetcher: Callable[..., Fetcher], events: Events, tmp_path: Path
+    server: RoutedServer, make_fetcher: Callable[..., Fetcher], events: Events, tmp_path: Path
 ) -> None:
     first = make_fetcher()
     for name in "abc":
@@ -197,7 +198,7 @@ def test_touch_of_a_file_not_in_the_cache_does_nothing(
 
 
 def test_pin_above_the_whole_quota_is_too_large(
-    server: Server, make_fetcher: Callable[..., Fetcher], events: Events
+    server: RoutedServer, make_fetcher: Callable[..., Fetcher], events: Events
 ) -> None:
     fetcher = make_fetcher(cache_quota_bytes=SIZE - 1)
     fetcher.fetch(server.url("/a.ogg"), SHAS["a"], SIZE)
@@ -206,7 +207,7 @@ def test_pin_above_the_whole_quota_is_too_large(
 
 
 def test_disk_nearly_full(
-    server: Server, make_fetcher: Callable[..., Fetcher], events: Events, tmp_path: Path
+    server: RoutedServer, make_fetcher: Callable[..., Fetcher], events: Events, tmp_path: Path
 ) -> None:
     free = os.statvfs(tmp_path).f_bavail * os.statvfs(tmp_path).f_frsize
     fetcher = make_fetcher(disk_reserve_bytes=free)  # any write would eat into the reserve

@@ -1,4 +1,4 @@
-"""Broker failover and reconnect shaping, against two real Mosquittos (tests/broker.py).
+"""Broker failover and reconnect shaping, against two real Mosquittos (tests/lab/broker.py).
 
 The first is the preferred broker (``broker.host``), the second a standby (``broker.failover``):
 a cluster's other node or the district's standby broker, both fed the same commands by the
@@ -25,7 +25,7 @@ from tests.adapters.test_mqtt_client import (
     Recorder,
     wait_until,
 )
-from tests.broker import MosquittoBroker, Subscriber
+from tests.lab.broker import MosquittoBroker, Subscriber
 
 TIMEOUT = 10.0
 

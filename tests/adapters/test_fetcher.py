@@ -1,109 +1,34 @@
 """The media fetcher against a real HTTP server on 127.0.0.1 (no mocks).
 
-The ``server`` fixture is a ThreadingHTTPServer whose behaviour per path is set by each test and
-which records every request it receives, so "no request was made" can be asserted.
+The ``server`` fixture is the lab's :class:`~tests.lab.web.RoutedServer`: its behaviour per path
+is set by each test and it records every request it receives, so "no request was made" can be
+asserted.
 """
 
 from __future__ import annotations
 
-import datetime
 import hashlib
-import ipaddress
 import os
 import queue
 import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from receiver.config_model import MediaConfig
 from receiver.core.events import Event, FetchFailed, FetchFinished
 from receiver.fetcher import Fetcher, FetchError, check_url, copy_limited, host_allowed
+from tests.lab.ca import TestCa
+from tests.lab.web import Behaviour, RoutedServer, send, serve
 
 BODY = b"loa-receiver test tone " * 1000  # 23,000 bytes
 SHA = hashlib.sha256(BODY).hexdigest()
 EVENT_TIMEOUT_S = 5.0
-
-Behaviour = Callable[[BaseHTTPRequestHandler, threading.Event], None]
-
-
-class QuietServer(ThreadingHTTPServer):
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        pass  # clients that hang up are part of these tests
-
-
-class Server:
-    """A local HTTP server; ``routes[path]`` decides what a GET of ``path`` gets."""
-
-    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
-        self.routes: dict[str, Behaviour] = {}
-        self.requests: list[str] = []
-        self.stopping = threading.Event()
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                server.requests.append(self.path)
-                behaviour = server.routes.get(self.path)
-                try:
-                    if behaviour is None:
-                        send(self, 404, b"not found")
-                    else:
-                        behaviour(self, server.stopping)
-                except OSError:
-                    pass  # the client went away: expected in several tests
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.httpd = QuietServer(("127.0.0.1", 0), Handler)
-        if tls is not None:
-            self.httpd.socket = tls.wrap_socket(self.httpd.socket, server_side=True)
-        self.scheme = "http" if tls is None else "https"
-        self.port = self.httpd.server_address[1]
-        self.thread = threading.Thread(
-            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-        self.thread.start()
-
-    def url(self, path: str, host: str = "127.0.0.1") -> str:
-        return f"{self.scheme}://{host}:{self.port}{path}"
-
-    def close(self) -> None:
-        self.stopping.set()
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
-def send(
-    handler: BaseHTTPRequestHandler,
-    status: int,
-    body: bytes,
-    headers: dict[str, str] | None = None,
-) -> None:
-    handler.send_response(status)
-    handler.send_header("Content-Length", str(len(body)))
-    for name, value in (headers or {}).items():
-        handler.send_header(name, value)
-    handler.end_headers()
-    handler.wfile.write(body)
-
-
-def serve(body: bytes, delay_s: float = 0.0) -> Behaviour:
-    def behaviour(handler: BaseHTTPRequestHandler, stopping: threading.Event) -> None:
-        stopping.wait(delay_s)
-        send(handler, 200, body)
-
-    return behaviour
 
 
 def redirect(location: str, status: int = 302) -> Behaviour:
@@ -114,8 +39,8 @@ def redirect(location: str, status: int = 302) -> Behaviour:
 
 
 @pytest.fixture
-def server() -> Iterator[Server]:
-    s = Server()
+def server() -> Iterator[RoutedServer]:
+    s = RoutedServer()
     yield s
     s.close()
 
@@ -250,7 +175,7 @@ class Ranged:
 
 
 def test_ok_then_served_from_cache(
-    server: Server, make_fetcher: Callable[..., Fetcher], events: Events, tmp_path: Path
+    server: RoutedServer, make_fetcher: Callable[..., Fetcher], events: Events, tmp_path: Path
 ) -> None:
     server.routes["/tone.ogg"] = serve(BODY)
     fetcher = make_fetcher()
@@ -278,7 +203,7 @@ def test_ok_then_served_from_cache(
 
 
 def test_cached_file_with_another_size_than_the_pin(
-    server: Server, make_fetcher: Callable[..., Fetcher], events: Events
+    server: RoutedServer, make_fetcher: Callable[..., Fetcher], events: Events
 ) -> None:
     server.routes["/tone.ogg"] = serve(BODY)
     fetcher = make_fetcher()
@@ -290,7 +215,7 @@ def test_cached_file_with_another_size_than_the_pin(
 
 
 def test_chunked_transfer(
-    server: Server, make_fetcher: Callable[..., Fetcher], events: Events
+    server: RoutedServer, make_fetcher: Callable[..., Fetcher], events: Events
 ) -> None:
     def chunked(handler: BaseHTTPRequestHandler, stopping: threading.Event) -> None:
         handler.protocol_version = "HTTP/1.1"
@@ -309,7 +234,7 @@ def test_chunked_transfer(
 
 
 def test_not_found(
-    server: Server, make_fetcher: Callable[..., Fetcher], events: Events, tmp_path: Path
+    server: RoutedServer, make_fetcher: Callable[..., Fetcher], events: Events, tmp_path: Path
 ) -> None:
     make_fetcher().fetch(server.url("/missing"), SHA, len(BODY))
     event = events.get()
@@ -321,14 +246,14 @@ def test_not_found(
 
 def test_connection_refused(make_fetcher: Callable[..., Fetcher], events: Events) -> None:
     # A port that was just free: nothing listens there.
-    closed = Server()
+    closed = RoutedServer()
     closed.close()
     make_fetcher().fetch(closed.url("/tone.ogg"), SHA, len(BODY))
     assert failed("download_failed")(events.get())
 
 
 def test_wrong_bytes_are_not_kept(
-    server: Server, make_fetcher: Callable[..., Fetcher], events: Events, tmp_path: Path
+    server: RoutedServer, make_fetcher: Callable[..., Fetcher], events: Events, tmp_path: Path
 ) -> None:
     forged = bytes(len(BODY))  # right size, wrong bytes
     server.routes["/tone.ogg"] = serve(forged)
@@ -341,7 +266,7 @@ def test_wrong_bytes_are_not_kept(
 
 @pytest.mark.parametrize("served", [BODY[:-1], BODY + b"!"])
 def test_announced_length_differs_from_pin(
-    server: Server,
+    server: RoutedServer,
     make_fetcher: Callable[..., Fetcher],
     events: Events,
     tmp_path: Path,
@@ -354,7 +279,7 @@ def test_announced_length_differs_from_pin(
 
 
 def test_body_shorter_than_pin_without_length(
-    server: Server, make_fetcher: Callable[..., Fetcher], events: Events, tmp_path: Path
+    server: RoutedServer, make_fetcher: Callable[..., Fetcher], events: Events, tmp_path: Path
 ) -> None:
     def short(handler: BaseHTTPRequestHandler, stopping: threading.Event) -> None:
         handler.send_response(200)
@@ -368,7 +293,7 @@ def test_body_shorter_than_pin_without_length(
 
 
 def test_connection_cut_before_announced_length(
-    server: Server, make_fetcher: Callable[..., Fetcher], events: Events, tmp_path: Path
+    server: RoutedServer, make_fetcher: Callable[..., Fetcher], events: Events, tmp_path: Path
 ) -> None:
     def cut(handler: BaseHTTPRequestHandler, stopping: threading.Event) -> None:
         handler.send_response(200)
@@ -385,7 +310,7 @@ def test_connection_cut_before_announced_length(
 
 
 def test_endless_body_stops_after_size_plus_one(
-    server: Server, make_fetcher: Callable[..., Fetcher], events: Events, tmp_path: Path
+    server: RoutedServer, make_fetcher: Callable[..., Fetcher], events: Events, tmp_path: Path
 ) -> None:
     sent = [0]
 
@@ -423,7 +348,7 @@ def test_copy_limited_never_asks_for_more_than_the_limit() -> None:
 
 
 def test_trickling_body_fails_by_the_deadline(
-    server: Server, make_fetcher: Callable[..., Fetcher], events: Events, tmp_path: Path
+    server: RoutedServer, make_fetcher: Callable[..., Fetcher], events: Events, tmp_path: Path
 ) -> None:
     def trickle(handler: BaseHTTPRequestHandler, stopping: threading.Event) -> None:
         handler.send_response(200)
@@ -451,7 +376,7 @@ def test_trickling_body_fails_by_the_deadline(
 
 
 def test_trickling_headers_fail_by_the_deadline(
-    server: Server, make_fetcher: Callable[..., Fetcher], events: Events
+    server: RoutedServer, make_fetcher: Callable[..., Fetcher], events: Events
 ) -> None:
     def trickle_headers(handler: BaseHTTPRequestHandler, stopping: threading.Event) -> None:
         handler.wfile.write(b"HTTP/1.0 200 OK\r\n")
@@ -476,7 +401,7 @@ def test_trickling_headers_fail_by_the_deadline(
 
 
 def test_resume_after_a_dropped_connection(
-    server: Server, make_fetcher: Callable[..., Fetcher], events: Events, tmp_path: Path
+    server: RoutedServer, make_fetcher: Callable[..., Fetcher], events: Events, tmp_path: Path
 ) -> None:
     ranged = Ranged(BODY, cut_at=9000)
     server.routes["/tone.ogg"] = ranged
@@ -495,7 +420,7 @@ def test_resume_after_a_dropped_connection(
 
 
 def test_resume_across_a_restart(
-    server: Server, make_fetcher: Callable[..., Fetcher], events: Events, tmp_path: Path
+    server: RoutedServer, make_fetcher: Callable[..., Fetcher], events: Events, tmp_path: Path
 ) -> None:
     keep_part(tmp_path, BODY[:20_000])
     ranged = Ranged(BODY)
@@ -508,7 +433,7 @@ def test_resume_across_a_restart(
 
 
 def test_server_that_ignores_range_restarts_from_zero(
-    server: Server, make_fetcher: Callable[..., Fetcher], events: Events, tmp_path: Path
+    server: RoutedServer, make_fetcher: Callable[..., Fetcher], events: Events, tmp_path: Path
 ) -> None:
     keep_part(tmp_path, BODY[:5000])
     ranged = Ranged(BODY, on_range="200")
@@ -523,7 +448,7 @@ def test_server_that_ignores_range_restarts_from_zero(
 @pytest.mark.parametrize("on_range", ["416", "bad-range"])
 def test_416_or_another_range_restarts_from_zero(
     *,
-    server: Server,
+    server: RoutedServer,
     make_fetcher: Callable[..., Fetcher],
     events: Events,
     tmp_path: Path,
@@ -540,7 +465,7 @@ def test_416_or_another_range_restarts_from_zero(
 
 
 def test_corrupt_kept_bytes_are_dropped_and_downloaded_again(
-    server: Server, make_fetcher: Callable[..., Fetcher], events: Events, tmp_path: Path
+    server: RoutedServer, make_fetcher: Callable[..., Fetcher], events: Events, tmp_path: Path
 ) -> None:
     keep_part(tmp_path, bytes(5000))  # say, zeros left by a power cut
     ranged = Ranged(BODY)
@@ -552,7 +477,7 @@ def test_corrupt_kept_bytes_are_dropped_and_downloaded_again(
 
 
 def test_wrong_bytes_from_zero_after_a_resume_fail_and_are_deleted(
-    server: Server, make_fetcher: Callable[..., Fetcher], events: Events, tmp_path: Path
+    server: RoutedServer, make_fetcher: Callable[..., Fetcher], events: Events, tmp_path: Path
 ) -> None:
     keep_part(tmp_path, BODY[:5000])
     ranged = Ranged(bytes(len(BODY)))  # a server with other bytes of the same length
@@ -564,7 +489,7 @@ def test_wrong_bytes_from_zero_after_a_resume_fail_and_are_deleted(
 
 
 def test_part_file_as_long_as_the_pin_needs_no_request(
-    server: Server, make_fetcher: Callable[..., Fetcher], events: Events, tmp_path: Path
+    server: RoutedServer, make_fetcher: Callable[..., Fetcher], events: Events, tmp_path: Path
 ) -> None:
     keep_part(tmp_path, BODY)  # finished, but cut off before its rename
     make_fetcher().fetch(server.url("/tone.ogg"), SHA, len(BODY))
@@ -574,7 +499,7 @@ def test_part_file_as_long_as_the_pin_needs_no_request(
 
 
 def test_part_file_longer_than_the_pin_is_removed(
-    server: Server, make_fetcher: Callable[..., Fetcher], events: Events, tmp_path: Path
+    server: RoutedServer, make_fetcher: Callable[..., Fetcher], events: Events, tmp_path: Path
 ) -> None:
     keep_part(tmp_path, BODY + b"extra bytes")
     ranged = Ranged(BODY)
@@ -586,7 +511,7 @@ def test_part_file_longer_than_the_pin_is_removed(
 
 
 def test_day_old_part_file_is_not_resumed(
-    server: Server, make_fetcher: Callable[..., Fetcher], events: Events, tmp_path: Path
+    server: RoutedServer, make_fetcher: Callable[..., Fetcher], events: Events, tmp_path: Path
 ) -> None:
     fetcher = make_fetcher()
     part = keep_part(tmp_path, BODY[:5000])  # appears after start-up, then ages
@@ -600,7 +525,7 @@ def test_day_old_part_file_is_not_resumed(
 
 
 def test_resume_keeps_asking_for_the_range_across_redirects(
-    server: Server, make_fetcher: Callable[..., Fetcher], events: Events, tmp_path: Path
+    server: RoutedServer, make_fetcher: Callable[..., Fetcher], events: Events, tmp_path: Path
 ) -> None:
     keep_part(tmp_path, BODY[:5000])
     ranged = Ranged(BODY)
@@ -615,63 +540,19 @@ def test_resume_keeps_asking_for_the_range_across_redirects(
 # -- TLS ---------------------------------------------------------------------------------------
 
 
-def make_pki(directory: Path) -> tuple[Path, Path, Path]:
-    """A CA and a server certificate for 127.0.0.1 signed by it: (ca, cert, key) PEM files."""
-    now = datetime.datetime.now(datetime.UTC)
-
-    def certificate(
-        subject: str, key: ec.EllipticCurvePrivateKey, issuer: x509.Name, signer: Any, ca: bool
-    ) -> x509.Certificate:
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
-            .issuer_name(issuer)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-        )
-        if ca:
-            builder = builder.add_extension(
-                x509.KeyUsage(False, False, False, False, False, True, True, False, False),
-                critical=True,
-            )
-        else:
-            san = x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
-            builder = builder.add_extension(san, critical=False)
-        return builder.sign(signer, hashes.SHA256())
-
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test CA")])
-    ca_cert = certificate("test CA", ca_key, ca_name, ca_key, ca=True)
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = certificate("127.0.0.1", key, ca_name, ca_key, ca=False)
-    paths = (directory / "ca.pem", directory / "cert.pem", directory / "key.pem")
-    paths[0].write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    paths[2].write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return paths
-
-
 @pytest.fixture
-def tls_server(tmp_path: Path) -> Iterator[tuple[Server, Path]]:
-    ca, cert, key = make_pki(tmp_path)
+def tls_server(tmp_path: Path) -> Iterator[tuple[RoutedServer, Path]]:
+    ca = TestCa(tmp_path / "pki")
+    server_files = ca.issue("127.0.0.1", server_hosts=["127.0.0.1"])
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(cert, key)
-    s = Server(tls=context)
-    yield s, ca
+    context.load_cert_chain(server_files.cert, server_files.key)
+    s = RoutedServer(tls=context)
+    yield s, ca.cert_file
     s.close()
 
 
 def test_https_with_a_trusted_ca(
-    tls_server: tuple[Server, Path], events: Events, tmp_path: Path
+    tls_server: tuple[RoutedServer, Path], events: Events, tmp_path: Path
 ) -> None:
     server, ca = tls_server
     server.routes["/tone.ogg"] = serve(BODY)
@@ -687,7 +568,7 @@ def test_https_with_a_trusted_ca(
 
 
 def test_https_with_an_unknown_ca(
-    tls_server: tuple[Server, Path], make_fetcher: Callable[..., Fetcher], events: Events
+    tls_server: tuple[RoutedServer, Path], make_fetcher: Callable[..., Fetcher], events: Events
 ) -> None:
     server, _ = tls_server
     server.routes["/tone.ogg"] = serve(BODY)
@@ -719,7 +600,7 @@ def test_https_with_an_unknown_ca(
 )
 def test_refused_urls_make_no_request(
     *,
-    server: Server,
+    server: RoutedServer,
     make_fetcher: Callable[..., Fetcher],
     events: Events,
     tmp_path: Path,
@@ -736,7 +617,7 @@ def test_refused_urls_make_no_request(
 
 
 def test_host_with_port_allows_only_that_port(
-    server: Server, make_fetcher: Callable[..., Fetcher], events: Events
+    server: RoutedServer, make_fetcher: Callable[..., Fetcher], events: Events
 ) -> None:
     server.routes["/tone.ogg"] = serve(BODY)
     other_port = make_fetcher(allowed_hosts=(f"127.0.0.1:{server.port + 1}",))
@@ -750,7 +631,7 @@ def test_host_with_port_allows_only_that_port(
 
 
 def test_redirect_to_a_disallowed_host(
-    server: Server, make_fetcher: Callable[..., Fetcher], events: Events, tmp_path: Path
+    server: RoutedServer, make_fetcher: Callable[..., Fetcher], events: Events, tmp_path: Path
 ) -> None:
     server.routes["/tone.ogg"] = serve(BODY)
     server.routes["/moved"] = redirect(server.url("/tone.ogg", host="localhost"))
@@ -761,7 +642,7 @@ def test_redirect_to_a_disallowed_host(
 
 
 def test_redirect_to_a_disallowed_scheme(
-    server: Server, make_fetcher: Callable[..., Fetcher], events: Events
+    server: RoutedServer, make_fetcher: Callable[..., Fetcher], events: Events
 ) -> None:
     server.routes["/moved"] = redirect("file:///etc/passwd", status=301)
     make_fetcher().fetch(server.url("/moved"), SHA, len(BODY))
@@ -769,7 +650,7 @@ def test_redirect_to_a_disallowed_scheme(
 
 
 def test_redirects_within_the_allowlist_are_followed(
-    server: Server, make_fetcher: Callable[..., Fetcher], events: Events
+    server: RoutedServer, make_fetcher: Callable[..., Fetcher], events: Events
 ) -> None:
     server.routes["/tone.ogg"] = serve(BODY)
     server.routes["/a"] = redirect("/b", status=301)
@@ -781,7 +662,7 @@ def test_redirects_within_the_allowlist_are_followed(
 
 
 def test_redirect_loop(
-    server: Server, make_fetcher: Callable[..., Fetcher], events: Events
+    server: RoutedServer, make_fetcher: Callable[..., Fetcher], events: Events
 ) -> None:
     server.routes["/loop"] = redirect("/loop")
     make_fetcher().fetch(server.url("/loop"), SHA, len(BODY))
@@ -793,7 +674,7 @@ def test_redirect_loop(
 
 
 def test_pinned_size_above_the_limit(
-    server: Server, make_fetcher: Callable[..., Fetcher], events: Events
+    server: RoutedServer, make_fetcher: Callable[..., Fetcher], events: Events
 ) -> None:
     server.routes["/tone.ogg"] = serve(BODY)
     make_fetcher(max_file_bytes=len(BODY) - 1).fetch(server.url("/tone.ogg"), SHA, len(BODY))
@@ -813,7 +694,7 @@ def test_pinned_size_above_the_limit(
 )
 def test_malformed_pin(
     *,
-    server: Server,
+    server: RoutedServer,
     make_fetcher: Callable[..., Fetcher],
     events: Events,
     tmp_path: Path,
@@ -833,7 +714,7 @@ def test_malformed_pin(
 
 
 def test_same_file_twice_in_flight_shares_one_download(
-    server: Server, make_fetcher: Callable[..., Fetcher], events: Events, tmp_path: Path
+    server: RoutedServer, make_fetcher: Callable[..., Fetcher], events: Events, tmp_path: Path
 ) -> None:
     server.routes["/tone.ogg"] = serve(BODY, delay_s=0.3)
     server.routes["/mirror.ogg"] = serve(BODY)
@@ -849,7 +730,7 @@ def test_same_file_twice_in_flight_shares_one_download(
 
 
 def test_close_abandons_a_download(
-    server: Server, make_fetcher: Callable[..., Fetcher], events: Events, tmp_path: Path
+    server: RoutedServer, make_fetcher: Callable[..., Fetcher], events: Events, tmp_path: Path
 ) -> None:
     started = threading.Event()
 

@@ -1,4 +1,4 @@
-"""MqttLink against a real Mosquitto (tests/broker.py): no mocks stand in for paho or the broker."""
+"""MqttLink against a real Mosquitto (the lab's broker): no mocks stand in for paho or broker."""
 
 from __future__ import annotations
 
@@ -24,14 +24,9 @@ from paho.mqtt.properties import Properties
 from receiver.config_model import BrokerConfig, TlsConfig
 from receiver.core.events import LinkChanged, MessageReceived
 from receiver.mqtt_client import LinkError, MqttLink, Subscription
-from tests.broker import (
-    MosquittoBroker,
-    Subscriber,
-    TestCa,
-    password_config,
-    read_stream_lines,
-    tls_listener_config,
-)
+from tests.lab.broker import MosquittoBroker, Subscriber, password_config, tls_listener_config
+from tests.lab.ca import TestCa
+from tests.lab.daemon import read_stream_lines
 
 PREFIX = "loa/v1"
 DEVICE = "dev-test-01"

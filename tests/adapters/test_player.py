@@ -1,12 +1,12 @@
 """The libVLC adapter against real libVLC, with output ``file`` (afile) writing a WAV into tmp_path.
 
-No mocks: every test plays real audio through libVLC 3 and reads the WAV back (``tests.audio``).
+No mocks: every test plays real audio through libVLC 3 and reads the WAV back (``tests.lab.audio``).
 Events are awaited on a queue with timeouts; afile runs ahead of real time, so nothing here
 asserts timing. What these tests found out about libVLC 3.0.24 (also in ``receiver/player.py``):
 
 * afile reopens its file (``wb``) for every item: the second item **overwrites** the WAV. The
   header's sizes are filled in when the output stops, a moment after ``EndReached``, hence
-  :func:`tests.audio.wait_for_final_wav`. ``stop()`` and ``close()`` stop it synchronously.
+  :func:`tests.lab.audio.wait_for_final_wav`. ``stop()`` and ``close()`` stop it synchronously.
 * afile ignores ``audio_set_volume``; the adapter emulates VLC's cubic volume law there with the
   equalizer preamp, so volume 50 measures 0.125 (0.5 cubed, -18 dB) of volume 100.
 * A missing file, a refused connection or an HTTP 404 is libVLC's ``Error`` state (no
@@ -20,14 +20,10 @@ asserts timing. What these tests found out about libVLC 3.0.24 (also in ``receiv
 
 from __future__ import annotations
 
-import functools
 import random
-import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from queue import Empty, Queue
 
@@ -36,7 +32,7 @@ import pytest
 from receiver.config_model import PlayerConfig
 from receiver.core.events import Event, PlaybackEnded, PlaybackFailed, PlaybackStarted
 from receiver.player import ANY_TOKEN, Player, PlayerError, instance_args
-from tests.audio import (
+from tests.lab.audio import (
     FULL_SCALE,
     dominant_of,
     read_wav,
@@ -47,6 +43,8 @@ from tests.audio import (
     write_tone,
     zero_crossing_freq,
 )
+from tests.lab.tools import free_port
+from tests.lab.web import RoutedServer, serve
 
 TIMEOUT_S = 10.0
 AMPLITUDE = 0.5  # of full scale, for every generated tone
@@ -531,50 +529,13 @@ def test_close_is_idempotent_and_final(rig: Rig, tones: Tones) -> None:
 # --- http(s) ---------------------------------------------------------------------------------
 
 
-class _Files(BaseHTTPRequestHandler):
-    def __init__(self, files: dict[str, bytes], *args: object) -> None:
-        self.files = files
-        super().__init__(*args)  # type: ignore[arg-type]
-
-    def do_GET(self) -> None:
-        body = self.files.get(self.path)
-        if body is None:
-            self.send_error(404)
-            return
-        self.send_response(200)
-        self.send_header("Content-Type", "audio/wav")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
-class _QuietServer(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def handle_error(self, request: object, client_address: object) -> None:
-        pass  # libVLC hangs up early on 404s; that is not the test's business
-
-
 @pytest.fixture
 def http_base(tones: Tones) -> Iterator[str]:
-    files = {"/tone.wav": tones.a440.read_bytes()}
-    server = _QuietServer(("127.0.0.1", 0), functools.partial(_Files, files))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
-    thread.join()
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
+    with RoutedServer() as server:
+        server.routes["/tone.wav"] = serve(
+            tones.a440.read_bytes(), headers={"Content-Type": "audio/wav"}
+        )
+        yield server.url("")
 
 
 def test_an_http_url_plays_and_http_failures_fail(rig: Rig, http_base: str) -> None:
@@ -587,7 +548,7 @@ def test_an_http_url_plays_and_http_failures_fail(rig: Rig, http_base: str) -> N
     (failed,) = rig.events.until_terminal(2)
     assert isinstance(failed, PlaybackFailed)
 
-    rig.player.play(3, f"http://127.0.0.1:{closed_port()}/x.mp3", 100)
+    rig.player.play(3, f"http://127.0.0.1:{free_port()}/x.mp3", 100)
     (refused,) = rig.events.until_terminal(3)
     assert isinstance(refused, PlaybackFailed)
     assert tokens([failed, refused]) == {2, 3}

@@ -26,8 +26,8 @@ from receiver.core.events import (
 )
 from receiver.health import TRAFFIC_LOOPBACK_ENV, TrafficMeter
 from receiver.player_process import ProcessPlayer
-from tests.audio import dominant_of, trim_silence, wait_for_final_wav, write_tone
-from tests.streamserver import StreamServer, encode, mp3_stream, write_programme
+from tests.lab.audio import dominant_of, trim_silence, wait_for_final_wav, write_tone
+from tests.lab.streams import StreamServer, encode, mp3_stream, write_programme
 
 
 class Recorder:

@@ -21,8 +21,8 @@ from receiver.config_model import PlayerConfig
 from receiver.core.events import Event, PlaybackFailed, PlaybackStarted
 from receiver.player import Player
 from receiver.streams import RESOLVE_DEADLINE_S, Resolved, resolve
-from tests.audio import dominant_of, read_wav, trim_silence
-from tests.stations import (
+from tests.lab.audio import dominant_of, read_wav, trim_silence
+from tests.lab.stations import (
     HlsStation,
     IcecastStation,
     WebServer,
@@ -66,28 +66,6 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
     player = Player(PlayerConfig(output="file", wav_file=wav), events, resolver=resolver)
     yield Rig(player, events, wav, hosts)
     player.close()
-
-
-@pytest.fixture(scope="module")
-def icecast(tmp_path_factory: pytest.TempPathFactory) -> Iterator[IcecastStation]:
-    station = IcecastStation(tmp_path_factory.mktemp("icecast"), 440.0)
-    yield station
-    station.close()
-
-
-@pytest.fixture
-def hls(tmp_path: Path) -> Iterator[HlsStation]:
-    station = HlsStation(tmp_path, 1000.0)
-    yield station
-    station.close()
-
-
-@pytest.fixture
-def web(tmp_path: Path) -> Iterator[WebServer]:
-    (tmp_path / "www").mkdir()
-    server = WebServer(tmp_path / "www")
-    yield server
-    server.close()
 
 
 def relay_for(rig: Rig, url: str, seconds: float) -> list[int]:

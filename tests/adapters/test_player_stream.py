@@ -1,6 +1,6 @@
 """Live streams and offsets through the libVLC adapter: real libVLC 3, a real stream server.
 
-Output ``file`` (afile) writes a WAV into tmp_path; :mod:`tests.streamserver` serves a real MP3
+Output ``file`` (afile) writes a WAV into tmp_path; :mod:`tests.lab.streams` serves a real MP3
 and a real chained Ogg/Vorbis stream of a 440 Hz tone, paced at real time with Icecast's headers
 and its 4 s burst-on-connect, and breaks them on demand (``stall``, ``close``, ``gone``). No
 mocks. What these tests measured with libVLC 3.0.24 (the figures print with ``pytest -s``; the
@@ -49,7 +49,7 @@ import pytest
 from receiver.config_model import PlayerConfig
 from receiver.core.events import Event, PlaybackEnded, PlaybackFailed, PlaybackStarted
 from receiver.player import Player
-from tests.audio import (
+from tests.lab.audio import (
     dominant_of,
     goertzel_power,
     trim_silence,
@@ -57,7 +57,7 @@ from tests.audio import (
     write_tone,
     zero_crossing_freq,
 )
-from tests.streamserver import (
+from tests.lab.streams import (
     Stream,
     StreamServer,
     encode,
@@ -65,6 +65,7 @@ from tests.streamserver import (
     ogg_stream,
     write_programme,
 )
+from tests.lab.tools import free_port
 
 TIMEOUT_S = 10.0
 POLL_S = 0.25
@@ -333,15 +334,8 @@ def test_a_plain_http_stream_reconnects_only_when_live(
 # --- streams that never play -----------------------------------------------------------------
 
 
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
-
-
 def test_an_unreachable_stream_fails(rig: Rig, server: StreamServer) -> None:
-    rig.player.play(1, f"http://127.0.0.1:{closed_port()}/tone.mp3", 100, live=True)
+    rig.player.play(1, f"http://127.0.0.1:{free_port()}/tone.mp3", 100, live=True)
     refused = rig.events.next()
     assert isinstance(refused, PlaybackFailed)
     assert refused.token == 1

@@ -7,7 +7,7 @@ from pathlib import Path
 
 CONFIGS = Path(__file__).resolve().parents[2] / "config" / "brokers"
 BRIDGE = "province-25.district-a"
-#: Written by tests/broker.py for the loopback test, or only a deployment can fill in.
+#: Written by tests/lab/broker.py for the loopback test, or only a deployment can fill in.
 _DEPLOYMENT_KEYS = (
     "listener", "certfile", "keyfile", "cafile", "require_certificate", "allow_anonymous",
     "password_file", "acl_file", "persistence", "persistence_location", "autosave_interval",
@@ -21,7 +21,7 @@ def settings(name: str) -> list[str]:
 
 
 def loopback(name: str, district_port: int | None = None) -> list[str]:
-    """The repository's file, less what tests/broker.py sets, the bridge aimed at loopback."""
+    """The repository's file, less what tests/lab/broker.py sets, the bridge aimed at loopback."""
     lines = [line for line in settings(name) if line.split()[0] not in _DEPLOYMENT_KEYS]
     if district_port is not None:
         at = lines.index("connection district-a") + 1

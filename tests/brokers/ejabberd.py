@@ -22,7 +22,7 @@ import time
 import uuid
 from pathlib import Path
 
-from tests.broker import MissingToolError, pick_port
+from tests.lab.tools import MissingToolError, pick_port
 
 ERL_LIBS = "/usr/lib/x86_64-linux-gnu"
 EJABBERD_EBIN = Path(ERL_LIBS) / "ejabberd-23.01" / "ebin"

@@ -1,7 +1,7 @@
 """The province and district Mosquittos of config/brokers/, bridged, with the receiver's own link.
 
 The repository's files are used as they are, except for what only a deployment knows (addresses,
-certificates, passwords, where data lives), which tests/broker.py writes for a loopback test.
+certificates, passwords, where data lives), which tests/lab/broker.py writes for a loopback test.
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ from tests.adapters.test_mqtt_client import (
     Recorder,
     wait_until,
 )
-from tests.broker import MosquittoBroker, Subscriber
 from tests.brokers.bridge import BRIDGE, loopback, settings
+from tests.lab.broker import MosquittoBroker, Subscriber
 
 TIMEOUT = 15.0
 

@@ -17,7 +17,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from receiver.central.signing import SigningKey
 from receiver.timefmt import rfc3339
-from tests.broker import MosquittoBroker, Received, password_config
+from tests.lab.broker import MosquittoBroker, Received, password_config
 
 PREFIX = "loa/v1"
 PASSWORDS = {"central": "central pw", "viewer": "viewer pw", "loa-001": "device pw"}

@@ -20,8 +20,9 @@ from pathlib import Path
 import pytest
 
 from receiver.central.admin import main
-from tests.broker import MosquittoBroker, TestCa, tls_listener_config
 from tests.central.conftest import Secured
+from tests.lab.broker import MosquittoBroker, tls_listener_config
+from tests.lab.ca import TestCa
 
 ROOT = Path(__file__).resolve().parents[2]
 SHA = "a" * 64

@@ -16,15 +16,14 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from tests.broker import read_stream_lines
 from tests.central.conftest import PASSWORDS, Secured, device_event, device_state
+from tests.lab.daemon import read_stream_lines, stopping
 
 ROOT = Path(__file__).resolve().parents[2]
 DEVICES = [f"loa-{i:03d}" for i in range(1, 6)]
@@ -69,19 +68,6 @@ class Devices:
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
-
-
-@contextmanager
-def stopping(child: subprocess.Popen[str]) -> Iterator[subprocess.Popen[str]]:
-    try:
-        yield child
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait(timeout=10)
-        for stream in (child.stdout, child.stderr):
-            if stream is not None:
-                stream.close()
 
 
 def stored(db: Path) -> list[tuple[str, int]]:

@@ -17,7 +17,7 @@ from receiver.central.collector import Collector, open_database
 from receiver.central.reports import Registry, ReportVerifier
 from receiver.device_key import EVENT_TYPE, DeviceKey, enrollment_line, seal_report
 from receiver.timefmt import rfc3339
-from tests.broker import MosquittoBroker, Subscriber
+from tests.lab.broker import MosquittoBroker, Subscriber
 
 DEVICE = "dev-a"
 TOPIC = f"loa/v1/dev/{DEVICE}/events"

@@ -18,9 +18,10 @@ from receiver.central.admin import main
 from receiver.central.inputs import InputError
 from receiver.central.signing import SigningKey, key_entry
 from receiver.device_key import STATE_TYPE, DeviceKey, seal_report
-from tests.broker import pick_port
 from tests.central.conftest import Secured, Spy, device_state, read_retained
-from tests.central.test_collector import admin, stopping
+from tests.central.test_collector import admin
+from tests.lab.daemon import stopping
+from tests.lab.tools import pick_port
 
 
 def command(key: Path, *more: str) -> list[str]:

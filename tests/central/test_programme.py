@@ -21,7 +21,7 @@ from receiver.central.admin import main
 from receiver.core.envelope import parse_envelope
 from receiver.core.schedule import parse_schedule
 from tests.central.conftest import Secured, Spy, device_state
-from tests.e2e.daemon import MediaServer
+from tests.lab.web import MediaServer
 
 SOURCE = """\
 id: morning

@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 
 from receiver.central.signing import SigningKey
-from tests.audio import write_tone
-from tests.broker import MosquittoBroker, Subscriber
-from tests.e2e.daemon import DEVICE, Daemon, MediaServer, write_config
+from tests.lab.audio import write_tone
+from tests.lab.broker import MosquittoBroker, Subscriber
+from tests.lab.daemon import DEVICE, Daemon, write_config
+from tests.lab.web import MediaServer
 
 
 @dataclass

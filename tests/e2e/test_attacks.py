@@ -39,10 +39,11 @@ from receiver.central.signing import (
     trust_payload,
 )
 from receiver.core.envelope import COMMAND_TYPE, MAX_MESSAGE_BYTES, TRUST_TYPE
-from tests.audio import dominant_of, trim_silence, wait_for_final_wav, write_tone
-from tests.broker import MosquittoBroker, Subscriber
 from tests.e2e.conftest import Site
-from tests.e2e.daemon import DEVICE, GROUP, Daemon, MediaServer, envelope, write_config
+from tests.lab.audio import dominant_of, trim_silence, wait_for_final_wav, write_tone
+from tests.lab.broker import MosquittoBroker, Subscriber
+from tests.lab.daemon import DEVICE, GROUP, Daemon, envelope, write_config
+from tests.lab.web import MediaServer
 
 Json = dict[str, Any]
 KeySpec = tuple[SigningKey, list[str], list[str]]

@@ -13,10 +13,10 @@ from typing import Any
 
 from receiver.central.signing import SigningKey, command_payload, sign_command
 from receiver.timefmt import rfc3339
-from tests.audio import dominant_of, read_wav, trim_silence
-from tests.broker import Received, Subscriber
 from tests.e2e.conftest import Site
-from tests.e2e.daemon import DEVICE, GROUP, Daemon
+from tests.lab.audio import dominant_of, read_wav, trim_silence
+from tests.lab.broker import Received, Subscriber
+from tests.lab.daemon import DEVICE, GROUP, Daemon
 
 
 def _json(message: Received) -> dict[str, Any]:

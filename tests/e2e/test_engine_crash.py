@@ -5,23 +5,21 @@ gone, and the daemon carries on: same process, still online, and the next comman
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from receiver.central.signing import command_payload, sign_command
-from tests.broker import Received, Subscriber
 from tests.e2e.conftest import Site
-from tests.e2e.daemon import DEVICE, Daemon
 from tests.e2e.test_daemon import play_payload, wait_online
-from tests.e2e.test_relay_window import past_reset_floor
-from tests.streamserver import StreamServer, encode, mp3_stream, write_programme
+from tests.e2e.test_relay_window import next_event, past_reset_floor
+from tests.lab.broker import Subscriber
+from tests.lab.daemon import DEVICE, Daemon
+from tests.lab.streams import StreamServer, encode, mp3_stream, write_programme
 
 
 @pytest.fixture
@@ -34,14 +32,6 @@ def radio(tmp_path: Path) -> Iterator[StreamServer]:
 def children(pid: int) -> list[int]:
     path = Path(f"/proc/{pid}/task/{pid}/children")
     return [int(p) for p in path.read_text().split()] if path.exists() else []
-
-
-def next_event(watcher: Subscriber, site: Site, kind: str, timeout: float = 30) -> dict[str, Any]:
-    def matches(message: Received) -> bool:
-        return message.topic == site.events_topic and json.loads(message.payload)["kind"] == kind
-
-    event: dict[str, Any] = json.loads(watcher.wait_for(matches, timeout).payload)
-    return event
 
 
 def test_a_crashed_media_engine_fails_the_relay_and_the_daemon_carries_on(

@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 
 from receiver.central.signing import sign_command
-from tests.broker import MosquittoBroker, Received, Subscriber
 from tests.e2e.conftest import Site
-from tests.e2e.daemon import Daemon
 from tests.e2e.test_daemon import play_payload
+from tests.lab.broker import MosquittoBroker, Received, Subscriber
+from tests.lab.daemon import Daemon
 
 TIMEOUT = 20.0
 DUPLICATE = "duplicate of the last accepted"

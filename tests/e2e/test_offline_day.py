@@ -15,9 +15,9 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from receiver.central.signing import schedule_payload, sign_schedule
-from tests.broker import Received, Subscriber
 from tests.e2e.conftest import Site
-from tests.e2e.daemon import GROUP, Daemon
+from tests.lab.broker import Received, Subscriber
+from tests.lab.daemon import GROUP, Daemon
 
 HCM = ZoneInfo("Asia/Ho_Chi_Minh")
 START = datetime(2027, 1, 11, 5, 29, 0, tzinfo=HCM).timestamp()  # a Monday, 05:29 local

@@ -7,22 +7,19 @@ off."""
 
 from __future__ import annotations
 
-import json
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable
 
 import pytest
 
 from receiver.central.signing import command_payload, sign_command
-from tests.audio import dominant_of, read_wav, trim_silence
-from tests.broker import Received, Subscriber
 from tests.e2e.conftest import Site
-from tests.e2e.daemon import DEVICE, Daemon
 from tests.e2e.test_daemon import wait_online
-from tests.e2e.test_relay_window import past_reset_floor
-from tests.stations import (
+from tests.e2e.test_relay_window import next_event, past_reset_floor
+from tests.lab.audio import dominant_of, read_wav, trim_silence
+from tests.lab.broker import Subscriber
+from tests.lab.daemon import DEVICE, Daemon
+from tests.lab.stations import (
     HlsStation,
     IcecastStation,
     Request,
@@ -34,28 +31,6 @@ from tests.stations import (
 
 STALL_TIMEOUT_S = 5
 MAX_RESTARTS = 1
-
-
-@pytest.fixture(scope="module")
-def icecast(tmp_path_factory: pytest.TempPathFactory) -> Iterator[IcecastStation]:
-    station = IcecastStation(tmp_path_factory.mktemp("icecast"), 440.0)
-    yield station
-    station.close()
-
-
-@pytest.fixture
-def hls(tmp_path: Path) -> Iterator[HlsStation]:
-    station = HlsStation(tmp_path, 1000.0)
-    yield station
-    station.close()
-
-
-@pytest.fixture
-def web(tmp_path: Path) -> Iterator[WebServer]:
-    (tmp_path / "www").mkdir()
-    server = WebServer(tmp_path / "www")
-    yield server
-    server.close()
 
 
 def relay_config(site: Site, *ports: int) -> None:
@@ -80,16 +55,6 @@ def relay(watcher: Subscriber, site: Site, url: str, max_duration_s: int = 300) 
     }
     payload = command_payload("play", body, env="lab", aud=[f"dev:{DEVICE}"], message_id="relay")
     watcher.publish(site.cmd_topic, sign_command(payload, [site.operator]))
-
-
-def next_event(
-    watcher: Subscriber, site: Site, kinds: tuple[str, ...], timeout: float
-) -> dict[str, Any]:
-    def matches(message: Received) -> bool:
-        return message.topic == site.events_topic and json.loads(message.payload)["kind"] in kinds
-
-    event: dict[str, Any] = json.loads(watcher.wait_for(matches, timeout).payload)
-    return event
 
 
 def amplifier_goes_off(daemon: Daemon) -> None:

@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 
 from receiver.central.signing import command_payload, sign_command
-from tests.broker import Received, Subscriber
 from tests.e2e.conftest import Site
-from tests.e2e.daemon import DEVICE, Daemon
 from tests.e2e.test_daemon import wait_online
-from tests.streamserver import StreamServer, encode, mp3_stream, write_programme
+from tests.lab.broker import Received, Subscriber
+from tests.lab.daemon import DEVICE, Daemon
+from tests.lab.streams import StreamServer, encode, mp3_stream, write_programme
 
 
 @pytest.fixture
@@ -41,9 +41,14 @@ def send(watcher: Subscriber, site: Site, kind: str, body: dict[str, Any], ref: 
     watcher.publish(site.cmd_topic, sign_command(payload, [site.operator]))
 
 
-def next_event(watcher: Subscriber, site: Site, kind: str, timeout: float = 30) -> dict[str, Any]:
+def next_event(
+    watcher: Subscriber, site: Site, kind: str | tuple[str, ...], timeout: float = 30
+) -> dict[str, Any]:
+    """The next event of the device of kind ``kind`` (or one of the kinds given)."""
+    kinds = (kind,) if isinstance(kind, str) else kind
+
     def matches(message: Received) -> bool:
-        return message.topic == site.events_topic and json.loads(message.payload)["kind"] == kind
+        return message.topic == site.events_topic and json.loads(message.payload)["kind"] in kinds
 
     event: dict[str, Any] = json.loads(watcher.wait_for(matches, timeout).payload)
     return event

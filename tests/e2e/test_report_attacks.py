@@ -15,10 +15,10 @@ from collections.abc import Callable
 from receiver.central.reports import Registry, Report, ReportVerifier
 from receiver.central.signing import SigningKey, command_payload, sign, sign_command
 from receiver.device_key import EVENT_TYPE, STATE_TYPE
-from tests.broker import Received, Subscriber
 from tests.e2e.conftest import Site
-from tests.e2e.daemon import DEVICE, Daemon
 from tests.e2e.test_daemon import play_payload, wait_event
+from tests.lab.broker import Received, Subscriber
+from tests.lab.daemon import DEVICE, Daemon
 
 OTHER_DEVICE = "e2e-dev-02"
 

@@ -47,7 +47,6 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from http.server import ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Self
@@ -60,11 +59,12 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from receiver.central.signing import SigningKey, command_payload, sign_command
-from tests.audio import dominant_of, read_wav, trim_silence, write_tone
-from tests.broker import MosquittoBroker, Subscriber
 from tests.e2e.conftest import Site
-from tests.e2e.daemon import DEVICE, GROUP, Daemon, QuietHandler, write_config
 from tests.e2e.test_daemon import play_payload, wait_event, wait_online, wait_relay_switches
+from tests.lab.audio import dominant_of, read_wav, trim_silence, write_tone
+from tests.lab.broker import MosquittoBroker, Subscriber
+from tests.lab.daemon import DEVICE, GROUP, Daemon, write_config
+from tests.lab.web import LabServer, QuietHandler
 
 Json = dict[str, Any]
 
@@ -669,11 +669,8 @@ def kill_site(tmp_path: Path, broker: MosquittoBroker) -> Iterator[KillSite]:
     media_dir.mkdir()
     write_tone(media_dir / "tone440.wav", 440.0, 1.5)
     trickle = Trickle(chunk=4096, pause_s=0.06)  # a 0.5 s tone (44 KB) takes about 0.7 s
-    handler = functools.partial(TrickleHandler, directory=str(media_dir), trickle=trickle)
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    port = int(server.server_address[1])
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    server = LabServer(functools.partial(TrickleHandler, directory=str(media_dir), trickle=trickle))
+    port = server.port
     operator = SigningKey.generate("op-kill")
     marker = SigningKey.generate("op-marker")
     config = write_config(
@@ -688,8 +685,7 @@ def kill_site(tmp_path: Path, broker: MosquittoBroker) -> Iterator[KillSite]:
     try:
         yield KillSite(tmp_path, broker, operator, marker, config, media_dir, port, trickle)
     finally:
-        server.shutdown()
-        server.server_close()
+        server.close()
 
 
 SCENARIOS: Final = (("play", 0.35), ("fetch", 0.25), ("volume", 0.2), ("instant", 0.2))

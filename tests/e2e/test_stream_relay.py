@@ -4,20 +4,19 @@ the WAV holds the fallback's audio."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from receiver.central.signing import command_payload, sign_command
-from tests.audio import dominant_of, read_wav, trim_silence, write_tone
-from tests.broker import Received, Subscriber
 from tests.e2e.conftest import Site
-from tests.e2e.daemon import DEVICE, Daemon
 from tests.e2e.test_daemon import wait_online
-from tests.streamserver import StreamServer, encode, mp3_stream, write_programme
+from tests.e2e.test_relay_window import next_event
+from tests.lab.audio import dominant_of, read_wav, trim_silence, write_tone
+from tests.lab.broker import Subscriber
+from tests.lab.daemon import DEVICE, Daemon
+from tests.lab.streams import StreamServer, encode, mp3_stream, write_programme
 
 
 @pytest.fixture
@@ -39,14 +38,6 @@ def relay_config(site: Site, radio: StreamServer, fallback: Path) -> None:
         f'allowed_hosts: ["127.0.0.1:{site.media.port}", "127.0.0.1:{radio.port}"]',
     )
     site.config.write_text(text, encoding="utf-8")
-
-
-def next_event(watcher: Subscriber, site: Site, kind: str, timeout: float = 30) -> dict[str, Any]:
-    def matches(message: Received) -> bool:
-        return message.topic == site.events_topic and json.loads(message.payload)["kind"] == kind
-
-    event: dict[str, Any] = json.loads(watcher.wait_for(matches, timeout).payload)
-    return event
 
 
 def test_a_stalled_then_lost_stream_is_restarted_then_replaced_by_the_fallback(

@@ -15,9 +15,9 @@ from gpiozero.pins.mock import MockFactory
 from receiver.central.signing import command_payload, sign_command
 from receiver.config import load_config
 from receiver.runtime import Runtime
-from tests.broker import MosquittoBroker, Subscriber
 from tests.e2e.conftest import Site
-from tests.e2e.daemon import DEVICE
+from tests.lab.broker import MosquittoBroker, Subscriber
+from tests.lab.daemon import DEVICE
 
 
 class NotifyListener:

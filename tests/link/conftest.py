@@ -10,23 +10,20 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from receiver.central.signing import SigningKey, command_payload, sign_command
-from tests.broker import MosquittoBroker, Subscriber
-from tests.e2e.daemon import DEVICE, GROUP, Daemon
+from tests.lab.broker import MosquittoBroker, Subscriber
+from tests.lab.daemon import DEVICE, GROUP, Daemon
+from tests.lab.web import LabServer
 from tests.link.netns import CENTRAL_ADDR, LossyLink
-from tests.streamserver import StreamServer, _Handler, _HttpServer
 
 if os.environ.get("LOA_LINK_TIER") != "1":
     collect_ignore_glob = ["test_*.py"]
@@ -71,32 +68,14 @@ class RangedFiles:
             def log_message(self, format: str, *args: object) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer((CENTRAL_ADDR, 0), Handler)
-        self.server.daemon_threads = True
-        self.port = int(self.server.server_address[1])
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self._thread.start()
+        self.server = LabServer(Handler, host=CENTRAL_ADDR)
+        self.port = self.server.port
 
     def url(self, name: str) -> str:
-        return f"http://{CENTRAL_ADDR}:{self.port}/{name}"
+        return self.server.url(f"/{name}")
 
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-class CentralStreamServer(StreamServer):
-    """:class:`tests.streamserver.StreamServer`, listening on central's address."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._server.server_close()
-        self._server = _HttpServer((CENTRAL_ADDR, 0), _Handler)
-        self._server.owner = self
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    def url(self, path: str) -> str:
-        return f"http://{CENTRAL_ADDR}:{self.port}{path}"
+        self.server.close()
 
 
 @dataclass
@@ -105,20 +84,9 @@ class LinkDaemon(Daemon):
 
     link: LossyLink | None = None
 
-    def start(self) -> LinkDaemon:
+    def command(self) -> list[str]:
         assert self.link is not None
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        self.process = subprocess.Popen(
-            self.link.device_command(
-                [sys.executable, "-m", "receiver.cli", "run", "--config", str(self.config)]
-            ),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env=env,
-        )
-        threading.Thread(target=self._pump, daemon=True).start()
-        return self
+        return self.link.device_command(super().command())
 
 
 @dataclass

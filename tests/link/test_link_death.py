@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.broker import Subscriber
+from tests.lab.broker import Subscriber
 from tests.link.conftest import KEEPALIVE_S, Field, events, wait_event, wait_online
 from tests.link.netns import FLAPPING, RURAL_4G, SILENT
 

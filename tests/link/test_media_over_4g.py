@@ -13,20 +13,20 @@ from typing import Any
 
 import pytest
 
-from tests.audio import dominant_of, read_wav, trim_silence, write_tone
-from tests.broker import Subscriber
-from tests.link.conftest import CentralStreamServer, Field, events, wait_event, wait_online
-from tests.link.netns import RURAL_4G, SILENT
-from tests.streamserver import encode, mp3_stream, write_programme
+from tests.lab.audio import dominant_of, read_wav, trim_silence, write_tone
+from tests.lab.broker import Subscriber
+from tests.lab.streams import StreamServer, encode, mp3_stream, write_programme
+from tests.link.conftest import Field, events, wait_event, wait_online
+from tests.link.netns import CENTRAL_ADDR, RURAL_4G, SILENT
 
 STREAM_KBPS = 64  # what a provincial station sends to communes
 
 
 @pytest.fixture
-def radio(tmp_path: Path, fieldsite: Field) -> Iterator[CentralStreamServer]:
+def radio(tmp_path: Path, fieldsite: Field) -> Iterator[StreamServer]:
     wav = write_programme(tmp_path / "programme.wav", 440.0, 8.0)
     mp3 = encode(wav, tmp_path / "vov.mp3", "mp3", kbps=STREAM_KBPS)
-    server = CentralStreamServer({"/vov.mp3": mp3_stream(mp3)})
+    server = StreamServer({"/vov.mp3": mp3_stream(mp3)}, host=CENTRAL_ADDR)
     server.start()
     try:
         yield server
@@ -88,7 +88,7 @@ def measure(
 
 
 def test_a_relay_over_rural_4g_keeps_playing_and_what_idle_and_relaying_cost(
-    fieldsite: Field, central: Subscriber, radio: CentralStreamServer
+    fieldsite: Field, central: Subscriber, radio: StreamServer
 ) -> None:
     fieldsite.write_config(
         extra_hosts=(f"{radio.url('').split('/')[2]}",),

@@ -33,7 +33,7 @@ from receiver.device_key import load_or_create_device_key
 from receiver.errors import StoreError
 from receiver.ports import Hooks, Ports
 from receiver.runtime import Runtime
-from tests.broker import report_json
+from tests.lab.broker import report_json
 
 DEVICE = "dev-shell"
 GROUP = "grp-shell"

@@ -19,8 +19,8 @@ from receiver.core.envelope import COMMAND_TYPE
 from receiver.core.events import PlaybackStarted
 from receiver.errors import PlayerError
 from receiver.pump import OutboxPump
-from tests.broker import report_json
-from tests.e2e.daemon import envelope
+from tests.lab.broker import report_json
+from tests.lab.daemon import envelope
 from tests.shell.doubles import DEVICE, Shell, open_shell, play_body
 
 

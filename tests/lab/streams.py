@@ -1,7 +1,7 @@
 """A live radio stream for tests: real MP3 and Ogg/Vorbis, paced at real time like Icecast.
 
-:class:`StreamServer` serves ``/tone.mp3`` and ``/tone.ogg`` on 127.0.0.1 from a
-``ThreadingHTTPServer`` in a thread. Each is a few seconds of a test tone, encoded at test time
+:class:`StreamServer` serves ``/tone.mp3`` and ``/tone.ogg`` on 127.0.0.1 (or another address)
+from a :class:`tests.lab.web.LabServer`. Each is a few seconds of a test tone, encoded at test time
 by libVLC's own transcoder (:func:`encode`: its ``avcodec`` encoder, i.e. FFmpeg's LAME, for
 MP3, and its ``vorbis`` encoder, all in ``vlc-plugin-base``: no extra Debian package), looped for
 ever:
@@ -43,9 +43,11 @@ import wave
 from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any, Literal
+
+from tests.lab.web import LabServer, QuietHttpServer
 
 __all__ = [
     "Mode",
@@ -351,31 +353,32 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
 
-class _HttpServer(ThreadingHTTPServer):
-    daemon_threads = True
+class _HttpServer(QuietHttpServer):
     owner: StreamServer
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        pass
 
 
 class StreamServer:
-    """Live streams on 127.0.0.1, for ``with`` or :meth:`start`/:meth:`stop`.
+    """Live streams on ``host`` (loopback unless told), for ``with`` or :meth:`start`/:meth:`stop`.
 
     ``streams`` maps a path (``/tone.mp3``) to its :class:`Stream`.
     """
 
     def __init__(
-        self, streams: dict[str, Stream], *, burst_s: float = 4.0, icy: bool = True
+        self,
+        streams: dict[str, Stream],
+        *,
+        burst_s: float = 4.0,
+        icy: bool = True,
+        host: str = "127.0.0.1",
     ) -> None:
         self.streams = dict(streams)
         self.burst_s = burst_s
         self.icy = icy
         self._lock = threading.Condition()
         self._state = _State()
-        self._server = _HttpServer(("127.0.0.1", 0), _Handler)
-        self._server.owner = self
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._web = LabServer(_Handler, host=host, server_class=_HttpServer, start=False)
+        assert isinstance(self._web.httpd, _HttpServer)
+        self._web.httpd.owner = self
         self._on_air = time.monotonic()
         self._stopping = False
 
@@ -383,15 +386,14 @@ class StreamServer:
 
     @property
     def port(self) -> int:
-        port: int = self._server.server_address[1]
-        return port
+        return self._web.port
 
     def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
+        return self._web.url(path)
 
     def start(self) -> StreamServer:
         self._on_air = time.monotonic()
-        self._thread.start()
+        self._web.start()
         return self
 
     def stop(self) -> None:
@@ -401,9 +403,7 @@ class StreamServer:
             conns = list(self._state.connections)
         for conn in conns:
             _hang_up(conn.sock)
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join()
+        self._web.close()
 
     def __enter__(self) -> StreamServer:
         return self.start()

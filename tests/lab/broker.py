@@ -9,24 +9,17 @@ when it fails to start. Extra configuration lines (TLS files, ``password_file``,
 be passed in.
 
 The port is chosen once, when the object is made, and kept across :meth:`~MosquittoBroker.stop` /
-:meth:`~MosquittoBroker.start`: a client under test keeps reconnecting to the same address. It is
-picked below the kernel's ephemeral range, so that no outgoing connection (our own clients
-reconnecting, say) can be given that number while the broker is down.
-
-A missing ``mosquitto`` binary fails the test (:class:`MissingToolError`) rather than skipping
-it: a CI run must not count an untested transport as a pass.
+:meth:`~MosquittoBroker.start`: a client under test keeps reconnecting to the same address
+(:func:`tests.lab.tools.pick_port`). A missing ``mosquitto`` fails the test, never skips it.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
-import datetime as dt
-import ipaddress
 import json
 import os
 import queue
-import random
 import shutil
 import signal
 import socket
@@ -38,13 +31,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any, Self
+from typing import Any, Self
 
 import paho.mqtt.client as mqtt
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -52,6 +41,8 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from receiver.central.reports import REPORT_TYPES
+from tests.lab.ca import CertFiles, TestCa
+from tests.lab.tools import MissingToolError, need, pick_port
 
 _SEARCH_PATH = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto", "/opt/homebrew/sbin/mosquitto")
 
@@ -60,54 +51,14 @@ class BrokerError(RuntimeError):
     """Mosquitto did not come up (the message carries the tail of its log)."""
 
 
-class MissingToolError(RuntimeError):
-    """A program the tests and benchmarks need is not installed: the test fails (never skips)
-    and the message says which package to install."""
-
-
 def find_mosquitto() -> str:
     """The mosquitto executable, or a failed test that says how to install it."""
-    found = shutil.which("mosquitto")
-    if found is None:
-        found = next((p for p in _SEARCH_PATH if os.access(p, os.X_OK)), None)
-    if found is None:
-        raise MissingToolError(
-            "mosquitto is not installed: these tests need a real MQTT broker "
-            "(Debian/Raspberry Pi OS: `apt-get install mosquitto`; it need not run as a service)"
-        )
-    return found
-
-
-def _port_is_free(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
-def _ephemeral_range() -> tuple[int, int]:
-    try:
-        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
-        return int(low), int(high)
-    except (OSError, ValueError):
-        return 32768, 60999
-
-
-def pick_port(host: str = "127.0.0.1") -> int:
-    """A free TCP port outside the ephemeral range (so it stays ours across a restart)."""
-    low, _high = _ephemeral_range()
-    candidates = range(20000, low) if low > 21000 else range(10000, 20000)
-    rng = random.Random()  # noqa: S311 - a port number, not a secret
-    for _ in range(200):
-        port = rng.choice(candidates)
-        if _port_is_free(host, port):
-            return port
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:  # last resort
-        probe.bind((host, 0))
-        return int(probe.getsockname()[1])
+    return need(
+        "mosquitto",
+        package="mosquitto",
+        also=_SEARCH_PATH,
+        why="these tests need a real MQTT broker (it need not run as a service)",
+    )
 
 
 class MosquittoBroker:
@@ -220,7 +171,7 @@ class MosquittoBroker:
 
     def _write_config(self) -> None:
         lines = [
-            "# written by tests/broker.py",
+            "# written by tests/lab/broker.py",
             f"listener {self.port} {self.host}",
             "allow_anonymous true",
             "persistence true",
@@ -444,114 +395,6 @@ class Subscriber:
         self.messages.put(received)
 
 
-@dataclass(frozen=True)
-class CertFiles:
-    cert: Path
-    key: Path
-
-
-class TestCa:
-    """A throw-away certificate authority (ECDSA P-256) that writes PEM files into ``directory``."""
-
-    __test__ = False  # not a pytest test class despite the name
-
-    def __init__(self, directory: Path, name: str = "loa test CA") -> None:
-        self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self._key = ec.generate_private_key(ec.SECP256R1())
-        self._name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-        now = dt.datetime.now(dt.UTC)
-        self._cert = (
-            x509.CertificateBuilder()
-            .subject_name(self._name)
-            .issuer_name(self._name)
-            .public_key(self._key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=True,
-                    crl_sign=True,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
-            .add_extension(
-                x509.SubjectKeyIdentifier.from_public_key(self._key.public_key()), critical=False
-            )
-            .sign(self._key, hashes.SHA256())
-        )
-        slug = name.replace(" ", "-")
-        self.cert_file = self.directory / f"{slug}.crt"
-        self.cert_file.write_bytes(self._cert.public_bytes(serialization.Encoding.PEM))
-
-    def issue(
-        self,
-        name: str,
-        *,
-        server_hosts: Sequence[str] = (),
-        valid: tuple[dt.datetime, dt.datetime] | None = None,
-    ) -> CertFiles:
-        """A leaf certificate: for a server when ``server_hosts`` (DNS names or IPs) are given.
-
-        ``valid`` is its (not before, not after) window; by default from five minutes ago to a
-        day ahead (pass a window in the past or the future for an expired or not-yet-valid one).
-        """
-        key = ec.generate_private_key(ec.SECP256R1())
-        now = dt.datetime.now(dt.UTC)
-        not_before, not_after = valid or (now - dt.timedelta(minutes=5), now + dt.timedelta(days=1))
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-            .issuer_name(self._name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(not_before)
-            .not_valid_after(not_after)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(self._key.public_key()),
-                critical=False,
-            )
-        )
-        if server_hosts:
-            alt_names: list[x509.GeneralName] = []
-            for host in server_hosts:
-                try:
-                    alt_names.append(x509.IPAddress(ipaddress.ip_address(host)))
-                except ValueError:
-                    alt_names.append(x509.DNSName(host))
-            builder = builder.add_extension(
-                x509.SubjectAlternativeName(alt_names), critical=False
-            ).add_extension(
-                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
-            )
-        else:
-            builder = builder.add_extension(
-                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
-            )
-        cert = builder.sign(self._key, hashes.SHA256())
-        files = CertFiles(self.directory / f"{name}.crt", self.directory / f"{name}.key")
-        files.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        files.key.write_bytes(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
-        files.key.chmod(0o600)
-        return files
-
-
 def tls_listener_config(ca: TestCa, server: CertFiles, *, require_client_cert: bool) -> list[str]:
     """Lines for :class:`MosquittoBroker`'s ``extra_config``: TLS on its listener."""
     return [
@@ -566,21 +409,9 @@ def password_config(directory: Path, users: dict[str, str]) -> list[str]:
     """Lines for ``extra_config``: a password file made by ``mosquitto_passwd``, no anonymous."""
     tool = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
     if not os.access(tool, os.X_OK):
-        raise MissingToolError("mosquitto_passwd (package mosquitto) is not installed")
+        raise MissingToolError("mosquitto_passwd is not installed (`apt-get install mosquitto`)")
     password_file = Path(directory) / "passwords"
     password_file.write_text("")
     for user, password in users.items():
         subprocess.run([tool, "-b", str(password_file), user, password], check=True)
     return [f"password_file {password_file}", "allow_anonymous false"]
-
-
-def read_stream_lines(stream: IO[str], out: queue.Queue[str]) -> threading.Thread:
-    """Copy a subprocess's text stream into a queue, line by line, in a daemon thread."""
-
-    def pump() -> None:
-        for line in stream:
-            out.put(line.rstrip("\n"))
-
-    thread = threading.Thread(target=pump, daemon=True)
-    thread.start()
-    return thread

@@ -1,69 +1,28 @@
-"""The receiver as a separate process, for end-to-end tests: config, start, logs, stop."""
+"""The receiver as a separate process, for end-to-end tests and benchmarks: its config
+(:func:`write_config`), :class:`Daemon` (start, JSON log lines, stop, kill), signed envelopes
+made by hand (:func:`envelope`), and :func:`read_stream_lines` for any child's output."""
 
 from __future__ import annotations
 
 import base64
-import functools
 import json
 import os
+import queue
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, Self
 
 from receiver.central.signing import SigningKey
 
 DEVICE = "e2e-dev-01"
 GROUP = "commune-e2e"
-
-
-class QuietHandler(SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
-class RecordingHandler(QuietHandler):
-    """Also appends each request line to ``requests`` (so a test can count what was fetched)."""
-
-    def __init__(self, *args: Any, requests: list[str], **kwargs: Any) -> None:
-        self._requests = requests  # set first: the base class handles the request in __init__
-        super().__init__(*args, **kwargs)
-
-    def parse_request(self) -> bool:
-        ok = super().parse_request()
-        self._requests.append(self.requestline)
-        return ok
-
-
-class MediaServer:
-    """A plain HTTP server on loopback serving one directory.
-
-    ``requests`` lists the request line of every request it received, in order.
-    """
-
-    def __init__(self, directory: Path) -> None:
-        self.requests: list[str] = []
-        handler = functools.partial(
-            RecordingHandler, directory=str(directory), requests=self.requests
-        )
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self.port = int(self.server.server_address[1])
-        self.directory = directory
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self._thread.start()
-
-    def url(self, name: str) -> str:
-        return f"http://127.0.0.1:{self.port}/{name}"
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 def write_config(
@@ -132,10 +91,15 @@ class Daemon:
     raw: list[str] = field(default_factory=list)
     process: subprocess.Popen[str] | None = None
 
-    def start(self) -> Daemon:
+    def command(self) -> list[str]:
+        """The command line that runs the receiver (a subclass may wrap it, e.g. in a network
+        namespace)."""
+        return [sys.executable, "-m", "receiver.cli", "run", "--config", str(self.config)]
+
+    def start(self) -> Self:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "receiver.cli", "run", "--config", str(self.config)],
+            self.command(),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -196,3 +160,29 @@ def envelope(payload_type: str, body: bytes, signatures: Sequence[tuple[str, byt
             ],
         }
     ).encode("utf-8")
+
+
+def read_stream_lines(stream: IO[str], out: queue.Queue[str]) -> threading.Thread:
+    """Copy a subprocess's text stream into a queue, line by line, in a daemon thread."""
+
+    def pump() -> None:
+        for line in stream:
+            out.put(line.rstrip("\n"))
+
+    thread = threading.Thread(target=pump, daemon=True)
+    thread.start()
+    return thread
+
+
+@contextmanager
+def stopping(child: subprocess.Popen[str]) -> Iterator[subprocess.Popen[str]]:
+    """``child`` killed at the end of the block if it still runs, and its pipes closed."""
+    try:
+        yield child
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(timeout=10)
+        for stream in (child.stdout, child.stderr):
+            if stream is not None:
+                stream.close()

@@ -27,27 +27,14 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from http.server import SimpleHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
-__all__ = ["HlsStation", "IcecastStation", "Request", "WebServer", "free_port"]
+from tests.lab.tools import free_port, need
+from tests.lab.web import LabServer, QuietHttpServer
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _need(binary: str) -> str:
-    path = shutil.which(binary) or (
-        f"/usr/bin/{binary}" if Path(f"/usr/bin/{binary}").exists() else None
-    )
-    if path is None:
-        raise RuntimeError(f"{binary} is not installed: run scripts/bootstrap.sh")
-    return path
+__all__ = ["HlsStation", "IcecastStation", "Request", "WebServer"]
 
 
 @dataclass
@@ -99,15 +86,11 @@ class _Handler(SimpleHTTPRequestHandler):
         pass
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
+class _Server(QuietHttpServer):
     owner: WebServer
 
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        pass
 
-
-class WebServer:
+class WebServer(LabServer):
     """Files from ``directory`` and registered routes, on 127.0.0.1; logs every request."""
 
     def __init__(self, directory: Path) -> None:
@@ -115,19 +98,10 @@ class WebServer:
         self.routes: dict[str, Route] = {}
         self._lock = threading.Lock()
         self._requests: list[Request] = []
-        handler = _make_handler(directory)
-        self._server = _Server(("127.0.0.1", 0), handler)
-        self._server.owner = self
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
-
-    @property
-    def port(self) -> int:
-        port: int = self._server.server_address[1]
-        return port
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
+        super().__init__(_make_handler(directory), server_class=_Server, start=False)
+        assert isinstance(self.httpd, _Server)
+        self.httpd.owner = self
+        self.start()
 
     def route(self, path: str, answer: Route) -> str:
         self.routes[path] = answer
@@ -153,11 +127,6 @@ class WebServer:
         server's next write)."""
         with self._lock:
             return sum(1 for r in self._requests if r.ended is None)
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join()
 
 
 def _make_handler(directory: Path) -> type[_Handler]:
@@ -227,6 +196,22 @@ def _stop(process: subprocess.Popen[bytes] | None) -> None:
             process.wait(timeout=5)
 
 
+def _live_tone(freq_hz: float) -> list[str]:
+    """FFmpeg reading a sine tone at real time (``-re``), as a station's source; its output
+    options follow."""
+    return [
+        need("ffmpeg", package="ffmpeg"),
+        "-nostdin",
+        "-loglevel",
+        "error",
+        "-re",
+        "-f",
+        "lavfi",
+        "-i",
+        f"sine=frequency={freq_hz:g}:sample_rate=44100",
+    ]
+
+
 class HlsStation:
     """A live HLS stream of a sine tone at ``/live/index.m3u8`` on a :class:`WebServer`."""
 
@@ -237,15 +222,7 @@ class HlsStation:
         self.playlist = self.dir / "live" / "index.m3u8"
         self._ffmpeg: subprocess.Popen[bytes] | None = subprocess.Popen(
             [
-                _need("ffmpeg"),
-                "-nostdin",
-                "-loglevel",
-                "error",
-                "-re",
-                "-f",
-                "lavfi",
-                "-i",
-                f"sine=frequency={freq_hz:g}:sample_rate=44100",
+                *_live_tone(freq_hz),
                 "-c:a",
                 "aac",
                 "-b:a",
@@ -339,7 +316,7 @@ class IcecastStation:
             encoding="utf-8",
         )
         self._icecast: subprocess.Popen[bytes] | None = subprocess.Popen(
-            [_need("icecast2"), "-c", str(config)],
+            [need("icecast2", package="icecast2"), "-c", str(config)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -348,15 +325,7 @@ class IcecastStation:
             _wait(self._listening, 20, "icecast2 to listen")
             self._ffmpeg = subprocess.Popen(
                 [
-                    _need("ffmpeg"),
-                    "-nostdin",
-                    "-loglevel",
-                    "error",
-                    "-re",
-                    "-f",
-                    "lavfi",
-                    "-i",
-                    f"sine=frequency={freq_hz:g}:sample_rate=44100",
+                    *_live_tone(freq_hz),
                     "-c:a",
                     "libmp3lame",
                     "-b:a",
