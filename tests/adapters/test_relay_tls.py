@@ -1,0 +1,125 @@
+"""An ``https`` relay: the station's certificate is checked by the resolver and by the stream
+gate (:mod:`receiver.stream_gate`, which now makes the connection libVLC used to make), against
+the system's trust store (``SSL_CERT_FILE`` here names the lab's CA). An untrusted certificate,
+or one for another name, is refused with our reason; a trusted one relays, and the tone is heard."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, SimpleHTTPRequestHandler
+from pathlib import Path
+from queue import Empty, Queue
+from typing import cast
+from urllib.parse import urlsplit
+
+import pytest
+
+from receiver.config_model import PlayerConfig
+from receiver.core.events import Event, PlaybackStarted
+from receiver.player import Player
+from receiver.stream_gate import StreamGate
+from receiver.streams import Resolved, StreamRefused, resolve
+from tests.lab.audio import dominant_of, read_wav, trim_silence, wait_for_final_wav
+from tests.lab.ca import TestCa
+from tests.lab.stations import mp3_tone, plays_then_hangs_up
+from tests.lab.web import RoutedServer
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> TestCa:
+    return TestCa(tmp_path / "pki")
+
+
+def station(ca: TestCa, hosts: list[str], audio: bytes) -> RoutedServer:
+    files = ca.issue(hosts[0], server_hosts=hosts)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(files.cert, files.key)
+    server = RoutedServer(tls=context)
+    live = plays_then_hangs_up(audio, 128_000, audio_s=120.0)  # paced, no length: a live stream
+
+    def behaviour(handler: BaseHTTPRequestHandler, _stopping: threading.Event) -> None:
+        live(cast(SimpleHTTPRequestHandler, handler))
+
+    server.routes["/live.mp3"] = behaviour
+    return server
+
+
+@pytest.fixture(scope="module")
+def tone(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    return mp3_tone(tmp_path_factory.mktemp("tone") / "tone.mp3", 440.0, 20.0)
+
+
+def refused(url: str, port: int) -> str:
+    with pytest.raises(StreamRefused) as refusal:
+        resolve(url, ("https",), (f"127.0.0.1:{port}",), deadline_s=5.0)
+    return refusal.value.detail
+
+
+def test_a_station_whose_certificate_is_not_trusted_is_refused(
+    pki: TestCa, tone: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    with station(pki, ["127.0.0.1"], tone) as server:
+        assert refused(server.url("/live.mp3"), server.port) == "TLS with 127.0.0.1 failed"
+        assert server.requests == []
+
+
+def test_a_certificate_for_another_name_is_refused(
+    pki: TestCa, tone: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SSL_CERT_FILE", str(pki.cert_file))
+    with station(pki, ["radio.example"], tone) as server:
+        assert refused(server.url("/live.mp3"), server.port) == "TLS with 127.0.0.1 failed"
+        assert server.requests == []
+
+
+def test_a_trusted_station_relays_through_the_gate(
+    pki: TestCa, tone: bytes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SSL_CERT_FILE", str(pki.cert_file))  # the player's process inherits it
+    events: Queue[Event] = Queue()
+    wav = tmp_path / "out.wav"
+    with station(pki, ["127.0.0.1"], tone) as server:
+        allowed = (f"127.0.0.1:{server.port}",)
+
+        def resolver(url: str, cancelled: Callable[[], bool]) -> Resolved:
+            return resolve(url, ("https",), allowed, cancelled=cancelled)
+
+        player = Player(PlayerConfig(output="file", wav_file=wav), events.put, resolver=resolver)
+        try:
+            player.play(1, server.url("/live.mp3"), 100, live=True)
+            try:
+                event = events.get(timeout=20)
+            except Empty:
+                raise AssertionError("no event within 20 s") from None
+            assert event == PlaybackStarted(1), event
+            time.sleep(3.0)
+        finally:
+            player.close()
+        wait_for_final_wav(wav)
+        sound = read_wav(wav)
+        assert dominant_of(trim_silence(sound.samples), sound.rate, (440.0, 1000.0)) == 440.0
+        # One probe by the resolver, then the gate's own request: libVLC never reached it.
+        assert server.requests == ["/live.mp3", "/live.mp3"], server.requests
+
+
+def test_the_gate_refuses_a_station_whose_certificate_is_not_trusted(
+    pki: TestCa, tone: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    with station(pki, ["127.0.0.1"], tone) as server:
+        gate = StreamGate(server.url("/live.mp3"))
+        try:
+            port = urlsplit(gate.url).port
+            assert port is not None
+            with socket.create_connection(("127.0.0.1", port), timeout=5.0) as sock:
+                sock.sendall(b"GET /stream HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+                answer = sock.recv(1024)
+        finally:
+            gate.close()
+        assert answer.startswith(b"HTTP/1.0 503"), answer
+        assert server.requests == []
