@@ -30,6 +30,11 @@ trip, one libVLC start, one command, then again), so a noisy neighbour slows all
     volume 100) in this process, ``play()`` of the same cached file to its ``PlaybackStarted``
     callback; each item is left to end before the next, as in the daemon.
 
+The daemon opens a command's cached file paused as soon as the command is verified
+(``Runtime._open_ahead``), so libVLC opens it while the command's floors and intent, its report
+and its started mark are written; the ``Play`` after them only resumes it. Floor (b) is libVLC
+opening and starting the file in one go, with nothing else to do.
+
 How to read it. The table gives median and 90th percentile in milliseconds and, for each line, the
 ratio of its median to the floor sum median(a) + median(b). A command ratio near 1 means the daemon
 adds little beyond the broker and libVLC; what it does add shows in the second table, cut at
@@ -245,8 +250,8 @@ def _row(label: str, figures: Figures, floor_ms: float, note: str = "") -> str:
 
 SEGMENTS = (
     ("publish -> loop takes the message", "MQTT in: broker, paho thread, inbox"),
-    ("-> loop takes the cache hit, relay on", "verify, persist floors, emit, fetch"),
-    ("-> loop takes libVLC's PlaybackStarted", "Player.play(), libVLC to Playing; vs (b)"),
+    ("-> loop takes the cache hit, relay on", "verify, persist floors, open ahead, emit"),
+    ("-> loop takes libVLC's PlaybackStarted", "writes; libVLC opens, Play resumes; vs (b)"),
     ("-> started event arrives here", "emit (log line, publish), MQTT out; vs (a)"),
 )
 

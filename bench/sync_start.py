@@ -11,13 +11,21 @@ time here, with the wall-minus-monotonic offset read (tightest of nine bracketed
 right before the command is signed and sent; ``start_at`` is a whole millisecond, written out
 exactly.
 
+Two starts per daemon and trial. The **sound** start: libVLC's ``Playing`` for the item, stamped
+(``time.monotonic()``, to the microsecond) in the player's child process by the callback itself
+and logged as ``started_at_instant`` (``playing_mono``): when the sound began, the figure that
+says how together the loudspeakers are. The **loop** start: the ``mono`` of the ``started`` log
+line (to 1 ms), when the daemon's loop took the report; it adds the hop back from the child, and
+is what earlier runs of this benchmark measured.
+
 Per trial: the spread (latest minus earliest of the four starts), and each start's error from
-the target (positive = late). The error is split at the daemon's ``play`` log line (the loop
-executing the Play effect): ``play - target`` is the scheduler's wake-up lateness, ``started -
-play`` is libVLC opening the file plus the hop back into the loop. The core times the Play at
-``max(start, relay on + warm_up_s)``, from when the relay was actually switched, so a late
-relay-on wake-up (``relay_switched`` on, due ``warm_up_s`` before the target) is carried into the
-play's own wake-up: its lateness is shown too.
+the target (positive = late). The daemon hands the Play to its player's child process a moment
+ahead, with the instant (``play`` log line: ``mono`` when, ``at`` the instant); the child sleeps
+to the instant and resumes the prerolled file itself (``resume_late_ms``: its wake-up lateness),
+then libVLC says ``Playing``. The core fixes the instant at ``max(start, relay on +
+warm_up_s)``, from when the relay was actually switched; the relay is due ``warm_up_s +
+START_LEAD_S`` before the target, so a late relay-on wake-up moves the instant only if it is
+later than ``START_LEAD_S``: its lateness is shown too.
 
 Each trial starts from idle, relay off (the previous tone finished and the relay tail ran out).
 The config differs from the end-to-end tests' in five printed settings: device id,
@@ -31,26 +39,26 @@ down, so a later start that were not a cache hit would fail loudly instead of ti
 
 Pre-roll: a daemon opens a file due at an instant one second ahead, paused (``Preroll``,
 ``receiver.player.Player.preroll``), and at the instant only resumes it; its ``preroll`` log
-line says when. So ``started - play`` is libVLC resuming plus the hop into the loop.
+line says when. So ``sound - resume`` is libVLC resuming, as floor (a).
 
 Floors, measured in the same run, one of each after every trial (never while the daemons wait):
 
 (a) libVLC's own start: ``receiver.player.Player`` (output ``file``, as the daemons) in this
     process, ``play()`` of the same file, prerolled a second before as the daemons do, to its
-    PlaybackStarted callback. Compare with ``started - play``. (a0), printed beside it: the
+    PlaybackStarted callback. Compare with ``sound - resume``. (a0), printed beside it: the
     same without the pre-roll, libVLC opening the file at the instant, as before pre-roll.
 (b) The OS lining up four wake-ups: four threads of this one process each wait (``Condition.wait``
-    with a timeout, as the daemon's loop does) for the same monotonic instant 0.25 s ahead and
-    stamp ``time.monotonic()`` when they are past it. Its spread is how well the machine alone
-    lines up four wake-ups (one process: the threads also queue for the GIL; four processes on
-    this 2-core machine queue for the CPUs instead); its error is the wake-up lateness alone.
-    Compare with the spread and lateness of the daemons' ``play`` lines.
+    with a timeout) for the same monotonic instant 0.25 s ahead and stamp ``time.monotonic()``
+    when they are past it. Its spread is how well the machine alone lines up four wake-ups (one
+    process: the threads also queue for the GIL; four processes on this 2-core machine queue for
+    the CPUs instead); its error is the wake-up lateness alone. Compare with the children's
+    resume lateness.
 
 How to read it. Spread says how together four loudspeakers start; the error says how close to
-the asked-for instant. A spread near floor (b)'s and an error near floor (a) plus (b)'s lateness
-means the daemon adds little of its own. Ratios are printed of medians. Compare ratios between
-runs, not raw milliseconds: the machine is shared. No figure is asserted; the run fails only if a
-command is refused or an event never comes.
+the asked-for instant. A sound spread near floor (b)'s and a sound error near floor (a) plus
+(b)'s lateness means the receiver adds little of its own. Ratios are printed of medians.
+Compare ratios between runs, not raw milliseconds: the machine is shared. No figure is
+asserted; the run fails only if a command is refused or an event never comes.
 
 Run: ``python -m bench.sync_start [--trials N] [--lead S]`` (``make bench`` runs every benchmark).
 """
@@ -91,6 +99,7 @@ from bench._common import (
     wall_minus_mono,
     worst,
 )
+from receiver.core.engine import START_LEAD_S
 from tests.lab.daemon import GROUP, Daemon
 
 DEVICES = 4
@@ -160,19 +169,26 @@ class Trial:
     target: float
     accepted: tuple[float, ...]  # the loop took the command
     relay_on: tuple[float, ...]  # the loop switched the relay on (due at target - warm_up_s)
-    play: tuple[float, ...]  # the loop executed the Play effect
+    play: tuple[float, ...]  # the loop handed the Play to the player's process
+    instant: tuple[float, ...]  # the instant the daemon gave it (``at``)
+    resumed: tuple[float, ...]  # the child resumed the file (``at`` + ``resume_late_ms``)
+    sounded: tuple[float, ...]  # libVLC's Playing, stamped in the child
     started: tuple[float, ...]  # the loop took libVLC's PlaybackStarted
 
     @property
     def spread(self) -> float:
+        return max(self.sounded) - min(self.sounded)
+
+    @property
+    def loop_spread(self) -> float:
         return max(self.started) - min(self.started)
 
     @property
-    def play_spread(self) -> float:
-        return max(self.play) - min(self.play)
+    def errors(self) -> tuple[float, ...]:
+        return tuple(s - self.target for s in self.sounded)
 
     @property
-    def errors(self) -> tuple[float, ...]:
+    def loop_errors(self) -> tuple[float, ...]:
         return tuple(s - self.target for s in self.started)
 
 
@@ -196,7 +212,17 @@ def run_trial(site: Site, ref: str, lead_s: float) -> Trial:
         timeout_s=lead_s + TIMEOUT_S,
     )
     accepted, relay_on, play, started = [], [], [], []
+    instant, resumed, sounded = [], [], []
     for daemon, mark in zip(site.daemons, marks, strict=True):
+        kept = wait_log(
+            daemon, mark, lambda ln: ln.get("event") == "started_at_instant", "started_at_instant"
+        )
+        if kept.get("playing_mono") is None:
+            raise BenchError(f"libVLC's Playing was not reported in time: {kept}")
+        at = float(kept["at"])
+        instant.append(at)
+        resumed.append(at + float(kept["resume_late_ms"]) / 1000.0)
+        sounded.append(float(kept["playing_mono"]))
         started.append(
             mono_of(
                 wait_log(
@@ -228,7 +254,16 @@ def run_trial(site: Site, ref: str, lead_s: float) -> Trial:
                 )
             )
         )
-    return Trial(target, tuple(accepted), tuple(relay_on), tuple(play), tuple(started))
+    return Trial(
+        target,
+        tuple(accepted),
+        tuple(relay_on),
+        tuple(play),
+        tuple(instant),
+        tuple(resumed),
+        tuple(sounded),
+        tuple(started),
+    )
 
 
 PREROLL_S = 1.0  # as receiver.core.engine.PREROLL_S
@@ -289,9 +324,13 @@ def report(
     load: tuple[tuple[float, ...], tuple[float, ...]],
 ) -> None:
     errors = [e for t in trials for e in t.errors]
-    lateness = [p - t.target for t in trials for p in t.play]
-    relay_late = [r - (t.target - WARM_UP_S) for t in trials for r in t.relay_on]
-    vlc_in_daemon = [s - p for t in trials for s, p in zip(t.started, t.play, strict=True)]
+    loop_errors = [e for t in trials for e in t.loop_errors]
+    instant_off = [i - t.target for t in trials for i in t.instant]
+    lateness = [r - i for t in trials for r, i in zip(t.resumed, t.instant, strict=True)]
+    relay_late = [r - (t.target - WARM_UP_S - START_LEAD_S) for t in trials for r in t.relay_on]
+    vlc_in_child = [s - r for t in trials for s, r in zip(t.sounded, t.resumed, strict=True)]
+    hop_back = [s - p for t in trials for s, p in zip(t.started, t.sounded, strict=True)]
+    ahead = [i - p for t in trials for i, p in zip(t.instant, t.play, strict=True)]
     margins = [t.target - a for t in trials for a in t.accepted]
     wake_spreads = [max(w) - min(w) for w in wakes]
     wake_errors = [e for w in wakes for e in w]
@@ -302,45 +341,42 @@ def report(
         f"\n{DEVICES} daemons, one group `play` per trial with start_at {lead_s:g} s ahead, "
         f"{len(trials)} trials ({len(errors)} starts); config: warm_up_s {WARM_UP_S:g}, "
         f"tail_s {TAIL_S:g}, log level info, relay_max_toggles_per_min 60, trusted clock;\n"
-        "start = `mono` of each daemon's `started` log line (logged to 1 ms); "
-        "target = start_at in this process's monotonic time; worst = farthest from zero."
+        "sound start = libVLC's Playing stamped in each daemon's player process "
+        "(`started_at_instant`, to 1 us); loop start = `mono` of the `started` log line (to 1 ms);"
+        "\ntarget = start_at in this process's monotonic time; worst = farthest from zero."
     )
+    floor_error = floor_vlc + floor_late
     header = f"  {'':<52} {'median ms':>9} {'worst ms':>9} {'/ floor':>8}"
     print(header)
-    print(
-        _line(
-            "spread of the four starts (latest - earliest)",
-            [t.spread for t in trials],
-            floor_spread,
-        )
-    )
-    print(
-        _line(
-            "  the same at their `play` lines (Play executed)",
-            [t.play_spread for t in trials],
-            floor_spread,
-        )
-    )
+    print(_line("spread of the four sound starts", [t.spread for t in trials], floor_spread))
+    print(_line("  the same, loop starts", [t.loop_spread for t in trials], floor_spread))
     print(_line("floor (b): spread of 4 threads waking at one instant", wake_spreads, floor_spread))
-    print(_line("start error, started - target (signed)", errors, floor_vlc + floor_late))
+    print(_line("sound start error, sound - target (signed)", errors, floor_error))
+    print(_line("sound start error, |sound - target|", [abs(e) for e in errors], floor_error))
     print(
-        _line("start error, |started - target|", [abs(e) for e in errors], floor_vlc + floor_late)
-    )
-    print(
-        f"  {'  earliest / latest start vs target':<52} {min(errors) * 1e3:9.2f} "
+        f"  {'  earliest / latest sound start vs target':<52} {min(errors) * 1e3:9.2f} "
         f"{max(errors) * 1e3:9.2f}"
     )
-    print(_line("  of which: wake-up lateness, play - target", lateness, floor_late))
-    print(_line("    (relay-on lateness, carried into play's deadline)", relay_late, floor_late))
-    print(_line("  of which: libVLC + hop, started - play", vlc_in_daemon, floor_vlc))
+    print(_line("  of which: instant given - target", instant_off, floor_late))
+    print(_line("    (relay-on lateness: moves it only past 250 ms)", relay_late, floor_late))
+    print(_line("  of which: child's wake-up lateness, resume - instant", lateness, floor_late))
+    print(_line("  of which: libVLC resuming, sound - resume", vlc_in_child, floor_vlc))
+    print(_line("loop start error, started - target (signed)", loop_errors, floor_error))
+    print(_line("  of which: the hop back, started - sound", hop_back, floor_vlc))
+    print(_line("play handed to the player ahead of the instant", ahead))
     print(_line("floor (a): libVLC resumes a prerolled file, here", vlc_starts, floor_vlc))
     print(_line("  (a0): libVLC play() of an unopened file, here", vlc_opens, floor_vlc))
     print(_line("floor (b): thread wake-up lateness, woke - target", wake_errors, floor_late))
-    print(f"  floor for the error: (a) + (b) lateness medians = {floor_vlc + floor_late:.2f} ms")
+    print(f"  floor for the error: (a) + (b) lateness medians = {floor_error:.2f} ms")
     per_device = "  ".join(
         f"{i}: {median(_ms([t.errors[i] for t in trials])):+.2f}" for i in range(DEVICES)
     )
-    print(f"  median signed error per daemon, ms: {per_device}")
+    print(f"  median signed sound start error per daemon, ms: {per_device}")
+    per_device = "  ".join(
+        f"{i}: {median(_ms([t.instant[i] - t.target for t in trials])):+.2f}"
+        for i in range(DEVICES)
+    )
+    print(f"  median instant given - target per daemon, ms: {per_device}")
     print(
         f"  command arrived (accepted) ahead of the target: min {min(margins):.3f} s, "
         f"median {median(margins):.3f} s of {lead_s:g} s"

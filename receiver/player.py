@@ -15,8 +15,9 @@ import importlib
 import math
 import os
 import threading
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -25,6 +26,7 @@ from receiver.errors import PlayerError
 from receiver.streams import NETWORK_CACHING_MS, Resolved, StreamRefused, guess_kind, media_options
 
 __all__ = [
+    "ANY_TOKEN",
     "NETWORK_CACHING_MS",
     "Player",
     "PlayerError",
@@ -49,6 +51,15 @@ _STATE_NAMES = (
     "Error",
 )
 _TRACK_AUDIO = 0  # libvlc_track_type_t: libvlc_track_audio
+
+# preroll()'s token for a file opened before its play is named: the play adopts it. The same as
+# receiver.ports.ANY_TOKEN (not imported: the player's child process does without the ports).
+ANY_TOKEN = 0
+
+# A start at an instant (``play(at=...)``): the thread sleeps until this long before it, then
+# sleeps to the instant itself; it waits this long for libVLC's Playing to say how late it was.
+START_AT_PRECISE_S = 0.005
+START_AT_REPORT_S = 2.0
 
 # VLC's equalizer with flat bands scales by 0.25 (-12.04 dB); the preamp range is +-20 dB.
 _EQ_UNITY_DB = 20.0 * math.log10(4.0)
@@ -75,6 +86,8 @@ class _Item:
     raw_time: int = -1  # the last get_time() that position_ms() saw (loop thread only)
     position: int = 0  # what position_ms() reports: monotonic (loop thread only)
     prerolled: str | None = None  # opened paused by preroll() (media and offset), not resumed
+    playing_mono: float | None = None  # when libVLC said Playing for the start (monotonic)
+    playing: threading.Event = field(default_factory=threading.Event)  # set with playing_mono
 
 
 class PlayerSettings(Protocol):
@@ -209,7 +222,14 @@ class Player:
     # --- the loop thread's API ---------------------------------------------------------------
 
     def play(
-        self, token: int, media: str, volume: int, start_ms: int = 0, *, live: bool = False
+        self,
+        token: int,
+        media: str,
+        volume: int,
+        start_ms: int = 0,
+        *,
+        live: bool = False,
+        at: float | None = None,
     ) -> None:
         """Start ``media`` (a local path or an http(s) URL) at ``volume``, replacing any item.
 
@@ -222,10 +242,18 @@ class Player:
         read, redirects checked, HLS told from a stream: :mod:`receiver.streams`): the current
         item stops now, and the stream opens once resolved, unless superseded meanwhile. A URL
         that cannot be relayed gives ``PlaybackFailed`` with the resolver's reason.
+
+        ``at`` (a ``time.monotonic()`` instant; local files only) starts it then rather than
+        now: see :meth:`_start_at`.
         """
         self._check_open()
         _check_volume(volume)
         _check_start(start_ms, live=live)
+        if at is not None:
+            if live or "://" in media:
+                raise ValueError("only a local file can start at an instant, not a stream")
+            self._start_at(token, media, volume, start_ms, at)
+            return
         if live and self._resolver is not None and "://" in media:
             self._resolve_then_open(token, media, volume, self._resolver)
             return
@@ -245,6 +273,10 @@ class Player:
         is not the start), except ``PlaybackFailed`` if the file cannot be opened. ``stop()``,
         another ``play()`` or ``drop_preroll()`` lets it go. Files only: a live stream opened
         early would buffer a broadcast that has not begun.
+
+        Token 0 (:data:`ANY_TOKEN`) opens it for whichever ``play()`` of that file and offset
+        comes next, which then gives it its token: the daemon opens a cached file so while a
+        command's durable writes are under way, before its core has named the play.
         """
         self._check_open()
         _check_volume(volume)
@@ -266,12 +298,79 @@ class Player:
                     return
             self._stop_and_release()
 
+    def _start_at(self, token: int, media: str, volume: int, start_ms: int, at: float) -> None:
+        """Have the file opened paused (it normally is: ``preroll()`` a second ahead) and resume
+        it at ``at`` on a thread of its own: the caller (the daemon's loop, a process away) is
+        then no longer between the instant and the sound.
+
+        The daemon decides the instant; this only keeps it. ``stop()``, ``drop_preroll()``,
+        ``close()`` or another ``play()`` or ``preroll()`` before the instant cancels the start:
+        the thread checks, under the lock every one of those takes, that the item is still the
+        one it was armed for and still paused, so a cancelled start can never sound, late or
+        not. A ``play()`` without ``at`` for the same token resumes it at once instead.
+        """
+        key = _preroll_key(media, start_ms)
+        with self._vlc_lock:
+            with self._lock:
+                item = self._item
+                opened = (
+                    item is not None
+                    and not item.closed
+                    and item.token == token
+                    and item.prerolled == key
+                )
+            if opened:
+                self._apply_volume(volume)  # now, so that at the instant only the resume is left
+            else:
+                options = [*_media_options(media, start_ms, live=False), ":start-paused"]
+                self._open(token, media, volume, options, prerolled=key)
+                with self._lock:
+                    item = self._item
+        if item is not None:
+            threading.Thread(
+                target=self._resume_at, args=(item, at), name="start-at", daemon=True
+            ).start()
+
+    def _resume_at(self, item: _Item, at: float) -> None:
+        """The start-at thread: wait for ``at`` (a coarse sleep, then a precise one on the same
+        monotonic clock), resume ``item`` if nothing cancelled it, and say how late it sounded."""
+        try:
+            coarse = at - START_AT_PRECISE_S - time.monotonic()
+            if coarse > 0:
+                time.sleep(coarse)
+            left = at - time.monotonic()
+            if left > 0:
+                time.sleep(left)  # clock_nanosleep to an absolute instant: wakes right after it
+            with self._vlc_lock:
+                with self._lock:
+                    if self._closed or item.closed or self._item is not item:
+                        return  # cancelled: stopped, dropped, superseded or closed
+                    if item.prerolled is None:
+                        return  # started by a play() without ``at`` meanwhile
+                    item.prerolled = None  # from here, its ``Playing`` is the start
+                resumed = time.monotonic()
+                self._mp.set_pause(0)
+            started = item.playing_mono if item.playing.wait(START_AT_REPORT_S) else None
+            self._log.info(
+                "started_at_instant",
+                token=item.token,
+                at=round(at, 6),
+                resume_late_ms=round((resumed - at) * 1000.0, 3),
+                playing_mono=None if started is None else round(started, 6),
+                late_ms=None if started is None else round((started - at) * 1000.0, 3),
+            )
+        except Exception:
+            self._callback_failed(item)
+
     def _resume(self, token: int, key: str, volume: int) -> bool:
         """Start the prerolled item if it is this one; under ``_vlc_lock``."""
         with self._lock:
             item = self._item
-            if item is None or item.closed or item.token != token or item.prerolled != key:
+            if item is None or item.closed or item.prerolled != key:
                 return False
+            if item.token not in (token, ANY_TOKEN):
+                return False
+            item.token = token  # its events carry the play's token from here
             item.prerolled = None  # from here, its ``Playing`` is the start
         try:
             self._apply_volume(volume)
@@ -475,6 +574,8 @@ class Player:
                 if state == _PLAYING:
                     if item.prerolled is None and not item.started:
                         item.started = True
+                        item.playing_mono = time.monotonic()
+                        item.playing.set()
                         self._on_event(PlaybackStarted(item.token))
                     return
                 if state in (_OPENING, _BUFFERING, _PAUSED):

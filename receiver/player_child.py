@@ -36,6 +36,7 @@ __all__ = ["Channel", "child_settings"]
 
 _HEADER: Final = struct.Struct("!I")
 TRAFFIC_EVERY_S: Final = 1.0  # how often the child reports the bytes its connections moved
+GIL_SWITCH_S: Final = 0.0005  # as the daemon's (receiver.runtime.GIL_SWITCH_S)
 
 
 class Channel:
@@ -203,4 +204,8 @@ def _serve(fd: int) -> int:
 if __name__ == "__main__":
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the daemon decides when we stop
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    # A start at an instant (its thread) and libVLC's Playing (its callback) wait for the
+    # interpreter lock whenever another thread holds it (the traffic meter's sample): at most
+    # this long, not Python's default 5 ms, which is more than the whole start.
+    sys.setswitchinterval(GIL_SWITCH_S)
     sys.exit(_serve(int(sys.argv[1])))

@@ -68,6 +68,7 @@ class ProcessPlayer:
         self._child_log: Any = structlog.get_logger(component="player")
         self._lock = threading.Lock()  # the connection's send side and the reply slots
         self._replies: dict[int, tuple[str, Any]] = {}
+        self._unawaited: dict[int, str] = {}  # calls posted without waiting: seq -> method
         self._answered = threading.Condition(self._lock)
         self._seq = 0
         # Media bytes (sent, received): of the children that ended, and of the current one.
@@ -84,17 +85,28 @@ class ProcessPlayer:
     # --- the player's API ---------------------------------------------------------------------
 
     def play(
-        self, token: int, media: str, volume: int, start_ms: int = 0, *, live: bool = False
+        self,
+        token: int,
+        media: str,
+        volume: int,
+        start_ms: int = 0,
+        *,
+        live: bool = False,
+        at: float | None = None,
     ) -> None:
+        """``at``: the child starts it itself at that ``time.monotonic()`` instant (the clock
+        is machine-wide), so the hop to the child is not between the instant and the sound."""
         if self._conn is None:
             self._start_child()
-        self._call("play", token, media, volume, start_ms, live=live)
+        self._call("play", token, media, volume, start_ms, live=live, at=at)
         self._live = True
 
     def preroll(self, token: int, media: str, volume: int, start_ms: int = 0) -> None:
+        """Posted, not waited for: a file that cannot be opened is reported for its token, and
+        the ``play`` after it opens the file itself; a refused call is logged."""
         if self._conn is None:
             self._start_child()
-        self._call("preroll", token, media, volume, start_ms)
+        self._post("preroll", token, media, volume, start_ms)
 
     def drop_preroll(self, token: int) -> None:
         if self._closed or self._conn is None:
@@ -184,6 +196,7 @@ class ProcessPlayer:
         with self._lock:
             self._child, self._conn = child, conn
             self._replies.clear()
+            self._unawaited.clear()
             self._media_ended = (
                 self._media_ended[0] + self._media_current[0],
                 self._media_ended[1] + self._media_current[1],
@@ -226,8 +239,12 @@ class ProcessPlayer:
                     continue
                 _, seq, kind, value = message
                 with self._lock:
-                    self._replies[seq] = (kind, value)
-                    self._answered.notify_all()
+                    posted = self._unawaited.pop(seq, None)
+                    if posted is None:
+                        self._replies[seq] = (kind, value)
+                        self._answered.notify_all()
+                if posted is not None and kind != "ok":
+                    self._log.warning("media_engine_call_failed", call=posted, error=value)
         except (EOFError, OSError):
             pass
         except Exception:
@@ -252,6 +269,20 @@ class ProcessPlayer:
         why = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
         self._log.error("media_engine_lost", pid=child.pid, why=why)
         self._on_event(PlayerCrashed(f"the media engine stopped ({why})"))
+
+    def _post(self, method: str, *args: Any) -> None:
+        """Send a call and go on; its answer is only logged, if it is an error."""
+        with self._lock:
+            conn = self._conn
+            if conn is None:
+                raise PlayerError("the media engine is not running")
+            self._seq += 1
+            self._unawaited[self._seq] = method
+            try:
+                conn.send(("call", self._seq, method, args, {}))
+            except OSError:
+                self._unawaited.pop(self._seq, None)
+                raise PlayerError("the media engine is not running") from None
 
     def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         with self._lock:

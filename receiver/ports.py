@@ -33,6 +33,10 @@ __all__ = [
     "Store",
 ]
 
+# ``Player.preroll``'s token for a file opened before its play is named: the next ``play`` of
+# that file and offset adopts it (``receiver.player.ANY_TOKEN``).
+ANY_TOKEN = 0
+
 
 class Clock(Protocol):
     """Both clocks at once; ``speed`` is how much faster than real time it runs (tests)."""
@@ -46,7 +50,14 @@ class Player(Protocol):
     """One item at a time; reports ``PlaybackStarted/Ended/Failed`` through ``Hooks.report``."""
 
     def play(
-        self, token: int, media: str, volume: int, start_ms: int = 0, *, live: bool = False
+        self,
+        token: int,
+        media: str,
+        volume: int,
+        start_ms: int = 0,
+        *,
+        live: bool = False,
+        at: float | None = None,
     ) -> None: ...
     def preroll(self, token: int, media: str, volume: int, start_ms: int = 0) -> None: ...
     def drop_preroll(self, token: int) -> None: ...
@@ -81,6 +92,7 @@ class Fetcher(Protocol):
     """Pinned files into the cache; each ``fetch`` is answered by one event on ``Hooks.report``."""
 
     def fetch(self, url: str, sha256: str, size: int) -> None: ...
+    def cached_path(self, sha256: str) -> Path | None: ...
     def set_protected(self, hashes: Iterable[str]) -> None: ...
     def touch(self, sha256: str) -> None: ...
     def usage(self) -> CacheUsage: ...

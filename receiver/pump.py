@@ -43,7 +43,8 @@ class OutboxPump:
 
     @contextmanager
     def turn(self) -> Iterator[None]:
-        """One loop turn: its events are committed together when it ends, then logged and sent.
+        """One loop turn: its events are committed together when it ends, then sent and logged
+        (sent first: writing their log lines need not delay them).
 
         The transaction opens with the turn's first event (a turn without events writes
         nothing). If the turn fails, nothing of it was committed, so nothing of it is logged or
@@ -64,8 +65,7 @@ class OutboxPump:
         finally:
             self._in_turn = False
             self._unavailable = None
-        self._commit()
-        self.send()
+        self._commit(then_send=True)
 
     def commit(self) -> None:
         """Put the turn's events so far on disk now, before a store write that relies on them
@@ -74,13 +74,15 @@ class OutboxPump:
         if self._batch is not None:
             self._commit()
 
-    def _commit(self) -> None:
+    def _commit(self, *, then_send: bool = False) -> None:
         try:
             self._end_batch(None)
         except StoreError as exc:
             lost = sum(1 for _, what, _ in self._logs if what != "outbox_overflow")
             self._logs.clear()
             self._log.error("effect_failed", effect="Emit", error=str(exc), events_lost=lost)
+        if then_send:
+            self.send()
         self._flush_logs()
 
     def add(

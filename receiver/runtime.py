@@ -63,7 +63,7 @@ from receiver.errors import ReceiverError
 from receiver.health import TrafficMeter, read_health
 from receiver.inbox import Inbox, named_key
 from receiver.logs import bounded
-from receiver.ports import Hooks, Ports
+from receiver.ports import ANY_TOKEN, Hooks, Ports
 from receiver.pump import OutboxPump
 from receiver.status import write_status
 from receiver.timefmt import rfc3339
@@ -76,6 +76,9 @@ STATE_EVERY_S: Final = 60.0  # the retained state is also refreshed this often (
 # at most this long: building, signing, writing and sending it in between would only delay the
 # turn that takes the report, and so the `started` event (bench/latency.py).
 STATE_HOLD_AFTER_PLAY_S: Final = 0.05
+# And after the start report, a little longer: building and sending the state at once would
+# hold the interpreter while the link's thread is about to send the `started` event.
+STATE_HOLD_AFTER_START_S: Final = 0.01
 START_REPORTS: Final = (PlaybackStarted, PlaybackFailed, PlayerCrashed)
 MAX_DETAIL_CHARS: Final = 200
 GIL_SWITCH_S: Final = 0.0005  # see run_forever
@@ -108,6 +111,7 @@ class Runtime:
         self._play_issued = False  # by the turn under way
         self._state_held_until: float | None = None  # monotonic; a Play's start is awaited
         self._protected: frozenset[str] = frozenset()
+        self._opened_ahead = False  # a file opened for a play not yet named (_open_ahead)
         self._next_poll = 0.0
         self._next_time_save = 0.0
         self._next_state = 0.0
@@ -217,13 +221,11 @@ class Runtime:
                 if event is None:
                     event = self._poll_progress(now) or self._timer(now, deadline)
                     if event is None:
-                        self.pump.settle()
+                        self._settle_outbox()
                         self._publish_held_state(now)
                         continue
                 deadline = self._turn(event, now)
-                # After the turn: what the broker acknowledged is forgotten in a write of its
-                # own, which need not stand between a waiting event (a start report) and its turn.
-                self.pump.settle()
+                self._settle_outbox()
         finally:
             self._shutdown()
 
@@ -253,17 +255,32 @@ class Runtime:
                     break  # written and sent now, not after the flood that may wait behind it
                 event = self.inbox.get_nowait()
                 now = self.clock.now()
-        if self._play_issued:
-            self._play_issued = False
+        if self._play_issued or (
+            not start_reported and self._state_held_until is None and self._start_coming(now)
+        ):
+            # A play issued, or one due now that waits for its cache hit (the turn of its
+            # command ends with the `accepted` report): the state waits for the start report.
             self._state_held_until = now.mono + STATE_HOLD_AFTER_PLAY_S
         elif start_reported:
-            self._state_held_until = None
+            self._state_held_until = now.mono + STATE_HOLD_AFTER_START_S
+        self._play_issued = False
+        if self._opened_ahead and not self._start_coming(now):
+            self._opened_ahead = False  # opened for a play that is not coming after all
+            self.player.drop_preroll(ANY_TOKEN)
         self._publish_held_state(now)
         self._after_turn(now)
         # Handled, its floors and reports on disk: only now may the broker forget it.
         for message in handled:
             self.link.ack(message)
         return deadline
+
+    def _settle_outbox(self) -> None:
+        """After a turn: what the broker acknowledged is forgotten, in a durable write of its
+        own; not while a play's start report is awaited, nor for a moment after it while the
+        `started` event leaves (the hold of the state): that write would stand between them."""
+        held = self._state_held_until
+        if held is None or self.clock.now().mono >= held:
+            self.pump.settle()
 
     def _wait_s(self, deadline: float | None, watchdog: float | None) -> float:
         """Real seconds to wait: until the core's deadline, a stream poll, or the watchdog."""
@@ -274,7 +291,7 @@ class Runtime:
         if self._streaming():
             wait = min(wait, (self._next_poll - now) / self.clock.speed)
         wait = min(wait, (self._next_state - now) / self.clock.speed)
-        if self._state_due is not None and self._state_held_until is not None:
+        if self._state_held_until is not None:  # the due state, the outbox's acks
             wait = min(wait, (self._state_held_until - now) / self.clock.speed)
         return max(0.0, wait)
 
@@ -352,6 +369,7 @@ class Runtime:
 
     def _execute(self, effects: tuple[Effect, ...], now: Instant | None = None) -> None:
         now = now or self.clock.now()
+        self._open_ahead(effects, now)
         for effect in effects:
             # No try around storing: if the store cannot record a floor, the action it would
             # allow must not happen, so the error stops the daemon (and systemd restarts it).
@@ -367,6 +385,62 @@ class Runtime:
                 self.log.exception("effect_bug", effect=type(effect).__name__, error=repr(exc))
                 if isinstance(effect, Play):
                     self.inbox.put_report(PlaybackFailed(effect.token, type(effect).__name__))
+
+    def _open_ahead(self, effects: tuple[Effect, ...], now: Instant) -> None:
+        """Open a file paused before the durable writes that must precede its sound, so that
+        libVLC opens it while they go to disk, and the ``Play`` after them only resumes it:
+
+        * a file that starts in this step behind writes (a command's first sound: the reports
+          before its started mark, the mark), under its token;
+        * a command's file found in the cache while the player is idle and the command due now
+          (its floors and intent are written in this step, its started mark in the one that
+          starts it: the cache hit's, or after the amplifier's warm-up), under
+          :data:`ANY_TOKEN`: its ``Play`` adopts it; once no play is on its way
+          (:meth:`_start_coming`), a turn that has not seen that play drops it.
+
+        The write-ahead still comes before the action: a file opened paused makes no sound and
+        nothing a restart could see, and the ``Play`` still comes after the writes. Nothing
+        here waits for the player (a failure to open shows at the play, which then opens the
+        file itself)."""
+        behind_writes = False
+        for effect in effects:
+            if isinstance(effect, PERSIST_EFFECTS):
+                behind_writes = True
+            elif isinstance(effect, Play):
+                local = effect.at_mono is None and not effect.live and "://" not in effect.media
+                if behind_writes and local and not self._opened_ahead:
+                    self._preroll_ahead(effect.token, effect.media, effect.start_ms)
+                return
+            elif isinstance(effect, Fetch) and self._player_idle() and not self._opened_ahead:
+                due = any(
+                    item.not_before_mono <= now.mono
+                    and any(f.sha256 == effect.sha256 for f in item.files)
+                    for item in self.state.playback.queue
+                )
+                path = self.fetcher.cached_path(effect.sha256) if due else None
+                if path is not None:
+                    self._opened_ahead = self._preroll_ahead(ANY_TOKEN, str(path), 0)
+
+    def _start_coming(self, now: Instant) -> bool:
+        """Whether a play is on its way: an item warming up, or, with none active, one due now
+        (waiting for its cache hit to come back)."""
+        playback = self.state.playback
+        if playback.active is not None:
+            return playback.active.phase == "warming"
+        return any(item.not_before_mono <= now.mono for item in playback.queue)
+
+    def _player_idle(self) -> bool:
+        """Nothing sounds or waits in the player: no active item, no file prerolled."""
+        playback = self.state.playback
+        return playback.active is None and not any(i.preroll_token for i in playback.queue)
+
+    def _preroll_ahead(self, token: int, media: str, start_ms: int) -> bool:
+        try:  # at volume 0: the play sets its own
+            self.player.preroll(token, media, 0, start_ms)
+        except (ReceiverError, ValueError) as exc:  # the play opens it itself
+            self.log.warning("open_ahead_failed", token=token, error=str(exc))
+            return False
+        return True
 
     def _persist(self, effect: Effect) -> bool:
         if isinstance(effect, PERSIST_EFFECTS):
@@ -399,9 +473,19 @@ class Runtime:
         match effect:
             case Fetch(url=url, sha256=sha256, size=size):
                 self.fetcher.fetch(url, sha256, size)
-            case Play(token=token, media=media, volume=volume, start_ms=start_ms, live=live):
-                self._play_issued = True
-                self.player.play(token, media, volume, start_ms, live=live)  # logged after it
+            case Play(
+                token=token,
+                media=media,
+                volume=volume,
+                start_ms=start_ms,
+                live=live,
+                at_mono=at_mono,
+            ):
+                self._opened_ahead = False  # adopted or replaced
+                at = None if at_mono is None else self._monotonic_at(at_mono, now)
+                if at is None:
+                    self._play_issued = True  # else its start report is a while away
+                self.player.play(token, media, volume, start_ms, live=live, at=at)  # logged after
                 self.log.info(
                     "play",
                     token=token,
@@ -409,16 +493,19 @@ class Runtime:
                     volume=volume,
                     start_ms=start_ms,
                     mono=round(now.mono, 3),
+                    **({} if at is None else {"at": round(at, 6)}),
                 )
                 name = Path(media).name
                 if len(name) == SHA256_HEX_CHARS:  # a cached file: keep it fresh in the LRU
                     self.fetcher.touch(name)
             case Preroll(token=token, media=media, volume=volume, start_ms=start_ms):
+                self._opened_ahead = False  # replaced
                 self.player.preroll(token, media, volume, start_ms)
                 self.log.info("preroll", token=token, media=media, mono=round(now.mono, 3))
             case DropPreroll(token=token):
                 self.player.drop_preroll(token)
             case StopPlayback():
+                self._opened_ahead = False  # let go
                 self.player.stop()
             case SetVolume(level=level):
                 self.player.set_volume(level)
@@ -432,6 +519,13 @@ class Runtime:
                 # events that led to it), only the newest, and after a Play once its start is
                 # reported (STATE_HOLD_AFTER_PLAY_S).
                 self._state_due = fields
+
+    def _monotonic_at(self, mono: float, now: Instant) -> float:
+        """The core's instant ``mono`` on ``time.monotonic()``, which the player's child process
+        shares (the same unless a test clock runs faster than real time)."""
+        if self.clock.speed == 1.0:
+            return mono
+        return time.monotonic() + (mono - now.mono) / self.clock.speed
 
     def _emit(self, effect: Emit, now: Instant) -> None:
         event: dict[str, Any] = {

@@ -26,13 +26,18 @@ class Fetch:
 @dataclass(frozen=True)
 class Play:
     """Start playing ``media`` (a cached file path or a stream URL) at ``volume``, from
-    ``start_ms`` into it; the player's events about it carry ``token``."""
+    ``start_ms`` into it; the player's events about it carry ``token``.
+
+    With ``at_mono``, not now but at that instant (monotonic): the file was prerolled under
+    ``token``, and the player resumes it itself when the instant comes (a ``StopPlayback`` or
+    another ``Play`` before it cancels that)."""
 
     token: int
     media: str
     volume: int
     start_ms: int = 0
     live: bool = False  # a live relay, not a file: the player may reconnect to it
+    at_mono: float | None = None
 
 
 @dataclass(frozen=True)

@@ -54,6 +54,13 @@ from receiver.core.vocabulary import ORIGIN_RANK, PRIORITY_RANK, EventKind, Orig
 RECONNECT_BACKOFF_MAX_S: Final = 30.0
 # A file due at an instant is opened this long before it, paused (see ``preroll``).
 PREROLL_S: Final = 1.0
+# Once its instant is fixed (the relay is on), a prerolled file is handed to the player this
+# long before it, with the instant (``Play.at_mono``): the player resumes it itself then, so
+# neither the loop's wake-up nor the hop to the player's process lies between instant and sound.
+# Its relay is switched on this much earlier than the warm-up asks, too: the instant counts the
+# warm-up from when the relay actually switched, and a loop waking late for that (several
+# receivers' daemons sharing a machine's CPUs; a busy board) would otherwise move the instant.
+START_LEAD_S: Final = 0.25
 
 
 @dataclass(frozen=True)
@@ -293,8 +300,20 @@ def _eligible(item: Item, now: Instant, cond: Conditions) -> bool:
         return False
     if cond.mic and item.priority != "emergency":
         return False
+    return now.mono >= item.not_before_mono - _take_up_s(item, cond)
+
+
+def _take_up_s(item: Item, cond: Conditions) -> float:
+    """How long before its start an item becomes the active one: the amplifier's warm-up if it
+    is off, and for a file prerolled for an instant ``START_LEAD_S`` more (see there)."""
     lead = 0.0 if cond.amp_on else cond.settings.warm_up_s
-    return now.mono >= item.not_before_mono - lead
+    return lead + START_LEAD_S if item.preroll_token else lead
+
+
+def _preroll_s(settings: Settings) -> float:
+    """How long before its instant a file is prerolled: ``PREROLL_S``, or earlier if the relay
+    is switched on earlier than that for it (a long warm-up)."""
+    return max(PREROLL_S, settings.warm_up_s + START_LEAD_S)
 
 
 def select(pb: Playback, now: Instant, cond: Conditions) -> Result:
@@ -328,7 +347,12 @@ def select(pb: Playback, now: Instant, cond: Conditions) -> Result:
     return pb, tuple(out)
 
 
-def _start_sound(pb: Playback, item: Item, now: Instant, cond: Conditions) -> Result:
+def _start_sound(
+    pb: Playback, item: Item, now: Instant, cond: Conditions, at_mono: float | None = None
+) -> Result:
+    """``Play`` the item now, or with ``at_mono`` at that instant (its start is then counted
+    from there: the sound is reported by ``sound_started`` as ever)."""
+    starts = now.mono if at_mono is None else at_mono
     # A prerolled file starts under the token it was opened with (the player then resumes it,
     # if it is still that file at that offset; otherwise it opens it as usual).
     settings = cond.settings
@@ -343,7 +367,7 @@ def _start_sound(pb: Playback, item: Item, now: Instant, cond: Conditions) -> Re
         media, start_ms = item.ready[item.files[item.index].sha256], item.offset_ms
     stop = item.stop_mono
     if stop is None:
-        stop = min(item.window_end_mono, now.mono + item.max_duration_s)
+        stop = min(item.window_end_mono, starts + item.max_duration_s)
     item = replace(
         item,
         phase="playing",
@@ -352,7 +376,7 @@ def _start_sound(pb: Playback, item: Item, now: Instant, cond: Conditions) -> Re
         stop_mono=stop,
         played_since_mono=None,
         progress_ms=-1,
-        progress_mono=now.mono,
+        progress_mono=starts,
         healthy_since_mono=None,
     )
     live = item.stream_url is not None and not item.on_fallback
@@ -361,7 +385,7 @@ def _start_sound(pb: Playback, item: Item, now: Instant, cond: Conditions) -> Re
         # From now on a restart reports it cut off rather than play it again (the store
         # writes this mark without waiting for the card: see Store.mark_intent_started).
         out.append(PersistIntentStarted(item.ref))
-    out.append(Play(token, media, item.volume, start_ms, live))
+    out.append(Play(token, media, item.volume, start_ms, live, at_mono))
     return replace(pb, active=item, next_token=next_token), tuple(out)
 
 
@@ -502,6 +526,8 @@ def run_active(pb: Playback, now: Instant, cond: Conditions) -> Result:
         ready_at = max(item.not_before_mono, cond.amp_on_mono + settings.warm_up_s)
         if now.mono >= ready_at:
             return _start_sound(pb, item, now, cond)
+        if item.preroll_token and ready_at - now.mono <= START_LEAD_S:
+            return _start_sound(pb, item, now, cond, at_mono=ready_at)
     if item.phase == "reconnecting" and item.retry_mono is not None and now.mono >= item.retry_mono:
         return _start_sound(pb, item, now, cond)
     if (
@@ -515,19 +541,19 @@ def run_active(pb: Playback, now: Instant, cond: Conditions) -> Result:
     return pb, ()
 
 
-def _prerollable(item: Item, now: Instant) -> bool:
-    """A file item that has never sounded, due at an instant within ``PREROLL_S``."""
+def _prerollable(item: Item, now: Instant, settings: Settings) -> bool:
+    """A file item that has never sounded, due at an instant within ``_preroll_s``."""
     return (
         not item.is_stream
         and item.media_ready
         and item.token == 0
         and item.preroll_token == 0
         and item.phase in ("pending", "warming")
-        and item.not_before_mono - PREROLL_S <= now.mono < item.not_before_mono
+        and item.not_before_mono - _preroll_s(settings) <= now.mono < item.not_before_mono
     )
 
 
-def preroll(pb: Playback, now: Instant) -> Result:
+def preroll(pb: Playback, now: Instant, cond: Conditions) -> Result:
     """Open the next file due at an instant ahead of it, paused (``Preroll``).
 
     Several receivers told to start at one instant should sound together; opening a file
@@ -538,11 +564,11 @@ def preroll(pb: Playback, now: Instant) -> Result:
     """
     active = pb.active
     if active is not None:
-        if active.phase != "warming" or not _prerollable(active, now):
+        if active.phase != "warming" or not _prerollable(active, now, cond.settings):
             return pb, ()
         chosen = active
     else:
-        due = [item for item in pb.queue if _prerollable(item, now)]
+        due = [item for item in pb.queue if _prerollable(item, now, cond.settings)]
         if not due:
             return pb, ()
         chosen = min(due, key=lambda i: (i.not_before_mono, tuple(-r for r in _rank(i))))
@@ -575,18 +601,20 @@ def deadlines(pb: Playback, cond: Conditions) -> list[float]:
         if item.stop_mono is not None:
             candidates.append(item.stop_mono)
         if item.phase == "warming":
-            candidates.append(max(item.not_before_mono, cond.amp_on_mono + settings.warm_up_s))
+            ready_at = max(item.not_before_mono, cond.amp_on_mono + settings.warm_up_s)
+            candidates.append(ready_at)
+            if item.preroll_token and cond.amp_on:
+                candidates.append(ready_at - START_LEAD_S)
         if item.phase == "reconnecting" and item.retry_mono is not None:
             candidates.append(item.retry_mono)
         if item.phase == "playing" and item.is_stream and not item.on_fallback:
             candidates.append(item.progress_mono + settings.stall_timeout_s)
-    lead = 0.0 if cond.amp_on else settings.warm_up_s
     for queued in pb.queue:
         candidates.append(queued.window_end_mono)
         if queued.media_ready:
-            candidates.append(queued.not_before_mono - lead)
+            candidates.append(queued.not_before_mono - _take_up_s(queued, cond))
             if not queued.is_stream and queued.token == 0 and queued.preroll_token == 0:
-                candidates.append(queued.not_before_mono - PREROLL_S)
+                candidates.append(queued.not_before_mono - _preroll_s(settings))
     return candidates
 
 

@@ -286,7 +286,8 @@ def _settle(state: State, now: Instant) -> tuple[State, Effects]:
         ran = engine.run_active(state.playback, now, _engine_conditions(state))
         state, effects = _playback(state, ran, now)
         out += effects
-        state, effects = _playback(state, engine.preroll(state.playback, now), now)
+        prerolled = engine.preroll(state.playback, now, _engine_conditions(state))
+        state, effects = _playback(state, prerolled, now)
         out += effects
         if state == before:
             break

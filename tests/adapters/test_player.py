@@ -31,7 +31,7 @@ import pytest
 
 from receiver.config_model import PlayerConfig
 from receiver.core.events import Event, PlaybackEnded, PlaybackFailed, PlaybackStarted
-from receiver.player import Player, PlayerError, instance_args
+from receiver.player import ANY_TOKEN, Player, PlayerError, instance_args
 from tests.lab.audio import (
     FULL_SCALE,
     dominant_of,
@@ -335,6 +335,151 @@ def test_a_preroll_that_is_not_the_played_item_is_replaced_or_dropped(
     assert rig.events.until_terminal(7) == [PlaybackStarted(7), PlaybackEnded(7)]
     with pytest.raises(ValueError):
         rig.player.preroll(9, "http://127.0.0.1:1/a.mp3", 100)
+
+
+class LogRecorder:
+    """A logger for the player (``info``, ``warning``, ``error``, ``exception``): its lines."""
+
+    def __init__(self) -> None:
+        self.lines: Queue[tuple[str, dict[str, object]]] = Queue()
+
+    def _line(self, event: str, **fields: object) -> None:
+        self.lines.put((event, fields))
+
+    info = warning = error = exception = _line
+
+    def next(self, event: str) -> dict[str, object]:
+        while True:
+            try:
+                name, fields = self.lines.get(timeout=TIMEOUT_S)
+            except Empty:
+                raise AssertionError(f"no {event} log line within {TIMEOUT_S} s") from None
+            if name == event:
+                return fields
+
+
+@pytest.fixture
+def timed_rig(tmp_path: Path) -> Iterator[tuple[Rig, LogRecorder, list[float]]]:
+    """A rig whose events are stamped (``time.monotonic()``) as they come, and whose log
+    lines are kept."""
+    wav = tmp_path / "out.wav"
+    events = Recorder()
+    stamps: list[float] = []
+
+    def stamped(event: Event) -> None:
+        if isinstance(event, PlaybackStarted):
+            stamps.append(time.monotonic())
+        events(event)
+
+    log = LogRecorder()
+    player = Player(PlayerConfig(output="file", wav_file=wav), stamped, log=log)
+    yield Rig(player, events, wav), log, stamps
+    player.close()
+
+
+def test_a_prerolled_file_given_an_instant_starts_itself_then_with_its_whole_sound(
+    timed_rig: tuple[Rig, LogRecorder, list[float]], tones: Tones
+) -> None:
+    """``play(at=...)``: the call returns at once and the player resumes the file itself at the
+    instant, never before it, and says how late libVLC's Playing came."""
+    rig, log, stamps = timed_rig
+    rig.player.preroll(3, str(tones.a440), 50)
+    time.sleep(0.5)
+    at = time.monotonic() + 0.4
+    rig.player.play(3, str(tones.a440), 100, at=at)
+    assert time.monotonic() < at and rig.events.queue.empty()  # armed, not started
+    assert rig.events.until_terminal(3) == [PlaybackStarted(3), PlaybackEnded(3)]
+    assert stamps[0] >= at  # never before the instant
+    report = log.next("started_at_instant")
+    assert report["token"] == 3 and report["at"] == round(at, 6)
+    assert isinstance(report["late_ms"], float) and report["late_ms"] >= 0
+    info = wait_for_final_wav(rig.wav)
+    assert info.duration_s == pytest.approx(1.5, abs=0.05)  # from its very start
+    assert rms(trim_silence(info.samples)) == pytest.approx(SINE_RMS, rel=0.02)  # play's volume
+    print(f"started {report['late_ms']} ms after the instant")
+
+
+def test_a_file_given_an_instant_without_a_preroll_is_opened_and_starts_then(
+    timed_rig: tuple[Rig, LogRecorder, list[float]], tones: Tones
+) -> None:
+    rig, _, stamps = timed_rig
+    at = time.monotonic() + 0.5
+    rig.player.play(4, str(tones.b1000), 100, at=at)
+    assert rig.events.until_terminal(4) == [PlaybackStarted(4), PlaybackEnded(4)]
+    assert stamps[0] >= at
+    info = wait_for_final_wav(rig.wav)
+    assert dominant_of(trim_silence(info.samples), info.rate, CANDIDATES) == 1000
+    with pytest.raises(ValueError, match="local file"):
+        rig.player.play(5, "http://127.0.0.1:1/a.mp3", 100, at=at)
+
+
+@pytest.mark.parametrize("cancel", ["stop", "drop_preroll", "close"])
+def test_a_start_at_an_instant_cancelled_before_it_never_sounds(
+    timed_rig: tuple[Rig, LogRecorder, list[float]], tones: Tones, cancel: str
+) -> None:
+    """Cancelled before its instant, an armed start must not sound, then or later."""
+    rig, _, _ = timed_rig
+    rig.player.preroll(6, str(tones.a440), 100)
+    time.sleep(0.3)
+    at = time.monotonic() + 0.3
+    rig.player.play(6, str(tones.a440), 100, at=at)
+    if cancel == "stop":
+        rig.player.stop()
+    elif cancel == "drop_preroll":
+        rig.player.drop_preroll(6)
+    else:
+        rig.player.close()
+    time.sleep(at - time.monotonic() + 1.0)  # past the instant, by a second
+    assert rig.events.queue.empty()  # no start, no end
+    assert not audio_flows(rig.wav)  # and not a sample out
+    if cancel != "close":  # the player still plays what comes next
+        rig.player.play(7, str(tones.b1000), 100)
+        assert rig.events.until_terminal(7) == [PlaybackStarted(7), PlaybackEnded(7)]
+
+
+def test_a_start_at_an_instant_superseded_or_started_at_once_starts_only_once(
+    timed_rig: tuple[Rig, LogRecorder, list[float]], tones: Tones
+) -> None:
+    rig, _, _ = timed_rig
+    rig.player.preroll(8, str(tones.a440), 100)
+    rig.player.play(8, str(tones.a440), 100, at=time.monotonic() + 0.3)
+    rig.player.play(8, str(tones.a440), 100)  # now after all: the armed start has no more to do
+    assert rig.events.until_terminal(8) == [PlaybackStarted(8), PlaybackEnded(8)]
+    at = time.monotonic() + 0.3
+    rig.player.play(9, str(tones.a440), 100, at=at)
+    rig.player.play(10, str(tones.b1000), 100)  # another item: the armed one is cancelled
+    assert rig.events.until_terminal(10) == [PlaybackStarted(10), PlaybackEnded(10)]
+    time.sleep(max(0.0, at - time.monotonic()) + 0.5)
+    assert rig.events.queue.empty()  # nothing of 9, ever
+    info = wait_for_final_wav(rig.wav)
+    assert dominant_of(trim_silence(info.samples), info.rate, CANDIDATES) == 1000
+    rig.wav.unlink()
+    at = time.monotonic() + 0.3
+    rig.player.play(11, str(tones.a440), 100, at=at)
+    rig.player.preroll(12, str(tones.b1000), 100)  # another file waits paused: 11 is cancelled
+    time.sleep(at - time.monotonic() + 1.0)
+    assert rig.events.queue.empty()  # neither 11 nor the paused 12 started at 11's instant
+    assert not audio_flows(rig.wav)
+
+
+def test_a_file_prerolled_before_its_play_is_named_is_adopted_by_that_play(
+    rig: Rig, tones: Tones
+) -> None:
+    """Token 0: opened for whichever play of that file comes next, which gives it its token
+    (and its volume); another file's play opens its own, and drop_preroll(0) lets one go."""
+    rig.player.preroll(ANY_TOKEN, str(tones.a440), 0)
+    rig.player.play(12, str(tones.a440), 100)
+    assert rig.events.until_terminal(12) == [PlaybackStarted(12), PlaybackEnded(12)]
+    info = wait_for_final_wav(rig.wav)
+    assert info.duration_s == pytest.approx(1.5, abs=0.05)
+    assert rms(trim_silence(info.samples)) == pytest.approx(SINE_RMS, rel=0.02)
+    rig.player.preroll(ANY_TOKEN, str(tones.a440), 0)
+    rig.player.play(13, str(tones.b1000), 100)
+    assert rig.events.until_terminal(13) == [PlaybackStarted(13), PlaybackEnded(13)]
+    rig.player.preroll(ANY_TOKEN, str(tones.a440), 0)
+    rig.player.drop_preroll(ANY_TOKEN)
+    rig.player.play(14, str(tones.a440), 100)  # opened again
+    assert rig.events.until_terminal(14) == [PlaybackStarted(14), PlaybackEnded(14)]
 
 
 def test_a_missing_prerolled_file_fails_for_its_token(rig: Rig, tmp_path: Path) -> None:

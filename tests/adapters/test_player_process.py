@@ -15,6 +15,7 @@ from pathlib import Path
 from queue import Empty, Queue
 
 import pytest
+import structlog.testing
 
 from receiver.config_model import PlayerConfig
 from receiver.core.events import (
@@ -158,3 +159,39 @@ def test_the_engines_media_bytes_reach_the_daemons_traffic_meter(
         received,
         sent_by_server,
     )
+
+
+def test_the_child_starts_a_prerolled_file_itself_at_the_instant_and_says_how_late(
+    rig: tuple[ProcessPlayer, Recorder, Path], tmp_path: Path
+) -> None:
+    """The instant travels with the play (or ahead of it): the child, not the daemon's call,
+    resumes the file then; its report comes through the daemon's log. A start cancelled before
+    its instant never sounds."""
+    player, events, wav = rig
+    tone = write_tone(tmp_path / "tone.wav", 1000.0, 1.0)
+    player.preroll(1, str(tone), 100)
+    time.sleep(0.3)
+    with structlog.testing.capture_logs() as logs:
+        at = time.monotonic() + 0.3
+        player.play(1, str(tone), 100, at=at)
+        assert time.monotonic() < at  # handed over, not waited for
+        started_at, started = events.next()
+        assert started == PlaybackStarted(1) and started_at >= at
+        assert events.next()[1] == PlaybackEnded(1)
+        deadline = time.monotonic() + 5.0
+        while not any(line["event"] == "started_at_instant" for line in logs):
+            assert time.monotonic() < deadline, logs
+            time.sleep(0.01)
+    (report,) = [line for line in logs if line["event"] == "started_at_instant"]
+    assert report["token"] == 1 and report["late_ms"] >= 0
+    sound = wait_for_final_wav(wav)
+    assert dominant_of(trim_silence(sound.samples), sound.rate, (440.0, 1000.0)) == 1000.0
+    wav.unlink()
+    player.preroll(2, str(tone), 100)
+    at = time.monotonic() + 0.3
+    player.play(2, str(tone), 100, at=at)
+    player.stop()
+    time.sleep(at - time.monotonic() + 1.0)
+    with pytest.raises(AssertionError, match="no event"):
+        events.next(timeout_s=0.1)
+    assert wav_size(wav) == 0

@@ -9,10 +9,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from receiver.core.effects import DropPreroll, Effect, Play, Preroll
-from receiver.core.events import FetchFinished, PlaybackEnded, PlaybackStarted
+from receiver.core.effects import DropPreroll, Effect, Play, Preroll, StopPlayback
+from receiver.core.engine import START_LEAD_S
+from receiver.core.events import (
+    FetchFinished,
+    LocalInputChanged,
+    PlaybackEnded,
+    PlaybackStarted,
+    TimerFired,
+)
 from receiver.timefmt import rfc3339
-from tests.core.harness import SHA, World, play_body, plays
+from tests.core.harness import SHA, World, play_body, plays, relay_switches
 
 PATH = "/cache/" + SHA
 
@@ -29,14 +36,22 @@ def timed_play(world: World, in_s: float, **extra: Any) -> str:
 
 
 def test_a_file_due_at_an_instant_is_opened_a_second_ahead_and_resumed_at_it() -> None:
-    world = World()
+    world = World(warm_up_s=0.3)
+    instant = world.mono + 10.0
     timed_play(world, 10.0)
     assert not prerolls(world.advance(8.9))
-    early = world.advance(0.2)  # one second before the instant (and the relay warms up)
+    early = world.advance(0.2)  # one second before the instant
     assert prerolls(early) == [Preroll(1, PATH, 70, 0)]
-    assert not plays(early)
-    at = world.advance(1.0)
-    assert plays(at) == [Play(1, PATH, 70)]  # the same token: the player resumes it
+    assert not plays(early) and not relay_switches(early)
+    # The relay: warm_up_s before the instant, and START_LEAD_S more (see the next test).
+    assert not relay_switches(world.advance(instant - 0.3 - START_LEAD_S - world.mono - 0.01))
+    assert relay_switches(world.advance(0.02)) == [True]
+    # Once the relay is on, the instant is fixed: the player gets it a little ahead, with the
+    # same token (it resumes the prerolled file itself at the instant).
+    assert not plays(world.advance(instant - START_LEAD_S - world.mono - 0.01))
+    armed = world.advance(0.02)
+    assert plays(armed) == [Play(1, PATH, 70, at_mono=instant)]
+    assert not plays(world.advance(1.0))  # nothing more at the instant itself
     world.feed(PlaybackStarted(1))
     world.feed(PlaybackEnded(1))
     # Tokens never repeat: the next item gets a new one.
@@ -72,3 +87,68 @@ def test_nothing_is_prerolled_while_another_item_plays() -> None:
     later = world.feed(PlaybackEnded(1)) + world.advance(10.0)
     assert [p.media for p in plays(later)] == [PATH]  # then opened as usual, with a new token
     assert plays(later)[0].token == 2
+
+
+def test_a_relay_switched_late_does_not_move_the_instant() -> None:
+    """The instant counts the warm-up from when the relay actually switched: for a file
+    prerolled for an instant, the relay is due early enough that a loop waking late for it (a
+    busy board: tens of milliseconds, here a tenth of a second) does not push the instant."""
+    world = World(warm_up_s=0.3)
+    instant = world.mono + 10.0
+    timed_play(world, 10.0)
+    world.advance(9.1)  # prerolled
+    relay_due = world.deadline
+    assert relay_due is not None and relay_due < instant - 0.3
+    late = relay_due + 0.1 - world.mono
+    world.mono += late
+    world.utc += late
+    assert relay_switches(world.feed(TimerFired())) == [True]
+    (play,) = plays(world.advance(instant - world.mono))
+    assert play.at_mono == instant
+
+
+def test_a_long_warm_up_prerolls_as_early_as_the_relay_goes_on() -> None:
+    world = World(warm_up_s=1.0)
+    instant = world.mono + 10.0
+    timed_play(world, 10.0)
+    assert not world.advance(instant - 1.0 - START_LEAD_S - world.mono - 0.01)
+    effects = world.advance(0.02)
+    assert prerolls(effects) == [Preroll(1, PATH, 70, 0)] and relay_switches(effects) == [True]
+    (play,) = plays(world.advance(instant - world.mono))
+    assert play.at_mono == instant
+
+
+def armed_play(world: World, in_s: float = 10.0) -> tuple[str, Play]:
+    """A timed play, advanced until the player has been handed its instant."""
+    ref = timed_play(world, in_s)
+    (play,) = plays(world.advance(in_s - START_LEAD_S + 0.01))
+    assert play.at_mono is not None and play.at_mono > world.mono
+    return ref, play
+
+
+def test_a_play_handed_over_with_its_instant_and_stopped_before_it_is_stopped() -> None:
+    world = World()
+    ref, _ = armed_play(world)
+    effects = world.send(world.signed("stop", {"target": ref}))
+    assert StopPlayback() in effects  # the player's armed start is cancelled with the item
+    assert not plays(world.advance(5.0))
+
+
+def test_a_play_handed_over_with_its_instant_is_stopped_when_the_microphone_is_keyed() -> None:
+    world = World()
+    _, play = armed_play(world)
+    effects = world.feed(LocalInputChanged("mic", True))
+    assert StopPlayback() in effects
+    assert not plays(world.advance(5.0))
+    # Released, it opens again from its start under a new token (the prerolled one is gone).
+    later = world.feed(LocalInputChanged("mic", False)) + world.advance(2.0)
+    assert [(p.token, p.at_mono) for p in plays(later)] == [(play.token + 1, None)]
+
+
+def test_the_window_of_a_play_handed_over_early_counts_from_its_instant() -> None:
+    world = World()
+    _, play = armed_play(world)
+    assert play.at_mono is not None
+    active = world.state.playback.active
+    assert active is not None and active.stop_mono == play.at_mono + 600
+    assert world.state.playback.active is not None and world.state.playback.active.since_utc is None

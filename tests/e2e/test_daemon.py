@@ -203,7 +203,8 @@ def test_a_play_at_an_instant_is_prerolled_and_sounds_whole_from_it(
     site: Site, start_daemon: Callable[[], Daemon], watcher: Subscriber
 ) -> None:
     """docs/behaviour.md "Synchronised start": the file is opened paused a second before the
-    instant and resumed at it; the whole tone comes out, once, and the relay goes off after."""
+    instant, handed to the player's process with the instant a moment before it, and resumed
+    there at the instant; the whole tone comes out, once, and the relay goes off after."""
     daemon = start_daemon()
     wait_online(watcher, site)
     start_at = time.time() + 3.0
@@ -217,9 +218,12 @@ def test_a_play_at_an_instant_is_prerolled_and_sounds_whole_from_it(
     (preroll,) = daemon.logged("preroll")
     (play,) = daemon.logged("play")
     (sounded,) = [line for line in daemon.logged("started") if line.get("ref") == "at-instant"]
-    assert preroll["token"] == play["token"]  # resumed, not opened again
-    assert 0.8 <= play["mono"] - preroll["mono"] <= 1.2  # a second ahead
-    assert sounded["mono"] >= play["mono"]
+    (kept,) = daemon.logged("started_at_instant")
+    assert preroll["token"] == play["token"] == kept["token"]  # resumed, not opened again
+    assert 0.8 <= play["at"] - preroll["mono"] <= 1.2  # opened a second ahead
+    assert play["mono"] < play["at"]  # handed over ahead of the instant
+    assert kept["at"] == play["at"] and kept["playing_mono"] >= play["at"]  # not before it
+    assert sounded["mono"] >= play["at"]
     assert started["ts"] >= rfc3339(start_at - 0.001)  # not before the instant
     sound = read_wav(site.wav)
     assert 1.3 < sound.duration_s < 1.8  # the whole 1.5 s tone, from its start

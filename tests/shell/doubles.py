@@ -193,6 +193,7 @@ class Outbox:
         return sorted(self.committed.items())[: limit if limit is not None else None]
 
     def ack(self, n: int) -> None:
+        self.journal.note(f"outbox ack {n}")
         self.committed.pop(n, None)
 
     def __len__(self) -> int:
@@ -238,9 +239,16 @@ class Player:
     token: int | None = None
 
     def play(
-        self, token: int, media: str, volume: int, start_ms: int = 0, *, live: bool = False
+        self,
+        token: int,
+        media: str,
+        volume: int,
+        start_ms: int = 0,
+        *,
+        live: bool = False,
+        at: float | None = None,
     ) -> None:
-        self.journal.note(f"play {token}")
+        self.journal.note(f"play {token}" if at is None else f"play {token} at instant")
         if self.fail_with is not None:
             raise self.fail_with
         self.token = token
@@ -283,6 +291,9 @@ class Fetcher:
 
     def fetch(self, url: str, sha256: str, size: int) -> None:
         self.report(FetchFinished(sha256, f"/cache/{sha256}"))
+
+    def cached_path(self, sha256: str) -> Path | None:
+        return Path(f"/cache/{sha256}")
 
     def set_protected(self, hashes: Iterable[str]) -> None:
         pass

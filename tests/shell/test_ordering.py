@@ -217,7 +217,13 @@ def test_a_start_reported_soon_after_the_play_makes_one_state_after_its_event(
     published_at_play: list[int] = []
 
     def play_then_report(
-        token: int, media: str, volume: int, start_ms: int = 0, *, live: bool = False
+        token: int,
+        media: str,
+        volume: int,
+        start_ms: int = 0,
+        *,
+        live: bool = False,
+        at: float | None = None,
     ) -> None:
         player.journal.note(f"play {token}")
         player.token = token
@@ -246,3 +252,133 @@ def _states_after_play(shell: Shell, published_at_play: list[int]) -> list[bytes
         return []
     after = list(shell.link.published)[published_at_play[0] :]
     return [p for t, p in after if t.endswith("/state")]
+
+
+def test_a_command_s_file_is_opened_while_its_writes_go_to_disk_and_sounds_after_them(
+    shell: Shell,
+) -> None:
+    """A command's cached file is opened paused (for the play its core will name: token 0)
+    before its floors and intent are written, so libVLC opens it meanwhile; the play that
+    resumes it comes only after every write before it (the started mark). Opening paused makes
+    no sound: the write-ahead still comes before the action."""
+    shell.command("play", play_body(), "news-7")
+    shell.wait(lambda: bool(shell.journal.starting("play ")), "play")
+    journal = shell.journal
+    (play,) = journal.starting("play ")
+    assert journal.starting("preroll ") == ["preroll 0"]  # once, and not again under its token
+    opened = journal.index("preroll 0")
+    assert opened < journal.index("store floors")
+    assert journal.index("store intent started news-7") < journal.index(play)
+
+
+def test_a_file_opened_ahead_for_a_play_that_does_not_come_is_let_go(tmp_path: Path) -> None:
+    """Stopped during the amplifier's warm-up, the play never comes: the file opened ahead for
+    it is dropped. And while the player is busy nothing is opened ahead (it would cut the
+    sound)."""
+    shell = open_shell(tmp_path, warm_up_s=1.0)
+    shell.start()
+    try:
+        shell.command("play", play_body(), "news-9")
+        shell.wait(lambda: shell.journal.has("relay on"), "relay on")
+        shell.command("stop", {"target": "news-9"}, "stop-9")
+        shell.wait(lambda: shell.journal.has("drop preroll 0"), "the file let go")
+        assert not shell.journal.starting("play ")
+        shell.command("play", play_body(), "news-10")
+        shell.wait(lambda: bool(shell.journal.starting("play ")), "play", timeout=15.0)
+        shell.command("play", play_body(), "news-11")  # while news-10 plays
+        shell.wait(lambda: _sent(shell, "accepted") and shell.journal.has("puback 4"), "11")
+        assert shell.journal.starting("preroll ") == ["preroll 0", "preroll 0"]  # 9 and 10
+    finally:
+        shell.stop()
+
+
+def test_an_event_is_sent_as_soon_as_it_is_on_disk_before_its_log_line(tmp_path: Path) -> None:
+    """The log line of an event is written after the event is handed to the link: writing it
+    (a JSON line to the journal) need not delay the `started` event on its way to central."""
+    shell = open_shell(tmp_path)
+    send = shell.link.publish
+    logged_when_sent: dict[bytes, int] = {}
+
+    with structlog.testing.capture_logs() as logs:
+
+        def publish(
+            topic: str,
+            payload: bytes,
+            retain: bool = False,
+            on_ack: Callable[[], None] | None = None,
+        ) -> bool:
+            logged_when_sent.setdefault(report_json(payload), len(logs))
+            return send(topic, payload, retain, on_ack)
+
+        shell.link.publish = publish  # type: ignore[method-assign]
+        shell.start()
+        try:
+            shell.command("play", play_body(), "news-8")
+            shell.wait(lambda: _sent(shell, "started"), "started")
+            time.sleep(0.1)
+        finally:
+            shell.stop()
+    started_line = next(
+        i for i, e in enumerate(logs) if e["event"] == "started" and e.get("ref") == "news-8"
+    )
+    (started_sent,) = [
+        at for payload, at in logged_when_sent.items() if b'"kind":"started"' in payload
+    ]
+    assert started_sent <= started_line  # sent when its log line was not yet written
+
+
+def test_no_durable_write_of_the_broker_s_acks_waits_between_a_play_and_its_start(
+    tmp_path: Path,
+) -> None:
+    """What the broker acknowledged is forgotten in a durable write of its own; while a play's
+    start report is awaited (and for a moment after it, while the `started` event leaves) that
+    write waits, so that it does not stand between the report and its turn."""
+    shell = open_shell(tmp_path, warm_up_s=0)
+    player = shell.player
+
+    def play_then_report(
+        token: int,
+        media: str,
+        volume: int,
+        start_ms: int = 0,
+        *,
+        live: bool = False,
+        at: float | None = None,
+    ) -> None:
+        player.journal.note(f"play {token}")
+        player.token = token
+        threading.Timer(0.02, player.report, (PlaybackStarted(token),)).start()
+
+    player.play = play_then_report  # type: ignore[method-assign]
+    shell.start()
+    try:
+        shell.command("play", play_body(), "news-12")
+        shell.wait(lambda: _sent(shell, "started"), "started")
+        shell.wait(lambda: bool(shell.journal.starting("outbox ack ")), "the acks forgotten")
+    finally:
+        shell.stop()
+    journal = shell.journal.entries
+    (play,) = [i for i, e in enumerate(journal) if e.startswith("play ")]
+    started = journal.index("outbox commit started")
+    assert not [e for e in journal[play:started] if e.startswith("outbox ack ")]
+
+
+def test_nothing_is_settled_between_a_command_s_acceptance_and_its_start(
+    tmp_path: Path,
+) -> None:
+    """The turn of a play command ends with its `accepted` report (written and sent at once);
+    the play comes a turn later, with the cache hit. Meanwhile the durable write of what the
+    broker acknowledged waits, as the state does, so that it does not stand between the
+    command and its sound."""
+    shell = open_shell(tmp_path, warm_up_s=0)
+    shell.start()
+    try:
+        shell.command("play", play_body(), "news-13")
+        shell.wait(lambda: _sent(shell, "started"), "started")
+        time.sleep(0.1)
+    finally:
+        shell.stop()
+    journal = shell.journal.entries
+    accepted = journal.index("outbox commit accepted")
+    (play,) = [i for i, e in enumerate(journal) if e.startswith("play ")]
+    assert not [e for e in journal[accepted + 1 : play] if e.startswith("outbox ")]
