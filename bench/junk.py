@@ -60,6 +60,16 @@ key's command with no flood, just before. It shows what the per-key lanes give (
 command waits for about one verification per flooded lane) and what they cannot (the flooded
 key's command waits for the forgeries ahead of it).
 
+(e) The unavoidable work, the fair floor for (a)'s command after the burst: a bare paho
+subscriber like (c)'s that does, for each message naming a known key, one Ed25519 verification
+(``cryptography``, over DSSE's pre-authentication encoding; no daemon code), gets the same
+burst (a third of it forgeries naming its key) and then a valid command, which it verifies too.
+A forgery naming a real key cannot be refused unverified (a refusal on a guess could drop a real
+command), so no receiver can accept the command before it has read the burst and verified the
+forgeries ahead of it. The daemon's figure from (a) is shown beside it: the ratio and the excess
+are the daemon's own overhead. (The daemon's inbox sheds the oldest forgeries of a key beyond
+its lanes' bound, which this floor does not: the daemon may verify fewer than the floor.)
+
 How to read it: (b) says what one message costs the core; (a) says what the whole daemon
 (MQTT, inbox, logging, events) sustains and whether a flood can delay or hide what matters.
 Compare ratios between runs, not raw figures: the machine is shared. No figure is asserted.
@@ -714,6 +724,141 @@ def report_intake(count: int, quiet_s: float, after_s: float, read_before: int) 
     )
 
 
+# The bare verifier of (e), in a process of its own: for each message naming the known key, one
+# Ed25519 verification over DSSE's pre-authentication encoding and nothing else (no daemon code);
+# prints "ready", then "<message id> <monotonic> <verifications>" for each that verifies.
+BARE_VERIFIER = """
+import base64, json, sys, time, uuid
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+host, port, topic, key_id = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+public = Ed25519PublicKey.from_public_bytes(base64.b64decode(sys.argv[5]))
+verified = 0
+def on_message(client, userdata, message):
+    global verified
+    raw = bytes(message.payload)
+    if len(raw) > 16384:
+        return
+    try:
+        doc = json.loads(raw)
+        entries = [e for e in doc["signatures"][:8] if e["keyid"] == key_id]
+        if not entries:
+            return
+        kind = doc["payloadType"].encode()
+        body = base64.b64decode(doc["payload"])
+        signature = base64.b64decode(entries[0]["sig"])
+    except Exception:
+        return
+    verified += 1
+    try:
+        public.verify(signature, b"DSSEv1 %d %s %d %s" % (len(kind), kind, len(body), body))
+    except InvalidSignature:
+        return
+    print(json.loads(body)["id"], time.monotonic(), verified, flush=True)
+def on_subscribe(client, userdata, mid, reason_codes, properties):
+    print("ready", flush=True)
+client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2,
+                     client_id="verifier-" + uuid.uuid4().hex[:8], protocol=mqtt.MQTTv5)
+client.on_message = on_message
+client.on_subscribe = on_subscribe
+client.connect(host, port, keepalive=30)
+client.subscribe(topic, qos=1)
+client.loop_forever()
+"""
+
+
+@dataclass(frozen=True)
+class VerifyFloor:
+    quiet_s: float  # a valid command's publish -> verified, no burst (median)
+    after_s: float  # the same right after the burst
+    verified_before: int  # verifications made before the command's own (forgeries ahead of it)
+
+
+def verify_floor(root: Path, count: int) -> VerifyFloor:
+    """The work no receiver can skip, in bare Python: a paho subscriber (as in (c)) that does
+    one Ed25519 verification for each message naming a known key, gets the same burst (a third
+    of it forgeries naming that key) and then a valid command, which it verifies too.
+
+    A forgery naming a real key cannot be refused unverified (a refusal on a guess could drop a
+    real command), so the command waits for the intake and for every forgery ahead of it: the
+    floor for (a)'s command after the burst. (The daemon's inbox sheds the oldest of a key's
+    forgeries beyond its lanes' bound; this floor verifies them all.)
+    """
+    key = SigningKey.generate("floor-operator")
+    with ExitStack() as stack:
+        broker = stack.enter_context(MosquittoBroker(root / "verify-broker"))
+        listener = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                BARE_VERIFIER,
+                broker.host,
+                str(broker.port),
+                CMD_TOPIC,
+                key.id,
+                key.public_b64,
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        stack.callback(listener.wait, 10)
+        stack.callback(listener.terminate)
+        assert listener.stdout is not None
+        lines = listener.stdout
+        if lines.readline().strip() != "ready":
+            raise BenchError("the bare verifier did not start")
+        sender = paho_client("sender")
+        sender.connect(broker.host, broker.port, keepalive=30)
+        sender.loop_start()
+        stack.callback(sender.loop_stop)
+        stack.callback(sender.disconnect)
+        body = command_payload("report", {}, env="lab", aud=[f"dev:{DEVICE}"])
+
+        def verified(ref: str) -> tuple[float, int]:
+            raw = sign_command({**body, "id": ref}, [key])
+            start = time.monotonic()
+            sender.publish(CMD_TOPIC, raw, qos=1)
+            got, at, verifications = lines.readline().split()
+            if got != ref:
+                raise BenchError(f"the bare verifier verified {got}, not {ref}")
+            return float(at) - start, int(verifications)
+
+        quiet = [verified(f"floor-quiet-{i}")[0] for i in range(FLOOR_COMMANDS)]
+        _, before = verified("floor-before")
+        forged = json.dumps({**body, "id": "forged"}).encode()
+        publish_burst(broker, CMD_TOPIC, junk(count, forged, key.id))
+        after, verifications = verified("floor-after")
+    return VerifyFloor(median(quiet), after, verifications - before - 1)
+
+
+def report_verify_floor(
+    count: int, floor: VerifyFloor, daemon_after_s: float | None, intake_after_s: float
+) -> None:
+    print(
+        f"\n(e) the unavoidable work: a bare paho subscriber that verifies (one Ed25519 "
+        f"verification) each message naming a known key, the same burst of {count}, then a "
+        "valid command"
+    )
+    print(
+        f"  publish -> verified: {floor.quiet_s * 1000:.1f} ms with no burst; "
+        f"{floor.after_s * 1000:.1f} ms after the burst ({floor.verified_before} forgeries "
+        f"verified first; the MQTT intake alone (c) {intake_after_s * 1000:.1f} ms)"
+    )
+    if daemon_after_s is None:
+        print("  the daemon's command after the burst was lost (see (a)): no comparison")
+        return
+    excess = daemon_after_s - floor.after_s
+    print(
+        f"  the daemon (a): {daemon_after_s * 1000:.1f} ms = "
+        f"{ratio(daemon_after_s, floor.after_s):.2f} x this floor, {excess * 1000:+.1f} ms of "
+        "the daemon's own; the floor itself is "
+        f"{'within' if floor.after_s <= AFTER_FLOOD_TARGET_S else 'beyond'} the "
+        f"{AFTER_FLOOD_TARGET_S * 1000:.0f} ms goal"
+    )
+
+
 # --- (b) the core, in process -----------------------------------------------------------------
 
 
@@ -823,9 +968,12 @@ def run(root: Path, count: int, skip_flood: bool) -> None:
             paced_figures = paced(site)
         print("junk: the same burst to a bare paho subscriber", flush=True)
         intake = intake_floor(root, count)
+        print("junk: the same burst to a bare verifying subscriber", flush=True)
+        verifying = verify_floor(root, count)
         report_flood(figures, intake_after_s=intake[1])
         report_paced(paced_figures)
         report_intake(count, *intake)
+        report_verify_floor(count, verifying, figures.after_accept_s, intake[1])
     core_micro()
     print(load_line(load_before, os.getloadavg()))
 

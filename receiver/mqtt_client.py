@@ -67,6 +67,10 @@ _MQTT_MAX_PACKET_SIZE = 268_435_460
 _FAILBACK_PROBE_TIMEOUT_S = 3.0
 #: ``select()`` timeout of one ``loop()`` turn; publishing and stopping wake it at once anyway.
 _LOOP_TIMEOUT_S = 1.0
+# What one socket read takes at most, and how many of paho's reads from what is already in hand
+# a loop turn makes before it looks at the socket again (writes, keepalive, stop).
+_READ_CHUNK = 64 * 1024
+_BUFFERED_READS_PER_TURN = 512
 
 _CONNACK_REASONS: dict[int, str] = {
     0x80: "unspecified error",
@@ -218,6 +222,39 @@ def _tls_context(tls: TlsConfig) -> ssl.SSLContext:
     return context
 
 
+class _ChunkedClient(mqtt.Client):
+    """paho's client, reading its socket in large chunks.
+
+    paho reads a packet in pieces (its type byte, each byte of its length, then the rest), one
+    ``recv`` a piece: three or more system calls a message, and each lets go of the interpreter
+    lock, which the link's thread must then win back from the loop thread. In a flood those
+    hand-offs, not the parsing, set the link's pace (bench/junk). Here one ``recv`` takes what
+    the socket holds (up to :data:`_READ_CHUNK` bytes) and paho's pieces are cut from it.
+    :attr:`buffered` says how many bytes wait in hand, which ``select`` cannot see: the link
+    hands them to paho before it waits on the socket again.
+    """
+
+    _chunk: bytes = b""
+    _chunk_at: int = 0
+
+    @property
+    def buffered(self) -> int:
+        """Bytes read from the socket that paho has not taken yet."""
+        return len(self._chunk) - self._chunk_at
+
+    def discard_buffered(self) -> None:
+        """Forget what the last connection left unread (before a new one opens)."""
+        self._chunk, self._chunk_at = b"", 0
+
+    def _sock_recv(self, bufsize: int) -> bytes:
+        if self._chunk_at >= len(self._chunk):
+            # paho's own read: its TLS and error handling stay as they are.
+            self._chunk, self._chunk_at = super()._sock_recv(_READ_CHUNK), 0
+        start = self._chunk_at
+        self._chunk_at = min(start + bufsize, len(self._chunk))
+        return self._chunk[start : self._chunk_at]  # b"" when the broker closed the connection
+
+
 class MqttLink:
     """The daemon's connection to the broker: subscribe, receive, publish, reconnect."""
 
@@ -283,7 +320,7 @@ class MqttLink:
         self._init_failover(config)
 
         _check_topic(will_topic)
-        client = mqtt.Client(
+        client = _ChunkedClient(
             callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=client_id,
             protocol=mqtt.MQTTv5,
@@ -585,6 +622,7 @@ class MqttLink:
         try:
             if (host, port) != (self._client.host, self._client.port):
                 self._move_to(host, port)
+            self._client.discard_buffered()
             try:
                 self._client.reconnect()
             except Exception as exc:
@@ -695,8 +733,8 @@ class MqttLink:
         ready_handled = False
         try:
             while True:
-                # Short turns until the CONNACK: stop() must not wait long on a mute broker.
-                rc = self._client.loop(timeout=0.1 if self._holding else _LOOP_TIMEOUT_S)
+                rc = self._client.loop(timeout=self._loop_timeout_s())
+                rc = self._read_buffered(rc)
                 self._deliver_acks()
                 if self._holding and (self._up or self._disconnect_requested):
                     self._release_hold()
@@ -726,6 +764,25 @@ class MqttLink:
             up_for = time.monotonic() - self._up_since if self._up else None
             self._set_down()
         return up_for
+
+    def _loop_timeout_s(self) -> float:
+        if self._client.buffered:
+            return 0.0  # bytes in hand: paho's select would not see them
+        # Short turns until the CONNACK: stop() must not wait long on a mute broker.
+        return 0.1 if self._holding else _LOOP_TIMEOUT_S
+
+    def _read_buffered(self, rc: MQTTErrorCode) -> MQTTErrorCode:
+        """Hand paho the packets already read from the socket, a bounded number per turn (a
+        burst costs one ``select`` per chunk, not one per message)."""
+        reads = 0
+        while (
+            rc == MQTTErrorCode.MQTT_ERR_SUCCESS
+            and self._client.buffered
+            and reads < _BUFFERED_READS_PER_TURN
+        ):
+            rc = self._client.loop_read()
+            reads += 1
+        return rc
 
     def _deliver_acks(self) -> None:
         """Call the ``on_ack`` of every message acknowledged so far (our thread, no paho lock)."""

@@ -189,6 +189,57 @@ def test_paho_lines_below_error_are_never_formatted(
     assert formatted == []
 
 
+class _CountingSocket:
+    """The link's socket, counting its reads (everything else passes through)."""
+
+    def __init__(self, sock: Any) -> None:
+        self._sock = sock
+        self.reads = 0
+
+    def recv(self, size: int) -> bytes:
+        self.reads += 1
+        return bytes(self._sock.recv(size))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+def test_a_burst_is_read_in_chunks_not_a_socket_read_per_piece_of_each_message(
+    broker: MosquittoBroker, make_link: LinkFactory
+) -> None:
+    # paho reads a packet in three or more pieces; each socket read lets go of the interpreter
+    # lock, which the link must win back from the busy loop thread: in a flood those hand-offs
+    # set the link's pace. A burst that waits in the socket is taken in a few large reads, and
+    # every message of it still arrives, in order, the last one too (nothing left unseen in hand
+    # while the link waits on a quiet socket).
+    count = 400
+    held = threading.Event()
+    counting: list[_CountingSocket] = []
+
+    class Holding(Recorder):
+        def on_message(self, event: MessageReceived) -> None:
+            if event.payload == b"first":
+                # The link's own thread: the burst piles up in the socket meanwhile.
+                client = link._client  # the test spies on the socket
+                counting.append(_CountingSocket(client._sock))
+                client._sock = counting[0]
+                held.wait(TIMEOUT)
+            super().on_message(event)
+
+    link, rec = make_link(broker, recorder=Holding())
+    wait_until(lambda: link.connected, what="connected")
+    with Subscriber(broker) as central:
+        central.publish(CMD, b"first")
+        wait_until(lambda: bool(counting), what="the first message")
+        for i in range(count):
+            central.publish(CMD, b"burst %d" % i, qos=0)  # QoS 1 would come 20 at a time
+        time.sleep(0.5)  # the burst reaches the link's socket
+    held.set()
+    rec.wait_message(lambda m: m.payload == b"burst %d" % (count - 1), timeout=3.0)
+    assert [m.payload for m in rec.all] == [b"first"] + [b"burst %d" % i for i in range(count)]
+    assert counting[0].reads < count / 10
+
+
 def test_retained_commands_are_not_delivered_but_retained_documents_are(
     broker: MosquittoBroker, make_link: LinkFactory
 ) -> None:
