@@ -109,7 +109,8 @@ class StreamGate:
             with self._turn:
                 answered = self._ask_station()
             if answered is None:
-                client.sendall(_REFUSED)
+                if not self._closed:  # closing hangs up on libVLC, with no answer
+                    client.sendall(_REFUSED)
                 return
             station, head, rest = answered
             client.sendall(head + rest)
