@@ -17,11 +17,12 @@ lint: bootstrap
 types: bootstrap
 	$(VENV)/bin/mypy
 
-# The real stations' end-to-end relays (Icecast, HLS, bad input; about 2 minutes) run in their
-# own tier, `make stations`, so that `make test` stays within 10 minutes on 2 cores.
-STATIONS := tests/e2e/test_relay_stations.py
+# The real stations' relays, through the player and end to end (Icecast, HLS, bad input; about
+# 3 minutes), run in their own tier, `make stations`, so that `make test` stays within 10 minutes
+# on 2 cores.
+STATIONS := tests/adapters/test_player_relay.py tests/e2e/test_relay_stations.py
 unit: bootstrap
-	$(PY) -m pytest --ignore=$(STATIONS)
+	$(PY) -m pytest $(addprefix --ignore=,$(STATIONS))
 
 stations: bootstrap
 	$(PY) -m pytest $(STATIONS)
