@@ -141,6 +141,11 @@ class Inbox:
         with self._ready:
             return self._take()
 
+    def get_report_nowait(self) -> Event | None:
+        """The next adapter report if one is waiting (never a message), else None."""
+        with self._ready:
+            return self._reports.popleft() if self._reports else None
+
     def get(self, timeout: float | None) -> Event | None:
         """The next event, or None when ``timeout`` passes or ``wake`` was called."""
         with self._ready:

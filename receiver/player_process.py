@@ -40,7 +40,7 @@ from typing import Any, Final
 import structlog
 
 from receiver.config_model import MediaConfig, PlayerConfig
-from receiver.core.events import Event, PlayerCrashed
+from receiver.core.events import Event, PlaybackFailed, PlayerCrashed
 from receiver.errors import PlayerError
 from receiver.player_child import Channel, child_settings
 
@@ -68,7 +68,8 @@ class ProcessPlayer:
         self._child_log: Any = structlog.get_logger(component="player")
         self._lock = threading.Lock()  # the connection's send side and the reply slots
         self._replies: dict[int, tuple[str, Any]] = {}
-        self._unawaited: dict[int, str] = {}  # calls posted without waiting: seq -> method
+        # Calls posted without waiting: seq -> (method, what to do with its error, if anything).
+        self._unawaited: dict[int, tuple[str, Callable[[str], None] | None]] = {}
         self._answered = threading.Condition(self._lock)
         self._seq = 0
         # Media bytes (sent, received): of the children that ended, and of the current one.
@@ -95,10 +96,18 @@ class ProcessPlayer:
         at: float | None = None,
     ) -> None:
         """``at``: the child starts it itself at that ``time.monotonic()`` instant (the clock
-        is machine-wide), so the hop to the child is not between the instant and the sound."""
+        is machine-wide), so the hop to the child is not between the instant and the sound.
+
+        Posted, not waited for: the loop goes on while the child starts the sound (its start
+        is reported as ever); a play the child refuses is reported ``PlaybackFailed`` for its
+        token, with the child's reason. A wedged child is found by the watchdog's pings."""
         if self._conn is None:
             self._start_child()
-        self._call("play", token, media, volume, start_ms, live=live, at=at)
+
+        def refused(reason: str) -> None:
+            self._on_event(PlaybackFailed(token, reason))
+
+        self._post("play", token, media, volume, start_ms, live=live, at=at, on_error=refused)
         self._live = True
 
     def preroll(self, token: int, media: str, volume: int, start_ms: int = 0) -> None:
@@ -244,7 +253,10 @@ class ProcessPlayer:
                         self._replies[seq] = (kind, value)
                         self._answered.notify_all()
                 if posted is not None and kind != "ok":
-                    self._log.warning("media_engine_call_failed", call=posted, error=value)
+                    method, on_error = posted
+                    self._log.warning("media_engine_call_failed", call=method, error=value)
+                    if on_error is not None:
+                        on_error(str(value))
         except (EOFError, OSError):
             pass
         except Exception:
@@ -270,16 +282,23 @@ class ProcessPlayer:
         self._log.error("media_engine_lost", pid=child.pid, why=why)
         self._on_event(PlayerCrashed(f"the media engine stopped ({why})"))
 
-    def _post(self, method: str, *args: Any) -> None:
-        """Send a call and go on; its answer is only logged, if it is an error."""
+    def _post(
+        self,
+        method: str,
+        *args: Any,
+        on_error: Callable[[str], None] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Send a call and go on; its answer is only logged if it is an error, and handed to
+        ``on_error`` (from the reader thread: it must only queue)."""
         with self._lock:
             conn = self._conn
             if conn is None:
                 raise PlayerError("the media engine is not running")
             self._seq += 1
-            self._unawaited[self._seq] = method
+            self._unawaited[self._seq] = (method, on_error)
             try:
-                conn.send(("call", self._seq, method, args, {}))
+                conn.send(("call", self._seq, method, args, kwargs))
             except OSError:
                 self._unawaited.pop(self._seq, None)
                 raise PlayerError("the media engine is not running") from None

@@ -238,6 +238,7 @@ class Runtime:
         deadline: float | None = None
         turns = 0
         start_reported = False
+        told = False  # a step of this turn reported an outcome
         with self.pump.turn():
             while event is not None:
                 start_reported = start_reported or isinstance(event, START_REPORTS)
@@ -251,9 +252,11 @@ class Runtime:
                 turns += 1
                 if turns >= MAX_EVENTS_PER_TURN or self._stopping.is_set():
                     break
-                if _tells_an_outcome(result.effects):
-                    break  # written and sent now, not after the flood that may wait behind it
-                event = self.inbox.get_nowait()
+                told = told or _tells_an_outcome(result.effects)
+                # After an outcome, written and sent at the turn's end, not after the flood
+                # that may wait behind it: only the adapters' reports already waiting join it
+                # (a command's cache hit, so its play follows its floors at once).
+                event = self.inbox.get_report_nowait() if told else self.inbox.get_nowait()
                 now = self.clock.now()
         if self._play_issued or (
             not start_reported and self._state_held_until is None and self._start_coming(now)
@@ -443,9 +446,13 @@ class Runtime:
         return True
 
     def _persist(self, effect: Effect) -> bool:
-        if isinstance(effect, PERSIST_EFFECTS):
+        if isinstance(effect, PERSIST_EFFECTS) and not isinstance(effect, PersistIntentStarted):
             # The store's writes keep the core's order with the reports before them: a report
             # is on disk before the write that retires what it reports (an intent, a done mark).
+            # The started mark retires nothing (the intent stays until the item ends), so the
+            # `accepted` of a command goes to disk after its play, while libVLC starts it: a
+            # crash in between finds the intent marked started and reports it `failed`, and the
+            # broker's copy of the command (not acknowledged yet) is answered `accepted`.
             self.pump.commit()
         match effect:
             case PersistFloors(floors=floors, time_floor=time_floor, intent=intent):

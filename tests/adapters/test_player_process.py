@@ -21,6 +21,7 @@ from receiver.config_model import PlayerConfig
 from receiver.core.events import (
     Event,
     PlaybackEnded,
+    PlaybackFailed,
     PlaybackStarted,
     PlayerCrashed,
 )
@@ -69,6 +70,23 @@ def test_it_plays_a_file_and_reports_like_the_player(
     assert dominant_of(trim_silence(sound.samples), sound.rate, (440.0, 1000.0)) == 1000.0
     with pytest.raises(ValueError, match="volume"):
         player.set_volume(101)
+
+
+def test_a_play_the_engine_refuses_is_reported_failed_for_its_token(
+    rig: tuple[ProcessPlayer, Recorder, Path], tmp_path: Path
+) -> None:
+    """A play is posted to the child, not waited for (the daemon's loop goes on while libVLC
+    starts it): what the child refuses comes back as ``PlaybackFailed`` for that play's token,
+    with the child's reason, and the engine plays on."""
+    player, events, _ = rig
+    tone = write_tone(tmp_path / "tone.wav", 1000.0, 0.3)
+    player.play(3, str(tone), 101)
+    _, event = events.next()
+    assert isinstance(event, PlaybackFailed), event
+    assert event.token == 3 and "volume" in event.detail, event
+    player.play(4, str(tone), 100)
+    assert events.next()[1] == PlaybackStarted(4)
+    assert events.next()[1] == PlaybackEnded(4)
 
 
 @pytest.mark.parametrize("how", [signal.SIGSEGV, signal.SIGSTOP], ids=["crash", "wedge"])

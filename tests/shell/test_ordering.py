@@ -363,22 +363,27 @@ def test_no_durable_write_of_the_broker_s_acks_waits_between_a_play_and_its_star
     assert not [e for e in journal[play:started] if e.startswith("outbox ack ")]
 
 
-def test_nothing_is_settled_between_a_command_s_acceptance_and_its_start(
+def test_a_command_s_play_follows_its_writes_in_its_own_turn_before_its_report_is_written(
     tmp_path: Path,
 ) -> None:
-    """The turn of a play command ends with its `accepted` report (written and sent at once);
-    the play comes a turn later, with the cache hit. Meanwhile the durable write of what the
-    broker acknowledged waits, as the state does, so that it does not stand between the
-    command and its sound."""
+    """A play command's cache hit is stepped in the command's own turn: its play follows its
+    floors and intent and its started mark at once, and its `accepted` goes to disk after the
+    play, while libVLC starts it (before the PUBACK, as ever). Nothing is settled and nothing
+    is written to the outbox between the command and its sound."""
     shell = open_shell(tmp_path, warm_up_s=0)
     shell.start()
     try:
-        shell.command("play", play_body(), "news-13")
+        message = shell.command("play", play_body(), "news-13")
         shell.wait(lambda: _sent(shell, "started"), "started")
         time.sleep(0.1)
     finally:
         shell.stop()
     journal = shell.journal.entries
-    accepted = journal.index("outbox commit accepted")
+    floors = journal.index("store floors")
+    mark = journal.index("store intent started news-13")
     (play,) = [i for i, e in enumerate(journal) if e.startswith("play ")]
-    assert not [e for e in journal[accepted + 1 : play] if e.startswith("outbox ")]
+    accepted = next(
+        i for i, e in enumerate(journal) if e.startswith("outbox commit") and "accepted" in e
+    )
+    assert floors < mark < play < accepted < journal.index(f"puback {message.mid}")
+    assert not [e for e in journal[floors:play] if e.startswith("outbox ")]
