@@ -118,9 +118,10 @@ class ProcessPlayer:
         self._post("preroll", token, media, volume, start_ms)
 
     def drop_preroll(self, token: int) -> None:
+        """Posted, not waited for (a refused call is logged)."""
         if self._closed or self._conn is None:
             return
-        self._call("drop_preroll", token)
+        self._post("drop_preroll", token)
 
     def stop(self) -> None:
         if self._closed or self._conn is None:

@@ -10,13 +10,15 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import structlog.testing
 
 from receiver.central.signing import command_payload
+from receiver.core import machine
 from receiver.core.envelope import COMMAND_TYPE
-from receiver.core.events import PlaybackStarted
+from receiver.core.events import MessageReceived, PlaybackStarted
 from receiver.errors import PlayerError
 from receiver.pump import OutboxPump
 from tests.lab.broker import report_json
@@ -387,3 +389,67 @@ def test_a_command_s_play_follows_its_writes_in_its_own_turn_before_its_report_i
     )
     assert floors < mark < play < accepted < journal.index(f"puback {message.mid}")
     assert not [e for e in journal[floors:play] if e.startswith("outbox ")]
+
+
+def _journal_checks(shell: Shell, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Note "check" in the journal when the core takes a message (its parsing, signatures)."""
+    step = machine.step
+
+    def noted(state: Any, event: Any, now: Any) -> Any:
+        if isinstance(event, MessageReceived):
+            shell.journal.note("check")
+        return step(state, event, now)
+
+    monkeypatch.setattr(machine, "step", noted)
+
+
+def test_a_play_s_cached_file_is_opened_before_the_command_is_checked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The loop opens the cached file a play names (paused: no sound) as soon as it takes the
+    command, before the core checks it, so libVLC's open starts that much sooner; the play
+    still comes only after the check and the writes."""
+    shell = open_shell(tmp_path, warm_up_s=0)
+    _journal_checks(shell, monkeypatch)
+    shell.start()
+    try:
+        shell.command("play", play_body(), "news-14")
+        shell.wait(lambda: bool(shell.journal.starting("play ")), "play")
+    finally:
+        shell.stop()
+    journal = shell.journal
+    (play,) = journal.starting("play ")
+    assert journal.starting("preroll ") == ["preroll 0"]
+    assert journal.index("preroll 0") < journal.index("check") < journal.index("store floors")
+    assert journal.index("store intent started news-14") < journal.index(play)
+
+
+def test_a_file_opened_for_a_refused_play_is_let_go_and_a_flood_of_them_opens_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A forged play naming a cached file: its file, opened before the check, is let go at the
+    turn's end and nothing plays. For a while after that, files are opened only once a command
+    is checked: forgeries that follow open nothing, and a real command still plays."""
+    shell = open_shell(tmp_path, warm_up_s=0)
+    _journal_checks(shell, monkeypatch)
+    body = json.dumps(command_payload("play", play_body(), env="lab", aud=[f"dev:{DEVICE}"]))
+    forged = envelope(COMMAND_TYPE, body.encode(), [(shell.operator.id, bytes(range(64)))])
+    shell.start()
+    try:
+        shell.message(forged)
+        shell.wait(lambda: shell.journal.has("drop preroll 0"), "the file let go")
+        for _ in range(3):
+            shell.message(forged)
+        shell.wait(lambda: len(shell.journal.starting("check")) == 4, "the forgeries checked")
+        assert shell.journal.starting("preroll ") == ["preroll 0"]
+        assert not shell.journal.starting("play ")
+        shell.command("play", play_body(), "news-15")
+        shell.wait(lambda: bool(shell.journal.starting("play ")), "play")
+    finally:
+        shell.stop()
+    entries = shell.journal.entries
+    assert entries.index("preroll 0") < entries.index("check")
+    opened_again = len(entries) - 1 - entries[::-1].index("preroll 0")
+    last_check = len(entries) - 1 - entries[::-1].index("check")
+    assert shell.journal.starting("preroll ") == ["preroll 0", "preroll 0"]
+    assert last_check < opened_again  # the real command's file, opened once it was checked
