@@ -118,6 +118,9 @@ class Runtime:
         self._protected: frozenset[str] = frozenset()
         self._opened_ahead = False  # a file opened for a play not yet named (_open_ahead)
         self._opened_unchecked = False  # ... and opened before its command was checked
+        # The turn's log lines of actions (a relay switch, a play), written once its reports
+        # are written and sent: formatting and writing them need not delay the play.
+        self._action_logs: list[tuple[str, dict[str, Any]]] = []
         self._unchecked_rest_until = 0.0  # monotonic; see _open_ahead_of_check
         self._next_poll = 0.0
         self._next_time_save = 0.0
@@ -200,8 +203,11 @@ class Runtime:
         try:
             first = machine.boot(self.state, self.clock.now())
             self.state = first.state
-            with self.pump.turn():
-                self._execute(first.effects)
+            try:
+                with self.pump.turn():
+                    self._execute(first.effects)
+            finally:
+                self._write_action_logs()
             self._publish_due_state(self.clock.now())
             deadline = first.deadline
             for name, active in self.inputs.current():
@@ -246,27 +252,30 @@ class Runtime:
         turns = 0
         start_reported = False
         told = False  # a step of this turn reported an outcome
-        with self.pump.turn():
-            while event is not None:
-                if not handled and isinstance(event, MessageReceived):  # a turn's first only
-                    self._open_ahead_of_check(event, now)
-                start_reported = start_reported or isinstance(event, START_REPORTS)
-                self._note(event, now)
-                result = machine.step(self.state, event, now)
-                self.state = result.state
-                deadline = result.deadline
-                self._execute(result.effects, now)
-                if isinstance(event, MessageReceived):
-                    handled.append(event)
-                turns += 1
-                if turns >= MAX_EVENTS_PER_TURN or self._stopping.is_set():
-                    break
-                told = told or _tells_an_outcome(result.effects)
-                # After an outcome, written and sent at the turn's end, not after the flood
-                # that may wait behind it: only the adapters' reports already waiting join it
-                # (a command's cache hit, so its play follows its floors at once).
-                event = self.inbox.get_report_nowait() if told else self.inbox.get_nowait()
-                now = self.clock.now()
+        try:
+            with self.pump.turn():
+                while event is not None:
+                    if not handled and isinstance(event, MessageReceived):  # a turn's first only
+                        self._open_ahead_of_check(event, now)
+                    start_reported = start_reported or isinstance(event, START_REPORTS)
+                    self._note(event, now)
+                    result = machine.step(self.state, event, now)
+                    self.state = result.state
+                    deadline = result.deadline
+                    self._execute(result.effects, now)
+                    if isinstance(event, MessageReceived):
+                        handled.append(event)
+                    turns += 1
+                    if turns >= MAX_EVENTS_PER_TURN or self._stopping.is_set():
+                        break
+                    told = told or _tells_an_outcome(result.effects)
+                    # After an outcome, written and sent at the turn's end, not after the flood
+                    # that may wait behind it: only the adapters' reports already waiting join it
+                    # (a command's cache hit, so its play follows its floors at once).
+                    event = self.inbox.get_report_nowait() if told else self.inbox.get_nowait()
+                    now = self.clock.now()
+        finally:
+            self._write_action_logs()
         if self._play_issued or (
             not start_reported and self._state_held_until is None and self._start_coming(now)
         ):
@@ -524,8 +533,8 @@ class Runtime:
                 at = None if at_mono is None else self._monotonic_at(at_mono, now)
                 if at is None:
                     self._play_issued = True  # else its start report is a while away
-                self.player.play(token, media, volume, start_ms, live=live, at=at)  # logged after
-                self.log.info(
+                self.player.play(token, media, volume, start_ms, live=live, at=at)
+                self._log_action(
                     "play",
                     token=token,
                     media=media,
@@ -540,7 +549,7 @@ class Runtime:
             case Preroll(token=token, media=media, volume=volume, start_ms=start_ms):
                 self._opened_ahead = False  # replaced
                 self.player.preroll(token, media, volume, start_ms)
-                self.log.info("preroll", token=token, media=media, mono=round(now.mono, 3))
+                self._log_action("preroll", token=token, media=media, mono=round(now.mono, 3))
             case DropPreroll(token=token):
                 self.player.drop_preroll(token)
             case StopPlayback():
@@ -550,7 +559,7 @@ class Runtime:
                 self.player.set_volume(level)
             case SwitchRelay(on=on):
                 self.relay.switch(on)
-                self.log.info("relay_switched", on=on, mono=round(now.mono, 3))
+                self._log_action("relay_switched", on=on, mono=round(now.mono, 3))
             case Emit():
                 self._emit(effect, now)
             case PublishState(fields=fields):
@@ -558,6 +567,14 @@ class Runtime:
                 # events that led to it), only the newest, and after a Play once its start is
                 # reported (STATE_HOLD_AFTER_PLAY_S).
                 self._state_due = fields
+
+    def _log_action(self, what: str, **fields: Any) -> None:
+        self._action_logs.append((what, fields))
+
+    def _write_action_logs(self) -> None:
+        logs, self._action_logs = self._action_logs, []
+        for what, fields in logs:
+            self.log.info(what, **fields)
 
     def _monotonic_at(self, mono: float, now: Instant) -> float:
         """The core's instant ``mono`` on ``time.monotonic()``, which the player's child process

@@ -453,3 +453,36 @@ def test_a_file_opened_for_a_refused_play_is_let_go_and_a_flood_of_them_opens_on
     last_check = len(entries) - 1 - entries[::-1].index("check")
     assert shell.journal.starting("preroll ") == ["preroll 0", "preroll 0"]
     assert last_check < opened_again  # the real command's file, opened once it was checked
+
+
+def test_the_log_lines_of_a_play_s_actions_are_written_after_the_play_and_its_reports(
+    tmp_path: Path,
+) -> None:
+    """Formatting and writing log lines does not stand between a command and its sound: the
+    relay switch and the play are logged once the turn's reports are written and sent."""
+    shell = open_shell(tmp_path, warm_up_s=0)
+    player = shell.player
+    play = player.play
+    logged_at_play: list[list[str]] = []
+
+    with structlog.testing.capture_logs() as logs:
+
+        def noted(*args: Any, **kwargs: Any) -> None:
+            logged_at_play.append([e["event"] for e in logs])
+            play(*args, **kwargs)
+
+        player.play = noted  # type: ignore[method-assign]
+        shell.start()
+        try:
+            shell.command("play", play_body(), "news-16")
+            shell.wait(lambda: _sent(shell, "started"), "started")
+            time.sleep(0.1)
+        finally:
+            shell.stop()
+    (before_play,) = logged_at_play
+    assert before_play.count("relay_switched") == 1  # the boot's, off
+    events = [e["event"] for e in logs]
+    switched_on = next(
+        i for i, e in enumerate(logs) if e["event"] == "relay_switched" and e["on"] is True
+    )
+    assert events.index("accepted") < switched_on < events.index("play")
