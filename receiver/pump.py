@@ -36,7 +36,9 @@ class OutboxPump:
         self._log = log if log is not None else structlog.get_logger("receiver")
         self._acked: deque[int] = deque()
         self._in_flight: set[int] = set()
-        self._logs: list[_Log] = []
+        self._logs: list[_Log] = []  # the turn's event lines, written once it is committed
+        self._ready: list[_Log] = []  # lines to write (events committed, actions done), in order
+        self._holding = False  # see hold_logs
         self._in_turn = False
         self._batch: AbstractContextManager[None] | None = None  # this turn's, once opened
         self._unavailable: StoreError | None = None  # the outbox could not open this turn's batch
@@ -157,7 +159,30 @@ class OutboxPump:
     def _ack_callback(self, n: int) -> Callable[[], None]:
         return lambda: self._on_ack(n)
 
+    def log_action(self, log: Callable[..., Any], what: str, /, **fields: Any) -> None:
+        """Write ``log(what, **fields)`` (the line of an action done, not an event) with the
+        event lines: at the turn's end, after its events are committed and sent."""
+        self._ready.append((log, what, fields))
+        if not self._in_turn:
+            self._write_ready()
+
+    def hold_logs(self) -> None:
+        """Keep every line (events committed, actions done) until :meth:`release_logs`: while
+        a play's start is awaited, formatting and writing them would only delay taking it."""
+        self._holding = True
+
+    def release_logs(self) -> None:
+        self._holding = False
+        self._write_ready()
+
     def _flush_logs(self) -> None:
-        logs, self._logs = self._logs, []
+        self._ready.extend(self._logs)
+        self._logs = []
+        self._write_ready()
+
+    def _write_ready(self) -> None:
+        if self._holding:
+            return
+        logs, self._ready = self._ready, []
         for log, what, fields in logs:
             log(what, **fields)

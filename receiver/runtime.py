@@ -118,9 +118,6 @@ class Runtime:
         self._protected: frozenset[str] = frozenset()
         self._opened_ahead = False  # a file opened for a play not yet named (_open_ahead)
         self._opened_unchecked = False  # ... and opened before its command was checked
-        # The turn's log lines of actions (a relay switch, a play), written once its reports
-        # are written and sent: formatting and writing them need not delay the play.
-        self._action_logs: list[tuple[str, dict[str, Any]]] = []
         self._unchecked_rest_until = 0.0  # monotonic; see _open_ahead_of_check
         self._next_poll = 0.0
         self._next_time_save = 0.0
@@ -203,11 +200,8 @@ class Runtime:
         try:
             first = machine.boot(self.state, self.clock.now())
             self.state = first.state
-            try:
-                with self.pump.turn():
-                    self._execute(first.effects)
-            finally:
-                self._write_action_logs()
+            with self.pump.turn():
+                self._execute(first.effects)
             self._publish_due_state(self.clock.now())
             deadline = first.deadline
             for name, active in self.inputs.current():
@@ -252,30 +246,27 @@ class Runtime:
         turns = 0
         start_reported = False
         told = False  # a step of this turn reported an outcome
-        try:
-            with self.pump.turn():
-                while event is not None:
-                    if not handled and isinstance(event, MessageReceived):  # a turn's first only
-                        self._open_ahead_of_check(event, now)
-                    start_reported = start_reported or isinstance(event, START_REPORTS)
-                    self._note(event, now)
-                    result = machine.step(self.state, event, now)
-                    self.state = result.state
-                    deadline = result.deadline
-                    self._execute(result.effects, now)
-                    if isinstance(event, MessageReceived):
-                        handled.append(event)
-                    turns += 1
-                    if turns >= MAX_EVENTS_PER_TURN or self._stopping.is_set():
-                        break
-                    told = told or _tells_an_outcome(result.effects)
-                    # After an outcome, written and sent at the turn's end, not after the flood
-                    # that may wait behind it: only the adapters' reports already waiting join it
-                    # (a command's cache hit, so its play follows its floors at once).
-                    event = self.inbox.get_report_nowait() if told else self.inbox.get_nowait()
-                    now = self.clock.now()
-        finally:
-            self._write_action_logs()
+        with self.pump.turn():
+            while event is not None:
+                if not handled and isinstance(event, MessageReceived):  # a turn's first only
+                    self._open_ahead_of_check(event, now)
+                start_reported = start_reported or isinstance(event, START_REPORTS)
+                self._note(event, now)
+                result = machine.step(self.state, event, now)
+                self.state = result.state
+                deadline = result.deadline
+                self._execute(result.effects, now)
+                if isinstance(event, MessageReceived):
+                    handled.append(event)
+                turns += 1
+                if turns >= MAX_EVENTS_PER_TURN or self._stopping.is_set():
+                    break
+                told = told or _tells_an_outcome(result.effects)
+                # After an outcome, written and sent at the turn's end, not after the flood
+                # that may wait behind it: only the adapters' reports already waiting join it
+                # (a command's cache hit, so its play follows its floors at once).
+                event = self.inbox.get_report_nowait() if told else self.inbox.get_nowait()
+                now = self.clock.now()
         if self._play_issued or (
             not start_reported and self._state_held_until is None and self._start_coming(now)
         ):
@@ -349,6 +340,7 @@ class Runtime:
 
     def _shutdown(self) -> None:
         systemd.notify("STOPPING=1")
+        self.pump.release_logs()
         for name, close in self.ports.closers():
             try:
                 close()
@@ -533,6 +525,7 @@ class Runtime:
                 at = None if at_mono is None else self._monotonic_at(at_mono, now)
                 if at is None:
                     self._play_issued = True  # else its start report is a while away
+                    self.pump.hold_logs()  # until the start is reported (as the state waits)
                 self.player.play(token, media, volume, start_ms, live=live, at=at)
                 self._log_action(
                     "play",
@@ -569,12 +562,8 @@ class Runtime:
                 self._state_due = fields
 
     def _log_action(self, what: str, **fields: Any) -> None:
-        self._action_logs.append((what, fields))
-
-    def _write_action_logs(self) -> None:
-        logs, self._action_logs = self._action_logs, []
-        for what, fields in logs:
-            self.log.info(what, **fields)
+        """Logged with the turn's events, after them (:meth:`OutboxPump.log_action`)."""
+        self.pump.log_action(self.log.info, what, **fields)
 
     def _monotonic_at(self, mono: float, now: Instant) -> float:
         """The core's instant ``mono`` on ``time.monotonic()``, which the player's child process
@@ -622,6 +611,7 @@ class Runtime:
         if self._state_held_until is not None and now.mono < self._state_held_until:
             return
         self._state_held_until = None
+        self.pump.release_logs()
         self._publish_due_state(now)
 
     def _publish_state(self, fields: dict[str, Any], now: Instant) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -455,34 +455,49 @@ def test_a_file_opened_for_a_refused_play_is_let_go_and_a_flood_of_them_opens_on
     assert last_check < opened_again  # the real command's file, opened once it was checked
 
 
-def test_the_log_lines_of_a_play_s_actions_are_written_after_the_play_and_its_reports(
+def test_no_log_line_is_written_between_a_command_and_its_started_event(
     tmp_path: Path,
 ) -> None:
-    """Formatting and writing log lines does not stand between a command and its sound: the
-    relay switch and the play are logged once the turn's reports are written and sent."""
+    """Formatting and writing log lines does not stand between a command and its sound, nor
+    between the sound's start and its `started` event: the lines of the relay switch, the play
+    and the `accepted` report wait until the start is reported and its event sent."""
     shell = open_shell(tmp_path, warm_up_s=0)
-    player = shell.player
-    play = player.play
-    logged_at_play: list[list[str]] = []
+    player, link = shell.player, shell.link
+    play, publish = player.play, link.publish
+    logged_at: dict[str, list[str]] = {}
 
     with structlog.testing.capture_logs() as logs:
 
-        def noted(*args: Any, **kwargs: Any) -> None:
-            logged_at_play.append([e["event"] for e in logs])
+        def noted_play(*args: Any, **kwargs: Any) -> None:
+            logged_at["play"] = _lines(logs)
             play(*args, **kwargs)
 
-        player.play = noted  # type: ignore[method-assign]
+        def noted_publish(
+            topic: str,
+            payload: bytes,
+            retain: bool = False,
+            on_ack: Callable[[], None] | None = None,
+        ) -> bool:
+            if b'"kind":"started"' in report_json(payload):
+                logged_at["started"] = _lines(logs)
+            return publish(topic, payload, retain, on_ack)
+
+        player.play = noted_play  # type: ignore[method-assign]
+        link.publish = noted_publish  # type: ignore[method-assign]
         shell.start()
         try:
             shell.command("play", play_body(), "news-16")
-            shell.wait(lambda: _sent(shell, "started"), "started")
-            time.sleep(0.1)
+            shell.wait(lambda: any(e["event"] == "started" for e in logs), "started logged")
         finally:
             shell.stop()
-    (before_play,) = logged_at_play
-    assert before_play.count("relay_switched") == 1  # the boot's, off
-    events = [e["event"] for e in logs]
-    switched_on = next(
-        i for i, e in enumerate(logs) if e["event"] == "relay_switched" and e["on"] is True
-    )
-    assert events.index("accepted") < switched_on < events.index("play")
+    booted = ["relay_switched", "daemon_started", "broker_connected"]  # the boot's lines
+    assert logged_at["play"] == booted
+    assert logged_at["started"] == booted
+    events = _lines(logs)
+    for line in ("relay_switched", "play", "accepted"):
+        assert line in events[len(booted) :], (line, events)
+
+
+def _lines(logs: list[MutableMapping[str, Any]]) -> list[str]:
+    """The events of the lines a deployment writes (level info and up, not debug)."""
+    return [e["event"] for e in logs if e.get("log_level") != "debug"]
