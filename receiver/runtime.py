@@ -205,6 +205,7 @@ class Runtime:
             self.state = first.state
             with self.pump.turn():
                 self._execute(first.effects)
+            self.pump.release_logs()  # the boot's lines come before daemon_started, whatever
             self._publish_due_state(self.clock.now())
             deadline = first.deadline
             for name, active in self.inputs.current():
