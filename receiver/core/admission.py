@@ -8,7 +8,7 @@ message is admitted. Policy limits (allowlists, priorities) are the machine's, c
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -114,8 +114,27 @@ def _decode(envelope: Envelope) -> object:
         raise Rejection(reasons.MALFORMED, f"payload: {exc}") from exc
 
 
+def _may_count(ctx: Context, roles: frozenset[str], now: Instant) -> Callable[[Key], bool]:
+    """Whether a key's signature could count here: one of ``roles``, this device, not expired.
+    The others are not verified at all (a forgery naming them costs no Ed25519 work)."""
+    trusted = ctx.trusted_utc(now)
+
+    def may_count(key: Key) -> bool:
+        return (
+            bool(key.roles & roles)
+            and key.covers(ctx.device_id, ctx.groups)
+            and key.valid_at(trusted)
+        )
+
+    return may_count
+
+
+COMMAND_ROLES: Final = frozenset({"operator", "emergency"})
+ROOT_ROLE: Final = frozenset({"root"})
+
+
 def _admit_command(ctx: Context, envelope: Envelope, now: Instant) -> AdmittedCommand:
-    signers = verified_signers(envelope, ctx.keyring)
+    signers = verified_signers(envelope, ctx.keyring, _may_count(ctx, COMMAND_ROLES, now))
     operators = _holding(ctx, signers, "operator", now)
     emergency = _holding(ctx, signers, "emergency", now)
     keyring = ctx.keyring
@@ -207,7 +226,7 @@ def _signers_for(
 
 def _admit_trust(ctx: Context, envelope: Envelope, now: Instant) -> AdmittedTrust:
     current = ctx.keyring
-    signers = verified_signers(envelope, current)
+    signers = verified_signers(envelope, current, _may_count(ctx, ROOT_ROLE, now))
     if len(_holding(ctx, signers, "root", now)) < current.threshold("root"):
         raise Rejection(reasons.NOT_AUTHORIZED, "not signed by enough current root keys")
     document = parse_trust(_decode(envelope))
@@ -225,7 +244,7 @@ def _admit_trust(ctx: Context, envelope: Envelope, now: Instant) -> AdmittedTrus
         raise Rejection(reasons.EXPIRED, "past its exp", ref)
     new_keyring = document.keyring
     try:
-        new_signers = verified_signers(envelope, new_keyring)
+        new_signers = verified_signers(envelope, new_keyring, _may_count(ctx, ROOT_ROLE, now))
     except Rejection:
         new_signers = ()
     if len(_holding(ctx, new_signers, "root", now)) < new_keyring.threshold("root"):
@@ -236,7 +255,7 @@ def _admit_trust(ctx: Context, envelope: Envelope, now: Instant) -> AdmittedTrus
 def _admit_schedule(ctx: Context, envelope: Envelope, now: Instant) -> AdmittedSchedule:
     """Schedules: operator role (and the emergency role for emergency entries), their own
     version stream, and no maximum age: a retained schedule may be weeks old and still good."""
-    signers = verified_signers(envelope, ctx.keyring)
+    signers = verified_signers(envelope, ctx.keyring, _may_count(ctx, COMMAND_ROLES, now))
     keyring = ctx.keyring
     if len(_holding(ctx, signers, "operator", now)) < keyring.threshold("operator"):
         raise Rejection(reasons.NOT_AUTHORIZED, "schedules need the operator role")

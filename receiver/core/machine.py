@@ -483,7 +483,8 @@ def _check_policy(state: State, command: commands.Command, now: Instant) -> None
         raise Rejection(reasons.TOO_LARGE, "a file is larger than media.max_file_bytes", ref)
     if body.start_at is not None and not now.utc_trusted:
         raise Rejection(reasons.CLOCK_UNTRUSTED, "start_at needs a synchronised clock", ref)
-    starts = body.start_at if body.start_at is not None else now.utc
+    # A start_at in the past starts at once: the quiet hours are judged at that real start.
+    starts = now.utc if body.start_at is None else max(body.start_at, now.utc)
     if body.priority != "emergency" and in_quiet_hours(settings, starts):
         raise Rejection(reasons.POLICY, "inside the local quiet hours", ref)
 
