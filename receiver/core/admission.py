@@ -79,6 +79,7 @@ class AdmittedSchedule:
     body: bytes
     digest: str
     duplicate: bool
+    envelope: bytes = b""  # the whole signed message, stored so a rotation can re-check it
 
 
 def command_stream(key: Key) -> str:
@@ -99,7 +100,7 @@ def admit(
     if expected == TRUST_TYPE:
         return _admit_trust(ctx, envelope, now)
     if expected == SCHEDULE_TYPE:
-        return _admit_schedule(ctx, envelope, now)
+        return _admit_schedule(ctx, envelope, payload, now)
     return _admit_command(ctx, envelope, now)
 
 
@@ -252,7 +253,7 @@ def _admit_trust(ctx: Context, envelope: Envelope, now: Instant) -> AdmittedTrus
     return AdmittedTrust(document, envelope.body, digest, duplicate=False)
 
 
-def _admit_schedule(ctx: Context, envelope: Envelope, now: Instant) -> AdmittedSchedule:
+def _admit_schedule(ctx: Context, envelope: Envelope, raw: bytes, now: Instant) -> AdmittedSchedule:
     """Schedules: operator role (and the emergency role for emergency entries), their own
     version stream, and no maximum age: a retained schedule may be weeks old and still good."""
     signers = verified_signers(envelope, ctx.keyring, _may_count(ctx, COMMAND_ROLES, now))
@@ -277,7 +278,7 @@ def _admit_schedule(ctx: Context, envelope: Envelope, now: Instant) -> AdmittedS
         schedule.version,
         digest,
     ):
-        return AdmittedSchedule(schedule, envelope.body, digest, duplicate=True)
+        return AdmittedSchedule(schedule, envelope.body, digest, duplicate=True, envelope=raw)
     newest = max((floor[0] if floor else 0), ctx.staged_versions.get(schedule.id, (0, ""))[0])
     if schedule.version <= newest:
         raise Rejection(
@@ -287,4 +288,48 @@ def _admit_schedule(ctx: Context, envelope: Envelope, now: Instant) -> AdmittedS
         raise Rejection(reasons.EXPIRED, "past its exp", ref)
     if now.utc_trusted and schedule.iat > now.utc + ctx.max_skew_s:
         raise Rejection(reasons.NOT_YET_VALID, "issued in the future", ref)
-    return AdmittedSchedule(schedule, envelope.body, digest, duplicate=False)
+    return AdmittedSchedule(schedule, envelope.body, digest, duplicate=False, envelope=raw)
+
+
+def stored_schedule(stored: bytes) -> tuple[Schedule, Envelope | None]:
+    """A schedule as the store keeps it: its whole signed envelope (so a later keyring can
+    judge its signers again), or, as receivers before it stored it, its bare payload (then
+    ``None`` for the envelope). Raises Rejection or StrictJsonError if it cannot be read."""
+    doc = loads_strict(stored)
+    if isinstance(doc, dict) and "payloadType" in doc:
+        envelope = parse_envelope(stored)
+        if envelope.payload_type != SCHEDULE_TYPE:
+            raise Rejection(reasons.BAD_TYPE, "not a schedule")
+        return parse_schedule(loads_strict(envelope.body)), envelope
+    return parse_schedule(doc), None
+
+
+def schedule_still_authorised(
+    envelope: Envelope,
+    schedule: Schedule,
+    keyring: Keyring,
+    device_id: str,
+    groups: tuple[str, ...],
+) -> bool:
+    """Whether ``keyring`` still lets the keys that signed a schedule in force authorise it:
+    the operator threshold, and the emergency one for emergency entries (as on acceptance).
+
+    A key's ``not_after`` is not looked at: a programme signed while its key was valid stays
+    when the key ages out (as the schedule outlives its own ``exp``); what withdraws it is a
+    keyring that no longer gives its signers the role for this device, after a rotation.
+    """
+
+    def may_count(key: Key) -> bool:
+        return bool(key.roles & COMMAND_ROLES) and key.covers(device_id, groups)
+
+    try:
+        signers = verified_signers(envelope, keyring, may_count)
+    except Rejection:
+        return False
+    operators = [key for key in signers if "operator" in key.roles]
+    if len(operators) < keyring.threshold("operator"):
+        return False
+    if any(entry.priority == "emergency" for entry in schedule.entries):
+        emergency = [key for key in signers if "emergency" in key.roles]
+        return len(emergency) >= keyring.threshold("emergency")
+    return True

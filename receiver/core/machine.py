@@ -325,7 +325,7 @@ def _on_message(state: State, event: MessageReceived, now: Instant) -> tuple[Sta
     except Rejection as rejection:
         return _report_rejection(state, rejection, now)
     if isinstance(admitted, admission.AdmittedTrust):
-        return _accept_trust(state, admitted)
+        return _accept_trust(state, admitted, now)
     if isinstance(admitted, admission.AdmittedSchedule):
         return _accept_schedule(state, admitted, now)
     header = admitted.command.header
@@ -416,14 +416,31 @@ def _close_rejection_window(state: State, now: Instant) -> tuple[State, Effects]
     return replace(state, rejection_window=window), effects
 
 
-def _accept_trust(state: State, admitted: admission.AdmittedTrust) -> tuple[State, Effects]:
+def _accept_trust(
+    state: State, admitted: admission.AdmittedTrust, now: Instant
+) -> tuple[State, Effects]:
     document = admitted.document
     if admitted.duplicate:
         return state, (Emit("accepted", ref=document.id, detail="duplicate of the last accepted"),)
     part, stored = floors.accept_trust(state.floors, admitted)
     state = replace(state, floors=part)
     accepted = Emit("accepted", ref=document.id, detail=f"trust version {document.version}")
-    return state, (*stored, accepted, _publish(state))
+    settings = state.settings
+
+    def still_trusted(raw: bytes) -> bool:
+        try:
+            schedule, envelope = admission.stored_schedule(raw)
+        except (Rejection, StrictJsonError):
+            return True  # not ours to judge here: it was read back, or staged, as valid
+        return envelope is None or admission.schedule_still_authorised(
+            envelope, schedule, part.keyring, settings.device_id, settings.groups
+        )
+
+    withdrawn = programme.withdraw_untrusted(
+        state.programme, still_trusted, document.version, _programme_conditions(state)
+    )
+    state, effects = _programme(state, withdrawn, now)
+    return state, (*stored, accepted, *effects, _publish(state))
 
 
 def _clamp_note(settings: Settings, body: commands.Body) -> str | None:
@@ -454,7 +471,9 @@ def _accept_schedule(
     retimed = programme.retimed_today(state.programme, schedule, now, _programme_conditions(state))
     detail = "; ".join([f"{detail}, fetching {files} files", *retimed])
     out: list[Effect] = [Emit("accepted", ref=schedule.id, detail=_bounded(detail))]
-    staging = programme.stage(state.programme, schedule, admitted.body, admitted.digest)
+    # Stored as signed, so that a later keyring can judge its signers again.
+    stored = admitted.envelope or admitted.body
+    staging = programme.stage(state.programme, schedule, stored, admitted.digest)
     state, effects = _programme(state, staging, now)
     out += effects
     staged = state.programme.staged[schedule.id]

@@ -8,29 +8,50 @@ from __future__ import annotations
 import base64
 import json
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from receiver.assembly import restore_state
 from receiver.central.signing import (
+    SigningKey,
     key_entry,
+    schedule_payload,
+    sign_schedule,
     sign_trust,
     trust_payload,
 )
+from receiver.config import parse_config
 from receiver.core import trust
-from receiver.core.effects import Effect
+from receiver.core.effects import (
+    Effect,
+    PersistSchedule,
+    PersistTrust,
+    PublishState,
+    StopPlayback,
+)
+from receiver.core.events import MessageReceived
 from receiver.core.trust import Key, Keyring
+from receiver.store import Store
 from receiver.timefmt import rfc3339
 from tests.core.harness import (
+    DEVICE,
+    GROUPS,
     TRUST_TOPIC,
     World,
     emitted,
     only_rejection,
     play_body,
+    trusted_key,
     unchanged,
 )
+from tests.core.sim import Sim
+from tests.core.test_schedules import GROUP, MONDAY, SHA_E, WEEKDAYS, entry, starts
 
 HOUR = 3600.0
+SCHEDULE_TOPIC = f"loa/v1/grp/{GROUP}/schedule"
+MAX_VERSION = 2**63 - 1
 
 
 def accepted(effects: list[Effect]) -> bool:
@@ -136,3 +157,122 @@ def test_a_keyring_without_a_root_threshold_asks_for_the_default_two() -> None:
     assert Keyring((key,), thresholds={"operator": 1}).threshold("root") == 2
     assert Keyring((key,), thresholds={}).threshold("emergency") == 1
     assert trust.DEFAULT_THRESHOLDS["root"] == 2
+
+
+# --- schedules across a rotation ---------------------------------------------------------------
+
+
+def schedule_by(world: World, signer: SigningKey, sid: str, version: int, *entries: Any) -> bytes:
+    payload = schedule_payload(
+        sid, version, list(entries), env="prod", aud=[f"grp:{GROUP}"], iat=world.utc
+    )
+    return sign_schedule(payload, [signer])
+
+
+def without(world: World, removed: SigningKey, fresh: SigningKey) -> bytes:
+    """Trust version 2: the keyring without ``removed``, signed by two of the three roots."""
+    keys = [
+        key_entry(fresh, ["operator"]),
+        key_entry(world.emergency, ["emergency"]),
+        *(key_entry(root, ["root"]) for root in world.roots),
+    ]
+    return sign_trust(trust_payload(2, keys, env="prod", iat=world.utc), world.roots[:2])
+
+
+def test_a_schedule_a_stolen_key_stored_does_not_outlive_the_rotation_that_removes_it() -> None:
+    """Before, a programme stored with a stolen operator key (at the highest version, so that no
+    later one could replace it) went on playing on every device after the rotation that removed
+    the key, until each device's state directory was cleared by hand."""
+    fresh = SigningKey.generate("op-2027")
+    world = World(extra_keys=(trusted_key(fresh, ["operator"]),))
+    world.utc = MONDAY + 5 * HOUR
+    world.state = replace(
+        world.state, floors=replace(world.state.floors, reset_floor=world.utc - 86400)
+    )
+    sim = Sim(world, file_seconds=1500, unfetchable={SHA_E})
+    stolen = world.operator
+    hijack = schedule_by(world, stolen, "sch-1", MAX_VERSION, entry("morning", WEEKDAYS, "05:30"))
+    sim.feed(MessageReceived(SCHEDULE_TOPIC, hijack, True))
+    kept = schedule_by(world, fresh, "sch-2", 1, entry("noon", WEEKDAYS, "12:00"))
+    sim.feed(MessageReceived(SCHEDULE_TOPIC, kept, True))
+    sim.run_until(MONDAY + 5.6 * HOUR)
+    assert starts(sim) == ["Mon 05:30"]
+    assert set(world.state.programme.schedules) == {"sch-1", "sch-2"}
+    # One more, still fetching its file (staged) when the rotation comes.
+    staged = schedule_by(world, stolen, "sch-3", 1, entry("evening", WEEKDAYS, "18:00", SHA_E))
+    sim.feed(MessageReceived(SCHEDULE_TOPIC, staged, True))
+    assert set(world.state.programme.staged) == {"sch-3"}
+
+    effects = world.send(without(world, stolen, fresh), topic=TRUST_TOPIC)
+    sim.handle(effects)
+    events = [(e.kind, e.ref, e.reason) for e in emitted(effects)]
+    assert ("accepted", "trust-v2", None) in events
+    assert ("rejected", "sch-1", "not_authorized") in events
+    assert ("rejected", "sch-3", "not_authorized") in events
+    assert ("stopped", "sch-1/morning/2027-01-11", None) in events
+    assert any(isinstance(e, StopPlayback) for e in effects)
+    assert set(world.state.programme.schedules) == {"sch-2"}
+    assert world.state.programme.staged == {}
+    (state,) = [e for e in effects if isinstance(e, PublishState)][-1:]
+    assert state.fields["trust_version"] == 2 and state.fields["schedules"] == {"sch-2": 1}
+    # The thief's retained schedule, delivered again, is refused; nothing of it plays tomorrow.
+    assert only_rejection(world.send(hijack, topic=SCHEDULE_TOPIC)).reason == "unknown_key"
+    sim.run_until(MONDAY + 24 * HOUR + 6 * HOUR)
+    assert "Tue 05:30" not in starts(sim) and "Mon 12:00" in starts(sim)
+    # Its version stays the floor of its id: central programmes again under a new id.
+    again = schedule_by(world, fresh, "sch-1", 5, entry("morning", WEEKDAYS, "05:30"))
+    assert only_rejection(world.send(again, topic=SCHEDULE_TOPIC)).reason == "stale_version"
+
+
+def test_a_rotation_that_keeps_the_signer_keeps_its_schedule() -> None:
+    world = World()
+    fresh = SigningKey.generate("op-2027")
+    raw = schedule_by(world, world.operator, "sch-1", 1)
+    assert accepted(world.send(raw, topic=SCHEDULE_TOPIC))
+    keys = [
+        key_entry(world.operator, ["operator"], [GROUP]),  # narrowed, still this device's
+        key_entry(fresh, ["operator"]),
+        *(key_entry(root, ["root"]) for root in world.roots),
+    ]
+    rotated = sign_trust(trust_payload(2, keys, env="prod", iat=world.utc), world.roots[:2])
+    effects = world.send(rotated, topic=TRUST_TOPIC)
+    assert [e.kind for e in emitted(effects)] == ["accepted"]
+    assert set(world.state.programme.schedules) == {"sch-1"}
+
+
+def test_after_a_restart_a_stored_schedule_is_judged_by_the_stored_keyring(
+    tmp_path: Path,
+) -> None:
+    """The store keeps a schedule with its signatures: after a restart the keyring in force
+    judges it again, so a rotation the device took before the restart still holds, and one
+    stored bare by an earlier receiver is read back as before."""
+    fresh = SigningKey.generate("op-2027")
+    world = World(extra_keys=(trusted_key(fresh, ["operator"]),))
+    stolen = world.operator
+    config = parse_config(
+        f"device_id: {DEVICE}\nenv: prod\ngroups: [{', '.join(GROUPS)}]\n"
+        "broker:\n  host: broker.example\n"
+        f"trust:\n  keys:\n    - id: {stolen.id}\n      ed25519: {stolen.public_b64}\n"
+        "      roles: [operator]\n      scopes: ['*']\n"
+        "media:\n  allowed_schemes: [https]\n  allowed_hosts: [media.example]\n",
+        "tests/core/test_trust_path.py",
+    )
+    for sid, signer in (("sch-1", stolen), ("sch-2", fresh), ("sch-3", stolen)):
+        effects = world.send(schedule_by(world, signer, sid, 1), topic=SCHEDULE_TOPIC)
+        for effect in effects:
+            if isinstance(effect, PersistSchedule):
+                body = effect.body if sid != "sch-3" else json.loads(effect.body)["payload"]
+                if sid == "sch-3":  # as a receiver before this one stored it: the bare payload
+                    body = base64.b64decode(body)
+                store = Store(tmp_path)
+                store.save_schedule(effect.schedule_id, effect.version, body, effect.digest)
+                store.close()
+    trust_effects = world.send(without(world, stolen, fresh), topic=TRUST_TOPIC)
+    (persist,) = [e for e in trust_effects if isinstance(e, PersistTrust)]
+    store = Store(tmp_path)
+    store.save_trust(persist.version, persist.body, persist.digest)
+    restored = restore_state(config, store)
+    store.close()
+    assert restored.floors.keyring.version == 2
+    assert set(restored.programme.schedules) == {"sch-2", "sch-3"}
+    assert restored.floors.streams["schedule:sch-1"][0] == 1  # its version stays the floor
