@@ -79,9 +79,11 @@ def accept_command(
         admission.command_stream(key): (header.seq, admitted.digest) for key in admitted.signers
     }
     body = admitted.command.body
-    if isinstance(body, commands.Stop):
-        changed.update(_stop_floor(part, header, body))
     time_floor = _raised_floor(part, header.iat, now, max_skew_s)
+    if isinstance(body, commands.Stop):
+        # Its instant, bounded as the time floor is: without a synchronised clock one stop
+        # dated years ahead would otherwise bar every later play for good.
+        changed.update(_stop_floor(part, header, body, min(header.iat, time_floor)))
     part = replace(part, streams={**part.streams, **changed}, time_floor=time_floor)
     return part, (PersistFloors(changed, time_floor, intent),)
 
@@ -116,12 +118,12 @@ def _raised_floor(part: Floors, iat: float, now: Instant, max_skew_s: float) -> 
 
 
 def _stop_floor(
-    part: Floors, header: commands.Header, body: commands.Stop
+    part: Floors, header: commands.Header, body: commands.Stop, issued: float
 ) -> dict[str, tuple[int, str]]:
     """A stop of everything raises the floor below which older plays are refused; a stop that
     names an id remembers it, so that play is refused if it arrives later (durably, like the
     floors: the store keeps the newest few hundred)."""
-    issued_ms = int(header.iat * 1000)
+    issued_ms = int(issued * 1000)
     if body.target != "all":
         return {admission.STOP_ID_STREAM + body.target: (issued_ms, header.id)}
     current = part.streams.get(admission.STOP_ALL_STREAM)

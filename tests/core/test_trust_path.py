@@ -38,6 +38,7 @@ from receiver.timefmt import rfc3339
 from tests.core.harness import (
     DEVICE,
     GROUPS,
+    T0,
     TRUST_TOPIC,
     World,
     emitted,
@@ -50,6 +51,7 @@ from tests.core.sim import Sim
 from tests.core.test_schedules import GROUP, MONDAY, SHA_E, WEEKDAYS, entry, starts
 
 HOUR = 3600.0
+DAY = 86400.0
 SCHEDULE_TOPIC = f"loa/v1/grp/{GROUP}/schedule"
 MAX_VERSION = 2**63 - 1
 
@@ -74,6 +76,28 @@ def test_a_start_at_in_the_past_does_not_slip_a_play_into_the_quiet_hours() -> N
     assert only_rejection(world.send(raw)).reason == "policy"
     after_quiet = rfc3339(world.utc + 2 * HOUR)  # 17:00: a future start outside them is fine
     assert accepted(world.send(world.signed("play", play_body(start_at=after_quiet))))
+
+
+# --- floors a single signed message can move --------------------------------------------------
+
+
+def test_one_stop_with_a_far_future_iat_cannot_bar_every_later_play() -> None:
+    """Without a synchronised clock a command's ``iat`` is not checked against the wall clock.
+    The time floor already moves at most ``max_skew_s`` for one command; the floor a stop of
+    everything raises did not: one stop dated years ahead (an operator's clock gone wrong, or a
+    stolen operator or emergency key while NTP is blocked) refused every later play as
+    ``replayed``, for good, whatever key signed it, even after the key was rotated out."""
+    world = World(utc_trusted=False)
+    world.state = replace(world.state, floors=replace(world.state.floors, time_floor=T0))
+    world.utc = 0.0
+    stop = world.signed("stop", {"target": "all"}, iat=T0 + 10 * 365 * DAY, ttl_s=400 * DAY)
+    assert accepted(world.send(stop))
+    assert world.state.floors.streams["stop:all"][0] == (T0 + 300) * 1000  # as the time floor
+    # A play issued before the stop's bounded instant is still barred, one after it is not.
+    assert only_rejection(world.send(world.signed("play", play_body(), iat=T0 + 60))).reason == (
+        "replayed"
+    )
+    assert accepted(world.send(world.signed("play", play_body(), iat=T0 + 301)))
 
 
 # --- the cost of a forgery ---------------------------------------------------------------------
