@@ -155,7 +155,11 @@ def _admit_command(ctx: Context, envelope: Envelope, now: Instant) -> AdmittedCo
         command = commands.parse_command(doc, header)
     except Rejection as rejection:
         raise Rejection(rejection.reason, rejection.detail, ref) from rejection
-    counted = _signers_for(command, operators, emergency, keyring)
+    _check_authorised(command, operators, emergency, keyring)
+    # Every verified signer that may sign commands here is counted, not only those that
+    # authorised it: otherwise the same envelope with the authorising signatures cut out would
+    # be new to the stream of a key left in it (a stop signed by both roles, acted twice).
+    counted = tuple({key.public: key for key in (*operators, *emergency)}.values())
     digest = hashlib.sha256(envelope.body).hexdigest()
     floors = [ctx.floors.get(command_stream(key)) for key in counted]
     if all(floor is not None and floor == (header.seq, digest) for floor in floors):
@@ -201,13 +205,13 @@ def _check_not_stopped(ctx: Context, header: commands.Header) -> None:
         raise Rejection(reasons.REPLAYED, "a stop for this id was accepted already", header.id)
 
 
-def _signers_for(
+def _check_authorised(
     command: commands.Command,
     operators: tuple[Key, ...],
     emergency: tuple[Key, ...],
     keyring: Keyring,
-) -> tuple[Key, ...]:
-    """The keys that authorise this command, or NOT_AUTHORIZED.
+) -> None:
+    """Raise NOT_AUTHORIZED unless the keys of one role authorise this command.
 
     Emergency plays need the emergency role. An emergency key may also sign ``stop``, so the
     one who sent a warning by mistake can end it; everything else is the operator's.
@@ -216,12 +220,12 @@ def _signers_for(
     ref = command.header.id
     if isinstance(body, commands.Play) and body.priority == "emergency":
         if len(emergency) >= keyring.threshold("emergency"):
-            return emergency
+            return
         raise Rejection(reasons.NOT_AUTHORIZED, "an emergency play needs the emergency role", ref)
     if len(operators) >= keyring.threshold("operator"):
-        return operators
+        return
     if isinstance(body, commands.Stop) and len(emergency) >= keyring.threshold("emergency"):
-        return emergency
+        return
     raise Rejection(reasons.NOT_AUTHORIZED, f"{command.header.type} needs the operator role", ref)
 
 

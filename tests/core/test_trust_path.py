@@ -100,6 +100,30 @@ def test_one_stop_with_a_far_future_iat_cannot_bar_every_later_play() -> None:
     assert accepted(world.send(world.signed("play", play_body(), iat=T0 + 301)))
 
 
+def test_a_stop_signed_by_both_roles_cannot_be_replayed_with_one_signature_stripped() -> None:
+    """A stop signed by an operator key and an emergency key moved only the operator key's
+    floor (the operator authorised it); the same envelope with the operator's signature cut out
+    was then new to the emergency key's stream, so it was accepted and acted a second time:
+    here it stopped a play sent after it. Every verified signer that may sign commands for the
+    device now has its floor checked and moved."""
+    world = World()
+    stop = world.signed("stop", {"target": "all"}, world.operator, world.emergency)
+    assert accepted(world.send(stop))
+    world.advance(10)
+    play = world.signed("play", play_body())
+    assert accepted(world.send(play))
+    stripped = json.loads(stop)
+    stripped["signatures"] = stripped["signatures"][1:]  # the emergency key's alone
+    effects = world.send(json.dumps(stripped).encode("utf-8"))
+    assert [(e.kind, e.detail) for e in emitted(effects)] == [
+        ("accepted", "duplicate of the last accepted")
+    ]
+    assert not emitted(effects, "stopped")
+    assert [item.ref for item in world.state.playback.items()] == [
+        json.loads(base64.b64decode(json.loads(play)["payload"]))["id"]
+    ]
+
+
 # --- the cost of a forgery ---------------------------------------------------------------------
 
 
