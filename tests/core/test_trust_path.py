@@ -1,6 +1,6 @@
-"""The trust path under attack: what a security review of it found, each pinned by a test.
-
-Each test names the hole it closes; docs/security.md says what holds and why.
+"""The trust path under attack: each hole a review of it found, pinned by a test that failed
+before its fix. The docstrings say what an attacker (or a mistake) could do before; the docs
+(protocol.md, security.md) say what holds now and why.
 """
 
 from __future__ import annotations
@@ -305,19 +305,16 @@ def test_after_a_restart_a_stored_schedule_is_judged_by_the_stored_keyring(
         "media:\n  allowed_schemes: [https]\n  allowed_hosts: [media.example]\n",
         "tests/core/test_trust_path.py",
     )
+    store = Store(tmp_path)
     for sid, signer in (("sch-1", stolen), ("sch-2", fresh), ("sch-3", stolen)):
         effects = world.send(schedule_by(world, signer, sid, 1), topic=SCHEDULE_TOPIC)
-        for effect in effects:
-            if isinstance(effect, PersistSchedule):
-                body = effect.body if sid != "sch-3" else json.loads(effect.body)["payload"]
-                if sid == "sch-3":  # as a receiver before this one stored it: the bare payload
-                    body = base64.b64decode(body)
-                store = Store(tmp_path)
-                store.save_schedule(effect.schedule_id, effect.version, body, effect.digest)
-                store.close()
+        (stored,) = [e for e in effects if isinstance(e, PersistSchedule)]
+        body = stored.body
+        if sid == "sch-3":  # as a receiver before this one stored it: the bare payload
+            body = base64.b64decode(json.loads(body)["payload"])
+        store.save_schedule(sid, stored.version, body, stored.digest)
     trust_effects = world.send(without(world, stolen, fresh), topic=TRUST_TOPIC)
     (persist,) = [e for e in trust_effects if isinstance(e, PersistTrust)]
-    store = Store(tmp_path)
     store.save_trust(persist.version, persist.body, persist.digest)
     restored = restore_state(config, store)
     store.close()
