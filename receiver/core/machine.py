@@ -382,7 +382,10 @@ def _recover(state: State, intent: Intent, now: Instant) -> tuple[State, Effects
     body = command.body
     if isinstance(body, commands.Play):
         # Its intent stays until the item ends, so a second restart is handled the same way.
-        state, queued = _queue_play(state, ref, body, now, window_end_utc=intent.window_end_utc)
+        # Never longer than the window it would get if accepted now: a window stored by a clock
+        # that was unsynchronised and ahead would otherwise keep it able to sound for days.
+        window_end_utc = min(intent.window_end_utc, _window_end_utc(state, command, now))
+        state, queued = _queue_play(state, ref, body, now, window_end_utc=window_end_utc)
         return state, (accepted, *queued)
     state, acted = _act(state, command, now)
     return state, (accepted, *acted, PersistIntentDone(ref))

@@ -48,6 +48,7 @@ from tests.core.harness import (
     unchanged,
 )
 from tests.core.sim import Sim
+from tests.core.test_intents import Disk, restart
 from tests.core.test_schedules import GROUP, MONDAY, SHA_E, WEEKDAYS, entry, starts
 
 HOUR = 3600.0
@@ -122,6 +123,24 @@ def test_a_stop_signed_by_both_roles_cannot_be_replayed_with_one_signature_strip
     assert [item.ref for item in world.state.playback.items()] == [
         json.loads(base64.b64decode(json.loads(play)["payload"]))["id"]
     ]
+
+
+def test_a_play_carried_out_after_a_restart_keeps_no_more_than_its_own_window() -> None:
+    """A play accepted while the wall clock was unsynchronised and days ahead was stored with
+    its window's end by that clock; after a restart with the right time it was carried out with
+    a window days long, in which it could still sound (resume after a long emergency, say)."""
+    world = World(utc_trusted=False)
+    world.utc = T0 + 10 * DAY  # an unsynchronised clock, ten days ahead
+    effects = world.send(world.signed("play", play_body(), iat=T0))
+    assert accepted(effects)
+    disk = Disk().apply(effects)  # then a crash, before it sounded
+    world.utc = T0  # the restart comes with the right time
+    again = restart(world, disk)
+    assert [(e.kind, e.detail) for e in emitted(again.effects, "accepted")] == [
+        ("accepted", "play, carried out after a restart")
+    ]
+    (item,) = again.state.playback.items()
+    assert item.window_end_mono - again.mono <= 600  # its max_duration_s, not ten days
 
 
 # --- the cost of a forgery ---------------------------------------------------------------------
