@@ -64,6 +64,19 @@ def fix_reset_floor(part: Floors, now: Instant) -> tuple[Floors, tuple[PersistRe
     return replace(part, reset_floor=floor), (PersistResetFloor(floor),)
 
 
+CLOCK_FOLLOW_S = 1.0  # how far the synchronised clock may run ahead of the floor in memory
+
+
+def follow_clock(part: Floors, now: Instant) -> Floors:
+    """A synchronised clock raises the trusted-time floor of the running core (the shell stores
+    it about hourly): a clock then set back, a spoofed NTP server that the kernel still calls
+    synchronised, is judged against the newest good time, not against the floor the core
+    started with or the last accepted command's."""
+    if not now.utc_trusted or now.utc < part.time_floor + CLOCK_FOLLOW_S:
+        return part
+    return replace(part, time_floor=now.utc)
+
+
 def accept_command(
     part: Floors,
     admitted: admission.AdmittedCommand,

@@ -90,7 +90,8 @@ def boot(state: State, now: Instant) -> Step:
 
 
 def _fix_reset_floor(state: State, now: Instant) -> tuple[State, Effects]:
-    part, effects = floors.fix_reset_floor(state.floors, now)
+    """The reset floor of a fresh store, and the time floor raised by a synchronised clock."""
+    part, effects = floors.fix_reset_floor(floors.follow_clock(state.floors, now), now)
     return (state if part is state.floors else replace(state, floors=part)), effects
 
 

@@ -31,7 +31,7 @@ from receiver.core.effects import (
     PublishState,
     StopPlayback,
 )
-from receiver.core.events import MessageReceived
+from receiver.core.events import MessageReceived, TimerFired
 from receiver.core.trust import Key, Keyring
 from receiver.store import Store
 from receiver.timefmt import rfc3339
@@ -80,6 +80,23 @@ def test_a_start_at_in_the_past_does_not_slip_a_play_into_the_quiet_hours() -> N
 
 
 # --- floors a single signed message can move --------------------------------------------------
+
+
+def test_a_clock_set_back_during_a_long_run_cannot_revive_a_message_it_has_outlived() -> None:
+    """The synchronised clock raised the time floor only in the store (hourly), never in the
+    running core, where only accepted commands moved it: a board up for a month without a
+    command, whose NTP was then spoofed three weeks back (still "synchronised"), judged a
+    command captured three weeks ago, never delivered, as fresh, and acted on it."""
+    world = World()
+    month_ago = world.utc - 30 * DAY  # the floor the store gave the core at start-up
+    floors = replace(world.state.floors, time_floor=month_ago, reset_floor=month_ago - 365 * DAY)
+    world.state = replace(world.state, floors=floors)
+    captured = world.signed("volume", {"level": 99}, iat=world.utc - 21 * DAY)
+    world.feed(TimerFired())  # the running board, its clock synchronised and right
+    world.advance(60)
+    world.utc -= 21 * DAY  # NTP spoofed three weeks back; the kernel still says synchronised
+    assert only_rejection(world.send(captured)).reason == "expired"
+    assert world.state.volume != 99
 
 
 def test_one_stop_with_a_far_future_iat_cannot_bar_every_later_play() -> None:
