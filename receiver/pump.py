@@ -39,8 +39,6 @@ class OutboxPump:
         self._logs: list[_Log] = []  # the turn's event lines, written once it is committed
         self._ready: list[_Log] = []  # lines to write (events committed, actions done), in order
         self._holding = False  # see hold_logs
-        self._carry = False  # asked by carry_over, for the turn under way
-        self._carried = False  # a turn's events wait, uncommitted, for the next (carry_over)
         self._in_turn = False
         self._batch: AbstractContextManager[None] | None = None  # this turn's, once opened
         self._unavailable: StoreError | None = None  # the outbox could not open this turn's batch
@@ -64,34 +62,12 @@ class OutboxPump:
             yield
         except BaseException as exc:
             self._logs.clear()
-            self._carried = False
             self._end_batch(exc)
             raise
         finally:
             self._in_turn = False
             self._unavailable = None
-            carry, self._carry = self._carry, False
-        if carry and not self._carried and self._batch is not None:
-            self._carried = True  # committed with the next turn's events, or commit_carried
-            return
         self._commit(then_send=True)
-
-    def carry_over(self) -> None:
-        """Leave this turn's events uncommitted at its end: the next turn's join them, and one
-        durable write takes both (a command's `accepted` and its `started`, a few milliseconds
-        apart). Not twice in a row. Until the write nothing of them is sent or logged; the
-        caller acknowledges the turn's messages only after it (:attr:`carrying`)."""
-        self._carry = True
-
-    @property
-    def carrying(self) -> bool:
-        """A turn's events wait uncommitted for the next turn (:meth:`carry_over`)."""
-        return self._carried
-
-    def commit_carried(self) -> None:
-        """Commit, send and log the events a turn carried over, if any."""
-        if self._carried:
-            self._commit(then_send=True)
 
     def commit(self) -> None:
         """Put the turn's events so far on disk now, before a store write that relies on them
@@ -101,7 +77,6 @@ class OutboxPump:
             self._commit()
 
     def _commit(self, *, then_send: bool = False) -> None:
-        self._carried = False
         try:
             self._end_batch(None)
         except StoreError as exc:
@@ -150,7 +125,7 @@ class OutboxPump:
 
     def settle(self) -> None:
         """Forget what the broker has acknowledged (one transaction), then send more."""
-        if not self._acked or self._batch is not None:
+        if not self._acked:
             return
         acked = list(self._acked)
         try:
@@ -166,10 +141,7 @@ class OutboxPump:
         self.send()
 
     def send(self) -> None:
-        """Hand the link what the outbox holds, oldest first, a bounded number at a time; never
-        while a turn's events are not committed (the outbox would show them)."""
-        if self._batch is not None:
-            return
+        """Hand the link what the outbox holds, oldest first, a bounded number at a time."""
         room = MAX_IN_FLIGHT - len(self._in_flight)
         if room <= 0:
             return

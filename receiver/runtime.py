@@ -118,9 +118,6 @@ class Runtime:
         self._protected: frozenset[str] = frozenset()
         self._opened_ahead = False  # a file opened for a play not yet named (_open_ahead)
         self._opened_unchecked = False  # ... and opened before its command was checked
-        # Messages handled in a turn whose reports the pump carried over: acknowledged once
-        # those are on disk (_commit_carried).
-        self._acks_due: list[MessageReceived] = []
         self._unchecked_rest_until = 0.0  # monotonic; see _open_ahead_of_check
         self._next_poll = 0.0
         self._next_time_save = 0.0
@@ -244,8 +241,6 @@ class Runtime:
         """Step ``first`` and the events already waiting behind it (a bounded number, up to the
         first whose step reports an outcome); their reports go to disk together, and only then
         are the messages acknowledged."""
-        if not isinstance(first, START_REPORTS):
-            self._commit_carried()  # carried over for a start report only, never past others
         handled: list[MessageReceived] = []
         event: Event | None = first
         deadline: float | None = None
@@ -273,13 +268,6 @@ class Runtime:
                 # (a command's cache hit, so its play follows its floors at once).
                 event = self.inbox.get_report_nowait() if told else self.inbox.get_nowait()
                 now = self.clock.now()
-            if self._play_issued and not start_reported:
-                # Its `accepted` (or whatever else this turn reports) is written with the
-                # start report's `started`, a few milliseconds later, in one durable write: the
-                # loop is then free when libVLC reports the start (STATE_HOLD_AFTER_PLAY_S at
-                # most). A crash meanwhile loses the reports, never the command: its intent is
-                # on disk and its message not acknowledged.
-                self.pump.carry_over()
         if self._play_issued or (
             not start_reported and self._state_held_until is None and self._start_coming(now)
         ):
@@ -298,21 +286,9 @@ class Runtime:
         self._publish_held_state(now)
         self._after_turn(now)
         # Handled, its floors and reports on disk: only now may the broker forget it.
-        self._acks_due.extend(handled)
-        if not self.pump.carrying:
-            self._ack_due()
-        return deadline
-
-    def _commit_carried(self) -> None:
-        """The reports a turn carried over (:meth:`OutboxPump.carry_over`) to disk, then the
-        PUBACKs of its messages."""
-        self.pump.commit_carried()
-        self._ack_due()
-
-    def _ack_due(self) -> None:
-        acks, self._acks_due = self._acks_due, []
-        for message in acks:
+        for message in handled:
             self.link.ack(message)
+        return deadline
 
     def _settle_outbox(self) -> None:
         """After a turn: what the broker acknowledged is forgotten, in a durable write of its
@@ -320,7 +296,6 @@ class Runtime:
         `started` event leaves (the hold of the state): that write would stand between them."""
         held = self._state_held_until
         if held is None or self.clock.now().mono >= held:
-            self._commit_carried()
             self.pump.settle()
 
     def _wait_s(self, deadline: float | None, watchdog: float | None) -> float:
@@ -366,7 +341,6 @@ class Runtime:
 
     def _shutdown(self) -> None:
         systemd.notify("STOPPING=1")
-        self._commit_carried()
         self.pump.release_logs()
         for name, close in self.ports.closers():
             try:
@@ -638,7 +612,6 @@ class Runtime:
         if self._state_held_until is not None and now.mono < self._state_held_until:
             return
         self._state_held_until = None
-        self._commit_carried()
         self.pump.release_logs()
         self._publish_due_state(now)
 
