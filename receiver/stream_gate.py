@@ -10,7 +10,8 @@ the start of a relay.
 
 :class:`StreamGate` listens on ``127.0.0.1`` (a free port); libVLC opens :attr:`StreamGate.url`.
 For each of libVLC's requests the gate asks the station itself (one ``GET``, the connection
-made by :mod:`receiver.streams`) and passes the body back under plain HTTP headers (no
+made by :func:`receiver.streams.connect`, bounded like the resolver's and called off by
+:meth:`StreamGate.close`) and passes the body back under plain HTTP headers (no
 ``icy-*``, so libVLC keeps its newer access, which with ``:http-continuous`` reconnects once
 per close). Its rules:
 
@@ -34,7 +35,7 @@ from typing import Final
 from urllib.parse import urlsplit
 
 from receiver.core import urls
-from receiver.streams import RESOLVE_DEADLINE_S, StreamRefused, _connect, _Deadline, _request
+from receiver.streams import RESOLVE_DEADLINE_S, Deadline, StreamRefused, connect, get_head
 
 __all__ = ["MIN_INTERVAL_S", "StreamGate"]
 
@@ -149,15 +150,18 @@ class StreamGate:
         if self._spent or self._closed:
             return None
         self._last_asked = time.monotonic()
-        deadline = _Deadline(self._last_asked + RESOLVE_DEADLINE_S, lambda: self._closed)
+        # The station's name is looked up again for each request (a station may move), on the
+        # same deadline, which close() calls off: a silent name server holds neither the gate
+        # nor a stop.
+        deadline = Deadline.after(RESOLVE_DEADLINE_S, lambda: self._closed)
         try:
-            sock = _connect(self._target, deadline)
+            sock = connect(self._target, deadline)
         except StreamRefused:
             return None
         if not self._keep(sock):
             return None
         try:
-            status, headers, rest = _request(sock, self._target, deadline)
+            status, headers, rest = get_head(sock, self._target, deadline)
         except StreamRefused:
             self._drop(sock)
             return None
