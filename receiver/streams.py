@@ -51,6 +51,7 @@ if TYPE_CHECKING:
     from receiver.config_model import MediaConfig
 
 __all__ = [
+    "LOOKUP_TIMEOUT_S",
     "MAX_DEPTH",
     "MAX_HLS_VARIANTS",
     "MAX_PENDING_LOOKUPS",
@@ -87,6 +88,11 @@ RESOLVE_DEADLINE_S: Final = 10.0
 CONNECT_TIMEOUT_S: Final = 5.0
 POLL_S: Final = 0.25  # how often a blocked read asks whether it was cancelled
 FIRST_BYTES_S: Final = 2.0  # how long a stream's first bytes are waited for
+# How long a station's name is waited for, at most (within the deadline). glibc asks again after
+# 5 s when a query or its answer was lost: 6.5 s lets that second try answer over 4G, and ends
+# before the daemon's stall watchdog (player.stall_timeout_s, 8 s by default) restarts a relay
+# that has not started, so that the relay fails saying why ("cannot look up …").
+LOOKUP_TIMEOUT_S: Final = 6.5
 # Name lookups given up on (deadline, stop) but still waiting for the name server, at most: past
 # that, a lookup is refused at once rather than leave one more thread waiting (see lookup()).
 MAX_PENDING_LOOKUPS: Final = 4
@@ -422,8 +428,9 @@ def lookup(host: str, port: int, deadline: Deadline) -> list[Address]:
 
     ``getaddrinfo`` cannot be interrupted, and with a name server gone silent (a 4G link in a
     bad state) glibc waits its own timeouts: 5 s per try, per attempt, per server. So the
-    lookup runs on a daemon thread of its own, and this waits for it at most until the deadline
-    or until ``deadline.cancelled()``, asking every :data:`POLL_S`. A lookup given up on is
+    lookup runs on a daemon thread of its own, and this waits for it at most
+    :data:`LOOKUP_TIMEOUT_S` and never past the deadline, and gives up as soon as
+    ``deadline.cancelled()`` says so, asking every :data:`POLL_S`. A lookup given up on is
     left to finish on its own (its answer is dropped); at most :data:`MAX_PENDING_LOOKUPS` may
     be pending at once, and past that a lookup is refused at once. An address literal needs no
     name server and is read on the caller's thread.
@@ -432,6 +439,7 @@ def lookup(host: str, port: int, deadline: Deadline) -> list[Address]:
         return _addresses(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=_NUMERIC))
     except socket.gaierror:
         pass  # a name, not an address literal
+    deadline.left(host)  # stopped, or no time left: no lookup to start
     if not _pending_lookups.acquire(blocking=False):
         raise StreamRefused(
             f"cannot look up {host}: the name server has not answered the last "
@@ -450,8 +458,14 @@ def lookup(host: str, port: int, deadline: Deadline) -> list[Address]:
             done.set()
 
     threading.Thread(target=look_up, name="stream-lookup", daemon=True).start()
-    while not done.wait(min(POLL_S, _lookup_left(deadline, host))):
-        pass  # _lookup_left() raises once the deadline has passed or we were cancelled
+    start = time.monotonic()
+    bound = Deadline(
+        min(deadline.at, start + LOOKUP_TIMEOUT_S),
+        deadline.cancelled,
+        round(min(deadline.at - start, LOOKUP_TIMEOUT_S), 1),
+    )
+    while not done.wait(min(POLL_S, _lookup_left(bound, host))):
+        pass  # _lookup_left() raises once the bound has passed or we were cancelled
     found = outcome[0]
     if isinstance(found, OSError) or not found:
         raise StreamRefused(f"cannot look up {host} (no such name, or no name server)")

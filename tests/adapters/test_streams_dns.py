@@ -115,6 +115,23 @@ def test_a_silent_name_server_fails_the_resolve_at_its_deadline(
     assert station.connections == 0
 
 
+def test_the_lookup_has_a_bound_of_its_own_below_the_stall_watchdog(
+    silent_dns: SilentDns, station: Station, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # In service 6.5 s of the 10 s deadline, so that the relay fails saying why before the
+    # daemon's stall watchdog (8 s by default) restarts it.
+    assert streams.LOOKUP_TIMEOUT_S < 8.0 < streams.RESOLVE_DEADLINE_S
+    monkeypatch.setattr(streams, "LOOKUP_TIMEOUT_S", 1.0)
+    host = f"radio.silent.test:{station.port}"
+    start = time.monotonic()
+    with pytest.raises(StreamRefused) as refused:
+        resolve(f"http://{host}/live.mp3", ("http",), (host,), deadline_s=10.0)
+    assert refused.value.detail == (
+        "cannot look up radio.silent.test: the name server did not answer in 1 s"
+    )
+    assert time.monotonic() - start < 1.0 + SLACK_S
+
+
 def test_cancelling_during_a_lookup_returns_at_once_and_the_late_answer_is_dropped(
     silent_dns: SilentDns, station: Station
 ) -> None:
