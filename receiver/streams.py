@@ -25,8 +25,12 @@ master playlist (at most :data:`MAX_HLS_VARIANTS`) are read and checked the same
 variant adds after the relay has started is fetched by libVLC and not checked again.
 
 Everything has one deadline (:data:`RESOLVE_DEADLINE_S`): a server trickling a byte a second
-fails on time. Failures raise :class:`StreamRefused` whose ``detail`` is built from our own
-words, numbers and hosts that passed validation, never from server-supplied text.
+fails on time, and so does a name server gone silent (:func:`lookup`, which waits
+:data:`LOOKUP_TIMEOUT_S` at most). A stop calls every step off within :data:`POLL_S`: the
+lookup, the connect, the TLS handshake and each read. :func:`connect`, :func:`get_head` and
+:class:`Deadline` serve the stream gate too. Failures raise :class:`StreamRefused` whose
+``detail`` is built from our own words, numbers and hosts that passed validation, never from
+server-supplied text.
 
 :func:`media_options` gives the libVLC options for each kind. The module does network I/O; it
 is called from the player's resolver thread, never from the daemon's loop.

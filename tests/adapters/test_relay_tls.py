@@ -123,3 +123,59 @@ def test_the_gate_refuses_a_station_whose_certificate_is_not_trusted(
             gate.close()
         assert answer.startswith(b"HTTP/1.0 503"), answer
         assert server.requests == []
+
+
+class SlowHandshakeStation:
+    """A TLS station that waits ``delay_s`` after accepting before it answers the handshake (a
+    slow 4G link), then answers one request with a few bytes of audio."""
+
+    def __init__(self, ca: TestCa, delay_s: float) -> None:
+        files = ca.issue("127.0.0.1", server_hosts=["127.0.0.1"])
+        self._context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self._context.load_cert_chain(files.cert, files.key)
+        self._delay_s = delay_s
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self._listener.getsockname()[1]
+        self.handshakes = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return
+            time.sleep(self._delay_s)
+            try:
+                with self._context.wrap_socket(conn, server_side=True) as tls:
+                    self.handshakes += 1
+                    tls.recv(4096)
+                    tls.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: audio/mpeg\r\n\r\n\xff\xfb\x90")
+            except OSError:
+                continue
+
+    def close(self) -> None:
+        self._listener.close()
+
+
+def test_a_slow_handshake_is_waited_for_and_a_stop_during_it_is_prompt(
+    pki: TestCa, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The handshake is waited for in 0.25 s steps (so that a stop is noticed), each resuming
+    # where OpenSSL left off: a station 1 s slow to answer it is still reached.
+    monkeypatch.setenv("SSL_CERT_FILE", str(pki.cert_file))
+    slow = SlowHandshakeStation(pki, delay_s=1.0)
+    try:
+        url, hosts = f"https://127.0.0.1:{slow.port}/live.mp3", (f"127.0.0.1:{slow.port}",)
+        resolved = resolve(url, ("https",), hosts, deadline_s=5.0)
+        assert resolved.kind == "stream" and slow.handshakes == 1
+
+        stopped = threading.Event()
+        threading.Timer(0.3, stopped.set).start()
+        start = time.monotonic()
+        with pytest.raises(StreamRefused) as refusal:
+            resolve(url, ("https",), hosts, deadline_s=5.0, cancelled=stopped.is_set)
+        assert refusal.value.detail == "stopped while asking the server"
+        assert time.monotonic() - start < 0.3 + 0.5
+    finally:
+        slow.close()

@@ -156,6 +156,36 @@ def wait_for_no_pending_lookup() -> None:
         time.sleep(0.02)
 
 
+def test_a_stop_during_a_connect_to_a_silent_station_is_prompt() -> None:
+    # A listener whose queue is full drops every SYN, as a dead 4G link does: the connect
+    # waits (5 s at most) but is called off within POLL_S, and the next address is not tried.
+    full = socket.create_server(("127.0.0.1", 0), backlog=0)
+    port = full.getsockname()[1]
+    queued = socket.create_connection(("127.0.0.1", port), timeout=1)
+    try:
+        stopped = threading.Event()
+        threading.Timer(0.3, stopped.set).start()
+        start = time.monotonic()
+        with pytest.raises(StreamRefused) as refused:
+            resolve(
+                f"http://127.0.0.1:{port}/",
+                ("http",),
+                (f"127.0.0.1:{port}",),
+                cancelled=stopped.is_set,
+            )
+        assert refused.value.detail == "stopped while asking the server"
+        assert time.monotonic() - start < 0.3 + SLACK_S
+
+        start = time.monotonic()
+        with pytest.raises(StreamRefused) as refused:
+            resolve(f"http://127.0.0.1:{port}/", ("http",), (f"127.0.0.1:{port}",), deadline_s=1.0)
+        assert refused.value.detail == "127.0.0.1 too slow: no answer in 1 s"
+        assert time.monotonic() - start < 1.0 + SLACK_S
+    finally:
+        queued.close()
+        full.close()
+
+
 def test_lookups_given_up_on_are_capped(silent_dns: SilentDns, station: Station) -> None:
     # Each abandoned lookup keeps a thread until the name server (or glibc) gives up: their
     # number is capped, and past the cap a lookup is refused at once.
