@@ -150,9 +150,9 @@ class StreamGate:
         if self._spent or self._closed:
             return None
         self._last_asked = time.monotonic()
-        # The station's name is looked up again for each request (a station may move), on the
-        # same deadline, which close() calls off: a silent name server holds neither the gate
-        # nor a stop.
+        # The station's name is looked up again for each request (a station may move), within
+        # the request's deadline, which close() calls off: a silent name server holds neither
+        # the gate nor a stop (libVLC gets a 503 once the lookup gives up).
         deadline = Deadline.after(RESOLVE_DEADLINE_S, lambda: self._closed)
         try:
             sock = connect(self._target, deadline)
