@@ -5,6 +5,7 @@ or one for another name, is refused with our reason; a trusted one relays, and t
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import ssl
 import threading
@@ -137,7 +138,8 @@ class SlowHandshakeStation:
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port: int = self._listener.getsockname()[1]
         self.handshakes = 0
-        threading.Thread(target=self._serve, daemon=True).start()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
 
     def _serve(self) -> None:
         while True:
@@ -155,6 +157,9 @@ class SlowHandshakeStation:
                 continue
 
     def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)  # wakes the accept()
+        self._thread.join(timeout=5)
         self._listener.close()
 
 

@@ -13,6 +13,7 @@ Two kinds of silent name server:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import socket
@@ -48,7 +49,8 @@ class Station:
         self.port: int = self._listener.getsockname()[1]
         self.connections = 0
         self._held: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
 
     def _accept(self) -> None:
         while True:
@@ -60,6 +62,11 @@ class Station:
             self._held.append(conn)
 
     def close(self) -> None:
+        # shutdown() wakes the accept() (close() alone would leave the thread blocked in it,
+        # and the listener open, for the rest of the test run).
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)
+        self._thread.join(timeout=5)
         self._listener.close()
         for conn in self._held:
             conn.close()
