@@ -57,7 +57,8 @@ systemtest: bootstrap
 
 # A board's bundle proved on its architecture under qemu-user-static (root): installed,
 # upgraded, removed, check-config, one signed play into a WAV. `make systemtest` includes
-# arm64; armhf only here: its root and run add about 10 minutes on a clean machine (3 once made).
+# arm64; armhf here (.ci/run calls it after systemtest): its root and run take about 10 minutes
+# on a clean machine, 5 once made.
 .PHONY: bundletest
 bundletest: bootstrap
 	bash scripts/bundletest.sh $(ARCH)
