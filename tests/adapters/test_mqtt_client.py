@@ -475,6 +475,8 @@ def test_a_server_that_accepts_but_never_answers_is_given_up_on() -> None:
         assert rec.links == []
     finally:
         link.stop()
+        with contextlib.suppress(OSError):
+            silent.shutdown(socket.SHUT_RDWR)  # wakes accept_forever (close() alone would not)
         silent.close()
         for conn in accepted:
             conn.close()
