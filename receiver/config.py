@@ -67,10 +67,12 @@ from receiver.i18n import gettext_ as _
 __all__ = [
     "ConfigError",
     "GpioSettings",
+    "key_id_problem",
     "load_config",
     "parse_config",
     "placeholders",
     "read_gpio_settings",
+    "scope_problem",
     "unreadable_files",
 ]
 
@@ -387,20 +389,40 @@ def _ident(node: yaml.Node, ctx: _Context, path: str) -> str:
     return value
 
 
+def scope_problem(value: str) -> str | None:
+    """What is wrong with ``value`` as a key's scope (None: nothing); receiver-admin uses it too."""
+    if value != "*" and not _ID.fullmatch(value):
+        return f"is not a device or group id nor '*': {_ID_RULE}"
+    return None
+
+
 def _scope(node: yaml.Node, ctx: _Context, path: str) -> str:
     value = _text(node, ctx, path)
-    if value != "*" and not _ID.fullmatch(value):
-        raise _BadValueError(f"{_show(value)} is not a device or group id nor '*': {_ID_RULE}")
+    problem = scope_problem(value)
+    if problem is not None:
+        raise _BadValueError(f"{_show(value)} {problem}")
     return value
+
+
+def key_id_problem(value: str) -> str | None:
+    """What is wrong with ``value`` as a key id (None: nothing); receiver-admin uses it too."""
+    if not value:
+        return "is empty"
+    if len(value) > 64:
+        return f"is {len(value)} characters long: use at most 64"
+    if not value.isprintable() or any(c.isspace() for c in value):
+        return "must not contain spaces or control characters"
+    return None
 
 
 def _key_id(node: yaml.Node, ctx: _Context, path: str) -> str:
     value = _text(node, ctx, path)
-    if len(value) > 64:
-        raise _BadValueError(f"is {len(value)} characters long: use at most 64")
-    if not value.isprintable() or any(c.isspace() for c in value):
-        raise _BadValueError(f"{_show(value)} must not contain spaces or control characters")
-    return value
+    problem = key_id_problem(value)
+    if problem is None:
+        return value
+    if len(value) > 64:  # the value itself would fill the line
+        raise _BadValueError(problem)
+    raise _BadValueError(f"{_show(value)} {problem}")
 
 
 def _secret(node: yaml.Node, ctx: _Context, path: str) -> str:

@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 from typing import Any, Final
 
+from receiver import config as config_rules
 from receiver.central import validate
 from receiver.central.signing import SigningKey
 from receiver.core.envelope import MAX_MESSAGE_BYTES
@@ -112,6 +113,53 @@ def host(text: str) -> str:
             "(the port goes in --port, TLS is --cafile)"
         )
     return text
+
+
+def port(text: str) -> int:
+    """``--port``: a TCP port, 1 to 65535 (a typo here is not the broker's fault)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a port: give 1 to 65535")
+    return value
+
+
+def days(text: str) -> float:
+    """``--ttl-days``: how many days a document may be taken up, above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of days") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give more than 0 days, e.g. 30")
+    return value
+
+
+def key_id(text: str) -> str:
+    """``keygen --id``: a key id the receivers' config and trust documents both take."""
+    problem = config_rules.key_id_problem(text)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(f"{text!r} {problem}")
+    return text
+
+
+def scope(text: str) -> str:
+    """``--scopes``: a device or group id, or ``*``, as the receivers' config takes it."""
+    problem = config_rules.scope_problem(text)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(f"{text!r} {problem}")
+    return text
+
+
+def why(exc: Exception) -> str:
+    """Why a file could not be read, in a few words (not Python's ``[Errno 2] ...: 'x'``)."""
+    if isinstance(exc, UnicodeDecodeError):
+        return "not UTF-8 text"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc)
 
 
 def positive_number(text: str) -> float:

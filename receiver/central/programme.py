@@ -66,6 +66,7 @@ ENTRY_KEYS: Final = frozenset(
         "valid_until",
     }
 )
+SOURCE_KEYS: Final = frozenset({"id", "version", "tz", "media_url", "entries"})
 # Words people write for a key, and the key they mean.
 MEANT: Final = {
     "time": "at",
@@ -275,6 +276,14 @@ def compile_source(path: Path) -> dict[str, Any]:
         mark = getattr(exc, "problem_mark", None)
         at = f" (line {mark.line + 1})" if mark is not None else ""
         raise InputError(f"{path}: not valid YAML{at}: {getattr(exc, 'problem', exc)}") from exc
+    if isinstance(source, dict):
+        unknown = sorted(set(map(str, source)) - SOURCE_KEYS)
+        if unknown:
+            key = unknown[0]
+            close = difflib.get_close_matches(key, sorted(SOURCE_KEYS), 1)
+            known = ", ".join(sorted(SOURCE_KEYS))
+            hint = f"did you mean {close[0]}?" if close else f"known: {known}"
+            raise InputError(f"{path}: {key}: not a known key; {hint}")
     if not isinstance(source, dict) or not isinstance(source.get("entries"), list):
         raise InputError(f"{path}: a programme is a mapping with an 'entries' list")
     tz = str(source.get("tz", "Asia/Ho_Chi_Minh"))

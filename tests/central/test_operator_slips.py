@@ -490,3 +490,158 @@ def test_keygen_into_a_directory_that_does_not_exist_says_so(
     assert main(["keygen", "--id", "op-2", "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert f"--out {out}: the directory {out.parent} does not exist" in err
+
+
+# --- keys, ports, documents and start times, as operators mistype them ----------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "named"),
+    [
+        (["keygen", "--id", "op 2"], "--id: 'op 2' must not contain spaces"),
+        (["keygen", "--id", "op-2", "--scopes", "prov 25"], "--scopes: 'prov 25' is not a device"),
+        (["keygen", "--id", "op-2", "--scopes", "Commune-1"], "--scopes: 'Commune-1' is not"),
+    ],
+)
+def test_keygen_refuses_an_entry_the_receivers_config_refuses(
+    tmp_path: Path, argv: list[str], named: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``keygen --id 'op 2'`` made the key and printed a trust.keys entry that every receiver's
+    check-config then refused ("must not contain spaces"), exit 0."""
+    out = tmp_path / "op.pem"
+    with pytest.raises(SystemExit) as exited:
+        main([*argv, "--out", str(out)])
+    assert exited.value.code == 2
+    assert named in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_keygen_into_a_directory_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--out keys/`` said "keys exists already; not overwriting a key"."""
+    assert main(["keygen", "--id", "op-2", "--out", str(tmp_path)]) == 2
+    assert f"--out {tmp_path}: a directory; give the key file's name" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_port_out_of_range_is_bad_input_not_the_broker(
+    operator_key: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--port 18830`` typed ``188830`` said "connection refused (is the broker running
+    there?)", exit 3: the operator went to look at a broker that was fine."""
+    with pytest.raises(SystemExit) as exited:
+        main(["stop", *command(operator_key, "--aud", "dev:loa-001"), "--host", "127.0.0.1",
+              "--port", "188830"])  # fmt: skip
+    assert exited.value.code == 2
+    assert "--port: 188830 is not a port: give 1 to 65535" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("start_at", "said"),
+    [
+        ("2020-12-07T06:30:00+07:00", "in the past; the boards would play it at once"),
+        ("2062-12-07T06:30:00+07:00", "more than 7 days ahead; check the year"),
+    ],
+)
+def test_a_start_time_in_the_past_or_years_ahead_is_not_sent(
+    secured: Secured,
+    operator_key: Path,
+    start_at: str,
+    said: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A year typed wrong was signed and sent: 2020 played at once on every board; 2062 sat in
+    every board's queue as a play nobody would hear."""
+    with Spy(secured, "loa/v1/#", retained=False) as spy:
+        code = main(
+            ["stream", *command(operator_key, "--aud", "grp:commune-1"),
+             "--url", "https://radio.example.vn/live", "--start-at", start_at,
+             *secured.login()]
+        )  # fmt: skip
+        time.sleep(0.3)
+        assert spy.topics() == []
+    assert code == 2
+    err = capsys.readouterr().err
+    assert f"--start-at {start_at}: that is " in err and said in err
+
+
+def test_a_start_time_a_moment_ahead_is_sent(
+    operator_key: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    soon = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 120))
+    argv = ["stream", *command(operator_key, "--aud", "grp:commune-1")]
+    assert main([*argv, "--url", "https://radio.example.vn/live", "--start-at", soon]) == 0
+    envelope = json.loads(capsys.readouterr().out)
+    assert envelope["payloadType"] == "application/vnd.loa.command.v1+json"
+
+
+def test_a_schedule_version_given_as_0_is_refused_not_replaced_by_the_files(
+    operator_key: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--version 0`` was taken as "no --version": the file's version 1 was signed, exit 0."""
+    argv = ["schedule", "--file", _programme_file(tmp_path), "--version", "0"]
+    assert main([*argv, *command(operator_key, "--aud", "grp:commune-1")]) == 2
+    captured = capsys.readouterr()
+    assert "version: must be at least 1, not 0" in captured.err
+    assert captured.out == ""
+
+
+@pytest.mark.parametrize("ttl_days", ["0", "-1", "nan", "a month"])
+def test_a_document_lifetime_that_is_not_days_is_named(
+    operator_key: Path, tmp_path: Path, ttl_days: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--ttl-days 0`` said "(document): a receiver refuses it: exp is not after iat
+    (malformed)"; ``--ttl-days nan`` said only "Invalid value NaN (not a number)"."""
+    argv = ["schedule", "--file", _programme_file(tmp_path), "--ttl-days", ttl_days]
+    with pytest.raises(SystemExit) as exited:
+        main([*argv, *command(operator_key, "--aud", "grp:commune-1")])
+    assert exited.value.code == 2
+    assert f"--ttl-days: {ttl_days!r}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("source", "said"),
+    [
+        ("id: morning\nverison: 2\n", "verison: not a known key; did you mean version?"),
+        ("id: morning\nversion: two\n", "version 'two' is not a whole number"),
+        ("version: 2\n", "no schedule id: write id: in the file, or give --id"),
+    ],
+)
+def test_a_programmes_id_and_version_slips_are_named(
+    operator_key: Path,
+    tmp_path: Path,
+    source: str,
+    said: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A misspelt ``verison:`` or ``version: two`` both said "a schedule needs an id and an
+    integer version (in the file or flags)": neither the key nor the value was named."""
+    (tmp_path / "a.mp3").write_bytes(b"ID3 not really")
+    path = tmp_path / "programme.yaml"
+    path.write_text(
+        source + "media_url: https://m.example/\nentries:\n"
+        "  - {title: News, days: weekdays, at: '06:30', file: a.mp3}\n",
+        encoding="utf-8",
+    )
+    argv = ["schedule", "--file", str(path), *command(operator_key, "--aud", "grp:commune-1")]
+    assert main(argv) == 2
+    assert said in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("option", ["--password-file", "--registry", "--bridges"])
+def test_a_missing_file_is_named_once_in_plain_words(
+    secured: Secured, tmp_path: Path, option: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It said "[Errno 2] No such file or directory: '…/absent'" after naming the file."""
+    absent = tmp_path / "absent"
+    login = secured.login()
+    if option == "--password-file":
+        login[login.index("--password-file") + 1] = str(absent)
+        extra = []
+    else:
+        extra = [option, str(absent)]
+    assert main(["fleet", "--timeout", "1", *extra, *login]) == 2
+    err = capsys.readouterr().err
+    assert str(absent) in err and "No such file or directory" in err
+    assert "Errno" not in err and err.count(str(absent)) == 1
