@@ -33,6 +33,7 @@ from receiver.config import (
 )
 from receiver.config_model import Config, GpioConfig
 from receiver.i18n import gettext_ as _
+from receiver.i18n import tolerant_output
 
 EX_CONFIG = 78
 #: Where scripts/install.sh puts the config; ``status`` reads it when no --config is given.
@@ -266,6 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     enroll = sub.add_parser("enroll", help="print the device's key entry for central's registry")
     enroll.add_argument("--config", "-c", required=True, help="the YAML config file")
     enroll.set_defaults(func=cmd_enroll)
+    tolerant_output()
     args = parser.parse_args(argv)
     result: int = args.func(args)
     return result

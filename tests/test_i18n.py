@@ -6,12 +6,16 @@ from __future__ import annotations
 import ast
 import base64
 import gettext
+import os
 import string
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from receiver import cli, i18n
+from receiver.central import collector
 from receiver.i18n import DOMAIN, compile_po, read_po
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -110,3 +114,36 @@ def test_check_config_names_the_usual_slips_in_vietnamese(
     ]
     assert cli.main(["check-config", str(tmp_path / "nope.yaml")]) == 78
     assert "nope.yaml: không tìm thấy tệp cấu hình" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("program", ["receiver.cli", "receiver.central.admin"])
+def test_a_terminal_that_is_not_utf8_gets_escapes_not_a_traceback(
+    tmp_path: Path, program: str
+) -> None:
+    """On a console whose locale is ASCII or Latin-1, "OK —" (and any Vietnamese letter) ended
+    in UnicodeEncodeError and a traceback, exit 1, although all was well."""
+    if program == "receiver.cli":
+        key = base64.b64encode(bytes(range(32))).decode()
+        config = tmp_path / "receiver.yaml"
+        config.write_text(
+            "device_id: loa-1\nenv: lab\ngroups: []\nbroker: {host: 192.0.2.1}\ntrust:\n  keys:\n"
+            f"    - {{id: k1, ed25519: '{key}', roles: [operator], scopes: ['*']}}\n"
+            "gpio: {pin_factory: mock}\n",
+            encoding="utf-8",
+        )
+        argv = ["check-config", str(config)]
+    else:  # the proof-of-play report's Vietnamese column titles
+        database = tmp_path / "events.db"
+        collector.open_database(database).close()
+        argv = ["report", "--db", str(database), "--lang", "vi"]
+    result = subprocess.run(
+        [sys.executable, "-m", program, *argv],
+        capture_output=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONIOENCODING": "ascii"},
+        timeout=60,
+        check=False,
+    )
+    assert b"Traceback" not in result.stderr, result.stderr.decode("ascii", "replace")
+    assert result.returncode == 0
+    assert b"\\u" in result.stdout or b"OK \\u2014" in result.stdout

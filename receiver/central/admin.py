@@ -59,6 +59,7 @@ from receiver.central.reports import message_text, verifier_for
 from receiver.central.signing import SigningKey, command_payload, sign_command
 from receiver.core import reasons, vocabulary
 from receiver.core.commands import parse_time
+from receiver.i18n import tolerant_output
 
 DEFAULT_PREFIX = "loa/v1"
 EXIT_INTERRUPTED = 130  # Ctrl-C before what was asked happened, as a shell reports it
@@ -560,6 +561,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    tolerant_output()
     words = list(sys.argv[1:] if argv is None else argv)
     if words[:2] == ["schedule", "show"]:
         words[:2] = ["schedule-show"]
