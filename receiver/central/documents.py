@@ -65,7 +65,11 @@ def _load_json(path: str, what: str) -> Any:
     except OSError as exc:
         raise InputError(f"{path}: cannot read the {what} ({exc.strerror or exc})") from exc
     except ValueError as exc:
-        raise InputError(f"{path}: the {what} is not JSON ({exc})") from exc
+        cause = exc.__cause__
+        if isinstance(cause, json.JSONDecodeError):  # where to look, as an editor counts
+            where = f"{path}:{cause.lineno}:{cause.colno}"
+            raise InputError(f"{where}: the {what} is not JSON: {cause.msg}") from exc
+        raise InputError(f"{path}: the {what} is not accepted JSON: {exc}") from exc
 
 
 def _thresholds(text: str | None) -> dict[str, int] | None:

@@ -645,3 +645,17 @@ def test_a_missing_file_is_named_once_in_plain_words(
     err = capsys.readouterr().err
     assert str(absent) in err and "No such file or directory" in err
     assert "Errno" not in err and err.count(str(absent)) == 1
+
+
+def test_a_keyring_file_with_a_json_slip_is_named_by_line_and_column(
+    operator_key: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A trailing comma said "the keyring is not JSON (not JSON (Expecting property name ...
+    at offset 14))": an offset no editor shows, and "not JSON" twice."""
+    keys = tmp_path / "keys.json"
+    keys.write_text('[\n {"id": "a",}\n]\n', encoding="utf-8")
+    argv = ["trust", "--version", "2", "--keys", str(keys), "--env", "prod"]
+    assert main([*argv, "--key", str(operator_key)]) == 2
+    err = capsys.readouterr().err
+    assert f"{keys}:2:13: the keyring is not JSON: Expecting property name" in err
+    assert "offset" not in err
