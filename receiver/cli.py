@@ -191,9 +191,15 @@ def cmd_status(args: argparse.Namespace) -> int:
         status = read_status(state_dir)
         written = path.stat().st_mtime if status is not None else None
     except (StatusError, OSError) as exc:
-        print(
-            _("{error} (try sudo if it is a permission problem)").format(error=exc), file=sys.stderr
-        )
+        cause = exc if isinstance(exc, OSError) else exc.__cause__
+        if isinstance(cause, PermissionError):
+            message = _("{error} (try sudo if it is a permission problem)")
+        else:  # damaged (an edit, a full card): sudo would not help, the next state mends it
+            message = _(
+                "{error} (the daemon writes it anew each time it publishes the device's "
+                "state: is it running? systemctl status loa-receiver)"
+            )
+        print(message.format(error=exc), file=sys.stderr)
         return 1
     if status is None:
         message = _(
