@@ -30,6 +30,7 @@ from receiver.config import (
     placeholders,
     read_gpio_settings,
     unreadable_files,
+    unusable_directories,
 )
 from receiver.config_model import Config, GpioConfig
 from receiver.i18n import gettext_ as _
@@ -54,7 +55,7 @@ def _start_problems(config: Config) -> list[str]:
     """What would make the daemon fail at start in a way no restart can fix."""
     from receiver.gpio import missing_pin_factory
 
-    problems = placeholders(config) + unreadable_files(config)
+    problems = placeholders(config) + unreadable_files(config) + unusable_directories(config)
     missing = missing_pin_factory(config.gpio.pin_factory)
     if missing is not None:
         problems.append(f"{config.source}: gpio.pin_factory: {missing}")
@@ -194,6 +195,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         cause = exc if isinstance(exc, OSError) else exc.__cause__
         if isinstance(cause, PermissionError):
             message = _("{error} (try sudo if it is a permission problem)")
+        elif isinstance(cause, OSError):
+            message = "{error}"
         else:  # damaged (an edit, a full card): sudo would not help, the next state mends it
             message = _(
                 "{error} (the daemon writes it anew each time it publishes the device's "
@@ -237,6 +240,19 @@ def cmd_enroll(args: argparse.Namespace) -> int:
         key, _made = load_or_create_device_key(config.storage.state_dir, config.device_id)
     except DeviceKeyError as exc:
         print(f"receiver enroll: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # the state directory cannot be made or read by this user
+        where = exc.filename or config.storage.state_dir
+        message = _("receiver enroll: {where}: {reason} (storage.state_dir in {path})")
+        print(
+            message.format(where=where, reason=exc.strerror or exc, path=args.config),
+            file=sys.stderr,
+        )
+        if isinstance(exc, PermissionError):
+            print(
+                _("run it as the daemon's user: sudo -u loa-receiver receiver enroll ..."),
+                file=sys.stderr,
+            )
         return 1
     print(enrollment_line(key))
     return 0

@@ -34,6 +34,7 @@ import base64
 import binascii
 import ipaddress
 import math
+import os
 import re
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
@@ -74,6 +75,7 @@ __all__ = [
     "read_gpio_settings",
     "scope_problem",
     "unreadable_files",
+    "unusable_directories",
 ]
 
 T = TypeVar("T")
@@ -1159,6 +1161,35 @@ def unreadable_files(config: Config) -> list[str]:
             )
             reason = exc.strerror or str(exc)
             found.append(message.format(source=config.source, name=name, path=path, reason=reason))
+    return found
+
+
+def unusable_directories(config: Config) -> list[str]:
+    """``storage.state_dir`` and ``storage.cache_dir`` where this process could not keep files.
+
+    A directory that is a file, that sits under a file, or that this user may not write to (or
+    create) stops the daemon at start-up whatever the number of restarts: checked with the TLS
+    files, so it is one clear refusal (exit 78) and a warning of ``check-config``.
+    """
+    found: list[str] = []
+    for name in ("state_dir", "cache_dir"):
+        path: Path = getattr(config.storage, name)
+        existing = path
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if not existing.is_dir():
+            message = _(
+                "{source}: storage.{name}: {path} cannot be a directory: {blocker} is a file"
+            )
+            found.append(
+                message.format(source=config.source, name=name, path=path, blocker=existing)
+            )
+        elif not os.access(existing, os.W_OK | os.X_OK):
+            message = _(
+                "{source}: storage.{name}: this user may not write in {where} "
+                "(the daemon runs as the user loa-receiver)"
+            )
+            found.append(message.format(source=config.source, name=name, where=existing))
     return found
 
 

@@ -189,3 +189,37 @@ def test_the_daemon_keeps_its_relay_settings_for_relay_off(tmp_path: Path) -> No
     assert gpio.load_saved_settings(tmp_path) == GpioConfig("lgpio", "BOARD11", False)
     (tmp_path / gpio.SAVED_SETTINGS_FILE).write_text("{}", encoding="utf-8")
     assert gpio.load_saved_settings(tmp_path) is None
+
+
+# --- a state or cache directory the daemon cannot use ---------------------------------------
+
+
+def config_with_state_under_a_file(tmp_path: Path) -> Path:
+    config = write_config(tmp_path)
+    (tmp_path / "blocker").write_text("a file where a directory should be\n", encoding="utf-8")
+    text = config.read_text(encoding="utf-8").replace("state_dir: state", "state_dir: blocker/s")
+    config.write_text(text, encoding="utf-8")
+    return config
+
+
+def test_a_state_directory_that_cannot_exist_exits_78_and_is_warned_of(tmp_path: Path) -> None:
+    """check-config said OK; the daemon then failed with "[Errno 20] Not a directory", exit 1,
+    and systemd restarted it every 5 s for ever."""
+    config = config_with_state_under_a_file(tmp_path)
+    said = f"storage.state_dir: {tmp_path}/blocker/s cannot be a directory: {tmp_path}/blocker is"
+    run = receiver("run", "--config", str(config))
+    assert run.returncode == 78, run.stderr
+    assert said in run.stderr and "Traceback" not in run.stderr
+    check = receiver("check-config", str(config))
+    assert "will refuse to start" in check.stdout
+    assert said in check.stderr
+
+
+def test_enroll_where_the_state_directory_cannot_be_made_says_so(tmp_path: Path) -> None:
+    """It ended in a NotADirectoryError traceback."""
+    result = receiver("enroll", "--config", str(config_with_state_under_a_file(tmp_path)))
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert f"receiver enroll: {tmp_path}/blocker/s: Not a directory (storage.state_dir" in (
+        result.stderr
+    )
