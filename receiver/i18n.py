@@ -5,8 +5,9 @@ hand); the build compiles each into its ``.mo`` beside it (``setup.py``: :func:`
 so a board needs no ``msgfmt``). The language comes from the usual environment variables
 (``LANGUAGE``, ``LC_ALL``, ``LC_MESSAGES``, ``LANG``): ``LANG=vi_VN.UTF-8 receiver
 check-config ...`` answers in Vietnamese. A missing catalog or an untranslated message gives
-the English text. Only what a technician reads at the terminal is translated: ``check-config``,
-``status``, the YAML syntax messages and the start-up refusals. Log events and ``relay-off``'s
+the English text. Only what a technician reads at the terminal is translated: ``check-config``
+(the YAML syntax messages and the usual problems of a setting: missing, unknown, duplicate, a
+wrong type, a range, an id), ``status``, and the start-up refusals. Log events and ``relay-off``'s
 journal line stay English (they are searched for and machine-read).
 """
 
