@@ -258,18 +258,41 @@ def cmd_enroll(args: argparse.Namespace) -> int:
     return 0
 
 
+def _config_argument(parser: argparse.ArgumentParser, default: str | None = None) -> None:
+    """The config file, as ``--config FILE``, ``-c FILE`` or plainly ``FILE``: every subcommand
+    takes all three, so ``check-config -c FILE`` and ``run FILE`` do what was meant."""
+    where = f" (default: {default})" if default else ""
+    parser.add_argument(
+        "config_file", nargs="?", metavar="FILE", help=f"the YAML config file{where}"
+    )
+    parser.add_argument("--config", "-c", dest="config_option", metavar="FILE", help="the same")
+    parser.set_defaults(config_default=default)
+
+
+def _resolve_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    given = {name for name in (args.config_file, args.config_option) if name is not None}
+    if len(given) > 1:
+        parser.error(f"two config files given ({' and '.join(sorted(given))}): give one")
+    config = next(iter(given), args.config_default)
+    if config is None:
+        example = f"receiver {args.command} --config {INSTALLED_CONFIG}"
+        parser.error(f"which config file? e.g. {example}")
+    args.config = config
+
+
 def main(argv: list[str] | None = None) -> int:
+    tolerant_output()
     parser = argparse.ArgumentParser(prog="receiver", description=__doc__)
     parser.add_argument("--version", action="version", version=f"loa-receiver {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the daemon")
-    run.add_argument("--config", "-c", required=True, help="the YAML config file")
+    _config_argument(run)
     run.set_defaults(func=cmd_run)
     check = sub.add_parser("check-config", help="validate a config file and exit")
-    check.add_argument("config", help="the YAML config file")
+    _config_argument(check)
     check.set_defaults(func=cmd_check_config)
     relay = sub.add_parser("relay-off", help="force the amplifier relay off (stop helper)")
-    relay.add_argument("--config", "-c", required=True, help="the YAML config file")
+    _config_argument(relay)
     relay.add_argument(
         "--state-dir",
         type=Path,
@@ -279,18 +302,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     relay.set_defaults(func=cmd_relay_off)
     status = sub.add_parser("status", help="show the device's last state (works offline)")
-    status.add_argument(
-        "--config",
-        "-c",
-        default=INSTALLED_CONFIG,
-        help=f"the YAML config file (default: {INSTALLED_CONFIG})",
-    )
+    _config_argument(status, default=INSTALLED_CONFIG)
     status.set_defaults(func=cmd_status)
     enroll = sub.add_parser("enroll", help="print the device's key entry for central's registry")
-    enroll.add_argument("--config", "-c", required=True, help="the YAML config file")
+    _config_argument(enroll)
     enroll.set_defaults(func=cmd_enroll)
-    tolerant_output()
     args = parser.parse_args(argv)
+    _resolve_config(sub.choices[args.command], args)
     result: int = args.func(args)
     return result
 

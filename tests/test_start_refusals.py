@@ -223,3 +223,40 @@ def test_enroll_where_the_state_directory_cannot_be_made_says_so(tmp_path: Path)
     assert f"receiver enroll: {tmp_path}/blocker/s: Not a directory (storage.state_dir" in (
         result.stderr
     )
+
+
+# --- the config file, however it is given -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["check-config", "-c"], ["check-config", "--config"], ["enroll"], ["status"], ["relay-off"]],
+)
+def test_every_subcommand_takes_the_config_file_as_option_or_word(
+    tmp_path: Path, argv: list[str], board: MockFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``run``, ``status``, ``enroll`` and ``relay-off`` took only ``--config FILE`` and
+    ``check-config`` only ``FILE``: ``receiver check-config -c FILE`` (as ``run`` wants it)
+    said "unrecognized arguments: -c", ``receiver enroll FILE`` "arguments are required"."""
+    config = write_config(tmp_path)
+    code = cli.main([*argv, str(config)])
+    out, err = capsys.readouterr()
+    assert "error:" not in err
+    assert code == (1 if argv == ["status"] else 0), err  # status: no state written yet
+    assert str(config) in out or "loa-25-07873-001" in out or str(tmp_path / "state") in out
+
+
+def test_two_different_config_files_are_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["check-config", str(write_config(tmp_path)), "-c", "/etc/other.yaml"])
+    assert exited.value.code == 2
+    assert "two config files given" in capsys.readouterr().err
+
+
+def test_no_config_file_says_which_option_to_give(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["enroll"])
+    assert exited.value.code == 2
+    assert "receiver enroll --config /etc/loa-receiver/receiver.yaml" in capsys.readouterr().err
