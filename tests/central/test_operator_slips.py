@@ -220,6 +220,19 @@ def test_watch_refuses_a_negative_timeout(
     assert "--timeout" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("duration", ["-1", "nan"])
+def test_collect_refuses_a_duration_that_is_not_seconds(
+    secured: Secured, tmp_path: Path, duration: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``collect --duration -1`` stopped at once and said "stored 0 events", exit 0."""
+    database = tmp_path / "events.db"
+    with pytest.raises(SystemExit) as exited:
+        main(["collect", "--db", str(database), "--duration", duration, *secured.login()])
+    assert exited.value.code == 2
+    assert f"--duration: {duration!r}" in capsys.readouterr().err
+    assert not database.exists()
+
+
 @pytest.mark.parametrize("ttl", ["nan", "inf", "5m"])
 def test_a_ttl_that_is_not_seconds_is_named(
     operator_key: Path, ttl: str, capsys: pytest.CaptureFixture[str]
