@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import math
 import re
+import stat
+import sys
 from pathlib import Path
 from typing import Any, Final
 
@@ -37,12 +39,33 @@ def load_keys(paths: list[str]) -> list[SigningKey]:
     keys = []
     for path in paths:
         try:
+            text = Path(path).read_bytes()
             keys.append(SigningKey.load(Path(path)))
         except FileNotFoundError as exc:
             raise InputError(f"--key {path}: no such file") from exc
-        except (OSError, ValueError) as exc:
-            raise InputError(f"--key {path}: {exc}") from exc
+        except OSError as exc:
+            raise InputError(f"--key {path}: cannot read it ({why(exc)})") from exc
+        except ValueError as exc:
+            if b"PUBLIC KEY-----" in text:
+                raise InputError(
+                    f"--key {path}: a public key; sign with the private key file "
+                    "(the one receiver-admin keygen --out wrote)"
+                ) from exc
+            raise InputError(f"--key {path}: {str(exc).removeprefix(f'{path}: ')}") from exc
+        _warn_if_others_may_read(Path(path), keys[-1].id)
     return keys
+
+
+def _warn_if_others_may_read(path: Path, key_id: str) -> None:
+    """A private key that other users may read can sign as its holder: say so (not refused,
+    so that a key on a shared mount still works in an emergency)."""
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        print(
+            f"receiver-admin: warning: --key {path} may be read by other users (mode "
+            f"{mode:04o}): whoever read it can sign as {key_id}; chmod 600 {path}",
+            file=sys.stderr,
+        )
 
 
 #: A device, group or environment id (schemas/common.json ``ident``): it is also a topic level.

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from receiver.central import programme
 from receiver.central.admin import main
@@ -672,3 +673,36 @@ def test_a_keyring_file_with_a_json_slip_is_named_by_line_and_column(
     err = capsys.readouterr().err
     assert f"{keys}:2:13: the keyring is not JSON: Expecting property name" in err
     assert "offset" not in err
+
+
+def test_a_signing_key_others_may_read_is_warned_of(
+    operator_key: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A key copied with mode 0644 signed silently: anyone on the machine could have read it."""
+    operator_key.chmod(0o644)
+    assert main(["stop", *command(operator_key, "--aud", "dev:loa-001")]) == 0
+    captured = capsys.readouterr()
+    assert f"warning: --key {operator_key} may be read by other users (mode 0644)" in captured.err
+    assert f"chmod 600 {operator_key}" in captured.err
+    operator_key.chmod(0o600)
+    assert main(["stop", *command(operator_key, "--aud", "dev:loa-001")]) == 0
+    assert capsys.readouterr().err == ""
+
+
+def test_a_public_key_or_a_directory_given_as_key_is_named(
+    operator_key: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--key op.pub.pem`` said "op.pub.pem: op.pub.pem: not a PEM private key without a
+    passphrase"; ``--key keys/`` said "[Errno 21] Is a directory: 'keys/'"."""
+    public = tmp_path / "op.pub.pem"
+    public.write_bytes(
+        SigningKey.load(operator_key)
+        .private.public_key()
+        .public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+    )
+    assert main(["stop", *command(public, "--aud", "dev:loa-001")]) == 2
+    assert f"--key {public}: a public key; sign with the private key file" in (
+        capsys.readouterr().err
+    )
+    assert main(["stop", *command(tmp_path, "--aud", "dev:loa-001")]) == 2
+    assert f"--key {tmp_path}: cannot read it (Is a directory)" in capsys.readouterr().err
