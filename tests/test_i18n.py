@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from receiver import cli, i18n
+from receiver import cli, i18n, status
 from receiver.central import collector
 from receiver.i18n import DOMAIN, compile_po, read_po
 
@@ -147,3 +147,16 @@ def test_a_terminal_that_is_not_utf8_gets_escapes_not_a_traceback(
     assert b"Traceback" not in result.stderr, result.stderr.decode("ascii", "replace")
     assert result.returncode == 0
     assert b"\\u" in result.stdout or b"OK \\u2014" in result.stdout
+
+
+def test_the_boards_health_line_of_status_is_vietnamese_too(vietnamese: None) -> None:
+    """``bo mạch lúc này   load 1.33, memory 23.0 GiB available, disk free: state 75.0 GiB``:
+    the label was Vietnamese, the line after it English."""
+    health = {
+        "load_1m": 1.33,
+        "mem_available_bytes": 512 * 2**20,
+        "disk_free_bytes": {"state": 2**30, "cache": 3 * 2**30},
+    }
+    line = status.format_health(health)
+    assert line.startswith("tải CPU 1.33, bộ nhớ trống 512")
+    assert "dung lượng đĩa trống: trạng thái 1.0 GiB, bộ nhớ đệm 3.0 GiB" in line
