@@ -42,6 +42,7 @@ import yaml
 
 from receiver.central.inputs import InputError
 from receiver.core import schedule as core_schedule
+from receiver.core import urls
 from receiver.core.reasons import Rejection
 
 DAY_WORDS: Final = {
@@ -159,6 +160,12 @@ def _pin_local(path: Path, where: str) -> tuple[str, int]:
 
 
 def _pin_url(url: str, where: str) -> tuple[str, int]:
+    # Checked before fetching: urllib would read a file:// URL from this machine, or try FTP.
+    try:
+        urls.check_url(url, ("http", "https"), ())
+    except urls.UrlRefused as refused:
+        if not refused.detail.endswith("is not on the allowlist"):  # that is each board's
+            raise InputError(f"{where}: {refused.detail} (every receiver refuses it)") from None
     digest, size = hashlib.sha256(), 0
     try:
         with urllib.request.urlopen(url, timeout=FETCH_TIMEOUT_S) as response:  # noqa: S310

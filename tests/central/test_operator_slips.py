@@ -706,3 +706,25 @@ def test_a_public_key_or_a_directory_given_as_key_is_named(
     )
     assert main(["stop", *command(tmp_path, "--aud", "dev:loa-001")]) == 2
     assert f"--key {tmp_path}: cannot read it (Is a directory)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("url", ["file:///etc/hostname", "ftp://127.0.0.1:9/a.mp3"])
+def test_a_programme_url_every_receiver_refuses_is_not_fetched(
+    operator_key: Path, tmp_path: Path, url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``url: file:///etc/hostname`` was read from the operator's own machine and pinned (the
+    boards then refused it); ``ftp://`` was tried and failed as "cannot fetch ... [Errno 111]"."""
+    path = tmp_path / "programme.yaml"
+    path.write_text(
+        "id: morning\nversion: 1\nentries:\n"
+        f"  - {{title: A, days: mon, at: '06:30', url: '{url}'}}\n",
+        encoding="utf-8",
+    )
+    argv = ["schedule", "--file", str(path), *command(operator_key, "--aud", "grp:commune-1")]
+    assert main(argv) == 2
+    scheme = url.partition(":")[0]
+    err = capsys.readouterr().err
+    assert (
+        f"entries[0].url: URL scheme '{scheme}' is not allowed (every receiver refuses it)" in err
+    )
+    assert "cannot fetch" not in err
