@@ -17,12 +17,15 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import queue
 import sys
 import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
+
+import yaml
 
 from receiver import __version__
 from receiver.central import collector, fleet, report
@@ -89,10 +92,19 @@ def _keygen(args: argparse.Namespace) -> int:
     roles = ", ".join(args.roles)
     scopes = ", ".join(f'"{s}"' for s in args.scopes)
     print(
-        f"  - id: {args.id}\n    ed25519: {key.public_b64}\n"
+        f"  - id: {_yaml_text(args.id)}\n    ed25519: {key.public_b64}\n"
         f"    roles: [{roles}]\n    scopes: [{scopes}]"
     )
     return EXIT_OK
+
+
+def _yaml_text(text: str) -> str:
+    """``text`` as YAML reads it back: plain if it is, else quoted (``&op``, ``'x``, ``true``)."""
+    try:
+        plain = yaml.safe_load(f"id: {text}") == {"id": text}
+    except yaml.YAMLError:
+        plain = False
+    return text if plain else json.dumps(text)
 
 
 def _file_entry(args: argparse.Namespace) -> dict[str, Any]:

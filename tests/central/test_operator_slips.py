@@ -18,6 +18,7 @@ from receiver.central import programme
 from receiver.central.admin import main
 from receiver.central.inputs import InputError
 from receiver.central.signing import SigningKey, key_entry
+from receiver.config import parse_config
 from receiver.device_key import STATE_TYPE, DeviceKey, seal_report
 from tests.central.conftest import Secured, Spy, device_state, read_retained
 from tests.central.test_collector import admin
@@ -728,3 +729,18 @@ def test_a_programme_url_every_receiver_refuses_is_not_fetched(
         f"entries[0].url: URL scheme '{scheme}' is not allowed (every receiver refuses it)" in err
     )
     assert "cannot fetch" not in err
+
+
+@pytest.mark.parametrize("key_id", ["&op", "'op", "true", "op-1"])
+def test_the_entry_keygen_prints_reads_back_as_the_key_id(
+    tmp_path: Path, key_id: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``keygen --id '&op'`` printed ``- id: &op``, which YAML reads as an anchor: pasted into
+    the config, check-config said "trust.keys[0].id: is empty"."""
+    assert main(["keygen", "--id", key_id, "--out", str(tmp_path / "op.pem")]) == 0
+    printed = capsys.readouterr().out.split("trust.keys:\n", 1)[1]
+    config = (
+        "device_id: loa-1\nenv: lab\ngroups: []\nbroker: {host: 192.0.2.1}\ntrust:\n  keys:\n"
+        + "".join(f"  {line}\n" for line in printed.splitlines())
+    )
+    assert parse_config(config, str(tmp_path / "receiver.yaml")).trust.keys[0].id == key_id
