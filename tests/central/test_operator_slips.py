@@ -744,3 +744,17 @@ def test_the_entry_keygen_prints_reads_back_as_the_key_id(
         + "".join(f"  {line}\n" for line in printed.splitlines())
     )
     assert parse_config(config, str(tmp_path / "receiver.yaml")).trust.keys[0].id == key_id
+
+
+def test_a_url_with_vietnamese_letters_is_refused_with_the_form_receivers_take(
+    operator_key: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The refusal said what was wrong but not what to write instead."""
+    media = tmp_path / "a.mp3"
+    media.write_bytes(b"ID3")
+    argv = ["play", *command(operator_key, "--aud", "grp:commune-1"), "--file", str(media)]
+    assert main([*argv, "--url", "https://media.example.vn/bản tin.mp3"]) == 2
+    assert "percent-encoded it reads https://media.example.vn/b%E1%BA%A3n%20tin.mp3" in (
+        capsys.readouterr().err
+    )
+    assert main([*argv, "--url", "https://media.example.vn/b%E1%BA%A3n%20tin.mp3"]) == 0
