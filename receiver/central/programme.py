@@ -95,9 +95,10 @@ def _duration(value: Any, where: str) -> int:
 
 
 def _at(value: Any, where: str) -> str:
-    # YAML 1.1 reads an unquoted 06:30 as the sexagesimal integer 390: take it as meant.
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-        value = f"{value // 60:02d}:{value % 60:02d}"
+    # An unquoted 06:30 arrives as the text written (_UniqueKeyLoader), not YAML 1.1's 390; a
+    # number without a colon (630, 6) is no time: guessing would play at 10:30 or 00:06.
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        raise InputError(f'{where}: {value!r} is not a local time: write it HH:MM, e.g. "06:30"')
     text = str(value).strip()
     match = re.fullmatch(r"(\d{1,2})[:h](\d{2})", text)
     if match is None or int(match.group(1)) > 23 or int(match.group(2)) > 59:
@@ -271,6 +272,16 @@ class _UniqueKeyLoader(yaml.SafeLoader):
                 )
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
+
+    def construct_sexagesimal_as_text(self, node: yaml.ScalarNode) -> int | str:
+        """``06:30`` as written: YAML 1.1 reads it as the base-60 integer 390."""
+        text = str(self.construct_scalar(node))
+        return text if ":" in text else int(self.construct_yaml_int(node))
+
+
+_UniqueKeyLoader.add_constructor(
+    "tag:yaml.org,2002:int", _UniqueKeyLoader.construct_sexagesimal_as_text
+)
 
 
 def compile_source(path: Path) -> dict[str, Any]:

@@ -758,3 +758,38 @@ def test_a_url_with_vietnamese_letters_is_refused_with_the_form_receivers_take(
         capsys.readouterr().err
     )
     assert main([*argv, "--url", "https://media.example.vn/b%E1%BA%A3n%20tin.mp3"]) == 0
+
+
+@pytest.mark.parametrize(("written", "meant"), [("06:30", "06:30"), ("6:30", "06:30")])
+def test_an_unquoted_time_is_the_time_written(
+    operator_key: Path, tmp_path: Path, written: str, meant: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "a.mp3").write_bytes(b"ID3")
+    path = tmp_path / "programme.yaml"
+    path.write_text(
+        "id: morning\nversion: 1\nmedia_url: https://m.example/\nentries:\n"
+        f"  - {{title: News, days: mon, file: a.mp3, at: {written}}}\n",
+        encoding="utf-8",
+    )
+    assert programme.compile_source(path)["entries"][0]["at"] == meant
+
+
+@pytest.mark.parametrize("written", ["630", "6"])
+def test_a_time_written_as_a_bare_number_is_refused(
+    operator_key: Path, tmp_path: Path, written: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``at: 630`` (meant 06:30) was read as 630 minutes: the programme played at 10:30."""
+    (tmp_path / "a.mp3").write_bytes(b"ID3")
+    path = tmp_path / "programme.yaml"
+    path.write_text(
+        "id: morning\nversion: 1\nmedia_url: https://m.example/\nentries:\n"
+        f"  - {{title: News, days: mon, file: a.mp3, at: {written}}}\n",
+        encoding="utf-8",
+    )
+    argv = ["schedule", "--file", str(path), *command(operator_key, "--aud", "grp:commune-1")]
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert f'entries[0].at: {written} is not a local time: write it HH:MM, e.g. "06:30"' in (
+        captured.err
+    )
+    assert captured.out == ""
