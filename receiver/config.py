@@ -1186,8 +1186,9 @@ def unusable_directories(config: Config) -> list[str]:
             )
         elif not os.access(existing, os.W_OK | os.X_OK):
             message = _(
-                "{source}: storage.{name}: this user may not write in {where} "
-                "(the daemon runs as the user loa-receiver)"
+                "{source}: storage.{name}: this user may not write in {where} (the daemon runs "
+                "as the user loa-receiver, and its service may write only in /var/lib/loa-receiver "
+                "and /var/cache/loa-receiver)"
             )
             found.append(message.format(source=config.source, name=name, where=existing))
     return found

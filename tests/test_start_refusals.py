@@ -260,3 +260,19 @@ def test_no_config_file_says_which_option_to_give(capsys: pytest.CaptureFixture[
         cli.main(["enroll"])
     assert exited.value.code == 2
     assert "receiver enroll --config /etc/loa-receiver/receiver.yaml" in capsys.readouterr().err
+
+
+def test_a_state_directory_its_user_may_not_write_in_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As the daemon's user (these tests run as root, who may write anywhere)."""
+    from receiver import config as config_module
+
+    loaded = config_module.load_config(write_config(tmp_path))
+    monkeypatch.setattr(config_module.os, "access", lambda path, mode: False)
+    found = config_module.unusable_directories(loaded)
+    assert any(
+        f"storage.state_dir: this user may not write in {tmp_path / 'state'}" in line
+        and "the daemon runs as the user loa-receiver" in line
+        for line in found
+    ), found
