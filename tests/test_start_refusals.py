@@ -269,7 +269,7 @@ def test_a_state_directory_its_user_may_not_write_in_is_named(
     from receiver import config as config_module
 
     loaded = config_module.load_config(write_config(tmp_path))
-    monkeypatch.setattr(config_module.os, "access", lambda path, mode: False)
+    monkeypatch.setattr("receiver.config.os.access", lambda path, mode: False)
     found = config_module.unusable_directories(loaded)
     assert any(
         f"storage.state_dir: this user may not write in {tmp_path / 'state'}" in line
