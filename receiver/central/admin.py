@@ -225,12 +225,31 @@ def _sign_and_send(args: argparse.Namespace) -> int:
     # Checked against the fleet's keyring (when one is retained) like the documents: a key the
     # boards do not know, or without the role or the scope, is refused by every one of them.
     admin_documents.refuse_if_unauthorized(args, topics[0], envelope, payload)
+    if args.topic is None:
+        _warn_of_unknown_devices(args)
     for topic in topics:
         # The broker drops the command once it expires, so a device that was offline never
         # gets a stale backlog (the device refuses expired commands anyway).
         publish(args, topic, envelope, retain=False, expiry_s=int(args.ttl))
         print(f"sent {payload['type']} {payload['id']} (seq {payload['seq']}) to {topic}")
     return EXIT_OK
+
+
+def _warn_of_unknown_devices(args: argparse.Namespace) -> None:
+    """A ``dev:`` audience whose device never left a state on this broker is most often a
+    mistyped id: say so (the command still goes: a board being installed has no state yet)."""
+    options = BrokerOptions.from_args(args)
+    for audience in args.aud:
+        kind, _, device = audience.partition(":")
+        state_topic = device_topics(args.prefix, device)[0]
+        if kind == "dev" and admin_documents.retained_payload_raw(options, state_topic) is None:
+            who = f"user {args.username!r}" if args.username else "an anonymous client"
+            print(
+                f"receiver-admin: warning: no device {device} has left a state on "
+                f"{options.where} ({state_topic}): is the id right? (or the broker's ACL hides "
+                f"it from {who}); sending anyway, a board that never connected will not get it",
+                file=sys.stderr,
+            )
 
 
 def publish(

@@ -294,6 +294,15 @@ def show_command(args: argparse.Namespace) -> int:
     if args.device:
         state_topic = f"{args.prefix}/dev/{args.device}/state"
         state = retained_payload_raw(options, state_topic)
+        if state is None:
+            who = f"user {args.username!r}" if args.username else "an anonymous client"
+            unknown = (
+                f"no device {args.device} has left a state on {options.where} ({state_topic}): "
+                f"is the id right? (or the broker's ACL hides it from {who})"
+            )
+            if not args.group:
+                raise InputError(f"{unknown}; give --group <id> to see a group's programme")
+            print(f"receiver-admin: warning: {unknown}", file=sys.stderr)
         state_doc = open_report(state) if state else None  # signed (v1.1) or plain JSON
         held = state_doc.get("schedules", {}) if isinstance(state_doc, dict) else {}
         groups = args.group or []

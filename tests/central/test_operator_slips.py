@@ -793,3 +793,30 @@ def test_a_time_written_as_a_bare_number_is_refused(
         captured.err
     )
     assert captured.out == ""
+
+
+def test_a_command_for_a_device_that_never_reported_warns_of_the_id(
+    secured: Secured, operator_key: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--aud dev:loa-01`` (for loa-001) said "sent stop ... to loa/v1/dev/loa-01/cmd", exit 0,
+    and nothing else: no board would ever act on it."""
+    with Spy(secured) as spy:
+        spy.publish("loa/v1/dev/loa-001/state", device_state("loa-001", time.time()))
+    argv = ["stop", *command(operator_key, "--aud", "dev:loa-001"), *secured.login()]
+    assert main(argv) == 0
+    assert "warning" not in capsys.readouterr().err
+    argv = ["stop", *command(operator_key, "--aud", "dev:loa-01"), *secured.login()]
+    assert main(argv) == 0  # a board being installed has no state yet: sent all the same
+    captured = capsys.readouterr()
+    assert "warning: no device loa-01 has left a state on" in captured.err
+    assert "is the id right?" in captured.err
+    assert "sent stop" in captured.out
+
+
+def test_schedule_show_for_a_device_that_never_reported_says_so(
+    secured: Secured, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It printed "device loa-01 holds: no schedule", then asked for --group."""
+    assert main(["schedule", "show", "--device", "loa-01", *secured.login()]) == 2
+    err = capsys.readouterr().err
+    assert "no device loa-01 has left a state on" in err and "is the id right?" in err
