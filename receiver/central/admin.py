@@ -56,6 +56,7 @@ from receiver.central.inputs import (
     refuse_if_too_large,
     scope,
     seconds,
+    why,
 )
 from receiver.central.received import DeviceMessage, device_topics, parse_device_message
 from receiver.central.reports import message_text, verifier_for
@@ -87,6 +88,9 @@ def _keygen(args: argparse.Namespace) -> int:
         return EXIT_INPUT
     except FileNotFoundError as exc:
         raise InputError(f"--out {out}: the directory {out.parent} does not exist") from exc
+    except OSError as exc:
+        reason = f"cannot write the key ({why(exc)}); nothing was written"
+        raise InputError(f"--out {out}: {reason}") from exc
     print(f"private key written to {out} (keep it secret; key id in {out}.id)")
     print("add this to the receivers' config under trust.keys:")
     roles = ", ".join(args.roles)

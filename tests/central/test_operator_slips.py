@@ -5,6 +5,7 @@ with passwords and ACLs.
 
 from __future__ import annotations
 
+import errno
 import json
 import signal
 import time
@@ -820,3 +821,26 @@ def test_schedule_show_for_a_device_that_never_reported_says_so(
     assert main(["schedule", "show", "--device", "loa-01", *secured.login()]) == 2
     err = capsys.readouterr().err
     assert "no device loa-01 has left a state on" in err and "is the id right?" in err
+
+
+def test_keygen_on_a_full_disk_leaves_no_half_written_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A write that failed left an empty op.pem (mode 0600) and no op.pem.id: the next keygen
+    said "exists already", and the empty file was taken for a key by --key."""
+    out = tmp_path / "op.pem"
+
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("receiver.central.signing.os.fsync", full)
+    assert main(["keygen", "--id", "op-2", "--out", str(out)]) == 2
+    assert f"--out {out}: cannot write the key (No space left on device); nothing was written" in (
+        capsys.readouterr().err
+    )
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.undo()
+    assert main(["keygen", "--id", "op-2", "--out", str(out)]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["op.pem", "op.pem.id"]
+    assert (out.stat().st_mode & 0o777, (tmp_path / "op.pem.id").read_text()) == (0o600, "op-2\n")
+    assert SigningKey.load(out).id == "op-2"
