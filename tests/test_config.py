@@ -873,6 +873,24 @@ def test_a_file_that_is_not_utf8_is_named_by_its_line(tmp_path: Path) -> None:
     assert caught.value.problems == [f"{path}:{line}: not UTF-8 text; save the file as UTF-8"]
 
 
+def test_a_file_this_user_may_not_read_says_sudo(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As a technician's own login (these tests run as root, who reads every file)."""
+    path = tmp_path / "receiver.yaml"
+    path.write_text(MINIMAL, encoding="utf-8")
+
+    def refused(self: Path) -> bytes:
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "read_bytes", refused)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert caught.value.problems == [
+        f"{path}: this user may not read the config file (run it with sudo)"
+    ]
+
+
 def test_a_directory_is_not_a_config_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=f"^{tmp_path}: cannot read the config file: "):
         load_config(tmp_path)
