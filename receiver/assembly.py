@@ -11,8 +11,9 @@ import structlog
 
 from receiver.config_model import Config
 from receiver.core import machine
+from receiver.core.admission import schedule_still_authorised, stored_schedule
 from receiver.core.reasons import Rejection
-from receiver.core.schedule import Schedule, parse_schedule
+from receiver.core.schedule import Schedule
 from receiver.core.strict_json import StrictJsonError, loads_strict
 from receiver.core.trust import Keyring, key_from_config
 from receiver.core.trustdoc import parse_trust
@@ -177,13 +178,29 @@ def restore_state(config: Config, store: StorePort) -> machine.State:
                 action="no key is trusted; clear the state directory to start over",
             )
     schedules: dict[str, tuple[Schedule, str]] = {}
+    stored_schedules: dict[str, bytes] = {}
     for schedule_id, (version, body, digest) in store.schedules().items():
         try:
-            schedules[schedule_id] = (parse_schedule(loads_strict(body)), digest)
+            schedule, envelope = stored_schedule(body)
         except (Rejection, StrictJsonError) as exc:
             log.error(
                 "stored_schedule_unreadable", schedule=schedule_id, version=version, error=str(exc)
             )
+            continue
+        # Judged again by the keyring in force: a rotation that removed its signers withdrew
+        # it (its version stays the floor).
+        if envelope is not None and not schedule_still_authorised(
+            envelope, schedule, keyring, config.device_id, config.groups
+        ):
+            log.error(
+                "stored_schedule_untrusted",
+                schedule=schedule_id,
+                version=version,
+                action="left out: the keyring in force does not authorise its signers",
+            )
+            continue
+        schedules[schedule_id] = (schedule, digest)
+        stored_schedules[schedule_id] = body
     return machine.initial_state(
         settings_from_config(config),
         keyring,
@@ -192,6 +209,7 @@ def restore_state(config: Config, store: StorePort) -> machine.State:
         reset_floor=store.reset_floor(),
         trust_digest=trust_digest,
         schedules=schedules,
+        stored_schedules=stored_schedules,
         done=store.done(),
         recovered=store.intents(),
     )

@@ -8,7 +8,7 @@ message is admitted. Policy limits (allowlists, priorities) are the machine's, c
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -79,6 +79,7 @@ class AdmittedSchedule:
     body: bytes
     digest: str
     duplicate: bool
+    envelope: bytes = b""  # the whole signed message, stored so a rotation can re-check it
 
 
 def command_stream(key: Key) -> str:
@@ -99,7 +100,7 @@ def admit(
     if expected == TRUST_TYPE:
         return _admit_trust(ctx, envelope, now)
     if expected == SCHEDULE_TYPE:
-        return _admit_schedule(ctx, envelope, now)
+        return _admit_schedule(ctx, envelope, payload, now)
     return _admit_command(ctx, envelope, now)
 
 
@@ -114,8 +115,27 @@ def _decode(envelope: Envelope) -> object:
         raise Rejection(reasons.MALFORMED, f"payload: {exc}") from exc
 
 
+def _may_count(ctx: Context, roles: frozenset[str], now: Instant) -> Callable[[Key], bool]:
+    """Whether a key's signature could count here: one of ``roles``, this device, not expired.
+    The others are not verified at all (a forgery naming them costs no Ed25519 work)."""
+    trusted = ctx.trusted_utc(now)
+
+    def may_count(key: Key) -> bool:
+        return (
+            bool(key.roles & roles)
+            and key.covers(ctx.device_id, ctx.groups)
+            and key.valid_at(trusted)
+        )
+
+    return may_count
+
+
+COMMAND_ROLES: Final = frozenset({"operator", "emergency"})
+ROOT_ROLE: Final = frozenset({"root"})
+
+
 def _admit_command(ctx: Context, envelope: Envelope, now: Instant) -> AdmittedCommand:
-    signers = verified_signers(envelope, ctx.keyring)
+    signers = verified_signers(envelope, ctx.keyring, _may_count(ctx, COMMAND_ROLES, now))
     operators = _holding(ctx, signers, "operator", now)
     emergency = _holding(ctx, signers, "emergency", now)
     keyring = ctx.keyring
@@ -135,7 +155,11 @@ def _admit_command(ctx: Context, envelope: Envelope, now: Instant) -> AdmittedCo
         command = commands.parse_command(doc, header)
     except Rejection as rejection:
         raise Rejection(rejection.reason, rejection.detail, ref) from rejection
-    counted = _signers_for(command, operators, emergency, keyring)
+    _check_authorised(command, operators, emergency, keyring)
+    # Every verified signer that may sign commands here is counted, not only those that
+    # authorised it: otherwise the same envelope with the authorising signatures cut out would
+    # be new to the stream of a key left in it (a stop signed by both roles, acted twice).
+    counted = tuple({key.public: key for key in (*operators, *emergency)}.values())
     digest = hashlib.sha256(envelope.body).hexdigest()
     floors = [ctx.floors.get(command_stream(key)) for key in counted]
     if all(floor is not None and floor == (header.seq, digest) for floor in floors):
@@ -181,13 +205,13 @@ def _check_not_stopped(ctx: Context, header: commands.Header) -> None:
         raise Rejection(reasons.REPLAYED, "a stop for this id was accepted already", header.id)
 
 
-def _signers_for(
+def _check_authorised(
     command: commands.Command,
     operators: tuple[Key, ...],
     emergency: tuple[Key, ...],
     keyring: Keyring,
-) -> tuple[Key, ...]:
-    """The keys that authorise this command, or NOT_AUTHORIZED.
+) -> None:
+    """Raise NOT_AUTHORIZED unless the keys of one role authorise this command.
 
     Emergency plays need the emergency role. An emergency key may also sign ``stop``, so the
     one who sent a warning by mistake can end it; everything else is the operator's.
@@ -196,18 +220,18 @@ def _signers_for(
     ref = command.header.id
     if isinstance(body, commands.Play) and body.priority == "emergency":
         if len(emergency) >= keyring.threshold("emergency"):
-            return emergency
+            return
         raise Rejection(reasons.NOT_AUTHORIZED, "an emergency play needs the emergency role", ref)
     if len(operators) >= keyring.threshold("operator"):
-        return operators
+        return
     if isinstance(body, commands.Stop) and len(emergency) >= keyring.threshold("emergency"):
-        return emergency
+        return
     raise Rejection(reasons.NOT_AUTHORIZED, f"{command.header.type} needs the operator role", ref)
 
 
 def _admit_trust(ctx: Context, envelope: Envelope, now: Instant) -> AdmittedTrust:
     current = ctx.keyring
-    signers = verified_signers(envelope, current)
+    signers = verified_signers(envelope, current, _may_count(ctx, ROOT_ROLE, now))
     if len(_holding(ctx, signers, "root", now)) < current.threshold("root"):
         raise Rejection(reasons.NOT_AUTHORIZED, "not signed by enough current root keys")
     document = parse_trust(_decode(envelope))
@@ -225,7 +249,7 @@ def _admit_trust(ctx: Context, envelope: Envelope, now: Instant) -> AdmittedTrus
         raise Rejection(reasons.EXPIRED, "past its exp", ref)
     new_keyring = document.keyring
     try:
-        new_signers = verified_signers(envelope, new_keyring)
+        new_signers = verified_signers(envelope, new_keyring, _may_count(ctx, ROOT_ROLE, now))
     except Rejection:
         new_signers = ()
     if len(_holding(ctx, new_signers, "root", now)) < new_keyring.threshold("root"):
@@ -233,10 +257,10 @@ def _admit_trust(ctx: Context, envelope: Envelope, now: Instant) -> AdmittedTrus
     return AdmittedTrust(document, envelope.body, digest, duplicate=False)
 
 
-def _admit_schedule(ctx: Context, envelope: Envelope, now: Instant) -> AdmittedSchedule:
+def _admit_schedule(ctx: Context, envelope: Envelope, raw: bytes, now: Instant) -> AdmittedSchedule:
     """Schedules: operator role (and the emergency role for emergency entries), their own
     version stream, and no maximum age: a retained schedule may be weeks old and still good."""
-    signers = verified_signers(envelope, ctx.keyring)
+    signers = verified_signers(envelope, ctx.keyring, _may_count(ctx, COMMAND_ROLES, now))
     keyring = ctx.keyring
     if len(_holding(ctx, signers, "operator", now)) < keyring.threshold("operator"):
         raise Rejection(reasons.NOT_AUTHORIZED, "schedules need the operator role")
@@ -258,7 +282,7 @@ def _admit_schedule(ctx: Context, envelope: Envelope, now: Instant) -> AdmittedS
         schedule.version,
         digest,
     ):
-        return AdmittedSchedule(schedule, envelope.body, digest, duplicate=True)
+        return AdmittedSchedule(schedule, envelope.body, digest, duplicate=True, envelope=raw)
     newest = max((floor[0] if floor else 0), ctx.staged_versions.get(schedule.id, (0, ""))[0])
     if schedule.version <= newest:
         raise Rejection(
@@ -268,4 +292,48 @@ def _admit_schedule(ctx: Context, envelope: Envelope, now: Instant) -> AdmittedS
         raise Rejection(reasons.EXPIRED, "past its exp", ref)
     if now.utc_trusted and schedule.iat > now.utc + ctx.max_skew_s:
         raise Rejection(reasons.NOT_YET_VALID, "issued in the future", ref)
-    return AdmittedSchedule(schedule, envelope.body, digest, duplicate=False)
+    return AdmittedSchedule(schedule, envelope.body, digest, duplicate=False, envelope=raw)
+
+
+def stored_schedule(stored: bytes) -> tuple[Schedule, Envelope | None]:
+    """A schedule as the store keeps it: its whole signed envelope (so a later keyring can
+    judge its signers again), or, as receivers before it stored it, its bare payload (then
+    ``None`` for the envelope). Raises Rejection or StrictJsonError if it cannot be read."""
+    doc = loads_strict(stored)
+    if isinstance(doc, dict) and "payloadType" in doc:
+        envelope = parse_envelope(stored)
+        if envelope.payload_type != SCHEDULE_TYPE:
+            raise Rejection(reasons.BAD_TYPE, "not a schedule")
+        return parse_schedule(loads_strict(envelope.body)), envelope
+    return parse_schedule(doc), None
+
+
+def schedule_still_authorised(
+    envelope: Envelope,
+    schedule: Schedule,
+    keyring: Keyring,
+    device_id: str,
+    groups: tuple[str, ...],
+) -> bool:
+    """Whether ``keyring`` still lets the keys that signed a schedule in force authorise it:
+    the operator threshold, and the emergency one for emergency entries (as on acceptance).
+
+    A key's ``not_after`` is not looked at: a programme signed while its key was valid stays
+    when the key ages out (as the schedule outlives its own ``exp``); what withdraws it is a
+    keyring that no longer gives its signers the role for this device, after a rotation.
+    """
+
+    def may_count(key: Key) -> bool:
+        return bool(key.roles & COMMAND_ROLES) and key.covers(device_id, groups)
+
+    try:
+        signers = verified_signers(envelope, keyring, may_count)
+    except Rejection:
+        return False
+    operators = [key for key in signers if "operator" in key.roles]
+    if len(operators) < keyring.threshold("operator"):
+        return False
+    if any(entry.priority == "emergency" for entry in schedule.entries):
+        emergency = [key for key in signers if "emergency" in key.roles]
+        return len(emergency) >= keyring.threshold("emergency")
+    return True

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
@@ -106,28 +107,36 @@ def parse_envelope(raw: bytes) -> Envelope:
     return Envelope(payload_type, body, tuple(parsed))
 
 
-def verified_signers(envelope: Envelope, keyring: Keyring) -> tuple[Key, ...]:
+def verified_signers(
+    envelope: Envelope, keyring: Keyring, may_count: Callable[[Key], bool] | None = None
+) -> tuple[Key, ...]:
     """The distinct keys of the keyring whose signature over the envelope is valid.
 
-    The keyid only picks which key to try; a key is counted once however many entries name it.
-    Raises UNKNOWN_KEY when no keyid is known (before any Ed25519 work) and BAD_SIGNATURE when
-    no known key's signature verifies.
+    The keyid only picks which key to try; a key is tried once, with the first entry that names
+    it, however many entries name it, so a forgery costs at most one Ed25519 verification per
+    distinct key it names. With ``may_count``, a key whose signature could not count here (the
+    wrong role, another scope, expired) is not verified at all. Raises UNKNOWN_KEY when no keyid
+    is known and NOT_AUTHORIZED when no known key named may count (both before any Ed25519
+    work), and BAD_SIGNATURE when no signature of a key tried verifies.
     """
-    candidates = [
-        (key, sig)
-        for keyid, sig in envelope.signatures
-        if (key := keyring.by_id(keyid)) is not None
-    ]
-    if not candidates:
+    named: dict[bytes, tuple[Key, bytes]] = {}
+    for keyid, sig in envelope.signatures:
+        key = keyring.by_id(keyid)
+        if key is not None and key.public not in named:
+            named[key.public] = (key, sig)
+    if not named:
         raise Rejection(reasons.UNKNOWN_KEY, "no signature by a key this device knows")
+    if may_count is not None:
+        named = {public: pair for public, pair in named.items() if may_count(pair[0])}
+        if not named:
+            raise Rejection(
+                reasons.NOT_AUTHORIZED, "no key named may sign this message for this device"
+            )
     message = pae(envelope.payload_type, envelope.body)
-    valid: dict[bytes, Key] = {}
-    for key, sig in candidates:
-        if key.public not in valid and key.verifies(message, sig):
-            valid[key.public] = key
+    valid = tuple(key for key, sig in named.values() if key.verifies(message, sig))
     if not valid:
         raise Rejection(reasons.BAD_SIGNATURE, "no signature verifies")
-    return tuple(valid.values())
+    return valid
 
 
 def authorized_signers(

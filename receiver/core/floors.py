@@ -64,6 +64,19 @@ def fix_reset_floor(part: Floors, now: Instant) -> tuple[Floors, tuple[PersistRe
     return replace(part, reset_floor=floor), (PersistResetFloor(floor),)
 
 
+CLOCK_FOLLOW_S = 1.0  # how far the synchronised clock may run ahead of the floor in memory
+
+
+def follow_clock(part: Floors, now: Instant) -> Floors:
+    """A synchronised clock raises the trusted-time floor of the running core (the shell stores
+    it about hourly): a clock then set back, a spoofed NTP server that the kernel still calls
+    synchronised, is judged against the newest good time, not against the floor the core
+    started with or the last accepted command's."""
+    if not now.utc_trusted or now.utc < part.time_floor + CLOCK_FOLLOW_S:
+        return part
+    return replace(part, time_floor=now.utc)
+
+
 def accept_command(
     part: Floors,
     admitted: admission.AdmittedCommand,
@@ -79,9 +92,11 @@ def accept_command(
         admission.command_stream(key): (header.seq, admitted.digest) for key in admitted.signers
     }
     body = admitted.command.body
-    if isinstance(body, commands.Stop):
-        changed.update(_stop_floor(part, header, body))
     time_floor = _raised_floor(part, header.iat, now, max_skew_s)
+    if isinstance(body, commands.Stop):
+        # Its instant, bounded as the time floor is: without a synchronised clock one stop
+        # dated years ahead would otherwise bar every later play for good.
+        changed.update(_stop_floor(part, header, body, min(header.iat, time_floor)))
     part = replace(part, streams={**part.streams, **changed}, time_floor=time_floor)
     return part, (PersistFloors(changed, time_floor, intent),)
 
@@ -116,12 +131,12 @@ def _raised_floor(part: Floors, iat: float, now: Instant, max_skew_s: float) -> 
 
 
 def _stop_floor(
-    part: Floors, header: commands.Header, body: commands.Stop
+    part: Floors, header: commands.Header, body: commands.Stop, issued: float
 ) -> dict[str, tuple[int, str]]:
     """A stop of everything raises the floor below which older plays are refused; a stop that
     names an id remembers it, so that play is refused if it arrives later (durably, like the
     floors: the store keeps the newest few hundred)."""
-    issued_ms = int(header.iat * 1000)
+    issued_ms = int(issued * 1000)
     if body.target != "all":
         return {admission.STOP_ID_STREAM + body.target: (issued_ms, header.id)}
     current = part.streams.get(admission.STOP_ALL_STREAM)

@@ -90,7 +90,8 @@ def boot(state: State, now: Instant) -> Step:
 
 
 def _fix_reset_floor(state: State, now: Instant) -> tuple[State, Effects]:
-    part, effects = floors.fix_reset_floor(state.floors, now)
+    """The reset floor of a fresh store, and the time floor raised by a synchronised clock."""
+    part, effects = floors.fix_reset_floor(floors.follow_clock(state.floors, now), now)
     return (state if part is state.floors else replace(state, floors=part)), effects
 
 
@@ -325,7 +326,7 @@ def _on_message(state: State, event: MessageReceived, now: Instant) -> tuple[Sta
     except Rejection as rejection:
         return _report_rejection(state, rejection, now)
     if isinstance(admitted, admission.AdmittedTrust):
-        return _accept_trust(state, admitted)
+        return _accept_trust(state, admitted, now)
     if isinstance(admitted, admission.AdmittedSchedule):
         return _accept_schedule(state, admitted, now)
     header = admitted.command.header
@@ -382,7 +383,10 @@ def _recover(state: State, intent: Intent, now: Instant) -> tuple[State, Effects
     body = command.body
     if isinstance(body, commands.Play):
         # Its intent stays until the item ends, so a second restart is handled the same way.
-        state, queued = _queue_play(state, ref, body, now, window_end_utc=intent.window_end_utc)
+        # Never longer than the window it would get if accepted now: a window stored by a clock
+        # that was unsynchronised and ahead would otherwise keep it able to sound for days.
+        window_end_utc = min(intent.window_end_utc, _window_end_utc(state, command, now))
+        state, queued = _queue_play(state, ref, body, now, window_end_utc=window_end_utc)
         return state, (accepted, *queued)
     state, acted = _act(state, command, now)
     return state, (accepted, *acted, PersistIntentDone(ref))
@@ -416,14 +420,31 @@ def _close_rejection_window(state: State, now: Instant) -> tuple[State, Effects]
     return replace(state, rejection_window=window), effects
 
 
-def _accept_trust(state: State, admitted: admission.AdmittedTrust) -> tuple[State, Effects]:
+def _accept_trust(
+    state: State, admitted: admission.AdmittedTrust, now: Instant
+) -> tuple[State, Effects]:
     document = admitted.document
     if admitted.duplicate:
         return state, (Emit("accepted", ref=document.id, detail="duplicate of the last accepted"),)
     part, stored = floors.accept_trust(state.floors, admitted)
     state = replace(state, floors=part)
     accepted = Emit("accepted", ref=document.id, detail=f"trust version {document.version}")
-    return state, (*stored, accepted, _publish(state))
+    settings = state.settings
+
+    def still_trusted(raw: bytes) -> bool:
+        try:
+            schedule, envelope = admission.stored_schedule(raw)
+        except (Rejection, StrictJsonError):
+            return True  # not ours to judge here: it was read back, or staged, as valid
+        return envelope is None or admission.schedule_still_authorised(
+            envelope, schedule, part.keyring, settings.device_id, settings.groups
+        )
+
+    withdrawn = programme.withdraw_untrusted(
+        state.programme, still_trusted, document.version, _programme_conditions(state)
+    )
+    state, effects = _programme(state, withdrawn, now)
+    return state, (*stored, accepted, *effects, _publish(state))
 
 
 def _clamp_note(settings: Settings, body: commands.Body) -> str | None:
@@ -454,7 +475,9 @@ def _accept_schedule(
     retimed = programme.retimed_today(state.programme, schedule, now, _programme_conditions(state))
     detail = "; ".join([f"{detail}, fetching {files} files", *retimed])
     out: list[Effect] = [Emit("accepted", ref=schedule.id, detail=_bounded(detail))]
-    staging = programme.stage(state.programme, schedule, admitted.body, admitted.digest)
+    # Stored as signed, so that a later keyring can judge its signers again.
+    stored = admitted.envelope or admitted.body
+    staging = programme.stage(state.programme, schedule, stored, admitted.digest)
     state, effects = _programme(state, staging, now)
     out += effects
     staged = state.programme.staged[schedule.id]
@@ -483,7 +506,8 @@ def _check_policy(state: State, command: commands.Command, now: Instant) -> None
         raise Rejection(reasons.TOO_LARGE, "a file is larger than media.max_file_bytes", ref)
     if body.start_at is not None and not now.utc_trusted:
         raise Rejection(reasons.CLOCK_UNTRUSTED, "start_at needs a synchronised clock", ref)
-    starts = body.start_at if body.start_at is not None else now.utc
+    # A start_at in the past starts at once: the quiet hours are judged at that real start.
+    starts = now.utc if body.start_at is None else max(body.start_at, now.utc)
     if body.priority != "emergency" and in_quiet_hours(settings, starts):
         raise Rejection(reasons.POLICY, "inside the local quiet hours", ref)
 

@@ -19,7 +19,7 @@ routes; it learns of an occurrence playback ended from its ``PersistDone``.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Final
@@ -47,7 +47,7 @@ class Staged:
     """A schedule version accepted but not yet in force: its media are being fetched."""
 
     schedule: Schedule
-    body: bytes
+    body: bytes  # what is stored once it goes into force: its signed envelope
     digest: str
     ready: frozenset[str] = frozenset()
     attempts: int = 1
@@ -64,6 +64,9 @@ class Programme:
 
     schedules: Mapping[str, Schedule] = field(default_factory=dict)  # in force
     digests: Mapping[str, str] = field(default_factory=dict)  # of the versions in force
+    # The stored form of each version in force: its signed envelope, judged again when the
+    # keyring changes (absent, or a bare payload, for one an earlier receiver stored).
+    stored: Mapping[str, bytes] = field(default_factory=dict)
     staged: Mapping[str, Staged] = field(default_factory=dict)
     done: frozenset[str] = frozenset()  # occurrences already played or given up
     next_check_mono: float = 0.0
@@ -180,6 +183,7 @@ def activate(prog: Programme, staged: Staged, cond: Conditions) -> Result:
         prog,
         schedules={**prog.schedules, schedule.id: schedule},
         digests={**prog.digests, schedule.id: staged.digest},
+        stored={**prog.stored, schedule.id: staged.body},
         staged={k: v for k, v in prog.staged.items() if k != schedule.id},
         next_check_mono=0.0,
     )
@@ -201,6 +205,43 @@ def activate(prog: Programme, staged: Staged, cond: Conditions) -> Result:
             out.append(Withdraw(item))  # evaluate() brings it back at its new time
     out.append(Publish(prog))
     return prog, tuple(out)
+
+
+def withdraw_untrusted(
+    prog: Programme, still_trusted: Callable[[bytes], bool], trust_version: int, cond: Conditions
+) -> Result:
+    """A new keyring is in force: every schedule, in force or staged, whose signers it no
+    longer authorises is withdrawn (its items stopped, a ``rejected`` event each), so that a
+    programme a stolen key stored does not outlive the rotation that removed the key.
+
+    ``still_trusted`` judges a schedule's stored bytes; one stored without its envelope (by an
+    earlier receiver) cannot be judged and stays. Its version stays the floor (the store keeps
+    it): central replaces it with a higher version, or a new id.
+    """
+    gone = {
+        sid for sid in prog.schedules if sid in prog.stored and not still_trusted(prog.stored[sid])
+    }
+    unstaged = {sid for sid, staged in prog.staged.items() if not still_trusted(staged.body)}
+    if not gone and not unstaged:
+        return prog, ()
+    why = f"withdrawn: its signers are not authorised by trust version {trust_version}"
+    versions = [(sid, prog.schedules[sid].version) for sid in sorted(gone)]
+    versions += [(sid, prog.staged[sid].schedule.version) for sid in sorted(unstaged)]
+    out: list[Output] = [
+        Emit("rejected", ref=sid, reason=reasons.NOT_AUTHORIZED, detail=f"version {v} {why}")
+        for sid, v in versions
+    ]
+    for item in cond.items:
+        if item.occurrence is not None and item.occurrence.split("/")[0] in gone:
+            out.append(Finish(item, "stopped", detail=f"schedule {why}"))
+    prog = replace(
+        prog,
+        schedules={k: v for k, v in prog.schedules.items() if k not in gone},
+        digests={k: v for k, v in prog.digests.items() if k not in gone},
+        stored={k: v for k, v in prog.stored.items() if k not in gone},
+        staged={k: v for k, v in prog.staged.items() if k not in unstaged},
+    )
+    return prog, tuple(out)  # the machine publishes the state with the new trust version
 
 
 def _moved(previous: Schedule | None, was: Entry | None, schedule: Schedule, entry: Entry) -> bool:

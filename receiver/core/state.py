@@ -81,6 +81,7 @@ def initial_state(
     reset_floor: float | None = None,
     trust_digest: str = "",
     schedules: Mapping[str, tuple[Schedule, str]] | None = None,
+    stored_schedules: Mapping[str, bytes] | None = None,
     done: frozenset[str] = frozenset(),
     recovered: tuple[Intent, ...] = (),
 ) -> State:
@@ -98,6 +99,7 @@ def initial_state(
         programme=Programme(
             schedules={sid: schedule for sid, (schedule, _) in stored.items()},
             digests={sid: digest for sid, (_, digest) in stored.items()},
+            stored={sid: raw for sid, raw in (stored_schedules or {}).items() if sid in stored},
             done=done,
         ),
         recovered=recovered,

@@ -69,7 +69,8 @@ class Keyring:
         return None
 
     def threshold(self, role: str) -> int:
-        return max(1, self.thresholds.get(role, 1))
+        # A role the mapping leaves out keeps its documented default (root 2), never 1.
+        return max(1, self.thresholds.get(role, DEFAULT_THRESHOLDS.get(role, 1)))
 
 
 def key_from_config(

@@ -81,14 +81,21 @@ def _parse_key(entry: Any) -> Key:
     key_id = entry.get("id")
     if not isinstance(key_id, str) or not 0 < len(key_id) <= 64 or not key_id.isprintable():
         raise _fail("a key id must be 1 to 64 printable characters")
+    encoded = entry.get("ed25519")
     try:
-        public = b64decode_canonical(str(entry.get("ed25519", "")))
-    except (binascii.Error, ValueError, UnicodeEncodeError) as exc:
+        if not isinstance(encoded, str):
+            raise ValueError("not a string")
+        public = b64decode_canonical(encoded)
+    except (binascii.Error, ValueError) as exc:
         raise _fail(f"key {key_id[:40]!r}: ed25519 is not base64") from exc
     if len(public) != ED25519_PUBLIC_KEY_BYTES:
         raise _fail(f"key {key_id[:40]!r}: an Ed25519 public key is 32 bytes")
     roles = entry.get("roles")
-    if not isinstance(roles, list) or not roles or not set(roles) <= ROLES:
+    if (
+        not isinstance(roles, list)
+        or not roles
+        or not all(isinstance(role, str) and role in ROLES for role in roles)
+    ):
         raise _fail(f"key {key_id[:40]!r}: roles must be a non-empty subset of {sorted(ROLES)}")
     scopes = entry.get("scopes")
     if (
