@@ -30,9 +30,11 @@ from receiver.config import (
     placeholders,
     read_gpio_settings,
     unreadable_files,
+    unusable_directories,
 )
 from receiver.config_model import Config, GpioConfig
 from receiver.i18n import gettext_ as _
+from receiver.i18n import tolerant_output
 
 EX_CONFIG = 78
 #: Where scripts/install.sh puts the config; ``status`` reads it when no --config is given.
@@ -53,7 +55,7 @@ def _start_problems(config: Config) -> list[str]:
     """What would make the daemon fail at start in a way no restart can fix."""
     from receiver.gpio import missing_pin_factory
 
-    problems = placeholders(config) + unreadable_files(config)
+    problems = placeholders(config) + unreadable_files(config) + unusable_directories(config)
     missing = missing_pin_factory(config.gpio.pin_factory)
     if missing is not None:
         problems.append(f"{config.source}: gpio.pin_factory: {missing}")
@@ -190,9 +192,17 @@ def cmd_status(args: argparse.Namespace) -> int:
         status = read_status(state_dir)
         written = path.stat().st_mtime if status is not None else None
     except (StatusError, OSError) as exc:
-        print(
-            _("{error} (try sudo if it is a permission problem)").format(error=exc), file=sys.stderr
-        )
+        cause = exc if isinstance(exc, OSError) else exc.__cause__
+        if isinstance(cause, PermissionError):
+            message = _("{error} (try sudo if it is a permission problem)")
+        elif isinstance(cause, OSError):
+            message = "{error}"
+        else:  # damaged (an edit, a full card): sudo would not help, the next state mends it
+            message = _(
+                "{error} (the daemon writes it anew each time it publishes the device's "
+                "state: is it running? systemctl status loa-receiver)"
+            )
+        print(message.format(error=exc), file=sys.stderr)
         return 1
     if status is None:
         message = _(
@@ -231,22 +241,58 @@ def cmd_enroll(args: argparse.Namespace) -> int:
     except DeviceKeyError as exc:
         print(f"receiver enroll: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:  # the state directory cannot be made or read by this user
+        where = exc.filename or config.storage.state_dir
+        message = _("receiver enroll: {where}: {reason} (storage.state_dir in {path})")
+        print(
+            message.format(where=where, reason=exc.strerror or exc, path=args.config),
+            file=sys.stderr,
+        )
+        if isinstance(exc, PermissionError):
+            print(
+                _("run it as the daemon's user: sudo -u loa-receiver receiver enroll ..."),
+                file=sys.stderr,
+            )
+        return 1
     print(enrollment_line(key))
     return 0
 
 
+def _config_argument(parser: argparse.ArgumentParser, default: str | None = None) -> None:
+    """The config file, as ``--config FILE``, ``-c FILE`` or plainly ``FILE``: every subcommand
+    takes all three, so ``check-config -c FILE`` and ``run FILE`` do what was meant."""
+    where = f" (default: {default})" if default else ""
+    parser.add_argument(
+        "config_file", nargs="?", metavar="FILE", help=f"the YAML config file{where}"
+    )
+    parser.add_argument("--config", "-c", dest="config_option", metavar="FILE", help="the same")
+    parser.set_defaults(config_default=default)
+
+
+def _resolve_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    given = {name for name in (args.config_file, args.config_option) if name is not None}
+    if len(given) > 1:
+        parser.error(f"two config files given ({' and '.join(sorted(given))}): give one")
+    config = next(iter(given), args.config_default)
+    if config is None:
+        example = f"receiver {args.command} --config {INSTALLED_CONFIG}"
+        parser.error(f"which config file? e.g. {example}")
+    args.config = config
+
+
 def main(argv: list[str] | None = None) -> int:
+    tolerant_output()
     parser = argparse.ArgumentParser(prog="receiver", description=__doc__)
     parser.add_argument("--version", action="version", version=f"loa-receiver {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the daemon")
-    run.add_argument("--config", "-c", required=True, help="the YAML config file")
+    _config_argument(run)
     run.set_defaults(func=cmd_run)
     check = sub.add_parser("check-config", help="validate a config file and exit")
-    check.add_argument("config", help="the YAML config file")
+    _config_argument(check)
     check.set_defaults(func=cmd_check_config)
     relay = sub.add_parser("relay-off", help="force the amplifier relay off (stop helper)")
-    relay.add_argument("--config", "-c", required=True, help="the YAML config file")
+    _config_argument(relay)
     relay.add_argument(
         "--state-dir",
         type=Path,
@@ -256,17 +302,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     relay.set_defaults(func=cmd_relay_off)
     status = sub.add_parser("status", help="show the device's last state (works offline)")
-    status.add_argument(
-        "--config",
-        "-c",
-        default=INSTALLED_CONFIG,
-        help=f"the YAML config file (default: {INSTALLED_CONFIG})",
-    )
+    _config_argument(status, default=INSTALLED_CONFIG)
     status.set_defaults(func=cmd_status)
     enroll = sub.add_parser("enroll", help="print the device's key entry for central's registry")
-    enroll.add_argument("--config", "-c", required=True, help="the YAML config file")
+    _config_argument(enroll)
     enroll.set_defaults(func=cmd_enroll)
     args = parser.parse_args(argv)
+    _resolve_config(sub.choices[args.command], args)
     result: int = args.func(args)
     return result
 

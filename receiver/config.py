@@ -34,6 +34,7 @@ import base64
 import binascii
 import ipaddress
 import math
+import os
 import re
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
@@ -67,26 +68,43 @@ from receiver.i18n import gettext_ as _
 __all__ = [
     "ConfigError",
     "GpioSettings",
+    "key_id_problem",
     "load_config",
     "parse_config",
     "placeholders",
     "read_gpio_settings",
+    "scope_problem",
     "unreadable_files",
+    "unusable_directories",
 ]
 
 T = TypeVar("T")
+
+#: Where scripts/install.sh puts the config file.
+INSTALLED_PATH = "/etc/loa-receiver/receiver.yaml"
 
 
 def load_config(path: Path) -> Config:
     """Read and validate the config file at ``path``; raise :class:`ConfigError` if unusable."""
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except FileNotFoundError:
-        raise ConfigError([f"{path}: config file not found"]) from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError([f"{path}: not UTF-8 text (bad byte at offset {exc.start})"]) from None
+        message = _(
+            "{path}: config file not found (check the name; the installed one is {installed})"
+        )
+        raise ConfigError([message.format(path=path, installed=INSTALLED_PATH)]) from None
+    except PermissionError:
+        message = _("{path}: this user may not read the config file (run it with sudo)")
+        raise ConfigError([message.format(path=path)]) from None
     except OSError as exc:
-        raise ConfigError([f"{path}: cannot read the config file: {exc.strerror}"]) from None
+        message = _("{path}: cannot read the config file: {reason}")
+        raise ConfigError([message.format(path=path, reason=exc.strerror or exc)]) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        message = _("{path}:{line}: not UTF-8 text; save the file as UTF-8")
+        line = data[: exc.start].count(b"\n") + 1
+        raise ConfigError([message.format(path=path, line=line)]) from None
     return parse_config(text, str(path))
 
 
@@ -180,7 +198,7 @@ def _compose(text: str, ctx: _Context) -> yaml.Node | None:
         ctx.report_at(1, 1, "", "YAML nested too deeply")
         return None
     if root is None:
-        ctx.report_at(1, 1, "", "the file holds no settings (see config/receiver.example.yaml)")
+        ctx.report_at(1, 1, "", _("the file holds no settings (see config/receiver.example.yaml)"))
     return root
 
 
@@ -236,14 +254,7 @@ _TAG = "tag:yaml.org,2002:"
 _NULL, _BOOL, _INT, _FLOAT, _STR, _TIMESTAMP = (
     _TAG + name for name in ("null", "bool", "int", "float", "str", "timestamp")
 )
-_KINDS = {
-    _NULL: "nothing",
-    _BOOL: "a boolean",
-    _INT: "an integer",
-    _FLOAT: "a number",
-    _STR: "a string",
-    _TIMESTAMP: "a date",
-}
+_KINDS = (_NULL, _BOOL, _INT, _FLOAT, _STR, _TIMESTAMP)
 _DECIMAL = re.compile(r"[-+]?[0-9][0-9_]*")
 _FLOAT_TEXT = re.compile(r"[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)?")
 _TRUE, _FALSE = ("true", "True", "TRUE"), ("false", "False", "FALSE")  # YAML 1.2 core schema
@@ -252,11 +263,26 @@ Converter: TypeAlias = Callable[[yaml.Node, _Context, str], T]
 
 
 def _describe(node: yaml.Node) -> str:
+    """What a value is, in the technician's language (for "expected ..., got ...")."""
     if isinstance(node, yaml.MappingNode):
-        return "a mapping"
+        return _("a mapping")
     if isinstance(node, yaml.SequenceNode):
-        return "a list"
-    return _KINDS.get(node.tag, f"a value tagged {node.tag}")
+        return _("a list")
+    kinds = {
+        _NULL: _("nothing"),
+        _BOOL: _("a boolean"),
+        _INT: _("an integer"),
+        _FLOAT: _("a number"),
+        _STR: _("a string"),
+        _TIMESTAMP: _("a date"),
+    }
+    return kinds.get(node.tag, f"a value tagged {node.tag}")
+
+
+def _expected(wanted: str, node: yaml.Node) -> _BadValueError:
+    return _BadValueError(
+        _("expected {wanted}, got {kind}").format(wanted=wanted, kind=_describe(node))
+    )
 
 
 def _show(text: str) -> str:
@@ -266,7 +292,7 @@ def _show(text: str) -> str:
 
 def _scalar(node: yaml.Node, expected: str) -> yaml.ScalarNode:
     if not isinstance(node, yaml.ScalarNode) or node.tag not in _KINDS:
-        raise _BadValueError(f"expected {expected}, got {_describe(node)}")
+        raise _expected(expected, node)
     return node
 
 
@@ -276,9 +302,9 @@ def _is_null(node: yaml.Node) -> bool:
 
 def _text(node: yaml.Node, ctx: _Context, path: str) -> str:
     """Any non-empty string, taken as written (``0123`` stays ``"0123"``)."""
-    scalar = _scalar(node, "a string")
+    scalar = _scalar(node, _("a string"))
     if scalar.tag == _NULL or scalar.value == "":
-        raise _BadValueError("is empty")
+        raise _BadValueError(_("is empty"))
     return str(scalar.value)
 
 
@@ -291,21 +317,22 @@ def _decimal(text: str) -> int:
 
 
 def _integer(node: yaml.Node) -> int:
-    scalar = _scalar(node, "an integer")
+    scalar = _scalar(node, _("an integer"))
     value = str(scalar.value)
     if scalar.style is None and _DECIMAL.fullmatch(value):
         return _decimal(value)
     if scalar.tag == _INT:  # 0x1f, 0o17, 1:30 ... are YAML 1.1 integers nobody means here
-        raise _BadValueError(f"write {_show(value)} as a plain decimal integer")
-    if scalar.style is not None and _DECIMAL.fullmatch(value):
         raise _BadValueError(
-            f"expected an integer, got a string ({_show(value)}): remove the quotes"
+            _("write {value} as a plain decimal integer").format(value=_show(value))
         )
-    raise _BadValueError(f"expected an integer, got {_describe(scalar)}")
+    if scalar.style is not None and _DECIMAL.fullmatch(value):
+        message = _("expected an integer, got a string ({value}): remove the quotes")
+        raise _BadValueError(message.format(value=_show(value)))
+    raise _expected(_("an integer"), scalar)
 
 
 def _number(node: yaml.Node) -> float:
-    scalar = _scalar(node, "a number")
+    scalar = _scalar(node, _("a number"))
     value = str(scalar.value)
     if scalar.style is None and _FLOAT_TEXT.fullmatch(value):
         number = float(value.replace("_", ""))
@@ -314,20 +341,24 @@ def _number(node: yaml.Node) -> float:
         raise _BadValueError(f"{_show(value)} is too large")
     if scalar.tag == _FLOAT:  # .inf, .nan
         raise _BadValueError("must be a finite number")
-    raise _BadValueError(f"expected a number, got {_describe(scalar)}")
+    raise _expected(_("a number"), scalar)
 
 
 def _in_range(value: float, lo: float | None, hi: float | None, unit: str) -> None:
     def show(number: float) -> str:
         return str(number) if isinstance(number, int) else f"{number:g}"
 
-    unit = f" {unit}" if unit else ""
+    units = {"seconds": _("seconds"), "percent": _("percent"), "bytes": _("bytes")}
+    unit = f" {units.get(unit, unit)}" if unit else ""
     if lo is not None and hi is not None and not lo <= value <= hi:
-        raise _BadValueError(f"{show(value)} is out of range: use {show(lo)} to {show(hi)}{unit}")
+        message = _("{value} is out of range: use {lo} to {hi}{unit}")
+        raise _BadValueError(message.format(value=show(value), lo=show(lo), hi=show(hi), unit=unit))
     if lo is not None and value < lo:
-        raise _BadValueError(f"{show(value)} is too small: use at least {show(lo)}{unit}")
+        message = _("{value} is too small: use at least {lo}{unit}")
+        raise _BadValueError(message.format(value=show(value), lo=show(lo), unit=unit))
     if hi is not None and value > hi:
-        raise _BadValueError(f"{show(value)} is too large: use at most {show(hi)}{unit}")
+        message = _("{value} is too large: use at most {hi}{unit}")
+        raise _BadValueError(message.format(value=show(value), hi=show(hi), unit=unit))
 
 
 def _int_range(lo: int | None, hi: int | None = None, unit: str = "") -> Converter[int]:
@@ -349,12 +380,13 @@ def _number_range(lo: float, hi: float, unit: str = "") -> Converter[float]:
 
 
 def _boolean(node: yaml.Node, ctx: _Context, path: str) -> bool:
-    scalar = _scalar(node, "true or false")
+    scalar = _scalar(node, _("true or false"))
     if scalar.style is None and scalar.value in _TRUE + _FALSE:
         return scalar.value in _TRUE
     if scalar.tag == _BOOL:
-        raise _BadValueError(f"write true or false, not {_show(scalar.value)}")
-    raise _BadValueError(f"expected true or false, got {_describe(scalar)}")
+        message = _("write true or false, not {value}")
+        raise _BadValueError(message.format(value=_show(scalar.value)))
+    raise _expected(_("true or false"), scalar)
 
 
 def _choice(*options: str) -> Converter[str]:
@@ -362,7 +394,8 @@ def _choice(*options: str) -> Converter[str]:
         value = _text(node, ctx, path)
         if value in options:
             return value
-        message = f"{_show(value)} is not one of: {', '.join(options)}"
+        message = _("{value} is not one of: {options}")
+        message = message.format(value=_show(value), options=", ".join(options))
         raise _BadValueError(message + _did_you_mean(value.lower(), options))
 
     return convert
@@ -372,35 +405,63 @@ def _did_you_mean(word: str, options: Sequence[str]) -> str:
     import difflib  # only for a mistake in the config: not kept in the running daemon's memory
 
     close = difflib.get_close_matches(word, options, n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+    return _(" (did you mean {name!r}?)").format(name=close[0]) if close else ""
 
 
 _ID = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+
+
 _ID_RULE = "use 1 to 64 of a-z 0-9 . _ - (lowercase, starting with a letter or digit)"
+
+
+def _id_rule() -> str:
+    """:data:`_ID_RULE` in the technician's language."""
+    return _("use 1 to 64 of a-z 0-9 . _ - (lowercase, starting with a letter or digit)")
 
 
 def _ident(node: yaml.Node, ctx: _Context, path: str) -> str:
     """A device, group or environment id as in the protocol: ``[a-z0-9][a-z0-9._-]{0,63}``."""
     value = _text(node, ctx, path)
     if not _ID.fullmatch(value):
-        raise _BadValueError(f"{_show(value)} is not a valid id: {_ID_RULE}")
+        message = _("{value} is not a valid id: {rule}")
+        raise _BadValueError(message.format(value=_show(value), rule=_id_rule()))
     return value
+
+
+def scope_problem(value: str) -> str | None:
+    """What is wrong with ``value`` as a key's scope (None: nothing); receiver-admin uses it too."""
+    if value != "*" and not _ID.fullmatch(value):
+        return f"is not a device or group id nor '*': {_ID_RULE}"
+    return None
 
 
 def _scope(node: yaml.Node, ctx: _Context, path: str) -> str:
     value = _text(node, ctx, path)
-    if value != "*" and not _ID.fullmatch(value):
-        raise _BadValueError(f"{_show(value)} is not a device or group id nor '*': {_ID_RULE}")
+    if scope_problem(value) is not None:
+        message = _("is not a device or group id nor '*': {rule}").format(rule=_id_rule())
+        raise _BadValueError(f"{_show(value)} {message}")
     return value
+
+
+def key_id_problem(value: str) -> str | None:
+    """What is wrong with ``value`` as a key id (None: nothing); receiver-admin uses it too."""
+    if not value:
+        return "is empty"
+    if len(value) > 64:
+        return f"is {len(value)} characters long: use at most 64"
+    if not value.isprintable() or any(c.isspace() for c in value):
+        return "must not contain spaces or control characters"
+    return None
 
 
 def _key_id(node: yaml.Node, ctx: _Context, path: str) -> str:
     value = _text(node, ctx, path)
-    if len(value) > 64:
-        raise _BadValueError(f"is {len(value)} characters long: use at most 64")
-    if not value.isprintable() or any(c.isspace() for c in value):
-        raise _BadValueError(f"{_show(value)} must not contain spaces or control characters")
-    return value
+    problem = key_id_problem(value)
+    if problem is None:
+        return value
+    if len(value) > 64:  # the value itself would fill the line
+        raise _BadValueError(problem)
+    raise _BadValueError(f"{_show(value)} {problem}")
 
 
 def _secret(node: yaml.Node, ctx: _Context, path: str) -> str:
@@ -588,9 +649,8 @@ def _list_of(
         elif isinstance(node, yaml.SequenceNode):
             nodes = list(node.value)
         else:
-            raise _BadValueError(
-                f"expected a list, got {_describe(node)} (write [a, b] or '- a' lines)"
-            )
+            message = _("expected a list, got {kind} (write [a, b] or '- a' lines)")
+            raise _BadValueError(message.format(kind=_describe(node)))
         failed = False
         items: list[T] = []
         seen: list[dict[Hashable, int]] = [{} for _ in distinct]
@@ -670,7 +730,7 @@ class _Section(Generic[T]):
         elif isinstance(node, yaml.MappingNode):
             pairs = list(node.value)
         else:
-            raise _BadValueError(f"expected a mapping of settings, got {_describe(node)}")
+            raise _expected(_("a mapping of settings"), node)
         nodes, keys_ok = self._value_nodes(pairs, ctx, path)
         values, values_ok = self._values(node, nodes, ctx, path)
         if not (keys_ok and values_ok):  # rules across fields would only repeat what is said
@@ -691,17 +751,18 @@ class _Section(Generic[T]):
         ok = True
         for key_node, value_node in pairs:
             if not isinstance(key_node, yaml.ScalarNode):
-                ctx.report(key_node, path, "keys must be plain names")
+                ctx.report(key_node, path, _("keys must be plain names"))
                 ok = False
                 continue
             name = str(key_node.value)
             key_path = _join(path, name)
             if name in keys:
                 first = keys[name].start_mark.line + 1
-                ctx.report(key_node, key_path, f"duplicate key (first set on line {first})")
+                message = _("duplicate key (first set on line {line}): keep one of the two")
+                ctx.report(key_node, key_path, message.format(line=first))
                 ok = False
             elif name not in names:
-                ctx.report(key_node, key_path, "unknown key" + _did_you_mean(name, names))
+                ctx.report(key_node, key_path, _("unknown key") + _did_you_mean(name, names))
                 ok = False
             else:
                 nodes[name] = value_node
@@ -718,7 +779,7 @@ class _Section(Generic[T]):
             field_path = _join(path, fld.name)
             if fld.name not in nodes:
                 if fld.default is _REQUIRED:
-                    ctx.report(node, field_path, "missing (required)")
+                    ctx.report(node, field_path, _("missing (required)"))
                     ok = False
                 elif fld.default is not _MODEL_DEFAULT:
                     values[fld.name] = fld.default
@@ -1100,6 +1161,36 @@ def unreadable_files(config: Config) -> list[str]:
             )
             reason = exc.strerror or str(exc)
             found.append(message.format(source=config.source, name=name, path=path, reason=reason))
+    return found
+
+
+def unusable_directories(config: Config) -> list[str]:
+    """``storage.state_dir`` and ``storage.cache_dir`` where this process could not keep files.
+
+    A directory that is a file, that sits under a file, or that this user may not write to (or
+    create) stops the daemon at start-up whatever the number of restarts: checked with the TLS
+    files, so it is one clear refusal (exit 78) and a warning of ``check-config``.
+    """
+    found: list[str] = []
+    for name in ("state_dir", "cache_dir"):
+        path: Path = getattr(config.storage, name)
+        existing = path
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if not existing.is_dir():
+            message = _(
+                "{source}: storage.{name}: {path} cannot be a directory: {blocker} is a file"
+            )
+            found.append(
+                message.format(source=config.source, name=name, path=path, blocker=existing)
+            )
+        elif not os.access(existing, os.W_OK | os.X_OK):
+            message = _(
+                "{source}: storage.{name}: this user may not write in {where} (the daemon runs "
+                "as the user loa-receiver, and its service may write only in /var/lib/loa-receiver "
+                "and /var/cache/loa-receiver)"
+            )
+            found.append(message.format(source=config.source, name=name, where=existing))
     return found
 
 

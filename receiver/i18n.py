@@ -5,8 +5,9 @@ hand); the build compiles each into its ``.mo`` beside it (``setup.py``: :func:`
 so a board needs no ``msgfmt``). The language comes from the usual environment variables
 (``LANGUAGE``, ``LC_ALL``, ``LC_MESSAGES``, ``LANG``): ``LANG=vi_VN.UTF-8 receiver
 check-config ...`` answers in Vietnamese. A missing catalog or an untranslated message gives
-the English text. Only what a technician reads at the terminal is translated: ``check-config``,
-``status``, the YAML syntax messages and the start-up refusals. Log events and ``relay-off``'s
+the English text. Only what a technician reads at the terminal is translated: ``check-config``
+(the YAML syntax messages and the usual problems of a setting: missing, unknown, duplicate, a
+wrong type, a range, an id), ``status``, and the start-up refusals. Log events and ``relay-off``'s
 journal line stay English (they are searched for and machine-read).
 """
 
@@ -14,11 +15,13 @@ from __future__ import annotations
 
 import ast
 import gettext
+import io
 import struct
+import sys
 from functools import cache
 from pathlib import Path
 
-__all__ = ["DOMAIN", "LOCALE_DIR", "compile_po", "gettext_", "read_po"]
+__all__ = ["DOMAIN", "LOCALE_DIR", "compile_po", "gettext_", "read_po", "tolerant_output"]
 
 DOMAIN = "loa-receiver"
 LOCALE_DIR = Path(__file__).resolve().parent / "locale"
@@ -32,6 +35,18 @@ def _translations() -> gettext.NullTranslations:
 def gettext_(message: str) -> str:
     """``message`` in the environment's language (English when there is no catalog for it)."""
     return _translations().gettext(message)
+
+
+def tolerant_output() -> None:
+    """Let stdout and stderr write what their encoding cannot hold as escapes, not a traceback.
+
+    A terminal whose locale is not UTF-8 (an old ``LANG=en_US`` in Latin-1, a serial console in
+    ASCII) cannot encode Vietnamese letters, nor the dash of "OK —"; the message stays readable
+    (``\\u1ea5``) and the command keeps its real exit status.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors="backslashreplace")
 
 
 def read_po(path: Path) -> dict[str, str]:

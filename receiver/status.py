@@ -250,15 +250,16 @@ def format_health(health: dict[str, Any]) -> str:
         parts.append(f"CPU {temp:.1f} °C")
     load = health.get("load_1m")
     if _is_number(load):
-        parts.append(f"load {load:.2f}")
+        parts.append(_("load {load}").format(load=f"{load:.2f}"))
     mem = health.get("mem_available_bytes")
     if _is_number(mem):
-        parts.append(f"memory {_size(mem)} available")
+        parts.append(_("memory {size} available").format(size=_size(mem)))
     disks = health.get("disk_free_bytes")
     if isinstance(disks, dict):
-        free = [f"{name} {_size(v)}" for name, v in disks.items() if _is_number(v)]
+        names = {"state": _("state"), "cache": _("cache")}
+        free = [f"{names.get(name, name)} {_size(v)}" for name, v in disks.items() if _is_number(v)]
         if free:
-            parts.append("disk free: " + ", ".join(free))
+            parts.append(_("disk free: {disks}").format(disks=", ".join(free)))
     return ", ".join(parts) or "?"
 
 

@@ -25,8 +25,12 @@ master playlist (at most :data:`MAX_HLS_VARIANTS`) are read and checked the same
 variant adds after the relay has started is fetched by libVLC and not checked again.
 
 Everything has one deadline (:data:`RESOLVE_DEADLINE_S`): a server trickling a byte a second
-fails on time. Failures raise :class:`StreamRefused` whose ``detail`` is built from our own
-words, numbers and hosts that passed validation, never from server-supplied text.
+fails on time, and so does a name server gone silent (:func:`lookup`, which waits
+:data:`LOOKUP_TIMEOUT_S` at most). A stop calls every step off within :data:`POLL_S`: the
+lookup, the connect, the TLS handshake and each read. :func:`connect`, :func:`get_head` and
+:class:`Deadline` serve the stream gate too. Failures raise :class:`StreamRefused` whose
+``detail`` is built from our own words, numbers and hosts that passed validation, never from
+server-supplied text.
 
 :func:`media_options` gives the libVLC options for each kind. The module does network I/O; it
 is called from the player's resolver thread, never from the daemon's loop.
@@ -34,12 +38,15 @@ is called from the player's resolver thread, never from the daemon's loop.
 
 from __future__ import annotations
 
+import errno
 import re
+import select
 import socket
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias
 from urllib.parse import urljoin, urlsplit
 
 from receiver.core import urls
@@ -48,16 +55,23 @@ if TYPE_CHECKING:
     from receiver.config_model import MediaConfig
 
 __all__ = [
+    "LOOKUP_TIMEOUT_S",
     "MAX_DEPTH",
     "MAX_HLS_VARIANTS",
+    "MAX_PENDING_LOOKUPS",
     "MAX_PLAYLIST_BYTES",
     "MAX_REDIRECTS",
     "NETWORK_CACHING_MS",
     "RESOLVE_DEADLINE_S",
+    "Address",
+    "Deadline",
     "Resolved",
     "StreamKind",
     "StreamRefused",
+    "connect",
+    "get_head",
     "guess_kind",
+    "lookup",
     "media_options",
     "parse_playlist",
     "resolve",
@@ -65,6 +79,9 @@ __all__ = [
 ]
 
 StreamKind = Literal["stream", "hls"]
+#: One address of a host, as ``socket.socket()`` and ``connect()`` take it: (family, type,
+#: protocol, socket address).
+Address: TypeAlias = tuple[socket.AddressFamily, socket.SocketKind, int, Any]
 
 MAX_REDIRECTS: Final = 3
 MAX_DEPTH: Final = 3  # a playlist naming a playlist naming a stream
@@ -75,6 +92,14 @@ RESOLVE_DEADLINE_S: Final = 10.0
 CONNECT_TIMEOUT_S: Final = 5.0
 POLL_S: Final = 0.25  # how often a blocked read asks whether it was cancelled
 FIRST_BYTES_S: Final = 2.0  # how long a stream's first bytes are waited for
+# How long a station's name is waited for, at most (within the deadline). glibc asks again after
+# 5 s when a query or its answer was lost: 6.5 s lets that second try answer over 4G, and ends
+# before the daemon's stall watchdog (player.stall_timeout_s, 8 s by default) restarts a relay
+# that has not started, so that the relay fails saying why ("cannot look up …").
+LOOKUP_TIMEOUT_S: Final = 6.5
+# Name lookups given up on (deadline, stop) but still waiting for the name server, at most: past
+# that, a lookup is refused at once rather than leave one more thread waiting (see lookup()).
+MAX_PENDING_LOOKUPS: Final = 4
 
 # How much a URL's input buffers before it plays: the audio a stream hiccup can last without a
 # gap. libVLC's default is 1000 ms; Wi-Fi on a Pi and a distant Icecast deserve more. It does not
@@ -106,9 +131,29 @@ class StreamRefused(Exception):  # noqa: N818 - an outcome reported to central, 
 
 
 @dataclass(frozen=True)
-class _Deadline:
+class Deadline:
+    """When a resolve (or one request of the stream gate) must be done, and how to know that it
+    was called off; every blocking step of :func:`lookup`, :func:`connect` and
+    :func:`get_head` waits at most :data:`POLL_S` before asking :meth:`left` again."""
+
     at: float  # monotonic
     cancelled: Callable[[], bool]
+    seconds: float = RESOLVE_DEADLINE_S  # the whole allowance, for the refusal's detail
+
+    @classmethod
+    def after(cls, seconds: float, cancelled: Callable[[], bool]) -> Deadline:
+        """``seconds`` from now, called off once ``cancelled()`` says so."""
+        return cls(time.monotonic() + seconds, cancelled, seconds)
+
+    def left(self, host: str) -> float:
+        """Seconds left; raise :class:`StreamRefused` if called off or if none are left (the
+        detail blames ``host``, the server being asked)."""
+        if self.cancelled():
+            raise StreamRefused("stopped while asking the server")
+        left = self.at - time.monotonic()
+        if left <= 0:
+            raise StreamRefused(f"{host} too slow: no answer in {self.seconds:g} s")
+        return left
 
 
 @dataclass(frozen=True)
@@ -166,7 +211,7 @@ def resolve(
     ``cancelled`` is asked between reads (at least every :data:`POLL_S`): once it says yes,
     the connection is dropped and :class:`StreamRefused` raised (the player stopped the item).
     """
-    deadline = _Deadline(time.monotonic() + deadline_s, cancelled)
+    deadline = Deadline.after(deadline_s, cancelled)
     seen: set[str] = set()
     for _depth in range(MAX_DEPTH + 1):
         final, content_type, body = _get(url, allowed_schemes, allowed_hosts, deadline)
@@ -278,7 +323,7 @@ def _check_hls_variants(
     playlists: list[str],
     allowed_schemes: tuple[str, ...],
     allowed_hosts: tuple[str, ...],
-    deadline: _Deadline,
+    deadline: Deadline,
 ) -> None:
     """Read each variant playlist of a master playlist and check what it names (one level)."""
     if len(playlists) > MAX_HLS_VARIANTS:
@@ -320,7 +365,7 @@ def _get(
     url: str,
     allowed_schemes: tuple[str, ...],
     allowed_hosts: tuple[str, ...],
-    deadline: _Deadline,
+    deadline: Deadline,
     *,
     playlist_only: bool = False,
 ) -> tuple[str, str, bytes | Callable[[], None] | None]:
@@ -335,10 +380,10 @@ def _get(
             target = urls.check_url(url, allowed_schemes, allowed_hosts)
         except urls.UrlRefused as refused:
             raise StreamRefused(f"the URL is refused: {refused.detail}") from None
-        sock = _connect(target, deadline)
+        sock = connect(target, deadline)
         kept = False
         try:
-            status, headers, rest = _request(sock, target, deadline)
+            status, headers, rest = get_head(sock, target, deadline)
             if status in (301, 302, 303, 307, 308):
                 location = headers.get("location")
                 if not location:
@@ -382,54 +427,183 @@ def _get(
     raise StreamRefused(f"more than {MAX_REDIRECTS} redirects (a redirect loop?)")
 
 
-def _connect(target: urls.Target, deadline: _Deadline) -> socket.socket:
+def lookup(host: str, port: int, deadline: Deadline) -> list[Address]:
+    """The TCP addresses of ``host`` (``(family, type, proto, sockaddr)``), bounded by ``deadline``.
+
+    ``getaddrinfo`` cannot be interrupted, and with a name server gone silent (a 4G link in a
+    bad state) glibc waits its own timeouts: 5 s per try, per attempt, per server. So the
+    lookup runs on a daemon thread of its own, and this waits for it at most
+    :data:`LOOKUP_TIMEOUT_S` and never past the deadline, and gives up as soon as
+    ``deadline.cancelled()`` says so, asking every :data:`POLL_S`. A lookup given up on is
+    left to finish on its own (its answer is dropped); at most :data:`MAX_PENDING_LOOKUPS` may
+    be pending at once, and past that a lookup is refused at once. An address literal needs no
+    name server and is read on the caller's thread.
+    """
     try:
-        sock = socket.create_connection(
-            (target.host, target.port), timeout=min(CONNECT_TIMEOUT_S, _left(deadline, target))
+        return _addresses(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=_NUMERIC))
+    except socket.gaierror:
+        pass  # a name, not an address literal
+    deadline.left(host)  # stopped, or no time left: no lookup to start
+    if not _pending_lookups.acquire(blocking=False):
+        raise StreamRefused(
+            f"cannot look up {host}: the name server has not answered the last "
+            f"{MAX_PENDING_LOOKUPS} lookups yet"
         )
-    except OSError:
-        raise StreamRefused(f"cannot connect to {target.host} port {target.port}") from None
-    if target.scheme == "https":
-        import ssl  # here: the player's child loads OpenSSL only for an https playlist
+    outcome: list[list[Address] | OSError] = []
+    done = threading.Event()
 
+    def look_up() -> None:
         try:
-            sock = ssl.create_default_context().wrap_socket(sock, server_hostname=target.host)
-        except (OSError, ssl.SSLError):
-            sock.close()
-            raise StreamRefused(f"TLS with {target.host} failed") from None
-    return sock
+            outcome.append(_addresses(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)))
+        except OSError as exc:  # socket.gaierror: no such name, no name server, …
+            outcome.append(exc)
+        finally:
+            _pending_lookups.release()
+            done.set()
+
+    threading.Thread(target=look_up, name="stream-lookup", daemon=True).start()
+    start = time.monotonic()
+    bound = Deadline(
+        min(deadline.at, start + LOOKUP_TIMEOUT_S),
+        deadline.cancelled,
+        round(min(deadline.at - start, LOOKUP_TIMEOUT_S), 1),
+    )
+    while not done.wait(min(POLL_S, _lookup_left(bound, host))):
+        pass  # _lookup_left() raises once the bound has passed or we were cancelled
+    found = outcome[0]
+    if isinstance(found, OSError) or not found:
+        raise StreamRefused(f"cannot look up {host} (no such name, or no name server)")
+    return found
 
 
-def _left(deadline: _Deadline, target: urls.Target) -> float:
+_NUMERIC: Final = socket.AI_NUMERICHOST
+_pending_lookups: Final = threading.BoundedSemaphore(MAX_PENDING_LOOKUPS)
+
+
+def _addresses(infos: list[tuple[Any, Any, int, str, Any]]) -> list[Address]:
+    return [(family, kind, proto, address) for family, kind, proto, _name, address in infos]
+
+
+def _lookup_left(deadline: Deadline, host: str) -> float:
     if deadline.cancelled():
-        raise StreamRefused("stopped while asking the server")
+        raise StreamRefused(f"stopped while looking up {host}")
     left = deadline.at - time.monotonic()
     if left <= 0:
-        raise StreamRefused(f"{target.host} too slow: no answer in {RESOLVE_DEADLINE_S:g} s")
+        raise StreamRefused(
+            f"cannot look up {host}: the name server did not answer in {deadline.seconds:g} s"
+        )
     return left
 
 
-def _recv(sock: socket.socket, target: urls.Target, deadline: _Deadline) -> bytes:
+def connect(target: urls.Target, deadline: Deadline) -> socket.socket:
+    """A TCP connection (TLS for ``https``, the certificate checked) to ``target``.
+
+    Each step is bounded by ``deadline`` and gives up within :data:`POLL_S` of
+    ``deadline.cancelled()``: the name lookup (:func:`lookup`), each address's connect (at most
+    :data:`CONNECT_TIMEOUT_S` each, tried in turn as ``socket.create_connection`` does) and the
+    TLS handshake. Raises :class:`StreamRefused`.
+    """
+    failed: StreamRefused | None = None
+    for address in lookup(target.host, target.port, deadline):
+        try:
+            sock = _connect_to(address, target, deadline)
+        except _Unreachable as unreachable:
+            failed = unreachable
+            continue
+        if target.scheme == "https":
+            return _tls(sock, target, deadline)
+        return sock
+    raise failed or _Unreachable(target)
+
+
+class _Unreachable(StreamRefused):
+    """No connection to one address of the target (the next one is tried)."""
+
+    def __init__(self, target: urls.Target) -> None:
+        super().__init__(f"cannot connect to {target.host} port {target.port}")
+
+
+def _connect_to(address: Address, target: urls.Target, deadline: Deadline) -> socket.socket:
+    """A non-blocking connect, waited for in steps of POLL_S (a blocking one cannot be called
+    off: a link dropping every packet holds it for the whole timeout)."""
+    deadline.left(target.host)  # a lookup that answered just as we were stopped goes no further
+    family, kind, proto, sockaddr = address
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setblocking(False)
+        code = sock.connect_ex(sockaddr)
+        give_up = time.monotonic() + CONNECT_TIMEOUT_S
+        poller = select.poll()
+        poller.register(sock, select.POLLOUT)
+        while code in (errno.EINPROGRESS, errno.EALREADY, errno.EWOULDBLOCK):
+            wait = min(POLL_S, deadline.left(target.host), give_up - time.monotonic())
+            if wait <= 0:
+                raise _Unreachable(target)
+            if poller.poll(wait * 1000):
+                code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                break
+        if code != 0:
+            raise _Unreachable(target)
+        sock.setblocking(True)
+        return sock
+    except BaseException:
+        sock.close()
+        raise
+
+
+def _tls(sock: socket.socket, target: urls.Target, deadline: Deadline) -> socket.socket:
+    """``sock`` wrapped in TLS, the handshake done in steps of POLL_S (OpenSSL resumes a
+    handshake that timed out waiting for the server)."""
+    import ssl  # here: the player's child loads OpenSSL only for an https station
+
+    try:
+        wrapped = ssl.create_default_context().wrap_socket(
+            sock, server_hostname=target.host, do_handshake_on_connect=False
+        )
+    except (OSError, ssl.SSLError):
+        sock.close()
+        raise StreamRefused(f"TLS with {target.host} failed") from None
+    try:
+        while True:
+            wrapped.settimeout(min(POLL_S, deadline.left(target.host)))
+            try:
+                wrapped.do_handshake()
+                return wrapped
+            except TimeoutError:
+                continue
+    except (OSError, ssl.SSLError):
+        wrapped.close()
+        raise StreamRefused(f"TLS with {target.host} failed") from None
+    except BaseException:
+        wrapped.close()
+        raise
+
+
+def _recv(sock: socket.socket, target: urls.Target, deadline: Deadline) -> bytes:
     while True:
-        sock.settimeout(min(POLL_S, _left(deadline, target)))
+        sock.settimeout(min(POLL_S, deadline.left(target.host)))
         try:
             return sock.recv(4096)
         except TimeoutError:
-            continue  # _left() raises once the deadline has passed or we were cancelled
+            continue  # left() raises once the deadline has passed or we were cancelled
         except OSError:
             raise StreamRefused(f"the connection to {target.host} failed") from None
 
 
-def _request(
-    sock: socket.socket, target: urls.Target, deadline: _Deadline
+def get_head(
+    sock: socket.socket, target: urls.Target, deadline: Deadline
 ) -> tuple[int, dict[str, str], bytes]:
+    """Send ``GET`` for ``target`` on ``sock`` (from :func:`connect`) and read the answer's head:
+    ``(status, headers with lowercase names, the first bytes of the body)``. Bounded by
+    ``deadline``, a head over :data:`MAX_HEADER_BYTES` refused; raises :class:`StreamRefused`.
+    """
     host = f"[{target.host}]" if ":" in target.host else target.host
     request = (
         f"GET {target.path} HTTP/1.0\r\nHost: {host}:{target.port}\r\n"
         "User-Agent: loa-receiver\r\nAccept: */*\r\nConnection: close\r\n\r\n"
     )
     try:
-        sock.settimeout(_left(deadline, target))
+        sock.settimeout(deadline.left(target.host))
         sock.sendall(request.encode("ascii"))
     except OSError:
         raise StreamRefused(f"the connection to {target.host} failed") from None
@@ -455,7 +629,7 @@ def _request(
 
 
 def _confirmation(
-    sock: socket.socket, target: urls.Target, deadline: _Deadline
+    sock: socket.socket, target: urls.Target, deadline: Deadline
 ) -> Callable[[], None]:
     """:attr:`Resolved.confirm` for a stream whose first bytes had not come with its headers.
 
@@ -465,7 +639,9 @@ def _confirmation(
     """
 
     def confirm() -> None:
-        wait = _Deadline(min(deadline.at, time.monotonic() + FIRST_BYTES_S), deadline.cancelled)
+        wait = Deadline(
+            min(deadline.at, time.monotonic() + FIRST_BYTES_S), deadline.cancelled, FIRST_BYTES_S
+        )
         try:
             first = _recv(sock, target, wait)
             if not first:
@@ -493,7 +669,7 @@ def _sniff(first: bytes) -> Literal["playlist", "text"] | None:
     return None
 
 
-def _read_body(sock: socket.socket, rest: bytes, target: urls.Target, deadline: _Deadline) -> bytes:
+def _read_body(sock: socket.socket, rest: bytes, target: urls.Target, deadline: Deadline) -> bytes:
     body = rest
     while len(body) <= MAX_PLAYLIST_BYTES:
         chunk = _recv(sock, target, deadline)

@@ -350,7 +350,9 @@ def test_missing_keys_are_reported_at_their_parent_mapping() -> None:
 
 def test_duplicate_keys_are_reported() -> None:
     text = MINIMAL + "logging: {level: info}\nlogging:\n  level: debug\n"
-    assert problems(text) == ["10:1: logging: duplicate key (first set on line 9)"]
+    assert problems(text) == [
+        "10:1: logging: duplicate key (first set on line 9): keep one of the two"
+    ]
 
 
 # --- one bad value at a time ------------------------------------------------------------------
@@ -855,14 +857,38 @@ def test_a_missing_file_is_named(tmp_path: Path) -> None:
     path = tmp_path / "nope.yaml"
     with pytest.raises(ConfigError) as caught:
         load_config(path)
-    assert caught.value.problems == [f"{path}: config file not found"]
+    assert caught.value.problems == [
+        f"{path}: config file not found (check the name; the installed one is "
+        "/etc/loa-receiver/receiver.yaml)"
+    ]
 
 
-def test_a_file_that_is_not_utf8(tmp_path: Path) -> None:
+def test_a_file_that_is_not_utf8_is_named_by_its_line(tmp_path: Path) -> None:
+    """It said "bad byte at offset 412": no editor on the board shows offsets."""
     path = tmp_path / "receiver.yaml"
     path.write_bytes(MINIMAL.encode() + b"# caf\xe9\n")
-    with pytest.raises(ConfigError, match=r"receiver.yaml: not UTF-8 text \(bad byte at offset"):
+    line = MINIMAL.count("\n") + 1
+    with pytest.raises(ConfigError) as caught:
         load_config(path)
+    assert caught.value.problems == [f"{path}:{line}: not UTF-8 text; save the file as UTF-8"]
+
+
+def test_a_file_this_user_may_not_read_says_sudo(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As a technician's own login (these tests run as root, who reads every file)."""
+    path = tmp_path / "receiver.yaml"
+    path.write_text(MINIMAL, encoding="utf-8")
+
+    def refused(self: Path) -> bytes:
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "read_bytes", refused)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert caught.value.problems == [
+        f"{path}: this user may not read the config file (run it with sudo)"
+    ]
 
 
 def test_a_directory_is_not_a_config_file(tmp_path: Path) -> None:

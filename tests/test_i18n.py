@@ -4,12 +4,18 @@ and compiled by our own msgfmt into a file that Python's gettext reads back."""
 from __future__ import annotations
 
 import ast
+import base64
 import gettext
+import os
 import string
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from receiver import cli, i18n, status
+from receiver.central import collector
 from receiver.i18n import DOMAIN, compile_po, read_po
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,3 +72,91 @@ def test_the_compiled_catalog_reads_back_through_gettext(tmp_path: Path) -> None
     for msgid, msgstr in read_po(VI).items():
         assert vietnamese.gettext(msgid) == msgstr
     assert vietnamese.gettext("not in the catalog") == "not in the catalog"
+
+
+@pytest.fixture
+def vietnamese(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The program as a board with ``LANG=vi_VN.UTF-8`` runs it (the catalog as the build
+    compiles it)."""
+    compile_po(VI, tmp_path / "vi" / "LC_MESSAGES" / f"{DOMAIN}.mo")
+    catalog = gettext.translation(DOMAIN, tmp_path, languages=["vi"])
+    monkeypatch.setattr(i18n, "_translations", lambda: catalog)
+
+
+def test_check_config_names_the_usual_slips_in_vietnamese(
+    vietnamese: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Only the last line was Vietnamese: every problem above it (the lines that say what to
+    fix) stayed English, and so did "config file not found"."""
+    key = base64.b64encode(bytes(range(32))).decode()
+    config = tmp_path / "receiver.yaml"
+    config.write_text(
+        "device_id: loa-1\nevn: lab\ngroups: commune-1\nbroker:\n  host: 192.0.2.1\n"
+        "  port: '1883'\n  keepalive_s: 3\n"
+        f"trust:\n  keys:\n    - {{id: k1, ed25519: '{key}', roles: [operator], scopes: ['*']}}\n"
+        "player: {output: alas}\ndevice_id: loa-2\n",
+        encoding="utf-8",
+    )
+    assert cli.main(["check-config", str(config)]) == 78
+    err = capsys.readouterr().err.splitlines()
+    assert err == [
+        f"{config}:1:1: env: còn thiếu (bắt buộc)",
+        f"{config}:2:1: evn: tham số không xác định (có phải ý bạn là 'env'?)",
+        f"{config}:3:9: groups: cần một danh sách, nhưng đang là một chuỗi ký tự "
+        "(viết [a, b] hoặc các dòng '- a')",
+        f"{config}:6:9: broker.port: cần một số nguyên, nhưng đang là chuỗi ký tự ('1883'): "
+        "hãy bỏ dấu nháy",
+        f"{config}:7:16: broker.keepalive_s: 3 nằm ngoài khoảng cho phép: dùng từ 5 đến 65535 giây",
+        f"{config}:11:18: player.output: 'alas' không phải một trong các giá trị: alsa, pulse, "
+        "file (có phải ý bạn là 'alsa'?)",
+        f"{config}:12:1: device_id: tham số bị ghi hai lần (lần đầu ở dòng 1): chỉ giữ lại một",
+        f"{config}: cấu hình có lỗi, xem ở trên",
+    ]
+    assert cli.main(["check-config", str(tmp_path / "nope.yaml")]) == 78
+    assert "nope.yaml: không tìm thấy tệp cấu hình" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("program", ["receiver.cli", "receiver.central.admin"])
+def test_a_terminal_that_is_not_utf8_gets_escapes_not_a_traceback(
+    tmp_path: Path, program: str
+) -> None:
+    """On a console whose locale is ASCII or Latin-1, "OK —" (and any Vietnamese letter) ended
+    in UnicodeEncodeError and a traceback, exit 1, although all was well."""
+    if program == "receiver.cli":
+        key = base64.b64encode(bytes(range(32))).decode()
+        config = tmp_path / "receiver.yaml"
+        config.write_text(
+            "device_id: loa-1\nenv: lab\ngroups: []\nbroker: {host: 192.0.2.1}\ntrust:\n  keys:\n"
+            f"    - {{id: k1, ed25519: '{key}', roles: [operator], scopes: ['*']}}\n"
+            "gpio: {pin_factory: mock}\n",
+            encoding="utf-8",
+        )
+        argv = ["check-config", str(config)]
+    else:  # the proof-of-play report's Vietnamese column titles
+        database = tmp_path / "events.db"
+        collector.open_database(database).close()
+        argv = ["report", "--db", str(database), "--lang", "vi"]
+    result = subprocess.run(
+        [sys.executable, "-m", program, *argv],
+        capture_output=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONIOENCODING": "ascii"},
+        timeout=60,
+        check=False,
+    )
+    assert b"Traceback" not in result.stderr, result.stderr.decode("ascii", "replace")
+    assert result.returncode == 0
+    assert b"\\u" in result.stdout or b"OK \\u2014" in result.stdout
+
+
+def test_the_boards_health_line_of_status_is_vietnamese_too(vietnamese: None) -> None:
+    """``bo mạch lúc này   load 1.33, memory 23.0 GiB available, disk free: state 75.0 GiB``:
+    the label was Vietnamese, the line after it English."""
+    health = {
+        "load_1m": 1.33,
+        "mem_available_bytes": 512 * 2**20,
+        "disk_free_bytes": {"state": 2**30, "cache": 3 * 2**30},
+    }
+    line = status.format_health(health)
+    assert line.startswith("tải CPU 1.33, bộ nhớ trống 512")
+    assert "dung lượng đĩa trống: trạng thái 1.0 GiB, bộ nhớ đệm 3.0 GiB" in line

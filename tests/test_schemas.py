@@ -312,13 +312,18 @@ def test_what_receiver_signing_produces_validates(kind: str, body: dict[str, Any
     assert _check_signed(sign_command(payload, keys)) == payload
 
 
+def _an_hour_ahead() -> str:
+    """A start time receiver-admin sends (it refuses one in the past, as a mistyped date)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(time.time() + 3600))
+
+
 def _admin_argv(kind: str, key: Path, media: Path) -> list[str]:
     common = ["--key", str(key), "--env", "lab", "--aud", f"dev:{DEVICE}", "--aud", f"grp:{GROUP}"]
     if kind == "play":
         return [
             "play", *common, "--url", URL, "--file", str(media), "--title", "Bản tin",
             "--priority", "priority", "--volume", "60", "--repeat", "2", "--max-duration", "900",
-            "--start-at", "2026-03-01T05:30:00+07:00", "--id", "morning:1",
+            "--start-at", _an_hour_ahead(), "--id", "morning:1",
         ]  # fmt: skip
     if kind == "stream":
         return ["stream", *common, "--url", "https://radio.example.vn/live", "--ttl", "60"]

@@ -189,3 +189,90 @@ def test_the_daemon_keeps_its_relay_settings_for_relay_off(tmp_path: Path) -> No
     assert gpio.load_saved_settings(tmp_path) == GpioConfig("lgpio", "BOARD11", False)
     (tmp_path / gpio.SAVED_SETTINGS_FILE).write_text("{}", encoding="utf-8")
     assert gpio.load_saved_settings(tmp_path) is None
+
+
+# --- a state or cache directory the daemon cannot use ---------------------------------------
+
+
+def config_with_state_under_a_file(tmp_path: Path) -> Path:
+    config = write_config(tmp_path)
+    (tmp_path / "blocker").write_text("a file where a directory should be\n", encoding="utf-8")
+    text = config.read_text(encoding="utf-8").replace("state_dir: state", "state_dir: blocker/s")
+    config.write_text(text, encoding="utf-8")
+    return config
+
+
+def test_a_state_directory_that_cannot_exist_exits_78_and_is_warned_of(tmp_path: Path) -> None:
+    """check-config said OK; the daemon then failed with "[Errno 20] Not a directory", exit 1,
+    and systemd restarted it every 5 s for ever."""
+    config = config_with_state_under_a_file(tmp_path)
+    said = f"storage.state_dir: {tmp_path}/blocker/s cannot be a directory: {tmp_path}/blocker is"
+    run = receiver("run", "--config", str(config))
+    assert run.returncode == 78, run.stderr
+    assert said in run.stderr and "Traceback" not in run.stderr
+    check = receiver("check-config", str(config))
+    assert "will refuse to start" in check.stdout
+    assert said in check.stderr
+
+
+def test_enroll_where_the_state_directory_cannot_be_made_says_so(tmp_path: Path) -> None:
+    """It ended in a NotADirectoryError traceback."""
+    result = receiver("enroll", "--config", str(config_with_state_under_a_file(tmp_path)))
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert f"receiver enroll: {tmp_path}/blocker/s: Not a directory (storage.state_dir" in (
+        result.stderr
+    )
+
+
+# --- the config file, however it is given -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["check-config", "-c"], ["check-config", "--config"], ["enroll"], ["status"], ["relay-off"]],
+)
+def test_every_subcommand_takes_the_config_file_as_option_or_word(
+    tmp_path: Path, argv: list[str], board: MockFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``run``, ``status``, ``enroll`` and ``relay-off`` took only ``--config FILE`` and
+    ``check-config`` only ``FILE``: ``receiver check-config -c FILE`` (as ``run`` wants it)
+    said "unrecognized arguments: -c", ``receiver enroll FILE`` "arguments are required"."""
+    config = write_config(tmp_path)
+    code = cli.main([*argv, str(config)])
+    out, err = capsys.readouterr()
+    assert "error:" not in err
+    assert code == (1 if argv == ["status"] else 0), err  # status: no state written yet
+    assert str(config) in out or "loa-25-07873-001" in out or str(tmp_path / "state") in out
+
+
+def test_two_different_config_files_are_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["check-config", str(write_config(tmp_path)), "-c", "/etc/other.yaml"])
+    assert exited.value.code == 2
+    assert "two config files given" in capsys.readouterr().err
+
+
+def test_no_config_file_says_which_option_to_give(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["enroll"])
+    assert exited.value.code == 2
+    assert "receiver enroll --config /etc/loa-receiver/receiver.yaml" in capsys.readouterr().err
+
+
+def test_a_state_directory_its_user_may_not_write_in_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As the daemon's user (these tests run as root, who may write anywhere)."""
+    from receiver import config as config_module
+
+    loaded = config_module.load_config(write_config(tmp_path))
+    monkeypatch.setattr("receiver.config.os.access", lambda path, mode: False)
+    found = config_module.unusable_directories(loaded)
+    assert any(
+        f"storage.state_dir: this user may not write in {tmp_path / 'state'}" in line
+        and "the daemon runs as the user loa-receiver" in line
+        for line in found
+    ), found

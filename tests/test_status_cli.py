@@ -136,6 +136,18 @@ def test_without_a_status_file_it_says_so_and_exits_1(tmp_path: Path) -> None:
     assert str(tmp_path / "state" / STATUS_FILE) in result.stdout
 
 
+def test_a_damaged_status_file_does_not_send_the_technician_to_sudo(tmp_path: Path) -> None:
+    """An empty status file (a full card) said "... not valid JSON: Expecting value: line 1
+    column 1 (char 0) (try sudo if it is a permission problem)": sudo changes nothing."""
+    config = write_config(tmp_path)
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / STATUS_FILE).write_bytes(b"")
+    result = run_status(config)
+    assert result.returncode == 1
+    assert "is not valid JSON" in result.stderr and "sudo" not in result.stderr
+    assert "the daemon writes it anew" in result.stderr and "Traceback" not in result.stderr
+
+
 def test_a_bad_config_exits_78(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("device_id: loa-1\n", encoding="utf-8")

@@ -17,12 +17,15 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import queue
 import sys
 import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
+
+import yaml
 
 from receiver import __version__
 from receiver.central import collector, fleet, report
@@ -43,28 +46,41 @@ from receiver.central.inputs import (
     device_or_every,
     host,
     identifier,
+    key_id,
     load_keys,
     number,
+    port,
     positive_int,
     positive_number,
     refuse_if_invalid,
     refuse_if_too_large,
+    scope,
     seconds,
+    why,
 )
 from receiver.central.received import DeviceMessage, device_topics, parse_device_message
 from receiver.central.reports import message_text, verifier_for
 from receiver.central.signing import SigningKey, command_payload, sign_command
-from receiver.core import vocabulary
+from receiver.core import reasons, vocabulary
+from receiver.core.commands import parse_time
+from receiver.i18n import tolerant_output
 
 DEFAULT_PREFIX = "loa/v1"
 EXIT_INTERRUPTED = 130  # Ctrl-C before what was asked happened, as a shell reports it
 FLEET_COLUMNS = fleet.COLUMNS
 SNAPSHOT_QUIET_S = 0.5
+DAY_S = 86400
+#: A ``--start-at`` may be this far behind the clock (a command typed for "now") ...
+START_AT_SLACK_S = 60
+#: ... and at most this far ahead.
+START_AT_HORIZON_S = 7 * DAY_S
 
 
 def _keygen(args: argparse.Namespace) -> int:
     key = SigningKey.generate(args.id)
     out = Path(args.out)
+    if out.is_dir():
+        raise InputError(f"--out {out}: a directory; give the key file's name, e.g. {out}/op.pem")
     try:
         key.save(out)
     except FileExistsError:
@@ -72,15 +88,27 @@ def _keygen(args: argparse.Namespace) -> int:
         return EXIT_INPUT
     except FileNotFoundError as exc:
         raise InputError(f"--out {out}: the directory {out.parent} does not exist") from exc
+    except OSError as exc:
+        reason = f"cannot write the key ({why(exc)}); nothing was written"
+        raise InputError(f"--out {out}: {reason}") from exc
     print(f"private key written to {out} (keep it secret; key id in {out}.id)")
     print("add this to the receivers' config under trust.keys:")
     roles = ", ".join(args.roles)
     scopes = ", ".join(f'"{s}"' for s in args.scopes)
     print(
-        f"  - id: {args.id}\n    ed25519: {key.public_b64}\n"
+        f"  - id: {_yaml_text(args.id)}\n    ed25519: {key.public_b64}\n"
         f"    roles: [{roles}]\n    scopes: [{scopes}]"
     )
     return EXIT_OK
+
+
+def _yaml_text(text: str) -> str:
+    """``text`` as YAML reads it back: plain if it is, else quoted (``&op``, ``'x``, ``true``)."""
+    try:
+        plain = yaml.safe_load(f"id: {text}") == {"id": text}
+    except yaml.YAMLError:
+        plain = False
+    return text if plain else json.dumps(text)
 
 
 def _file_entry(args: argparse.Namespace) -> dict[str, Any]:
@@ -154,6 +182,25 @@ def _topics_for(args: argparse.Namespace) -> list[str]:
     return topics
 
 
+def _refuse_an_unlikely_start(start_at: str, now: float) -> None:
+    """A ``--start-at`` in the past (the boards play it at once) or more than
+    :data:`START_AT_HORIZON_S` ahead (it would wait on every board for weeks) is a slip of the
+    date or the zone far more often than what was meant: refused, nothing sent."""
+    starts = parse_time(start_at, "start_at", reasons.BAD_BODY)
+    local = datetime.fromtimestamp(starts).astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    if starts < now - START_AT_SLACK_S:
+        raise InputError(
+            f"--start-at {start_at}: that is {local}, in the past; the boards would play it at "
+            "once. Check the date and the zone offset, or leave --start-at out to play now"
+        )
+    if starts > now + START_AT_HORIZON_S:
+        raise InputError(
+            f"--start-at {start_at}: that is {local}, more than "
+            f"{START_AT_HORIZON_S // DAY_S} days ahead; check the year and the date "
+            "(a recurring programme is a schedule)"
+        )
+
+
 def _sign_and_send(args: argparse.Namespace) -> int:
     kind = "play" if args.command == "stream" else args.command
     if args.ttl <= 0:
@@ -168,6 +215,8 @@ def _sign_and_send(args: argparse.Namespace) -> int:
         ttl_s=args.ttl,
     )
     refuse_if_invalid("command", payload)
+    if args.command in ("play", "stream") and args.start_at:
+        _refuse_an_unlikely_start(args.start_at, time.time())
     for audience in args.aud if args.topic is None else ():
         if audience.partition(":")[0] not in ("dev", "grp"):
             raise InputError(f"--aud {audience}: not dev:<id> or grp:<id>")
@@ -180,12 +229,31 @@ def _sign_and_send(args: argparse.Namespace) -> int:
     # Checked against the fleet's keyring (when one is retained) like the documents: a key the
     # boards do not know, or without the role or the scope, is refused by every one of them.
     admin_documents.refuse_if_unauthorized(args, topics[0], envelope, payload)
+    if args.topic is None:
+        _warn_of_unknown_devices(args)
     for topic in topics:
         # The broker drops the command once it expires, so a device that was offline never
         # gets a stale backlog (the device refuses expired commands anyway).
         publish(args, topic, envelope, retain=False, expiry_s=int(args.ttl))
         print(f"sent {payload['type']} {payload['id']} (seq {payload['seq']}) to {topic}")
     return EXIT_OK
+
+
+def _warn_of_unknown_devices(args: argparse.Namespace) -> None:
+    """A ``dev:`` audience whose device never left a state on this broker is most often a
+    mistyped id: say so (the command still goes: a board being installed has no state yet)."""
+    options = BrokerOptions.from_args(args)
+    for audience in args.aud:
+        kind, _, device = audience.partition(":")
+        state_topic = device_topics(args.prefix, device)[0]
+        if kind == "dev" and admin_documents.retained_payload_raw(options, state_topic) is None:
+            who = f"user {args.username!r}" if args.username else "an anonymous client"
+            print(
+                f"receiver-admin: warning: no device {device} has left a state on "
+                f"{options.where} ({state_topic}): is the id right? (or the broker's ACL hides "
+                f"it from {who}); sending anyway, a board that never connected will not get it",
+                file=sys.stderr,
+            )
 
 
 def publish(
@@ -386,7 +454,7 @@ def _broker_options(parser: argparse.ArgumentParser, required: bool) -> None:
     parser.add_argument(
         "--host", required=required, type=host, help="broker host (omit to print only)"
     )
-    parser.add_argument("--port", type=int, default=1883)
+    parser.add_argument("--port", type=port, default=1883)
     parser.add_argument("--prefix", default=DEFAULT_PREFIX, help="topic prefix")
     parser.add_argument("--cafile", help="CA certificate: turns TLS on")
     parser.add_argument("--certfile", help="client certificate for mutual TLS")
@@ -429,7 +497,9 @@ def _add_command_parsers(sub: Any) -> None:
             cmd.add_argument("--volume", type=int, help="percent, 0 to 100")
             cmd.add_argument("--repeat", type=int)
             cmd.add_argument("--max-duration", type=int, default=3600)
-            cmd.add_argument("--start-at", help="RFC 3339 instant to start at")
+            cmd.add_argument(
+                "--start-at", help="RFC 3339 instant to start at, at most 7 days ahead"
+            )
         if name == "play":
             cmd.add_argument("--file", help="local copy of the file, to pin its hash and size")
             cmd.add_argument("--sha256")
@@ -455,10 +525,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     keygen = sub.add_parser("keygen", help="make an Ed25519 key pair")
-    keygen.add_argument("--id", required=True, help="the key id receivers will know it by")
+    keygen.add_argument(
+        "--id", required=True, type=key_id, help="the key id receivers will know it by"
+    )
     keygen.add_argument("--out", required=True, help="where to write the private key (PEM)")
     keygen.add_argument("--roles", nargs="+", default=["operator"], choices=admin_documents.ROLES)
-    keygen.add_argument("--scopes", nargs="+", default=["*"])
+    keygen.add_argument("--scopes", nargs="+", type=scope, default=["*"])
     keygen.set_defaults(func=_keygen)
 
     _add_command_parsers(sub)
@@ -524,6 +596,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    tolerant_output()
     words = list(sys.argv[1:] if argv is None else argv)
     if words[:2] == ["schedule", "show"]:
         words[:2] = ["schedule-show"]

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
+from receiver.central.inputs import why
+
 if TYPE_CHECKING:
     from receiver.central.fleet import DeviceRow
 
@@ -59,7 +61,7 @@ class BridgeMap:
         try:
             lines = path.read_text(encoding="utf-8").splitlines()
         except (OSError, UnicodeDecodeError) as exc:
-            raise BridgeMapError(f"cannot read the bridge file {path}: {exc}") from exc
+            raise BridgeMapError(f"cannot read the bridge file {path}: {why(exc)}") from exc
         patterns: dict[str, tuple[str, ...]] = {}
         for number, line in enumerate(lines, start=1):
             words = line.split("#", 1)[0].split()

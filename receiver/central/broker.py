@@ -27,7 +27,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from receiver.central.inputs import InputError
+from receiver.central.inputs import InputError, why
 
 EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1  # the tool ran but what was asked did not happen (see the subcommand)
@@ -81,7 +81,7 @@ def _password(options: BrokerOptions) -> str | None:
         return Path(options.password_file).read_text(encoding="utf-8").strip()
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(
-            f"--password-file {options.password_file}: cannot read it ({exc})"
+            f"--password-file {options.password_file}: cannot read it ({why(exc)})"
         ) from exc
 
 

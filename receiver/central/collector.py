@@ -33,7 +33,7 @@ from types import FrameType
 from typing import Any, Final
 
 from receiver.central.broker import BrokerOptions, Connection
-from receiver.central.inputs import InputError
+from receiver.central.inputs import InputError, seconds
 from receiver.central.received import DeviceMessage, device_topics, parse_device_message
 from receiver.central.reports import ReportVerifier, seed_verifier, set_aside, verifier_for
 from receiver.core.envelope import parse_envelope
@@ -348,7 +348,7 @@ def add_parser(sub: Any, broker_options: Callable[[argparse.ArgumentParser, bool
         help=f"the session's client id: one per collector (default {DEFAULT_CLIENT_ID})",
     )
     collect.add_argument(
-        "--duration", type=float, default=0.0, help="stop after this many seconds (0: never)"
+        "--duration", type=seconds, default=0.0, help="stop after this many seconds (0: never)"
     )
     collect.add_argument(
         "--registry", help="enrolled device keys: set aside reports the device did not sign"

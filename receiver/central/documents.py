@@ -25,11 +25,13 @@ from receiver.central import programme
 from receiver.central.broker import BrokerOptions, Connection
 from receiver.central.inputs import (
     InputError,
+    days,
     identifier,
     load_keys,
     positive_int,
     refuse_if_invalid,
     refuse_if_too_large,
+    scope,
 )
 from receiver.central.reports import open_report
 from receiver.central.signing import (
@@ -63,7 +65,11 @@ def _load_json(path: str, what: str) -> Any:
     except OSError as exc:
         raise InputError(f"{path}: cannot read the {what} ({exc.strerror or exc})") from exc
     except ValueError as exc:
-        raise InputError(f"{path}: the {what} is not JSON ({exc})") from exc
+        cause = exc.__cause__
+        if isinstance(cause, json.JSONDecodeError):  # where to look, as an editor counts
+            where = f"{path}:{cause.lineno}:{cause.colno}"
+            raise InputError(f"{where}: the {what} is not JSON: {cause.msg}") from exc
+        raise InputError(f"{path}: the {what} is not accepted JSON: {exc}") from exc
 
 
 def _thresholds(text: str | None) -> dict[str, int] | None:
@@ -230,10 +236,14 @@ def _schedule_source(args: argparse.Namespace) -> dict[str, Any]:
 
 def schedule_command(args: argparse.Namespace, publish: Publisher) -> int:
     doc = _schedule_source(args)
-    schedule_id = args.id or doc.get("id")
-    version = args.version or doc.get("version")
-    if not isinstance(schedule_id, str) or not isinstance(version, int):
-        raise InputError("a schedule needs an id and an integer version (in the file or flags)")
+    # An option given is taken as given: --version 0 is refused, never the file's version used.
+    schedule_id = args.id if args.id is not None else doc.get("id")
+    version = args.version if args.version is not None else doc.get("version")
+    if not isinstance(schedule_id, str):
+        raise InputError(f"{args.file}: no schedule id: write id: in the file, or give --id")
+    if not isinstance(version, int) or isinstance(version, bool):
+        found = "no version" if version is None else f"version {version!r} is not a whole number"
+        raise InputError(f"{args.file}: {found}: write version: in the file, or give --version")
     payload = schedule_payload(
         schedule_id,
         version,
@@ -284,6 +294,15 @@ def show_command(args: argparse.Namespace) -> int:
     if args.device:
         state_topic = f"{args.prefix}/dev/{args.device}/state"
         state = retained_payload_raw(options, state_topic)
+        if state is None:
+            who = f"user {args.username!r}" if args.username else "an anonymous client"
+            unknown = (
+                f"no device {args.device} has left a state on {options.where} ({state_topic}): "
+                f"is the id right? (or the broker's ACL hides it from {who})"
+            )
+            if not args.group:
+                raise InputError(f"{unknown}; give --group <id> to see a group's programme")
+            print(f"receiver-admin: warning: {unknown}", file=sys.stderr)
         state_doc = open_report(state) if state else None  # signed (v1.1) or plain JSON
         held = state_doc.get("schedules", {}) if isinstance(state_doc, dict) else {}
         groups = args.group or []
@@ -326,7 +345,7 @@ def add_parsers(
     entry = sub.add_parser("key-entry", help="print a key's entry for a trust keyring file")
     entry.add_argument("--key", required=True, help="the private key file (its id file beside)")
     entry.add_argument("--roles", nargs="+", required=True, choices=ROLES)
-    entry.add_argument("--scopes", nargs="+", default=["*"])
+    entry.add_argument("--scopes", nargs="+", type=scope, default=["*"])
     entry.set_defaults(func=key_entry_command)
 
     trust = sub.add_parser("trust", help="sign and publish a trust document (a new keyring)")
@@ -336,7 +355,7 @@ def add_parsers(
     trust.add_argument("--key", action="append", required=True, help="a root key (repeatable)")
     trust.add_argument("--thresholds", help="e.g. operator=1,emergency=1,root=2")
     trust.add_argument("--id", help="document id (default trust-v<version>)")
-    trust.add_argument("--ttl-days", type=float, default=30.0, help="days it may be taken up")
+    trust.add_argument("--ttl-days", type=days, default=30.0, help="days it may be taken up")
     broker_options(trust, False)
     trust.set_defaults(func=lambda a: trust_command(a, publish))
 
@@ -351,7 +370,7 @@ def add_parsers(
     schedule.add_argument("--key", action="append", required=True, help="an operator key")
     schedule.add_argument("--id", help="schedule id (overrides the file's)")
     schedule.add_argument("--version", type=int, help="version (overrides the file's)")
-    schedule.add_argument("--ttl-days", type=float, default=30.0, help="days it may be taken up")
+    schedule.add_argument("--ttl-days", type=days, default=30.0, help="days it may be taken up")
     schedule.add_argument(
         "--dry-run",
         action="store_true",

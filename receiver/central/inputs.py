@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 import math
 import re
+import stat
+import sys
 from pathlib import Path
 from typing import Any, Final
 
+from receiver import config as config_rules
 from receiver.central import validate
 from receiver.central.signing import SigningKey
 from receiver.core.envelope import MAX_MESSAGE_BYTES
@@ -36,12 +39,33 @@ def load_keys(paths: list[str]) -> list[SigningKey]:
     keys = []
     for path in paths:
         try:
+            text = Path(path).read_bytes()
             keys.append(SigningKey.load(Path(path)))
         except FileNotFoundError as exc:
             raise InputError(f"--key {path}: no such file") from exc
-        except (OSError, ValueError) as exc:
-            raise InputError(f"--key {path}: {exc}") from exc
+        except OSError as exc:
+            raise InputError(f"--key {path}: cannot read it ({why(exc)})") from exc
+        except ValueError as exc:
+            if b"PUBLIC KEY-----" in text:
+                raise InputError(
+                    f"--key {path}: a public key; sign with the private key file "
+                    "(the one receiver-admin keygen --out wrote)"
+                ) from exc
+            raise InputError(f"--key {path}: {str(exc).removeprefix(f'{path}: ')}") from exc
+        _warn_if_others_may_read(Path(path), keys[-1].id)
     return keys
+
+
+def _warn_if_others_may_read(path: Path, key_id: str) -> None:
+    """A private key that other users may read can sign as its holder: say so (not refused,
+    so that a key on a shared mount still works in an emergency)."""
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        print(
+            f"receiver-admin: warning: --key {path} may be read by other users (mode "
+            f"{mode:04o}): whoever read it can sign as {key_id}; chmod 600 {path}",
+            file=sys.stderr,
+        )
 
 
 #: A device, group or environment id (schemas/common.json ``ident``): it is also a topic level.
@@ -112,6 +136,53 @@ def host(text: str) -> str:
             "(the port goes in --port, TLS is --cafile)"
         )
     return text
+
+
+def port(text: str) -> int:
+    """``--port``: a TCP port, 1 to 65535 (a typo here is not the broker's fault)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a port: give 1 to 65535")
+    return value
+
+
+def days(text: str) -> float:
+    """``--ttl-days``: how many days a document may be taken up, above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of days") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give more than 0 days, e.g. 30")
+    return value
+
+
+def key_id(text: str) -> str:
+    """``keygen --id``: a key id the receivers' config and trust documents both take."""
+    problem = config_rules.key_id_problem(text)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(f"{text!r} {problem}")
+    return text
+
+
+def scope(text: str) -> str:
+    """``--scopes``: a device or group id, or ``*``, as the receivers' config takes it."""
+    problem = config_rules.scope_problem(text)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(f"{text!r} {problem}")
+    return text
+
+
+def why(exc: Exception) -> str:
+    """Why a file could not be read, in a few words (not Python's ``[Errno 2] ...: 'x'``)."""
+    if isinstance(exc, UnicodeDecodeError):
+        return "not UTF-8 text"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc)
 
 
 def positive_number(text: str) -> float:

@@ -42,6 +42,7 @@ import yaml
 
 from receiver.central.inputs import InputError
 from receiver.core import schedule as core_schedule
+from receiver.core import urls
 from receiver.core.reasons import Rejection
 
 DAY_WORDS: Final = {
@@ -66,6 +67,7 @@ ENTRY_KEYS: Final = frozenset(
         "valid_until",
     }
 )
+SOURCE_KEYS: Final = frozenset({"id", "version", "tz", "media_url", "entries"})
 # Words people write for a key, and the key they mean.
 MEANT: Final = {
     "time": "at",
@@ -93,9 +95,10 @@ def _duration(value: Any, where: str) -> int:
 
 
 def _at(value: Any, where: str) -> str:
-    # YAML 1.1 reads an unquoted 06:30 as the sexagesimal integer 390: take it as meant.
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-        value = f"{value // 60:02d}:{value % 60:02d}"
+    # An unquoted 06:30 arrives as the text written (_UniqueKeyLoader), not YAML 1.1's 390; a
+    # number without a colon (630, 6) is no time: guessing would play at 10:30 or 00:06.
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        raise InputError(f'{where}: {value!r} is not a local time: write it HH:MM, e.g. "06:30"')
     text = str(value).strip()
     match = re.fullmatch(r"(\d{1,2})[:h](\d{2})", text)
     if match is None or int(match.group(1)) > 23 or int(match.group(2)) > 59:
@@ -158,6 +161,12 @@ def _pin_local(path: Path, where: str) -> tuple[str, int]:
 
 
 def _pin_url(url: str, where: str) -> tuple[str, int]:
+    # Checked before fetching: urllib would read a file:// URL from this machine, or try FTP.
+    try:
+        urls.check_url(url, ("http", "https"), ())
+    except urls.UrlRefused as refused:
+        if not refused.detail.endswith("is not on the allowlist"):  # that is each board's
+            raise InputError(f"{where}: {refused.detail} (every receiver refuses it)") from None
     digest, size = hashlib.sha256(), 0
     try:
         with urllib.request.urlopen(url, timeout=FETCH_TIMEOUT_S) as response:  # noqa: S310
@@ -264,6 +273,16 @@ class _UniqueKeyLoader(yaml.SafeLoader):
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
 
+    def construct_sexagesimal_as_text(self, node: yaml.ScalarNode) -> int | str:
+        """``06:30`` as written: YAML 1.1 reads it as the base-60 integer 390."""
+        text = str(self.construct_scalar(node))
+        return text if ":" in text else int(self.construct_yaml_int(node))
+
+
+_UniqueKeyLoader.add_constructor(
+    "tag:yaml.org,2002:int", _UniqueKeyLoader.construct_sexagesimal_as_text
+)
+
 
 def compile_source(path: Path) -> dict[str, Any]:
     """The YAML programme at ``path`` as a schedule document's fields (id, version, tz, entries)."""
@@ -275,6 +294,14 @@ def compile_source(path: Path) -> dict[str, Any]:
         mark = getattr(exc, "problem_mark", None)
         at = f" (line {mark.line + 1})" if mark is not None else ""
         raise InputError(f"{path}: not valid YAML{at}: {getattr(exc, 'problem', exc)}") from exc
+    if isinstance(source, dict):
+        unknown = sorted(set(map(str, source)) - SOURCE_KEYS)
+        if unknown:
+            key = unknown[0]
+            close = difflib.get_close_matches(key, sorted(SOURCE_KEYS), 1)
+            known = ", ".join(sorted(SOURCE_KEYS))
+            hint = f"did you mean {close[0]}?" if close else f"known: {known}"
+            raise InputError(f"{path}: {key}: not a known key; {hint}")
     if not isinstance(source, dict) or not isinstance(source.get("entries"), list):
         raise InputError(f"{path}: a programme is a mapping with an 'entries' list")
     tz = str(source.get("tz", "Asia/Ho_Chi_Minh"))

@@ -52,6 +52,7 @@ from typing import Any, Final, Literal, Protocol
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from receiver.central.inputs import why
 from receiver.core.envelope import b64decode_canonical, pae
 from receiver.core.strict_json import loads_strict
 from receiver.device_key import EVENT_TYPE, STATE_TYPE
@@ -133,7 +134,7 @@ class Registry:
         try:
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
-            raise RegistryError(f"cannot read the device registry {path}: {exc}") from exc
+            raise RegistryError(f"cannot read the device registry {path}: {why(exc)}") from exc
         registry = cls.parse(text.splitlines(), str(path))
         if not registry.keys:
             # Not "no device is enrolled": every report would be set aside as unknown.

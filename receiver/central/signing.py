@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -40,15 +41,31 @@ class SigningKey:
         return base64.b64encode(raw).decode("ascii")
 
     def save(self, path: Path) -> None:
-        """Write the key as PKCS#8 PEM, readable by its owner only; the key id goes alongside."""
+        """Write the key as PKCS#8 PEM, readable by its owner only; the key id goes alongside.
+
+        Both are written whole or not at all (a full disk leaves no empty key file that would
+        then block the next try, nor a key without its id file, which would sign under the
+        file's name); an existing key file is never replaced (FileExistsError).
+        """
         pem = self.private.private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         )
-        path.touch(mode=0o600, exist_ok=False)
-        path.write_bytes(pem)
-        path.with_suffix(path.suffix + ".id").write_text(self.id + "\n", encoding="utf-8")
+        if path.exists():
+            raise FileExistsError(path)
+        id_file = path.with_suffix(path.suffix + ".id")
+        written: list[Path] = []
+        try:
+            _write_whole(id_file.with_name(f".{id_file.name}.tmp"), (self.id + "\n").encode())
+            written.append(id_file.with_name(f".{id_file.name}.tmp"))
+            _write_whole(path.with_name(f".{path.name}.tmp"), pem)
+            written.append(path.with_name(f".{path.name}.tmp"))
+            os.link(written[1], path)  # fails, rather than replace, if a key appeared meanwhile
+            os.replace(written[0], id_file)
+        finally:
+            for temporary in written:
+                temporary.unlink(missing_ok=True)
 
     @classmethod
     def load(cls, path: Path, key_id: str | None = None) -> SigningKey:
@@ -62,6 +79,19 @@ class SigningKey:
             id_file = path.with_suffix(path.suffix + ".id")
             key_id = id_file.read_text(encoding="utf-8").strip() if id_file.exists() else path.stem
         return cls(key_id, private)
+
+
+def _write_whole(path: Path, data: bytes) -> None:
+    """``data`` in a new file at ``path`` (mode 0600), on the disk before it returns."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
 
 
 def sign(payload_type: str, body: bytes, keys: Sequence[SigningKey]) -> bytes:

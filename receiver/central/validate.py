@@ -13,6 +13,7 @@ import json
 import math
 import re
 import sys
+import urllib.parse
 from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
@@ -318,8 +319,20 @@ def _url_problems(payload: dict[str, Any]) -> list[str]:
             urls.check_url(url, ("http", "https"), ())
         except urls.UrlRefused as refused:
             if not refused.detail.endswith("is not on the allowlist"):  # that is each board's
-                found.append(f"{where}: {refused.detail} (every receiver refuses it)")
+                found.append(
+                    f"{where}: {refused.detail} (every receiver refuses it){_encoded(url)}"
+                )
     return found
+
+
+def _encoded(url: str) -> str:
+    """For a URL with spaces or Vietnamese letters: the form receivers take, to copy."""
+    if url.isascii() and not any(c.isspace() for c in url):
+        return ""
+    return f"; percent-encoded it reads {urllib.parse.quote(url, safe=_URL_SAFE)}"
+
+
+_URL_SAFE = ":/?#[]@!$&'()*+,;=%~"
 
 
 def problems(kind: str, payload: dict[str, Any]) -> list[str]:

@@ -53,6 +53,13 @@ def wait_until(condition: Callable[[], bool], timeout: float = TIMEOUT, what: st
         time.sleep(0.01)
 
 
+def wait_subscribed(link: MqttLink, rec: Recorder) -> None:
+    """Wait until ``link`` is up, has told ``rec`` so, and holds its subscriptions: only then
+    is a command published by central delivered (``link.connected`` alone comes earlier)."""
+    # on_link(up) runs on the link's thread before the SUBSCRIBE is sent, so it has run too.
+    wait_until(lambda: link.connected and rec.subscribed.is_set(), what="subscribed")
+
+
 class Recorder:
     """What the daemon's queue would receive from the link."""
 
@@ -60,6 +67,10 @@ class Recorder:
         self.messages: queue.Queue[MessageReceived] = queue.Queue()
         self.all: list[MessageReceived] = []  # everything, whatever the waits consumed
         self.links: list[bool] = []
+        # Set once the link has its subscriptions (after SUBACK, from on_connected_publish).
+        # ``link.connected`` is true from CONNACK, before on_link has run and before the
+        # SUBSCRIBE has left: a command published then is not delivered (no subscription yet).
+        self.subscribed = threading.Event()
         self._lock = threading.Lock()
 
     def on_message(self, event: MessageReceived) -> None:
@@ -124,6 +135,12 @@ def make_link() -> Iterator[LinkFactory]:
     ) -> tuple[MqttLink, Recorder]:
         rec = recorder or Recorder()
         holder: list[MqttLink] = []
+
+        def connected_publish(link: MqttLink, rec: Recorder) -> None:
+            if on_connected_publish is not None:
+                on_connected_publish(link)
+            rec.subscribed.set()
+
         link = MqttLink(
             broker_config(broker, **config),
             DEVICE,
@@ -132,9 +149,7 @@ def make_link() -> Iterator[LinkFactory]:
             OFFLINE,
             on_message=rec.on_message,
             on_link=rec.on_link,
-            on_connected_publish=(
-                None if on_connected_publish is None else lambda: on_connected_publish(holder[0])
-            ),
+            on_connected_publish=lambda: connected_publish(holder[0], rec),
             **(link_options or {}),
         )
         holder.append(link)
@@ -156,7 +171,7 @@ def test_connects_subscribes_and_receives_commands(
     broker: MosquittoBroker, make_link: LinkFactory
 ) -> None:
     link, rec = make_link(broker)
-    wait_until(lambda: link.connected, what="connected")
+    wait_subscribed(link, rec)
     assert rec.links == [True]
 
     with Subscriber(broker) as central:
@@ -181,7 +196,7 @@ def test_paho_lines_below_error_are_never_formatted(
 
     monkeypatch.setattr(Properties, "__str__", counting_str)
     link, rec = make_link(broker)
-    wait_until(lambda: link.connected, what="connected")
+    wait_subscribed(link, rec)
     with Subscriber(broker) as central:
         for i in range(20):
             central.publish(CMD, b"junk %d" % i)
@@ -227,7 +242,7 @@ def test_a_burst_is_read_in_chunks_not_a_socket_read_per_piece_of_each_message(
             super().on_message(event)
 
     link, rec = make_link(broker, recorder=Holding())
-    wait_until(lambda: link.connected, what="connected")
+    wait_subscribed(link, rec)
     with Subscriber(broker) as central:
         central.publish(CMD, b"first")
         wait_until(lambda: bool(counting), what="the first message")
@@ -424,7 +439,7 @@ def test_keeps_retrying_until_the_broker_appears(
     assert rec.links == []
 
     stopped_broker.start()
-    wait_until(lambda: link.connected, what="connected once the broker is up")
+    wait_subscribed(link, rec)  # once the broker is up
     assert rec.links == [True]
     with Subscriber(stopped_broker) as central:
         central.publish(CMD, b"hello")
@@ -460,6 +475,8 @@ def test_a_server_that_accepts_but_never_answers_is_given_up_on() -> None:
         assert rec.links == []
     finally:
         link.stop()
+        with contextlib.suppress(OSError):
+            silent.shutdown(socket.SHUT_RDWR)  # wakes accept_forever (close() alone would not)
         silent.close()
         for conn in accepted:
             conn.close()
@@ -475,7 +492,7 @@ def test_an_exception_in_the_message_callback_does_not_kill_the_link(
             super().on_message(event)
 
     link, rec = make_link(broker, recorder=Exploding())
-    wait_until(lambda: link.connected, what="connected")
+    wait_subscribed(link, rec)
     with Subscriber(broker) as central:
         central.publish(CMD, b"boom")
         central.publish(CMD, b"still alive")
@@ -505,7 +522,7 @@ def test_tls_verifies_the_server_and_presents_a_client_certificate(
             tls_broker,
             tls=TlsConfig(ca_file=ca.cert_file, cert_file=device.cert, key_file=device.key),
         )
-        wait_until(lambda: good.connected, what="mutual TLS connection")
+        wait_subscribed(good, rec)
         assert rec.links == [True]
 
         wrong_ca, _ = make_link(
@@ -531,7 +548,7 @@ def test_refused_credentials_are_reported(tmp_path: Path, make_link: LinkFactory
         wrong, _ = make_link(auth_broker, username=DEVICE, password="wrong password")
         anonymous, _ = make_link(auth_broker)
         right, rec = make_link(auth_broker, username=DEVICE, password="right password")
-        wait_until(lambda: right.connected, what="connected with the right password")
+        wait_subscribed(right, rec)  # connected with the right password
         wait_until(lambda: None not in (wrong.last_error, anonymous.last_error), what="refusals")
         for refused in (wrong, anonymous):
             assert refused.last_error is not None
@@ -563,7 +580,7 @@ def test_under_acls_the_device_gets_its_commands_and_may_write_only_its_own_topi
     ]
     with MosquittoBroker(workdir, extra_config=config) as acl_broker:
         link, rec = make_link(acl_broker, username=DEVICE, password="device pw")
-        wait_until(lambda: link.connected, what="connected under ACLs")
+        wait_subscribed(link, rec)
         central = mqtt.Client(
             CallbackAPIVersion.VERSION2, client_id="central", protocol=mqtt.MQTTv5
         )
@@ -736,7 +753,7 @@ def test_an_oversized_message_is_dropped_by_the_broker_and_the_link_stays_up(
 
 def _oversized_is_dropped(broker: MosquittoBroker, make_link: LinkFactory) -> None:
     link, rec = make_link(broker)
-    wait_until(lambda: link.connected, what="connected")
+    wait_subscribed(link, rec)
     largest_command = b"c" * 16384  # the protocol's cap for a whole command (§4)
     with Subscriber(broker) as central:
         central.publish(CMD, largest_command)

@@ -5,6 +5,7 @@ or one for another name, is refused with our reason; a trusted one relays, and t
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import ssl
 import threading
@@ -13,7 +14,7 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, SimpleHTTPRequestHandler
 from pathlib import Path
 from queue import Empty, Queue
-from typing import cast
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import pytest
@@ -123,3 +124,108 @@ def test_the_gate_refuses_a_station_whose_certificate_is_not_trusted(
             gate.close()
         assert answer.startswith(b"HTTP/1.0 503"), answer
         assert server.requests == []
+
+
+class SlowHandshakeStation:
+    """A TLS station that waits ``delay_s`` after accepting before it answers the handshake (a
+    slow 4G link), then answers one request with a few bytes of audio."""
+
+    def __init__(self, ca: TestCa, delay_s: float) -> None:
+        files = ca.issue("127.0.0.1", server_hosts=["127.0.0.1"])
+        self._context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self._context.load_cert_chain(files.cert, files.key)
+        self._delay_s = delay_s
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self._listener.getsockname()[1]
+        self.handshakes = 0
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return
+            time.sleep(self._delay_s)
+            try:
+                with self._context.wrap_socket(conn, server_side=True) as tls:
+                    self.handshakes += 1
+                    tls.recv(4096)
+                    tls.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: audio/mpeg\r\n\r\n\xff\xfb\x90")
+            except OSError:
+                continue
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)  # wakes the accept()
+        self._thread.join(timeout=5)
+        self._listener.close()
+
+
+def test_a_slow_handshake_is_waited_for_and_a_stop_during_it_is_prompt(
+    pki: TestCa, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The handshake is waited for in 0.25 s steps (so that a stop is noticed), each resuming
+    # where OpenSSL left off: a station 1 s slow to answer it is still reached.
+    monkeypatch.setenv("SSL_CERT_FILE", str(pki.cert_file))
+    slow = SlowHandshakeStation(pki, delay_s=1.0)
+    try:
+        url, hosts = f"https://127.0.0.1:{slow.port}/live.mp3", (f"127.0.0.1:{slow.port}",)
+        resolved = resolve(url, ("https",), hosts, deadline_s=5.0)
+        assert resolved.kind == "stream" and slow.handshakes == 1
+
+        stopped = threading.Event()
+        threading.Timer(0.3, stopped.set).start()
+        start = time.monotonic()
+        with pytest.raises(StreamRefused) as refusal:
+            resolve(url, ("https",), hosts, deadline_s=5.0, cancelled=stopped.is_set)
+        assert refusal.value.detail == "stopped while asking the server"
+        assert time.monotonic() - start < 0.3 + 0.5
+    finally:
+        slow.close()
+
+
+def test_a_stop_while_the_gate_reads_tls_ends_the_relay_cleanly(
+    pki: TestCa, tone: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The gate is closed while its relay thread is inside SSLSocket.recv, about to read the
+    # station's next TLS record: close() must not pull the TLS object from under it (a
+    # ValueError in that thread); the read ends, the thread ends, libVLC's connection ends.
+    monkeypatch.setenv("SSL_CERT_FILE", str(pki.cert_file))
+    failures: list[BaseException | None] = []
+    monkeypatch.setattr(threading, "excepthook", lambda hook: failures.append(hook.exc_value))
+    paused, resume, armed = threading.Event(), threading.Event(), threading.Lock()
+    armed.acquire()
+    real_read = ssl.SSLSocket.read
+
+    def read(sock: ssl.SSLSocket, *args: Any) -> Any:
+        if threading.current_thread().name.startswith("stream-gate") and armed.acquire(False):
+            paused.set()
+            resume.wait(10)
+        return real_read(sock, *args)
+
+    monkeypatch.setattr(ssl.SSLSocket, "read", read)
+    with station(pki, ["127.0.0.1"], tone) as server:
+        gate = StreamGate(server.url("/live.mp3"))
+        try:
+            port = urlsplit(gate.url).port
+            assert port is not None
+            with socket.create_connection(("127.0.0.1", port), timeout=10.0) as sock:
+                sock.sendall(b"GET /stream HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+                heard = b""
+                while len(heard.partition(b"\r\n\r\n")[2]) < 4000:
+                    chunk = sock.recv(65536)
+                    assert chunk, heard[:200]
+                    heard += chunk
+                armed.release()
+                assert paused.wait(10), "the gate stopped reading the station"
+                gate.close()
+                resume.set()
+                assert gate.join(5.0), "a thread of the closed gate is still running"
+                while sock.recv(65536):
+                    pass  # what was on its way; then the end
+        finally:
+            resume.set()
+            gate.close()
+    assert failures == []

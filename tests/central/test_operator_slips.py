@@ -5,6 +5,7 @@ with passwords and ACLs.
 
 from __future__ import annotations
 
+import errno
 import json
 import signal
 import time
@@ -12,11 +13,13 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from receiver.central import programme
 from receiver.central.admin import main
 from receiver.central.inputs import InputError
 from receiver.central.signing import SigningKey, key_entry
+from receiver.config import parse_config
 from receiver.device_key import STATE_TYPE, DeviceKey, seal_report
 from tests.central.conftest import Secured, Spy, device_state, read_retained
 from tests.central.test_collector import admin
@@ -218,6 +221,19 @@ def test_watch_refuses_a_negative_timeout(
         main(["watch", "--device", "loa-001", "--timeout", "-1", *secured.login()])
     assert exited.value.code == 2
     assert "--timeout" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("duration", ["-1", "nan"])
+def test_collect_refuses_a_duration_that_is_not_seconds(
+    secured: Secured, tmp_path: Path, duration: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``collect --duration -1`` stopped at once and said "stored 0 events", exit 0."""
+    database = tmp_path / "events.db"
+    with pytest.raises(SystemExit) as exited:
+        main(["collect", "--db", str(database), "--duration", duration, *secured.login()])
+    assert exited.value.code == 2
+    assert f"--duration: {duration!r}" in capsys.readouterr().err
+    assert not database.exists()
 
 
 @pytest.mark.parametrize("ttl", ["nan", "inf", "5m"])
@@ -490,3 +506,341 @@ def test_keygen_into_a_directory_that_does_not_exist_says_so(
     assert main(["keygen", "--id", "op-2", "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert f"--out {out}: the directory {out.parent} does not exist" in err
+
+
+# --- keys, ports, documents and start times, as operators mistype them ----------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "named"),
+    [
+        (["keygen", "--id", "op 2"], "--id: 'op 2' must not contain spaces"),
+        (["keygen", "--id", "op-2", "--scopes", "prov 25"], "--scopes: 'prov 25' is not a device"),
+        (["keygen", "--id", "op-2", "--scopes", "Commune-1"], "--scopes: 'Commune-1' is not"),
+    ],
+)
+def test_keygen_refuses_an_entry_the_receivers_config_refuses(
+    tmp_path: Path, argv: list[str], named: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``keygen --id 'op 2'`` made the key and printed a trust.keys entry that every receiver's
+    check-config then refused ("must not contain spaces"), exit 0."""
+    out = tmp_path / "op.pem"
+    with pytest.raises(SystemExit) as exited:
+        main([*argv, "--out", str(out)])
+    assert exited.value.code == 2
+    assert named in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_keygen_into_a_directory_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--out keys/`` said "keys exists already; not overwriting a key"."""
+    assert main(["keygen", "--id", "op-2", "--out", str(tmp_path)]) == 2
+    assert f"--out {tmp_path}: a directory; give the key file's name" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_port_out_of_range_is_bad_input_not_the_broker(
+    operator_key: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--port 18830`` typed ``188830`` said "connection refused (is the broker running
+    there?)", exit 3: the operator went to look at a broker that was fine."""
+    with pytest.raises(SystemExit) as exited:
+        main(["stop", *command(operator_key, "--aud", "dev:loa-001"), "--host", "127.0.0.1",
+              "--port", "188830"])  # fmt: skip
+    assert exited.value.code == 2
+    assert "--port: 188830 is not a port: give 1 to 65535" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("start_at", "said"),
+    [
+        ("2020-12-07T06:30:00+07:00", "in the past; the boards would play it at once"),
+        ("2062-12-07T06:30:00+07:00", "more than 7 days ahead; check the year"),
+    ],
+)
+def test_a_start_time_in_the_past_or_years_ahead_is_not_sent(
+    secured: Secured,
+    operator_key: Path,
+    start_at: str,
+    said: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A year typed wrong was signed and sent: 2020 played at once on every board; 2062 sat in
+    every board's queue as a play nobody would hear."""
+    with Spy(secured, "loa/v1/#", retained=False) as spy:
+        code = main(
+            ["stream", *command(operator_key, "--aud", "grp:commune-1"),
+             "--url", "https://radio.example.vn/live", "--start-at", start_at,
+             *secured.login()]
+        )  # fmt: skip
+        time.sleep(0.3)
+        assert spy.topics() == []
+    assert code == 2
+    err = capsys.readouterr().err
+    assert f"--start-at {start_at}: that is " in err and said in err
+
+
+def test_a_start_time_a_moment_ahead_is_sent(
+    operator_key: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    soon = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 120))
+    argv = ["stream", *command(operator_key, "--aud", "grp:commune-1")]
+    assert main([*argv, "--url", "https://radio.example.vn/live", "--start-at", soon]) == 0
+    envelope = json.loads(capsys.readouterr().out)
+    assert envelope["payloadType"] == "application/vnd.loa.command.v1+json"
+
+
+def test_a_schedule_version_given_as_0_is_refused_not_replaced_by_the_files(
+    operator_key: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--version 0`` was taken as "no --version": the file's version 1 was signed, exit 0."""
+    argv = ["schedule", "--file", _programme_file(tmp_path), "--version", "0"]
+    assert main([*argv, *command(operator_key, "--aud", "grp:commune-1")]) == 2
+    captured = capsys.readouterr()
+    assert "version: must be at least 1, not 0" in captured.err
+    assert captured.out == ""
+
+
+@pytest.mark.parametrize("ttl_days", ["0", "-1", "nan", "a month"])
+def test_a_document_lifetime_that_is_not_days_is_named(
+    operator_key: Path, tmp_path: Path, ttl_days: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--ttl-days 0`` said "(document): a receiver refuses it: exp is not after iat
+    (malformed)"; ``--ttl-days nan`` said only "Invalid value NaN (not a number)"."""
+    argv = ["schedule", "--file", _programme_file(tmp_path), "--ttl-days", ttl_days]
+    with pytest.raises(SystemExit) as exited:
+        main([*argv, *command(operator_key, "--aud", "grp:commune-1")])
+    assert exited.value.code == 2
+    assert f"--ttl-days: {ttl_days!r}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("source", "said"),
+    [
+        ("id: morning\nverison: 2\n", "verison: not a known key; did you mean version?"),
+        ("id: morning\nversion: two\n", "version 'two' is not a whole number"),
+        ("version: 2\n", "no schedule id: write id: in the file, or give --id"),
+    ],
+)
+def test_a_programmes_id_and_version_slips_are_named(
+    operator_key: Path,
+    tmp_path: Path,
+    source: str,
+    said: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A misspelt ``verison:`` or ``version: two`` both said "a schedule needs an id and an
+    integer version (in the file or flags)": neither the key nor the value was named."""
+    (tmp_path / "a.mp3").write_bytes(b"ID3 not really")
+    path = tmp_path / "programme.yaml"
+    path.write_text(
+        source + "media_url: https://m.example/\nentries:\n"
+        "  - {title: News, days: weekdays, at: '06:30', file: a.mp3}\n",
+        encoding="utf-8",
+    )
+    argv = ["schedule", "--file", str(path), *command(operator_key, "--aud", "grp:commune-1")]
+    assert main(argv) == 2
+    assert said in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("option", ["--password-file", "--registry", "--bridges"])
+def test_a_missing_file_is_named_once_in_plain_words(
+    secured: Secured, tmp_path: Path, option: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It said "[Errno 2] No such file or directory: '…/absent'" after naming the file."""
+    absent = tmp_path / "absent"
+    login = secured.login()
+    if option == "--password-file":
+        login[login.index("--password-file") + 1] = str(absent)
+        extra = []
+    else:
+        extra = [option, str(absent)]
+    assert main(["fleet", "--timeout", "1", *extra, *login]) == 2
+    err = capsys.readouterr().err
+    assert str(absent) in err and "No such file or directory" in err
+    assert "Errno" not in err and err.count(str(absent)) == 1
+
+
+def test_a_keyring_file_with_a_json_slip_is_named_by_line_and_column(
+    operator_key: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A trailing comma said "the keyring is not JSON (not JSON (Expecting property name ...
+    at offset 14))": an offset no editor shows, and "not JSON" twice."""
+    keys = tmp_path / "keys.json"
+    keys.write_text('[\n {"id": "a",}\n]\n', encoding="utf-8")
+    argv = ["trust", "--version", "2", "--keys", str(keys), "--env", "prod"]
+    assert main([*argv, "--key", str(operator_key)]) == 2
+    err = capsys.readouterr().err
+    assert f"{keys}:2:13: the keyring is not JSON: Expecting property name" in err
+    assert "offset" not in err
+
+
+def test_a_signing_key_others_may_read_is_warned_of(
+    operator_key: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A key copied with mode 0644 signed silently: anyone on the machine could have read it."""
+    operator_key.chmod(0o644)
+    assert main(["stop", *command(operator_key, "--aud", "dev:loa-001")]) == 0
+    captured = capsys.readouterr()
+    assert f"warning: --key {operator_key} may be read by other users (mode 0644)" in captured.err
+    assert f"chmod 600 {operator_key}" in captured.err
+    operator_key.chmod(0o600)
+    assert main(["stop", *command(operator_key, "--aud", "dev:loa-001")]) == 0
+    assert capsys.readouterr().err == ""
+
+
+def test_a_public_key_or_a_directory_given_as_key_is_named(
+    operator_key: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--key op.pub.pem`` said "op.pub.pem: op.pub.pem: not a PEM private key without a
+    passphrase"; ``--key keys/`` said "[Errno 21] Is a directory: 'keys/'"."""
+    public = tmp_path / "op.pub.pem"
+    public.write_bytes(
+        SigningKey.load(operator_key)
+        .private.public_key()
+        .public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+    )
+    assert main(["stop", *command(public, "--aud", "dev:loa-001")]) == 2
+    assert f"--key {public}: a public key; sign with the private key file" in (
+        capsys.readouterr().err
+    )
+    assert main(["stop", *command(tmp_path, "--aud", "dev:loa-001")]) == 2
+    assert f"--key {tmp_path}: cannot read it (Is a directory)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("url", ["file:///etc/hostname", "ftp://127.0.0.1:9/a.mp3"])
+def test_a_programme_url_every_receiver_refuses_is_not_fetched(
+    operator_key: Path, tmp_path: Path, url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``url: file:///etc/hostname`` was read from the operator's own machine and pinned (the
+    boards then refused it); ``ftp://`` was tried and failed as "cannot fetch ... [Errno 111]"."""
+    path = tmp_path / "programme.yaml"
+    path.write_text(
+        "id: morning\nversion: 1\nentries:\n"
+        f"  - {{title: A, days: mon, at: '06:30', url: '{url}'}}\n",
+        encoding="utf-8",
+    )
+    argv = ["schedule", "--file", str(path), *command(operator_key, "--aud", "grp:commune-1")]
+    assert main(argv) == 2
+    scheme = url.partition(":")[0]
+    err = capsys.readouterr().err
+    assert (
+        f"entries[0].url: URL scheme '{scheme}' is not allowed (every receiver refuses it)" in err
+    )
+    assert "cannot fetch" not in err
+
+
+@pytest.mark.parametrize("key_id", ["&op", "'op", "true", "op-1"])
+def test_the_entry_keygen_prints_reads_back_as_the_key_id(
+    tmp_path: Path, key_id: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``keygen --id '&op'`` printed ``- id: &op``, which YAML reads as an anchor: pasted into
+    the config, check-config said "trust.keys[0].id: is empty"."""
+    assert main(["keygen", "--id", key_id, "--out", str(tmp_path / "op.pem")]) == 0
+    printed = capsys.readouterr().out.split("trust.keys:\n", 1)[1]
+    config = (
+        "device_id: loa-1\nenv: lab\ngroups: []\nbroker: {host: 192.0.2.1}\ntrust:\n  keys:\n"
+        + "".join(f"  {line}\n" for line in printed.splitlines())
+    )
+    assert parse_config(config, str(tmp_path / "receiver.yaml")).trust.keys[0].id == key_id
+
+
+def test_a_url_with_vietnamese_letters_is_refused_with_the_form_receivers_take(
+    operator_key: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The refusal said what was wrong but not what to write instead."""
+    media = tmp_path / "a.mp3"
+    media.write_bytes(b"ID3")
+    argv = ["play", *command(operator_key, "--aud", "grp:commune-1"), "--file", str(media)]
+    assert main([*argv, "--url", "https://media.example.vn/bản tin.mp3"]) == 2
+    assert "percent-encoded it reads https://media.example.vn/b%E1%BA%A3n%20tin.mp3" in (
+        capsys.readouterr().err
+    )
+    assert main([*argv, "--url", "https://media.example.vn/b%E1%BA%A3n%20tin.mp3"]) == 0
+
+
+@pytest.mark.parametrize(("written", "meant"), [("06:30", "06:30"), ("6:30", "06:30")])
+def test_an_unquoted_time_is_the_time_written(
+    operator_key: Path, tmp_path: Path, written: str, meant: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "a.mp3").write_bytes(b"ID3")
+    path = tmp_path / "programme.yaml"
+    path.write_text(
+        "id: morning\nversion: 1\nmedia_url: https://m.example/\nentries:\n"
+        f"  - {{title: News, days: mon, file: a.mp3, at: {written}}}\n",
+        encoding="utf-8",
+    )
+    assert programme.compile_source(path)["entries"][0]["at"] == meant
+
+
+@pytest.mark.parametrize("written", ["630", "6"])
+def test_a_time_written_as_a_bare_number_is_refused(
+    operator_key: Path, tmp_path: Path, written: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``at: 630`` (meant 06:30) was read as 630 minutes: the programme played at 10:30."""
+    (tmp_path / "a.mp3").write_bytes(b"ID3")
+    path = tmp_path / "programme.yaml"
+    path.write_text(
+        "id: morning\nversion: 1\nmedia_url: https://m.example/\nentries:\n"
+        f"  - {{title: News, days: mon, file: a.mp3, at: {written}}}\n",
+        encoding="utf-8",
+    )
+    argv = ["schedule", "--file", str(path), *command(operator_key, "--aud", "grp:commune-1")]
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert f'entries[0].at: {written} is not a local time: write it HH:MM, e.g. "06:30"' in (
+        captured.err
+    )
+    assert captured.out == ""
+
+
+def test_a_command_for_a_device_that_never_reported_warns_of_the_id(
+    secured: Secured, operator_key: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--aud dev:loa-01`` (for loa-001) said "sent stop ... to loa/v1/dev/loa-01/cmd", exit 0,
+    and nothing else: no board would ever act on it."""
+    with Spy(secured) as spy:
+        spy.publish("loa/v1/dev/loa-001/state", device_state("loa-001", time.time()))
+    argv = ["stop", *command(operator_key, "--aud", "dev:loa-001"), *secured.login()]
+    assert main(argv) == 0
+    assert "warning" not in capsys.readouterr().err
+    argv = ["stop", *command(operator_key, "--aud", "dev:loa-01"), *secured.login()]
+    assert main(argv) == 0  # a board being installed has no state yet: sent all the same
+    captured = capsys.readouterr()
+    assert "warning: no device loa-01 has left a state on" in captured.err
+    assert "is the id right?" in captured.err
+    assert "sent stop" in captured.out
+
+
+def test_schedule_show_for_a_device_that_never_reported_says_so(
+    secured: Secured, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It printed "device loa-01 holds: no schedule", then asked for --group."""
+    assert main(["schedule", "show", "--device", "loa-01", *secured.login()]) == 2
+    err = capsys.readouterr().err
+    assert "no device loa-01 has left a state on" in err and "is the id right?" in err
+
+
+def test_keygen_on_a_full_disk_leaves_no_half_written_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A write that failed left an empty op.pem (mode 0600) and no op.pem.id: the next keygen
+    said "exists already", and the empty file was taken for a key by --key."""
+    out = tmp_path / "op.pem"
+
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("receiver.central.signing.os.fsync", full)
+    assert main(["keygen", "--id", "op-2", "--out", str(out)]) == 2
+    assert f"--out {out}: cannot write the key (No space left on device); nothing was written" in (
+        capsys.readouterr().err
+    )
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.undo()
+    assert main(["keygen", "--id", "op-2", "--out", str(out)]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["op.pem", "op.pem.id"]
+    assert (out.stat().st_mode & 0o777, (tmp_path / "op.pem.id").read_text()) == (0o600, "op-2\n")
+    assert SigningKey.load(out).id == "op-2"

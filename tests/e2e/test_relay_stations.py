@@ -2,17 +2,25 @@
 ``.m3u``) and an HLS live stream made by FFmpeg until the window ends, then nothing more reaches
 the station; and bad input (a web page, a redirect loop, a playlist naming itself or a host off
 the allowlist, a server trickling a byte a second, an HLS playlist that never adds segments, a
-station that starts hanging up every connection in the middle of a relay) each ends ``failed``
-with a reason in bounded time, with no request storm and the amplifier off."""
+station that starts hanging up every connection in the middle of a relay, a station's name
+that the name server never answers) each ends ``failed`` with a reason in bounded time, with no
+request storm and the amplifier off; a stop while the name is being looked up is prompt."""
 
 from __future__ import annotations
 
+import secrets
+import shutil
+import socket
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
 from receiver.central.signing import command_payload, sign_command
+from receiver.streams import LOOKUP_TIMEOUT_S, RESOLVE_DEADLINE_S
 from tests.e2e.conftest import Site
 from tests.e2e.test_daemon import wait_online
 from tests.e2e.test_relay_window import next_event, past_reset_floor
@@ -232,3 +240,150 @@ def test_a_station_hanging_up_in_mid_relay_ends_failed_without_a_request_storm(
     assert site.wav.stat().st_size == size, "the WAV still grows after the relay failed"
     sound = read_wav(site.wav)
     assert dominant_of(trim_silence(sound.samples), sound.rate, (440.0, 1000.0)) == 440.0
+
+
+# --- a name server gone silent ------------------------------------------------------------------
+
+
+class SilentNameServer:
+    """A UDP port 53 on a loopback address of its own that reads queries and never answers (a
+    4G link whose name server has gone quiet: glibc then waits its full timeouts)."""
+
+    def __init__(self) -> None:
+        self.queries = 0
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        for _ in range(20):
+            self.address = f"127.53.{secrets.randbelow(254) + 1}.{secrets.randbelow(254) + 1}"
+            try:
+                self._sock.bind((self.address, 53))
+                break
+            except OSError:
+                continue
+        else:
+            pytest.fail("no free loopback address for the silent name server (root?)")
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                self._sock.recv(512)
+            except OSError:
+                return
+            self.queries += 1
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+@dataclass
+class SilentDnsDaemon(Daemon):
+    """The daemon in a mount namespace of its own whose ``/etc/resolv.conf`` names only the
+    silent name server (the network is the machine's loopback, as for every other test)."""
+
+    resolv_conf: Path | None = None
+
+    def command(self) -> list[str]:
+        assert self.resolv_conf is not None
+        script = 'mount --bind "$1" /etc/resolv.conf && shift && exec "$@"'
+        inner = super().command()
+        return ["unshare", "--mount", "sh", "-c", script, "sh", str(self.resolv_conf), *inner]
+
+
+@pytest.fixture
+def silent_dns_daemon(site: Site) -> Iterator[tuple[Callable[[], Daemon], SilentNameServer]]:
+    for tool in ("unshare", "mount"):
+        if shutil.which(tool) is None:
+            pytest.fail(f"this test needs {tool} (util-linux)", pytrace=False)
+    name_server = SilentNameServer()
+    resolv_conf = site.config.parent / "resolv.conf"
+    resolv_conf.write_text(f"nameserver {name_server.address}\noptions timeout:30 attempts:1\n")
+    started: list[Daemon] = []
+
+    def start() -> Daemon:
+        daemon = SilentDnsDaemon(site.config, resolv_conf=resolv_conf).start()
+        started.append(daemon)
+        return daemon
+
+    yield start, name_server
+    for daemon in started:
+        daemon.kill()
+        print("".join(daemon.raw))  # shown by pytest when the test failed
+    name_server.close()
+
+
+SILENT_HOST = "radio.silent.test"
+
+
+def events_seen(watcher: Subscriber, site: Site) -> list[bytes]:
+    return [m.payload for m in list(watcher.seen) if m.topic == site.events_topic]
+
+
+def silent_host_config(site: Site, port: int) -> str:
+    """Allow the station's name (it never resolves), with the stall watchdog at its default
+    (8 s: the name's lookup gives up before it); the relay's URL."""
+    relay_config(site, port)
+    text = site.config.read_text(encoding="utf-8")
+    text = text.replace("allowed_hosts: [", f'allowed_hosts: ["{SILENT_HOST}:{port}", ', 1)
+    text = text.replace(f"stall_timeout_s: {STALL_TIMEOUT_S}\n", "stall_timeout_s: 8\n", 1)
+    site.config.write_text(text, encoding="utf-8")
+    return f"http://{SILENT_HOST}:{port}/live.mp3"
+
+
+def test_a_station_name_the_name_server_never_answers_ends_failed_on_time(
+    site: Site,
+    web: WebServer,
+    silent_dns_daemon: tuple[Callable[[], Daemon], SilentNameServer],
+    watcher: Subscriber,
+) -> None:
+    start_daemon, name_server = silent_dns_daemon
+    url = silent_host_config(site, web.port)
+    daemon = start_daemon()
+    wait_online(watcher, site)
+    past_reset_floor(daemon)
+    start = time.monotonic()
+    relay(watcher, site, url)
+    # Each start waits for the name LOOKUP_TIMEOUT_S, not glibc's 30 s; 1 s between the two.
+    bound_s = (1 + MAX_RESTARTS) * LOOKUP_TIMEOUT_S + 1 + 5
+    failed = next_event(watcher, site, ("failed", "finished"), bound_s)
+    took = time.monotonic() - start
+    print(f"\nfailed after {took:.1f} s; {name_server.queries} queries to the name server")
+    assert failed["kind"] == "failed" and failed["reason"] == "stream_failed", failed
+    assert failed["detail"] == (
+        f"the stream failed: not relayed: cannot look up {SILENT_HOST}: the name server did "
+        f"not answer in {LOOKUP_TIMEOUT_S:g} s; gave up after {MAX_RESTARTS} reconnects"
+    ), failed
+    assert name_server.queries >= 1, "the name server was never asked: the test proves nothing"
+    amplifier_goes_off(daemon)
+    assert web.requests == []
+
+
+def test_a_stop_while_the_station_name_is_looked_up_is_prompt(
+    site: Site,
+    web: WebServer,
+    silent_dns_daemon: tuple[Callable[[], Daemon], SilentNameServer],
+    watcher: Subscriber,
+) -> None:
+    start_daemon, name_server = silent_dns_daemon
+    url = silent_host_config(site, web.port)
+    daemon = start_daemon()
+    wait_online(watcher, site)
+    past_reset_floor(daemon)
+    relay(watcher, site, url)
+    deadline = time.monotonic() + 10
+    while name_server.queries == 0:
+        assert time.monotonic() < deadline, "the station's name was never looked up"
+        time.sleep(0.05)
+    time.sleep(1.0)  # well into the lookup
+    stop = command_payload("stop", {"target": "relay"}, env="lab", aud=[f"dev:{DEVICE}"])
+    stopped_at = time.monotonic()
+    watcher.publish(site.cmd_topic, sign_command(stop, [site.operator]))
+    stopped = next_event(watcher, site, ("stopped", "failed", "finished"), 10)
+    print(f"\nstopped {time.monotonic() - stopped_at:.2f} s after the stop was sent")
+    assert stopped["kind"] == "stopped" and stopped["ref"] == "relay", stopped
+    amplifier_goes_off(daemon)
+    # Past the end: nothing more is reported for the relay, and nothing reaches the station.
+    reported = events_seen(watcher, site)
+    time.sleep(RESOLVE_DEADLINE_S + 2)  # past the lookup's deadline
+    assert events_seen(watcher, site)[len(reported) :] == []
+    assert daemon.logged("relay_switched")[-1]["on"] is False
+    assert web.requests == []
