@@ -400,11 +400,11 @@ def test_a_command_queued_while_the_daemon_was_stopped_plays_and_an_expired_one_
         assert first.stop() == 0  # SIGTERM: a clean DISCONNECT, the session stays (expiry 7 d)
 
         seq = int(time.time() * 1000)
-        short = play_payload(site, "tone1000.wav", message_id="short-lived", seq=seq, ttl_s=2.0)
+        short = play_payload(site, "tone1000.wav", message_id="short-lived", seq=seq, ttl_s=1.0)
         kept = play_payload(site, "tone440.wav", message_id="kept", seq=seq + 1)
         central.publish(site.cmd_topic, sign_command(short, [site.operator]))
         central.publish(site.cmd_topic, sign_command(kept, [site.operator]))
-        time.sleep(3.0)  # the short-lived one is past its exp when the daemon is back
+        time.sleep(1.5)  # the short-lived one is past its exp when the daemon is back
 
         second = start_daemon()
         rejected = wait_event(central, site, "rejected", "short-lived")
