@@ -61,10 +61,22 @@ class Channel:
         readable, _, _ = select.select([self._sock], [], [], timeout_s)
         return bool(readable)
 
-    def close(self) -> None:
-        """Ends the conversation: the peer reads the end, and so does a ``recv`` under way here."""
+    def shutdown(self) -> None:
+        """Ends the conversation from any thread: the peer reads the end, and so does a ``recv``
+        under way or to come here; the socket keeps its descriptor until :meth:`close`.
+
+        Only the thread that reads the channel closes it. A close from another thread frees the
+        descriptor's number while the reader may be about to use it (CPython reads the number,
+        lets go of the interpreter lock, then makes the system call), and the kernel gives the
+        number to the next socket: the next engine's channel, whose messages the old reader
+        would then take."""
         with contextlib.suppress(OSError):
             self._sock.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        """Ends the conversation and frees the socket: from the thread that reads it (or when
+        no thread does)."""
+        self.shutdown()
         self._sock.close()
 
     def _exactly(self, size: int) -> bytes:

@@ -212,7 +212,7 @@ class ProcessPlayer:
             child, conn = self._child, self._conn
             self._child = self._conn = None
         if conn is not None:
-            conn.close()
+            conn.shutdown()  # its reader thread closes it (Channel.shutdown says why)
         if child is not None:
             try:
                 child.wait(timeout=2)
@@ -250,6 +250,7 @@ class ProcessPlayer:
         except Exception:
             self._log.exception("media_engine_reader_failed")
         self._lost(child)
+        conn.close()  # here, by the one thread that reads it
 
     def _lost(self, child: subprocess.Popen[bytes]) -> None:
         with self._lock:
@@ -258,9 +259,8 @@ class ProcessPlayer:
             self._child = None
             conn, self._conn = self._conn, None
             self._answered.notify_all()
-        with contextlib.suppress(OSError):
-            if conn is not None:
-                conn.close()
+        if conn is not None:
+            conn.shutdown()  # closed by its reader, which is this thread
         child.kill()
         code = child.wait()
         self._live = False

@@ -20,8 +20,14 @@ per close). Its rules:
   later request of libVLC is answered 503 without asking the station: libVLC ends the item
   (``PlaybackEnded``) and the daemon's restart budget decides, with its backoff.
 
-:meth:`StreamGate.close` closes every connection at once (the player calls it when the item
-is stopped or replaced).
+:meth:`StreamGate.close` ends every connection at once (the player calls it when the item
+is stopped or replaced). It only shuts the sockets down, which wakes the thread blocked on each;
+each socket is closed by the one thread that uses it, the listener by the accept thread. Why:
+CPython's socket calls read the descriptor, let go of the interpreter lock, then make the system
+call, so a socket closed by another thread may be used by number after its number went to the
+next socket of the process (the kernel hands out the lowest free one): the next relay's gate, or
+libVLC's connection to it, which would then lose its connection or carry the old station's audio.
+A shut-down socket keeps its number until its thread closes it, and fails every later call.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ import select
 import socket
 import threading
 import time
+from collections.abc import Callable
 from typing import Final
 from urllib.parse import urlsplit
 
@@ -41,6 +48,7 @@ __all__ = ["MIN_INTERVAL_S", "StreamGate"]
 
 MIN_INTERVAL_S: Final = 1.0  # between two requests to the station
 POLL_S: Final = 0.25  # how often a blocked wait asks whether the gate was closed
+ACCEPT_END_S: Final = 1.0  # close() waits this long at most for the accept thread (woken at once)
 _REQUEST_LIMIT: Final = 16 * 1024  # libVLC's request head
 _REFUSED: Final = b"HTTP/1.0 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n"
 
@@ -51,45 +59,86 @@ class StreamGate:
     def __init__(self, url: str) -> None:
         self._target = _target(url)
         self._listener = socket.create_server(("127.0.0.1", 0))
+        self._port: int = self._listener.getsockname()[1]
         self._lock = threading.Lock()
-        self._open: set[socket.socket] = set()
+        # The sockets not yet closed by their thread (listener included): close() shuts these
+        # down under the lock, and a thread takes its socket out under the lock before closing
+        # it, so close() never touches a number that may already name another socket.
+        self._open: set[socket.socket] = {self._listener}
+        self._threads: set[threading.Thread] = set()  # the gate's threads still running
         self._closed = False
         self._spent = False  # the station hung up without audio: libVLC gets 503 from now on
         self._last_asked = -MIN_INTERVAL_S
         self._turn = threading.Lock()  # one request to the station at a time
-        threading.Thread(target=self._accept, name="stream-gate", daemon=True).start()
+        self._acceptor = self._start(self._accept, "stream-gate")
 
     @property
     def url(self) -> str:
-        port: int = self._listener.getsockname()[1]
-        return f"http://127.0.0.1:{port}/stream"
+        return f"http://127.0.0.1:{self._port}/stream"
 
     def close(self) -> None:
-        """Close the listener and every connection (libVLC's and the station's). Idempotent."""
+        """End the listener and every connection (libVLC's and the station's). Idempotent.
+
+        Shuts them down (their threads close them and end within :data:`POLL_S`, see
+        :meth:`join`) and waits for the accept thread, which ends at once: the listener is
+        closed on return, and a closed gate never accepts again."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
-            sockets = list(self._open)
-            self._open.clear()
-        for sock in (self._listener, *sockets):
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-            sock.close()
+            for sock in self._open:
+                # socket.socket's own shutdown, also for an ``https`` station: SSLSocket's
+                # would drop the TLS object under the thread reading it (a ValueError there).
+                with contextlib.suppress(OSError):
+                    socket.socket.shutdown(sock, socket.SHUT_RDWR)
+        self._acceptor.join(ACCEPT_END_S)
+
+    def join(self, timeout_s: float) -> bool:
+        """Wait for every thread of the (closed) gate to end, at most ``timeout_s``; whether
+        they all have."""
+        give_up = time.monotonic() + timeout_s
+        with self._lock:
+            threads = list(self._threads)
+        for thread in threads:
+            thread.join(max(0.0, give_up - time.monotonic()))
+        return not any(thread.is_alive() for thread in threads)
 
     # --- threads ------------------------------------------------------------------------------
 
+    def _start(self, work: Callable[..., None], name: str, *args: object) -> threading.Thread:
+        """A thread of the gate, known to :meth:`join` (called before the gate is shared, or
+        under the lock by the accept thread, having seen the gate still open)."""
+        thread = threading.Thread(target=self._run, args=(work, *args), name=name, daemon=True)
+        self._threads.add(thread)
+        thread.start()
+        return thread
+
+    def _run(self, work: Callable[..., None], *args: object) -> None:
+        try:
+            work(*args)
+        finally:
+            with self._lock:
+                self._threads.discard(threading.current_thread())
+
     def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return  # closed
-            if not self._keep(client):
-                return
-            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+        """libVLC's connections, each to a thread of its own; the listener is closed here only."""
+        try:
+            while not self._closed:
+                try:
+                    client, _ = self._listener.accept()
+                except OSError:
+                    return  # shut down by close() (or out of descriptors: libVLC is refused)
+                with self._lock:
+                    if self._closed:
+                        client.close()
+                        return
+                    self._open.add(client)
+                    self._start(self._serve, "stream-gate-serve", client)
+        finally:
+            self._drop(self._listener)
 
     def _keep(self, sock: socket.socket) -> bool:
+        """Whether ``sock`` (the caller's) joins the gate's open sockets; closed if not."""
         with self._lock:
             if self._closed:
                 sock.close()
@@ -98,6 +147,7 @@ class StreamGate:
             return True
 
     def _drop(self, sock: socket.socket) -> None:
+        """Close ``sock``: only by the thread using it, out of close()'s reach first."""
         with self._lock:
             self._open.discard(sock)
         sock.close()

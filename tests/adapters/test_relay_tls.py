@@ -14,7 +14,7 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, SimpleHTTPRequestHandler
 from pathlib import Path
 from queue import Empty, Queue
-from typing import cast
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import pytest
@@ -184,3 +184,48 @@ def test_a_slow_handshake_is_waited_for_and_a_stop_during_it_is_prompt(
         assert time.monotonic() - start < 0.3 + 0.5
     finally:
         slow.close()
+
+
+def test_a_stop_while_the_gate_reads_tls_ends_the_relay_cleanly(
+    pki: TestCa, tone: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The gate is closed while its relay thread is inside SSLSocket.recv, about to read the
+    # station's next TLS record: close() must not pull the TLS object from under it (a
+    # ValueError in that thread); the read ends, the thread ends, libVLC's connection ends.
+    monkeypatch.setenv("SSL_CERT_FILE", str(pki.cert_file))
+    failures: list[BaseException | None] = []
+    monkeypatch.setattr(threading, "excepthook", lambda hook: failures.append(hook.exc_value))
+    paused, resume, armed = threading.Event(), threading.Event(), threading.Lock()
+    armed.acquire()
+    real_read = ssl.SSLSocket.read
+
+    def read(sock: ssl.SSLSocket, *args: Any) -> Any:
+        if threading.current_thread().name.startswith("stream-gate") and armed.acquire(False):
+            paused.set()
+            resume.wait(10)
+        return real_read(sock, *args)
+
+    monkeypatch.setattr(ssl.SSLSocket, "read", read)
+    with station(pki, ["127.0.0.1"], tone) as server:
+        gate = StreamGate(server.url("/live.mp3"))
+        try:
+            port = urlsplit(gate.url).port
+            assert port is not None
+            with socket.create_connection(("127.0.0.1", port), timeout=10.0) as sock:
+                sock.sendall(b"GET /stream HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+                heard = b""
+                while len(heard.partition(b"\r\n\r\n")[2]) < 4000:
+                    chunk = sock.recv(65536)
+                    assert chunk, heard[:200]
+                    heard += chunk
+                armed.release()
+                assert paused.wait(10), "the gate stopped reading the station"
+                gate.close()
+                resume.set()
+                assert gate.join(5.0), "a thread of the closed gate is still running"
+                while sock.recv(65536):
+                    pass  # what was on its way; then the end
+        finally:
+            resume.set()
+            gate.close()
+    assert failures == []
