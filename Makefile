@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: bootstrap demo test lint types unit stations soak linktest bench clean
+.PHONY: bootstrap demo test lint types unit stations deploytest soak linktest bench clean
 
 bootstrap:
 	@bash scripts/bootstrap.sh
@@ -21,11 +21,19 @@ types: bootstrap
 # 3 minutes), run in their own tier, `make stations`, so that `make test` stays within 10 minutes
 # on 2 cores.
 STATIONS := tests/adapters/test_player_relay.py tests/e2e/test_relay_stations.py
+# What is deployed beside the receiver, in its own tier too (`make deploytest`, about a minute;
+# CI runs it after `make test`): scripts/install.sh into a temporary root (real venvs; the
+# first run downloads a wheelhouse from PyPI), the boards' bundles built by scripts/bundle.sh,
+# and the brokers' own configs (config/brokers/: bridged Mosquittos, a two-node ejabberd).
+DEPLOYMENT := tests/test_install.py tests/test_bundle_build.py tests/brokers
 unit: bootstrap
-	$(PY) -m pytest $(addprefix --ignore=,$(STATIONS))
+	$(PY) -m pytest $(addprefix --ignore=,$(STATIONS) $(DEPLOYMENT))
 
 stations: bootstrap
 	$(PY) -m pytest $(STATIONS)
+
+deploytest: bootstrap
+	$(PY) -m pytest $(DEPLOYMENT)
 
 test: lint types unit
 

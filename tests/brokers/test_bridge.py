@@ -28,6 +28,7 @@ from tests.adapters.test_mqtt_client import (
     SUBSCRIPTIONS,
     TRUST,
     Recorder,
+    wait_subscribed,
     wait_until,
 )
 from tests.brokers.bridge import BRIDGE, loopback, settings
@@ -97,7 +98,10 @@ def device_link(district: MosquittoBroker) -> tuple[MqttLink, Recorder]:
         reconnect_min_s=0.05,
         reconnect_max_s=0.3,
     )
-    link = MqttLink(config, DEVICE, SUBSCRIPTIONS, STATE, OFFLINE, rec.on_message, rec.on_link)
+    link = MqttLink(
+        config, DEVICE, SUBSCRIPTIONS, STATE, OFFLINE, rec.on_message, rec.on_link,
+        on_connected_publish=rec.subscribed.set,  # once the SUBACK is in
+    )  # fmt: skip
     return link, rec
 
 
@@ -138,6 +142,25 @@ def expiry_seen_at(broker: MosquittoBroker, topic: str) -> tuple[int | None, boo
     return got[0]
 
 
+def cut_off_for_publishing(broker: MosquittoBroker, topic: str, payload: bytes) -> bool:
+    """Publish ``payload`` (QoS 1) from a new client; whether ``broker`` then cut that client off,
+    as Mosquitto does for a packet over its ``max_packet_size``, within a few seconds.
+
+    The client's network loop runs here, not in paho's thread: that thread, cut off, sleeps a
+    whole second before it would reconnect, and stopping it waits for that sleep."""
+    client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    client.connect(broker.host, broker.port)
+    try:
+        client.publish(topic, payload, qos=1)  # sent once the CONNACK is in
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline:
+            if client.loop(timeout=0.05) != mqtt.MQTT_ERR_SUCCESS:
+                return True
+        return False
+    finally:
+        client.disconnect()
+
+
 def test_commands_go_down_and_reports_come_up_with_qos_retain_and_expiry_kept(
     chain: tuple[MosquittoBroker, MosquittoBroker],
 ) -> None:
@@ -145,8 +168,7 @@ def test_commands_go_down_and_reports_come_up_with_qos_retain_and_expiry_kept(
     link, rec = device_link(district)
     link.start()
     try:
-        wait_until(lambda: link.connected, TIMEOUT)
-        time.sleep(0.3)  # the SUBACK
+        wait_subscribed(link, rec)
         publish_retained_with_expiry(province, TRUST, b"trust-document")
         with Subscriber(province, [STATE]) as central:
             central.publish(CMD, b"command-from-the-province")
@@ -170,18 +192,9 @@ def test_oversized_messages_are_refused_at_the_province_and_the_next_command_arr
     link, rec = device_link(district)
     link.start()
     try:
-        wait_until(lambda: link.connected, TIMEOUT)
-        time.sleep(0.3)
-        for _ in range(25):
-            client = mqtt.Client(
-                callback_api_version=CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5
-            )
-            client.connect(province.host, province.port)
-            client.loop_start()
-            client.publish(CMD, b"x" * 40_000, qos=1)
-            time.sleep(0.05)
-            client.disconnect()
-            client.loop_stop()
+        wait_subscribed(link, rec)
+        for attempt in range(25):
+            assert cut_off_for_publishing(province, CMD, b"x" * 40_000), attempt
         with Subscriber(province) as central:
             central.publish(CMD, b"the-real-command")
         assert rec.wait_message(lambda m: m.payload == b"the-real-command").qos == 1

@@ -112,11 +112,33 @@ class Spy:
         self._client.username_pw_set("central", PASSWORDS["central"])
         self._client.on_message = self._message
         self._client.on_connect = lambda c, *_a: c.subscribe(topic, qos=1)
-        self._client.on_subscribe = lambda *_a: self._subscribed.set()
+        self._suback: dict[int, threading.Event] = {}
+        self._client.on_subscribe = self._on_subscribe
         self._client.connect(secured.broker.host, secured.broker.port)
         self._client.loop_start()
         if not self._subscribed.wait(5):
             raise AssertionError("the spy could not subscribe")
+
+    def _on_subscribe(self, _c: mqtt.Client, _u: object, mid: int, *_rest: object) -> None:
+        self._subscribed.set()
+        with self._lock:
+            done = self._suback.get(mid)
+        if done is not None:
+            done.set()
+
+    def settle(self) -> None:
+        """Return once everything the broker had for this spy has arrived: its retained
+        messages, and what it received from other clients before now (what a tool published and
+        saw acknowledged before it returned). The broker answers in order on one connection,
+        so the SUBACK of one more subscription comes after all of it: no fixed wait, and an
+        absence seen after this is an absence."""
+        done = threading.Event()
+        with self._lock:
+            _rc, mid = self._client.subscribe("loa/v1/spy-settle", qos=1)
+            assert mid is not None
+            self._suback[mid] = done
+        if not done.wait(5):
+            raise AssertionError("the broker did not answer the spy's subscription")
 
     def _message(self, _c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
         if msg.retain and not self._retained:
@@ -155,9 +177,7 @@ class Spy:
 def read_retained(secured: Secured, topic: str) -> dict[str, Any] | None:
     """The payload of the envelope retained on ``topic`` now, as a fresh subscriber sees it."""
     with Spy(secured, topic) as spy:
-        deadline = time.monotonic() + 1.0
-        while not spy.seen and time.monotonic() < deadline:
-            time.sleep(0.02)
+        spy.settle()
         if not spy.seen:
             return None
         envelope = json.loads(spy.seen[0].payload)

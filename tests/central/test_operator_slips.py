@@ -105,7 +105,7 @@ def test_a_url_every_receiver_refuses_is_not_sent(
                 *secured.login(),
             ]
         )
-        time.sleep(0.3)
+        spy.settle()
         assert spy.topics() == []
     err = capsys.readouterr().err
     assert code == 2
@@ -447,7 +447,7 @@ def test_a_command_the_fleets_keyring_refuses_is_not_sent(
             err = capsys.readouterr().err
             assert code == 2, (key, audience)
             assert "the fleet's keyring (trust version 2" in err and said in err
-        time.sleep(0.3)
+        spy.settle()
         assert [t for t in spy.topics() if t.endswith("/cmd")] == []
 
         assert (
@@ -467,7 +467,7 @@ def test_a_topic_no_audience_of_the_command_listens_on_is_refused(
     with Spy(secured, retained=False) as spy:
         argv = ["stop", *command(operator_key, "--aud", "grp:commune-1"), "--topic", topic]
         code = main([*argv, *secured.login()])
-        time.sleep(0.3)
+        spy.settle()
         assert spy.topics() == []
     assert code == 2
     assert f"--topic {topic}" in capsys.readouterr().err
@@ -575,7 +575,7 @@ def test_a_start_time_in_the_past_or_years_ahead_is_not_sent(
              "--url", "https://radio.example.vn/live", "--start-at", start_at,
              *secured.login()]
         )  # fmt: skip
-        time.sleep(0.3)
+        spy.settle()
         assert spy.topics() == []
     assert code == 2
     err = capsys.readouterr().err
