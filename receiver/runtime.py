@@ -72,7 +72,10 @@ from receiver.timefmt import rfc3339
 
 IDLE_WAKE_S: Final = 5.0  # the loop turns at least this often, so the watchdog sees it alive
 PROGRESS_POLL_S: Final = 1.0  # how often a live stream's position is read
-TIME_FLOOR_SAVE_S: Final = 3600.0  # how often a trusted time is saved (an SD card wears out)
+# How often a trusted time is saved: a power cut, then a clock spoofed back at boot, can make
+# commands issued in the last this-many seconds before the cut look fresh again. One small
+# SQLite write each time: 288 a day, nothing to an SD card.
+TIME_FLOOR_SAVE_S: Final = 300.0
 STATE_EVERY_S: Final = 60.0  # the retained state is also refreshed this often (docs/protocol.md)
 # After a turn that issued a Play, a due state waits for libVLC's start report (a few ms later),
 # at most this long: building, signing, writing and sending it in between would only delay the
@@ -339,6 +342,16 @@ class Runtime:
             self._next_time_save = now.mono + TIME_FLOOR_SAVE_S
             self.store.save_time_floor(now.utc)
 
+    def _save_time_floor_at_stop(self) -> None:
+        """The newest trusted time, once more as the daemon stops (a reboot, an upgrade)."""
+        now = self.clock.now()
+        if not now.utc_trusted:
+            return
+        try:
+            self.store.save_time_floor(now.utc)
+        except Exception as exc:  # shutting down: report and go on
+            self.log.error("time_floor_save_failed", error=str(exc))
+
     def _shutdown(self) -> None:
         systemd.notify("STOPPING=1")
         self.pump.release_logs()
@@ -360,6 +373,7 @@ class Runtime:
         except OSError as exc:
             self.log.error("status_write_failed", error=str(exc))
         self.pump.settle()
+        self._save_time_floor_at_stop()
         self.outbox.close()
         self.store.close()
         self.log.info("daemon_stopped")

@@ -82,6 +82,7 @@ class Store:
     saved_floors: dict[str, tuple[int, str]] = field(default_factory=dict)
     open_intents: dict[str, Intent] = field(default_factory=dict)
     event_number: int = 0
+    saved_time_floors: list[float] = field(default_factory=list)
 
     def floors(self) -> dict[str, tuple[int, str]]:
         return dict(self.saved_floors)
@@ -128,7 +129,7 @@ class Store:
         self.journal.note("store reset floor")
 
     def save_time_floor(self, utc: float) -> None:
-        pass
+        self.saved_time_floors.append(utc)
 
     def save_trust(self, version: int, body: bytes, digest: str) -> None:
         self.journal.note("store trust")
