@@ -4,6 +4,7 @@ loses minutes of it, not an hour (docs/security.md, Time)."""
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 from receiver.core.clock import Instant
@@ -18,7 +19,7 @@ def test_the_time_floor_on_disk_is_never_more_than_five_minutes_behind(tmp_path:
         seconds = minute * 60.0
         runtime._after_turn(Instant(start_mono + seconds, start_utc + seconds, True))
     assert saved, "never saved"
-    gaps = [later - earlier for earlier, later in zip(saved, saved[1:])]
+    gaps = [later - earlier for earlier, later in itertools.pairwise(saved)]
     assert max(gaps) <= 300.0, f"saved only every {max(gaps):.0f} s"
     assert start_utc + 3600.0 - saved[-1] <= 300.0
 
