@@ -268,12 +268,12 @@ def _row(label: str, figures: Figures, floor_ms: float, note: str = "") -> str:
 
 SEGMENTS = (
     ("publish -> loop takes the message", "MQTT in: broker, paho thread, inbox"),
+    ("-> loop takes the cache hit, relay on", "check, floors and intent"),
     (
-        "-> loop takes the cache hit, relay on",
-        "check, floors and intent, accepted (not yet written)",
+        "-> loop takes libVLC's PlaybackStarted",
+        "started mark, Play, accepted written and sent; libVLC opens (since the take)",
     ),
-    ("-> loop takes libVLC's PlaybackStarted", "started mark, Play; libVLC opens (since the take)"),
-    ("-> started event arrives here", "accepted+started: one write, both sent; MQTT out"),
+    ("-> started event arrives here", "started written and sent; MQTT out"),
 )
 
 
