@@ -127,7 +127,8 @@ class Link(Protocol):
 
 
 class Store(Protocol):
-    """Durable state: every ``save_*`` returns only once it is on disk."""
+    """Durable state: every ``save_*`` returns only once it is on disk, but ``save_floors``
+    with ``wait=False``, whose commit :meth:`settle` waits for."""
 
     recovered_from: Path | None
 
@@ -143,7 +144,10 @@ class Store(Protocol):
         changed: dict[str, tuple[int, str]],
         time_floor: float,
         intent: Intent | None = None,
+        *,
+        wait: bool = True,
     ) -> None: ...
+    def settle(self) -> None: ...
     def mark_intent_started(self, ref: str) -> None: ...
     def forget_intent(self, ref: str) -> None: ...
     def save_reset_floor(self, utc: float) -> None: ...

@@ -89,6 +89,10 @@ START_REPORTS: Final = (PlaybackStarted, PlaybackFailed, PlayerCrashed)
 # it ends without it. While it waits, the turn's reports (the command's `accepted`) are already
 # on their way; their commit, and the command's PUBACK, wait to go with the `started`.
 START_AWAIT_S: Final = 0.05
+# Effects that may go ahead while a command's floors are still being committed: none of them
+# is an action the floors must precede (a report is sent only once the turn's store writes are
+# on disk, at its end; a fetch only fills the cache).
+WITHOUT_FLOORS: Final = (Emit, Fetch, PublishState)
 MAX_DETAIL_CHARS: Final = 200
 GIL_SWITCH_S: Final = 0.0005  # see run_forever
 PERSIST_EFFECTS: Final = (
@@ -210,6 +214,7 @@ class Runtime:
             self.state = first.state
             with self.pump.turn():
                 self._execute(first.effects)
+                self.store.settle()
             self.pump.release_logs()  # the boot's lines come before daemon_started, whatever
             self._publish_due_state(self.clock.now())
             deadline = first.deadline
@@ -278,6 +283,7 @@ class Runtime:
                 if event is None and self._local_play_issued and not start_reported:
                     event = self._await_start_report()
                 now = self.clock.now()
+            self.store.settle()  # before the turn's reports are sent and its messages acked
         if self._play_issued or (
             not start_reported and self._state_held_until is None and self._start_coming(now)
         ):
@@ -306,6 +312,7 @@ class Runtime:
         the `accepted` of its command would stand between that report and its `started` event
         (one fsync, a millisecond on this disk, more on a card), which are then written in one
         commit. Messages wait meanwhile; any adapter report that comes is taken."""
+        self.store.settle()  # the floors on disk before a report leaves
         self.pump.send()
         until = time.monotonic() + START_AWAIT_S
         while not self._stopping.is_set():
@@ -430,6 +437,8 @@ class Runtime:
             # allow must not happen, so the error stops the daemon (and systemd restarts it).
             if self._persist(effect):
                 continue
+            if not isinstance(effect, WITHOUT_FLOORS):
+                self.store.settle()  # the floors on disk before what they allow
             try:
                 self._execute_one(effect, now)
             except ReceiverError as exc:  # an adapter's expected failure: report, go on
@@ -525,10 +534,14 @@ class Runtime:
             # `accepted` of a command goes to disk after its play, while libVLC starts it: a
             # crash in between finds the intent marked started and reports it `failed`, and the
             # broker's copy of the command (not acknowledged yet) is answered `accepted`.
+            # And the floors before the reports they admit: settled first.
+            self.store.settle()
             self.pump.commit()
         match effect:
             case PersistFloors(floors=floors, time_floor=time_floor, intent=intent):
-                self.store.save_floors(floors, time_floor, intent)
+                # Its commit (the flush to the card) runs while the loop signs the report and
+                # finds the file; every action after it waits for it (_execute, _settle_store).
+                self.store.save_floors(floors, time_floor, intent, wait=False)
             case PersistIntentStarted(ref=ref):
                 self.store.mark_intent_started(ref)
             case PersistIntentDone(ref=ref):

@@ -5,12 +5,21 @@ SQLite in WAL mode with ``synchronous=FULL``: a committed transaction survives a
 half-written one is rolled back on the next open. A store that SQLite cannot read is moved
 aside (never deleted) and a fresh one started; the caller learns of it through
 ``recovered_from`` and reports it.
+
+A command's floors can be committed in the background (``save_floors(..., wait=False)``): the
+commit, whose flush to the card is most of its cost, runs on the store's commit thread while
+the caller prepares what follows (signing the report, finding the file), and :meth:`settle`
+waits for it. Every other use of the store settles first, so the store is never used by two
+threads at once, and the caller settles before anything the floors must precede (a sound, the
+relay, a report leaving).
 """
 
 from __future__ import annotations
 
 import contextlib
+import queue
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,6 +47,14 @@ MAX_STOP_IDS: Final = 256
 EVENT_BLOCK: Final = 100
 
 
+class _Commit:
+    """One transaction's COMMIT, run on the store's commit thread."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+
+
 class Store:
     def __init__(self, state_dir: Path) -> None:
         self.path = state_dir / "state.db"
@@ -47,14 +64,34 @@ class Store:
             raise StoreError(f"cannot use state directory {state_dir}: {exc}") from exc
         self._event_next = 0
         self._event_reserved = 0
+        self._commits: queue.SimpleQueue[_Commit | None] = queue.SimpleQueue()
+        self._committing: _Commit | None = None
+        self._writing = False  # inside a transaction of ours (its reads need no settle)
+        self._commit_thread: threading.Thread | None = None
 
     def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.settle()
+        if self._commit_thread is not None:
+            self._commits.put(None)
+            self._commit_thread.join()
         with contextlib.suppress(sqlite3.Error):
             self._db.close()
+
+    def settle(self) -> None:
+        """Wait for a commit running in the background, if any; raise its error (the
+        transaction was rolled back: nothing of it is on disk)."""
+        commit, self._committing = self._committing, None
+        if commit is None:
+            return
+        commit.done.wait()
+        if commit.error is not None:
+            raise commit.error
 
     # --- replay floors and trusted time ---------------------------------------------------
 
     def floors(self) -> dict[str, tuple[int, str]]:
+        self.settle()
         rows = self._db.execute("SELECT stream, seq, digest FROM floors").fetchall()
         return {stream: (int(seq), str(digest)) for stream, seq, digest in rows}
 
@@ -66,10 +103,13 @@ class Store:
         changed: dict[str, tuple[int, str]],
         time_floor: float,
         intent: Intent | None = None,
+        *,
+        wait: bool = True,
     ) -> None:
         """One durable transaction, with the intent of the command the floors admit (if any):
-        after a crash the store has both or neither. Returns only once it is on disk."""
-        with self._transaction():
+        after a crash the store has both or neither. Returns only once it is on disk, or with
+        ``wait=False`` as soon as its commit is under way (see :meth:`settle`)."""
+        with self._transaction(wait=wait):
             if intent is not None:
                 self._db.execute(
                     "INSERT OR REPLACE INTO intents (ref, body, window_end, stage) "
@@ -110,6 +150,7 @@ class Store:
 
     def intents(self) -> tuple[Intent, ...]:
         """The open intents, oldest first."""
+        self.settle()
         rows = self._db.execute(
             "SELECT ref, body, window_end, stage FROM intents ORDER BY rowid"
         ).fetchall()
@@ -127,6 +168,7 @@ class Store:
         commit can, and the play may then be carried out again from its start after the
         reboot if its window is still open. Never a corrupt store: WAL rolls it back whole.
         """
+        self.settle()
         self._db.execute("PRAGMA synchronous=NORMAL")
         try:
             with self._transaction():
@@ -162,6 +204,7 @@ class Store:
 
     def schedules(self) -> dict[str, tuple[int, bytes, str]]:
         """Schedules in force: id -> (version, verified payload, digest)."""
+        self.settle()
         rows = self._db.execute("SELECT id, version, body, digest FROM schedules").fetchall()
         return {
             sid: (int(version), bytes(body), str(digest)) for sid, version, body, digest in rows
@@ -185,6 +228,7 @@ class Store:
             )
 
     def done(self) -> frozenset[str]:
+        self.settle()
         rows = self._db.execute("SELECT key FROM done").fetchall()
         return frozenset(str(key) for (key,) in rows)
 
@@ -208,6 +252,8 @@ class Store:
     # --- plumbing -------------------------------------------------------------------------
 
     def _get(self, key: str) -> str | None:
+        if not self._writing:
+            self.settle()
         row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return None if row is None else str(row[0])
 
@@ -219,11 +265,36 @@ class Store:
         )
 
     @contextlib.contextmanager
-    def _transaction(self) -> Iterator[None]:
+    def _transaction(self, *, wait: bool = True) -> Iterator[None]:
+        self.settle()
         self._db.execute("BEGIN IMMEDIATE")
+        self._writing = True
         try:
             yield
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
-        self._db.execute("COMMIT")
+        finally:
+            self._writing = False
+        if wait:
+            self._db.execute("COMMIT")
+            return
+        if self._commit_thread is None:
+            self._commit_thread = threading.Thread(
+                target=self._run_commits, name="store-commit", daemon=True
+            )
+            self._commit_thread.start()
+        self._committing = _Commit()
+        self._commits.put(self._committing)
+
+    def _run_commits(self) -> None:
+        """The commit thread: the only user of the connection while a commit is under way (the
+        loop waits in :meth:`settle` before it uses the store again)."""
+        while (commit := self._commits.get()) is not None:
+            try:
+                self._db.execute("COMMIT")
+            except BaseException as exc:  # handed to settle(), in the loop's thread
+                commit.error = exc
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.execute("ROLLBACK")
+            commit.done.set()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -72,3 +73,57 @@ def test_a_floor_and_its_intent_are_one_transaction(tmp_path: Path) -> None:
     with pytest.raises(sqlite3.IntegrityError):
         store.save_floors({"cmd:aa": (1, "d1")}, 1000.0, bad)
     assert store.floors() == {} and store.intents() == ()  # neither was stored
+
+
+def test_floors_committed_in_the_background_are_on_disk_once_settled(tmp_path: Path) -> None:
+    """``save_floors(wait=False)`` returns while the commit (the flush) runs on the store's
+    commit thread; ``settle`` waits for it, and every other use of the store settles first."""
+    store = Store(tmp_path)
+    intent = Intent("play-1", b'{"id": "play-1"}', 2000.0)
+    store.save_floors({"cmd:aa": (1, "d1")}, 1000.0, intent, wait=False)
+    store.settle()
+    on_disk = Store(tmp_path)  # another connection: sees only what is committed
+    assert on_disk.floors() == {"cmd:aa": (1, "d1")} and on_disk.intents() == (intent,)
+    on_disk.close()
+    store.save_floors({"cmd:aa": (2, "d2")}, 1500.0, wait=False)
+    assert store.floors() == {"cmd:aa": (2, "d2")}  # read after the commit, not beside it
+    store.save_floors({"cmd:aa": (3, "d3")}, 1600.0, wait=False)
+    store.mark_intent_started("play-1")  # a write waits for the commit under way
+    assert store.time_floor() == 1600.0
+    store.save_floors({"cmd:aa": (4, "d4")}, 1700.0, wait=False)
+    store.close()  # and closing waits for it too
+    again = Store(tmp_path)
+    assert again.floors() == {"cmd:aa": (4, "d4")} and again.time_floor() == 1700.0
+    assert again.intents() == (Intent("play-1", intent.body, 2000.0, "started"),)
+
+
+class _CommitFails:
+    """The store's connection, but its COMMIT fails as on a card that stopped answering."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:
+        if sql == "COMMIT":
+            raise sqlite3.OperationalError("disk I/O error")
+        return self.db.execute(sql, *args)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.db, name)
+
+
+def test_a_background_commit_that_fails_is_raised_at_settle_and_leaves_nothing(
+    tmp_path: Path,
+) -> None:
+    store = Store(tmp_path)
+    store.save_floors({"cmd:aa": (1, "d1")}, 1000.0)
+    real = store._db
+    store._db = _CommitFails(real)  # type: ignore[assignment]
+    store.save_floors({"cmd:aa": (2, "d2")}, 2000.0, Intent("p", b"{}", 3000.0), wait=False)
+    with pytest.raises(sqlite3.OperationalError, match="disk I/O error"):
+        store.settle()
+    store._db = real
+    assert store.floors() == {"cmd:aa": (1, "d1")} and store.intents() == ()  # rolled back
+    store.save_floors({"cmd:aa": (3, "d3")}, 2000.0)  # and the store goes on
+    store.close()
+    assert Store(tmp_path).floors() == {"cmd:aa": (3, "d3")}

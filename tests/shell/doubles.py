@@ -78,11 +78,13 @@ class Clock:
 class Store:
     journal: Journal
     fail_saves: bool = False
+    fail_commits: bool = False  # a commit left to run in the background fails
     recovered_from: Path | None = None
     saved_floors: dict[str, tuple[int, str]] = field(default_factory=dict)
     open_intents: dict[str, Intent] = field(default_factory=dict)
     event_number: int = 0
     saved_time_floors: list[float] = field(default_factory=list)
+    _committing: Callable[[], None] | None = None  # a commit under way (save_floors(wait=False))
 
     def floors(self) -> dict[str, tuple[int, str]]:
         return dict(self.saved_floors)
@@ -110,34 +112,58 @@ class Store:
         changed: dict[str, tuple[int, str]],
         time_floor: float,
         intent: Intent | None = None,
+        *,
+        wait: bool = True,
     ) -> None:
+        """Noted in the journal when the commit is done: at once, or at :meth:`settle`."""
+        self.settle()
         if self.fail_saves:
             raise OSError("disk full")
-        self.saved_floors.update(changed)
-        if intent is not None:
-            self.open_intents[intent.ref] = intent
-        self.journal.note("store floors")
+
+        def commit() -> None:
+            self.saved_floors.update(changed)
+            if intent is not None:
+                self.open_intents[intent.ref] = intent
+            self.journal.note("store floors")
+
+        self._committing = commit
+        if wait:
+            self.settle()
+
+    def settle(self) -> None:
+        commit, self._committing = self._committing, None
+        if commit is not None and self.fail_commits:
+            raise OSError("disk I/O error")  # the commit failed: nothing of it is stored
+        if commit is not None:
+            commit()
 
     def mark_intent_started(self, ref: str) -> None:
+        self.settle()
         self.journal.note(f"store intent started {ref}")
 
     def forget_intent(self, ref: str) -> None:
+        self.settle()
         self.open_intents.pop(ref, None)
         self.journal.note(f"store intent done {ref}")
 
     def save_reset_floor(self, utc: float) -> None:
+        self.settle()
         self.journal.note("store reset floor")
 
     def save_time_floor(self, utc: float) -> None:
+        self.settle()
         self.saved_time_floors.append(utc)
 
     def save_trust(self, version: int, body: bytes, digest: str) -> None:
+        self.settle()
         self.journal.note("store trust")
 
     def save_schedule(self, schedule_id: str, version: int, body: bytes, digest: str) -> None:
+        self.settle()
         self.journal.note("store schedule")
 
     def save_done(self, key: str) -> None:
+        self.settle()
         self.journal.note("store done")
 
     def next_event_number(self) -> int:

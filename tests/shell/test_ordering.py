@@ -128,6 +128,24 @@ def test_the_relay_is_off_when_the_store_fails_and_the_loop_dies(tmp_path: Path)
     assert not shell.journal.has(f"puback {message.mid}")  # the broker will send it again
 
 
+def test_a_floors_commit_that_fails_in_the_background_stops_the_loop_before_the_sound(
+    tmp_path: Path,
+) -> None:
+    """A command's floors are committed while the loop signs its report and finds its file;
+    if that commit fails, nothing it would allow happens: no relay, no sound, no report sent,
+    no PUBACK (the broker sends the command again after the restart)."""
+    shell = open_shell(tmp_path, warm_up_s=0)
+    shell.store.fail_commits = True
+    shell.start()
+    message = shell.command("play", play_body(), "news-18")
+    shell.join()
+    assert isinstance(shell.error, OSError)
+    assert not shell.relay.on and not shell.journal.has("relay on")
+    assert not shell.journal.starting("play ")
+    assert not [topic for topic, _ in shell.link.published if topic.endswith("/events")]
+    assert not shell.journal.has(f"puback {message.mid}")
+
+
 @pytest.mark.parametrize(
     ("failure", "logged"),
     [(PlayerError("no audio output"), "effect_failed"), (ValueError("a bug"), "effect_bug")],
