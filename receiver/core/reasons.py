@@ -8,7 +8,10 @@ are its members, for the callers' brevity.
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Final
+
+TYPE_CHECKING = False  # not typing's: the player's idle child loads this module without typing
+if TYPE_CHECKING:
+    from typing import Final
 
 
 class Reason(StrEnum):
