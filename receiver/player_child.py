@@ -251,7 +251,7 @@ def _serve(fd: int) -> int:
         if method == "imported_modules":  # for the tests: what the child holds at this point
             channel.send(("reply", seq, "ok", sorted(sys.modules)))
             continue
-        if not metered and _names_a_url(args):
+        if not metered and _names_a_url((*args, *kwargs.values())):
             # Only a URL opens a connection (the daemon's files are local). The meter counts
             # the sockets open at each sample, from their start: begun before the call runs,
             # it sees every connection the child opens, as from the start. Its module is
