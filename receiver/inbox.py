@@ -146,6 +146,15 @@ class Inbox:
         with self._ready:
             return self._reports.popleft() if self._reports else None
 
+    def get_report(self, timeout: float) -> Event | None:
+        """The next adapter report (never a message), waiting at most ``timeout`` for one; None
+        if none came, or at any ``wake`` or new message (the caller decides whether to wait
+        on). A pending ``wake`` stays pending for :meth:`get`."""
+        with self._ready:
+            if not self._reports:
+                self._ready.wait(timeout)
+            return self._reports.popleft() if self._reports else None
+
     def get(self, timeout: float | None) -> Event | None:
         """The next event, or None when ``timeout`` passes or ``wake`` was called."""
         with self._ready:

@@ -4,7 +4,8 @@ Owns the bookkeeping between the two: which stored events are in the link's hand
 broker has acknowledged, and the log line of each event, written only once the event is on
 disk. A loop turn opens one :meth:`OutboxPump.turn`; every event added in it is committed in one
 transaction when it ends (an SD card then pays one durable write per turn, not per event, which
-is what keeps a flood of rejections cheap), and only then logged and handed to the link.
+is what keeps a flood of rejections cheap). They are handed to the link as that commit begins,
+so they travel while it waits for the card, and logged only once it is done.
 Called from the loop thread only; :meth:`_on_ack` is the link's and only queues.
 """
 
@@ -45,14 +46,15 @@ class OutboxPump:
 
     @contextmanager
     def turn(self) -> Iterator[None]:
-        """One loop turn: its events are committed together when it ends, then sent and logged
-        (sent first: writing their log lines need not delay them).
+        """One loop turn: its events are committed together when it ends, and logged once they
+        are (sent as the commit begins: neither the commit nor their log lines delay them).
 
         The transaction opens with the turn's first event (a turn without events writes
-        nothing). If the turn fails, nothing of it was committed, so nothing of it is logged or
-        sent. If the outbox cannot be written (a locked, full or failing card), the turn's
-        events are lost and reported as such, and the loop goes on: the actions and floors do
-        not wait for the reports.
+        nothing). If the turn fails, nothing of it was committed, so nothing of it is logged
+        (what the loop sent early, :meth:`send`, may reach the broker all the same). If the
+        outbox cannot be written (a locked, full or failing card), the turn's events are lost
+        and reported as such, and the loop goes on: the actions and floors do not wait for the
+        reports.
         """
         if self._in_turn:
             yield
@@ -77,14 +79,19 @@ class OutboxPump:
             self._commit()
 
     def _commit(self, *, then_send: bool = False) -> None:
+        if then_send:
+            # Handed to the link before the commit: its thread sends them while the commit
+            # waits for the card (SQLite lets other threads run during the fsync), so the
+            # commit does not stand between an event and central. A power cut before the
+            # commit costs the board its copy, as it did when they were sent after it; they
+            # may have reached the broker meanwhile, which is no loss.
+            self.send()
         try:
             self._end_batch(None)
         except StoreError as exc:
             lost = sum(1 for _, what, _ in self._logs if what != "outbox_overflow")
             self._logs.clear()
             self._log.error("effect_failed", effect="Emit", error=str(exc), events_lost=lost)
-        if then_send:
-            self.send()
         self._flush_logs()
 
     def add(
@@ -141,7 +148,8 @@ class OutboxPump:
         self.send()
 
     def send(self) -> None:
-        """Hand the link what the outbox holds, oldest first, a bounded number at a time."""
+        """Hand the link what the outbox holds, oldest first, a bounded number at a time;
+        in a turn, also what the turn has added and not yet committed."""
         room = MAX_IN_FLIGHT - len(self._in_flight)
         if room <= 0:
             return

@@ -85,6 +85,10 @@ STATE_HOLD_AFTER_PLAY_S: Final = 0.05
 # hold the interpreter while the link's thread is about to send the `started` event.
 STATE_HOLD_AFTER_START_S: Final = 0.01
 START_REPORTS: Final = (PlaybackStarted, PlaybackFailed, PlayerCrashed)
+# How long a turn that started a local file waits for its start report (libVLC's few ms) before
+# it ends without it. While it waits, the turn's reports (the command's `accepted`) are already
+# on their way; their commit, and the command's PUBACK, wait to go with the `started`.
+START_AWAIT_S: Final = 0.05
 MAX_DETAIL_CHARS: Final = 200
 GIL_SWITCH_S: Final = 0.0005  # see run_forever
 PERSIST_EFFECTS: Final = (
@@ -117,6 +121,7 @@ class Runtime:
         self._state_payload: bytes | None = None
         self._state_due: dict[str, Any] | None = None  # the core's newest state, to publish
         self._play_issued = False  # by the turn under way
+        self._local_play_issued = False  # ... of a local file, to start now (_await_start_report)
         self._state_held_until: float | None = None  # monotonic; a Play's start is awaited
         self._protected: frozenset[str] = frozenset()
         self._opened_ahead = False  # a file opened for a play not yet named (_open_ahead)
@@ -270,6 +275,8 @@ class Runtime:
                 # that may wait behind it: only the adapters' reports already waiting join it
                 # (a command's cache hit, so its play follows its floors at once).
                 event = self.inbox.get_report_nowait() if told else self.inbox.get_nowait()
+                if event is None and self._local_play_issued and not start_reported:
+                    event = self._await_start_report()
                 now = self.clock.now()
         if self._play_issued or (
             not start_reported and self._state_held_until is None and self._start_coming(now)
@@ -279,7 +286,7 @@ class Runtime:
             self._state_held_until = now.mono + STATE_HOLD_AFTER_PLAY_S
         elif start_reported:
             self._state_held_until = now.mono + STATE_HOLD_AFTER_START_S
-        self._play_issued = False
+        self._play_issued = self._local_play_issued = False
         if self._opened_ahead and not self._start_coming(now):
             self._opened_ahead = False  # opened for a play that is not coming after all
             if self._opened_unchecked:
@@ -292,6 +299,23 @@ class Runtime:
         for message in handled:
             self.link.ack(message)
         return deadline
+
+    def _await_start_report(self) -> Event | None:
+        """The turn's reports so far are sent now, and the turn waits (at most
+        :data:`START_AWAIT_S`) for the start report of the local file it played: committed now,
+        the `accepted` of its command would stand between that report and its `started` event
+        (one fsync, a millisecond on this disk, more on a card), which are then written in one
+        commit. Messages wait meanwhile; any adapter report that comes is taken."""
+        self.pump.send()
+        until = time.monotonic() + START_AWAIT_S
+        while not self._stopping.is_set():
+            left = until - time.monotonic()
+            if left <= 0:
+                return None
+            report = self.inbox.get_report(left)
+            if report is not None:
+                return report
+        return None
 
     def _settle_outbox(self) -> None:
         """After a turn: what the broker acknowledged is forgotten, in a durable write of its
@@ -540,6 +564,7 @@ class Runtime:
                 at = None if at_mono is None else self._monotonic_at(at_mono, now)
                 if at is None:
                     self._play_issued = True  # else its start report is a while away
+                    self._local_play_issued = not live and "://" not in media
                     self.pump.hold_logs()  # until the start is reported (as the state waits)
                 self.player.play(token, media, volume, start_ms, live=live, at=at)
                 self._log_action(

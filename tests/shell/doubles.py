@@ -155,6 +155,7 @@ class Outbox:
     journal: Journal
     recovered_from: Path | None = None
     unwritable: bool = False  # every write fails, as on a locked, full or failing card
+    commit_fails: bool = False  # a batch's commit fails (its adds went through), as on a full card
     committed: dict[int, bytes] = field(default_factory=dict)
     commits: int = 0
     dropped_total: int = 0
@@ -179,6 +180,9 @@ class Outbox:
         self._open = {}
         try:
             yield
+            if self._open and self.commit_fails:
+                self.journal.note("outbox commit failed")
+                raise StoreError("cannot store events in the outbox: database or disk is full")
             if self._open:
                 self._commit(self._open)
         finally:
@@ -191,7 +195,9 @@ class Outbox:
         self.journal.note(f"outbox commit {kinds}")
 
     def pending(self, limit: int | None = None) -> list[tuple[int, bytes]]:
-        return sorted(self.committed.items())[: limit if limit is not None else None]
+        # As SQLite: the connection that writes a transaction reads its rows before the commit.
+        rows = {**self.committed, **(self._open or {})}
+        return sorted(rows.items())[: limit if limit is not None else None]
 
     def ack(self, n: int) -> None:
         self.journal.note(f"outbox ack {n}")
@@ -336,6 +342,8 @@ class Link:
         on_ack: Callable[[], None] | None = None,
     ) -> bool:
         self.published.append((topic, report_json(payload)))  # the report inside the seal
+        if topic.endswith("/events"):
+            self.journal.note(f"publish {json.loads(report_json(payload))['kind']}")
         if on_ack is not None:
             on_ack()  # the broker has it at once
         return True

@@ -361,7 +361,9 @@ def test_no_durable_write_of_the_broker_s_acks_waits_between_a_play_and_its_star
         shell.stop()
     journal = shell.journal.entries
     (play,) = [i for i, e in enumerate(journal) if e.startswith("play ")]
-    started = journal.index("outbox commit started")
+    started = next(
+        i for i, e in enumerate(journal) if e.startswith("outbox commit") and "started" in e
+    )
     assert not [e for e in journal[play:started] if e.startswith("outbox ack ")]
 
 
@@ -501,3 +503,104 @@ def test_no_log_line_is_written_between_a_command_and_its_started_event(
 def _lines(logs: list[MutableMapping[str, Any]]) -> list[str]:
     """The events of the lines a deployment writes (level info and up, not debug)."""
     return [e["event"] for e in logs if e.get("log_level") != "debug"]
+
+
+def test_a_turn_s_events_are_handed_to_the_link_before_their_commit(shell: Shell) -> None:
+    """The link's thread sends a turn's events while their commit waits for the card (an
+    ``fsync`` lets other threads run), so the commit no longer stands between an event and
+    central. Their log lines, and the message's PUBACK, still wait for the commit. (A report
+    that a later write of the turn retires, such as a command's `accepted` before its intent
+    is let go, is committed before that write, as ever, and sent at the turn's end.)"""
+    with structlog.testing.capture_logs() as logs:
+        message = shell.message(b"not an envelope")
+        shell.wait(lambda: shell.journal.has(f"puback {message.mid}"), "the PUBACK")
+    entries = shell.journal.entries
+    sent, committed = entries.index("publish rejected"), entries.index("outbox commit rejected")
+    assert sent < committed < entries.index(f"puback {message.mid}")
+    assert [e["event"] for e in logs].count("rejected") == 1
+
+
+def _play_starting_after(shell: Shell, delay_s: float) -> None:
+    """The player's start is reported ``delay_s`` after the play (libVLC's few milliseconds)."""
+    player = shell.player
+
+    def play_then_report(
+        token: int,
+        media: str,
+        volume: int,
+        start_ms: int = 0,
+        *,
+        live: bool = False,
+        at: float | None = None,
+    ) -> None:
+        player.journal.note(f"play {token}")
+        player.token = token
+
+        def started() -> None:
+            player.journal.note("sound started")
+            player.report(PlaybackStarted(token))
+
+        threading.Timer(delay_s, started).start()
+
+    player.play = play_then_report  # type: ignore[method-assign]
+
+
+def test_a_play_s_accepted_leaves_at_once_and_its_write_waits_to_go_with_its_started(
+    tmp_path: Path,
+) -> None:
+    """While libVLC starts a command's file, the `accepted` report is sent, and its commit
+    waits for the start report (a few milliseconds, at most a moment): written then, it would
+    stand between the start report and the `started` event. The two reports go to disk in one
+    write, and only then is the command acknowledged to the broker."""
+    shell = open_shell(tmp_path, warm_up_s=0)
+    _play_starting_after(shell, 0.02)
+    shell.start()
+    try:
+        message = shell.command("play", play_body(), "news-16")
+        shell.wait(lambda: shell.journal.has(f"puback {message.mid}"), "the PUBACK")
+    finally:
+        shell.stop()
+    entries = shell.journal.entries
+    (play,) = [i for i, e in enumerate(entries) if e.startswith("play ")]
+    assert play < entries.index("publish accepted") < entries.index("sound started")
+    assert entries.index("sound started") < entries.index("publish started")
+    written = entries.index("outbox commit accepted,started")
+    assert entries.index("publish started") < written < entries.index(f"puback {message.mid}")
+
+
+def test_a_start_that_does_not_come_soon_lets_the_turn_end(tmp_path: Path) -> None:
+    """The wait for a play's start report is short: a start that takes longer (a slow card, a
+    player being restarted) lets the turn end, its `accepted` is written and the command
+    acknowledged, and the `started` follows in a turn of its own."""
+    shell = open_shell(tmp_path, warm_up_s=0)
+    _play_starting_after(shell, 0.5)
+    shell.start()
+    try:
+        message = shell.command("play", play_body(), "news-17")
+        shell.wait(lambda: shell.journal.has(f"puback {message.mid}"), "the PUBACK")
+        shell.wait(lambda: _sent(shell, "started"), "started")
+    finally:
+        shell.stop()
+    entries = shell.journal.entries
+    acked = entries.index(f"puback {message.mid}")
+    assert entries.index("outbox commit accepted") < acked < entries.index("sound started")
+    assert entries.index("sound started") < entries.index("outbox commit started")
+
+
+def test_events_whose_commit_fails_are_said_lost_and_the_loop_goes_on(shell: Shell) -> None:
+    """Handed to the link before a commit that then fails (a full card), a turn's events may
+    still reach central, but the board keeps no copy: they are logged as lost, never as
+    events, and are not sent again; the next turn's are kept as ever."""
+    shell.outbox.commit_fails = True
+    with structlog.testing.capture_logs() as logs:
+        lost = shell.command("volume", {"level": 40}, "while-full")
+        shell.wait(lambda: shell.journal.has(f"puback {lost.mid}"), "the PUBACK")
+        shell.outbox.commit_fails = False
+        kept = shell.command("volume", {"level": 50}, "after")
+        shell.wait(lambda: shell.journal.has(f"puback {kept.mid}"), "the next PUBACK")
+    failed = [e for e in logs if e["event"] == "effect_failed"]
+    assert [(e["effect"], e["events_lost"]) for e in failed] == [("Emit", 1)]
+    assert [e.get("ref") for e in logs if e["event"] == "accepted"] == ["after"]
+    sent_refs = [json.loads(p).get("ref") for _, p in shell.link.published if b'"accepted"' in p]
+    assert sent_refs.count("while-full") <= 1 and sent_refs.count("after") == 1
+    assert "accepted" not in shell.outbox.kinds() or shell.outbox.kinds().count("accepted") == 1
