@@ -49,14 +49,9 @@ if TYPE_CHECKING:
         def vlc_args(self) -> tuple[str, ...]: ...
 
 
-__all__ = [
-    "ANY_TOKEN",
-    "Player",
-    "PlayerError",
-    "PlayerSettings",
-    "Resolver",
-    "instance_args",
-]
+# (PlayerSettings and Resolver, for type checkers only, are not in __all__: they do not exist
+# at run time.)
+__all__ = ["ANY_TOKEN", "Player", "PlayerError", "instance_args"]
 
 # libvlc_state_t (MediaStateChanged's new_state)
 _NOTHING_SPECIAL, _OPENING, _BUFFERING, _PLAYING, _PAUSED, _STOPPED, _ENDED, _ERROR = range(8)
