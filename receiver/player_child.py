@@ -8,12 +8,13 @@ here stays resident for the daemon's life, next to libVLC (what that costs is me
 ``bench/footprint.py``). What only playing needs is imported by the first call that needs it:
 the stream resolver and its gate (sockets, HTTP, TLS) and the traffic meter by the first call
 that names a URL (a live relay); the core's playback events never (the child reports plain
-fields, the daemon makes the events); nothing here imports :mod:`typing` or :mod:`socket` at
-run time. Together about 1.6 MiB the idle child does without;
+fields, the daemon makes the events); nothing here imports :mod:`typing`, :mod:`socket` or
+:mod:`pickle` at run time. Together about 2 MiB the idle child does without;
 ``tests/adapters/test_player_process.py`` keeps it so.
 
 The protocol (:class:`Channel`): over a socket pair, each message is a 4-byte big-endian length
-and a pickle (both ends are ours, started from the same installation). The daemon sends
+and a body: ``m`` and a marshal of plain values, or ``p`` and a pickle of anything else (both
+ends are ours, started from the same installation and interpreter). The daemon sends
 ``(settings)`` once, then ``("call", seq, method, args, kwargs)``; the child answers
 ``("ready", pid)`` or ``("failed", reason)`` once, then ``("reply", seq, kind, value)``, and at
 any time ``("playback", kind, token, detail)`` for the player's events (:func:`playback_event`
@@ -29,8 +30,8 @@ from __future__ import annotations
 # none of that (and the daemon's ``socket.socket`` objects are ``_socket.socket`` ones too).
 import _socket
 import contextlib
+import marshal
 import os
-import pickle
 import select
 import signal
 import struct
@@ -44,29 +45,59 @@ if TYPE_CHECKING:
 
     from receiver.core.events import Event
 
-__all__ = ["Channel", "child_settings", "playback_event"]
+__all__ = ["Channel", "child_settings", "decode", "encode", "playback_event"]
 
 _HEADER: Final = struct.Struct("!I")
+# The first byte of a message says how the rest is encoded: marshal for plain values (every
+# message the two ends exchange today; marshal is built in, pickle would cost the idle child
+# about 0.3 MiB), pickle for anything else (an object, a Path), imported when first needed.
+_MARSHALLED: Final = b"m"
+_PICKLED: Final = b"p"
+
+
+def encode(message: Any) -> bytes:
+    """``message`` as a channel message's body: marshalled if it is made of plain values only
+    (exactly str, bytes, int, float, bool, None, tuple, list, dict, set), else pickled."""
+    try:
+        return _MARSHALLED + marshal.dumps(message)
+    except ValueError:  # "unmarshallable object": a class instance somewhere in it
+        import pickle
+
+        return _PICKLED + pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def decode(body: bytes) -> Any:
+    """What :func:`encode` made ``body`` of."""
+    kind, data = body[:1], memoryview(body)[1:]
+    if kind == _MARSHALLED:
+        return marshal.loads(data)  # noqa: S302 - our own child, our own messages
+    if kind == _PICKLED:
+        import pickle
+
+        return pickle.loads(data)  # noqa: S301 - our own child, our own messages
+    raise ValueError(f"not a channel message (it starts with {bytes(kind)!r})")
+
+
 TRAFFIC_EVERY_S: Final = 1.0  # how often the child reports the bytes its connections moved
 GIL_SWITCH_S: Final = 0.0005  # as the daemon's (receiver.runtime.GIL_SWITCH_S)
 
 
 class Channel:
-    """Length-prefixed pickles over a stream socket. ``send`` from any thread (serialised
-    here); ``recv`` and ``poll`` from one thread."""
+    """Length-prefixed messages (:func:`encode`) over a stream socket. ``send`` from any
+    thread (serialised here); ``recv`` and ``poll`` from one thread."""
 
     def __init__(self, sock: _socket.socket) -> None:
         self._sock = sock
         self._send_lock = threading.Lock()
 
     def send(self, message: object) -> None:
-        data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+        data = encode(message)
         with self._send_lock:
             self._sock.sendall(_HEADER.pack(len(data)) + data)
 
     def recv(self) -> Any:
         (size,) = _HEADER.unpack(self._exactly(_HEADER.size))
-        return pickle.loads(self._exactly(size))  # noqa: S301 - our own child, our own pickles
+        return decode(self._exactly(size))
 
     def poll(self, timeout_s: float) -> bool:
         """Whether a message (or the end) can be read within ``timeout_s``."""
