@@ -8,10 +8,7 @@ are its members, for the callers' brevity.
 from __future__ import annotations
 
 from enum import StrEnum
-
-TYPE_CHECKING = False  # not typing's: the player's idle child loads this module without typing
-if TYPE_CHECKING:
-    from typing import Final
+from typing import Final
 
 
 class Reason(StrEnum):
