@@ -16,11 +16,13 @@ now), so it works with the network down; it exits 1 when there is no state to sh
 
 from __future__ import annotations
 
-import argparse
+import gc
 import sys
 import time
 from datetime import UTC, tzinfo
 from pathlib import Path
+from types import SimpleNamespace
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from receiver import __version__, logs  # first: logs sets up what structlog may import
@@ -35,6 +37,9 @@ from receiver.config import (
 from receiver.config_model import Config, GpioConfig
 from receiver.i18n import gettext_ as _
 from receiver.i18n import tolerant_output
+
+if TYPE_CHECKING:
+    import argparse
 
 EX_CONFIG = 78
 #: Where scripts/install.sh puts the config; ``status`` reads it when no --config is given.
@@ -62,7 +67,7 @@ def _start_problems(config: Config) -> list[str]:
     return problems
 
 
-def cmd_check_config(args: argparse.Namespace) -> int:
+def cmd_check_config(args: SimpleNamespace) -> int:
     config = _load(args.config)
     if config is None:
         return EX_CONFIG
@@ -90,7 +95,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def cmd_run(args: SimpleNamespace) -> int:
     config = _load(args.config)
     if config is None:
         return EX_CONFIG
@@ -123,7 +128,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_relay_off(args: argparse.Namespace) -> int:
+def cmd_relay_off(args: SimpleNamespace) -> int:
     """For systemd's ExecStopPost: whatever happened to the daemon, the amplifier goes off.
 
     One line on stdout (the journal) whatever happens; exit 0 only if the relay was driven off.
@@ -167,7 +172,7 @@ def _zone(name: str) -> tzinfo:
         return UTC
 
 
-def cmd_status(args: argparse.Namespace) -> int:
+def cmd_status(args: SimpleNamespace) -> int:
     """The daemon's last state from its status file, its outbox, and the board's health now."""
     hint = ""
     if args.config == INSTALLED_CONFIG:
@@ -229,7 +234,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_enroll(args: argparse.Namespace) -> int:
+def cmd_enroll(args: SimpleNamespace) -> int:
     """Print this device's registry entry (making its key on first use); see device_key."""
     config = _load(args.config)
     if config is None:
@@ -258,30 +263,11 @@ def cmd_enroll(args: argparse.Namespace) -> int:
     return 0
 
 
-def _config_argument(parser: argparse.ArgumentParser, default: str | None = None) -> None:
-    """The config file, as ``--config FILE``, ``-c FILE`` or plainly ``FILE``: every subcommand
-    takes all three, so ``check-config -c FILE`` and ``run FILE`` do what was meant."""
-    where = f" (default: {default})" if default else ""
-    parser.add_argument(
-        "config_file", nargs="?", metavar="FILE", help=f"the YAML config file{where}"
-    )
-    parser.add_argument("--config", "-c", dest="config_option", metavar="FILE", help="the same")
-    parser.set_defaults(config_default=default)
+def _parse(argv: list[str] | None) -> SimpleNamespace:
+    """The command line's arguments (``func``: the command), as a plain namespace: nothing of
+    argparse stays referenced once this returns (see :func:`main`)."""
+    import argparse
 
-
-def _resolve_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    given = {name for name in (args.config_file, args.config_option) if name is not None}
-    if len(given) > 1:
-        parser.error(f"two config files given ({' and '.join(sorted(given))}): give one")
-    config = next(iter(given), args.config_default)
-    if config is None:
-        example = f"receiver {args.command} --config {INSTALLED_CONFIG}"
-        parser.error(f"which config file? e.g. {example}")
-    args.config = config
-
-
-def main(argv: list[str] | None = None) -> int:
-    tolerant_output()
     parser = argparse.ArgumentParser(prog="receiver", description=__doc__)
     parser.add_argument("--version", action="version", version=f"loa-receiver {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -309,6 +295,42 @@ def main(argv: list[str] | None = None) -> int:
     enroll.set_defaults(func=cmd_enroll)
     args = parser.parse_args(argv)
     _resolve_config(sub.choices[args.command], args)
+    return SimpleNamespace(**vars(args))
+
+
+def _config_argument(parser: argparse.ArgumentParser, default: str | None = None) -> None:
+    """The config file, as ``--config FILE``, ``-c FILE`` or plainly ``FILE``: every subcommand
+    takes all three, so ``check-config -c FILE`` and ``run FILE`` do what was meant."""
+    where = f" (default: {default})" if default else ""
+    parser.add_argument(
+        "config_file", nargs="?", metavar="FILE", help=f"the YAML config file{where}"
+    )
+    parser.add_argument("--config", "-c", dest="config_option", metavar="FILE", help="the same")
+    parser.set_defaults(config_default=default)
+
+
+def _resolve_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    given = {name for name in (args.config_file, args.config_option) if name is not None}
+    if len(given) > 1:
+        parser.error(f"two config files given ({' and '.join(sorted(given))}): give one")
+    config = next(iter(given), args.config_default)
+    if config is None:
+        example = f"receiver {args.command} --config {INSTALLED_CONFIG}"
+        parser.error(f"which config file? e.g. {example}")
+    args.config = config
+
+
+def main(argv: list[str] | None = None) -> int:
+    tolerant_output()
+    imported_before = "argparse" in sys.modules
+    args = _parse(argv)
+    if args.func is cmd_run and not imported_before:
+        # The daemon runs for months: argparse (and the parser it built) would stay resident
+        # for nothing, about 0.3 MiB. Forgotten now, before the runtime is imported, whose
+        # modules then reuse that memory; anything that imports argparse later loads it again.
+        # (Not when something else had imported it: a test runner calling main(), say.)
+        sys.modules.pop("argparse", None)
+        gc.collect()
     result: int = args.func(args)
     return result
 

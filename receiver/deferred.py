@@ -32,10 +32,10 @@ import sys
 import threading
 import types
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, cast
 
-if TYPE_CHECKING:
-    from importlib.abc import Loader  # not at run time: importlib.abc loads importlib.resources
+TYPE_CHECKING = False  # not typing's: every process of ours imports this module, the player's
+if TYPE_CHECKING:  # idle child too, which does without typing
+    from typing import Any
 
 __all__ = ["defer", "defer_when_imported"]
 
@@ -107,7 +107,7 @@ class _Finder:
             and fullname in sys.modules
             and getattr(sys.modules[fullname], "__spec__", None) is not None
         ):
-            return importlib.machinery.ModuleSpec(fullname, cast("Loader", _AlreadyLoaded))
+            return importlib.machinery.ModuleSpec(fullname, _AlreadyLoaded)  # type: ignore[arg-type]
         return None
 
 

@@ -16,28 +16,42 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Protocol
 
-from receiver.core.events import Event, PlaybackEnded, PlaybackFailed, PlaybackStarted
 from receiver.errors import PlayerError
-from receiver.stream_gate import StreamGate
-from receiver.streams import NETWORK_CACHING_MS, Resolved, StreamRefused, guess_kind, media_options
 
-__all__ = [
-    "ANY_TOKEN",
-    "NETWORK_CACHING_MS",
-    "Player",
-    "PlayerError",
-    "PlayerSettings",
-    "Resolver",
-    "instance_args",
-]
+# What the idle player's child does without is imported by the first call that needs it: the
+# core's events (and dataclasses) by the first play or preroll (never in the child: see
+# Player._report), the stream resolver and gate (sockets, HTTP, TLS) by the first relay or URL.
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any, Protocol
 
-# receiver.streams.resolve with the allowlist bound: (url, cancelled) -> Resolved
-Resolver = Callable[[str, Callable[[], bool]], Resolved]
+    from receiver.core.events import Event
+    from receiver.stream_gate import StreamGate
+    from receiver.streams import Resolved
+
+    # receiver.streams.resolve with the allowlist bound: (url, cancelled) -> Resolved
+    Resolver = Callable[[str, Callable[[], bool]], Resolved]
+
+    class PlayerSettings(Protocol):
+        """What the player reads of its configuration: ``receiver.config_model.PlayerConfig``,
+        or the plain copy the player's child process builds (it does not load the config
+        classes)."""
+
+        @property
+        def output(self) -> str: ...
+        @property
+        def alsa_device(self) -> str | None: ...
+        @property
+        def wav_file(self) -> str | os.PathLike[str] | None: ...
+        @property
+        def vlc_args(self) -> tuple[str, ...]: ...
+
+
+# (PlayerSettings and Resolver, for type checkers only, are not in __all__: they do not exist
+# at run time.)
+__all__ = ["ANY_TOKEN", "Player", "PlayerError", "instance_args"]
 
 # libvlc_state_t (MediaStateChanged's new_state)
 _NOTHING_SPECIAL, _OPENING, _BUFFERING, _PLAYING, _PAUSED, _STOPPED, _ENDED, _ERROR = range(8)
@@ -74,36 +88,38 @@ class _EsChanged(ctypes.Structure):
     _fields_ = (("i_type", ctypes.c_int), ("i_id", ctypes.c_int))
 
 
-@dataclass(eq=False)
 class _Item:
-    """One ``play()``: its token, its Media, and what its callbacks have seen (under the lock)."""
+    """One ``play()``: its token, its Media, and what its callbacks have seen (under the lock).
+    A plain class: a dataclass would load :mod:`dataclasses` into the idle child."""
 
-    token: int
-    media: Any  # vlc.Media; ours until released (None while a live URL is being resolved)
-    events: Any  # the Media's EventManager: python-vlc keeps our callback alive in it
-    audio_seen: bool = False
-    started: bool = False
-    closed: bool = False  # terminal event sent, or superseded: report nothing more
-    raw_time: int = -1  # the last get_time() that position_ms() saw (loop thread only)
-    position: int = 0  # what position_ms() reports: monotonic (loop thread only)
-    prerolled: str | None = None  # opened paused by preroll() (media and offset), not resumed
-    gate: StreamGate | None = None  # a live stream's gate to its station, closed on release
-    playing_mono: float | None = None  # when libVLC said Playing for the start (monotonic)
-    playing: threading.Event = field(default_factory=threading.Event)  # set with playing_mono
+    __slots__ = (
+        "audio_seen",
+        "closed",
+        "events",
+        "gate",
+        "media",
+        "playing",
+        "playing_mono",
+        "position",
+        "prerolled",
+        "raw_time",
+        "started",
+        "token",
+    )
 
-
-class PlayerSettings(Protocol):
-    """What the player reads of its configuration: ``receiver.config_model.PlayerConfig``, or
-    the plain copy the player's child process builds (it does not load the config classes)."""
-
-    @property
-    def output(self) -> str: ...
-    @property
-    def alsa_device(self) -> str | None: ...
-    @property
-    def wav_file(self) -> Path | None: ...
-    @property
-    def vlc_args(self) -> tuple[str, ...]: ...
+    def __init__(self, token: int, media: Any, events: Any, prerolled: str | None = None) -> None:
+        self.token = token
+        self.media = media  # vlc.Media; ours until released (None while a URL is resolved)
+        self.events = events  # the Media's EventManager: python-vlc keeps our callback in it
+        self.audio_seen = False
+        self.started = False
+        self.closed = False  # terminal event sent, or superseded: report nothing more
+        self.raw_time = -1  # the last get_time() that position_ms() saw (loop thread only)
+        self.position = 0  # what position_ms() reports: monotonic (loop thread only)
+        self.prerolled = prerolled  # opened paused by preroll() (media and offset), not resumed
+        self.gate: StreamGate | None = None  # a live stream's gate, closed on release
+        self.playing_mono: float | None = None  # when libVLC said Playing for the start
+        self.playing = threading.Event()  # set with playing_mono
 
 
 def instance_args(config: PlayerSettings) -> list[str]:
@@ -154,13 +170,15 @@ def _check_start(start_ms: int, *, live: bool) -> None:
 def _media_options(media: str, start_ms: int, *, live: bool) -> list[str]:
     """The per-item libVLC options: an offset for a file, buffering for anything from a URL,
     and for a live relay what its kind needs (:func:`receiver.streams.media_options`)."""
-    if live:
-        return media_options(guess_kind(media))
     options = []
     if start_ms:
         # A float option, parsed with libVLC's locale-independent us_atof: always a '.'.
         options.append(f":start-time={start_ms // 1000}.{start_ms % 1000:03d}")
-    if "://" in media:
+    if live or "://" in media:
+        from receiver.streams import NETWORK_CACHING_MS, guess_kind, media_options
+
+        if live:
+            return media_options(guess_kind(media))
         options.append(f":network-caching={NETWORK_CACHING_MS}")
     return options
 
@@ -251,6 +269,7 @@ class Player:
         self._check_open()
         _check_volume(volume)
         _check_start(start_ms, live=live)
+        self._prepare_reports()
         if at is not None:
             if live or "://" in media:
                 raise ValueError("only a local file can start at an instant, not a stream")
@@ -283,6 +302,7 @@ class Player:
         self._check_open()
         _check_volume(volume)
         _check_start(start_ms, live=False)
+        self._prepare_reports()
         if "://" in media:
             raise ValueError("only a local file can be prerolled, not a URL")
         options = [*_media_options(media, start_ms, live=False), ":start-paused"]
@@ -395,6 +415,9 @@ class Player:
 
     def _resolve(self, item: _Item, url: str, volume: int, resolver: Resolver) -> None:
         """The resolver thread: find what ``url`` is, then open it if ``item`` is still current."""
+        from receiver.stream_gate import StreamGate
+        from receiver.streams import StreamRefused, media_options
+
         current = item  # the placeholder, then the item _open makes: what "cancelled" asks about
         try:
             resolved = resolver(url, lambda: current.closed or self._closed)
@@ -424,7 +447,7 @@ class Player:
         except StreamRefused as refused:
             self._abandon(current, f"not relayed: {refused.detail}")
         except PlayerError as exc:  # _open closed the item it made: report it here
-            self._on_event(PlaybackFailed(item.token, str(exc)))
+            self._report("failed", item.token, str(exc))
         except Exception:
             self._callback_failed(item)
 
@@ -436,7 +459,7 @@ class Player:
                     if item.closed or self._item is not item:
                         return
                 self._stop_and_release()
-            self._on_event(PlaybackFailed(item.token, detail))
+            self._report("failed", item.token, detail)
             return
         self._fail(item, detail)
 
@@ -445,7 +468,7 @@ class Player:
             if item.closed:
                 return
             item.closed = True
-        self._on_event(PlaybackFailed(item.token, detail))
+        self._report("failed", item.token, detail)
 
     def _open(
         self,
@@ -536,6 +559,23 @@ class Player:
         self._mp.release()
         self._instance.release()
 
+    # --- what is reported ----------------------------------------------------------------------
+
+    def _prepare_reports(self) -> None:
+        """Import the core's events now, in the loop thread (a play or preroll), so that the
+        callbacks do not: an import in libVLC's thread would delay the start it reports."""
+        import receiver.core.events
+        import receiver.player_child  # noqa: F401 - for _report
+
+    def _report(self, kind: str, token: int, detail: str = "") -> None:
+        """Hand ``on_event`` the core's event: ``kind`` is ``started``, ``ended`` or ``failed``
+        (with ``detail``). The player's child overrides this and :meth:`_prepare_reports`: it
+        sends the three fields, and the daemon makes the event (the idle child then never
+        loads the core's events, nor :mod:`dataclasses`)."""
+        from receiver.player_child import playback_event
+
+        self._on_event(playback_event(kind, token, detail))
+
     # --- helpers (loop thread) ---------------------------------------------------------------
 
     def _check_open(self) -> None:
@@ -592,12 +632,12 @@ class Player:
                         item.started = True
                         item.playing_mono = time.monotonic()
                         item.playing.set()
-                        self._on_event(PlaybackStarted(item.token))
+                        self._report("started", item.token)
                     return
                 if state in (_OPENING, _BUFFERING, _PAUSED):
                     return
                 item.closed = True
-                self._on_event(self._terminal(item, state))
+                self._report(*self._terminal(item, state))
         except Exception:
             self._callback_failed(item)
 
@@ -613,18 +653,20 @@ class Player:
             self._log.exception("player_callback_failed", callback="es_added")
 
     @staticmethod
-    def _terminal(item: _Item, state: int) -> Event:
+    def _terminal(item: _Item, state: int) -> tuple[str, int, str]:
+        """What to report of ``item`` that libVLC left in ``state``: ``_report``'s arguments."""
         if state == _ENDED:
             if item.audio_seen:
-                return PlaybackEnded(item.token)
-            return PlaybackFailed(item.token, "no audio track: not an audio file or stream")
+                return "ended", item.token, ""
+            return "failed", item.token, "no audio track: not an audio file or stream"
         if state == _ERROR:
-            return PlaybackFailed(
+            return (
+                "failed",
                 item.token,
                 "libVLC could not open or play it (missing file, unreachable URL, bad format)",
             )
         name = _STATE_NAMES[state] if 0 <= state < len(_STATE_NAMES) else str(state)
-        return PlaybackFailed(item.token, f"libVLC left the item unasked (state {name})")
+        return "failed", item.token, f"libVLC left the item unasked (state {name})"
 
     def _callback_failed(self, item: _Item) -> None:
         """Last resort inside a callback: log, and fail the item rather than go silent."""
@@ -634,6 +676,6 @@ class Player:
                 if item.closed:
                     return
                 item.closed = True
-                self._on_event(PlaybackFailed(item.token, "internal error in the player callback"))
+                self._report("failed", item.token, "internal error in the player callback")
         except Exception:  # noqa: S110 - nothing may escape into libVLC's thread
             pass

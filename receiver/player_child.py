@@ -3,58 +3,101 @@
 Run as ``python -I -m receiver.player_child FD`` by :class:`receiver.player_process.ProcessPlayer`
 (isolated: no environment variables, user site or working directory decide what it imports).
 It holds one :class:`receiver.player.Player` and nothing else of the daemon: python-vlc, the
-player, the stream resolver and this module. No structlog, no MQTT, no YAML, no cryptography, no
-core: every import here stays resident for the daemon's life, next to libVLC (what that costs
-is measured by ``bench/footprint.py``).
+player and this module. No structlog, no MQTT, no YAML, no cryptography, no core: every import
+here stays resident for the daemon's life, next to libVLC (what that costs is measured by
+``bench/footprint.py``). What only playing needs is imported by the first call that needs it:
+the stream resolver and its gate (sockets, HTTP, TLS) and the traffic meter by the first call
+that names a URL (a live relay); the core's playback events never (the child reports plain
+fields, the daemon makes the events); nothing here imports :mod:`typing`, :mod:`socket` or
+:mod:`pickle` at run time. Together about 2 MiB the idle child does without;
+``tests/adapters/test_player_process.py`` keeps it so.
 
 The protocol (:class:`Channel`): over a socket pair, each message is a 4-byte big-endian length
-and a pickle (both ends are ours, started from the same installation). The daemon sends
+and a body: ``m`` and a marshal of plain values, or ``p`` and a pickle of anything else (both
+ends are ours, started from the same installation and interpreter). The daemon sends
 ``(settings)`` once, then ``("call", seq, method, args, kwargs)``; the child answers
 ``("ready", pid)`` or ``("failed", reason)`` once, then ``("reply", seq, kind, value)``, and at
-any time ``("event", event)`` for the player's events, ``("log", level, event, fields)`` for
-its log lines, which the daemon writes through its own logger (so they look like its own), and
+any time ``("playback", kind, token, detail)`` for the player's events (:func:`playback_event`
+makes the core's event of them; ``("event", event)`` would carry any other event whole),
+``("log", level, event, fields)`` for its log lines, which the daemon writes through its own
+logger (so they look like its own), and
 ``("traffic", sent, received)``: the bytes its connections moved, for the daemon's traffic meter.
 """
 
 from __future__ import annotations
 
+# _socket: the C module under ``socket``, which builds its enums at import; the idle child needs
+# none of that (and the daemon's ``socket.socket`` objects are ``_socket.socket`` ones too).
+import _socket
 import contextlib
+import marshal
 import os
-import pickle
 import select
 import signal
-import socket
 import struct
 import sys
 import threading
 import time
-import traceback
-from pathlib import Path
-from typing import Any, Final, NamedTuple
 
-__all__ = ["Channel", "child_settings"]
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
+if TYPE_CHECKING:
+    from typing import Any, Final
+
+    from receiver.core.events import Event
+
+__all__ = ["Channel", "child_settings", "decode", "encode", "playback_event"]
 
 _HEADER: Final = struct.Struct("!I")
+# The first byte of a message says how the rest is encoded: marshal for plain values (every
+# message the two ends exchange today; marshal is built in, pickle would cost the idle child
+# about 0.3 MiB), pickle for anything else (an object, a Path), imported when first needed.
+_MARSHALLED: Final = b"m"
+_PICKLED: Final = b"p"
+
+
+def encode(message: Any) -> bytes:
+    """``message`` as a channel message's body: marshalled if it is made of plain values only
+    (exactly str, bytes, int, float, bool, None, tuple, list, dict, set), else pickled."""
+    try:
+        return _MARSHALLED + marshal.dumps(message)
+    except ValueError:  # "unmarshallable object": a class instance somewhere in it
+        import pickle
+
+        return _PICKLED + pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def decode(body: bytes) -> Any:
+    """What :func:`encode` made ``body`` of."""
+    kind, data = body[:1], memoryview(body)[1:]
+    if kind == _MARSHALLED:
+        return marshal.loads(data)  # noqa: S302 - our own child, our own messages
+    if kind == _PICKLED:
+        import pickle
+
+        return pickle.loads(data)  # noqa: S301 - our own child, our own messages
+    raise ValueError(f"not a channel message (it starts with {bytes(kind)!r})")
+
+
 TRAFFIC_EVERY_S: Final = 1.0  # how often the child reports the bytes its connections moved
 GIL_SWITCH_S: Final = 0.0005  # as the daemon's (receiver.runtime.GIL_SWITCH_S)
 
 
 class Channel:
-    """Length-prefixed pickles over a stream socket. ``send`` from any thread (serialised
-    here); ``recv`` and ``poll`` from one thread."""
+    """Length-prefixed messages (:func:`encode`) over a stream socket. ``send`` from any
+    thread (serialised here); ``recv`` and ``poll`` from one thread."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: _socket.socket) -> None:
         self._sock = sock
         self._send_lock = threading.Lock()
 
     def send(self, message: object) -> None:
-        data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+        data = encode(message)
         with self._send_lock:
             self._sock.sendall(_HEADER.pack(len(data)) + data)
 
     def recv(self) -> Any:
         (size,) = _HEADER.unpack(self._exactly(_HEADER.size))
-        return pickle.loads(self._exactly(size))  # noqa: S301 - our own child, our own pickles
+        return decode(self._exactly(size))
 
     def poll(self, timeout_s: float) -> bool:
         """Whether a message (or the end) can be read within ``timeout_s``."""
@@ -71,7 +114,7 @@ class Channel:
         number to the next socket: the next engine's channel, whose messages the old reader
         would then take."""
         with contextlib.suppress(OSError):
-            self._sock.shutdown(socket.SHUT_RDWR)
+            self._sock.shutdown(_socket.SHUT_RDWR)
 
     def close(self) -> None:
         """Ends the conversation and frees the socket: from the thread that reads it (or when
@@ -107,13 +150,31 @@ def child_settings(player: Any, media: Any) -> dict[str, Any]:
     return settings
 
 
-class _Settings(NamedTuple):
-    """The child's copy of ``PlayerConfig``: what ``receiver.player.PlayerSettings`` asks."""
+def playback_event(kind: str, token: int, detail: str = "") -> Event:
+    """The core's event for what the player reports: ``started``, ``ended`` or ``failed``
+    (``receiver.player.Player._report``; the daemon calls this for its child's reports)."""
+    from receiver.core.events import PlaybackEnded, PlaybackFailed, PlaybackStarted
 
-    output: str
-    alsa_device: str | None
-    wav_file: Path | None
-    vlc_args: tuple[str, ...]
+    if kind == "started":
+        return PlaybackStarted(token)
+    if kind == "ended":
+        return PlaybackEnded(token)
+    if kind == "failed":
+        return PlaybackFailed(token, detail)
+    raise ValueError(f"unknown playback report {kind!r}")
+
+
+class _Settings:
+    """The child's copy of ``PlayerConfig``: what ``receiver.player.PlayerSettings`` asks (a
+    plain class: a NamedTuple would import :mod:`typing`)."""
+
+    __slots__ = ("alsa_device", "output", "vlc_args", "wav_file")
+
+    def __init__(self, settings: dict[str, Any]) -> None:
+        self.output: str = settings["output"]
+        self.alsa_device: str | None = settings["alsa_device"]
+        self.wav_file: str | None = settings["wav_file"]
+        self.vlc_args: tuple[str, ...] = tuple(settings["vlc_args"])
 
 
 class _LogForwarder:
@@ -136,27 +197,39 @@ class _LogForwarder:
         self._send("error", event, fields)
 
     def exception(self, event: str, **fields: Any) -> None:
+        import traceback  # loaded by python-vlc already; here so that nothing else needs it
+
         self._send("error", event, {**fields, "exception": traceback.format_exc()})
 
 
 def _resolver(media: dict[str, Any]) -> Any:
-    """The stream resolver (``receiver.player.Resolver``) on the technician's allowlist."""
-    from receiver.streams import resolve
-
+    """The stream resolver (``receiver.player.Resolver``) on the technician's allowlist;
+    :mod:`receiver.streams` is imported by the first live relay (on the player's resolver
+    thread), not while the child waits."""
     schemes = tuple(media["allowed_schemes"])
     hosts = tuple(media["allowed_hosts"])
 
     def resolve_on_allowlist(url: str, cancelled: Any) -> Any:
+        from receiver.streams import resolve
+
         return resolve(url, schemes, hosts, cancelled=cancelled)
 
     return resolve_on_allowlist
 
 
-def _report_traffic(channel: Channel) -> None:
-    """The child's side of the traffic meter: its connections are libVLC's and the resolver's."""
+def _names_a_url(args: tuple[Any, ...]) -> bool:
+    return any(isinstance(arg, str) and "://" in arg for arg in args)
+
+
+def _traffic_meter() -> Any:
+    """The child's traffic meter (``receiver.health.TrafficMeter``, imported now)."""
     from receiver.health import TRAFFIC_LOOPBACK_ENV, TrafficMeter
 
-    meter = TrafficMeter(lambda: None, loopback=os.environ.get(TRAFFIC_LOOPBACK_ENV) == "1")
+    return TrafficMeter(lambda: None, loopback=os.environ.get(TRAFFIC_LOOPBACK_ENV) == "1")
+
+
+def _report_traffic(channel: Channel, meter: Any) -> None:
+    """The child's side of the traffic meter: its connections are libVLC's and the resolver's."""
     last = (0, 0)
     while True:
         time.sleep(TRAFFIC_EVERY_S)
@@ -171,22 +244,26 @@ def _report_traffic(channel: Channel) -> None:
 
 
 def _serve(fd: int) -> int:
-    channel = Channel(socket.socket(fileno=fd))
+    channel = Channel(_socket.socket(fileno=fd))
     settings = channel.recv()
     # Imported only now, and only these: the player (python-vlc is loaded by Player()).
     from receiver.player import Player, PlayerError
 
+    class ChildPlayer(Player):
+        """Reports what it plays as plain fields (``("playback", kind, token, detail)``); the
+        daemon makes the core's event of them, so this process never loads the core's events
+        (nor :mod:`dataclasses`, about 0.5 MiB)."""
+
+        def _prepare_reports(self) -> None:
+            pass
+
+        def _report(self, kind: str, token: int, detail: str = "") -> None:
+            channel.send(("playback", kind, token, detail))
+
     try:
         resolver = _resolver(settings["media"]) if settings.get("media") is not None else None
-        wav_file = settings["wav_file"]
-        config = _Settings(
-            output=settings["output"],
-            alsa_device=settings["alsa_device"],
-            wav_file=None if wav_file is None else Path(wav_file),
-            vlc_args=tuple(settings["vlc_args"]),
-        )
-        player = Player(
-            config,
+        player = ChildPlayer(
+            _Settings(settings),
             lambda event: channel.send(("event", event)),
             resolver=resolver,
             log=_LogForwarder(channel),
@@ -195,13 +272,27 @@ def _serve(fd: int) -> int:
         channel.send(("failed", str(exc)))
         return 1
     channel.send(("ready", os.getpid()))
-    threading.Thread(target=_report_traffic, args=(channel,), name="traffic", daemon=True).start()
+    metered = False
     while True:
         try:
             _, seq, method, args, kwargs = channel.recv()
         except (EOFError, OSError):
             player.close()
             return 0
+        if method == "imported_modules":  # for the tests: what the child holds at this point
+            channel.send(("reply", seq, "ok", sorted(sys.modules)))
+            continue
+        if not metered and _names_a_url((*args, *kwargs.values())):
+            # Only a URL opens a connection (the daemon's files are local). The meter counts
+            # the sockets open at each sample, from their start: begun before the call runs,
+            # it sees every connection the child opens, as from the start. Its module is
+            # imported here, before any thread of ours imports (dataclasses reads typing from
+            # sys.modules: another thread's half-imported typing would break it).
+            metered = True
+            meter = _traffic_meter()
+            threading.Thread(
+                target=_report_traffic, args=(channel, meter), name="traffic", daemon=True
+            ).start()
         try:
             value = None if method == "ping" else getattr(player, method)(*args, **kwargs)
             channel.send(("reply", seq, "ok", value))

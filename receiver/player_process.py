@@ -42,7 +42,7 @@ import structlog
 from receiver.config_model import MediaConfig, PlayerConfig
 from receiver.core.events import Event, PlaybackFailed, PlayerCrashed
 from receiver.errors import PlayerError
-from receiver.player_child import Channel, child_settings
+from receiver.player_child import Channel, child_settings, playback_event
 
 __all__ = ["ANSWER_TIMEOUT_S", "PING_EVERY_S", "ProcessPlayer"]
 
@@ -235,6 +235,9 @@ class ProcessPlayer:
         try:
             while True:
                 message = conn.recv()
+                if message[0] == "playback":
+                    self._on_event(playback_event(*message[1:]))
+                    continue
                 if message[0] == "event":
                     self._on_event(message[1])
                     continue

@@ -17,7 +17,7 @@ from queue import Empty, Queue
 import pytest
 import structlog.testing
 
-from receiver.config_model import PlayerConfig
+from receiver.config_model import MediaConfig, PlayerConfig
 from receiver.core.events import (
     Event,
     PlaybackEnded,
@@ -143,6 +143,73 @@ def test_the_child_loads_the_player_and_nothing_else_of_the_daemon() -> None:
         "receiver.logs",
     }
     assert not {m for m in loaded if m.split(".")[0] in unwanted or m in unwanted}
+
+
+# What the idle child must not hold: the first call that needs each imports it (together about
+# 2 MiB, held beside libVLC for the daemon's life; bench/footprint.py measures the child).
+IDLE_FREE = frozenset(
+    {
+        "typing",
+        "socket",
+        "pickle",
+        "dataclasses",
+        "ssl",
+        "http.client",
+        "receiver.core.events",
+        "receiver.streams",
+        "receiver.stream_gate",
+        "receiver.health",
+        "structlog",
+    }
+)
+
+
+def test_the_idle_child_holds_none_of_what_only_playing_needs(tmp_path: Path) -> None:
+    """The real child, started as the daemon starts it (``python -I``, with a stream resolver),
+    asked what it has imported once ready."""
+    media = MediaConfig(allowed_schemes=("http", "https"), allowed_hosts=("radio.example",))
+    config = PlayerConfig(output="file", wav_file=tmp_path / "out.wav")
+    player = ProcessPlayer(config, Recorder(), media=media)
+    try:
+        loaded = set(player.imported_modules())
+    finally:
+        player.close()
+    assert {"vlc", "receiver.player"} <= loaded  # the real child, libVLC loaded
+    assert not loaded & IDLE_FREE
+
+
+def test_the_first_play_and_the_first_relay_import_what_the_idle_child_left_out(
+    tmp_path: Path,
+) -> None:
+    """A fresh child's first file plays and is reported (the child sends plain fields, the
+    daemon makes the core's events), and its first live relay is resolved and heard: the
+    resolver and gate are imported then (on the resolver's thread), and the traffic meter."""
+    tone = write_tone(tmp_path / "tone.wav", 1000.0, 1.0)
+    wav = write_programme(tmp_path / "station.wav", 440.0, 8.0)
+    station = {"/live.mp3": mp3_stream(encode(wav, tmp_path / "live.mp3", "mp3"))}
+    events = Recorder()
+    with StreamServer(station) as server:
+        media = MediaConfig(allowed_schemes=("http",), allowed_hosts=(f"127.0.0.1:{server.port}",))
+        config = PlayerConfig(output="file", wav_file=tmp_path / "out.wav")
+        player = ProcessPlayer(config, events, media=media)
+        try:
+            assert not set(player.imported_modules()) & IDLE_FREE
+            player.play(1, str(tone), 100)
+            assert events.next()[1] == PlaybackStarted(1)
+            assert events.next()[1] == PlaybackEnded(1)
+            assert not set(player.imported_modules()) & IDLE_FREE  # a file needs none of it
+            player.play(2, server.url("/live.mp3"), 100, live=True)
+            assert events.next(20)[1] == PlaybackStarted(2)
+            deadline = time.monotonic() + 10.0
+            while time.monotonic() < deadline and player.position_ms() < 1500:
+                time.sleep(0.2)
+            assert player.position_ms() >= 1500  # the relay sounds
+            relaying = set(player.imported_modules())
+            assert {"receiver.streams", "receiver.stream_gate", "receiver.health"} <= relaying
+            assert "receiver.core.events" not in relaying  # the daemon makes the events
+            player.stop()
+        finally:
+            player.close()
 
 
 def test_the_engines_media_bytes_reach_the_daemons_traffic_meter(
