@@ -540,7 +540,8 @@ class Runtime:
         match effect:
             case PersistFloors(floors=floors, time_floor=time_floor, intent=intent):
                 # Its commit (the flush to the card) runs while the loop signs the report and
-                # finds the file; every action after it waits for it (_execute, _settle_store).
+                # finds the file; every action, report commit and turn's end after it waits for
+                # it (Store.settle in _execute, above in _persist, and in _turn).
                 self.store.save_floors(floors, time_floor, intent, wait=False)
             case PersistIntentStarted(ref=ref):
                 self.store.mark_intent_started(ref)
