@@ -90,8 +90,8 @@ def cmd_check_config(args: SimpleNamespace) -> int:
             "(warnings above)"
         )
         print(line.format(path=args.config, summary=summary))
-    else:
-        print(_("{path}: OK — {summary}").format(path=args.config, summary=summary))
+        return EX_CONFIG  # what `receiver run` would exit with: a script must not go on
+    print(_("{path}: OK — {summary}").format(path=args.config, summary=summary))
     return 0
 
 

@@ -45,7 +45,8 @@ echo "installed: $(dpkg-query -W -f='${{Version}} ${{Architecture}}' loa-receive
 dpkg-query -W -f='from Debian: ${{Package}}\\n' python3-yaml python3-cffi 2>/dev/null || true
 /opt/loa-receiver/venv/bin/python -c 'import cryptography, yaml
 for module in (cryptography, yaml): print("module", module.__name__, module.__file__)'
-receiver check-config /etc/loa-receiver/receiver.yaml || exit 1
+refused=0; receiver check-config /etc/loa-receiver/receiver.yaml || refused=$?
+echo "example config: check-config exit $refused"
 echo '# kept-by-upgrade' >> /etc/loa-receiver/receiver.yaml
 DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --reinstall {DEB_IN_ROOT}
 grep -q kept-by-upgrade /etc/loa-receiver/receiver.yaml && echo "upgrade kept the config"
@@ -199,4 +200,7 @@ def test_the_bundle_installs_upgrades_removes_and_plays_on_its_architecture(
     else:
         assert modules["yaml"].startswith("/opt/loa-receiver/"), modules
     assert "upgrade kept the config" in log and "remove kept config and state" in log
+    # The installed example is valid but holds placeholders: refused, as the daemon would.
+    assert "/etc/loa-receiver/receiver.yaml: valid (device" in log
+    assert "example config: check-config exit 78" in log
     assert f"/out/receiver.yaml: OK — device {DEVICE}" in log

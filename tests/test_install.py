@@ -10,6 +10,7 @@ real venv with Debian's ``/usr/bin/python3`` and builds the project from the che
 
 from __future__ import annotations
 
+import base64
 import configparser
 import hashlib
 import os
@@ -24,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 REPO = Path(__file__).resolve().parents[1]
 INSTALL = REPO / "scripts" / "install.sh"
@@ -255,7 +258,7 @@ def test_debians_lgpio_module_is_linked_into_the_venv_and_nothing_else(installed
     assert links == ["_lgpio.py", "lgpio.py"]
 
 
-def test_check_config_accepts_the_installed_config_and_names_its_placeholders(
+def test_check_config_names_the_installed_configs_placeholders_and_exits_78(
     installed: Tree,
 ) -> None:
     result = subprocess.run(
@@ -266,7 +269,7 @@ def test_check_config_accepts_the_installed_config_and_names_its_placeholders(
         cwd="/",
         check=False,
     )
-    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.returncode == 78, result.stdout + result.stderr  # what the daemon would exit
     assert result.stdout.startswith(f"{installed.config}: valid (device loa-25-07873-001")
     assert "but the daemon will refuse to start with it" in result.stdout
     assert "broker.host: 'mqtt.example.vn' is the example's placeholder" in result.stderr
@@ -301,8 +304,23 @@ def test_upgrade_keeps_config_and_state_and_uninstall_keeps_them_too(
     assert "the old version stays" in refused.stderr
     assert tree.venv.resolve() == first and list((tree.app / "releases").iterdir()) == [first]
 
+    # So does one the new version would refuse to start with: the example's placeholders.
     edited = original.replace("device_id: loa-25-07873-001", "device_id: loa-25-07873-042")
     assert "loa-25-07873-042" in edited
+    tree.config.write_text(edited, encoding="utf-8")
+    refused = tree.run("--upgrade", wheels=wheelhouse, check=False)
+    assert refused.returncode != 0 and "is the example's placeholder" in refused.stderr
+    assert "the old version stays" in refused.stderr and tree.venv.resolve() == first
+
+    central = base64.b64encode(
+        Ed25519PrivateKey.generate().public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    ).decode()
+    edited = (
+        edited.replace("host: mqtt.example.vn", "host: mqtt.tinh-25.vn")
+        .replace("central-commune-25-07873-placeholder", "central-commune-25-07873")
+        .replace("D2a95YId0a+MgHdAYzSwhqRFK88Ffq4QRPqR4OEb020=", central)
+        .replace("pin_factory: lgpio", "pin_factory: mock")  # no python3-lgpio in this root
+    )
     tree.config.write_text(edited, encoding="utf-8")
     tree.state.mkdir(parents=True)
     (tree.state / "state.db").write_bytes(b"replay floors")
@@ -378,7 +396,7 @@ def test_the_installed_program_speaks_vietnamese_when_lang_is_vietnamese(
         )
 
     vi = receiver("vi_VN.UTF-8", "check-config", str(installed.config))
-    assert vi.returncode == 0, vi.stderr
+    assert vi.returncode == 78, vi.stderr  # the placeholders
     assert "hợp lệ (thiết bị loa-25-07873-001 trong môi trường prod" in vi.stdout
     assert "cảnh báo: " in vi.stderr and "là giá trị mẫu" in vi.stderr
     english = receiver("C.UTF-8", "check-config", str(installed.config))

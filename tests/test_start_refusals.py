@@ -98,8 +98,10 @@ def test_an_unreadable_key_file_exits_78(tmp_path: Path) -> None:
 
 
 def test_check_config_warns_about_placeholders_and_a_missing_module(tmp_path: Path) -> None:
+    """check-config named what the daemon would refuse, then exited 0, so that a script's
+    ``receiver check-config FILE && systemctl restart loa-receiver`` restarted into exit 78."""
     result = receiver("check-config", str(EXAMPLE))
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 78, result.stderr
     assert "will refuse to start" in result.stdout
     warnings = [line for line in result.stderr.splitlines() if line.startswith("warning: ")]
     assert any("broker.host" in w and "placeholder" in w for w in warnings), warnings
