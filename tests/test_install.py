@@ -296,22 +296,32 @@ def test_upgrade_keeps_config_and_state_and_uninstall_keeps_them_too(
     assert "systemctl enable --now loa-receiver" in result.stdout
     first = tree.venv.resolve()
 
-    # A config the new version refuses stops the upgrade before anything is switched.
+    # The example not filled in yet: no version could start with it, so an upgrade (a package
+    # reinstalled before its first configuration) goes on, and says what is left to do.
     original = tree.config.read_text(encoding="utf-8")
+    upgraded = tree.run("--upgrade", wheels=wheelhouse)
+    assert "is the example's placeholder" in upgraded.stderr
+    assert "not ready for this version either" in upgraded.stdout
+    second = tree.venv.resolve()
+    assert second != first
+
+    # A config the new version refuses and the version in place accepted (an earlier version
+    # with laxer rules; here a stand-in that answers as one) stops the upgrade before anything
+    # is switched: the running loudspeaker is not restarted into a refusal.
+    in_place = second / "bin" / "receiver"
+    real_program = in_place.read_bytes()
+    in_place.write_text('#!/bin/sh\necho "$2: OK — device loa-25-07873-001 in prod"\n')
     tree.config.write_text(original.replace("env: prod", "env: Prod"), encoding="utf-8")
+    releases = sorted((tree.app / "releases").iterdir())
     refused = tree.run("--upgrade", wheels=wheelhouse, check=False)
     assert refused.returncode != 0 and "env: 'Prod' is not a valid id" in refused.stderr
     assert "the old version stays" in refused.stderr
-    assert tree.venv.resolve() == first and list((tree.app / "releases").iterdir()) == [first]
+    assert tree.venv.resolve() == second
+    assert sorted((tree.app / "releases").iterdir()) == releases
+    in_place.write_bytes(real_program)
 
-    # So does one the new version would refuse to start with: the example's placeholders.
     edited = original.replace("device_id: loa-25-07873-001", "device_id: loa-25-07873-042")
     assert "loa-25-07873-042" in edited
-    tree.config.write_text(edited, encoding="utf-8")
-    refused = tree.run("--upgrade", wheels=wheelhouse, check=False)
-    assert refused.returncode != 0 and "is the example's placeholder" in refused.stderr
-    assert "the old version stays" in refused.stderr and tree.venv.resolve() == first
-
     central = base64.b64encode(
         Ed25519PrivateKey.generate().public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
     ).decode()
@@ -331,8 +341,8 @@ def test_upgrade_keeps_config_and_state_and_uninstall_keeps_them_too(
     assert "kept the existing config" in result.stdout
     assert tree.config.read_text(encoding="utf-8") == edited and mode(tree.config) == 0o640
     assert (tree.state / "state.db").read_bytes() == b"replay floors"
-    second = tree.venv.resolve()
-    assert second != first and first.is_dir()  # the previous release stays for a running daemon
+    third = tree.venv.resolve()
+    assert third != second and second.is_dir()  # the previous release stays for a running daemon
     check = subprocess.run(
         [str(tree.receiver), "check-config", str(tree.config)],
         capture_output=True,
