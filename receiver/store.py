@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Final
 
+from receiver.core.admission import MAX_STOP_IDS, STOP_ID_STREAM
 from receiver.core.state import Intent
 from receiver.durable import open_durable
 from receiver.errors import StoreError
@@ -40,8 +41,6 @@ CREATE TABLE IF NOT EXISTS intents (ref TEXT PRIMARY KEY, body BLOB NOT NULL,
                                     window_end REAL NOT NULL, stage TEXT NOT NULL);
 """
 DONE_KEEP_S: Final = 7 * 86400.0
-STOP_ID_PREFIX: Final = "stop-id:"
-MAX_STOP_IDS: Final = 256
 # Event numbers are reserved in blocks so that a busy day costs few writes; after a crash the
 # numbering jumps to the next block, which keeps "n never goes back" true.
 EVENT_BLOCK: Final = 100
@@ -123,12 +122,14 @@ class Store:
                 [(stream, seq, digest) for stream, (seq, digest) in changed.items()],
             )
             self._put("time_floor", repr(max(time_floor, self.time_floor())))
-            if any(stream.startswith(STOP_ID_PREFIX) for stream in changed):
-                # Ids named by stops: keep the newest, so the table cannot grow without bound.
+            if any(stream.startswith(STOP_ID_STREAM) for stream in changed):
+                # Ids named by stops: keep the newest, so the table cannot grow without bound;
+                # the same ones as the core's floors (ties broken by the id), so that a restart
+                # forgets nothing the running daemon remembered.
                 self._db.execute(
                     "DELETE FROM floors WHERE stream LIKE 'stop-id:%' AND stream NOT IN "
                     "(SELECT stream FROM floors WHERE stream LIKE 'stop-id:%' "
-                    "ORDER BY seq DESC LIMIT ?)",
+                    "ORDER BY seq DESC, stream DESC LIMIT ?)",
                     (MAX_STOP_IDS,),
                 )
 

@@ -31,6 +31,7 @@ from receiver.core.trustdoc import TrustDocument, parse_trust
 
 STOP_ALL_STREAM: Final = "stop:all"
 STOP_ID_STREAM: Final = "stop-id:"  # + the id a stop named: a later play with it is refused
+MAX_STOP_IDS: Final = 256  # ids named by stops that are remembered: the newest (protocol §7.4)
 # Which payload type each kind of topic carries; the topic grants nothing beyond routing.
 TYPE_FOR_TOPIC: Final = {"cmd": COMMAND_TYPE, "trust": TRUST_TYPE, "schedule": SCHEDULE_TYPE}
 

@@ -97,7 +97,10 @@ def accept_command(
         # Its instant, bounded as the time floor is: without a synchronised clock one stop
         # dated years ahead would otherwise bar every later play for good.
         changed.update(_stop_floor(part, header, body, min(header.iat, time_floor)))
-    part = replace(part, streams={**part.streams, **changed}, time_floor=time_floor)
+    streams = {**part.streams, **changed}
+    if isinstance(body, commands.Stop) and body.target != "all":
+        streams = _newest_stop_ids(streams)
+    part = replace(part, streams=streams, time_floor=time_floor)
     return part, (PersistFloors(changed, time_floor, intent),)
 
 
@@ -128,6 +131,18 @@ def _raised_floor(part: Floors, iat: float, now: Instant, max_skew_s: float) -> 
     if part.time_floor > 0:
         iat = min(iat, part.time_floor + max_skew_s)
     return max(part.time_floor, iat)
+
+
+def _newest_stop_ids(streams: dict[str, tuple[int, str]]) -> dict[str, tuple[int, str]]:
+    """``streams`` with the ids named by stops cut to the newest :data:`MAX_STOP_IDS` (by the
+    stop's instant, then by the id), the ones the store keeps: memory stays bounded while the
+    daemon runs, and a restart forgets nothing the running daemon still remembered."""
+    named = [stream for stream in streams if stream.startswith(admission.STOP_ID_STREAM)]
+    excess = len(named) - admission.MAX_STOP_IDS
+    if excess <= 0:
+        return streams
+    oldest = set(sorted(named, key=lambda stream: (streams[stream][0], stream))[:excess])
+    return {stream: floor for stream, floor in streams.items() if stream not in oldest}
 
 
 def _stop_floor(

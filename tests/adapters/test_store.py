@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from receiver.core.admission import MAX_STOP_IDS, STOP_ID_STREAM
 from receiver.core.state import Intent
 from receiver.store import EVENT_BLOCK, Store
 
@@ -28,6 +29,19 @@ def test_a_floor_never_moves_down(tmp_path: Path) -> None:
     store.save_floors({"cmd:aa": (9, "d9")}, 0.0)
     store.save_floors({"cmd:aa": (3, "d3")}, 0.0)
     assert store.floors() == {"cmd:aa": (9, "d9")}
+
+
+def test_the_store_keeps_the_stop_ids_the_core_keeps(tmp_path: Path) -> None:
+    """The newest MAX_STOP_IDS by the stop's instant, ties broken by the id, as the core's
+    floors keep them (tests/core/test_freshness_and_trust.py): a restart forgets nothing the
+    running daemon remembered."""
+    store = Store(tmp_path)
+    for number in range(MAX_STOP_IDS + 3):
+        store.save_floors({f"{STOP_ID_STREAM}b-{number:03d}": (1000, f"s{number}")}, 0.0)
+    store.save_floors({f"{STOP_ID_STREAM}late": (2000, "late")}, 0.0)
+    kept = sorted(stream for stream in store.floors() if stream.startswith(STOP_ID_STREAM))
+    newest = [f"{STOP_ID_STREAM}b-{n:03d}" for n in range(4, MAX_STOP_IDS + 3)]
+    assert kept == sorted([*newest, f"{STOP_ID_STREAM}late"])
 
 
 def test_a_corrupt_store_is_moved_aside_and_a_fresh_one_started(tmp_path: Path) -> None:

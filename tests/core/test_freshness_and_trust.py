@@ -6,6 +6,7 @@ from dataclasses import replace
 
 from receiver.central.signing import SigningKey, key_entry, sign_trust, trust_payload
 from receiver.core import machine
+from receiver.core.admission import MAX_STOP_IDS, STOP_ID_STREAM
 from receiver.core.effects import Effect, PersistResetFloor, PersistTrust, PublishState
 from receiver.core.events import TimerFired
 from tests.core.harness import (
@@ -75,6 +76,31 @@ def test_a_stop_naming_an_id_refuses_that_play_if_it_comes_later() -> None:
     world.send(world.signed("stop", {"target": "bulletin-7"}))
     late = world.signed("play", play_body(), message_id="bulletin-7")
     assert only_rejection(world.send(late)).reason == "replayed"
+
+
+def test_the_ids_named_by_stops_are_the_newest_256_in_memory_as_on_disk() -> None:
+    """The core kept every id a stop named for as long as the daemon ran (about 150 bytes each,
+    and a longer copy of the floors for every later command), while the store keeps the newest
+    256: memory grew with every targeted stop (``bench/endurance``), and a play refused before a
+    restart was accepted after it."""
+    world = World()
+    for number in range(MAX_STOP_IDS + 10):
+        world.advance(0.01)  # each stop issued after the one before
+        assert accepted(world.send(world.signed("stop", {"target": f"bulletin-{number}"})))
+    named = sorted(s for s in world.state.floors.streams if s.startswith(STOP_ID_STREAM))
+    assert named == sorted(f"{STOP_ID_STREAM}bulletin-{n}" for n in range(10, MAX_STOP_IDS + 10))
+    remembered = world.signed("play", play_body(), message_id=f"bulletin-{MAX_STOP_IDS + 9}")
+    assert only_rejection(world.send(remembered)).reason == "replayed"
+    forgotten = world.signed("play", play_body(), message_id="bulletin-0")
+    assert accepted(world.send(forgotten))  # as after a restart: the store kept no more
+
+
+def test_stop_ids_issued_in_the_same_millisecond_are_forgotten_as_the_store_forgets_them() -> None:
+    world = World()
+    for number in range(MAX_STOP_IDS + 3):  # one instant: ties broken by the id, as on disk
+        world.send(world.signed("stop", {"target": f"b-{number:03d}"}))
+    named = sorted(s for s in world.state.floors.streams if s.startswith(STOP_ID_STREAM))
+    assert named == sorted(f"{STOP_ID_STREAM}b-{n:03d}" for n in range(3, MAX_STOP_IDS + 3))
 
 
 def rotate(
