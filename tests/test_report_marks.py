@@ -13,6 +13,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from receiver.central import admin
+from receiver.central.broker import Connection
 from receiver.device_key import EVENT_TYPE, STATE_TYPE, DeviceKey, enrollment_line, seal_report
 from receiver.timefmt import rfc3339
 from tests.lab.broker import MosquittoBroker, Subscriber
@@ -58,7 +59,10 @@ def test_fleet_marks_devices_whose_state_their_key_did_not_sign(
 
 
 def test_watch_marks_each_report_by_its_verdict(
-    broker: MosquittoBroker, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    broker: MosquittoBroker,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     key = DeviceKey("dev-a", Ed25519PrivateKey.generate())
     registry = tmp_path / "devices.jsonl"
@@ -70,8 +74,19 @@ def test_watch_marks_each_report_by_its_verdict(
     )
     topic = f"{PREFIX}/dev/dev-a/events"
 
+    # The reports go out once the watch holds its subscription (a fixed sleep raced its
+    # connect on a loaded machine, and the reports then went to nobody).
+    subscribed = threading.Event()
+    wait_subscribed = Connection.wait_subscribed
+
+    def noting_subscribed(connection: Connection) -> None:
+        wait_subscribed(connection)
+        subscribed.set()
+
+    monkeypatch.setattr(Connection, "wait_subscribed", noting_subscribed)
+
     def publish_later() -> None:
-        time.sleep(0.8)
+        subscribed.wait(timeout=10)
         with Subscriber(broker) as central:
             for payload in (genuine, genuine, older, json.dumps(event | {"n": 6}).encode()):
                 central.publish(topic, payload)

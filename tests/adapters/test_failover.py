@@ -43,14 +43,24 @@ def pair(tmp_path: Path) -> Iterator[tuple[MosquittoBroker, MosquittoBroker]]:
         standby.stop()
 
 
+class FailoverRecorder(Recorder):
+    """Also the broker of each session once it holds the link's subscriptions (after the
+    SUBACK): ``link.connected`` is true from the CONNACK, before the SUBSCRIBE has left, and a
+    command published then would not be delivered."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ready_on: list[str] = []
+
+
 def make_link(
     first: MosquittoBroker,
     standby: MosquittoBroker,
     *,
     failback_s: float = 300.0,
     manual_ack: bool = False,
-) -> tuple[MqttLink, Recorder]:
-    rec = Recorder()
+) -> tuple[MqttLink, FailoverRecorder]:
+    rec = FailoverRecorder()
     config = BrokerConfig(
         host=first.host,
         port=first.port,
@@ -69,8 +79,18 @@ def make_link(
         on_message=rec.on_message,
         on_link=rec.on_link,
         manual_ack=manual_ack,
+        on_connected_publish=lambda: rec.ready_on.append(link.broker),
     )
     return link, rec
+
+
+def wait_subscribed_on(link: MqttLink, rec: FailoverRecorder, broker: MosquittoBroker) -> None:
+    """Until the link's latest session, on ``broker``, holds its subscriptions."""
+    wait_until(
+        lambda: link.connected and rec.ready_on[-1:] == [address(broker)],
+        TIMEOUT,
+        f"subscribed on {address(broker)}",
+    )
 
 
 def address(broker: MosquittoBroker) -> str:
@@ -92,8 +112,8 @@ def test_moves_to_the_standby_when_the_first_broker_dies_and_back_when_it_return
             lambda: link.connected and link.broker == address(standby), TIMEOUT, "on the standby"
         )
         assert link.status["broker"] == address(standby)  # reported in the device's state
+        wait_subscribed_on(link, rec, standby)
         with Subscriber(standby) as central:
-            time.sleep(0.3)  # SUBACK of the link's subscriptions
             central.publish(CMD, b"while-the-first-is-down")
         assert rec.wait_message(lambda m: m.payload == b"while-the-first-is-down").topic == CMD
 
@@ -101,8 +121,8 @@ def test_moves_to_the_standby_when_the_first_broker_dies_and_back_when_it_return
         wait_until(
             lambda: link.connected and link.broker == address(first), TIMEOUT, "back on the first"
         )
+        wait_subscribed_on(link, rec, first)
         with Subscriber(first) as central:
-            time.sleep(0.3)
             central.publish(CMD, b"after-the-return")
         assert rec.wait_message(lambda m: m.payload == b"after-the-return").topic == CMD
     finally:
@@ -153,16 +173,14 @@ def test_an_acknowledgement_never_reaches_another_broker(
     link, rec = make_link(first, standby, manual_ack=True)
     link.start()
     try:
-        wait_until(lambda: link.connected, TIMEOUT)
+        wait_subscribed_on(link, rec, first)
         with Subscriber(first) as central:
-            time.sleep(0.3)
             central.publish(CMD, b"from-the-first")
         from_first = rec.wait_message(lambda m: m.payload == b"from-the-first")
 
         first.kill()
-        wait_until(lambda: link.connected and link.broker == address(standby), TIMEOUT)
+        wait_subscribed_on(link, rec, standby)
         with Subscriber(standby) as central:
-            time.sleep(0.3)
             central.publish(CMD, b"from-the-standby")
         from_standby = rec.wait_message(lambda m: m.payload == b"from-the-standby")
         assert from_first.mid == from_standby.mid  # the collision the rule is for

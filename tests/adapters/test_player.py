@@ -50,6 +50,9 @@ TIMEOUT_S = 10.0
 AMPLITUDE = 0.5  # of full scale, for every generated tone
 SINE_RMS = AMPLITUDE * FULL_SCALE / 2**0.5
 CANDIDATES = (440.0, 1000.0)
+# How far ahead an instant for play(at=...) is set where the call, or a cancel after it, must
+# come before the instant: a fraction of a second was overtaken on a loaded machine.
+AHEAD_S = 2.0
 
 
 class Recorder:
@@ -385,7 +388,7 @@ def test_a_prerolled_file_given_an_instant_starts_itself_then_with_its_whole_sou
     rig, log, stamps = timed_rig
     rig.player.preroll(3, str(tones.a440), 50)
     time.sleep(0.5)
-    at = time.monotonic() + 0.4
+    at = time.monotonic() + AHEAD_S
     rig.player.play(3, str(tones.a440), 100, at=at)
     assert time.monotonic() < at and rig.events.queue.empty()  # armed, not started
     assert rig.events.until_terminal(3) == [PlaybackStarted(3), PlaybackEnded(3)]
@@ -421,7 +424,7 @@ def test_a_start_at_an_instant_cancelled_before_it_never_sounds(
     rig, _, _ = timed_rig
     rig.player.preroll(6, str(tones.a440), 100)
     time.sleep(0.3)
-    at = time.monotonic() + 0.3
+    at = time.monotonic() + AHEAD_S
     rig.player.play(6, str(tones.a440), 100, at=at)
     if cancel == "stop":
         rig.player.stop()
@@ -442,10 +445,10 @@ def test_a_start_at_an_instant_superseded_or_started_at_once_starts_only_once(
 ) -> None:
     rig, _, _ = timed_rig
     rig.player.preroll(8, str(tones.a440), 100)
-    rig.player.play(8, str(tones.a440), 100, at=time.monotonic() + 0.3)
+    rig.player.play(8, str(tones.a440), 100, at=time.monotonic() + AHEAD_S)
     rig.player.play(8, str(tones.a440), 100)  # now after all: the armed start has no more to do
     assert rig.events.until_terminal(8) == [PlaybackStarted(8), PlaybackEnded(8)]
-    at = time.monotonic() + 0.3
+    at = time.monotonic() + AHEAD_S
     rig.player.play(9, str(tones.a440), 100, at=at)
     rig.player.play(10, str(tones.b1000), 100)  # another item: the armed one is cancelled
     assert rig.events.until_terminal(10) == [PlaybackStarted(10), PlaybackEnded(10)]
@@ -454,7 +457,7 @@ def test_a_start_at_an_instant_superseded_or_started_at_once_starts_only_once(
     info = wait_for_final_wav(rig.wav)
     assert dominant_of(trim_silence(info.samples), info.rate, CANDIDATES) == 1000
     rig.wav.unlink()
-    at = time.monotonic() + 0.3
+    at = time.monotonic() + AHEAD_S
     rig.player.play(11, str(tones.a440), 100, at=at)
     rig.player.preroll(12, str(tones.b1000), 100)  # another file waits paused: 11 is cancelled
     time.sleep(at - time.monotonic() + 1.0)

@@ -198,10 +198,14 @@ def test_stopping_while_a_server_trickles_hangs_up_at_once(rig: Rig, web: WebSer
     rig.hosts.append(f"127.0.0.1:{web.port}")
     url = web.route("/slow.mp3", trickle(0.2, limit_s=RESOLVE_DEADLINE_S + 5))
     rig.player.play(7, url, 100, live=True)
-    time.sleep(1.0)
-    assert web.serving == 1
+    connected = time.monotonic() + 10.0
+    while web.serving != 1 and time.monotonic() < connected:
+        time.sleep(0.02)
+    assert web.serving == 1  # the resolver is reading the trickle
     rig.player.stop()
-    deadline = time.monotonic() + 1.0
+    # The server sees the hang-up at its second write after it (0.4 s here): 3 s allows a
+    # loaded machine, and is still far below the resolve's deadline and the trickle's end.
+    deadline = time.monotonic() + 3.0
     while web.serving and time.monotonic() < deadline:
         time.sleep(0.02)
     assert web.serving == 0, "the resolver still holds the connection after stop()"

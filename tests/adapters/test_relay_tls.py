@@ -128,16 +128,19 @@ def test_the_gate_refuses_a_station_whose_certificate_is_not_trusted(
 
 class SlowHandshakeStation:
     """A TLS station that waits ``delay_s`` after accepting before it answers the handshake (a
-    slow 4G link), then answers one request with a few bytes of audio."""
+    slow 4G link), then answers one request with a few bytes of audio. ``delay_s`` may be
+    changed between connections."""
 
     def __init__(self, ca: TestCa, delay_s: float) -> None:
         files = ca.issue("127.0.0.1", server_hosts=["127.0.0.1"])
         self._context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self._context.load_cert_chain(files.cert, files.key)
-        self._delay_s = delay_s
+        self.delay_s = delay_s
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port: int = self._listener.getsockname()[1]
+        self.accepted = 0  # connections taken, whose handshake then waits
         self.handshakes = 0
+        self._closed = threading.Event()
         self._thread = threading.Thread(target=self._serve, daemon=True)
         self._thread.start()
 
@@ -147,7 +150,10 @@ class SlowHandshakeStation:
                 conn, _ = self._listener.accept()
             except OSError:
                 return
-            time.sleep(self._delay_s)
+            self.accepted += 1
+            if self._closed.wait(self.delay_s):
+                conn.close()
+                return
             try:
                 with self._context.wrap_socket(conn, server_side=True) as tls:
                     self.handshakes += 1
@@ -157,6 +163,7 @@ class SlowHandshakeStation:
                 continue
 
     def close(self) -> None:
+        self._closed.set()  # ends a handshake's wait too
         with contextlib.suppress(OSError):
             self._listener.shutdown(socket.SHUT_RDWR)  # wakes the accept()
         self._thread.join(timeout=5)
@@ -175,13 +182,26 @@ def test_a_slow_handshake_is_waited_for_and_a_stop_during_it_is_prompt(
         resolved = resolve(url, ("https",), hosts, deadline_s=5.0)
         assert resolved.kind == "stream" and slow.handshakes == 1
 
+        # Then a station 5 s slow, stopped once it took the connection (in the handshake):
+        # the resolve ends well before the station would answer or the deadline would pass.
+        slow.delay_s = 5.0
         stopped = threading.Event()
-        threading.Timer(0.3, stopped.set).start()
-        start = time.monotonic()
+        stopped_at: list[float] = []
+
+        def stop_during_the_handshake() -> None:
+            deadline = time.monotonic() + 10
+            while slow.accepted < 2 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            stopped_at.append(time.monotonic())
+            stopped.set()
+
+        threading.Thread(target=stop_during_the_handshake, daemon=True).start()
         with pytest.raises(StreamRefused) as refusal:
-            resolve(url, ("https",), hosts, deadline_s=5.0, cancelled=stopped.is_set)
+            resolve(url, ("https",), hosts, deadline_s=10.0, cancelled=stopped.is_set)
+        ended = time.monotonic()
         assert refusal.value.detail == "stopped while asking the server"
-        assert time.monotonic() - start < 0.3 + 0.5
+        assert slow.accepted == 2 and slow.handshakes == 1
+        assert ended - stopped_at[0] < 2.0  # not the station's 5 s
     finally:
         slow.close()
 

@@ -70,6 +70,23 @@ class Devices:
         self.client.loop_stop()
 
 
+def subscribed(devices: Devices, lines: queue.Queue[str], device: str = "loa-001") -> None:
+    """Waits until a new ``watch`` prints ``device``'s retained state: its subscription is in
+    place, so an event published now reaches it (starting one takes seconds on a busy board)."""
+    devices.send(f"loa/v1/dev/{device}/state", device_state(device, time.time()), retain=True)
+    line = lines.get(timeout=60)
+    assert line.startswith("state "), line
+
+
+def next_event_line(lines: queue.Queue[str], timeout: float = 10) -> str:
+    """The next ``events`` line, past any retained state printed again after a reconnect."""
+    deadline = time.monotonic() + timeout
+    while True:
+        line = lines.get(timeout=max(0.1, deadline - time.monotonic()))
+        if not line.startswith("state "):
+            return line
+
+
 def stored(db: Path) -> list[tuple[str, int]]:
     with sqlite3.connect(db) as conn:
         return [(d, n) for d, n in conn.execute("SELECT device, n FROM events ORDER BY device, n")]
@@ -87,7 +104,9 @@ def test_collector_killed_and_broker_restarted_mid_stream_loses_and_doubles_noth
                 f"loa/v1/dev/{device}/state", device_state(device, time.time()), retain=True
             )
         with stopping(admin(secured, *collect)) as first:
-            time.sleep(1.5)  # subscribed (its session now exists on the broker)
+            assert first.stderr is not None
+            said = first.stderr.readline()  # subscribed (its session now exists on the broker)
+            assert said.startswith("collecting "), said + first.stderr.read()
             for n in range(1, EVENTS_PER_DEVICE + 1):
                 for device in DEVICES:
                     devices.send(f"loa/v1/dev/{device}/events", device_event(device, n, "fault"))
@@ -135,9 +154,9 @@ def test_watch_reconnects_after_a_broker_restart_and_prints_each_event_once(
             assert watch.stdout is not None and watch.stderr is not None
             read_stream_lines(watch.stdout, lines)
             read_stream_lines(watch.stderr, errors)
-            time.sleep(1.0)
+            subscribed(devices, lines)
             devices.send("loa/v1/dev/loa-001/events", device_event("loa-001", 1, "fault"))
-            assert '"n":1' in lines.get(timeout=10)
+            assert '"n":1' in next_event_line(lines)
             secured.broker.restart()
             deadline = time.monotonic() + 20
             said: list[str] = []
@@ -145,7 +164,7 @@ def test_watch_reconnects_after_a_broker_restart_and_prints_each_event_once(
                 said.append(errors.get(timeout=max(0.1, deadline - time.monotonic())))
             assert any("connection lost" in s for s in said)
             devices.send("loa/v1/dev/loa-001/events", device_event("loa-001", 2, "fault"))
-            assert '"n":2' in lines.get(timeout=10)
+            assert '"n":2' in next_event_line(lines)
             watch.send_signal(signal.SIGINT)
             assert watch.wait(timeout=30) == 0  # a loaded machine can be slow to let go
     finally:
@@ -162,7 +181,10 @@ def test_watch_with_a_session_prints_what_was_sent_while_it_was_away(secured: Se
     argv = ["watch", "--device", "loa-001", "--client-id", "desk-1", "--count", "1"]
     try:
         with stopping(admin(secured, *argv)) as first:
-            time.sleep(1.0)
+            assert first.stdout is not None
+            lines: queue.Queue[str] = queue.Queue()
+            read_stream_lines(first.stdout, lines)
+            subscribed(devices, lines)  # --count counts events only, not this state
             devices.send("loa/v1/dev/loa-001/events", device_event("loa-001", 1, "fault"))
             assert first.wait(timeout=30) == 0  # --count 1: done after the first event
         devices.send("loa/v1/dev/loa-001/events", device_event("loa-001", 2, "fault"))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import json
+import queue
 import signal
 import time
 from pathlib import Path
@@ -22,8 +23,8 @@ from receiver.central.signing import SigningKey, key_entry
 from receiver.config import parse_config
 from receiver.device_key import STATE_TYPE, DeviceKey, seal_report
 from tests.central.conftest import Secured, Spy, device_state, read_retained
-from tests.central.test_collector import admin
-from tests.lab.daemon import stopping
+from tests.central.test_collector import Devices, admin, subscribed
+from tests.lab.daemon import read_stream_lines, stopping
 from tests.lab.tools import pick_port
 
 
@@ -291,12 +292,23 @@ def test_a_node_that_is_down_is_named_with_what_was_published(
 def test_watch_until_an_event_stopped_by_ctrl_c_does_not_say_it_saw_it(secured: Secured) -> None:
     """``watch --until finished`` interrupted before any ``finished`` exited 0, which a script
     reads as "the play finished"."""
-    with stopping(admin(secured, "watch", "--device", "loa-001", "--until", "finished")) as watch:
-        time.sleep(1.5)  # connected and subscribed
-        watch.send_signal(signal.SIGINT)
-        assert watch.wait(timeout=30) == 130  # a loaded machine can be slow to let go
-        assert watch.stderr is not None
-        assert "Traceback" not in watch.stderr.read()
+    devices = Devices(secured)
+    try:
+        with stopping(
+            admin(secured, "watch", "--device", "loa-001", "--until", "finished")
+        ) as watch:
+            assert watch.stdout is not None
+            lines: queue.Queue[str] = queue.Queue()
+            read_stream_lines(watch.stdout, lines)
+            # Interrupted only once it printed the retained state: connected, subscribed and
+            # waiting (a SIGINT during its imports would be Python's own traceback and -2).
+            subscribed(devices, lines)
+            watch.send_signal(signal.SIGINT)
+            assert watch.wait(timeout=30) == 130  # a loaded machine can be slow to let go
+            assert watch.stderr is not None
+            assert "Traceback" not in watch.stderr.read()
+    finally:
+        devices.close()
 
 
 def test_a_programme_too_large_for_the_receivers_is_not_retained(

@@ -16,6 +16,7 @@ from receiver.central.signing import command_payload, sign_command
 from receiver.config import load_config
 from receiver.runtime import Runtime
 from tests.e2e.conftest import Site
+from tests.e2e.test_daemon import wait_event
 from tests.lab.broker import MosquittoBroker, Subscriber
 from tests.lab.daemon import DEVICE
 
@@ -24,6 +25,7 @@ class NotifyListener:
     """The systemd side of sd_notify: a datagram socket collecting what the daemon says."""
 
     def __init__(self, path: Path) -> None:
+        self.path = path
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind(str(path))
         self.sock.settimeout(0.2)
@@ -42,8 +44,26 @@ class NotifyListener:
                 return
             self.messages.append((time.monotonic(), data.decode()))
 
-    def pings_between(self, start: float, end: float) -> int:
-        return sum(1 for t, m in self.messages if start <= t < end and "WATCHDOG=1" in m)
+    def mark(self, name: str) -> None:
+        """Queue ``MARK=name`` behind whatever the daemon has sent so far: datagrams are kept
+        in the order they were sent, so what comes after the mark was sent after this call
+        (a receive time cannot tell: this thread may read a ping late on a busy machine)."""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.sendto(f"MARK={name}".encode(), str(self.path))
+
+    def pings_after(self, first: str, last: str | None = None) -> int:
+        """``WATCHDOG=1`` pings received after the message ``first`` (none while it is not
+        read yet), and before ``last``."""
+        said = [m for _, m in list(self.messages)]
+        start = said.index(first) if first in said else len(said)
+        end = said.index(last) if last is not None and last in said else len(said)
+        return sum(1 for m in said[start + 1 : end] if "WATCHDOG=1" in m)
+
+    def wait_pings_after(self, first: str, count: int, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while self.pings_after(first) < count:
+            assert time.monotonic() < deadline, (first, self.messages)
+            time.sleep(0.05)
 
     def close(self) -> None:
         self._stop.set()
@@ -70,6 +90,7 @@ def test_watchdog_pings_stop_while_the_loop_is_wedged(
     real_set_volume = runtime.player.set_volume
 
     def wedged_set_volume(level: int) -> None:  # stands in for a libVLC call that hangs
+        listener.mark("wedged")  # on the loop's thread: no ping of the loop can follow it
         entered.set()
         wedge.wait(timeout=30)
         real_set_volume(level)
@@ -81,9 +102,7 @@ def test_watchdog_pings_stop_while_the_loop_is_wedged(
         while not any("READY=1" in m for _, m in listener.messages):
             assert time.monotonic() < deadline, listener.messages
             time.sleep(0.05)
-        time.sleep(1.0)
-        now = time.monotonic()
-        assert listener.pings_between(now - 1.0, now) >= 5  # alive: about ten a second
+        listener.wait_pings_after("READY=1", 5)  # alive: about ten a second
 
         # A volume command while an item is active makes the loop call into the "player".
         runtime.player.set_volume = wedged_set_volume  # type: ignore[method-assign]
@@ -99,17 +118,17 @@ def test_watchdog_pings_stop_while_the_loop_is_wedged(
                 aud=[f"dev:{DEVICE}"],
             )
             sub.publish(site.cmd_topic, sign_command(play, [site.operator]))
-            time.sleep(1.0)
+            wait_event(sub, site, "started", timeout=30)
             volume = command_payload("volume", {"level": 10}, env="lab", aud=[f"dev:{DEVICE}"])
             sub.publish(site.cmd_topic, sign_command(volume, [site.operator]))
             assert entered.wait(10), "the loop never reached the player"
-            time.sleep(1.5)
-            now = time.monotonic()
-            assert listener.pings_between(now - 1.2, now) == 0  # wedged: no pings
+            time.sleep(1.5)  # long enough for about fifteen pings, were the loop turning
+            listener.mark("freed")
             wedge.set()
-            time.sleep(1.0)
-            now = time.monotonic()
-            assert listener.pings_between(now - 0.8, now) >= 3  # free again
+            listener.wait_pings_after("MARK=freed", 3)  # free again (both marks now read)
+            said = [m for _, m in listener.messages]
+            assert said.index("MARK=wedged") < said.index("MARK=freed"), said
+            assert listener.pings_after("MARK=wedged", "MARK=freed") == 0  # wedged: no pings
     finally:
         wedge.set()
         runtime.request_stop()
