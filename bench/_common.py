@@ -42,6 +42,7 @@ from receiver.player import Player
 from tests.lab.audio import write_tone
 from tests.lab.broker import MosquittoBroker, Received, Subscriber, report_json
 from tests.lab.daemon import DEVICE, GROUP, Daemon, write_config
+from tests.lab.stations import HlsStation, IcecastStation
 from tests.lab.tools import MissingToolError
 from tests.lab.web import MediaServer
 
@@ -395,6 +396,24 @@ def open_lab(root: Path, *, tone_name: str, tone_s: float, key_id: str) -> Itera
         stack.callback(media.close)
         operator = SigningKey.generate(key_id)
         yield Lab(root, broker, media, operator, tone, hashlib.sha256(data).hexdigest(), len(data))
+
+
+def open_stations(
+    stack: ExitStack, root: Path, lab: Lab
+) -> tuple[IcecastStation, HlsStation, tuple[str, str]]:
+    """An Icecast station (440 Hz) and an HLS one (1 kHz), closed by ``stack``, and the edit of
+    :meth:`Lab.daemon_config` that adds both to the media allowlist."""
+    icecast = IcecastStation(root, 440.0)
+    stack.callback(icecast.close)
+    hls = HlsStation(root, 1000.0)
+    stack.callback(hls.close)
+    hosts = f'"127.0.0.1:{lab.media.port}", "127.0.0.1:{icecast.port}", '
+    hosts += f'"127.0.0.1:{hls.web.port}"'
+    allowlist = (
+        f'  allowed_hosts: ["127.0.0.1:{lab.media.port}"]\n',
+        f"  allowed_hosts: [{hosts}]\n",
+    )
+    return icecast, hls, allowlist
 
 
 def start_daemons(stack: ExitStack, configs: Sequence[Path]) -> list[Daemon]:

@@ -54,6 +54,7 @@ from bench._common import (
     load_line,
     median,
     open_lab,
+    open_stations,
     parser_for,
     ratio,
     run_main,
@@ -99,19 +100,8 @@ def open_site(root: Path) -> Iterator[Site]:
         open_lab(root, tone_name="tone.wav", tone_s=0.3, key_id="op-relay-bench") as lab,
         ExitStack() as stack,
     ):
-        icecast = IcecastStation(root, 440.0)
-        stack.callback(icecast.close)
-        hls = HlsStation(root, 1000.0)
-        stack.callback(hls.close)
-        hosts = f'"127.0.0.1:{lab.media.port}", "127.0.0.1:{icecast.port}", '
-        hosts += f'"127.0.0.1:{hls.web.port}"'
-        edits = (
-            *CONFIG_EDITS,
-            (
-                f'  allowed_hosts: ["127.0.0.1:{lab.media.port}"]\n',
-                f"  allowed_hosts: [{hosts}]\n",
-            ),
-        )
+        icecast, hls, allowlist = open_stations(stack, root, lab)
+        edits = (*CONFIG_EDITS, allowlist)
         config = lab.daemon_config(root, edits=edits, append=CONFIG_APPEND, wav_name="out.wav")
         client = TimedClient(lab.broker, [EVENTS_TOPIC, STATE_TOPIC], timeout_s=TIMEOUT_S)
         client.start()

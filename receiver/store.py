@@ -126,11 +126,12 @@ class Store:
                 # Ids named by stops: keep the newest, so the table cannot grow without bound;
                 # the same ones as the core's floors (ties broken by the id), so that a restart
                 # forgets nothing the running daemon remembered.
+                named = STOP_ID_STREAM + "%"  # the prefix has no LIKE wildcard of its own
                 self._db.execute(
-                    "DELETE FROM floors WHERE stream LIKE 'stop-id:%' AND stream NOT IN "
-                    "(SELECT stream FROM floors WHERE stream LIKE 'stop-id:%' "
+                    "DELETE FROM floors WHERE stream LIKE ? AND stream NOT IN "
+                    "(SELECT stream FROM floors WHERE stream LIKE ? "
                     "ORDER BY seq DESC, stream DESC LIMIT ?)",
-                    (MAX_STOP_IDS,),
+                    (named, named, MAX_STOP_IDS),
                 )
 
     def reset_floor(self) -> float | None:
