@@ -14,7 +14,9 @@ emergency key, say) by more than one verification per flooded lane, nor push it 
 that is flooded alone keeps the whole bound for itself, so its own next command survives as many
 forgeries after it as before. Within a key's lane the order is kept, so two real commands of one
 signer are admitted in the order they came (a reordering would refuse the older one as
-replayed). docs/security.md says what holds under which flood.
+replayed), until the lane holds more than :data:`FLOODED_LANE_LENGTH`: a flood, whose newest
+message is then taken every other turn, so the command that follows a flood of forgeries naming
+its key does not wait for all of them. docs/security.md says what holds under which flood.
 
 Which key a message names is read in the MQTT thread (:func:`named_key`), for every message of a
 flood, so it is a guess as cheap as it can be: it decides only which lane a message waits in, and
