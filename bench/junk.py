@@ -57,19 +57,18 @@ second for 1.5 s (a pace the MQTT intake keeps up with, the verifications do not
 inbox lane fills), then a valid ``report`` signed by a second operator key and one signed by the
 operator key: publish -> ``accepted`` for each against the 100 ms goal, and the floor: the second
 key's command with no flood, just before. It shows what the per-key lanes give (the other key's
-command waits for about one verification per flooded lane) and what a flooded lane's newest-first
-turns give (the flooded key's own command does not wait for the forgeries ahead of it).
+command waits for about one verification per flooded lane) and what they cannot (the flooded
+key's command waits for the forgeries ahead of it).
 
-(e) Checking in order, what a receiver that keeps every signer's order pays: a bare paho
+(e) The unavoidable work, the fair floor for (a)'s command after the burst: a bare paho
 subscriber like (c)'s that does, for each message naming a known key, one Ed25519 verification
 (``cryptography``, over DSSE's pre-authentication encoding; no daemon code), gets the same
 burst (a third of it forgeries naming its key) and then a valid command, which it verifies too.
 A forgery naming a real key cannot be refused unverified (a refusal on a guess could drop a real
-command), so such a receiver cannot accept the command before it has read the burst and
-verified the forgeries ahead of it. The daemon's figure from (a) is shown beside it. The daemon
-need not pay all of it: its inbox sheds the oldest forgeries of a key beyond its lanes' bound,
-and a flooded lane gives its newest message every other turn (``receiver/inbox.py``), so the
-command waits for the burst to be read (c) and for the messages behind it, not for those ahead.
+command), so no receiver can accept the command before it has read the burst and verified the
+forgeries ahead of it. The daemon's figure from (a) is shown beside it: the ratio and the excess
+are the daemon's own overhead. (The daemon's inbox sheds the oldest forgeries of a key beyond
+its lanes' bound, which this floor does not: the daemon may verify fewer than the floor.)
 
 How to read it: (b) says what one message costs the core; (a) says what the whole daemon
 (MQTT, inbox, logging, events) sustains and whether a flood can delay or hide what matters.
@@ -838,7 +837,7 @@ def report_verify_floor(
     count: int, floor: VerifyFloor, daemon_after_s: float | None, intake_after_s: float
 ) -> None:
     print(
-        f"\n(e) checking in order: a bare paho subscriber that verifies (one Ed25519 "
+        f"\n(e) the unavoidable work: a bare paho subscriber that verifies (one Ed25519 "
         f"verification) each message naming a known key, the same burst of {count}, then a "
         "valid command"
     )
@@ -853,8 +852,8 @@ def report_verify_floor(
     excess = daemon_after_s - floor.after_s
     print(
         f"  the daemon (a): {daemon_after_s * 1000:.1f} ms = "
-        f"{ratio(daemon_after_s, floor.after_s):.2f} x this floor ({excess * 1000:+.1f} ms); "
-        "the floor itself is "
+        f"{ratio(daemon_after_s, floor.after_s):.2f} x this floor, {excess * 1000:+.1f} ms of "
+        "the daemon's own; the floor itself is "
         f"{'within' if floor.after_s <= AFTER_FLOOD_TARGET_S else 'beyond'} the "
         f"{AFTER_FLOOD_TARGET_S * 1000:.0f} ms goal"
     )

@@ -14,9 +14,7 @@ emergency key, say) by more than one verification per flooded lane, nor push it 
 that is flooded alone keeps the whole bound for itself, so its own next command survives as many
 forgeries after it as before. Within a key's lane the order is kept, so two real commands of one
 signer are admitted in the order they came (a reordering would refuse the older one as
-replayed), until the lane holds more than :data:`FLOODED_LANE_LENGTH`: a flood, whose newest
-message is then taken every other turn, so the command that follows a flood of forgeries naming
-its key does not wait for all of them. docs/security.md says what holds under which flood.
+replayed). docs/security.md says what holds under which flood.
 
 Which key a message names is read in the MQTT thread (:func:`named_key`), for every message of a
 flood, so it is a guess as cheap as it can be: it decides only which lane a message waits in, and
@@ -39,15 +37,6 @@ DEFAULT_MESSAGE_CAPACITY: Final = 256
 # 0.15-0.35 ms), so a full lane of one key takes 0.3-0.7 s to work through: the price of keeping
 # a real command that 2,000 forgeries naming its key follow (bench/junk measures it).
 DEFAULT_PLAUSIBLE_CAPACITY: Final = 2048
-
-# A key's lane this long is under a flood: no operator sends one device this many commands at once
-# (the backlog a broker delivers after an outage is a few dozen). From here the lane's turns take
-# its newest and its oldest message in turn, so the command that comes after a flood waits for
-# about two messages per message behind it, not for the whole flood ahead of it (up to the
-# bound, 2048 verifications, 0.3-0.7 s). The price is the order: an older command of the same
-# signer still waiting in the flood when a newer one is admitted is refused as replayed (and
-# reported so), where the flood would otherwise have delayed both, or shed the older.
-FLOODED_LANE_LENGTH: Final = 256
 
 
 def named_key(raw: bytes, key_ids: frozenset[str]) -> str | None:
@@ -75,13 +64,10 @@ class Inbox:
         self,
         message_capacity: int = DEFAULT_MESSAGE_CAPACITY,
         plausible_capacity: int = DEFAULT_PLAUSIBLE_CAPACITY,
-        flooded_lane_length: int = FLOODED_LANE_LENGTH,
     ) -> None:
         self._reports: deque[Event] = deque()
         self._plausible: dict[str, deque[MessageReceived]] = {}  # by the key id named
         self._turns: deque[str] = deque()  # the key ids with messages waiting, next first
-        self._flooded_lane_length = flooded_lane_length
-        self._oldest_next: set[str] = set()  # flooded lanes whose newest was taken last turn
         self._messages: deque[MessageReceived] = deque()
         self._capacity = message_capacity
         self._plausible_capacity = plausible_capacity
@@ -136,7 +122,6 @@ class Inbox:
         if not lane:
             del self._plausible[longest]
             self._turns.remove(longest)
-            self._oldest_next.discard(longest)
         return dropped
 
     def take_dropped(self) -> int:
@@ -184,12 +169,7 @@ class Inbox:
         if self._turns:
             key_id = self._turns.popleft()
             lane = self._plausible[key_id]
-            if len(lane) > self._flooded_lane_length and key_id not in self._oldest_next:
-                message = lane.pop()  # see FLOODED_LANE_LENGTH
-                self._oldest_next.add(key_id)
-            else:
-                message = lane.popleft()
-                self._oldest_next.discard(key_id)
+            message = lane.popleft()
             self._plausible_count -= 1
             if lane:
                 self._turns.append(key_id)  # its next message waits for the other keys' turns

@@ -10,7 +10,7 @@ import pytest
 from receiver.central.signing import SigningKey, command_payload, sign_command
 from receiver.core.envelope import MAX_MESSAGE_BYTES, parse_envelope
 from receiver.core.events import Event, MessageReceived, PlaybackEnded
-from receiver.inbox import FLOODED_LANE_LENGTH, Inbox, named_key
+from receiver.inbox import Inbox, named_key
 
 
 def drain(inbox: Inbox) -> list[Event]:
@@ -90,54 +90,6 @@ def test_a_real_command_survives_as_many_later_messages_naming_its_key_as_the_la
     for i in range(capacity + 1):
         inbox.put_message(MessageReceived("t", b"forged%d" % i), "op")
     assert inbox.take_dropped() == 1
-
-
-def takes_until(inbox: Inbox, payload: bytes) -> int:
-    """How many takes until ``payload`` comes out (the inbox is drained to find it)."""
-    for taken, event in enumerate(iter(inbox.get_nowait, None), start=1):
-        if isinstance(event, MessageReceived) and event.payload == payload:
-            return taken
-    raise AssertionError(f"{payload!r} never came out")
-
-
-def test_the_command_after_a_flood_naming_its_key_is_taken_without_waiting_for_the_flood() -> None:
-    inbox = Inbox()
-    for i in range(2000):
-        inbox.put_message(MessageReceived("t", b"forged%d" % i), "op")
-    inbox.put_message(MessageReceived("t", b"stop"), "op")
-    # The lane is flooded: its newest message is taken next, not after the 2,000 forgeries.
-    assert takes_until(inbox, b"stop") == 1
-
-
-def test_in_a_flooded_lane_the_command_waits_for_about_two_takes_per_later_message() -> None:
-    inbox = Inbox()
-    for i in range(1000):
-        inbox.put_message(MessageReceived("t", b"forged%d" % i), "op")
-    inbox.put_message(MessageReceived("t", b"stop"), "op")
-    for i in range(5):  # the broker put a few more behind it
-        inbox.put_message(MessageReceived("t", b"late%d" % i), "op")
-    # Newest and oldest in turn: the five later ones, and five of the oldest between them.
-    assert takes_until(inbox, b"stop") == 11
-
-
-def test_a_flooded_lane_still_works_through_its_oldest_and_loses_nothing() -> None:
-    inbox = Inbox()
-    sent = [b"forged%d" % i for i in range(1000)]
-    for payload in sent:
-        inbox.put_message(MessageReceived("t", payload), "op")
-    got = payloads(drain(inbox))
-    assert got[:4] == [b"forged999", b"forged0", b"forged998", b"forged1"]
-    assert sorted(got) == sorted(sent)
-    assert inbox.take_dropped() == 0
-
-
-def test_a_lane_short_of_a_flood_keeps_one_signers_order() -> None:
-    # A backlog the broker delivers after an outage is a few dozen commands, never a flood.
-    inbox = Inbox()
-    sent = [b"seq %d" % i for i in range(FLOODED_LANE_LENGTH)]
-    for payload in sent:
-        inbox.put_message(MessageReceived("t", payload), "op")
-    assert payloads(drain(inbox)) == sent
 
 
 def test_wake_returns_none_at_once() -> None:
