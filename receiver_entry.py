@@ -4,7 +4,8 @@ Importing a tool's modules takes a few hundred milliseconds on a board. A Ctrl-C
 arrived before any of the tool's own handling and ended it with Python's traceback; here it
 ends it as the tool's own Ctrl-C does, with status 130 and no traceback. This module stands
 outside the ``receiver`` package, whose ``__init__`` has imports of its own, and imports only
-``sys``, so the window left is the interpreter's own start.
+``sys``, so the window left is the interpreter's own start and the script's first line, which
+finds this module.
 """
 
 import sys

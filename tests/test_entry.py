@@ -56,9 +56,11 @@ def test_ctrl_c_at_any_moment_of_a_watch_start_prints_no_traceback() -> None:
         time.sleep(delay)
         process.send_signal(signal.SIGINT)
         _, err = process.communicate(timeout=30)
-        # (A Ctrl-C that lands while the interpreter itself starts, before the script runs, is
-        # Python's own: its traceback names no file of ours.)
-        assert str(SCRIPTS) not in err and "/receiver" not in err, f"after {delay} s:\n{err}"
+        # A Ctrl-C that lands while the interpreter starts, or while the script's first line
+        # finds receiver_entry, is Python's own (a loaded machine stretches that window past
+        # 0.1 s): its traceback goes no further than that line, into no code of ours.
+        ours = [line for line in err.splitlines() if "/receiver/" in line or "entry.py" in line]
+        assert ours == [], f"after {delay} s:\n{err}"
         seen.append(process.returncode)
     # Interrupted while importing: 130. (Also seen: 0, watch had begun and nothing was awaited;
     # 3, the broker was refused first; -2 and 1, the interpreter's own start.)
