@@ -1,0 +1,130 @@
+"""More of an operator's slips with ``receiver-admin`` itself: a key file with a passphrase, a
+key id file left empty, a prefix the receivers refuse, an option name cut short, a pipe into
+``head``, and help that says what the subcommand really does.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.serialization import (
+    BestAvailableEncryption,
+    Encoding,
+    PrivateFormat,
+)
+
+from receiver.central.admin import main
+from receiver.central.signing import SigningKey, key_entry
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _encrypted_key(tmp_path: Path, name: str = "enc.pem") -> Path:
+    """A key as ``openssl genpkey -algorithm ed25519 -aes256`` writes it, with its id file."""
+    key = SigningKey.generate("op-enc")
+    path = tmp_path / name
+    path.write_bytes(
+        key.private.private_bytes(
+            Encoding.PEM, PrivateFormat.PKCS8, BestAvailableEncryption(b"secret passphrase")
+        )
+    )
+    path.chmod(0o600)
+    path.with_name(name + ".id").write_text("op-enc\n")
+    return path
+
+
+def _one_clear_line(err: str, path: Path) -> None:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert "Traceback" not in err and "TypeError" not in err
+    assert lines[0].startswith(f"receiver-admin: --key {path}: ")
+
+
+def test_a_key_with_a_passphrase_is_named_not_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``volume --key enc.pem`` with a passphrase-protected key printed a TypeError traceback,
+    exit 1; every other unusable key file is one line and exit 2."""
+    encrypted = _encrypted_key(tmp_path)
+    code = main(
+        [
+            *("volume", "--key", str(encrypted), "--level", "50"),
+            *("--env", "lab", "--aud", "grp:commune-25-07873"),
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 2, err
+    _one_clear_line(err, encrypted)
+    assert "encrypted with a passphrase" in err
+    assert f"openssl pkey -in {encrypted} -out {tmp_path / 'enc-plain.pem'}" in err
+    assert "copy enc.pem.id to enc-plain.pem.id" in err
+
+
+def test_a_root_key_with_a_passphrase_is_named_for_trust_and_key_entry(
+    tmp_path: Path, operator_key: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The root keys of ``trust`` and the key of ``key-entry`` are read the same way."""
+    encrypted = _encrypted_key(tmp_path, "root.pem")
+    keys = tmp_path / "keys.json"
+    keys.write_text(json.dumps([key_entry(SigningKey.load(operator_key), ["operator"])]))
+    trust = ["trust", "--version", "2", "--keys", str(keys), "--env", "lab"]
+    for argv in (
+        [*trust, "--key", str(encrypted)],
+        ["key-entry", "--key", str(encrypted), "--roles", "root"],
+    ):
+        code = main(argv)
+        err = capsys.readouterr().err
+        assert code == 2, err
+        _one_clear_line(err, encrypted)
+        assert "encrypted with a passphrase" in err
+
+
+@pytest.mark.parametrize(
+    ("written", "said"),
+    [
+        ("", "is empty"),
+        ("\n", "is empty"),
+        ("op 2026\n", "must not contain spaces"),
+        ("x" * 65 + "\n", "at most 64"),
+    ],
+)
+def test_a_key_id_file_the_receivers_would_refuse_is_named(
+    tmp_path: Path, written: str, said: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An empty ``op.pem.id`` signed with ``keyid: ""`` (the envelope schema refuses it), and
+    ``op 2026`` was used although ``keygen --id 'op 2026'`` is refused."""
+    path = tmp_path / "op.pem"
+    SigningKey.generate("op-1").save(path)
+    id_file = tmp_path / "op.pem.id"
+    id_file.write_text(written)
+    code = main(["stop", "--key", str(path), "--env", "lab", "--aud", "dev:loa-001"])
+    captured = capsys.readouterr()
+    assert code == 2, captured.err
+    assert captured.out == ""
+    _one_clear_line(captured.err, path)
+    assert f"its key id file {id_file} " in captured.err
+    assert said in captured.err
+
+
+def test_a_key_without_an_id_file_signs_under_its_name_if_that_is_a_key_id(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With no ``.id`` file the key is known by its file's name; a name that is no key id
+    (``op 2026.pem``) is named instead of signing under an id no receiver takes."""
+    good = tmp_path / "op-2026.pem"
+    SigningKey.generate("ignored").save(good)
+    (tmp_path / "op-2026.pem.id").unlink()
+    assert main(["stop", "--key", str(good), "--env", "lab", "--aud", "dev:loa-001"]) == 0
+    envelope = json.loads(capsys.readouterr().out)
+    assert envelope["signatures"][0]["keyid"] == "op-2026"
+
+    spaced = tmp_path / "op 2026.pem"
+    good.rename(spaced)
+    code = main(["stop", "--key", str(spaced), "--env", "lab", "--aud", "dev:loa-001"])
+    captured = capsys.readouterr()
+    assert code == 2, captured.err
+    _one_clear_line(captured.err, spaced)
+    assert "no op 2026.pem.id beside it, the key id is the file's name" in captured.err
+    assert "must not contain spaces" in captured.err
