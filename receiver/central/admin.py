@@ -56,6 +56,7 @@ from receiver.central.inputs import (
     refuse_if_too_large,
     scope,
     seconds,
+    topic_prefix,
     why,
 )
 from receiver.central.received import DeviceMessage, device_topics, parse_device_message
@@ -455,7 +456,7 @@ def _broker_options(parser: argparse.ArgumentParser, required: bool) -> None:
         "--host", required=required, type=host, help="broker host (omit to print only)"
     )
     parser.add_argument("--port", type=port, default=1883)
-    parser.add_argument("--prefix", default=DEFAULT_PREFIX, help="topic prefix")
+    parser.add_argument("--prefix", type=topic_prefix, default=DEFAULT_PREFIX, help="topic prefix")
     parser.add_argument("--cafile", help="CA certificate: turns TLS on")
     parser.add_argument("--certfile", help="client certificate for mutual TLS")
     parser.add_argument("--keyfile", help="client private key for mutual TLS")

@@ -128,3 +128,28 @@ def test_a_key_without_an_id_file_signs_under_its_name_if_that_is_a_key_id(
     _one_clear_line(captured.err, spaced)
     assert "no op 2026.pem.id beside it, the key id is the file's name" in captured.err
     assert "must not contain spaces" in captured.err
+
+
+@pytest.mark.parametrize("prefix", ["loa/v1/", "/loa/v1", "loa/+/v1", "loa/#", "loa//v1", ""])
+def test_a_prefix_the_receivers_config_refuses_is_refused_as_typed(
+    operator_key: Path, prefix: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--prefix loa/v1/`` sent to ``loa/v1//grp/.../cmd``, where no receiver listens (their
+    config refuses such a prefix); ``--prefix loa/+/v1`` printed paho's "Publish topic cannot
+    contain wildcards"."""
+    argv = ["volume", "--key", str(operator_key), "--level", "50", "--env", "lab"]
+    argv += ["--aud", "grp:commune-1", "--prefix", prefix, "--host", "127.0.0.1", "--port", "9"]
+    with pytest.raises(SystemExit) as stopped:
+        main(argv)
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument --prefix: {prefix!r} is not a topic prefix" in err
+    assert "no wildcards and no leading or trailing '/'" in err
+    assert "Publish topic" not in err
+
+
+def test_a_prefix_the_receivers_take_is_used(
+    operator_key: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["stop", "--key", str(operator_key), "--env", "lab", "--aud", "dev:loa-001"]
+    assert main([*argv, "--prefix", "prov-25/loa.v1"]) == 0, capsys.readouterr().err
