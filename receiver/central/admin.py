@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import queue
 import sys
 import time
@@ -68,6 +69,7 @@ from receiver.i18n import tolerant_output
 
 DEFAULT_PREFIX = "loa/v1"
 EXIT_INTERRUPTED = 130  # Ctrl-C before what was asked happened, as a shell reports it
+EXIT_PIPE_CLOSED = 141  # stdout's reader went away (``| head``), as a shell reports SIGPIPE
 FLEET_COLUMNS = fleet.COLUMNS
 SNAPSHOT_QUIET_S = 0.5
 DAY_S = 86400
@@ -516,8 +518,18 @@ def _add_command_parsers(sub: Any) -> None:
         cmd.set_defaults(func=_sign_and_send)
 
 
+class _WholeOptionNames(argparse.ArgumentParser):
+    """A parser that takes option names only whole: an operator's ``--broker`` (for ``--host``)
+    is refused, not taken as ``--broker-timeout``. Subparsers are made of the same class, so
+    every subcommand, those other modules add included, is the same."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["allow_abbrev"] = False
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _WholeOptionNames(
         prog="receiver-admin",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -598,6 +610,31 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     tolerant_output()
+    try:
+        try:
+            return _run(argv)
+        finally:
+            sys.stdout.flush()  # a reader gone shows here, not at the interpreter's exit
+    except BrokenPipeError:
+        # ``receiver-admin ... | head -1``: what was wanted was read; end as such tools end.
+        _discard_stdout()
+        return EXIT_PIPE_CLOSED
+
+
+def _discard_stdout() -> None:
+    """Point stdout at /dev/null so that the interpreter's own flush at exit, of what is still
+    buffered, does not fail again with "Exception ignored ... BrokenPipeError" (as the Python
+    docs on SIGPIPE advise)."""
+    try:
+        descriptor = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # not a file (captured, replaced)
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, descriptor)
+    os.close(devnull)
+
+
+def _run(argv: list[str] | None) -> int:
     words = list(sys.argv[1:] if argv is None else argv)
     if words[:2] == ["schedule", "show"]:
         words[:2] = ["schedule-show"]
@@ -606,6 +643,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(words)
     try:
         result: int = args.func(args)
+    except BrokenPipeError:
+        raise  # not a file of the operator's: main() ends quietly
     except BrokerError as exc:
         print(f"receiver-admin: {exc}", file=sys.stderr)
         return EXIT_BROKER

@@ -5,7 +5,11 @@ key id file left empty, a prefix the receivers refuse, an option name cut short,
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,7 +19,7 @@ from cryptography.hazmat.primitives.serialization import (
     PrivateFormat,
 )
 
-from receiver.central.admin import main
+from receiver.central.admin import build_parser, main
 from receiver.central.signing import SigningKey, key_entry
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -153,3 +157,78 @@ def test_a_prefix_the_receivers_take_is_used(
 ) -> None:
     argv = ["stop", "--key", str(operator_key), "--env", "lab", "--aud", "dev:loa-001"]
     assert main([*argv, "--prefix", "prov-25/loa.v1"]) == 0, capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["watch", "--device", "loa-001", "--broker", "127.0.0.1"], "required: --host"),
+        (["fleet", "--broker", "127.0.0.1"], "required: --host"),
+        (["collect", "--db", "x.db", "--broker", "127.0.0.1"], "required: --host"),
+        (["proof", "--db", "x.db", "--dev", "loa-001"], "unrecognized arguments: --dev"),
+        (["keygen", "--id", "op-1", "--ou", "op.pem"], "required: --out"),
+    ],
+)
+def test_an_option_name_cut_short_is_not_taken_for_another(
+    argv: list[str], said: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``watch --broker 127.0.0.1`` (for ``--host``) was taken as ``--broker-timeout`` and
+    said "'127.0.0.1' is not a number of seconds"."""
+    with pytest.raises(SystemExit) as stopped:
+        main(argv)
+    assert stopped.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert said in error
+    assert "--broker-timeout" not in error
+
+
+def test_no_parser_of_receiver_admin_takes_abbreviations() -> None:
+    """Every subcommand's parser, those the collector and the report add included."""
+    parser = build_parser()
+    assert parser.allow_abbrev is False
+    subparsers = [
+        action for action in parser._actions if isinstance(action, argparse._SubParsersAction)
+    ]
+    assert subparsers
+    for name, subparser in subparsers[0].choices.items():
+        assert subparser.allow_abbrev is False, name
+
+
+def _into_a_closed_pipe(
+    python_options: list[str], argv: list[str]
+) -> subprocess.CompletedProcess[str]:
+    """``receiver-admin ARGV | head -1`` once ``head`` has gone: every write to stdout fails."""
+    reading, writing = os.pipe()
+    os.close(reading)
+    try:
+        program = "import receiver_entry; receiver_entry.receiver_admin()"
+        return subprocess.run(
+            [sys.executable, *python_options, "-c", program, *argv],
+            cwd=ROOT,
+            stdout=writing,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        os.close(writing)
+
+
+@pytest.mark.parametrize("python_options", [[], ["-u"]], ids=["buffered", "unbuffered"])
+@pytest.mark.parametrize("what", ["command", "help"])
+def test_a_reader_that_went_away_ends_the_tool_quietly(
+    operator_key: Path, python_options: list[str], what: str
+) -> None:
+    """``receiver-admin schedule show ... | head -1`` ended with "receiver-admin: [Errno 32]
+    Broken pipe", exit 2 (bad input), or Python's "Exception ignored ... BrokenPipeError"."""
+    argv = (
+        ["stop", "--key", str(operator_key), "--env", "lab", "--aud", "dev:loa-001"]
+        if what == "command"
+        else ["--help"]
+    )
+    ended = _into_a_closed_pipe(python_options, argv)
+    assert ended.stderr == ""
+    # 141 as a shell reports a tool that SIGPIPE ended; argparse itself lets a help it could
+    # not write end as a help does
+    assert ended.returncode == (141 if what == "command" else 0)
