@@ -455,7 +455,10 @@ def _print_fleet(
 
 def _broker_options(parser: argparse.ArgumentParser, required: bool) -> None:
     parser.add_argument(
-        "--host", required=required, type=host, help="broker host (omit to print only)"
+        "--host",
+        required=required,
+        type=host,
+        help="broker host" if required else "broker host (omit to print only)",
     )
     parser.add_argument("--port", type=port, default=1883)
     parser.add_argument("--prefix", type=topic_prefix, default=DEFAULT_PREFIX, help="topic prefix")

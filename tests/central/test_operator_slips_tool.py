@@ -170,10 +170,15 @@ def test_a_prefix_the_receivers_take_is_used(
     ],
 )
 def test_an_option_name_cut_short_is_not_taken_for_another(
-    argv: list[str], said: str, capsys: pytest.CaptureFixture[str]
+    argv: list[str],
+    said: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """``watch --broker 127.0.0.1`` (for ``--host``) was taken as ``--broker-timeout`` and
     said "'127.0.0.1' is not a number of seconds"."""
+    monkeypatch.chdir(tmp_path)  # ``keygen --ou op.pem`` wrote a key here
     with pytest.raises(SystemExit) as stopped:
         main(argv)
     assert stopped.value.code == 2
@@ -232,3 +237,43 @@ def test_a_reader_that_went_away_ends_the_tool_quietly(
     # 141 as a shell reports a tool that SIGPIPE ended; argparse itself lets a help it could
     # not write end as a help does
     assert ended.returncode == (141 if what == "command" else 0)
+
+
+def _help(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    with pytest.raises(SystemExit) as stopped:
+        main([*argv, "--help"])
+    assert stopped.value.code == 0
+    return " ".join(capsys.readouterr().out.split())  # as one line, whatever the wrapping
+
+
+@pytest.mark.parametrize(
+    ("argv", "prints_without_host"),
+    [
+        (["watch"], False),
+        (["fleet"], False),
+        (["collect"], False),
+        (["schedule", "show"], False),
+        (["volume"], True),
+        (["schedule"], True),
+        (["trust"], True),
+    ],
+)
+def test_the_help_of_host_says_whether_it_may_be_left_out(
+    argv: list[str], prints_without_host: bool, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``watch --help``, ``fleet --help`` and ``collect --help`` said ``--host ... (omit to
+    print only)`` where ``--host`` is required."""
+    text = _help(argv, capsys)
+    assert "--host HOST broker host" in text
+    assert ("omit to print only" in text) is prints_without_host
+
+
+@pytest.mark.parametrize("argv", [["proof"], ["report", "--db", "x.db"]])
+def test_the_proof_reports_help_names_the_words_that_run_it(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``proof --help`` said ``usage: receiver-admin report ...``, and ``report ...`` without
+    ``--db`` is the command that asks the devices for their state."""
+    text = _help(argv, capsys)
+    assert text.startswith("usage: receiver-admin proof ")
+    assert "also run as receiver-admin report --db DB" in text
