@@ -277,3 +277,19 @@ def test_the_proof_reports_help_names_the_words_that_run_it(
     text = _help(argv, capsys)
     assert text.startswith("usage: receiver-admin proof ")
     assert "also run as receiver-admin report --db DB" in text
+
+
+@pytest.mark.parametrize("flag", ["--cafile", "--certfile", "--keyfile"])
+def test_a_directory_given_for_a_tls_file_is_named_a_directory(
+    operator_key: Path, tmp_path: Path, flag: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--cafile /etc/ssl/certs`` said "no such file" of a directory that is there."""
+    ca = tmp_path / "ca.pem"
+    ca.write_text("not used: the directory is refused first\n")
+    files = {"--cafile": str(ca), "--certfile": str(ca), "--keyfile": str(ca), flag: str(tmp_path)}
+    argv = ["stop", "--key", str(operator_key), "--env", "lab", "--aud", "dev:loa-001"]
+    argv += ["--host", "127.0.0.1", "--port", "9", *(w for f in files.items() for w in f)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"receiver-admin: {flag} {tmp_path}: a directory; give the file" in err
+    assert "no such file" not in err
