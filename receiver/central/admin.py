@@ -10,7 +10,9 @@ not the event ``--until`` asked for, in its ``--timeout``); 2 bad input (usage, 
 command a receiver would refuse, an unreadable key or file); 3 the broker (unreachable, TLS,
 login refused, ACL, no answer in time, not acknowledged); 130 stopped by Ctrl-C before it was
 done (``watch`` with ``--until`` or ``--count``: stopping plain ``watch`` or ``fleet --watch``
-is their normal end, 0).
+is their normal end, 0); 141 what reads stdout went away (``| head -1``), as a shell reports
+a tool SIGPIPE ended. Option names are taken only whole (``--broker`` is not
+``--broker-timeout``).
 """
 
 from __future__ import annotations
