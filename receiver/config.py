@@ -608,13 +608,22 @@ def _amp_pin(node: yaml.Node, ctx: _Context, path: str) -> str:
 _TOPIC_PREFIX = re.compile(r"[A-Za-z0-9._-]+(?:/[A-Za-z0-9._-]+)*")
 
 
-def _topic_prefix(node: yaml.Node, ctx: _Context, path: str) -> str:
-    value = _text(node, ctx, path)
+def topic_prefix_problem(value: str) -> str | None:
+    """What is wrong with ``value`` as a topic prefix (None: nothing); receiver-admin uses it
+    too, so that it never sends where no receiver listens."""
     if not _TOPIC_PREFIX.fullmatch(value) or len(value) > 128:
-        raise _BadValueError(
-            f"{_show(value)} is not a topic prefix: use levels of A-Z a-z 0-9 . _ - "
+        return (
+            "is not a topic prefix: use levels of A-Z a-z 0-9 . _ - "
             "joined by '/', no wildcards and no leading or trailing '/'"
         )
+    return None
+
+
+def _topic_prefix(node: yaml.Node, ctx: _Context, path: str) -> str:
+    value = _text(node, ctx, path)
+    problem = topic_prefix_problem(value)
+    if problem is not None:
+        raise _BadValueError(f"{_show(value)} {problem}")
     return value
 
 

@@ -10,7 +10,9 @@ not the event ``--until`` asked for, in its ``--timeout``); 2 bad input (usage, 
 command a receiver would refuse, an unreadable key or file); 3 the broker (unreachable, TLS,
 login refused, ACL, no answer in time, not acknowledged); 130 stopped by Ctrl-C before it was
 done (``watch`` with ``--until`` or ``--count``: stopping plain ``watch`` or ``fleet --watch``
-is their normal end, 0).
+is their normal end, 0); 141 what reads stdout went away (``| head -1``), as a shell reports
+a tool SIGPIPE ended. Option names are taken only whole (``--broker`` is not
+``--broker-timeout``).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import queue
 import sys
 import time
@@ -56,6 +59,7 @@ from receiver.central.inputs import (
     refuse_if_too_large,
     scope,
     seconds,
+    topic_prefix,
     why,
 )
 from receiver.central.received import DeviceMessage, device_topics, parse_device_message
@@ -67,6 +71,7 @@ from receiver.i18n import tolerant_output
 
 DEFAULT_PREFIX = "loa/v1"
 EXIT_INTERRUPTED = 130  # Ctrl-C before what was asked happened, as a shell reports it
+EXIT_PIPE_CLOSED = 141  # stdout's reader went away (``| head``), as a shell reports SIGPIPE
 FLEET_COLUMNS = fleet.COLUMNS
 SNAPSHOT_QUIET_S = 0.5
 DAY_S = 86400
@@ -452,10 +457,13 @@ def _print_fleet(
 
 def _broker_options(parser: argparse.ArgumentParser, required: bool) -> None:
     parser.add_argument(
-        "--host", required=required, type=host, help="broker host (omit to print only)"
+        "--host",
+        required=required,
+        type=host,
+        help="broker host" if required else "broker host (omit to print only)",
     )
     parser.add_argument("--port", type=port, default=1883)
-    parser.add_argument("--prefix", default=DEFAULT_PREFIX, help="topic prefix")
+    parser.add_argument("--prefix", type=topic_prefix, default=DEFAULT_PREFIX, help="topic prefix")
     parser.add_argument("--cafile", help="CA certificate: turns TLS on")
     parser.add_argument("--certfile", help="client certificate for mutual TLS")
     parser.add_argument("--keyfile", help="client private key for mutual TLS")
@@ -515,8 +523,18 @@ def _add_command_parsers(sub: Any) -> None:
         cmd.set_defaults(func=_sign_and_send)
 
 
+class _WholeOptionNames(argparse.ArgumentParser):
+    """A parser that takes option names only whole: an operator's ``--broker`` (for ``--host``)
+    is refused, not taken as ``--broker-timeout``. Subparsers are made of the same class, so
+    every subcommand, those other modules add included, is the same."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["allow_abbrev"] = False
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _WholeOptionNames(
         prog="receiver-admin",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -597,6 +615,31 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     tolerant_output()
+    try:
+        try:
+            return _run(argv)
+        finally:
+            sys.stdout.flush()  # a reader gone shows here, not at the interpreter's exit
+    except BrokenPipeError:
+        # ``receiver-admin ... | head -1``: what was wanted was read; end as such tools end.
+        _discard_stdout()
+        return EXIT_PIPE_CLOSED
+
+
+def _discard_stdout() -> None:
+    """Point stdout at /dev/null so that the interpreter's own flush at exit, of what is still
+    buffered, does not fail again with "Exception ignored ... BrokenPipeError" (as the Python
+    docs on SIGPIPE advise)."""
+    try:
+        descriptor = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # not a file (captured, replaced)
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, descriptor)
+    os.close(devnull)
+
+
+def _run(argv: list[str] | None) -> int:
     words = list(sys.argv[1:] if argv is None else argv)
     if words[:2] == ["schedule", "show"]:
         words[:2] = ["schedule-show"]
@@ -605,6 +648,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(words)
     try:
         result: int = args.func(args)
+    except BrokenPipeError:
+        raise  # not a file of the operator's: main() ends quietly
     except BrokerError as exc:
         print(f"receiver-admin: {exc}", file=sys.stderr)
         return EXIT_BROKER

@@ -179,6 +179,8 @@ class Connection:
                 ("--certfile", options.certfile),
                 ("--keyfile", options.keyfile),
             ):
+                if path and Path(path).is_dir():
+                    raise InputError(f"{flag} {path}: a directory; give the file (PEM) in it")
                 if path and not Path(path).is_file():
                     raise InputError(f"{flag} {path}: no such file")
             try:

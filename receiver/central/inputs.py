@@ -168,6 +168,14 @@ def key_id(text: str) -> str:
     return text
 
 
+def topic_prefix(text: str) -> str:
+    """``--prefix``: a topic prefix the receivers' config takes (else no receiver listens)."""
+    problem = config_rules.topic_prefix_problem(text)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(f"{text!r} {problem}")
+    return text
+
+
 def scope(text: str) -> str:
     """``--scopes``: a device or group id, or ``*``, as the receivers' config takes it."""
     problem = config_rules.scope_problem(text)

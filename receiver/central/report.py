@@ -382,8 +382,10 @@ def _devices(db: sqlite3.Connection) -> list[str]:
 def add_parser(sub: Any) -> None:
     report = sub.add_parser(
         "proof",
-        prog="receiver-admin report",
         help="proof of play per device and day (also: report --db DB)",
+        description="Proof of play per device and local day, from the collector's database "
+        "(also run as receiver-admin report --db DB ...; without --db, report asks the devices "
+        "for their state).",
     )
     report.add_argument("--db", required=True, help="the collector's SQLite file")
     report.add_argument(

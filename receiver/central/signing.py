@@ -18,6 +18,7 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from receiver.config import key_id_problem
 from receiver.core.envelope import COMMAND_TYPE, SCHEDULE_TYPE, TRUST_TYPE, pae
 from receiver.timefmt import rfc3339
 
@@ -69,16 +70,59 @@ class SigningKey:
 
     @classmethod
     def load(cls, path: Path, key_id: str | None = None) -> SigningKey:
+        """The key in ``path`` (PEM, no passphrase), known by ``key_id``, else by the id in
+        ``<path>.id``, else (no such file) by the file's name without ``.pem``.
+
+        ValueError says what is wrong with the file, or with the id it yields: one the
+        receivers' config or the envelope would refuse is never signed under.
+        """
         try:
             private = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        except TypeError as exc:  # cryptography's word for "encrypted, and no password given"
+            plain = path.with_name(f"{path.stem}-plain.pem")
+            id_file = path.with_suffix(path.suffix + ".id")
+            copy = f", then copy {id_file.name} to {plain.name}.id" if id_file.exists() else ""
+            raise ValueError(
+                f"{path}: encrypted with a passphrase; receiver-admin needs the key unencrypted "
+                f"(readable by you alone): openssl pkey -in {path} -out {plain} writes one "
+                f"(it asks the passphrase once){copy}"
+            ) from exc
         except ValueError as exc:
             raise ValueError(f"{path}: not a PEM private key without a passphrase") from exc
         if not isinstance(private, Ed25519PrivateKey):
             raise ValueError(f"{path}: not an Ed25519 private key")
         if key_id is None:
-            id_file = path.with_suffix(path.suffix + ".id")
-            key_id = id_file.read_text(encoding="utf-8").strip() if id_file.exists() else path.stem
+            key_id = _key_id_beside(path)
         return cls(key_id, private)
+
+
+def _key_id_beside(path: Path) -> str:
+    """The key id in ``<path>.id`` (as ``keygen`` writes it), or the file's name without its
+    suffix when there is no such file; ValueError if the receivers would refuse that id."""
+    id_file = path.with_suffix(path.suffix + ".id")
+    try:
+        key_id = id_file.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        key_id = path.stem
+        problem = key_id_problem(key_id)
+        if problem is not None:
+            raise ValueError(
+                f"{path}: with no {id_file.name} beside it, the key id is the file's name "
+                f"{key_id!r}, which {problem}; write the key's id (as keygen --id takes it) "
+                f"in {id_file}"
+            ) from None
+        return key_id
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = "not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else exc.strerror
+        raise ValueError(f"{path}: cannot read its key id file {id_file} ({reason})") from exc
+    problem = key_id_problem(key_id)
+    if problem is not None:
+        said = "is empty" if not key_id else f"holds {key_id!r}, which {problem}"
+        raise ValueError(
+            f"{path}: its key id file {id_file} {said}; write the id the receivers know the "
+            "key by in it (as keygen --id takes it)"
+        )
+    return key_id
 
 
 def _write_whole(path: Path, data: bytes) -> None:
