@@ -19,7 +19,7 @@ from __future__ import annotations
 import gc
 import sys
 import time
-from datetime import UTC, tzinfo
+from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING
@@ -28,11 +28,13 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from receiver import __version__, logs  # first: logs sets up what structlog may import
 from receiver.config import (
     ConfigError,
+    config_warnings,
     load_config,
     placeholders,
     read_gpio_settings,
     unreadable_files,
     unusable_directories,
+    unusable_tls_files,
 )
 from receiver.config_model import Config, GpioConfig
 from receiver.i18n import gettext_ as _
@@ -58,12 +60,17 @@ def _load(path: str, hint: str = "") -> Config | None:
 
 def _start_problems(config: Config) -> list[str]:
     """What would make the daemon fail at start in a way no restart can fix."""
-    from receiver.gpio import missing_pin_factory
+    from receiver.gpio import missing_pin_factory, pin_problem
 
-    problems = placeholders(config) + unreadable_files(config) + unusable_directories(config)
+    # A TLS file is loaded only once it can be read: one message per file.
+    tls_files = unreadable_files(config) or unusable_tls_files(config)
+    problems = placeholders(config) + tls_files + unusable_directories(config)
     missing = missing_pin_factory(config.gpio.pin_factory)
     if missing is not None:
         problems.append(f"{config.source}: gpio.pin_factory: {missing}")
+    refused = pin_problem(config.gpio)
+    if refused is not None:
+        problems.append(f"{config.source}: gpio: {refused}")
     return problems
 
 
@@ -71,16 +78,21 @@ def cmd_check_config(args: SimpleNamespace) -> int:
     config = _load(args.config)
     if config is None:
         return EX_CONFIG
+    now = datetime.now(UTC)
     warnings = _start_problems(config)
-    for warning in warnings:
+    later = config_warnings(config, now)
+    for warning in warnings + later:
         print(_("warning: {message}").format(message=warning), file=sys.stderr)
+    expired = sum(1 for key in config.trust.keys if key.not_after and key.not_after < now)
     summary = _(
-        "device {device} in {env}, groups {groups}, {keys} trusted keys, broker {host}:{port}"
+        "device {device} in {env}, groups {groups}, {keys} trusted keys{expired}, "
+        "broker {host}:{port}"
     ).format(
         device=config.device_id,
         env=config.env,
         groups=", ".join(config.groups) or _("(none)"),
         keys=len(config.trust.keys),
+        expired=_(" ({expired} expired)").format(expired=expired) if expired else "",
         host=config.broker.host,
         port=config.broker.port,
     )
@@ -91,6 +103,14 @@ def cmd_check_config(args: SimpleNamespace) -> int:
         )
         print(line.format(path=args.config, summary=summary))
         return EX_CONFIG  # what `receiver run` would exit with: a script must not go on
+    if later:
+        # The daemon starts with it (a new list of keys may come from central): exit 0, but
+        # the technician is told what will fail.
+        line = _(
+            "{path}: OK, the daemon will start with it, but read the warnings above — {summary}"
+        )
+        print(line.format(path=args.config, summary=summary))
+        return 0
     print(_("{path}: OK — {summary}").format(path=args.config, summary=summary))
     return 0
 
@@ -108,11 +128,13 @@ def cmd_run(args: SimpleNamespace) -> int:
         return EX_CONFIG
     import structlog
 
-    from receiver.gpio import PinFactoryMissingError, save_settings
+    from receiver.gpio import PinFactoryMissingError, PinRefusedError, save_settings
     from receiver.runtime import run_forever  # imports libVLC: only when running
 
     logs.configure(config.logging.level, config.logging.format)
     log = structlog.get_logger("receiver").bind(device=config.device_id)
+    for warning in config_warnings(config, datetime.now(UTC)):
+        log.warning("config_warning", warning=warning)
     try:
         save_settings(config.storage.state_dir, config.gpio)
     except OSError as exc:  # relay-off then relies on the config file alone
@@ -121,6 +143,11 @@ def cmd_run(args: SimpleNamespace) -> int:
         run_forever(config)
     except PinFactoryMissingError as exc:
         log.critical("daemon_cannot_start", error=str(exc))
+        return EX_CONFIG
+    except PinRefusedError as exc:  # a pin the config names, refused: the config's mistake
+        log.critical("daemon_cannot_start", error=f"gpio: {exc}")
+        refusal = _("{path}: the daemon cannot start with this, see above")
+        print(refusal.format(path=args.config), file=sys.stderr)
         return EX_CONFIG
     except Exception as exc:
         log.critical("daemon_failed", error=str(exc), error_type=type(exc).__name__)
