@@ -3,7 +3,8 @@ show the device's status).
 
 Exit status 78 (EX_CONFIG) means the daemon cannot start and a restart would not change that:
 the config file is wrong, still holds the example's placeholders (broker, key), names a file
-the daemon cannot read, or asks for a pin factory whose module is not installed. The systemd
+the daemon cannot read or a TLS file it cannot load, asks for a pin factory whose module is not
+installed, or for pins gpiozero refuses (one pin twice, a pull the pin cannot have). The systemd
 unit lists 78 in ``RestartPreventExitStatus`` so this is reported once instead of restarted
 for ever.
 
@@ -11,7 +12,13 @@ for ever.
 file's ``gpio`` section can be read, even if another part is wrong, and otherwise with the
 settings the daemon last started with; it prints one line saying what it did.
 ``receiver status`` reads only local files (the daemon's last state, and the board's health
-now), so it works with the network down; it exits 1 when there is no state to show.
+now), so it works with the network down; it exits 1 when there is no state to show. Like
+``relay-off`` it needs only part of the file (``storage``, and ``policy.timezone``): with a
+mistake elsewhere it says that the config has errors, then shows the state.
+
+``check-config`` also warns, with exit 0, of what the daemon starts with but will fail on later:
+expired trusted keys (central can still send new ones) and a ``player.fallback_file`` it cannot
+read.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ from receiver.config import (
     load_config,
     placeholders,
     read_gpio_settings,
+    read_status_settings,
     unreadable_files,
     unusable_directories,
     unusable_tls_files,
@@ -204,9 +212,28 @@ def cmd_status(args: SimpleNamespace) -> int:
     hint = ""
     if args.config == INSTALLED_CONFIG:
         hint = _(" (another file: receiver status --config FILE)")
-    config = _load(args.config, hint)
-    if config is None:
+    # Only the storage (and time zone) are needed: a mistake elsewhere must not hide the state.
+    settings = read_status_settings(Path(args.config))
+    if settings.problems:
+        print("\n".join(settings.problems), file=sys.stderr)
+    if settings.storage is None:  # the file itself cannot be read: its path is what is wrong
+        message = _("{path}: configuration has errors, see above").format(path=args.config)
+        print(message + hint, file=sys.stderr)
         return EX_CONFIG
+    storage = settings.storage
+    if settings.problems:
+        if settings.storage_from_file:
+            message = _(
+                "{path}: configuration has errors, see above (the daemon will not start with "
+                "it); the state below is read from {state_dir}"
+            )
+        else:
+            message = _(
+                "{path}: configuration has errors, see above (the daemon will not start with "
+                "it); its storage section cannot be used, so the state below is read from the "
+                "default {state_dir}"
+            )
+        print(message.format(path=args.config, state_dir=storage.state_dir), file=sys.stderr)
     from receiver.health import read_health
     from receiver.status import (
         StatusError,
@@ -218,7 +245,7 @@ def cmd_status(args: SimpleNamespace) -> int:
         status_path,
     )
 
-    state_dir = config.storage.state_dir
+    state_dir = storage.state_dir
     path = status_path(state_dir)
     try:
         status = read_status(state_dir)
@@ -247,14 +274,14 @@ def cmd_status(args: SimpleNamespace) -> int:
         outbox = format_outbox(read_outbox(state_dir))
     except StatusError as exc:
         outbox = str(exc)
-    board = format_health(read_health(state_dir, config.storage.cache_dir))
+    board = format_health(read_health(state_dir, storage.cache_dir))
     print(
         format_status(
             status,
             time.time(),
             now_mono=time.monotonic(),
             written_utc=written,
-            tz=_zone(config.policy.timezone),
+            tz=_zone(settings.timezone),
             extra=[("outbox", outbox), ("board now", board)],
         )
     )

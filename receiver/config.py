@@ -74,6 +74,7 @@ __all__ = [
     "parse_config",
     "placeholders",
     "read_gpio_settings",
+    "read_status_settings",
     "scope_problem",
     "unreadable_files",
     "unusable_directories",
@@ -1365,6 +1366,54 @@ def _unreadable_fallback(config: Config) -> list[str]:
     return []
 
 
+class _PartialFile:
+    """A config file read whole if valid, else section by section (:meth:`section`), for the
+    tools that must work despite a mistake elsewhere in the file (``relay-off``, ``status``)."""
+
+    def __init__(self, path: Path) -> None:
+        self.config: Config | None = None
+        self.problems: list[str] = []
+        self.readable = False  # the file could be read as text (valid or not)
+        self.mapping = False  # ... and holds a mapping of sections
+        self._sections: dict[str, yaml.Node] = {}
+        self._ctx = _Context(str(path), path.absolute().parent)
+        try:
+            self.config = load_config(path)
+        except ConfigError as exc:
+            self.problems = exc.problems
+        else:
+            self.readable = self.mapping = True
+            return
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            return
+        self.readable = True
+        root = _compose(text, self._ctx)
+        if isinstance(root, yaml.MappingNode):
+            self.mapping = True
+            self._sections = {
+                str(key.value): value
+                for key, value in root.value
+                if isinstance(key, yaml.ScalarNode)
+            }
+
+    def has(self, name: str) -> bool:
+        return name in self._sections
+
+    def section(self, name: str, reader: _Section[T]) -> T | None:
+        """Section ``name`` read on its own; None if it is absent or has a problem."""
+        node = self._sections.get(name)
+        if node is None:
+            return None
+        part = _Context(self._ctx.source, self._ctx.base_dir)
+        try:
+            result = reader(node, part, name)
+        except (_BadValueError, _ReportedError):
+            return None
+        return None if part.failed else result
+
+
 @dataclass(frozen=True)
 class GpioSettings:
     """What ``relay-off`` could read of a config file that may be broken elsewhere."""
@@ -1382,35 +1431,39 @@ def read_gpio_settings(path: Path, state_dir: Path | None = None) -> GpioSetting
     (default: the default state directory).
     """
     default_state = StorageConfig().state_dir if state_dir is None else state_dir
-    try:
-        config = load_config(path)
-    except ConfigError as exc:
-        problems = exc.problems
-    else:
-        return GpioSettings(config.gpio, config.storage.state_dir, [])
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError):
-        return GpioSettings(None, default_state, problems)
-    ctx = _Context(str(path), path.absolute().parent)
-    root = _compose(text, ctx)
-    if not isinstance(root, yaml.MappingNode):
-        return GpioSettings(None, default_state, problems)
-    sections = {
-        str(key.value): value for key, value in root.value if isinstance(key, yaml.ScalarNode)
-    }
+    file = _PartialFile(path)
+    if file.config is not None:
+        return GpioSettings(file.config.gpio, file.config.storage.state_dir, [])
+    if not file.mapping:
+        return GpioSettings(None, default_state, file.problems)
+    gpio = file.section("gpio", _GPIO) if file.has("gpio") else GpioConfig()
+    storage = file.section("storage", _STORAGE)
+    return GpioSettings(gpio, storage.state_dir if storage else default_state, file.problems)
 
-    def section(name: str, reader: _Section[T]) -> T | None:
-        node = sections.get(name)
-        if node is None:
-            return None
-        part = _Context(ctx.source, ctx.base_dir)
-        try:
-            result = reader(node, part, name)
-        except (_BadValueError, _ReportedError):
-            return None
-        return None if part.failed else result
 
-    gpio = section("gpio", _GPIO) if "gpio" in sections else GpioConfig()
-    storage = section("storage", _STORAGE)
-    return GpioSettings(gpio, storage.state_dir if storage else default_state, problems)
+@dataclass(frozen=True)
+class StatusSettings:
+    """What ``status`` could read of a config file that may be broken elsewhere."""
+
+    storage: StorageConfig | None  # None: the file cannot be read at all
+    storage_from_file: bool  # False: the storage section is unusable, these are the defaults
+    timezone: str
+    problems: list[str]  # every problem of the whole file ([] if it is valid)
+
+
+def read_status_settings(path: Path) -> StatusSettings:
+    """Only the ``storage`` and ``policy`` sections of the file at ``path``, each on its own.
+
+    ``status`` needs only where the state is (and the time zone to show it in): a mistake in
+    ``broker.port`` must not hide the board's state. A file that cannot be read at all (not
+    found, not UTF-8, no permission) gives no storage: then the path is what is wrong.
+    """
+    file = _PartialFile(path)
+    if file.config is not None:
+        return StatusSettings(file.config.storage, True, file.config.policy.timezone, [])
+    if not file.readable:
+        return StatusSettings(None, False, PolicyConfig().timezone, file.problems)
+    storage = file.section("storage", _STORAGE)
+    from_file = storage is not None or (file.mapping and not file.has("storage"))
+    policy = file.section("policy", _POLICY) or PolicyConfig()
+    return StatusSettings(storage or StorageConfig(), from_file, policy.timezone, file.problems)
