@@ -51,7 +51,12 @@ from receiver.i18n import tolerant_output
 if TYPE_CHECKING:
     import argparse
 
+    from receiver.instance_lock import AlreadyRunningError
+
 EX_CONFIG = 78
+# Another daemon runs with the same state directory: worth trying again once it has stopped (the
+# unit restarts the service then; a technician's own run gets one line saying what to do).
+EX_TEMPFAIL = 75
 #: Where scripts/install.sh puts the config; ``status`` reads it when no --config is given.
 INSTALLED_CONFIG = "/etc/loa-receiver/receiver.yaml"
 
@@ -134,6 +139,16 @@ def cmd_run(args: SimpleNamespace) -> int:
         refusal = _("{path}: the daemon cannot start with this, see above")
         print(refusal.format(path=args.config), file=sys.stderr)
         return EX_CONFIG
+    from receiver import instance_lock
+
+    try:
+        instance_lock.hold(config.storage.state_dir)  # held until this process ends
+    except instance_lock.AlreadyRunningError as running:
+        print(_already_running(running, args.config), file=sys.stderr)
+        return EX_TEMPFAIL
+    except OSError as exc:
+        print(f"{args.config}: {config.storage.state_dir}: {exc.strerror or exc}", file=sys.stderr)
+        return EX_CONFIG
     import structlog
 
     from receiver.gpio import PinFactoryMissingError, PinRefusedError, save_settings
@@ -163,14 +178,35 @@ def cmd_run(args: SimpleNamespace) -> int:
     return 0
 
 
+def _already_running(running: AlreadyRunningError, config_path: str) -> str:
+    """One line for a second ``receiver run`` on a state directory in use."""
+    pid = _("unknown pid") if running.pid is None else f"pid {running.pid}"
+    text = _(
+        "receiver: a daemon is already running ({pid}) with the state directory {state_dir} "
+        "of {path}; stop it first (systemctl stop loa-receiver), or give another config"
+    )
+    return text.format(pid=pid, state_dir=running.state_dir, path=config_path)
+
+
 def cmd_relay_off(args: SimpleNamespace) -> int:
     """For systemd's ExecStopPost: whatever happened to the daemon, the amplifier goes off.
 
-    One line on stdout (the journal) whatever happens; exit 0 only if the relay was driven off.
+    One line on stdout (the journal) whatever happens; exit 0 only if the relay was driven off,
+    or left to another daemon that holds the state directory (a hand-run one: this unit's own
+    daemon has ended by now, and its lock with it).
     """
     from receiver.gpio import GpioError, force_off, load_saved_settings
 
     settings = read_gpio_settings(Path(args.config), args.state_dir)
+    from receiver import instance_lock
+
+    running = instance_lock.holder(settings.state_dir)
+    if running is not None:  # not this unit's daemon, which has ended: another one, alive
+        print(
+            f"relay-off: relay left alone: a daemon is running (pid {running or 'unknown'}) "
+            f"with the state directory {settings.state_dir}, and drives it"
+        )
+        return 0
     gpio: GpioConfig | None = settings.gpio
     origin = args.config
     if gpio is None:
