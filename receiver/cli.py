@@ -3,7 +3,8 @@ show the device's status).
 
 Exit status 78 (EX_CONFIG) means the daemon cannot start and a restart would not change that:
 the config file is wrong, still holds the example's placeholders (broker, key), names a file
-the daemon cannot read, or asks for a pin factory whose module is not installed. The systemd
+the daemon cannot read or a TLS file it cannot load, asks for a pin factory whose module is not
+installed, or for pins gpiozero refuses (one pin twice, a pull the pin cannot have). The systemd
 unit lists 78 in ``RestartPreventExitStatus`` so this is reported once instead of restarted
 for ever.
 
@@ -11,7 +12,13 @@ for ever.
 file's ``gpio`` section can be read, even if another part is wrong, and otherwise with the
 settings the daemon last started with; it prints one line saying what it did.
 ``receiver status`` reads only local files (the daemon's last state, and the board's health
-now), so it works with the network down; it exits 1 when there is no state to show.
+now), so it works with the network down; it exits 1 when there is no state to show. Like
+``relay-off`` it needs only part of the file (``storage``, and ``policy.timezone``): with a
+mistake elsewhere it says that the config has errors, then shows the state.
+
+``check-config`` also warns, with exit 0, of what the daemon starts with but will fail on later:
+expired trusted keys (central can still send new ones) and a ``player.fallback_file`` it cannot
+read.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ from __future__ import annotations
 import gc
 import sys
 import time
-from datetime import UTC, tzinfo
+from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING
@@ -28,11 +35,14 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from receiver import __version__, logs  # first: logs sets up what structlog may import
 from receiver.config import (
     ConfigError,
+    config_warnings,
     load_config,
     placeholders,
     read_gpio_settings,
+    read_status_settings,
     unreadable_files,
     unusable_directories,
+    unusable_tls_files,
 )
 from receiver.config_model import Config, GpioConfig
 from receiver.i18n import gettext_ as _
@@ -63,12 +73,17 @@ def _load(path: str, hint: str = "") -> Config | None:
 
 def _start_problems(config: Config) -> list[str]:
     """What would make the daemon fail at start in a way no restart can fix."""
-    from receiver.gpio import missing_pin_factory
+    from receiver.gpio import missing_pin_factory, pin_problem
 
-    problems = placeholders(config) + unreadable_files(config) + unusable_directories(config)
+    # A TLS file is loaded only once it can be read: one message per file.
+    tls_files = unreadable_files(config) or unusable_tls_files(config)
+    problems = placeholders(config) + tls_files + unusable_directories(config)
     missing = missing_pin_factory(config.gpio.pin_factory)
     if missing is not None:
         problems.append(f"{config.source}: gpio.pin_factory: {missing}")
+    refused = pin_problem(config.gpio)
+    if refused is not None:
+        problems.append(f"{config.source}: gpio: {refused}")
     return problems
 
 
@@ -76,16 +91,21 @@ def cmd_check_config(args: SimpleNamespace) -> int:
     config = _load(args.config)
     if config is None:
         return EX_CONFIG
+    now = datetime.now(UTC)
     warnings = _start_problems(config)
-    for warning in warnings:
+    later = config_warnings(config, now)
+    for warning in warnings + later:
         print(_("warning: {message}").format(message=warning), file=sys.stderr)
+    expired = sum(1 for key in config.trust.keys if key.not_after and key.not_after < now)
     summary = _(
-        "device {device} in {env}, groups {groups}, {keys} trusted keys, broker {host}:{port}"
+        "device {device} in {env}, groups {groups}, {keys} trusted keys{expired}, "
+        "broker {host}:{port}"
     ).format(
         device=config.device_id,
         env=config.env,
         groups=", ".join(config.groups) or _("(none)"),
         keys=len(config.trust.keys),
+        expired=_(" ({expired} expired)").format(expired=expired) if expired else "",
         host=config.broker.host,
         port=config.broker.port,
     )
@@ -96,6 +116,14 @@ def cmd_check_config(args: SimpleNamespace) -> int:
         )
         print(line.format(path=args.config, summary=summary))
         return EX_CONFIG  # what `receiver run` would exit with: a script must not go on
+    if later:
+        # The daemon starts with it (a new list of keys may come from central): exit 0, but
+        # the technician is told what will fail.
+        line = _(
+            "{path}: OK, the daemon will start with it, but read the warnings above — {summary}"
+        )
+        print(line.format(path=args.config, summary=summary))
+        return 0
     print(_("{path}: OK — {summary}").format(path=args.config, summary=summary))
     return 0
 
@@ -123,11 +151,13 @@ def cmd_run(args: SimpleNamespace) -> int:
         return EX_CONFIG
     import structlog
 
-    from receiver.gpio import PinFactoryMissingError, save_settings
+    from receiver.gpio import PinFactoryMissingError, PinRefusedError, save_settings
     from receiver.runtime import run_forever  # imports libVLC: only when running
 
     logs.configure(config.logging.level, config.logging.format)
     log = structlog.get_logger("receiver").bind(device=config.device_id)
+    for warning in config_warnings(config, datetime.now(UTC)):
+        log.warning("config_warning", warning=warning)
     try:
         save_settings(config.storage.state_dir, config.gpio)
     except OSError as exc:  # relay-off then relies on the config file alone
@@ -136,6 +166,11 @@ def cmd_run(args: SimpleNamespace) -> int:
         run_forever(config)
     except PinFactoryMissingError as exc:
         log.critical("daemon_cannot_start", error=str(exc))
+        return EX_CONFIG
+    except PinRefusedError as exc:  # a pin the config names, refused: the config's mistake
+        log.critical("daemon_cannot_start", error=f"gpio: {exc}")
+        refusal = _("{path}: the daemon cannot start with this, see above")
+        print(refusal.format(path=args.config), file=sys.stderr)
         return EX_CONFIG
     except Exception as exc:
         log.critical("daemon_failed", error=str(exc), error_type=type(exc).__name__)
@@ -213,9 +248,28 @@ def cmd_status(args: SimpleNamespace) -> int:
     hint = ""
     if args.config == INSTALLED_CONFIG:
         hint = _(" (another file: receiver status --config FILE)")
-    config = _load(args.config, hint)
-    if config is None:
+    # Only the storage (and time zone) are needed: a mistake elsewhere must not hide the state.
+    settings = read_status_settings(Path(args.config))
+    if settings.problems:
+        print("\n".join(settings.problems), file=sys.stderr)
+    if settings.storage is None:  # the file itself cannot be read: its path is what is wrong
+        message = _("{path}: configuration has errors, see above").format(path=args.config)
+        print(message + hint, file=sys.stderr)
         return EX_CONFIG
+    storage = settings.storage
+    if settings.problems:
+        if settings.storage_from_file:
+            message = _(
+                "{path}: configuration has errors, see above (the daemon will not start with "
+                "it); the state below is read from {state_dir}"
+            )
+        else:
+            message = _(
+                "{path}: configuration has errors, see above (the daemon will not start with "
+                "it); its storage section cannot be used, so the state below is read from the "
+                "default {state_dir}"
+            )
+        print(message.format(path=args.config, state_dir=storage.state_dir), file=sys.stderr)
     from receiver.health import read_health
     from receiver.status import (
         StatusError,
@@ -227,7 +281,7 @@ def cmd_status(args: SimpleNamespace) -> int:
         status_path,
     )
 
-    state_dir = config.storage.state_dir
+    state_dir = storage.state_dir
     path = status_path(state_dir)
     try:
         status = read_status(state_dir)
@@ -256,14 +310,14 @@ def cmd_status(args: SimpleNamespace) -> int:
         outbox = format_outbox(read_outbox(state_dir))
     except StatusError as exc:
         outbox = str(exc)
-    board = format_health(read_health(state_dir, config.storage.cache_dir))
+    board = format_health(read_health(state_dir, storage.cache_dir))
     print(
         format_status(
             status,
             time.time(),
             now_mono=time.monotonic(),
             written_utc=written,
-            tz=_zone(config.policy.timezone),
+            tz=_zone(settings.timezone),
             extra=[("outbox", outbox), ("board now", board)],
         )
     )

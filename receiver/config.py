@@ -68,14 +68,17 @@ from receiver.i18n import gettext_ as _
 __all__ = [
     "ConfigError",
     "GpioSettings",
+    "config_warnings",
     "key_id_problem",
     "load_config",
     "parse_config",
     "placeholders",
     "read_gpio_settings",
+    "read_status_settings",
     "scope_problem",
     "unreadable_files",
     "unusable_directories",
+    "unusable_tls_files",
 ]
 
 T = TypeVar("T")
@@ -579,8 +582,20 @@ def _split_host_port(value: str, default_port: int) -> tuple[str, int]:
     return match["host"].strip("[]"), default_port if port is None else int(port)
 
 
-# Pins of the 40-pin header that are GPIOs (the others are power and ground).
-_BOARD_GPIO_PINS = frozenset(range(1, 41)) - {1, 2, 4, 6, 9, 14, 17, 20, 25, 30, 34, 39}
+def _header_gpio(number: int) -> int | None:
+    """The GPIO number of pin ``number`` of the 40-pin header (``BOARDn``, ``J8:n``), or None
+    where that pin is power or ground or not on the header.
+
+    The header is the same on every 40-pin Raspberry Pi (B+ to 5, Zero, 400); gpiozero's own
+    table is read, imported only when a file names a header pin.
+    """
+    from gpiozero.pins.data import PLUS_J8
+
+    pins: dict[int, dict[str, str]] = PLUS_J8[2]
+    name = pins.get(number, {}).get("gpio")
+    return None if name is None else int(name.removeprefix("GPIO"))
+
+
 _PIN_NAME = re.compile(r"(GPIO|BCM|BOARD)([0-9]{1,2})")
 
 
@@ -597,7 +612,9 @@ def _amp_pin(node: yaml.Node, ctx: _Context, path: str) -> str:
     else:
         raise _BadValueError(f"expected {wanted}, got {_show(str(scalar.value))}")
     if kind == "BOARD":
-        if number not in _BOARD_GPIO_PINS:
+        if not 1 <= number <= 40:
+            raise _BadValueError(f"there is no header pin {number}: use BOARD1 to BOARD40")
+        if _header_gpio(number) is None:
             raise _BadValueError(f"header pin {number} is not a GPIO pin (it is power or ground)")
         return f"BOARD{number}"
     if not 0 <= number <= 27:
@@ -962,14 +979,27 @@ def _finish_gpio(values: dict[str, Any], check: _Checker) -> GpioConfig:
         ("mic_pin", gpio.mic_pin),
         ("amp_fault_pin", gpio.amp_fault_pin),
     ]
-    seen: dict[str, str] = {}
+    # Compared by GPIO number: BOARD11 is GPIO17 (gpiozero would refuse the second at start).
+    seen: dict[int, str] = {}
     for key, pin in pins:
         if pin is None:
             continue
-        if pin in seen:
-            check(key, f"{pin} is already used by gpio.{seen[pin]}")
-        seen[pin] = key
+        number = _gpio_number(pin)
+        if number in seen:
+            same = "" if pin == f"GPIO{number}" else f" is GPIO{number}, which"
+            check(key, f"{pin}{same} is already used by gpio.{seen[number]}")
+        seen[number] = key
     return gpio
+
+
+def _gpio_number(pin: str) -> int:
+    """The GPIO number of a pin name as :func:`_amp_pin` returns it (``GPIO17``, ``BOARD11``)."""
+    if pin.startswith("BOARD"):
+        number = _header_gpio(int(pin.removeprefix("BOARD")))
+        if number is None:  # pragma: no cover - _amp_pin accepts only header GPIO pins
+            raise ValueError(pin)
+        return number
+    return int(pin.removeprefix("GPIO"))
 
 
 _GPIO = _Section(
@@ -1173,6 +1203,78 @@ def unreadable_files(config: Config) -> list[str]:
     return found
 
 
+def unusable_tls_files(config: Config) -> list[str]:
+    """TLS files that can be read but that the daemon could not load: loaded here as the daemon
+    loads them (an ``ssl`` context's ``load_verify_locations`` and ``load_cert_chain``).
+
+    A public key, an empty file or a YAML file given as ``broker.tls.ca_file`` passes
+    :func:`unreadable_files`; the daemon would then stop at every start on "cannot load TLS
+    files". Call it once :func:`unreadable_files` found nothing.
+    """
+    tls = config.broker.tls
+    if tls is None:
+        return []
+    import ssl  # only for a config with TLS
+
+    source = config.source
+    found: list[str] = []
+    no_certificate = _(
+        "{source}: broker.tls.{name}: {path} holds no certificate: give the PEM file that "
+        "starts with -----BEGIN CERTIFICATE----- ({reason})"
+    )
+    for name in ("ca_file", "cert_file"):
+        path: Path | None = getattr(tls, name)
+        if path is None:
+            continue
+        try:
+            ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(path))
+        except (OSError, ssl.SSLError) as exc:
+            reason = _ssl_reason(exc)
+            found.append(no_certificate.format(source=source, name=name, path=path, reason=reason))
+    if found or tls.cert_file is None or tls.key_file is None:
+        return found
+    key = tls.key_file
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    try:
+        # Without a password callback OpenSSL would ask for a passphrase on the terminal.
+        context.load_cert_chain(str(tls.cert_file), str(key), password=_passphrase_asked)
+    except _PassphraseAskedError:
+        message = _(
+            "{source}: broker.tls.key_file: {path} is protected by a passphrase, which the "
+            "daemon cannot give: keep the key without one (openssl pkey -in OLD -out NEW), "
+            "readable by root and the group loa-receiver only"
+        )
+        found.append(message.format(source=source, path=key))
+    except (OSError, ssl.SSLError) as exc:
+        if isinstance(exc, ssl.SSLError) and exc.reason == "KEY_VALUES_MISMATCH":
+            message = _(
+                "{source}: broker.tls.key_file: {path} is not the key of the certificate "
+                "in broker.tls.cert_file ({cert})"
+            )
+            found.append(message.format(source=source, path=key, cert=tls.cert_file))
+        else:
+            message = _(
+                "{source}: broker.tls.key_file: {path} holds no private key: give the PEM file "
+                "of the key that goes with broker.tls.cert_file ({reason})"
+            )
+            found.append(message.format(source=source, path=key, reason=_ssl_reason(exc)))
+    return found
+
+
+class _PassphraseAskedError(Exception):
+    """OpenSSL asked for the passphrase of an encrypted key."""
+
+
+def _passphrase_asked() -> str:
+    raise _PassphraseAskedError
+
+
+def _ssl_reason(exc: OSError) -> str:
+    """OpenSSL's complaint without the C source line (``... (_ssl.c:4154)``)."""
+    text = exc.strerror if isinstance(exc.strerror, str) else str(exc)
+    return re.sub(r"\s*\(_ssl\.c:\d+\)$", "", text)
+
+
 def unusable_directories(config: Config) -> list[str]:
     """``storage.state_dir`` and ``storage.cache_dir`` where this process could not keep files.
 
@@ -1203,6 +1305,124 @@ def unusable_directories(config: Config) -> list[str]:
     return found
 
 
+# --- what the daemon starts with, but a technician must hear of ---------------------------
+
+#: Roles whose keys sign commands (``root`` signs only lists of trusted keys).
+_COMMAND_ROLES = ("operator", "emergency")
+
+
+def config_warnings(config: Config, now: datetime) -> list[str]:
+    """What the daemon starts with but that will fail later, one message each ([] when none).
+
+    Expired trusted keys (the board refuses what they sign; a new list of keys from central may
+    still replace them, so the daemon does start), and a ``player.fallback_file`` the daemon
+    cannot read (noticed only when a relay fails on air). ``check-config`` prints them as
+    warnings and still exits 0; the daemon logs them at start.
+    """
+    return _expired_keys(config, now) + _unreadable_fallback(config)
+
+
+def _expired_keys(config: Config, now: datetime) -> list[str]:
+    source, keys = config.source, config.trust.keys
+    found: list[str] = []
+
+    def expired(key: TrustedKey) -> bool:
+        return key.not_after is not None and key.not_after < now
+
+    for index, key in enumerate(keys):
+        if expired(key) and key.not_after is not None:
+            message = _(
+                "{source}: trust.keys[{index}]: {key!r} expired on {when} (not_after): "
+                "the board refuses whatever it signs"
+            )
+            when = key.not_after.isoformat()
+            found.append(message.format(source=source, index=index, key=key.id, when=when))
+    commanders = [key for key in keys if set(key.roles) & set(_COMMAND_ROLES)]
+    if not any(expired(key) for key in commanders) or not all(map(expired, commanders)):
+        return found
+    roots = [key for key in keys if "root" in key.roles and not expired(key)]
+    if len(roots) >= config.trust.thresholds["root"]:
+        message = _(
+            "{source}: trust.keys: every key that may sign commands (role operator or "
+            "emergency) has expired: the board will refuse every command until central sends "
+            "it a new list of trusted keys, or until this file has a valid key"
+        )
+    else:
+        message = _(
+            "{source}: trust.keys: every key that may sign commands (role operator or "
+            "emergency) has expired, and too few root keys are valid to accept a new list of "
+            "keys from central: the board will refuse every command until this file has a "
+            "valid key"
+        )
+    found.append(message.format(source=source))
+    return found
+
+
+def _unreadable_fallback(config: Config) -> list[str]:
+    path = config.player.fallback_file
+    if path is None:
+        return []
+    try:
+        with path.open("rb") as handle:
+            handle.read(1)
+    except OSError as exc:
+        message = _(
+            "{source}: player.fallback_file: cannot read {path}: {reason} (the daemon runs as "
+            "the user loa-receiver): a relay whose stream fails would end in silence instead"
+        )
+        reason = exc.strerror or str(exc)
+        return [message.format(source=config.source, path=path, reason=reason)]
+    return []
+
+
+class _PartialFile:
+    """A config file read whole if valid, else section by section (:meth:`section`), for the
+    tools that must work despite a mistake elsewhere in the file (``relay-off``, ``status``)."""
+
+    def __init__(self, path: Path) -> None:
+        self.config: Config | None = None
+        self.problems: list[str] = []
+        self.readable = False  # the file could be read as text (valid or not)
+        self.mapping = False  # ... and holds a mapping of sections
+        self._sections: dict[str, yaml.Node] = {}
+        self._ctx = _Context(str(path), path.absolute().parent)
+        try:
+            self.config = load_config(path)
+        except ConfigError as exc:
+            self.problems = exc.problems
+        else:
+            self.readable = self.mapping = True
+            return
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            return
+        self.readable = True
+        root = _compose(text, self._ctx)
+        if isinstance(root, yaml.MappingNode):
+            self.mapping = True
+            self._sections = {
+                str(key.value): value
+                for key, value in root.value
+                if isinstance(key, yaml.ScalarNode)
+            }
+
+    def has(self, name: str) -> bool:
+        return name in self._sections
+
+    def section(self, name: str, reader: _Section[T]) -> T | None:
+        """Section ``name`` read on its own; None if it is absent or has a problem."""
+        node = self._sections.get(name)
+        if node is None:
+            return None
+        part = _Context(self._ctx.source, self._ctx.base_dir)
+        try:
+            result = reader(node, part, name)
+        except (_BadValueError, _ReportedError):
+            return None
+        return None if part.failed else result
+
+
 @dataclass(frozen=True)
 class GpioSettings:
     """What ``relay-off`` could read of a config file that may be broken elsewhere."""
@@ -1220,35 +1440,39 @@ def read_gpio_settings(path: Path, state_dir: Path | None = None) -> GpioSetting
     (default: the default state directory).
     """
     default_state = StorageConfig().state_dir if state_dir is None else state_dir
-    try:
-        config = load_config(path)
-    except ConfigError as exc:
-        problems = exc.problems
-    else:
-        return GpioSettings(config.gpio, config.storage.state_dir, [])
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError):
-        return GpioSettings(None, default_state, problems)
-    ctx = _Context(str(path), path.absolute().parent)
-    root = _compose(text, ctx)
-    if not isinstance(root, yaml.MappingNode):
-        return GpioSettings(None, default_state, problems)
-    sections = {
-        str(key.value): value for key, value in root.value if isinstance(key, yaml.ScalarNode)
-    }
+    file = _PartialFile(path)
+    if file.config is not None:
+        return GpioSettings(file.config.gpio, file.config.storage.state_dir, [])
+    if not file.mapping:
+        return GpioSettings(None, default_state, file.problems)
+    gpio = file.section("gpio", _GPIO) if file.has("gpio") else GpioConfig()
+    storage = file.section("storage", _STORAGE)
+    return GpioSettings(gpio, storage.state_dir if storage else default_state, file.problems)
 
-    def section(name: str, reader: _Section[T]) -> T | None:
-        node = sections.get(name)
-        if node is None:
-            return None
-        part = _Context(ctx.source, ctx.base_dir)
-        try:
-            result = reader(node, part, name)
-        except (_BadValueError, _ReportedError):
-            return None
-        return None if part.failed else result
 
-    gpio = section("gpio", _GPIO) if "gpio" in sections else GpioConfig()
-    storage = section("storage", _STORAGE)
-    return GpioSettings(gpio, storage.state_dir if storage else default_state, problems)
+@dataclass(frozen=True)
+class StatusSettings:
+    """What ``status`` could read of a config file that may be broken elsewhere."""
+
+    storage: StorageConfig | None  # None: the file cannot be read at all
+    storage_from_file: bool  # False: the storage section is unusable, these are the defaults
+    timezone: str
+    problems: list[str]  # every problem of the whole file ([] if it is valid)
+
+
+def read_status_settings(path: Path) -> StatusSettings:
+    """Only the ``storage`` and ``policy`` sections of the file at ``path``, each on its own.
+
+    ``status`` needs only where the state is (and the time zone to show it in): a mistake in
+    ``broker.port`` must not hide the board's state. A file that cannot be read at all (not
+    found, not UTF-8, no permission) gives no storage: then the path is what is wrong.
+    """
+    file = _PartialFile(path)
+    if file.config is not None:
+        return StatusSettings(file.config.storage, True, file.config.policy.timezone, [])
+    if not file.readable:
+        return StatusSettings(None, False, PolicyConfig().timezone, file.problems)
+    storage = file.section("storage", _STORAGE)
+    from_file = storage is not None or (file.mapping and not file.has("storage"))
+    policy = file.section("policy", _POLICY) or PolicyConfig()
+    return StatusSettings(storage or StorageConfig(), from_file, policy.timezone, file.problems)

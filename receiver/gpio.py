@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from gpiozero import DigitalInputDevice, OutputDevice
+from gpiozero.exc import GPIOPinInUse, PinFixedPull, PinInvalidPin, PinInvalidPull
 from gpiozero.pins import Factory
 from gpiozero.pins.mock import MockFactory
 
@@ -47,10 +48,12 @@ __all__ = [
     "AmpRelay",
     "GpioError",
     "PinFactoryMissingError",
+    "PinRefusedError",
     "force_off",
     "load_saved_settings",
     "make_pin_factory",
     "missing_pin_factory",
+    "pin_problem",
     "save_settings",
 ]
 
@@ -61,6 +64,21 @@ SAVED_SETTINGS_FILE: Final = "relay-gpio.json"
 
 class PinFactoryMissingError(GpioError):
     """The configured pin factory's module is not installed: no restart can fix that."""
+
+
+class PinRefusedError(GpioError):
+    """gpiozero refused a configured pin as the config asks for it: one pin used twice (under
+    two names, ``GPIO17`` and ``BOARD11``), a pin this board does not have, a pull resistor the
+    pin cannot have. A mistake in the config, which no restart can fix."""
+
+
+# gpiozero's refusals of a pin as configured (not a pin library failing underneath).
+_CONFIG_REFUSALS = (GPIOPinInUse, PinInvalidPin, PinFixedPull, PinInvalidPull)
+
+
+def _pin_error(message: str, exc: Exception) -> GpioError:
+    cls = PinRefusedError if isinstance(exc, _CONFIG_REFUSALS) else GpioError
+    return cls(f"{message}: {_describe(exc)}")
 
 
 # name -> (gpiozero module, factory class, what to install when the import fails)
@@ -154,6 +172,29 @@ def missing_pin_factory(name: str) -> str | None:
     return None
 
 
+def pin_problem(config: GpioConfig) -> str | None:
+    """Why gpiozero would refuse the configured pins (:class:`PinRefusedError`), or None.
+
+    The pins are opened as the daemon opens them, on gpiozero's mock of a 40-pin board, so
+    ``check-config`` finds what the daemon's start would stop at without touching a real pin.
+    """
+    factory = MockFactory()
+    relay: AmpRelay | None = None
+    try:
+        relay = AmpRelay(config, factory)
+        LocalInputs(config, factory, lambda name, active: None).close()
+    except PinRefusedError as exc:
+        return str(exc)
+    except GpioError:  # anything else is the mock's, not the config's
+        return None
+    finally:
+        if relay is not None:
+            with contextlib.suppress(GpioError):
+                relay.close()
+        factory.close()
+    return None
+
+
 class AmpRelay:
     """The amplifier relay on ``config.amp_pin``; off from construction until switched on."""
 
@@ -167,7 +208,7 @@ class AmpRelay:
                 pin_factory=pin_factory,
             )
         except Exception as exc:
-            raise GpioError(f"cannot open relay pin {config.amp_pin!r}: {_describe(exc)}") from exc
+            raise _pin_error(f"cannot open relay pin {config.amp_pin!r}", exc) from exc
         self._closed = False
 
     def switch(self, on: bool) -> None:
@@ -302,9 +343,7 @@ class LocalInputs:
                 )
             except Exception as exc:
                 self.close()
-                raise GpioError(
-                    f"cannot open input pin {pin!r} ({name}): {_describe(exc)}"
-                ) from exc
+                raise _pin_error(f"cannot open input pin {pin!r} ({name})", exc) from exc
             device.when_activated = _reporter(on_change, name, True)
             device.when_deactivated = _reporter(on_change, name, False)
             self._devices.append((name, device))

@@ -449,7 +449,7 @@ def test_duplicate_keys_are_reported() -> None:
         ),
         (
             "gpio: {amp_pin: BOARD41}",
-            "gpio.amp_pin: header pin 41 is not a GPIO pin (it is power or ground)",
+            "gpio.amp_pin: there is no header pin 41: use BOARD1 to BOARD40",
         ),
         (
             "gpio: {amp_pin: pin17}",
@@ -570,6 +570,20 @@ def test_a_bad_broker_setting_is_reported(broker: str, expected: str) -> None:
         ),
         ("storage: {cache_dir: /var/lib/loa-receiver/media}", f"storage.cache_dir: {APART}"),
         ("storage: {state_dir: /var/cache/loa-receiver/state}", f"storage.cache_dir: {APART}"),
+        # one pin named two ways: header pin 11 is GPIO17 on every 40-pin board
+        (
+            "gpio: {amp_pin: GPIO17, mic_pin: BOARD11}",
+            "gpio.mic_pin: BOARD11 is GPIO17, which is already used by gpio.amp_pin",
+        ),
+        (
+            "gpio: {amp_pin: BOARD11, mic_pin: BCM17}",
+            "gpio.mic_pin: GPIO17 is already used by gpio.amp_pin",
+        ),
+        (
+            "gpio: {amp_pin: GPIO17, mic_pin: GPIO27, amp_fault_pin: BOARD13}",
+            "gpio.amp_fault_pin: BOARD13 is GPIO27, which is already used by gpio.mic_pin",
+        ),
+        ("gpio: {amp_pin: BOARD11, mic_pin: BOARD13, amp_fault_pin: GPIO22}", None),
     ],
 )
 def test_rules_across_fields(snippet: str, expected: str | None) -> None:

@@ -113,6 +113,231 @@ def test_check_config_warns_about_placeholders_and_a_missing_module(tmp_path: Pa
     assert ": OK" in clean.stdout
 
 
+# --- pins gpiozero refuses ------------------------------------------------------------------
+
+
+def test_one_pin_named_two_ways_is_refused_by_check_config_and_run(tmp_path: Path) -> None:
+    """``amp_pin: GPIO17`` and ``mic_pin: BOARD11`` (header pin 11 is GPIO17): check-config
+    said OK, the daemon then died on GPIOPinInUse with exit 1, restarted every 5 s."""
+    gpio_part = "gpio: {pin_factory: mock, amp_pin: GPIO17, mic_pin: BOARD11}"
+    config = write_config(tmp_path, gpio_part=gpio_part)
+    said = "gpio.mic_pin: BOARD11 is GPIO17, which is already used by gpio.amp_pin"
+    check = receiver("check-config", str(config))
+    assert check.returncode == 78 and said in check.stderr, check.stderr
+    run = receiver("run", "--config", str(config))
+    assert run.returncode == 78 and said in run.stderr, run.stderr
+    assert "daemon_failed" not in run.stderr and "Traceback" not in run.stderr
+
+
+FIXED_PULL = "gpio: {pin_factory: mock, mic_pin: GPIO2, inputs_active_high: true}"
+
+
+def test_a_pin_gpiozero_refuses_as_configured_is_a_start_refusal(tmp_path: Path) -> None:
+    """GPIO2 has a fixed pull-up on every 40-pin board: an active-high input there (pull-down)
+    is refused by gpiozero; check-config finds it on gpiozero's mock board."""
+    config = write_config(tmp_path, gpio_part=FIXED_PULL)
+    said = "gpio: cannot open input pin 'GPIO2' (mic): PinFixedPull"
+    check = receiver("check-config", str(config))
+    assert check.returncode == 78, check.stderr
+    assert "will refuse to start" in check.stdout and said in check.stderr
+    run = receiver("run", "--config", str(config))
+    assert run.returncode == 78 and said in run.stderr, run.stderr
+    assert not (tmp_path / "state" / "outbox.db").exists()  # refused before anything started
+
+
+def test_a_pin_refused_when_the_daemon_opens_it_exits_78(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Past check-config's mock (a board unlike it): the daemon's own pin refusal at start is
+    a config mistake too, exit 78 and a clear line, not daemon_failed with exit 1."""
+    factory = MockFactory()
+    monkeypatch.setattr(gpio, "make_pin_factory", lambda name: factory)
+    monkeypatch.setattr(gpio, "pin_problem", lambda config: None)
+    config = write_config(tmp_path, gpio_part=FIXED_PULL)
+    assert cli.main(["run", "--config", str(config)]) == 78
+    out, err = capsys.readouterr()
+    said = out + err  # the log line goes where logs.configure sends it
+    assert "daemon_cannot_start" in said and "PinFixedPull" in said, said
+    assert "the daemon cannot start with this" in err and "daemon_failed" not in said
+    assert not factory.pin("GPIO17").state  # the relay it had opened is off
+
+
+# --- TLS files that are not what they should be ---------------------------------------------
+
+
+@pytest.fixture
+def certs(tmp_path: Path) -> dict[str, Path]:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from tests.lab.ca import TestCa
+
+    ca = TestCa(tmp_path / "ca")
+    device, other = ca.issue("device"), ca.issue("other")
+    key = ec.generate_private_key(ec.SECP256R1())
+    public = tmp_path / "ca" / "public.pem"
+    public.write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    locked = tmp_path / "ca" / "locked.key"
+    locked.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"secret"),
+        )
+    )
+    empty = tmp_path / "ca" / "empty.pem"
+    empty.write_bytes(b"")
+    return {
+        "ca": ca.cert_file,
+        "cert": device.cert,
+        "key": device.key,
+        "other_key": other.key,
+        "public": public,
+        "locked": locked,
+        "empty": empty,
+    }
+
+
+@pytest.mark.parametrize(
+    ("files", "expected"),
+    [
+        ({"ca_file": "public"}, "broker.tls.ca_file: {public} holds no certificate"),
+        ({"ca_file": "empty"}, "broker.tls.ca_file: {empty} holds no certificate"),
+        ({"ca_file": "config"}, "broker.tls.ca_file: {config} holds no certificate"),
+        (
+            {"ca_file": "ca", "cert_file": "key", "key_file": "key"},
+            "broker.tls.cert_file: {key} holds no certificate",
+        ),
+        (
+            {"cert_file": "cert", "key_file": "cert"},
+            "broker.tls.key_file: {cert} holds no private key",
+        ),
+        (
+            {"cert_file": "cert", "key_file": "other_key"},
+            "broker.tls.key_file: {other_key} is not the key of the certificate in "
+            "broker.tls.cert_file ({cert})",
+        ),
+        (
+            {"cert_file": "cert", "key_file": "locked"},
+            "broker.tls.key_file: {locked} is protected by a passphrase",
+        ),
+    ],
+)
+def test_a_tls_file_that_cannot_be_loaded_exits_78_and_is_warned_of(
+    tmp_path: Path, certs: dict[str, Path], files: dict[str, str], expected: str
+) -> None:
+    """A public key, an empty or a YAML file as ``broker.tls.ca_file``: check-config said OK,
+    the daemon then failed on "cannot load TLS files" with exit 1, for ever."""
+    certs["config"] = tmp_path / "receiver.yaml"
+    tls = ", ".join(f"{name}: {certs[which]}" for name, which in files.items())
+    config = write_config(tmp_path, extra=f"  tls: {{{tls}}}\n")
+    said = expected.format(**certs)
+    check = receiver("check-config", str(config))
+    assert check.returncode == 78, check.stderr
+    assert "will refuse to start" in check.stdout
+    assert said in check.stderr and "_ssl.c" not in check.stderr, check.stderr
+    assert len(check.stderr.splitlines()) == 1, check.stderr  # one file, one message
+    run = receiver("run", "--config", str(config))
+    assert run.returncode == 78 and said in run.stderr, run.stderr
+
+
+def test_good_tls_files_pass(tmp_path: Path, certs: dict[str, Path]) -> None:
+    tls = f"{{ca_file: {certs['ca']}, cert_file: {certs['cert']}, key_file: {certs['key']}}}"
+    check = receiver("check-config", str(write_config(tmp_path, extra=f"  tls: {tls}\n")))
+    assert (check.returncode, check.stderr) == (0, ""), check.stderr
+
+
+# --- what the daemon starts with, but will fail on later: warnings, exit 0 -------------------
+
+PAST, FUTURE = "2025-01-01T00:00:00+07:00", "2099-01-01T00:00:00+07:00"
+
+
+def keys_config(tmp_path: Path, *keys: tuple[str, str, str]) -> Path:
+    """A config whose trusted keys are ``(id, roles, not_after)``."""
+    config = write_config(tmp_path)
+    lines = [
+        f"    - {{id: {key_id}, ed25519: '{base64.b64encode(bytes([n] * 32)).decode()}', "
+        f"roles: [{roles}], scopes: ['*'], not_after: '{not_after}'}}"
+        for n, (key_id, roles, not_after) in enumerate(keys)
+    ]
+    text = config.read_text(encoding="utf-8")
+    start = text.index("    - {id: k1")
+    end = text.index("\n", start)
+    config.write_text(text[:start] + "\n".join(lines) + text[end:], encoding="utf-8")
+    return config
+
+
+def warnings_of(result: subprocess.CompletedProcess[str]) -> list[str]:
+    return [line for line in result.stderr.splitlines() if line.startswith("warning: ")]
+
+
+def test_an_expired_only_key_is_warned_of_and_the_file_still_passes(tmp_path: Path) -> None:
+    """``not_after`` in the past on the only key: check-config said "OK ... 1 trusted keys"
+    while the board would refuse every command."""
+    result = receiver("check-config", str(keys_config(tmp_path, ("op-2026", "operator", PAST))))
+    assert result.returncode == 0, result.stderr  # the daemon starts; central may send keys
+    expired, none_left = warnings_of(result)
+    assert "trust.keys[0]: 'op-2026' expired on 2025-01-01T00:00:00+07:00" in expired
+    assert "every key that may sign commands (role operator or emergency) has expired" in (
+        none_left
+    )
+    assert "too few root keys" in none_left  # no root key: no new list can come either
+    assert "1 trusted keys (1 expired)" in result.stdout
+    assert "OK, the daemon will start with it, but read the warnings above" in result.stdout
+
+
+def test_an_expired_key_beside_valid_ones_gets_one_warning(tmp_path: Path) -> None:
+    config = keys_config(
+        tmp_path,
+        ("op-2025", "operator", PAST),
+        ("op-2027", "operator", FUTURE),
+        ("root-a", "root", PAST),
+    )
+    result = receiver("check-config", str(config))
+    assert result.returncode == 0, result.stderr
+    assert [w.split(": ", 2)[2].split(" ", 1)[0] for w in warnings_of(result)] == [
+        "trust.keys[0]:",
+        "trust.keys[2]:",
+    ]
+
+
+def test_with_a_valid_root_key_a_new_keyring_is_the_way_out(tmp_path: Path) -> None:
+    config = keys_config(
+        tmp_path, ("op-2025", "operator, emergency", PAST), ("root-a", "root", FUTURE)
+    )
+    text = config.read_text(encoding="utf-8").replace(
+        "\nstorage:", "\n  thresholds: {root: 1}\nstorage:"
+    )
+    config.write_text(text, encoding="utf-8")
+    result = receiver("check-config", str(config))
+    assert result.returncode == 0, result.stderr
+    none_left = warnings_of(result)[-1]
+    assert "until central sends it a new list of trusted keys" in none_left
+    assert "too few root keys" not in none_left
+
+
+def test_a_fallback_file_that_cannot_be_read_is_warned_of(tmp_path: Path) -> None:
+    """A missing ``player.fallback_file`` was accepted; it showed only when a relay failed."""
+    config = write_config(tmp_path, extra="")
+    text = config.read_text(encoding="utf-8") + "player: {fallback_file: nosuch.mp3}\n"
+    config.write_text(text, encoding="utf-8")
+    result = receiver("check-config", str(config))
+    assert result.returncode == 0, result.stderr
+    (warning,) = warnings_of(result)
+    assert (
+        f"player.fallback_file: cannot read {tmp_path}/nosuch.mp3: No such file or directory"
+        in warning
+    )
+    assert "would end in silence" in warning
+    (tmp_path / "nosuch.mp3").write_bytes(b"ID3")
+    clean = receiver("check-config", str(config))
+    assert (clean.returncode, clean.stderr) == (0, "")
+
+
 # --- relay-off ---------------------------------------------------------------------------
 
 

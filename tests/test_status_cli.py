@@ -148,12 +148,37 @@ def test_a_damaged_status_file_does_not_send_the_technician_to_sudo(tmp_path: Pa
     assert "the daemon writes it anew" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_a_bad_config_exits_78(tmp_path: Path) -> None:
+def test_a_mistake_elsewhere_in_the_config_does_not_hide_the_state(tmp_path: Path) -> None:
+    """``broker.port: "abc"`` made status print only the config error and exit 78, although
+    it needs only ``storage.state_dir`` (as ``relay-off`` needs only ``gpio``)."""
+    config = write_config(tmp_path)
+    text = config.read_text(encoding="utf-8").replace(
+        "  host: 192.0.2.1\n", "  host: 192.0.2.1\n  port: 'abc'\n"
+    )
+    config.write_text(text + "policy: {timezone: Asia/Ho_Chi_Minh}\n", encoding="utf-8")
+    (tmp_path / "state").mkdir()
+    write_status(tmp_path / "state", encode(state_message(time.time())))
+    result = run_status(config)
+    assert result.returncode == 0, result.stderr
+    assert as_lines(result.stdout)["device"] == "loa-25-07873-001"
+    assert "+07)" in as_lines(result.stdout)["updated"]  # the file's time zone
+    assert "broker.port: expected an integer, got a string" in result.stderr
+    assert f"the state below is read from {tmp_path / 'state'}" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_an_unusable_storage_section_falls_back_to_the_default_and_says_so(
+    tmp_path: Path,
+) -> None:
     bad = tmp_path / "bad.yaml"
-    bad.write_text("device_id: loa-1\n", encoding="utf-8")
+    bad.write_text("device_id: loa-1\nstorage: {cache_dir: [x]}\n", encoding="utf-8")
     result = run_status(bad)
-    assert result.returncode == 78
     assert "configuration has errors" in result.stderr
+    assert "storage.cache_dir: expected a string, got a list" in result.stderr
+    fallback = "its storage section cannot be used, so the state below is read from the default"
+    assert f"{fallback} /var/lib/loa-receiver" in result.stderr
+    assert result.returncode in (0, 1)  # whatever this machine's default holds
+    assert "Traceback" not in result.stderr
 
 
 def test_write_status_is_atomic_and_mode_0640(tmp_path: Path) -> None:
