@@ -103,3 +103,46 @@ def test_a_schedule_is_published_retained_on_each_group_topic(
                 3,
                 ["grp:c-1", "grp:c-2"],
             )
+
+
+def root_entries(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], scopes: dict[str, str]
+) -> tuple[list[Path], Path]:
+    """Root keys scoped as given, and an operator, in a keyring file."""
+    paths = keys(tmp_path, *scopes, "op-2027")
+    entries = []
+    for path, scope in zip(paths, [*scopes.values(), "prov-25"], strict=True):
+        roles = "operator" if path.stem == "op-2027" else "root"
+        assert main(["key-entry", "--key", str(path), "--roles", roles, "--scopes", scope]) == 0
+        entries.append(json.loads(capsys.readouterr().out))
+    keyring = tmp_path / "keyring.json"
+    keyring.write_text(json.dumps(entries))
+    return paths[:-1], keyring
+
+
+def trust(keyring: Path, roots: list[Path]) -> int:
+    signing = [word for root in roots for word in ("--key", str(root))]
+    version = ["--version", "2", "--thresholds", "root=2,operator=1"]
+    return main(["trust", *version, "--keys", str(keyring), "--env", "prod", *signing])
+
+
+def test_a_keyring_whose_root_keys_hold_one_province_is_signed_for_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A province's own roots (scoped to it, as security.md's rotation example scopes its
+    # operator keys): its receivers take the keyring, so the tool must sign it.
+    roots, keyring = root_entries(tmp_path, capsys, {"root-1": "prov-25", "root-2": "prov-25"})
+    assert trust(keyring, roots) == 0, capsys.readouterr().err
+    envelope = parse_envelope(capsys.readouterr().out.strip().encode())
+    assert sorted(keyid for keyid, _ in envelope.signatures) == ["root-1", "root-2"]
+
+
+def test_root_keys_of_two_provinces_cannot_make_one_threshold(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # No receiver is in both provinces: each takes one signature of the two its keyring needs.
+    roots, keyring = root_entries(tmp_path, capsys, {"root-1": "prov-25", "root-2": "prov-26"})
+    assert trust(keyring, roots) == 2
+    err = capsys.readouterr().err
+    assert "not signed by enough of its own root keys" in err, err
+    assert "prov-25" in err and "prov-26" in err, err

@@ -131,16 +131,23 @@ def refuse_if_unauthorized(
 
 
 def _admission_refusal(
-    keyring: Keyring, topic: str, envelope: bytes, payload: dict[str, Any]
+    keyring: Keyring,
+    topic: str,
+    envelope: bytes,
+    payload: dict[str, Any],
+    scope: str | None = None,
 ) -> Rejection | None:
     """The receivers' admission of ``envelope`` under ``keyring``: its refusal for a reason
-    of keys and roles, or None."""
+    of keys and roles, or None. ``scope``: judged as a receiver of that id or group would judge
+    it (for a document that names no audience of its own: a keyring, say)."""
     audience = next(iter(payload.get("aud", [])), "grp:")
     kind, _, ident = str(audience).partition(":")
+    if scope is not None:
+        kind, ident = "scope", scope
     context = admission.Context(
-        device_id=ident if kind == "dev" else "",
+        device_id=ident if kind in ("dev", "scope") else "",
         env=str(payload.get("env", "")),
-        groups=(ident,) if kind == "grp" else (),
+        groups=(ident,) if kind in ("grp", "scope") else (),
         keyring=keyring,
         floors={},
         time_floor=0.0,
@@ -165,13 +172,25 @@ def refuse_if_not_self_signed(topic: str, envelope: bytes, payload: dict[str, An
     key, would also leave the fleet with no way to rotate again."""
     document = parse_trust(payload)
     before = dataclasses.replace(document.keyring, version=document.version - 1)
-    if _admission_refusal(before, topic, envelope, payload) is not None:
-        roots = sum(1 for key in document.keyring.keys if "root" in key.roles)
+    roots = [key for key in document.keyring.keys if "root" in key.roles]
+    # Root keys scoped to a province count only on its receivers: the keyring is signed if the
+    # receivers of at least one scope its root keys hold would take it.
+    scopes = sorted({scope for key in roots for scope in key.scopes} - {"*"})
+    if all(
+        _admission_refusal(before, topic, envelope, payload, scope) is not None
+        for scope in [None, *scopes]
+    ):
+        held = (
+            f"; they are scoped to {', '.join(scopes)}, and a receiver counts only those that "
+            "cover it"
+            if scopes
+            else ""
+        )
         raise InputError(
             f"a receiver refuses this keyring: not signed by enough of its own root keys (it "
-            f"lists {roots} root key(s), threshold {document.keyring.threshold('root')}; "
-            f"signed by {', '.join(sorted(_signer_ids(envelope)))}); nothing was sent. Sign it "
-            "with that many of its root keys (--key, repeated), or set --thresholds root=N"
+            f"lists {len(roots)} root key(s), threshold {document.keyring.threshold('root')}; "
+            f"signed by {', '.join(sorted(_signer_ids(envelope)))}{held}); nothing was sent. "
+            "Sign it with that many of its root keys (--key, repeated), or set --thresholds root=N"
         )
 
 
