@@ -123,6 +123,16 @@ def _file_entry(args: argparse.Namespace) -> dict[str, Any]:
         except OSError as exc:
             raise InputError(f"--file {args.file}: cannot read it ({exc.strerror or exc})") from exc
         sha256, size = hashlib.sha256(data).hexdigest(), len(data)
+        if args.sha256 and args.sha256.lower() != sha256:
+            raise InputError(
+                f"--sha256 {args.sha256} does not match --file {args.file} (its sha256 is "
+                f"{sha256}): give the file the boards will download, or leave out --sha256"
+            )
+        if args.size is not None and args.size != size:
+            raise InputError(
+                f"--size {args.size} does not match --file {args.file} ({size} bytes): give "
+                "the file the boards will download, or leave out --size"
+            )
     elif args.sha256 and args.size is not None:
         sha256, size = args.sha256, args.size
     else:

@@ -6,6 +6,7 @@ key id file left empty, a prefix the receivers refuse, an option name cut short,
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import subprocess
@@ -21,6 +22,7 @@ from cryptography.hazmat.primitives.serialization import (
 
 from receiver.central.admin import build_parser, main
 from receiver.central.signing import SigningKey, key_entry
+from receiver.core.envelope import parse_envelope
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -293,3 +295,27 @@ def test_a_directory_given_for_a_tls_file_is_named_a_directory(
     err = capsys.readouterr().err
     assert f"receiver-admin: {flag} {tmp_path}: a directory; give the file" in err
     assert "no such file" not in err
+
+
+def test_a_hash_or_size_that_disagrees_with_the_file_is_refused_not_dropped(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``play --file media.mp3 --sha256 000…`` signed the file's own hash and dropped the one
+    given without a word: which of the two is the file the boards will download?"""
+    key = tmp_path / "op.pem"
+    SigningKey.generate("op-1").save(key)
+    media = tmp_path / "media.mp3"
+    media.write_bytes(b"ID3 not really audio" * 10)
+    common = [
+        *("play", "--key", str(key), "--env", "lab", "--aud", "grp:commune-25-07873"),
+        *("--url", "https://media.example/media.mp3", "--file", str(media)),
+    ]
+    assert main([*common, "--sha256", "0" * 64]) == 2
+    err = capsys.readouterr().err
+    assert "--sha256" in err and str(media) in err and "does not match" in err, err
+    assert main([*common, "--size", "5"]) == 2
+    assert "--size 5 does not match" in capsys.readouterr().err
+    real = hashlib.sha256(media.read_bytes()).hexdigest()
+    assert main([*common, "--sha256", real.upper(), "--size", str(media.stat().st_size)]) == 0
+    body = json.loads(parse_envelope(capsys.readouterr().out.strip().encode()).body)
+    assert body["body"]["source"]["files"][0]["sha256"] == real
