@@ -151,6 +151,7 @@ def cmd_run(args: SimpleNamespace) -> int:
         return EX_CONFIG
     import structlog
 
+    from receiver.device_key import DeviceKeyError
     from receiver.gpio import PinFactoryMissingError, PinRefusedError, save_settings
     from receiver.runtime import run_forever  # imports libVLC: only when running
 
@@ -171,6 +172,9 @@ def cmd_run(args: SimpleNamespace) -> int:
         log.critical("daemon_cannot_start", error=f"gpio: {exc}")
         refusal = _("{path}: the daemon cannot start with this, see above")
         print(refusal.format(path=args.config), file=sys.stderr)
+        return EX_CONFIG
+    except DeviceKeyError as exc:  # damaged, readable by others, locked: no restart mends it
+        log.critical("daemon_cannot_start", error=str(exc))
         return EX_CONFIG
     except Exception as exc:
         log.critical("daemon_failed", error=str(exc), error_type=type(exc).__name__)

@@ -140,6 +140,12 @@ def _load(path: Path, device_id: str) -> DeviceKey:
             other = serialization.load_pem_private_key(data, password=None)
         except ValueError as exc:
             raise DeviceKeyError(f"the device key {path} is not a PEM private key") from exc
+        except TypeError as exc:  # cryptography: "Password was not given but ... encrypted"
+            raise DeviceKeyError(
+                f"the device key {path} is protected by a passphrase: the daemon signs with it "
+                "unattended and needs it unencrypted (openssl pkey -in KEY -out KEY-plain), or "
+                "delete it, restart and enroll the new one"
+            ) from exc
         if not isinstance(other, Ed25519PrivateKey):
             raise DeviceKeyError(f"the device key {path} is not an Ed25519 key")
         private = other

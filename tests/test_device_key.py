@@ -179,3 +179,29 @@ def test_a_pem_key_of_another_kind_is_refused_not_replaced(tmp_path: Path) -> No
     with pytest.raises(DeviceKeyError, match="not an Ed25519 key"):
         load_or_create_device_key(tmp_path, "dev-1")
     assert path.read_bytes() == pem
+
+
+def test_a_key_locked_by_a_passphrase_is_refused_in_plain_words(tmp_path: Path) -> None:
+    """A device key replaced by hand with an encrypted one ended the daemon with a TypeError."""
+    pem = Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"secret"),
+    )
+    path = _write_key(tmp_path, pem)
+    with pytest.raises(DeviceKeyError, match="protected by a passphrase"):
+        load_or_create_device_key(tmp_path, "dev-1")
+    assert path.read_bytes() == pem
+
+
+def test_the_daemon_with_an_unusable_device_key_exits_78_not_1(tmp_path: Path) -> None:
+    """No restart mends a device key: the unit's RestartPreventExitStatus=78 must see 78."""
+    from tests.test_start_refusals import receiver, write_config
+
+    config = write_config(tmp_path)
+    path = _write_key(tmp_path / "state", b"-----BEGIN PRIVATE KEY-----\ngarbage\n")
+    result = receiver("run", "--config", str(config))
+    assert result.returncode == 78, result.stdout + result.stderr
+    assert "not a PEM private key" in result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    assert path.read_bytes().endswith(b"garbage\n")
