@@ -3,6 +3,7 @@ settings, the first keyring, topics, and the state restored from the store."""
 
 from __future__ import annotations
 
+import base64
 import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
@@ -19,6 +20,7 @@ from receiver.core.trust import Keyring, key_from_config
 from receiver.core.trustdoc import parse_trust
 from receiver.device_key import STATE_TYPE, DeviceKey, load_or_create_device_key, seal_report
 from receiver.ports import Hooks, Ports
+from receiver.ports import Outbox as OutboxPort
 from receiver.ports import Store as StorePort
 
 if TYPE_CHECKING:
@@ -156,6 +158,43 @@ class Topics:
             *(Subscription(self.group_schedule(g), ignore_retained=False) for g in groups),
             Subscription(self.trust, ignore_retained=False),
         ]
+
+
+# The kinds that end an item for good (``preempted`` waits to resume; ``fault`` ends nothing).
+ENDING_KINDS: Final = frozenset({"finished", "stopped", "failed"})
+
+
+def retire_reported_ends(store: StorePort, outbox: OutboxPort) -> list[str]:
+    """At start, before the state is restored: retire what a report still in the outbox says
+    has ended, and return those refs.
+
+    The core writes a report before the write that retires what it reports (the intent of a
+    command, the done mark of a programme's occurrence), in two commits to two files: a crash
+    between them must cost neither the report nor the retiring. Without this, a crash there
+    left the occurrence to play again after the restart, and the intent to be reported
+    ``failed`` after its ``finished``. A report leaves the outbox only once the broker has it,
+    which is after its retiring write: so what is not retired here was retired already.
+    """
+    ended: list[str] = []
+    for _n, payload in outbox.pending():
+        try:
+            body = json.loads(base64.b64decode(json.loads(payload)["payload"]))
+            kind, ref = body["kind"], body["ref"]
+        except (ValueError, KeyError, TypeError):  # not ours to judge: the link sends it as is
+            continue
+        if kind in ENDING_KINDS and isinstance(ref, str) and ref not in ended:
+            ended.append(ref)
+    retired = []
+    open_intents = {intent.ref for intent in store.intents()}
+    done = store.done()
+    for ref in ended:
+        if ref in open_intents:
+            store.forget_intent(ref)
+            retired.append(ref)
+        elif ref.count("/") == 2 and ref not in done:  # a programme's occurrence: sid/entry/date
+            store.save_done(ref)
+            retired.append(ref)
+    return retired
 
 
 def restore_state(config: Config, store: StorePort) -> machine.State:

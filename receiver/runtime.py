@@ -25,7 +25,13 @@ from typing import Any, Final
 import structlog
 
 from receiver import __version__, systemd
-from receiver.assembly import Topics, offline_payload, real_ports, restore_state
+from receiver.assembly import (
+    Topics,
+    offline_payload,
+    real_ports,
+    restore_state,
+    retire_reported_ends,
+)
 from receiver.config_model import Config
 from receiver.core import machine
 from receiver.core.clock import Instant
@@ -167,6 +173,14 @@ class Runtime:
         self.traffic = TrafficMeter(
             lambda: self.link.socket_inode, other_media=getattr(self.player, "media_bytes", None)
         )
+        retired = retire_reported_ends(self.store, self.outbox)
+        if retired:
+            self.log.warning(
+                "retired_from_reports",
+                refs=",".join(retired),
+                why="reported ended before the last stop or crash, whose retiring write did "
+                "not follow: they are not carried out again",
+            )
         self.state = restore_state(config, self.store)
         # Read by the link's thread; replaced (never changed) by the loop after each step.
         self._key_ids = frozenset(key.id for key in self.state.floors.keyring.keys)
