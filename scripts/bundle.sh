@@ -109,7 +109,8 @@ fi
 
 # 2. The source the installer works from (what scripts/install.sh copies or installs).
 mkdir -p "$share/src/docs/vi"
-cp -r pyproject.toml setup.cfg setup.py README.md LICENSE receiver scripts systemd config "$share/src/"
+cp -r pyproject.toml setup.cfg setup.py README.md LICENSE receiver receiver_entry.py scripts systemd config \
+  "$share/src/"
 cp docs/operations.md "$share/src/docs/"
 cp docs/vi/operations.md "$share/src/docs/vi/"
 find "$share/src" -name __pycache__ -prune -exec rm -rf {} +

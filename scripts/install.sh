@@ -235,7 +235,8 @@ build=$(mktemp -d)
 say "creating the program's virtual environment in $new"
 "$PYTHON" -m venv "${VENV_ARGS[@]}" "$new"
 # Build from a copy, so that pip and setuptools write nothing into the checkout.
-cp -r "$SRC/pyproject.toml" "$SRC/setup.cfg" "$SRC/setup.py" "$SRC/README.md" "$SRC/LICENSE" "$SRC/receiver" "$build/"
+cp -r "$SRC/pyproject.toml" "$SRC/setup.cfg" "$SRC/setup.py" "$SRC/README.md" "$SRC/LICENSE" \
+  "$SRC/receiver" "$SRC/receiver_entry.py" "$build/"
 find "$build" -name __pycache__ -prune -exec rm -rf {} +
 "$new/bin/pip" install --quiet --disable-pip-version-check --no-cache-dir "${PIP_ARGS[@]}" "$build"
 # lgpio from Debian (python3-lgpio) is linked against the system's liblgpio: link just that
