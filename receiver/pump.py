@@ -38,7 +38,6 @@ class OutboxPump:
         self._acked: deque[int] = deque()
         self._in_flight: set[int] = set()
         self._logs: list[_Log] = []  # the turn's event lines, written once it is committed
-        self._committed: list[_Log] = []  # lines of events committed mid-turn (see commit)
         self._ready: list[_Log] = []  # lines to write (events committed, actions done), in order
         self._holding = False  # see hold_logs
         self._in_turn = False
@@ -66,7 +65,6 @@ class OutboxPump:
         except BaseException as exc:
             self._logs.clear()
             self._end_batch(exc)
-            self._flush_logs()  # what the turn committed before it failed
             raise
         finally:
             self._in_turn = False
@@ -76,14 +74,11 @@ class OutboxPump:
     def commit(self) -> None:
         """Put the turn's events so far on disk now, before a store write that relies on them
         (the core orders its effects: a report before the write that retires what it reports).
-        The turn goes on; its next event opens a new transaction. Their log lines wait for the
-        turn's end, when the store's writes after them are done too: a line in the journal
-        then means the whole turn is on disk (a `finished` logged before its occurrence's done
-        mark let a watcher kill the daemon in between, and the occurrence played again)."""
+        The turn goes on; its next event opens a new transaction."""
         if self._batch is not None:
-            self._commit(flush_logs=False)
+            self._commit()
 
-    def _commit(self, *, then_send: bool = False, flush_logs: bool = True) -> None:
+    def _commit(self, *, then_send: bool = False) -> None:
         if then_send:
             # Handed to the link before the commit: its thread sends them while the commit
             # waits for the card (SQLite lets other threads run during the fsync), so the
@@ -97,11 +92,7 @@ class OutboxPump:
             lost = sum(1 for _, what, _ in self._logs if what != "outbox_overflow")
             self._logs.clear()
             self._log.error("effect_failed", effect="Emit", error=str(exc), events_lost=lost)
-        if flush_logs:
-            self._flush_logs()
-        else:
-            self._committed.extend(self._logs)
-            self._logs = []
+        self._flush_logs()
 
     def add(
         self, n: int, payload: bytes, log: Callable[..., Any], what: str, /, **fields: Any
@@ -193,9 +184,8 @@ class OutboxPump:
         self._write_ready()
 
     def _flush_logs(self) -> None:
-        self._ready.extend(self._committed)
         self._ready.extend(self._logs)
-        self._committed, self._logs = [], []
+        self._logs = []
         self._write_ready()
 
     def _write_ready(self) -> None:

@@ -185,35 +185,6 @@ def test_the_pump_keeps_no_log_of_a_turn_that_failed() -> None:
     assert written == [] and outbox.commits == 0
 
 
-def test_a_report_committed_mid_turn_is_logged_once_the_turn_s_writes_are_done() -> None:
-    """A `finished` goes to disk before the write that retires what it reports (the done mark
-    of a programme's occurrence), in a commit of its own. Its log line waited for nothing more:
-    a watcher that acted on it (a test's SIGKILL) could find the done mark not yet written, and
-    the restarted daemon played the occurrence again. The line now waits for the turn's end,
-    and a line of a committed report is written even if the turn then fails."""
-    from tests.shell.doubles import Journal, Link, Outbox
-
-    journal = Journal()
-    outbox = Outbox(journal)
-    pump = OutboxPump(outbox, Link(journal, lambda _: None), "t", lambda: None)
-    written: list[str] = []
-
-    def log(what: str, **_: object) -> None:
-        written.append(what)
-
-    with pump.turn():
-        pump.add(1, b'{"kind":"finished"}', log, "finished")
-        pump.commit()  # before the store's done mark
-        assert outbox.commits == 1 and written == []
-        written.append("done mark")
-    assert written == ["done mark", "finished"]
-    with pytest.raises(RuntimeError), pump.turn():
-        pump.add(2, b'{"kind":"finished"}', log, "finished again")
-        pump.commit()
-        raise RuntimeError("the done mark could not be written")
-    assert outbox.commits == 2 and written[-1] == "finished again"
-
-
 def test_an_unwritable_outbox_costs_the_reports_never_the_loop(shell: Shell) -> None:
     shell.outbox.unwritable = True
     with structlog.testing.capture_logs() as logs:
