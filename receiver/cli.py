@@ -36,6 +36,7 @@ from receiver import __version__, logs  # first: logs sets up what structlog may
 from receiver.config import (
     ConfigError,
     config_warnings,
+    key_expired,
     load_config,
     placeholders,
     read_gpio_settings,
@@ -96,7 +97,7 @@ def cmd_check_config(args: SimpleNamespace) -> int:
     later = config_warnings(config, now)
     for warning in warnings + later:
         print(_("warning: {message}").format(message=warning), file=sys.stderr)
-    expired = sum(1 for key in config.trust.keys if key.not_after and key.not_after < now)
+    expired = sum(1 for key in config.trust.keys if key_expired(key, now))
     summary = _(
         "device {device} in {env}, groups {groups}, {keys} trusted keys{expired}, "
         "broker {host}:{port}"
@@ -199,11 +200,10 @@ def cmd_relay_off(args: SimpleNamespace) -> int:
     or left to another daemon that holds the state directory (a hand-run one: this unit's own
     daemon has ended by now, and its lock with it).
     """
+    from receiver import instance_lock
     from receiver.gpio import GpioError, force_off, load_saved_settings
 
     settings = read_gpio_settings(Path(args.config), args.state_dir)
-    from receiver import instance_lock
-
     running = instance_lock.holder(settings.state_dir)
     if running is not None:  # not this unit's daemon, which has ended: another one, alive
         print(

@@ -69,6 +69,7 @@ __all__ = [
     "ConfigError",
     "GpioSettings",
     "config_warnings",
+    "key_expired",
     "key_id_problem",
     "load_config",
     "parse_config",
@@ -1322,12 +1323,17 @@ def config_warnings(config: Config, now: datetime) -> list[str]:
     return _expired_keys(config, now) + _unreadable_fallback(config)
 
 
+def key_expired(key: TrustedKey, now: datetime) -> bool:
+    """Whether the key's ``not_after`` has passed."""
+    return key.not_after is not None and key.not_after < now
+
+
 def _expired_keys(config: Config, now: datetime) -> list[str]:
     source, keys = config.source, config.trust.keys
     found: list[str] = []
 
     def expired(key: TrustedKey) -> bool:
-        return key.not_after is not None and key.not_after < now
+        return key_expired(key, now)
 
     for index, key in enumerate(keys):
         if expired(key) and key.not_after is not None:
