@@ -421,6 +421,15 @@ def _fleet(args: argparse.Namespace) -> int:
             args=args,
             filters=filters,
         )
+        # What in the bridges file marks nothing here: on the screen while watching (it
+        # is redrawn), once on stderr for a snapshot (stdout stays the table).
+        for doubt in bridges.doubts(rows) if bridges is not None else ():
+            if args.watch:
+                sys.stdout.write(f"warning: --bridges {args.bridges}: {doubt}\n")
+            else:
+                print(
+                    f"receiver-admin: warning: --bridges {args.bridges}: {doubt}", file=sys.stderr
+                )
 
     try:
         if not args.watch:

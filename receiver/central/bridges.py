@@ -16,6 +16,7 @@ followed by device id patterns (``fnmatch``: ``loa-25-07873-*``); ``#`` starts a
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
@@ -35,6 +36,7 @@ __all__ = [
 
 BRIDGE_STATE_FILTER: Final = "$SYS/broker/connection/+/state"
 _PREFIX: Final = "$SYS/broker/connection/"
+_WILDCARDS: Final = frozenset("*?[")  # fnmatch's: in a device pattern, never in a bridge's name
 
 
 class BridgeMapError(ValueError):
@@ -71,6 +73,13 @@ class BridgeMap:
                 raise BridgeMapError(
                     f"{path}:{number}: write the bridge's remote_clientid, then device patterns"
                 )
+            if _WILDCARDS.intersection(words[0]):
+                # The columns swapped: a bridge of that name would never report, so the file
+                # would mark nothing, without a word.
+                raise BridgeMapError(
+                    f"{path}:{number}: {words[0]} is a device pattern, not a bridge: write the "
+                    "bridge's remote_clientid first, then its device patterns"
+                )
             patterns[words[0]] = (*patterns.get(words[0], ()), *words[1:])
         return cls(patterns)
 
@@ -81,6 +90,27 @@ class BridgeMap:
             return False
         self.up[name] = payload.strip() == b"1"
         return True
+
+    def doubts(self, devices: Iterable[str]) -> list[str]:
+        """What in the file marks nothing on this broker: a bridge that has reported no state
+        (a mistyped name, or the columns swapped), a pattern that matches none of ``devices``."""
+        known = list(devices)
+        said = []
+        if self.patterns and not self.up:
+            said.append(
+                f"no bridge has reported a state on this broker (may this client read "
+                f"{BRIDGE_STATE_FILTER}? has each bridge `notifications true`?)"
+            )
+        for name, patterns in self.patterns.items():
+            if self.up and name not in self.up:
+                said.append(
+                    f"bridge {name} has reported no state on this broker "
+                    "(is the name its remote_clientid, first on its line?)"
+                )
+            for pattern in patterns:
+                if not any(fnmatch.fnmatchcase(device, pattern) for device in known):
+                    said.append(f"pattern {pattern} (bridge {name}) matches no device")
+        return said
 
     def down_for(self, device: str) -> str | None:
         """The name of a bridge that is down and that ``device`` sits behind, if any."""

@@ -229,3 +229,28 @@ def test_fleet_marks_the_devices_behind_a_district_that_is_down(
     rows = capsys.readouterr().out.splitlines()
     assert any(row.startswith(f"{DEVICE} [BRIDGE {BRIDGE} DOWN]") for row in rows), rows
     assert any(row.startswith("dev-elsewhere ") for row in rows), rows
+
+
+def test_fleet_names_what_in_the_bridges_file_marks_nothing(
+    chain: tuple[MosquittoBroker, MosquittoBroker],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A second line with its columns swapped (no wildcard to give it away): the bridge it
+    names never reports, and the real bridge's name matches no device. Said on stderr; the
+    table on stdout is unchanged."""
+    province, district = chain
+    with Subscriber(district) as device:
+        state = b'{"device": "%s", "online": true, "state": "idle"}' % DEVICE.encode()
+        device.publish(f"loa/v1/dev/{DEVICE}/state", state, retain=True)
+    wait_until(lambda: bridge_state(province) == b"1", TIMEOUT, "the bridge is up")
+    bridges = tmp_path / "bridges.txt"
+    bridges.write_text(f"{BRIDGE}  dev-test-*\n{DEVICE}  {BRIDGE}\n", encoding="utf-8")
+    args = ["fleet", "--host", province.host, "--port", str(province.port), "--timeout", "1"]
+
+    assert admin.main([*args, "--bridges", str(bridges)]) == 0
+    out, err = capsys.readouterr()
+    assert any(row.startswith(f"{DEVICE} ") for row in out.splitlines()), out
+    assert f"bridge {DEVICE} has reported no state on this broker" in err
+    assert f"pattern {BRIDGE} (bridge {DEVICE}) matches no device" in err
+    assert f"bridge {BRIDGE} " not in err and "Traceback" not in err
