@@ -2,7 +2,8 @@
 
 The catalogs' sources are ``receiver/locale/<lang>/LC_MESSAGES/loa-receiver.po`` (edited by
 hand); the build compiles each into its ``.mo`` beside it (``setup.py``: :func:`compile_po`,
-so a board needs no ``msgfmt``). The language comes from the usual environment variables
+so a board needs no ``msgfmt``); a checkout run in place, which has no ``.mo``, reads the
+``.po``. The language comes from the usual environment variables
 (``LANGUAGE``, ``LC_ALL``, ``LC_MESSAGES``, ``LANG``): ``LANG=vi_VN.UTF-8 receiver
 check-config ...`` answers in Vietnamese. A missing catalog or an untranslated message gives
 the English text. Only what a technician reads at the terminal is translated: ``check-config``
@@ -16,12 +17,21 @@ from __future__ import annotations
 import ast
 import gettext
 import io
+import os
 import struct
 import sys
 from functools import cache
 from pathlib import Path
 
-__all__ = ["DOMAIN", "LOCALE_DIR", "compile_po", "gettext_", "read_po", "tolerant_output"]
+__all__ = [
+    "DOMAIN",
+    "LOCALE_DIR",
+    "compile_po",
+    "compiled_catalog",
+    "gettext_",
+    "read_po",
+    "tolerant_output",
+]
 
 DOMAIN = "loa-receiver"
 LOCALE_DIR = Path(__file__).resolve().parent / "locale"
@@ -29,7 +39,35 @@ LOCALE_DIR = Path(__file__).resolve().parent / "locale"
 
 @cache
 def _translations() -> gettext.NullTranslations:
-    return gettext.translation(DOMAIN, LOCALE_DIR, fallback=True)
+    found = gettext.translation(DOMAIN, LOCALE_DIR, fallback=True)
+    if isinstance(found, gettext.GNUTranslations):
+        return found
+    # A checkout run in place holds the catalogs' sources only (the build compiles them): read
+    # the source, so that its tools speak the technician's language too.
+    source = _source_catalog()
+    if source is None:
+        return found
+    return gettext.GNUTranslations(io.BytesIO(compiled_catalog(source)))
+
+
+def _source_catalog() -> Path | None:
+    """The ``.po`` of the first language the environment asks for that has one, as gettext
+    chooses a ``.mo`` (``LANGUAGE``, ``LC_ALL``, ``LC_MESSAGES``, ``LANG``; ``C`` ends the list)."""
+    for variable in ("LANGUAGE", "LC_ALL", "LC_MESSAGES", "LANG"):
+        value = os.environ.get(variable)
+        if value:
+            break
+    else:
+        return None
+    for language in value.split(":"):
+        if language in ("C", "POSIX"):
+            return None
+        bare = language.split("@", 1)[0].split(".", 1)[0]  # vi_VN.UTF-8@x -> vi_VN, then vi
+        for name in dict.fromkeys((bare, bare.split("_", 1)[0])):
+            path = LOCALE_DIR / name / "LC_MESSAGES" / f"{DOMAIN}.po"
+            if name and path.is_file():
+                return path
+    return None
 
 
 def gettext_(message: str) -> str:
@@ -80,6 +118,12 @@ def read_po(path: Path) -> dict[str, str]:
 
 def compile_po(po: Path, mo: Path) -> None:
     """Write the GNU ``.mo`` file for ``po`` (what ``msgfmt`` does, for our simple catalogs)."""
+    mo.parent.mkdir(parents=True, exist_ok=True)
+    mo.write_bytes(compiled_catalog(po))
+
+
+def compiled_catalog(po: Path) -> bytes:
+    """The GNU ``.mo`` form of ``po``."""
     entries = read_po(po)
     entries.setdefault("", "Content-Type: text/plain; charset=UTF-8\n")
     keys = sorted(entries)
@@ -93,6 +137,4 @@ def compile_po(po: Path, mo: Path) -> None:
         offsets += [len(item), table + len(data)]
         data += item + b"\0"
     out = struct.pack("<7I", 0x950412DE, 0, len(keys), header, header + 8 * len(keys), 0, 0)
-    out += struct.pack(f"<{len(offsets)}I", *offsets) + data
-    mo.parent.mkdir(parents=True, exist_ok=True)
-    mo.write_bytes(out)
+    return out + struct.pack(f"<{len(offsets)}I", *offsets) + data

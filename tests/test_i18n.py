@@ -160,3 +160,43 @@ def test_the_boards_health_line_of_status_is_vietnamese_too(vietnamese: None) ->
     line = status.format_health(health)
     assert line.startswith("tải CPU 1.33, bộ nhớ trống 512")
     assert "dung lượng đĩa trống: trạng thái 1.0 GiB, bộ nhớ đệm 3.0 GiB" in line
+
+
+@pytest.mark.parametrize("variable", ["LANG", "LC_ALL", "LANGUAGE"])
+def test_a_checkout_run_in_place_answers_in_vietnamese(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, variable: str
+) -> None:
+    """A checkout has the catalogs' sources only (the build compiles the .mo): ``LANG=vi_VN``
+    got English from ``make demo``'s tools and from ``python -m receiver.cli``."""
+    source = tmp_path / "vi" / "LC_MESSAGES" / f"{DOMAIN}.po"
+    source.parent.mkdir(parents=True)
+    source.write_bytes(VI.read_bytes())
+    monkeypatch.setattr(i18n, "LOCALE_DIR", tmp_path)
+    for name in ("LANGUAGE", "LC_ALL", "LC_MESSAGES", "LANG"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(variable, "vi_VN.UTF-8" if variable != "LANGUAGE" else "vi")
+    i18n._translations.cache_clear()
+    try:
+        msgid, msgstr = next(iter(read_po(VI).items()))
+        assert i18n.gettext_(msgid) == msgstr
+        monkeypatch.setenv(variable, "en_GB.UTF-8" if variable != "LANGUAGE" else "en")
+        i18n._translations.cache_clear()
+        assert i18n.gettext_(msgid) == msgid
+    finally:
+        i18n._translations.cache_clear()
+
+
+def test_the_checkout_s_own_command_line_speaks_vietnamese(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("LANGUAGE", "LC_ALL", "LC_MESSAGES")}
+    env["LANG"] = "vi_VN.UTF-8"
+    absent = tmp_path / "absent.yaml"
+    done = subprocess.run(
+        [sys.executable, "-m", "receiver.cli", "check-config", str(absent)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    assert done.returncode == 78
+    assert "config file not found" not in done.stderr
+    assert f"{absent}: không tìm thấy tệp cấu hình" in done.stderr
