@@ -1,0 +1,76 @@
+"""Slips ``receiver-admin`` let by without a word, or answered in a parser's words: a mistyped
+group, a key made valid everywhere without saying so, a programme file's YAML error, an id
+refused with a regular expression.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from receiver.central.admin import main
+from tests.central.conftest import Secured, Spy, device_state
+
+
+def _stop(key: Path, audience: str, secured: Secured, user: str = "central") -> list[str]:
+    return ["stop", "--key", str(key), "--env", "prod", "--aud", audience, *secured.login(user)]
+
+
+def _warnings(err: str) -> list[str]:
+    return [line for line in err.splitlines() if "warning" in line]
+
+
+def test_a_mistyped_group_is_sent_with_a_warning_naming_the_close_one(
+    secured: Secured, operator_key: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--aud grp:commune-25-0787`` (for commune-25-07873) said "sent stop ... to
+    loa/v1/grp/commune-25-0787/cmd", exit 0, and nothing else: no board listens there."""
+    now = time.time()
+    with Spy(secured) as spy:
+        for device, groups in (("loa-001", ["commune-25-07873", "prov-25"]), ("loa-002", [])):
+            state = device_state(device, now, groups=groups)
+            spy.publish(f"loa/v1/dev/{device}/state", state)
+        spy.publish("loa/v1/dev/loa-003/state", b'{"device": "loa-003", "online": false}')
+
+    assert main(_stop(operator_key, "grp:commune-25-07873", secured)) == 0
+    assert _warnings(capsys.readouterr().err) == []
+
+    assert main(_stop(operator_key, "grp:commune-25-0787", secured)) == 0
+    captured = capsys.readouterr()
+    warned = _warnings(captured.err)
+    assert len(warned) == 1, captured.err
+    assert warned[0].startswith(
+        f"receiver-admin: warning: no device on {secured.broker.host}:{secured.broker.port} "
+        "lists group commune-25-0787; did you mean commune-25-07873?"
+    )
+    assert "sent stop" in captured.out and "loa/v1/grp/commune-25-0787/cmd" in captured.out
+
+
+def test_a_group_no_device_resembles_is_named_and_the_acl_too(
+    secured: Secured, operator_key: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without any close name the warning still comes; where the broker shows no state at all
+    (an ACL that hides them filters silently) it says that it could not tell."""
+    with Spy(secured) as spy:
+        spy.publish("loa/v1/dev/loa-001/state", device_state("loa-001", time.time(), groups=["x"]))
+
+    assert main(_stop(operator_key, "grp:prov-99", secured)) == 0
+    warned = _warnings(capsys.readouterr().err)
+    assert len(warned) == 1
+    assert "no device on" in warned[0] and "lists group prov-99" in warned[0]
+    assert "did you mean" not in warned[0]
+
+
+def test_a_group_with_no_state_readable_says_the_acl_may_hide_them(
+    secured: Secured, operator_key: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    started = time.monotonic()
+    assert main(_stop(operator_key, "grp:commune-1", secured)) == 0
+    assert time.monotonic() - started < 5  # bounded: a command is not held up by the check
+    warned = _warnings(capsys.readouterr().err)
+    assert len(warned) == 1
+    assert "no device has left a state on" in warned[0]
+    assert "so none lists group commune-1" in warned[0]
+    assert "the broker's ACL hides them from user 'central'" in warned[0]
