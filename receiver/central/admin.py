@@ -58,6 +58,7 @@ from receiver.central.inputs import (
     refuse_if_invalid,
     refuse_if_too_large,
     scope,
+    scopes_or_every,
     seconds,
     topic_prefix,
     why,
@@ -99,7 +100,7 @@ def _keygen(args: argparse.Namespace) -> int:
     print(f"private key written to {out} (keep it secret; key id in {out}.id)")
     print("add this to the receivers' config under trust.keys:")
     roles = ", ".join(args.roles)
-    scopes = ", ".join(f'"{s}"' for s in args.scopes)
+    scopes = ", ".join(f'"{s}"' for s in scopes_or_every(args.scopes, args.id))
     print(
         f"  - id: {_yaml_text(args.id)}\n    ed25519: {key.public_b64}\n"
         f"    roles: [{roles}]\n    scopes: [{scopes}]"
@@ -615,7 +616,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     keygen.add_argument("--out", required=True, help="where to write the private key (PEM)")
     keygen.add_argument("--roles", nargs="+", default=["operator"], choices=admin_documents.ROLES)
-    keygen.add_argument("--scopes", nargs="+", type=scope, default=["*"])
+    keygen.add_argument(
+        "--scopes",
+        nargs="+",
+        type=scope,
+        help="group or device ids the key may act on, or '*' (the default: every device)",
+    )
     keygen.set_defaults(func=_keygen)
 
     _add_command_parsers(sub)

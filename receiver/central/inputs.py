@@ -184,6 +184,24 @@ def scope(text: str) -> str:
     return text
 
 
+#: The scope of a key made without ``--scopes``: every device (kept so for the scripts that rely
+#: on it, but said, so that a key valid on every board is made knowingly).
+EVERY_SCOPE: Final = "*"
+
+
+def scopes_or_every(scopes: list[str] | None, key_id: str) -> list[str]:
+    """``--scopes`` as given, or ``*`` with a note on stderr that the key is valid everywhere."""
+    if scopes is not None:
+        return scopes
+    print(
+        f"receiver-admin: note: no --scopes: key {key_id} is valid on every device and in every "
+        "group (scope *); to narrow it, name the groups or devices it is for, e.g. "
+        "--scopes commune-25-07873 loa-25-07873-001",
+        file=sys.stderr,
+    )
+    return [EVERY_SCOPE]
+
+
 def why(exc: Exception) -> str:
     """Why a file could not be read, in a few words (not Python's ``[Errno 2] ...: 'x'``)."""
     if isinstance(exc, UnicodeDecodeError):

@@ -74,3 +74,33 @@ def test_a_group_with_no_state_readable_says_the_acl_may_hide_them(
     assert "no device has left a state on" in warned[0]
     assert "so none lists group commune-1" in warned[0]
     assert "the broker's ACL hides them from user 'central'" in warned[0]
+
+
+@pytest.mark.parametrize("subcommand", ["keygen", "key-entry"])
+def test_a_key_made_valid_everywhere_without_asking_says_so(
+    tmp_path: Path, operator_key: Path, subcommand: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``keygen`` without ``--scopes`` printed ``scopes: ["*"]`` and nothing else: a key meant
+    for one commune was made valid on every board of the province without a word."""
+
+    def run(*scopes: str) -> tuple[str, str]:
+        if subcommand == "keygen":
+            out = tmp_path / f"op-{len(list(tmp_path.iterdir()))}.pem"
+            argv = ["keygen", "--id", "op-2", "--out", str(out)]
+        else:
+            argv = ["key-entry", "--key", str(operator_key), "--roles", "operator"]
+        assert main([*argv, *scopes]) == 0
+        captured = capsys.readouterr()
+        return captured.out, captured.err
+
+    out, err = run()
+    assert '"*"' in out  # the default is kept: scripts rely on it
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("receiver-admin: note: no --scopes: ")
+    assert "valid on every device and in every group" in lines[0]
+    assert "--scopes commune-25-07873 loa-25-07873-001" in lines[0]
+
+    assert run("--scopes", "*")[1] == ""  # asked for: no note
+    out, err = run("--scopes", "prov-25")
+    assert (err, '"prov-25"' in out) == ("", True)
