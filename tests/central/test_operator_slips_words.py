@@ -104,3 +104,98 @@ def test_a_key_made_valid_everywhere_without_asking_says_so(
     assert run("--scopes", "*")[1] == ""  # asked for: no note
     out, err = run("--scopes", "prov-25")
     assert (err, '"prov-25"' in out) == ("", True)
+
+
+_HEAD = "id: morning\nversion: 1\nmedia_url: https://m.example.vn/\nentries:\n"
+_ENTRY = "  - title: News\n    days: weekdays\n    at: '06:30'\n    file: news.mp3\n"
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        (
+            _HEAD + _ENTRY.replace("    days", "\tdays"),
+            "6:1",
+            "a tab used for indentation: indent with spaces only",
+            "found character '\\t' that cannot start any token",
+        ),
+        (
+            _HEAD.replace("version: 1", "version:1") + _ENTRY,
+            "2:1",
+            "no space after the ':' of this key: write 'version: 1', not 'version:1'",
+            "could not find expected ':'",
+        ),
+        (
+            _HEAD + _ENTRY.replace("title: News", "title:News"),
+            "5:5",
+            "no space after the ':' of this key: write 'title: News', not 'title:News'",
+            "mapping values are not allowed here",
+        ),
+        (
+            _HEAD + _ENTRY.replace("    days", "      days"),
+            "6:11",
+            "this line is indented further than the line above it",
+            "mapping values are not allowed here",
+        ),
+        (
+            _HEAD + _ENTRY.replace("    at", "   at"),
+            "7:4",
+            "this line is not indented like the lines above it",
+            "expected <block end>, but found '<block mapping start>'",
+        ),
+        (
+            _HEAD + _ENTRY.replace("title: News", 'title: "News'),
+            "5:12",
+            "the quote opened here is not closed",
+            "found unexpected end of stream",
+        ),
+        (
+            _HEAD + _ENTRY.replace("title: News", "title: News: today"),
+            "5:16",
+            "a value that holds ': ' needs quotes: write title: \"News: today\"",
+            "mapping values are not allowed here",
+        ),
+    ],
+    ids=[
+        "tab",
+        "no-space-key",
+        "no-space-entry",
+        "indented-more",
+        "indented-less",
+        "quote",
+        "colon",
+    ],
+)
+def test_a_programme_yaml_error_is_one_line_in_plain_words(
+    tmp_path: Path,
+    operator_key: Path,
+    case: tuple[str, str, str, str],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``mapping values are not allowed here`` with PyYAML's own marks: the operator had to
+    know YAML's grammar to find the missing space after a colon."""
+    text, where, said, parser = case
+    (tmp_path / "news.mp3").write_bytes(b"news" * 10)
+    source = tmp_path / "programme.yaml"
+    source.write_text(text, encoding="utf-8")
+    argv = ["schedule", "--file", str(source), "--key", str(operator_key), "--env", "prod"]
+    assert main([*argv, "--aud", "grp:commune-1"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.splitlines()
+    assert len(lines) == 1, captured.err
+    assert lines[0].startswith(f"receiver-admin: {source}:{where}: not valid YAML: {said}")
+    assert lines[0].endswith(f"(the YAML reader: {parser})")
+
+
+def test_a_programme_file_that_is_not_utf8_is_named(
+    tmp_path: Path, operator_key: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A programme saved in a legacy code page printed Python's "'utf-8' codec can't decode
+    byte 0xff in position 10: invalid start byte"."""
+    source = tmp_path / "programme.yaml"
+    source.write_bytes(b"id: morning\ntitle: B\xe1n tin\n")
+    argv = ["schedule", "--file", str(source), "--key", str(operator_key), "--env", "prod"]
+    assert main([*argv, "--aud", "grp:commune-1"]) == 2
+    err = capsys.readouterr().err
+    assert err == f"receiver-admin: {source}: cannot read it (not UTF-8 text)\n"
