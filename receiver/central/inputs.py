@@ -16,6 +16,7 @@ import yaml
 from receiver import config as config_rules
 from receiver.central import validate
 from receiver.central.signing import SigningKey
+from receiver.core import commands
 from receiver.core.envelope import MAX_MESSAGE_BYTES
 
 
@@ -71,16 +72,11 @@ def _warn_if_others_may_read(path: Path, key_id: str) -> None:
         )
 
 
-#: A device, group or environment id (schemas/common.json ``ident``): it is also a topic level.
-_IDENT: Final = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
-
-
 def identifier(text: str) -> str:
-    """An option that names a device or a group: an id, never an MQTT wildcard or a slash."""
-    if _IDENT.fullmatch(text) is None:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not an id: 1 to 64 of lowercase a-z, 0-9, '.', '_', '-'"
-        )
+    """An option that names a device or a group: an id (schemas/common.json ``ident``), never
+    an MQTT wildcard or a slash, for it is also a topic level."""
+    if commands.ID_PATTERN.fullmatch(text) is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an id: {commands.ID_RULE}")
     return text
 
 

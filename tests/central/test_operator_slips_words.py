@@ -5,12 +5,14 @@ refused with a regular expression.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
 import pytest
 
 from receiver.central.admin import main
+from receiver.central.signing import SigningKey, key_entry
 from tests.central.conftest import Secured, Spy, device_state
 
 
@@ -199,3 +201,97 @@ def test_a_programme_file_that_is_not_utf8_is_named(
     assert main([*argv, "--aud", "grp:commune-1"]) == 2
     err = capsys.readouterr().err
     assert err == f"receiver-admin: {source}: cannot read it (not UTF-8 text)\n"
+
+
+ID_WORDS = (
+    "1-64 characters: lowercase letters, digits, '.', '_' or '-', starting with a letter or digit"
+)
+_REGEX_MARKS = ("^", "$", "{0,", "[a-z", "[A-Z", "]*", "(?:", "\\.")
+
+
+def _no_regex(text: str) -> None:
+    assert not [mark for mark in _REGEX_MARKS if mark in text], text
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["fleet", "--group", "Commune-1", "--host", "127.0.0.1"],
+        ["watch", "--device", "loa 001", "--host", "127.0.0.1"],
+        ["schedule", "show", "--group", "c/1", "--host", "127.0.0.1"],
+    ],
+)
+def test_an_id_option_is_refused_in_words(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The id rule is said the same way everywhere, as the words beside the regex."""
+    with pytest.raises(SystemExit) as stopped:
+        main(argv)
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert f"is not an id: {ID_WORDS}" in err.splitlines()[-1]
+
+
+def _refusal(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    _no_regex(captured.err)
+    return captured.err
+
+
+def test_a_command_refused_for_its_form_says_the_form_in_words(
+    operator_key: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--url ftp:/x`` was refused with ``does not match ^[A-Za-z][A-Za-z0-9+.-]*://[^/?#]+``."""
+    base = ["--key", str(operator_key), "--env", "prod"]
+    err = _refusal(
+        ["play", *base, "--aud", "grp:c", "--url", "ftp:/x", "--sha256", "a" * 64, "--size", "3"],
+        capsys,
+    )
+    assert 'url: "ftp:/x" is not a URL: scheme://host/path' in err
+    err = _refusal(["stop", *base, "--aud", "grp:Commune-1", "--id", "a b"], capsys)
+    audience = 'aud[0]: "grp:Commune-1" is not an audience: dev:<device id> or grp:<group id>'
+    assert f"{audience}, an id {ID_WORDS}" in err
+    assert 'id: "a b" is not an id: 1-64 characters: letters, digits' in err
+    err = _refusal(["stop", *base[:2], "--env", "Prod", "--aud", "grp:c"], capsys)
+    assert f'env: "Prod" is not an id: {ID_WORDS}' in err
+
+
+def test_a_schedule_or_keyring_refused_for_its_form_says_the_form_in_words(
+    operator_key: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A JSON schedule with ``tz: "Asia Ho Chi Minh"`` and ``at: "6:30"``, and a keyring with a
+    public key cut short, were refused with the schemas' regular expressions."""
+    entry = {
+        "id": "news",
+        "days": ["mon"],
+        "at": "6:30",
+        "priority": "normal",
+        "source": {"files": [{"url": "https://m.example/n.mp3", "sha256": "a" * 64, "size": 9}]},
+    }
+    doc = {"id": "morning", "version": 1, "tz": "Asia Ho Chi Minh", "entries": [entry]}
+    source = tmp_path / "programme.json"
+    source.write_text(json.dumps(doc))
+    base = ["--key", str(operator_key), "--env", "prod", "--aud", "grp:c"]
+    err = _refusal(["schedule", "--file", str(source), *base], capsys)
+    assert 'entries[0].at: "6:30" is not a local time HH:MM, 00:00 to 23:59' in err
+    assert 'tz: "Asia Ho Chi Minh" is not a time zone name such as Asia/Ho_Chi_Minh' in err
+
+    keys = tmp_path / "keys.json"
+    entry_text = key_entry(SigningKey.load(operator_key), ["operator"])
+    entry_text["ed25519"] = entry_text["ed25519"][:-2] + "x="
+    keys.write_text(json.dumps([entry_text]))
+    root = tmp_path / "root.pem"
+    SigningKey.generate("root-1").save(root)
+    argv = ["trust", "--version", "2", "--keys", str(keys), "--env", "prod", "--key", str(root)]
+    err = _refusal(argv, capsys)
+    assert "keys[0].ed25519: " in err and "is not an Ed25519 public key in base64" in err
+
+
+def test_every_pattern_of_the_schemas_has_words() -> None:
+    """What an operator may get wrong is never refused with a regular expression: each pattern
+    in schemas/ has words beside it (the fallback would name no form at all)."""
+    from receiver.central import validate
+
+    assert validate.patterns_without_words() == []
