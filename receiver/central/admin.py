@@ -58,6 +58,7 @@ from receiver.central.inputs import (
     refuse_if_invalid,
     refuse_if_too_large,
     scope,
+    scopes_or_every,
     seconds,
     topic_prefix,
     why,
@@ -99,7 +100,7 @@ def _keygen(args: argparse.Namespace) -> int:
     print(f"private key written to {out} (keep it secret; key id in {out}.id)")
     print("add this to the receivers' config under trust.keys:")
     roles = ", ".join(args.roles)
-    scopes = ", ".join(f'"{s}"' for s in args.scopes)
+    scopes = ", ".join(f'"{s}"' for s in scopes_or_every(args.scopes, args.id))
     print(
         f"  - id: {_yaml_text(args.id)}\n    ed25519: {key.public_b64}\n"
         f"    roles: [{roles}]\n    scopes: [{scopes}]"
@@ -251,6 +252,8 @@ def _sign_and_send(args: argparse.Namespace) -> int:
         # gets a stale backlog (the device refuses expired commands anyway).
         publish(args, topic, envelope, retain=False, expiry_s=int(args.ttl))
         print(f"sent {payload['type']} {payload['id']} (seq {payload['seq']}) to {topic}")
+    if args.topic is None:
+        _warn_of_unknown_groups(args)  # once it is sent: a refused publish says enough
     return EXIT_OK
 
 
@@ -269,6 +272,26 @@ def _warn_of_unknown_devices(args: argparse.Namespace) -> None:
                 f"it from {who}); sending anyway, a board that never connected will not get it",
                 file=sys.stderr,
             )
+
+
+def _warn_of_unknown_groups(args: argparse.Namespace) -> None:
+    """A ``grp:`` audience that no device's retained state lists is most often a mistyped
+    group: say so, with the closest names seen (the command still goes)."""
+    groups = [a.partition(":")[2] for a in args.aud if a.startswith("grp:")]
+    if not groups:
+        return
+    options = BrokerOptions.from_args(args)
+    try:
+        rows = _retained_states(options, args.prefix)
+    except BrokerError:
+        return  # only a check: the publish that follows names what is wrong with the broker
+    who = f"user {args.username!r}" if args.username else "an anonymous client"
+    for group in dict.fromkeys(groups):
+        warning = fleet.unknown_group_warning(
+            group, rows.values(), where=options.where, states=device_topics(args.prefix)[0], who=who
+        )
+        if warning is not None:
+            print(f"receiver-admin: warning: {warning}", file=sys.stderr)
 
 
 def publish(
@@ -375,7 +398,7 @@ def _fleet_filters(args: argparse.Namespace) -> fleet.Filters:
 
 def _fleet(args: argparse.Namespace) -> int:
     """A table of the devices' retained states: once, or redrawn every second (--watch)."""
-    arrivals: queue.Queue[tuple[DeviceMessage, bool, float]] = queue.Queue()
+    arrivals: queue.Queue[Arrival] = queue.Queue()
     topic_filter = device_topics(args.prefix)[0]
 
     verifier = verifier_for(args.registry)
@@ -395,22 +418,6 @@ def _fleet(args: argparse.Namespace) -> int:
     )
     rows: dict[str, fleet.DeviceRow] = {}
     filters = _fleet_filters(args)
-
-    def collect(until: float, quiet_s: float | None = None) -> None:
-        heard = False
-        while (remaining := until - time.monotonic()) > 0:
-            wait = min(remaining, quiet_s) if quiet_s is not None and heard else remaining
-            try:
-                message, retained, received = arrivals.get(timeout=wait)
-            except queue.Empty:
-                return
-            heard = True
-            if message.raw:
-                rows[message.device] = fleet.DeviceRow(
-                    message.device, message.body, received, retained, message.verdict
-                )
-            else:
-                rows.pop(message.device, None)  # the retained state was cleared
 
     def draw(clear: bool) -> None:
         _print_fleet(
@@ -435,17 +442,68 @@ def _fleet(args: argparse.Namespace) -> int:
         if not args.watch:
             # The broker sends every retained state right after the SUBACK: once they stop
             # coming for a moment, the snapshot is complete.
-            collect(time.monotonic() + args.timeout, quiet_s=SNAPSHOT_QUIET_S)
+            _collect_states(
+                arrivals, rows, time.monotonic() + args.timeout, quiet_s=SNAPSHOT_QUIET_S
+            )
             draw(clear=False)
             return EXIT_OK
         clear = sys.stdout.isatty()
         while True:
-            collect(time.monotonic() + 1.0)
+            _collect_states(arrivals, rows, time.monotonic() + 1.0)
             draw(clear)
     except KeyboardInterrupt:
         return EXIT_OK
     finally:
         connection.close()
+
+
+Arrival = tuple[DeviceMessage, bool, float]  # a device's state, retained or not, received when
+
+
+def _collect_states(
+    arrivals: queue.Queue[Arrival],
+    rows: dict[str, fleet.DeviceRow],
+    until: float,
+    *,
+    quiet_s: float | None = None,
+    first_s: float | None = None,
+) -> None:
+    """Take the states that arrive into ``rows`` until ``until`` (monotonic), or, with
+    ``quiet_s``, until none came for that long (the retained ones all come at once, right after
+    the SUBACK), or, with ``first_s``, when none came at all within it."""
+    heard = False
+    while (remaining := until - time.monotonic()) > 0:
+        gap = quiet_s if heard else first_s
+        wait = remaining if gap is None else min(remaining, gap)
+        try:
+            message, retained, received = arrivals.get(timeout=wait)
+        except queue.Empty:
+            return
+        heard = True
+        if message.raw:
+            rows[message.device] = fleet.DeviceRow(
+                message.device, message.body, received, retained, message.verdict
+            )
+        else:
+            rows.pop(message.device, None)  # the retained state was cleared
+
+
+def _retained_states(options: BrokerOptions, prefix: str) -> dict[str, fleet.DeviceRow]:
+    """Every device's retained state, as ``fleet`` reads them (bounded by the broker timeout)."""
+    arrivals: queue.Queue[Arrival] = queue.Queue()
+
+    def arrived(msg: Any) -> None:
+        parsed = parse_device_message(msg.topic, bytes(msg.payload), None)
+        if parsed is not None and msg.retain:
+            arrivals.put((parsed, True, time.time()))
+
+    rows: dict[str, fleet.DeviceRow] = {}
+    with Connection(options, subscriptions=(device_topics(prefix)[0],), on_message=arrived):
+        until = time.monotonic() + options.timeout_s
+        _collect_states(
+            arrivals, rows, until, quiet_s=SNAPSHOT_QUIET_S, first_s=admin_documents.RETAINED_WAIT_S
+        )
+    return rows
 
 
 def _print_fleet(
@@ -567,7 +625,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     keygen.add_argument("--out", required=True, help="where to write the private key (PEM)")
     keygen.add_argument("--roles", nargs="+", default=["operator"], choices=admin_documents.ROLES)
-    keygen.add_argument("--scopes", nargs="+", type=scope, default=["*"])
+    keygen.add_argument(
+        "--scopes",
+        nargs="+",
+        type=scope,
+        help="group or device ids the key may act on, or '*' (the default: every device)",
+    )
     keygen.set_defaults(func=_keygen)
 
     _add_command_parsers(sub)

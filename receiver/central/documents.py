@@ -32,6 +32,7 @@ from receiver.central.inputs import (
     refuse_if_invalid,
     refuse_if_too_large,
     scope,
+    scopes_or_every,
 )
 from receiver.central.reports import open_report
 from receiver.central.signing import (
@@ -201,7 +202,8 @@ def _signer_ids(envelope: bytes) -> set[str]:
 def key_entry_command(args: argparse.Namespace) -> int:
     """Print the keyring entry of a key, for a trust document's keyring file."""
     key = load_keys([args.key])[0]
-    print(json.dumps(key_entry(key, args.roles, args.scopes), indent=2))
+    scopes = scopes_or_every(args.scopes, key.id)
+    print(json.dumps(key_entry(key, args.roles, scopes), indent=2))
     return 0
 
 
@@ -364,7 +366,12 @@ def add_parsers(
     entry = sub.add_parser("key-entry", help="print a key's entry for a trust keyring file")
     entry.add_argument("--key", required=True, help="the private key file (its id file beside)")
     entry.add_argument("--roles", nargs="+", required=True, choices=ROLES)
-    entry.add_argument("--scopes", nargs="+", type=scope, default=["*"])
+    entry.add_argument(
+        "--scopes",
+        nargs="+",
+        type=scope,
+        help="group or device ids the key may act on, or '*' (the default: every device)",
+    )
     entry.set_defaults(func=key_entry_command)
 
     trust = sub.add_parser("trust", help="sign and publish a trust document (a new keyring)")

@@ -10,6 +10,7 @@ waiting in the outbox); the summary line counts the whole fleet, not only the ro
 
 from __future__ import annotations
 
+import difflib
 import unicodedata
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -111,6 +112,37 @@ class Filters:
         if self.missing_cache and row.number("cache", "missing") == 0:
             return False
         return not (self.pending_outbox and row.number("outbox", "pending") == 0)
+
+
+def unknown_group_warning(
+    group: str, rows: Iterable[DeviceRow], *, where: str, states: str, who: str
+) -> str | None:
+    """What to say of a ``grp:`` audience no device's state lists (None: one lists it).
+
+    A mistyped group is sent to a topic no board listens on; the closest group names the
+    states list are offered. The command is sent anyway (a group being set up has no member
+    yet), so this is a warning, and it says what it could not see: an offline device's state
+    lists no group, and a broker's ACL hides states without a word.
+    """
+    every = list(rows)
+    if any(group in row.groups for row in every):
+        return None
+    if not every:
+        return (
+            f"no device has left a state on {where} ({states}), so none lists group {group}: "
+            f"is the group right? (or the broker's ACL hides them from {who}); sent all the same"
+        )
+    known = sorted({name for row in every for name in row.groups})
+    close = difflib.get_close_matches(group, known, n=2)
+    line = f"no device on {where} lists group {group}"
+    line += f"; did you mean {' or '.join(close)}?" if close else "; is the group right?"
+    silent = sum(1 for row in every if not row.groups)
+    if silent:
+        line += (
+            f" ({silent} of {len(every)} states list no group: an offline device does not "
+            "say its groups)"
+        )
+    return line + "; sent all the same"
 
 
 def _short(text: str, limit: int) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import re
 import stat
@@ -10,9 +11,12 @@ import sys
 from pathlib import Path
 from typing import Any, Final
 
+import yaml
+
 from receiver import config as config_rules
 from receiver.central import validate
 from receiver.central.signing import SigningKey
+from receiver.core import commands
 from receiver.core.envelope import MAX_MESSAGE_BYTES
 
 
@@ -68,16 +72,11 @@ def _warn_if_others_may_read(path: Path, key_id: str) -> None:
         )
 
 
-#: A device, group or environment id (schemas/common.json ``ident``): it is also a topic level.
-_IDENT: Final = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
-
-
 def identifier(text: str) -> str:
-    """An option that names a device or a group: an id, never an MQTT wildcard or a slash."""
-    if _IDENT.fullmatch(text) is None:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not an id: 1 to 64 of lowercase a-z, 0-9, '.', '_', '-'"
-        )
+    """An option that names a device or a group: an id (schemas/common.json ``ident``), never
+    an MQTT wildcard or a slash, for it is also a topic level."""
+    if commands.ID_PATTERN.fullmatch(text) is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an id: {commands.ID_RULE}")
     return text
 
 
@@ -182,6 +181,137 @@ def scope(text: str) -> str:
     if problem is not None:
         raise argparse.ArgumentTypeError(f"{text!r} {problem}")
     return text
+
+
+#: The scope of a key made without ``--scopes``: every device (kept so for the scripts that rely
+#: on it, but said, so that a key valid on every board is made knowingly).
+EVERY_SCOPE: Final = "*"
+
+
+def scopes_or_every(scopes: list[str] | None, key_id: str) -> list[str]:
+    """``--scopes`` as given, or ``*`` with a note on stderr that the key is valid everywhere."""
+    if scopes is not None:
+        return scopes
+    print(
+        f"receiver-admin: note: no --scopes: key {key_id} is valid on every device and in every "
+        "group (scope *); to narrow it, name the groups or devices it is for, e.g. "
+        "--scopes commune-25-07873 loa-25-07873-001",
+        file=sys.stderr,
+    )
+    return [EVERY_SCOPE]
+
+
+#: ``key:value``: a key whose ':' has no space after it (YAML reads it as one word).
+_KEY_WITHOUT_SPACE: Final = re.compile(r"(\s*(?:-\s+)?)([^\s:#'\"{}\[\],]+):(\S.*)")
+#: ``key: value``: the key's ':' and the value after it.
+_KEY_AND_VALUE: Final = re.compile(r"(\s*(?:-\s+)?)([^\s:#'\"{}\[\],]+):\s+(\S.*)")
+
+
+def yaml_error(path: Path, text: str, exc: yaml.YAMLError) -> InputError:
+    """A YAML file's syntax error as one line: ``file:line:column:`` (1-based, as editors
+    count), the usual causes in plain words (a tab, no space after a ':', an indentation, an
+    unclosed quote), and the YAML reader's own words at the end for the rest."""
+    if isinstance(exc, yaml.reader.ReaderError):
+        before = text[: exc.position]
+        line, column = before.count("\n") + 1, len(before) - (before.rfind("\n") + 1) + 1
+        char = exc.character if isinstance(exc.character, int) else ord(exc.character)
+        return InputError(f"{path}:{line}:{column}: character U+{char:04X} is not allowed in YAML")
+    if not isinstance(exc, yaml.MarkedYAMLError) or exc.problem_mark is None:
+        return InputError(f"{path}: not valid YAML ({exc})")
+    line, column, words = _yaml_words(text.splitlines(), exc, exc.problem_mark)
+    problem = exc.problem or ""
+    tag = problem.startswith("could not determine a constructor")
+    if isinstance(exc, yaml.constructor.ConstructorError) and not tag:  # the loader's own words
+        return InputError(f"{path}:{line + 1}:{column + 1}: {words}")
+    return InputError(
+        f"{path}:{line + 1}:{column + 1}: not valid YAML: {words} (the YAML reader: {problem})"
+    )
+
+
+def _yaml_words(
+    lines: list[str], exc: yaml.MarkedYAMLError, mark: yaml.Mark
+) -> tuple[int, int, str]:
+    """Where to look (0-based line and column) and why, in words, for a YAML syntax error
+    noticed at ``mark``."""
+    problem, context, opened = exc.problem or "", exc.context or "", exc.context_mark
+    here = (mark.line, mark.column)
+    current = lines[mark.line] if mark.line < len(lines) else ""
+    above = next(
+        (i for i in range(min(mark.line, len(lines)) - 1, -1, -1) if lines[i].strip()), None
+    )
+    if "'\\t'" in problem:  # PyYAML writes the tab escaped
+        if not current[: mark.column].strip(" -"):
+            return (*here, "a tab used for indentation: indent with spaces only (2 per level)")
+        return (*here, "a tab character where YAML takes none: use spaces")
+    if problem == "could not find expected ':'" and opened is not None:
+        return _no_space(lines, opened.line) or (
+            opened.line,
+            opened.column,
+            "no ':' after this key: write 'key: value'",
+        )
+    if problem.startswith("mapping values are not allowed"):
+        pair = _KEY_AND_VALUE.fullmatch(current.rstrip())
+        if pair is not None and len(pair.group(1)) + len(pair.group(2)) < mark.column:
+            value = json.dumps(pair.group(3).strip(), ensure_ascii=False)
+            return (*here, f"a value that holds ': ' needs quotes: write {pair.group(2)}: {value}")
+        found = _no_space(lines, above) if above is not None else None
+        if found is not None:
+            return found
+        if above is not None and _indent(current) > _indent(lines[above]):
+            return (
+                *here,
+                "this line is indented further than the line above it: the keys of one "
+                "mapping start in the same column",
+            )
+        return (
+            *here,
+            "a ':' where no key can start: is there a space after each ':' above, and are "
+            "values that hold ': ' quoted?",
+        )
+    if problem.startswith("expected <block end>"):
+        return (
+            *here,
+            "this line is not indented like the lines above it: the keys of one mapping "
+            "start in the same column (indent with spaces, 2 per level)",
+        )
+    for opening, what in (
+        ("quoted scalar", "the quote opened here is not closed"),
+        ("flow sequence", "the list opened with '[' here is not closed with ']'"),
+        ("flow mapping", "the mapping opened with '{' here is not closed with '}'"),
+    ):
+        if opening in context and opened is not None:
+            return opened.line, opened.column, what
+    if problem.startswith("could not determine a constructor"):
+        return (
+            *here,
+            "a tag ('!...') that plain YAML does not know: remove it, or quote the value",
+        )
+    if isinstance(exc, yaml.constructor.ConstructorError):
+        return (*here, problem)
+    return (*here, f"it cannot be read here{f' ({context})' if context else ''}")
+
+
+def _no_space(lines: list[str], index: int) -> tuple[int, int, str] | None:
+    """Line ``index`` as ``key:value`` with no space after the ':', if it is one."""
+    if index >= len(lines):
+        return None
+    found = _KEY_WITHOUT_SPACE.fullmatch(lines[index].rstrip())
+    if found is None:
+        return None
+    key, value = found.group(2), found.group(3)
+    return (
+        index,
+        len(found.group(1)),
+        f"no space after the ':' of this key: write '{key}: {value}', not '{key}:{value}'",
+    )
+
+
+def _indent(line: str) -> int:
+    """Where a line's content starts, a list item's dash counted as indentation."""
+    stripped = line.lstrip(" ")
+    while stripped.startswith("- "):
+        stripped = stripped[2:].lstrip(" ")
+    return len(line) - len(stripped)
 
 
 def why(exc: Exception) -> str:

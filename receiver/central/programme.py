@@ -40,7 +40,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 
-from receiver.central.inputs import InputError
+from receiver.central.inputs import InputError, why, yaml_error
 from receiver.core import schedule as core_schedule
 from receiver.core import urls
 from receiver.core.reasons import Rejection
@@ -287,13 +287,13 @@ _UniqueKeyLoader.add_constructor(
 def compile_source(path: Path) -> dict[str, Any]:
     """The YAML programme at ``path`` as a schedule document's fields (id, version, tz, entries)."""
     try:
-        source = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read it ({exc.strerror or exc})") from exc
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: cannot read it ({why(exc)})") from exc
+    try:
+        source = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        at = f" (line {mark.line + 1})" if mark is not None else ""
-        raise InputError(f"{path}: not valid YAML{at}: {getattr(exc, 'problem', exc)}") from exc
+        raise yaml_error(path, text, exc) from exc
     if isinstance(source, dict):
         unknown = sorted(set(map(str, source)) - SOURCE_KEYS)
         if unknown:

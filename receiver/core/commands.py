@@ -18,7 +18,15 @@ from receiver.core.reasons import Rejection
 from receiver.core.vocabulary import PRIORITIES, Priority, RelayMode
 
 ID_PATTERN: Final = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+#: :data:`ID_PATTERN` in words, for people (docs/protocol.md section 2's id rule).
+ID_RULE: Final = (
+    "1-64 characters: lowercase letters, digits, '.', '_' or '-', starting with a letter or digit"
+)
 MESSAGE_ID_PATTERN: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
+#: :data:`MESSAGE_ID_PATTERN` in words.
+MESSAGE_ID_RULE: Final = (
+    "1-64 characters: letters, digits, '.', '_', ':' or '-', starting with a letter or digit"
+)
 SHA256_PATTERN: Final = re.compile(r"[0-9a-f]{64}")
 RFC3339_PATTERN: Final = re.compile(
     r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})"

@@ -14,13 +14,14 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from receiver.central.admin import main
-from tests.central.conftest import Secured
+from tests.central.conftest import Secured, Spy, device_state
 from tests.lab.broker import MosquittoBroker, tls_listener_config
 from tests.lab.ca import TestCa
 
@@ -251,6 +252,9 @@ def test_an_acl_that_delivers_nothing_is_named_as_a_cause(
 def test_the_right_login_works_under_acls(
     secured: Secured, operator_key: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    with Spy(secured) as spy:  # a member of the group, or the tool warns of a mistyped group
+        state = device_state("loa-001", time.time(), groups=["commune-1"])
+        spy.publish("loa/v1/dev/loa-001/state", state)
     code, out, err = run(capsys, SUBCOMMANDS["stop"](tmp_path, operator_key) + secured.login())
     assert (code, err) == (0, "")
     assert out.startswith("sent stop ")

@@ -400,7 +400,7 @@ def test_a_yaml_key_written_twice_is_named_not_silently_replaced(tmp_path: Path)
         + entry.format(title="Weather", at="07:00"),
         encoding="utf-8",
     )
-    with pytest.raises(InputError, match=r"line 9\): .entries. is given twice"):
+    with pytest.raises(InputError, match=r"programme.yaml:9:1: .entries. is given twice$"):
         programme.compile_source(source)
 
 
