@@ -66,6 +66,7 @@ from receiver.errors import ConfigError
 from receiver.i18n import gettext_ as _
 
 __all__ = [
+    "ID_RULE",
     "ConfigError",
     "GpioSettings",
     "config_warnings",
@@ -412,22 +413,25 @@ def _did_you_mean(word: str, options: Sequence[str]) -> str:
     return _(" (did you mean {name!r}?)").format(name=close[0]) if close else ""
 
 
+#: A device, group or environment id (docs/protocol.md §2): the rule itself ...
 _ID = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
-
-
-_ID_RULE = "use 1 to 64 of a-z 0-9 . _ - (lowercase, starting with a letter or digit)"
+#: ... and the same rule in words, for the messages (never the expression: a technician reads
+#: them); translated where the daemon's messages are (:func:`_id_rule`).
+ID_RULE = (
+    "1-64 characters: lowercase letters, digits, '.', '_' or '-', starting with a letter or digit"
+)
 
 
 def _id_rule() -> str:
-    """:data:`_ID_RULE` in the technician's language."""
-    return _("use 1 to 64 of a-z 0-9 . _ - (lowercase, starting with a letter or digit)")
+    """:data:`ID_RULE` in the technician's language."""
+    return _(ID_RULE)
 
 
 def _ident(node: yaml.Node, ctx: _Context, path: str) -> str:
-    """A device, group or environment id as in the protocol: ``[a-z0-9][a-z0-9._-]{0,63}``."""
+    """A device, group or environment id as in the protocol (:data:`_ID`)."""
     value = _text(node, ctx, path)
     if not _ID.fullmatch(value):
-        message = _("{value} is not a valid id: {rule}")
+        message = _("{value} is not a valid id ({rule})")
         raise _BadValueError(message.format(value=_show(value), rule=_id_rule()))
     return value
 
@@ -435,14 +439,14 @@ def _ident(node: yaml.Node, ctx: _Context, path: str) -> str:
 def scope_problem(value: str) -> str | None:
     """What is wrong with ``value`` as a key's scope (None: nothing); receiver-admin uses it too."""
     if value != "*" and not _ID.fullmatch(value):
-        return f"is not a device or group id nor '*': {_ID_RULE}"
+        return f"is neither '*' nor a device or group id ({ID_RULE})"
     return None
 
 
 def _scope(node: yaml.Node, ctx: _Context, path: str) -> str:
     value = _text(node, ctx, path)
     if scope_problem(value) is not None:
-        message = _("is not a device or group id nor '*': {rule}").format(rule=_id_rule())
+        message = _("is neither '*' nor a device or group id ({rule})").format(rule=_id_rule())
         raise _BadValueError(f"{_show(value)} {message}")
     return value
 
