@@ -17,8 +17,8 @@ now), so it works with the network down; it exits 1 when there is no state to sh
 mistake elsewhere it says that the config has errors, then shows the state.
 
 ``check-config`` also warns, with exit 0, of what the daemon starts with but will fail on later:
-expired trusted keys (central can still send new ones) and a ``player.fallback_file`` it cannot
-read.
+expired trusted keys (central can still send new ones), a role whose threshold its valid keys no
+longer reach, and a ``player.fallback_file`` it cannot read.
 """
 
 from __future__ import annotations

@@ -320,6 +320,61 @@ def test_with_a_valid_root_key_a_new_keyring_is_the_way_out(tmp_path: Path) -> N
     assert "too few root keys" not in none_left
 
 
+def with_thresholds(config: Path, thresholds: str) -> Path:
+    text = config.read_text(encoding="utf-8")
+    config.write_text(
+        text.replace("\nstorage:", f"\n  thresholds: {{{thresholds}}}\nstorage:"), encoding="utf-8"
+    )
+    return config
+
+
+def test_too_few_valid_keys_for_a_threshold_above_one_is_warned_of(tmp_path: Path) -> None:
+    """With ``thresholds: {operator: 2}`` and one of the two operator keys expired, no command
+    could be accepted any more, but check-config warned only of the expired key itself."""
+    config = keys_config(
+        tmp_path,
+        ("op-2025", "operator", PAST),
+        ("op-2027", "operator", FUTURE),
+        ("root-a", "root", FUTURE),
+        ("root-b", "root", FUTURE),
+    )
+    result = receiver("check-config", str(with_thresholds(config, "operator: 2")))
+    assert result.returncode == 0, result.stderr  # the daemon starts; central may send keys
+    expired, short = warnings_of(result)
+    assert "trust.keys[0]: 'op-2025' expired" in expired
+    assert "valid keys with the role operator for this device: 1, of 2 needed" in short
+    assert "(trust.thresholds.operator)" in short
+    assert "until central sends it a new list of trusted keys" in short
+    assert "OK, the daemon will start with it, but read the warnings above" in result.stdout
+
+
+def test_an_expired_emergency_key_beside_valid_operator_keys_is_warned_of(tmp_path: Path) -> None:
+    """Operators can still sign, but no emergency warning can be accepted any more."""
+    config = keys_config(tmp_path, ("op-2027", "operator", FUTURE), ("em-2025", "emergency", PAST))
+    result = receiver("check-config", str(config))
+    assert result.returncode == 0, result.stderr
+    expired, short = warnings_of(result)
+    assert "trust.keys[1]: 'em-2025' expired" in expired
+    assert "valid keys with the role emergency for this device: 0, of 1 needed" in short
+    assert "emergency warnings" in short
+    assert "too few root keys" in short  # no root key: no new list can come either
+
+
+def test_a_key_for_other_devices_does_not_make_up_a_threshold(tmp_path: Path) -> None:
+    config = keys_config(tmp_path, ("op-2025", "operator", PAST), ("op-2027", "operator", FUTURE))
+    text = config.read_text(encoding="utf-8")
+    # op-2027 signs only for another commune: this board counts it for nothing.
+    start = text.index("id: op-2027")
+    text = text[:start] + text[start:].replace("scopes: ['*']", "scopes: [commune-9]", 1)
+    config.write_text(text, encoding="utf-8")
+    result = receiver("check-config", str(config))
+    assert result.returncode == 0, result.stderr
+    assert any(
+        "valid keys with the role operator for this device: 0, of 1 needed" in warning
+        for warning in warnings_of(result)
+    ), result.stderr
+
+
 def test_a_fallback_file_that_cannot_be_read_is_warned_of(tmp_path: Path) -> None:
     """A missing ``player.fallback_file`` was accepted; it showed only when a relay failed."""
     config = write_config(tmp_path, extra="")
