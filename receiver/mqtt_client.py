@@ -34,13 +34,14 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from receiver.config_model import BrokerConfig, TlsConfig
 from receiver.core.events import LinkChanged, MessageReceived
-from receiver.errors import LinkError
+from receiver.errors import LinkError, TlsFilesError
 
 __all__ = [
     "LinkError",
     "LinkStatus",
     "MqttLink",
     "Subscription",
+    "TlsFilesError",
     "backoff_delay",
     "describe_connect_error",
     "next_address",
@@ -212,14 +213,26 @@ def _tls_context(tls: TlsConfig) -> ssl.SSLContext:
             cafile=str(tls.ca_file) if tls.ca_file is not None else None,
         )
         if tls.cert_file is not None:
+            # Without a password callback OpenSSL would ask for a passphrase on the terminal.
             context.load_cert_chain(
-                str(tls.cert_file), str(tls.key_file) if tls.key_file is not None else None
+                str(tls.cert_file),
+                str(tls.key_file) if tls.key_file is not None else None,
+                password=_no_passphrase,
             )
-    except (OSError, ssl.SSLError) as exc:
-        raise LinkError(f"cannot load TLS files: {exc}") from exc
+    except (OSError, ssl.SSLError, _PassphraseAskedError) as exc:
+        reason = str(exc) or "the key is protected by a passphrase"
+        raise TlsFilesError(f"cannot load TLS files: {reason}") from exc
     if not context.check_hostname or context.verify_mode != ssl.CERT_REQUIRED:
         raise LinkError("TLS context does not verify the server")  # pragma: no cover
     return context
+
+
+class _PassphraseAskedError(Exception):
+    """OpenSSL asked for the passphrase of an encrypted key, which the daemon cannot give."""
+
+
+def _no_passphrase() -> str:
+    raise _PassphraseAskedError
 
 
 class _ChunkedClient(mqtt.Client):

@@ -245,6 +245,43 @@ def test_a_tls_file_that_cannot_be_loaded_exits_78_and_is_warned_of(
     assert run.returncode == 78 and said in run.stderr, run.stderr
 
 
+@pytest.mark.parametrize(
+    ("files", "expected"),
+    [
+        ({"ca_file": "public"}, "broker.tls.ca_file: {public} holds no certificate"),
+        (
+            {"cert_file": "cert", "key_file": "locked"},
+            "broker.tls.key_file: {locked} is protected by a passphrase",
+        ),
+    ],
+)
+def test_tls_files_the_link_cannot_load_at_start_exit_78(
+    tmp_path: Path, certs: dict[str, Path], files: dict[str, str], expected: str
+) -> None:
+    """The start's own check passed (the file was replaced just after it, say), then the link
+    could not load it: exit 1, and the unit restarted the daemon every 5 s for ever."""
+    tls = ", ".join(f"{name}: {certs[which]}" for name, which in files.items())
+    config = write_config(tmp_path, extra=f"  tls: {{{tls}}}\n")
+    bypass = (
+        "import sys; from receiver import cli; cli._start_problems = lambda config: []; "
+        f"sys.exit(cli.main(['run', '--config', {str(config)!r}]))"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", bypass],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
+    assert run.returncode == 78, run.stderr
+    said, refusal = run.stderr.splitlines()  # check-config's line, and the start's refusal
+    assert said.startswith(f"{config}: {expected.format(**certs)}"), run.stderr
+    assert refusal == f"{config}: the daemon cannot start with this, see above"
+    assert "Traceback" not in run.stderr and "_ssl.c" not in run.stderr
+
+
 def test_good_tls_files_pass(tmp_path: Path, certs: dict[str, Path]) -> None:
     tls = f"{{ca_file: {certs['ca']}, cert_file: {certs['cert']}, key_file: {certs['key']}}}"
     check = receiver("check-config", str(write_config(tmp_path, extra=f"  tls: {tls}\n")))
