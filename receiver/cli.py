@@ -17,8 +17,8 @@ now), so it works with the network down; it exits 1 when there is no state to sh
 mistake elsewhere it says that the config has errors, then shows the state.
 
 ``check-config`` also warns, with exit 0, of what the daemon starts with but will fail on later:
-expired trusted keys (central can still send new ones) and a ``player.fallback_file`` it cannot
-read.
+expired trusted keys (central can still send new ones), a role whose threshold its valid keys no
+longer reach, and a ``player.fallback_file`` it cannot read.
 """
 
 from __future__ import annotations
@@ -153,6 +153,7 @@ def cmd_run(args: SimpleNamespace) -> int:
     import structlog
 
     from receiver.device_key import DeviceKeyError
+    from receiver.errors import TlsFilesError
     from receiver.gpio import PinFactoryMissingError, PinRefusedError, save_settings
     from receiver.runtime import run_forever  # imports libVLC: only when running
 
@@ -176,6 +177,14 @@ def cmd_run(args: SimpleNamespace) -> int:
         return EX_CONFIG
     except DeviceKeyError as exc:  # damaged, readable by others, locked: no restart mends it
         log.critical("daemon_cannot_start", error=str(exc))
+        return EX_CONFIG
+    except TlsFilesError as exc:  # changed since the check above: told as check-config tells it
+        problems = unreadable_files(config) or unusable_tls_files(config)
+        for problem in problems or [f"{args.config}: broker.tls: {exc}"]:
+            print(problem, file=sys.stderr)
+        log.critical("daemon_cannot_start", error=str(exc))
+        refusal = _("{path}: the daemon cannot start with this, see above")
+        print(refusal.format(path=args.config), file=sys.stderr)
         return EX_CONFIG
     except Exception as exc:
         log.critical("daemon_failed", error=str(exc), error_type=type(exc).__name__)

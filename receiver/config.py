@@ -66,6 +66,7 @@ from receiver.errors import ConfigError
 from receiver.i18n import gettext_ as _
 
 __all__ = [
+    "ID_RULE",
     "ConfigError",
     "GpioSettings",
     "config_warnings",
@@ -412,22 +413,25 @@ def _did_you_mean(word: str, options: Sequence[str]) -> str:
     return _(" (did you mean {name!r}?)").format(name=close[0]) if close else ""
 
 
+#: A device, group or environment id (docs/protocol.md §2): the rule itself ...
 _ID = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
-
-
-_ID_RULE = "use 1 to 64 of a-z 0-9 . _ - (lowercase, starting with a letter or digit)"
+#: ... and the same rule in words, for the messages (never the expression: a technician reads
+#: them); translated where the daemon's messages are (:func:`_id_rule`).
+ID_RULE = (
+    "1-64 characters: lowercase letters, digits, '.', '_' or '-', starting with a letter or digit"
+)
 
 
 def _id_rule() -> str:
-    """:data:`_ID_RULE` in the technician's language."""
-    return _("use 1 to 64 of a-z 0-9 . _ - (lowercase, starting with a letter or digit)")
+    """:data:`ID_RULE` in the technician's language."""
+    return _(ID_RULE)
 
 
 def _ident(node: yaml.Node, ctx: _Context, path: str) -> str:
-    """A device, group or environment id as in the protocol: ``[a-z0-9][a-z0-9._-]{0,63}``."""
+    """A device, group or environment id as in the protocol (:data:`_ID`)."""
     value = _text(node, ctx, path)
     if not _ID.fullmatch(value):
-        message = _("{value} is not a valid id: {rule}")
+        message = _("{value} is not a valid id ({rule})")
         raise _BadValueError(message.format(value=_show(value), rule=_id_rule()))
     return value
 
@@ -435,14 +439,14 @@ def _ident(node: yaml.Node, ctx: _Context, path: str) -> str:
 def scope_problem(value: str) -> str | None:
     """What is wrong with ``value`` as a key's scope (None: nothing); receiver-admin uses it too."""
     if value != "*" and not _ID.fullmatch(value):
-        return f"is not a device or group id nor '*': {_ID_RULE}"
+        return f"is neither '*' nor a device or group id ({ID_RULE})"
     return None
 
 
 def _scope(node: yaml.Node, ctx: _Context, path: str) -> str:
     value = _text(node, ctx, path)
     if scope_problem(value) is not None:
-        message = _("is not a device or group id nor '*': {rule}").format(rule=_id_rule())
+        message = _("is neither '*' nor a device or group id ({rule})").format(rule=_id_rule())
         raise _BadValueError(f"{_show(value)} {message}")
     return value
 
@@ -1315,10 +1319,11 @@ _COMMAND_ROLES = ("operator", "emergency")
 def config_warnings(config: Config, now: datetime) -> list[str]:
     """What the daemon starts with but that will fail later, one message each ([] when none).
 
-    Expired trusted keys (the board refuses what they sign; a new list of keys from central may
-    still replace them, so the daemon does start), and a ``player.fallback_file`` the daemon
-    cannot read (noticed only when a relay fails on air). ``check-config`` prints them as
-    warnings and still exits 0; the daemon logs them at start.
+    Expired trusted keys and a command role whose threshold the valid keys no longer reach (the
+    board refuses what needs them; a new list of keys from central may still replace them, so
+    the daemon does start), and a ``player.fallback_file`` the daemon cannot read (noticed only
+    when a relay fails on air). ``check-config`` prints them as warnings and still exits 0; the
+    daemon logs them at start.
     """
     return _expired_keys(config, now) + _unreadable_fallback(config)
 
@@ -1326,6 +1331,12 @@ def config_warnings(config: Config, now: datetime) -> list[str]:
 def key_expired(key: TrustedKey, now: datetime) -> bool:
     """Whether the key's ``not_after`` has passed."""
     return key.not_after is not None and key.not_after < now
+
+
+def _covers(key: TrustedKey, config: Config) -> bool:
+    """Whether ``key``'s scopes take in this device (as :meth:`receiver.core.trust.Key.covers`)."""
+    scopes = set(key.scopes)
+    return "*" in scopes or config.device_id in scopes or bool(scopes & set(config.groups))
 
 
 def _expired_keys(config: Config, now: datetime) -> list[str]:
@@ -1343,24 +1354,73 @@ def _expired_keys(config: Config, now: datetime) -> list[str]:
             )
             when = key.not_after.isoformat()
             found.append(message.format(source=source, index=index, key=key.id, when=when))
-    commanders = [key for key in keys if set(key.roles) & set(_COMMAND_ROLES)]
-    if not any(expired(key) for key in commanders) or not all(map(expired, commanders)):
+    if not any(map(expired, keys)):
         return found
-    roots = [key for key in keys if "root" in key.roles and not expired(key)]
-    if len(roots) >= config.trust.thresholds["root"]:
-        message = _(
-            "{source}: trust.keys: every key that may sign commands (role operator or "
-            "emergency) has expired: the board will refuse every command until central sends "
-            "it a new list of trusted keys, or until this file has a valid key"
+    # A role counts the keys that hold it, cover this device and have not expired (trust.py).
+    roots = sum(
+        1 for key in keys if "root" in key.roles and _covers(key, config) and not expired(key)
+    )
+    roots_suffice = roots >= config.trust.thresholds["root"]
+    commanders = [key for key in keys if set(key.roles) & set(_COMMAND_ROLES)]
+    if commanders and all(map(expired, commanders)):
+        if roots_suffice:
+            message = _(
+                "{source}: trust.keys: every key that may sign commands (role operator or "
+                "emergency) has expired: the board will refuse every command until central "
+                "sends it a new list of trusted keys, or until this file has a valid key"
+            )
+        else:
+            message = _(
+                "{source}: trust.keys: every key that may sign commands (role operator or "
+                "emergency) has expired, and too few root keys are valid to accept a new list "
+                "of keys from central: the board will refuse every command until this file has "
+                "a valid key"
+            )
+        return [*found, message.format(source=source)]
+    return found + _short_roles(config, now, roots_suffice)
+
+
+def _short_roles(config: Config, now: datetime, roots_suffice: bool) -> list[str]:
+    """A command role whose threshold its still-valid keys no longer reach, because some of them
+    expired: what needs that role is refused from now on (a threshold of 2 with one of two keys
+    expired, the only emergency key expired beside valid operator keys)."""
+    what = {
+        "operator": _(
+            "the commands that need it (play at level normal or priority, volume, "
+            "relay, report, schedules)"
+        ),
+        "emergency": _("emergency warnings (play at level emergency, and schedules with one)"),
+    }
+    if roots_suffice:
+        way_out = _(
+            "until central sends it a new list of trusted keys, or until this file has enough "
+            "valid keys"
         )
     else:
-        message = _(
-            "{source}: trust.keys: every key that may sign commands (role operator or "
-            "emergency) has expired, and too few root keys are valid to accept a new list of "
-            "keys from central: the board will refuse every command until this file has a "
-            "valid key"
+        way_out = _(
+            "until this file has enough valid keys (too few root keys are valid to accept a new "
+            "list of keys from central)"
         )
-    found.append(message.format(source=source))
+    message = _(
+        "{source}: trust.keys: valid keys with the role {role} for this device: {valid}, "
+        "of {needed} needed (trust.thresholds.{role}): the board will refuse {what} {way_out}"
+    )
+    found: list[str] = []
+    for role in _COMMAND_ROLES:
+        held = [key for key in config.trust.keys if role in key.roles and _covers(key, config)]
+        left = sum(1 for key in held if not key_expired(key, now))
+        needed = config.trust.thresholds[role]
+        if left < needed and left < len(held):
+            found.append(
+                message.format(
+                    source=config.source,
+                    role=role,
+                    valid=left,
+                    needed=needed,
+                    what=what[role],
+                    way_out=way_out,
+                )
+            )
     return found
 
 

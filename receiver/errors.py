@@ -49,5 +49,9 @@ class LinkError(ReceiverError, RuntimeError):
     """The MQTT link was misused or cannot be set up (bad TLS files, invalid topic, ...)."""
 
 
+class TlsFilesError(LinkError):
+    """The TLS files the config names cannot be loaded: a config error, no restart mends it."""
+
+
 class StoreError(ReceiverError, RuntimeError):
     """A state file (the store or the outbox) cannot be used at all (permissions, disk full)."""

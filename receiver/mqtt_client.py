@@ -34,14 +34,17 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from receiver.config_model import BrokerConfig, TlsConfig
 from receiver.core.events import LinkChanged, MessageReceived
-from receiver.errors import LinkError
+from receiver.errors import LinkError, TlsFilesError
 
 __all__ = [
+    "CAUSES",
     "LinkError",
     "LinkStatus",
     "MqttLink",
     "Subscription",
+    "TlsFilesError",
     "backoff_delay",
+    "connect_error_cause",
     "describe_connect_error",
     "next_address",
 ]
@@ -71,6 +74,22 @@ _LOOP_TIMEOUT_S = 1.0
 # a loop turn makes before it looks at the socket again (writes, keepalive, stop).
 _READ_CHUNK = 64 * 1024
 _BUFFERED_READS_PER_TURN = 512
+
+#: What :attr:`LinkStatus.cause` may be (``receiver status`` says each in words).
+CAUSES: tuple[str, ...] = (
+    "refused_credentials",  # CONNACK: bad user name or password, bad authentication method
+    "refused_not_authorised",  # CONNACK: not authorised (the broker's ACL)
+    "refused",  # CONNACK: any other refusal
+    "dns",  # the broker's name does not resolve
+    "tcp_refused",  # nothing listens on the broker's port
+    "timeout",  # no answer to the TCP connect or the TLS handshake
+    "unreachable",  # any other network error
+    "tls_verify",  # the broker's certificate was not accepted
+    "tls",  # the TLS handshake failed otherwise
+    "no_answer",  # no CONNACK or SUBACK in time
+    "refused_later",  # a subscription or a publish the broker refused
+    "lost",  # an established connection ended
+)
 
 _CONNACK_REASONS: dict[int, str] = {
     0x80: "unspecified error",
@@ -109,6 +128,10 @@ class LinkStatus(TypedDict):
     last_error: str | None
     #: Accepted connections after the first one: how often the link came back.
     reconnects: int
+    #: Attempts that failed since the link was last up (or since :meth:`MqttLink.start`).
+    attempts: int
+    #: ``last_error`` as one of :data:`CAUSES`, for ``receiver status`` to say in words.
+    cause: str | None
     #: ``host:port`` of the broker in use (or being tried): with ``broker.failover``, which one.
     broker: str
 
@@ -178,6 +201,27 @@ def describe_connect_error(exc: BaseException, host: str, port: int) -> str:
     return f"cannot connect to {where}: {exc!r}"
 
 
+def connect_error_cause(exc: BaseException) -> str:
+    """The :data:`CAUSES` member for :func:`describe_connect_error`'s exception."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return "tls_verify"
+    if isinstance(exc, ssl.SSLError):
+        return "tls"
+    if isinstance(exc, ConnectionRefusedError):
+        return "tcp_refused"
+    if isinstance(exc, socket.gaierror):
+        return "dns"
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    return "unreachable"
+
+
+def _connack_cause(reason: ReasonCode) -> str:
+    if reason.value in (0x86, 0x8C):
+        return "refused_credentials"
+    return "refused_not_authorised" if reason.value == 0x87 else "refused"
+
+
 def _connack_reason(reason: ReasonCode) -> str:
     text = _CONNACK_REASONS.get(reason.value, reason.getName())
     return f"refused by broker: {text} ({reason.getName()}, 0x{reason.value:02x})"
@@ -212,14 +256,26 @@ def _tls_context(tls: TlsConfig) -> ssl.SSLContext:
             cafile=str(tls.ca_file) if tls.ca_file is not None else None,
         )
         if tls.cert_file is not None:
+            # Without a password callback OpenSSL would ask for a passphrase on the terminal.
             context.load_cert_chain(
-                str(tls.cert_file), str(tls.key_file) if tls.key_file is not None else None
+                str(tls.cert_file),
+                str(tls.key_file) if tls.key_file is not None else None,
+                password=_no_passphrase,
             )
-    except (OSError, ssl.SSLError) as exc:
-        raise LinkError(f"cannot load TLS files: {exc}") from exc
+    except (OSError, ssl.SSLError, _PassphraseAskedError) as exc:
+        reason = str(exc) or "the key is protected by a passphrase"
+        raise TlsFilesError(f"cannot load TLS files: {reason}") from exc
     if not context.check_hostname or context.verify_mode != ssl.CERT_REQUIRED:
         raise LinkError("TLS context does not verify the server")  # pragma: no cover
     return context
+
+
+class _PassphraseAskedError(Exception):
+    """OpenSSL asked for the passphrase of an encrypted key, which the daemon cannot give."""
+
+
+def _no_passphrase() -> str:
+    raise _PassphraseAskedError
 
 
 class _ChunkedClient(mqtt.Client):
@@ -307,9 +363,7 @@ class MqttLink:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._up = False
-        self._last_error: str | None = None
-        self._attempt_error: str | None = None  # reason the current attempt failed
-        self._paho_error: str | None = None  # paho's last error-level log line this attempt
+        self._init_reasons()
         self._ready = False  # CONNACK accepted and SUBACK received in the current attempt
         self._up_since = 0.0
         self._ever_up = False
@@ -349,6 +403,15 @@ class MqttLink:
             properties=connect_properties,
         )
         self._client = client
+
+    def _init_reasons(self) -> None:
+        """Why the link failed: written by the network thread, read by :attr:`status`."""
+        self._last_error: str | None = None
+        self._last_cause: str | None = None  # _last_error as one of CAUSES
+        self._attempt_error: str | None = None  # reason the current attempt failed
+        self._attempt_cause: str | None = None  # ... as one of CAUSES
+        self._failed_attempts = 0  # since the link was last up
+        self._paho_error: str | None = None  # paho's last error-level log line this attempt
 
     def _init_failover(self, config: BrokerConfig) -> None:
         """Failover state: the network thread writes it; _ack_lock guards the epoch for ack()."""
@@ -406,6 +469,8 @@ class MqttLink:
             last_error=self._last_error,
             reconnects=self._reconnects,
             broker=self.broker,
+            attempts=self._failed_attempts,
+            cause=self._last_cause,
         )
 
     @property
@@ -590,6 +655,9 @@ class MqttLink:
             delay = backoff_delay(rounds, cfg.reconnect_min_s, cfg.reconnect_max_s, self._rng)
             reason = self._attempt_error or "connection closed"
             self._last_error = reason
+            self._last_cause = self._attempt_cause or "lost"
+            if up_for is None:
+                self._failed_attempts += 1
             tried = self.broker
             self._address_index = (
                 0
@@ -613,6 +681,7 @@ class MqttLink:
     def _attempt(self) -> float | None:
         """One connection: open it, run it until it ends. Returns how long it was up, if it was."""
         self._attempt_error = None
+        self._attempt_cause = None
         self._paho_error = None
         self._ready = False
         self._sub_mid = None
@@ -627,6 +696,7 @@ class MqttLink:
                 self._client.reconnect()
             except Exception as exc:
                 self._attempt_error = describe_connect_error(exc, host, port)
+                self._attempt_cause = connect_error_cause(exc)
                 return None
             self._disable_nagle()
             self._bound_silence()
@@ -754,6 +824,7 @@ class MqttLink:
                     if now > self._disconnect_deadline:
                         break  # the DISCONNECT could not be written; the socket is closed below
                 elif not ready_handled and now > handshake_deadline:
+                    self._attempt_cause = "no_answer"
                     self._attempt_error = (
                         "no answer from broker: "
                         f"{'SUBACK' if self._up else 'CONNACK'} not received within "
@@ -806,6 +877,7 @@ class MqttLink:
                 0.5, 1.0
             )
         self._since = self._up_since
+        self._failed_attempts = 0
         if self._ever_up:
             self._reconnects += 1
         self._log.info("mqtt_connected", session_present=session_present, broker=self.broker)
@@ -866,6 +938,7 @@ class MqttLink:
     ) -> None:
         if reason_code.is_failure:
             self._attempt_error = _connack_reason(reason_code)
+            self._attempt_cause = _connack_cause(reason_code)
             return
         self._set_up(flags.session_present)
         if not self._subscriptions:
@@ -909,6 +982,7 @@ class MqttLink:
                 self._log.warning("mqtt_subscription_downgraded", topic=sub.topic, granted_qos=0)
         if refused:
             self._last_error = "subscription refused by broker: " + ", ".join(refused)
+            self._last_cause = "refused_later"
             self._log.error("mqtt_subscription_refused", refused=refused)
         self._ready = True
 
@@ -940,6 +1014,7 @@ class MqttLink:
         self._acked.append(mid)
         if reason_code.is_failure:
             self._last_error = f"publish refused by broker: {reason_code.getName()}"
+            self._last_cause = "refused_later"
             self._log.warning("mqtt_publish_refused", mid=mid, reason=reason_code.getName())
 
     def _handle_disconnect(

@@ -140,6 +140,7 @@ class Runtime:
         self._next_poll = 0.0
         self._next_time_save = 0.0
         self._next_state = 0.0
+        self._link_written: tuple[Any, ...] | None = None  # the link as the status file has it
 
         hooks = Hooks(
             report=self.inbox.put_report,
@@ -250,7 +251,7 @@ class Runtime:
                 if watchdog is not None and time.monotonic() - last_ping >= watchdog:
                     systemd.notify("WATCHDOG=1")
                     last_ping = time.monotonic()
-                if now.mono >= self._next_state:
+                if now.mono >= self._next_state or self._link_news():
                     self._state_due = None  # this one is newer
                     self._publish_state(machine.state_fields(self.state), now)
                 if event is None:
@@ -712,7 +713,7 @@ class Runtime:
         self._state_payload = seal_report(self.device_key, STATE_TYPE, body)
         self._next_state = now.mono + STATE_EVERY_S
         try:
-            write_status(self.config.storage.state_dir, body)
+            write_status(self.config.storage.state_dir, self._status_file(state, now))
         except OSError as exc:
             self.log.error("status_write_failed", error=str(exc))
         if self.link.connected:
@@ -728,6 +729,35 @@ class Runtime:
             "reconnects": status["reconnects"],
             "broker": status["broker"],
         }
+
+    def _link_news(self) -> bool:
+        """Whether the link changed since the status file was written (a failed attempt, a new
+        reason): ``receiver status`` then says why at once, not at the next minute's state."""
+        status = self.link.status
+        if status["up"]:  # the connect publishes a state itself
+            return False
+        seen = (status["up"], status["last_error"], status.get("attempts"), status.get("cause"))
+        return seen != self._link_written
+
+    def _status_file(self, state: dict[str, Any], now: Instant) -> bytes:
+        """The state as published, plus what only the board's technician needs about the link:
+        since when it is in its state, how many attempts failed since it was last up, and why
+        in a word (``cause``) that ``receiver status`` says in the technician's language."""
+        status = self.link.status
+        self._link_written = (
+            status["up"],
+            status["last_error"],
+            status.get("attempts"),
+            status.get("cause"),
+        )
+        link = dict(state["link"])
+        since = status.get("since")
+        if since is not None:  # monotonic: as a wall-clock time, as of this state
+            link["since"] = rfc3339(now.utc - max(0.0, time.monotonic() - since))
+        for name in ("attempts", "cause"):
+            if name in status:
+                link[name] = status[name]
+        return _json({**state, "link": link})
 
     def _republish_state(self) -> None:
         """From the link's thread after each connect: the last state, marked online."""

@@ -1,10 +1,12 @@
 """The device's last state on local disk, and ``receiver status``: what a technician reads over SSH.
 
-The daemon calls :func:`write_status` after each state publish with the exact bytes it
-published, so the file holds the same JSON as the retained ``{p}/dev/{device}/state`` message
-(``docs/protocol.md`` §10), whether or not the broker could be reached. ``receiver status``
-reads only this file (:func:`read_status`) and prints :func:`format_status`: it works with the
-network down and never talks to the daemon.
+The daemon calls :func:`write_status` after each state publish, and whenever the link's
+attempt fails, with the JSON of the retained ``{p}/dev/{device}/state`` message
+(``docs/protocol.md`` §10), whether or not the broker could be reached; its ``link`` also has
+three members the board keeps to itself: ``since`` (RFC 3339), ``attempts`` (failed since the
+link was last up) and ``cause`` (:data:`receiver.mqtt_client.CAUSES`, said in words here).
+``receiver status`` reads only this file (:func:`read_status`) and prints
+:func:`format_status`: it works with the network down and never talks to the daemon.
 
 The write is atomic (a temporary file in the same directory, then ``rename``), so a reader sees
 the old or the new state, never half of one. There is no fsync: the file is informational, the
@@ -213,7 +215,7 @@ def format_status(
     # The link's "since" is this machine's monotonic clock: measured up to when the state was
     # made (now minus its age), so an old file does not claim a link that is up "for 3 h".
     state_mono = None if now_mono is None else now_mono - max(0.0, now_utc - (made or now_utc))
-    add("broker", _link(status.get("link"), state_mono))
+    add("broker", _link(status.get("link"), state_mono, tz))
     add("software", _text(status.get("sw")))
     uptime = status.get("uptime_s")
     add("uptime", _duration(uptime) if _is_number(uptime) else "?")
@@ -263,16 +265,71 @@ def format_health(health: dict[str, Any]) -> str:
     return ", ".join(parts) or "?"
 
 
-def _link(link: Any, state_mono: float | None) -> str:
+def _link_cause(cause: str, error: str, broker: str) -> str | None:
+    """A :data:`receiver.mqtt_client.CAUSES` member in words (None: not one this one knows)."""
+    host = broker.rpartition(":")[0] or broker or "?"
+    words = {
+        "refused_credentials": lambda: _("the broker refused the user name or password"),
+        "refused_not_authorised": lambda: _(
+            "the broker refused it: this user is not authorised (the broker's ACL)"
+        ),
+        "refused": lambda: _("the broker refused it ({error})"),
+        "dns": lambda: _("the broker's name does not resolve ({host})"),
+        "tcp_refused": lambda: _("nothing answers on the broker's port (is it running?)"),
+        "timeout": lambda: _("no answer from the broker (network, firewall?)"),
+        "unreachable": lambda: _("the broker cannot be reached ({error})"),
+        "tls_verify": lambda: _("the broker's certificate was not accepted ({error})"),
+        "tls": lambda: _("the TLS handshake with the broker failed ({error})"),
+        "no_answer": lambda: _("the broker did not answer the connection in time"),
+        "lost": lambda: _("the connection was lost ({error})"),
+    }
+    text = words.get(cause)
+    return None if text is None else text().format(error=error, host=host)
+
+
+def _link_down(link: dict[str, Any], tz: tzinfo) -> str | None:
+    """A link that is not up, from a daemon that says since when, how many attempts and why
+    (the status file's own members); None for an older one."""
+    attempts, cause, error = link.get("attempts"), link.get("cause"), link.get("last_error")
+    if not _is_number(attempts):
+        return None
+    since = ts_utc(link.get("since"))
+    when = [] if since is None else [_("since {time}").format(time=_hms(since, tz))]
+    if not isinstance(error, str) or not error:
+        return _("connecting") + (f" ({when[0]})" if when else "")
+    broker = link.get("broker")
+    said = _link_cause(
+        cause if isinstance(cause, str) else "", error, broker if isinstance(broker, str) else ""
+    )
+    if attempts:
+        plural = "" if attempts == 1 else "s"
+        when.append(_("{count} failed attempt{plural}").format(count=attempts, plural=plural))
+    text = _("NOT connected: {reason}").format(reason=said or _text(error))
+    return text + (f" ({', '.join(when)})" if when else "")
+
+
+def _hms(utc: float, tz: tzinfo) -> str:
+    try:
+        return datetime.fromtimestamp(utc, tz).strftime("%H:%M:%S")
+    except (OverflowError, OSError, ValueError):
+        return "?"
+
+
+def _link(link: Any, state_mono: float | None, tz: tzinfo = UTC) -> str:
     if not isinstance(link, dict):
         return _("? (this daemon does not report its link in the state)")
     up = link.get("up")
+    if up is False:
+        down = _link_down(link, tz)
+        if down is not None:
+            return down
     text = _("connected") if up is True else _("NOT connected") if up is False else "?"
     since = link.get("since")
     if _is_number(since) and state_mono is not None and state_mono >= since:
         text += _(" for {duration}").format(duration=_duration(state_mono - since))
     elif isinstance(since, str) and since:
-        text += f" since {since}"
+        utc = ts_utc(since)
+        text += " " + _("since {time}").format(time=since if utc is None else _hms(utc, tz))
     reconnects = link.get("reconnects")
     if _is_number(reconnects):
         text += f", {reconnects} reconnect{'' if reconnects == 1 else 's'}"

@@ -200,3 +200,24 @@ def test_the_checkout_s_own_command_line_speaks_vietnamese(tmp_path: Path) -> No
     assert done.returncode == 78
     assert "config file not found" not in done.stderr
     assert f"{absent}: không tìm thấy tệp cấu hình" in done.stderr
+
+
+def test_the_id_rule_is_told_in_words_in_vietnamese(
+    vietnamese: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A device id or group with a capital letter was refused with the rule as a regular
+    expression (or, later, a list of characters in English in an otherwise Vietnamese line)."""
+    key = base64.b64encode(bytes(range(32))).decode()
+    config = tmp_path / "receiver.yaml"
+    config.write_text(
+        "device_id: Loa-1\nenv: lab\ngroups: [ok, Xa]\nbroker: {host: 192.0.2.1}\ntrust:\n"
+        f"  keys:\n    - {{id: k1, ed25519: '{key}', roles: [operator], scopes: ['Xa!']}}\n",
+        encoding="utf-8",
+    )
+    assert cli.main(["check-config", str(config)]) == 78
+    err = capsys.readouterr().err
+    rule = "(1-64 ký tự: chữ thường, chữ số, '.', '_' hoặc '-', bắt đầu bằng chữ cái hoặc chữ số)"
+    assert f"device_id: 'Loa-1' không phải mã định danh hợp lệ {rule}" in err
+    assert f"groups[1]: 'Xa' không phải mã định danh hợp lệ {rule}" in err
+    assert f"scopes[0]: 'Xa!' không phải '*', mã thiết bị hay mã nhóm {rule}" in err
+    assert "a-z" not in err and "{0,63}" not in err

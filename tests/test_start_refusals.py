@@ -245,6 +245,43 @@ def test_a_tls_file_that_cannot_be_loaded_exits_78_and_is_warned_of(
     assert run.returncode == 78 and said in run.stderr, run.stderr
 
 
+@pytest.mark.parametrize(
+    ("files", "expected"),
+    [
+        ({"ca_file": "public"}, "broker.tls.ca_file: {public} holds no certificate"),
+        (
+            {"cert_file": "cert", "key_file": "locked"},
+            "broker.tls.key_file: {locked} is protected by a passphrase",
+        ),
+    ],
+)
+def test_tls_files_the_link_cannot_load_at_start_exit_78(
+    tmp_path: Path, certs: dict[str, Path], files: dict[str, str], expected: str
+) -> None:
+    """The start's own check passed (the file was replaced just after it, say), then the link
+    could not load it: exit 1, and the unit restarted the daemon every 5 s for ever."""
+    tls = ", ".join(f"{name}: {certs[which]}" for name, which in files.items())
+    config = write_config(tmp_path, extra=f"  tls: {{{tls}}}\n")
+    bypass = (
+        "import sys; from receiver import cli; cli._start_problems = lambda config: []; "
+        f"sys.exit(cli.main(['run', '--config', {str(config)!r}]))"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", bypass],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
+    assert run.returncode == 78, run.stderr
+    said, refusal = run.stderr.splitlines()  # check-config's line, and the start's refusal
+    assert said.startswith(f"{config}: {expected.format(**certs)}"), run.stderr
+    assert refusal == f"{config}: the daemon cannot start with this, see above"
+    assert "Traceback" not in run.stderr and "_ssl.c" not in run.stderr
+
+
 def test_good_tls_files_pass(tmp_path: Path, certs: dict[str, Path]) -> None:
     tls = f"{{ca_file: {certs['ca']}, cert_file: {certs['cert']}, key_file: {certs['key']}}}"
     check = receiver("check-config", str(write_config(tmp_path, extra=f"  tls: {tls}\n")))
@@ -318,6 +355,61 @@ def test_with_a_valid_root_key_a_new_keyring_is_the_way_out(tmp_path: Path) -> N
     none_left = warnings_of(result)[-1]
     assert "until central sends it a new list of trusted keys" in none_left
     assert "too few root keys" not in none_left
+
+
+def with_thresholds(config: Path, thresholds: str) -> Path:
+    text = config.read_text(encoding="utf-8")
+    config.write_text(
+        text.replace("\nstorage:", f"\n  thresholds: {{{thresholds}}}\nstorage:"), encoding="utf-8"
+    )
+    return config
+
+
+def test_too_few_valid_keys_for_a_threshold_above_one_is_warned_of(tmp_path: Path) -> None:
+    """With ``thresholds: {operator: 2}`` and one of the two operator keys expired, no command
+    could be accepted any more, but check-config warned only of the expired key itself."""
+    config = keys_config(
+        tmp_path,
+        ("op-2025", "operator", PAST),
+        ("op-2027", "operator", FUTURE),
+        ("root-a", "root", FUTURE),
+        ("root-b", "root", FUTURE),
+    )
+    result = receiver("check-config", str(with_thresholds(config, "operator: 2")))
+    assert result.returncode == 0, result.stderr  # the daemon starts; central may send keys
+    expired, short = warnings_of(result)
+    assert "trust.keys[0]: 'op-2025' expired" in expired
+    assert "valid keys with the role operator for this device: 1, of 2 needed" in short
+    assert "(trust.thresholds.operator)" in short
+    assert "until central sends it a new list of trusted keys" in short
+    assert "OK, the daemon will start with it, but read the warnings above" in result.stdout
+
+
+def test_an_expired_emergency_key_beside_valid_operator_keys_is_warned_of(tmp_path: Path) -> None:
+    """Operators can still sign, but no emergency warning can be accepted any more."""
+    config = keys_config(tmp_path, ("op-2027", "operator", FUTURE), ("em-2025", "emergency", PAST))
+    result = receiver("check-config", str(config))
+    assert result.returncode == 0, result.stderr
+    expired, short = warnings_of(result)
+    assert "trust.keys[1]: 'em-2025' expired" in expired
+    assert "valid keys with the role emergency for this device: 0, of 1 needed" in short
+    assert "emergency warnings" in short
+    assert "too few root keys" in short  # no root key: no new list can come either
+
+
+def test_a_key_for_other_devices_does_not_make_up_a_threshold(tmp_path: Path) -> None:
+    config = keys_config(tmp_path, ("op-2025", "operator", PAST), ("op-2027", "operator", FUTURE))
+    text = config.read_text(encoding="utf-8")
+    # op-2027 signs only for another commune: this board counts it for nothing.
+    start = text.index("id: op-2027")
+    text = text[:start] + text[start:].replace("scopes: ['*']", "scopes: [commune-9]", 1)
+    config.write_text(text, encoding="utf-8")
+    result = receiver("check-config", str(config))
+    assert result.returncode == 0, result.stderr
+    assert any(
+        "valid keys with the role operator for this device: 0, of 1 needed" in warning
+        for warning in warnings_of(result)
+    ), result.stderr
 
 
 def test_a_fallback_file_that_cannot_be_read_is_warned_of(tmp_path: Path) -> None:

@@ -239,6 +239,34 @@ def test_format_offline_old_and_odd_states() -> None:
     assert lines["broker"].startswith("?")
 
 
+def test_a_link_that_is_not_up_says_why_in_words() -> None:
+    """In the first minute the board said "NOT connected, 0 reconnects", whether it was still
+    connecting or the broker had refused its password."""
+    now = 1_800_000_000.0  # 2027-01-15 08:00:00 UTC
+    since = rfc3339(now - 40)
+
+    def broker(**link: Any) -> str:
+        base = {"up": False, "last_error": None, "reconnects": 0, "broker": "mqtt.lan:8883"}
+        status = state_message(now, ts=rfc3339(now - 2), link={**base, **link})
+        return as_lines(format_status(status, now))["broker"]
+
+    assert broker(since=since, attempts=0, cause=None) == "connecting (since 07:59:20)"
+    refused = "refused by broker: bad credentials (user name or password) (Bad user name, 0x86)"
+    assert broker(since=since, attempts=3, cause="refused_credentials", last_error=refused) == (
+        "NOT connected: the broker refused the user name or password "
+        "(since 07:59:20, 3 failed attempts)"
+    )
+    dns = "unreachable: cannot resolve 'mqtt.lan' (Name or service not known)"
+    assert broker(since=since, attempts=1, cause="dns", last_error=dns) == (
+        "NOT connected: the broker's name does not resolve (mqtt.lan) "
+        "(since 07:59:20, 1 failed attempt)"
+    )
+    odd = broker(since=since, attempts=2, cause="new-in-v9", last_error="something new")
+    assert odd == "NOT connected: something new (since 07:59:20, 2 failed attempts)"
+    # From a daemon that did not say: as before.
+    assert broker(last_error="refused") == "NOT connected, 0 reconnects; last error: refused"
+
+
 def test_status_shows_the_outbox(tmp_path: Path) -> None:
     from receiver.outbox import Outbox
 

@@ -437,6 +437,10 @@ def test_keeps_retrying_until_the_broker_appears(
     time.sleep(0.5)  # several more attempts with these tiny backoff settings
     assert not link.connected
     assert rec.links == []
+    # What `receiver status` tells in words: why (a cause it knows), and how many attempts.
+    status = link.status
+    assert status["cause"] == "tcp_refused"
+    assert status["attempts"] >= 2
 
     stopped_broker.start()
     wait_subscribed(link, rec)  # once the broker is up
@@ -558,6 +562,8 @@ def test_refused_credentials_are_reported(tmp_path: Path, make_link: LinkFactory
             wrong.last_error or ""
         )
         assert rec.links == [True]
+        assert wrong.status["cause"] in ("refused_credentials", "refused_not_authorised")
+        assert (right.status["attempts"], right.status["cause"]) == (0, None)
 
 
 def test_under_acls_the_device_gets_its_commands_and_may_write_only_its_own_topics(
@@ -731,6 +737,8 @@ def test_publish_says_when_a_message_is_dropped_and_no_ack_comes_for_it(
         "last_error": None,
         "reconnects": 0,
         "broker": f"{broker.host}:{broker.port}",
+        "attempts": 0,
+        "cause": None,
     }
     assert link.publish(EVENTS, b"one", on_ack=acks.callback("one")) is True
     assert link.publish(EVENTS, b"two", on_ack=acks.callback("two")) is True

@@ -352,10 +352,20 @@ class Link:
     connected: bool = True
     last_error: str | None = None
     socket_inode: int | None = None
+    attempts: int = 0
+    cause: str | None = None
 
     @property
     def status(self) -> dict[str, Any]:
-        return {"up": self.connected, "last_error": None, "reconnects": 0, "broker": "memory"}
+        return {
+            "up": self.connected,
+            "since": None,
+            "last_error": self.last_error,
+            "reconnects": 0,
+            "broker": "memory",
+            "attempts": self.attempts,
+            "cause": self.cause,
+        }
 
     def start(self) -> None:
         self.report(LinkChanged(True))
