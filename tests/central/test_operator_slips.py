@@ -527,8 +527,11 @@ def test_keygen_into_a_directory_that_does_not_exist_says_so(
     ("argv", "named"),
     [
         (["keygen", "--id", "op 2"], "--id: 'op 2' must not contain spaces"),
-        (["keygen", "--id", "op-2", "--scopes", "prov 25"], "--scopes: 'prov 25' is not a device"),
-        (["keygen", "--id", "op-2", "--scopes", "Commune-1"], "--scopes: 'Commune-1' is not"),
+        (
+            ["keygen", "--id", "op-2", "--scopes", "prov 25"],
+            "--scopes: 'prov 25' is neither '*' nor a device",
+        ),
+        (["keygen", "--id", "op-2", "--scopes", "Commune-1"], "--scopes: 'Commune-1' is neither"),
     ],
 )
 def test_keygen_refuses_an_entry_the_receivers_config_refuses(
