@@ -3,15 +3,33 @@ stations the relay tests play (Icecast2 and HLS fed by FFmpeg, a web server for 
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 if TYPE_CHECKING:  # imported in the fixtures: the core tier runs without paho installed
     from tests.lab.broker import MosquittoBroker
     from tests.lab.stations import HlsStation, IcecastStation, WebServer
+
+
+@pytest.fixture(autouse=True)
+def _logging_as_found() -> Iterator[None]:
+    """A test that runs the CLI in this process points structlog at its own captured stdout,
+    which pytest closes after it: later tests' log lines, written from adapter threads, then
+    failed with "I/O operation on closed file". The configuration is put back after each test."""
+    imported = sys.modules.get("structlog")  # the core tier runs without it
+    before: dict[str, Any] | None = imported.get_config() if imported is not None else None
+    yield
+    structlog = sys.modules.get("structlog")
+    if structlog is None:
+        return
+    if before is None:  # imported by the test itself
+        structlog.reset_defaults()
+    elif structlog.get_config() != before:
+        structlog.configure(**before)
 
 
 @pytest.fixture
