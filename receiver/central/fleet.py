@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from receiver.central.reports import device_mark
+from receiver.core.commands import ID_PATTERN
 from receiver.timefmt import ts_utc
 
 COLUMNS: Final = (
@@ -85,8 +86,12 @@ class DeviceRow:
 
     @property
     def groups(self) -> tuple[str, ...]:
+        """The group ids the state lists. Only ids: a retained state is not verified here, and
+        a name holding a terminal escape or a megabyte is no group a board can be in."""
         groups = (self.state or {}).get("groups")
-        return tuple(g for g in groups if isinstance(g, str)) if isinstance(groups, list) else ()
+        if not isinstance(groups, list):
+            return ()
+        return tuple(g for g in groups if isinstance(g, str) and ID_PATTERN.fullmatch(g))
 
 
 @dataclass(frozen=True)

@@ -295,3 +295,25 @@ def test_every_pattern_of_the_schemas_has_words() -> None:
     from receiver.central import validate
 
     assert validate.patterns_without_words() == []
+
+
+def test_group_names_from_states_reach_the_warning_only_as_ids(
+    secured: Secured, operator_key: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A retained state is not verified here, and any client the ACL lets publish one may have
+    left it: a group name holding a terminal escape was printed as the "did you mean" on the
+    operator's terminal (and one that lists the mistyped name with an escape hid the warning)."""
+    now = time.time()
+    forged = ["commune-25-0787\x1b[8m", "commune-25-07874\x1b]0;owned\x07", "x" * 5000]
+    with Spy(secured) as spy:
+        spy.publish("loa/v1/dev/loa-001/state", device_state("loa-001", now, groups=forged))
+        spy.publish(
+            "loa/v1/dev/loa-002/state", device_state("loa-002", now, groups=["commune-25-07873"])
+        )
+
+    assert main(_stop(operator_key, "grp:commune-25-0787", secured)) == 0
+    err = capsys.readouterr().err
+    assert "\x1b" not in err and "\x07" not in err and "xxxx" not in err, repr(err)
+    warned = _warnings(err)
+    assert len(warned) == 1, err
+    assert "lists group commune-25-0787; did you mean commune-25-07873?" in warned[0]
