@@ -28,6 +28,7 @@ import json
 import os
 import sqlite3
 import tempfile
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
@@ -284,7 +285,7 @@ def _link_cause(cause: str, error: str, broker: str) -> str | None:
         "lost": lambda: _("the connection was lost ({error})"),
     }
     text = words.get(cause)
-    return None if text is None else text().format(error=error, host=host)
+    return None if text is None else text().format(error=_text(error), host=_text(host))
 
 
 def _link_down(link: dict[str, Any], tz: tzinfo) -> str | None:
@@ -329,13 +330,13 @@ def _link(link: Any, state_mono: float | None, tz: tzinfo = UTC) -> str:
         text += _(" for {duration}").format(duration=_duration(state_mono - since))
     elif isinstance(since, str) and since:
         utc = ts_utc(since)
-        text += " " + _("since {time}").format(time=since if utc is None else _hms(utc, tz))
+        text += " " + _("since {time}").format(time=_text(since) if utc is None else _hms(utc, tz))
     reconnects = link.get("reconnects")
     if _is_number(reconnects):
         text += f", {reconnects} reconnect{'' if reconnects == 1 else 's'}"
     error = link.get("last_error")
     if isinstance(error, str) and error:
-        text += _("; last error: {error}").format(error=error)
+        text += _("; last error: {error}").format(error=_text(error))
     return text
 
 
@@ -414,8 +415,11 @@ def _text(value: Any) -> str:
     if value is None:
         return "?"
     text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-    # A title is at most 2048 characters and may hold anything printable: keep one line.
-    return " ".join(text.split())[:200] or "?"
+    # A title is at most 2048 characters and may hold anything printable: keep one line. The
+    # link's error quotes the network and the broker: no control character reaches the
+    # terminal (an escape sequence could rewrite what the technician reads).
+    text = " ".join(text.split())[:200]
+    return "".join("?" if unicodedata.category(c) in ("Cc", "Cf") else c for c in text) or "?"
 
 
 def _clock_time(utc: float, tz: tzinfo) -> str:

@@ -267,6 +267,28 @@ def test_a_link_that_is_not_up_says_why_in_words() -> None:
     assert broker(last_error="refused") == "NOT connected, 0 reconnects; last error: refused"
 
 
+def test_the_link_s_reason_is_one_bounded_line_without_control_characters() -> None:
+    """The reason in words quoted the link's error as the file had it: a newline, a terminal
+    escape or a kilobyte of it reached the technician's terminal, where the plain reason was
+    already cut to one line of 200 characters."""
+    now = 1_800_000_000.0
+    since = rfc3339(now - 40)
+    hostile = "refused\n\x1b]0;owned\x07\x1b[2J" + "y" * 5000
+
+    def broker(**link: Any) -> str:
+        base = {"up": False, "reconnects": 0, "broker": "mqtt.lan:8883", "since": since}
+        status = state_message(now, ts=rfc3339(now - 2), link={**base, **link})
+        out = format_status(status, now)
+        assert "\x1b" not in out and "\x07" not in out and "yyyyy" * 50 not in out, repr(out)
+        return as_lines(out)["broker"]
+
+    for cause in ("refused", "unreachable", "tls_verify", "tls", "lost", "new-in-v9"):
+        assert broker(attempts=1, cause=cause, last_error=hostile).startswith("NOT connected: ")
+    said = broker(attempts=1, cause="dns", last_error="x", broker="a\x1b[2Jb:1883")
+    assert said.startswith("NOT connected: the broker's name does not resolve (a?[2Jb)")
+    assert broker(up=True, since="\x1b[2J", last_error=None).startswith("connected since ?[2J")
+
+
 def test_status_shows_the_outbox(tmp_path: Path) -> None:
     from receiver.outbox import Outbox
 
