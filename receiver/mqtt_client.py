@@ -655,9 +655,11 @@ class MqttLink:
             delay = backoff_delay(rounds, cfg.reconnect_min_s, cfg.reconnect_max_s, self._rng)
             reason = self._attempt_error or "connection closed"
             self._last_error = reason
-            self._last_cause = self._attempt_cause or "lost"
             if up_for is None:
                 self._failed_attempts += 1
+            # Last: the loop writes the status file at once when the cause changes (runtime.py),
+            # so the error and the count it reads with it are this attempt's.
+            self._last_cause = self._attempt_cause or "lost"
             tried = self.broker
             self._address_index = (
                 0

@@ -83,6 +83,9 @@ PROGRESS_POLL_S: Final = 1.0  # how often a live stream's position is read
 # SQLite write each time: 288 a day, nothing to an SD card.
 TIME_FLOOR_SAVE_S: Final = 300.0
 STATE_EVERY_S: Final = 60.0  # the retained state is also refreshed this often (docs/protocol.md)
+#: A link that keeps failing for the reason the status file says: its count of attempts is
+#: rewritten at most this often (a new reason is written at once); SD card wear.
+LINK_NEWS_EVERY_S: Final = 30.0
 # After a turn that issued a Play, a due state waits for libVLC's start report (a few ms later),
 # at most this long: building, signing, writing and sending it in between would only delay the
 # turn that takes the report, and so the `started` event (bench/latency.py).
@@ -141,6 +144,7 @@ class Runtime:
         self._next_time_save = 0.0
         self._next_state = 0.0
         self._link_written: tuple[Any, ...] | None = None  # the link as the status file has it
+        self._link_written_at = 0.0  # monotonic: when the status file was written
 
         hooks = Hooks(
             report=self.inbox.put_report,
@@ -251,7 +255,7 @@ class Runtime:
                 if watchdog is not None and time.monotonic() - last_ping >= watchdog:
                     systemd.notify("WATCHDOG=1")
                     last_ping = time.monotonic()
-                if now.mono >= self._next_state or self._link_news():
+                if now.mono >= self._next_state or self._link_news(now.mono):
                     self._state_due = None  # this one is newer
                     self._publish_state(machine.state_fields(self.state), now)
                 if event is None:
@@ -730,14 +734,20 @@ class Runtime:
             "broker": status["broker"],
         }
 
-    def _link_news(self) -> bool:
-        """Whether the link changed since the status file was written (a failed attempt, a new
-        reason): ``receiver status`` then says why at once, not at the next minute's state."""
+    def _link_news(self, mono: float) -> bool:
+        """Whether the link changed since the status file was written: a new reason (the link
+        went down, or fails otherwise) at once, so ``receiver status`` says why without waiting
+        for the next minute's state; more failed attempts for the same reason (or its wording
+        with another broker's address) at most every :data:`LINK_NEWS_EVERY_S`, for a link
+        retried every second or two would otherwise rewrite the file at each attempt."""
         status = self.link.status
         if status["up"]:  # the connect publishes a state itself
             return False
         seen = (status["up"], status["last_error"], status.get("attempts"), status.get("cause"))
-        return seen != self._link_written
+        written = self._link_written
+        if written is None or (seen[0], seen[3]) != (written[0], written[3]):
+            return True
+        return seen != written and mono >= self._link_written_at + LINK_NEWS_EVERY_S
 
     def _status_file(self, state: dict[str, Any], now: Instant) -> bytes:
         """The state as published, plus what only the board's technician needs about the link:
@@ -750,6 +760,7 @@ class Runtime:
             status.get("attempts"),
             status.get("cause"),
         )
+        self._link_written_at = now.mono
         link = dict(state["link"])
         since = status.get("since")
         if since is not None:  # monotonic: as a wall-clock time, as of this state
