@@ -1,12 +1,13 @@
 """The device's last state on local disk, and ``receiver status``: what a technician reads over SSH.
 
-The daemon calls :func:`write_status` after each state publish, and whenever the link's
-attempt fails, with the JSON of the retained ``{p}/dev/{device}/state`` message
-(``docs/protocol.md`` §10), whether or not the broker could be reached; its ``link`` also has
-three members the board keeps to itself: ``since`` (RFC 3339), ``attempts`` (failed since the
-link was last up) and ``cause`` (:data:`receiver.mqtt_client.CAUSES`, said in words here).
-``receiver status`` reads only this file (:func:`read_status`) and prints
-:func:`format_status`: it works with the network down and never talks to the daemon.
+The daemon calls :func:`write_status` after each state publish, and when the link's attempts
+fail for a new reason (their count at most every 30 s), with the JSON of the retained
+``{p}/dev/{device}/state`` message (``docs/protocol.md`` §10), whether or not the broker could
+be reached; its ``link`` also has three members the board keeps to itself: ``since`` (RFC
+3339), ``attempts`` (failed since the link was last up) and ``cause``
+(:data:`receiver.mqtt_client.CAUSES`, said in words here). ``receiver status`` reads only this
+file (:func:`read_status`) and prints :func:`format_status`: it works with the network down
+and never talks to the daemon.
 
 The write is atomic (a temporary file in the same directory, then ``rename``), so a reader sees
 the old or the new state, never half of one. There is no fsync: the file is informational, the
