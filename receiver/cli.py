@@ -180,7 +180,12 @@ def cmd_run(args: SimpleNamespace) -> int:
         return EX_CONFIG
     except TlsFilesError as exc:  # changed since the check above: told as check-config tells it
         problems = unreadable_files(config) or unusable_tls_files(config)
-        for problem in problems or [f"{args.config}: broker.tls: {exc}"]:
+        if not problems:
+            # They load again: caught while being replaced (a renewal). A restart takes the
+            # new files; exit 78 would stop the service for good.
+            log.critical("daemon_failed", error=str(exc), error_type=type(exc).__name__)
+            return 1
+        for problem in problems:
             print(problem, file=sys.stderr)
         log.critical("daemon_cannot_start", error=str(exc))
         refusal = _("{path}: the daemon cannot start with this, see above")

@@ -282,6 +282,39 @@ def test_tls_files_the_link_cannot_load_at_start_exit_78(
     assert "Traceback" not in run.stderr and "_ssl.c" not in run.stderr
 
 
+def test_tls_files_being_replaced_at_start_are_retried_not_refused_for_good(
+    tmp_path: Path, certs: dict[str, Path]
+) -> None:
+    """The link could not load the files, but they load again at once (a certificate being
+    renewed, the key written a moment after it): exit 78 stopped the service for good
+    (RestartPreventExitStatus=78), a board deaf to central until someone came; exit 1 has the
+    unit start it again a few seconds later, with the new files."""
+    tls = f"{{ca_file: {certs['ca']}, cert_file: {certs['cert']}, key_file: {certs['key']}}}"
+    config = write_config(tmp_path, extra=f"  tls: {tls}\n")
+    bypass = "\n".join(
+        [
+            "import sys",
+            "from receiver import cli, mqtt_client",
+            "cli._start_problems = lambda config: []",
+            "def half_written(tls):",
+            "    raise mqtt_client.TlsFilesError('cannot load TLS files: [SSL] PEM lib')",
+            "mqtt_client._tls_context = half_written",
+            f"sys.exit(cli.main(['run', '--config', {str(config)!r}]))",
+        ]
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", bypass],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
+    assert run.returncode == 1, run.stderr
+    assert "Traceback" not in run.stderr
+
+
 def test_good_tls_files_pass(tmp_path: Path, certs: dict[str, Path]) -> None:
     tls = f"{{ca_file: {certs['ca']}, cert_file: {certs['cert']}, key_file: {certs['key']}}}"
     check = receiver("check-config", str(write_config(tmp_path, extra=f"  tls: {tls}\n")))
