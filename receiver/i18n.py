@@ -47,7 +47,10 @@ def _translations() -> gettext.NullTranslations:
     source = _source_catalog()
     if source is None:
         return found
-    return gettext.GNUTranslations(io.BytesIO(compiled_catalog(source)))
+    try:
+        return gettext.GNUTranslations(io.BytesIO(compiled_catalog(source)))
+    except (OSError, ValueError, SyntaxError):  # mid-edit, unreadable: English, not a traceback
+        return found
 
 
 def _source_catalog() -> Path | None:

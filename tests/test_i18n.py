@@ -221,3 +221,27 @@ def test_the_id_rule_is_told_in_words_in_vietnamese(
     assert f"groups[1]: 'Xa' không phải mã định danh hợp lệ {rule}" in err
     assert f"scopes[0]: 'Xa!' không phải '*', mã thiết bị hay mã nhóm {rule}" in err
     assert "a-z" not in err and "{0,63}" not in err
+
+
+@pytest.mark.parametrize(
+    "source",
+    [b'msgid "x"\nmsgstr "y\n', b"msgid x\n", b'msgid "\xff"\nmsgstr "y"\n'],
+    ids=["unclosed", "bare", "not-utf8"],
+)
+def test_a_catalog_source_that_cannot_be_read_gives_english(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, source: bytes
+) -> None:
+    """A checkout's .po mid-edit raised out of the first translated message: a traceback where
+    the message was due, in the daemon too."""
+    path = tmp_path / "vi" / "LC_MESSAGES" / f"{DOMAIN}.po"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(source)
+    monkeypatch.setattr(i18n, "LOCALE_DIR", tmp_path)
+    for name in ("LANGUAGE", "LC_ALL", "LC_MESSAGES"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("LANG", "vi_VN.UTF-8")
+    i18n._translations.cache_clear()
+    try:
+        assert i18n.gettext_("config file not found") == "config file not found"
+    finally:
+        i18n._translations.cache_clear()
