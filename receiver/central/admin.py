@@ -320,6 +320,16 @@ def publish(
     return True
 
 
+def _watch_shortfall(args: argparse.Namespace, seen: int) -> str:
+    """What ``watch --until`` or ``--count`` waited for and did not see before ``--timeout``."""
+    source = "any device" if args.device == "+" else args.device
+    within = f"from {source} within {args.timeout:g} s"
+    if args.until:
+        plural = "" if seen == 1 else "s"
+        return f"no {' or '.join(args.until)} event {within} ({seen} event{plural} seen)"
+    return f"{seen} of the {args.count} events asked for {within}"
+
+
 def _watch(args: argparse.Namespace) -> int:
     """Print a device's state and events as they arrive (one line each), across reconnects."""
     messages: queue.Queue[DeviceMessage] = queue.Queue()
@@ -377,7 +387,11 @@ def _watch(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return EXIT_FAILED
-        return EXIT_FAILED if (args.until or args.count) else EXIT_OK
+        if args.until or args.count:
+            # A script reads the status; the person reading its log needs the cause too.
+            print(f"receiver-admin: {_watch_shortfall(args, seen)}", file=sys.stderr)
+            return EXIT_FAILED
+        return EXIT_OK
     except KeyboardInterrupt:
         # Stopped by hand: done, unless it was waiting for something it has not seen.
         return EXIT_INTERRUPTED if (args.until or args.count) else EXIT_OK

@@ -22,7 +22,7 @@ from receiver.central.inputs import InputError
 from receiver.central.signing import SigningKey, key_entry
 from receiver.config import parse_config
 from receiver.device_key import STATE_TYPE, DeviceKey, seal_report
-from tests.central.conftest import Secured, Spy, device_state, read_retained
+from tests.central.conftest import Secured, Spy, device_event, device_state, read_retained
 from tests.central.test_collector import Devices, admin, subscribed
 from tests.lab.daemon import read_stream_lines, stopping
 from tests.lab.tools import pick_port
@@ -309,6 +309,29 @@ def test_watch_until_an_event_stopped_by_ctrl_c_does_not_say_it_saw_it(secured: 
             assert "Traceback" not in watch.stderr.read()
     finally:
         devices.close()
+
+
+def test_watch_until_that_times_out_says_what_it_waited_for(
+    secured: Secured, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``watch --until finished --timeout 1`` that saw the device's state but no ``finished``
+    exited 1 without a word: a script's log showed a failure and no cause."""
+    with Spy(secured) as spy:
+        spy.publish("loa/v1/dev/loa-001/state", device_state("loa-001", time.time()))
+        spy.publish(
+            "loa/v1/dev/loa-001/events", device_event("loa-001", 1, "accepted"), retain=False
+        )
+
+    code = main(
+        ["watch", "--device", "loa-001", "--until", "finished", "--timeout", "1", *secured.login()]
+    )
+
+    captured = capsys.readouterr()
+    assert code == 1
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1, captured.err
+    assert lines[0].startswith("receiver-admin: no finished event from loa-001 within 1 s")
+    assert "Traceback" not in captured.err
 
 
 def test_a_programme_too_large_for_the_receivers_is_not_retained(
