@@ -143,12 +143,17 @@ def _admission_refusal(
     it (for a document that names no audience of its own: a keyring, say)."""
     audience = next(iter(payload.get("aud", [])), "grp:")
     kind, _, ident = str(audience).partition(":")
+    groups: tuple[str, ...] = (ident,) if kind == "grp" else ()
+    if kind == "dev":
+        # One board's groups are in its config, which only it knows: judge it as a board in
+        # every group a key is scoped to, so that only what no board could take is refused.
+        groups = tuple(sorted({s for key in keyring.keys for s in key.scopes} - {"*"}))
     if scope is not None:
-        kind, ident = "scope", scope
+        kind, ident, groups = "scope", scope, (scope,)
     context = admission.Context(
         device_id=ident if kind in ("dev", "scope") else "",
         env=str(payload.get("env", "")),
-        groups=(ident,) if kind in ("grp", "scope") else (),
+        groups=groups,
         keyring=keyring,
         floors={},
         time_floor=0.0,

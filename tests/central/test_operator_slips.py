@@ -491,6 +491,39 @@ def test_a_command_the_fleets_keyring_refuses_is_not_sent(
         spy.wait_for("loa/v1/grp/commune-1/cmd")
 
 
+def test_a_command_for_one_board_is_judged_as_its_groups_may_judge_it(
+    secured: Secured, operator_key: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A key scoped to commune-1 was refused (``not_authorized``, exit 2) for ``--aud
+    dev:loa-001``: the tool judged the command as a board in no group would, though a board of
+    commune-1 takes it (``report`` to one board after an ACL change, operations.md §8). The
+    tool cannot know the board's groups: it refuses only what no board could take."""
+    roots = []
+    for name in ("root-a", "root-b"):
+        path = tmp_path / f"{name}.pem"
+        SigningKey.generate(name).save(path)
+        roots.append(path)
+    ring = [key_entry(SigningKey.load(path), ["root"]) for path in roots]
+    ring.append(key_entry(SigningKey.load(operator_key), ["operator"], ["commune-1"]))
+    keyring = tmp_path / "keyring.json"
+    keyring.write_text(json.dumps(ring))
+    signed = [arg for path in roots for arg in ("--key", str(path))]
+    trust = ["trust", "--version", "2", "--keys", str(keyring), "--env", "prod", *signed]
+    assert main([*trust, *secured.login()]) == 0
+    stranger = tmp_path / "op-9.pem"
+    SigningKey.generate("op-9").save(stranger)
+    capsys.readouterr()
+
+    with Spy(secured, retained=False) as spy:
+        assert (
+            main(["report", *command(operator_key, "--aud", "dev:loa-001"), *secured.login()]) == 0
+        )
+        spy.wait_for("loa/v1/dev/loa-001/cmd")
+        for key, said in ((stranger, "(unknown_key)"), (roots[0], "(not_authorized)")):
+            code = main(["report", *command(key, "--aud", "dev:loa-001"), *secured.login()])
+            assert code == 2 and said in capsys.readouterr().err, key
+
+
 @pytest.mark.parametrize(
     "topic", ["loa/v1/grp/commune-2/cmd", "loa/v1/trust", "loa/v1/dev/loa-001/state"]
 )
