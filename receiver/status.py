@@ -228,7 +228,8 @@ def format_status(
     add("schedules", _schedules(status.get("schedules")))
     trust = status.get("trust_version")
     if _is_number(trust):
-        add("trust", f"version {trust}" + (" (the config's keyring)" if trust == 0 else ""))
+        config = _(" (the config's keyring)") if trust == 0 else ""
+        add("trust", _("version {version}").format(version=trust) + config)
     else:
         add("trust", "?")
     add("clock", _clock_synced(status.get("clock_synced")))
@@ -334,7 +335,8 @@ def _link(link: Any, state_mono: float | None, tz: tzinfo = UTC) -> str:
         text += " " + _("since {time}").format(time=_text(since) if utc is None else _hms(utc, tz))
     reconnects = link.get("reconnects")
     if _is_number(reconnects):
-        text += f", {reconnects} reconnect{'' if reconnects == 1 else 's'}"
+        plural = "" if reconnects == 1 else "s"
+        text += ", " + _("{count} reconnect{plural}").format(count=reconnects, plural=plural)
     error = link.get("last_error")
     if isinstance(error, str) and error:
         text += _("; last error: {error}").format(error=_text(error))
@@ -345,14 +347,22 @@ def _playing(status: dict[str, Any], now_utc: float, tz: tzinfo) -> str:
     state = status.get("state")
     playing = status.get("playing")
     if state != "playing" or not isinstance(playing, dict):
-        return _("nothing (idle)") if state == "idle" else f"? (state {_text(state)})"
-    text = f'"{_text(playing.get("title"))}", {_text(playing.get("priority"))}'
+        return (
+            _("nothing (idle)")
+            if state == "idle"
+            else _("? (state {state})").format(state=_text(state))
+        )
+    priority = playing.get("priority")
+    words = {"normal": _("normal"), "priority": _("priority"), "emergency": _("emergency")}
+    said = words.get(priority, _text(priority)) if isinstance(priority, str) else _text(priority)
+    text = f'"{_text(playing.get("title"))}", {said}'
     ref = playing.get("ref")
     if isinstance(ref, str):
         text += f", ref {ref}"
     since = ts_utc(playing.get("since"))
     if since is not None:
-        text += f", since {_clock_time(since, tz)} ({_ago(now_utc - since)})"
+        text += ", " + _("since {time}").format(time=f"{_clock_time(since, tz)}")
+        text += f" ({_ago(now_utc - since)})"
     return text
 
 
@@ -360,7 +370,11 @@ def _relay(status: dict[str, Any]) -> str:
     relays = status.get("relays")
     if not isinstance(relays, dict) or not relays:
         return "?"
-    text = ", ".join(f"{name} {_text(value)}" for name, value in sorted(relays.items()))
+    said = {"on": _("on"), "off": _("off")}
+    text = ", ".join(
+        f"{name} {said.get(value, _text(value)) if isinstance(value, str) else _text(value)}"
+        for name, value in sorted(relays.items())
+    )
     override = status.get("relay_override")
     if isinstance(override, str):
         text += _(" (manual override: {override})").format(override=override)
@@ -389,19 +403,21 @@ def _cache(cache: Any) -> str:
     size, files, missing = cache.get("bytes"), cache.get("files"), cache.get("missing")
     text = _size(size) if _is_number(size) else "?"
     if _is_number(files):
-        text += f" in {files} file{'' if files == 1 else 's'}"
+        plural = "" if files == 1 else "s"
+        text += " " + _("in {count} file{plural}").format(count=files, plural=plural)
     if _is_number(missing):
-        text += f", {missing} missing" + (" (still to fetch)" if missing else "")
+        text += ", " + _("{count} missing").format(count=missing)
+        text += _(" (still to fetch)") if missing else ""
     return text
 
 
 def _faults(faults: Any) -> str:
     if faults is None:
-        return "none"
+        return _("none")
     if isinstance(faults, list):
-        return ", ".join(_text(f) for f in faults) or "none"
+        return ", ".join(_text(f) for f in faults) or _("none")
     if isinstance(faults, dict):
-        return ", ".join(f"{k}: {_text(v)}" for k, v in sorted(faults.items())) or "none"
+        return ", ".join(f"{k}: {_text(v)}" for k, v in sorted(faults.items())) or _("none")
     return _text(faults)
 
 

@@ -17,6 +17,7 @@ import pytest
 from receiver import cli, i18n, status
 from receiver.central import collector
 from receiver.i18n import DOMAIN, compile_po, read_po
+from receiver.timefmt import rfc3339
 
 ROOT = Path(__file__).resolve().parents[1]
 VI = ROOT / "receiver" / "locale" / "vi" / "LC_MESSAGES" / f"{DOMAIN}.po"
@@ -245,3 +246,32 @@ def test_a_catalog_source_that_cannot_be_read_gives_english(
         assert i18n.gettext_("config file not found") == "config file not found"
     finally:
         i18n._translations.cache_clear()
+
+
+def test_every_value_of_status_is_vietnamese_too(vietnamese: None) -> None:
+    """With ``LANG=vi_VN`` the labels were Vietnamese, several values English: "2 reconnects",
+    "version 3", "amp on", "in 4 files, 1 missing (still to fetch)", "none"."""
+    now = 1_800_000_000.0
+    state = {
+        "device": "loa-1",
+        "ts": rfc3339(now - 5),
+        "online": True,
+        "state": "playing",
+        "playing": {"ref": "c-1", "title": "Tin", "priority": "normal", "since": rfc3339(now - 60)},
+        "volume": 70,
+        "relays": {"amp": "on"},
+        "schedules": {},
+        "trust_version": 0,
+        "clock_synced": True,
+        "cache": {"bytes": 2048, "files": 4, "missing": 1},
+        "faults": [],
+        "link": {"up": True, "reconnects": 2, "last_error": None},
+    }
+    values = [line.split("  ", 1)[-1] for line in status.format_status(state, now).splitlines()]
+    text = "\n".join(values)
+    for english in ("reconnect", "version", "config's keyring", "file", "missing", "to fetch"):
+        assert english not in text, (english, text)
+    assert "bật" in text and "thường" in text  # the relay on, a normal priority
+    assert "none" not in values
+    state["relays"] = {"amp": "off"}
+    assert "tắt" in status.format_status(state, now)
