@@ -740,9 +740,9 @@ class Runtime:
         for the next minute's state; more failed attempts for the same reason (or its wording
         with another broker's address) at most every :data:`LINK_NEWS_EVERY_S`, for a link
         retried every second or two would otherwise rewrite the file at each attempt."""
-        status = self.link.status
-        if status["up"]:  # the connect publishes a state itself
+        if self.link.connected:  # the connect publishes a state itself (and: every turn's cost)
             return False
+        status = self.link.status
         seen = (status["up"], status["last_error"], status.get("attempts"), status.get("cause"))
         written = self._link_written
         if written is None or (seen[0], seen[3]) != (written[0], written[3]):
