@@ -94,9 +94,15 @@ def load_config(path: Path) -> Config:
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        message = _(
-            "{path}: config file not found (check the name; the installed one is {installed})"
-        )
+        if str(path) == INSTALLED_PATH:  # nothing installed yet, or the file was removed
+            message = _(
+                "{path}: config file not found: install loa-receiver (its package or "
+                "scripts/install.sh writes this file from the example), or give --config FILE"
+            )
+        else:
+            message = _(
+                "{path}: config file not found (check the name; the installed one is {installed})"
+            )
         raise ConfigError([message.format(path=path, installed=INSTALLED_PATH)]) from None
     except PermissionError:
         message = _("{path}: this user may not read the config file (run it with sudo)")

@@ -14,6 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from receiver import config as config_module
 from receiver.config import ConfigError, load_config, parse_config
 from receiver.config_model import (
     ClockConfig,
@@ -969,3 +970,18 @@ def test_failover_brokers_are_read_with_the_first_brokers_port_by_default() -> N
 )
 def test_a_bad_failover_setting_is_reported(broker: str, expected: str) -> None:
     assert only_problem(HEAD + "broker:\n" + broker + "\n" + TRUST) == expected
+
+
+def test_the_installed_path_missing_says_how_to_install_not_to_check_its_name(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """``receiver status`` on a board where nothing is installed yet said "config file not
+    found (check the name; the installed one is /etc/loa-receiver/receiver.yaml)" of that very
+    file."""
+    path = tmp_path / "etc" / "receiver.yaml"
+    monkeypatch.setattr(config_module, "INSTALLED_PATH", str(path))
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    (said,) = caught.value.problems
+    assert said.startswith(f"{path}: config file not found")
+    assert "check the name" not in said and "install" in said
