@@ -439,7 +439,19 @@ def main(argv: list[str] | None = None) -> int:
         # (Not when something else had imported it: a test runner calling main(), say.)
         sys.modules.pop("argparse", None)
         gc.collect()
-    result: int = args.func(args)
+    if args.func is cmd_run:  # the daemon's output is the journal's
+        result: int = args.func(args)
+        return result
+    from receiver.terminal import EXIT_PIPE_CLOSED, discard_stdout
+
+    try:
+        try:
+            result = args.func(args)
+        finally:
+            sys.stdout.flush()  # a reader gone shows here, not at the interpreter's exit
+    except BrokenPipeError:
+        discard_stdout()
+        return EXIT_PIPE_CLOSED
     return result
 
 

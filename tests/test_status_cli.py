@@ -337,3 +337,36 @@ def test_status_without_config_reads_the_installed_one(
     err = capsys.readouterr().err
     assert f"{tmp_path / 'none.yaml'}: config file not found" in err
     assert "--config" in err  # says how to name another file
+
+
+@pytest.mark.parametrize("command", ["status", "check-config"])
+def test_a_reader_that_went_away_ends_the_tool_quietly(tmp_path: Path, command: str) -> None:
+    """``receiver status | head -4`` ended in Python's BrokenPipeError traceback once ``head``
+    had its lines (``receiver-admin`` already ended such a run quietly)."""
+    config = write_config(tmp_path)
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    write_status(state_dir, encode(state_message(time.time())))
+    reading, writing = os.pipe()
+    os.close(reading)
+    try:
+        ended = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import receiver_entry; receiver_entry.receiver()",
+                command,
+                "--config",
+                str(config),
+            ],
+            cwd=ROOT,
+            stdout=writing,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        os.close(writing)
+    assert "Traceback" not in ended.stderr and "BrokenPipe" not in ended.stderr, ended.stderr
+    assert ended.returncode == 141

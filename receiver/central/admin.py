@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import queue
 import sys
 import time
@@ -69,10 +68,10 @@ from receiver.central.signing import SigningKey, command_payload, sign_command
 from receiver.core import reasons, vocabulary
 from receiver.core.commands import parse_time
 from receiver.i18n import tolerant_output
+from receiver.terminal import EXIT_PIPE_CLOSED, discard_stdout
 
 DEFAULT_PREFIX = "loa/v1"
 EXIT_INTERRUPTED = 130  # Ctrl-C before what was asked happened, as a shell reports it
-EXIT_PIPE_CLOSED = 141  # stdout's reader went away (``| head``), as a shell reports SIGPIPE
 FLEET_COLUMNS = fleet.COLUMNS
 SNAPSHOT_QUIET_S = 0.5
 DAY_S = 86400
@@ -718,21 +717,8 @@ def main(argv: list[str] | None = None) -> int:
             sys.stdout.flush()  # a reader gone shows here, not at the interpreter's exit
     except BrokenPipeError:
         # ``receiver-admin ... | head -1``: what was wanted was read; end as such tools end.
-        _discard_stdout()
+        discard_stdout()
         return EXIT_PIPE_CLOSED
-
-
-def _discard_stdout() -> None:
-    """Point stdout at /dev/null so that the interpreter's own flush at exit, of what is still
-    buffered, does not fail again with "Exception ignored ... BrokenPipeError" (as the Python
-    docs on SIGPIPE advise)."""
-    try:
-        descriptor = sys.stdout.fileno()
-    except (AttributeError, OSError, ValueError):  # not a file (captured, replaced)
-        return
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, descriptor)
-    os.close(devnull)
 
 
 def _run(argv: list[str] | None) -> int:
