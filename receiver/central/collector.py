@@ -35,12 +35,21 @@ from typing import Any, Final
 from receiver.central.broker import BrokerOptions, Connection
 from receiver.central.inputs import InputError, seconds
 from receiver.central.received import DeviceMessage, device_topics, parse_device_message
-from receiver.central.reports import ReportVerifier, seed_verifier, set_aside, verifier_for
+from receiver.central.reports import (
+    SUSPECT_SCHEMA,
+    ReportVerifier,
+    seed_verifier,
+    set_aside,
+    verifier_for,
+)
 from receiver.core.envelope import parse_envelope
 from receiver.core.reasons import Rejection
 from receiver.timefmt import ts_utc
 
 DEFAULT_CLIENT_ID: Final = "receiver-admin-collect"
+# The layout of the tables below, kept in the file's user_version; a file of a higher number was
+# made by a newer receiver-admin. A file of 0 is this layout from before it was numbered, or new.
+SCHEMA_VERSION: Final = 1
 BATCH_S: Final = 0.05  # rows are committed (then acknowledged) at least this often
 
 SCHEMA: Final = """
@@ -83,13 +92,78 @@ CREATE TABLE IF NOT EXISTS schedules (
 """
 
 
+class DatabaseRefusedError(Exception):
+    """The file is an SQLite database, but not one this collector may write into."""
+
+
 def open_database(path: Path) -> sqlite3.Connection:
-    """The collector's database (made if missing), durable at every commit."""
+    """The collector's database (made if missing), durable at every commit.
+
+    Raises DatabaseRefusedError for another program's database, or the collector's of another
+    layout: found before the first report is taken, not at the first row that will not fit (the
+    broker would deliver it again and again, to a collector that fails every time).
+    """
     db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute("PRAGMA synchronous=FULL")  # an acknowledged event survives a power cut
-    db.executescript(SCHEMA)
+    try:
+        problem = layout_problem(db)
+        if problem is not None:
+            raise DatabaseRefusedError(problem)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")  # an acknowledged event survives a power cut
+        db.executescript(SCHEMA + SUSPECT_SCHEMA)
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    except BaseException:
+        db.close()
+        raise
     return db
+
+
+def _columns(db: sqlite3.Connection) -> dict[str, set[str]]:
+    tables = db.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+    return {
+        name: {column for (_cid, column, *_rest) in db.execute(_table_info(name))}
+        for (name,) in tables
+        if not name.startswith("sqlite_")
+    }
+
+
+def _table_info(name: str) -> str:
+    quoted = name.replace('"', '""')
+    return f'PRAGMA table_info("{quoted}")'
+
+
+def layout_problem(db: sqlite3.Connection) -> str | None:
+    """Why the collector must not write into this database, or None (its own, or empty)."""
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        return (
+            f"made by a newer receiver-admin (layout {version}, this one writes {SCHEMA_VERSION}):"
+            " collect with that one, or give a new file"
+        )
+    found = _columns(db)
+    if not found:
+        return None
+    expected = _columns_of(SCHEMA + SUSPECT_SCHEMA)
+    if not found.keys() & expected.keys():
+        names = ", ".join(sorted(found)[:5]) + (", ..." if len(found) > 5 else "")
+        return (
+            f"an SQLite database of something else (tables {names}), not the collector's: "
+            "give the collector's file, or a new one"
+        )
+    for table, columns in sorted(expected.items()):
+        missing = sorted(columns - found.get(table, columns))
+        if missing:
+            return (
+                f"table {table} has no column {', '.join(missing)}: not a layout this "
+                "receiver-admin collects into; give a new file"
+            )
+    return None
+
+
+def _columns_of(schema: str) -> dict[str, set[str]]:
+    with contextlib.closing(sqlite3.connect(":memory:")) as scratch:
+        scratch.executescript(schema)
+        return _columns(scratch)
 
 
 @dataclass
@@ -298,6 +372,8 @@ def _transaction(db: sqlite3.Connection) -> Iterator[None]:
 def collect_command(args: argparse.Namespace) -> int:
     try:
         db = open_database(Path(args.db))
+    except DatabaseRefusedError as exc:
+        raise InputError(f"--db {args.db}: {exc}") from exc
     except sqlite3.Error as exc:
         raise InputError(f"--db {args.db}: cannot open it as a database ({exc})") from exc
     collector = Collector(

@@ -1,0 +1,96 @@
+"""``collect`` and ``fleet`` as a province's staff slip with them, against a real Mosquitto: a
+database that is not the collector's, a disk that fills up, a collector started twice, a group
+mistyped. Each must end in one line that says what is wrong, and lose no report.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from receiver.central import collector
+from receiver.central.admin import main
+from tests.central.conftest import Secured, device_event
+from tests.central.test_collector import Devices, stored
+
+
+def collect(secured: Secured, database: Path, *argv: str) -> list[str]:
+    return ["collect", "--db", str(database), *argv, *secured.login()]
+
+
+def make_session(secured: Secured, database: Path) -> None:
+    """The collector's session on the broker, so events published now wait for the next run."""
+    assert main(collect(secured, database, "--duration", "0.2")) == 0
+
+
+def publish_events(secured: Secured, count: int, device: str = "loa-001") -> None:
+    devices = Devices(secured)
+    try:
+        for n in range(1, count + 1):
+            devices.send(
+                f"loa/v1/dev/{device}/events",
+                device_event(device, n, "accepted", ref=f"cmd-{n}", detail="x" * 200),
+            )
+    finally:
+        devices.close()
+
+
+def test_a_database_of_an_older_layout_is_refused_before_anything_is_taken(
+    secured: Secured, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An events table without the columns collect writes ended the run in a traceback
+    ("table events has no column named ref") at the first event."""
+    good = tmp_path / "good.db"
+    make_session(secured, good)
+    publish_events(secured, 3)
+    old = tmp_path / "old.db"
+    with sqlite3.connect(old) as db:
+        db.execute("CREATE TABLE events (device TEXT, n INTEGER, ts_utc REAL, raw BLOB)")
+    capsys.readouterr()
+    assert main(collect(secured, old, "--duration", "1")) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert f"--db {old}: " in err and "events" in err and "ref" in err
+    # Nothing was acknowledged: the events still wait on the broker for the right database.
+    assert main(collect(secured, good, "--duration", "1")) == 0
+    assert stored(good) == [("loa-001", 1), ("loa-001", 2), ("loa-001", 3)]
+
+
+def test_a_database_of_something_else_is_refused_and_left_as_it_was(
+    secured: Secured, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """collect added its tables to any SQLite file it was given (another program's data)."""
+    other = tmp_path / "inventory.db"
+    with sqlite3.connect(other) as db:
+        db.execute("CREATE TABLE speakers (id TEXT, commune TEXT)")
+    assert main(collect(secured, other, "--duration", "0.2")) == 2
+    err = capsys.readouterr().err
+    assert f"--db {other}: " in err and "speakers" in err
+    with sqlite3.connect(other) as db:
+        tables = [name for (name,) in db.execute("SELECT name FROM sqlite_master")]
+    assert tables == ["speakers"]
+
+
+def test_a_database_from_a_newer_receiver_admin_is_refused(
+    secured: Secured, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    newer = tmp_path / "newer.db"
+    collector.open_database(newer).close()
+    with sqlite3.connect(newer) as db:
+        db.execute(f"PRAGMA user_version = {collector.SCHEMA_VERSION + 1}")
+    assert main(collect(secured, newer, "--duration", "0.2")) == 2
+    err = capsys.readouterr().err
+    assert f"--db {newer}: " in err and "newer" in err
+
+
+def test_the_database_collect_made_before_is_taken_again(secured: Secured, tmp_path: Path) -> None:
+    """The check refuses what is not the collector's, not its own files of earlier runs."""
+    database = tmp_path / "events.db"
+    with sqlite3.connect(database) as db:  # as collect made it before it numbered its layout
+        db.executescript(collector.SCHEMA)
+    make_session(secured, database)
+    publish_events(secured, 2)
+    assert main(collect(secured, database, "--duration", "1")) == 0
+    assert stored(database) == [("loa-001", 1), ("loa-001", 2)]
