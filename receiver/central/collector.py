@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import queue
 import signal
 import sqlite3
@@ -370,8 +371,22 @@ def _transaction(db: sqlite3.Connection) -> Iterator[None]:
 
 
 def collect_command(args: argparse.Namespace) -> int:
+    path = Path(args.db)
+    if not path.parent.exists():
+        # SQLite says only "unable to open database file".
+        raise InputError(
+            f"--db {path}: the directory {path.parent} does not exist (make it, or give another)"
+        )
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        # SQLite writes its -wal and -shm files beside the database: the directory must be writable.
+        raise InputError(
+            f"--db {path}: this user may not write in {path.parent} (collect makes the file, "
+            "and its -wal and -shm files, there): give a directory it may write in"
+        )
+    if path.exists() and not os.access(path, os.W_OK):
+        raise InputError(f"--db {path}: this user may not write it (its permissions or owner)")
     try:
-        db = open_database(Path(args.db))
+        db = open_database(path)
     except DatabaseRefusedError as exc:
         raise InputError(f"--db {args.db}: {exc}") from exc
     except sqlite3.Error as exc:

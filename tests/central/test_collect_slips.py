@@ -5,7 +5,12 @@ mistyped. Each must end in one line that says what is wrong, and lose no report.
 
 from __future__ import annotations
 
+import os
+import shutil
 import sqlite3
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -13,7 +18,7 @@ import pytest
 from receiver.central import collector
 from receiver.central.admin import main
 from tests.central.conftest import Secured, device_event
-from tests.central.test_collector import Devices, stored
+from tests.central.test_collector import ROOT, Devices, stored
 
 
 def collect(secured: Secured, database: Path, *argv: str) -> list[str]:
@@ -94,3 +99,52 @@ def test_the_database_collect_made_before_is_taken_again(secured: Secured, tmp_p
     publish_events(secured, 2)
     assert main(collect(secured, database, "--duration", "1")) == 0
     assert stored(database) == [("loa-001", 1), ("loa-001", 2)]
+
+
+def test_a_database_in_a_directory_that_does_not_exist_names_the_directory(
+    secured: Secured, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It said "cannot open it as a database (unable to open database file)"."""
+    database = tmp_path / "reports" / "events.db"
+    assert main(collect(secured, database, "--duration", "0.2")) == 2
+    err = capsys.readouterr().err
+    assert f"the directory {database.parent} does not exist" in err
+
+
+def test_a_database_where_this_user_may_not_write_says_so(secured: Secured) -> None:
+    """A read-only directory, or a read-only database file, said only "cannot open it as a
+    database (unable to open database file)", or failed at the first event."""
+    place = Path(tempfile.mkdtemp(prefix="collect-ro-"))
+    try:
+        (place / "locked").mkdir()
+        (place / "events.db").touch()
+        for path in (place / "locked", place / "events.db"):
+            path.chmod(0o555 if path.is_dir() else 0o444)
+        place.chmod(0o777)  # nobody may write beside the read-only file, not in it
+        # root may write anywhere: the slip is tried as the user nobody, as a service runs.
+        user = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+        for database, said in (
+            (place / "locked" / "events.db", f"may not write in {place / 'locked'}"),
+            (place / "events.db", "may not write it"),
+        ):
+            done = subprocess.run(
+                [
+                    *(user if os.geteuid() == 0 else []),
+                    sys.executable,
+                    "-m",
+                    "receiver.central.admin",
+                    *collect(secured, database, "--duration", "0.2"),
+                ],
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+            assert done.returncode == 2, done.stderr
+            assert done.stderr.startswith(f"receiver-admin: --db {database}: "), done.stderr
+            assert said in done.stderr and done.stderr.count("\n") == 1, done.stderr
+    finally:
+        for path in (place / "locked", place):
+            path.chmod(0o755)
+        shutil.rmtree(place)
