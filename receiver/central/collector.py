@@ -409,10 +409,14 @@ def collect_command(args: argparse.Namespace) -> int:
         flush=True,
     )
     deadline = time.monotonic() + args.duration if args.duration else None
+    failed: sqlite3.Error | None = None
     try:
         while not stopping and (deadline is None or time.monotonic() < deadline):
             collector.turn(0.2)
         collector.turn(0.0)
+    except sqlite3.Error as exc:
+        # A batch that could not be committed was not acknowledged: the broker keeps it.
+        failed = exc
     finally:
         collector.close()
         db.close()
@@ -425,6 +429,11 @@ def collect_command(args: argparse.Namespace) -> int:
         + (f"; {c.suspect} reports set aside (unsigned, forged or replayed)" if c.suspect else ""),
         file=sys.stderr,
     )
+    if failed is not None:
+        raise InputError(
+            f"--db {args.db}: could not write it ({failed}): is the disk full? what was not "
+            "written waits on the broker for the next run"
+        )
     return 0
 
 

@@ -6,6 +6,7 @@ mistyped. Each must end in one line that says what is wrong, and lose no report.
 from __future__ import annotations
 
 import os
+import resource
 import shutil
 import sqlite3
 import subprocess
@@ -148,3 +149,40 @@ def test_a_database_where_this_user_may_not_write_says_so(secured: Secured) -> N
         for path in (place / "locked", place):
             path.chmod(0o755)
         shutil.rmtree(place)
+
+
+def test_a_disk_that_fills_up_stops_collect_in_one_line_and_loses_nothing(
+    secured: Secured, tmp_path: Path
+) -> None:
+    """A write that failed (disk full, a file size limit) ended collect in a traceback."""
+    database = tmp_path / "events.db"
+    make_session(secured, database)
+    publish_events(secured, 400)
+
+    def small_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (96 * 1024, 96 * 1024))
+
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "receiver.central.admin",
+            *collect(secured, database, "--duration", "10"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=small_files,
+        env={**os.environ, "PYTHONIOENCODING": "utf-8"},
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"receiver-admin: --db {database}: ") and "full" in last, last
+    with sqlite3.connect(database) as db:
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    # With room again, the events that were not written come from the broker: none is lost.
+    assert main(collect(secured, database, "--duration", "3")) == 0
+    assert len(stored(database)) == 400
