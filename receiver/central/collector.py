@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import json
 import os
 import queue
@@ -385,6 +386,37 @@ def collect_command(args: argparse.Namespace) -> int:
         )
     if path.exists() and not os.access(path, os.W_OK):
         raise InputError(f"--db {path}: this user may not write it (its permissions or owner)")
+    lock = _only_collector(path)
+    try:
+        return _collect(args, path)
+    finally:
+        os.close(lock)  # after the database is closed: SQLite's own locks are on other handles
+
+
+def _only_collector(path: Path) -> int:
+    """Hold the database for this collector alone (released when the process ends, however).
+
+    Two collectors on one file are nearly always one started twice, with one --client-id: they
+    would take the broker's session from each other at every reconnect, each storing a part.
+    flock() does not touch the POSIX locks SQLite takes on the same file, nor do readers
+    (``report``) take it.
+    """
+    try:
+        lock = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise InputError(f"--db {path}: cannot open it ({exc.strerror})") from exc
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(lock)
+        raise InputError(
+            f"--db {path}: another receiver-admin collect is writing it; stop that one first "
+            "(one collector a database, each collector with its own --client-id)"
+        ) from exc
+    return lock
+
+
+def _collect(args: argparse.Namespace, path: Path) -> int:
     try:
         db = open_database(path)
     except DatabaseRefusedError as exc:

@@ -12,6 +12,7 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -186,3 +187,29 @@ def test_a_disk_that_fills_up_stops_collect_in_one_line_and_loses_nothing(
     # With room again, the events that were not written come from the broker: none is lost.
     assert main(collect(secured, database, "--duration", "3")) == 0
     assert len(stored(database)) == 400
+
+
+def test_a_second_collect_on_the_same_database_is_refused(
+    secured: Secured, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two collectors on one database (and so, usually, one session) took the session from each
+    other on every reconnect, each storing part of the reports, without a word."""
+    database = tmp_path / "events.db"
+    first = subprocess.Popen(
+        [sys.executable, "-m", "receiver.central.admin", *collect(secured, database)],
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert first.stderr is not None
+        assert first.stderr.readline().startswith("collecting ")
+        started = time.monotonic()
+        assert main(collect(secured, database, "--duration", "2")) == 2
+        assert time.monotonic() - started < 2  # refused at once, not after a run
+        err = capsys.readouterr().err
+        assert f"--db {database}: another receiver-admin collect" in err
+        assert first.poll() is None  # the first one goes on
+    finally:
+        first.terminate()
+        first.wait(10)
