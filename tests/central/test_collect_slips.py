@@ -19,7 +19,7 @@ import pytest
 
 from receiver.central import collector
 from receiver.central.admin import main
-from tests.central.conftest import Secured, device_event
+from tests.central.conftest import Secured, device_event, device_state
 from tests.central.test_collector import ROOT, Devices, stored
 
 
@@ -213,3 +213,25 @@ def test_a_second_collect_on_the_same_database_is_refused(
     finally:
         first.terminate()
         first.wait(10)
+
+
+def test_fleet_with_a_group_no_device_lists_says_so(
+    secured: Secured, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``fleet --group commune-25-0787`` printed an empty table, exit 0: as if the group's
+    boards had all gone, when the id was mistyped."""
+    devices = Devices(secured)
+    try:
+        for name in ("loa-001", "loa-002"):
+            devices.send(
+                f"loa/v1/dev/{name}/state",
+                device_state(name, time.time(), groups=["commune-25-07873"]),
+                retain=True,
+            )
+    finally:
+        devices.close()
+    assert main(["fleet", "--timeout", "3", "--group", "commune-25-0787", *secured.login()]) == 1
+    err = capsys.readouterr().err
+    assert "commune-25-0787" in err and "did you mean commune-25-07873?" in err
+    assert main(["fleet", "--timeout", "3", "--group", "commune-25-07873", *secured.login()]) == 0
+    assert capsys.readouterr().err == ""
