@@ -432,7 +432,7 @@ def _fleet(args: argparse.Namespace) -> int:
     rows: dict[str, fleet.DeviceRow] = {}
     filters = _fleet_filters(args)
 
-    def draw(clear: bool) -> None:
+    def draw(clear: bool, unlisted: str | None) -> None:
         _print_fleet(
             sys.stdout,
             rows=with_bridges(rows, bridges),
@@ -450,6 +450,12 @@ def _fleet(args: argparse.Namespace) -> int:
                 print(
                     f"receiver-admin: warning: --bridges {args.bridges}: {doubt}", file=sys.stderr
                 )
+        if unlisted is not None and args.watch:
+            sys.stdout.write(f"--group: {unlisted}\n")
+            sys.stdout.flush()
+
+    def unlisted_group() -> str | None:
+        return None if args.group is None else fleet.unlisted_group(args.group, rows.values())
 
     try:
         if not args.watch:
@@ -458,12 +464,17 @@ def _fleet(args: argparse.Namespace) -> int:
             _collect_states(
                 arrivals, rows, time.monotonic() + args.timeout, quiet_s=SNAPSHOT_QUIET_S
             )
-            draw(clear=False)
+            unlisted = unlisted_group()
+            draw(False, unlisted)
+            if unlisted is not None:
+                # An empty table looks like a group whose boards all went: say which it is.
+                print(f"receiver-admin: --group: {unlisted}", file=sys.stderr)
+                return EXIT_FAILED
             return EXIT_OK
         clear = sys.stdout.isatty()
         while True:
             _collect_states(arrivals, rows, time.monotonic() + 1.0)
-            draw(clear)
+            draw(clear, unlisted_group())
     except KeyboardInterrupt:
         return EXIT_OK
     finally:

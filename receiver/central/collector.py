@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import json
+import os
 import queue
 import signal
 import sqlite3
@@ -35,12 +37,21 @@ from typing import Any, Final
 from receiver.central.broker import BrokerOptions, Connection
 from receiver.central.inputs import InputError, seconds
 from receiver.central.received import DeviceMessage, device_topics, parse_device_message
-from receiver.central.reports import ReportVerifier, seed_verifier, set_aside, verifier_for
+from receiver.central.reports import (
+    SUSPECT_SCHEMA,
+    ReportVerifier,
+    seed_verifier,
+    set_aside,
+    verifier_for,
+)
 from receiver.core.envelope import parse_envelope
 from receiver.core.reasons import Rejection
 from receiver.timefmt import ts_utc
 
 DEFAULT_CLIENT_ID: Final = "receiver-admin-collect"
+# The layout of the tables below, kept in the file's user_version; a file of a higher number was
+# made by a newer receiver-admin. A file of 0 is this layout from before it was numbered, or new.
+SCHEMA_VERSION: Final = 1
 BATCH_S: Final = 0.05  # rows are committed (then acknowledged) at least this often
 
 SCHEMA: Final = """
@@ -83,13 +94,78 @@ CREATE TABLE IF NOT EXISTS schedules (
 """
 
 
+class DatabaseRefusedError(Exception):
+    """The file is an SQLite database, but not one this collector may write into."""
+
+
 def open_database(path: Path) -> sqlite3.Connection:
-    """The collector's database (made if missing), durable at every commit."""
+    """The collector's database (made if missing), durable at every commit.
+
+    Raises DatabaseRefusedError for another program's database, or the collector's of another
+    layout: found before the first report is taken, not at the first row that will not fit (the
+    broker would deliver it again and again, to a collector that fails every time).
+    """
     db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute("PRAGMA synchronous=FULL")  # an acknowledged event survives a power cut
-    db.executescript(SCHEMA)
+    try:
+        problem = layout_problem(db)
+        if problem is not None:
+            raise DatabaseRefusedError(problem)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")  # an acknowledged event survives a power cut
+        db.executescript(SCHEMA + SUSPECT_SCHEMA)
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    except BaseException:
+        db.close()
+        raise
     return db
+
+
+def _columns(db: sqlite3.Connection) -> dict[str, set[str]]:
+    tables = db.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+    return {
+        name: {column for (_cid, column, *_rest) in db.execute(_table_info(name))}
+        for (name,) in tables
+        if not name.startswith("sqlite_")
+    }
+
+
+def _table_info(name: str) -> str:
+    quoted = name.replace('"', '""')
+    return f'PRAGMA table_info("{quoted}")'
+
+
+def layout_problem(db: sqlite3.Connection) -> str | None:
+    """Why the collector must not write into this database, or None (its own, or empty)."""
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        return (
+            f"made by a newer receiver-admin (layout {version}, this one writes {SCHEMA_VERSION}):"
+            " collect with that one, or give a new file"
+        )
+    found = _columns(db)
+    if not found:
+        return None
+    expected = _columns_of(SCHEMA + SUSPECT_SCHEMA)
+    if not found.keys() & expected.keys():
+        names = ", ".join(sorted(found)[:5]) + (", ..." if len(found) > 5 else "")
+        return (
+            f"an SQLite database of something else (tables {names}), not the collector's: "
+            "give the collector's file, or a new one"
+        )
+    for table, columns in sorted(expected.items()):
+        missing = sorted(columns - found.get(table, columns))
+        if missing:
+            return (
+                f"table {table} has no column {', '.join(missing)}: not a layout this "
+                "receiver-admin collects into; give a new file"
+            )
+    return None
+
+
+def _columns_of(schema: str) -> dict[str, set[str]]:
+    with contextlib.closing(sqlite3.connect(":memory:")) as scratch:
+        scratch.executescript(schema)
+        return _columns(scratch)
 
 
 @dataclass
@@ -296,8 +372,55 @@ def _transaction(db: sqlite3.Connection) -> Iterator[None]:
 
 
 def collect_command(args: argparse.Namespace) -> int:
+    path = Path(args.db)
+    if not path.parent.exists():
+        # SQLite says only "unable to open database file".
+        raise InputError(
+            f"--db {path}: the directory {path.parent} does not exist (make it, or give another)"
+        )
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        # SQLite writes its -wal and -shm files beside the database: the directory must be writable.
+        raise InputError(
+            f"--db {path}: this user may not write in {path.parent} (collect makes the file, "
+            "and its -wal and -shm files, there): give a directory it may write in"
+        )
+    if path.exists() and not os.access(path, os.W_OK):
+        raise InputError(f"--db {path}: this user may not write it (its permissions or owner)")
+    lock = _only_collector(path)
     try:
-        db = open_database(Path(args.db))
+        return _collect(args, path)
+    finally:
+        os.close(lock)  # after the database is closed: SQLite's own locks are on other handles
+
+
+def _only_collector(path: Path) -> int:
+    """Hold the database for this collector alone (released when the process ends, however).
+
+    Two collectors on one file are nearly always one started twice, with one --client-id: they
+    would take the broker's session from each other at every reconnect, each storing a part.
+    flock() does not touch the POSIX locks SQLite takes on the same file, nor do readers
+    (``report``) take it.
+    """
+    try:
+        lock = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise InputError(f"--db {path}: cannot open it ({exc.strerror})") from exc
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(lock)
+        raise InputError(
+            f"--db {path}: another receiver-admin collect is writing it; stop that one first "
+            "(one collector a database, each collector with its own --client-id)"
+        ) from exc
+    return lock
+
+
+def _collect(args: argparse.Namespace, path: Path) -> int:
+    try:
+        db = open_database(path)
+    except DatabaseRefusedError as exc:
+        raise InputError(f"--db {args.db}: {exc}") from exc
     except sqlite3.Error as exc:
         raise InputError(f"--db {args.db}: cannot open it as a database ({exc})") from exc
     collector = Collector(
@@ -318,10 +441,14 @@ def collect_command(args: argparse.Namespace) -> int:
         flush=True,
     )
     deadline = time.monotonic() + args.duration if args.duration else None
+    failed: sqlite3.Error | None = None
     try:
         while not stopping and (deadline is None or time.monotonic() < deadline):
             collector.turn(0.2)
         collector.turn(0.0)
+    except sqlite3.Error as exc:
+        # A batch that could not be committed was not acknowledged: the broker keeps it.
+        failed = exc
     finally:
         collector.close()
         db.close()
@@ -334,6 +461,11 @@ def collect_command(args: argparse.Namespace) -> int:
         + (f"; {c.suspect} reports set aside (unsigned, forged or replayed)" if c.suspect else ""),
         file=sys.stderr,
     )
+    if failed is not None:
+        raise InputError(
+            f"--db {args.db}: could not write it ({failed}): is the disk full? what was not "
+            "written waits on the broker for the next run"
+        )
     return 0
 
 

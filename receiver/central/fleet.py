@@ -137,10 +137,7 @@ def unknown_group_warning(
             f"no device has left a state on {where} ({states}), so none lists group {group}: "
             f"is the group right? (or the broker's ACL hides them from {who}); sent all the same"
         )
-    known = sorted({name for row in every for name in row.groups})
-    close = difflib.get_close_matches(group, known, n=2)
-    line = f"no device on {where} lists group {group}"
-    line += f"; did you mean {' or '.join(close)}?" if close else "; is the group right?"
+    line = f"no device on {where} lists group {group}" + _did_you_mean(group, every)
     silent = sum(1 for row in every if not row.groups)
     if silent:
         line += (
@@ -148,6 +145,25 @@ def unknown_group_warning(
             "say its groups)"
         )
     return line + "; sent all the same"
+
+
+def unlisted_group(group: str, rows: Iterable[DeviceRow]) -> str | None:
+    """What to say when ``fleet --group`` keeps nothing because no state lists the group (a
+    mistyped id, usually): None when one does, or when there are no states at all to judge by."""
+    every = list(rows)
+    if not every or any(group in row.groups for row in every):
+        return None
+    line = f"no device's state lists group {group}" + _did_you_mean(group, every)
+    silent = sum(1 for row in every if not row.groups)
+    if silent:
+        line += f" ({silent} of {len(every)} states list no group: an offline device does not)"
+    return line
+
+
+def _did_you_mean(group: str, rows: list[DeviceRow]) -> str:
+    known = sorted({name for row in rows for name in row.groups})
+    close = difflib.get_close_matches(group, known, n=2)
+    return f"; did you mean {' or '.join(close)}?" if close else "; is the group right?"
 
 
 def _short(text: str, limit: int) -> str:

@@ -333,6 +333,10 @@ def report_command(args: argparse.Namespace) -> int:
     today = datetime.now(zone).date()
     first = _day(args.since, "--from") if args.since else today.replace(day=1)
     last = _day(args.until, "--to") if args.until else today
+    if last < first and not args.until:
+        raise InputError(
+            f"--from {first} is after today ({today}), the last day when --to is not given"
+        )
     if last < first:
         raise InputError(f"--to {last} is before --from {first}")
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)

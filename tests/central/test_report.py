@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -290,3 +290,15 @@ def test_the_summary_line_speaks_the_tables_language(
     assert (
         "dòng, từ 2026-03-02 đến 2026-03-02, giờ theo Asia/Ho_Chi_Minh" in capsys.readouterr().err
     )
+
+
+def test_a_first_day_after_today_does_not_blame_a_to_not_given(
+    collected: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--from`` a day ahead, without ``--to``, said "--to <today> is before --from ...": a
+    ``--to`` the operator never wrote."""
+    ahead = (datetime.now(HCM) + timedelta(days=3)).date()
+    assert main(["report", "--db", str(collected), "--from", ahead.isoformat()]) == 2
+    err = capsys.readouterr().err
+    assert "is before --from" not in err
+    assert f"--from {ahead} is after today" in err

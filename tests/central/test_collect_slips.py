@@ -1,0 +1,237 @@
+"""``collect`` and ``fleet`` as a province's staff slip with them, against a real Mosquitto: a
+database that is not the collector's, a disk that fills up, a collector started twice, a group
+mistyped. Each must end in one line that says what is wrong, and lose no report.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from receiver.central import collector
+from receiver.central.admin import main
+from tests.central.conftest import Secured, device_event, device_state
+from tests.central.test_collector import ROOT, Devices, stored
+
+
+def collect(secured: Secured, database: Path, *argv: str) -> list[str]:
+    return ["collect", "--db", str(database), *argv, *secured.login()]
+
+
+def make_session(secured: Secured, database: Path) -> None:
+    """The collector's session on the broker, so events published now wait for the next run."""
+    assert main(collect(secured, database, "--duration", "0.2")) == 0
+
+
+def publish_events(secured: Secured, count: int, device: str = "loa-001") -> None:
+    devices = Devices(secured)
+    try:
+        for n in range(1, count + 1):
+            devices.send(
+                f"loa/v1/dev/{device}/events",
+                device_event(device, n, "accepted", ref=f"cmd-{n}", detail="x" * 200),
+            )
+    finally:
+        devices.close()
+
+
+def test_a_database_of_an_older_layout_is_refused_before_anything_is_taken(
+    secured: Secured, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An events table without the columns collect writes ended the run in a traceback
+    ("table events has no column named ref") at the first event."""
+    good = tmp_path / "good.db"
+    make_session(secured, good)
+    publish_events(secured, 3)
+    old = tmp_path / "old.db"
+    with sqlite3.connect(old) as db:
+        db.execute("CREATE TABLE events (device TEXT, n INTEGER, ts_utc REAL, raw BLOB)")
+    capsys.readouterr()
+    assert main(collect(secured, old, "--duration", "1")) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert f"--db {old}: " in err and "events" in err and "ref" in err
+    # Nothing was acknowledged: the events still wait on the broker for the right database.
+    assert main(collect(secured, good, "--duration", "1")) == 0
+    assert stored(good) == [("loa-001", 1), ("loa-001", 2), ("loa-001", 3)]
+
+
+def test_a_database_of_something_else_is_refused_and_left_as_it_was(
+    secured: Secured, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """collect added its tables to any SQLite file it was given (another program's data)."""
+    other = tmp_path / "inventory.db"
+    with sqlite3.connect(other) as db:
+        db.execute("CREATE TABLE speakers (id TEXT, commune TEXT)")
+    assert main(collect(secured, other, "--duration", "0.2")) == 2
+    err = capsys.readouterr().err
+    assert f"--db {other}: " in err and "speakers" in err
+    with sqlite3.connect(other) as db:
+        tables = [name for (name,) in db.execute("SELECT name FROM sqlite_master")]
+    assert tables == ["speakers"]
+
+
+def test_a_database_from_a_newer_receiver_admin_is_refused(
+    secured: Secured, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    newer = tmp_path / "newer.db"
+    collector.open_database(newer).close()
+    with sqlite3.connect(newer) as db:
+        db.execute(f"PRAGMA user_version = {collector.SCHEMA_VERSION + 1}")
+    assert main(collect(secured, newer, "--duration", "0.2")) == 2
+    err = capsys.readouterr().err
+    assert f"--db {newer}: " in err and "newer" in err
+
+
+def test_the_database_collect_made_before_is_taken_again(secured: Secured, tmp_path: Path) -> None:
+    """The check refuses what is not the collector's, not its own files of earlier runs."""
+    database = tmp_path / "events.db"
+    with sqlite3.connect(database) as db:  # as collect made it before it numbered its layout
+        db.executescript(collector.SCHEMA)
+    make_session(secured, database)
+    publish_events(secured, 2)
+    assert main(collect(secured, database, "--duration", "1")) == 0
+    assert stored(database) == [("loa-001", 1), ("loa-001", 2)]
+
+
+def test_a_database_in_a_directory_that_does_not_exist_names_the_directory(
+    secured: Secured, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It said "cannot open it as a database (unable to open database file)"."""
+    database = tmp_path / "reports" / "events.db"
+    assert main(collect(secured, database, "--duration", "0.2")) == 2
+    err = capsys.readouterr().err
+    assert f"the directory {database.parent} does not exist" in err
+
+
+def test_a_database_where_this_user_may_not_write_says_so(secured: Secured) -> None:
+    """A read-only directory, or a read-only database file, said only "cannot open it as a
+    database (unable to open database file)", or failed at the first event."""
+    place = Path(tempfile.mkdtemp(prefix="collect-ro-"))
+    try:
+        (place / "locked").mkdir()
+        (place / "events.db").touch()
+        for path in (place / "locked", place / "events.db"):
+            path.chmod(0o555 if path.is_dir() else 0o444)
+        place.chmod(0o777)  # nobody may write beside the read-only file, not in it
+        # root may write anywhere: the slip is tried as the user nobody, as a service runs.
+        user = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+        for database, said in (
+            (place / "locked" / "events.db", f"may not write in {place / 'locked'}"),
+            (place / "events.db", "may not write it"),
+        ):
+            done = subprocess.run(
+                [
+                    *(user if os.geteuid() == 0 else []),
+                    sys.executable,
+                    "-m",
+                    "receiver.central.admin",
+                    *collect(secured, database, "--duration", "0.2"),
+                ],
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+            assert done.returncode == 2, done.stderr
+            assert done.stderr.startswith(f"receiver-admin: --db {database}: "), done.stderr
+            assert said in done.stderr and done.stderr.count("\n") == 1, done.stderr
+    finally:
+        for path in (place / "locked", place):
+            path.chmod(0o755)
+        shutil.rmtree(place)
+
+
+def test_a_disk_that_fills_up_stops_collect_in_one_line_and_loses_nothing(
+    secured: Secured, tmp_path: Path
+) -> None:
+    """A write that failed (disk full, a file size limit) ended collect in a traceback."""
+    database = tmp_path / "events.db"
+    make_session(secured, database)
+    publish_events(secured, 400)
+
+    def small_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (96 * 1024, 96 * 1024))
+
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "receiver.central.admin",
+            *collect(secured, database, "--duration", "10"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=small_files,
+        env={**os.environ, "PYTHONIOENCODING": "utf-8"},
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"receiver-admin: --db {database}: ") and "full" in last, last
+    with sqlite3.connect(database) as db:
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    # With room again, the events that were not written come from the broker: none is lost.
+    assert main(collect(secured, database, "--duration", "3")) == 0
+    assert len(stored(database)) == 400
+
+
+def test_a_second_collect_on_the_same_database_is_refused(
+    secured: Secured, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two collectors on one database (and so, usually, one session) took the session from each
+    other on every reconnect, each storing part of the reports, without a word."""
+    database = tmp_path / "events.db"
+    first = subprocess.Popen(
+        [sys.executable, "-m", "receiver.central.admin", *collect(secured, database)],
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert first.stderr is not None
+        assert first.stderr.readline().startswith("collecting ")
+        started = time.monotonic()
+        assert main(collect(secured, database, "--duration", "2")) == 2
+        assert time.monotonic() - started < 2  # refused at once, not after a run
+        err = capsys.readouterr().err
+        assert f"--db {database}: another receiver-admin collect" in err
+        assert first.poll() is None  # the first one goes on
+    finally:
+        first.terminate()
+        first.wait(10)
+
+
+def test_fleet_with_a_group_no_device_lists_says_so(
+    secured: Secured, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``fleet --group commune-25-0787`` printed an empty table, exit 0: as if the group's
+    boards had all gone, when the id was mistyped."""
+    devices = Devices(secured)
+    try:
+        for name in ("loa-001", "loa-002"):
+            devices.send(
+                f"loa/v1/dev/{name}/state",
+                device_state(name, time.time(), groups=["commune-25-07873"]),
+                retain=True,
+            )
+    finally:
+        devices.close()
+    assert main(["fleet", "--timeout", "3", "--group", "commune-25-0787", *secured.login()]) == 1
+    err = capsys.readouterr().err
+    assert "commune-25-0787" in err and "did you mean commune-25-07873?" in err
+    assert main(["fleet", "--timeout", "3", "--group", "commune-25-07873", *secured.login()]) == 0
+    assert capsys.readouterr().err == ""
