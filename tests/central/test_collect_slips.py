@@ -7,11 +7,9 @@ from __future__ import annotations
 
 import os
 import resource
-import shutil
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -113,43 +111,48 @@ def test_a_database_in_a_directory_that_does_not_exist_names_the_directory(
     assert f"the directory {database.parent} does not exist" in err
 
 
-def test_a_database_where_this_user_may_not_write_says_so(secured: Secured) -> None:
+def test_a_database_where_this_user_may_not_write_says_so(secured: Secured, tmp_path: Path) -> None:
     """A read-only directory, or a read-only database file, said only "cannot open it as a
     database (unable to open database file)", or failed at the first event."""
-    place = Path(tempfile.mkdtemp(prefix="collect-ro-"))
-    try:
-        (place / "locked").mkdir()
-        (place / "events.db").touch()
-        for path in (place / "locked", place / "events.db"):
-            path.chmod(0o555 if path.is_dir() else 0o444)
-        place.chmod(0o777)  # nobody may write beside the read-only file, not in it
-        # root may write anywhere: the slip is tried as the user nobody, as a service runs.
-        user = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
-        for database, said in (
-            (place / "locked" / "events.db", f"may not write in {place / 'locked'}"),
-            (place / "events.db", "may not write it"),
-        ):
-            done = subprocess.run(
-                [
-                    *(user if os.geteuid() == 0 else []),
-                    sys.executable,
-                    "-m",
-                    "receiver.central.admin",
-                    *collect(secured, database, "--duration", "0.2"),
-                ],
-                cwd=ROOT,
-                capture_output=True,
-                text=True,
-                timeout=60,
-                check=False,
-            )
-            assert done.returncode == 2, done.stderr
-            assert done.stderr.startswith(f"receiver-admin: --db {database}: "), done.stderr
-            assert said in done.stderr and done.stderr.count("\n") == 1, done.stderr
-    finally:
-        for path in (place / "locked", place):
-            path.chmod(0o755)
-        shutil.rmtree(place)
+    (tmp_path / "locked").mkdir()
+    (tmp_path / "events.db").touch()
+    for database, read_only, said in (
+        (
+            tmp_path / "locked" / "events.db",
+            tmp_path / "locked",
+            f"may not write in {tmp_path / 'locked'}",
+        ),
+        (tmp_path / "events.db", tmp_path / "events.db", "may not write it"),
+    ):
+        done = subprocess.run(
+            [
+                *_read_only(read_only),
+                sys.executable,
+                "-m",
+                "receiver.central.admin",
+                *collect(secured, database, "--duration", "0.2"),
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.startswith(f"receiver-admin: --db {database}: "), done.stderr
+        assert said in done.stderr and done.stderr.count("\n") == 1, done.stderr
+    assert (tmp_path / "events.db").stat().st_size == 0  # left as it was
+
+
+def _read_only(path: Path) -> list[str]:
+    """The prefix of a command that finds ``path`` read-only. Root may write whatever its mode
+    says, so for root it is a read-only bind mount of ``path`` in a mount namespace of the
+    command's own (nothing outside sees it); for another user, its mode."""
+    if os.geteuid() != 0:
+        path.chmod(0o555 if path.is_dir() else 0o444)
+        return []
+    mount = 'mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" "$1" && shift && exec "$@"'
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", mount, "sh", str(path)]
 
 
 def test_a_disk_that_fills_up_stops_collect_in_one_line_and_loses_nothing(
