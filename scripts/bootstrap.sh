@@ -11,19 +11,8 @@ PYTHON=${PYTHON:-python3}
 DEB_PACKAGES=(mosquitto mosquitto-clients libvlc5 libvlc-bin vlc-plugin-base python3-venv
   ffmpeg icecast2 ejabberd)
 
-missing=()
-for pkg in "${DEB_PACKAGES[@]}"; do
-  if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
-    missing+=("$pkg")
-  fi
-done
-if ((${#missing[@]})); then
-  echo "bootstrap: installing Debian packages: ${missing[*]}"
-  if [ "$(id -u)" -eq 0 ]; then SUDO=(); elif command -v sudo >/dev/null; then SUDO=(sudo); else
-    echo "bootstrap: need root (or sudo) to install: ${missing[*]}" >&2; exit 1; fi
-  "${SUDO[@]}" apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install -o DPkg::Lock::Timeout=600 -y -qq "${missing[@]}" >/dev/null
-fi
+. scripts/debs.sh
+install_missing_debs bootstrap "${DEB_PACKAGES[@]}"
 
 stamp="$VENV/.installed"
 if [ ! -x "$VENV/bin/python" ]; then

@@ -26,6 +26,8 @@ case $ARCH in
   *) die "ARCH must be arm64 or armhf (make bundletest ARCH=armhf)" ;;
 esac
 [[ $(id -u) -eq 0 ]] || die "run as root (debootstrap and systemd-nspawn)"
+. scripts/debs.sh
+install_missing_debs bundletest debootstrap systemd-container qemu-user-static mosquitto
 for tool in debootstrap systemd-nspawn mosquitto dpkg-deb "$qemu"; do
   command -v "$tool" >/dev/null || die "$tool is not installed"
 done

@@ -6,12 +6,15 @@
 # of the project's dependencies for the root's Python 3.11, then runs systemtest/test_system.py
 # as root, and proves the arm64 bundle on arm64 (scripts/bundletest.sh arm64; the armhf bundle
 # has its own target, `make bundletest ARCH=armhf`, to keep this tier's time down).
-# Needs root, debootstrap, systemd-nspawn (systemd-container), nsenter, mosquitto.
+# Needs root; installs what is missing of debootstrap, systemd-container (systemd-nspawn),
+# qemu-user-static and mosquitto.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 die() { printf 'systemtest: error: %s\n' "$*" >&2; exit 1; }
 
 [[ $(id -u) -eq 0 ]] || die "run as root (systemd-nspawn)"
+. scripts/debs.sh
+install_missing_debs systemtest debootstrap systemd-container qemu-user-static mosquitto
 for tool in debootstrap systemd-nspawn nsenter mosquitto dpkg-deb qemu-aarch64-static; do
   command -v "$tool" >/dev/null || die "$tool is not installed"
 done
