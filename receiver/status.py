@@ -455,15 +455,20 @@ def _ago(seconds: float) -> str:
 def _duration(seconds: float) -> str:
     whole = int(seconds)
     if whole < 60:
-        return f"{whole} s"
+        return _("{n} s").format(n=whole)
     minutes, secs = divmod(whole, 60)
     if minutes < 60:
-        return f"{minutes} min {secs} s" if secs else f"{minutes} min"
+        return _join(_("{n} min").format(n=minutes), secs and _("{n} s").format(n=secs))
     hours, minutes = divmod(minutes, 60)
     if hours < 24:
-        return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+        return _join(_("{n} h").format(n=hours), minutes and _("{n} min").format(n=minutes))
     days, hours = divmod(hours, 24)
-    return f"{days} d {hours} h" if hours else f"{days} d"
+    return _join(_("{n} d").format(n=days), hours and _("{n} h").format(n=hours))
+
+
+def _join(larger: str, smaller: str | int) -> str:
+    """``1 min 40 s``, or ``1 min`` when the smaller unit is 0."""
+    return f"{larger} {smaller}" if smaller else larger
 
 
 def _size(count: float) -> str:

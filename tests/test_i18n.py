@@ -273,5 +273,9 @@ def test_every_value_of_status_is_vietnamese_too(vietnamese: None) -> None:
         assert english not in text, (english, text)
     assert "bật" in text and "thường" in text  # the relay on, a normal priority
     assert "none" not in values
+    # durations: "updated 5 s ago", "since ... (1 min ago)", uptime "1 d 1 h"
+    assert "5 giây trước" in text and "(1 phút trước)" in text
+    state["uptime_s"] = 90061
+    assert "1 ngày 1 giờ" in status.format_status(state, now)
     state["relays"] = {"amp": "off"}
     assert "tắt" in status.format_status(state, now)
