@@ -44,7 +44,6 @@ __all__ = [
     "Subscription",
     "TlsFilesError",
     "backoff_delay",
-    "connect_error_cause",
     "describe_connect_error",
     "next_address",
 ]
@@ -182,38 +181,24 @@ def _address_answers(host: str, port: int, timeout_s: float) -> bool:
         return False
 
 
-def describe_connect_error(exc: BaseException, host: str, port: int) -> str:
-    """A technician-readable reason for an exception raised while opening the connection."""
+def describe_connect_error(exc: BaseException, host: str, port: int) -> tuple[str, str]:
+    """A technician-readable reason for an exception raised while opening the connection, and
+    the :data:`CAUSES` member it is (``receiver status`` says that one in the board's language)."""
     where = f"{host}:{port}"
     if isinstance(exc, ssl.SSLCertVerificationError):
         detail = exc.verify_message or exc.reason or str(exc)
-        return f"TLS verification failed for {where}: {detail}"
+        return f"TLS verification failed for {where}: {detail}", "tls_verify"
     if isinstance(exc, ssl.SSLError):
-        return f"TLS handshake with {where} failed: {exc.reason or exc}"
+        return f"TLS handshake with {where} failed: {exc.reason or exc}", "tls"
     if isinstance(exc, ConnectionRefusedError):
-        return f"unreachable: connection refused by {where} (is the broker running?)"
+        return f"unreachable: connection refused by {where} (is the broker running?)", "tcp_refused"
     if isinstance(exc, socket.gaierror):
-        return f"unreachable: cannot resolve {host!r} ({exc.strerror or exc})"
+        return f"unreachable: cannot resolve {host!r} ({exc.strerror or exc})", "dns"
     if isinstance(exc, TimeoutError):
-        return f"unreachable: no answer from {where} (timed out)"
+        return f"unreachable: no answer from {where} (timed out)", "timeout"
     if isinstance(exc, OSError):
-        return f"unreachable: {where}: {exc.strerror or exc}"
-    return f"cannot connect to {where}: {exc!r}"
-
-
-def connect_error_cause(exc: BaseException) -> str:
-    """The :data:`CAUSES` member for :func:`describe_connect_error`'s exception."""
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        return "tls_verify"
-    if isinstance(exc, ssl.SSLError):
-        return "tls"
-    if isinstance(exc, ConnectionRefusedError):
-        return "tcp_refused"
-    if isinstance(exc, socket.gaierror):
-        return "dns"
-    if isinstance(exc, TimeoutError):
-        return "timeout"
-    return "unreachable"
+        return f"unreachable: {where}: {exc.strerror or exc}", "unreachable"
+    return f"cannot connect to {where}: {exc!r}", "unreachable"
 
 
 def _connack_cause(reason: ReasonCode) -> str:
@@ -697,8 +682,7 @@ class MqttLink:
             try:
                 self._client.reconnect()
             except Exception as exc:
-                self._attempt_error = describe_connect_error(exc, host, port)
-                self._attempt_cause = connect_error_cause(exc)
+                self._attempt_error, self._attempt_cause = describe_connect_error(exc, host, port)
                 return None
             self._disable_nagle()
             self._bound_silence()

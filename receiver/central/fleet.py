@@ -130,40 +130,34 @@ def unknown_group_warning(
     lists no group, and a broker's ACL hides states without a word.
     """
     every = list(rows)
-    if any(group in row.groups for row in every):
-        return None
     if not every:
         return (
             f"no device has left a state on {where} ({states}), so none lists group {group}: "
             f"is the group right? (or the broker's ACL hides them from {who}); sent all the same"
         )
-    line = f"no device on {where} lists group {group}" + _did_you_mean(group, every)
+    line = unlisted_group(group, every, subject=f"no device on {where}")
+    return None if line is None else line + "; sent all the same"
+
+
+def unlisted_group(
+    group: str, rows: Iterable[DeviceRow], *, subject: str = "no device's state"
+) -> str | None:
+    """What to say when no state lists ``group`` (a mistyped id, usually), with the closest
+    names they do list: None when one does, or when there are no states at all to judge by."""
+    every = list(rows)
+    if not every or any(group in row.groups for row in every):
+        return None
+    known = sorted({name for row in every for name in row.groups})
+    close = difflib.get_close_matches(group, known, n=2)
+    line = f"{subject} lists group {group}"
+    line += f"; did you mean {' or '.join(close)}?" if close else "; is the group right?"
     silent = sum(1 for row in every if not row.groups)
     if silent:
         line += (
             f" ({silent} of {len(every)} states list no group: an offline device does not "
             "say its groups)"
         )
-    return line + "; sent all the same"
-
-
-def unlisted_group(group: str, rows: Iterable[DeviceRow]) -> str | None:
-    """What to say when ``fleet --group`` keeps nothing because no state lists the group (a
-    mistyped id, usually): None when one does, or when there are no states at all to judge by."""
-    every = list(rows)
-    if not every or any(group in row.groups for row in every):
-        return None
-    line = f"no device's state lists group {group}" + _did_you_mean(group, every)
-    silent = sum(1 for row in every if not row.groups)
-    if silent:
-        line += f" ({silent} of {len(every)} states list no group: an offline device does not)"
     return line
-
-
-def _did_you_mean(group: str, rows: list[DeviceRow]) -> str:
-    known = sorted({name for row in rows for name in row.groups})
-    close = difflib.get_close_matches(group, known, n=2)
-    return f"; did you mean {' or '.join(close)}?" if close else "; is the group right?"
 
 
 def _short(text: str, limit: int) -> str:
