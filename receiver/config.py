@@ -62,6 +62,7 @@ from receiver.config_model import (
     TrustConfig,
     TrustedKey,
 )
+from receiver.core.commands import ID_PATTERN, ID_RULE
 from receiver.errors import ConfigError
 from receiver.i18n import gettext_ as _
 
@@ -419,13 +420,10 @@ def _did_you_mean(word: str, options: Sequence[str]) -> str:
     return _(" (did you mean {name!r}?)").format(name=close[0]) if close else ""
 
 
-#: A device, group or environment id (docs/protocol.md §2): the rule itself ...
-_ID = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
-#: ... and the same rule in words, for the messages (never the expression: a technician reads
-#: them); translated where the daemon's messages are (:func:`_id_rule`).
-ID_RULE = (
-    "1-64 characters: lowercase letters, digits, '.', '_' or '-', starting with a letter or digit"
-)
+#: A device, group or environment id (docs/protocol.md §2): the protocol's rule, and the same
+#: rule in words for the messages (never the expression: a technician reads them), translated
+#: where the daemon's messages are (:func:`_id_rule`).
+_ID = ID_PATTERN
 
 
 def _id_rule() -> str:
