@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import json
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 import structlog
@@ -14,6 +13,7 @@ from receiver.config_model import Config
 from receiver.core import machine
 from receiver.core.admission import schedule_still_authorised, stored_schedule
 from receiver.core.reasons import Rejection
+from receiver.core.record import record
 from receiver.core.schedule import Schedule
 from receiver.core.strict_json import StrictJsonError, loads_strict
 from receiver.core.trust import Keyring, key_from_config
@@ -121,7 +121,7 @@ def settings_from_config(config: Config) -> machine.Settings:
     )
 
 
-@dataclass(frozen=True)
+@record
 class Topics:
     prefix: str
     device_id: str

@@ -37,7 +37,6 @@ import math
 import os
 import re
 from collections.abc import Callable, Hashable, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Generic, TypeAlias, TypeVar
@@ -63,6 +62,7 @@ from receiver.config_model import (
     TrustedKey,
 )
 from receiver.core.commands import ID_PATTERN, ID_RULE
+from receiver.core.record import record
 from receiver.errors import ConfigError
 from receiver.i18n import gettext_ as _
 
@@ -665,7 +665,7 @@ def _optional(convert: Converter[T]) -> Converter[T | None]:
     return optional
 
 
-@dataclass(frozen=True)
+@record
 class _Distinct(Generic[T]):
     """Items of a list must differ in ``key``; ``what`` names it in the message."""
 
@@ -721,7 +721,7 @@ _REQUIRED: Any = object()  # a field default: the key must be present
 _MODEL_DEFAULT: Any = object()  # a field default: leave it out, the dataclass default applies
 
 
-@dataclass(frozen=True)
+@record
 class _Field:
     name: str
     convert: Converter[Any]
@@ -752,7 +752,7 @@ def _build(cls: Callable[..., T]) -> Callable[[dict[str, Any], _Checker], T]:
     return lambda values, check: cls(**values)
 
 
-@dataclass(frozen=True)
+@record
 class _Section(Generic[T]):
     """A YAML mapping whose keys are ``fields``; ``finish`` checks across fields and builds."""
 
@@ -1493,7 +1493,7 @@ class _PartialFile:
         return None if part.failed else result
 
 
-@dataclass(frozen=True)
+@record
 class GpioSettings:
     """What ``relay-off`` could read of a config file that may be broken elsewhere."""
 
@@ -1520,7 +1520,7 @@ def read_gpio_settings(path: Path, state_dir: Path | None = None) -> GpioSetting
     return GpioSettings(gpio, storage.state_dir if storage else default_state, file.problems)
 
 
-@dataclass(frozen=True)
+@record
 class StatusSettings:
     """What ``status`` could read of a config file that may be broken elsewhere."""
 

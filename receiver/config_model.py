@@ -6,16 +6,18 @@ Defaults here are the documented defaults of ``config/receiver.example.yaml``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
 from datetime import datetime
 from pathlib import Path
+
+from receiver.core.record import record
 
 ROLES = ("operator", "emergency", "root")
 PIN_FACTORIES = ("mock", "lgpio", "rpigpio", "pigpio", "native")
 AUDIO_OUTPUTS = ("alsa", "pulse", "file")
 
 
-@dataclass(frozen=True)
+@record
 class TlsConfig:
     """Server verification is always on; a client certificate turns on mutual TLS."""
 
@@ -24,7 +26,7 @@ class TlsConfig:
     key_file: Path | None = None
 
 
-@dataclass(frozen=True)
+@record
 class BrokerConfig:
     host: str
     port: int = 1883
@@ -49,7 +51,7 @@ class BrokerConfig:
         return ((self.host, self.port), *self.failover)
 
 
-@dataclass(frozen=True)
+@record
 class TrustedKey:
     id: str
     ed25519: bytes  # the 32-byte raw public key
@@ -58,7 +60,7 @@ class TrustedKey:
     not_after: datetime | None = None
 
 
-@dataclass(frozen=True)
+@record
 class TrustConfig:
     keys: tuple[TrustedKey, ...]
     thresholds: dict[str, int] = field(
@@ -66,7 +68,7 @@ class TrustConfig:
     )
 
 
-@dataclass(frozen=True)
+@record
 class PlayerConfig:
     output: str = "alsa"  # alsa | pulse | file
     alsa_device: str | None = None  # e.g. "default" or "hw:CARD=Headphones"; None: libVLC's choice
@@ -86,7 +88,7 @@ class PlayerConfig:
     fallback_file: Path | None = None
 
 
-@dataclass(frozen=True)
+@record
 class GpioConfig:
     pin_factory: str = "mock"  # mock | lgpio | rpigpio | pigpio | native
     amp_pin: str = "GPIO17"
@@ -98,7 +100,7 @@ class GpioConfig:
     inputs_active_high: bool = False  # inputs pulled up, switch to ground: active low
 
 
-@dataclass(frozen=True)
+@record
 class MediaConfig:
     allowed_schemes: tuple[str, ...] = ("https",)
     allowed_hosts: tuple[str, ...] = ()
@@ -107,7 +109,7 @@ class MediaConfig:
     cache_quota_bytes: int = 1024 * 1024 * 1024
 
 
-@dataclass(frozen=True)
+@record
 class PolicyConfig:
     """Local limits that no signed message can exceed (docs/security.md)."""
 
@@ -121,19 +123,19 @@ class PolicyConfig:
     rejection_window_s: float = 10.0
 
 
-@dataclass(frozen=True)
+@record
 class StorageConfig:
     state_dir: Path = Path("/var/lib/loa-receiver")
     cache_dir: Path = Path("/var/cache/loa-receiver")
 
 
-@dataclass(frozen=True)
+@record
 class LoggingConfig:
     level: str = "info"  # debug | info | warning | error
     format: str = "auto"  # auto (console on a terminal, JSON otherwise) | json | console
 
 
-@dataclass(frozen=True)
+@record
 class ClockConfig:
     # auto: trust the wall clock only while the kernel says it is synchronised (NTP);
     # always: trust it (a board with a battery-backed RTC); never: only signed message times.
@@ -147,7 +149,7 @@ class ClockConfig:
     sync_grace_s: int = 30
 
 
-@dataclass(frozen=True)
+@record
 class Config:
     device_id: str
     env: str

@@ -27,13 +27,13 @@ import json
 import os
 import pwd
 import secrets
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from receiver.core.envelope import pae
+from receiver.core.record import record
 
 __all__ = [
     "DEVICE_KEY_FILE",
@@ -57,7 +57,7 @@ _PEM_BEGIN: Final = b"-----BEGIN PRIVATE KEY-----"
 _PEM_END: Final = b"-----END PRIVATE KEY-----"
 
 
-@dataclass(frozen=True)
+@record
 class DeviceKey:
     """The device's private key; its key id is the device id."""
 

@@ -34,6 +34,7 @@ import structlog
 from receiver.config_model import MediaConfig
 from receiver.core import reasons, urls
 from receiver.core.events import Event, FetchFailed, FetchFinished
+from receiver.core.record import record
 from receiver.core.urls import Target, host_allowed
 from receiver.errors import MediaError
 
@@ -91,7 +92,7 @@ class _RestartError(FetchError):
     follows. Only raised by an attempt that resumed (offset > 0), so it cannot loop."""
 
 
-@dataclass(frozen=True)
+@record
 class CacheUsage:
     """What the cache holds: verified files (``bytes``, ``files``) and part files kept for
     resuming (``partial_bytes``, which counts against the quota too)."""

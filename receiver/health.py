@@ -50,6 +50,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from receiver.core.record import record
+
 __all__ = ["TrafficMeter", "read_health"]
 
 CPU_ZONE_TYPE: Final = "cpu-thermal"
@@ -97,7 +99,7 @@ class _Seen:
     received: int
 
 
-@dataclass(frozen=True)
+@record
 class TcpCounters:
     """One TCP socket's counters, as the kernel keeps them since the connection began."""
 

@@ -21,7 +21,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, ParamSpec, TypedDict
 
 import paho.mqtt.client as mqtt
@@ -34,6 +33,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from receiver.config_model import BrokerConfig, TlsConfig
 from receiver.core.events import LinkChanged, MessageReceived
+from receiver.core.record import record
 from receiver.errors import LinkError, TlsFilesError
 
 __all__ = [
@@ -135,7 +135,7 @@ class LinkStatus(TypedDict):
     broker: str
 
 
-@dataclass(frozen=True)
+@record
 class Subscription:
     """One topic filter the link subscribes to (QoS 1) on every connect.
 

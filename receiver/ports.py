@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 from receiver.core.clock import Instant
 from receiver.core.events import Event, MessageReceived
+from receiver.core.record import record
 from receiver.core.state import Intent
 from receiver.device_key import DeviceKey
 
@@ -175,7 +176,7 @@ class Outbox(Protocol):
     def close(self) -> None: ...
 
 
-@dataclass(frozen=True)
+@record
 class Hooks:
     """What adapters may call, from any thread: each only queues for the loop and returns."""
 

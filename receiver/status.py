@@ -31,11 +31,11 @@ import sqlite3
 import tempfile
 import unicodedata
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 from typing import Any, Final, TypeGuard
 
+from receiver.core.record import record
 from receiver.i18n import gettext_ as _
 from receiver.timefmt import ts_utc
 
@@ -114,7 +114,7 @@ def read_status(state_dir: Path) -> dict[str, Any] | None:
 OUTBOX_FILE: Final = "outbox.db"
 
 
-@dataclass(frozen=True)
+@record
 class OutboxSummary:
     """What waits in the daemon's outbox (:class:`receiver.outbox.Outbox`)."""
 

@@ -45,11 +45,12 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias
 from urllib.parse import urljoin, urlsplit
 
 from receiver.core import urls
+from receiver.core.record import record
 
 if TYPE_CHECKING:
     from receiver.config_model import MediaConfig
@@ -130,7 +131,7 @@ class StreamRefused(Exception):  # noqa: N818 - an outcome reported to central, 
         self.detail = detail
 
 
-@dataclass(frozen=True)
+@record
 class Deadline:
     """When a resolve (or one request of the stream gate) must be done, and how to know that it
     was called off; every blocking step of :func:`lookup`, :func:`connect` and
@@ -156,7 +157,7 @@ class Deadline:
         return left
 
 
-@dataclass(frozen=True)
+@record
 class Resolved:
     """What libVLC should open, and how.
 

@@ -16,7 +16,6 @@ import ssl
 import threading
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
@@ -28,6 +27,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from receiver.central.inputs import InputError, why
+from receiver.core.record import record
 
 EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1  # the tool ran but what was asked did not happen (see the subcommand)
@@ -45,7 +45,7 @@ class BrokerError(Exception):
 MessageHandler = Callable[[mqtt.MQTTMessage], None]
 
 
-@dataclass(frozen=True)
+@record
 class BrokerOptions:
     host: str
     port: int

@@ -46,6 +46,7 @@ from receiver.central.reports import (
 )
 from receiver.core.envelope import parse_envelope
 from receiver.core.reasons import Rejection
+from receiver.core.record import record
 from receiver.timefmt import ts_utc
 
 DEFAULT_CLIENT_ID: Final = "receiver-admin-collect"
@@ -277,7 +278,7 @@ def _text(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
-@dataclass(frozen=True)
+@record
 class Arrival:
     topic: str
     payload: bytes

@@ -13,11 +13,11 @@ from __future__ import annotations
 import difflib
 import unicodedata
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any, Final
 
 from receiver.central.reports import device_mark
 from receiver.core.commands import ID_PATTERN
+from receiver.core.record import record
 from receiver.timefmt import ts_utc
 
 COLUMNS: Final = (
@@ -38,7 +38,7 @@ _TITLE_CHARS = 32
 _SCHEDULE_CHARS = 40
 
 
-@dataclass(frozen=True)
+@record
 class DeviceRow:
     """What the fleet table knows of one device: its last state and when that arrived."""
 
@@ -94,7 +94,7 @@ class DeviceRow:
         return tuple(g for g in groups if isinstance(g, str) and ID_PATTERN.fullmatch(g))
 
 
-@dataclass(frozen=True)
+@record
 class Filters:
     group: str | None = None
     offline: bool = False

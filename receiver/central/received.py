@@ -7,15 +7,15 @@ device's signature over its report) is added here once.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Literal
 
 from receiver.central.reports import ReportVerifier, open_report
+from receiver.core.record import record
 
 Channel = Literal["state", "events"]
 
 
-@dataclass(frozen=True)
+@record
 class DeviceMessage:
     """A device's state or event, as received: ``body`` is None when it is not a JSON object.
 

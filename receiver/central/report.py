@@ -18,7 +18,6 @@ import json
 import sqlite3
 import sys
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final, TextIO
@@ -26,6 +25,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from receiver.central.inputs import InputError
 from receiver.central.reports import suspect_summary
+from receiver.core.record import record
 
 END_KINDS: Final = ("finished", "stopped", "preempted", "failed")
 HEADERS: Final = {
@@ -72,7 +72,7 @@ WORDS: Final = {
 }
 
 
-@dataclass(frozen=True)
+@record
 class ReportRow:
     device: str
     day: date

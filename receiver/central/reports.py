@@ -54,6 +54,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from receiver.central.inputs import why
 from receiver.core.envelope import b64decode_canonical, pae
+from receiver.core.record import record
 from receiver.core.strict_json import loads_strict
 from receiver.device_key import EVENT_TYPE, STATE_TYPE
 from receiver.timefmt import ts_utc
@@ -123,7 +124,7 @@ class RegistryError(ValueError):
     """The registry file cannot be read; the message names the file and line."""
 
 
-@dataclass(frozen=True)
+@record
 class Registry:
     """Enrolled device keys: ``receiver enroll`` lines, one JSON object per line."""
 
@@ -169,7 +170,7 @@ class Registry:
         return cls(keys)
 
 
-@dataclass(frozen=True)
+@record
 class Report:
     """One report as read: where it came from, its JSON, and what the verifier made of it."""
 
@@ -184,7 +185,7 @@ class Report:
         return self.verdict == "signed"
 
 
-@dataclass(frozen=True)
+@record
 class _Opened:
     body: bytes
     payload_type: str | None  # None: plain JSON, no envelope

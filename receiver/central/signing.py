@@ -11,7 +11,6 @@ import json
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +19,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from receiver.config import key_id_problem
 from receiver.core.envelope import COMMAND_TYPE, SCHEDULE_TYPE, TRUST_TYPE, pae
+from receiver.core.record import record
 from receiver.timefmt import rfc3339
 
 
-@dataclass(frozen=True)
+@record
 class SigningKey:
     """A private key and the key id receivers know it by."""
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Final
 
 from receiver.core import commands, reasons
@@ -24,6 +24,7 @@ from receiver.core.envelope import (
     verified_signers,
 )
 from receiver.core.reasons import Rejection
+from receiver.core.record import record
 from receiver.core.schedule import Schedule, parse_schedule
 from receiver.core.strict_json import StrictJsonError, loads_strict
 from receiver.core.trust import Key, Keyring
@@ -36,7 +37,7 @@ MAX_STOP_IDS: Final = 256  # ids named by stops that are remembered: the newest 
 TYPE_FOR_TOPIC: Final = {"cmd": COMMAND_TYPE, "trust": TRUST_TYPE, "schedule": SCHEDULE_TYPE}
 
 
-@dataclass(frozen=True)
+@record
 class Context:
     """What admission needs to know about the device and its durable floors."""
 
@@ -57,7 +58,7 @@ class Context:
         return max(self.time_floor, now.utc) if now.utc_trusted else self.time_floor
 
 
-@dataclass(frozen=True)
+@record
 class AdmittedCommand:
     command: commands.Command
     signers: tuple[Key, ...]  # the keys that authorised it: one replay stream each
@@ -66,7 +67,7 @@ class AdmittedCommand:
     body: bytes = b""  # the verified payload, kept with the intent (write-ahead)
 
 
-@dataclass(frozen=True)
+@record
 class AdmittedTrust:
     document: TrustDocument
     body: bytes
@@ -74,7 +75,7 @@ class AdmittedTrust:
     duplicate: bool
 
 
-@dataclass(frozen=True)
+@record
 class AdmittedSchedule:
     schedule: Schedule
     body: bytes

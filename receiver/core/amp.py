@@ -9,17 +9,18 @@ emergency, the office microphone); the engine asks for the tail after an item wi
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Final
 
 from receiver.core.clock import Instant
 from receiver.core.effects import SwitchRelay
+from receiver.core.record import record
 from receiver.core.vocabulary import RelayMode
 
 WINDOW_S: Final = 60.0  # the switches counted against ``relay_max_toggles_per_min``
 
 
-@dataclass(frozen=True)
+@record
 class RelayOverride:
     """A manual relay command in force: ``mode`` until ``until_mono`` (None: until ``auto``)."""
 
@@ -27,7 +28,7 @@ class RelayOverride:
     until_mono: float | None = None
 
 
-@dataclass(frozen=True)
+@record
 class Amp:
     on: bool = False
     on_mono: float = 0.0  # when it last switched on (the warm-up counts from here)
@@ -51,7 +52,7 @@ class Amp:
         return found
 
 
-@dataclass(frozen=True)
+@record
 class Tail:
     """Note from playback: an item left the player; stay on until ``until_mono`` (the tail), or
     at once if that is now (the media engine failed)."""
@@ -59,7 +60,7 @@ class Tail:
     until_mono: float
 
 
-@dataclass(frozen=True)
+@record
 class Wants:
     """What the rest of the state asks of the relay now."""
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from receiver.core.record import record
 
-@dataclass(frozen=True)
+
+@record
 class Instant:
     """A moment, in both clocks.
 

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final, Literal
 from urllib.parse import urlsplit
 
 from receiver.core import reasons
 from receiver.core.reasons import Rejection
+from receiver.core.record import record
 from receiver.core.vocabulary import PRIORITIES, Priority, RelayMode
 
 ID_PATTERN: Final = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
@@ -45,7 +45,7 @@ COMMON_FIELDS: Final = frozenset({"id", "seq", "iat", "exp", "env", "aud"})
 HEADER_FIELDS: Final = COMMON_FIELDS | {"type", "body"}
 
 
-@dataclass(frozen=True)
+@record
 class Header:
     id: str
     seq: int
@@ -56,7 +56,7 @@ class Header:
     type: str
 
 
-@dataclass(frozen=True)
+@record
 class MediaFile:
     url: str
     sha256: str
@@ -64,7 +64,7 @@ class MediaFile:
     title: str
 
 
-@dataclass(frozen=True)
+@record
 class Play:
     priority: Priority
     files: tuple[MediaFile, ...]  # empty for a stream
@@ -79,24 +79,24 @@ class Play:
         return self.files[0].title if self.files else (self.stream_url or "")
 
 
-@dataclass(frozen=True)
+@record
 class Stop:
     target: str  # "all" or a command id
 
 
-@dataclass(frozen=True)
+@record
 class Volume:
     level: int
 
 
-@dataclass(frozen=True)
+@record
 class Relay:
     name: str
     state: RelayMode | Literal["auto"]
     duration_s: int | None
 
 
-@dataclass(frozen=True)
+@record
 class Report:
     pass
 
@@ -104,7 +104,7 @@ class Report:
 Body = Play | Stop | Volume | Relay | Report
 
 
-@dataclass(frozen=True)
+@record
 class Command:
     header: Header
     body: Body

@@ -6,15 +6,16 @@ The shell executes a step's effects in the order given; the core relies on that,
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 
 from receiver.core.intents import Intent
 from receiver.core.reasons import Reason
+from receiver.core.record import record
 from receiver.core.vocabulary import EventKind
 
 
-@dataclass(frozen=True)
+@record
 class Fetch:
     """Make the pinned file available in the cache (the fetcher answers with an event)."""
 
@@ -23,7 +24,7 @@ class Fetch:
     size: int
 
 
-@dataclass(frozen=True)
+@record
 class Play:
     """Start playing ``media`` (a cached file path or a stream URL) at ``volume``, from
     ``start_ms`` into it; the player's events about it carry ``token``.
@@ -40,7 +41,7 @@ class Play:
     at_mono: float | None = None
 
 
-@dataclass(frozen=True)
+@record
 class Preroll:
     """Open the file ``media`` now, paused at ``start_ms``, ahead of its start at an instant: the
     ``Play`` with the same token, media and offset then only resumes it."""
@@ -51,33 +52,33 @@ class Preroll:
     start_ms: int = 0
 
 
-@dataclass(frozen=True)
+@record
 class DropPreroll:
     """The item prerolled under ``token`` will not start after all: let the player drop it."""
 
     token: int
 
 
-@dataclass(frozen=True)
+@record
 class StopPlayback:
     """Stop whatever the player is playing."""
 
 
-@dataclass(frozen=True)
+@record
 class SetVolume:
     """Change the volume of what is playing now."""
 
     level: int
 
 
-@dataclass(frozen=True)
+@record
 class SwitchRelay:
     """Power the amplifier on or off."""
 
     on: bool
 
 
-@dataclass(frozen=True)
+@record
 class PersistFloors:
     """Durably store replay floors before the action they allow takes effect.
 
@@ -91,21 +92,21 @@ class PersistFloors:
     intent: Intent | None = None
 
 
-@dataclass(frozen=True)
+@record
 class PersistIntentStarted:
     """Durably note that the command's sound is about to start (before the ``Play``)."""
 
     ref: str
 
 
-@dataclass(frozen=True)
+@record
 class PersistIntentDone:
     """Durably forget a command's intent: it was carried out, or its end was reported."""
 
     ref: str
 
 
-@dataclass(frozen=True)
+@record
 class PersistTrust:
     """Durably store an accepted trust document (its verified payload) before it takes effect."""
 
@@ -114,14 +115,14 @@ class PersistTrust:
     digest: str
 
 
-@dataclass(frozen=True)
+@record
 class PersistResetFloor:
     """Durably store the first trusted instant of a fresh store."""
 
     utc: float
 
 
-@dataclass(frozen=True)
+@record
 class PersistSchedule:
     """Durably store a schedule version now in force (and its replay floor)."""
 
@@ -131,14 +132,14 @@ class PersistSchedule:
     digest: str
 
 
-@dataclass(frozen=True)
+@record
 class PersistDone:
     """Durably note a schedule occurrence as played or given up, so a reboot does not repeat it."""
 
     key: str
 
 
-@dataclass(frozen=True)
+@record
 class Emit:
     """Report an event on the events topic (the shell numbers it and adds the device and time)."""
 
@@ -148,7 +149,7 @@ class Emit:
     detail: str | None = None
 
 
-@dataclass(frozen=True)
+@record
 class PublishState:
     """Publish the retained device state; ``fields`` are the parts the core owns."""
 

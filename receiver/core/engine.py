@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import field, replace
 from typing import Final
 
 from receiver.core import amp, commands, reasons
@@ -48,6 +48,7 @@ from receiver.core.effects import (
 )
 from receiver.core.events import FetchFailed
 from receiver.core.reasons import Reason
+from receiver.core.record import record
 from receiver.core.settings import Settings
 from receiver.core.vocabulary import ORIGIN_RANK, PRIORITY_RANK, EventKind, Origin, Phase, Priority
 
@@ -63,7 +64,7 @@ PREROLL_S: Final = 1.0
 START_LEAD_S: Final = 0.25
 
 
-@dataclass(frozen=True)
+@record
 class Item:
     """One thing to play: from a command or a schedule occurrence.
 
@@ -113,7 +114,7 @@ class Item:
         return self.is_stream or all(f.sha256 in self.ready for f in self.files)
 
 
-@dataclass(frozen=True)
+@record
 class Playback:
     """The engine's part of the state: the item that has the player (if any), the items waiting
     (queued, suspended), and the counters that order arrivals and name the player's plays."""
@@ -127,7 +128,7 @@ class Playback:
         return ((self.active,) if self.active is not None else ()) + self.queue
 
 
-@dataclass(frozen=True)
+@record
 class Conditions:
     """What the engine reads of the rest of the state: the settings, the amplifier relay
     (whether it is on and since when: the warm-up counts from there), the office microphone."""
@@ -138,21 +139,21 @@ class Conditions:
     mic: bool = False
 
 
-@dataclass(frozen=True)
+@record
 class Publish:
     """Note: publish the device state here, with the playback part as it was at this point."""
 
     playback: Playback
 
 
-@dataclass(frozen=True)
+@record
 class Enqueue:
     """Note from the programme: queue this item (:func:`add_item`)."""
 
     item: Item
 
 
-@dataclass(frozen=True)
+@record
 class Finish:
     """Note from the programme: take this item out for good, reporting ``kind`` (:func:`finish`)."""
 
@@ -162,7 +163,7 @@ class Finish:
     detail: str | None = None
 
 
-@dataclass(frozen=True)
+@record
 class Withdraw:
     """Note from the programme: take out this item that has not sounded (:func:`withdraw`)."""
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Final
 
 from receiver.core import reasons
 from receiver.core.reasons import Rejection
+from receiver.core.record import record
 from receiver.core.strict_json import StrictJsonError, loads_strict
 from receiver.core.trust import ED25519_SIGNATURE_BYTES, Key, Keyring
 
@@ -28,7 +28,7 @@ TRUST_TYPE: Final = "application/vnd.loa.trust.v1+json"
 PAYLOAD_TYPES: Final = frozenset({COMMAND_TYPE, SCHEDULE_TYPE, TRUST_TYPE})
 
 
-@dataclass(frozen=True)
+@record
 class Envelope:
     payload_type: str
     body: bytes

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
 
 from receiver.core.reasons import Reason
+from receiver.core.record import record
 
 
-@dataclass(frozen=True)
+@record
 class MessageReceived:
     """An MQTT message arrived on one of our subscriptions.
 
@@ -22,21 +23,21 @@ class MessageReceived:
     qos: int = field(default=0, compare=False)
 
 
-@dataclass(frozen=True)
+@record
 class PlaybackStarted:
     """libVLC reports the item with this token as playing."""
 
     token: int
 
 
-@dataclass(frozen=True)
+@record
 class PlaybackEnded:
     """The item with this token reached its end."""
 
     token: int
 
 
-@dataclass(frozen=True)
+@record
 class PlaybackFailed:
     """libVLC could not play the item with this token."""
 
@@ -44,7 +45,7 @@ class PlaybackFailed:
     detail: str = ""
 
 
-@dataclass(frozen=True)
+@record
 class PlayerCrashed:
     """The media engine (libVLC's process) died or stopped answering; a new one is started for
     the next item. Whatever was sounding is gone."""
@@ -52,7 +53,7 @@ class PlayerCrashed:
     detail: str = ""
 
 
-@dataclass(frozen=True)
+@record
 class PlaybackProgress:
     """Where the player is in the item with this token (polled while a live stream plays)."""
 
@@ -60,7 +61,7 @@ class PlaybackProgress:
     position_ms: int
 
 
-@dataclass(frozen=True)
+@record
 class LocalInputChanged:
     """A local input changed: ``mic`` (the office microphone's priority switch) or
     ``amp_fault`` (the amplifier's fault contact)."""
@@ -69,7 +70,7 @@ class LocalInputChanged:
     active: bool
 
 
-@dataclass(frozen=True)
+@record
 class FetchFinished:
     """A pinned file is in the cache, verified, at ``path``."""
 
@@ -77,7 +78,7 @@ class FetchFinished:
     path: str
 
 
-@dataclass(frozen=True)
+@record
 class FetchFailed:
     """A pinned file could not be fetched, for ``reason``."""
 
@@ -86,12 +87,12 @@ class FetchFailed:
     detail: str = ""
 
 
-@dataclass(frozen=True)
+@record
 class TimerFired:
     """The deadline the core asked for has passed (the shell sends this; the core checks what)."""
 
 
-@dataclass(frozen=True)
+@record
 class LinkChanged:
     """The broker connection went up or down."""
 

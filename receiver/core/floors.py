@@ -12,17 +12,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from receiver.core import admission, commands
 from receiver.core.clock import Instant
 from receiver.core.effects import PersistFloors, PersistResetFloor, PersistSchedule, PersistTrust
 from receiver.core.intents import Intent
+from receiver.core.record import record
 from receiver.core.settings import Settings
 from receiver.core.trust import Keyring
 
 
-@dataclass(frozen=True)
+@record
 class Floors:
     keyring: Keyring
     streams: Mapping[str, tuple[int, str]]  # replay stream -> last accepted (seq, digest)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from receiver.core.record import record
 
 
-@dataclass(frozen=True)
+@record
 class Intent:
     """A command accepted but not yet carried out to its end, stored with its replay floor.
 

@@ -8,14 +8,15 @@ window ends. Pure, like the rest of the core: ``(part, input, now) -> (part, eff
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from receiver.core.clock import Instant
 from receiver.core.effects import Emit
 from receiver.core.reasons import Reason, Rejection
+from receiver.core.record import record
 
 
-@dataclass(frozen=True)
+@record
 class RejectionWindow:
     """Rejections reported since ``start_mono``: ``reported`` one by one, and beyond the limit
     ``suppressed`` (a count per reason, sorted), summed up when the window closes."""

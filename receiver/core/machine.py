@@ -14,7 +14,7 @@ returned effects in order and calls ``step`` again with ``TimerFired`` once ``de
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Final
 
 from receiver.core import admission, amp, commands, engine, floors, limits, programme, reasons
@@ -42,6 +42,7 @@ from receiver.core.events import (
 )
 from receiver.core.policy import in_quiet_hours, url_allowed, volume_for
 from receiver.core.reasons import Rejection
+from receiver.core.record import record
 from receiver.core.state import (
     Intent,
     Item,
@@ -74,7 +75,7 @@ Effects = tuple[Effect, ...]
 Output = engine.Output | programme.Output
 
 
-@dataclass(frozen=True)
+@record
 class Step:
     state: State
     effects: Effects

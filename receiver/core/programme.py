@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
@@ -30,6 +30,7 @@ from receiver.core.effects import Effect, Emit, Fetch, PersistDone, PersistSched
 from receiver.core.engine import Enqueue, Finish, Item, Withdraw
 from receiver.core.events import FetchFailed
 from receiver.core.policy import in_quiet_hours, volume_for
+from receiver.core.record import record
 from receiver.core.schedule import Entry, Occurrence, Schedule, occurrences
 from receiver.core.settings import Settings
 
@@ -42,7 +43,7 @@ STAGE_RETRY_MAX_S: Final = 1800.0
 DONE_KEEP_DAYS: Final = 3
 
 
-@dataclass(frozen=True)
+@record
 class Staged:
     """A schedule version accepted but not yet in force: its media are being fetched."""
 
@@ -58,7 +59,7 @@ class Staged:
         return frozenset(f.sha256 for e in self.schedule.entries for f in e.files)
 
 
-@dataclass(frozen=True)
+@record
 class Programme:
     """The programme's part of the state."""
 
@@ -79,7 +80,7 @@ class Programme:
         return found
 
 
-@dataclass(frozen=True)
+@record
 class Conditions:
     """What the programme reads of the rest of the state."""
 
@@ -88,7 +89,7 @@ class Conditions:
     items: tuple[Item, ...] = ()  # what playback holds now (active first)
 
 
-@dataclass(frozen=True)
+@record
 class Publish:
     """Note: publish the device state here, with the programme part as it was at this point."""
 

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any, Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from receiver.core import commands, reasons
 from receiver.core.reasons import Rejection
+from receiver.core.record import record
 from receiver.core.vocabulary import Priority
 
 DAYS: Final = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -36,7 +36,7 @@ ENTRY_FIELDS: Final = frozenset(
 )
 
 
-@dataclass(frozen=True)
+@record
 class Entry:
     id: str
     days: frozenset[int]  # 0 = Monday
@@ -54,7 +54,7 @@ class Entry:
         return self.files[0].title if self.files else (self.stream_url or self.id)
 
 
-@dataclass(frozen=True)
+@record
 class Schedule:
     id: str
     version: int
@@ -70,7 +70,7 @@ class Schedule:
         return ZoneInfo(self.tz)
 
 
-@dataclass(frozen=True)
+@record
 class Occurrence:
     """One planned play of an entry: its key is unique per schedule, entry and local date."""
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from receiver.core.record import record
 
 
-@dataclass(frozen=True)
+@record
 class Settings:
     """What the technician's config fixes for the life of the process.
 

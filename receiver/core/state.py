@@ -17,7 +17,7 @@ one, so a test can hold any state it saw and compare it with the next.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 
 from receiver.core.amp import Amp, RelayOverride
@@ -27,6 +27,7 @@ from receiver.core.floors import Floors
 from receiver.core.intents import Intent
 from receiver.core.limits import RejectionWindow
 from receiver.core.programme import Programme, Staged
+from receiver.core.record import record
 from receiver.core.schedule import Schedule
 from receiver.core.settings import Settings
 from receiver.core.trust import Keyring
@@ -52,7 +53,7 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
+@record
 class State:
     settings: Settings
     floors: Floors  # trust and replay floors (receiver/core/floors.py)

@@ -9,11 +9,13 @@ device and have not expired.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from datetime import datetime
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from receiver.core.record import record
 
 ED25519_PUBLIC_KEY_BYTES = 32
 ED25519_SIGNATURE_BYTES = 64
@@ -21,7 +23,7 @@ ED25519_SIGNATURE_BYTES = 64
 DEFAULT_THRESHOLDS: Mapping[str, int] = {"operator": 1, "emergency": 1, "root": 2}
 
 
-@dataclass(frozen=True)
+@record
 class Key:
     """One trusted public key and what it may do."""
 
@@ -54,7 +56,7 @@ class Key:
         return self.not_after is None or utc <= self.not_after
 
 
-@dataclass(frozen=True)
+@record
 class Keyring:
     """The current set of trusted keys, looked up by key id (a hint only)."""
 

@@ -8,13 +8,13 @@ so no single stolen key can replace the keyring and no document can lock the fle
 from __future__ import annotations
 
 import binascii
-from dataclasses import dataclass
 from typing import Any, Final
 
 from receiver.core import reasons
 from receiver.core.commands import ID_PATTERN, MESSAGE_ID_PATTERN, parse_time
 from receiver.core.envelope import b64decode_canonical
 from receiver.core.reasons import Rejection
+from receiver.core.record import record
 from receiver.core.trust import DEFAULT_THRESHOLDS, ED25519_PUBLIC_KEY_BYTES, Key, Keyring
 
 ROLES: Final = frozenset({"operator", "emergency", "root"})
@@ -24,7 +24,7 @@ KEY_FIELDS: Final = frozenset({"id", "ed25519", "roles", "scopes", "not_after"})
 MAX_VERSION: Final = 2**63 - 1
 
 
-@dataclass(frozen=True)
+@record
 class TrustDocument:
     id: str
     version: int

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass
 from typing import Final
 from urllib.parse import urlsplit
 
 from receiver.core import reasons
+from receiver.core.record import record
 
 MAX_URL_CHARS: Final = 2048
 _HOSTNAME: Final = re.compile(r"[a-z0-9_-]+(\.[a-z0-9_-]+)*")
@@ -30,7 +30,7 @@ class UrlRefused(ValueError):  # noqa: N818 - a refusal is an outcome, not a pro
         self.detail = detail
 
 
-@dataclass(frozen=True)
+@record
 class Target:
     """Where one HTTP request goes: a URL that passed :func:`check_url`."""
 

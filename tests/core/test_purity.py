@@ -24,6 +24,9 @@ ALLOWED: Final = frozenset(
         "__future__",
         "typing",
         "dataclasses",
+        # The records' shared methods (receiver/core/record.py): attribute getters and repr.
+        "operator",
+        "reprlib",
         "collections",
         "enum",
         "re",
