@@ -60,6 +60,8 @@ EX_CONFIG = 78
 EX_TEMPFAIL = 75
 #: Where scripts/install.sh puts the config; ``status`` reads it when no --config is given.
 INSTALLED_CONFIG = "/etc/loa-receiver/receiver.yaml"
+#: What parsing the command line loads that the running daemon never uses again.
+ARGUMENT_MODULES = frozenset({"argparse", "gettext"})
 
 
 def _load(path: str, hint: str = "") -> Config | None:
@@ -430,14 +432,16 @@ def _resolve_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -
 
 def main(argv: list[str] | None = None) -> int:
     tolerant_output()
-    imported_before = "argparse" in sys.modules
+    imported_before = {name for name in ARGUMENT_MODULES if name in sys.modules}
     args = _parse(argv)
-    if args.func is cmd_run and not imported_before:
-        # The daemon runs for months: argparse (and the parser it built) would stay resident
-        # for nothing, about 0.3 MiB. Forgotten now, before the runtime is imported, whose
-        # modules then reuse that memory; anything that imports argparse later loads it again.
-        # (Not when something else had imported it: a test runner calling main(), say.)
-        sys.modules.pop("argparse", None)
+    if args.func is cmd_run:
+        # The daemon runs for months: argparse, the gettext it imports (the daemon logs in
+        # English) and the parser it built would stay resident for nothing, about 0.35 MiB.
+        # Forgotten now, before the runtime is imported, whose modules then reuse that memory;
+        # anything that imports them later loads them again. (Not what something else had
+        # imported before: a test runner calling main(), say.)
+        for name in ARGUMENT_MODULES - imported_before:
+            sys.modules.pop(name, None)
         gc.collect()
     if args.func is cmd_run:  # the daemon's output is the journal's
         result: int = args.func(args)

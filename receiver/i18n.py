@@ -14,14 +14,12 @@ journal line stay English (they are searched for and machine-read).
 
 from __future__ import annotations
 
-import ast
-import gettext
 import io
 import os
-import struct
 import sys
 from functools import cache
 from pathlib import Path
+from typing import Protocol
 
 __all__ = [
     "DOMAIN",
@@ -37,14 +35,32 @@ DOMAIN = "loa-receiver"
 LOCALE_DIR = Path(__file__).resolve().parent / "locale"
 
 
+class _Catalog(Protocol):
+    def gettext(self, message: str, /) -> str: ...
+
+
+class _AsWritten:
+    """The messages as written, in English: no language with a catalog was asked for."""
+
+    @staticmethod
+    def gettext(message: str, /) -> str:
+        return message
+
+
 @cache
-def _translations() -> gettext.NullTranslations:
+def _translations() -> _Catalog:
+    languages = _wanted_languages()
+    if not any((LOCALE_DIR / name).is_dir() for name in languages):
+        # The running daemon's case (it logs in English): gettext is not even loaded.
+        return _AsWritten()
+    import gettext
+
     found = gettext.translation(DOMAIN, LOCALE_DIR, fallback=True)
     if isinstance(found, gettext.GNUTranslations):
         return found
     # A checkout run in place holds the catalogs' sources only (the build compiles them): read
     # the source, so that its tools speak the technician's language too.
-    source = _source_catalog()
+    source = _source_catalog(languages)
     if source is None:
         return found
     try:
@@ -53,23 +69,31 @@ def _translations() -> gettext.NullTranslations:
         return found
 
 
-def _source_catalog() -> Path | None:
-    """The ``.po`` of the first language the environment asks for that has one, as gettext
-    chooses a ``.mo`` (``LANGUAGE``, ``LC_ALL``, ``LC_MESSAGES``, ``LANG``; ``C`` ends the list)."""
+def _wanted_languages() -> list[str]:
+    """The languages the environment asks for, as gettext reads them (``LANGUAGE``, ``LC_ALL``,
+    ``LC_MESSAGES``, ``LANG``: the first set; ``C`` ends the list), each as ``vi_VN`` then
+    ``vi`` (``vi_VN.UTF-8@x`` -> ``vi_VN``, ``vi``)."""
     for variable in ("LANGUAGE", "LC_ALL", "LC_MESSAGES", "LANG"):
         value = os.environ.get(variable)
         if value:
             break
     else:
-        return None
+        return []
+    wanted: list[str] = []
     for language in value.split(":"):
         if language in ("C", "POSIX"):
-            return None
-        bare = language.split("@", 1)[0].split(".", 1)[0]  # vi_VN.UTF-8@x -> vi_VN, then vi
-        for name in dict.fromkeys((bare, bare.split("_", 1)[0])):
-            path = LOCALE_DIR / name / "LC_MESSAGES" / f"{DOMAIN}.po"
-            if name and path.is_file():
-                return path
+            break
+        bare = language.split("@", 1)[0].split(".", 1)[0]
+        wanted += [name for name in (bare, bare.split("_", 1)[0]) if name]
+    return list(dict.fromkeys(wanted))
+
+
+def _source_catalog(languages: list[str]) -> Path | None:
+    """The ``.po`` of the first of ``languages`` that has one, as gettext chooses a ``.mo``."""
+    for name in languages:
+        path = LOCALE_DIR / name / "LC_MESSAGES" / f"{DOMAIN}.po"
+        if path.is_file():
+            return path
     return None
 
 
@@ -92,6 +116,8 @@ def tolerant_output() -> None:
 
 def read_po(path: Path) -> dict[str, str]:
     """msgid -> msgstr of a ``.po`` file (single-line and continued strings; no plurals)."""
+    from ast import literal_eval
+
     entries: dict[str, str] = {}
     current: dict[str, str] = {}
     field = ""
@@ -114,7 +140,7 @@ def read_po(path: Path) -> dict[str, str]:
             rest = line
         else:
             raise ValueError(f"{path}: cannot read the line {raw!r}")
-        current[field] = current.get(field, "") + str(ast.literal_eval(rest))
+        current[field] = current.get(field, "") + str(literal_eval(rest))
     flush()
     return entries
 
@@ -127,6 +153,8 @@ def compile_po(po: Path, mo: Path) -> None:
 
 def compiled_catalog(po: Path) -> bytes:
     """The GNU ``.mo`` form of ``po``."""
+    from struct import pack
+
     entries = read_po(po)
     entries.setdefault("", "Content-Type: text/plain; charset=UTF-8\n")
     keys = sorted(entries)
@@ -139,5 +167,5 @@ def compiled_catalog(po: Path) -> bytes:
     for item in ids + strs:
         offsets += [len(item), table + len(data)]
         data += item + b"\0"
-    out = struct.pack("<7I", 0x950412DE, 0, len(keys), header, header + 8 * len(keys), 0, 0)
-    return out + struct.pack(f"<{len(offsets)}I", *offsets) + data
+    out = pack("<7I", 0x950412DE, 0, len(keys), header, header + 8 * len(keys), 0, 0)
+    return out + pack(f"<{len(offsets)}I", *offsets) + data
