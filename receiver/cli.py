@@ -23,29 +23,19 @@ longer reach, and a ``player.fallback_file`` it cannot read.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import sys
 import time
 from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 from types import SimpleNamespace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from receiver import __version__, logs  # first: logs sets up what structlog may import
-from receiver.config import (
-    ConfigError,
-    config_warnings,
-    key_expired,
-    load_config,
-    placeholders,
-    read_gpio_settings,
-    read_status_settings,
-    unreadable_files,
-    unusable_directories,
-    unusable_tls_files,
-)
 from receiver.config_model import Config, GpioConfig
+from receiver.errors import ConfigError
 from receiver.i18n import gettext_ as _
 from receiver.i18n import tolerant_output
 
@@ -62,9 +52,14 @@ EX_TEMPFAIL = 75
 INSTALLED_CONFIG = "/etc/loa-receiver/receiver.yaml"
 #: What parsing the command line loads that the running daemon never uses again.
 ARGUMENT_MODULES = frozenset({"argparse", "gettext"})
+#: The config's reading and checking rules (receiver/config.py): imported where used, not here,
+#: so that the daemon can let go of them once its config is read (see cmd_run).
+CONFIG_RULES = "receiver.config"
 
 
 def _load(path: str, hint: str = "") -> Config | None:
+    from receiver.config import load_config
+
     try:
         return load_config(Path(path))
     except ConfigError as exc:
@@ -76,6 +71,12 @@ def _load(path: str, hint: str = "") -> Config | None:
 
 def _start_problems(config: Config) -> list[str]:
     """What would make the daemon fail at start in a way no restart can fix."""
+    from receiver.config import (
+        placeholders,
+        unreadable_files,
+        unusable_directories,
+        unusable_tls_files,
+    )
     from receiver.gpio import missing_pin_factory, pin_problem
 
     # A TLS file is loaded only once it can be read: one message per file.
@@ -91,6 +92,8 @@ def _start_problems(config: Config) -> list[str]:
 
 
 def cmd_check_config(args: SimpleNamespace) -> int:
+    from receiver.config import config_warnings, key_expired
+
     config = _load(args.config)
     if config is None:
         return EX_CONFIG
@@ -157,12 +160,13 @@ def cmd_run(args: SimpleNamespace) -> int:
     from receiver.device_key import DeviceKeyError
     from receiver.errors import TlsFilesError
     from receiver.gpio import PinFactoryMissingError, PinRefusedError, save_settings
-    from receiver.runtime import run_forever  # imports libVLC: only when running
 
     logs.configure(config.logging.level, config.logging.format)
     log = structlog.get_logger("receiver").bind(device=config.device_id)
-    for warning in config_warnings(config, datetime.now(UTC)):
-        log.warning("config_warning", warning=warning)
+    _log_config_warnings(config, log)
+    _forget_config_rules(args.forget_config_rules)
+    from receiver.runtime import run_forever  # imports libVLC: only when running
+
     try:
         save_settings(config.storage.state_dir, config.gpio)
     except OSError as exc:  # relay-off then relies on the config file alone
@@ -181,6 +185,8 @@ def cmd_run(args: SimpleNamespace) -> int:
         log.critical("daemon_cannot_start", error=str(exc))
         return EX_CONFIG
     except TlsFilesError as exc:  # changed since the check above: told as check-config tells it
+        from receiver.config import unreadable_files, unusable_tls_files
+
         problems = unreadable_files(config) or unusable_tls_files(config)
         if not problems:
             # They load again: caught while being replaced (a renewal). A restart takes the
@@ -197,6 +203,26 @@ def cmd_run(args: SimpleNamespace) -> int:
         log.critical("daemon_failed", error=str(exc), error_type=type(exc).__name__)
         return 1
     return 0
+
+
+def _forget_config_rules(wanted: bool) -> None:
+    """The daemon runs for months with the config it has read: the rules that read and checked
+    it (about 0.2 MiB) are forgotten before the runtime is imported, whose modules then reuse
+    that memory. The rare path of :func:`cmd_run` that needs them again loads them again.
+    (``wanted`` is false when something else had imported them: a test runner calling main().)"""
+    if not wanted:
+        return
+    sys.modules.pop(CONFIG_RULES, None)
+    with contextlib.suppress(AttributeError):
+        delattr(sys.modules["receiver"], "config")
+    gc.collect()
+
+
+def _log_config_warnings(config: Config, log: Any) -> None:
+    from receiver.config import config_warnings
+
+    for warning in config_warnings(config, datetime.now(UTC)):
+        log.warning("config_warning", warning=warning)
 
 
 def _already_running(running: AlreadyRunningError, config_path: str) -> str:
@@ -217,6 +243,7 @@ def cmd_relay_off(args: SimpleNamespace) -> int:
     daemon has ended by now, and its lock with it).
     """
     from receiver import instance_lock
+    from receiver.config import read_gpio_settings
     from receiver.gpio import GpioError, force_off, load_saved_settings
 
     settings = read_gpio_settings(Path(args.config), args.state_dir)
@@ -269,6 +296,8 @@ def cmd_status(args: SimpleNamespace) -> int:
     if args.config == INSTALLED_CONFIG:
         hint = _(" (another file: receiver status --config FILE)")
     # Only the storage (and time zone) are needed: a mistake elsewhere must not hide the state.
+    from receiver.config import read_status_settings
+
     settings = read_status_settings(Path(args.config))
     if settings.problems:
         print("\n".join(settings.problems), file=sys.stderr)
@@ -432,8 +461,9 @@ def _resolve_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -
 
 def main(argv: list[str] | None = None) -> int:
     tolerant_output()
-    imported_before = {name for name in ARGUMENT_MODULES if name in sys.modules}
+    imported_before = {name for name in (*ARGUMENT_MODULES, CONFIG_RULES) if name in sys.modules}
     args = _parse(argv)
+    args.forget_config_rules = CONFIG_RULES not in imported_before
     if args.func is cmd_run:
         # The daemon runs for months: argparse, the gettext it imports (the daemon logs in
         # English) and the parser it built would stay resident for nothing, about 0.35 MiB.

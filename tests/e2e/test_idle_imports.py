@@ -69,9 +69,11 @@ def test_the_idle_daemon_has_let_go_of_argparse_and_gettext(site: Site) -> None:
     """The command line is parsed once, at start: argparse and the parser it built (about
     0.3 MiB) are not held for the daemon's life. Nor is gettext (argparse imports it, and the
     config's words asked for it) when no language with a catalog is asked for: the daemon logs
-    in English."""
+    in English. Nor the rules that read and checked the config."""
     for lang in ("C.UTF-8", "en_GB.UTF-8"):
         loaded = idle_modules(site, lang=lang)
         assert "receiver.runtime" in loaded  # it did run
         assert "argparse" not in loaded
         assert "gettext" not in loaded, lang
+        # Nor the config's reading and checking rules, once the config is read (0.2 MiB).
+        assert "receiver.config" not in loaded and "receiver.config_model" in loaded
