@@ -465,8 +465,9 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     args.forget_config_rules = CONFIG_RULES not in imported_before
     if args.func is cmd_run:
-        # The daemon runs for months: argparse, the gettext it imports (the daemon logs in
-        # English) and the parser it built would stay resident for nothing, about 0.35 MiB.
+        # The daemon runs for months: argparse, the gettext it imports (receiver.i18n loads it
+        # again if a catalog is wanted) and the parser it built would stay resident for
+        # nothing, about 0.35 MiB.
         # Forgotten now, before the runtime is imported, whose modules then reuse that memory;
         # anything that imports them later loads them again. (Not what something else had
         # imported before: a test runner calling main(), say.)

@@ -51,7 +51,7 @@ class _AsWritten:
 def _translations() -> _Catalog:
     languages = _wanted_languages()
     if not any((LOCALE_DIR / name).is_dir() for name in languages):
-        # The running daemon's case (it logs in English): gettext is not even loaded.
+        # English is asked for (a service without LANG, say): gettext is not even loaded.
         return _AsWritten()
     import gettext
 
