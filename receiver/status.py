@@ -358,7 +358,7 @@ def _playing(status: dict[str, Any], now_utc: float, tz: tzinfo) -> str:
     text = f'"{_text(playing.get("title"))}", {said}'
     ref = playing.get("ref")
     if isinstance(ref, str):
-        text += f", ref {ref}"
+        text += f", ref {_text(ref)}"
     since = ts_utc(playing.get("since"))
     if since is not None:
         text += ", " + _("since {time}").format(time=f"{_clock_time(since, tz)}")
@@ -372,12 +372,12 @@ def _relay(status: dict[str, Any]) -> str:
         return "?"
     said = {"on": _("on"), "off": _("off")}
     text = ", ".join(
-        f"{name} {said.get(value, _text(value)) if isinstance(value, str) else _text(value)}"
+        f"{_text(name)} {said.get(value, _text(value)) if isinstance(value, str) else _text(value)}"
         for name, value in sorted(relays.items())
     )
     override = status.get("relay_override")
     if isinstance(override, str):
-        text += _(" (manual override: {override})").format(override=override)
+        text += _(" (manual override: {override})").format(override=_text(override))
     return text
 
 
@@ -386,7 +386,9 @@ def _schedules(schedules: Any) -> str:
         return "?"
     if not schedules:
         return _("none")
-    return ", ".join(f"{sid} v{version}" for sid, version in sorted(schedules.items()))
+    return ", ".join(
+        f"{_text(sid)} v{_text(version)}" for sid, version in sorted(schedules.items())
+    )
 
 
 def _clock_synced(synced: Any) -> str:

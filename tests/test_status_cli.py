@@ -289,6 +289,28 @@ def test_the_link_s_reason_is_one_bounded_line_without_control_characters() -> N
     assert broker(up=True, since="\x1b[2J", last_error=None).startswith("connected since ?[2J")
 
 
+def test_no_value_of_the_file_reaches_the_terminal_with_a_control_character() -> None:
+    """The reference, the relays' names, the manual override and the schedules' ids and
+    versions were printed as the file had them: an escape sequence in any of them (a file
+    written by hand, a damaged card) could rewrite what the technician reads."""
+    now = 1_800_000_000.0
+    escape = "\x1b]0;owned\x07\x1b[2J"
+    status = state_message(
+        now,
+        ts=rfc3339(now - 2),
+        playing={"ref": f"c{escape}", "title": "t", "priority": "normal", "since": rfc3339(now)},
+        relays={f"amp{escape}": "on", "aux": f"off{escape}"},
+        relay_override=f"on{escape}",
+        schedules={f"morning{escape}": f"3{escape}", "evening": 2},
+    )
+    out = format_status(status, now)
+    assert "\x1b" not in out and "\x07" not in out, repr(out)
+    rows = as_lines(out)
+    assert rows["playing"].startswith('"t", normal, ref c?]0;owned??[2J'), rows["playing"]
+    assert "amp?]0;owned??[2J on" in rows["relay"] and "(manual override: on?" in rows["relay"]
+    assert rows["schedules"] == "evening v2, morning?]0;owned??[2J v3?]0;owned??[2J"
+
+
 def test_status_shows_the_outbox(tmp_path: Path) -> None:
     from receiver.outbox import Outbox
 
