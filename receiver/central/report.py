@@ -6,7 +6,9 @@ entry it belongs to), the planned start (a schedule occurrence's; a command has 
 actual start, the duration until the item's end event, and how it ended (finished, stopped,
 preempted, failed with the reason). Refused commands and failures without a start are rows too,
 and so is every period the device was offline. As CSV (``--csv``) or a readable table; the
-headers in English or Vietnamese (``--lang vi``).
+headers in English or Vietnamese (``--lang vi``). The CSV's two time columns name their zone in
+their headers (``Planned (Asia/Ho_Chi_Minh, UTC+07:00)``): the file is what a province archives
+and an auditor reads, without the summary the table prints on stderr.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ HEADERS: Final = {
         "Lý do",
     ),
 }
+TIME_COLUMNS: Final = (4, 5)  # Planned, Started: local clock times, in the report's zone
 SUMMARY: Final = {
     "en": "{count} rows, {first} to {last}, times in {tz}",
     "vi": "{count} dòng, từ {first} đến {last}, giờ theo {tz}",
@@ -293,9 +296,31 @@ def cells(row: ReportRow, zone: ZoneInfo, lang: str) -> tuple[str, ...]:
     )
 
 
-def write_csv(out: TextIO, found: Iterable[ReportRow], zone: ZoneInfo, lang: str) -> int:
+def zone_label(zone: ZoneInfo, day: date) -> str:
+    """``Asia/Ho_Chi_Minh, UTC+07:00``: the zone's name and its offset at the start of ``day``.
+
+    A zone that changes its offset inside the report's period (summer time) has another offset
+    on later days: the name is what holds for every row, the offset is a reader's help.
+    """
+    offset = datetime(day.year, day.month, day.day, tzinfo=zone).utcoffset() or timedelta(0)
+    minutes = round(offset.total_seconds() / 60)
+    hours, rest = divmod(abs(minutes), 60)
+    return f"{zone.key}, UTC{'-' if minutes < 0 else '+'}{hours:02d}:{rest:02d}"
+
+
+def csv_headers(lang: str, zone: ZoneInfo, first: date) -> tuple[str, ...]:
+    """The headers, the time columns naming their zone: a CSV has no summary line to say it."""
+    label = zone_label(zone, first)
+    return tuple(
+        f"{name} ({label})" if i in TIME_COLUMNS else name for i, name in enumerate(HEADERS[lang])
+    )
+
+
+def write_csv(
+    out: TextIO, found: Iterable[ReportRow], zone: ZoneInfo, lang: str, first: date
+) -> int:
     writer = csv.writer(out)
-    writer.writerow(HEADERS[lang])
+    writer.writerow(csv_headers(lang, zone, first))
     count = 0
     for row in found:
         writer.writerow(cells(row, zone, lang))
@@ -304,6 +329,7 @@ def write_csv(out: TextIO, found: Iterable[ReportRow], zone: ZoneInfo, lang: str
 
 
 def write_table(out: TextIO, found: Iterable[ReportRow], zone: ZoneInfo, lang: str) -> int:
+    """The readable table keeps its short headers: its summary on stderr names the zone."""
     lines = [HEADERS[lang]] + [cells(row, zone, lang) for row in found]
     widths = [min(40, max(len(line[i]) for line in lines)) for i in range(len(HEADERS[lang]))]
     for line in lines:
@@ -342,8 +368,10 @@ def report_command(args: argparse.Namespace) -> int:
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
         found = rows(db, zone, first, last, args.device)
-        writer = write_csv if args.csv else write_table
-        count = writer(sys.stdout, found, zone, args.lang)
+        if args.csv:
+            count = write_csv(sys.stdout, found, zone, args.lang, first)
+        else:
+            count = write_table(sys.stdout, found, zone, args.lang)
     except sqlite3.DatabaseError as exc:
         raise InputError(f"--db {path}: not a collector database ({exc})") from exc
     finally:
