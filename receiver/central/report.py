@@ -19,7 +19,7 @@ import csv
 import json
 import sqlite3
 import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final, TextIO
@@ -357,14 +357,17 @@ def report_command(args: argparse.Namespace) -> int:
     except (ZoneInfoNotFoundError, ValueError) as exc:
         raise InputError(f"--tz {args.tz!r}: not a known IANA time zone") from exc
     today = datetime.now(zone).date()
-    first = _day(args.since, "--from") if args.since else today.replace(day=1)
-    last = _day(args.until, "--to") if args.until else today
+    # The flags as typed (--from or --since, --to or --until): the messages name them so.
+    since_flag, until_flag = args.since_flag, args.until_flag
+    first = _day(args.since, since_flag) if args.since else today.replace(day=1)
+    last = _day(args.until, until_flag) if args.until else today
     if last < first and not args.until:
         raise InputError(
-            f"--from {first} is after today ({today}), the last day when --to is not given"
+            f"{since_flag} {first} is after today ({today}), the last day when --to/--until "
+            "is not given"
         )
     if last < first:
-        raise InputError(f"--to {last} is before --from {first}")
+        raise InputError(f"{until_flag} {last} is before {since_flag} {first}")
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
         found = rows(db, zone, first, last, args.device)
@@ -411,6 +414,21 @@ def _devices(db: sqlite3.Connection) -> list[str]:
     return [device for (device,) in found]
 
 
+class _DayFlag(argparse.Action):
+    """Stores the day, and the flag it came with (``--from`` or ``--since``) for the messages."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[Any] | None,
+        option_string: str | None = None,
+    ) -> None:
+        setattr(namespace, self.dest, values)
+        if option_string is not None:
+            setattr(namespace, f"{self.dest}_flag", option_string)
+
+
 def add_parser(sub: Any) -> None:
     report = sub.add_parser(
         "proof",
@@ -420,14 +438,25 @@ def add_parser(sub: Any) -> None:
         "for their state).",
     )
     report.add_argument("--db", required=True, help="the collector's SQLite file")
+    # --since/--until as well: what operators used to journalctl type.
     report.add_argument(
-        "--from", dest="since", metavar="DAY", help="first local day, YYYY-MM-DD (default: 1st)"
+        "--from",
+        "--since",
+        dest="since",
+        action=_DayFlag,
+        metavar="DAY",
+        help="first local day, YYYY-MM-DD (default: 1st)",
     )
     report.add_argument(
-        "--to", dest="until", metavar="DAY", help="last local day, YYYY-MM-DD (default: today)"
+        "--to",
+        "--until",
+        dest="until",
+        action=_DayFlag,
+        metavar="DAY",
+        help="last local day, YYYY-MM-DD (default: today)",
     )
     report.add_argument("--device", help="one device only")
     report.add_argument("--tz", default="Asia/Ho_Chi_Minh", help="local time zone of the report")
     report.add_argument("--csv", action="store_true", help="CSV instead of a table")
     report.add_argument("--lang", choices=sorted(HEADERS), default="en", help="header language")
-    report.set_defaults(func=report_command)
+    report.set_defaults(func=report_command, since_flag="--from", until_flag="--to")

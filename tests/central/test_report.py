@@ -334,3 +334,45 @@ def test_the_header_gives_the_offset_of_the_first_day(
     assert main([*argv, "--tz", "Europe/Berlin", "--csv"]) == 0
     header = next(csv.reader(io.StringIO(capsys.readouterr().out)))
     assert header[4] == "Planned (Europe/Berlin, UTC+01:00)"
+
+
+def test_since_and_until_are_from_and_to(
+    collected: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Operators used to journalctl type ``--since``/``--until``: it was a usage error."""
+    base = ["report", "--db", str(collected), "--csv"]
+    assert main([*base, "--from", "2026-03-02", "--to", "2026-03-02"]) == 0
+    expected = capsys.readouterr().out
+    assert len(expected.splitlines()) == 6
+    assert main([*base, "--since", "2026-03-02", "--until", "2026-03-02"]) == 0
+    assert capsys.readouterr().out == expected
+    assert main([*base, "--since=2026-03-02", "--to", "2026-03-02"]) == 0
+    assert capsys.readouterr().out == expected
+
+
+def test_a_message_names_the_flag_the_operator_typed(
+    collected: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = ["report", "--db", str(collected)]
+    assert main([*base, "--since", "2 March"]) == 2
+    assert "receiver-admin: --since '2 March': give a date YYYY-MM-DD" in capsys.readouterr().err
+    assert main([*base, "--from", "2026-03-02", "--until", "March"]) == 2
+    assert "receiver-admin: --until 'March': give a date YYYY-MM-DD" in capsys.readouterr().err
+    assert main([*base, "--since", "2026-03-02", "--until", "2026-03-01"]) == 2
+    assert "--until 2026-03-01 is before --since 2026-03-02" in capsys.readouterr().err
+    assert main([*base, "--from", "2026-03-02", "--until", "2026-03-01"]) == 2
+    assert "--until 2026-03-01 is before --from 2026-03-02" in capsys.readouterr().err
+    ahead = (datetime.now(HCM) + timedelta(days=3)).date()
+    assert main([*base, "--since", ahead.isoformat()]) == 2
+    err = capsys.readouterr().err
+    assert f"--since {ahead} is after today" in err
+    assert "when --to/--until is not given" in err
+
+
+def test_the_help_shows_both_names(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["report", "--db", "x.db", "--help"])
+    assert exit_.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--from DAY, --since DAY first local day" in out
+    assert "--to DAY, --until DAY last local day" in out
