@@ -6,7 +6,9 @@ entry it belongs to), the planned start (a schedule occurrence's; a command has 
 actual start, the duration until the item's end event, and how it ended (finished, stopped,
 preempted, failed with the reason). Refused commands and failures without a start are rows too,
 and so is every period the device was offline. As CSV (``--csv``) or a readable table; the
-headers in English or Vietnamese (``--lang vi``).
+headers in English or Vietnamese (``--lang vi``). The CSV's two time columns name their zone in
+their headers (``Planned (Asia/Ho_Chi_Minh, UTC+07:00)``): the file is what a province archives
+and an auditor reads, without the summary the table prints on stderr.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import csv
 import json
 import sqlite3
 import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final, TextIO
@@ -52,6 +54,7 @@ HEADERS: Final = {
         "Lý do",
     ),
 }
+TIME_COLUMNS: Final = (4, 5)  # Planned, Started: local clock times, in the report's zone
 SUMMARY: Final = {
     "en": "{count} rows, {first} to {last}, times in {tz}",
     "vi": "{count} dòng, từ {first} đến {last}, giờ theo {tz}",
@@ -293,9 +296,31 @@ def cells(row: ReportRow, zone: ZoneInfo, lang: str) -> tuple[str, ...]:
     )
 
 
-def write_csv(out: TextIO, found: Iterable[ReportRow], zone: ZoneInfo, lang: str) -> int:
+def zone_label(zone: ZoneInfo, day: date) -> str:
+    """``Asia/Ho_Chi_Minh, UTC+07:00``: the zone's name and its offset at the start of ``day``.
+
+    A zone that changes its offset inside the report's period (summer time) has another offset
+    on later days: the name is what holds for every row, the offset is a reader's help.
+    """
+    offset = datetime(day.year, day.month, day.day, tzinfo=zone).utcoffset() or timedelta(0)
+    minutes = round(offset.total_seconds() / 60)
+    hours, rest = divmod(abs(minutes), 60)
+    return f"{zone.key}, UTC{'-' if minutes < 0 else '+'}{hours:02d}:{rest:02d}"
+
+
+def csv_headers(lang: str, zone: ZoneInfo, first: date) -> tuple[str, ...]:
+    """The headers, the time columns naming their zone: a CSV has no summary line to say it."""
+    label = zone_label(zone, first)
+    return tuple(
+        f"{name} ({label})" if i in TIME_COLUMNS else name for i, name in enumerate(HEADERS[lang])
+    )
+
+
+def write_csv(
+    out: TextIO, found: Iterable[ReportRow], zone: ZoneInfo, lang: str, first: date
+) -> int:
     writer = csv.writer(out)
-    writer.writerow(HEADERS[lang])
+    writer.writerow(csv_headers(lang, zone, first))
     count = 0
     for row in found:
         writer.writerow(cells(row, zone, lang))
@@ -304,6 +329,7 @@ def write_csv(out: TextIO, found: Iterable[ReportRow], zone: ZoneInfo, lang: str
 
 
 def write_table(out: TextIO, found: Iterable[ReportRow], zone: ZoneInfo, lang: str) -> int:
+    """The readable table keeps its short headers: its summary on stderr names the zone."""
     lines = [HEADERS[lang]] + [cells(row, zone, lang) for row in found]
     widths = [min(40, max(len(line[i]) for line in lines)) for i in range(len(HEADERS[lang]))]
     for line in lines:
@@ -331,19 +357,24 @@ def report_command(args: argparse.Namespace) -> int:
     except (ZoneInfoNotFoundError, ValueError) as exc:
         raise InputError(f"--tz {args.tz!r}: not a known IANA time zone") from exc
     today = datetime.now(zone).date()
-    first = _day(args.since, "--from") if args.since else today.replace(day=1)
-    last = _day(args.until, "--to") if args.until else today
+    # The flags as typed (--from or --since, --to or --until): the messages name them so.
+    since_flag, until_flag = args.since_flag, args.until_flag
+    first = _day(args.since, since_flag) if args.since else today.replace(day=1)
+    last = _day(args.until, until_flag) if args.until else today
     if last < first and not args.until:
         raise InputError(
-            f"--from {first} is after today ({today}), the last day when --to is not given"
+            f"{since_flag} {first} is after today ({today}), the last day when --to/--until "
+            "is not given"
         )
     if last < first:
-        raise InputError(f"--to {last} is before --from {first}")
+        raise InputError(f"{until_flag} {last} is before {since_flag} {first}")
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
         found = rows(db, zone, first, last, args.device)
-        writer = write_csv if args.csv else write_table
-        count = writer(sys.stdout, found, zone, args.lang)
+        if args.csv:
+            count = write_csv(sys.stdout, found, zone, args.lang, first)
+        else:
+            count = write_table(sys.stdout, found, zone, args.lang)
     except sqlite3.DatabaseError as exc:
         raise InputError(f"--db {path}: not a collector database ({exc})") from exc
     finally:
@@ -383,6 +414,21 @@ def _devices(db: sqlite3.Connection) -> list[str]:
     return [device for (device,) in found]
 
 
+class _DayFlag(argparse.Action):
+    """Stores the day, and the flag it came with (``--from`` or ``--since``) for the messages."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[Any] | None,
+        option_string: str | None = None,
+    ) -> None:
+        setattr(namespace, self.dest, values)
+        if option_string is not None:
+            setattr(namespace, f"{self.dest}_flag", option_string)
+
+
 def add_parser(sub: Any) -> None:
     report = sub.add_parser(
         "proof",
@@ -392,14 +438,25 @@ def add_parser(sub: Any) -> None:
         "for their state).",
     )
     report.add_argument("--db", required=True, help="the collector's SQLite file")
+    # --since/--until as well: what operators used to journalctl type.
     report.add_argument(
-        "--from", dest="since", metavar="DAY", help="first local day, YYYY-MM-DD (default: 1st)"
+        "--from",
+        "--since",
+        dest="since",
+        action=_DayFlag,
+        metavar="DAY",
+        help="first local day, YYYY-MM-DD (default: 1st)",
     )
     report.add_argument(
-        "--to", dest="until", metavar="DAY", help="last local day, YYYY-MM-DD (default: today)"
+        "--to",
+        "--until",
+        dest="until",
+        action=_DayFlag,
+        metavar="DAY",
+        help="last local day, YYYY-MM-DD (default: today)",
     )
     report.add_argument("--device", help="one device only")
     report.add_argument("--tz", default="Asia/Ho_Chi_Minh", help="local time zone of the report")
     report.add_argument("--csv", action="store_true", help="CSV instead of a table")
     report.add_argument("--lang", choices=sorted(HEADERS), default="en", help="header language")
-    report.set_defaults(func=report_command)
+    report.set_defaults(func=report_command, since_flag="--from", until_flag="--to")

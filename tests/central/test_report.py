@@ -168,8 +168,8 @@ def test_csv_with_vietnamese_headers(collected: Path, capsys: pytest.CaptureFixt
         "Ngày",
         "Nội dung",
         "Mức ưu tiên",
-        "Giờ dự kiến",
-        "Giờ phát",
+        "Giờ dự kiến (Asia/Ho_Chi_Minh, UTC+07:00)",
+        "Giờ phát (Asia/Ho_Chi_Minh, UTC+07:00)",
         "Thời lượng",
         "Kết quả",
         "Lý do",
@@ -302,3 +302,77 @@ def test_a_first_day_after_today_does_not_blame_a_to_not_given(
     err = capsys.readouterr().err
     assert "is before --from" not in err
     assert f"--from {ahead} is after today" in err
+
+
+@pytest.mark.parametrize(
+    ("tz", "label", "started"),
+    [
+        ("Asia/Ho_Chi_Minh", "Asia/Ho_Chi_Minh, UTC+07:00", "06:30:02"),
+        ("UTC", "UTC, UTC+00:00", "23:30:02"),
+        ("America/St_Johns", "America/St_Johns, UTC-03:30", "20:00:02"),
+    ],
+)
+def test_the_csv_says_in_its_header_which_zone_its_times_are_in(
+    collected: Path, capsys: pytest.CaptureFixture[str], tz: str, label: str, started: str
+) -> None:
+    """The CSV gave local times without their zone: only the table's summary, on stderr, named
+    it, and stderr is not in the file a province archives."""
+    argv = ["report", "--db", str(collected), "--from", "2026-03-01", "--to", "2026-03-02"]
+    assert main([*argv, "--tz", tz, "--csv"]) == 0
+    table = list(csv.reader(io.StringIO(capsys.readouterr().out)))
+    assert table[0][4:6] == [f"Planned ({label})", f"Started ({label})"]
+    news = next(row for row in table[1:] if row[2] == "Bản tin sáng")
+    assert news[5] == started
+
+
+def test_the_header_gives_the_offset_of_the_first_day(
+    collected: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Berlin is UTC+01:00 on 1 March 2026 and UTC+02:00 from the 29th: the first day's offset,
+    the zone's name for the rest."""
+    argv = ["report", "--db", str(collected), "--from", "2026-03-01", "--to", "2026-04-30"]
+    assert main([*argv, "--tz", "Europe/Berlin", "--csv"]) == 0
+    header = next(csv.reader(io.StringIO(capsys.readouterr().out)))
+    assert header[4] == "Planned (Europe/Berlin, UTC+01:00)"
+
+
+def test_since_and_until_are_from_and_to(
+    collected: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Operators used to journalctl type ``--since``/``--until``: it was a usage error."""
+    base = ["report", "--db", str(collected), "--csv"]
+    assert main([*base, "--from", "2026-03-02", "--to", "2026-03-02"]) == 0
+    expected = capsys.readouterr().out
+    assert len(expected.splitlines()) == 6
+    assert main([*base, "--since", "2026-03-02", "--until", "2026-03-02"]) == 0
+    assert capsys.readouterr().out == expected
+    assert main([*base, "--since=2026-03-02", "--to", "2026-03-02"]) == 0
+    assert capsys.readouterr().out == expected
+
+
+def test_a_message_names_the_flag_the_operator_typed(
+    collected: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = ["report", "--db", str(collected)]
+    assert main([*base, "--since", "2 March"]) == 2
+    assert "receiver-admin: --since '2 March': give a date YYYY-MM-DD" in capsys.readouterr().err
+    assert main([*base, "--from", "2026-03-02", "--until", "March"]) == 2
+    assert "receiver-admin: --until 'March': give a date YYYY-MM-DD" in capsys.readouterr().err
+    assert main([*base, "--since", "2026-03-02", "--until", "2026-03-01"]) == 2
+    assert "--until 2026-03-01 is before --since 2026-03-02" in capsys.readouterr().err
+    assert main([*base, "--from", "2026-03-02", "--until", "2026-03-01"]) == 2
+    assert "--until 2026-03-01 is before --from 2026-03-02" in capsys.readouterr().err
+    ahead = (datetime.now(HCM) + timedelta(days=3)).date()
+    assert main([*base, "--since", ahead.isoformat()]) == 2
+    err = capsys.readouterr().err
+    assert f"--since {ahead} is after today" in err
+    assert "when --to/--until is not given" in err
+
+
+def test_the_help_shows_both_names(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["report", "--db", "x.db", "--help"])
+    assert exit_.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--from DAY, --since DAY first local day" in out
+    assert "--to DAY, --until DAY last local day" in out
