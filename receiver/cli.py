@@ -36,8 +36,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from receiver import __version__, logs  # first: logs sets up what structlog may import
 from receiver.config_model import Config, GpioConfig
 from receiver.errors import ConfigError
+from receiver.i18n import forget_catalog, tolerant_output
 from receiver.i18n import gettext_ as _
-from receiver.i18n import tolerant_output
 
 if TYPE_CHECKING:
     import argparse
@@ -209,9 +209,12 @@ def _forget_config_rules(wanted: bool) -> None:
     """The daemon runs for months with the config it has read: the rules that read and checked
     it (about 0.2 MiB) are forgotten before the runtime is imported, whose modules then reuse
     that memory. The rare path of :func:`cmd_run` that needs them again loads them again.
+    So is the language's catalog, and gettext with it: the daemon has no message left to
+    translate once the start-up's warnings are logged.
     (``wanted`` is false when something else had imported them: a test runner calling main().)"""
     if not wanted:
         return
+    forget_catalog()
     sys.modules.pop(CONFIG_RULES, None)
     with contextlib.suppress(AttributeError):
         delattr(sys.modules["receiver"], "config")

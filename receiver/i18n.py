@@ -26,6 +26,7 @@ __all__ = [
     "LOCALE_DIR",
     "compile_po",
     "compiled_catalog",
+    "forget_catalog",
     "gettext_",
     "read_po",
     "tolerant_output",
@@ -95,6 +96,13 @@ def _source_catalog(languages: list[str]) -> Path | None:
         if path.is_file():
             return path
     return None
+
+
+def forget_catalog() -> None:
+    """Let go of the language's catalog and of gettext: the daemon, once its start-up warnings
+    are logged, has no message left to translate (one that comes loads them again)."""
+    _translations.cache_clear()
+    sys.modules.pop("gettext", None)
 
 
 def gettext_(message: str) -> str:
