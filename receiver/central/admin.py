@@ -63,7 +63,7 @@ from receiver.central.inputs import (
     why,
 )
 from receiver.central.received import DeviceMessage, device_topics, parse_device_message
-from receiver.central.reports import message_text, verifier_for
+from receiver.central.reports import Registry, ReportVerifier, message_text, verifier_for
 from receiver.central.signing import SigningKey, command_payload, sign_command
 from receiver.core import reasons, vocabulary
 from receiver.core.commands import parse_time
@@ -218,6 +218,8 @@ def _refuse_an_unlikely_start(start_at: str, now: float) -> None:
 
 def _sign_and_send(args: argparse.Namespace) -> int:
     kind = "play" if args.command == "stream" else args.command
+    # A registry that cannot be read is refused before anything is signed or sent, as fleet does.
+    registry = None if args.registry is None else Registry.load(Path(args.registry))
     if args.ttl <= 0:
         raise InputError(f"--ttl {args.ttl:g}: a command needs a positive lifetime (seconds)")
     payload = command_payload(
@@ -245,25 +247,35 @@ def _sign_and_send(args: argparse.Namespace) -> int:
     # boards do not know, or without the role or the scope, is refused by every one of them.
     admin_documents.refuse_if_unauthorized(args, topics[0], envelope, payload)
     if args.topic is None:
-        _warn_of_unknown_devices(args)
+        _warn_of_unknown_devices(args, registry)
     for topic in topics:
         # The broker drops the command once it expires, so a device that was offline never
         # gets a stale backlog (the device refuses expired commands anyway).
         publish(args, topic, envelope, retain=False, expiry_s=int(args.ttl))
         print(f"sent {payload['type']} {payload['id']} (seq {payload['seq']}) to {topic}")
     if args.topic is None:
-        _warn_of_unknown_groups(args)  # once it is sent: a refused publish says enough
+        _warn_of_unknown_groups(args, registry)  # once sent: a refused publish says enough
     return EXIT_OK
 
 
-def _warn_of_unknown_devices(args: argparse.Namespace) -> None:
+def _warn_of_unknown_devices(args: argparse.Namespace, registry: Registry | None) -> None:
     """A ``dev:`` audience whose device never left a state on this broker is most often a
-    mistyped id: say so (the command still goes: a board being installed has no state yet)."""
+    mistyped id: say so (the command still goes: a board being installed has no state yet).
+    With a ``registry``, a state its device did not sign counts as none: anyone the ACL lets
+    write the topic could have left it under the mistyped id."""
     options = BrokerOptions.from_args(args)
     for audience in args.aud:
         kind, _, device = audience.partition(":")
+        if kind != "dev":
+            continue
         state_topic = device_topics(args.prefix, device)[0]
-        if kind == "dev" and admin_documents.retained_payload_raw(options, state_topic) is None:
+        state = admin_documents.retained_payload_raw(options, state_topic)
+        unverified = (
+            state is not None
+            and registry is not None
+            and not ReportVerifier(registry).check(state_topic, state).trusted
+        )
+        if state is None:
             who = f"user {args.username!r}" if args.username else "an anonymous client"
             print(
                 f"receiver-admin: warning: no device {device} has left a state on "
@@ -271,26 +283,38 @@ def _warn_of_unknown_devices(args: argparse.Namespace) -> None:
                 f"it from {who}); sending anyway, a board that never connected will not get it",
                 file=sys.stderr,
             )
+        elif unverified:
+            print(
+                f"receiver-admin: warning: no device {device} has left a verified state on "
+                f"{options.where} ({state_topic}): is the id right? {fleet.set_aside(1)}; "
+                "sending anyway, a board that never connected will not get it",
+                file=sys.stderr,
+            )
 
 
-def _warn_of_unknown_groups(args: argparse.Namespace) -> None:
+def _warn_of_unknown_groups(args: argparse.Namespace, registry: Registry | None) -> None:
     """A ``grp:`` audience that no device's retained state lists is most often a mistyped
-    group: say so, with the closest names seen (the command still goes)."""
+    group: say so, with the closest names seen (the command still goes). With a ``registry``
+    only the states their devices signed are judged by."""
     groups = [a.partition(":")[2] for a in args.aud if a.startswith("grp:")]
     if not groups:
         return
     options = BrokerOptions.from_args(args)
+    verifier = None if registry is None else ReportVerifier(registry)
     try:
-        rows = _retained_states(options, args.prefix)
+        rows = _retained_states(options, args.prefix, verifier)
     except BrokerError:
         return  # only a check: the publish that follows names what is wrong with the broker
     who = f"user {args.username!r}" if args.username else "an anonymous client"
-    for group in dict.fromkeys(groups):
-        warning = fleet.unknown_group_warning(
-            group, rows.values(), where=options.where, states=device_topics(args.prefix)[0], who=who
-        )
-        if warning is not None:
-            print(f"receiver-admin: warning: {warning}", file=sys.stderr)
+    for warning in fleet.unknown_group_warnings(
+        groups,
+        rows.values(),
+        where=options.where,
+        states=device_topics(args.prefix)[0],
+        who=who,
+        verified=registry is not None,
+    ):
+        print(f"receiver-admin: warning: {warning}", file=sys.stderr)
 
 
 def publish(
@@ -512,12 +536,15 @@ def _collect_states(
             rows.pop(message.device, None)  # the retained state was cleared
 
 
-def _retained_states(options: BrokerOptions, prefix: str) -> dict[str, fleet.DeviceRow]:
-    """Every device's retained state, as ``fleet`` reads them (bounded by the broker timeout)."""
+def _retained_states(
+    options: BrokerOptions, prefix: str, verifier: ReportVerifier | None = None
+) -> dict[str, fleet.DeviceRow]:
+    """Every device's retained state, as ``fleet`` reads them (bounded by the broker timeout),
+    each with its verdict when a ``verifier`` judges them."""
     arrivals: queue.Queue[Arrival] = queue.Queue()
 
     def arrived(msg: Any) -> None:
-        parsed = parse_device_message(msg.topic, bytes(msg.payload), None)
+        parsed = parse_device_message(msg.topic, bytes(msg.payload), verifier)
         if parsed is not None and msg.retain:
             arrivals.put((parsed, True, time.time()))
 
@@ -597,6 +624,10 @@ def _add_command_parsers(sub: Any) -> None:
         cmd.add_argument("--seq", type=int, help="sequence number (default: UTC milliseconds)")
         cmd.add_argument("--ttl", type=number, default=300.0, help="seconds until it expires")
         cmd.add_argument("--topic", help="publish here instead of each audience's topic")
+        cmd.add_argument(
+            "--registry",
+            help="enrolled device keys: warn of a grp:/dev: audience by the states they signed",
+        )
         _broker_options(cmd, required=False)
         if name in ("play", "stream"):
             cmd.add_argument("--url", required=True)

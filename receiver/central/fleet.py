@@ -119,24 +119,77 @@ class Filters:
         return not (self.pending_outbox and row.number("outbox", "pending") == 0)
 
 
+#: Said once with the audience warnings that judged by states no registry checked: anyone the
+#: broker's ACL lets write a device's state topic can hide a warning or offer a decoy group.
+UNVERIFIED_NOTE: Final = "judged by unverified states (--registry FILE checks their signatures)"
+
+
+def set_aside(count: int) -> str:
+    """The clause saying how many states a registry did not vouch for."""
+    return f"{count} state{'' if count == 1 else 's'} set aside as unverified"
+
+
 def unknown_group_warning(
-    group: str, rows: Iterable[DeviceRow], *, where: str, states: str, who: str
+    group: str,
+    rows: Iterable[DeviceRow],
+    *,
+    where: str,
+    states: str,
+    who: str,
+    verified: bool = False,
 ) -> str | None:
     """What to say of a ``grp:`` audience no device's state lists (None: one lists it).
 
     A mistyped group is sent to a topic no board listens on; the closest group names the
     states list are offered. The command is sent anyway (a group being set up has no member
     yet), so this is a warning, and it says what it could not see: an offline device's state
-    lists no group, and a broker's ACL hides states without a word.
+    lists no group, and a broker's ACL hides states without a word. ``verified``: the rows were
+    judged against the device registry, and only the states their device signed count; the
+    others neither list the group nor offer names (a forged state could do either).
     """
     every = list(rows)
+    trusted = [row for row in every if row.verdict == "signed"] if verified else every
+    aside = len(every) - len(trusted)
     if not every:
         return (
             f"no device has left a state on {where} ({states}), so none lists group {group}: "
             f"is the group right? (or the broker's ACL hides them from {who}); sent all the same"
         )
-    line = unlisted_group(group, every, subject=f"no device on {where}")
-    return None if line is None else line + "; sent all the same"
+    if not trusted:
+        return (
+            f"no device on {where} lists group {group} in a verified state: is the group "
+            f"right? {set_aside(aside)}; sent all the same"
+        )
+    line = unlisted_group(group, trusted, subject=f"no device on {where}")
+    if line is None:
+        return None
+    if aside:
+        line += f"; {set_aside(aside)}"
+    return line + "; sent all the same"
+
+
+def unknown_group_warnings(
+    groups: Iterable[str],
+    rows: Iterable[DeviceRow],
+    *,
+    where: str,
+    states: str,
+    who: str,
+    verified: bool = False,
+) -> list[str]:
+    """:func:`unknown_group_warning` for each group once; without ``verified``, the first that
+    judged by states says, once, that they were not checked (none at all: nothing to check)."""
+    every = list(rows)
+    lines = []
+    for group in dict.fromkeys(groups):
+        line = unknown_group_warning(
+            group, every, where=where, states=states, who=who, verified=verified
+        )
+        if line is not None:
+            lines.append(line)
+    if lines and every and not verified:
+        lines[0] += f"; {UNVERIFIED_NOTE}"
+    return lines
 
 
 def unlisted_group(
