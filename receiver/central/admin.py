@@ -479,7 +479,12 @@ def _fleet(args: argparse.Namespace) -> int:
             sys.stdout.flush()
 
     def unlisted_group() -> str | None:
-        return None if args.group is None else fleet.unlisted_group(args.group, rows.values())
+        if args.group is None:
+            return None
+        # With the registry, only the states their device signed judge a mistyped group: a
+        # forged one could list it (an empty group passes for a real one) or offer a decoy.
+        judged = [r for r in rows.values() if args.registry is None or r.verdict == "signed"]
+        return fleet.unlisted_group(args.group, judged)
 
     try:
         if not args.watch:

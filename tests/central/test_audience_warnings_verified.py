@@ -217,3 +217,27 @@ def test_without_the_registry_the_warning_says_once_its_states_were_not_verified
     assert "did you mean commune-25-07873?" in warned[0]
     assert err.count("--registry") == 1
     assert "unverified" in warned[0] and "--registry" in warned[0]
+
+
+def test_fleet_group_with_the_registry_judges_a_mistyped_group_by_signed_states(
+    secured: Secured,
+    keys: dict[str, DeviceKey],
+    registry: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``fleet --group`` with a mistyped group exits 1 and names the close group; a forged
+    state listing the mistyped group kept it quiet (exit 0, its row as if the group had a
+    board), and one listing a decoy had the decoy offered, even with ``--registry``."""
+    _leave(
+        secured,
+        {
+            "loa-001": _signed(keys["loa-001"], ["commune-25-07873"]),
+            "loa-002": _forged("loa-002", ["commune-25-0787", "commune-25-07870"]),
+        },
+    )
+    argv = ["fleet", "--timeout", "3", "--group", "commune-25-0787", *secured.login()]
+
+    assert main([*argv, "--registry", str(registry)]) == 1
+    err = capsys.readouterr().err
+    assert "lists group commune-25-0787; did you mean commune-25-07873?" in err, err
+    assert "commune-25-07870" not in err
