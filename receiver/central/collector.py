@@ -387,9 +387,11 @@ def collect_command(args: argparse.Namespace) -> int:
         )
     if path.exists() and not os.access(path, os.W_OK):
         raise InputError(f"--db {path}: this user may not write it (its permissions or owner)")
+    # Before the database is made: a refused registry leaves no empty database behind.
+    verifier = verifier_for(args.registry)
     lock = _only_collector(path)
     try:
-        return _collect(args, path)
+        return _collect(args, path, verifier)
     finally:
         os.close(lock)  # after the database is closed: SQLite's own locks are on other handles
 
@@ -417,16 +419,14 @@ def _only_collector(path: Path) -> int:
     return lock
 
 
-def _collect(args: argparse.Namespace, path: Path) -> int:
+def _collect(args: argparse.Namespace, path: Path, verifier: ReportVerifier) -> int:
     try:
         db = open_database(path)
     except DatabaseRefusedError as exc:
         raise InputError(f"--db {args.db}: {exc}") from exc
     except sqlite3.Error as exc:
         raise InputError(f"--db {args.db}: cannot open it as a database ({exc})") from exc
-    collector = Collector(
-        db, BrokerOptions.from_args(args), args.prefix, args.client_id, verifier_for(args.registry)
-    )
+    collector = Collector(db, BrokerOptions.from_args(args), args.prefix, args.client_id, verifier)
     stopping: list[int] = []
 
     def stop(signum: int, _frame: FrameType | None) -> None:

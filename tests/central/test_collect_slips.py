@@ -238,3 +238,22 @@ def test_fleet_with_a_group_no_device_lists_says_so(
     assert "commune-25-0787" in err and "did you mean commune-25-07873?" in err
     assert main(["fleet", "--timeout", "3", "--group", "commune-25-07873", *secured.login()]) == 0
     assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("registry_text", [None, "not a receiver enroll line\n"])
+def test_a_bad_registry_is_refused_before_the_database_is_made(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], registry_text: str | None
+) -> None:
+    """``collect --db NEW.db --registry BAD`` made NEW.db (and its -wal and -shm) before it
+    refused the registry: a refused run left an empty database behind."""
+    registry = tmp_path / "devices.jsonl"
+    if registry_text is not None:
+        registry.write_text(registry_text)
+    database = tmp_path / "events.db"
+    argv = ["--registry", str(registry), "--host", "127.0.0.1", "--port", "1", "--duration", "0.2"]
+    assert main(["collect", "--db", str(database), *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("receiver-admin: ") and str(registry) in err, err
+    assert err.count("\n") == 1, err
+    assert not database.exists()
+    assert sorted(tmp_path.iterdir()) == ([registry] if registry_text is not None else [])
