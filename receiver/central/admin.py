@@ -379,8 +379,15 @@ def _watch(args: argparse.Namespace) -> int:
     heard = False
     try:
         while deadline is None or time.monotonic() < deadline:
-            if connection.connected != was_connected:
-                was_connected = connection.connected
+            connected = connection.connected
+            if connection.taken_over:  # it does not reconnect: "reconnecting" would be untrue
+                raise InputError(
+                    f"watch: another client took session {args.client_id!r} on "
+                    f"{connection.options.where} (a second watch with the same --client-id?); "
+                    "each watch needs its own --client-id"
+                )
+            if connected != was_connected:
+                was_connected = connected
                 note = "reconnected" if was_connected else "connection lost; reconnecting"
                 print(f"# {note} ({connection.options.where})", file=sys.stderr, flush=True)
             try:

@@ -5,7 +5,9 @@ refused, no answer in time, an ACL refusing a publish or a subscription) becomes
 :class:`BrokerError` whose message says the cause and what to check; ``receiver-admin`` prints
 it on one line and exits with :data:`EXIT_BROKER`. paho's own network loop keeps a long-lived
 connection (``watch``, ``collect``, ``fleet --watch``) reconnecting after a broker restart;
-:class:`Connection` subscribes again on every reconnect.
+:class:`Connection` subscribes again on every reconnect. It does not reconnect once the broker
+dropped it because another client connected with its client id ("Session taken over"): coming
+back would take the session from that one, which would come back in turn, for ever.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ EXIT_BROKER: Final = 3  # the broker: unreachable, TLS, login, timeout, ACL, not
 
 DEFAULT_TIMEOUT_S: Final = 10.0
 SESSION_EXPIRY_S: Final = 7 * 86400  # a collector's queued events survive a week away
+SESSION_TAKEN_OVER: Final = 0x8E  # MQTT 5: the broker dropped us for a client of the same id
 
 
 class BrokerError(Exception):
@@ -147,6 +150,7 @@ class Connection:
         self.subscriptions = tuple(subscriptions)
         self._on_message = on_message
         self._connected = threading.Event()
+        self._taken_over = threading.Event()
         self._first_connack = threading.Event()
         self._refused: str | None = None
         self._subscribed = threading.Event()
@@ -246,12 +250,18 @@ class Connection:
 
     def _handle_disconnect(
         self,
-        _client: mqtt.Client,
+        client: mqtt.Client,
         _userdata: object,
         _flags: mqtt.DisconnectFlags,
-        _reason_code: ReasonCode,
+        reason_code: ReasonCode,
         _properties: Properties | None,
     ) -> None:
+        if reason_code.value == SESSION_TAKEN_OVER:
+            # Another client of this id holds the session now; paho would reconnect and take
+            # it back. disconnect() ends paho's loop instead; the caller sees ``taken_over``
+            # (set before ``connected`` clears: a caller that saw the loss sees why).
+            self._taken_over.set()
+            client.disconnect()
         self._connected.clear()
 
     def _handle_subscribe(
@@ -294,6 +304,11 @@ class Connection:
     @property
     def connected(self) -> bool:
         return self._connected.is_set()
+
+    @property
+    def taken_over(self) -> bool:
+        """The broker dropped this client for another of the same client id; it stays away."""
+        return self._taken_over.is_set()
 
     def wait_subscribed(self) -> None:
         if not self._subscribed.wait(self.options.timeout_s):

@@ -387,9 +387,11 @@ def collect_command(args: argparse.Namespace) -> int:
         )
     if path.exists() and not os.access(path, os.W_OK):
         raise InputError(f"--db {path}: this user may not write it (its permissions or owner)")
+    # Before the database is made: a refused registry leaves no empty database behind.
+    verifier = verifier_for(args.registry)
     lock = _only_collector(path)
     try:
-        return _collect(args, path)
+        return _collect(args, path, verifier)
     finally:
         os.close(lock)  # after the database is closed: SQLite's own locks are on other handles
 
@@ -417,16 +419,15 @@ def _only_collector(path: Path) -> int:
     return lock
 
 
-def _collect(args: argparse.Namespace, path: Path) -> int:
+def _collect(args: argparse.Namespace, path: Path, verifier: ReportVerifier) -> int:
     try:
         db = open_database(path)
     except DatabaseRefusedError as exc:
         raise InputError(f"--db {args.db}: {exc}") from exc
     except sqlite3.Error as exc:
         raise InputError(f"--db {args.db}: cannot open it as a database ({exc})") from exc
-    collector = Collector(
-        db, BrokerOptions.from_args(args), args.prefix, args.client_id, verifier_for(args.registry)
-    )
+    options = BrokerOptions.from_args(args)
+    collector = Collector(db, options, args.prefix, args.client_id, verifier)
     stopping: list[int] = []
 
     def stop(signum: int, _frame: FrameType | None) -> None:
@@ -443,10 +444,18 @@ def _collect(args: argparse.Namespace, path: Path) -> int:
     )
     deadline = time.monotonic() + args.duration if args.duration else None
     failed: sqlite3.Error | None = None
+    taken = False
     try:
         while not stopping and (deadline is None or time.monotonic() < deadline):
+            # Another client took the session (a second collector of this --client-id): it gets
+            # what this one has not acknowledged; what arrived here but is not stored stays
+            # unacknowledged, so it waits on the broker for that one.
+            taken = collector.connection.taken_over
+            if taken:
+                break
             collector.turn(0.2)
-        collector.turn(0.0)
+        if not taken:
+            collector.turn(0.0)
     except sqlite3.Error as exc:
         # A batch that could not be committed was not acknowledged: the broker keeps it.
         failed = exc
@@ -462,6 +471,12 @@ def _collect(args: argparse.Namespace, path: Path) -> int:
         + (f"; {c.suspect} reports set aside (unsigned, forged or replayed)" if c.suspect else ""),
         file=sys.stderr,
     )
+    if taken:
+        raise InputError(
+            f"collect: another client took session {args.client_id!r} on {options.where} "
+            "(a second collect with the same --client-id?); each collector needs its own "
+            "--client-id"
+        )
     if failed is not None:
         raise InputError(
             f"--db {args.db}: could not write it ({failed}): is the disk full? what was not "

@@ -5,11 +5,14 @@ mistyped. Each must end in one line that says what is wrong, and lose no report.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
+import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -238,3 +241,162 @@ def test_fleet_with_a_group_no_device_lists_says_so(
     assert "commune-25-0787" in err and "did you mean commune-25-07873?" in err
     assert main(["fleet", "--timeout", "3", "--group", "commune-25-07873", *secured.login()]) == 0
     assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("registry_text", [None, "not a receiver enroll line\n"])
+def test_a_bad_registry_is_refused_before_the_database_is_made(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], registry_text: str | None
+) -> None:
+    """``collect --db NEW.db --registry BAD`` made NEW.db (and its -wal and -shm) before it
+    refused the registry: a refused run left an empty database behind."""
+    registry = tmp_path / "devices.jsonl"
+    if registry_text is not None:
+        registry.write_text(registry_text)
+    database = tmp_path / "events.db"
+    argv = ["--registry", str(registry), "--host", "127.0.0.1", "--port", "1", "--duration", "0.2"]
+    assert main(["collect", "--db", str(database), *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("receiver-admin: ") and str(registry) in err, err
+    assert err.count("\n") == 1, err
+    assert not database.exists()
+    assert sorted(tmp_path.iterdir()) == ([registry] if registry_text is not None else [])
+
+
+class TakingBroker:
+    """Just enough of an MQTT 5 broker to take a session: it accepts a client and its
+    subscriptions, then, on :meth:`take`, drops it as a broker drops a client when another
+    connects with its client id: DISCONNECT, reason 0x8E "Session taken over". (Mosquitto sends
+    that from 2.0.15; the lab's may only close the connection.) It counts the connections."""
+
+    def __init__(self) -> None:
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.connections = 0
+        self.subscribed = threading.Event()
+        self._take = threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._session, args=(client,), daemon=True).start()
+
+    def _session(self, client: socket.socket) -> None:
+        with client, contextlib.suppress(OSError, EOFError):
+            self._read(client)  # CONNECT
+            client.sendall(bytes([0x20, 3, 0, 0, 0]))  # CONNACK: accepted, no properties
+            kind, body = self._read(client)
+            assert kind >> 4 == 8, kind  # SUBSCRIBE: packet id, properties, topics
+            topics, at = 0, 2 + 1 + body[2]
+            while at < len(body):
+                at += 2 + int.from_bytes(body[at : at + 2], "big") + 1
+                topics += 1
+            suback = body[:2] + bytes([0]) + bytes([1] * topics)
+            client.sendall(bytes([0x90, len(suback)]) + suback)
+            self.subscribed.set()
+            self._take.wait(30)
+            client.sendall(bytes([0xE0, 2, 0x8E, 0]))  # DISCONNECT: Session taken over
+            time.sleep(0.5)
+
+    @staticmethod
+    def _read(client: socket.socket) -> tuple[int, bytes]:
+        def byte() -> int:
+            got = client.recv(1)
+            if not got:
+                raise EOFError
+            return got[0]
+
+        kind, length, shift = byte(), 0, 0
+        while True:
+            digit = byte()
+            length += (digit & 0x7F) << shift
+            shift += 7
+            if digit < 0x80:
+                break
+        body = b""
+        while len(body) < length:
+            more = client.recv(length - len(body))
+            if not more:
+                raise EOFError
+            body += more
+        return kind, body
+
+    def take(self) -> None:
+        self._take.set()
+
+    def close(self) -> None:
+        self.server.close()
+
+
+def _taken(argv: list[str], broker: TakingBroker) -> subprocess.CompletedProcess[str]:
+    """Runs ``receiver-admin argv`` against ``broker``, which takes its session once it has
+    subscribed; what it printed and its exit, and that it did not come back."""
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "receiver.central.admin",
+            *argv,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(broker.port),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONIOENCODING": "utf-8"},
+    )
+    try:
+        assert broker.subscribed.wait(30), "it never subscribed"
+        broker.take()
+        out, err = child.communicate(timeout=20)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.communicate()
+    time.sleep(2.5)  # paho would have reconnected within its first delay (1 s)
+    assert broker.connections == 1, "it came back for the session"
+    return subprocess.CompletedProcess(child.args, child.returncode, out, err)
+
+
+def test_a_collector_whose_session_another_client_takes_stops_and_says_so(
+    tmp_path: Path,
+) -> None:
+    """Two collectors with one --client-id on different databases (a collect command copied to
+    a second machine) took the broker's session from each other for ever: each connect made
+    the broker drop the other ("Session taken over"), which reconnected, and each stored a part
+    of the reports without a word."""
+    broker = TakingBroker()
+    try:
+        argv = ["collect", "--db", str(tmp_path / "a.db"), "--client-id", "central-collect"]
+        done = _taken(argv, broker)
+    finally:
+        broker.close()
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert done.stderr.splitlines()[-1] == (
+        "receiver-admin: collect: another client took session 'central-collect' on "
+        f"127.0.0.1:{broker.port} (a second collect with the same --client-id?); each collector"
+        " needs its own --client-id"
+    ), done.stderr
+
+
+def test_a_watch_whose_session_another_client_takes_stops_and_says_so() -> None:
+    """``watch --client-id`` keeps a session too: two of one id took it from each other for
+    ever, each printing a part of the reports."""
+    broker = TakingBroker()
+    try:
+        done = _taken(["watch", "--device", "loa-001", "--client-id", "desk-1"], broker)
+    finally:
+        broker.close()
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.splitlines() == [
+        f"receiver-admin: watch: another client took session 'desk-1' on 127.0.0.1:{broker.port}"
+        " (a second watch with the same --client-id?); each watch needs its own --client-id"
+    ], done.stderr
