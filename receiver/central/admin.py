@@ -386,6 +386,18 @@ def _watch(args: argparse.Namespace) -> int:
                     f"{connection.options.where} (a second watch with the same --client-id?); "
                     "each watch needs its own --client-id"
                 )
+            # A broker that does not say so (Mosquitto before 2.0.15) only closes the session
+            # each time the other takes it. A flaky network looks alike: warn, once, go on.
+            # Without --client-id its id is random: it shares no session.
+            if args.client_id and (short_lived := connection.kept_closing()):
+                print(
+                    f"receiver-admin: warning: watch: the broker at {connection.options.where} "
+                    f"keeps closing session {args.client_id!r} right after it connects "
+                    f"({short_lived} times): is a second watch running with the same "
+                    "--client-id? each watch needs its own",
+                    file=sys.stderr,
+                    flush=True,
+                )
             if connected != was_connected:
                 was_connected = connected
                 note = "reconnected" if was_connected else "connection lost; reconnecting"

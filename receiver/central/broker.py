@@ -7,7 +7,10 @@ it on one line and exits with :data:`EXIT_BROKER`. paho's own network loop keeps
 connection (``watch``, ``collect``, ``fleet --watch``) reconnecting after a broker restart;
 :class:`Connection` subscribes again on every reconnect. It does not reconnect once the broker
 dropped it because another client connected with its client id ("Session taken over"): coming
-back would take the session from that one, which would come back in turn, for ever.
+back would take the session from that one, which would come back in turn, for ever. A broker
+that only closes the older connection (Mosquitto before 2.0.15) cannot be told from a network
+that keeps dropping: :class:`Connection` counts the connections that end right after they began
+(:meth:`Connection.kept_closing`), for its caller to warn.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import argparse
 import socket
 import ssl
 import threading
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -39,6 +43,39 @@ EXIT_BROKER: Final = 3  # the broker: unreachable, TLS, login, timeout, ACL, not
 DEFAULT_TIMEOUT_S: Final = 10.0
 SESSION_EXPIRY_S: Final = 7 * 86400  # a collector's queued events survive a week away
 SESSION_TAKEN_OVER: Final = 0x8E  # MQTT 5: the broker dropped us for a client of the same id
+# Two clients of one id on a broker that just closes the older connection take the session from
+# each other at every reconnect: each connection ends about one reconnect delay (1 s, paho's
+# backoff starting again at each CONNACK) after its CONNACK. A broker restart or a dropped link
+# ends a connection once, and mostly one that had been up for longer than this.
+SHORT_LIVED_S: Final = 10.0
+SHORT_LIVED_WARN: Final = 3  # so many short-lived connections in a row: say a second client?
+
+
+class ShortLived:
+    """Counts the connections in a row that ended, not by this client, within
+    :data:`SHORT_LIVED_S` of their CONNACK; one that lasted longer starts the count again."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._since: float | None = None  # the CONNACK of the connection that is up
+        self._told = False
+
+    def connected(self, now: float) -> None:
+        self._since = now
+
+    def disconnected(self, now: float, *, clean: bool) -> None:
+        since, self._since = self._since, None
+        if since is None or clean:  # a failed connect, or this client's own disconnect
+            return
+        self.count = self.count + 1 if now - since < SHORT_LIVED_S else 0
+
+    def news(self) -> int | None:
+        """The count, the first time it reaches :data:`SHORT_LIVED_WARN`; else None (a run
+        warns once, not at every connection after)."""
+        if self._told or self.count < SHORT_LIVED_WARN:
+            return None
+        self._told = True
+        return self.count
 
 
 class BrokerError(Exception):
@@ -159,6 +196,7 @@ class Connection:
         self._acks: dict[int, ReasonCode] = {}
         self._acked = threading.Condition()
         self.reconnects = 0
+        self._short_lived = ShortLived()
         self._client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=client_id or f"receiver-admin-{uuid.uuid4().hex[:12]}",
@@ -240,6 +278,7 @@ class Connection:
             return
         if self._first_connack.is_set():
             self.reconnects += 1
+        self._short_lived.connected(time.monotonic())
         self._connected.set()
         if self.subscriptions:
             self._subscribed.clear()
@@ -262,6 +301,8 @@ class Connection:
             # (set before ``connected`` clears: a caller that saw the loss sees why).
             self._taken_over.set()
             client.disconnect()
+        # 0: a normal disconnect, this client's own (close()) or the broker's.
+        self._short_lived.disconnected(time.monotonic(), clean=reason_code.value == 0)
         self._connected.clear()
 
     def _handle_subscribe(
@@ -309,6 +350,12 @@ class Connection:
     def taken_over(self) -> bool:
         """The broker dropped this client for another of the same client id; it stays away."""
         return self._taken_over.is_set()
+
+    def kept_closing(self) -> int | None:
+        """How many connections in a row the broker (or the network) ended right after they
+        began, once, when they reach :data:`SHORT_LIVED_WARN`: a second client of this client
+        id, most likely; None before, and after it was said."""
+        return self._short_lived.news()
 
     def wait_subscribed(self) -> None:
         if not self._subscribed.wait(self.options.timeout_s):

@@ -453,6 +453,18 @@ def _collect(args: argparse.Namespace, path: Path, verifier: ReportVerifier) -> 
             taken = collector.connection.taken_over
             if taken:
                 break
+            # A broker that does not say so (Mosquitto before 2.0.15) only closes the session
+            # each time the other takes it. A flaky network looks alike: warn, once, go on.
+            short_lived = collector.connection.kept_closing()
+            if short_lived:
+                print(
+                    f"receiver-admin: warning: collect: the broker at {options.where} keeps "
+                    f"closing session {args.client_id!r} right after it connects "
+                    f"({short_lived} times): is a second collect running with the same "
+                    "--client-id? each collector needs its own",
+                    file=sys.stderr,
+                    flush=True,
+                )
             collector.turn(0.2)
         if not taken:
             collector.turn(0.0)

@@ -20,8 +20,9 @@ import pytest
 
 from receiver.central import collector
 from receiver.central.admin import main
+from receiver.central.broker import SHORT_LIVED_S, ShortLived
 from tests.central.conftest import Secured, device_event, device_state
-from tests.central.test_collector import ROOT, Devices, stored
+from tests.central.test_collector import ROOT, Devices, admin, stored
 
 
 def collect(secured: Secured, database: Path, *argv: str) -> list[str]:
@@ -400,3 +401,97 @@ def test_a_watch_whose_session_another_client_takes_stops_and_says_so() -> None:
         f"receiver-admin: watch: another client took session 'desk-1' on 127.0.0.1:{broker.port}"
         " (a second watch with the same --client-id?); each watch needs its own --client-id"
     ], done.stderr
+
+
+def test_only_connections_ended_right_after_they_began_count_and_only_in_a_row() -> None:
+    short = ShortLived()
+    for at in (0.0, 2.0, 4.0):  # each ended 1 s after its CONNACK, as a taken session does
+        short.connected(at)
+        short.disconnected(at + 1.0, clean=False)
+    assert short.count == 3
+    assert short.news() == 3
+    short.connected(5.0)
+    short.disconnected(6.0, clean=False)
+    assert (short.count, short.news()) == (4, None)  # said once
+    short.connected(10.0)
+    short.disconnected(10.0 + SHORT_LIVED_S + 1, clean=False)  # up a while: a network drop
+    assert short.count == 0
+    short.disconnected(30.0, clean=False)  # a failed reconnect was no connection
+    short.connected(40.0)
+    short.disconnected(40.5, clean=True)  # this client's own close()
+    assert short.count == 0
+
+
+def _fight_warning(command: str, where: str, client_id: str, needs: str) -> str:
+    return (
+        f"receiver-admin: warning: {command}: the broker at {where} keeps closing session "
+        f"{client_id!r} right after it connects (3 times): is a second {command} running with "
+        f"the same --client-id? {needs}"
+    )
+
+
+def test_two_collectors_of_one_client_id_on_a_broker_that_only_closes_the_session_warn(
+    secured: Secured, tmp_path: Path
+) -> None:
+    """Mosquitto before 2.0.15 (Debian 12's 2.0.11) does not say "Session taken over": it only
+    closes the older connection, paho reconnects and takes the session back, for ever; two
+    collectors with one --client-id on two databases each stored a part, without a word. Each
+    connection of the pair lasts about paho's first reconnect delay (1 s), so within seconds at
+    least one of them warns, once; they go on collecting (a flaky network looks the same)."""
+    argv = ["--client-id", "central-collect", "--duration", "10"]
+    runs = [
+        admin(secured, "collect", "--db", str(tmp_path / f"{name}.db"), *argv)
+        for name in ("a", "b")
+    ]
+    done = [run.communicate(timeout=60) for run in runs]
+    errs = [err for _out, err in done]
+    for run, err in zip(runs, errs, strict=True):
+        assert run.returncode == 0, err
+        assert "Traceback" not in err, err
+    warning = _fight_warning(
+        "collect",
+        f"{secured.broker.host}:{secured.broker.port}",
+        "central-collect",
+        "each collector needs its own",
+    )
+    said = [err.splitlines().count(warning) for err in errs]
+    assert max(said) == 1, errs
+    for err in errs:  # no other wording of it, and never twice
+        assert sum("keeps closing" in line for line in err.splitlines()) <= 1, err
+
+
+def test_two_watches_of_one_client_id_on_a_broker_that_only_closes_the_session_warn(
+    secured: Secured,
+) -> None:
+    """``watch --client-id`` keeps a session too; two of one id on such a broker each printed
+    a part of the reports."""
+    argv = ["watch", "--device", "loa-001", "--client-id", "desk-1", "--timeout", "10"]
+    runs = [admin(secured, *argv) for _ in range(2)]
+    errs = [run.communicate(timeout=60)[1] for run in runs]
+    for err in errs:
+        assert "Traceback" not in err, err
+        assert sum("keeps closing" in line for line in err.splitlines()) <= 1, err
+    warning = _fight_warning(
+        "watch",
+        f"{secured.broker.host}:{secured.broker.port}",
+        "desk-1",
+        "each watch needs its own",
+    )
+    assert max(err.splitlines().count(warning) for err in errs) == 1, errs
+
+
+def test_a_collector_through_a_broker_restart_does_not_warn(
+    secured: Secured, tmp_path: Path
+) -> None:
+    """A broker restart soon after collect connected drops it once, right after its connect:
+    that is no second collector, and collect says nothing about one."""
+    run = admin(
+        secured, "collect", "--db", str(tmp_path / "a.db"), "--client-id", "c-1", "--duration", "6"
+    )
+    assert run.stderr is not None
+    said = run.stderr.readline()
+    assert said.startswith("collecting "), said
+    secured.broker.restart()
+    _out, err = run.communicate(timeout=60)
+    assert run.returncode == 0, err
+    assert "Traceback" not in err and "warning" not in err, err
