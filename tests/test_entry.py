@@ -30,6 +30,50 @@ def test_a_ctrl_c_while_the_tool_is_imported_ends_it_with_130_and_no_traceback(
     assert capsys.readouterr() == ("", "")
 
 
+# A module whose import is interrupted where CPython then raises another exception: a Ctrl-C
+# that lands while the import system builds the ImportError of ``from _ssl import RAND_egd``
+# (which ssl.py expects and catches) comes out as "TypeError: expected a message argument".
+SWALLOWED_INTERRUPT = """
+import os, signal, time
+try:
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(5)
+except KeyboardInterrupt:
+    pass
+raise TypeError("expected a message argument")
+"""
+
+
+def test_a_ctrl_c_that_python_turned_into_another_error_during_the_import_still_ends_with_130(
+    tmp_path: Path,
+) -> None:
+    """Seen in CI: a Ctrl-C 0.06 s into ``receiver-admin watch`` printed a TypeError traceback
+    through receiver_entry, because the interrupt had become another exception."""
+    (tmp_path / "interrupted_import.py").write_text(SWALLOWED_INTERRUPT, encoding="utf-8")
+    root = Path(entry.__file__).parent
+    code = (
+        f"import sys; sys.path[:0] = [{str(tmp_path)!r}, {str(root)!r}]; import receiver_entry; "
+        "receiver_entry._run('interrupted_import')"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert (run.returncode, run.stderr) == (130, "")
+
+
+def test_an_error_without_a_ctrl_c_is_not_hidden(tmp_path: Path) -> None:
+    (tmp_path / "broken_import.py").write_text("raise TypeError('a bug')\n", encoding="utf-8")
+    root = Path(entry.__file__).parent
+    code = (
+        f"import sys; sys.path[:0] = [{str(tmp_path)!r}, {str(root)!r}]; import receiver_entry; "
+        "receiver_entry._run('broken_import')"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert run.returncode == 1 and "TypeError: a bug" in run.stderr
+
+
 def test_the_tools_pass_on_their_own_exit_status(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as ended:
         sys.argv = ["receiver-admin", "volume"]
