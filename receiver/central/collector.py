@@ -392,11 +392,24 @@ def collect_command(args: argparse.Namespace) -> int:
     lock = _only_collector(path)
     try:
         return _collect(args, path, verifier)
+    except BaseException:
+        # The broker refused this run (a mistyped password, nothing listening), or Ctrl-C came
+        # while it connected: a database it made for nothing would look like a working one.
+        if lock.created:
+            _remove_unused(lock)
+        raise
     finally:
-        os.close(lock)  # after the database is closed: SQLite's own locks are on other handles
+        os.close(lock.fd)  # after the database is closed: SQLite's own locks are on other handles
 
 
-def _only_collector(path: Path) -> int:
+@record
+class _Lock:
+    fd: int
+    path: Path  # the file itself, behind any symbolic link: where SQLite puts -wal and -shm
+    created: bool  # this run made the file: the one case where a refused run may remove it
+
+
+def _only_collector(path: Path) -> _Lock:
     """Hold the database for this collector alone (released when the process ends, however).
 
     Two collectors on one file are nearly always one started twice, with one --client-id: they
@@ -405,18 +418,84 @@ def _only_collector(path: Path) -> int:
     (``report``) take it.
     """
     try:
-        lock = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as exc:
-        raise InputError(f"--db {path}: cannot open it ({exc.strerror})") from exc
+        real = path.resolve()
+    except (OSError, RuntimeError):
+        real = path  # a loop of links: open() says so below
+    for _attempt in range(100):
+        created = True
+        try:
+            # O_EXCL: whether this run made the file is known, not guessed from a look before.
+            fd = os.open(real, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            created = False
+            try:
+                fd = os.open(real, os.O_RDWR)
+            except FileNotFoundError:
+                continue  # removed since (a refused run's own new file): make it
+            except OSError as exc:
+                raise InputError(f"--db {path}: cannot open it ({exc.strerror})") from exc
+        except OSError as exc:
+            raise InputError(f"--db {path}: cannot open it ({exc.strerror})") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            raise InputError(
+                f"--db {path}: another receiver-admin collect is writing it; stop that one first "
+                "(one collector a database, each collector with its own --client-id)"
+            ) from exc
+        # A refused run removes the file it made while holding this lock, then lets it go: a
+        # collect that opened the file before the removal gets the lock on a file no longer at
+        # the path, and would write into a new one no lock guards. Lock what is there now.
+        if _same_file(fd, real):
+            return _Lock(fd, real, created)
+        os.close(fd)
+    raise InputError(f"--db {path}: it keeps being removed or replaced while collect opens it")
+
+
+def _same_file(fd: int, path: Path) -> bool:
     try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        os.close(lock)
-        raise InputError(
-            f"--db {path}: another receiver-admin collect is writing it; stop that one first "
-            "(one collector a database, each collector with its own --client-id)"
-        ) from exc
-    return lock
+        there = path.stat()
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (held.st_dev, held.st_ino) == (there.st_dev, there.st_ino)
+
+
+def _remove_unused(lock: _Lock) -> None:
+    """Remove the database this run made, and its -wal and -shm, if it holds no row.
+
+    Called with the lock held, so no other collect writes into it or can be about to: one that
+    opened the file meanwhile finds the lock taken (refused), or takes it only once the file is
+    gone, and then sees it is not the file at the path (:func:`_only_collector`). Only a file
+    this run made is removed (one that was there before, even empty, is the operator's), and
+    only while it holds nothing: a run that stored reports and acknowledged them keeps them,
+    whatever stopped it after.
+    """
+    path = lock.path
+    if not _same_file(lock.fd, path) or not _holds_nothing(path):
+        return
+    for name in (path.name, f"{path.name}-wal", f"{path.name}-shm"):
+        with contextlib.suppress(OSError):
+            (path.parent / name).unlink()  # a -wal or -shm SQLite removed itself at close
+
+
+def _first_row(table: str) -> str:
+    # A name read from sqlite_master, quoted as an identifier: no value of anyone's is in it.
+    quoted = table.replace('"', '""')
+    return f'SELECT 1 FROM "{quoted}" LIMIT 1'  # noqa: S608
+
+
+def _holds_nothing(path: Path) -> bool:
+    try:
+        with contextlib.closing(sqlite3.connect(path)) as db:
+            tables = db.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+            for (name,) in tables:
+                if db.execute(_first_row(name)).fetchone() is not None:
+                    return False
+    except sqlite3.Error:
+        return False  # not readable as a database: keep it for a person to look at
+    return True
 
 
 def _collect(args: argparse.Namespace, path: Path, verifier: ReportVerifier) -> int:
@@ -427,7 +506,11 @@ def _collect(args: argparse.Namespace, path: Path, verifier: ReportVerifier) -> 
     except sqlite3.Error as exc:
         raise InputError(f"--db {args.db}: cannot open it as a database ({exc})") from exc
     options = BrokerOptions.from_args(args)
-    collector = Collector(db, options, args.prefix, args.client_id, verifier)
+    try:
+        collector = Collector(db, options, args.prefix, args.client_id, verifier)
+    except BaseException:
+        db.close()  # refused, or Ctrl-C while connecting: closed before the file is removed
+        raise
     stopping: list[int] = []
 
     def stop(signum: int, _frame: FrameType | None) -> None:

@@ -6,8 +6,10 @@ mistyped. Each must end in one line that says what is wrong, and lose no report.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import resource
+import signal
 import socket
 import sqlite3
 import subprocess
@@ -23,6 +25,7 @@ from receiver.central.admin import main
 from receiver.central.broker import SHORT_LIVED_S, ShortLived
 from tests.central.conftest import Secured, device_event, device_state
 from tests.central.test_collector import ROOT, Devices, admin, stored
+from tests.lab.broker import MosquittoBroker
 
 
 def collect(secured: Secured, database: Path, *argv: str) -> list[str]:
@@ -261,6 +264,116 @@ def test_a_bad_registry_is_refused_before_the_database_is_made(
     assert err.count("\n") == 1, err
     assert not database.exists()
     assert sorted(tmp_path.iterdir()) == ([registry] if registry_text is not None else [])
+
+
+def _assert_refused(code: int, err: str, *needles: str) -> None:
+    assert code == 3, err
+    assert err.startswith("receiver-admin: ") and err.count("\n") == 1, err
+    for needle in needles:
+        assert needle in err, err
+
+
+def test_a_broker_with_nothing_listening_leaves_no_new_database_behind(
+    stopped_broker: MosquittoBroker, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``collect --db NEW.db`` against a port where nothing listens made NEW.db (and its -wal
+    and -shm), an empty database that looks like a working collector's, then said it could not
+    connect."""
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    where = ["--host", stopped_broker.host, "--port", str(stopped_broker.port)]
+    argv = ["collect", "--db", str(reports / "events.db"), "--duration", "0.2", *where]
+    code = main(argv)
+    _assert_refused(code, capsys.readouterr().err, "cannot connect to", "connection refused")
+    assert list(reports.iterdir()) == []
+
+
+def test_a_refused_login_leaves_no_new_database_behind(
+    secured: Secured, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A mistyped password left an empty collector database behind."""
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    argv = ["collect", "--db", str(reports / "events.db"), "--duration", "0.2"]
+    code = main([*argv, *secured.login("central", "not the pw")])
+    _assert_refused(code, capsys.readouterr().err, "refused the login of user 'central'")
+    assert list(reports.iterdir()) == []
+
+
+def test_a_refused_run_leaves_a_database_that_was_there_as_it_was(
+    secured: Secured, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What a refused run removes is only what it made: a database that holds reports, or a
+    file that was there before (even an empty one), stays."""
+    database = tmp_path / "events.db"
+    make_session(secured, database)
+    publish_events(secured, 2)
+    assert main(collect(secured, database, "--duration", "1")) == 0
+    assert stored(database) == [("loa-001", 1), ("loa-001", 2)]
+    empty = tmp_path / "empty.db"
+    empty.touch()
+    capsys.readouterr()
+    for kept in (database, empty):
+        argv = ["collect", "--db", str(kept), "--duration", "0.2"]
+        code = main([*argv, *secured.login("central", "not the pw")])
+        _assert_refused(code, capsys.readouterr().err, "refused the login")
+    assert stored(database) == [("loa-001", 1), ("loa-001", 2)]
+    assert empty.exists()
+
+
+def test_ctrl_c_while_collect_connects_leaves_no_new_database_behind(tmp_path: Path) -> None:
+    """Stopping a collect that waits for a broker's answer left the database it had just made."""
+    silent = socket.create_server(("127.0.0.1", 0))  # accepts, and never answers
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    argv = ["collect", "--db", str(reports / "events.db"), "--host", "127.0.0.1"]
+    argv += ["--port", str(silent.getsockname()[1]), "--broker-timeout", "30"]
+    run = subprocess.Popen(
+        [sys.executable, "-m", "receiver.central.admin", *argv],
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        silent.settimeout(30)
+        connection, _address = silent.accept()  # the database is made: it waits for a CONNACK
+        run.send_signal(signal.SIGINT)
+        _out, err = run.communicate(timeout=30)
+        connection.close()
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+        silent.close()
+    assert run.returncode == 130, err
+    assert "Traceback" not in err, err
+    assert list(reports.iterdir()) == []
+
+
+def test_a_lock_on_a_file_a_refused_run_just_removed_is_taken_on_the_new_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A refused run removes the database it made while it holds the lock. A collect that
+    opened the file just before gets the lock on the removed file once it is free: it must
+    lock the file now at that path, or it and a third collect would both write that one."""
+    database = tmp_path / "events.db"
+    database.touch()
+    flock = fcntl.flock
+    removed: list[Path] = []
+
+    def removing_first(fd: int, operation: int) -> None:
+        if not removed:
+            database.unlink()  # the refused run, between this one's open and its flock
+            removed.append(database)
+        flock(fd, operation)
+
+    monkeypatch.setattr(fcntl, "flock", removing_first)
+    lock = collector._only_collector(database)
+    try:
+        assert os.fstat(lock.fd).st_ino == database.stat().st_ino != 0
+        assert lock.created  # this run made the file at that path now: a refusal removes it
+    finally:
+        os.close(lock.fd)
 
 
 class TakingBroker:
