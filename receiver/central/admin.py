@@ -294,8 +294,8 @@ def _warn_of_unknown_devices(args: argparse.Namespace, registry: Registry | None
 
 def _warn_of_unknown_groups(args: argparse.Namespace, registry: Registry | None) -> None:
     """A ``grp:`` audience that no device's retained state lists is most often a mistyped
-    group: say so, with the closest names seen (the command still goes). With a ``registry``
-    only the states their devices signed are judged by."""
+    group: say so, with the closest names seen (the command or schedule still went: called
+    once it was sent). With a ``registry`` only the states their devices signed are judged by."""
     groups = [a.partition(":")[2] for a in args.aud if a.startswith("grp:")]
     if not groups:
         return
@@ -768,7 +768,7 @@ def build_parser() -> argparse.ArgumentParser:
     _broker_options(fleet_cmd, required=True)
     fleet_cmd.set_defaults(func=_fleet)
 
-    admin_documents.add_parsers(sub, _broker_options, publish)
+    admin_documents.add_parsers(sub, _broker_options, publish, _warn_of_unknown_groups)
     collector.add_parser(sub, _broker_options)
     report.add_parser(sub)
     return parser

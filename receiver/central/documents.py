@@ -6,7 +6,8 @@ Because a retained document replaces the one before it for every board that conn
 nothing is published that a receiver would refuse: the document is checked first
 (:mod:`receiver.central.validate`), then compared with the retained one, whose version it must
 exceed. ``--dry-run`` prints that comparison (entries added, removed, retimed, changed) and
-sends nothing.
+sends nothing. A schedule published for a group no device's state lists (a mistyped group,
+most often) is followed by a warning naming the closest groups, as a command is.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from receiver.central.inputs import (
     scope,
     scopes_or_every,
 )
-from receiver.central.reports import open_report
+from receiver.central.reports import Registry, open_report
 from receiver.central.signing import (
     key_entry,
     schedule_payload,
@@ -51,6 +52,8 @@ from receiver.core.trust import Keyring
 from receiver.core.trustdoc import parse_trust
 
 Publisher = Callable[..., bool]
+#: Warns of the ``grp:`` audiences no device's state lists (admin's, shared with the commands).
+GroupWarner = Callable[[argparse.Namespace, Registry | None], None]
 DAY_S = 86400.0
 RETAINED_WAIT_S = 0.5  # the broker sends a retained message right after the SUBACK
 ROLES = ("operator", "emergency", "root")
@@ -260,7 +263,12 @@ def _schedule_source(args: argparse.Namespace) -> dict[str, Any]:
     return doc
 
 
-def schedule_command(args: argparse.Namespace, publish: Publisher) -> int:
+def schedule_command(
+    args: argparse.Namespace, publish: Publisher, warn_of_unknown_groups: GroupWarner
+) -> int:
+    # A registry that cannot be read is refused before anything is signed or published, as the
+    # commands do.
+    registry = None if args.registry is None else Registry.load(Path(args.registry))
     doc = _schedule_source(args)
     # An option given is taken as given: --version 0 is refused, never the file's version used.
     schedule_id = args.id if args.id is not None else doc.get("id")
@@ -311,6 +319,8 @@ def schedule_command(args: argparse.Namespace, publish: Publisher) -> int:
     for topic in topics:
         publish(args, topic, envelope, retain=True, expiry_s=None)
         print(f"sent schedule {schedule_id} version {version} to {topic}, retained")
+    # Once published (a refused one says enough): a group no board is in gets it nowhere.
+    warn_of_unknown_groups(args, registry)
     return 0
 
 
@@ -366,7 +376,10 @@ def retained_payload_raw(options: BrokerOptions, topic: str) -> bytes | None:
 
 
 def add_parsers(
-    sub: Any, broker_options: Callable[[argparse.ArgumentParser, bool], None], publish: Publisher
+    sub: Any,
+    broker_options: Callable[[argparse.ArgumentParser, bool], None],
+    publish: Publisher,
+    warn_of_unknown_groups: GroupWarner,
 ) -> None:
     entry = sub.add_parser("key-entry", help="print a key's entry for a trust keyring file")
     entry.add_argument("--key", required=True, help="the private key file (its id file beside)")
@@ -407,8 +420,12 @@ def add_parsers(
         action="store_true",
         help="show the change against the retained one; send nothing",
     )
+    schedule.add_argument(
+        "--registry",
+        help="enrolled device keys: warn of a grp: audience by the states they signed",
+    )
     broker_options(schedule, False)
-    schedule.set_defaults(func=lambda a: schedule_command(a, publish))
+    schedule.set_defaults(func=lambda a: schedule_command(a, publish, warn_of_unknown_groups))
 
     show = sub.add_parser(
         "schedule-show",

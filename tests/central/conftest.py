@@ -13,14 +13,18 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from paho.mqtt.enums import CallbackAPIVersion
 
 from receiver.central.signing import SigningKey
+from receiver.device_key import STATE_TYPE, DeviceKey, enrollment_line, seal_report
 from receiver.timefmt import rfc3339
 from tests.lab.broker import MosquittoBroker, Received, password_config
 
 PREFIX = "loa/v1"
 PASSWORDS = {"central": "central pw", "viewer": "viewer pw", "loa-001": "device pw"}
+#: The devices the ``registry`` fixture enrolls, each with its key in ``keys``.
+ENROLLED = ("loa-001", "loa-002", "loa-003")
 
 
 @dataclass(frozen=True)
@@ -72,6 +76,32 @@ def operator_key(tmp_path: Path) -> Path:
     path = tmp_path / "op-1.pem"
     SigningKey.generate("op-1").save(path)
     return path
+
+
+@pytest.fixture
+def keys() -> dict[str, DeviceKey]:
+    """The enrolled devices' own keys, which seal their states as the boards do."""
+    return {name: DeviceKey(name, Ed25519PrivateKey.generate()) for name in ENROLLED}
+
+
+@pytest.fixture
+def registry(tmp_path: Path, keys: dict[str, DeviceKey]) -> Path:
+    """The registry of enrolled device keys (``--registry``) that vouches for ``keys``."""
+    path = tmp_path / "devices.jsonl"
+    path.write_text("".join(enrollment_line(key) + "\n" for key in keys.values()))
+    return path
+
+
+def signed_state(key: DeviceKey, groups: list[str]) -> bytes:
+    """A state listing ``groups``, sealed by ``key`` as a board seals it."""
+    return seal_report(key, STATE_TYPE, device_state(key.id, time.time(), groups=groups))
+
+
+def leave_states(secured: Secured, states: dict[str, bytes]) -> None:
+    """Retain each device's state on the broker, as the boards leave them."""
+    with Spy(secured) as spy:
+        for device, payload in states.items():
+            spy.publish(f"loa/v1/dev/{device}/state", payload)
 
 
 def device_state(device: str, now: float, **fields: Any) -> bytes:

@@ -16,37 +16,13 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from receiver.central.admin import main
-from receiver.device_key import STATE_TYPE, DeviceKey, enrollment_line, seal_report
-from tests.central.conftest import Secured, Spy, device_state
-
-ENROLLED = ("loa-001", "loa-002", "loa-003")
-
-
-@pytest.fixture
-def keys() -> dict[str, DeviceKey]:
-    return {name: DeviceKey(name, Ed25519PrivateKey.generate()) for name in ENROLLED}
-
-
-@pytest.fixture
-def registry(tmp_path: Path, keys: dict[str, DeviceKey]) -> Path:
-    path = tmp_path / "devices.jsonl"
-    path.write_text("".join(enrollment_line(key) + "\n" for key in keys.values()))
-    return path
-
-
-def _signed(key: DeviceKey, groups: list[str]) -> bytes:
-    return seal_report(key, STATE_TYPE, device_state(key.id, time.time(), groups=groups))
+from receiver.device_key import DeviceKey
+from tests.central.conftest import Secured, Spy, device_state, leave_states, signed_state
 
 
 def _forged(device: str, groups: list[str]) -> bytes:
     """A state sealed by a key that is not the device's enrolled one."""
-    return _signed(DeviceKey(device, Ed25519PrivateKey.generate()), groups)
-
-
-def _leave(secured: Secured, states: dict[str, bytes]) -> None:
-    with Spy(secured) as spy:
-        for device, payload in states.items():
-            spy.publish(f"loa/v1/dev/{device}/state", payload)
+    return signed_state(DeviceKey(device, Ed25519PrivateKey.generate()), groups)
 
 
 def _stop(key: Path, secured: Secured, *audiences: str) -> list[str]:
@@ -67,10 +43,10 @@ def test_a_forged_state_listing_the_mistyped_group_no_longer_hides_the_warning(
     registry: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    _leave(
+    leave_states(
         secured,
         {
-            "loa-001": _signed(keys["loa-001"], ["commune-25-07873"]),
+            "loa-001": signed_state(keys["loa-001"], ["commune-25-07873"]),
             "loa-002": _forged("loa-002", ["commune-25-0787"]),
         },
     )
@@ -96,13 +72,13 @@ def test_a_decoy_group_in_a_state_the_registry_does_not_vouch_for_is_not_offered
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     stranger = DeviceKey("loa-099", Ed25519PrivateKey.generate())  # signs, never enrolled
-    _leave(
+    leave_states(
         secured,
         {
-            "loa-001": _signed(keys["loa-001"], ["commune-25-07873"]),
+            "loa-001": signed_state(keys["loa-001"], ["commune-25-07873"]),
             "loa-002": _forged("loa-002", ["commune-25-07870"]),
             "loa-003": device_state("loa-003", time.time(), groups=["commune-25-07871"]),
-            "loa-099": _signed(stranger, ["commune-25-07872"]),
+            "loa-099": signed_state(stranger, ["commune-25-07872"]),
         },
     )
     argv = [*_stop(operator_key, secured, "grp:commune-25-0787"), "--registry", str(registry)]
@@ -124,7 +100,7 @@ def test_a_device_whose_only_state_is_forged_is_warned_of_with_the_registry(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """A ``dev:`` audience with a mistyped id a forged state was left under."""
-    _leave(secured, {"loa-0001": _forged("loa-0001", [])})
+    leave_states(secured, {"loa-0001": _forged("loa-0001", [])})
     argv = _stop(operator_key, secured, "dev:loa-0001")
 
     assert main(argv) == 0
@@ -146,11 +122,11 @@ def test_signed_states_that_list_the_group_send_without_a_word(
     registry: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    _leave(
+    leave_states(
         secured,
         {
-            "loa-001": _signed(keys["loa-001"], ["commune-25-07873"]),
-            "loa-002": _signed(keys["loa-002"], []),
+            "loa-001": signed_state(keys["loa-001"], ["commune-25-07873"]),
+            "loa-002": signed_state(keys["loa-002"], []),
         },
     )
     argv = _stop(operator_key, secured, "grp:commune-25-07873", "dev:loa-002")
@@ -208,7 +184,9 @@ def test_without_the_registry_the_warning_says_once_its_states_were_not_verified
     keys: dict[str, DeviceKey],
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    _leave(secured, {"loa-001": _signed(keys["loa-001"], ["commune-25-07873", "prov-25"])})
+    leave_states(
+        secured, {"loa-001": signed_state(keys["loa-001"], ["commune-25-07873", "prov-25"])}
+    )
 
     assert main(_stop(operator_key, secured, "grp:commune-25-0787", "grp:prov-52")) == 0
     err = capsys.readouterr().err
@@ -228,10 +206,10 @@ def test_fleet_group_with_the_registry_judges_a_mistyped_group_by_signed_states(
     """``fleet --group`` with a mistyped group exits 1 and names the close group; a forged
     state listing the mistyped group kept it quiet (exit 0, its row as if the group had a
     board), and one listing a decoy had the decoy offered, even with ``--registry``."""
-    _leave(
+    leave_states(
         secured,
         {
-            "loa-001": _signed(keys["loa-001"], ["commune-25-07873"]),
+            "loa-001": signed_state(keys["loa-001"], ["commune-25-07873"]),
             "loa-002": _forged("loa-002", ["commune-25-0787", "commune-25-07870"]),
         },
     )
