@@ -293,6 +293,8 @@ def schedule_command(
     groups = [a.partition(":")[2] for a in args.aud if a.startswith("grp:")]
     if args.host and not groups:
         raise InputError("schedules are published per group: give --aud grp:<id>")
+    for warning in _devices_in_a_programme(args.aud, groups):
+        print(f"receiver-admin: warning: {warning}", file=sys.stderr)
     topics = [f"{args.prefix}/grp/{group}/schedule" for group in groups]
     retained = {topic: retained_payload(args, topic) for topic in topics} if args.host else {}
     if args.dry_run:
@@ -322,6 +324,20 @@ def schedule_command(
     # Once published (a refused one says enough): a group no board is in gets it nowhere.
     warn_of_unknown_groups(args, registry)
     return 0
+
+
+def _devices_in_a_programme(audiences: list[str], groups: list[str]) -> list[str]:
+    """What to say of ``dev:`` audiences in a programme: it is published on its groups' topics
+    only, which are all a board listens on for programmes, so a device gets it only as a member
+    of one of those groups, whose audience already names it."""
+    where = " or ".join(groups) or "(none)"
+    return [
+        f"--aud {audience}: a board gets programmes on its groups' topics only: {device} gets "
+        f"this one only if it is in group {where} (then the group names it already); to give "
+        "it a programme of its own, publish one to a group it alone is in"
+        for audience in dict.fromkeys(audiences)
+        if (device := audience.partition(":")[2]) and audience.startswith("dev:")
+    ]
 
 
 def show_command(args: argparse.Namespace) -> int:

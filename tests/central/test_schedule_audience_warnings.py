@@ -175,3 +175,21 @@ def test_a_bad_registry_is_refused_when_printing_only_too(
     assert main([*argv, "--registry", str(absent)]) == 2
     captured = capsys.readouterr()
     assert captured.out == "" and str(absent) in captured.err
+
+
+def test_a_device_in_a_programme_s_audience_is_warned_of(
+    operator_key: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--aud dev:loa-009`` beside a group was taken without a word, as if that board would
+    get the programme: a board listens for programmes on its groups' topics only, so it gets
+    this one only as a member of one of them (and then the group already names it)."""
+    argv = _schedule(_programme(tmp_path), operator_key, None, f"grp:{RIGHT}", "dev:loa-009")
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert _warnings(captured.err) == [
+        f"receiver-admin: warning: --aud dev:loa-009: a board gets programmes on its groups' "
+        f"topics only: loa-009 gets this one only if it is in group {RIGHT} (then the group "
+        "names it already); to give it a programme of its own, publish one to a group it alone "
+        "is in"
+    ], captured.err
+    assert captured.out.startswith("{")  # printed, signed, as without it
