@@ -63,7 +63,13 @@ from receiver.central.inputs import (
     why,
 )
 from receiver.central.received import DeviceMessage, device_topics, parse_device_message
-from receiver.central.reports import Registry, ReportVerifier, message_text, verifier_for
+from receiver.central.reports import (
+    Registry,
+    ReportVerifier,
+    message_text,
+    registry_for,
+    verifier_for,
+)
 from receiver.central.signing import SigningKey, command_payload, sign_command
 from receiver.core import reasons, vocabulary
 from receiver.core.commands import parse_time
@@ -219,7 +225,7 @@ def _refuse_an_unlikely_start(start_at: str, now: float) -> None:
 def _sign_and_send(args: argparse.Namespace) -> int:
     kind = "play" if args.command == "stream" else args.command
     # A registry that cannot be read is refused before anything is signed or sent, as fleet does.
-    registry = None if args.registry is None else Registry.load(Path(args.registry))
+    registry = registry_for(args.registry)
     if args.ttl <= 0:
         raise InputError(f"--ttl {args.ttl:g}: a command needs a positive lifetime (seconds)")
     payload = command_payload(

@@ -35,7 +35,7 @@ from receiver.central.inputs import (
     scope,
     scopes_or_every,
 )
-from receiver.central.reports import Registry, open_report
+from receiver.central.reports import Registry, open_report, registry_for
 from receiver.central.signing import (
     key_entry,
     schedule_payload,
@@ -268,7 +268,7 @@ def schedule_command(
 ) -> int:
     # A registry that cannot be read is refused before anything is signed or published, as the
     # commands do.
-    registry = None if args.registry is None else Registry.load(Path(args.registry))
+    registry = registry_for(args.registry)
     doc = _schedule_source(args)
     # An option given is taken as given: --version 0 is refused, never the file's version used.
     schedule_id = args.id if args.id is not None else doc.get("id")

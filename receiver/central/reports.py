@@ -363,12 +363,20 @@ def _authentic(
 # --- hooks for the operator's tools (watch, fleet, collector, report) ----------------------
 
 
+def registry_for(registry_path: str | None) -> Registry | None:
+    """The registry a tool's ``--registry`` option names (None: no option).
+
+    Raises :class:`RegistryError` (a ValueError) with the file and line when it is bad.
+    """
+    return None if registry_path is None else Registry.load(Path(registry_path))
+
+
 def verifier_for(registry_path: str | None) -> ReportVerifier:
     """A verifier for a tool's ``--registry`` option (None: read the JSON, mark it unchecked).
 
     Raises :class:`RegistryError` (a ValueError) with the file and line when it is bad.
     """
-    return ReportVerifier(None if registry_path is None else Registry.load(Path(registry_path)))
+    return ReportVerifier(registry_for(registry_path))
 
 
 def message_text(message: DeviceMessageLike) -> str:
