@@ -23,6 +23,7 @@ import json
 import queue
 import sys
 import time
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
@@ -695,14 +696,30 @@ class _WholeOptionNames(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
 
-def build_parser() -> argparse.ArgumentParser:
+class _Subcommand(_WholeOptionNames):
+    """A subcommand's parser, which refuses an option it does not know itself: left to the
+    tool's parser, the message came with the whole tool's usage, under the subcommand's internal
+    name (``report --db x.db --bogus`` listed ``proof`` and ``schedule-show``)."""
+
+    def parse_known_args(  # type: ignore[override]  # always the one form subparsers call
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        parsed, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed, extras
+
+
+def build_parser(*, report_db: bool = False) -> argparse.ArgumentParser:
+    """``report_db``: the words were ``report --db``, run as ``proof``, and its usage says
+    ``report --db DB``, what the operator typed."""
     parser = _WholeOptionNames(
         prog="receiver-admin",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"loa-receiver {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Subcommand)
 
     keygen = sub.add_parser("keygen", help="make an Ed25519 key pair")
     keygen.add_argument(
@@ -776,7 +793,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     admin_documents.add_parsers(sub, _broker_options, publish, _warn_of_unknown_groups)
     collector.add_parser(sub, _broker_options)
-    report.add_parser(sub)
+    report.add_parser(sub, typed_as_report=report_db)
     return parser
 
 
@@ -797,9 +814,10 @@ def _run(argv: list[str] | None) -> int:
     words = list(sys.argv[1:] if argv is None else argv)
     if words[:2] == ["schedule", "show"]:
         words[:2] = ["schedule-show"]
-    if words[:1] == ["report"] and any(w == "--db" or w.startswith("--db=") for w in words):
+    report_db = words[:1] == ["report"] and any(w == "--db" or w.startswith("--db=") for w in words)
+    if report_db:
         words[0] = "proof"  # the proof-of-play report; without --db, the report command
-    args = build_parser().parse_args(words)
+    args = build_parser(report_db=report_db).parse_args(words)
     try:
         result: int = args.func(args)
     except BrokenPipeError:

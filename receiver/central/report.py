@@ -429,15 +429,21 @@ class _DayFlag(argparse.Action):
             setattr(namespace, f"{self.dest}_flag", option_string)
 
 
-def add_parser(sub: Any) -> None:
+def add_parser(sub: Any, *, typed_as_report: bool = False) -> None:
+    """The ``proof`` subcommand; ``typed_as_report``: the operator typed ``report --db``, and its
+    usage and messages say so (``receiver-admin report --db DB ...``), not ``proof``."""
+    spelled = "report" if typed_as_report else "proof"
+    also = "" if typed_as_report else "also run as receiver-admin report --db DB ...; "
     report = sub.add_parser(
         "proof",
+        prog=f"receiver-admin {spelled}",
         help="proof of play per device and day (also: report --db DB)",
         description="Proof of play per device and local day, from the collector's database "
-        "(also run as receiver-admin report --db DB ...; without --db, report asks the devices "
-        "for their state).",
+        f"({also}without --db, receiver-admin report asks the devices for their state).",
+        add_help=False,  # -h after --db: the usage starts with the words that run it
     )
     report.add_argument("--db", required=True, help="the collector's SQLite file")
+    report.add_argument("-h", "--help", action="help", help="show this help message and exit")
     # --since/--until as well: what operators used to journalctl type.
     report.add_argument(
         "--from",

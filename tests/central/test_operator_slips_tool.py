@@ -9,6 +9,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -270,15 +271,113 @@ def test_the_help_of_host_says_whether_it_may_be_left_out(
     assert ("omit to print only" in text) is prints_without_host
 
 
-@pytest.mark.parametrize("argv", [["proof"], ["report", "--db", "x.db"]])
 def test_the_proof_reports_help_names_the_words_that_run_it(
-    argv: list[str], capsys: pytest.CaptureFixture[str]
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """``proof --help`` said ``usage: receiver-admin report ...``, and ``report ...`` without
     ``--db`` is the command that asks the devices for their state."""
-    text = _help(argv, capsys)
-    assert text.startswith("usage: receiver-admin proof ")
+    text = _help(["proof"], capsys)
+    assert text.startswith("usage: receiver-admin proof --db DB ")
     assert "also run as receiver-admin report --db DB" in text
+
+
+def _names_proof(text: str) -> bool:
+    """The subcommand's internal name, not the words "proof of play"."""
+    return re.search(r"\bproof\b(?! of play)", text, re.IGNORECASE) is not None
+
+
+@pytest.mark.parametrize("db", [["--db", "x.db"], ["--db=x.db"]])
+def test_report_db_help_shows_the_words_the_operator_typed(
+    db: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``report --db x.db --help`` said ``usage: receiver-admin proof ...``: a name the
+    operator never typed, for the command they did."""
+    text = _help(["report", *db], capsys)
+    assert text.startswith("usage: receiver-admin report --db DB ")
+    assert not _names_proof(text)
+    assert "without --db, receiver-admin report asks the devices" in text
+
+
+def test_schedule_show_help_shows_the_words_the_operator_typed(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    text = _help(["schedule", "show"], capsys)
+    assert text.startswith("usage: receiver-admin schedule show ")
+    assert "schedule-show" not in text
+
+
+def test_the_report_help_from_the_console_script_names_report() -> None:
+    """The console script ``receiver-admin`` itself, as an operator runs it."""
+    program = "import receiver_entry; receiver_entry.receiver_admin()"
+    ran = subprocess.run(
+        [sys.executable, "-c", program, "report", "--db", "x.db", "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.startswith("usage: receiver-admin report --db DB ")
+    assert not _names_proof(ran.stdout)
+    assert ran.stderr == ""
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["report", "--db", "x.db", "--bogus"], "unrecognized arguments: --bogus"),
+        (["report", "--db", "x.db", "--lang", "fr"], "argument --lang: invalid choice: 'fr'"),
+        (["report", "--db", "x.db", "--from"], "argument --from/--since: expected one argument"),
+        (["report", "--db"], "argument --db: expected one argument"),
+        (["report", "--db=x.db", "--csv=yes"], "argument --csv: ignored explicit argument"),
+    ],
+)
+def test_a_report_db_usage_error_names_report(
+    argv: list[str], said: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``report --db x.db --bogus`` printed the whole tool's usage, which lists ``proof`` and
+    ``schedule-show``; ``--lang fr`` said ``receiver-admin proof: error``."""
+    with pytest.raises(SystemExit) as stopped:
+        main(argv)
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: receiver-admin report --db DB ")
+    assert err.strip().splitlines()[-1].startswith(f"receiver-admin report: error: {said}")
+    assert "proof" not in err
+    assert "schedule-show" not in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["schedule", "show", "--host", "h", "--bogus"], "unrecognized arguments: --bogus"),
+        (["schedule", "show", "--group"], "argument --group: expected one argument"),
+        (["schedule", "show"], "the following arguments are required: --host"),
+    ],
+)
+def test_a_schedule_show_usage_error_names_schedule_show(
+    argv: list[str], said: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        main(argv)
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: receiver-admin schedule show ")
+    assert err.strip().splitlines()[-1].startswith(f"receiver-admin schedule show: error: {said}")
+    assert "schedule-show" not in err
+    assert "proof" not in err
+
+
+def test_a_bad_day_for_report_db_names_neither_proof_nor_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``report --db x.db --from nonsense``: one line of the tool's own, exit 2."""
+    db = tmp_path / "reports.db"
+    db.touch()
+    assert main(["report", "--db", str(db), "--from", "nonsense"]) == 2
+    err = capsys.readouterr().err
+    assert err == "receiver-admin: --from 'nonsense': give a date YYYY-MM-DD\n"
 
 
 @pytest.mark.parametrize("flag", ["--cafile", "--certfile", "--keyfile"])
