@@ -55,7 +55,7 @@ HEADERS: Final = {
     ),
 }
 TIME_COLUMNS: Final = (4, 5)  # Planned, Started: local clock times, in the report's zone
-SUMMARY: Final = {
+SUMMARY: Final = {  # {tz}: the zone_label, ``Asia/Ho_Chi_Minh, UTC+07:00``
     "en": "{count} rows, {first} to {last}, times in {tz}",
     "vi": "{count} dòng, từ {first} đến {last}, giờ theo {tz}",
 }
@@ -329,7 +329,8 @@ def write_csv(
 
 
 def write_table(out: TextIO, found: Iterable[ReportRow], zone: ZoneInfo, lang: str) -> int:
-    """The readable table keeps its short headers: its summary on stderr names the zone."""
+    """The readable table keeps its short headers: its summary on stderr names the zone and its
+    offset (:func:`zone_label`)."""
     lines = [HEADERS[lang]] + [cells(row, zone, lang) for row in found]
     widths = [min(40, max(len(line[i]) for line in lines)) for i in range(len(HEADERS[lang]))]
     for line in lines:
@@ -381,7 +382,8 @@ def report_command(args: argparse.Namespace) -> int:
         db.close()
     if not args.csv:
         summary = SUMMARY.get(args.lang, SUMMARY["en"])
-        print(summary.format(count=count, first=first, last=last, tz=args.tz), file=sys.stderr)
+        label = zone_label(zone, first)  # as the CSV headers name it
+        print(summary.format(count=count, first=first, last=last, tz=label), file=sys.stderr)
     with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
         suspect = suspect_summary(db, args.device)
         unknown = args.device is not None and count == 0 and not _heard_of(db, args.device)

@@ -156,7 +156,7 @@ def test_the_table_says_what_played_what_failed_and_when_offline(
         ["loa-001", "2026-03-02", "cmd-78", "-", "-", "-", "-", "rejected", "expired"],
         ["loa-001", "2026-03-02", "-", "-", "-", "12:00:00", "1:30:00", "offline"],
     ]
-    assert "5 rows, 2026-03-02 to 2026-03-02, times in Asia/Ho_Chi_Minh" in captured.err
+    assert "5 rows, 2026-03-02 to 2026-03-02, times in Asia/Ho_Chi_Minh, UTC+07:00" in captured.err
 
 
 def test_csv_with_vietnamese_headers(collected: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -288,8 +288,27 @@ def test_the_summary_line_speaks_the_tables_language(
     argv = ["report", "--db", str(collected), "--from", "2026-03-02", "--to", "2026-03-02"]
     assert main([*argv, "--lang", "vi"]) == 0
     assert (
-        "dòng, từ 2026-03-02 đến 2026-03-02, giờ theo Asia/Ho_Chi_Minh" in capsys.readouterr().err
+        "5 dòng, từ 2026-03-02 đến 2026-03-02, giờ theo Asia/Ho_Chi_Minh, UTC+07:00\n"
+        in capsys.readouterr().err
     )
+
+
+@pytest.mark.parametrize(
+    ("tz", "lang", "said"),
+    [
+        ("UTC", "en", "times in UTC, UTC+00:00\n"),
+        ("America/St_Johns", "en", "times in America/St_Johns, UTC-03:30\n"),
+        ("Europe/Berlin", "vi", "giờ theo Europe/Berlin, UTC+01:00\n"),
+    ],
+)
+def test_the_tables_summary_names_the_offset_as_the_csv_headers_do(
+    collected: Path, capsys: pytest.CaptureFixture[str], tz: str, lang: str, said: str
+) -> None:
+    """The summary named the zone only, the CSV headers its offset as well: the first day's
+    (Berlin is UTC+01:00 on 1 March 2026, UTC+02:00 from the 29th)."""
+    argv = ["report", "--db", str(collected), "--from", "2026-03-01", "--to", "2026-04-30"]
+    assert main([*argv, "--tz", tz, "--lang", lang]) == 0
+    assert said in capsys.readouterr().err
 
 
 def test_a_first_day_after_today_does_not_blame_a_to_not_given(
