@@ -298,10 +298,13 @@ def _warn_of_unknown_devices(args: argparse.Namespace, registry: Registry | None
             )
 
 
-def _warn_of_unknown_groups(args: argparse.Namespace, registry: Registry | None) -> None:
+def _warn_of_unknown_groups(
+    args: argparse.Namespace, registry: Registry | None, *, preview: bool = False
+) -> None:
     """A ``grp:`` audience that no device's retained state lists is most often a mistyped
     group: say so, with the closest names seen (the command or schedule still went: called
-    once it was sent). With a ``registry`` only the states their devices signed are judged by."""
+    once it was sent; or, in a ``preview``, nothing went). With a ``registry`` only the states
+    their devices signed are judged by."""
     groups = [a.partition(":")[2] for a in args.aud if a.startswith("grp:")]
     if not groups:
         return
@@ -309,8 +312,14 @@ def _warn_of_unknown_groups(args: argparse.Namespace, registry: Registry | None)
     verifier = None if registry is None else ReportVerifier(registry)
     try:
         rows = _retained_states(options, args.prefix, verifier)
-    except BrokerError:
-        return  # only a check: the publish that follows names what is wrong with the broker
+    except BrokerError as exc:
+        if preview:  # the preview is where the operator looks: a check not made is said
+            print(
+                f"receiver-admin: warning: the groups were not checked against the devices' "
+                f"states ({exc})",
+                file=sys.stderr,
+            )
+        return  # only a check: what was sent went all the same
     who = f"user {args.username!r}" if args.username else "an anonymous client"
     for warning in fleet.unknown_group_warnings(
         groups,
@@ -319,6 +328,7 @@ def _warn_of_unknown_groups(args: argparse.Namespace, registry: Registry | None)
         states=device_topics(args.prefix)[0],
         who=who,
         verified=registry is not None,
+        outcome="nothing sent (--dry-run)" if preview else "sent all the same",
     ):
         print(f"receiver-admin: warning: {warning}", file=sys.stderr)
 

@@ -7,7 +7,8 @@ nothing is published that a receiver would refuse: the document is checked first
 (:mod:`receiver.central.validate`), then compared with the retained one, whose version it must
 exceed. ``--dry-run`` prints that comparison (entries added, removed, retimed, changed) and
 sends nothing. A schedule published for a group no device's state lists (a mistyped group,
-most often) is followed by a warning naming the closest groups, as a command is.
+most often) is followed by a warning naming the closest groups, as a command is; the preview
+gives that warning too (before anything is published, where it is easiest to act on).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from receiver.central import programme
 from receiver.central.broker import BrokerOptions, Connection
@@ -52,8 +53,17 @@ from receiver.core.trust import Keyring
 from receiver.core.trustdoc import parse_trust
 
 Publisher = Callable[..., bool]
-#: Warns of the ``grp:`` audiences no device's state lists (admin's, shared with the commands).
-GroupWarner = Callable[[argparse.Namespace, Registry | None], None]
+
+
+class GroupWarner(Protocol):
+    """Warns of the ``grp:`` audiences no device's state lists (admin's, shared with the
+    commands); ``preview``: nothing was sent (``--dry-run``)."""
+
+    def __call__(
+        self, args: argparse.Namespace, registry: Registry | None, *, preview: bool = False
+    ) -> None: ...
+
+
 DAY_S = 86400.0
 RETAINED_WAIT_S = 0.5  # the broker sends a retained message right after the SUBACK
 ROLES = ("operator", "emergency", "root")
@@ -302,6 +312,16 @@ def schedule_command(
             print(f"{topic}:")
             for line in programme.diff(retained.get(topic), payload):
                 print(f"  {line}")
+        # The preview is where a mistyped group is caught most easily: warned of as the real
+        # run warns once it has published, or said to be unchecked when no broker was given.
+        if groups and args.host:
+            warn_of_unknown_groups(args, registry, preview=True)
+        elif groups:
+            print(
+                "receiver-admin: note: no --host: not compared with the retained programme, "
+                "nor the groups checked against the devices' states (give --host to check both)",
+                file=sys.stderr,
+            )
         return 0
     for topic, current in retained.items():
         held = current.get("version") if current else None
