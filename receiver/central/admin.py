@@ -6,7 +6,8 @@ document a receiver would refuse never leaves. Broker failures are one line each
 ``schedule show`` and ``report --db`` are spelled with a space; docs/operations.md section 9.
 
 Exit statuses: 0 done; 1 done, but what was asked did not happen (``watch`` saw nothing, or
-not the event ``--until`` asked for, in its ``--timeout``); 2 bad input (usage, a document or
+not the event ``--until`` asked for, in its ``--timeout``; ``fleet --group`` or ``schedule show
+--group`` named a group no device's state lists); 2 bad input (usage, a document or
 command a receiver would refuse, an unreadable key or file); 3 the broker (unreachable, TLS,
 login refused, ACL, no answer in time, not acknowledged); 130 stopped by Ctrl-C before it was
 done (``watch`` with ``--until`` or ``--count``: stopping plain ``watch`` or ``fleet --watch``
@@ -331,6 +332,19 @@ def _warn_of_unknown_groups(
         outcome="nothing sent (--dry-run)" if preview else "sent all the same",
     ):
         print(f"receiver-admin: warning: {warning}", file=sys.stderr)
+
+
+def _unlisted_groups(
+    args: argparse.Namespace, groups: list[str], registry: Registry | None
+) -> list[str]:
+    """What ``fleet --group`` says of each of ``groups`` no device's retained state lists (a
+    mistyped group, usually), for ``schedule show``. With a ``registry`` only the states their
+    device signed judge: a forged one could list the group or offer a decoy."""
+    verifier = None if registry is None else ReportVerifier(registry)
+    rows = _retained_states(BrokerOptions.from_args(args), args.prefix, verifier)
+    judged = [r for r in rows.values() if registry is None or r.verdict == "signed"]
+    lines = (fleet.unlisted_group(group, judged) for group in dict.fromkeys(groups))
+    return [line for line in lines if line is not None]
 
 
 def publish(
@@ -784,7 +798,9 @@ def build_parser() -> argparse.ArgumentParser:
     _broker_options(fleet_cmd, required=True)
     fleet_cmd.set_defaults(func=_fleet)
 
-    admin_documents.add_parsers(sub, _broker_options, publish, _warn_of_unknown_groups)
+    admin_documents.add_parsers(
+        sub, _broker_options, publish, _warn_of_unknown_groups, _unlisted_groups
+    )
     collector.add_parser(sub, _broker_options)
     report.add_parser(sub)
     return parser

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from receiver.central import programme
-from receiver.central.broker import BrokerOptions, Connection
+from receiver.central.broker import EXIT_FAILED, BrokerError, BrokerOptions, Connection
 from receiver.central.inputs import (
     InputError,
     days,
@@ -64,6 +64,9 @@ class GroupWarner(Protocol):
     ) -> None: ...
 
 
+#: What to say of each group no device's state lists, read from the broker (admin's, as ``fleet
+#: --group`` says it): the arguments, the groups, the registry judging the states.
+GroupChecker = Callable[[argparse.Namespace, list[str], Registry | None], list[str]]
 DAY_S = 86400.0
 RETAINED_WAIT_S = 0.5  # the broker sends a retained message right after the SUBACK
 ROLES = ("operator", "emergency", "root")
@@ -360,8 +363,13 @@ def _devices_in_a_programme(audiences: list[str], groups: list[str]) -> list[str
     ]
 
 
-def show_command(args: argparse.Namespace) -> int:
-    """``schedule show``: what a group (or a device) holds now and its next occurrences."""
+def show_command(args: argparse.Namespace, unlisted_groups: GroupChecker) -> int:
+    """``schedule show``: what a group (or a device) holds now and its next occurrences.
+
+    A ``--group`` no device's state lists (a mistyped one, usually) shows "no schedule is
+    retained" like a real group without one: said after, with the closest names, exit 1, as
+    ``fleet --group`` does. The groups a device's state names need no such check."""
+    registry = registry_for(args.registry)  # refused before anything is read, as fleet does
     options = BrokerOptions.from_args(args)
     if args.device:
         state_topic = f"{args.prefix}/dev/{args.device}/state"
@@ -395,7 +403,19 @@ def show_command(args: argparse.Namespace) -> int:
         print(f"group {group} ({topic}):")
         for line in programme.describe(current, now, days=args.days, device_holds=held):
             print(f"  {line}")
-    return 0
+    if not args.group:
+        return 0
+    try:
+        unlisted = unlisted_groups(args, args.group, registry)
+    except BrokerError as exc:  # only a check: what the groups hold is shown
+        print(
+            f"receiver-admin: warning: --group was not checked against the devices' states ({exc})",
+            file=sys.stderr,
+        )
+        return 0
+    for line in unlisted:
+        print(f"receiver-admin: --group: {line}", file=sys.stderr)
+    return EXIT_FAILED if unlisted else 0
 
 
 def retained_payload_raw(options: BrokerOptions, topic: str) -> bytes | None:
@@ -416,6 +436,7 @@ def add_parsers(
     broker_options: Callable[[argparse.ArgumentParser, bool], None],
     publish: Publisher,
     warn_of_unknown_groups: GroupWarner,
+    unlisted_groups: GroupChecker,
 ) -> None:
     entry = sub.add_parser("key-entry", help="print a key's entry for a trust keyring file")
     entry.add_argument("--key", required=True, help="the private key file (its id file beside)")
@@ -473,5 +494,8 @@ def add_parsers(
     show.add_argument(
         "--days", type=positive_int, default=7, help="how many days ahead (default 7)"
     )
+    show.add_argument(
+        "--registry", help="enrolled device keys: judge a --group by the states they signed"
+    )
     broker_options(show, True)
-    show.set_defaults(func=show_command)
+    show.set_defaults(func=lambda a: show_command(a, unlisted_groups))
