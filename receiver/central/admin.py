@@ -6,7 +6,8 @@ document a receiver would refuse never leaves. Broker failures are one line each
 ``schedule show`` and ``report --db`` are spelled with a space; docs/operations.md section 9.
 
 Exit statuses: 0 done; 1 done, but what was asked did not happen (``watch`` saw nothing, or
-not the event ``--until`` asked for, in its ``--timeout``); 2 bad input (usage, a document or
+not the event ``--until`` asked for, in its ``--timeout``; ``fleet --group`` or ``schedule show
+--group`` named a group no device's state lists); 2 bad input (usage, a document or
 command a receiver would refuse, an unreadable key or file); 3 the broker (unreachable, TLS,
 login refused, ACL, no answer in time, not acknowledged); 130 stopped by Ctrl-C before it was
 done (``watch`` with ``--until`` or ``--count``: stopping plain ``watch`` or ``fleet --watch``
@@ -299,10 +300,13 @@ def _warn_of_unknown_devices(args: argparse.Namespace, registry: Registry | None
             )
 
 
-def _warn_of_unknown_groups(args: argparse.Namespace, registry: Registry | None) -> None:
+def _warn_of_unknown_groups(
+    args: argparse.Namespace, registry: Registry | None, *, preview: bool = False
+) -> None:
     """A ``grp:`` audience that no device's retained state lists is most often a mistyped
     group: say so, with the closest names seen (the command or schedule still went: called
-    once it was sent). With a ``registry`` only the states their devices signed are judged by."""
+    once it was sent; or, in a ``preview``, nothing went). With a ``registry`` only the states
+    their devices signed are judged by."""
     groups = [a.partition(":")[2] for a in args.aud if a.startswith("grp:")]
     if not groups:
         return
@@ -310,8 +314,14 @@ def _warn_of_unknown_groups(args: argparse.Namespace, registry: Registry | None)
     verifier = None if registry is None else ReportVerifier(registry)
     try:
         rows = _retained_states(options, args.prefix, verifier)
-    except BrokerError:
-        return  # only a check: the publish that follows names what is wrong with the broker
+    except BrokerError as exc:
+        if preview:  # the preview is where the operator looks: a check not made is said
+            print(
+                f"receiver-admin: warning: the groups were not checked against the devices' "
+                f"states ({exc})",
+                file=sys.stderr,
+            )
+        return  # only a check: what was sent went all the same
     who = f"user {args.username!r}" if args.username else "an anonymous client"
     for warning in fleet.unknown_group_warnings(
         groups,
@@ -320,8 +330,22 @@ def _warn_of_unknown_groups(args: argparse.Namespace, registry: Registry | None)
         states=device_topics(args.prefix)[0],
         who=who,
         verified=registry is not None,
+        outcome="nothing sent (--dry-run)" if preview else "sent all the same",
     ):
         print(f"receiver-admin: warning: {warning}", file=sys.stderr)
+
+
+def _unlisted_groups(
+    args: argparse.Namespace, groups: list[str], registry: Registry | None
+) -> list[str]:
+    """What ``fleet --group`` says of each of ``groups`` no device's retained state lists (a
+    mistyped group, usually), for ``schedule show``. With a ``registry`` only the states their
+    device signed judge: a forged one could list the group or offer a decoy."""
+    verifier = None if registry is None else ReportVerifier(registry)
+    rows = _retained_states(BrokerOptions.from_args(args), args.prefix, verifier)
+    judged = [r for r in rows.values() if registry is None or r.verdict == "signed"]
+    lines = (fleet.unlisted_group(group, judged) for group in dict.fromkeys(groups))
+    return [line for line in lines if line is not None]
 
 
 def publish(
@@ -791,7 +815,9 @@ def build_parser(*, report_db: bool = False) -> argparse.ArgumentParser:
     _broker_options(fleet_cmd, required=True)
     fleet_cmd.set_defaults(func=_fleet)
 
-    admin_documents.add_parsers(sub, _broker_options, publish, _warn_of_unknown_groups)
+    admin_documents.add_parsers(
+        sub, _broker_options, publish, _warn_of_unknown_groups, _unlisted_groups
+    )
     collector.add_parser(sub, _broker_options)
     report.add_parser(sub, typed_as_report=report_db)
     return parser

@@ -7,7 +7,8 @@ nothing is published that a receiver would refuse: the document is checked first
 (:mod:`receiver.central.validate`), then compared with the retained one, whose version it must
 exceed. ``--dry-run`` prints that comparison (entries added, removed, retimed, changed) and
 sends nothing. A schedule published for a group no device's state lists (a mistyped group,
-most often) is followed by a warning naming the closest groups, as a command is.
+most often) is followed by a warning naming the closest groups, as a command is; the preview
+gives that warning too (before anything is published, where it is easiest to act on).
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from receiver.central import programme
-from receiver.central.broker import BrokerOptions, Connection
+from receiver.central.broker import EXIT_FAILED, BrokerError, BrokerOptions, Connection
 from receiver.central.inputs import (
     InputError,
     days,
@@ -52,8 +53,20 @@ from receiver.core.trust import Keyring
 from receiver.core.trustdoc import parse_trust
 
 Publisher = Callable[..., bool]
-#: Warns of the ``grp:`` audiences no device's state lists (admin's, shared with the commands).
-GroupWarner = Callable[[argparse.Namespace, Registry | None], None]
+
+
+class GroupWarner(Protocol):
+    """Warns of the ``grp:`` audiences no device's state lists (admin's, shared with the
+    commands); ``preview``: nothing was sent (``--dry-run``)."""
+
+    def __call__(
+        self, args: argparse.Namespace, registry: Registry | None, *, preview: bool = False
+    ) -> None: ...
+
+
+#: What to say of each group no device's state lists, read from the broker (admin's, as ``fleet
+#: --group`` says it): the arguments, the groups, the registry judging the states.
+GroupChecker = Callable[[argparse.Namespace, list[str], Registry | None], list[str]]
 DAY_S = 86400.0
 RETAINED_WAIT_S = 0.5  # the broker sends a retained message right after the SUBACK
 ROLES = ("operator", "emergency", "root")
@@ -302,6 +315,16 @@ def schedule_command(
             print(f"{topic}:")
             for line in programme.diff(retained.get(topic), payload):
                 print(f"  {line}")
+        # The preview is where a mistyped group is caught most easily: warned of as the real
+        # run warns once it has published, or said to be unchecked when no broker was given.
+        if groups and args.host:
+            warn_of_unknown_groups(args, registry, preview=True)
+        elif groups:
+            print(
+                "receiver-admin: note: no --host: not compared with the retained programme, "
+                "nor the groups checked against the devices' states (give --host to check both)",
+                file=sys.stderr,
+            )
         return 0
     for topic, current in retained.items():
         held = current.get("version") if current else None
@@ -340,8 +363,13 @@ def _devices_in_a_programme(audiences: list[str], groups: list[str]) -> list[str
     ]
 
 
-def show_command(args: argparse.Namespace) -> int:
-    """``schedule show``: what a group (or a device) holds now and its next occurrences."""
+def show_command(args: argparse.Namespace, unlisted_groups: GroupChecker) -> int:
+    """``schedule show``: what a group (or a device) holds now and its next occurrences.
+
+    A ``--group`` no device's state lists (a mistyped one, usually) shows "no schedule is
+    retained" like a real group without one: said after, with the closest names, exit 1, as
+    ``fleet --group`` does. The groups a device's state names need no such check."""
+    registry = registry_for(args.registry)  # refused before anything is read, as fleet does
     options = BrokerOptions.from_args(args)
     if args.device:
         state_topic = f"{args.prefix}/dev/{args.device}/state"
@@ -375,7 +403,19 @@ def show_command(args: argparse.Namespace) -> int:
         print(f"group {group} ({topic}):")
         for line in programme.describe(current, now, days=args.days, device_holds=held):
             print(f"  {line}")
-    return 0
+    if not args.group:
+        return 0
+    try:
+        unlisted = unlisted_groups(args, args.group, registry)
+    except BrokerError as exc:  # only a check: what the groups hold is shown
+        print(
+            f"receiver-admin: warning: --group was not checked against the devices' states ({exc})",
+            file=sys.stderr,
+        )
+        return 0
+    for line in unlisted:
+        print(f"receiver-admin: --group: {line}", file=sys.stderr)
+    return EXIT_FAILED if unlisted else 0
 
 
 def retained_payload_raw(options: BrokerOptions, topic: str) -> bytes | None:
@@ -396,6 +436,7 @@ def add_parsers(
     broker_options: Callable[[argparse.ArgumentParser, bool], None],
     publish: Publisher,
     warn_of_unknown_groups: GroupWarner,
+    unlisted_groups: GroupChecker,
 ) -> None:
     entry = sub.add_parser("key-entry", help="print a key's entry for a trust keyring file")
     entry.add_argument("--key", required=True, help="the private key file (its id file beside)")
@@ -453,5 +494,8 @@ def add_parsers(
     show.add_argument(
         "--days", type=positive_int, default=7, help="how many days ahead (default 7)"
     )
+    show.add_argument(
+        "--registry", help="enrolled device keys: judge a --group by the states they signed"
+    )
     broker_options(show, True)
-    show.set_defaults(func=show_command)
+    show.set_defaults(func=lambda a: show_command(a, unlisted_groups))

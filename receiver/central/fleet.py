@@ -137,6 +137,7 @@ def unknown_group_warning(
     states: str,
     who: str,
     verified: bool = False,
+    outcome: str = "sent all the same",
 ) -> str | None:
     """What to say of a ``grp:`` audience no device's state lists (None: one lists it).
 
@@ -146,6 +147,7 @@ def unknown_group_warning(
     lists no group, and a broker's ACL hides states without a word. ``verified``: the rows were
     judged against the device registry, and only the states their device signed count; the
     others neither list the group nor offer names (a forged state could do either).
+    ``outcome`` ends the line: what became of the command or programme all the same.
     """
     every = list(rows)
     trusted = [row for row in every if row.verdict == "signed"] if verified else every
@@ -153,19 +155,19 @@ def unknown_group_warning(
     if not every:
         return (
             f"no device has left a state on {where} ({states}), so none lists group {group}: "
-            f"is the group right? (or the broker's ACL hides them from {who}); sent all the same"
+            f"is the group right? (or the broker's ACL hides them from {who}); {outcome}"
         )
     if not trusted:
         return (
             f"no device on {where} lists group {group} in a verified state: is the group "
-            f"right? {set_aside(aside)}; sent all the same"
+            f"right? {set_aside(aside)}; {outcome}"
         )
     line = unlisted_group(group, trusted, subject=f"no device on {where}")
     if line is None:
         return None
     if aside:
         line += f"; {set_aside(aside)}"
-    return line + "; sent all the same"
+    return f"{line}; {outcome}"
 
 
 def unknown_group_warnings(
@@ -176,6 +178,7 @@ def unknown_group_warnings(
     states: str,
     who: str,
     verified: bool = False,
+    outcome: str = "sent all the same",
 ) -> list[str]:
     """:func:`unknown_group_warning` for each group once; without ``verified``, the first that
     judged by states says, once, that they were not checked (none at all: nothing to check)."""
@@ -183,7 +186,13 @@ def unknown_group_warnings(
     lines = []
     for group in dict.fromkeys(groups):
         line = unknown_group_warning(
-            group, every, where=where, states=states, who=who, verified=verified
+            group,
+            every,
+            where=where,
+            states=states,
+            who=who,
+            verified=verified,
+            outcome=outcome,
         )
         if line is not None:
             lines.append(line)
