@@ -321,11 +321,10 @@ def test_a_refused_run_leaves_a_database_that_was_there_as_it_was(
     assert empty.exists()
 
 
-def test_ctrl_c_while_collect_connects_leaves_no_new_database_behind(tmp_path: Path) -> None:
-    """Stopping a collect that waits for a broker's answer left the database it had just made."""
+def _stopped_while_connecting(reports: Path, stop: signal.Signals) -> tuple[int, str]:
+    """``collect --db reports/events.db`` against a broker that accepts and never answers,
+    sent ``stop`` once it has made the database and waits for the CONNACK."""
     silent = socket.create_server(("127.0.0.1", 0))  # accepts, and never answers
-    reports = tmp_path / "reports"
-    reports.mkdir()
     argv = ["collect", "--db", str(reports / "events.db"), "--host", "127.0.0.1"]
     argv += ["--port", str(silent.getsockname()[1]), "--broker-timeout", "30"]
     run = subprocess.Popen(
@@ -337,7 +336,7 @@ def test_ctrl_c_while_collect_connects_leaves_no_new_database_behind(tmp_path: P
     try:
         silent.settimeout(30)
         connection, _address = silent.accept()  # the database is made: it waits for a CONNACK
-        run.send_signal(signal.SIGINT)
+        run.send_signal(stop)
         _out, err = run.communicate(timeout=30)
         connection.close()
     finally:
@@ -345,8 +344,29 @@ def test_ctrl_c_while_collect_connects_leaves_no_new_database_behind(tmp_path: P
             run.kill()
             run.wait()
         silent.close()
-    assert run.returncode == 130, err
+    return run.returncode, err
+
+
+def test_ctrl_c_while_collect_connects_leaves_no_new_database_behind(tmp_path: Path) -> None:
+    """Stopping a collect that waits for a broker's answer left the database it had just made."""
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    code, err = _stopped_while_connecting(reports, signal.SIGINT)
+    assert code == 130, err
     assert "Traceback" not in err, err
+    assert list(reports.iterdir()) == []
+
+
+def test_sigterm_while_collect_connects_leaves_no_new_database_behind(tmp_path: Path) -> None:
+    """``timeout`` or systemd stopping a collect that waits for an unreachable broker killed it
+    on the spot, leaving the empty database it had just made (and its -wal and -shm), which
+    looks like a working collector's."""
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    code, err = _stopped_while_connecting(reports, signal.SIGTERM)
+    assert code == 143, err  # as a shell reports a tool SIGTERM ended
+    assert err.startswith("receiver-admin: collect: stopped (SIGTERM)"), err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
     assert list(reports.iterdir()) == []
 
 
