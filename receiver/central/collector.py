@@ -430,7 +430,9 @@ def collect_command(args: argparse.Namespace) -> int:
 class _Lock:
     fd: int
     path: Path  # the file itself, behind any symbolic link: where SQLite puts -wal and -shm
-    created: bool  # this run made the file: the one case where a refused run may remove it
+    # No file was at the path when this run began to open it (this run made the file, or another
+    # that lost the lock to it did): the one case where a refused run may remove it.
+    created: bool
 
 
 def _only_collector(path: Path) -> _Lock:
@@ -445,13 +447,17 @@ def _only_collector(path: Path) -> _Lock:
         real = path.resolve()
     except (OSError, RuntimeError):
         real = path  # a loop of links: open() says so below
+    # No file there now: whatever is found below was made during this run. Another collect
+    # started with this one may make it, and lose the lock to this one (refused); the file is
+    # then this run's to remove if it is refused too, or no run would (an empty database left).
+    new = not os.path.lexists(real)
     for _attempt in range(100):
         created = True
         try:
             # O_EXCL: whether this run made the file is known, not guessed from a look before.
             fd = os.open(real, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
         except FileExistsError:
-            created = False
+            created = new
             try:
                 fd = os.open(real, os.O_RDWR)
             except FileNotFoundError:
@@ -487,12 +493,13 @@ def _same_file(fd: int, path: Path) -> bool:
 
 
 def _remove_unused(lock: _Lock) -> None:
-    """Remove the database this run made, and its -wal and -shm, if it holds no row.
+    """Remove the database made for this run, and its -wal and -shm, if it holds no row.
 
     Called with the lock held, so no other collect writes into it or can be about to: one that
     opened the file meanwhile finds the lock taken (refused), or takes it only once the file is
     gone, and then sees it is not the file at the path (:func:`_only_collector`). Only a file
-    this run made is removed (one that was there before, even empty, is the operator's), and
+    that was not there when this run began is removed (made by it, or by a collect started with
+    it that lost the lock to it; one that was there before, even empty, is the operator's), and
     only while it holds nothing: a run that stored reports and acknowledged them keeps them,
     whatever stopped it after.
     """

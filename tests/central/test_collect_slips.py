@@ -396,6 +396,80 @@ def test_a_lock_on_a_file_a_refused_run_just_removed_is_taken_on_the_new_file(
         os.close(lock.fd)
 
 
+def _nothing_listening(broker: MosquittoBroker) -> list[str]:
+    return ["--host", broker.host, "--port", str(broker.port), "--duration", "0.2"]
+
+
+def test_a_new_database_whose_maker_lost_the_lock_to_a_refused_run_is_not_left_behind(
+    stopped_broker: MosquittoBroker,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Two collects started at once on a database not there yet: one makes the file, the other
+    opens it and takes the lock first, so the maker is refused ("another collect is writing
+    it"). The one with the lock did not make the file, and when the broker refused it too, it
+    kept it: an empty database that no run used was left behind."""
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    database = reports / "events.db"
+    real_open = os.open
+    maker: list[int] = []
+
+    def other_makes_it_first(file: str | Path, flags: int, mode: int = 0o777, **kw: int) -> int:
+        if flags & os.O_EXCL and not maker:
+            maker.append(real_open(file, flags, mode))  # the other run makes the file, unlocked
+        return real_open(file, flags, mode, **kw)
+
+    flock = fcntl.flock
+
+    def then_loses_the_lock(fd: int, operation: int) -> None:
+        flock(fd, operation)  # this run takes the lock first ...
+        with pytest.raises(BlockingIOError):  # ... so the run that made the file is refused
+            flock(maker[0], fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.close(maker[0])  # and ends
+
+    monkeypatch.setattr(os, "open", other_makes_it_first)
+    monkeypatch.setattr(fcntl, "flock", then_loses_the_lock)
+    code = main(["collect", "--db", str(database), *_nothing_listening(stopped_broker)])
+    _assert_refused(code, capsys.readouterr().err, "cannot connect to")
+    assert maker, "the other run did not make the file"
+    assert list(reports.iterdir()) == []
+
+
+def test_a_new_database_another_collect_holds_is_not_removed_by_the_run_that_made_it(
+    stopped_broker: MosquittoBroker,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The other way round: the run that made the file finds another collect holding its lock.
+    It is refused, and leaves the file to that one, which may be collecting into it."""
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    database = reports / "events.db"
+    flock = fcntl.flock
+    holder: list[int] = []
+
+    def other_locks_it_first(fd: int, operation: int) -> None:
+        if not holder:
+            holder.append(os.open(database, os.O_RDWR))  # the other run: opened, then locked
+            flock(holder[0], fcntl.LOCK_EX | fcntl.LOCK_NB)
+        flock(fd, operation)
+
+    monkeypatch.setattr(fcntl, "flock", other_locks_it_first)
+    try:
+        code = main(["collect", "--db", str(database), *_nothing_listening(stopped_broker)])
+        err = capsys.readouterr().err
+        assert code == 2, err
+        assert "another receiver-admin collect is writing it" in err
+        assert err.count("\n") == 1, err
+        assert os.fstat(holder[0]).st_ino == database.stat().st_ino  # still the one at the path
+    finally:
+        for fd in holder:
+            os.close(fd)
+
+
 class TakingBroker:
     """Just enough of an MQTT 5 broker to take a session: it accepts a client and its
     subscriptions, then, on :meth:`take`, drops it as a broker drops a client when another
