@@ -12,8 +12,9 @@ command a receiver would refuse, an unreadable key or file); 3 the broker (unrea
 login refused, ACL, no answer in time, not acknowledged); 130 stopped by Ctrl-C before it was
 done (``watch`` with ``--until`` or ``--count``: stopping plain ``watch`` or ``fleet --watch``
 is their normal end, 0); 141 what reads stdout went away (``| head -1``), as a shell reports
-a tool SIGPIPE ended. Option names are taken only whole (``--broker`` is not
-``--broker-timeout``).
+a tool SIGPIPE ended; 143 ``collect`` stopped by SIGTERM before it had connected (once it
+collects, SIGTERM and Ctrl-C end it in order, 0). Option names are taken only whole
+(``--broker`` is not ``--broker-timeout``).
 """
 
 from __future__ import annotations
@@ -80,6 +81,7 @@ from receiver.terminal import EXIT_PIPE_CLOSED, discard_stdout
 
 DEFAULT_PREFIX = "loa/v1"
 EXIT_INTERRUPTED = 130  # Ctrl-C before what was asked happened, as a shell reports it
+EXIT_TERMINATED = 143  # SIGTERM before collect began (timeout, systemd), as a shell reports it
 FLEET_COLUMNS = fleet.COLUMNS
 SNAPSHOT_QUIET_S = 0.5
 DAY_S = 86400
@@ -859,6 +861,10 @@ def _run(argv: list[str] | None) -> int:
         return EXIT_INPUT
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    except collector.TerminatedError as exc:
+        # No ^C on a terminal shows it: the journal or the script's log says why it ended.
+        print(f"receiver-admin: {exc}", file=sys.stderr)
+        return EXIT_TERMINATED
     return result
 
 

@@ -99,6 +99,20 @@ class DatabaseRefusedError(Exception):
     """The file is an SQLite database, but not one this collector may write into."""
 
 
+class TerminatedError(BaseException):
+    """SIGTERM (``timeout``, systemd stopping it) before collect began: it ends as Ctrl-C does.
+
+    A BaseException, as KeyboardInterrupt is: no ``except Exception`` on the way mistakes it for
+    a failure of its own and carries on.
+    """
+
+
+def _terminated(_signum: int, _frame: FrameType | None) -> None:
+    raise TerminatedError(
+        "collect: stopped (SIGTERM) before it had connected to the broker; nothing was stored"
+    )
+
+
 def open_database(path: Path) -> sqlite3.Connection:
     """The collector's database (made if missing), durable at every commit.
 
@@ -389,24 +403,36 @@ def collect_command(args: argparse.Namespace) -> int:
         raise InputError(f"--db {path}: this user may not write it (its permissions or owner)")
     # Before the database is made: a refused registry leaves no empty database behind.
     verifier = verifier_for(args.registry)
-    lock = _only_collector(path)
+    # Until it collects, SIGTERM (by default the end on the spot) ends it as Ctrl-C does, so the
+    # database it made is removed; once it collects, both stop it in order (_collect). Put back
+    # only here: a stop that comes as the run ends must not pass for one while it connected.
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    signal.signal(signal.SIGTERM, _terminated)
     try:
-        return _collect(args, path, verifier)
-    except BaseException:
-        # The broker refused this run (a mistyped password, nothing listening), or Ctrl-C came
-        # while it connected: a database it made for nothing would look like a working one.
-        if lock.created:
-            _remove_unused(lock)
-        raise
+        lock = _only_collector(path)
+        try:
+            return _collect(args, path, verifier)
+        except BaseException:
+            # The broker refused this run (a mistyped password, nothing listening), or it was
+            # stopped while it connected: a database it made for nothing looks like a working one.
+            if lock.created:
+                _remove_unused(lock)
+            raise
+        finally:
+            os.close(lock.fd)  # after the database is closed: SQLite's locks are on other handles
     finally:
-        os.close(lock.fd)  # after the database is closed: SQLite's own locks are on other handles
+        for sig, handler in previous.items():
+            if handler is not None:  # None: not set from Python; nothing to put back
+                signal.signal(sig, handler)
 
 
 @record
 class _Lock:
     fd: int
     path: Path  # the file itself, behind any symbolic link: where SQLite puts -wal and -shm
-    created: bool  # this run made the file: the one case where a refused run may remove it
+    # No file was at the path when this run began to open it (this run made the file, or another
+    # that lost the lock to it did): the one case where a refused run may remove it.
+    created: bool
 
 
 def _only_collector(path: Path) -> _Lock:
@@ -421,13 +447,17 @@ def _only_collector(path: Path) -> _Lock:
         real = path.resolve()
     except (OSError, RuntimeError):
         real = path  # a loop of links: open() says so below
+    # No file there now: whatever is found below was made during this run. Another collect
+    # started with this one may make it, and lose the lock to this one (refused); the file is
+    # then this run's to remove if it is refused too, or no run would (an empty database left).
+    new = not os.path.lexists(real)
     for _attempt in range(100):
         created = True
         try:
             # O_EXCL: whether this run made the file is known, not guessed from a look before.
             fd = os.open(real, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
         except FileExistsError:
-            created = False
+            created = new
             try:
                 fd = os.open(real, os.O_RDWR)
             except FileNotFoundError:
@@ -463,12 +493,13 @@ def _same_file(fd: int, path: Path) -> bool:
 
 
 def _remove_unused(lock: _Lock) -> None:
-    """Remove the database this run made, and its -wal and -shm, if it holds no row.
+    """Remove the database made for this run, and its -wal and -shm, if it holds no row.
 
     Called with the lock held, so no other collect writes into it or can be about to: one that
     opened the file meanwhile finds the lock taken (refused), or takes it only once the file is
     gone, and then sees it is not the file at the path (:func:`_only_collector`). Only a file
-    this run made is removed (one that was there before, even empty, is the operator's), and
+    that was not there when this run began is removed (made by it, or by a collect started with
+    it that lost the lock to it; one that was there before, even empty, is the operator's), and
     only while it holds nothing: a run that stored reports and acknowledged them keeps them,
     whatever stopped it after.
     """
@@ -506,19 +537,34 @@ def _collect(args: argparse.Namespace, path: Path, verifier: ReportVerifier) -> 
     except sqlite3.Error as exc:
         raise InputError(f"--db {args.db}: cannot open it as a database ({exc})") from exc
     options = BrokerOptions.from_args(args)
-    try:
-        collector = Collector(db, options, args.prefix, args.client_id, verifier)
-    except BaseException:
-        db.close()  # refused, or Ctrl-C while connecting: closed before the file is removed
-        raise
     stopping: list[int] = []
 
     def stop(signum: int, _frame: FrameType | None) -> None:
         stopping.append(signum)
 
-    previous: dict[int, Callable[..., Any] | int | None] = {
-        sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)
-    }
+    collector: Collector | None = None
+    try:
+        collector = Collector(db, options, args.prefix, args.client_id, verifier)
+        # Connected: from here SIGTERM and Ctrl-C end the run in order, keeping what it stored.
+        # collect_command puts the handlers from before back.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, stop)
+    except BaseException:
+        # Refused, or stopped while connecting: closed before the file is removed.
+        if collector is not None:
+            collector.close()
+        db.close()
+        raise
+    return _until_stopped(args, options, db, collector, stopping)
+
+
+def _until_stopped(
+    args: argparse.Namespace,
+    options: BrokerOptions,
+    db: sqlite3.Connection,
+    collector: Collector,
+    stopping: list[int],
+) -> int:
     print(
         f"collecting {args.prefix}/dev/+/events and state into {args.db} "
         f"(session {args.client_id!r}); Ctrl-C to stop",
@@ -557,8 +603,6 @@ def _collect(args: argparse.Namespace, path: Path, verifier: ReportVerifier) -> 
     finally:
         collector.close()
         db.close()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
     c = collector.counts
     print(
         f"stored {c.events} events ({c.duplicates} repeated, {c.conflicts} conflicting), "

@@ -321,11 +321,10 @@ def test_a_refused_run_leaves_a_database_that_was_there_as_it_was(
     assert empty.exists()
 
 
-def test_ctrl_c_while_collect_connects_leaves_no_new_database_behind(tmp_path: Path) -> None:
-    """Stopping a collect that waits for a broker's answer left the database it had just made."""
+def _stopped_while_connecting(reports: Path, stop: signal.Signals) -> tuple[int, str]:
+    """``collect --db reports/events.db`` against a broker that accepts and never answers,
+    sent ``stop`` once it has made the database and waits for the CONNACK."""
     silent = socket.create_server(("127.0.0.1", 0))  # accepts, and never answers
-    reports = tmp_path / "reports"
-    reports.mkdir()
     argv = ["collect", "--db", str(reports / "events.db"), "--host", "127.0.0.1"]
     argv += ["--port", str(silent.getsockname()[1]), "--broker-timeout", "30"]
     run = subprocess.Popen(
@@ -337,7 +336,7 @@ def test_ctrl_c_while_collect_connects_leaves_no_new_database_behind(tmp_path: P
     try:
         silent.settimeout(30)
         connection, _address = silent.accept()  # the database is made: it waits for a CONNACK
-        run.send_signal(signal.SIGINT)
+        run.send_signal(stop)
         _out, err = run.communicate(timeout=30)
         connection.close()
     finally:
@@ -345,8 +344,29 @@ def test_ctrl_c_while_collect_connects_leaves_no_new_database_behind(tmp_path: P
             run.kill()
             run.wait()
         silent.close()
-    assert run.returncode == 130, err
+    return run.returncode, err
+
+
+def test_ctrl_c_while_collect_connects_leaves_no_new_database_behind(tmp_path: Path) -> None:
+    """Stopping a collect that waits for a broker's answer left the database it had just made."""
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    code, err = _stopped_while_connecting(reports, signal.SIGINT)
+    assert code == 130, err
     assert "Traceback" not in err, err
+    assert list(reports.iterdir()) == []
+
+
+def test_sigterm_while_collect_connects_leaves_no_new_database_behind(tmp_path: Path) -> None:
+    """``timeout`` or systemd stopping a collect that waits for an unreachable broker killed it
+    on the spot, leaving the empty database it had just made (and its -wal and -shm), which
+    looks like a working collector's."""
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    code, err = _stopped_while_connecting(reports, signal.SIGTERM)
+    assert code == 143, err  # as a shell reports a tool SIGTERM ended
+    assert err.startswith("receiver-admin: collect: stopped (SIGTERM)"), err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
     assert list(reports.iterdir()) == []
 
 
@@ -374,6 +394,80 @@ def test_a_lock_on_a_file_a_refused_run_just_removed_is_taken_on_the_new_file(
         assert lock.created  # this run made the file at that path now: a refusal removes it
     finally:
         os.close(lock.fd)
+
+
+def _nothing_listening(broker: MosquittoBroker) -> list[str]:
+    return ["--host", broker.host, "--port", str(broker.port), "--duration", "0.2"]
+
+
+def test_a_new_database_whose_maker_lost_the_lock_to_a_refused_run_is_not_left_behind(
+    stopped_broker: MosquittoBroker,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Two collects started at once on a database not there yet: one makes the file, the other
+    opens it and takes the lock first, so the maker is refused ("another collect is writing
+    it"). The one with the lock did not make the file, and when the broker refused it too, it
+    kept it: an empty database that no run used was left behind."""
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    database = reports / "events.db"
+    real_open = os.open
+    maker: list[int] = []
+
+    def other_makes_it_first(file: str | Path, flags: int, mode: int = 0o777, **kw: int) -> int:
+        if flags & os.O_EXCL and not maker:
+            maker.append(real_open(file, flags, mode))  # the other run makes the file, unlocked
+        return real_open(file, flags, mode, **kw)
+
+    flock = fcntl.flock
+
+    def then_loses_the_lock(fd: int, operation: int) -> None:
+        flock(fd, operation)  # this run takes the lock first ...
+        with pytest.raises(BlockingIOError):  # ... so the run that made the file is refused
+            flock(maker[0], fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.close(maker[0])  # and ends
+
+    monkeypatch.setattr(os, "open", other_makes_it_first)
+    monkeypatch.setattr(fcntl, "flock", then_loses_the_lock)
+    code = main(["collect", "--db", str(database), *_nothing_listening(stopped_broker)])
+    _assert_refused(code, capsys.readouterr().err, "cannot connect to")
+    assert maker, "the other run did not make the file"
+    assert list(reports.iterdir()) == []
+
+
+def test_a_new_database_another_collect_holds_is_not_removed_by_the_run_that_made_it(
+    stopped_broker: MosquittoBroker,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The other way round: the run that made the file finds another collect holding its lock.
+    It is refused, and leaves the file to that one, which may be collecting into it."""
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    database = reports / "events.db"
+    flock = fcntl.flock
+    holder: list[int] = []
+
+    def other_locks_it_first(fd: int, operation: int) -> None:
+        if not holder:
+            holder.append(os.open(database, os.O_RDWR))  # the other run: opened, then locked
+            flock(holder[0], fcntl.LOCK_EX | fcntl.LOCK_NB)
+        flock(fd, operation)
+
+    monkeypatch.setattr(fcntl, "flock", other_locks_it_first)
+    try:
+        code = main(["collect", "--db", str(database), *_nothing_listening(stopped_broker)])
+        err = capsys.readouterr().err
+        assert code == 2, err
+        assert "another receiver-admin collect is writing it" in err
+        assert err.count("\n") == 1, err
+        assert os.fstat(holder[0]).st_ino == database.stat().st_ino  # still the one at the path
+    finally:
+        for fd in holder:
+            os.close(fd)
 
 
 class TakingBroker:
