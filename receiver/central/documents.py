@@ -311,9 +311,9 @@ def schedule_command(
     topics = [f"{args.prefix}/grp/{group}/schedule" for group in groups]
     retained = {topic: retained_payload(args, topic) for topic in topics} if args.host else {}
     if args.dry_run:
-        for topic in topics or ["(no broker: compared with nothing)"]:
+        for topic in topics or ["(no group given)"]:
             print(f"{topic}:")
-            for line in programme.diff(retained.get(topic), payload):
+            for line in programme.diff(retained.get(topic), payload, compared=bool(args.host)):
                 print(f"  {line}")
         # The preview is where a mistyped group is caught most easily: warned of as the real
         # run warns once it has published, or said to be unchecked when no broker was given.
@@ -353,13 +353,24 @@ def _devices_in_a_programme(audiences: list[str], groups: list[str]) -> list[str
     """What to say of ``dev:`` audiences in a programme: it is published on its groups' topics
     only, which are all a board listens on for programmes, so a device gets it only as a member
     of one of those groups, whose audience already names it."""
-    where = " or ".join(groups) or "(none)"
-    return [
-        f"--aud {audience}: a board gets programmes on its groups' topics only: {device} gets "
-        f"this one only if it is in group {where} (then the group names it already); to give "
-        "it a programme of its own, publish one to a group it alone is in"
+    devices = [
+        device
         for audience in dict.fromkeys(audiences)
         if (device := audience.partition(":")[2]) and audience.startswith("dev:")
+    ]
+    if not groups:
+        return [
+            f"--aud dev:{device}: a board gets programmes on its groups' topics only, and no "
+            "--aud grp:<id> is given: no board would get this one; publish it to a group "
+            f"{device} is in (or one it alone is in)"
+            for device in devices
+        ]
+    where = " or ".join(groups)
+    return [
+        f"--aud dev:{device}: a board gets programmes on its groups' topics only: {device} gets "
+        f"this one only if it is in group {where} (then the group names it already); to give "
+        "it a programme of its own, publish one to a group it alone is in"
+        for device in devices
     ]
 
 

@@ -375,10 +375,18 @@ def _by_id(payload: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
     return {str(e.get("id")): e for e in entries if isinstance(e, dict)}
 
 
-def diff(old: dict[str, Any] | None, new: dict[str, Any]) -> list[str]:
-    """What publishing ``new`` changes against ``old`` (the retained payload), entry by entry."""
+def diff(old: dict[str, Any] | None, new: dict[str, Any], *, compared: bool = True) -> list[str]:
+    """What publishing ``new`` changes against ``old`` (the retained payload), entry by entry.
+
+    ``compared`` False: nothing was read from the broker (no ``--host``), so ``new``'s entries
+    are listed as added without claiming that nothing is retained there."""
     lines: list[str] = []
-    if old is None:
+    if not compared:
+        lines.append(
+            f"not compared with what the group holds (no --host): {new['id']} version "
+            f"{new['version']}"
+        )
+    elif old is None:
         lines.append(f"nothing retained: {new['id']} version {new['version']} would be the first")
     elif not old:
         lines.append("an unreadable document is retained: it would be replaced")

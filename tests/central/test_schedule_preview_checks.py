@@ -166,3 +166,37 @@ def test_the_preview_says_when_it_could_not_read_the_states(
         "receiver-admin: warning: the groups were not checked against the devices' states "
         "(no answer from the broker in 10 s)"
     ]
+
+
+def test_the_preview_without_a_broker_does_not_claim_nothing_is_retained(
+    operator_key: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without ``--host`` nothing was read from the broker: "nothing retained: morning version 1
+    would be the first" said what it could not know (the group may hold version 5, and the real
+    run would then be refused as stale). The preview lists the entries, and says it did not
+    compare."""
+    argv = _schedule(_programme(tmp_path), operator_key, None, f"grp:{RIGHT}")
+    assert main([*argv, "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "nothing retained" not in out
+    assert out.splitlines() == [
+        f"loa/v1/grp/{RIGHT}/schedule:",
+        "  not compared with what the group holds (no --host): morning version 1",
+        "  + news: mon 06:30 (added)",
+    ]
+
+
+def test_a_programme_for_devices_alone_is_said_to_reach_no_board(
+    operator_key: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--aud dev:X`` with no group: the warning said "X gets this one only if it is in group
+    (none)". No board listens for programmes off its groups' topics, so none would get it."""
+    argv = _schedule(_programme(tmp_path), operator_key, None, "dev:loa-009")
+    assert main([*argv, "--dry-run"]) == 0
+    (warned,) = _warnings(capsys.readouterr().err)
+    assert "(none)" not in warned
+    assert warned == (
+        "receiver-admin: warning: --aud dev:loa-009: a board gets programmes on its groups' "
+        "topics only, and no --aud grp:<id> is given: no board would get this one; publish it "
+        "to a group loa-009 is in (or one it alone is in)"
+    )
