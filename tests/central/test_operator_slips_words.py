@@ -317,3 +317,28 @@ def test_group_names_from_states_reach_the_warning_only_as_ids(
     warned = _warnings(err)
     assert len(warned) == 1, err
     assert "lists group commune-25-0787; did you mean commune-25-07873?" in warned[0]
+
+
+def test_a_group_check_that_could_not_read_the_states_says_so(
+    secured: Secured,
+    operator_key: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The command went; reading the devices' states for the group check then failed (a broker
+    that stops answering, an ACL that refuses the states' topics): the check was skipped without
+    a word, as if the group were right."""
+    from receiver.central import admin
+    from receiver.central.broker import BrokerError
+
+    def unanswered(*_args: object, **_kwargs: object) -> None:
+        raise BrokerError("no answer from the broker in 10 s")
+
+    monkeypatch.setattr(admin, "_retained_states", unanswered)
+    assert main(_stop(operator_key, "grp:commune-25-0787", secured)) == 0
+    captured = capsys.readouterr()
+    assert "sent stop" in captured.out
+    assert _warnings(captured.err) == [
+        "receiver-admin: warning: the groups were not checked against the devices' states "
+        "(no answer from the broker in 10 s)"
+    ]
