@@ -51,7 +51,17 @@ EX_TEMPFAIL = 75
 #: Where scripts/install.sh puts the config; ``status`` reads it when no --config is given.
 INSTALLED_CONFIG = "/etc/loa-receiver/receiver.yaml"
 #: What parsing the command line loads that the running daemon never uses again.
-ARGUMENT_MODULES = frozenset({"argparse", "gettext"})
+ARGUMENT_MODULES = frozenset({"argparse", "gettext", "receiver.cli_parser"})
+#: ``receiver --help``: what the technician reads (the docstring above is for developers).
+HELP = """\
+The receiver's command line on the board: run the daemon, check a config file, switch the
+amplifier relay off, show the board's last state, print its key entry for central.
+
+Exit status 78: the daemon cannot start and a restart would not change that (the config file
+is wrong, still holds the example's placeholders, or names a file that cannot be read); the
+service is then not restarted. "receiver status" reads local files only, so it works with the
+network down; it exits 1 when there is no state to show. "receiver relay-off" switches the
+amplifier off even when only the config's gpio section can be read."""
 #: The config's reading and checking rules (receiver/config.py): imported where used, not here,
 #: so that the daemon can let go of them once its config is read (see cmd_run).
 CONFIG_RULES = "receiver.config"
@@ -408,31 +418,42 @@ def cmd_enroll(args: SimpleNamespace) -> int:
 def _parse(argv: list[str] | None) -> SimpleNamespace:
     """The command line's arguments (``func``: the command), as a plain namespace: nothing of
     argparse stays referenced once this returns (see :func:`main`)."""
-    import argparse
 
-    parser = argparse.ArgumentParser(prog="receiver", description=__doc__)
-    parser.add_argument("--version", action="version", version=f"loa-receiver {__version__}")
+    from receiver.cli_parser import Formatter, Parser, speak_argparse
+
+    speak_argparse(_)  # usage, errors and the help's headings in the technician's language too
+    parser = Parser.saying(_("did you mean {name!r}?"))(
+        prog="receiver", description=_(HELP), formatter_class=Formatter
+    )
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"loa-receiver {__version__}",
+        help=_("show program's version number and exit"),  # argparse's own is never translated
+    )
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run the daemon")
+    run = sub.add_parser("run", help=_("run the daemon"))
     _config_argument(run)
     run.set_defaults(func=cmd_run)
-    check = sub.add_parser("check-config", help="validate a config file and exit")
+    check = sub.add_parser("check-config", help=_("validate a config file and exit"))
     _config_argument(check)
     check.set_defaults(func=cmd_check_config)
-    relay = sub.add_parser("relay-off", help="force the amplifier relay off (stop helper)")
+    relay = sub.add_parser("relay-off", help=_("force the amplifier relay off (stop helper)"))
     _config_argument(relay)
     relay.add_argument(
         "--state-dir",
         type=Path,
         default=None,
-        help="where the daemon keeps its relay settings, used when the config's storage "
-        "section cannot be read (default: /var/lib/loa-receiver)",
+        help=_(
+            "where the daemon keeps its relay settings, used when the config's storage "
+            "section cannot be read (default: /var/lib/loa-receiver)"
+        ),
     )
     relay.set_defaults(func=cmd_relay_off)
-    status = sub.add_parser("status", help="show the device's last state (works offline)")
+    status = sub.add_parser("status", help=_("show the device's last state (works offline)"))
     _config_argument(status, default=INSTALLED_CONFIG)
     status.set_defaults(func=cmd_status)
-    enroll = sub.add_parser("enroll", help="print the device's key entry for central's registry")
+    enroll = sub.add_parser("enroll", help=_("print the device's key entry for central's registry"))
     _config_argument(enroll)
     enroll.set_defaults(func=cmd_enroll)
     args = parser.parse_args(argv)
@@ -443,22 +464,24 @@ def _parse(argv: list[str] | None) -> SimpleNamespace:
 def _config_argument(parser: argparse.ArgumentParser, default: str | None = None) -> None:
     """The config file, as ``--config FILE``, ``-c FILE`` or plainly ``FILE``: every subcommand
     takes all three, so ``check-config -c FILE`` and ``run FILE`` do what was meant."""
-    where = f" (default: {default})" if default else ""
-    parser.add_argument(
-        "config_file", nargs="?", metavar="FILE", help=f"the YAML config file{where}"
-    )
-    parser.add_argument("--config", "-c", dest="config_option", metavar="FILE", help="the same")
+    if default:
+        described = _("the YAML config file (default: {path})").format(path=default)
+    else:
+        described = _("the YAML config file")
+    parser.add_argument("config_file", nargs="?", metavar="FILE", help=described)
+    parser.add_argument("--config", "-c", dest="config_option", metavar="FILE", help=_("the same"))
     parser.set_defaults(config_default=default)
 
 
 def _resolve_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     given = {name for name in (args.config_file, args.config_option) if name is not None}
     if len(given) > 1:
-        parser.error(f"two config files given ({' and '.join(sorted(given))}): give one")
+        files = " & ".join(sorted(given))
+        parser.error(_("two config files given ({files}): give one").format(files=files))
     config = next(iter(given), args.config_default)
     if config is None:
         example = f"receiver {args.command} --config {INSTALLED_CONFIG}"
-        parser.error(f"which config file? e.g. {example}")
+        parser.error(_("which config file? e.g. {example}").format(example=example))
     args.config = config
 
 

@@ -29,7 +29,6 @@ import json
 import os
 import sqlite3
 import tempfile
-import unicodedata
 from collections.abc import Sequence
 from datetime import UTC, datetime, tzinfo
 from pathlib import Path
@@ -37,6 +36,7 @@ from typing import Any, Final, TypeGuard
 
 from receiver.core.record import record
 from receiver.i18n import gettext_ as _
+from receiver.terminal import one_line
 from receiver.timefmt import ts_utc
 
 __all__ = [
@@ -437,8 +437,7 @@ def _text(value: Any) -> str:
     # A title is at most 2048 characters and may hold anything printable: keep one line. The
     # link's error quotes the network and the broker: no control character reaches the
     # terminal (an escape sequence could rewrite what the technician reads).
-    text = " ".join(text.split())[:200]
-    return "".join("?" if unicodedata.category(c) in ("Cc", "Cf") else c for c in text) or "?"
+    return one_line(text, 200) or "?"
 
 
 def _clock_time(utc: float, tz: tzinfo) -> str:

@@ -279,3 +279,20 @@ def test_every_value_of_status_is_vietnamese_too(vietnamese: None) -> None:
     assert "1 ngày 1 giờ" in status.format_status(state, now)
     state["relays"] = {"amp": "off"}
     assert "tắt" in status.format_status(state, now)
+
+
+def test_argparse_s_own_words_and_the_help_are_in_the_catalog_with_their_placeholders() -> None:
+    """``receiver`` says argparse's words through the catalog (receiver/cli_parser.py): each one
+    it can print is translated, with argparse's %-placeholders kept (a lost ``%(prog)s`` would
+    end a typo in a traceback)."""
+    import re
+
+    from receiver.cli_parser import ARGPARSE_MESSAGES
+
+    catalog = read_po(VI)
+    for msgid in (*ARGPARSE_MESSAGES, cli.HELP):
+        assert msgid in catalog, msgid
+        placeholders = re.compile(r"%(?:\([a-z_]+\))?[sr]")
+        assert sorted(placeholders.findall(catalog[msgid])) == sorted(
+            placeholders.findall(msgid)
+        ), msgid

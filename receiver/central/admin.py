@@ -25,7 +25,6 @@ import json
 import queue
 import sys
 import time
-from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
@@ -74,6 +73,7 @@ from receiver.central.reports import (
     verifier_for,
 )
 from receiver.central.signing import SigningKey, command_payload, sign_command
+from receiver.cli_parser import Formatter, Parser
 from receiver.core import reasons, vocabulary
 from receiver.core.commands import parse_time
 from receiver.i18n import tolerant_output
@@ -89,6 +89,21 @@ DAY_S = 86400
 START_AT_SLACK_S = 60
 #: ... and at most this far ahead.
 START_AT_HORIZON_S = 7 * DAY_S
+
+#: ``receiver-admin --help``: what the operator reads (the docstring above is for developers).
+HELP = """\
+The central side's tool: keys, commands, programmes, the fleet, reports. What it signs is first
+checked by the receivers' own rules: a command or document a receiver would refuse never
+leaves. Broker failures are one line each. "schedule show" and "report --db" are spelled with a
+space (docs/operations.md, section 9).
+
+Exit status: 0 done; 1 done, but what was asked did not happen ("watch" saw nothing, or not the
+event --until asked for, in its --timeout; "fleet --group" or "schedule show --group" named a
+group no device's state lists); 2 bad input (usage, a document or command a receiver would
+refuse, an unreadable key or file); 3 the broker (unreachable, TLS, login refused, ACL, no
+answer in time, not acknowledged); 130 stopped by Ctrl-C before it was done; 141 what reads
+stdout went away ("| head -1"); 143 "collect" stopped by SIGTERM before it had connected.
+Option names are taken only whole (--broker is not --broker-timeout)."""
 
 
 def _keygen(args: argparse.Namespace) -> int:
@@ -344,8 +359,11 @@ def _unlisted_groups(
     device signed judge: a forged one could list the group or offer a decoy."""
     verifier = None if registry is None else ReportVerifier(registry)
     rows = _retained_states(BrokerOptions.from_args(args), args.prefix, verifier)
-    judged = [r for r in rows.values() if registry is None or r.verdict == "signed"]
-    lines = (fleet.unlisted_group(group, judged) for group in dict.fromkeys(groups))
+    verified = registry is not None
+    lines = (
+        fleet.judged_unlisted_group(group, rows.values(), verified=verified)
+        for group in dict.fromkeys(groups)
+    )
     return [line for line in lines if line is not None]
 
 
@@ -534,8 +552,8 @@ def _fleet(args: argparse.Namespace) -> int:
             return None
         # With the registry, only the states their device signed judge a mistyped group: a
         # forged one could list it (an empty group passes for a real one) or offer a decoy.
-        judged = [r for r in rows.values() if args.registry is None or r.verdict == "signed"]
-        return fleet.unlisted_group(args.group, judged)
+        verified = args.registry is not None
+        return fleet.judged_unlisted_group(args.group, rows.values(), verified=verified)
 
     try:
         if not args.watch:
@@ -711,7 +729,7 @@ def _add_command_parsers(sub: Any) -> None:
         cmd.set_defaults(func=_sign_and_send)
 
 
-class _WholeOptionNames(argparse.ArgumentParser):
+class _WholeOptionNames(Parser):
     """A parser that takes option names only whole: an operator's ``--broker`` (for ``--host``)
     is refused, not taken as ``--broker-timeout``. Subparsers are made of the same class, so
     every subcommand, those other modules add included, is the same."""
@@ -721,30 +739,16 @@ class _WholeOptionNames(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
 
-class _Subcommand(_WholeOptionNames):
-    """A subcommand's parser, which refuses an option it does not know itself: left to the
-    tool's parser, the message came with the whole tool's usage, under the subcommand's internal
-    name (``report --db x.db --bogus`` listed ``proof`` and ``schedule-show``)."""
-
-    def parse_known_args(  # type: ignore[override]  # always the one form subparsers call
-        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
-    ) -> tuple[argparse.Namespace, list[str]]:
-        parsed, extras = super().parse_known_args(args, namespace)
-        if extras:
-            self.error(f"unrecognized arguments: {' '.join(extras)}")
-        return parsed, extras
-
-
 def build_parser(*, report_db: bool = False) -> argparse.ArgumentParser:
     """``report_db``: the words were ``report --db``, run as ``proof``, and its usage says
     ``report --db DB``, what the operator typed."""
     parser = _WholeOptionNames(
         prog="receiver-admin",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=HELP,
+        formatter_class=Formatter,
     )
     parser.add_argument("--version", action="version", version=f"loa-receiver {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Subcommand)
+    sub = parser.add_subparsers(dest="command", required=True)
 
     keygen = sub.add_parser("keygen", help="make an Ed25519 key pair")
     keygen.add_argument(

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from receiver.central import programme
+from receiver.central import fleet, programme
 from receiver.central.broker import EXIT_FAILED, BrokerError, BrokerOptions, Connection
 from receiver.central.inputs import (
     InputError,
@@ -36,7 +36,7 @@ from receiver.central.inputs import (
     scope,
     scopes_or_every,
 )
-from receiver.central.reports import Registry, open_report, registry_for
+from receiver.central.reports import Registry, ReportVerifier, open_report, registry_for
 from receiver.central.signing import (
     key_entry,
     schedule_payload,
@@ -46,11 +46,13 @@ from receiver.central.signing import (
 )
 from receiver.core import admission, reasons
 from receiver.core.clock import Instant
+from receiver.core.commands import ID_PATTERN
 from receiver.core.envelope import parse_envelope
 from receiver.core.reasons import Rejection
 from receiver.core.strict_json import loads_strict
 from receiver.core.trust import Keyring
 from receiver.core.trustdoc import parse_trust
+from receiver.terminal import one_line
 
 Publisher = Callable[..., bool]
 
@@ -394,15 +396,33 @@ def show_command(args: argparse.Namespace, unlisted_groups: GroupChecker) -> int
             if not args.group:
                 raise InputError(f"{unknown}; give --group <id> to see a group's programme")
             print(f"receiver-admin: warning: {unknown}", file=sys.stderr)
+        unverified = (
+            state is not None
+            and registry is not None
+            and not ReportVerifier(registry).check(state_topic, state).trusted
+        )
+        if unverified:
+            print(
+                f"receiver-admin: warning: the state of device {args.device} is not signed by "
+                f"its enrolled key: what it holds and its groups are not used "
+                f"({fleet.set_aside(1)})",
+                file=sys.stderr,
+            )
+            state = None
         state_doc = open_report(state) if state else None  # signed (v1.1) or plain JSON
         held = state_doc.get("schedules", {}) if isinstance(state_doc, dict) else {}
+        held = held if isinstance(held, dict) else {}
         groups = args.group or []
         if not groups and isinstance(state_doc, dict):
-            groups = [g for g in state_doc.get("groups", []) if isinstance(g, str)]
-        print(
-            f"device {args.device} holds: "
-            + (", ".join(f"{sid} v{v}" for sid, v in sorted(held.items())) or "no schedule")
+            # Ids only: a state is whatever a client the broker lets write it left there, and a
+            # group becomes a topic level ("+" would subscribe to every group's programme).
+            listed = state_doc.get("groups", [])
+            listed = listed if isinstance(listed, list) else []
+            groups = [g for g in listed if isinstance(g, str) and ID_PATTERN.fullmatch(g)]
+        holds = ", ".join(
+            one_line(f"{sid} v{version}", 80) for sid, version in sorted(held.items())
         )
+        print(f"device {args.device} holds: {holds or 'no schedule'}")
     else:
         groups, held = args.group or [], None
     if not groups:
@@ -413,7 +433,7 @@ def show_command(args: argparse.Namespace, unlisted_groups: GroupChecker) -> int
         current = retained_payload(args, topic)
         print(f"group {group} ({topic}):")
         for line in programme.describe(current, now, days=args.days, device_holds=held):
-            print(f"  {line}")
+            print(f"  {one_line(line, 300)}")  # the device's state is anyone's the ACL lets
     if not args.group:
         return 0
     try:

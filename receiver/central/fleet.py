@@ -11,13 +11,13 @@ waiting in the outbox); the summary line counts the whole fleet, not only the ro
 from __future__ import annotations
 
 import difflib
-import unicodedata
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final
 
 from receiver.central.reports import device_mark
 from receiver.core.commands import ID_PATTERN
 from receiver.core.record import record
+from receiver.terminal import one_line
 from receiver.timefmt import ts_utc
 
 COLUMNS: Final = (
@@ -36,6 +36,7 @@ SORT_KEYS: Final = ("device", "last-seen", "trust", "missing", "outbox")
 STALE_AFTER_S: Final = 15 * 60.0  # no fresh state for this long: counted as offline
 _TITLE_CHARS = 32
 _SCHEDULE_CHARS = 40
+_CELL_CHARS = 80  # any cell: "playing: " and a title with its faults, a device and its marks
 
 
 @record
@@ -222,9 +223,27 @@ def unlisted_group(
     return line
 
 
+def judged_unlisted_group(group: str, rows: Iterable[DeviceRow], *, verified: bool) -> str | None:
+    """:func:`unlisted_group` judged as ``fleet --group`` and ``schedule show --group`` judge:
+    with ``verified`` (a registry given) only the states their device signed count, and when
+    none did, that is said, not passed over (whoever can write the state topics could otherwise
+    switch the check off with forged states)."""
+    every = list(rows)
+    if not verified:
+        return unlisted_group(group, every)
+    trusted = [row for row in every if row.verdict == "signed"]
+    aside = len(every) - len(trusted)
+    if every and not trusted:
+        return (
+            f"no device lists group {group} in a verified state: is the group right? "
+            f"({set_aside(aside)})"
+        )
+    line = unlisted_group(group, trusted)
+    return f"{line}; {set_aside(aside)}" if line is not None and aside else line
+
+
 def _short(text: str, limit: int) -> str:
-    text = " ".join(unicodedata.normalize("NFC", text).split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    return one_line(text, limit)
 
 
 def _age(seconds: float) -> str:
@@ -238,7 +257,12 @@ def _age(seconds: float) -> str:
 
 
 def fleet_row(row: DeviceRow, now_utc: float) -> tuple[str, ...]:
-    """The table cells for one device (see COLUMNS)."""
+    """The table cells for one device (see COLUMNS), each one line of text: a state is whatever
+    a client the broker lets write it left there, terminal escapes included."""
+    return tuple(one_line(cell, _CELL_CHARS) for cell in _cells(row, now_utc))
+
+
+def _cells(row: DeviceRow, now_utc: float) -> tuple[str, ...]:
     state = row.state
     device = row.device + device_mark(row.verdict)
     if row.bridge_down is not None:

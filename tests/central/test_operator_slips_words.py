@@ -13,7 +13,7 @@ import pytest
 
 from receiver.central.admin import main
 from receiver.central.signing import SigningKey, key_entry
-from tests.central.conftest import Secured, Spy, device_state
+from tests.central.conftest import Secured, Spy, device_state, leave_states
 
 
 def _stop(key: Path, audience: str, secured: Secured, user: str = "central") -> list[str]:
@@ -342,3 +342,60 @@ def test_a_group_check_that_could_not_read_the_states_says_so(
         "receiver-admin: warning: the groups were not checked against the devices' states "
         "(no answer from the broker in 10 s)"
     ]
+
+
+def test_a_states_strings_reach_the_fleet_table_and_schedule_show_only_as_text(
+    secured: Secured, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A retained state is whatever a client the ACL lets write it left there. A schedule id or
+    a title holding a terminal escape went raw into ``fleet``'s table, and ``schedule show
+    --device`` printed the state's schedule ids raw and took its groups (a ``+`` among them) as
+    topic levels, subscribing to every group's programme."""
+    now = time.time()
+    hostile = {
+        "schedules": {"morning\x1b[2J": 3},
+        "playing": {"title": "news\x1b]0;owned\x07", "priority": "normal"},
+        "state": "playing",
+        "groups": ["commune-1", "+", "x\x1b[8m"],
+    }
+    leave_states(secured, {"loa-001": device_state("loa-001", now, **hostile)})
+    assert main(["fleet", *secured.login()]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out, repr(out)
+    assert "loa-001" in out
+
+    assert main(["schedule", "show", "--device", "loa-001", *secured.login()]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out, repr(out)
+    assert "group commune-1 (loa/v1/grp/commune-1/schedule):" in out
+    assert "grp/+/" not in out, out
+
+    from receiver.central.signing import schedule_payload, sign_command
+
+    entry = {
+        "id": "news",
+        "days": ["mon", "tue", "wed", "thu", "fri", "sat", "sun"],
+        "at": "06:30",
+        "priority": "normal",
+        "max_duration_s": 600,
+        "source": {
+            "files": [
+                {
+                    "url": "https://m.example/a.mp3",
+                    "sha256": "b" * 64,
+                    "size": 9,
+                    "title": "news",
+                }
+            ]
+        },
+    }
+    payload = schedule_payload("morning", 3, [entry], env="lab", aud=["grp:commune-1"])
+    schedule = sign_command(payload, [SigningKey.generate("op-x")])
+    with Spy(secured) as spy:  # retained by whoever may write the group's topic
+        spy.publish("loa/v1/grp/commune-1/schedule", schedule)
+    # A programme's own strings are refused by its parser; the device's are not.
+    held = {"schedules": {"morning": "2\x1b]0;owned\x07"}, "groups": ["commune-1"]}
+    leave_states(secured, {"loa-001": device_state("loa-001", now, **held)})
+    assert main(["schedule", "show", "--device", "loa-001", *secured.login()]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out, repr(out)

@@ -112,3 +112,23 @@ def test_show_says_when_it_could_not_check_the_group(
         "receiver-admin: warning: --group was not checked against the devices' states "
         "(no answer from the broker in 10 s)"
     ]
+
+
+def test_show_with_the_registry_and_only_forged_states_says_nothing_vouches_for_the_group(
+    secured: Secured, registry: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With ``--registry`` and every retained state forged (whoever can write the state topics
+    left them), the check judged by no state at all and stayed silent, exit 0: the forger could
+    switch the check off. ``fleet --group`` did the same."""
+    forged = signed_state(DeviceKey("loa-002", Ed25519PrivateKey.generate()), [TYPO])
+    leave_states(secured, {"loa-002": forged})
+    assert main(_show(secured, "--group", TYPO, "--registry", str(registry))) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        f"receiver-admin: --group: no device lists group {TYPO} in a verified state: is the "
+        "group right? (1 state set aside as unverified)"
+    ]
+    assert main(["fleet", "--group", TYPO, "--registry", str(registry), *secured.login()]) == 1
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"receiver-admin: --group: no device lists group {TYPO} in a verified state: is the "
+        "group right? (1 state set aside as unverified)"
+    )
