@@ -107,6 +107,10 @@ class TerminatedError(BaseException):
     """
 
 
+# What stops collect: SIGTERM (timeout, systemctl stop) and Ctrl-C.
+_STOPS: Final = (signal.SIGTERM, signal.SIGINT)
+
+
 def _terminated(_signum: int, _frame: FrameType | None) -> None:
     raise TerminatedError(
         "collect: stopped (SIGTERM) before it had connected to the broker; nothing was stored"
@@ -406,8 +410,9 @@ def collect_command(args: argparse.Namespace) -> int:
     # Until it collects, SIGTERM (by default the end on the spot) ends it as Ctrl-C does, so the
     # database it made is removed; once it collects, both stop it in order (_collect). Put back
     # only here: a stop that comes as the run ends must not pass for one while it connected.
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
-    signal.signal(signal.SIGTERM, _terminated)
+    previous = {sig: signal.getsignal(sig) for sig in _STOPS}
+    if not _ignored(signal.SIGTERM):
+        signal.signal(signal.SIGTERM, _terminated)
     try:
         lock = _only_collector(path)
         try:
@@ -422,8 +427,14 @@ def collect_command(args: argparse.Namespace) -> int:
             os.close(lock.fd)  # after the database is closed: SQLite's locks are on other handles
     finally:
         for sig, handler in previous.items():
-            if handler is not None:  # None: not set from Python; nothing to put back
-                signal.signal(sig, handler)
+            # None: a handler not set from Python, which Python cannot put back; the default is
+            # nearer to it than collect's own, which would go on acting for a run that is over.
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+
+
+def _ignored(sig: int) -> bool:
+    """Whoever started collect had it ignore ``sig`` (``nohup``, a supervisor): it stays so."""
+    return signal.getsignal(sig) == signal.SIG_IGN
 
 
 @record
@@ -547,8 +558,9 @@ def _collect(args: argparse.Namespace, path: Path, verifier: ReportVerifier) -> 
         collector = Collector(db, options, args.prefix, args.client_id, verifier)
         # Connected: from here SIGTERM and Ctrl-C end the run in order, keeping what it stored.
         # collect_command puts the handlers from before back.
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, stop)
+        for sig in _STOPS:
+            if not _ignored(sig):
+                signal.signal(sig, stop)
     except BaseException:
         # Refused, or stopped while connecting: closed before the file is removed.
         if collector is not None:

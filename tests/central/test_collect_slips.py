@@ -321,18 +321,23 @@ def test_a_refused_run_leaves_a_database_that_was_there_as_it_was(
     assert empty.exists()
 
 
-def _stopped_while_connecting(reports: Path, stop: signal.Signals) -> tuple[int, str]:
+def _stopped_while_connecting(
+    reports: Path,
+    stop: signal.Signals,
+    *,
+    broker_timeout: str = "30",
+    ignore_sigterm: bool = False,
+) -> tuple[int, str]:
     """``collect --db reports/events.db`` against a broker that accepts and never answers,
-    sent ``stop`` once it has made the database and waits for the CONNACK."""
+    sent ``stop`` once it has made the database and waits for the CONNACK. ``ignore_sigterm``:
+    started with SIGTERM ignored, as ``nohup`` and some supervisors start their commands."""
     silent = socket.create_server(("127.0.0.1", 0))  # accepts, and never answers
     argv = ["collect", "--db", str(reports / "events.db"), "--host", "127.0.0.1"]
-    argv += ["--port", str(silent.getsockname()[1]), "--broker-timeout", "30"]
-    run = subprocess.Popen(
-        [sys.executable, "-m", "receiver.central.admin", *argv],
-        cwd=ROOT,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    argv += ["--port", str(silent.getsockname()[1]), "--broker-timeout", broker_timeout]
+    start = [sys.executable, "-m", "receiver.central.admin"]
+    if ignore_sigterm:  # ignored in the shell, so from its start, as it is inherited through exec
+        start = ["sh", "-c", 'trap "" TERM; exec "$@"', "sh", *start]
+    run = subprocess.Popen([*start, *argv], cwd=ROOT, stderr=subprocess.PIPE, text=True)
     try:
         silent.settimeout(30)
         connection, _address = silent.accept()  # the database is made: it waits for a CONNACK
@@ -368,6 +373,72 @@ def test_sigterm_while_collect_connects_leaves_no_new_database_behind(tmp_path: 
     assert err.startswith("receiver-admin: collect: stopped (SIGTERM)"), err
     assert err.count("\n") == 1 and "Traceback" not in err, err
     assert list(reports.iterdir()) == []
+
+
+def test_a_collect_started_with_sigterm_ignored_is_not_stopped_by_one_while_it_connects(
+    tmp_path: Path,
+) -> None:
+    """A parent that started collect with SIGTERM ignored (``nohup``, some supervisors) asked
+    that SIGTERM not stop it: collect put its own handler in anyway, and ended (143)."""
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    code, err = _stopped_while_connecting(
+        reports, signal.SIGTERM, broker_timeout="2", ignore_sigterm=True
+    )
+    assert code == 3, err  # it went on, until the broker's silence refused it
+    assert err.startswith("receiver-admin: 127.0.0.1:"), err
+    assert "gave no MQTT answer within 2 s" in err and err.count("\n") == 1, err
+    assert list(reports.iterdir()) == []
+
+
+def test_a_collect_started_with_sigterm_ignored_is_not_stopped_by_one_while_it_collects(
+    secured: Secured, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once collecting, collect took SIGTERM as a stop even when its parent had it ignored."""
+    turns: list[int] = []
+    turn = collector.Collector.turn
+
+    def signalled(self: collector.Collector, wait_s: float = collector.BATCH_S) -> int:
+        turns.append(1)
+        if len(turns) == 1:
+            signal.pthread_kill(threading.get_ident(), signal.SIGTERM)  # ignored, as asked
+        if len(turns) == 3:
+            signal.pthread_kill(threading.get_ident(), signal.SIGINT)  # Ctrl-C: stop in order
+        return turn(self, wait_s)
+
+    monkeypatch.setattr(collector.Collector, "turn", signalled)
+    before = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        assert main(collect(secured, tmp_path / "events.db")) == 0
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert len(turns) >= 3, "the ignored SIGTERM stopped it"
+
+
+def test_a_sigterm_handler_python_did_not_set_is_put_back_as_the_default(
+    stopped_broker: MosquittoBroker,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """When Python could not say which SIGTERM handler was in place (one set by C code),
+    collect left its own installed after it returned."""
+    getsignal = signal.getsignal
+
+    def not_from_python(signum: int) -> object:
+        return None if signum == signal.SIGTERM else getsignal(signum)
+
+    monkeypatch.setattr(signal, "getsignal", not_from_python)
+    before = getsignal(signal.SIGTERM)
+    try:
+        code = main(
+            ["collect", "--db", str(tmp_path / "events.db"), *_nothing_listening(stopped_broker)]
+        )
+        _assert_refused(code, capsys.readouterr().err, "cannot connect to")
+        assert getsignal(signal.SIGTERM) is signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGTERM, before)
 
 
 def test_a_lock_on_a_file_a_refused_run_just_removed_is_taken_on_the_new_file(
