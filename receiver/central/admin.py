@@ -12,17 +12,21 @@ command a receiver would refuse, an unreadable key or file); 3 the broker (unrea
 login refused, ACL, no answer in time, not acknowledged); 130 stopped by Ctrl-C before it was
 done (``watch`` with ``--until`` or ``--count``: stopping plain ``watch`` or ``fleet --watch``
 is their normal end, 0); 141 what reads stdout went away (``| head -1``), as a shell reports
-a tool SIGPIPE ended; 143 ``collect`` stopped by SIGTERM before it had connected (once it
-collects, SIGTERM and Ctrl-C end it in order, 0). Option names are taken only whole
+a tool SIGPIPE ended; 143 ``collect`` stopped by SIGTERM before it had connected: after its one
+line it ends by SIGTERM itself, which systemd counts a clean stop and a shell shows as 143 (once
+it collects, SIGTERM and Ctrl-C end it in order, 0). Option names are taken only whole
 (``--broker`` is not ``--broker-timeout``).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
+import os
 import queue
+import signal
 import sys
 import time
 from datetime import datetime
@@ -81,7 +85,7 @@ from receiver.terminal import EXIT_PIPE_CLOSED, discard_stdout
 
 DEFAULT_PREFIX = "loa/v1"
 EXIT_INTERRUPTED = 130  # Ctrl-C before what was asked happened, as a shell reports it
-EXIT_TERMINATED = 143  # SIGTERM before collect began (timeout, systemd), as a shell reports it
+EXIT_TERMINATED = 143  # SIGTERM before collect began (timeout, systemd), as a shell shows it
 FLEET_COLUMNS = fleet.COLUMNS
 SNAPSHOT_QUIET_S = 0.5
 DAY_S = 86400
@@ -867,8 +871,24 @@ def _run(argv: list[str] | None) -> int:
     except collector.TerminatedError as exc:
         # No ^C on a terminal shows it: the journal or the script's log says why it ended.
         print(f"receiver-admin: {exc}", file=sys.stderr)
-        return EXIT_TERMINATED
+        return _end_by_sigterm()
     return result
+
+
+def _end_by_sigterm() -> int:
+    """Ends the process by the SIGTERM that stopped it, once it has cleaned up and said why.
+
+    systemd counts only an end by SIGTERM a clean stop (an exit status of 143 is a failure, and
+    ``systemctl stop`` would leave the unit failed); a shell shows 143 all the same. Returns
+    EXIT_TERMINATED only if the signal did not end it.
+    """
+    for stream in (sys.stdout, sys.stderr):  # what is buffered: nothing flushes after the signal
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+    os.kill(os.getpid(), signal.SIGTERM)
+    return EXIT_TERMINATED
 
 
 if __name__ == "__main__":

@@ -365,13 +365,51 @@ def test_ctrl_c_while_collect_connects_leaves_no_new_database_behind(tmp_path: P
 def test_sigterm_while_collect_connects_leaves_no_new_database_behind(tmp_path: Path) -> None:
     """``timeout`` or systemd stopping a collect that waits for an unreachable broker killed it
     on the spot, leaving the empty database it had just made (and its -wal and -shm), which
-    looks like a working collector's."""
+    looks like a working collector's. Then it exited with status 143, which systemd counts a
+    failure: it ends by SIGTERM itself, what systemd counts a clean stop."""
     reports = tmp_path / "reports"
     reports.mkdir()
     code, err = _stopped_while_connecting(reports, signal.SIGTERM)
-    assert code == 143, err  # as a shell reports a tool SIGTERM ended
+    assert code == -signal.SIGTERM, err  # ended by SIGTERM itself: a shell shows 143
     assert err.startswith("receiver-admin: collect: stopped (SIGTERM)"), err
     assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert list(reports.iterdir()) == []
+
+
+def test_a_shell_still_shows_143_for_a_collect_sigterm_stopped(tmp_path: Path) -> None:
+    """Ended by SIGTERM itself (as systemd wants a clean stop), collect is still 143 in ``$?``,
+    what a script that ran it checks, with its one line that says why."""
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    silent = socket.create_server(("127.0.0.1", 0))  # accepts, and never answers
+    argv = ["collect", "--db", str(reports / "events.db"), "--host", "127.0.0.1"]
+    argv += ["--port", str(silent.getsockname()[1])]
+    # The shell waits out its SIGTERM (a trap, which its command does not inherit) to say $?.
+    script = 'trap : TERM; "$@"; echo "$?"'
+    run = subprocess.Popen(
+        ["sh", "-c", script, "sh", sys.executable, "-m", "receiver.central.admin", *argv],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        silent.settimeout(30)
+        connection, _address = silent.accept()
+        os.killpg(run.pid, signal.SIGTERM)  # as systemd stops a unit: each of its processes
+        out, err = run.communicate(timeout=30)
+        connection.close()
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+            run.wait()
+        silent.close()
+    assert out == "143\n", (out, err)
+    said, *shell = err.splitlines()
+    assert said.startswith("receiver-admin: collect: stopped (SIGTERM)"), err
+    # The shell may report the signal ("Terminated"), as it does for any command it ends.
+    assert all("Terminated" in line and "receiver-admin:" not in line for line in shell), err
     assert list(reports.iterdir()) == []
 
 
