@@ -16,6 +16,7 @@ that keeps dropping: :class:`Connection` counts the connections that end right a
 from __future__ import annotations
 
 import argparse
+import signal
 import socket
 import ssl
 import threading
@@ -164,6 +165,21 @@ def _connect_error(options: BrokerOptions, exc: BaseException) -> BrokerError:
     return BrokerError(f"cannot connect to {where}: {exc}")
 
 
+def _start_without_stops(start: Callable[[], object]) -> None:
+    """Runs ``start``, which starts a thread, with SIGINT and SIGTERM blocked in that thread.
+
+    Python acts on signals in the main thread only; a thread that took one from the kernel
+    would only pass it on. Given to the main thread alone, Ctrl-C and SIGTERM wait while it
+    holds them back (``collect`` removing the database it made), then act.
+    """
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, ())
+    try:
+        signal.pthread_sigmask(signal.SIG_BLOCK, (signal.SIGINT, signal.SIGTERM))
+        start()  # the new thread takes this thread's mask
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)  # one that came meanwhile acts here
+
+
 class Connection:
     """One MQTT 5 client of the operator's tool, connected (CONNACK received) once made.
 
@@ -247,16 +263,24 @@ class Connection:
             )
         except (OSError, ValueError) as exc:
             raise _connect_error(options, exc) from exc
-        self._client.loop_start()
-        if not self._first_connack.wait(options.timeout_s):
+        try:
+            _start_without_stops(self._client.loop_start)
+            self._await_session()
+        except BaseException:
+            # Refused, no answer, or stopped (Ctrl-C, SIGTERM) while it waited: paho's thread
+            # ends with it, not left connected behind a tool that is on its way out.
             self.close()
+            raise
+
+    def _await_session(self) -> None:
+        options = self.options
+        if not self._first_connack.wait(options.timeout_s):
             hint = "" if options.cafile else "; a TLS listener needs --cafile"
             raise BrokerError(
                 f"{options.where} accepted the connection but gave no MQTT answer within "
                 f"{options.timeout_s:g} s{hint}"
             )
         if self._refused is not None:
-            self.close()
             raise BrokerError(self._refused)
         if self.subscriptions:
             self.wait_subscribed()

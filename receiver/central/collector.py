@@ -414,14 +414,27 @@ def collect_command(args: argparse.Namespace) -> int:
     if not _ignored(signal.SIGTERM):
         signal.signal(signal.SIGTERM, _terminated)
     try:
-        lock = _only_collector(path)
+        # Held from before the file is made until its removal is armed: a stop in between left
+        # an empty file that every later run took for one that was there before.
+        stops = _Stops()
+        stops.hold()
         try:
+            lock = _only_collector(path)
+        except BaseException:
+            stops.let_go()
+            raise
+        try:
+            stops.let_go()  # a stop that came while it made and locked the file acts here
             return _collect(args, path, verifier)
         except BaseException:
             # The broker refused this run (a mistyped password, nothing listening), or it was
             # stopped while it connected: a database it made for nothing looks like a working one.
             if lock.created:
-                _remove_unused(lock)
+                stops.hold()  # a second Ctrl-C or SIGTERM must not cut the removal short
+                try:
+                    _remove_unused(lock)
+                finally:
+                    stops.let_go()  # one that came meanwhile ends the run now, as it would have
             raise
         finally:
             os.close(lock.fd)  # after the database is closed: SQLite's locks are on other handles
@@ -430,6 +443,34 @@ def collect_command(args: argparse.Namespace) -> int:
             # None: a handler not set from Python, which Python cannot put back; the default is
             # nearer to it than collect's own, which would go on acting for a run that is over.
             signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+
+
+class _Stops:
+    """SIGTERM and Ctrl-C held back (blocked) while collect makes, or removes, its database.
+
+    One that comes meanwhile waits, and acts at :meth:`let_go` as it would have (the run ends).
+    Only this thread holds them back: Python acts on signals in it alone, and no other thread
+    is left to be given them (the broker's connection takes them only to this one, and is
+    closed before a removal).
+    """
+
+    def __init__(self) -> None:
+        self._mask = signal.pthread_sigmask(signal.SIG_BLOCK, ())  # as the run found it
+        self._late: BaseException | None = None
+
+    def hold(self) -> None:
+        try:
+            signal.pthread_sigmask(signal.SIG_BLOCK, _STOPS)
+        except BaseException as exc:
+            # One that had come just before is acted on here, held back already: it acts at
+            # let_go instead, after what it must not cut short.
+            self._late = exc
+
+    def let_go(self) -> None:
+        late, self._late = self._late, None
+        signal.pthread_sigmask(signal.SIG_SETMASK, self._mask)  # one held back acts here
+        if late is not None:
+            raise late
 
 
 def _ignored(sig: int) -> bool:
@@ -517,7 +558,10 @@ def _remove_unused(lock: _Lock) -> None:
     path = lock.path
     if not _same_file(lock.fd, path) or not _holds_nothing(path):
         return
-    for name in (path.name, f"{path.name}-wal", f"{path.name}-shm"):
+    # The database last: cut short (a power cut), a database without its -wal is still an empty
+    # database, while a -wal without its database is replayed by SQLite into the next one made
+    # with that name.
+    for name in (f"{path.name}-wal", f"{path.name}-shm", path.name):
         with contextlib.suppress(OSError):
             (path.parent / name).unlink()  # a -wal or -shm SQLite removed itself at close
 
@@ -541,20 +585,20 @@ def _holds_nothing(path: Path) -> bool:
 
 
 def _collect(args: argparse.Namespace, path: Path, verifier: ReportVerifier) -> int:
+    collector: Collector | None = None
+    stopping: list[int] = []
+
+    def stop(signum: int, _frame: FrameType | None) -> None:
+        stopping.append(signum)
+
     try:
         db = open_database(path)
     except DatabaseRefusedError as exc:
         raise InputError(f"--db {args.db}: {exc}") from exc
     except sqlite3.Error as exc:
         raise InputError(f"--db {args.db}: cannot open it as a database ({exc})") from exc
-    options = BrokerOptions.from_args(args)
-    stopping: list[int] = []
-
-    def stop(signum: int, _frame: FrameType | None) -> None:
-        stopping.append(signum)
-
-    collector: Collector | None = None
-    try:
+    try:  # right after the open: the database is closed before a refused run removes it
+        options = BrokerOptions.from_args(args)
         collector = Collector(db, options, args.prefix, args.client_id, verifier)
         # Connected: from here SIGTERM and Ctrl-C end the run in order, keeping what it stored.
         # collect_command puts the handlers from before back.

@@ -5,6 +5,7 @@ mistyped. Each must end in one line that says what is wrong, and lose no report.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import fcntl
 import os
@@ -22,7 +23,7 @@ import pytest
 
 from receiver.central import collector
 from receiver.central.admin import main
-from receiver.central.broker import SHORT_LIVED_S, ShortLived
+from receiver.central.broker import SHORT_LIVED_S, BrokerOptions, ShortLived
 from tests.central.conftest import Secured, device_event, device_state
 from tests.central.test_collector import ROOT, Devices, admin, stored
 from tests.lab.broker import MosquittoBroker
@@ -326,15 +327,21 @@ def _stopped_while_connecting(
     stop: signal.Signals,
     *,
     broker_timeout: str = "30",
+    patch: str = "",
     ignore_sigterm: bool = False,
 ) -> tuple[int, str]:
     """``collect --db reports/events.db`` against a broker that accepts and never answers,
-    sent ``stop`` once it has made the database and waits for the CONNACK. ``ignore_sigterm``:
-    started with SIGTERM ignored, as ``nohup`` and some supervisors start their commands."""
+    sent ``stop`` once it has made the database and waits for the CONNACK. ``patch``: Python run
+    in it before receiver-admin's main; ``ignore_sigterm``: started with SIGTERM ignored, as
+    ``nohup`` and some supervisors start their commands."""
     silent = socket.create_server(("127.0.0.1", 0))  # accepts, and never answers
     argv = ["collect", "--db", str(reports / "events.db"), "--host", "127.0.0.1"]
     argv += ["--port", str(silent.getsockname()[1]), "--broker-timeout", broker_timeout]
-    start = [sys.executable, "-m", "receiver.central.admin"]
+    if patch:
+        start = [sys.executable, "-c", f"{patch}\nfrom receiver.central.admin import main\n"]
+        start[-1] += "raise SystemExit(main())"
+    else:
+        start = [sys.executable, "-m", "receiver.central.admin"]
     if ignore_sigterm:  # ignored in the shell, so from its start, as it is inherited through exec
         start = ["sh", "-c", 'trap "" TERM; exec "$@"', "sh", *start]
     run = subprocess.Popen([*start, *argv], cwd=ROOT, stderr=subprocess.PIPE, text=True)
@@ -410,6 +417,30 @@ def test_a_shell_still_shows_143_for_a_collect_sigterm_stopped(tmp_path: Path) -
     assert said.startswith("receiver-admin: collect: stopped (SIGTERM)"), err
     # The shell may report the signal ("Terminated"), as it does for any command it ends.
     assert all("Terminated" in line and "receiver-admin:" not in line for line in shell), err
+    assert list(reports.iterdir()) == []
+
+
+def test_a_second_sigterm_while_the_first_removes_the_database_does_not_cut_that_short(
+    tmp_path: Path,
+) -> None:
+    """SIGTERM, then SIGTERM again (a supervisor that insists) while collect removed the empty
+    database it had made: the second one ended it half way, the database or its -wal and -shm
+    left behind. It now ends it once the removal is done, as the first would have."""
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    again = (
+        "import os, signal\n"
+        "from receiver.central import collector\n"
+        "checks = collector._holds_nothing\n"
+        "def stopped_again(path):\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    return checks(path)\n"
+        "collector._holds_nothing = stopped_again\n"
+    )
+    code, err = _stopped_while_connecting(reports, signal.SIGTERM, patch=again)
+    assert code == -signal.SIGTERM, err
+    assert err.startswith("receiver-admin: collect: stopped (SIGTERM)"), err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
     assert list(reports.iterdir()) == []
 
 
@@ -507,6 +538,134 @@ def test_a_lock_on_a_file_a_refused_run_just_removed_is_taken_on_the_new_file(
 
 def _nothing_listening(broker: MosquittoBroker) -> list[str]:
     return ["--host", broker.host, "--port", str(broker.port), "--duration", "0.2"]
+
+
+def _ctrl_c() -> None:
+    """Ctrl-C, to this thread: it runs Python's handlers, and it is the one collect holds them in
+    (another thread of the test process taking it could not show whether they are held)."""
+    signal.pthread_kill(threading.get_ident(), signal.SIGINT)
+
+
+def test_a_second_ctrl_c_while_a_refused_run_removes_its_database_does_not_cut_that_short(
+    stopped_broker: MosquittoBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C pressed twice (the first while it connected, the second while it removed the
+    database it had made): the second ended the removal half way, and the empty database
+    stayed. It now ends the run once the removal is done, as Ctrl-C does (130)."""
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    checks = collector._holds_nothing
+
+    def interrupted(path: Path) -> bool:
+        _ctrl_c()
+        return checks(path)
+
+    monkeypatch.setattr(collector, "_holds_nothing", interrupted)
+    code = main(
+        ["collect", "--db", str(reports / "events.db"), *_nothing_listening(stopped_broker)]
+    )
+    assert code == 130
+    assert list(reports.iterdir()) == []
+
+
+class PowerCut(BaseException):
+    """The machine stopping half way through something."""
+
+
+def test_a_removal_cut_short_leaves_no_wal_without_its_database(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The database was removed first, then its -wal and -shm: cut in between (a power cut),
+    a -wal stayed with no database, and SQLite replays a -wal into a later database made with
+    that name."""
+    database = tmp_path / "events.db"
+    lock = collector._only_collector(database)
+    db = collector.open_database(database)  # open: its -wal and -shm are there
+    removed: list[str] = []
+    unlink = Path.unlink
+
+    def cut_after_one(self: Path, missing_ok: bool = False) -> None:
+        if removed:
+            raise PowerCut
+        unlink(self, missing_ok)
+        removed.append(self.name)
+
+    try:
+        assert (tmp_path / "events.db-wal").exists()
+        monkeypatch.setattr(Path, "unlink", cut_after_one)
+        with pytest.raises(PowerCut):
+            collector._remove_unused(lock)
+    finally:
+        db.close()
+        os.close(lock.fd)
+    assert removed and removed[0] != "events.db" and database.exists(), removed
+
+
+def test_ctrl_c_as_collect_makes_its_database_leaves_none_behind(
+    stopped_broker: MosquittoBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C (or SIGTERM) just after collect made the file, before it held its lock: the empty
+    file stayed, and every later run took it for one that was there before, so none removed it."""
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    same_file = collector._same_file
+    pressed: list[int] = []
+
+    def interrupted(fd: int, path: Path) -> bool:
+        if not pressed:
+            pressed.append(fd)
+            _ctrl_c()
+        return same_file(fd, path)
+
+    monkeypatch.setattr(collector, "_same_file", interrupted)
+    code = main(
+        ["collect", "--db", str(reports / "events.db"), *_nothing_listening(stopped_broker)]
+    )
+    assert pressed and code == 130
+    assert list(reports.iterdir()) == []
+
+
+def test_ctrl_c_just_after_the_database_is_opened_closes_it_before_it_is_removed(
+    stopped_broker: MosquittoBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C right after collect opened its database left the connection open while the file
+    was removed: closing later, SQLite deletes the -wal by its name, which may by then be a
+    later collect's."""
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    opened: list[sqlite3.Connection] = []
+    open_database = collector.open_database
+
+    def recorded(path: Path) -> sqlite3.Connection:
+        opened.append(open_database(path))
+        return opened[-1]
+
+    class Interrupted(BrokerOptions):
+        @classmethod
+        def from_args(cls, args: argparse.Namespace) -> BrokerOptions:
+            _ctrl_c()
+            return BrokerOptions.from_args(args)
+
+    open_at_removal: list[bool] = []
+    remove_unused = collector._remove_unused
+
+    def removing(lock: collector._Lock) -> None:
+        try:
+            opened[0].execute("SELECT 1")
+            open_at_removal.append(True)
+        except sqlite3.ProgrammingError:  # closed
+            open_at_removal.append(False)
+        remove_unused(lock)
+
+    monkeypatch.setattr(collector, "open_database", recorded)
+    monkeypatch.setattr(collector, "BrokerOptions", Interrupted)
+    monkeypatch.setattr(collector, "_remove_unused", removing)
+    code = main(
+        ["collect", "--db", str(reports / "events.db"), *_nothing_listening(stopped_broker)]
+    )
+    assert code == 130
+    assert open_at_removal == [False]
+    assert list(reports.iterdir()) == []
 
 
 def test_a_new_database_whose_maker_lost_the_lock_to_a_refused_run_is_not_left_behind(
