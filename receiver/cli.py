@@ -419,46 +419,50 @@ def _parse(argv: list[str] | None) -> SimpleNamespace:
     """The command line's arguments (``func``: the command), as a plain namespace: nothing of
     argparse stays referenced once this returns (see :func:`main`)."""
 
-    from receiver.cli_parser import Formatter, Parser, speak_argparse
+    from receiver.cli_parser import Formatter, Parser, speaking_argparse
 
-    speak_argparse(_)  # usage, errors and the help's headings in the technician's language too
-    parser = Parser.saying(_("did you mean {name!r}?"))(
-        prog="receiver", description=_(HELP), formatter_class=Formatter
-    )
-    parser.add_argument(
-        "--version",
-        action="version",
-        version=f"loa-receiver {__version__}",
-        help=_("show program's version number and exit"),  # argparse's own is never translated
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help=_("run the daemon"))
-    _config_argument(run)
-    run.set_defaults(func=cmd_run)
-    check = sub.add_parser("check-config", help=_("validate a config file and exit"))
-    _config_argument(check)
-    check.set_defaults(func=cmd_check_config)
-    relay = sub.add_parser("relay-off", help=_("force the amplifier relay off (stop helper)"))
-    _config_argument(relay)
-    relay.add_argument(
-        "--state-dir",
-        type=Path,
-        default=None,
-        help=_(
-            "where the daemon keeps its relay settings, used when the config's storage "
-            "section cannot be read (default: /var/lib/loa-receiver)"
-        ),
-    )
-    relay.set_defaults(func=cmd_relay_off)
-    status = sub.add_parser("status", help=_("show the device's last state (works offline)"))
-    _config_argument(status, default=INSTALLED_CONFIG)
-    status.set_defaults(func=cmd_status)
-    enroll = sub.add_parser("enroll", help=_("print the device's key entry for central's registry"))
-    _config_argument(enroll)
-    enroll.set_defaults(func=cmd_enroll)
-    args = parser.parse_args(argv)
-    _resolve_config(sub.choices[args.command], args)
-    return SimpleNamespace(**vars(args))
+    # Usage, errors and the help's headings in the technician's language too; put back after,
+    # so that nothing else in this process (a test runner, say) speaks through this catalog.
+    with speaking_argparse(_):
+        parser = Parser.saying(_("did you mean {name!r}?"))(
+            prog="receiver", description=_(HELP), formatter_class=Formatter
+        )
+        parser.add_argument(
+            "--version",
+            action="version",
+            version=f"loa-receiver {__version__}",
+            help=_("show program's version number and exit"),  # argparse's own is never translated
+        )
+        sub = parser.add_subparsers(dest="command", required=True)
+        run = sub.add_parser("run", help=_("run the daemon"))
+        _config_argument(run)
+        run.set_defaults(func=cmd_run)
+        check = sub.add_parser("check-config", help=_("validate a config file and exit"))
+        _config_argument(check)
+        check.set_defaults(func=cmd_check_config)
+        relay = sub.add_parser("relay-off", help=_("force the amplifier relay off (stop helper)"))
+        _config_argument(relay)
+        relay.add_argument(
+            "--state-dir",
+            type=Path,
+            default=None,
+            help=_(
+                "where the daemon keeps its relay settings, used when the config's storage "
+                "section cannot be read (default: /var/lib/loa-receiver)"
+            ),
+        )
+        relay.set_defaults(func=cmd_relay_off)
+        status = sub.add_parser("status", help=_("show the device's last state (works offline)"))
+        _config_argument(status, default=INSTALLED_CONFIG)
+        status.set_defaults(func=cmd_status)
+        enroll = sub.add_parser(
+            "enroll", help=_("print the device's key entry for central's registry")
+        )
+        _config_argument(enroll)
+        enroll.set_defaults(func=cmd_enroll)
+        args = parser.parse_args(argv)
+        _resolve_config(sub.choices[args.command], args)
+        return SimpleNamespace(**vars(args))
 
 
 def _config_argument(parser: argparse.ArgumentParser, default: str | None = None) -> None:
@@ -499,6 +503,10 @@ def main(argv: list[str] | None = None) -> int:
         # imported before: a test runner calling main(), say.)
         for name in ARGUMENT_MODULES - imported_before:
             sys.modules.pop(name, None)
+            package, _dot, attribute = name.rpartition(".")
+            if package in sys.modules:  # receiver.cli_parser stays the receiver package's too
+                with contextlib.suppress(AttributeError):
+                    delattr(sys.modules[package], attribute)
         gc.collect()
     if args.func is cmd_run:  # the daemon's output is the journal's
         result: int = args.func(args)

@@ -5,15 +5,16 @@ words come in the technician's language.
 "did you mean '--config'?", each under the usage of the command typed (a subcommand refuses an
 option it does not know itself, instead of leaving it to the whole tool's parser). The
 technician's tool (``receiver``) also says argparse's own words ("usage:", "error:", "invalid
-choice", the help's headings) through its catalog (:func:`speak_argparse`), so a ``LANG=vi_VN``
+choice", the help's headings) through its catalog (:func:`speaking_argparse`), so a ``LANG=vi_VN``
 board answers a slip in Vietnamese like everything else it prints.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Final, NoReturn
 
 #: argparse's own messages that the tools can print (Python 3.11's wording); each is in the
@@ -35,20 +36,31 @@ ARGPARSE_MESSAGES: Final = (
 )
 
 
-def speak_argparse(gettext: Callable[[str], str]) -> None:
-    """Let argparse say its own words through ``gettext`` (it looks its ``_`` up when it speaks,
-    so parsers built after this call use it)."""
+@contextlib.contextmanager
+def speaking_argparse(gettext: Callable[[str], str]) -> Iterator[None]:
+    """Within it, argparse says its own words through ``gettext`` (it looks its ``_`` up when it
+    speaks, so what is built and parsed within uses it); its own hook is put back after."""
+    own = vars(argparse)["_"]
     setattr(argparse, "_", gettext)  # noqa: B010 - argparse's module-level translation hook
+    try:
+        yield
+    finally:
+        setattr(argparse, "_", own)  # noqa: B010
 
 
-class Formatter(argparse.RawDescriptionHelpFormatter):
-    """The description as written (its paragraphs kept); help lines wrapped at spaces only, so
-    a path such as ``/etc/loa-receiver/receiver.yaml`` is never split at its hyphen."""
+class Wrapped(argparse.HelpFormatter):
+    """Help lines wrapped at spaces only, so that a path such as
+    ``/etc/loa-receiver/receiver.yaml`` is never split at its hyphen."""
 
     def _split_lines(self, text: str, width: int) -> list[str]:
         import textwrap
 
         return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
+
+
+class Formatter(argparse.RawDescriptionHelpFormatter, Wrapped):
+    """A tool's own help: its description as written (its paragraphs kept), its help lines as
+    :class:`Wrapped` wraps them."""
 
 
 class Parser(argparse.ArgumentParser):
@@ -62,7 +74,7 @@ class Parser(argparse.ArgumentParser):
     hint: str = "did you mean {name!r}?"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("formatter_class", Formatter)
+        kwargs.setdefault("formatter_class", Wrapped)
         super().__init__(*args, **kwargs)
         self._words: list[str] = []
 

@@ -129,3 +129,20 @@ def test_a_name_cut_short_is_not_guessed_at(program: str, argv: list[str]) -> No
     done = _run(program, *argv)
     assert done.returncode == 2
     assert "did you mean" not in done.stderr, done.stderr
+
+
+def test_the_technicians_words_do_not_stay_argparse_s_in_the_process(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``receiver`` let argparse speak through its catalog and left it so: anything parsed in
+    the same process after (a test runner's own tools, receiver-admin run in-process) spoke the
+    technician's language."""
+    import argparse
+
+    from receiver import cli
+
+    own = vars(argparse)["_"]
+    monkeypatch.setattr(cli, "_", lambda message: f"[vi] {message}")
+    with pytest.raises(SystemExit):
+        cli.main(["stauts"])
+    assert vars(argparse)["_"] is own

@@ -871,7 +871,9 @@ def _run(argv: list[str] | None) -> int:
     except collector.TerminatedError as exc:
         # No ^C on a terminal shows it: the journal or the script's log says why it ended.
         print(f"receiver-admin: {exc}", file=sys.stderr)
-        return _end_by_sigterm()
+        # The command line's run ends by the signal; main() called with its words (a program
+        # or a test running the tool in its own process) gets the status, not its death.
+        return _end_by_sigterm() if argv is None else EXIT_TERMINATED
     return result
 
 

@@ -607,9 +607,11 @@ def _collect(args: argparse.Namespace, path: Path, verifier: ReportVerifier) -> 
                 signal.signal(sig, stop)
     except BaseException:
         # Refused, or stopped while connecting: closed before the file is removed.
-        if collector is not None:
-            collector.close()
-        db.close()
+        try:
+            if collector is not None:
+                collector.close()
+        finally:  # a second Ctrl-C in the close: the database is closed before its removal
+            db.close()
         raise
     return _until_stopped(args, options, db, collector, stopping)
 
@@ -657,8 +659,10 @@ def _until_stopped(
         # A batch that could not be committed was not acknowledged: the broker keeps it.
         failed = exc
     finally:
-        collector.close()
-        db.close()
+        try:
+            collector.close()
+        finally:
+            db.close()
     c = collector.counts
     print(
         f"stored {c.events} events ({c.duplicates} repeated, {c.conflicts} conflicting), "

@@ -316,7 +316,7 @@ def schedule_command(
         for topic in topics or ["(no group given)"]:
             print(f"{topic}:")
             for line in programme.diff(retained.get(topic), payload, compared=bool(args.host)):
-                print(f"  {line}")
+                print(f"  {one_line(line, 300)}")  # the retained one is not verified here
         # The preview is where a mistyped group is caught most easily: warned of as the real
         # run warns once it has published, or said to be unchecked when no broker was given.
         if groups and args.host:
@@ -410,8 +410,11 @@ def show_command(args: argparse.Namespace, unlisted_groups: GroupChecker) -> int
             )
             state = None
         state_doc = open_report(state) if state else None  # signed (v1.1) or plain JSON
-        held = state_doc.get("schedules", {}) if isinstance(state_doc, dict) else {}
-        held = held if isinstance(held, dict) else {}
+        # Unknown (None) when its state was set aside: what it holds is compared with nothing.
+        held: dict[str, Any] | None = None if unverified else {}
+        if isinstance(state_doc, dict):
+            claimed = state_doc.get("schedules", {})
+            held = claimed if isinstance(claimed, dict) else {}
         groups = args.group or []
         if not groups and isinstance(state_doc, dict):
             # Ids only: a state is whatever a client the broker lets write it left there, and a
@@ -420,9 +423,12 @@ def show_command(args: argparse.Namespace, unlisted_groups: GroupChecker) -> int
             listed = listed if isinstance(listed, list) else []
             groups = [g for g in listed if isinstance(g, str) and ID_PATTERN.fullmatch(g)]
         holds = ", ".join(
-            one_line(f"{sid} v{version}", 80) for sid, version in sorted(held.items())
+            one_line(f"{sid} v{version}", 80) for sid, version in sorted((held or {}).items())
         )
-        print(f"device {args.device} holds: {holds or 'no schedule'}")
+        if unverified:
+            print(f"device {args.device} holds: unknown (its state is not verified)")
+        else:
+            print(f"device {args.device} holds: {holds or 'no schedule'}")
     else:
         groups, held = args.group or [], None
     if not groups:

@@ -368,6 +368,12 @@ def _gaps(payload: dict[str, Any], entries: list[dict[str, Any]]) -> Iterator[st
                 break
 
 
+def _days_written(entry: dict[str, Any]) -> str:
+    """An entry's days as written (a retained document is not checked here: any JSON at all)."""
+    days = entry.get("days", [])
+    return ",".join(map(str, days)) if isinstance(days, list) else str(days)
+
+
 def _by_id(payload: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
     entries = (payload or {}).get("entries")
     if not isinstance(entries, list):
@@ -399,13 +405,13 @@ def diff(old: dict[str, Any] | None, new: dict[str, Any], *, compared: bool = Tr
     before, after = _by_id(old), _by_id(new)
     for entry_id, entry in after.items():
         if entry_id not in before:
-            lines.append(f"+ {entry_id}: {','.join(entry['days'])} {entry['at']} (added)")
+            lines.append(f"+ {entry_id}: {_days_written(entry)} {entry['at']} (added)")
             continue
         was = before[entry_id]
         if (was.get("days"), was.get("at")) != (entry["days"], entry["at"]):
             lines.append(
-                f"~ {entry_id}: {','.join(was.get('days', []))} {was.get('at')} -> "
-                f"{','.join(entry['days'])} {entry['at']} (retimed)"
+                f"~ {entry_id}: {_days_written(was)} {was.get('at')} -> "
+                f"{_days_written(entry)} {entry['at']} (retimed)"
             )
         others = sorted(k for k in set(was) | set(entry) if was.get(k) != entry.get(k))
         others = [k for k in others if k not in ("days", "at")]
@@ -413,9 +419,7 @@ def diff(old: dict[str, Any] | None, new: dict[str, Any], *, compared: bool = Tr
             lines.append(f"~ {entry_id}: {', '.join(others)} changed")
     for entry_id, entry in before.items():
         if entry_id not in after:
-            lines.append(
-                f"- {entry_id}: {','.join(entry.get('days', []))} {entry.get('at')} (removed)"
-            )
+            lines.append(f"- {entry_id}: {_days_written(entry)} {entry.get('at')} (removed)")
     if len(lines) == 1 and old:
         lines.append("no entry changes")
     return lines

@@ -28,6 +28,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from receiver.central.inputs import InputError
 from receiver.central.reports import suspect_summary
 from receiver.core.record import record
+from receiver.terminal import one_line
 
 END_KINDS: Final = ("finished", "stopped", "preempted", "failed")
 HEADERS: Final = {
@@ -331,7 +332,10 @@ def write_csv(
 def write_table(out: TextIO, found: Iterable[ReportRow], zone: ZoneInfo, lang: str) -> int:
     """The readable table keeps its short headers: its summary on stderr names the zone and its
     offset (:func:`zone_label`)."""
-    lines = [HEADERS[lang]] + [cells(row, zone, lang) for row in found]
+    # The database holds what the network said as it said it: each cell one line of text.
+    lines = [HEADERS[lang]] + [
+        tuple(one_line(cell, 200) for cell in cells(row, zone, lang)) for row in found
+    ]
     widths = [min(40, max(len(line[i]) for line in lines)) for i in range(len(HEADERS[lang]))]
     for line in lines:
         text = "  ".join(
@@ -392,7 +396,9 @@ def report_command(args: argparse.Namespace) -> int:
         print(suspect, file=sys.stderr)
     if unknown:
         # A typo in --device looks like a device that played nothing: say which it is.
-        shown = ", ".join(known[:10]) + (", ..." if len(known) > 10 else "")
+        shown = ", ".join(one_line(d, 64) for d in known[:10]) + (
+            ", ..." if len(known) > 10 else ""
+        )
         print(
             f"receiver-admin: no report from {args.device} in {path} at all: is the device id "
             f"right? (it holds {shown or 'no device'})",

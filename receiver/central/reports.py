@@ -57,6 +57,7 @@ from receiver.core.envelope import b64decode_canonical, pae
 from receiver.core.record import record
 from receiver.core.strict_json import loads_strict
 from receiver.device_key import EVENT_TYPE, STATE_TYPE
+from receiver.terminal import one_line
 from receiver.timefmt import ts_utc
 
 __all__ = [
@@ -385,6 +386,9 @@ def message_text(message: DeviceMessageLike) -> str:
         text = message.raw.decode("utf-8", "replace")
     else:
         text = json.dumps(message.body, separators=(",", ":"), ensure_ascii=False)
+    # Whatever a client the broker lets write the topic left there: one line of text, no escape
+    # for the terminal (json.dumps escapes only what is below 0x20); JSON stays JSON.
+    text = one_line(text, MAX_REPORT_BYTES)
     if message.verdict == "unchecked":
         return text
     return f"{text}  [{message.verdict}{': ' + message.detail if message.detail else ''}]"

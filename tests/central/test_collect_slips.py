@@ -970,3 +970,20 @@ def test_a_collector_through_a_broker_restart_does_not_warn(
     _out, err = run.communicate(timeout=60)
     assert run.returncode == 0, err
     assert "Traceback" not in err and "warning" not in err, err
+
+
+def test_a_collect_stopped_by_sigterm_in_process_returns_143_and_leaves_its_caller_alive(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """On the command line collect ends by the SIGTERM that stopped it (a clean stop to
+    systemd); called with its words from a program's own process (a test, a script), killing
+    that process would take the caller down with it: it gets the status instead."""
+    from receiver.central import admin, collector
+
+    def stopped(_args: object) -> int:
+        raise collector.TerminatedError("collect: stopped (SIGTERM) before it had connected")
+
+    monkeypatch.setattr(collector, "collect_command", stopped)
+    argv = ["collect", "--db", str(tmp_path / "events.db"), "--host", "127.0.0.1"]
+    assert admin.main(argv) == 143
+    assert capsys.readouterr().err.startswith("receiver-admin: collect: stopped (SIGTERM)")

@@ -399,3 +399,21 @@ def test_a_states_strings_reach_the_fleet_table_and_schedule_show_only_as_text(
     assert main(["schedule", "show", "--device", "loa-001", *secured.login()]) == 0
     out = capsys.readouterr().out
     assert "\x1b" not in out and "\x07" not in out, repr(out)
+
+
+def test_watch_prints_a_report_as_one_line_of_text() -> None:
+    """``watch`` printed a payload that was not JSON as its bytes decoded, escapes and all, and
+    a JSON one through ``json.dumps``, which escapes only the characters below 0x20: the 8-bit
+    CSI (0x9b), DEL and bidi overrides (U+202E) reached the terminal."""
+    from types import SimpleNamespace
+
+    from receiver.central.reports import message_text
+
+    raw = SimpleNamespace(body=None, raw=b"\x1b[2Jhi\r\nthere", verdict="unchecked", detail="")
+    said = message_text(raw)
+    assert "\x1b" not in said and "\r" not in said and "\n" not in said, repr(said)
+    body = {"device": "loa-001", "title": "a\x9bb\u202ec\x7f"}
+    parsed = SimpleNamespace(body=body, raw=b"", verdict="signed", detail="")
+    said = message_text(parsed)
+    assert not {"\x9b", "\u202e", "\x7f"} & set(said), repr(said)
+    assert json.loads(said.split("  [")[0])["device"] == "loa-001"  # still JSON to a reader

@@ -395,3 +395,31 @@ def test_the_help_shows_both_names(capsys: pytest.CaptureFixture[str]) -> None:
     out = " ".join(capsys.readouterr().out.split())
     assert "--from DAY, --since DAY first local day" in out
     assert "--to DAY, --until DAY last local day" in out
+
+
+def test_the_table_prints_what_the_database_holds_as_text(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The collector stores what the network said as it said it (a title, a failure's detail):
+    the table printed those cells raw, so a terminal escape in a report reached the operator's
+    terminal. The CSV keeps them as stored (a spreadsheet is no terminal)."""
+    from datetime import date
+
+    from receiver.central.report import ReportRow, write_table
+
+    row = ReportRow(
+        device="loa-001",
+        day=date(2026, 3, 2),
+        title="news\x1b]0;owned\x07",
+        level="normal",
+        planned_utc=None,
+        started_utc=None,
+        duration_s=None,
+        outcome="failed",
+        why="a\x9b2Jb\u202e",
+        sort_utc=0.0,
+    )
+    out = io.StringIO()
+    write_table(out, [row], ZoneInfo("Asia/Ho_Chi_Minh"), "en")
+    assert not {"\x1b", "\x07", "\x9b", "\u202e"} & set(out.getvalue()), repr(out.getvalue())
+    assert "news" in out.getvalue()

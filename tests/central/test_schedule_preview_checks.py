@@ -200,3 +200,33 @@ def test_a_programme_for_devices_alone_is_said_to_reach_no_board(
         "topics only, and no --aud grp:<id> is given: no board would get this one; publish it "
         "to a group loa-009 is in (or one it alone is in)"
     )
+
+
+def test_the_preview_prints_a_forged_retained_programme_as_text_and_does_not_stop(
+    secured: Secured, operator_key: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The retained programme the preview compares with is whatever a client the ACL lets write
+    the group's topic left there (it is not verified here): an entry id holding a terminal
+    escape reached the operator's terminal, and days that were not text ended the preview in
+    a TypeError traceback."""
+    from receiver.central.signing import SigningKey, sign_command
+
+    forged = {
+        "id": "morning",
+        "version": 1,
+        "entries": [
+            {"id": "news", "days": [1, 2], "at": "06:00"},
+            {"id": "old\x1b]0;owned\x07", "days": "mon", "at": "07:00\x1b[2J"},
+        ],
+    }
+    with Spy(secured) as spy:
+        spy.publish(
+            f"loa/v1/grp/{RIGHT}/schedule",
+            sign_command(forged, [SigningKey.generate("anyone")]),
+            retain=True,
+        )
+    argv = _schedule(_programme(tmp_path), operator_key, secured, f"grp:{RIGHT}")
+    assert main([*argv, "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out, repr(out)
+    assert "~ news: 1,2 06:00 -> mon 06:30 (retimed)" in out, out

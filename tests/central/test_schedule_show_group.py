@@ -132,3 +132,21 @@ def test_show_with_the_registry_and_only_forged_states_says_nothing_vouches_for_
         f"receiver-admin: --group: no device lists group {TYPO} in a verified state: is the "
         "group right? (1 state set aside as unverified)"
     )
+
+
+def test_show_of_a_device_whose_state_is_set_aside_does_not_claim_what_it_holds(
+    secured: Secured, registry: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With ``--registry`` a state its device did not sign is set aside; stdout then said
+    "device loa-002 holds: no schedule", as if the board had none (the operator would publish
+    again for nothing). What it holds is unknown, and said so."""
+    forged = signed_state(DeviceKey("loa-002", Ed25519PrivateKey.generate()), [RIGHT])
+    leave_states(secured, {"loa-002": forged})
+    argv = _show(secured, "--device", "loa-002", "--group", RIGHT, "--registry", str(registry))
+    main(argv)
+    captured = capsys.readouterr()
+    assert captured.out.splitlines()[0] == (
+        "device loa-002 holds: unknown (its state is not verified)"
+    ), captured.out
+    assert "the device holds version" not in captured.out
+    assert "is not signed by its enrolled key" in captured.err
