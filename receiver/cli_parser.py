@@ -133,10 +133,15 @@ class Parser(argparse.ArgumentParser):
 
 def _typo_of(word: str, names: list[str]) -> str | None:
     """The one of ``names`` that ``word`` is a slip of the fingers for: about as long, most of
-    its letters in order. A word that a name merely begins with is no slip: ``--broker`` (for
-    ``--host``) is not ``--broker-timeout``, and a guess there would mislead."""
+    its letters in order. A word that a name merely begins with is no slip (``--broker``, for
+    ``--host``, is not ``--broker-timeout``, and a guess there would mislead) unless it is one
+    letter short of it (``statu``, ``--ou``)."""
     import difflib  # only for a slip: the running daemon never holds it
 
-    candidates = [n for n in names if abs(len(n) - len(word)) <= 2 and not n.startswith(word)]
+    def slip(name: str) -> bool:
+        cut_short = name.startswith(word) and len(name) - len(word) > 1
+        return abs(len(name) - len(word)) <= 2 and not cut_short
+
+    candidates = [n for n in names if slip(n)]
     close = difflib.get_close_matches(word, candidates, n=1, cutoff=0.75)
     return close[0] if close else None

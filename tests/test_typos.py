@@ -119,7 +119,7 @@ def test_the_operators_help_has_no_markup() -> None:
     ("program", "argv"),
     [
         ("receiver.central.admin", ["fleet", "--broker", "127.0.0.1"]),  # meant --host
-        ("receiver.central.admin", ["keygen", "--id", "op-1", "--ou", "op.pem"]),
+        ("receiver.central.admin", ["proof", "--db", "x.db", "--dev", "loa-001"]),
         ("receiver.cli", ["stat"]),
     ],
 )
@@ -146,3 +146,18 @@ def test_the_technicians_words_do_not_stay_argparse_s_in_the_process(
     with pytest.raises(SystemExit):
         cli.main(["stauts"])
     assert vars(argparse)["_"] is own
+
+
+@pytest.mark.parametrize(
+    ("program", "argv", "hint"),
+    [
+        ("receiver.cli", ["statu"], "did you mean 'status'?"),
+        ("receiver.central.admin", ["keygen", "--id", "op-1", "--ou", "op.pem"], "'--out'?"),
+    ],
+)
+def test_a_dropped_last_letter_is_answered(program: str, argv: list[str], hint: str) -> None:
+    """One letter short of a name is a slip of the fingers, not a name cut short on purpose:
+    ``receiver statu`` got no hint."""
+    done = _run(program, *argv)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1].endswith(hint), done.stderr
