@@ -242,10 +242,6 @@ def judged_unlisted_group(group: str, rows: Iterable[DeviceRow], *, verified: bo
     return f"{line}; {set_aside(aside)}" if line is not None and aside else line
 
 
-def _short(text: str, limit: int) -> str:
-    return one_line(text, limit)
-
-
 def _age(seconds: float) -> str:
     if seconds < -5:
         return "future"
@@ -276,7 +272,7 @@ def _cells(row: DeviceRow, now_utc: float) -> tuple[str, ...]:
     playing = state.get("playing")
     what = str(state.get("state", "?"))
     if what == "playing" and isinstance(playing, dict):
-        what = "playing: " + _short(str(playing.get("title", "?")), _TITLE_CHARS)
+        what = "playing: " + one_line(str(playing.get("title", "?")), _TITLE_CHARS)
     if state.get("faults"):
         what += " [fault: " + ",".join(map(str, state["faults"])) + "]"
     relays = state.get("relays")
@@ -286,7 +282,7 @@ def _cells(row: DeviceRow, now_utc: float) -> tuple[str, ...]:
     schedules = state.get("schedules")
     if isinstance(schedules, dict):
         compact = ",".join(f"{sid}:{version}" for sid, version in sorted(schedules.items()))
-        schedule_text = _short(compact, _SCHEDULE_CHARS) or "-"
+        schedule_text = one_line(compact, _SCHEDULE_CHARS) or "-"
     else:
         schedule_text = "?"
     age = row.age_s(now_utc)
