@@ -34,7 +34,8 @@ Figures:
   only that tail can push it out of the inbox (a real effect of a flood, not of the bench).
 
 (c) The MQTT intake alone, the floor for (a)'s command after the burst: a bare paho subscriber
-(MQTT 5, QoS 1 on the command topic like the daemon, no handling, a process of its own) on a
+(MQTT 5, QoS 1 on the command topic like the daemon, no handling, a process of its own; paho
+reads its packets' properties the daemon's way, ``receiver.mqtt_client.LightProperties``) on a
 Mosquitto of its own gets the same burst and then a message from another client. The command is
 behind most of the burst in the TCP stream, so no order inside the daemon can take it sooner
 than its MQTT library reads its way to it.
@@ -640,6 +641,7 @@ BARE_SUBSCRIBER = """
 import sys, time, uuid
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+import receiver.mqtt_client  # paho reads packet properties the daemon's way
 host, port, topic = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 seen = 0
 def on_message(client, userdata, message):
@@ -708,8 +710,9 @@ def intake_floor(root: Path, count: int) -> tuple[float, float, int]:
 
 def report_intake(count: int, quiet_s: float, after_s: float, read_before: int) -> None:
     print(
-        f"\n(c) the MQTT intake alone: a bare paho subscriber (MQTT 5, QoS 1, no handling), the "
-        f"same burst of {count}, then a message from another client"
+        "\n(c) the MQTT intake alone: a bare paho subscriber (MQTT 5, QoS 1, no handling, "
+        f"properties read the daemon's way), the same burst of {count}, then a message from "
+        "another client"
     )
     print(
         f"  publish -> arrival: {quiet_s * 1000:.1f} ms with no burst; {after_s * 1000:.1f} ms "
@@ -731,6 +734,7 @@ BARE_VERIFIER = """
 import base64, json, sys, time, uuid
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+import receiver.mqtt_client  # paho reads packet properties the daemon's way
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 host, port, topic, key_id = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]

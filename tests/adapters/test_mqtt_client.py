@@ -19,8 +19,11 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.exception import MQTTException
+from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from receiver import mqtt_client
 from receiver.config_model import BrokerConfig, TlsConfig
 from receiver.core.events import LinkChanged, MessageReceived
 from receiver.mqtt_client import LinkError, MqttLink, Subscription
@@ -253,6 +256,63 @@ def test_a_burst_is_read_in_chunks_not_a_socket_read_per_piece_of_each_message(
     rec.wait_message(lambda m: m.payload == b"burst %d" % (count - 1), timeout=3.0)
     assert [m.payload for m in rec.all] == [b"first"] + [b"burst %d" % i for i in range(count)]
     assert counting[0].reads < count / 10
+
+
+def test_a_burst_does_not_make_paho_build_its_property_tables_for_each_message(
+    broker: MosquittoBroker, make_link: LinkFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # paho builds its three tables of MQTT 5 property names and types afresh for every PUBLISH
+    # it reads, and clears all 27 names before reading none: half of what it spends on a message
+    # in a flood. The link's messages come with properties or without, exactly as before.
+    built = []
+    original = Properties.__init__
+
+    def counting_init(self: Properties, packet_type: int) -> None:
+        built.append(packet_type)
+        original(self, packet_type)  # type: ignore[no-untyped-call]
+
+    link, rec = make_link(broker)
+    wait_subscribed(link, rec)
+    monkeypatch.setattr(Properties, "__init__", counting_init)
+    expiring = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+    expiring.MessageExpiryInterval = 600
+    expiring.UserProperty = ("from", "central")
+    with Subscriber(broker) as central:
+        for i in range(100):
+            central.publish(CMD, b"burst %d" % i, properties=expiring if i % 10 == 0 else None)
+    rec.wait_message(lambda m: m.payload == b"burst 99")
+    assert [m.payload for m in rec.all] == [b"burst %d" % i for i in range(100)]
+    assert len([t for t in built if t == PacketTypes.PUBLISH]) < 5
+
+
+@pytest.mark.parametrize(
+    "packet",
+    [
+        b"\x00payload",
+        b"\x05\x02\x00\x00\x02\x58payload",  # Message Expiry Interval 600
+        b"\x10\x26\x00\x04from\x00\x07centralpayload",  # a User Property
+        b"\x10\x26\x00\x01a\x00\x01b\x26\x00\x01a\x00\x01c\x01\x01payload",  # two, and a format
+    ],
+)
+def test_properties_read_the_link_s_way_are_paho_s(packet: bytes) -> None:
+    theirs = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+    their_length = theirs.unpack(packet)[1]  # type: ignore[no-untyped-call]
+    ours = mqtt_client.LightProperties(PacketTypes.PUBLISH)
+    our_length = ours.unpack(packet)[1]
+    assert (our_length, ours.json(), str(ours)) == (their_length, theirs.json(), str(theirs))  # type: ignore[no-untyped-call]
+    assert isinstance(ours, Properties)
+    assert ours.isEmpty() == theirs.isEmpty()  # type: ignore[no-untyped-call]
+    assert ours.pack() == theirs.pack()  # type: ignore[no-untyped-call]
+
+
+@pytest.mark.parametrize("kind", [Properties, mqtt_client.LightProperties])
+def test_light_properties_refuse_what_paho_refuses(kind: type[Properties]) -> None:
+    properties = kind(PacketTypes.PUBLISH)
+    with pytest.raises(MQTTException):
+        properties.SessionExpiryInterval = 10  # a CONNECT property, not a PUBLISH one
+    twice = b"\x0a\x02\x00\x00\x00\x01\x02\x00\x00\x00\x02"  # Message Expiry Interval twice
+    with pytest.raises(MQTTException):
+        properties.unpack(twice)  # type: ignore[no-untyped-call]
 
 
 def test_retained_commands_are_not_delivered_but_retained_documents_are(

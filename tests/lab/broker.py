@@ -331,8 +331,16 @@ class Subscriber:
     ) -> None:
         self.close()
 
-    def publish(self, topic: str, payload: bytes, *, retain: bool = False, qos: int = 1) -> None:
-        info = self._client.publish(topic, payload, qos=qos, retain=retain)
+    def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        retain: bool = False,
+        qos: int = 1,
+        properties: Properties | None = None,
+    ) -> None:
+        info = self._client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
         info.wait_for_publish(timeout=self.timeout_s)
         if not info.is_published():
             raise AssertionError(f"publish to {topic} was not acknowledged")
