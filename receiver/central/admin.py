@@ -271,6 +271,7 @@ def _sign_and_send(args: argparse.Namespace) -> int:
     refuse_if_too_large(str(payload["type"]), envelope)
     if not args.host:
         sys.stdout.write(envelope.decode("utf-8") + "\n")
+        admin_documents.note_printed_unchecked(_unchecked_without_a_broker(args))
         return EXIT_OK
     # Checked against the fleet's keyring (when one is retained) like the documents: a key the
     # boards do not know, or without the role or the scope, is refused by every one of them.
@@ -285,6 +286,21 @@ def _sign_and_send(args: argparse.Namespace) -> int:
     if args.topic is None:
         _warn_of_unknown_groups(args, registry)  # once sent: a refused publish says enough
     return EXIT_OK
+
+
+def _unchecked_without_a_broker(args: argparse.Namespace) -> str:
+    """What a command's run checks against the broker, said when there is no broker."""
+    if args.topic is not None:
+        return "the key was not checked against the fleet's keyring"
+    kinds = {audience.partition(":")[0] for audience in args.aud}
+    named = {
+        frozenset({"dev"}): "the devices",
+        frozenset({"grp"}): "the groups",
+    }.get(frozenset(kinds), "the devices and groups")
+    return (
+        f"{named} were not checked against the devices' states, nor the key against the "
+        "fleet's keyring"
+    )
 
 
 def _warn_of_unknown_devices(args: argparse.Namespace, registry: Registry | None) -> None:

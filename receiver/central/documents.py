@@ -230,6 +230,16 @@ def key_entry_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def note_printed_unchecked(unchecked: str) -> None:
+    """Say, after printing a signed message for publishing by hand (no ``--host``), what the
+    run would have checked against the broker and did not: silence would read as checked."""
+    print(
+        f"receiver-admin: note: no --host: printed, not sent; {unchecked} "
+        "(give --host to check and send)",
+        file=sys.stderr,
+    )
+
+
 def trust_command(args: argparse.Namespace, publish: Publisher) -> int:
     keys = _load_json(args.keys, "keyring")
     if not isinstance(keys, list):
@@ -340,6 +350,12 @@ def schedule_command(
     refuse_if_too_large("schedule", envelope)
     if not args.host:
         sys.stdout.write(envelope.decode("utf-8") + "\n")
+        note_printed_unchecked(
+            "the groups were not checked against the devices' states, nor the version against "
+            "the retained programme"
+            if groups
+            else "the version was not checked against the retained programme"
+        )
         return 0
     for topic in topics:
         refuse_if_unauthorized(args, topic, envelope, payload)

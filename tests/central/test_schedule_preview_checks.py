@@ -230,3 +230,33 @@ def test_the_preview_prints_a_forged_retained_programme_as_text_and_does_not_sto
     out = capsys.readouterr().out
     assert "\x1b" not in out and "\x07" not in out, repr(out)
     assert "~ news: 1,2 06:00 -> mon 06:30 (retimed)" in out, out
+
+
+def test_a_programme_signed_without_a_broker_says_what_was_not_checked(
+    operator_key: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without ``--host`` the real run prints the signed programme for publishing by hand; it
+    said nothing of the group it could not check, so a mistyped group went out unwarned."""
+    argv = _schedule(_programme(tmp_path), operator_key, None, f"grp:{TYPO}")
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["payloadType"]  # the envelope alone on stdout, for piping
+    assert captured.err.splitlines() == [
+        "receiver-admin: note: no --host: printed, not sent; the groups were not checked "
+        "against the devices' states, nor the version against the retained programme (give "
+        "--host to check and send)"
+    ]
+
+
+def test_a_command_signed_without_a_broker_says_what_was_not_checked(
+    operator_key: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["stop", "--key", str(operator_key), "--env", "prod", "--aud", f"grp:{TYPO}"]
+    assert main([*argv, "--aud", "dev:loa-0001"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["payloadType"]
+    assert captured.err.splitlines() == [
+        "receiver-admin: note: no --host: printed, not sent; the devices and groups were not "
+        "checked against the devices' states, nor the key against the fleet's keyring (give "
+        "--host to check and send)"
+    ]
