@@ -24,6 +24,8 @@ from receiver.ports import Outbox as OutboxPort
 from receiver.ports import Store as StorePort
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from receiver.mqtt_client import Subscription
 
 MAX_PACKET_BYTES: Final = 32 * 1024  # commands are capped at 16 KiB; the broker sends no more
@@ -64,7 +66,7 @@ def real_ports(config: Config, hooks: Hooks, pin_factory: Any = None) -> Ports:
             config.device_id,
             topics.subscriptions(config.groups),
             will_topic=topics.state,
-            will_payload=offline_payload(config.device_id, device_key),
+            will_payload=offline_payload(config.device_id, device_key, config.groups),
             on_message=hooks.message,
             max_packet_size=MAX_PACKET_BYTES,
             manual_ack=True,
@@ -74,10 +76,12 @@ def real_ports(config: Config, hooks: Hooks, pin_factory: Any = None) -> Ports:
     )
 
 
-def offline_payload(device_id: str, device_key: DeviceKey) -> bytes:
+def offline_payload(device_id: str, device_key: DeviceKey, groups: Sequence[str]) -> bytes:
     """The retained state of a device that is not running (the will, and the last word), signed
-    with the device's key like every report."""
-    body = json.dumps({"device": device_id, "online": False}, separators=(",", ":")).encode()
+    with the device's key like every report. It lists the device's groups (fixed by its config
+    for as long as the daemon runs): a group whose boards are all off is not a mistyped one."""
+    offline = {"device": device_id, "online": False, "groups": list(groups)}
+    body = json.dumps(offline, separators=(",", ":")).encode()
     return seal_report(device_key, STATE_TYPE, body)
 
 

@@ -411,7 +411,8 @@ class Runtime:
             except Exception as exc:  # shutting down: report and go on
                 self.log.error("close_failed", part=name, error=str(exc))
         self.log.info("relay_switched", on=False, why="shutdown")
-        self.link.stop(self.topics.state, offline_payload(self.config.device_id, self.device_key))
+        last_word = offline_payload(self.config.device_id, self.device_key, self.config.groups)
+        self.link.stop(self.topics.state, last_word)
         self.traffic.stop()
         try:  # so that `receiver status` says the daemon stopped, and when
             offline = {
