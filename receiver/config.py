@@ -88,6 +88,8 @@ T = TypeVar("T")
 
 #: Where scripts/install.sh puts the config file.
 INSTALLED_PATH = "/etc/loa-receiver/receiver.yaml"
+#: The most groups a board may be in: its state lists them all, and schemas/state.json allows 64.
+MAX_GROUPS = 64
 
 
 def load_config(path: Path) -> Config:
@@ -674,7 +676,11 @@ class _Distinct(Generic[T]):
 
 
 def _list_of(
-    item: Converter[T], *, min_items: int = 0, distinct: Sequence[_Distinct[T]] = ()
+    item: Converter[T],
+    *,
+    min_items: int = 0,
+    max_items: int | None = None,
+    distinct: Sequence[_Distinct[T]] = (),
 ) -> Converter[tuple[T, ...]]:
     """A YAML list (nothing means an empty one), every item converted and reported."""
 
@@ -708,6 +714,8 @@ def _list_of(
             items.append(value)
         if len(nodes) < min_items:
             raise _BadValueError(f"needs at least {min_items} item{'s' if min_items > 1 else ''}")
+        if max_items is not None and len(nodes) > max_items:
+            raise _BadValueError(_("at most {count} items").format(count=max_items))
         if failed:
             raise _ReportedError
         return tuple(items)
@@ -1122,7 +1130,7 @@ _CONFIG = _Section(
         _Field("device_id", _ident, _REQUIRED),
         _Field("env", _ident, _REQUIRED),
         # Required on purpose: a forgotten list would silently ignore group broadcasts.
-        _Field("groups", _list_of(_ident, distinct=[_SAME_VALUE]), _REQUIRED),
+        _Field("groups", _list_of(_ident, max_items=MAX_GROUPS, distinct=[_SAME_VALUE]), _REQUIRED),
         _Field("broker", _BROKER, _REQUIRED),
         _Field("trust", _TRUST, _REQUIRED),
         _Field("player", _PLAYER),

@@ -985,3 +985,14 @@ def test_the_installed_path_missing_says_how_to_install_not_to_check_its_name(
     (said,) = caught.value.problems
     assert said.startswith(f"{path}: config file not found")
     assert "check the name" not in said and "install" in said
+
+
+def test_more_groups_than_a_state_may_list_are_refused() -> None:
+    """The state lists the board's groups (at most 64, schemas/state.json): a config with more
+    started, and every state it published then broke the schema central reads it by."""
+    many = "groups: [" + ", ".join(f"commune-{i}" for i in range(65)) + "]"
+    assert only_problem(MINIMAL.replace("groups: [commune-1]", many)) == (
+        "groups: at most 64 items"
+    )
+    sixty_four = "groups: [" + ", ".join(f"commune-{i}" for i in range(64)) + "]"
+    assert len(parse_config(MINIMAL.replace("groups: [commune-1]", sixty_four), SRC).groups) == 64

@@ -230,13 +230,11 @@ def key_entry_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def note_printed_unchecked(unchecked: str) -> None:
+def note_printed_unchecked(unchecked: str, how: str = "give --host to check and send") -> None:
     """Say, after printing a signed message for publishing by hand (no ``--host``), what the
     run would have checked against the broker and did not: silence would read as checked."""
     print(
-        f"receiver-admin: note: no --host: printed, not sent; {unchecked} "
-        "(give --host to check and send)",
-        file=sys.stderr,
+        f"receiver-admin: note: no --host: printed, not sent; {unchecked} ({how})", file=sys.stderr
     )
 
 
@@ -350,12 +348,17 @@ def schedule_command(
     refuse_if_too_large("schedule", envelope)
     if not args.host:
         sys.stdout.write(envelope.decode("utf-8") + "\n")
-        note_printed_unchecked(
-            "the groups were not checked against the devices' states, nor the version against "
-            "the retained programme"
-            if groups
-            else "the version was not checked against the retained programme"
-        )
+        if groups:
+            note_printed_unchecked(
+                "the groups were not checked against the devices' states, nor the version "
+                "against the retained programme, nor the key against the fleet's keyring"
+            )
+        else:  # published by hand on a group topic, if at all: --host would refuse it
+            note_printed_unchecked(
+                "the key was not checked against the fleet's keyring, and with no grp: "
+                "audience there is no group's programme to compare it with",
+                "give --host and a grp: audience to check and send",
+            )
         return 0
     for topic in topics:
         refuse_if_unauthorized(args, topic, envelope, payload)

@@ -144,9 +144,9 @@ def unknown_group_warning(
 
     A mistyped group is sent to a topic no board listens on; the closest group names the
     states list are offered. The command is sent anyway (a group being set up has no member
-    yet), so this is a warning, and it says what it could not see: an offline state from a
-    board of version 0.1 lists no group, and a broker's ACL hides states without a word.
-    ``verified``: the rows were judged against the device registry, and only the states their
+    yet), so this is a warning, and it says what it could not see: the offline state of a
+    board that runs an older receiver lists no group, and a broker's ACL hides states without a
+    word. ``verified``: the rows were judged against the device registry, and only the states their
     device signed count; the others neither list the group nor offer names (a forged state
     could do either).
     ``outcome`` ends the line: what became of the command or programme all the same.
@@ -218,8 +218,8 @@ def unlisted_group(
     silent = sum(1 for row in every if not row.groups)
     if silent:
         line += (
-            f" ({silent} of {len(every)} states list no group: a board of version 0.1 that is "
-            "off does not say its groups)"
+            f" ({silent} of {len(every)} states list no group: a board that is off and runs "
+            "an older receiver does not say its groups)"
         )
     return line
 

@@ -243,9 +243,15 @@ def test_a_programme_signed_without_a_broker_says_what_was_not_checked(
     assert json.loads(captured.out)["payloadType"]  # the envelope alone on stdout, for piping
     assert captured.err.splitlines() == [
         "receiver-admin: note: no --host: printed, not sent; the groups were not checked "
-        "against the devices' states, nor the version against the retained programme (give "
-        "--host to check and send)"
+        "against the devices' states, nor the version against the retained programme, nor the "
+        "key against the fleet's keyring (give --host to check and send)"
     ]
+    assert main(_schedule(_programme(tmp_path), operator_key, None, "dev:loa-0001")) == 0
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "receiver-admin: note: no --host: printed, not sent; the key was not checked against "
+        "the fleet's keyring, and with no grp: audience there is no group's programme to "
+        "compare it with (give --host and a grp: audience to check and send)"
+    )
 
 
 def test_a_command_signed_without_a_broker_says_what_was_not_checked(
