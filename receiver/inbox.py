@@ -34,8 +34,8 @@ from receiver.core.events import Event, MessageReceived
 DEFAULT_MESSAGE_CAPACITY: Final = 256
 # All key lanes together. Plausible messages are at most 16 KiB each (the envelope cap), so they
 # hold at most 32 MiB. A forgery costs the loop one Ed25519 verification and a little more (about
-# 0.15-0.35 ms), so a full lane of one key takes 0.3-0.7 s to work through: the price of keeping
-# a real command that 2,000 forgeries naming its key follow (bench/junk measures it).
+# 0.14 ms on the lab machine), so a full lane of one key takes about 0.3 s to work through: the
+# price of keeping a real command that 2,000 forgeries naming its key follow (bench/junk).
 DEFAULT_PLAUSIBLE_CAPACITY: Final = 2048
 
 
