@@ -26,8 +26,12 @@ STATIONS := tests/adapters/test_player_relay.py tests/e2e/test_relay_stations.py
 # first run downloads a wheelhouse from PyPI), the boards' bundles built by scripts/bundle.sh,
 # and the brokers' own configs (config/brokers/: bridged Mosquittos, a two-node ejabberd).
 DEPLOYMENT := tests/test_install.py tests/test_bundle_build.py tests/brokers
+# The tests mostly wait (on brokers, daemons, libVLC), not compute: four workers (pytest-xdist,
+# a test file to a worker) take 2-3 minutes on 2 cores where one took 8-9. TEST_WORKERS=0 runs
+# them in this process, one after another.
+TEST_WORKERS ?= 4
 unit: bootstrap
-	$(PY) -m pytest $(addprefix --ignore=,$(STATIONS) $(DEPLOYMENT))
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(addprefix --ignore=,$(STATIONS) $(DEPLOYMENT))
 
 stations: bootstrap
 	$(PY) -m pytest $(STATIONS)
