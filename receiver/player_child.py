@@ -304,11 +304,21 @@ def _serve(fd: int) -> int:
             return 0
 
 
+def _main(fd: int) -> int:
+    try:
+        return _serve(fd)
+    except (EOFError, BrokenPipeError, ConnectionResetError):
+        return 0  # the daemon went away (stopped while this process started): nothing to tell
+
+
 if __name__ == "__main__":
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the daemon decides when we stop
+    # The daemon decides when we stop: a Ctrl-C, a Ctrl-\ or a hang-up of the terminal it was
+    # started from reaches this process too, and the daemon stops it in order.
+    for ignored in (signal.SIGINT, signal.SIGQUIT, signal.SIGHUP):
+        signal.signal(ignored, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     # A start at an instant (its thread) and libVLC's Playing (its callback) wait for the
     # interpreter lock whenever another thread holds it (the traffic meter's sample): at most
     # this long, not Python's default 5 ms, which is more than the whole start.
     sys.setswitchinterval(GIL_SWITCH_S)
-    sys.exit(_serve(int(sys.argv[1])))
+    sys.exit(_main(int(sys.argv[1])))

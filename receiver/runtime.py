@@ -222,8 +222,10 @@ class Runtime:
         def handler(signum: int, frame: FrameType | None) -> None:
             self.request_stop()
 
-        signal.signal(signal.SIGTERM, handler)
-        signal.signal(signal.SIGINT, handler)
+        # A hand-run's terminal going away (SIGHUP) or a Ctrl-\ (SIGQUIT) would otherwise end
+        # the daemon on the spot, the amplifier relay left on: each stops it as SIGTERM does.
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT):
+            signal.signal(signum, handler)
 
     def run(self) -> None:
         """Run until ``request_stop``; always leaves the relay off and the link closed."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -27,6 +28,7 @@ from receiver.core.events import (
     PlayerCrashed,
 )
 from receiver.health import TRAFFIC_LOOPBACK_ENV, TrafficMeter
+from receiver.player_child import Channel, child_settings
 from receiver.player_process import ANSWER_TIMEOUT_S, PING_EVERY_S, ProcessPlayer
 from tests.lab.audio import dominant_of, trim_silence, wait_for_final_wav, write_tone
 from tests.lab.streams import StreamServer, encode, mp3_stream, write_programme
@@ -291,3 +293,26 @@ def test_the_child_starts_a_prerolled_file_itself_at_the_instant_and_says_how_la
     with pytest.raises(AssertionError, match="no event"):
         events.next(timeout_s=0.1)
     assert wav_size(wav) == 0
+
+
+def test_a_child_whose_daemon_went_away_while_it_started_ends_without_a_traceback(
+    tmp_path: Path,
+) -> None:
+    """A daemon stopped (Ctrl-C, SIGTERM) just after it started its media engine left the child
+    printing a BrokenPipeError traceback on the technician's terminal as it said it was ready."""
+    ours, theirs = socket.socketpair()
+    child = subprocess.Popen(
+        [sys.executable, "-I", "-m", "receiver.player_child", str(theirs.fileno())],
+        pass_fds=(theirs.fileno(),),
+        stdin=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    theirs.close()
+    Channel(ours).send(
+        child_settings(PlayerConfig(output="file", wav_file=tmp_path / "o.wav"), None)
+    )
+    ours.close()  # the daemon is gone before the child says it is ready
+    _, errors = child.communicate(timeout=30)
+    assert child.returncode == 0
+    assert "Traceback" not in errors, errors

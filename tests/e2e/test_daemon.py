@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -11,10 +12,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from receiver.central.signing import SigningKey, command_payload, sign_command
 from receiver.timefmt import rfc3339
 from tests.e2e.conftest import Site
-from tests.lab.audio import dominant_of, read_wav, trim_silence
+from tests.lab.audio import dominant_of, read_wav, trim_silence, write_tone
 from tests.lab.broker import Received, Subscriber
 from tests.lab.daemon import DEVICE, GROUP, Daemon
 
@@ -229,3 +232,33 @@ def test_a_play_at_an_instant_is_prerolled_and_sounds_whole_from_it(
     assert 1.3 < sound.duration_s < 1.8  # the whole 1.5 s tone, from its start
     assert dominant_of(trim_silence(sound.samples), sound.rate, (440.0, 1000.0)) == 440.0
     assert [line["on"] for line in daemon.logged("relay_switched")] == [False, True, False]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGHUP, signal.SIGQUIT, signal.SIGTERM, signal.SIGINT])
+def test_a_hangup_or_quit_stops_the_daemon_cleanly_with_the_relay_off(
+    signum: signal.Signals,
+    site: Site,
+    start_daemon: Callable[[], Daemon],
+    watcher: Subscriber,
+) -> None:
+    """A technician's SSH link that drops (SIGHUP) or a Ctrl-\\ (SIGQUIT) during a hand-run
+    ended the daemon on the spot while it played: the amplifier relay stayed on, the board said
+    nothing. Each ends it as SIGTERM does: the sound stops, the relay goes off, the last word is
+    published."""
+    write_tone(site.media.directory / "long.wav", 440.0, 20.0)
+    daemon = start_daemon()
+    wait_online(watcher, site)
+    watcher.publish(
+        site.cmd_topic,
+        sign_command(play_payload(site, "long.wav", message_id="long"), [site.operator]),
+    )
+    wait_event(watcher, site, "started", "long")
+    assert daemon.process is not None
+    daemon.process.send_signal(signum)
+    assert daemon.process.wait(timeout=15) == 0
+    switched = daemon.logged("relay_switched")
+    assert switched[-1]["on"] is False and switched[-1]["why"] == "shutdown", switched
+    watcher.wait_for(lambda m: m.topic == site.state_topic and _json(m).get("online") is False, 10)
+    size = site.wav.stat().st_size
+    time.sleep(1.0)
+    assert site.wav.stat().st_size == size  # no sound after the stop
