@@ -77,7 +77,7 @@ _BUFFERED_READS_PER_TURN = 512
 #: What :attr:`LinkStatus.cause` may be (``receiver status`` says each in words).
 CAUSES: tuple[str, ...] = (
     "refused_credentials",  # CONNACK: bad user name or password, bad authentication method
-    "refused_not_authorised",  # CONNACK: not authorised (the broker's ACL)
+    "refused_not_authorised",  # CONNACK: not authorised (Mosquitto 2: a wrong password too)
     "refused",  # CONNACK: any other refusal
     "dns",  # the broker's name does not resolve
     "tcp_refused",  # nothing listens on the broker's port

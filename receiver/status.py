@@ -273,8 +273,10 @@ def _link_cause(cause: str, error: str, broker: str) -> str | None:
     host = broker.rpartition(":")[0] or broker or "?"
     words = {
         "refused_credentials": lambda: _("the broker refused the user name or password"),
+        # Mosquitto 2 answers a wrong password so too, not as refused_credentials.
         "refused_not_authorised": lambda: _(
-            "the broker refused it: this user is not authorised (the broker's ACL)"
+            "the broker refused it as not authorised: a wrong user name or password, or a user "
+            "it does not let in"
         ),
         "refused": lambda: _("the broker refused it ({error})"),
         "dns": lambda: _("the broker's name does not resolve ({host})"),

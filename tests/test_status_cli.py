@@ -261,6 +261,15 @@ def test_a_link_that_is_not_up_says_why_in_words() -> None:
         "NOT connected: the broker's name does not resolve (mqtt.lan) "
         "(since 07:59:20, 1 failed attempt)"
     )
+    # Mosquitto 2 answers a wrong password with "not authorised" (0x87), not "bad user name or
+    # password" (0x86): the board blamed the broker's ACL and the technician looked there.
+    not_authorised = "refused by broker: not authorised (Not authorized, 0x87)"
+    assert broker(
+        since=since, attempts=2, cause="refused_not_authorised", last_error=not_authorised
+    ) == (
+        "NOT connected: the broker refused it as not authorised: a wrong user name or password, "
+        "or a user it does not let in (since 07:59:20, 2 failed attempts)"
+    )
     odd = broker(since=since, attempts=2, cause="new-in-v9", last_error="something new")
     assert odd == "NOT connected: something new (since 07:59:20, 2 failed attempts)"
     # From a daemon that did not say: as before.
