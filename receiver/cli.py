@@ -101,6 +101,15 @@ def _start_problems(config: Config) -> list[str]:
     return problems
 
 
+def _vlc_args_problem(config: Config) -> list[str]:
+    """``player.vlc_args`` that libVLC refuses (check-config only: it loads libVLC, which the
+    daemon keeps out of its own process; there its player's process tells the same)."""
+    from receiver.player import vlc_args_refused
+
+    refused = vlc_args_refused(config.player)
+    return [] if refused is None else [f"{config.source}: {refused}"]
+
+
 def cmd_check_config(args: SimpleNamespace) -> int:
     from receiver.config import config_warnings, key_expired
 
@@ -108,7 +117,7 @@ def cmd_check_config(args: SimpleNamespace) -> int:
     if config is None:
         return EX_CONFIG
     now = datetime.now(UTC)
-    warnings = _start_problems(config)
+    warnings = _start_problems(config) + _vlc_args_problem(config)
     later = config_warnings(config, now)
     for warning in warnings + later:
         print(_("warning: {message}").format(message=warning), file=sys.stderr)
@@ -144,7 +153,7 @@ def cmd_check_config(args: SimpleNamespace) -> int:
     return 0
 
 
-def cmd_run(args: SimpleNamespace) -> int:
+def cmd_run(args: SimpleNamespace) -> int:  # noqa: PLR0915 - one refusal after another
     config = _load(args.config)
     if config is None:
         return EX_CONFIG
@@ -168,7 +177,7 @@ def cmd_run(args: SimpleNamespace) -> int:
     import structlog
 
     from receiver.device_key import DeviceKeyError
-    from receiver.errors import TlsFilesError
+    from receiver.errors import TlsFilesError, VlcArgsRefusedError
     from receiver.gpio import PinFactoryMissingError, PinRefusedError, save_settings
 
     logs.configure(config.logging.level, config.logging.format)
@@ -192,6 +201,10 @@ def cmd_run(args: SimpleNamespace) -> int:
         print(refusal.format(path=args.config), file=sys.stderr)
         return EX_CONFIG
     except DeviceKeyError as exc:  # damaged, readable by others, locked: no restart mends it
+        log.critical("daemon_cannot_start", error=str(exc))
+        return EX_CONFIG
+    except VlcArgsRefusedError as exc:  # the config's vlc_args: no restart mends it either
+        print(f"{config.source}: {exc}", file=sys.stderr)
         log.critical("daemon_cannot_start", error=str(exc))
         return EX_CONFIG
     except TlsFilesError as exc:  # changed since the check above: told as check-config tells it

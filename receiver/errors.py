@@ -41,6 +41,10 @@ class PlayerError(ReceiverError, RuntimeError):
     """libVLC is missing, refused its arguments, or refused to do what was asked."""
 
 
+class VlcArgsRefusedError(PlayerError):
+    """libVLC refuses the config's ``player.vlc_args``: no restart mends that."""
+
+
 class GpioError(ReceiverError, RuntimeError):
     """The relay pin or an input pin could not be set up, switched, read or released."""
 

@@ -17,14 +17,14 @@ import os
 import threading
 import time
 
-from receiver.errors import PlayerError
+from receiver.errors import PlayerError, VlcArgsRefusedError
 
 # What the idle player's child does without is imported by the first call that needs it: the
 # core's events (and dataclasses) by the first play or preroll (never in the child: see
 # Player._report), the stream resolver and gate (sockets, HTTP, TLS) by the first relay or URL.
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
     from typing import Any, Protocol
 
     from receiver.core.events import Event
@@ -120,6 +120,28 @@ class _Item:
         self.gate: StreamGate | None = None  # a live stream's gate, closed on release
         self.playing_mono: float | None = None  # when libVLC said Playing for the start
         self.playing = threading.Event()  # set with playing_mono
+
+
+def refused_vlc_args_line(vlc_args: Sequence[str]) -> str:
+    """What to say of ``player.vlc_args`` that libVLC refuses (the option first: a log line is
+    cut at 200 characters)."""
+    return (
+        f"player.vlc_args: libVLC refuses {list(vlc_args)!r} (it printed the reason on stderr); "
+        "remove or correct the option"
+    )
+
+
+def vlc_args_refused(config: PlayerSettings) -> str | None:
+    """:func:`refused_vlc_args_line` if libVLC refuses ``config``'s ``vlc_args``, else None:
+    an instance is made with them and let go (``receiver check-config``; the daemon itself
+    leaves libVLC to its player's process)."""
+    if not config.vlc_args:
+        return None
+    instance = _import_vlc().Instance(instance_args(config))
+    if instance is None:
+        return refused_vlc_args_line(config.vlc_args)
+    instance.release()
+    return None
 
 
 def instance_args(config: PlayerSettings) -> list[str]:
@@ -227,6 +249,8 @@ class Player:
         self._closed = False
 
         self._instance = self._vlc.Instance(args)
+        if self._instance is None and config.vlc_args:
+            raise VlcArgsRefusedError(refused_vlc_args_line(config.vlc_args))
         if self._instance is None:
             raise PlayerError(
                 f"libVLC refused its arguments {args!r}; check player.vlc_args "

@@ -269,7 +269,9 @@ def _serve(fd: int) -> int:
             log=_LogForwarder(channel),
         )
     except PlayerError as exc:
-        channel.send(("failed", str(exc)))
+        # "refused_args": the config's vlc_args, which no restart mends (the daemon exits 78).
+        kind = "refused_args" if type(exc).__name__ == "VlcArgsRefusedError" else "failed"
+        channel.send((kind, str(exc)))
         return 1
     channel.send(("ready", os.getpid()))
     metered = False

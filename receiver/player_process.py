@@ -41,7 +41,7 @@ import structlog
 
 from receiver.config_model import MediaConfig, PlayerConfig
 from receiver.core.events import Event, PlaybackFailed, PlayerCrashed
-from receiver.errors import PlayerError
+from receiver.errors import PlayerError, VlcArgsRefusedError
 from receiver.player_child import Channel, child_settings, playback_event
 
 __all__ = ["ANSWER_TIMEOUT_S", "PING_EVERY_S", "ProcessPlayer"]
@@ -200,6 +200,9 @@ class ProcessPlayer:
             child.kill()
             child.wait()
             raise
+        if kind == "refused_args":
+            child.wait()
+            raise VlcArgsRefusedError(str(detail))
         if kind != "ready":
             child.wait()
             raise PlayerError(str(detail))

@@ -129,6 +129,22 @@ def test_one_pin_named_two_ways_is_refused_by_check_config_and_run(tmp_path: Pat
     assert "daemon_failed" not in run.stderr and "Traceback" not in run.stderr
 
 
+def test_vlc_args_libvlc_refuses_are_a_start_refusal(tmp_path: Path) -> None:
+    """``vlc_args: [--no-such-option]``: check-config said OK, the daemon then died with exit 1
+    at every start (restarted every 5 s), its line cut before the option that was wrong."""
+    extra = "player: {output: file, wav_file: out.wav, vlc_args: ['--no-such-option']}\n"
+    config = write_config(tmp_path, extra=extra)
+    said = "player.vlc_args: libVLC refuses ['--no-such-option']"
+    check = receiver("check-config", str(config))
+    assert check.returncode == 78, check.stderr
+    assert "will refuse to start" in check.stdout and said in check.stderr, check.stderr
+    run = receiver("run", "--config", str(config))
+    assert run.returncode == 78 and said in run.stderr, run.stderr
+    assert "daemon_failed" not in run.stderr and "Traceback" not in run.stderr
+    good = "player: {output: file, wav_file: out.wav, vlc_args: ['--no-video']}\n"
+    assert receiver("check-config", str(write_config(tmp_path, extra=good))).returncode == 0
+
+
 FIXED_PULL = "gpio: {pin_factory: mock, mic_pin: GPIO2, inputs_active_high: true}"
 
 
