@@ -21,7 +21,7 @@ from receiver.timefmt import rfc3339
 
 ROOT = Path(__file__).resolve().parents[1]
 VI = ROOT / "receiver" / "locale" / "vi" / "LC_MESSAGES" / f"{DOMAIN}.po"
-TRANSLATED = ("receiver/cli.py", "receiver/config.py", "receiver/status.py")
+TRANSLATED = ("receiver/cli.py", "receiver/config.py", "receiver/status.py", "receiver/gpio.py")
 STATUS_LABELS = (
     "device", "updated", "daemon", "broker", "software", "uptime", "playing", "volume", "relay",
     "schedules", "trust", "clock", "cache", "faults", "health", "outbox", "board now",
@@ -51,7 +51,7 @@ def fields(text: str) -> set[str]:
 
 def test_every_marked_message_and_label_has_a_vietnamese_translation() -> None:
     catalog = read_po(VI)
-    wanted = [*marked_messages(), *STATUS_LABELS]
+    wanted = [*marked_messages(), *STATUS_LABELS, *i18n.OS_REASONS.values()]
     assert len(wanted) > 40
     missing = [m for m in wanted if m not in catalog]
     assert missing == []
@@ -348,7 +348,7 @@ def test_the_usual_system_errors_are_told_in_vietnamese(
     vietnamese: None, errno_: int, words: str
 ) -> None:
     assert i18n.os_reason(OSError(errno_, os.strerror(errno_))) == words
-    assert i18n.os_reason(OSError(28, "No space left on device")) == "No space left on device"
+    assert i18n.os_reason(OSError(5, "Input/output error")) == "Input/output error"
 
 
 def test_status_without_permission_is_vietnamese_through(
