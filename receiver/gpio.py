@@ -362,7 +362,7 @@ class LocalInputs:
         return [(name, bool(device.is_active)) for name, device in self._devices]
 
     def close(self) -> None:
-        for _, device in self._devices:
+        for _name, device in self._devices:
             with contextlib.suppress(Exception):
                 device.close()
         self._devices = []

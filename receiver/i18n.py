@@ -8,11 +8,12 @@ so a board needs no ``msgfmt``); a checkout run in place, which has no ``.mo``, 
 check-config ...`` answers in Vietnamese. A missing catalog or an untranslated message gives
 the English text. Only what a technician reads at the terminal is translated: ``check-config``
 (the YAML syntax messages and the usual problems of a setting: missing, unknown, duplicate, a
-wrong type, a range, an id, a file that cannot be read), ``status``, ``enroll``, ``relay-off`` (whose
-line a technician also reads by hand) and the start-up refusals. Log events stay English (they
-are searched for and machine-read); so does ``relay-off``'s journal line, as the service runs
-without a ``LANG``. The system's reason for a file it cannot read ("Permission denied") comes
-from :func:`os_reason`, in the technician's language for the usual ones.
+wrong type, a range, an id, a file that cannot be read), ``status``, ``enroll``, ``relay-off``
+(run by hand too) and the start-up refusals. Log events stay English (they are searched for and
+machine-read); ``relay-off``'s journal line is in the service's language (systemd's, from the
+board's locale: English unless it was set otherwise). The system's reason for a file it cannot
+read ("Permission denied") comes from :func:`os_reason`, in the technician's language for the
+usual ones.
 """
 
 from __future__ import annotations
