@@ -36,7 +36,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from receiver import __version__, logs  # first: logs sets up what structlog may import
 from receiver.config_model import Config, GpioConfig
 from receiver.errors import ConfigError
-from receiver.i18n import forget_catalog, tolerant_output
+from receiver.i18n import forget_catalog, os_reason, tolerant_output
 from receiver.i18n import gettext_ as _
 
 if TYPE_CHECKING:
@@ -172,7 +172,7 @@ def cmd_run(args: SimpleNamespace) -> int:  # noqa: PLR0915 - one refusal after 
         print(_already_running(running, args.config), file=sys.stderr)
         return EX_TEMPFAIL
     except OSError as exc:
-        print(f"{args.config}: {config.storage.state_dir}: {exc.strerror or exc}", file=sys.stderr)
+        print(f"{args.config}: {config.storage.state_dir}: {os_reason(exc)}", file=sys.stderr)
         return EX_CONFIG
     import structlog
 
@@ -275,37 +275,44 @@ def cmd_relay_off(args: SimpleNamespace) -> int:
     settings = read_gpio_settings(Path(args.config), args.state_dir)
     running = instance_lock.holder(settings.state_dir)
     if running is not None:  # not this unit's daemon, which has ended: another one, alive
-        print(
-            f"relay-off: relay left alone: a daemon is running (pid {running or 'unknown'}) "
-            f"with the state directory {settings.state_dir}, and drives it"
+        pid = _("unknown pid") if not running else f"pid {running}"
+        message = _(
+            "relay-off: relay left alone: a daemon is running ({pid}) with the state directory "
+            "{state_dir}, and drives it"
         )
+        print(message.format(pid=pid, state_dir=settings.state_dir))
         return 0
     gpio: GpioConfig | None = settings.gpio
     origin = args.config
     if gpio is None:
         gpio = load_saved_settings(settings.state_dir)
-        origin = f"the settings the daemon last started with ({settings.state_dir})"
+        origin = _("the settings the daemon last started with ({state_dir})").format(
+            state_dir=settings.state_dir
+        )
     note = ""
     if settings.problems:
         more = len(settings.problems) - 1
-        note = f"; the config has errors: {settings.problems[0]}" + (
-            f" (and {more} more)" if more else ""
-        )
+        note = _("; the config has errors: {problem}").format(problem=settings.problems[0])
+        if more:
+            note += _(" (and {count} more)").format(count=more)
     if gpio is None:
-        print(
-            f"relay-off: relay NOT switched: no usable gpio settings in {args.config} "
-            f"nor in {settings.state_dir}{note}"
+        message = _(
+            "relay-off: relay NOT switched: no usable gpio settings in {path} nor in {state_dir}"
         )
+        print(message.format(path=args.config, state_dir=settings.state_dir) + note)
         return 1
-    what = (
-        f"relay {gpio.amp_pin} ({gpio.pin_factory}, active {'high' if gpio.active_high else 'low'})"
+    active = _("active high") if gpio.active_high else _("active low")
+    what = _("relay {pin} ({factory}, {active})").format(
+        pin=gpio.amp_pin, factory=gpio.pin_factory, active=active
     )
     try:
         force_off(gpio)
     except GpioError as exc:
-        print(f"relay-off: {what} NOT switched: {exc}{note}")
+        message = _("relay-off: {relay} NOT switched: {error}")
+        print(message.format(relay=what, error=exc) + note)
         return 1
-    print(f"relay-off: {what} switched off, settings from {origin}{note}")
+    message = _("relay-off: {relay} switched off, settings from {origin}")
+    print(message.format(relay=what, origin=origin) + note)
     return 0
 
 
@@ -366,7 +373,7 @@ def cmd_status(args: SimpleNamespace) -> int:
         if isinstance(cause, PermissionError):
             message = _("{error} (try sudo if it is a permission problem)")
         elif isinstance(cause, OSError):
-            message = "{error}"
+            message = "{error}"  # the reason is in the technician's words already
         else:  # damaged (an edit, a full card): sudo would not help, the next state mends it
             message = _(
                 "{error} (the daemon writes it anew each time it publishes the device's "
@@ -409,13 +416,13 @@ def cmd_enroll(args: SimpleNamespace) -> int:
     try:
         key, _made = load_or_create_device_key(config.storage.state_dir, config.device_id)
     except DeviceKeyError as exc:
-        print(f"receiver enroll: {exc}", file=sys.stderr)
+        print(_("receiver enroll: {error}").format(error=exc), file=sys.stderr)
         return 1
     except OSError as exc:  # the state directory cannot be made or read by this user
         where = exc.filename or config.storage.state_dir
         message = _("receiver enroll: {where}: {reason} (storage.state_dir in {path})")
         print(
-            message.format(where=where, reason=exc.strerror or exc, path=args.config),
+            message.format(where=where, reason=os_reason(exc), path=args.config),
             file=sys.stderr,
         )
         if isinstance(exc, PermissionError):

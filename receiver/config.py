@@ -65,6 +65,7 @@ from receiver.core.commands import ID_PATTERN, ID_RULE
 from receiver.core.record import record
 from receiver.errors import ConfigError
 from receiver.i18n import gettext_ as _
+from receiver.i18n import os_reason
 
 __all__ = [
     "ID_RULE",
@@ -112,7 +113,7 @@ def load_config(path: Path) -> Config:
         raise ConfigError([message.format(path=path)]) from None
     except OSError as exc:
         message = _("{path}: cannot read the config file: {reason}")
-        raise ConfigError([message.format(path=path, reason=exc.strerror or exc)]) from None
+        raise ConfigError([message.format(path=path, reason=os_reason(exc))]) from None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -521,19 +522,20 @@ _SPKI_ED25519_PREFIX = bytes.fromhex("302a300506032b6570032100")
 def _ed25519(node: yaml.Node, ctx: _Context, path: str) -> bytes:
     """Standard base64 (with padding) of a raw 32-byte Ed25519 public key."""
     value = _text(node, ctx, path)
-    wanted = "base64 of the raw 32-byte Ed25519 public key"
+    wanted = _("write the base64 of the raw 32-byte Ed25519 public key")
     if value.startswith(("ssh-ed25519", "-----BEGIN")):
-        raise _BadValueError(f"looks like an OpenSSH or PEM key: write the {wanted}")
+        raise _BadValueError(_("looks like an OpenSSH or PEM key") + f": {wanted}")
     try:
         raw = base64.b64decode(value, validate=True)
     except binascii.Error:
-        raise _BadValueError(f"is not valid base64: write the {wanted}") from None
+        raise _BadValueError(_("is not valid base64") + f": {wanted}") from None
     if base64.b64encode(raw).decode("ascii") != value:
-        raise _BadValueError(f"is not canonical base64: write the {wanted}")
+        raise _BadValueError(_("is not canonical base64") + f": {wanted}")
     if len(raw) == 44 and raw.startswith(_SPKI_ED25519_PREFIX):
-        raise _BadValueError(f"is a DER SubjectPublicKeyInfo (44 bytes): write the {wanted}")
+        raise _BadValueError(_("is a DER SubjectPublicKeyInfo (44 bytes)") + f": {wanted}")
     if len(raw) != 32:
-        raise _BadValueError(f"decodes to {len(raw)} bytes: write the {wanted}")
+        decodes = _("decodes to {count} bytes").format(count=len(raw))
+        raise _BadValueError(f"{decodes}: {wanted}")
     return raw
 
 
@@ -612,24 +614,28 @@ _PIN_NAME = re.compile(r"(GPIO|BCM|BOARD)([0-9]{1,2})")
 
 def _amp_pin(node: yaml.Node, ctx: _Context, path: str) -> str:
     """A BCM number (``17``) or a gpiozero pin name: ``GPIO17``, ``BCM17``, ``BOARD11``."""
-    wanted = "a BCM number (17) or a pin name like GPIO17, BCM17 or BOARD11"
+    wanted = _("a BCM number (17) or a pin name like GPIO17, BCM17 or BOARD11")
     scalar = _scalar(node, wanted)
     if scalar.tag == _NULL:
-        raise _BadValueError(f"expected {wanted}, got nothing")
+        raise _expected(wanted, scalar)
     if scalar.style is None and _DECIMAL.fullmatch(scalar.value):
         kind, number = "GPIO", _decimal(scalar.value)
     elif match := _PIN_NAME.fullmatch(str(scalar.value).upper()):
         kind, number = match[1], int(match[2])
     else:
-        raise _BadValueError(f"expected {wanted}, got {_show(str(scalar.value))}")
+        message = _("expected {wanted}, got {value}")
+        raise _BadValueError(message.format(wanted=wanted, value=_show(str(scalar.value))))
     if kind == "BOARD":
         if not 1 <= number <= 40:
-            raise _BadValueError(f"there is no header pin {number}: use BOARD1 to BOARD40")
+            message = _("there is no header pin {number}: use BOARD1 to BOARD40")
+            raise _BadValueError(message.format(number=number))
         if _header_gpio(number) is None:
-            raise _BadValueError(f"header pin {number} is not a GPIO pin (it is power or ground)")
+            message = _("header pin {number} is not a GPIO pin (it is power or ground)")
+            raise _BadValueError(message.format(number=number))
         return f"BOARD{number}"
     if not 0 <= number <= 27:
-        raise _BadValueError(f"GPIO{number} is not on the 40-pin header: use GPIO0 to GPIO27")
+        message = _("GPIO{number} is not on the 40-pin header: use GPIO0 to GPIO27")
+        raise _BadValueError(message.format(number=number))
     return f"GPIO{number}"
 
 
@@ -845,7 +851,7 @@ def _finish_tls(values: dict[str, Any], check: _Checker) -> TlsConfig:
     tls = TlsConfig(**values)
     if (tls.cert_file is None) != (tls.key_file is None):
         missing = "key_file" if tls.key_file is None else "cert_file"
-        check(missing, "cert_file and key_file go together: set both or neither")
+        check(missing, _("cert_file and key_file go together: set both or neither"))
     return tls
 
 
@@ -861,7 +867,7 @@ _TLS = _Section(
 
 def _tls(node: yaml.Node, ctx: _Context, path: str) -> TlsConfig | None:
     if isinstance(node, yaml.ScalarNode) and node.tag == _BOOL:
-        raise _BadValueError("write 'tls: {}' for TLS with the system's CAs, or leave tls out")
+        raise _BadValueError(_("write 'tls: {}' for TLS with the system's CAs, or leave tls out"))
     return _optional(_TLS)(node, ctx, path)
 
 
@@ -869,16 +875,17 @@ def _read_secret_file(path: Path, check: _Checker) -> str | None:
     try:
         secret = path.read_text(encoding="utf-8").rstrip("\r\n")
     except FileNotFoundError:
-        check("password_file", f"file not found: {path}")
+        check("password_file", _("file not found: {path}").format(path=path))
     except UnicodeDecodeError:
-        check("password_file", f"{path} is not UTF-8 text")
+        check("password_file", _("{path} is not UTF-8 text").format(path=path))
     except OSError as exc:
-        check("password_file", f"cannot read {path}: {exc.strerror}")
+        message = _("cannot read {path}: {reason}")
+        check("password_file", message.format(path=path, reason=os_reason(exc)))
     else:
         if secret:
             check.ctx.secrets.append(secret)
             return secret
-        check("password_file", f"{path} is empty")
+        check("password_file", _("{path} is empty").format(path=path))
     return None
 
 
@@ -886,7 +893,7 @@ def _finish_broker(values: dict[str, Any], check: _Checker) -> BrokerConfig:
     password_file: Path | None = values.pop("password_file")
     if password_file is not None:
         if values["password"] is not None:
-            check("password_file", "set broker.password or broker.password_file, not both")
+            check("password_file", _("set broker.password or broker.password_file, not both"))
         else:
             values["password"] = _read_secret_file(password_file, check)
     if values["port"] is None:
@@ -897,11 +904,12 @@ def _finish_broker(values: dict[str, Any], check: _Checker) -> BrokerConfig:
         )
     broker = BrokerConfig(**values)
     if (broker.host, broker.port) in broker.failover:
-        check("failover", f"{broker.host}:{broker.port} is already broker.host")
+        message = _("{host}:{port} is already broker.host")
+        check("failover", message.format(host=broker.host, port=broker.port))
     if broker.password is not None and broker.username is None:
-        check("username", "required when a password is set")
+        check("username", _("required when a password is set"))
     if broker.reconnect_max_s < broker.reconnect_min_s:
-        check("reconnect_max_s", "must not be below broker.reconnect_min_s")
+        check("reconnect_max_s", _("must not be below broker.reconnect_min_s"))
     return broker
 
 
@@ -965,9 +973,10 @@ _TRUST = _Section(
 def _finish_player(values: dict[str, Any], check: _Checker) -> PlayerConfig:
     player = PlayerConfig(**values)
     if player.default_volume > player.max_volume:
-        check("default_volume", f"must not be above player.max_volume ({player.max_volume})")
+        message = _("must not be above player.max_volume ({max_volume})")
+        check("default_volume", message.format(max_volume=player.max_volume))
     if player.output == "file" and player.wav_file is None:
-        check("wav_file", "required when player.output is 'file'")
+        check("wav_file", _("required when player.output is 'file'"))
     return player
 
 
@@ -1003,8 +1012,11 @@ def _finish_gpio(values: dict[str, Any], check: _Checker) -> GpioConfig:
             continue
         number = _gpio_number(pin)
         if number in seen:
-            same = "" if pin == f"GPIO{number}" else f" is GPIO{number}, which"
-            check(key, f"{pin}{same} is already used by gpio.{seen[number]}")
+            if pin == f"GPIO{number}":
+                message = _("{pin} is already used by gpio.{key}")
+            else:
+                message = _("{pin} is GPIO{number}, which is already used by gpio.{key}")
+            check(key, message.format(pin=pin, number=number, key=seen[number]))
         seen[number] = key
     return gpio
 
@@ -1077,7 +1089,7 @@ _POLICY = _Section(
 def _finish_media(values: dict[str, Any], check: _Checker) -> MediaConfig:
     media = MediaConfig(**values)
     if media.cache_quota_bytes < media.max_file_bytes:
-        check("cache_quota_bytes", "must not be below media.max_file_bytes")
+        check("cache_quota_bytes", _("must not be below media.max_file_bytes"))
     return media
 
 
@@ -1098,7 +1110,7 @@ def _finish_storage(values: dict[str, Any], check: _Checker) -> StorageConfig:
     state, cache = storage.state_dir, storage.cache_dir
     if state == cache or state.is_relative_to(cache) or cache.is_relative_to(state):
         # The cache is trimmed to its quota by deleting files: it must never hold the state.
-        check("cache_dir", "must be apart from storage.state_dir (neither inside the other)")
+        check("cache_dir", _("must be apart from storage.state_dir (neither inside the other)"))
     return storage
 
 
@@ -1215,7 +1227,7 @@ def unreadable_files(config: Config) -> list[str]:
                 "{source}: broker.tls.{name}: cannot read {path}: {reason} "
                 "(the daemon runs as the user loa-receiver)"
             )
-            reason = exc.strerror or str(exc)
+            reason = os_reason(exc)
             found.append(message.format(source=config.source, name=name, path=path, reason=reason))
     return found
 
@@ -1448,7 +1460,7 @@ def _unreadable_fallback(config: Config) -> list[str]:
             "{source}: player.fallback_file: cannot read {path}: {reason} (the daemon runs as "
             "the user loa-receiver): a relay whose stream fails would end in silence instead"
         )
-        reason = exc.strerror or str(exc)
+        reason = os_reason(exc)
         return [message.format(source=config.source, path=path, reason=reason)]
     return []
 

@@ -42,6 +42,7 @@ from gpiozero.pins.mock import MockFactory
 
 from receiver.config_model import PIN_FACTORIES, GpioConfig
 from receiver.errors import GpioError
+from receiver.i18n import gettext_ as _
 
 __all__ = [
     "SAVED_SETTINGS_FILE",
@@ -81,30 +82,37 @@ def _pin_error(message: str, exc: Exception) -> GpioError:
     return cls(f"{message}: {_describe(exc)}")
 
 
-# name -> (gpiozero module, factory class, what to install when the import fails)
-_FACTORIES: dict[str, tuple[str, str, str]] = {
+# name -> (gpiozero module, factory class, what to install when the import fails: the
+# technician reads it from check-config, in the language's words)
+_FACTORIES: dict[str, tuple[str, str, Callable[[], str]]] = {
     "lgpio": (
         "gpiozero.pins.lgpio",
         "LGPIOFactory",
-        "install the Debian package python3-lgpio (in a virtualenv: pip install lgpio, or "
-        "create the virtualenv with --system-site-packages)",
+        lambda: _(
+            "install the Debian package python3-lgpio (in a virtualenv: pip install lgpio, or "
+            "create the virtualenv with --system-site-packages)"
+        ),
     ),
     "rpigpio": (
         "gpiozero.pins.rpigpio",
         "RPiGPIOFactory",
-        "install the Debian package python3-rpi.gpio (in a virtualenv: pip install RPi.GPIO); "
-        "RPi.GPIO does not work on a Raspberry Pi 5, use pin_factory: lgpio there",
+        lambda: _(
+            "install the Debian package python3-rpi.gpio (in a virtualenv: pip install "
+            "RPi.GPIO); RPi.GPIO does not work on a Raspberry Pi 5, use pin_factory: lgpio there"
+        ),
     ),
     "pigpio": (
         "gpiozero.pins.pigpio",
         "PiGPIOFactory",
-        "install the Debian package python3-pigpio (in a virtualenv: pip install pigpio) and run "
-        "the pigpiod daemon (package pigpio)",
+        lambda: _(
+            "install the Debian package python3-pigpio (in a virtualenv: pip install pigpio) "
+            "and run the pigpiod daemon (package pigpio)"
+        ),
     ),
     "native": (
         "gpiozero.pins.native",
         "NativeFactory",
-        "the native factory needs no extra package; check that gpiozero is installed",
+        lambda: _("the native factory needs no extra package; check that gpiozero is installed"),
     ),
 }
 
@@ -151,10 +159,11 @@ def make_pin_factory(name: str) -> Factory:
 
 def _missing_message(name: str, exc: Exception) -> str:
     if isinstance(exc, ImportError):
-        missing = f" (missing module {exc.name!r})" if exc.name else ""
+        missing = _(" (missing module {module!r})").format(module=exc.name) if exc.name else ""
     else:
-        missing = f" (its module does not load: {_describe(exc)})"
-    return f"pin factory {name!r} is not available{missing}: {_FACTORIES[name][2]}"
+        missing = _(" (its module does not load: {error})").format(error=_describe(exc))
+    message = _("pin factory {name!r} is not available{missing}: {install}")
+    return message.format(name=name, missing=missing, install=_FACTORIES[name][2]())
 
 
 def missing_pin_factory(name: str) -> str | None:
@@ -353,7 +362,7 @@ class LocalInputs:
         return [(name, bool(device.is_active)) for name, device in self._devices]
 
     def close(self) -> None:
-        for _, device in self._devices:
+        for _name, device in self._devices:
             with contextlib.suppress(Exception):
                 device.close()
         self._devices = []

@@ -8,12 +8,17 @@ so a board needs no ``msgfmt``); a checkout run in place, which has no ``.mo``, 
 check-config ...`` answers in Vietnamese. A missing catalog or an untranslated message gives
 the English text. Only what a technician reads at the terminal is translated: ``check-config``
 (the YAML syntax messages and the usual problems of a setting: missing, unknown, duplicate, a
-wrong type, a range, an id), ``status``, and the start-up refusals. Log events and ``relay-off``'s
-journal line stay English (they are searched for and machine-read).
+wrong type, a range, an id, a file that cannot be read), ``status``, ``enroll``, ``relay-off``
+(run by hand too) and the start-up refusals. Log events stay English (they are searched for and
+machine-read); ``relay-off``'s journal line is in the service's language (systemd's, from the
+board's locale: English unless it was set otherwise). The system's reason for a file it cannot
+read ("Permission denied") comes from :func:`os_reason`, in the technician's language for the
+usual ones.
 """
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import sys
@@ -28,6 +33,7 @@ __all__ = [
     "compiled_catalog",
     "forget_catalog",
     "gettext_",
+    "os_reason",
     "read_po",
     "tolerant_output",
 ]
@@ -108,6 +114,30 @@ def forget_catalog() -> None:
 def gettext_(message: str) -> str:
     """``message`` in the environment's language (English when there is no catalog for it)."""
     return _translations().gettext(message)
+
+
+#: The system's reasons a technician meets (a file missing, not allowed, a directory), as the
+#: catalogs' messages; other reasons are told as the system tells them.
+OS_REASONS = {
+    errno.ENOENT: "No such file or directory",
+    errno.EACCES: "Permission denied",
+    errno.EPERM: "Operation not permitted",
+    errno.EISDIR: "Is a directory",
+    errno.ENOTDIR: "Not a directory",
+    errno.EROFS: "Read-only file system",
+    errno.ENOSPC: "No space left on device",
+}
+
+
+def os_reason(exc: OSError) -> str:
+    """Why ``exc`` happened, for a technician: the system's own words (``strerror``) in English,
+    the catalog's for the usual reasons in another language."""
+    said = exc.strerror if isinstance(exc.strerror, str) and exc.strerror else str(exc)
+    english = OS_REASONS.get(exc.errno) if exc.errno is not None else None
+    if english is None:
+        return said
+    translated = gettext_(english)
+    return said if translated == english else translated
 
 
 def tolerant_output() -> None:

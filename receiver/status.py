@@ -36,6 +36,7 @@ from typing import Any, Final, TypeGuard
 
 from receiver.core.record import record
 from receiver.i18n import gettext_ as _
+from receiver.i18n import os_reason
 from receiver.terminal import one_line
 from receiver.timefmt import ts_utc
 
@@ -99,15 +100,18 @@ def read_status(state_dir: Path) -> dict[str, Any] | None:
     except FileNotFoundError:
         return None
     except OSError as exc:
-        raise StatusError(f"cannot read {path}: {exc.strerror or exc}") from exc
+        message = _("cannot read {path}: {reason}")
+        raise StatusError(message.format(path=path, reason=os_reason(exc))) from exc
     if len(raw) > _MAX_BYTES:
-        raise StatusError(f"{path} is larger than {_MAX_BYTES} bytes: not a state message")
+        message = _("{path} is larger than {size} bytes: not a state message")
+        raise StatusError(message.format(path=path, size=_MAX_BYTES))
     try:
         value = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
-        raise StatusError(f"{path} is not valid JSON: {exc}") from exc
+        message = _("{path} is not valid JSON: {error}")
+        raise StatusError(message.format(path=path, error=exc)) from exc
     if not isinstance(value, dict):
-        raise StatusError(f"{path} does not hold a JSON object")
+        raise StatusError(_("{path} does not hold a JSON object").format(path=path))
     return value
 
 
@@ -143,7 +147,7 @@ def read_outbox(state_dir: Path) -> OutboxSummary | None:
         finally:
             db.close()
     except sqlite3.Error as exc:
-        raise StatusError(f"cannot read {path}: {exc}") from exc
+        raise StatusError(_("cannot read {path}: {reason}").format(path=path, reason=exc)) from exc
     return OutboxSummary(int(count), first, last, 0 if row is None else int(row[0]))
 
 

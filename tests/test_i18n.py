@@ -21,7 +21,7 @@ from receiver.timefmt import rfc3339
 
 ROOT = Path(__file__).resolve().parents[1]
 VI = ROOT / "receiver" / "locale" / "vi" / "LC_MESSAGES" / f"{DOMAIN}.po"
-TRANSLATED = ("receiver/cli.py", "receiver/config.py", "receiver/status.py")
+TRANSLATED = ("receiver/cli.py", "receiver/config.py", "receiver/status.py", "receiver/gpio.py")
 STATUS_LABELS = (
     "device", "updated", "daemon", "broker", "software", "uptime", "playing", "volume", "relay",
     "schedules", "trust", "clock", "cache", "faults", "health", "outbox", "board now",
@@ -51,7 +51,7 @@ def fields(text: str) -> set[str]:
 
 def test_every_marked_message_and_label_has_a_vietnamese_translation() -> None:
     catalog = read_po(VI)
-    wanted = [*marked_messages(), *STATUS_LABELS]
+    wanted = [*marked_messages(), *STATUS_LABELS, *i18n.OS_REASONS.values()]
     assert len(wanted) > 40
     missing = [m for m in wanted if m not in catalog]
     assert missing == []
@@ -296,3 +296,171 @@ def test_argparse_s_own_words_and_the_help_are_in_the_catalog_with_their_placeho
         assert sorted(placeholders.findall(catalog[msgid])) == sorted(
             placeholders.findall(msgid)
         ), msgid
+
+
+# --- the rest of what a technician reads from ``receiver`` ----------------------------------
+
+_KEY = base64.b64encode(bytes(range(32))).decode()
+
+
+def _config(tmp_path: Path, *, broker: str = "", key: str = _KEY, tail: str = "") -> Path:
+    path = tmp_path / "receiver.yaml"
+    path.write_text(
+        f"device_id: loa-1\nenv: lab\ngroups: []\nbroker:\n  host: 192.0.2.1\n{broker}"
+        f"trust:\n  keys:\n    - {{id: k1, ed25519: '{key}', roles: [operator], scopes: ['*']}}\n"
+        f"storage: {{state_dir: {tmp_path}/state, cache_dir: {tmp_path}/cache}}\n{tail}",
+        encoding="utf-8",
+    )
+    return path
+
+
+def _check(path: Path, capsys: pytest.CaptureFixture[str]) -> str:
+    cli.main(["check-config", str(path)])
+    return capsys.readouterr().err
+
+
+def test_a_password_file_that_is_missing_is_said_in_vietnamese(
+    vietnamese: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = _config(tmp_path, broker="  username: u\n  password_file: /nonexistent/pw\n")
+    err = _check(path, capsys)
+    assert "broker.password_file: không tìm thấy tệp: /nonexistent/pw" in err, err
+    (tmp_path / "pw").mkdir()
+    path = _config(tmp_path, broker=f"  username: u\n  password_file: {tmp_path}/pw\n")
+    err = _check(path, capsys)
+    assert f"broker.password_file: không đọc được {tmp_path}/pw: đây là một thư mục" in err, err
+
+
+def test_a_config_file_that_cannot_be_read_says_why_in_vietnamese(
+    vietnamese: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``không đọc được tệp cấu hình: Is a directory``: the system's reason stayed English."""
+    err = _check(tmp_path, capsys)
+    assert f"{tmp_path}: không đọc được tệp cấu hình: đây là một thư mục" in err, err
+    assert "Is a directory" not in err
+
+
+@pytest.mark.parametrize(
+    ("errno_", "words"),
+    [(2, "không tồn tại"), (13, "không có quyền truy cập"), (21, "đây là một thư mục")],
+)
+def test_the_usual_system_errors_are_told_in_vietnamese(
+    vietnamese: None, errno_: int, words: str
+) -> None:
+    assert i18n.os_reason(OSError(errno_, os.strerror(errno_))) == words
+    assert i18n.os_reason(OSError(5, "Input/output error")) == "Input/output error"
+
+
+def test_status_without_permission_is_vietnamese_through(
+    vietnamese: None,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``cannot read …/status.json: Permission denied (thử lại với sudo…)``: half English."""
+    path = _config(tmp_path)
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "status.json").write_text("{}", encoding="utf-8")
+    real_open = Path.open
+
+    def refused(self: Path, *args: object, **kwargs: object) -> object:
+        if self.name == "status.json":
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_open(self, *args, **kwargs)  # type: ignore[call-overload]
+
+    monkeypatch.setattr(Path, "open", refused)
+    assert cli.main(["status", "--config", str(path)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"không đọc được {tmp_path}/state/status.json: không có quyền truy cập "
+        "(thử lại với sudo nếu là lỗi quyền truy cập)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "words"),
+    [
+        (base64.b64encode(b"abc").decode(), "được giải mã thành 3 byte"),
+        ("not base64!", "không phải base64 hợp lệ"),
+        ("ssh-ed25519 AAAA", "trông giống khóa OpenSSH hoặc PEM"),
+    ],
+)
+def test_a_wrong_public_key_is_said_in_vietnamese(
+    vietnamese: None, tmp_path: Path, capsys: pytest.CaptureFixture[str], value: str, words: str
+) -> None:
+    err = _check(_config(tmp_path, key=value), capsys)
+    assert f"ed25519: {words}: hãy ghi base64 của khóa công khai Ed25519 thô 32 byte" in err, err
+
+
+@pytest.mark.parametrize(
+    ("gpio", "words"),
+    [
+        (
+            "{amp_pin: 99}",
+            "gpio.amp_pin: GPIO99 không nằm trên đầu cắm 40 chân: dùng GPIO0 đến GPIO27",
+        ),
+        ("{amp_pin: BOARD41}", "gpio.amp_pin: không có chân số 41 trên đầu cắm"),
+        ("{amp_pin: BOARD1}", "gpio.amp_pin: chân số 1 của đầu cắm không phải chân GPIO"),
+        ("{amp_pin: x}", "gpio.amp_pin: cần một số BCM (17) hoặc tên chân như GPIO17"),
+        ("{amp_pin: 17, mic_pin: 17}", "gpio.mic_pin: GPIO17 đã được dùng cho gpio.amp_pin"),
+        (
+            "{amp_pin: 17, mic_pin: BOARD11}",
+            "gpio.mic_pin: BOARD11 là GPIO17, chân đã được dùng cho gpio.amp_pin",
+        ),
+    ],
+)
+def test_every_gpio_pin_error_is_said_in_vietnamese(
+    vietnamese: None, tmp_path: Path, capsys: pytest.CaptureFixture[str], gpio: str, words: str
+) -> None:
+    err = _check(_config(tmp_path, tail=f"gpio: {gpio}\n"), capsys)
+    assert words in err, err
+
+
+def test_a_missing_pin_factory_is_said_in_vietnamese(
+    vietnamese: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("lgpio") is not None:
+        pytest.skip("lgpio is installed here")
+    err = _check(_config(tmp_path, tail="gpio: {pin_factory: lgpio}\n"), capsys)
+    assert "gpio.pin_factory: không dùng được pin factory 'lgpio' (thiếu mô-đun 'lgpio')" in err
+    assert "hãy cài gói Debian python3-lgpio" in err, err
+
+
+@pytest.mark.parametrize(
+    ("snippet", "words"),
+    [
+        (("", "player: {output: file}\n"), "player.wav_file: bắt buộc khi player.output là 'file'"),
+        (("  password: s3cret-x\n", ""), "broker.username: bắt buộc khi đã đặt mật khẩu"),
+    ],
+)
+def test_settings_required_by_another_are_said_in_vietnamese(
+    vietnamese: None,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    snippet: tuple[str, str],
+    words: str,
+) -> None:
+    broker, tail = snippet
+    err = _check(_config(tmp_path, broker=broker, tail=tail), capsys)
+    assert words in err, err
+
+
+def test_relay_off_speaks_vietnamese(
+    vietnamese: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """docs §7 has the technician run ``relay-off`` by hand: its line was English only."""
+    path = _config(tmp_path, tail="gpio: {pin_factory: mock}\n")
+    assert cli.main(["relay-off", "--config", str(path)]) == 0
+    assert capsys.readouterr().out.strip() == (
+        f"relay-off: rơ-le GPIO17 (mock, kích hoạt ở mức cao) đã tắt, thiết lập lấy từ {path}"
+    )
+    broken = _config(tmp_path, tail="gpio: {pin_factory: mock, amp_pin: 99}\nenv2: x\n")
+    assert cli.main(["relay-off", "--config", str(broken), "--state-dir", "/nonexistent"]) == 1
+    out = capsys.readouterr().out.strip()
+    assert out.startswith(
+        f"relay-off: rơ-le KHÔNG được tắt: không có thiết lập gpio dùng được trong {broken} "
+        "cũng như trong "
+    ), out
+    assert "; cấu hình có lỗi: " in out and "(và thêm 1 lỗi khác)" in out, out
