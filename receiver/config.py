@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import ipaddress
 import math
 import os
@@ -1295,31 +1296,77 @@ def _ssl_reason(exc: OSError) -> str:
 def unusable_directories(config: Config) -> list[str]:
     """``storage.state_dir`` and ``storage.cache_dir`` where this process could not keep files.
 
-    A directory that is a file, that sits under a file, or that this user may not write to (or
-    create) stops the daemon at start-up whatever the number of restarts: checked with the TLS
-    files, so it is one clear refusal (exit 78) and a warning of ``check-config``.
+    A directory that is a file, that sits under a file or under a link leading nowhere (a USB
+    stick that is not mounted), that this user may not write to, or that cannot be made (``/proc``
+    takes no new directory, whoever asks) stops the daemon at start-up whatever the number of
+    restarts. Checked with the TLS files, so it is one clear refusal (exit 78) and a
+    warning of ``check-config``. A directory that is missing is made to see that it can be, then
+    removed: the check leaves the disk as it found it.
     """
     found: list[str] = []
     for name in ("state_dir", "cache_dir"):
         path: Path = getattr(config.storage, name)
-        existing = path
-        while not existing.exists() and existing != existing.parent:
-            existing = existing.parent
-        if not existing.is_dir():
+        problem = _directory_problem(path, config.source, name)
+        if problem is not None:
+            found.append(problem)
+    return found
+
+
+def _directory_problem(path: Path, source: Path | None, name: str) -> str | None:
+    """What keeps ``path`` (``storage.<name>``) from being this user's directory; None if it is
+    one or can be made."""
+    existing = path
+    while not existing.is_dir() and existing != existing.parent:
+        if existing.is_symlink():  # leads nowhere, or to a file: mkdir says "File exists"
+            message = _(
+                "{source}: storage.{name}: {link} is a link to {target}, which is not a "
+                "directory: mount what it leads to, or point the link at a directory"
+            )
+            return message.format(
+                source=source, name=name, link=existing, target=os.readlink(existing)
+            )
+        if existing.exists():
             message = _(
                 "{source}: storage.{name}: {path} cannot be a directory: {blocker} is a file"
             )
-            found.append(
-                message.format(source=config.source, name=name, path=path, blocker=existing)
-            )
-        elif not os.access(existing, os.W_OK | os.X_OK):
-            message = _(
-                "{source}: storage.{name}: this user may not write in {where} (the daemon runs "
-                "as the user loa-receiver, and its service may write only in /var/lib/loa-receiver "
-                "and /var/cache/loa-receiver)"
-            )
-            found.append(message.format(source=config.source, name=name, where=existing))
-    return found
+            return message.format(source=source, name=name, path=path, blocker=existing)
+        existing = existing.parent
+    if not os.access(existing, os.W_OK | os.X_OK):
+        message = _(
+            "{source}: storage.{name}: this user may not write in {where} (the daemon runs "
+            "as the user loa-receiver, and its service may write only in /var/lib/loa-receiver "
+            "and /var/cache/loa-receiver)"
+        )
+        return message.format(source=source, name=name, where=existing)
+    failed = _make_and_remove(path, existing)
+    if failed is not None:
+        message = _(
+            "{source}: storage.{name}: the directory {path} cannot be made ({reason}): give a "
+            "directory on the board's card or a mounted drive"
+        )
+        return message.format(source=source, name=name, path=path, reason=failed.strerror or failed)
+    return None
+
+
+def _make_and_remove(path: Path, existing: Path) -> OSError | None:
+    """Make the directories from ``existing`` down to ``path``, then remove them again: what
+    failed, or None."""
+    missing: list[Path] = []
+    while path != existing:
+        missing.append(path)
+        path = path.parent
+    made: list[Path] = []
+    try:
+        for directory in reversed(missing):
+            directory.mkdir(mode=0o700)
+            made.append(directory)
+    except OSError as exc:
+        return exc
+    finally:
+        for directory in reversed(made):
+            with contextlib.suppress(OSError):
+                directory.rmdir()
+    return None
 
 
 # --- what the daemon starts with, but a technician must hear of ---------------------------
