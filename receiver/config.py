@@ -36,6 +36,7 @@ import contextlib
 import ipaddress
 import math
 import os
+import pwd
 import re
 from collections.abc import Callable, Hashable, Sequence
 from datetime import datetime
@@ -1299,7 +1300,8 @@ def unusable_directories(config: Config) -> list[str]:
     A directory that is a file, that sits under a file or under a link leading nowhere (a USB
     stick that is not mounted), that this user may not write to, or that cannot be made (``/proc``
     takes no new directory, whoever asks) stops the daemon at start-up whatever the number of
-    restarts. Checked with the TLS files, so it is one clear refusal (exit 78) and a
+    restarts; so do files in the state directory that this user may not write to (left by a
+    hand-run as root). Checked with the TLS files, so it is one clear refusal (exit 78) and a
     warning of ``check-config``. A directory that is missing is made to see that it can be, then
     removed: the check leaves the disk as it found it.
     """
@@ -1307,6 +1309,8 @@ def unusable_directories(config: Config) -> list[str]:
     for name in ("state_dir", "cache_dir"):
         path: Path = getattr(config.storage, name)
         problem = _directory_problem(path, config.source, name)
+        if problem is None and name == "state_dir":
+            problem = _foreign_files(path, config.source)
         if problem is not None:
             found.append(problem)
     return found
@@ -1367,6 +1371,48 @@ def _make_and_remove(path: Path, existing: Path) -> OSError | None:
             with contextlib.suppress(OSError):
                 directory.rmdir()
     return None
+
+
+def _foreign_files(state_dir: Path, source: Path | None) -> str | None:
+    """Files of the state directory this user may not use (made by a hand-run as root): the
+    daemon would stop at the first one with "Permission denied"."""
+    refused: list[str] = []
+    owners: set[str] = set()
+    try:
+        entries = sorted(os.scandir(state_dir), key=lambda entry: entry.name)
+    except OSError:
+        return None  # not this check's business: the directory's own check tells
+    for entry in entries:
+        # The device key is only read (0600 or 0400, both fine); the rest is written too.
+        needed = os.R_OK if entry.name == "device.key" else os.R_OK | os.W_OK
+        if entry.is_dir(follow_symlinks=False):
+            needed |= os.W_OK | os.X_OK
+        if os.access(entry.path, needed, follow_symlinks=False):
+            continue
+        refused.append(entry.path)
+        with contextlib.suppress(OSError):
+            owners.add(_user_name(entry.stat(follow_symlinks=False).st_uid))
+    if not refused:
+        return None
+    message = _(
+        "{source}: storage.state_dir: this user ({user}) may not write to {files} (owned by "
+        "{owners}): give them back to the daemon's user: sudo chown -R {owner} {path}"
+    )
+    return message.format(
+        source=source,
+        user=_user_name(os.geteuid()),
+        files=", ".join(refused),
+        owners=", ".join(sorted(owners)),
+        owner=_user_name(state_dir.stat().st_uid),
+        path=state_dir,
+    )
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
 
 
 # --- what the daemon starts with, but a technician must hear of ---------------------------
