@@ -153,7 +153,7 @@ def cmd_check_config(args: SimpleNamespace) -> int:
     return 0
 
 
-def cmd_run(args: SimpleNamespace) -> int:  # noqa: PLR0915 - one refusal after another
+def cmd_run(args: SimpleNamespace) -> int:
     config = _load(args.config)
     if config is None:
         return EX_CONFIG
@@ -164,16 +164,9 @@ def cmd_run(args: SimpleNamespace) -> int:  # noqa: PLR0915 - one refusal after 
         refusal = _("{path}: the daemon cannot start with this, see above")
         print(refusal.format(path=args.config), file=sys.stderr)
         return EX_CONFIG
-    from receiver import instance_lock
-
-    try:
-        instance_lock.hold(config.storage.state_dir)  # held until this process ends
-    except instance_lock.AlreadyRunningError as running:
-        print(_already_running(running, args.config), file=sys.stderr)
-        return EX_TEMPFAIL
-    except OSError as exc:
-        print(f"{args.config}: {config.storage.state_dir}: {os_reason(exc)}", file=sys.stderr)
-        return EX_CONFIG
+    refused = _hold_state_dir(config, args.config)
+    if refused is not None:
+        return refused
     import structlog
 
     from receiver.device_key import DeviceKeyError
@@ -226,6 +219,30 @@ def cmd_run(args: SimpleNamespace) -> int:  # noqa: PLR0915 - one refusal after 
         log.critical("daemon_failed", error=str(exc), error_type=type(exc).__name__)
         return 1
     return 0
+
+
+def _hold_state_dir(config: Config, config_path: str) -> int | None:
+    """Take the state directory's lock for the daemon (None), or say why not and give the exit
+    status. The device key is checked first: a start refused for it, or for the directory's
+    owner, leaves the directory as it was (a hand-run as root left files there that the
+    daemon's own user could not open)."""
+    from receiver import instance_lock
+    from receiver.device_key import DeviceKeyError, refuse_unusable_device_key
+
+    try:
+        refuse_unusable_device_key(config.storage.state_dir)
+        instance_lock.hold(config.storage.state_dir)  # held until this process ends
+    except instance_lock.AlreadyRunningError as running:
+        print(_already_running(running, config_path), file=sys.stderr)
+        return EX_TEMPFAIL
+    except DeviceKeyError as exc:  # damaged, readable by others, another user's directory
+        print(f"{config_path}: {exc}", file=sys.stderr)
+        return EX_CONFIG
+    except OSError as exc:
+        where = exc.filename or config.storage.state_dir
+        print(f"{config_path}: {where}: {os_reason(exc)}", file=sys.stderr)
+        return EX_CONFIG
+    return None
 
 
 def _forget_config_rules(wanted: bool) -> None:

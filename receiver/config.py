@@ -32,9 +32,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import ipaddress
 import math
 import os
+import pwd
 import re
 from collections.abc import Callable, Hashable, Sequence
 from datetime import datetime
@@ -1307,31 +1309,122 @@ def _ssl_reason(exc: OSError) -> str:
 def unusable_directories(config: Config) -> list[str]:
     """``storage.state_dir`` and ``storage.cache_dir`` where this process could not keep files.
 
-    A directory that is a file, that sits under a file, or that this user may not write to (or
-    create) stops the daemon at start-up whatever the number of restarts: checked with the TLS
-    files, so it is one clear refusal (exit 78) and a warning of ``check-config``.
+    A directory that is a file, that sits under a file or under a link leading nowhere (a USB
+    stick that is not mounted), that this user may not write to, or that cannot be made (``/proc``
+    takes no new directory, whoever asks) stops the daemon at start-up whatever the number of
+    restarts; so do files in the state directory that this user may not write to (left by a
+    hand-run as root). Checked with the TLS files, so it is one clear refusal (exit 78) and a
+    warning of ``check-config``. A directory that is missing is made to see that it can be, then
+    removed: the check leaves the disk as it found it.
     """
     found: list[str] = []
     for name in ("state_dir", "cache_dir"):
         path: Path = getattr(config.storage, name)
-        existing = path
-        while not existing.exists() and existing != existing.parent:
-            existing = existing.parent
-        if not existing.is_dir():
+        problem = _directory_problem(path, config.source, name)
+        if problem is None and name == "state_dir":
+            problem = _foreign_files(path, config.source)
+        if problem is not None:
+            found.append(problem)
+    return found
+
+
+def _directory_problem(path: Path, source: Path | None, name: str) -> str | None:
+    """What keeps ``path`` (``storage.<name>``) from being this user's directory; None if it is
+    one or can be made."""
+    existing = path
+    while not existing.is_dir() and existing != existing.parent:
+        if existing.is_symlink():  # leads nowhere, or to a file: mkdir says "File exists"
+            message = _(
+                "{source}: storage.{name}: {link} is a link to {target}, which is not a "
+                "directory: mount what it leads to, or point the link at a directory"
+            )
+            return message.format(
+                source=source, name=name, link=existing, target=os.readlink(existing)
+            )
+        if existing.exists():
             message = _(
                 "{source}: storage.{name}: {path} cannot be a directory: {blocker} is a file"
             )
-            found.append(
-                message.format(source=config.source, name=name, path=path, blocker=existing)
-            )
-        elif not os.access(existing, os.W_OK | os.X_OK):
-            message = _(
-                "{source}: storage.{name}: this user may not write in {where} (the daemon runs "
-                "as the user loa-receiver, and its service may write only in /var/lib/loa-receiver "
-                "and /var/cache/loa-receiver)"
-            )
-            found.append(message.format(source=config.source, name=name, where=existing))
-    return found
+            return message.format(source=source, name=name, path=path, blocker=existing)
+        existing = existing.parent
+    if not os.access(existing, os.W_OK | os.X_OK):
+        message = _(
+            "{source}: storage.{name}: this user may not write in {where} (the daemon runs "
+            "as the user loa-receiver, and its service may write only in /var/lib/loa-receiver "
+            "and /var/cache/loa-receiver)"
+        )
+        return message.format(source=source, name=name, where=existing)
+    failed = _make_and_remove(path, existing)
+    if failed is not None:
+        message = _(
+            "{source}: storage.{name}: the directory {path} cannot be made ({reason}): give a "
+            "directory on the board's card or a mounted drive"
+        )
+        return message.format(source=source, name=name, path=path, reason=failed.strerror or failed)
+    return None
+
+
+def _make_and_remove(path: Path, existing: Path) -> OSError | None:
+    """Make the directories from ``existing`` down to ``path``, then remove them again: what
+    failed, or None."""
+    missing: list[Path] = []
+    while path != existing:
+        missing.append(path)
+        path = path.parent
+    made: list[Path] = []
+    try:
+        for directory in reversed(missing):
+            directory.mkdir(mode=0o700)
+            made.append(directory)
+    except OSError as exc:
+        return exc
+    finally:
+        for directory in reversed(made):
+            with contextlib.suppress(OSError):
+                directory.rmdir()
+    return None
+
+
+def _foreign_files(state_dir: Path, source: Path | None) -> str | None:
+    """Files of the state directory this user may not use (made by a hand-run as root): the
+    daemon would stop at the first one with "Permission denied"."""
+    refused: list[str] = []
+    owners: set[str] = set()
+    try:
+        entries = sorted(os.scandir(state_dir), key=lambda entry: entry.name)
+    except OSError:
+        return None  # not this check's business: the directory's own check tells
+    for entry in entries:
+        # The device key is only read (0600 or 0400, both fine); the rest is written too.
+        needed = os.R_OK if entry.name == "device.key" else os.R_OK | os.W_OK
+        if entry.is_dir(follow_symlinks=False):
+            needed |= os.W_OK | os.X_OK
+        if os.access(entry.path, needed, follow_symlinks=False):
+            continue
+        refused.append(entry.path)
+        with contextlib.suppress(OSError):
+            owners.add(_user_name(entry.stat(follow_symlinks=False).st_uid))
+    if not refused:
+        return None
+    message = _(
+        "{source}: storage.state_dir: this user ({user}) may not write to {files} (owned by "
+        "{owners}): give them back to the daemon's user: sudo chown -R {owner} {path}"
+    )
+    return message.format(
+        source=source,
+        user=_user_name(os.geteuid()),
+        files=", ".join(refused),
+        owners=", ".join(sorted(owners)),
+        owner=_user_name(state_dir.stat().st_uid),
+        path=state_dir,
+    )
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
 
 
 # --- what the daemon starts with, but a technician must hear of ---------------------------

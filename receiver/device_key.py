@@ -44,6 +44,7 @@ __all__ = [
     "enrollment_entry",
     "load_or_create_device_key",
     "private_key_pem",
+    "refuse_unusable_device_key",
     "seal_report",
 ]
 
@@ -102,6 +103,19 @@ def load_or_create_device_key(state_dir: Path, device_id: str) -> tuple[DeviceKe
     finally:
         temporary.unlink(missing_ok=True)
     return DeviceKey(device_id, private), True
+
+
+def refuse_unusable_device_key(state_dir: Path) -> None:
+    """Raise :class:`DeviceKeyError` where :func:`load_or_create_device_key` would (a key that
+    cannot be used, or none and a state directory another user owns), making nothing: the
+    daemon asks before it puts anything in the state directory, so that a refused start leaves
+    the directory as it was (a hand-run as root would leave files the daemon's user cannot
+    open)."""
+    path = state_dir / DEVICE_KEY_FILE
+    if path.exists():
+        _load(path, "")
+    elif state_dir.is_dir():
+        _refuse_if_not_the_owner(state_dir, path)
 
 
 def _refuse_if_not_the_owner(state_dir: Path, path: Path) -> None:
