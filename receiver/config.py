@@ -1442,7 +1442,7 @@ def config_warnings(config: Config, now: datetime) -> list[str]:
     when a relay fails on air). ``check-config`` prints them as warnings and still exits 0; the
     daemon logs them at start.
     """
-    return _expired_keys(config, now) + _unreadable_fallback(config)
+    return _expired_keys(config, now) + _unreadable_fallback(config) + _missing_sound_card(config)
 
 
 def key_expired(key: TrustedKey, now: datetime) -> bool:
@@ -1556,6 +1556,39 @@ def _unreadable_fallback(config: Config) -> list[str]:
         reason = os_reason(exc)
         return [message.format(source=config.source, path=path, reason=reason)]
     return []
+
+
+#: The kernel's list of the board's sound cards (absent where there is no ALSA at all).
+ASOUND_CARDS = Path("/proc/asound/cards")
+_CARD_LINE = re.compile(r"^\s*(\d+)\s+\[([^\]]*?)\s*\]", re.MULTILINE)
+_CARD_ARGUMENT = re.compile(r"CARD=([^,]+)")  # hw:CARD=Headphones,DEV=0
+_FIRST_ARGUMENT = re.compile(r"^\w+:([^,=]+)(?:,|$)")  # hw:1,0 or plughw:Headphones
+
+
+def _missing_sound_card(config: Config) -> list[str]:
+    """An ``alsa_device`` that names a card the board does not have: libVLC then plays to
+    nowhere without an error, and every item is reported played (a card plugged in later, a
+    USB one, is still said: the technician checks it is there)."""
+    device = config.player.alsa_device
+    if config.player.output != "alsa" or not device:
+        return []
+    named = _CARD_ARGUMENT.search(device) or _FIRST_ARGUMENT.match(device)
+    if named is None:
+        return []  # "default", "pulse": ALSA's own choice
+    card = named.group(1)
+    try:
+        listed = ASOUND_CARDS.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return []  # no ALSA to ask: nothing to say
+    cards = _CARD_LINE.findall(listed)
+    if any(card in (index, name) for index, name in cards):
+        return []
+    message = _(
+        "{source}: player.alsa_device: {device} names a sound card this board does not have "
+        "(it has: {cards}; `aplay -L` lists the names): nothing would be heard"
+    )
+    have = ", ".join(name for _, name in cards) or _("none")
+    return [message.format(source=config.source, device=device, cards=have)]
 
 
 class _PartialFile:

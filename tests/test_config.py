@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from receiver import config as config_module
-from receiver.config import ConfigError, load_config, parse_config
+from receiver.config import ConfigError, config_warnings, load_config, parse_config
 from receiver.config_model import (
     ClockConfig,
     Config,
@@ -996,3 +996,46 @@ def test_more_groups_than_a_state_may_list_are_refused() -> None:
     )
     sixty_four = "groups: [" + ", ".join(f"commune-{i}" for i in range(64)) + "]"
     assert len(parse_config(MINIMAL.replace("groups: [commune-1]", sixty_four), SRC).groups) == 64
+
+
+PI_CARDS = """\
+ 0 [Headphones     ]: bcm2835_headpho - bcm2835 Headphones
+                      bcm2835 Headphones
+ 1 [vc4hdmi        ]: vc4-hdmi - vc4-hdmi
+                      vc4-hdmi
+"""
+
+
+@pytest.mark.parametrize(
+    ("device", "warned"),
+    [
+        ("hw:CARD=Headphones,DEV=0", False),
+        ("plughw:1", False),
+        ("default", False),
+        ("hw:CARD=Nope", True),
+        ("sysdefault:CARD=USB", True),
+        ("hw:2,0", True),
+    ],
+)
+def test_a_sound_card_the_board_does_not_have_is_warned_of(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, device: str, warned: bool
+) -> None:
+    """``alsa_device: hw:CARD=Nope``: check-config said OK, and every play then reported
+    `started` and `finished` with nothing heard: a proof of play for silence."""
+    cards = tmp_path / "cards"
+    cards.write_text(PI_CARDS, encoding="utf-8")
+    monkeypatch.setattr(config_module, "ASOUND_CARDS", cards)
+    text = MINIMAL + f"player: {{output: alsa, alsa_device: '{device}'}}\n"
+    warnings = config_warnings(parse_config(text, SRC), datetime.now(UTC))
+    said = [w for w in warnings if "player.alsa_device" in w]
+    if warned:
+        assert said == [
+            f"{SRC}: player.alsa_device: {device} names a sound card this board does not have "
+            "(it has: Headphones, vc4hdmi; `aplay -L` lists the names): nothing would be heard"
+        ]
+    else:
+        assert said == []
+    monkeypatch.setattr(config_module, "ASOUND_CARDS", tmp_path / "no-alsa")
+    assert not [
+        w for w in config_warnings(parse_config(text, SRC), datetime.now(UTC)) if "alsa" in w
+    ]
