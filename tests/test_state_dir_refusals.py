@@ -114,8 +114,20 @@ def nobodys_state() -> Iterator[tuple[Path, Path]]:
 
 
 def as_nobody(*args: str) -> subprocess.CompletedProcess[str]:
+    # nobody may read and search everything (CAP_DAC_READ_SEARCH), so that a checkout and its
+    # .venv in a directory only root may enter (a CI's clone) can be imported, but writes only
+    # where its own rights let it: what the daemon's user may not write is still refused.
+    read_anything = ("--inh-caps=+dac_read_search", "--ambient-caps=+dac_read_search")
     return subprocess.run(
-        [SETPRIV, f"--reuid={NOBODY}", "--regid=nogroup", "--clear-groups", *RECEIVER, *args],
+        [
+            SETPRIV,
+            f"--reuid={NOBODY}",
+            "--regid=nogroup",
+            "--clear-groups",
+            *read_anything,
+            *RECEIVER,
+            *args,
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,
