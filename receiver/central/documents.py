@@ -51,7 +51,7 @@ from receiver.core.envelope import parse_envelope
 from receiver.core.reasons import Rejection
 from receiver.core.strict_json import loads_strict
 from receiver.core.trust import Keyring
-from receiver.core.trustdoc import parse_trust
+from receiver.core.trustdoc import TrustDocument, parse_trust
 from receiver.terminal import one_line
 
 Publisher = Callable[..., bool]
@@ -126,20 +126,60 @@ def retained_payload(args: argparse.Namespace, topic: str) -> dict[str, Any] | N
     return decoded if isinstance(decoded, dict) else {}
 
 
+def retained_trust(args: argparse.Namespace) -> TrustDocument | None:
+    """The fleet's keyring: the trust document retained on ``<prefix>/trust``, or None when
+    none is (or what is there is no trust document a receiver would read)."""
+    current = retained_payload(args, f"{args.prefix}/trust")
+    try:
+        return parse_trust(current) if current else None
+    except Rejection:
+        return None
+
+
+def refuse_if_other_env(
+    args: argparse.Namespace, document: TrustDocument | None, *, keyring: bool = False
+) -> None:
+    """An ``--env`` other than the one the fleet's keyring is for (``prd`` for ``prod``) is
+    refused by every board (wrong_env); for a keyring (``keyring``), one for another env would
+    also replace the retained one. Without a retained keyring there is nothing to judge by."""
+    if document is None or document.env == args.env:
+        return
+    topic = f"{args.prefix}/trust"
+    where = f"the fleet's keyring (trust version {document.version}, retained on {topic})"
+    if keyring:
+        harm = (
+            f"this keyring for env {args.env} would replace it, and every board would refuse "
+            "it (wrong_env)"
+        )
+    else:
+        harm = f"every board would refuse env {args.env} (wrong_env)"
+    raise InputError(
+        f"--env {args.env}: {where} is for env {document.env}; {harm}; nothing was sent. "
+        f"Give --env {document.env}"
+    )
+
+
 def refuse_if_unauthorized(
     args: argparse.Namespace, topic: str, envelope: bytes, payload: dict[str, Any]
 ) -> None:
     """Run the receivers' own admission on ``envelope`` with the fleet's keyring (the retained
-    trust document): signed by keys the boards do not know, or without the role, it would be
-    refused by every board, and it is not sent. Without a retained keyring the boards use their
-    configured keys, which only they know: nothing to check here."""
-    current = retained_payload(args, f"{args.prefix}/trust")
-    try:
-        document = parse_trust(current) if current else None
-    except Rejection:
-        document = None
+    trust document): signed by keys the boards do not know, or without the role, or for another
+    env, it would be refused by every board, and it is not sent. Without a retained keyring the
+    boards use their configured keys, which only they know: nothing to check here."""
+    refuse_if_keyring_refuses(args, retained_trust(args), topic, envelope, payload)
+
+
+def refuse_if_keyring_refuses(
+    args: argparse.Namespace,
+    document: TrustDocument | None,
+    topic: str,
+    envelope: bytes,
+    payload: dict[str, Any],
+) -> None:
+    """:func:`refuse_if_unauthorized` with the retained keyring already read (``document``)."""
     if document is None:
         return
+    refuse_if_other_env(args, document)
     rejection = _admission_refusal(document.keyring, topic, envelope, payload)
     if rejection is not None:
         raise InputError(
@@ -260,6 +300,11 @@ def trust_command(args: argparse.Namespace, publish: Publisher) -> int:
                 f"{topic} holds trust version {version}; a receiver refuses version "
                 f"{args.version} (stale_version): give --version {version + 1} or above"
             )
+        try:
+            retained_keyring = parse_trust(current) if current else None
+        except Rejection:
+            retained_keyring = None
+        refuse_if_other_env(args, retained_keyring, keyring=True)
     signers = load_keys(args.key)
     envelope = sign_trust(payload, signers)
     refuse_if_too_large("trust document", envelope)
@@ -320,6 +365,7 @@ def schedule_command(
         print(f"receiver-admin: warning: {warning}", file=sys.stderr)
     topics = [f"{args.prefix}/grp/{group}/schedule" for group in groups]
     retained = {topic: retained_payload(args, topic) for topic in topics} if args.host else {}
+    keyring = retained_trust(args) if args.host else None
     if args.dry_run:
         for topic in topics or ["(no group given)"]:
             print(f"{topic}:")
@@ -335,17 +381,12 @@ def schedule_command(
                 "nor the groups checked against the devices' states (give --host to check both)",
                 file=sys.stderr,
             )
+        if args.host:
+            # What the real run would refuse, the preview refuses too (exit 2, after its
+            # listing): a preview that exits 0 reads as "this will go".
+            _checked_schedule(args, payload, retained, keyring)
         return 0
-    for topic, current in retained.items():
-        held = current.get("version") if current else None
-        same_stream = current and current.get("id") == schedule_id
-        if same_stream and isinstance(held, int) and held >= version:
-            raise InputError(
-                f"{topic} holds {schedule_id} version {held}; a receiver refuses version "
-                f"{version} (stale_version): give --version {held + 1} or above"
-            )
-    envelope = sign_schedule(payload, load_keys(args.key))
-    refuse_if_too_large("schedule", envelope)
+    envelope = _checked_schedule(args, payload, retained, keyring)
     if not args.host:
         sys.stdout.write(envelope.decode("utf-8") + "\n")
         if groups:
@@ -361,13 +402,37 @@ def schedule_command(
             )
         return 0
     for topic in topics:
-        refuse_if_unauthorized(args, topic, envelope, payload)
-    for topic in topics:
         publish(args, topic, envelope, retain=True, expiry_s=None)
         print(f"sent schedule {schedule_id} version {version} to {topic}, retained")
     # Once published (a refused one says enough): a group no board is in gets it nowhere.
     warn_of_unknown_groups(args, registry)
     return 0
+
+
+def _checked_schedule(
+    args: argparse.Namespace,
+    payload: dict[str, Any],
+    retained: dict[str, dict[str, Any] | None],
+    keyring: TrustDocument | None,
+) -> bytes:
+    """The schedule signed, once what is retained would not make the receivers refuse it: a
+    version not above the one a group holds, an env other than the fleet's keyring's, keys the
+    keyring refuses. ``retained``: each group topic's programme now (none without a broker)."""
+    schedule_id, version = payload["id"], payload["version"]
+    for topic, current in retained.items():
+        held = current.get("version") if current else None
+        same_stream = current and current.get("id") == schedule_id
+        if same_stream and isinstance(held, int) and held >= version:
+            raise InputError(
+                f"{topic} holds {schedule_id} version {held}; a receiver refuses version "
+                f"{version} (stale_version): give --version {held + 1} or above"
+            )
+    refuse_if_other_env(args, keyring)  # before anything is signed
+    envelope = sign_schedule(payload, load_keys(args.key))
+    refuse_if_too_large("schedule", envelope)
+    for topic in retained:
+        refuse_if_keyring_refuses(args, keyring, topic, envelope, payload)
+    return envelope
 
 
 def _devices_in_a_programme(audiences: list[str], groups: list[str]) -> list[str]:

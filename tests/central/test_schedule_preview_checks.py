@@ -226,7 +226,8 @@ def test_the_preview_prints_a_forged_retained_programme_as_text_and_does_not_sto
             retain=True,
         )
     argv = _schedule(_programme(tmp_path), operator_key, secured, f"grp:{RIGHT}")
-    assert main([*argv, "--dry-run"]) == 0
+    # Above the forged version 1: a stale one is refused by the preview as by the real run.
+    assert main([*argv, "--version", "2", "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "\x1b" not in out and "\x07" not in out, repr(out)
     assert "~ news: 1,2 06:00 -> mon 06:30 (retimed)" in out, out
