@@ -323,9 +323,18 @@ def trust_command(args: argparse.Namespace, publish: Publisher) -> int:
 
 def _schedule_source(args: argparse.Namespace) -> dict[str, Any]:
     path = str(args.file)
-    if path.endswith((".yaml", ".yml")):
+    if path.lower().endswith((".yaml", ".yml")):  # GOOD.YAML as much as good.yaml
         return programme.compile_source(Path(path))
-    doc = _load_json(path, "schedule")
+    try:
+        doc = _load_json(path, "schedule")
+    except InputError as exc:
+        # A programme written in YAML under another name (.txt, none): say what it is, not only
+        # that it is not JSON.
+        if isinstance(exc.__cause__, ValueError) and programme.reads_as_yaml(Path(path)):
+            raise InputError(
+                f"{path}: the schedule is not JSON; it reads as YAML: name it .yaml"
+            ) from exc
+        raise
     if not isinstance(doc, dict) or not isinstance(doc.get("entries"), list):
         raise InputError(f"{path}: a schedule file is an object with an 'entries' list")
     return doc
@@ -585,7 +594,9 @@ def add_parsers(
         "schedule", help="sign and publish a schedule (retained); 'schedule show' reads one"
     )
     schedule.add_argument(
-        "--file", required=True, help="a programme: YAML source (.yaml) or JSON {id, version, ...}"
+        "--file",
+        required=True,
+        help="a programme: YAML source (.yaml, .yml) or JSON {id, version, ...}",
     )
     schedule.add_argument("--env", required=True)
     schedule.add_argument("--aud", action="append", required=True, help="grp:<id> (repeatable)")

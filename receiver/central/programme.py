@@ -284,6 +284,18 @@ _UniqueKeyLoader.add_constructor(
 )
 
 
+def reads_as_yaml(path: Path) -> bool:
+    """Whether ``path`` (not JSON) is a YAML mapping in block style, as a programme is written:
+    a JSON document with a slip in it (a comma too many) may read as a YAML flow mapping, and is
+    not one written in YAML."""
+    try:
+        text = path.read_text(encoding="utf-8")
+        source = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return False
+    return isinstance(source, dict) and not text.lstrip().startswith(("{", "["))
+
+
 def compile_source(path: Path) -> dict[str, Any]:
     """The YAML programme at ``path`` as a schedule document's fields (id, version, tz, entries)."""
     try:

@@ -3,7 +3,8 @@
 A mistyped ``--env`` (``prd`` for ``prod``) was signed and sent (exit 0) although the retained
 keyring names the environment: every board refuses it (``wrong_env``), and a retained keyring or
 programme replaced the good one. ``schedule --dry-run`` exited 0 for a run that would be refused
-(a stale version, a key the fleet's keyring refuses). Against the lab Mosquitto.
+(a stale version, a key the fleet's keyring refuses). A programme named ``GOOD.YAML`` was read as
+JSON; one in YAML under another name was said to be "not JSON" only. Against the lab Mosquitto.
 """
 
 from __future__ import annotations
@@ -151,3 +152,50 @@ def test_the_preview_of_a_key_the_keyring_refuses_exits_2(
     assert "(unknown_key)" in captured.err
     held = read_retained(secured, GROUP_SCHEDULE)
     assert held is not None and held["version"] == 5
+
+
+YAML_SOURCE = """\
+id: morning
+version: 2
+media_url: https://media.example.vn/c1/
+entries:
+  - title: News
+    days: weekdays
+    at: 06:30
+    priority: normal
+    file: news.mp3
+    max_duration: 30m
+"""
+
+
+def _signing(source: Path, key: Path) -> list[str]:
+    return ["schedule", "--file", str(source), "--key", str(key), "--env", "prod", "--aud", "grp:c"]
+
+
+@pytest.mark.parametrize("name", ["GOOD.YAML", "good.Yml"])
+def test_a_yaml_programme_is_read_whatever_the_case_of_its_suffix(
+    name: str, operator_key: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "news.mp3").write_bytes(b"news" * 100)
+    source = tmp_path / name
+    source.write_text(YAML_SOURCE, encoding="utf-8")
+
+    code = main(_signing(source, operator_key))
+
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "not JSON" not in captured.err
+
+
+def test_a_yaml_programme_under_another_suffix_is_named_as_yaml(
+    operator_key: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = tmp_path / "good.txt"
+    source.write_text(YAML_SOURCE, encoding="utf-8")
+
+    code = main(_signing(source, operator_key))
+
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert "is not JSON; it reads as YAML: name it .yaml" in err
