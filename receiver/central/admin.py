@@ -51,12 +51,13 @@ from receiver.central.broker import (
 from receiver.central.cluster import add_node_option, further_nodes
 from receiver.central.inputs import (
     InputError,
+    client_id,
+    command_ttl,
     device_or_every,
     host,
     identifier,
     key_id,
     load_keys,
-    number,
     port,
     positive_int,
     positive_number,
@@ -716,7 +717,12 @@ def _add_command_parsers(sub: Any) -> None:
         cmd.add_argument("--aud", required=True, action="append", help="dev:<id> or grp:<id>")
         cmd.add_argument("--id", help="message id (default: cmd-<seq>)")
         cmd.add_argument("--seq", type=int, help="sequence number (default: UTC milliseconds)")
-        cmd.add_argument("--ttl", type=number, default=300.0, help="seconds until it expires")
+        cmd.add_argument(
+            "--ttl",
+            type=command_ttl,
+            default=300.0,
+            help="seconds until it expires (at most 30 days)",
+        )
         cmd.add_argument("--topic", help="publish here instead of each audience's topic")
         cmd.add_argument(
             "--registry",
@@ -802,6 +808,7 @@ def build_parser(*, report_db: bool = False) -> argparse.ArgumentParser:
     )
     watch.add_argument(
         "--client-id",
+        type=client_id,
         help="keep a session under this id: events sent while watch is away come when it is back",
     )
     watch.add_argument("--registry", help="enrolled device keys: mark reports by their signature")

@@ -1,0 +1,75 @@
+"""Options an operator can give too large a value, or the wrong form of: each refused in one
+line that names the option (exit 2), never a traceback, and nothing published."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from receiver.central.admin import main
+from tests.central.conftest import Secured, Spy
+
+
+def command(key: Path, *more: str) -> list[str]:
+    return ["--key", str(key), "--env", "prod", *more]
+
+
+def _refused(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exited.value.code == 2, err
+    assert "Traceback" not in err
+    return err
+
+
+@pytest.mark.parametrize("ttl", ["5e9", "1e20", "2592001"])
+def test_a_command_ttl_beyond_thirty_days_is_named(
+    secured: Secured, operator_key: Path, ttl: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--ttl 5e9 --host ...`` ended in ``struct.error`` (MQTT's message expiry is 32 bits);
+    ``--ttl 1e20`` in ``OverflowError`` even without a broker."""
+    with Spy(secured, retained=False) as spy:
+        argv = ["volume", *command(operator_key, "--aud", "dev:loa-001"), "--level", "50"]
+        err = _refused([*argv, "--ttl", ttl, *secured.login()], capsys)
+        spy.settle()
+        assert spy.topics() == []
+    assert f"--ttl: {ttl!r}" in err
+    assert "30 days" in err
+
+
+def test_a_command_ttl_of_thirty_days_is_taken(
+    operator_key: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["stop", *command(operator_key, "--aud", "dev:loa-001"), "--ttl", "2592000"])
+    assert code == 0, capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("words", "option"),
+    [
+        (["fleet", "--broker-timeout", "1e300"], "--broker-timeout"),
+        (["fleet", "--timeout", "1e10"], "--timeout"),
+        (["watch", "--device", "loa-001", "--timeout", "1e300"], "--timeout"),
+        (["watch", "--device", "loa-001", "--client-id", "w" * 70000], "--client-id"),
+        (["watch", "--device", "loa-001", "--client-id", "é" * 40000], "--client-id"),
+        (["collect", "--db", "x.db", "--client-id", "c" * 70000], "--client-id"),
+        (["collect", "--db", "x.db", "--duration", "1e300"], "--duration"),
+    ],
+)
+def test_a_wait_or_a_client_id_too_long_is_named(
+    secured: Secured, words: list[str], option: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--broker-timeout 1e300``, ``fleet --timeout 1e10``, ``watch --client-id`` of 70000
+    characters each ended in a traceback."""
+    err = _refused([*words, *secured.login()], capsys)
+    assert f"argument {option}:" in err
+    assert len(err.strip().splitlines()[-1]) < 300
+
+
+def test_a_document_lifetime_beyond_ten_years_is_named(capsys: pytest.CaptureFixture[str]) -> None:
+    """``trust --ttl-days 3650000`` said only "year 12020 is out of range"."""
+    err = _refused(["trust", "--ttl-days", "3650000"], capsys)
+    assert "--ttl-days: '3650000'" in err
+    assert "3650" in err
