@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from receiver.central.admin import main
-from tests.central.conftest import Secured, Spy
+from tests.central.conftest import Secured, Spy, read_retained
+from tests.central.test_operator_slips import _programme_file
 
 
 def command(key: Path, *more: str) -> list[str]:
@@ -73,3 +74,23 @@ def test_a_document_lifetime_beyond_ten_years_is_named(capsys: pytest.CaptureFix
     err = _refused(["trust", "--ttl-days", "3650000"], capsys)
     assert "--ttl-days: '3650000'" in err
     assert "3650" in err
+
+
+@pytest.mark.parametrize("node", ["mqtt://127.0.0.1:{port}", "mqtts://mqtt-2/:{port}"])
+def test_a_node_written_as_a_url_publishes_nowhere(
+    secured: Secured,
+    operator_key: Path,
+    tmp_path: Path,
+    node: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``--node mqtt://127.0.0.1:P`` was taken (``--host mqtt://...`` is refused): the schedule
+    was retained on the first broker, then the node failed (exit 3), the cluster split."""
+    node = node.format(port=secured.broker.port)
+    argv = ["schedule", "--file", _programme_file(tmp_path), "--node", node]
+    code = main([*argv, *command(operator_key, "--aud", "grp:commune-1"), *secured.login()])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert f"--node {node!r}" in err
+    assert "without a scheme" in err
+    assert read_retained(secured, "loa/v1/grp/commune-1/schedule") is None
