@@ -209,21 +209,22 @@ def _body(args: argparse.Namespace) -> dict[str, Any]:
 def _topics_for(args: argparse.Namespace) -> list[str]:
     """Where the command goes: ``--topic``, or each audience's command topic (a device that is
     in two of them takes the second copy as the duplicate it is)."""
-    if args.topic:
-        # Only a command topic one of the audiences listens on: any other board refuses it.
-        levels = str(args.topic).split("/")
-        if len(levels) < 3 or levels[-1] != "cmd" or f"{levels[-3]}:{levels[-2]}" not in args.aud:
-            raise InputError(
-                f"--topic {args.topic}: not the command topic of {' or '.join(args.aud)}; the "
-                "boards there would refuse it (leave --topic out: each audience's topic is used)"
-            )
-        return [str(args.topic)]
     topics: list[str] = []
     for audience in args.aud:
         kind, _, ident = audience.partition(":")
         topic = f"{args.prefix}/{'dev' if kind == 'dev' else 'grp'}/{ident}/cmd"
         if topic not in topics:
             topics.append(topic)
+    if args.topic:
+        # Only a command topic one of the audiences listens on, under --prefix: any other
+        # board refuses it, and no board listens outside its prefix.
+        if args.topic not in topics:
+            raise InputError(
+                f"--topic {args.topic}: not the command topic of {' or '.join(args.aud)} under "
+                f"--prefix {args.prefix} ({' or '.join(topics)}); the boards would not get it "
+                "(leave --topic out: each audience's topic is used)"
+            )
+        return [str(args.topic)]
     return topics
 
 

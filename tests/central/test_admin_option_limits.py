@@ -94,3 +94,34 @@ def test_a_node_written_as_a_url_publishes_nowhere(
     assert f"--node {node!r}" in err
     assert "without a scheme" in err
     assert read_retained(secured, "loa/v1/grp/commune-1/schedule") is None
+
+
+@pytest.mark.parametrize(
+    "topic", ["dev/loa-001/cmd", "loa/v2/dev/loa-001/cmd", "x/loa/v1/dev/loa-001/cmd"]
+)
+def test_a_topic_outside_the_prefix_is_refused(
+    secured: Secured, operator_key: Path, topic: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--aud dev:loa-001 --topic dev/loa-001/cmd`` was sent there, exit 0: no board listens
+    outside its prefix (loa/v1), so none got it."""
+    with Spy(secured, retained=False) as spy:
+        argv = ["stop", *command(operator_key, "--aud", "dev:loa-001"), "--topic", topic]
+        code = main([*argv, *secured.login()])
+        spy.settle()
+        assert spy.topics() == []
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert f"--topic {topic}" in err
+    assert "loa/v1/dev/loa-001/cmd" in err
+
+
+def test_a_topic_of_one_of_the_audiences_is_sent_there(
+    secured: Secured, operator_key: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with Spy(secured, retained=False) as spy:
+        audiences = ["--aud", "dev:loa-001", "--aud", "grp:commune-1"]
+        argv = ["stop", *command(operator_key, *audiences), "--topic", "loa/v1/grp/commune-1/cmd"]
+        code = main([*argv, *secured.login()])
+        spy.settle()
+        assert spy.topics() == ["loa/v1/grp/commune-1/cmd"]
+    assert code == 0, capsys.readouterr().err
