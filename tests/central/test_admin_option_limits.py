@@ -125,3 +125,43 @@ def test_a_topic_of_one_of_the_audiences_is_sent_there(
         spy.settle()
         assert spy.topics() == ["loa/v1/grp/commune-1/cmd"]
     assert code == 0, capsys.readouterr().err
+
+
+def _login_with(secured: Secured, path: Path) -> list[str]:
+    login = secured.login()
+    login[login.index("--password-file") + 1] = str(path)
+    return login
+
+
+def test_a_password_file_notepad_saved_with_a_bom_logs_in(
+    secured: Secured, operator_key: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A password file saved by Windows Notepad (UTF-8 with a BOM) was sent with the BOM: the
+    broker refused it as "bad user name or password?", exit 3."""
+    path = tmp_path / "notepad.password"
+    path.write_bytes("\ufeffcentral pw\r\n".encode())
+    with Spy(secured, retained=False) as spy:
+        argv = ["stop", *command(operator_key, "--aud", "dev:loa-001")]
+        code = main([*argv, *_login_with(secured, path)])
+        spy.settle()
+        assert spy.topics() == ["loa/v1/dev/loa-001/cmd"]
+    assert code == 0, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("content", [b"", b"\n", b"\xef\xbb\xbf\r\n"])
+def test_an_empty_password_file_is_named(
+    secured: Secured,
+    operator_key: Path,
+    tmp_path: Path,
+    content: bytes,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """An empty password file was sent as an empty password: "bad user name or password?",
+    exit 3, with nothing saying the file was empty."""
+    path = tmp_path / "empty.password"
+    path.write_bytes(content)
+    argv = ["stop", *command(operator_key, "--aud", "dev:loa-001")]
+    code = main([*argv, *_login_with(secured, path)])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert f"--password-file {path}: empty" in err
