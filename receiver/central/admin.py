@@ -801,7 +801,7 @@ def build_parser(*, report_db: bool = False) -> argparse.ArgumentParser:
     watch.add_argument("--count", type=positive_int, default=0, help="stop after this many events")
     watch.add_argument(
         "--until",
-        nargs="*",
+        nargs="+",  # at least one kind: without, it would wait for nothing (or for ever)
         default=[],
         choices=vocabulary.EVENT_KINDS,
         metavar="KIND",

@@ -165,3 +165,13 @@ def test_an_empty_password_file_is_named(
     err = capsys.readouterr().err
     assert code == 2, err
     assert f"--password-file {path}: empty" in err
+
+
+def test_watch_until_without_a_kind_is_refused(
+    secured: Secured, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``watch --until --timeout 3`` (the kind forgotten) printed the state and exited 0, as if
+    what it waited for had come; without --timeout it waited for ever."""
+    argv = ["watch", "--device", "loa-001", "--until", "--timeout", "3"]
+    err = _refused([*argv, *secured.login()], capsys)
+    assert "argument --until:" in err
