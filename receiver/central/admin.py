@@ -5,17 +5,17 @@ operator runs it. What it signs is first checked by the receivers' own rules: a 
 document a receiver would refuse never leaves. Broker failures are one line each.
 ``schedule show`` and ``report --db`` are spelled with a space; docs/operations.md section 9.
 
-Exit statuses: 0 done; 1 done, but what was asked did not happen (``watch`` saw nothing, or
-not the event ``--until`` asked for, in its ``--timeout``; ``fleet --group`` or ``schedule show
---group`` named a group no device's state lists); 2 bad input (usage, a document or
-command a receiver would refuse, an unreadable key or file); 3 the broker (unreachable, TLS,
-login refused, ACL, no answer in time, not acknowledged); 130 stopped by Ctrl-C before it was
-done (``watch`` with ``--until`` or ``--count``: stopping plain ``watch`` or ``fleet --watch``
-is their normal end, 0); 141 what reads stdout went away (``| head -1``), as a shell reports
-a tool SIGPIPE ended; 143 ``collect`` stopped by SIGTERM before it had connected: after its one
-line it ends by SIGTERM itself, which systemd counts a clean stop and a shell shows as 143 (once
-it collects, SIGTERM and Ctrl-C end it in order, 0). Option names are taken only whole
-(``--broker`` is not ``--broker-timeout``).
+Exit statuses: 0 done; 1 done, but what was asked did not happen (``watch`` saw nothing, or not
+the event ``--until`` asked for, in its ``--timeout``; ``fleet --group`` or ``schedule show
+--group`` named a group no device's state lists); 2 bad input (usage, a document or command a
+receiver would refuse, an unreadable key or file); 3 the broker (unreachable, TLS, login
+refused, ACL, no answer in time, not acknowledged); 130 stopped by Ctrl-C before it was done
+(``watch`` with ``--until`` or ``--count``, a plain ``fleet`` still collecting: stopping plain
+``watch`` or ``fleet --watch`` is their normal end, 0); 141 what reads stdout went away
+(``| head -1``), as a shell reports a tool SIGPIPE ended; 143 ``collect`` stopped by SIGTERM before
+it had connected: after its one line it ends by SIGTERM itself, which systemd counts a clean
+stop and a shell shows as 143 (once it collects, SIGTERM and Ctrl-C end it in order, 0). Option
+names are taken only whole (``--broker`` is not ``--broker-timeout``).
 """
 
 from __future__ import annotations
@@ -596,7 +596,9 @@ def _fleet(args: argparse.Namespace) -> int:
             _collect_states(arrivals, rows, time.monotonic() + 1.0)
             draw(clear, unlisted_group())
     except KeyboardInterrupt:
-        return EXIT_OK
+        # Stopping --watch is its normal end; a snapshot stopped while it still collected was
+        # not done (its empty output is not a fleet without devices).
+        return EXIT_OK if args.watch else EXIT_INTERRUPTED
     finally:
         connection.close()
 

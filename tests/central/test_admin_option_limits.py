@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from receiver.central import admin
 from receiver.central.admin import main
 from tests.central.conftest import Secured, Spy, read_retained
 from tests.central.test_operator_slips import _programme_file
@@ -175,3 +176,18 @@ def test_watch_until_without_a_kind_is_refused(
     argv = ["watch", "--device", "loa-001", "--until", "--timeout", "3"]
     err = _refused([*argv, *secured.login()], capsys)
     assert "argument --until:" in err
+
+
+def test_fleet_stopped_by_ctrl_c_while_collecting_says_it_was_not_done(
+    secured: Secured, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A plain ``fleet`` stopped by Ctrl-C while it still collected the states exited 0 with
+    nothing printed: a script took the empty output for a fleet with no device."""
+
+    def interrupted(*_args: object, **_kwargs: object) -> None:
+        raise KeyboardInterrupt  # Ctrl-C while the states are still coming
+
+    monkeypatch.setattr(admin, "_collect_states", interrupted)
+    code = main(["fleet", *secured.login()])
+    assert code == 130
+    assert capsys.readouterr().out == ""
