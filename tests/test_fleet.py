@@ -182,3 +182,25 @@ def test_fleet_watch_redraws_and_follows_changes_until_ctrl_c(broker: MosquittoB
         assert child.wait(timeout=30) == 0  # a loaded machine can be slow to let go
         assert child.stderr is not None
         assert "Traceback" not in child.stderr.read()
+
+
+def test_a_state_older_than_the_stale_limit_is_not_shown_online(
+    broker: MosquittoBroker, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A board's retained "online" state 20 minutes old (it died without its will being
+    published) showed ONLINE ``yes`` while the summary counted it offline and ``--offline``
+    listed it."""
+    now = time.time()
+    with Subscriber(broker) as central:
+        central.publish(f"{PREFIX}/dev/loa-001/state", state("loa-001", now), retain=True)
+        central.publish(f"{PREFIX}/dev/loa-002/state", state("loa-002", now - 1200), retain=True)
+    login = ["--host", broker.host, "--port", str(broker.port), "--timeout", "1"]
+    assert admin.main(["fleet", *login]) == 0
+    output = capsys.readouterr().out
+    rows = rows_of(output)
+    assert rows["loa-001"][1] == "yes"
+    assert rows["loa-002"][1] == "stale"
+    assert rows["loa-002"][-1] == "20m"
+    assert "1 online, 1 offline or unknown" in output.splitlines()[-1]
+    assert admin.main(["fleet", "--offline", *login]) == 0
+    assert set(rows_of(capsys.readouterr().out)) == {"loa-002"}

@@ -5,17 +5,17 @@ operator runs it. What it signs is first checked by the receivers' own rules: a 
 document a receiver would refuse never leaves. Broker failures are one line each.
 ``schedule show`` and ``report --db`` are spelled with a space; docs/operations.md section 9.
 
-Exit statuses: 0 done; 1 done, but what was asked did not happen (``watch`` saw nothing, or
-not the event ``--until`` asked for, in its ``--timeout``; ``fleet --group`` or ``schedule show
---group`` named a group no device's state lists); 2 bad input (usage, a document or
-command a receiver would refuse, an unreadable key or file); 3 the broker (unreachable, TLS,
-login refused, ACL, no answer in time, not acknowledged); 130 stopped by Ctrl-C before it was
-done (``watch`` with ``--until`` or ``--count``: stopping plain ``watch`` or ``fleet --watch``
-is their normal end, 0); 141 what reads stdout went away (``| head -1``), as a shell reports
-a tool SIGPIPE ended; 143 ``collect`` stopped by SIGTERM before it had connected: after its one
-line it ends by SIGTERM itself, which systemd counts a clean stop and a shell shows as 143 (once
-it collects, SIGTERM and Ctrl-C end it in order, 0). Option names are taken only whole
-(``--broker`` is not ``--broker-timeout``).
+Exit statuses: 0 done; 1 done, but what was asked did not happen (``watch`` saw nothing, or not
+the event ``--until`` asked for, in its ``--timeout``; ``fleet --group`` or ``schedule show
+--group`` named a group no device's state lists); 2 bad input (usage, a document or command a
+receiver would refuse, an unreadable key or file); 3 the broker (unreachable, TLS, login
+refused, ACL, no answer in time, not acknowledged); 130 stopped by Ctrl-C before it was done
+(``watch`` with ``--until`` or ``--count``, a plain ``fleet`` still collecting: stopping plain
+``watch`` or ``fleet --watch`` is their normal end, 0); 141 what reads stdout went away
+(``| head -1``), as a shell reports a tool SIGPIPE ended; 143 ``collect`` stopped by SIGTERM before
+it had connected: after its one line it ends by SIGTERM itself, which systemd counts a clean
+stop and a shell shows as 143 (once it collects, SIGTERM and Ctrl-C end it in order, 0). Option
+names are taken only whole (``--broker`` is not ``--broker-timeout``).
 """
 
 from __future__ import annotations
@@ -51,12 +51,13 @@ from receiver.central.broker import (
 from receiver.central.cluster import add_node_option, further_nodes
 from receiver.central.inputs import (
     InputError,
+    client_id,
+    command_ttl,
     device_or_every,
     host,
     identifier,
     key_id,
     load_keys,
-    number,
     port,
     positive_int,
     positive_number,
@@ -208,21 +209,22 @@ def _body(args: argparse.Namespace) -> dict[str, Any]:
 def _topics_for(args: argparse.Namespace) -> list[str]:
     """Where the command goes: ``--topic``, or each audience's command topic (a device that is
     in two of them takes the second copy as the duplicate it is)."""
-    if args.topic:
-        # Only a command topic one of the audiences listens on: any other board refuses it.
-        levels = str(args.topic).split("/")
-        if len(levels) < 3 or levels[-1] != "cmd" or f"{levels[-3]}:{levels[-2]}" not in args.aud:
-            raise InputError(
-                f"--topic {args.topic}: not the command topic of {' or '.join(args.aud)}; the "
-                "boards there would refuse it (leave --topic out: each audience's topic is used)"
-            )
-        return [str(args.topic)]
     topics: list[str] = []
     for audience in args.aud:
         kind, _, ident = audience.partition(":")
         topic = f"{args.prefix}/{'dev' if kind == 'dev' else 'grp'}/{ident}/cmd"
         if topic not in topics:
             topics.append(topic)
+    if args.topic:
+        # Only a command topic one of the audiences listens on, under --prefix: any other
+        # board refuses it, and no board listens outside its prefix.
+        if args.topic not in topics:
+            raise InputError(
+                f"--topic {args.topic}: not the command topic of {' or '.join(args.aud)} under "
+                f"--prefix {args.prefix} ({' or '.join(topics)}); the boards would not get it "
+                "(leave --topic out: each audience's topic is used)"
+            )
+        return [str(args.topic)]
     return topics
 
 
@@ -594,7 +596,9 @@ def _fleet(args: argparse.Namespace) -> int:
             _collect_states(arrivals, rows, time.monotonic() + 1.0)
             draw(clear, unlisted_group())
     except KeyboardInterrupt:
-        return EXIT_OK
+        # Stopping --watch is its normal end; a snapshot stopped while it still collected was
+        # not done (its empty output is not a fleet without devices).
+        return EXIT_OK if args.watch else EXIT_INTERRUPTED
     finally:
         connection.close()
 
@@ -716,7 +720,12 @@ def _add_command_parsers(sub: Any) -> None:
         cmd.add_argument("--aud", required=True, action="append", help="dev:<id> or grp:<id>")
         cmd.add_argument("--id", help="message id (default: cmd-<seq>)")
         cmd.add_argument("--seq", type=int, help="sequence number (default: UTC milliseconds)")
-        cmd.add_argument("--ttl", type=number, default=300.0, help="seconds until it expires")
+        cmd.add_argument(
+            "--ttl",
+            type=command_ttl,
+            default=300.0,
+            help="seconds until it expires (at most 30 days)",
+        )
         cmd.add_argument("--topic", help="publish here instead of each audience's topic")
         cmd.add_argument(
             "--registry",
@@ -794,7 +803,7 @@ def build_parser(*, report_db: bool = False) -> argparse.ArgumentParser:
     watch.add_argument("--count", type=positive_int, default=0, help="stop after this many events")
     watch.add_argument(
         "--until",
-        nargs="*",
+        nargs="+",  # at least one kind: without, it would wait for nothing (or for ever)
         default=[],
         choices=vocabulary.EVENT_KINDS,
         metavar="KIND",
@@ -802,6 +811,7 @@ def build_parser(*, report_db: bool = False) -> argparse.ArgumentParser:
     )
     watch.add_argument(
         "--client-id",
+        type=client_id,
         help="keep a session under this id: events sent while watch is away come when it is back",
     )
     watch.add_argument("--registry", help="enrolled device keys: mark reports by their signature")

@@ -119,11 +119,19 @@ def _password(options: BrokerOptions) -> str | None:
     if not options.password_file:
         return None
     try:
-        return Path(options.password_file).read_text(encoding="utf-8").strip()
+        # utf-8-sig: Windows Notepad begins a UTF-8 file with a byte order mark, which is no
+        # part of the password (sent, the broker refuses the login).
+        password = Path(options.password_file).read_text(encoding="utf-8-sig").strip()
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(
             f"--password-file {options.password_file}: cannot read it ({why(exc)})"
         ) from exc
+    if not password:
+        raise InputError(
+            f"--password-file {options.password_file}: empty; write the password of "
+            f"{'user ' + repr(options.username) if options.username else 'the user'} in it"
+        )
+    return password
 
 
 def _refusal(options: BrokerOptions, reason: ReasonCode) -> str:

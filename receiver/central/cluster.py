@@ -15,6 +15,7 @@ import argparse
 import dataclasses
 
 from receiver.central.broker import BrokerOptions
+from receiver.central.inputs import host as checked_host
 
 __all__ = ["add_node_option", "further_nodes"]
 
@@ -30,11 +31,21 @@ def add_node_option(parser: argparse.ArgumentParser) -> None:
 
 
 def further_nodes(args: argparse.Namespace) -> list[BrokerOptions]:
-    """The other nodes' connection options (the same credentials and TLS as ``--host``)."""
+    """The other nodes' connection options (the same credentials and TLS as ``--host``).
+
+    Each is checked, its host as ``--host`` is, before anything is published: a node refused
+    only once the first broker holds the document would leave the cluster split."""
     nodes: list[BrokerOptions] = []
     for text in getattr(args, "node", None) or ():
         host, _, port = str(text).rpartition(":")
         if not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise ValueError(f"--node {text!r}: write HOST:PORT, e.g. mqtt-2.example.vn:8883")
+        try:
+            checked_host(host)
+        except argparse.ArgumentTypeError as exc:
+            raise ValueError(
+                f"--node {text!r}: give the node's host name or address and port without a "
+                "scheme, e.g. mqtt-2.example.vn:8883 (TLS is --cafile)"
+            ) from exc
         nodes.append(dataclasses.replace(BrokerOptions.from_args(args), host=host, port=int(port)))
     return nodes

@@ -290,9 +290,12 @@ def _cells(row: DeviceRow, now_utc: float) -> tuple[str, ...]:
     seen = "?" if age is None else _age(age)
     if age is not None and state.get("clock_synced") is False:
         seen += "?"
+    # "online" from a state older than STALE_AFTER_S is what a board that died without its
+    # will said last: the summary and --offline count it offline, and so does this column.
+    reachable = "yes" if row.reachable(now_utc) else "?" if age is None else "stale"
     return (
         device,
-        "yes",
+        reachable,
         what,
         str(state.get("volume", "?")),
         relay,

@@ -96,12 +96,57 @@ def number(text: str) -> float:
     return value
 
 
+#: The longest wait an option takes (``--broker-timeout``, ``fleet --timeout``, ``watch
+#: --timeout``): a day. Longer is a slip of the unit; Python's waits refuse far larger values.
+MAX_WAIT_S: Final = 86400
+#: The longest lifetime of a command (``--ttl``): 30 days. MQTT's message expiry is 32 bits of
+#: seconds; a command meant for later is sent later, or is a schedule.
+MAX_COMMAND_TTL_S: Final = 30 * 86400
+#: The longest a ``collect --duration`` runs: a year (0 runs until it is stopped).
+MAX_RUN_S: Final = 366 * 86400
+#: The longest a document may be taken up (``--ttl-days``): ten years.
+MAX_DOCUMENT_DAYS: Final = 3650
+#: The longest MQTT client id: MQTT 5 writes it as a string of at most 65535 UTF-8 bytes.
+MAX_CLIENT_ID_BYTES: Final = 65535
+
+
 def seconds(text: str) -> float:
-    """A duration option: a number of seconds, not negative."""
+    """A duration option: a number of seconds, not negative, at most :data:`MAX_WAIT_S`."""
     value = number(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"{text!r}: give 0 or more seconds")
+    return _at_most(text, value, MAX_WAIT_S, "a day")
+
+
+def run_seconds(text: str) -> float:
+    """``collect --duration``: 0 or more seconds, at most :data:`MAX_RUN_S` (0: never stop)."""
+    value = number(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give 0 or more seconds")
+    return _at_most(text, value, MAX_RUN_S, "a year; 0 runs until stopped")
+
+
+def command_ttl(text: str) -> float:
+    """A command's ``--ttl``: seconds, at most :data:`MAX_COMMAND_TTL_S` (0 or below is
+    refused with the command, which says why)."""
+    return _at_most(text, number(text), MAX_COMMAND_TTL_S, "30 days")
+
+
+def _at_most(text: str, value: float, limit: int, said: str) -> float:
+    if value > limit:
+        raise argparse.ArgumentTypeError(f"{text!r}: give at most {limit} seconds ({said})")
     return value
+
+
+def client_id(text: str) -> str:
+    """``--client-id``: an MQTT client id, at most :data:`MAX_CLIENT_ID_BYTES` UTF-8 bytes."""
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > MAX_CLIENT_ID_BYTES:
+        raise argparse.ArgumentTypeError(
+            f"{size} bytes long: an MQTT client id is at most {MAX_CLIENT_ID_BYTES} bytes "
+            "(a short name, e.g. watch-hanoi)"
+        )
+    return text
 
 
 def refuse_if_too_large(what: str, envelope: bytes) -> None:
@@ -156,6 +201,10 @@ def days(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of days") from None
     if not math.isfinite(value) or value <= 0:
         raise argparse.ArgumentTypeError(f"{text!r}: give more than 0 days, e.g. 30")
+    if value > MAX_DOCUMENT_DAYS:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give at most {MAX_DOCUMENT_DAYS} days (ten years), e.g. 30"
+        )
     return value
 
 
@@ -324,8 +373,8 @@ def why(exc: Exception) -> str:
 
 
 def positive_number(text: str) -> float:
-    """A wait in seconds that must be above 0 (``--broker-timeout``)."""
+    """A wait in seconds above 0 and at most :data:`MAX_WAIT_S` (``--broker-timeout``)."""
     value = number(text)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"{text!r}: give more than 0 seconds")
-    return value
+    return _at_most(text, value, MAX_WAIT_S, "a day")
