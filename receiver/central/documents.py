@@ -28,9 +28,9 @@ from receiver.central.broker import EXIT_FAILED, BrokerError, BrokerOptions, Con
 from receiver.central.inputs import (
     InputError,
     days,
+    days_ahead,
     identifier,
     load_keys,
-    positive_int,
     refuse_if_invalid,
     refuse_if_too_large,
     scope,
@@ -624,7 +624,7 @@ def add_parsers(
     show.add_argument("--group", action="append", type=identifier, help="a group id (repeatable)")
     show.add_argument("--device", type=identifier, help="a device id: what its state says it holds")
     show.add_argument(
-        "--days", type=positive_int, default=7, help="how many days ahead (default 7)"
+        "--days", type=days_ahead, default=7, help="how many days ahead (default 7, at most 366)"
     )
     show.add_argument(
         "--registry", help="enrolled device keys: judge a --group by the states they signed"

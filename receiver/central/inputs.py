@@ -171,6 +171,18 @@ def positive_int(text: str) -> int:
     return value
 
 
+MAX_SHOW_DAYS = 366
+
+
+def days_ahead(text: str) -> int:
+    """``schedule show --days``: 1 to :data:`MAX_SHOW_DAYS` (every occurrence up to then is
+    listed: a mistyped huge number would run until memory ran out)."""
+    value = positive_int(text)
+    if value > MAX_SHOW_DAYS:
+        raise argparse.ArgumentTypeError(f"{text}: give at most {MAX_SHOW_DAYS} days, e.g. 7")
+    return value
+
+
 def host(text: str) -> str:
     """``--host``: a host name or address; a URL or ``host:port`` is a typo, not an unknown host."""
     plain = text.strip("[]")

@@ -182,6 +182,17 @@ def test_a_count_below_one_is_refused(
     assert f"{argv[-2]}: -1 is below 1" in capsys.readouterr().err
 
 
+def test_schedule_show_looks_at_most_a_year_ahead(
+    secured: Secured, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``schedule show --days 99999999999`` listed every occurrence up to then: it ran until
+    memory ran out."""
+    with pytest.raises(SystemExit) as exited:
+        main(["schedule", "show", "--group", "c-1", "--days", "99999999999", *secured.login()])
+    assert exited.value.code == 2
+    assert "--days: 99999999999: give at most 366 days" in capsys.readouterr().err
+
+
 def test_the_key_entry_is_json_a_trust_keyring_takes(
     operator_key: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
