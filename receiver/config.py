@@ -1360,7 +1360,7 @@ def _directory_problem(path: Path, source: Path | None, name: str) -> str | None
             "{source}: storage.{name}: the directory {path} cannot be made ({reason}): give a "
             "directory on the board's card or a mounted drive"
         )
-        return message.format(source=source, name=name, path=path, reason=failed.strerror or failed)
+        return message.format(source=source, name=name, path=path, reason=os_reason(failed))
     return None
 
 

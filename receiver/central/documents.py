@@ -129,9 +129,13 @@ def retained_payload(args: argparse.Namespace, topic: str) -> dict[str, Any] | N
 def retained_trust(args: argparse.Namespace) -> TrustDocument | None:
     """The fleet's keyring: the trust document retained on ``<prefix>/trust``, or None when
     none is (or what is there is no trust document a receiver would read)."""
-    current = retained_payload(args, f"{args.prefix}/trust")
+    return _as_trust(retained_payload(args, f"{args.prefix}/trust"))
+
+
+def _as_trust(retained: dict[str, Any] | None) -> TrustDocument | None:
+    """A retained payload as the trust document a receiver would read, or None."""
     try:
-        return parse_trust(current) if current else None
+        return parse_trust(retained) if retained else None
     except Rejection:
         return None
 
@@ -300,11 +304,7 @@ def trust_command(args: argparse.Namespace, publish: Publisher) -> int:
                 f"{topic} holds trust version {version}; a receiver refuses version "
                 f"{args.version} (stale_version): give --version {version + 1} or above"
             )
-        try:
-            retained_keyring = parse_trust(current) if current else None
-        except Rejection:
-            retained_keyring = None
-        refuse_if_other_env(args, retained_keyring, keyring=True)
+        refuse_if_other_env(args, _as_trust(current), keyring=True)
     signers = load_keys(args.key)
     envelope = sign_trust(payload, signers)
     refuse_if_too_large("trust document", envelope)

@@ -112,18 +112,19 @@ MAX_CLIENT_ID_BYTES: Final = 65535
 
 def seconds(text: str) -> float:
     """A duration option: a number of seconds, not negative, at most :data:`MAX_WAIT_S`."""
-    value = number(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: give 0 or more seconds")
-    return _at_most(text, value, MAX_WAIT_S, "a day")
+    return _at_most(text, _not_negative(text), MAX_WAIT_S, "a day")
 
 
 def run_seconds(text: str) -> float:
     """``collect --duration``: 0 or more seconds, at most :data:`MAX_RUN_S` (0: never stop)."""
+    return _at_most(text, _not_negative(text), MAX_RUN_S, "a year; 0 runs until stopped")
+
+
+def _not_negative(text: str) -> float:
     value = number(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"{text!r}: give 0 or more seconds")
-    return _at_most(text, value, MAX_RUN_S, "a year; 0 runs until stopped")
+    return value
 
 
 def command_ttl(text: str) -> float:
@@ -171,7 +172,8 @@ def positive_int(text: str) -> int:
     return value
 
 
-MAX_SHOW_DAYS = 366
+#: The furthest ``schedule show`` looks ahead, in days: a year.
+MAX_SHOW_DAYS: Final = 366
 
 
 def days_ahead(text: str) -> int:
