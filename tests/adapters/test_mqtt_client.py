@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import queue
+import random
 import signal
 import socket
 import subprocess
@@ -918,3 +919,144 @@ def test_an_expired_client_certificate_is_refused_by_the_broker_and_said_so(
         error = link.last_error or ""
         assert "certificate" in error, error
         assert "expired" in error, error
+
+
+def test_a_burst_is_read_without_paho_building_a_message_object_for_each(
+    broker: MosquittoBroker, make_link: LinkFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # paho reads a PUBLISH in about 12 µs: it asks for each piece in turn, builds a message and a
+    # property object and matches the topic against its callback tree. The link reads the plain
+    # ones itself (about 2 µs); those with properties still go through paho, and all arrive, in
+    # order, with what paho would have given.
+    built: list[threading.Thread] = []  # central's publishes make their own, in its thread
+    original = mqtt.MQTTMessage.__init__
+
+    def counting_init(self: mqtt.MQTTMessage, *args: Any, **kwargs: Any) -> None:
+        built.append(threading.current_thread())
+        original(self, *args, **kwargs)
+
+    link, rec = make_link(broker)
+    wait_subscribed(link, rec)
+    monkeypatch.setattr(mqtt.MQTTMessage, "__init__", counting_init)
+    expiring = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+    expiring.MessageExpiryInterval = 600
+    with Subscriber(broker) as central:
+        for i in range(100):
+            central.publish(
+                CMD,
+                b"burst %d" % i,
+                qos=i % 2,
+                retain=i % 7 == 0,
+                properties=expiring if i % 10 == 0 else None,
+            )
+    rec.wait_message(lambda m: m.payload == b"burst 99")
+    assert [(m.payload, m.qos, m.retained) for m in rec.all] == [
+        (b"burst %d" % i, i % 2, i % 7 == 0)  # retain as published, on a command topic
+        for i in range(100)
+    ]
+    assert built.count(link._thread) == 10  # type: ignore[arg-type]  # those with a property
+
+
+class _StreamSocket:
+    """A socket that hands out a byte stream, at most ``step`` bytes a read, then would block."""
+
+    def __init__(self, data: bytes, step: int) -> None:
+        self.data, self.at, self.step = data, 0, step
+
+    def recv(self, size: int) -> bytes:
+        if self.at >= len(self.data):
+            raise BlockingIOError
+        piece = self.data[self.at : self.at + min(size, self.step)]
+        self.at += len(piece)
+        return piece
+
+    def pending(self) -> int:
+        return 0
+
+    def close(self) -> None:
+        pass
+
+
+def _read_as_the_link_does(
+    stream: bytes, step: int, *, cut: bool, manual_ack: bool
+) -> tuple[list[object], int]:
+    """What a client reading ``stream`` hands on, the PUBACKs it sends and how it ends; and how
+    many publishes paho read."""
+    seen: list[object] = []
+    by_paho_count = 0
+
+    class Client(mqtt_client._ChunkedClient):
+        def _send_puback(self, mid: int) -> mqtt.MQTTErrorCode:
+            seen.append(("puback", mid))
+            return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    client = Client(callback_api_version=CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    client.manual_ack_set(manual_ack)
+    client.enable_logger(mqtt_client._error_logger(lambda line: None))
+
+    def by_paho(client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        nonlocal by_paho_count
+        by_paho_count += 1
+        try:
+            topic = message.topic
+        except UnicodeDecodeError:
+            topic = "(not UTF-8)"
+        seen.append((topic, bytes(message.payload), bool(message.retain), message.mid, message.qos))
+
+    client.on_message = by_paho
+    if cut:
+        client.deliver_publish = seen.append
+    client._sock = _StreamSocket(stream, step)  # type: ignore[assignment]
+    for _ in range(len(stream) + 2):
+        rc = client.loop_read()
+        if rc != mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS:
+            seen.append(("ended", int(rc)))
+            break
+        if not client.buffered and client._sock.at >= len(stream):
+            break
+    client._sock = None
+    return seen, by_paho_count
+
+
+def _random_publish(rng: random.Random) -> bytes:
+    """A PUBLISH, mostly well formed, sometimes not in each of the ways a packet can go wrong."""
+    topic = rng.choice([CMD.encode(), b"", b"\xff\xfe", "lo\u00e0/v1".encode(), b"t" * 300])
+    qos = rng.choice([0, 0, 0, 1, 1, 1, 2, 3])
+    mid = rng.choice([0, 1, 7, 65535]).to_bytes(2, "big") if qos else b""
+    properties = rng.choice(
+        [b"\x00"] * 6 + [b"\x02\x01\x01", b"\x05\x02\x00\x00\x02\x58", b"\x03\x01", b""]
+    )
+    payload = rng.randbytes(rng.choice([0, 1, 5, 200, 3000]))
+    topic_length = len(topic) + rng.choice([0] * 12 + [1, -1, 500])
+    body = max(topic_length, 0).to_bytes(2, "big") + topic + mid + properties + payload
+    if rng.random() < 0.05:
+        body = body[: rng.randrange(len(body) + 1)]
+    header = 0x30 | qos << 1 | rng.choice([0, 1, 8, 9])
+    length = bytearray()
+    remaining = len(body)
+    while True:
+        remaining, digit = divmod(remaining, 128)
+        length.append(digit | (0x80 if remaining else 0))
+        if not remaining:
+            break
+    if rng.random() < 0.05:
+        length = bytearray(b"\xff\xff\xff\xff\x7f")  # a length of five bytes
+    return bytes([header]) + bytes(length) + body
+
+
+@pytest.mark.parametrize("manual_ack", [True, False])
+def test_publishes_the_link_reads_itself_come_as_paho_reads_them(manual_ack: bool) -> None:
+    rng = random.Random(13)  # noqa: S311 - reproducible packets, not a secret
+    read_by_paho = delivered = 0
+    for _ in range(2000):
+        # Random packets after a plain one, the socket's reads ending anywhere.
+        first = _random_publish(random.Random(0))  # noqa: S311 - the same plain packet each time
+        stream = b"".join([first, _random_publish(rng), _random_publish(rng)])
+        step = rng.choice([1, 3, 40, 1000, 65536])
+        ours, by_paho = _read_as_the_link_does(stream, step, cut=True, manual_ack=manual_ack)
+        theirs, _ = _read_as_the_link_does(stream, step, cut=False, manual_ack=manual_ack)
+        assert ours == theirs, (stream[:80], step)
+        if step == 65536:  # whole packets in hand: the link reads the plain ones itself
+            read_by_paho += by_paho
+            delivered += len([item for item in theirs if len(item) == 5])  # type: ignore[arg-type]
+    assert read_by_paho < delivered / 2
