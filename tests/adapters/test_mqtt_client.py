@@ -19,7 +19,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.exception import MQTTException
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -986,9 +986,9 @@ def _read_as_the_link_does(
     by_paho_count = 0
 
     class Client(mqtt_client._ChunkedClient):
-        def _send_puback(self, mid: int) -> mqtt.MQTTErrorCode:
+        def _send_puback(self, mid: int) -> MQTTErrorCode:
             seen.append(("puback", mid))
-            return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
+            return MQTTErrorCode.MQTT_ERR_SUCCESS
 
     client = Client(callback_api_version=CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
     client.manual_ack_set(manual_ack)
@@ -1006,13 +1006,14 @@ def _read_as_the_link_does(
     client.on_message = by_paho
     if cut:
         client.deliver_publish = seen.append
-    client._sock = _StreamSocket(stream, step)  # type: ignore[assignment]
+    sock = _StreamSocket(stream, step)
+    client._sock = sock  # type: ignore[assignment]
     for _ in range(len(stream) + 2):
         rc = client.loop_read()
-        if rc != mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS:
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             seen.append(("ended", int(rc)))
             break
-        if not client.buffered and client._sock.at >= len(stream):
+        if not client.buffered and sock.at >= len(stream):
             break
     client._sock = None
     return seen, by_paho_count
