@@ -34,8 +34,9 @@ Figures:
   only that tail can push it out of the inbox (a real effect of a flood, not of the bench).
 
 (c) The MQTT intake alone, the floor for (a)'s command after the burst: a bare paho subscriber
-(MQTT 5, QoS 1 on the command topic like the daemon, no handling, a process of its own; paho
-reads its packets' properties the daemon's way, ``receiver.mqtt_client.LightProperties``) on a
+(MQTT 5, QoS 1 on the command topic like the daemon, no handling, a process of its own; it reads
+packets as the daemon's link does: paho's client with the link's reads, plain PUBLISH packets read
+by ``receiver.mqtt_client.cut_publish`` and the rest by paho with ``LightProperties``) on a
 Mosquitto of its own gets the same burst and then a message from another client. The command is
 behind most of the burst in the TCP stream, so no order inside the daemon can take it sooner
 than its MQTT library reads its way to it.
@@ -681,6 +682,19 @@ def report_flood(f: FloodFigures, intake_after_s: float | None = None) -> None:
     )
 
 
+# How the bare subscribers of (c) and (e) read, as the daemon's link does: paho's client with the
+# link's reads (whole chunks of the socket, plain PUBLISH packets read without paho's message
+# objects), and the bytes already in hand handed on before the socket is waited on again.
+READ_AS_THE_LINK_DOES = """
+while True:
+    if client.loop(timeout=0.0 if client.buffered else 1.0) != 0:
+        raise SystemExit("the bare subscriber lost its broker")
+    for _ in range(512):
+        if not client.buffered or client.loop_read() != 0:
+            break
+"""
+
+
 # The bare subscriber of (c), in a process of its own as the daemon is (in ours it would wait
 # for the GIL behind the publisher): prints "ready", then "<tag> <monotonic> <junk read>" for
 # each marker. CLOCK_MONOTONIC is the same in every process of the machine.
@@ -688,26 +702,25 @@ BARE_SUBSCRIBER = """
 import sys, time, uuid
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
-import receiver.mqtt_client  # paho reads packet properties the daemon's way
+from receiver import mqtt_client  # the link's reading of packets
 host, port, topic = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 seen = 0
-def on_message(client, userdata, message):
+def handle(payload):
     global seen
-    payload = bytes(message.payload)
     if payload.startswith(b"marker "):
         print(payload.split()[1].decode(), time.monotonic(), seen, flush=True)
     else:
         seen += 1
 def on_subscribe(client, userdata, mid, reason_codes, properties):
     print("ready", flush=True)
-client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2,
-                     client_id="bare-" + uuid.uuid4().hex[:8], protocol=mqtt.MQTTv5)
-client.on_message = on_message
+client = mqtt_client._ChunkedClient(callback_api_version=CallbackAPIVersion.VERSION2,
+                                    client_id="bare-" + uuid.uuid4().hex[:8], protocol=mqtt.MQTTv5)
+client.on_message = lambda client, userdata, message: handle(bytes(message.payload))
+client.deliver_publish = lambda publish: handle(publish[1])
 client.on_subscribe = on_subscribe
 client.connect(host, port, keepalive=30)
 client.subscribe(topic, qos=1)
-client.loop_forever()
-"""
+""" + READ_AS_THE_LINK_DOES
 
 
 def intake_floor(root: Path, count: int) -> tuple[float, float, int]:
@@ -758,7 +771,7 @@ def intake_floor(root: Path, count: int) -> tuple[float, float, int]:
 def report_intake(count: int, quiet_s: float, after_s: float, read_before: int) -> None:
     print(
         "\n(c) the MQTT intake alone: a bare paho subscriber (MQTT 5, QoS 1, no handling, "
-        f"properties read the daemon's way), the same burst of {count}, then a message from "
+        f"packets read the daemon's way), the same burst of {count}, then a message from "
         "another client"
     )
     print(
@@ -781,15 +794,14 @@ BARE_VERIFIER = """
 import base64, json, sys, time, uuid
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
-import receiver.mqtt_client  # paho reads packet properties the daemon's way
+from receiver import mqtt_client  # the link's reading of packets
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 host, port, topic, key_id = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
 public = Ed25519PublicKey.from_public_bytes(base64.b64decode(sys.argv[5]))
 verified = 0
-def on_message(client, userdata, message):
+def handle(raw):
     global verified
-    raw = bytes(message.payload)
     if len(raw) > 16384:
         return
     try:
@@ -810,14 +822,15 @@ def on_message(client, userdata, message):
     print(json.loads(body)["id"], time.monotonic(), verified, flush=True)
 def on_subscribe(client, userdata, mid, reason_codes, properties):
     print("ready", flush=True)
-client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2,
-                     client_id="verifier-" + uuid.uuid4().hex[:8], protocol=mqtt.MQTTv5)
-client.on_message = on_message
+client = mqtt_client._ChunkedClient(callback_api_version=CallbackAPIVersion.VERSION2,
+                                    client_id="verifier-" + uuid.uuid4().hex[:8],
+                                    protocol=mqtt.MQTTv5)
+client.on_message = lambda client, userdata, message: handle(bytes(message.payload))
+client.deliver_publish = lambda publish: handle(publish[1])
 client.on_subscribe = on_subscribe
 client.connect(host, port, keepalive=30)
 client.subscribe(topic, qos=1)
-client.loop_forever()
-"""
+""" + READ_AS_THE_LINK_DOES
 
 
 @dataclass(frozen=True)
