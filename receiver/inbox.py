@@ -14,7 +14,16 @@ emergency key, say) by more than one verification per flooded lane, nor push it 
 that is flooded alone keeps the whole bound for itself, so its own next command survives as many
 forgeries after it as before. Within a key's lane the order is kept, so two real commands of one
 signer are admitted in the order they came (a reordering would refuse the older one as
-replayed). docs/security.md says what holds under which flood.
+replayed).
+
+Central publishes everything at QoS 1 (protocol §1), so the key lanes come in two sets: messages
+delivered at QoS 1 go ahead of those delivered at QoS 0, and when the bound is reached a QoS 0
+message is dropped first. A QoS 0 flood, the cheapest there is (no acknowledgement, as fast as
+the link carries it), thus neither delays a command nor pushes it out; a QoS 1 flood is paced by
+the broker, which sends the device no more than its in-flight window of unacknowledged messages
+(Mosquitto: 20) and keeps the rest in its own queue. A command that a misconfigured bridge
+downgrades to QoS 0 is still handled, behind the QoS 1 traffic. docs/security.md says what holds
+under which flood.
 
 Which key a message names is read in the MQTT thread (:func:`named_key`), for every message of a
 flood, so it is a guess as cheap as it can be: it decides only which lane a message waits in, and
@@ -59,6 +68,47 @@ def named_key(raw: bytes, key_ids: frozenset[str]) -> str | None:
     return None
 
 
+class _KeyLanes:
+    """One lane per key id, taken in turn; no lock of its own (the inbox's guards it)."""
+
+    def __init__(self) -> None:
+        self.lanes: dict[str, deque[MessageReceived]] = {}  # by the key id named
+        self.turns: deque[str] = deque()  # the key ids with messages waiting, next first
+        self.count = 0
+
+    def put(self, key_id: str, event: MessageReceived) -> None:
+        if key_id not in self.lanes:
+            self.lanes[key_id] = deque()
+            self.turns.append(key_id)
+        self.lanes[key_id].append(event)
+        self.count += 1
+
+    def take(self) -> MessageReceived:
+        key_id = self.turns.popleft()
+        lane = self.lanes[key_id]
+        message = lane.popleft()
+        self.count -= 1
+        if lane:
+            self.turns.append(key_id)  # its next message waits for the other keys' turns
+        else:
+            del self.lanes[key_id]
+        return message
+
+    def drop_from_longest(self, arriving: str) -> MessageReceived:
+        """The oldest message of the longest lane, taken out (the arriving key's lane if it is
+        one of the longest: a flood pushes out its own first)."""
+        longest = max(self.lanes, key=lambda key_id: len(self.lanes[key_id]))
+        if len(self.lanes.get(arriving, ())) == len(self.lanes[longest]):
+            longest = arriving
+        lane = self.lanes[longest]
+        dropped = lane.popleft()
+        self.count -= 1
+        if not lane:
+            del self.lanes[longest]
+            self.turns.remove(longest)
+        return dropped
+
+
 class Inbox:
     def __init__(
         self,
@@ -66,12 +116,11 @@ class Inbox:
         plausible_capacity: int = DEFAULT_PLAUSIBLE_CAPACITY,
     ) -> None:
         self._reports: deque[Event] = deque()
-        self._plausible: dict[str, deque[MessageReceived]] = {}  # by the key id named
-        self._turns: deque[str] = deque()  # the key ids with messages waiting, next first
+        self._acknowledged = _KeyLanes()  # delivered at QoS 1, as central publishes
+        self._unacknowledged = _KeyLanes()  # delivered at QoS 0
         self._messages: deque[MessageReceived] = deque()
         self._capacity = message_capacity
         self._plausible_capacity = plausible_capacity
-        self._plausible_count = 0
         self._ready = threading.Condition()
         self._woken = False
         self._dropped = 0
@@ -86,8 +135,8 @@ class Inbox:
         self, event: MessageReceived, key_id: str | None = None
     ) -> MessageReceived | None:
         """From the MQTT thread: never blocks; when full, drops (and counts) the oldest message
-        of its lane, or for a plausible one of the longest key lane, and returns it (the caller
-        acknowledges it to the broker: it will not be handled).
+        of its lane, or for a plausible one of the longest key lane (a QoS 0 one first), and
+        returns it (the caller acknowledges it to the broker: it will not be handled).
 
         ``key_id``: the known key the envelope names (unverified), or None for everything else.
         """
@@ -98,30 +147,21 @@ class Inbox:
                     dropped = self._messages.popleft()
                 self._messages.append(event)
             else:
-                if self._plausible_count >= self._plausible_capacity:
-                    dropped = self._drop_from_longest(key_id)
-                if key_id not in self._plausible:
-                    self._plausible[key_id] = deque()
-                    self._turns.append(key_id)
-                self._plausible[key_id].append(event)
-                self._plausible_count += 1
+                lanes = self._acknowledged if event.qos > 0 else self._unacknowledged
+                if self._acknowledged.count + self._unacknowledged.count >= (
+                    self._plausible_capacity
+                ):
+                    if self._unacknowledged.count:
+                        dropped = self._unacknowledged.drop_from_longest(key_id)
+                    elif lanes is self._acknowledged:
+                        dropped = self._acknowledged.drop_from_longest(key_id)
+                    else:  # QoS 1 messages fill the bound: a QoS 0 one does not push them out
+                        dropped = event
+                if dropped is not event:
+                    lanes.put(key_id, event)
             if dropped is not None:
                 self._dropped += 1
             self._ready.notify()
-        return dropped
-
-    def _drop_from_longest(self, arriving: str) -> MessageReceived:
-        """The oldest message of the longest key lane, taken out (the arriving key's lane if it
-        is one of the longest: a flood pushes out its own first)."""
-        longest = max(self._plausible, key=lambda key_id: len(self._plausible[key_id]))
-        if len(self._plausible.get(arriving, ())) == len(self._plausible[longest]):
-            longest = arriving
-        lane = self._plausible[longest]
-        dropped = lane.popleft()
-        self._plausible_count -= 1
-        if not lane:
-            del self._plausible[longest]
-            self._turns.remove(longest)
         return dropped
 
     def take_dropped(self) -> int:
@@ -158,24 +198,21 @@ class Inbox:
     def get(self, timeout: float | None) -> Event | None:
         """The next event, or None when ``timeout`` passes or ``wake`` was called."""
         with self._ready:
-            if not (self._reports or self._turns or self._messages or self._woken):
+            if not (self._reports or self._has_messages() or self._woken):
                 self._ready.wait(timeout)
             self._woken = False
             return self._take()
 
+    def _has_messages(self) -> bool:
+        return bool(self._acknowledged.count or self._unacknowledged.count or self._messages)
+
     def _take(self) -> Event | None:
         if self._reports:
             return self._reports.popleft()
-        if self._turns:
-            key_id = self._turns.popleft()
-            lane = self._plausible[key_id]
-            message = lane.popleft()
-            self._plausible_count -= 1
-            if lane:
-                self._turns.append(key_id)  # its next message waits for the other keys' turns
-            else:
-                del self._plausible[key_id]
-            return message
+        if self._acknowledged.count:
+            return self._acknowledged.take()
+        if self._unacknowledged.count:
+            return self._unacknowledged.take()
         if self._messages:
             return self._messages.popleft()
         return None

@@ -92,6 +92,35 @@ def test_a_real_command_survives_as_many_later_messages_naming_its_key_as_the_la
     assert inbox.take_dropped() == 1
 
 
+def test_a_qos_0_flood_naming_a_key_neither_delays_nor_pushes_out_its_qos_1_command() -> None:
+    # Central publishes at QoS 1; forgeries at QoS 0 cost the attacker nothing to send, as fast
+    # as the link carries them. They wait behind what came at QoS 1, and go first when full.
+    inbox = Inbox(plausible_capacity=8)
+    for i in range(5):
+        inbox.put_message(MessageReceived("t", b"forged%d" % i), "op")
+    inbox.put_message(MessageReceived("t", b"seq 1", mid=1, qos=1), "op")
+    dropped = [inbox.put_message(MessageReceived("t", b"forged%d" % i), "op") for i in range(5, 50)]
+    assert [m.payload for m in dropped if m is not None] == [b"forged%d" % i for i in range(43)]
+    pushed_out = inbox.put_message(MessageReceived("t", b"seq 2", mid=2, qos=1), "op")
+    assert pushed_out is not None and pushed_out.payload == b"forged43"
+    got = payloads(drain(inbox))
+    assert got[:2] == [b"seq 1", b"seq 2"]  # taken first, in their order
+    assert got[2:] == [b"forged%d" % i for i in range(44, 50)]
+    assert inbox.take_dropped() == 44
+
+
+def test_qos_1_messages_filling_the_key_lanes_are_not_pushed_out_by_qos_0_ones() -> None:
+    inbox = Inbox(plausible_capacity=4)
+    for i in range(4):
+        assert inbox.put_message(MessageReceived("t", b"q1 %d" % i, mid=i + 1, qos=1), "op") is None
+    late = MessageReceived("t", b"q0")
+    assert inbox.put_message(late, "op") == late  # itself: nothing of QoS 1 goes for it
+    first = inbox.put_message(MessageReceived("t", b"q1 4", mid=5, qos=1), "op")
+    assert first is not None and first.payload == b"q1 0"  # among QoS 1, the oldest as before
+    assert payloads(drain(inbox)) == [b"q1 %d" % i for i in range(1, 5)]
+    assert inbox.take_dropped() == 2
+
+
 def test_wake_returns_none_at_once() -> None:
     inbox = Inbox()
     inbox.wake()
