@@ -394,7 +394,9 @@ class _ChunkedClient(mqtt.Client):
 
     def _packet_read(self) -> MQTTErrorCode:
         deliver = self.deliver_publish
-        if deliver is not None and self._in_packet["command"] == 0:  # paho is between packets
+        in_packet = self._in_packet
+        if deliver is not None and not in_packet["command"] and not in_packet["have_remaining"]:
+            # paho is between packets (a command byte of 0, a reserved type, leaves it mid-way)
             if self._chunk_at >= len(self._chunk) and self._held_error is None:
                 try:
                     self._chunk, self._chunk_at = super()._sock_recv(_READ_CHUNK), 0

@@ -1032,7 +1032,7 @@ def _random_publish(rng: random.Random) -> bytes:
     body = max(topic_length, 0).to_bytes(2, "big") + topic + mid + properties + payload
     if rng.random() < 0.05:
         body = body[: rng.randrange(len(body) + 1)]
-    header = 0x30 | qos << 1 | rng.choice([0, 1, 8, 9])
+    header = rng.choice([0x30] * 20 + [0x00, 0x20, 0x40]) | qos << 1 | rng.choice([0, 1, 8, 9])
     length = bytearray()
     remaining = len(body)
     while True:

@@ -20,7 +20,7 @@ from receiver.central.signing import sign_command
 from tests.e2e.conftest import Site
 from tests.e2e.test_daemon import play_payload
 from tests.lab.broker import MosquittoBroker, Received, Subscriber
-from tests.lab.daemon import Daemon
+from tests.lab.daemon import DEVICE, Daemon
 
 TIMEOUT = 20.0
 DUPLICATE = "duplicate of the last accepted"
@@ -53,9 +53,19 @@ def test_commands_survive_failover_and_failback_and_none_is_acted_on_twice(
     seen_at_first: list[Received] = []
     with Subscriber(standby, topics, persistent=True, client_id="central-standby") as at_standby:
 
-        def on(broker: MosquittoBroker) -> Callable[[], bool]:
+        def subacks(broker: MosquittoBroker) -> int:
+            """How many subscriptions of the daemon's the broker has acknowledged (its log)."""
+            try:
+                log = broker.log_file.read_text(errors="replace")
+            except FileNotFoundError:
+                return 0
+            return log.count(f"Sending SUBACK to {DEVICE}")
+
+        def on(broker: MosquittoBroker, subscribed_before: int) -> Callable[[], bool]:
             def connected() -> bool:
-                return any(
+                # Connected is not enough: a command published before the daemon's subscription
+                # is acknowledged is lost with the session the broker did not keep.
+                return subacks(broker) > subscribed_before and any(
                     line.get("event") == "mqtt_connected"
                     and line.get("broker") == f"127.0.0.1:{broker.port}"
                     for line in daemon.lines[mark:]
@@ -77,11 +87,11 @@ def test_commands_survive_failover_and_failback_and_none_is_acted_on_twice(
 
         mark = 0
         daemon = start_daemon()
-        wait(on(first), "on the first broker")
+        wait(on(first, 0), "on the first broker")
 
-        mark = len(daemon.lines)
+        mark, before = len(daemon.lines), subacks(standby)
         first.kill()
-        wait(on(standby), "moved to the standby")
+        wait(on(standby, before), "moved to the standby")
         while_down = sign_command(
             play_payload(site, "tone440.wav", message_id="while-first-down"), [site.operator]
         )
@@ -91,12 +101,12 @@ def test_commands_survive_failover_and_failback_and_none_is_acted_on_twice(
             TIMEOUT,
         )
 
-        mark = len(daemon.lines)
+        mark, before = len(daemon.lines), subacks(first)
         first.start()
         at_first.close()  # its connection died with the broker: a fresh one
         seen_at_first += at_first.seen
         at_first = Subscriber(first, topics, persistent=True, client_id="central-first").start()
-        wait(on(first), "moved back to the first")
+        wait(on(first, before), "moved back to the first")
         both = sign_command(
             play_payload(site, "tone1000.wav", message_id="on-both"), [site.operator]
         )
@@ -110,9 +120,9 @@ def test_commands_survive_failover_and_failback_and_none_is_acted_on_twice(
             TIMEOUT,
         )
 
-        mark = len(daemon.lines)
+        mark, before = len(daemon.lines), subacks(standby)
         first.kill()
-        wait(on(standby), "on the standby again")
+        wait(on(standby, before), "on the standby again")
         at_standby.wait_for(
             lambda m: (
                 m.topic == site.events_topic
