@@ -22,8 +22,10 @@ message is dropped first. A QoS 0 flood, the cheapest there is (no acknowledgeme
 the link carries it), thus neither delays a command nor pushes it out; a QoS 1 flood is paced by
 the broker, which sends the device no more than its in-flight window of unacknowledged messages
 (Mosquitto: 20) and keeps the rest in its own queue. A command that a misconfigured bridge
-downgrades to QoS 0 is still handled, behind the QoS 1 traffic. docs/security.md says what holds
-under which flood.
+downgrades to QoS 0 is still handled, behind the QoS 1 traffic. The order of a signer's commands
+is kept within one QoS: were one of them downgraded on its way and not the next, the next could
+go first and the older be refused as replayed. docs/security.md says what holds under which
+flood.
 
 Which key a message names is read in the MQTT thread (:func:`named_key`), for every message of a
 flood, so it is a guess as cheap as it can be: it decides only which lane a message waits in, and
@@ -135,8 +137,9 @@ class Inbox:
         self, event: MessageReceived, key_id: str | None = None
     ) -> MessageReceived | None:
         """From the MQTT thread: never blocks; when full, drops (and counts) the oldest message
-        of its lane, or for a plausible one of the longest key lane (a QoS 0 one first), and
-        returns it (the caller acknowledges it to the broker: it will not be handled).
+        of its lane, or for a plausible one of the longest key lane (a QoS 0 one first; the
+        arriving QoS 0 message itself when QoS 1 ones fill the bound), and returns it (the
+        caller acknowledges it to the broker: it will not be handled).
 
         ``key_id``: the known key the envelope names (unverified), or None for everything else.
         """

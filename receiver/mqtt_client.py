@@ -395,8 +395,15 @@ class _ChunkedClient(mqtt.Client):
     def _packet_read(self) -> MQTTErrorCode:
         deliver = self.deliver_publish
         in_packet = self._in_packet
-        if deliver is not None and not in_packet["command"] and not in_packet["have_remaining"]:
-            # paho is between packets (a command byte of 0, a reserved type, leaves it mid-way)
+        if (
+            deliver is not None
+            and self._protocol == mqtt.MQTTv5  # the property block cut_publish reads
+            # paho is between packets: a command byte of 0 (a reserved type) reads as none yet,
+            # so what paho has read of its length says whether it is mid-way
+            and not in_packet["command"]
+            and not in_packet["have_remaining"]
+            and not in_packet["remaining_count"]
+        ):
             if self._chunk_at >= len(self._chunk) and self._held_error is None:
                 try:
                     self._chunk, self._chunk_at = super()._sock_recv(_READ_CHUNK), 0

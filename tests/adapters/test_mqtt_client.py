@@ -958,13 +958,16 @@ def test_a_burst_is_read_without_paho_building_a_message_object_for_each(
 
 
 class _StreamSocket:
-    """A socket that hands out a byte stream, at most ``step`` bytes a read, then would block."""
+    """A socket that hands out a byte stream, at most ``step`` bytes a read, then would block;
+    with ``stalls``, every other read would block too (the rest has not come yet)."""
 
-    def __init__(self, data: bytes, step: int) -> None:
-        self.data, self.at, self.step = data, 0, step
+    def __init__(self, data: bytes, step: int, stalls: bool = False) -> None:
+        self.data, self.at, self.step, self.stalls = data, 0, step, stalls
+        self._stalled = False
 
     def recv(self, size: int) -> bytes:
-        if self.at >= len(self.data):
+        self._stalled = self.stalls and not self._stalled
+        if self.at >= len(self.data) or self._stalled:
             raise BlockingIOError
         piece = self.data[self.at : self.at + min(size, self.step)]
         self.at += len(piece)
@@ -978,7 +981,7 @@ class _StreamSocket:
 
 
 def _read_as_the_link_does(
-    stream: bytes, step: int, *, cut: bool, manual_ack: bool
+    stream: bytes, step: int, *, cut: bool, manual_ack: bool, stalls: bool = False
 ) -> tuple[list[object], int]:
     """What a client reading ``stream`` hands on, the PUBACKs it sends and how it ends; and how
     many publishes paho read."""
@@ -1006,9 +1009,9 @@ def _read_as_the_link_does(
     client.on_message = by_paho
     if cut:
         client.deliver_publish = seen.append
-    sock = _StreamSocket(stream, step)
+    sock = _StreamSocket(stream, step, stalls)
     client._sock = sock  # type: ignore[assignment]
-    for _ in range(len(stream) + 2):
+    for _ in range(2 * len(stream) + 4):
         rc = client.loop_read()
         if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             seen.append(("ended", int(rc)))
@@ -1045,6 +1048,55 @@ def _random_publish(rng: random.Random) -> bytes:
     return bytes([header]) + bytes(length) + body
 
 
+def test_a_reserved_packet_cut_short_leaves_paho_mid_way_and_the_link_out_of_it() -> None:
+    # A command byte of 0 (a reserved type) is stored by paho as "no command yet": cut short in
+    # its length, paho is mid-way with a command of 0, and the link must not read what follows
+    # as a packet of its own.
+    plain = bytes([0x30, 9, 0, 3]) + b"a/b" + b"\x00" + b"xy"
+    pieces = [b"\x00\x80", None, plain + b"\xd0\x00" + plain, None]
+    for manual_ack in (True, False):
+        ours = _read_pieces(pieces, cut=True, manual_ack=manual_ack)
+        theirs = _read_pieces(pieces, cut=False, manual_ack=manual_ack)
+        assert ours == theirs
+
+
+def _read_pieces(pieces: list[bytes | None], *, cut: bool, manual_ack: bool) -> list[object]:
+    """What a client hands on when its socket gives ``pieces`` (None: a read that would block)."""
+
+    class Pieces(_StreamSocket):
+        def __init__(self) -> None:
+            super().__init__(b"", 1)
+            self.left = list(pieces)
+
+        def recv(self, size: int) -> bytes:
+            if not self.left:
+                return b""  # closed
+            piece = self.left.pop(0)
+            if piece is None:
+                raise BlockingIOError
+            if len(piece) > size:
+                self.left.insert(0, piece[size:])
+            return piece[:size]
+
+    seen: list[object] = []
+    client = mqtt_client._ChunkedClient(
+        callback_api_version=CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5
+    )
+    client.manual_ack_set(manual_ack)
+    client.enable_logger(mqtt_client._error_logger(lambda line: None))
+    client.on_message = lambda c, u, m: seen.append((m.topic, bytes(m.payload), m.mid, m.qos))
+    if cut:
+        client.deliver_publish = lambda p: seen.append((p[0], p[1], p[3], p[4]))
+    client._sock = Pieces()  # type: ignore[assignment]
+    for _ in range(50):
+        rc = client.loop_read()
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            seen.append(("ended", int(rc)))
+            break
+    client._sock = None
+    return seen
+
+
 @pytest.mark.parametrize("manual_ack", [True, False])
 def test_publishes_the_link_reads_itself_come_as_paho_reads_them(manual_ack: bool) -> None:
     rng = random.Random(13)  # noqa: S311 - reproducible packets, not a secret
@@ -1054,10 +1106,15 @@ def test_publishes_the_link_reads_itself_come_as_paho_reads_them(manual_ack: boo
         first = _random_publish(random.Random(0))  # noqa: S311 - the same plain packet each time
         stream = b"".join([first, _random_publish(rng), _random_publish(rng)])
         step = rng.choice([1, 3, 40, 1000, 65536])
-        ours, by_paho = _read_as_the_link_does(stream, step, cut=True, manual_ack=manual_ack)
-        theirs, _ = _read_as_the_link_does(stream, step, cut=False, manual_ack=manual_ack)
-        assert ours == theirs, (stream[:80], step)
-        if step == 65536:  # whole packets in hand: the link reads the plain ones itself
+        stalls = rng.random() < 0.3
+        ours, by_paho = _read_as_the_link_does(
+            stream, step, cut=True, manual_ack=manual_ack, stalls=stalls
+        )
+        theirs, _ = _read_as_the_link_does(
+            stream, step, cut=False, manual_ack=manual_ack, stalls=stalls
+        )
+        assert ours == theirs, (stream[:80], step, stalls)
+        if step == 65536 and not stalls:  # whole packets in hand: the link reads them itself
             read_by_paho += by_paho
             delivered += len([item for item in theirs if len(item) == 5])  # type: ignore[arg-type]
     assert read_by_paho < delivered / 2
