@@ -231,6 +231,17 @@ def _hold_state_dir(config: Config, config_path: str) -> int | None:
 
     try:
         refuse_unusable_device_key(config.storage.state_dir)
+        owner = _owner_root_would_wrong(config)
+        if owner is not None:
+            refusal = _(
+                "{config}: {path} belongs to {owner}, who runs the daemon: run it as that user "
+                "(sudo systemctl start loa-receiver, or sudo -u {owner} receiver run --config "
+                "...); run as root, it would leave files there that {owner} cannot open"
+            )
+            print(
+                refusal.format(config=config_path, path=owner[1], owner=owner[0]), file=sys.stderr
+            )
+            return EX_CONFIG
         instance_lock.hold(config.storage.state_dir)  # held until this process ends
     except instance_lock.AlreadyRunningError as running:
         print(_already_running(running, config_path), file=sys.stderr)
@@ -242,6 +253,28 @@ def _hold_state_dir(config: Config, config_path: str) -> int | None:
         where = exc.filename or config.storage.state_dir
         print(f"{config_path}: {where}: {os_reason(exc)}", file=sys.stderr)
         return EX_CONFIG
+    return None
+
+
+def _owner_root_would_wrong(config: Config) -> tuple[str, Path] | None:
+    """For a daemon run as root, the other user who owns its state or cache directory, and
+    which: the files root made there (the database and its journal, the cache's files) would
+    be root's alone, and the service, run as that user, could not open them."""
+    import os
+    import pwd
+
+    if os.geteuid() != 0:
+        return None
+    for directory in (config.storage.state_dir, config.storage.cache_dir):
+        try:
+            owner = directory.stat().st_uid
+        except OSError:
+            continue  # made by this run, as root's: not another user's
+        if owner != 0:
+            try:
+                return pwd.getpwuid(owner).pw_name, directory
+            except KeyError:
+                return str(owner), directory
     return None
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from receiver.device_key import load_or_create_device_key
 from tests.test_start_refusals import ROOT, receiver, write_config
 
 REFUSAL = "the daemon cannot start with this, see above"
@@ -189,3 +190,37 @@ def test_a_device_key_others_can_read_is_refused_before_anything_is_made(tmp_pat
         "again) or, if nobody else can have read it, chmod 600 it"
     ]
     assert [p.name for p in key.parent.iterdir()] == ["device.key"]
+
+
+@needs_root
+def test_a_hand_run_as_root_in_the_daemon_user_s_state_is_refused_before_anything_is_made(
+    nobodys_state: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """With the device key already there, a start as root went ahead and left state.db, its
+    -wal and the cache's files owned by root: the service's own user then could not start."""
+    config, state = nobodys_state
+    load_or_create_device_key(tmp_path, "made-elsewhere")
+    shutil.move(tmp_path / "device.key", state / "device.key")
+    user = pwd.getpwnam(NOBODY)
+    os.chown(state / "device.key", user.pw_uid, user.pw_gid)
+    for command in (("run", "--config", str(config)),):
+        run = receiver(*command)
+        assert run.returncode == 78, run.stderr
+        assert run.stderr.splitlines() == [
+            f"{config}: {state} belongs to nobody, who runs the daemon: run it as that user "
+            "(sudo systemctl start loa-receiver, or sudo -u nobody receiver run --config ...); "
+            "run as root, it would leave files there that nobody cannot open"
+        ]
+    assert [p.name for p in state.iterdir()] == ["device.key"]
+    assert list((state.parent / "cache").iterdir()) == []
+    vi = subprocess.run(
+        [*RECEIVER, "run", "--config", str(config)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "LANG": "vi_VN.UTF-8", "LANGUAGE": "", "LC_ALL": ""},
+    )
+    assert vi.returncode == 78, vi.stderr
+    assert f"{state} thuộc về nobody, người chạy dịch vụ" in vi.stderr
