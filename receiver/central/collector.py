@@ -35,7 +35,7 @@ from types import FrameType
 from typing import Any, Final
 
 from receiver.central.broker import BrokerOptions, Connection
-from receiver.central.inputs import InputError, client_id, run_seconds
+from receiver.central.inputs import InputError, run_seconds, session_client_id
 from receiver.central.received import DeviceMessage, device_topics, parse_device_message
 from receiver.central.reports import (
     SUSPECT_SCHEMA,
@@ -691,7 +691,7 @@ def add_parser(sub: Any, broker_options: Callable[[argparse.ArgumentParser, bool
     collect.add_argument("--db", required=True, help="the SQLite file (made if missing)")
     collect.add_argument(
         "--client-id",
-        type=client_id,
+        type=session_client_id,
         default=DEFAULT_CLIENT_ID,
         help=f"the session's client id: one per collector (default {DEFAULT_CLIENT_ID})",
     )

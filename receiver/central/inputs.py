@@ -150,6 +150,18 @@ def client_id(text: str) -> str:
     return text
 
 
+def session_client_id(text: str) -> str:
+    """``collect --client-id``: the id of a session the broker keeps between runs, so not
+    empty (the broker would name each run's session anew and keep none)."""
+    if not text:
+        raise argparse.ArgumentTypeError(
+            "an empty client id: the broker would give each run a session of its own and keeps "
+            "none, so the events sent between two runs would be lost; name this collector "
+            "(e.g. collect-hanoi)"
+        )
+    return client_id(text)
+
+
 def refuse_if_too_large(what: str, envelope: bytes) -> None:
     """The receivers refuse a message over MAX_MESSAGE_BYTES before reading it (``too_large``):
     say so rather than publish it (a retained one would replace a document they take)."""

@@ -70,6 +70,18 @@ def test_a_wait_or_a_client_id_too_long_is_named(
     assert len(err.strip().splitlines()[-1]) < 300
 
 
+def test_a_collector_without_a_client_id_is_refused(
+    secured: Secured, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``collect --client-id ""`` was taken: the broker then gives each run a new session and
+    keeps none, so the events of every gap between two runs were lost without a word."""
+    db = tmp_path / "x.db"
+    err = _refused(["collect", "--db", str(db), "--client-id", "", *secured.login()], capsys)
+    assert "argument --client-id: an empty client id" in err
+    assert "keeps none" in err
+    assert not db.exists()
+
+
 def test_a_document_lifetime_beyond_ten_years_is_named(capsys: pytest.CaptureFixture[str]) -> None:
     """``trust --ttl-days 3650000`` said only "year 12020 is out of range"."""
     err = _refused(["trust", "--ttl-days", "3650000"], capsys)
