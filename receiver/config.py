@@ -329,7 +329,7 @@ def _decimal(text: str) -> int:
     """A plain decimal integer (already matched by ``_DECIMAL``), bounded before conversion."""
     digits = text.replace("_", "")
     if len(digits) > 20:  # no setting is near 10**19; int() of huge text is slow or refused
-        raise _BadValueError(f"{_show(text)} is too large")
+        raise _BadValueError(_("{value} is too large").format(value=_show(text)))
     return int(digits)
 
 
@@ -355,9 +355,9 @@ def _number(node: yaml.Node) -> float:
         number = float(value.replace("_", ""))
         if math.isfinite(number):
             return number
-        raise _BadValueError(f"{_show(value)} is too large")
+        raise _BadValueError(_("{value} is too large").format(value=_show(value)))
     if scalar.tag == _FLOAT:  # .inf, .nan
-        raise _BadValueError("must be a finite number")
+        raise _BadValueError(_("must be a finite number"))
     raise _expected(_("a number"), scalar)
 
 
@@ -496,9 +496,11 @@ def _path(node: yaml.Node, ctx: _Context, path: str) -> Path:
     """A file or directory; a relative one is taken from the config file's directory."""
     value = _text(node, ctx, path)
     if "\0" in value:
-        raise _BadValueError("must not contain a NUL character")
+        raise _BadValueError(_("must not contain a NUL character"))
     if value.startswith("~"):
-        raise _BadValueError(f"{_show(value)}: '~' is not expanded here, write the full path")
+        raise _BadValueError(
+            _("{value}: '~' is not expanded here, write the full path").format(value=_show(value))
+        )
     return ctx.base_dir / value
 
 
@@ -509,13 +511,19 @@ _RFC3339 = re.compile(
 
 def _timestamp(node: yaml.Node, ctx: _Context, path: str) -> datetime:
     value = _text(node, ctx, path)
-    example = "e.g. 2027-12-31T23:59:59Z or 2027-12-31T23:59:59+07:00"
     if not _RFC3339.fullmatch(value):
-        raise _BadValueError(f"{_show(value)} is not an RFC 3339 time with a time zone ({example})")
+        raise _BadValueError(
+            _(
+                "{value} is not an RFC 3339 time with a time zone (e.g. 2027-12-31T23:59:59Z or "
+                "2027-12-31T23:59:59+07:00)"
+            ).format(value=_show(value))
+        )
     try:
         return datetime.fromisoformat(value.upper().replace("Z", "+00:00"))
     except ValueError as exc:
-        raise _BadValueError(f"{_show(value)} is not a valid time: {exc}") from None
+        raise _BadValueError(
+            _("{value} is not a valid time: {reason}").format(value=_show(value), reason=exc)
+        ) from None
 
 
 _SPKI_ED25519_PREFIX = bytes.fromhex("302a300506032b6570032100")
@@ -559,13 +567,19 @@ def _valid_host(host: str) -> bool:
 def _host(node: yaml.Node, ctx: _Context, path: str) -> str:
     value = _text(node, ctx, path).lower()
     if "://" in value:
-        raise _BadValueError(f"{_show(value)}: write the host name alone, without a scheme")
+        raise _BadValueError(
+            _("{value}: write the host name alone, without a scheme").format(value=_show(value))
+        )
     if value.count(":") == 1:
         raise _BadValueError(
-            f"{_show(value)}: write the host name alone; the port goes in broker.port"
+            _("{value}: write the host name alone; the port goes in broker.port").format(
+                value=_show(value)
+            )
         )
     if not _valid_host(value):
-        raise _BadValueError(f"{_show(value)} is not a host name or IP address")
+        raise _BadValueError(
+            _("{value} is not a host name or IP address").format(value=_show(value))
+        )
     return value
 
 
@@ -577,14 +591,20 @@ def _host_port(node: yaml.Node, ctx: _Context, path: str) -> str:
     value = _text(node, ctx, path).lower()
     match = _HOST_PORT.fullmatch(value)
     if "://" in value or "/" in value:
-        raise _BadValueError(f"{_show(value)}: write only a host name or host:port, not a URL")
+        raise _BadValueError(
+            _("{value}: write only a host name or host:port, not a URL").format(value=_show(value))
+        )
     if match is None:
-        raise _BadValueError(f"{_show(value)} is not a host name or host:port")
+        raise _BadValueError(
+            _("{value} is not a host name or host:port").format(value=_show(value))
+        )
     host, port = match["host"], match["port"]
     if not _valid_host(host.strip("[]")) or (host.startswith("[") and ":" not in host):
-        raise _BadValueError(f"{_show(value)} is not a host name or host:port")
+        raise _BadValueError(
+            _("{value} is not a host name or host:port").format(value=_show(value))
+        )
     if port is not None and not 1 <= int(port) <= 65535:
-        raise _BadValueError(f"{_show(value)}: the port must be 1 to 65535")
+        raise _BadValueError(_("{value}: the port must be 1 to 65535").format(value=_show(value)))
     return value
 
 
@@ -721,7 +741,10 @@ def _list_of(
                     failed = True
             items.append(value)
         if len(nodes) < min_items:
-            raise _BadValueError(f"needs at least {min_items} item{'s' if min_items > 1 else ''}")
+            needs = (
+                _("needs at least 1 item") if min_items == 1 else _("needs at least {count} items")
+            )
+            raise _BadValueError(needs.format(count=min_items))
         if max_items is not None and len(nodes) > max_items:
             raise _BadValueError(_("at most {count} items").format(count=max_items))
         if failed:
@@ -1055,11 +1078,13 @@ def _quiet_period(node: yaml.Node, ctx: _Context, path: str) -> tuple[int, int]:
     value = _text(node, ctx, path)
     match = _HHMM.fullmatch(value)
     if match is None:
-        raise _BadValueError(f"{_show(value)} is not a period like 21:30-05:00")
+        raise _BadValueError(
+            _("{value} is not a period like 21:30-05:00").format(value=_show(value))
+        )
     hour1, min1, hour2, min2 = (int(g) for g in match.groups())
     start, end = hour1 * 60 + min1, hour2 * 60 + min2
     if start == end:
-        raise _BadValueError("a quiet period must not start and end at the same minute")
+        raise _BadValueError(_("a quiet period must not start and end at the same minute"))
     return start, end
 
 
@@ -1069,7 +1094,9 @@ def _timezone(node: yaml.Node, ctx: _Context, path: str) -> str:
         ZoneInfo(value)
     except (ValueError, ZoneInfoNotFoundError) as exc:
         raise _BadValueError(
-            f"{_show(value)} is not an IANA time zone such as Asia/Ho_Chi_Minh"
+            _("{value} is not an IANA time zone such as Asia/Ho_Chi_Minh").format(
+                value=_show(value)
+            )
         ) from exc
     return value
 

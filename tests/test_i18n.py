@@ -464,3 +464,39 @@ def test_relay_off_speaks_vietnamese(
         "cũng như trong "
     ), out
     assert "; cấu hình có lỗi: " in out and "(và thêm 1 lỗi khác)" in out, out
+
+
+def test_the_rarer_value_slips_are_said_in_vietnamese_too(
+    vietnamese: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A host written as a URL, a wrong time zone, a quiet period, an empty list of scopes, a
+    path with '~': check-config said these in English under LANG=vi_VN."""
+    key = base64.b64encode(bytes(range(32))).decode()
+    config = tmp_path / "receiver.yaml"
+    config.write_text(
+        "device_id: loa-1\nenv: lab\ngroups: [g]\nbroker:\n  host: mqtt://x\n"
+        "  failover: ['a:99999', 'a/b']\n"
+        f"trust:\n  keys:\n    - {{id: k1, ed25519: '{key}', roles: [operator], scopes: []}}\n"
+        "policy:\n  timezone: Hanoi\n  quiet_hours: [21h-5h, '05:00-05:00']\n"
+        "storage: {state_dir: ~/state, cache_dir: cache}\n",
+        encoding="utf-8",
+    )
+    assert cli.main(["check-config", str(config)]) == 78
+    err = capsys.readouterr().err.splitlines()
+    assert err == [
+        f"{config}:5:9: broker.host: 'mqtt://x': chỉ viết tên máy chủ, không kèm giao thức "
+        "(scheme)",
+        f"{config}:6:14: broker.failover[0]: 'a:99999': cổng phải từ 1 đến 65535",
+        f"{config}:6:25: broker.failover[1]: 'a/b': chỉ viết tên máy chủ hoặc host:port, không "
+        "phải một URL",
+        f"{config}:9:100: trust.keys[0].scopes: cần ít nhất 1 mục",
+        f"{config}:11:13: policy.timezone: 'Hanoi' không phải múi giờ IANA, chẳng hạn "
+        "Asia/Ho_Chi_Minh",
+        f"{config}:12:17: policy.quiet_hours[0]: '21h-5h' không phải một khoảng thời gian dạng "
+        "21:30-05:00",
+        f"{config}:12:25: policy.quiet_hours[1]: khoảng giờ yên lặng không được bắt đầu và kết "
+        "thúc cùng một phút",
+        f"{config}:13:22: storage.state_dir: '~/state': '~' không được mở rộng ở đây, hãy viết "
+        "đường dẫn đầy đủ",
+        f"{config}: cấu hình có lỗi, xem ở trên",
+    ]
