@@ -34,6 +34,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from receiver.core.envelope import pae
 from receiver.core.record import record
+from receiver.i18n import gettext_ as _
+from receiver.i18n import os_reason
 
 __all__ = [
     "DEVICE_KEY_FILE",
@@ -99,7 +101,11 @@ def load_or_create_device_key(state_dir: Path, device_id: str) -> tuple[DeviceKe
     except FileExistsError:
         return _load(path, device_id), False
     except OSError as exc:
-        raise DeviceKeyError(f"cannot write the device key {path}: {exc.strerror or exc}") from exc
+        raise DeviceKeyError(
+            _("cannot write the device key {path}: {reason}").format(
+                path=path, reason=os_reason(exc)
+            )
+        ) from exc
     finally:
         temporary.unlink(missing_ok=True)
     return DeviceKey(device_id, private), True
@@ -129,8 +135,10 @@ def _refuse_if_not_the_owner(state_dir: Path, path: Path) -> None:
     except KeyError:
         name = str(owner)
     raise DeviceKeyError(
-        f"{state_dir} belongs to {name}, who runs the daemon: make the device key {path} as that "
-        f"user, e.g. sudo -u {name} receiver enroll --config ..."
+        _(
+            "{state_dir} belongs to {name}, who runs the daemon: make the device key {path} as "
+            "that user, e.g. sudo -u {name} receiver enroll --config ..."
+        ).format(state_dir=state_dir, name=name, path=path)
     )
 
 
@@ -139,12 +147,18 @@ def _load(path: Path, device_id: str) -> DeviceKey:
         mode = path.stat().st_mode & 0o777
         data = path.read_bytes()
     except OSError as exc:
-        raise DeviceKeyError(f"cannot read the device key {path}: {exc.strerror or exc}") from exc
+        raise DeviceKeyError(
+            _("cannot read the device key {path}: {reason}").format(
+                path=path, reason=os_reason(exc)
+            )
+        ) from exc
     if mode & 0o077:
         raise DeviceKeyError(
-            f"the device key {path} is readable by others (mode {mode:04o}): anyone who read it "
-            "can sign reports as this device. Make a new one (delete the file, restart, enroll "
-            "again) or, if nobody else can have read it, chmod 600 it"
+            _(
+                "the device key {path} is readable by others (mode {mode}): anyone who read it "
+                "can sign reports as this device. Make a new one (delete the file, restart, "
+                "enroll again) or, if nobody else can have read it, chmod 600 it"
+            ).format(path=path, mode=f"{mode:04o}")
         )
     private = _ed25519_from_pem(data)
     if private is None:
@@ -153,15 +167,19 @@ def _load(path: Path, device_id: str) -> DeviceKey:
         try:
             other = serialization.load_pem_private_key(data, password=None)
         except ValueError as exc:
-            raise DeviceKeyError(f"the device key {path} is not a PEM private key") from exc
+            raise DeviceKeyError(
+                _("the device key {path} is not a PEM private key").format(path=path)
+            ) from exc
         except TypeError as exc:  # cryptography: "Password was not given but ... encrypted"
             raise DeviceKeyError(
-                f"the device key {path} is protected by a passphrase: the daemon signs with it "
-                "unattended and needs it unencrypted (openssl pkey -in KEY -out KEY-plain), or "
-                "delete it, restart and enroll the new one"
+                _(
+                    "the device key {path} is protected by a passphrase: the daemon signs with it "
+                    "unattended and needs it unencrypted (openssl pkey -in KEY -out KEY-plain), "
+                    "or delete it, restart and enroll the new one"
+                ).format(path=path)
             ) from exc
         if not isinstance(other, Ed25519PrivateKey):
-            raise DeviceKeyError(f"the device key {path} is not an Ed25519 key")
+            raise DeviceKeyError(_("the device key {path} is not an Ed25519 key").format(path=path))
         private = other
     return DeviceKey(device_id, private)
 

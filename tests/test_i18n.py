@@ -16,12 +16,19 @@ import pytest
 
 from receiver import cli, i18n, status
 from receiver.central import collector
+from receiver.device_key import DeviceKeyError, refuse_unusable_device_key
 from receiver.i18n import DOMAIN, compile_po, read_po
 from receiver.timefmt import rfc3339
 
 ROOT = Path(__file__).resolve().parents[1]
 VI = ROOT / "receiver" / "locale" / "vi" / "LC_MESSAGES" / f"{DOMAIN}.po"
-TRANSLATED = ("receiver/cli.py", "receiver/config.py", "receiver/status.py", "receiver/gpio.py")
+TRANSLATED = (
+    "receiver/cli.py",
+    "receiver/config.py",
+    "receiver/status.py",
+    "receiver/gpio.py",
+    "receiver/device_key.py",
+)
 STATUS_LABELS = (
     "device", "updated", "daemon", "broker", "software", "uptime", "playing", "volume", "relay",
     "schedules", "trust", "clock", "cache", "faults", "health", "outbox", "board now",
@@ -500,3 +507,20 @@ def test_the_rarer_value_slips_are_said_in_vietnamese_too(
         "đường dẫn đầy đủ",
         f"{config}: cấu hình có lỗi, xem ở trên",
     ]
+
+
+def test_the_device_key_s_refusals_are_said_in_vietnamese(vietnamese: None, tmp_path: Path) -> None:
+    """``enroll`` and ``run`` named a damaged or exposed device key in English under vi."""
+    key = tmp_path / "device.key"
+    key.write_text("not a key\n", encoding="utf-8")
+    key.chmod(0o644)
+    with pytest.raises(DeviceKeyError) as exposed:
+        refuse_unusable_device_key(tmp_path)
+    assert str(exposed.value).startswith(
+        f"khóa thiết bị {key} người khác đọc được (quyền 0644): ai đã đọc nó đều có thể ký báo "
+        "cáo thay thiết bị này."
+    )
+    key.chmod(0o600)
+    with pytest.raises(DeviceKeyError) as damaged:
+        refuse_unusable_device_key(tmp_path)
+    assert str(damaged.value) == f"khóa thiết bị {key} không phải khóa riêng dạng PEM"
